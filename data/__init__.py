@@ -1,0 +1,1 @@
+"""Small shipped assets and the registry of public datasets (see ``data.registry``)."""

@@ -1,0 +1,290 @@
+"""Where pixels come from: georeferenced rasters (GeoTIFF/COG or a global mosaic) and folders of
+labelled image chips.
+
+Band handling for rasters: 1 band is grey and is repeated to RGB; 2 bands are grey + alpha (the
+alpha is used as the valid mask); 3 bands are RGB; 4 or more use bands 1-3 unless ``bands`` picks
+others (e.g. ``(4, 3, 2)`` for a false-colour composite). Integer or float data other than uint8
+are stretched to 0-255 per band between the 2nd and 98th percentiles of a decimated read of the
+whole raster, so every tile of a scene shares one stretch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyproj
+import rasterio
+from rasterio.crs import CRS as RioCRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import from_bounds
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from indexer.errors import SourceError
+from indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, TilePlace, Zone, tile_places, zone_box, \
+    zone_crs, zones_for_bounds
+
+_TIME_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "ACQUISITIONDATE", "DATE_ACQUIRED",
+              "TIFFTAG_DATETIME")
+
+
+@dataclass
+class RasterSource:
+    """A raster on disk, georeferenced by its own metadata or by ``crs`` + ``bounds`` overrides.
+
+    ``bounds`` (west, south, east, north in CRS units) places a raster that carries no transform,
+    such as a JPEG world mosaic.
+    """
+
+    path: str
+    name: str | None = None
+    crs: str | None = None
+    bounds: tuple[float, float, float, float] | None = None
+    time: str | None = None
+    bands: tuple[int, ...] | None = None
+    _meta: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = str(self.path)
+        if self.name is None:
+            self.name = Path(self.path).stem
+        with self._open() as src:
+            self._meta = self._describe(src)
+
+    # -------------------------------------------------------------- opening and georeferencing
+    def _open(self):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                return rasterio.open(self.path)
+        except RasterioIOError as exc:
+            raise SourceError(f"cannot read raster {self.path}: {exc}") from None
+
+    def _describe(self, src) -> dict:
+        if src.count < 1:
+            raise SourceError(f"{self.path} has no bands")
+        crs = RioCRS.from_user_input(pyproj.CRS(self.crs).to_wkt()) if self.crs else src.crs
+        if crs is None:
+            raise SourceError(f"{self.path} has no CRS: pass crs (CLI: --crs, e.g. EPSG:4326 or "
+                              "IAU_2015:49900) and, if it has no transform either, --bounds")
+        if self.bounds is not None:
+            transform = from_bounds(*self.bounds, src.width, src.height)
+        elif src.transform.is_identity:
+            raise SourceError(f"{self.path} has no geotransform: pass --bounds WEST,SOUTH,EAST,NORTH")
+        else:
+            transform = src.transform
+        pcrs = pyproj.CRS(crs.to_wkt())
+        geographic = pcrs.geodetic_crs
+        if geographic is None:
+            raise SourceError(f"{self.path}: CRS {crs} has no geodetic datum to tile against")
+        geographic = pyproj.CRS(geographic.to_json_dict())  # lon/lat on the same body
+        bands = self.bands or ((1, 1, 1) if src.count <= 2 else (1, 2, 3))
+        if max(bands) > src.count or min(bands) < 1:
+            raise SourceError(f"{self.path} has {src.count} bands; cannot use bands {bands}")
+        left, bottom, right, top = rasterio.transform.array_bounds(src.height, src.width, transform)
+        to_geo = pyproj.Transformer.from_crs(pcrs, geographic, always_xy=True)
+        west, south, east, north = to_geo.transform_bounds(left, bottom, right, top, densify_pts=51)
+        if pcrs.is_geographic:
+            gsd = abs(transform.a) * np.pi / 180.0 * pcrs.ellipsoid.semi_major_metre
+        else:
+            gsd = abs(transform.a) * pcrs.axis_info[0].unit_conversion_factor
+        time = self.time or next((src.tags().get(t) for t in _TIME_TAGS if src.tags().get(t)), None)
+        return dict(crs=crs, transform=transform, geographic=geographic, bands=bands,
+                    alpha=src.count == 2 or (src.count == 4 and self.bands is None),
+                    lonlat_bounds=(west, south, east, north), gsd=float(gsd), time=parse_time(time),
+                    dtype=src.dtypes[0], count=src.count, nodata=src.nodata)
+
+    @property
+    def geographic(self) -> pyproj.CRS:
+        return self._meta["geographic"]
+
+    @property
+    def native_gsd(self) -> float:
+        """Ground sample distance (metres/pixel) of the raster along its first axis."""
+        return self._meta["gsd"]
+
+    @property
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        return self._meta["lonlat_bounds"]
+
+    @property
+    def acquired(self) -> pd.Timestamp | None:
+        return self._meta["time"]
+
+    def describe(self) -> dict:
+        """JSON-able description, enough to reopen the source for thumbnails."""
+        return dict(path=str(Path(self.path).resolve()), crs=self._meta["crs"].to_wkt(),
+                    bounds=list(self.bounds) if self.bounds else None,
+                    bands=list(self._meta["bands"]), gsd=self.native_gsd,
+                    time=None if self.acquired is None else self.acquired.isoformat())
+
+    # -------------------------------------------------------------- tiles
+    def _stretch(self, src) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._meta["dtype"] == "uint8":
+            return None
+        scale = max(1, max(src.width, src.height) // 1024)
+        sample = src.read(list(self._meta["bands"]), out_shape=(len(self._meta["bands"]),
+                          max(1, src.height // scale), max(1, src.width // scale)), masked=True)
+        lo = np.array([np.percentile(b.compressed(), 2) if b.count() else 0 for b in sample])
+        hi = np.array([np.percentile(b.compressed(), 98) if b.count() else 1 for b in sample])
+        return lo, np.maximum(hi, lo + 1e-9)
+
+    def tiles(self, grid: TileGrid, zones: list[Zone] | None = None,
+              bbox: tuple[float, float, float, float] | None = None,
+              lat_range: tuple[float, float] = DEFAULT_LAT_RANGE, min_valid: float = 0.5,
+              band_rows: int = 8) -> Iterator[tuple[TilePlace, np.ndarray]]:
+        """Yield (place, RGB uint8 pixels of shape (size, size, 3)) for every usable tile.
+
+        Tiles are cut per zone from a warped view of the raster, read in bands of
+        ``band_rows`` tile rows so memory stays bounded for rasters of any size. Tiles with less
+        than ``min_valid`` valid pixels, or of one constant colour, are skipped.
+        """
+        west, south, east, north = self.lonlat_bounds
+        lon_range = None
+        if bbox is not None:
+            west, south = max(west, bbox[0]), max(south, bbox[1])
+            east, north = min(east, bbox[2]), min(north, bbox[3])
+            lon_range = (bbox[0], bbox[2])
+        wanted = set(z.label for z in zones) if zones else None
+        with self._open() as src:
+            stretch = self._stretch(src)
+            for zone in zones_for_bounds(west, south, east, north, lat_range):
+                if wanted is not None and zone.label not in wanted:
+                    continue
+                box = zone_box(self.geographic, zone, west, south, east, north, lat_range)
+                if box is None:
+                    continue
+                rows, cols = grid.covering(*box)
+                yield from self._zone_tiles(src, zone, grid, rows, cols, lat_range, lon_range,
+                                            min_valid, band_rows, stretch)
+
+    def _zone_tiles(self, src, zone, grid, rows, cols, lat_range, lon_range, min_valid,
+                    band_rows, stretch):
+        places = list(tile_places(self.geographic, zone, grid, rows, cols, lat_range, lon_range))
+        if not places:
+            return
+        dst_crs = RioCRS.from_wkt(zone_crs(self.geographic, zone).to_wkt())
+        x0, y0 = grid.origin(rows.start, cols.start)
+        width = (len(cols) - 1) * grid.stride + grid.size
+        height = (len(rows) - 1) * grid.stride + grid.size
+        transform = rasterio.transform.from_origin(x0, y0, grid.gsd, grid.gsd)
+        by_row: dict[int, list[TilePlace]] = {}
+        for p in places:
+            by_row.setdefault(p.row, []).append(p)
+        with WarpedVRT(src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
+                       crs=dst_crs, transform=transform, width=width, height=height,
+                       add_alpha=not self._meta["alpha"], resampling=Resampling.bilinear) as vrt:
+            row_ids = sorted(by_row)
+            for start in range(0, len(row_ids), band_rows):
+                chunk = row_ids[start:start + band_rows]
+                top = (chunk[0] - rows.start) * grid.stride
+                bottom = (chunk[-1] - rows.start) * grid.stride + grid.size
+                window = Window(0, top, width, bottom - top)
+                pixels = vrt.read(list(self._meta["bands"]), window=window)
+                valid = vrt.read_masks(1, window=window) > 0
+                for r in chunk:
+                    for p in by_row[r]:
+                        oy = (r - rows.start) * grid.stride - top
+                        ox = (p.col - cols.start) * grid.stride
+                        tile_valid = valid[oy:oy + grid.size, ox:ox + grid.size]
+                        if tile_valid.mean() < min_valid:
+                            continue
+                        tile = pixels[:, oy:oy + grid.size, ox:ox + grid.size]
+                        rgb = to_uint8(tile, stretch)
+                        if np.ptp(rgb[tile_valid]) == 0:  # blank fill, not imagery
+                            continue
+                        yield p, rgb
+
+    def read_tile(self, zone: Zone, grid: TileGrid, row: int, col: int) -> np.ndarray:
+        """RGB pixels of one tile (for thumbnails), read straight from the raster."""
+        dst_crs = RioCRS.from_wkt(zone_crs(self.geographic, zone).to_wkt())
+        x0, y0 = grid.origin(row, col)
+        transform = rasterio.transform.from_origin(x0, y0, grid.gsd, grid.gsd)
+        with self._open() as src, WarpedVRT(
+                src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
+                crs=dst_crs, transform=transform, width=grid.size, height=grid.size,
+                resampling=Resampling.bilinear) as vrt:
+            return to_uint8(vrt.read(list(self._meta["bands"])), self._stretch(src))
+
+
+def to_uint8(bands: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """(C, H, W) raster bands -> (H, W, 3) uint8."""
+    if stretch is not None:
+        lo, hi = stretch
+        scaled = (bands.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
+        bands = np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(bands.astype(np.uint8, copy=False), 0, -1))
+
+
+def parse_time(value) -> pd.Timestamp | None:
+    """A timestamp (UTC) from ISO text or TIFF's ``YYYY:MM:DD HH:MM:SS``; None if empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = str(value).strip()
+    if len(text) >= 10 and text[4] == ":" and text[7] == ":":
+        text = text[:4] + "-" + text[5:7] + "-" + text[8:]
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise SourceError(f"cannot parse acquisition time {value!r}; use ISO 8601, e.g. 2021-06-30") from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+# ------------------------------------------------------------------ image folders
+def read_labels(root: str | Path, labels_csv: str | Path, split: str | None = None,
+                check_files: bool = True) -> pd.DataFrame:
+    """Rows of a labels CSV (``path,label[,split][,...]``, paths relative to ``root``).
+
+    Raises a clear error for an empty CSV, missing columns, an unknown split, or rows whose
+    image file does not exist (all of them are listed, up to ten).
+    """
+    root, labels_csv = Path(root), Path(labels_csv)
+    if not labels_csv.is_file():
+        raise SourceError(f"labels CSV {labels_csv} does not exist")
+    try:
+        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"labels CSV {labels_csv} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SourceError(f"labels CSV {labels_csv} cannot be parsed: {exc}") from None
+    missing_cols = {"path", "label"} - set(table.columns)
+    if missing_cols:
+        raise SourceError(f"labels CSV {labels_csv} lacks column(s) {', '.join(sorted(missing_cols))}; "
+                          "expected path,label[,split][,...]")
+    if table.empty:
+        raise SourceError(f"labels CSV {labels_csv} has a header but no rows")
+    if split is not None:
+        if "split" not in table.columns:
+            raise SourceError(f"labels CSV {labels_csv} has no split column (asked for {split!r})")
+        selected = table[table["split"] == split]
+        if selected.empty:
+            raise SourceError(f"labels CSV {labels_csv} has no rows with split {split!r} "
+                              f"(splits: {', '.join(sorted(table['split'].unique()))})")
+        table = selected
+    if check_files:
+        exists = np.array([(root / p).is_file() for p in table["path"]])
+        if not exists.all():
+            bad = table["path"][~exists].tolist()
+            raise SourceError(f"{len(bad)} row(s) of {labels_csv} point at missing files under "
+                              f"{root}: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+    return table.reset_index(drop=True)
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """An image file as RGB uint8 (size, size, 3); grey is repeated to three channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SourceError(f"cannot read image {path}: {exc}") from None

@@ -1,0 +1,217 @@
+"""The index on disk: packed codes, the tile table and a manifest that ties them together.
+
+Layout of an index directory::
+
+    manifest.json            the commit point: format, counts, models, file names + sha256
+    codes-000003.npy         (N, bits/8) uint8, memory-mapped on load
+    tiles-000003.parquet     one row per code, same order
+    hash-000001.npz          the hash model that turned features into codes
+
+Every write produces files of a new generation and then atomically replaces ``manifest.json``;
+a crash at any point leaves either the old index or the new one, never a mix. Files of other
+generations are removed after the manifest is replaced. ``open_index`` verifies sizes and
+checksums and refuses anything that does not match the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from indexer.errors import CodeLengthError, IndexCorruptError, LookalikeError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Index:
+    """A loaded, read-only index: ``codes`` is a memory map, ``tiles`` a DataFrame."""
+
+    path: Path
+    manifest: dict
+    codes: np.ndarray
+    tiles: pd.DataFrame
+
+    @property
+    def bits(self) -> int:
+        return int(self.manifest["bits"])
+
+    @property
+    def n(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def hash_model_path(self) -> Path | None:
+        name = self.manifest["files"].get("hash")
+        return self.path / name["name"] if name else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def row_of(self, tile_id: str) -> int:
+        rows = np.flatnonzero(self.tiles["tile_id"].to_numpy() == tile_id)
+        if len(rows) == 0:
+            raise LookalikeError(f"tile {tile_id!r} is not in the index {self.path}")
+        return int(rows[0])
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise IndexCorruptError(f"{path} is not an index directory (it does not exist)")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise IndexCorruptError(f"{path} has no {MANIFEST}: not an index, or an index whose "
+                                "first write did not finish")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexCorruptError(f"{mpath} is not valid JSON ({exc}); the index is corrupt") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexCorruptError(f"{mpath}: unsupported index format "
+                                f"{manifest.get('format_version') if isinstance(manifest, dict) else '?'}"
+                                f" (this version reads {FORMAT_VERSION})")
+    return manifest
+
+
+def open_index(path: str | Path, verify: bool = True) -> Index:
+    """Load an index; with ``verify`` every file's sha256 is checked against the manifest."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    files = manifest.get("files", {})
+    for role in ("codes", "tiles"):
+        if role not in files:
+            raise IndexCorruptError(f"{path}/{MANIFEST} lists no {role} file")
+    for role, entry in files.items():
+        fpath = path / entry["name"]
+        if not fpath.is_file():
+            raise IndexCorruptError(f"{path}: {role} file {entry['name']} is missing")
+        size = fpath.stat().st_size
+        if size != entry["bytes"]:
+            raise IndexCorruptError(f"{path}: {role} file {entry['name']} has {size} bytes, the "
+                                    f"manifest says {entry['bytes']} (partial or altered file)")
+        if verify and sha256_file(fpath) != entry["sha256"]:
+            raise IndexCorruptError(f"{path}: {role} file {entry['name']} fails its sha256 check")
+    try:
+        codes = np.load(path / files["codes"]["name"], mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise IndexCorruptError(f"{path}: codes file is unreadable ({exc})") from None
+    n, bits = int(manifest["count"]), int(manifest["bits"])
+    if codes.dtype != np.uint8 or codes.shape != (n, bits // 8):
+        raise IndexCorruptError(f"{path}: codes have shape {codes.shape} {codes.dtype}, "
+                                f"manifest says ({n}, {bits // 8}) uint8")
+    tiles = pd.read_parquet(path / files["tiles"]["name"])
+    if len(tiles) != n:
+        raise IndexCorruptError(f"{path}: tile table has {len(tiles)} rows, manifest says {n}")
+    return Index(path, manifest, codes, tiles)
+
+
+def _write_file(path: Path, name: str, writer) -> dict:
+    tmp = path / f".{name}.tmp"
+    writer(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / name)
+    return dict(name=name, bytes=(path / name).stat().st_size, sha256=sha256_file(path / name))
+
+
+def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bits: int,
+                hash_model: bytes | None = None, info: dict | None = None,
+                append: bool = False) -> Path:
+    """Create an index at ``path`` or, with ``append``, add rows to the one there.
+
+    ``hash_model`` (the bytes of the model file) is required for a new index; appends keep the
+    existing one, and their codes must have been made with it. ``info`` (backbone, tiling,
+    sources, ...) is merged into the manifest; for appends ``sources`` are merged by name.
+    """
+    path = Path(path)
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim != 2 or codes.shape[1] * 8 != bits:
+        raise CodeLengthError(f"codes of shape {codes.shape} are not {bits}-bit codes")
+    if len(codes) != len(tiles):
+        raise LookalikeError(f"{len(codes)} codes but {len(tiles)} tile rows")
+    info = dict(info or {})
+    if append and (path / MANIFEST).exists():
+        old = open_index(path)
+        if old.bits != bits:
+            raise CodeLengthError(f"index {path} holds {old.bits}-bit codes; cannot append {bits}-bit codes")
+        clash = set(tiles["tile_id"]) & set(old.tiles["tile_id"])
+        if clash:
+            raise LookalikeError(f"{len(clash)} tile id(s) are already in {path}, e.g. "
+                                 f"{sorted(clash)[0]}; was this scene indexed before?")
+        codes = np.concatenate([np.asarray(old.codes), codes])
+        tiles = pd.concat([old.tiles, tiles], ignore_index=True)
+        manifest = dict(old.manifest)
+        sources = dict(manifest.get("sources", {}))
+        sources.update(info.pop("sources", {}))
+        manifest.update(info, sources=sources)
+        generation = int(manifest["generation"]) + 1
+        hash_entry = manifest["files"]["hash"]
+    else:
+        if (path / MANIFEST).exists():
+            raise LookalikeError(f"{path} already holds an index; use --append to add to it "
+                                 "or choose another --out")
+        if hash_model is None:
+            raise LookalikeError("a new index needs its hash model")
+        path.mkdir(parents=True, exist_ok=True)
+        generation = 1
+        manifest = dict(info, created=_now())
+        hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
+    tiles = tiles.reset_index(drop=True)
+    files = dict(
+        codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
+        tiles=_write_file(path, f"tiles-{generation:06d}.parquet",
+                          lambda p: tiles.to_parquet(p, index=False)),
+        hash=hash_entry,
+    )
+    manifest.update(format_version=FORMAT_VERSION, generation=generation, bits=bits,
+                    count=int(len(codes)), updated=_now(), files=files)
+    atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    keep = {f["name"] for f in files.values()} | {MANIFEST}
+    for stale in path.iterdir():
+        leftover = stale.name.startswith(".") and stale.name.endswith(".tmp")
+        old_generation = stale.name.split("-")[0] in ("codes", "tiles", "hash")
+        if stale.is_file() and stale.name not in keep and (leftover or old_generation):
+            stale.unlink()
+    return path
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

