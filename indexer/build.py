@@ -108,7 +108,8 @@ def _commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, en
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
-    table["time"] = pd.to_datetime(table["time"], utc=True) if "time" in table else pd.NaT
+    table["time"] = (pd.to_datetime(table["time"], utc=True) if "time" in table
+                     else pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]"))
     model, model_bytes = _hash_for(out, features, bits, hash_path, append, encoder.name)
     if append and (out / MANIFEST).exists():
         old = open_index(out).manifest

@@ -1,0 +1,73 @@
+"""Hits as an RFC 7946 GeoJSON FeatureCollection of tile footprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from indexer.store import atomic_write_bytes
+
+PROPERTIES = ("rank", "distance", "tile_id", "zone", "time", "source", "label")
+
+
+def footprint_geometry(lons: np.ndarray, lats: np.ndarray) -> dict:
+    """Polygon of a footprint's corners; split in two at the antimeridian when it crosses it.
+
+    RFC 7946 section 3.1.9: geometries crossing 180 degrees are cut into a MultiPolygon whose
+    parts lie on either side.
+    """
+    lons = np.asarray(lons, dtype=float)
+    lats = np.asarray(lats, dtype=float)
+    import shapely
+    from shapely.geometry import box, mapping
+    from shapely.geometry.polygon import orient
+
+    if lons.max() - lons.min() <= 180.0:
+        # RFC 7946 section 3.1.6: exterior rings are counterclockwise
+        return mapping(orient(shapely.Polygon(np.column_stack([lons, lats])), 1.0))
+
+    unwrapped = np.where(lons < 0, lons + 360.0, lons)
+    poly = shapely.Polygon(np.column_stack([unwrapped, lats]))
+    east = poly.intersection(box(-1.0, -90.0, 180.0, 90.0))
+    west = shapely.affinity.translate(poly.intersection(box(180.0, -90.0, 541.0, 90.0)), xoff=-360.0)
+    parts = [orient(p, 1.0) for g in (east, west) for p in getattr(g, "geoms", [g])
+             if not p.is_empty and p.area > 0]
+    return mapping(shapely.MultiPolygon(parts))
+
+
+def hits_to_geojson(hits: pd.DataFrame, filters: dict | None = None, query: dict | None = None) -> dict:
+    """FeatureCollection of hit footprints (or centre points when a hit has no footprint)."""
+    features = []
+    has_fp = all(f"lon{i}" in hits for i in range(4))
+    for rec in hits.to_dict("records"):
+        props = {}
+        for key in PROPERTIES:
+            if key in rec:
+                value = rec[key]
+                if isinstance(value, pd.Timestamp):
+                    value = value.isoformat()
+                elif value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+                    value = None
+                elif isinstance(value, np.generic):
+                    value = value.item()
+                props[key] = value
+        lons = [rec.get(f"lon{i}") for i in range(4)] if has_fp else []
+        if has_fp and np.all(np.isfinite(lons)):
+            geometry = footprint_geometry(np.array(lons), np.array([rec[f"lat{i}"] for i in range(4)]))
+        elif np.isfinite(rec.get("lon", np.nan)):
+            geometry = {"type": "Point", "coordinates": [float(rec["lon"]), float(rec["lat"])]}
+        else:
+            geometry = None
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    collection = {"type": "FeatureCollection", "features": features}
+    if filters is not None or query is not None:
+        # a foreign member (RFC 7946 section 6.1): how the hits were produced
+        collection["lookalike"] = {"query": query, "filters": filters}
+    return collection
+
+
+def write_geojson(path: str | Path, collection: dict) -> None:
+    atomic_write_bytes(Path(path), json.dumps(collection, default=str).encode())

@@ -1,0 +1,269 @@
+"""Exact Hamming search with filters applied before ranking, and the ways to make a query.
+
+Pure functions over numpy arrays first (``hamming_distances``, ``top_k``, ``combine_examples``,
+``filter_mask``); ``search`` ties them to an ``Index``.
+
+Ranking is by Hamming distance, ties broken by row order in the index, so results are
+deterministic and match a stable sort of all distances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+
+from indexer.errors import CodeLengthError, LookalikeError
+from indexer.store import Index
+from indexer.tiling import Zone
+
+MAX_K = 10_000
+SCAN_ROWS = 1 << 20  # rows per block: bounds the temporary XOR buffer to bytes_per_code MiB
+
+
+# ------------------------------------------------------------------ pure functions
+def hamming_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Hamming distance from one packed ``query`` (B/8,) to every row of ``codes`` (N, B/8)."""
+    codes, query = np.asarray(codes), np.asarray(query, dtype=np.uint8).ravel()
+    if codes.ndim != 2 or codes.shape[1] != query.shape[0]:
+        raise CodeLengthError(f"query has {query.shape[0] * 8} bits, codes have "
+                              f"{codes.shape[1] * 8 if codes.ndim == 2 else '?'}")
+    out = np.empty(len(codes), dtype=np.uint16)
+    words = 8 if codes.shape[1] % 8 == 0 else 1
+    q = query.view(np.uint64) if words == 8 else query
+    for start in range(0, len(codes), SCAN_ROWS):
+        block = np.ascontiguousarray(codes[start:start + SCAN_ROWS])
+        block = block.view(np.uint64) if words == 8 else block
+        out[start:start + len(block)] = np.bitwise_count(block ^ q).sum(axis=1, dtype=np.uint16)
+    return out
+
+
+def top_k(distances: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and distances of the ``k`` smallest distances, ordered by (distance, row).
+
+    ``rows`` names the index row of each distance when only a filtered subset was scored.
+    """
+    distances = np.asarray(distances)
+    rows = np.arange(len(distances)) if rows is None else np.asarray(rows)
+    k = min(int(k), len(distances))
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, distances.dtype)
+    if k < len(distances):
+        # everything strictly below the k-th distance, then ties at it in row order
+        kth = np.partition(distances, k - 1)[k - 1]
+        below = np.flatnonzero(distances < kth)
+        ties = np.flatnonzero(distances == kth)[: k - len(below)]
+        pick = np.concatenate([below, ties])
+    else:
+        pick = np.arange(len(distances))
+    order = np.lexsort((rows[pick], distances[pick]))
+    pick = pick[order]
+    return rows[pick].astype(np.int64), distances[pick]
+
+
+def combine_examples(positives: np.ndarray, negatives: np.ndarray | None = None,
+                     negative_weight: float = 0.5) -> np.ndarray:
+    """One query code from several positive and negative example codes (packed uint8).
+
+    Each bit votes: every positive adds +1 where it has the bit set and -1 where not; every
+    negative does the opposite with weight ``negative_weight`` (so negatives push the query
+    away but never outvote a unanimous set of positives). A bit is 1 where the vote is > 0;
+    a tied vote keeps the first positive's bit.
+    """
+    pos = np.unpackbits(np.atleast_2d(np.asarray(positives, np.uint8)), axis=1).astype(np.float64)
+    if len(pos) == 0:
+        raise LookalikeError("a combined query needs at least one positive example")
+    votes = (2 * pos - 1).sum(axis=0)
+    if negatives is not None and len(negatives):
+        neg = np.unpackbits(np.atleast_2d(np.asarray(negatives, np.uint8)), axis=1).astype(np.float64)
+        if neg.shape[1] != pos.shape[1]:
+            raise CodeLengthError("positive and negative examples have different code lengths")
+        votes -= negative_weight * (2 * neg - 1).sum(axis=0)
+    bits = np.where(votes == 0, pos[0] > 0, votes > 0)
+    return np.packbits(bits)
+
+
+@dataclass
+class Filters:
+    """Restrictions applied before ranking. Empty fields restrict nothing.
+
+    ``region`` is a shapely geometry, GeoJSON mapping or WKT in lon/lat; a tile matches when its
+    centre lies inside. ``bbox`` is (west, south, east, north) with west > east crossing 180.
+    ``time_range`` is (start, end), either may be None; tiles without a time never match a
+    time range.
+    """
+
+    zones: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    time_range: tuple[str | pd.Timestamp | None, str | pd.Timestamp | None] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    region: BaseGeometry | dict | str | None = None
+    labels: list[str] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.zones or self.sources or self.time_range or self.bbox
+                    or self.region is not None or self.labels)
+
+    def describe(self) -> dict:
+        region = self.region
+        if region is not None and not isinstance(region, dict):
+            region = shapely.geometry.mapping(_as_geometry(region))
+        time_range = None if not self.time_range else [None if t is None else str(t) for t in self.time_range]
+        return dict(zones=self.zones, sources=self.sources, time_range=time_range,
+                    bbox=list(self.bbox) if self.bbox else None, region=region, labels=self.labels)
+
+
+def _as_geometry(region) -> BaseGeometry:
+    if isinstance(region, BaseGeometry):
+        return region
+    if isinstance(region, dict):
+        if region.get("type") == "FeatureCollection":
+            return shapely.union_all([shape(f["geometry"]) for f in region["features"]])
+        return shape(region.get("geometry", region))
+    if isinstance(region, str):
+        return shapely.from_wkt(region)
+    raise LookalikeError(f"cannot use {type(region).__name__} as a search region")
+
+
+def _to_utc(value) -> pd.Timestamp | None:
+    if value is None or value == "":
+        return None
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def filter_mask(tiles: pd.DataFrame, filters: Filters | None) -> np.ndarray | None:
+    """Boolean mask of tiles passing ``filters``; None when nothing is filtered."""
+    if filters is None or filters.is_empty():
+        return None
+    mask = np.ones(len(tiles), dtype=bool)
+    if filters.zones:
+        wanted = {Zone.parse(z).label for z in filters.zones}
+        mask &= tiles["zone"].isin(wanted).to_numpy()
+    if filters.sources:
+        mask &= tiles["source"].isin(filters.sources).to_numpy()
+    if filters.labels:
+        if "label" not in tiles:
+            raise LookalikeError("this index has no labels to filter by")
+        mask &= tiles["label"].isin(filters.labels).to_numpy()
+    if filters.time_range:
+        start, end = (_to_utc(t) for t in filters.time_range)
+        times = pd.to_datetime(tiles["time"], utc=True)
+        ok = times.notna().to_numpy()
+        if start is not None:
+            ok &= (times >= start).fillna(False).to_numpy()
+        if end is not None:
+            ok &= (times <= end).fillna(False).to_numpy()
+        mask &= ok
+    lon, lat = tiles["lon"].to_numpy(), tiles["lat"].to_numpy()
+    if filters.bbox:
+        west, south, east, north = filters.bbox
+        in_lon = (lon >= west) & (lon <= east) if west <= east else (lon >= west) | (lon <= east)
+        mask &= in_lon & (lat >= south) & (lat <= north)
+    if filters.region is not None:
+        geometry = _as_geometry(filters.region)
+        if geometry.is_empty:
+            raise LookalikeError("the search region is empty")
+        mask &= shapely.contains_xy(geometry, lon, lat) | shapely.intersects_xy(geometry.boundary, lon, lat)
+    return mask
+
+
+# ------------------------------------------------------------------ queries on an index
+@dataclass
+class Query:
+    """What to search for: exactly one of these kinds.
+
+    ``tile_id``; ``lonlat`` (the tile whose centre is nearest the point among tiles containing
+    it); ``image`` (a picture file, encoded like the index); ``code`` (packed bits);
+    ``positives`` / ``negatives`` (tile ids combined with ``combine_examples``).
+    """
+
+    tile_id: str | None = None
+    lonlat: tuple[float, float] | None = None
+    image: str | Path | None = None
+    code: np.ndarray | None = None
+    positives: list[str] = field(default_factory=list)
+    negatives: list[str] = field(default_factory=list)
+
+
+def tile_at(index: Index, lon: float, lat: float) -> int:
+    """Row of the tile under (lon, lat): nearest centre among tiles whose footprint holds it."""
+    tiles = index.tiles
+    if "lon0" not in tiles:
+        raise LookalikeError("this index has no footprints; query it by tile id or image")
+    corners_lon = tiles[[f"lon{i}" for i in range(4)]].to_numpy(np.float64)
+    corners_lat = tiles[[f"lat{i}" for i in range(4)]].to_numpy(np.float64)
+    # unwrap each footprint next to the query longitude so tiles across 180 degrees work
+    corners_lon = (corners_lon - lon + 180.0) % 360.0 - 180.0 + lon
+    inside = shapely.contains_xy(
+        shapely.polygons(np.stack([corners_lon, corners_lat], axis=-1)), lon, lat)
+    candidates = np.flatnonzero(inside)
+    if len(candidates) == 0:
+        raise LookalikeError(f"no indexed tile covers lon {lon}, lat {lat}")
+    clat, clon = np.radians(tiles["lat"].to_numpy()[candidates]), np.radians(tiles["lon"].to_numpy()[candidates])
+    plat, plon = np.radians(lat), np.radians(lon)
+    cos_angle = np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon)
+    return int(candidates[np.argmax(cos_angle)])
+
+
+def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
+    """The packed code a query stands for."""
+    kinds = [query.tile_id is not None, query.lonlat is not None, query.image is not None,
+             query.code is not None, bool(query.positives)]
+    if sum(kinds) != 1:
+        raise LookalikeError("give exactly one of: tile id, lon/lat, image, code, or positive examples")
+    if query.tile_id is not None:
+        return np.asarray(index.codes[index.row_of(query.tile_id)])
+    if query.lonlat is not None:
+        return np.asarray(index.codes[tile_at(index, *query.lonlat)])
+    if query.code is not None:
+        code = np.asarray(query.code, dtype=np.uint8).ravel()
+        if code.size * 8 != index.bits:
+            raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
+        return code
+    if query.image is not None:
+        return encode_image_like_index(index, query.image, encoder)
+    pos = np.stack([index.codes[index.row_of(t)] for t in query.positives])
+    neg = np.stack([index.codes[index.row_of(t)] for t in query.negatives]) if query.negatives else None
+    return combine_examples(pos, neg)
+
+
+def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np.ndarray:
+    """Encode a picture with the index's own backbone and hash model."""
+    from indexer.encoding import Encoder
+    from indexer.sources import load_image
+    from models.hashing import LinearHash
+
+    backbone = index.manifest["backbone"]
+    size = backbone.get("image_size") or int(index.manifest.get("tiling", {}).get("size", 128))
+    encoder = encoder or Encoder(backbone["name"], image_size=size)
+    if encoder.describe()["weights_sha256"] != backbone["weights_sha256"]:
+        raise LookalikeError("the encoder's weights differ from those the index was built with")
+    features = encoder.features(load_image(image, size)[None])
+    return LinearHash.load(index.hash_model_path).encode(features)[0]
+
+
+def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
+           encoder=None) -> pd.DataFrame:
+    """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance."""
+    if not 1 <= k <= MAX_K:
+        raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+    code = query_code(index, query, encoder) if isinstance(query, Query) else np.asarray(query, np.uint8)
+    if code.size * 8 != index.bits:
+        raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
+    mask = filter_mask(index.tiles, filters)
+    if mask is None:
+        rows, dist = top_k(hamming_distances(index.codes, code), k)
+    else:
+        candidates = np.flatnonzero(mask)
+        rows, dist = top_k(hamming_distances(index.codes[candidates], code), k, rows=candidates)
+    hits = index.tiles.iloc[rows].reset_index(drop=True)
+    hits.insert(0, "distance", dist.astype(np.int32))
+    hits.insert(0, "rank", np.arange(1, len(rows) + 1))
+    hits.attrs["index_row"] = rows
+    return hits

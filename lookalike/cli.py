@@ -1,0 +1,304 @@
+"""The ``lookalike`` command. User mistakes print one line on stderr and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+DEFAULT_INDEX_ROOT_ENV = "LOOKALIKE_INDEXES"
+
+
+def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _bbox(text: str):
+    return _floats(text, 4, "bbox (west,south,east,north)")
+
+
+def _lonlat(text: str):
+    return _floats(text, 2, "lon,lat")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    text = json.dumps(payload, indent=2, default=str)
+    if path:
+        from indexer.store import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), text.encode())
+    print(text)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_fetch(args) -> None:
+    from data.registry import fetch
+
+    print(fetch(args.name))
+
+
+def _raster_sources(args):
+    from data.registry import DATASETS, fetch
+    from indexer.sources import RasterSource
+
+    sources = []
+    for ref in args.rasters:
+        if ref in DATASETS and not Path(ref).exists():
+            ds = DATASETS[ref]
+            sources.append(RasterSource(fetch(ref), name=ref, crs=ds.crs, bounds=ds.bounds, time=args.time))
+        else:
+            sources.append(RasterSource(ref, name=args.name, crs=args.crs, bounds=args.bounds,
+                                        time=args.time, bands=tuple(int(b) for b in _csv(args.bands)) if args.bands else None))
+    return sources
+
+
+def cmd_index(args) -> None:
+    from indexer.build import index_images, index_rasters
+    from indexer.encoding import Encoder
+    from indexer.errors import LookalikeError
+    from indexer.tiling import Zone
+
+    if bool(args.rasters) == bool(args.images):
+        raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
+    if args.images:
+        if not args.labels:
+            raise LookalikeError("--images needs --labels CSV")
+        encoder = Encoder(args.backbone, args.weights, image_size=args.image_size, batch_size=args.batch_size)
+        out = index_images(args.images, args.labels, args.out, split=args.split, bits=args.bits,
+                           image_size=args.image_size, hash_path=args.hash, encoder=encoder,
+                           append=args.append)
+    else:
+        zones = [Zone.parse(z) for z in _csv(args.zones)] if args.zones else None
+        encoder = Encoder(args.backbone, args.weights, batch_size=args.batch_size)
+        out = index_rasters(_raster_sources(args), args.out, size=args.tile_size, stride=args.stride,
+                            gsd=args.gsd, zones=zones, bbox=args.bbox, bits=args.bits,
+                            hash_path=args.hash, encoder=encoder, min_valid=args.min_valid,
+                            append=args.append)
+    cmd_info(argparse.Namespace(index=str(out), json=None, no_verify=True))
+
+
+def cmd_info(args) -> None:
+    from indexer.store import open_index
+
+    index = open_index(args.index, verify=not args.no_verify)
+    m = index.manifest
+    codes_bytes = m["files"]["codes"]["bytes"]
+    tiles_bytes = m["files"]["tiles"]["bytes"]
+    summary = dict(path=str(index.path), count=index.n, bits=index.bits, kind=m.get("kind"),
+                   backbone=m.get("backbone", {}).get("name"), hash=m.get("hash", {}).get("method"),
+                   sources=sorted(m.get("sources", {})), zones=int(index.tiles["zone"].nunique()),
+                   bytes_per_tile=dict(codes=codes_bytes / max(index.n, 1),
+                                       tile_table=tiles_bytes / max(index.n, 1)),
+                   created=m.get("created"), updated=m.get("updated"), verified=not args.no_verify)
+    _write_json(args.json, summary)
+
+
+def _filters(args):
+    from indexer.search import Filters
+
+    region = None
+    if args.region:
+        region = json.loads(Path(args.region).read_text())
+    time_range = (args.start, args.end) if (args.start or args.end) else None
+    return Filters(zones=_csv(args.zones) if args.zones else [],
+                   sources=_csv(args.sources) if args.sources else [], time_range=time_range,
+                   bbox=args.bbox, region=region, labels=_csv(args.labels) if args.labels else [])
+
+
+def cmd_search(args) -> None:
+    import time
+
+    from indexer.export import hits_to_geojson, write_geojson
+    from indexer.search import Query, search
+    from indexer.store import open_index
+
+    index = open_index(args.index, verify=not args.no_verify)
+    query = Query(tile_id=args.tile, lonlat=args.lonlat, image=args.image,
+                  positives=_csv(args.positive) if args.positive else [],
+                  negatives=_csv(args.negative) if args.negative else [])
+    filters = _filters(args)
+    t0 = time.perf_counter()
+    hits = search(index, query, k=args.k, filters=filters)
+    elapsed = (time.perf_counter() - t0) * 1000.0
+    if args.geojson:
+        write_geojson(args.geojson, hits_to_geojson(hits, filters=filters.describe(),
+                                                    query={k: v for k, v in vars(query).items() if v}))
+    columns = [c for c in ("rank", "distance", "tile_id", "zone", "lon", "lat", "time", "source", "label")
+               if c in hits]
+    if args.json:
+        _write_json(args.json, dict(n_hits=len(hits), ms=elapsed, hits=hits[columns].to_dict("records")))
+        return
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", args.show, "display.width", 200):
+        print(hits[columns].head(args.show).to_string(index=False))
+    print(f"{len(hits)} hits in {elapsed:.1f} ms" + (f"; GeoJSON written to {args.geojson}" if args.geojson else ""))
+
+
+def cmd_eval(args) -> None:
+    from models.evaluation import evaluate_retrieval
+
+    method = "float" if args.float else ("hash" if args.hash else "default")
+    result = evaluate_retrieval(args.images, args.labels, archive_split=args.archive_split,
+                                query_split=args.query_split, k=args.k, method=method,
+                                hash_path=args.hash, bits=args.bits, image_size=args.image_size)
+    _write_json(args.json, result)
+
+
+def cmd_bench(args) -> None:
+    from indexer.benchmark import bench_search
+
+    _write_json(args.json, bench_search(args.n, args.bits, args.k, repeat=args.repeat))
+
+
+def cmd_serve(args) -> None:
+    from explorer.app import serve
+
+    serve([args.index], port=args.port, show=args.show)
+
+
+def cmd_demo(args) -> None:
+    from explorer.app import serve
+    from explorer.demo import ensure_demo_index
+
+    paths = [ensure_demo_index(body, args.root) for body in args.bodies]
+    serve(paths, port=args.port, show=args.show)
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookalike", description="Visual search over orbital imagery.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fetch", help="download a registered dataset into the cache (LOOKALIKE_DATA)")
+    f.add_argument("name")
+    f.set_defaults(func=cmd_fetch)
+
+    i = sub.add_parser("index", help="build (or --append to) an index from rasters or an image folder")
+    i.add_argument("rasters", nargs="*", help="GeoTIFF/COG paths or registered dataset names (mars_8k, earth_8k)")
+    i.add_argument("--out", required=True)
+    i.add_argument("--images", help="root folder of image chips")
+    i.add_argument("--labels", help="labels CSV: path,label[,split][,...], paths relative to --images")
+    i.add_argument("--split", help="index only this split of the labels CSV")
+    i.add_argument("--image-size", type=int, default=224, help="chips are resized to this size")
+    i.add_argument("--name", help="source name (default: file stem)")
+    i.add_argument("--crs", help="CRS for rasters that lack one, e.g. EPSG:4326 or IAU_2015:49900")
+    i.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
+    i.add_argument("--bands", help="1-based bands to use as RGB, e.g. 4,3,2")
+    i.add_argument("--time", help="acquisition time (ISO 8601) when the raster's metadata has none")
+    i.add_argument("--tile-size", type=int, default=128)
+    i.add_argument("--stride", type=int, default=64)
+    i.add_argument("--gsd", type=float, help="metres per pixel of the tiles (default: native)")
+    i.add_argument("--zones", help="only these zones, e.g. 33N,34N")
+    i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
+    i.add_argument("--min-valid", type=float, default=0.5, help="skip tiles with less valid data")
+    i.add_argument("--bits", type=int, default=512)
+    i.add_argument("--hash", help="hash model file (default: fit PCA-ITQ on the new tiles)")
+    i.add_argument("--backbone", default="efficientnet_lite0")
+    i.add_argument("--weights", help="local weights file for the backbone")
+    i.add_argument("--batch-size", type=int, default=64)
+    i.add_argument("--append", action="store_true", help="add to an existing index")
+    i.set_defaults(func=cmd_index)
+
+    n = sub.add_parser("info", help="describe and verify an index")
+    n.add_argument("index")
+    n.add_argument("--json")
+    n.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
+    n.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("search", help="search an index")
+    s.add_argument("index")
+    q = s.add_argument_group("query (exactly one)")
+    q.add_argument("--tile", help="tile id")
+    q.add_argument("--lonlat", type=_lonlat, help="lon,lat: the tile under this point")
+    q.add_argument("--image", help="a picture, encoded like the index")
+    q.add_argument("--positive", help="comma-separated tile ids to search like")
+    q.add_argument("--negative", help="comma-separated tile ids to search unlike (with --positive)")
+    s.add_argument("--k", type=int, default=1000)
+    s.add_argument("--zones", help="restrict to zones, e.g. 33N,34N")
+    s.add_argument("--sources", help="restrict to sources")
+    s.add_argument("--labels", help="restrict to labels (image-folder indexes)")
+    s.add_argument("--start", help="earliest acquisition time")
+    s.add_argument("--end", help="latest acquisition time")
+    s.add_argument("--bbox", type=_bbox, help="west,south,east,north")
+    s.add_argument("--region", help="GeoJSON file with a (multi)polygon in lon/lat")
+    s.add_argument("--geojson", help="write hits as a GeoJSON FeatureCollection")
+    s.add_argument("--json", help="write hits as JSON")
+    s.add_argument("--show", type=int, default=20, help="rows to print")
+    s.add_argument("--no-verify", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("eval", help="measure retrieval quality")
+    esub = e.add_subparsers(dest="what", required=True)
+    r = esub.add_parser("retrieval", help="mAP@k on a labelled image folder")
+    r.add_argument("--images", required=True)
+    r.add_argument("--labels", required=True)
+    r.add_argument("--archive-split", default="train")
+    r.add_argument("--query-split", default="test")
+    r.add_argument("--k", type=int, default=64)
+    how = r.add_mutually_exclusive_group()
+    how.add_argument("--float", action="store_true", help="float backbone features, Euclidean")
+    how.add_argument("--hash", help="a hash model file")
+    r.add_argument("--bits", type=int, default=512, help="bits of the default code")
+    r.add_argument("--image-size", type=int, default=224)
+    r.add_argument("--json")
+    r.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="what", required=True)
+    bs = bsub.add_parser("search", help="exact scan vs faiss IndexBinaryFlat")
+    bs.add_argument("--n", type=int, default=1_000_000)
+    bs.add_argument("--bits", type=int, default=512)
+    bs.add_argument("--k", type=int, default=1000)
+    bs.add_argument("--repeat", type=int, default=5)
+    bs.add_argument("--json")
+    bs.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("serve", help="serve the explorer on an index")
+    v.add_argument("index")
+    v.add_argument("--port", type=int, default=5006)
+    v.add_argument("--show", action="store_true", help="open a browser")
+    v.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="build the default Mars/Earth indexes if needed, then serve")
+    d.add_argument("--bodies", type=_csv, default=["mars"], help="mars,earth")
+    d.add_argument("--root", help=f"where demo indexes live (default ${DEFAULT_INDEX_ROOT_ENV} or the cache)")
+    d.add_argument("--port", type=int, default=5006)
+    d.add_argument("--show", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from indexer.errors import LookalikeError
+
+    warnings.filterwarnings("ignore", module="rasterio")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LookalikeError as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lookalike: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
