@@ -124,6 +124,13 @@ class RasterSource:
                     bands=list(self._meta["bands"]), gsd=self.native_gsd,
                     time=None if self.acquired is None else self.acquired.isoformat())
 
+    @classmethod
+    def from_description(cls, name: str, desc: dict) -> "RasterSource":
+        """Reopen a source from the description an index manifest keeps of it."""
+        return cls(desc["path"], name=name, crs=desc.get("crs"),
+                   bounds=tuple(desc["bounds"]) if desc.get("bounds") else None,
+                   time=desc.get("time"), bands=tuple(desc["bands"]) if desc.get("bands") else None)
+
     # -------------------------------------------------------------- tiles
     def _stretch(self, src) -> tuple[np.ndarray, np.ndarray] | None:
         if self._meta["dtype"] == "uint8":

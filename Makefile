@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:
+#   make demo   - install, build the Mars demo index if missing, serve the explorer
+#   make test   - install (incl. headless Chromium for the browser tests), run the whole suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Real data for tests and the demo: ../shared/data when it sits beside the checkout.
+LOOKALIKE_DATA ?= $(if $(wildcard ../shared/data/mars_8k.jpg),$(abspath ../shared/data),)
+export LOOKALIKE_DATA
+
+.PHONY: setup browser test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian's chromium for the browser tests (playwright drives it; it downloads no browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+test: setup browser
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/lookalike demo --show
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts
