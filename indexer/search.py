@@ -154,7 +154,7 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None) -> np.ndarray | No
     if filters.time_range:
         start, end = (_to_utc(t) for t in filters.time_range)
         times = pd.to_datetime(tiles["time"], utc=True)
-        ok = times.notna().to_numpy()
+        ok = times.notna().to_numpy().copy()  # pandas >= 3 hands out read-only views
         if start is not None:
             ok &= (times >= start).fillna(False).to_numpy()
         if end is not None:

@@ -20,7 +20,7 @@ import pandas as pd
 import pyproj
 import rasterio
 from rasterio.crs import CRS as RioCRS
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
@@ -96,7 +96,9 @@ class RasterSource:
             gsd = abs(transform.a) * pcrs.axis_info[0].unit_conversion_factor
         time = self.time or next((src.tags().get(t) for t in _TIME_TAGS if src.tags().get(t)), None)
         return dict(crs=crs, transform=transform, geographic=geographic, bands=bands,
-                    alpha=src.count == 2 or (src.count == 4 and self.bands is None),
+                    # a real alpha band (GDAL colour interpretation) is the valid mask; otherwise
+                    # the warp adds one, so pixels outside the raster count as invalid
+                    alpha=src.count == 2 or ColorInterp.alpha in src.colorinterp,
                     lonlat_bounds=(west, south, east, north), gsd=float(gsd), time=parse_time(time),
                     dtype=src.dtypes[0], count=src.count, nodata=src.nodata)
 
@@ -187,6 +189,10 @@ class RasterSource:
         with WarpedVRT(src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
                        crs=dst_crs, transform=transform, width=width, height=height,
                        add_alpha=not self._meta["alpha"], resampling=Resampling.bilinear) as vrt:
+            # GDAL derives band masks from an alpha band only for 2- or 4-band datasets, so read
+            # the alpha band itself (the raster's own or the one the warp adds)
+            alpha_band = next((i + 1 for i, c in enumerate(vrt.colorinterp) if c == ColorInterp.alpha),
+                              None)
             row_ids = sorted(by_row)
             for start in range(0, len(row_ids), band_rows):
                 chunk = row_ids[start:start + band_rows]
@@ -194,7 +200,8 @@ class RasterSource:
                 bottom = (chunk[-1] - rows.start) * grid.stride + grid.size
                 window = Window(0, top, width, bottom - top)
                 pixels = vrt.read(list(self._meta["bands"]), window=window)
-                valid = vrt.read_masks(1, window=window) > 0
+                valid = (vrt.read(alpha_band, window=window) if alpha_band
+                         else vrt.read_masks(1, window=window)) > 0
                 for r in chunk:
                     for p in by_row[r]:
                         oy = (r - rows.start) * grid.stride - top

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,8 @@ class LinearHash:
                 mean, projection = z["mean"], z["projection"]
         except FileNotFoundError:
             raise LookalikeError(f"hash model {path} does not exist") from None
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+                json.JSONDecodeError) as exc:  # TypeError: a plain .npy array, not an .npz
             raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
         if header.get("format") != HASH_FORMAT:
             raise LookalikeError(f"hash model {path} has format {header.get('format')}, "
@@ -106,13 +108,15 @@ def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int =
         raise LookalikeError(f"need at least 2 feature vectors to fit a hash, got shape {x.shape}")
     rng = np.random.default_rng(seed)
     mean = x.mean(axis=0)
-    xc = x - mean
-    n_pca = int(min(bits, x.shape[1], len(x) - 1))
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    rank = int((s > s[0] * 1e-6).sum()) if len(s) else 0
-    n_pca = min(n_pca, rank)
-    pca = vt[:n_pca].T  # (D, n_pca)
-    rotation = _itq_rotation(xc @ pca, n_iter, rng) if n_pca else np.zeros((0, 0))
+    xc = (x - mean).astype(np.float32)
+    # principal directions from the D x D covariance: cheaper than an SVD of N x D when N >> D
+    eigval, eigvec = np.linalg.eigh((xc.T.astype(np.float64) @ xc.astype(np.float64)) / len(x))
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    rank = int((eigval > max(eigval[0], 0.0) * 1e-9).sum()) if eigval[0] > 0 else 0
+    n_pca = int(min(bits, x.shape[1], len(x) - 1, rank))
+    pca = eigvec[:, :n_pca].astype(np.float32)  # (D, n_pca)
+    rotation = _itq_rotation(xc @ pca, n_iter, rng) if n_pca else np.zeros((0, 0), np.float32)
     projection = pca @ rotation
     if n_pca < bits:
         extra = rng.standard_normal((x.shape[1], bits - n_pca))
@@ -123,9 +127,9 @@ def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int =
 
 def _itq_rotation(v: np.ndarray, n_iter: int, rng: np.random.Generator) -> np.ndarray:
     """Orthogonal R minimising ||sign(VR) - VR||_F (Gong & Lazebnik, Alg. 1)."""
-    r, _ = np.linalg.qr(rng.standard_normal((v.shape[1], v.shape[1])))
+    r = np.linalg.qr(rng.standard_normal((v.shape[1], v.shape[1])))[0].astype(np.float32)
     for _ in range(n_iter):
-        b = np.where(v @ r >= 0, 1.0, -1.0)
-        u, _, wt = np.linalg.svd(b.T @ v)
-        r = (u @ wt).T
+        b = np.where(v @ r >= 0, 1.0, -1.0).astype(np.float32)
+        u, _, wt = np.linalg.svd((b.T @ v).astype(np.float64))
+        r = (u @ wt).T.astype(np.float32)
     return r

@@ -1,0 +1,89 @@
+"""The indexes an explorer process serves, opened once and shared read-only by every session."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.errors import LookalikeError
+from indexer.store import Index, open_index
+
+# display names of the registered demo mosaics
+BODY_NAMES = {"mars_8k": "Mars", "earth_8k": "Earth"}
+MARS_RADIUS_M = 3_396_190.0
+
+_open: dict[Path, Index] = {}
+_lock = threading.Lock()
+
+
+def cached_index(path: str | Path) -> Index:
+    """``open_index(path)``, verified once per process; codes stay memory-mapped and shared."""
+    path = Path(path).resolve()
+    index = _open.get(path)
+    if index is None:
+        with _lock:
+            index = _open.get(path)
+            if index is None:
+                index = _open[path] = open_index(path)
+    return index
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One servable index: ``name`` is its URL-safe key, ``label`` what the body selector shows."""
+
+    name: str
+    label: str
+    path: Path
+
+    @property
+    def index(self) -> Index:
+        return cached_index(self.path)
+
+    @property
+    def is_mars(self) -> bool:
+        sources = self.index.manifest.get("sources") or {}
+        if any("mars" in name.lower() for name in sources):
+            return True
+        for desc in sources.values():
+            crs = str(desc.get("crs", ""))
+            if "Mars" in crs or str(int(MARS_RADIUS_M)) in crs:
+                return True
+        return False
+
+
+class Catalog:
+    """Name -> index entry, in the order given; names come from the index folder names."""
+
+    def __init__(self, paths: list[str | Path]):
+        if not paths:
+            raise LookalikeError("the explorer needs at least one index")
+        self.entries: dict[str, Entry] = {}
+        for p in paths:
+            path = Path(p).resolve()
+            cached_index(path)  # fail early, at startup, on a broken index
+            name = path.name
+            while name in self.entries:
+                name += "_"
+            sources = list((cached_index(path).manifest.get("sources") or {}))
+            label = BODY_NAMES.get(sources[0], path.name) if len(sources) == 1 else path.name
+            if label in {e.label for e in self.entries.values()}:
+                label = f"{label} ({path.name})"
+            self.entries[name] = Entry(name, label, path)
+
+    @property
+    def default(self) -> str:
+        return next(iter(self.entries))
+
+    def __getitem__(self, name: str) -> Entry:
+        if name not in self.entries:
+            raise LookalikeError(f"no index named {name!r}; loaded: {', '.join(self.entries)}")
+        return self.entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def labels(self) -> dict[str, str]:
+        """label -> name, for a Select widget."""
+        return {e.label: e.name for e in self.entries.values()}

@@ -1,0 +1,333 @@
+"""One browser session's state: which index, the query, the filters, the hits, and undo history.
+
+``ExplorerState`` is plain ``param`` and knows nothing about widgets or Bokeh, so it can be driven
+and tested without a browser. Whenever the query or a filter changes it runs ``indexer.search``
+again; every search (and every example marked) is recorded so ``undo`` can step back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+import param
+import shapely
+from shapely.geometry import box as shapely_box
+
+from indexer.errors import LookalikeError
+from indexer.export import hits_to_geojson
+from indexer.search import MAX_K, Filters, Query, search, tile_at
+from indexer.store import Index
+from indexer.tiling import Zone
+
+log = logging.getLogger(__name__)
+
+# parameters that define a search; a snapshot of them is one step of the undo history
+SEARCH_PARAMS = ("query_tile", "positives", "negatives", "use_examples", "k", "zones",
+                 "time_start", "time_end", "bbox", "boxes", "polygons")
+
+
+class ExplorerState(param.Parameterized):
+    """Session state of the explorer; set parameters (or call the methods) and hits follow."""
+
+    index = param.ClassSelector(class_=Index, allow_None=True, doc="the index searched (shared, read-only)")
+    index_name = param.String(default="", doc="catalog name of the index, for URLs")
+
+    query_tile = param.String(default="", doc="tile id of the clicked tile ('' = no query)")
+    positives = param.List(default=[], item_type=str, doc="tile ids to search like")
+    negatives = param.List(default=[], item_type=str, doc="tile ids to search unlike")
+    use_examples = param.Boolean(default=False, doc="search with the combined examples, not the tile")
+
+    k = param.Integer(default=1000, bounds=(1, MAX_K), doc="number of hits")
+    zones = param.List(default=[], item_type=str, doc="restrict to these zones, e.g. ['31N']")
+    time_start = param.String(default="", doc="earliest acquisition date (ISO), '' = open")
+    time_end = param.String(default="", doc="latest acquisition date (ISO), '' = open")
+    bbox = param.Tuple(default=None, length=4, allow_None=True, doc="(west, south, east, north)")
+    boxes = param.List(default=[], doc="boxes drawn on the map, each (west, south, east, north)")
+    polygons = param.List(default=[], doc="polygons drawn on the map, each a list of (lon, lat)")
+
+    hits = param.DataFrame(default=None, allow_None=True, doc="result of the last search")
+    error = param.String(default="", doc="why the last action failed, for the user")
+    elapsed_ms = param.Number(default=0.0)
+    focus_tile = param.String(default="", doc="tile to pan to and highlight (a clicked thumbnail)")
+    page = param.Integer(default=0, bounds=(0, None))
+    page_size = param.Integer(default=50, bounds=(1, 1000))
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._lock = threading.RLock()  # one search at a time per session
+        self._history: list[dict] = []
+        self._undoing = False
+
+    # ------------------------------------------------------------------ derived values
+    def snapshot(self) -> dict:
+        """The parameters that define the current search (copied)."""
+        return {name: _copy(getattr(self, name)) for name in SEARCH_PARAMS}
+
+    def query(self) -> Query | None:
+        """The query in force, or None when there is nothing to search for yet."""
+        if self.use_examples and self.positives:
+            return Query(positives=list(self.positives), negatives=list(self.negatives))
+        if self.query_tile:
+            return Query(tile_id=self.query_tile)
+        return None
+
+    def region(self):
+        """Union of the drawn boxes and polygons as a shapely geometry, or None."""
+        shapes = [shapely_box(*b) for b in self.boxes]
+        shapes += [shapely.Polygon(p) for p in self.polygons if len(p) >= 3]
+        shapes = [s.buffer(0) if not s.is_valid else s for s in shapes]
+        return shapely.union_all(shapes) if shapes else None
+
+    def filters(self) -> Filters:
+        """The ``indexer.search.Filters`` the widgets stand for; raises on a malformed date."""
+        start, end = _date(self.time_start, "start"), _date(self.time_end, "end")
+        if start is not None and end is not None and start > end:
+            raise LookalikeError(f"the date range is empty: {self.time_start} is after {self.time_end}")
+        return Filters(zones=list(self.zones),
+                       time_range=(start, end) if (start is not None or end is not None) else None,
+                       bbox=tuple(self.bbox) if self.bbox else None, region=self.region())
+
+    def describe_filters(self) -> list[str]:
+        """Human-readable filters in force, one string each."""
+        out = []
+        if self.zones:
+            out.append("zones " + ", ".join(self.zones))
+        if self.time_start or self.time_end:
+            out.append(f"dates {self.time_start or '…'} to {self.time_end or '…'}")
+        if self.bbox:
+            out.append("bbox " + ", ".join(f"{v:g}" for v in self.bbox))
+        if self.boxes or self.polygons:
+            out.append(f"{len(self.boxes) + len(self.polygons)} drawn region(s)")
+        return out
+
+    def describe_query(self) -> dict:
+        if self.use_examples and self.positives:
+            return dict(positives=list(self.positives), negatives=list(self.negatives))
+        return dict(tile_id=self.query_tile) if self.query_tile else {}
+
+    @property
+    def n_pages(self) -> int:
+        n = 0 if self.hits is None else len(self.hits)
+        return max(1, -(-n // self.page_size))
+
+    def page_hits(self) -> pd.DataFrame:
+        """The hits on the current page."""
+        if self.hits is None:
+            return pd.DataFrame()
+        start = self.page * self.page_size
+        return self.hits.iloc[start:start + self.page_size]
+
+    def tile(self, tile_id: str) -> pd.Series:
+        return self.index.tiles.iloc[self.index.row_of(tile_id)]
+
+    # ------------------------------------------------------------------ actions
+    def click(self, lon: float, lat: float) -> None:
+        """Search for the tile under a map click (a fresh query: examples are dropped)."""
+        if self.index is None:
+            return
+        try:
+            row = tile_at(self.index, float(lon), float(lat))
+        except LookalikeError as exc:
+            self.error = f"{exc}. Click on the indexed area of the map."
+            return
+        self.param.update(query_tile=str(self.index.tiles["tile_id"].iat[row]), use_examples=False,
+                          positives=[], negatives=[], focus_tile="")
+
+    def mark(self, tile_id: str, kind: str) -> None:
+        """Mark a hit as a 'positive' or 'negative' example; marking it again unmarks it."""
+        if kind not in ("positive", "negative"):
+            raise ValueError(f"kind must be 'positive' or 'negative', not {kind!r}")
+        pos, neg = list(self.positives), list(self.negatives)
+        if not pos and self.query_tile and tile_id != self.query_tile:
+            pos = [self.query_tile]  # the clicked tile is the first positive example
+        own, other = (pos, neg) if kind == "positive" else (neg, pos)
+        if tile_id in own:
+            own.remove(tile_id)
+        else:
+            own.append(tile_id)
+            if tile_id in other:
+                other.remove(tile_id)
+        self.param.update(positives=pos, negatives=neg)
+
+    def search_examples(self) -> None:
+        """Search again with the marked examples combined into one query."""
+        if not self.positives:
+            self.error = "Mark at least one result as a positive example first (the + button)."
+            return
+        if self.use_examples:
+            self.run_search(force=True)
+        else:
+            self.use_examples = True
+
+    def clear_regions(self) -> None:
+        self.param.update(boxes=[], polygons=[], bbox=None)
+
+    def undo(self) -> bool:
+        """Go back one step (a search or a marked example); False when there is nothing to undo."""
+        if len(self._history) < 2:
+            return False
+        self._history.pop()
+        previous = self._history[-1]
+        self._undoing = True
+        try:
+            self.param.update(**_copy(previous))
+        finally:
+            self._undoing = False
+        self.run_search(force=True, record=False)
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        return len(self._history) >= 2
+
+    def set_index(self, index: Index, name: str = "") -> None:
+        """Switch to another index: the query, filters and history start afresh."""
+        self._history.clear()
+        self.param.update(index=index, index_name=name, query_tile="", positives=[], negatives=[],
+                          use_examples=False, zones=[], bbox=None, boxes=[], polygons=[],
+                          hits=None, error="", focus_tile="", page=0)
+
+    # ------------------------------------------------------------------ searching
+    @param.depends(*SEARCH_PARAMS, watch=True)
+    def _on_change(self) -> None:
+        if not self._undoing:
+            self.run_search()
+
+    def run_search(self, force: bool = False, record: bool = True) -> None:
+        """Search with the current query and filters; errors end up in ``error``, never raised."""
+        with self._lock:
+            snap = self.snapshot()
+            last = self._history[-1] if self._history else None
+            if record and snap != last:
+                self._history.append(snap)
+            effective = _effective(snap)
+            if not force and last is not None and _effective(last) == effective and self.hits is not None:
+                return  # e.g. an example was marked: nothing the search depends on changed
+            query = self.query()
+            if self.index is None or query is None:
+                self.param.update(hits=None, error="", page=0)
+                return
+            t0 = time.perf_counter()
+            try:
+                hits = search(self.index, query, k=self.k, filters=self.filters())
+            except (LookalikeError, ValueError) as exc:
+                self.param.update(hits=_empty_like(self.index), error=str(exc), page=0)
+                return
+            except Exception as exc:  # a bug: log it, but keep the page alive
+                log.exception("search failed")
+                self.param.update(hits=_empty_like(self.index),
+                                  error=f"Search failed: {type(exc).__name__}: {exc}", page=0)
+                return
+            error = "" if len(hits) else ("No tiles match these filters. Widen the region, "
+                                          "zones or dates.")
+            self.param.update(hits=hits, error=error, page=0,
+                              elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+
+    # ------------------------------------------------------------------ export and URLs
+    def geojson(self) -> dict:
+        """The hits as GeoJSON, with the query and filters that produced them."""
+        hits = self.hits if self.hits is not None else _empty_like(self.index)
+        try:
+            filters = self.filters().describe()
+        except LookalikeError:
+            filters = None
+        return hits_to_geojson(hits, filters=filters, query=self.describe_query())
+
+    def url_params(self) -> dict[str, str]:
+        """Query-string parameters that reproduce this search (empty values left out)."""
+        out = {"index": self.index_name, "tile": self.query_tile,
+               "k": str(self.k) if self.k != self.param.k.default else "",
+               "zones": ",".join(self.zones), "from": self.time_start, "to": self.time_end,
+               "bbox": ",".join(f"{v:g}" for v in self.bbox) if self.bbox else "",
+               "pos": ",".join(self.positives), "neg": ",".join(self.negatives),
+               "examples": "1" if self.use_examples else "",
+               "regions": json.dumps({"boxes": self.boxes, "polygons": self.polygons},
+                                     separators=(",", ":")) if (self.boxes or self.polygons) else ""}
+        return {k: v for k, v in out.items() if v}
+
+    def url_query(self) -> str:
+        return "?" + urlencode(self.url_params()) if self.url_params() else ""
+
+    def apply_url_params(self, params: dict[str, str]) -> None:
+        """Restore a search from ``url_params`` output; bad values become an ``error``."""
+        updates: dict = {}
+        try:
+            if params.get("k"):
+                updates["k"] = int(params["k"])
+            if params.get("zones"):
+                updates["zones"] = [Zone.parse(z).label for z in params["zones"].split(",") if z]
+            updates["time_start"] = params.get("from", "")
+            updates["time_end"] = params.get("to", "")
+            if params.get("bbox"):
+                bbox = tuple(float(v) for v in params["bbox"].split(","))
+                if len(bbox) != 4:
+                    raise ValueError("bbox needs 4 numbers")
+                updates["bbox"] = bbox
+            if params.get("regions"):
+                regions = json.loads(params["regions"])
+                updates["boxes"] = [tuple(map(float, b)) for b in regions.get("boxes", [])]
+                updates["polygons"] = [[tuple(map(float, p)) for p in poly]
+                                       for poly in regions.get("polygons", [])]
+            updates["positives"] = [t for t in params.get("pos", "").split(",") if t]
+            updates["negatives"] = [t for t in params.get("neg", "").split(",") if t]
+            updates["use_examples"] = params.get("examples") == "1"
+            updates["query_tile"] = params.get("tile", "")
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.error = f"The link's search parameters are malformed ({exc}); ignoring them."
+            return
+        self.param.update(**updates)
+
+
+# ------------------------------------------------------------------ helpers
+def _copy(value):
+    return list(value) if isinstance(value, list) else value
+
+
+def _effective(snap: dict) -> dict:
+    """What the search result depends on: examples only count when they are the query."""
+    out = dict(snap)
+    if not out["use_examples"]:
+        out["positives"] = out["negatives"] = None
+    return out
+
+
+def _date(text: str, what: str) -> pd.Timestamp | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise LookalikeError(f"the {what} date {text!r} is not a date; use YYYY-MM-DD") from None
+    if pd.isna(ts):
+        raise LookalikeError(f"the {what} date {text!r} is not a date; use YYYY-MM-DD")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    if what == "end" and len(text) <= 10:
+        ts = ts + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)  # a whole end day counts
+    return ts
+
+
+def _empty_like(index: Index | None) -> pd.DataFrame:
+    if index is None:
+        return pd.DataFrame(columns=["rank", "distance", "tile_id"])
+    hits = index.tiles.iloc[:0].copy()
+    hits.insert(0, "distance", np.zeros(0, np.int32))
+    hits.insert(0, "rank", np.zeros(0, np.int64))
+    return hits
+
+
+def footprint_bounds(tile: pd.Series) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of a tile's footprint corners, unwrapped around its centre."""
+    lons = np.array([tile[f"lon{i}"] for i in range(4)], float)
+    lons = (lons - tile["lon"] + 180.0) % 360.0 - 180.0 + tile["lon"]
+    lats = np.array([tile[f"lat{i}"] for i in range(4)], float)
+    return float(lons.min()), float(lats.min()), float(lons.max()), float(lats.max())
+
+
+__all__ = ["ExplorerState", "footprint_bounds"]
