@@ -173,6 +173,23 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None) -> np.ndarray | No
     return mask
 
 
+def ranked_rows(codes: np.ndarray, code: np.ndarray, k: int,
+                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (rows, distances) of ``codes`` for one packed ``code``, only rows in ``mask``.
+
+    Codes of a multiple of 64 bits go through the parallel one-pass scan
+    (``indexer.hamming_kernel``); other lengths through the numpy reference functions above.
+    """
+    if codes.shape[1] % 8 == 0 and len(codes):
+        from indexer.hamming_kernel import scan_top_k
+
+        return scan_top_k(codes, code, k, mask)
+    if mask is None:
+        return top_k(hamming_distances(codes, code), k)
+    candidates = np.flatnonzero(mask)
+    return top_k(hamming_distances(codes[candidates], code), k, rows=candidates)
+
+
 # ------------------------------------------------------------------ queries on an index
 @dataclass
 class Query:
@@ -256,12 +273,7 @@ def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filt
     code = query_code(index, query, encoder) if isinstance(query, Query) else np.asarray(query, np.uint8)
     if code.size * 8 != index.bits:
         raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
-    mask = filter_mask(index.tiles, filters)
-    if mask is None:
-        rows, dist = top_k(hamming_distances(index.codes, code), k)
-    else:
-        candidates = np.flatnonzero(mask)
-        rows, dist = top_k(hamming_distances(index.codes[candidates], code), k, rows=candidates)
+    rows, dist = ranked_rows(index.codes, code, k, filter_mask(index.tiles, filters))
     hits = index.tiles.iloc[rows].reset_index(drop=True)
     hits.insert(0, "distance", dist.astype(np.int32))
     hits.insert(0, "rank", np.arange(1, len(rows) + 1))

@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,10 @@ MANIFEST = "manifest.json"
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # like mkstemp, but with the ordinary 0666 & ~umask mode (mkstemp's is 0600, which would
+    # make the committed file private to its writer)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -112,8 +115,15 @@ def open_index(path: str | Path, verify: bool = True) -> Index:
     manifest = read_manifest(path)
     files = manifest.get("files", {})
     for role in ("codes", "tiles"):
-        if role not in files:
+        if not isinstance(files, dict) or role not in files:
             raise IndexCorruptError(f"{path}/{MANIFEST} lists no {role} file")
+    try:
+        int(manifest["count"]), int(manifest["bits"])
+        for entry in files.values():
+            str(entry["name"]), int(entry["bytes"]), str(entry["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexCorruptError(f"{path}/{MANIFEST} is incomplete (bad or missing entry {exc}); "
+                                "the index is corrupt") from None
     for role, entry in files.items():
         fpath = path / entry["name"]
         if not fpath.is_file():
@@ -163,6 +173,12 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
     if len(codes) != len(tiles):
         raise LookalikeError(f"{len(codes)} codes but {len(tiles)} tile rows")
     info = dict(info or {})
+    if "tile_id" in tiles:
+        repeated = tiles["tile_id"][tiles["tile_id"].duplicated()]
+        if len(repeated):
+            raise LookalikeError(f"{repeated.nunique()} tile id(s) occur more than once among the "
+                                 f"new tiles, e.g. {repeated.iloc[0]}; tile ids must be unique "
+                                 "(do two sources share one --name?)")
     if append and (path / MANIFEST).exists():
         old = open_index(path)
         if old.bits != bits:

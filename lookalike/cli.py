@@ -281,10 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_COORDINATE_OPTIONS = ("--lonlat", "--bbox", "--bounds")
+
+
+def _glue_coordinates(argv: list[str]) -> list[str]:
+    """``--lonlat -60,-20`` -> ``--lonlat=-60,-20``: argparse reads ``-60,-20`` as an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _COORDINATE_OPTIONS:
+            nxt = next(it, None)
+            out.append(arg if nxt is None else f"{arg}={nxt}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from indexer.errors import LookalikeError
 
     warnings.filterwarnings("ignore", module="rasterio")
+    argv = _glue_coordinates(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,0 +1,439 @@
+"""Views over one ``ExplorerState``: the map, the thumbnail grid, the sidebar controls.
+
+Views read the state through ``pn.bind`` / parameter references and change it only by setting its
+parameters or calling its methods, so the state stays the single source of truth.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from urllib.parse import quote
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from holoviews.operation.datashader import dynspread, rasterize, shade
+from panel.custom import JSComponent
+
+from explorer import basemap
+from explorer.catalog import Catalog, Entry
+from explorer.state import ExplorerState, footprint_bounds
+from indexer.errors import LookalikeError
+
+log = logging.getLogger(__name__)
+
+HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
+HIRISE_COLORS = ["#7fd4ff", "#0077ff"]
+HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
+
+
+# ------------------------------------------------------------------ thumbnails
+class ThumbnailGrid(JSComponent):
+    """One page of hits as thumbnails; a click focuses a tile, + / − mark it as an example.
+
+    Each card carries ``data-tile-id``, ``data-rank``, ``data-time``, ``data-lon`` and
+    ``data-lat`` so tests and scripts can read the results off the page.
+    """
+
+    items = param.List(default=[], doc="dicts: tile_id, rank, distance, src, time, lon, lat, mark")
+    selected = param.String(default="", doc="tile id shown highlighted")
+
+    _esm = """
+    export function render({ model, el }) {
+      const grid = document.createElement('div');
+      grid.className = 'thumb-grid';
+      function button(text, title, action, tile_id) {
+        const b = document.createElement('button');
+        b.textContent = text; b.title = title; b.className = 'mark-' + action;
+        b.addEventListener('click', (e) => { e.stopPropagation(); model.send_msg({action, tile_id}); });
+        return b;
+      }
+      function draw() {
+        grid.replaceChildren();
+        for (const it of model.items) {
+          const card = document.createElement('div');
+          card.className = 'thumb' + (it.tile_id === model.selected ? ' selected' : '') +
+                           (it.mark ? ' ' + it.mark : '');
+          Object.assign(card.dataset, {tileId: it.tile_id, rank: it.rank, distance: it.distance,
+                                       time: it.time, lon: it.lon, lat: it.lat});
+          const img = document.createElement('img');
+          img.src = it.src; img.width = 96; img.height = 96; img.alt = it.tile_id; img.title = it.tile_id;
+          img.addEventListener('click', () => model.send_msg({action: 'focus', tile_id: it.tile_id}));
+          const cap = document.createElement('div');
+          cap.className = 'caption';
+          cap.textContent = `#${it.rank} · d ${it.distance}`;
+          const marks = document.createElement('div');
+          marks.className = 'marks';
+          marks.append(button('+', 'positive example', 'positive', it.tile_id),
+                       button('−', 'negative example', 'negative', it.tile_id));
+          card.append(img, cap, marks);
+          grid.append(card);
+        }
+      }
+      draw();
+      model.on('items', draw);
+      model.on('selected', draw);
+      return grid;
+    }
+    """
+
+    _stylesheets = ["""
+    .thumb-grid { display: flex; flex-wrap: wrap; gap: 6px; }
+    .thumb { width: 100px; border: 2px solid transparent; border-radius: 4px; background: #222;
+             color: #ddd; font: 11px sans-serif; text-align: center; }
+    .thumb img { display: block; margin: 2px; cursor: pointer; background: #111; }
+    .thumb.selected { border-color: #00e5ff; }
+    .thumb.positive { box-shadow: 0 0 0 2px #2ecc40 inset; }
+    .thumb.negative { box-shadow: 0 0 0 2px #ff4136 inset; opacity: 0.6; }
+    .marks button { width: 26px; margin: 1px 3px 3px; cursor: pointer; border: none;
+                    border-radius: 3px; background: #444; color: white; }
+    .marks .mark-positive:hover { background: #2ecc40; }
+    .marks .mark-negative:hover { background: #ff4136; }
+    """]
+
+    def __init__(self, on_action=None, **params):
+        super().__init__(**params)
+        self._on_action = on_action
+
+    def _handle_msg(self, msg) -> None:
+        if self._on_action is not None and isinstance(msg, dict):
+            self._on_action(str(msg.get("action", "")), str(msg.get("tile_id", "")))
+
+
+def thumbnail_url(index_name: str, tile_id: str) -> str:
+    # relative, so the app also works behind a path prefix
+    return f"thumb/{quote(index_name, safe='')}/{quote(tile_id, safe='')}.jpg"
+
+
+def thumbnail_items(state: ExplorerState, hits: pd.DataFrame | None, page: int,
+                    positives: list[str], negatives: list[str]) -> list[dict]:
+    """The cards of the current page."""
+    if hits is None or len(hits) == 0:
+        return []
+    rows = hits.iloc[page * state.page_size:(page + 1) * state.page_size]
+    items = []
+    for rec in rows.to_dict("records"):
+        t = rec.get("time")
+        items.append(dict(
+            tile_id=rec["tile_id"], rank=int(rec["rank"]), distance=int(rec["distance"]),
+            src=thumbnail_url(state.index_name, rec["tile_id"]),
+            time="" if t is None or pd.isna(t) else pd.Timestamp(t).isoformat(),
+            lon=round(float(rec["lon"]), 5), lat=round(float(rec["lat"]), 5),
+            mark="positive" if rec["tile_id"] in positives else
+                 "negative" if rec["tile_id"] in negatives else ""))
+    return items
+
+
+def results_panel(state: ExplorerState) -> pn.Column:
+    """Hit count, pager and the thumbnail grid."""
+    def on_action(action: str, tile_id: str) -> None:
+        if action == "focus":
+            state.focus_tile = tile_id
+        elif action in ("positive", "negative"):
+            state.mark(tile_id, action)
+
+    grid = ThumbnailGrid(
+        on_action=on_action, selected=state.param.focus_tile,
+        items=pn.bind(thumbnail_items, state, state.param.hits, state.param.page,
+                      state.param.positives, state.param.negatives),
+        sizing_mode="stretch_width")
+    prev_page = pn.widgets.Button(name="◀ Previous", width=110,
+                                  disabled=pn.bind(lambda p: p <= 0, state.param.page))
+    next_page = pn.widgets.Button(name="Next ▶", width=110)
+    prev_page.on_click(lambda _: state.param.update(page=max(0, state.page - 1)))
+    next_page.on_click(lambda _: state.param.update(page=min(state.n_pages - 1, state.page + 1)))
+
+    def page_text(hits, page):
+        if hits is None or len(hits) == 0:
+            return ""
+        first = page * state.page_size + 1
+        last = min(len(hits), (page + 1) * state.page_size)
+        return f"Hits {first}–{last} of {len(hits)} · page {page + 1} of {state.n_pages}"
+
+    pager = pn.Row(prev_page, next_page,
+                   pn.pane.Str(pn.bind(page_text, state.param.hits, state.param.page),
+                               css_classes=["page-info"], margin=(12, 10)),
+                   visible=pn.bind(lambda h: h is not None and len(h) > 0, state.param.hits))
+    return pn.Column(pager, grid, sizing_mode="stretch_width")
+
+
+# ------------------------------------------------------------------ status
+def status_markdown(state: ExplorerState, hits, error, query_tile, use_examples, positives,
+                    negatives, *_filters) -> str:
+    """The hit count, the query and the filters in force, always visible."""
+    if hits is None:
+        head = "**Click the map** to search for the lookalikes of the tile under the cursor."
+    else:
+        head = f"**{len(hits)} hits** (k = {state.k}, {state.elapsed_ms:.0f} ms)"
+    if use_examples and positives:
+        query = f"{len(positives)} positive / {len(negatives)} negative examples"
+    else:
+        query = f"`{query_tile}`" if query_tile else "none"
+    filters = state.describe_filters()
+    lines = [head, f"Query: {query}", "Filters: " + ("; ".join(filters) if filters else "none")]
+    if positives or negatives:
+        lines.append(f"Marked: {len(positives)} positive, {len(negatives)} negative")
+    return "  \n".join(lines)
+
+
+def status_pane(state: ExplorerState) -> pn.Column:
+    md = pn.pane.Markdown(pn.bind(status_markdown, state, state.param.hits, state.param.error,
+                                  state.param.query_tile, state.param.use_examples,
+                                  state.param.positives, state.param.negatives, state.param.zones,
+                                  state.param.time_start, state.param.time_end, state.param.bbox,
+                                  state.param.boxes, state.param.polygons),
+                          css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10))
+    alert = pn.pane.Alert(state.param.error, alert_type="warning", css_classes=["error"],
+                          visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
+    return pn.Column(alert, md, sizing_mode="stretch_width")
+
+
+# ------------------------------------------------------------------ controls
+def parse_bbox(text: str) -> tuple[float, float, float, float] | None:
+    """'west,south,east,north' -> tuple; '' -> None; raises LookalikeError otherwise."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise LookalikeError(f"bbox {text!r} needs four numbers: west,south,east,north")
+    west, south, east, north = values
+    if not (-90 <= south < north <= 90 and -180 <= west <= 180 and -180 <= east <= 180):
+        raise LookalikeError(f"bbox {text!r} is not a box in degrees (south < north, lon in ±180)")
+    return values
+
+
+def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Checkbox) -> pn.Column:
+    """Sidebar widgets, each bound to a state parameter."""
+    body = pn.widgets.Select(name="Body", options=catalog.labels(), value=state.index_name)
+    body.param.watch(lambda e: state.set_index(catalog[e.new].index, e.new), "value")
+    state.param.watch(lambda e: setattr(body, "value", e.new), "index_name")
+
+    k = pn.widgets.IntInput.from_param(state.param.k, name="Number of hits (k)", step=100)
+    zone_options = sorted(state.index.tiles["zone"].unique().tolist(),
+                          key=lambda z: (z[-1], int(z[:-1]))) if state.index is not None else []
+    zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM zones",
+                                              options=zone_options, placeholder="all zones")
+    start = pn.widgets.TextInput.from_param(state.param.time_start, name="From date",
+                                            placeholder="YYYY-MM-DD")
+    end = pn.widgets.TextInput.from_param(state.param.time_end, name="To date",
+                                          placeholder="YYYY-MM-DD")
+    times = state.index.tiles["time"] if state.index is not None else pd.Series(dtype=object)
+    span = (f"Tiles dated {times.min():%Y-%m-%d} to {times.max():%Y-%m-%d}"
+            if times.notna().any() else "Tiles carry no dates")
+
+    bbox = pn.widgets.TextInput(name="Bounding box (west,south,east,north)",
+                                placeholder="e.g. 0,10,20,40",
+                                value=",".join(f"{v:g}" for v in state.bbox) if state.bbox else "")
+
+    def bbox_typed(event) -> None:
+        try:
+            state.bbox = parse_bbox(event.new)
+        except LookalikeError as exc:
+            state.error = str(exc)
+
+    bbox.param.watch(bbox_typed, "value")
+    # the box also changes from elsewhere (Clear, undo, a shared link): mirror it in the text
+    state.param.watch(lambda e: setattr(bbox, "value", ",".join(f"{v:g}" for v in e.new) if e.new else ""),
+                      "bbox")
+    clear = pn.widgets.Button(name="Clear regions", button_type="light")
+    clear.on_click(lambda _: state.clear_regions())
+
+    refine = pn.widgets.Button(name="Search with examples", button_type="primary",
+                               disabled=pn.bind(lambda p: not p, state.param.positives))
+    refine.on_click(lambda _: state.search_examples())
+    undo = pn.widgets.Button(name="Undo", button_type="light")
+    undo.on_click(lambda _: state.undo())
+
+    export = pn.widgets.FileDownload(
+        callback=lambda: io.StringIO(json.dumps(state.geojson(), default=str)),
+        filename="lookalike-hits.geojson", label="Export hits (GeoJSON)", button_type="success",
+        disabled=pn.bind(lambda h: h is None or len(h) == 0, state.param.hits))
+    hints = pn.pane.Markdown(
+        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool "
+        "(double-click to start and end); they restrict the search.", styles={"font-size": "12px"})
+    return pn.Column(
+        body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
+        bbox, hints, clear, show_hirise, pn.layout.Divider(), refine, undo, pn.layout.Divider(),
+        export, sizing_mode="stretch_width")
+
+
+# ------------------------------------------------------------------ map
+class MapView:
+    """The map of one index: basemap, zone grid, HiRISE, hit density, outlines, drawn regions."""
+
+    def __init__(self, state: ExplorerState, entry: Entry, show_hirise: pn.widgets.Checkbox,
+                 height: int = 520):
+        self.state, self.entry, self.show_hirise, self.height = state, entry, show_hirise, height
+        self.figure = None  # the Bokeh figure, captured by a plot hook, to pan it from Python
+        self.doc = pn.state.curdoc
+
+    def panel(self) -> pn.viewable.Viewable:
+        from indexer.thumbnails import index_source_image
+
+        try:
+            image = index_source_image(self.entry.index)
+        except LookalikeError as exc:  # e.g. the source raster moved: still search, no basemap
+            return pn.pane.Alert(f"No basemap: {exc}. Searching still works through shared links, "
+                                 "but thumbnails cannot be shown.", alert_type="danger")
+        state = self.state
+        xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
+        base = basemap.basemap(image)
+        tap = hv.streams.Tap(source=base, x=None, y=None)
+        tap.add_subscriber(lambda x=None, y=None: x is not None and state.click(x, y))
+
+        zone_labels = sorted(state.index.tiles["zone"].unique().tolist())
+        zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones))
+        density = dynspread(shade(rasterize(hv.DynamicMap(pn.bind(basemap.hit_points, state.param.hits))),
+                                  cmap=HIT_COLORS, min_alpha=120), threshold=0.6, max_px=3)
+        query = hv.DynamicMap(pn.bind(self._query_outline, state.param.query_tile,
+                                      state.param.positives, state.param.negatives))
+        focus = hv.DynamicMap(pn.bind(self._focus_outline, state.param.focus_tile))
+        boxes, polys = self._drawing()
+        layers = base * zones
+        if self.entry.is_mars:
+            layers = layers * self._hirise()
+        overlay = (layers * density * query * focus * boxes * polys).opts(
+            hv.opts.Overlay(responsive=True, aspect=2, min_height=300, xlim=xlim, ylim=ylim,
+                            xlabel="longitude (°E)", ylabel="latitude (°N)",
+                            active_tools=["wheel_zoom"], hooks=[self._capture], toolbar="above",
+                            show_legend=False))
+        state.param.watch(self._pan_to_focus, "focus_tile")
+        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", min_height=300,
+                                 css_classes=["map"], linked_axes=False)
+
+    # layers ------------------------------------------------------------------
+    def _tiles(self, tile_ids: list[str]) -> pd.DataFrame:
+        rows = [self.state.index.row_of(t) for t in tile_ids if t]
+        return self.state.index.tiles.iloc[rows]
+
+    def _query_outline(self, query_tile: str, positives: list[str], negatives: list[str]) -> hv.Overlay:
+        try:
+            return (basemap.outline_path(self._tiles([query_tile]), "#ff2d2d", 3)
+                    * basemap.outline_path(self._tiles(positives), "#2ecc40", 2)
+                    * basemap.outline_path(self._tiles(negatives), "#ff4136", 2, "dashed"))
+        except LookalikeError:
+            return hv.Path([]) * hv.Path([]) * hv.Path([])
+
+    def _focus_outline(self, focus_tile: str) -> hv.Path:
+        try:
+            return basemap.outline_path(self._tiles([focus_tile]), "#00e5ff", 3)
+        except LookalikeError:
+            return basemap.outline_path(self._tiles([]), "#00e5ff", 3)
+
+    def _drawing(self) -> tuple[hv.Rectangles, hv.Polygons]:
+        state = self.state
+        boxes = hv.Rectangles([tuple(b) for b in state.boxes], kdims=["lon", "lat", "lon2", "lat2"]).opts(
+            fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2, line_dash="dashed")
+        polys = hv.Polygons([{"lon": [p[0] for p in poly], "lat": [p[1] for p in poly]}
+                             for poly in state.polygons], kdims=["lon", "lat"]).opts(
+            fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2, line_dash="dashed")
+        box_stream = hv.streams.BoxEdit(source=boxes, styles={"fill_color": ["#ffffff"]})
+        poly_stream = hv.streams.PolyDraw(source=polys, drag=False, show_vertices=True)
+
+        def boxes_drawn(data) -> None:
+            new = [tuple(float(v) for v in b) for b in zip(data.get("x0", []), data.get("y0", []),
+                                                          data.get("x1", []), data.get("y1", []))]
+            new = [(min(w, e), min(s, n), max(w, e), max(s, n)) for w, s, e, n in new]
+            if new != [tuple(b) for b in state.boxes]:
+                state.boxes = new
+
+        def polys_drawn(data) -> None:
+            new = [[(float(x), float(y)) for x, y in zip(xs, ys)]
+                   for xs, ys in zip(data.get("xs", []), data.get("ys", []))]
+            new = [p for p in new if len(p) >= 3]
+            if new != [list(map(tuple, p)) for p in state.polygons]:
+                state.polygons = new
+
+        box_stream.add_subscriber(boxes_drawn)
+        poly_stream.add_subscriber(polys_drawn)
+
+        def cleared(event) -> None:
+            # regions cleared in Python (Clear button, undo): empty the shapes in the browser too
+            if not event.new and self.figure is not None:
+                self._in_doc(lambda: self._clear_sources(event.name))
+
+        state.param.watch(cleared, ["boxes", "polygons"])
+        return boxes, polys
+
+    def _clear_sources(self, which: str) -> None:
+        from bokeh.models import GlyphRenderer, Patches, Quad
+
+        glyph_type = Quad if which == "boxes" else Patches
+        for renderer in self.figure.select(type=GlyphRenderer):
+            if isinstance(renderer.glyph, glyph_type) and renderer.data_source.data:
+                data = renderer.data_source.data
+                if "fill_color" in data or which == "polygons" or "x0" in data or "left" in data:
+                    renderer.data_source.data = {k: [] for k in data}
+
+    def _hirise(self) -> hv.Overlay:
+        from data.hirise import in_time_range, load_hirise_footprints
+
+        try:
+            table = load_hirise_footprints()
+        except LookalikeError as exc:
+            self.state.error = str(exc)
+            return hv.Overlay([hv.Rectangles([])])
+
+        def footprints(start: str, end: str, show: bool) -> hv.Rectangles:
+            if not show:
+                return basemap.hirise_rectangles(table.iloc[:0])
+            try:
+                return basemap.hirise_rectangles(in_time_range(table, start or None, end or None))
+            except (ValueError, TypeError):
+                return basemap.hirise_rectangles(table)
+
+        source = hv.DynamicMap(pn.bind(footprints, self.state.param.time_start,
+                                       self.state.param.time_end, self.show_hirise))
+        coverage = shade(rasterize(source, aggregator="count"), cmap=HIRISE_COLORS, min_alpha=90)
+
+        def hoverable(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.Rectangles:
+            # real shapes, with hover, once few enough are in view; the density shows the rest
+            data = footprints.data
+            if x_range is None or y_range is None or len(data) == 0:
+                return footprints.iloc[:0]
+            inside = ((data["east"] >= x_range[0]) & (data["west"] <= x_range[1])
+                      & (data["north"] >= y_range[0]) & (data["south"] <= y_range[1]))
+            if inside.sum() > HIRISE_HOVER_MAX:
+                return footprints.iloc[:0]
+            return footprints.clone(data[inside])
+
+        detail = source.apply(hoverable, streams=[hv.streams.RangeXY()]).opts(
+            fill_alpha=0.15, fill_color="#7fd4ff", line_color="#7fd4ff", line_width=1,
+            tools=["hover"], hover_tooltips=[("HiRISE", "@observation_id"), ("date", "@date")])
+        return coverage * detail
+
+    # panning -----------------------------------------------------------------
+    def _capture(self, plot, element) -> None:
+        self.figure = plot.state
+
+    def _in_doc(self, fn) -> None:
+        # Bokeh models may only change under the document lock: schedule on the session's loop
+        if self.doc is not None:
+            self.doc.add_next_tick_callback(fn)
+        else:
+            fn()
+
+    def _pan_to_focus(self, event) -> None:
+        if not event.new or self.figure is None:
+            return
+        try:
+            w, s, e, n = footprint_bounds(self.state.tile(event.new))
+        except LookalikeError:
+            return
+        cx, cy = (w + e) / 2, (s + n) / 2
+        half = max(e - w, (n - s) * 2, 1.0) * 2.5  # a few tiles around it, at the map's 2:1
+        fig = self.figure
+
+        def pan() -> None:
+            fig.x_range.update(start=cx - half, end=cx + half)
+            fig.y_range.update(start=cy - half / 2, end=cy + half / 2)
+
+        self._in_doc(pan)
