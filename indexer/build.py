@@ -22,7 +22,7 @@ from indexer.errors import LookalikeError
 from indexer.sources import RasterSource, load_image, read_labels
 from indexer.store import MANIFEST, open_index, write_index
 from indexer.tiling import TileGrid, TilePlace, Zone
-from models.hashing import LinearHash, fit_itq
+from models.hashing import LinearHash, fit_itq, load_hash_model
 
 CHUNK = 512
 
@@ -89,14 +89,14 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
 def _hash_for(out: Path, features: np.ndarray, bits: int, hash_path: str | None, append: bool,
               backbone: str) -> tuple[LinearHash, bytes | None]:
     if append and (out / MANIFEST).exists():
-        model = LinearHash.load(open_index(out).hash_model_path)
+        model = load_hash_model(open_index(out).hash_model_path)
         if hash_path:
-            given = LinearHash.load(hash_path)
+            given = load_hash_model(hash_path)
             if given.to_bytes() != model.to_bytes():
                 raise LookalikeError(f"--hash {hash_path} differs from the hash model of {out}; "
                                      "appended codes must use the index's own model")
         return model, None
-    model = LinearHash.load(hash_path) if hash_path else fit_itq(features, bits, backbone=backbone)
+    model = load_hash_model(hash_path) if hash_path else fit_itq(features, bits, backbone=backbone)
     if model.backbone and model.backbone != backbone:
         raise LookalikeError(f"hash model was trained on {model.backbone} features, "
                              f"but the encoder is {backbone}")

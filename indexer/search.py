@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import shapely
+import shapely.errors
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
@@ -71,9 +72,9 @@ def combine_examples(positives: np.ndarray, negatives: np.ndarray | None = None,
     """One query code from several positive and negative example codes (packed uint8).
 
     Each bit votes: every positive adds +1 where it has the bit set and -1 where not; every
-    negative does the opposite with weight ``negative_weight`` (so negatives push the query
-    away but never outvote a unanimous set of positives). A bit is 1 where the vote is > 0;
-    a tied vote keeps the first positive's bit.
+    negative does the opposite with weight ``negative_weight`` (a negative counts half as much as
+    a positive by default, so one negative cannot overturn one positive). A bit is 1 where the
+    vote is > 0; a tied vote keeps the first positive's bit.
     """
     pos = np.unpackbits(np.atleast_2d(np.asarray(positives, np.uint8)), axis=1).astype(np.float64)
     if len(pos) == 0:
@@ -121,12 +122,16 @@ class Filters:
 def _as_geometry(region) -> BaseGeometry:
     if isinstance(region, BaseGeometry):
         return region
-    if isinstance(region, dict):
-        if region.get("type") == "FeatureCollection":
-            return shapely.union_all([shape(f["geometry"]) for f in region["features"]])
-        return shape(region.get("geometry", region))
-    if isinstance(region, str):
-        return shapely.from_wkt(region)
+    try:
+        if isinstance(region, dict):
+            if region.get("type") == "FeatureCollection":
+                return shapely.union_all([shape(f["geometry"]) for f in region["features"]])
+            return shape(region.get("geometry", region))
+        if isinstance(region, str):
+            return shapely.from_wkt(region)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+            shapely.errors.ShapelyError) as exc:
+        raise LookalikeError(f"the search region is not a valid GeoJSON geometry or WKT ({exc!r})") from None
     raise LookalikeError(f"cannot use {type(region).__name__} as a search region")
 
 
@@ -254,7 +259,7 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     """Encode a picture with the index's own backbone and hash model."""
     from indexer.encoding import Encoder
     from indexer.sources import load_image
-    from models.hashing import LinearHash
+    from models.hashing import load_hash_model
 
     backbone = index.manifest["backbone"]
     size = backbone.get("image_size") or int(index.manifest.get("tiling", {}).get("size", 128))
@@ -262,7 +267,7 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     if encoder.describe()["weights_sha256"] != backbone["weights_sha256"]:
         raise LookalikeError("the encoder's weights differ from those the index was built with")
     features = encoder.features(load_image(image, size)[None])
-    return LinearHash.load(index.hash_model_path).encode(features)[0]
+    return load_hash_model(index.hash_model_path).encode(features)[0]
 
 
 def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +32,26 @@ def _lonlat(text: str):
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _zones(text: str) -> list[str]:
+    from indexer.tiling import Zone
+
+    try:
+        return [Zone.parse(z).label for z in _csv(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too; ``-45,10`` is a value (a western longitude), not an option."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str):
+        self.exit(2, f"lookalike: error: {message} (see: {self.prog} --help)\n")
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -80,7 +101,7 @@ def cmd_index(args) -> None:
                            image_size=args.image_size, hash_path=args.hash, encoder=encoder,
                            append=args.append)
     else:
-        zones = [Zone.parse(z) for z in _csv(args.zones)] if args.zones else None
+        zones = [Zone.parse(z) for z in args.zones] if args.zones else None
         encoder = Encoder(args.backbone, args.weights, batch_size=args.batch_size)
         out = index_rasters(_raster_sources(args), args.out, size=args.tile_size, stride=args.stride,
                             gsd=args.gsd, zones=zones, bbox=args.bbox, bits=args.bits,
@@ -108,11 +129,16 @@ def cmd_info(args) -> None:
 def _filters(args):
     from indexer.search import Filters
 
+    from indexer.errors import LookalikeError
+
     region = None
     if args.region:
-        region = json.loads(Path(args.region).read_text())
+        try:
+            region = json.loads(Path(args.region).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LookalikeError(f"--region {args.region} is not a GeoJSON file ({exc})") from None
     time_range = (args.start, args.end) if (args.start or args.end) else None
-    return Filters(zones=_csv(args.zones) if args.zones else [],
+    return Filters(zones=args.zones or [],
                    sources=_csv(args.sources) if args.sources else [], time_range=time_range,
                    bbox=args.bbox, region=region, labels=_csv(args.labels) if args.labels else [])
 
@@ -179,7 +205,7 @@ def cmd_demo(args) -> None:
 
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lookalike", description="Visual search over orbital imagery.")
+    p = _Parser(prog="lookalike", description="Visual search over orbital imagery.")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fetch", help="download a registered dataset into the cache (LOOKALIKE_DATA)")
@@ -201,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--tile-size", type=int, default=128)
     i.add_argument("--stride", type=int, default=64)
     i.add_argument("--gsd", type=float, help="metres per pixel of the tiles (default: native)")
-    i.add_argument("--zones", help="only these zones, e.g. 33N,34N")
+    i.add_argument("--zones", type=_zones, help="only these zones, e.g. 33N,34N")
     i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
     i.add_argument("--min-valid", type=float, default=0.5, help="skip tiles with less valid data")
     i.add_argument("--bits", type=int, default=512)
@@ -227,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--positive", help="comma-separated tile ids to search like")
     q.add_argument("--negative", help="comma-separated tile ids to search unlike (with --positive)")
     s.add_argument("--k", type=int, default=1000)
-    s.add_argument("--zones", help="restrict to zones, e.g. 33N,34N")
+    s.add_argument("--zones", type=_zones, help="restrict to zones, e.g. 33N,34N")
     s.add_argument("--sources", help="restrict to sources")
     s.add_argument("--labels", help="restrict to labels (image-folder indexes)")
     s.add_argument("--start", help="earliest acquisition time")

@@ -102,7 +102,7 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
     """
     from indexer.encoding import Encoder
     from indexer.sources import read_labels
-    from models.hashing import LinearHash, fit_itq
+    from models.hashing import fit_itq, load_hash_model
 
     if k < 1:
         raise LookalikeError("k must be at least 1")
@@ -116,7 +116,7 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
         ranked = rank_euclidean(fa, fq, k)
         n_bits, name, bytes_per_item = 32 * fa.shape[1], f"float-{encoder.name}-euclidean", 4 * fa.shape[1]
     else:
-        model = LinearHash.load(hash_path) if hash_path else fit_itq(fa, bits, backbone=encoder.name)
+        model = load_hash_model(hash_path) if hash_path else fit_itq(fa, bits, backbone=encoder.name)
         ca, cq = model.encode(fa), model.encode(fq)
         t0 = time.perf_counter()
         ranked = rank_hamming(ca, cq, k)

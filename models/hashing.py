@@ -83,19 +83,10 @@ class LinearHash:
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearHash":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                mean, projection = z["mean"], z["projection"]
-        except FileNotFoundError:
-            raise LookalikeError(f"hash model {path} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
-                json.JSONDecodeError) as exc:  # TypeError: a plain .npy array, not an .npz
-            raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
-        if header.get("format") != HASH_FORMAT:
-            raise LookalikeError(f"hash model {path} has format {header.get('format')}, "
-                                 f"this version reads {HASH_FORMAT}")
-        return cls(mean, projection, header["method"], header["backbone"], header.get("meta"))
+        model = load_hash_model(path)
+        if not isinstance(model, cls):
+            raise LookalikeError(f"hash model {path} is a {model.method} network, not a linear hash")
+        return model
 
 
 def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int = 0,
@@ -133,3 +124,84 @@ def _itq_rotation(v: np.ndarray, n_iter: int, rng: np.random.Generator) -> np.nd
         u, _, wt = np.linalg.svd((b.T @ v).astype(np.float64))
         r = (u @ wt).T.astype(np.float32)
     return r
+
+
+class NetworkHash:
+    """A trained hashing head as plain arrays: Linear layers with LeakyReLU between them.
+
+    ``code = pack(last pre-activation > 0)``, which is the sigmoid output thresholded at 0.5.
+    Input standardisation is folded into the first layer, so features go in as they come.
+    """
+
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], slope: float,
+                 method: str, backbone: str, meta: dict | None = None):
+        self.weights = [np.asarray(w, dtype=np.float32) for w in weights]
+        self.biases = [np.asarray(b, dtype=np.float32) for b in biases]
+        self.slope = float(slope)
+        self.method = method
+        self.backbone = backbone
+        self.meta = dict(meta or {})
+
+    @property
+    def bits(self) -> int:
+        return int(self.weights[-1].shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weights[0].shape[1])
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        h = np.asarray(features, dtype=np.float32)
+        if h.ndim != 2 or h.shape[1] != self.in_features:
+            raise LookalikeError(f"hash model expects {self.in_features}-d features, got shape {h.shape}")
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = h @ w.T + b
+            if i < len(self.weights) - 1:
+                h = np.where(h > 0, h, self.slope * h)
+        return h
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        return pack_bits(self.logits(features) > 0)
+
+    def to_bytes(self) -> bytes:
+        header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
+                      in_features=self.in_features, layers=len(self.weights), slope=self.slope,
+                      meta=self.meta)
+        arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
+        arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
+        buf = io.BytesIO()
+        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> str:
+        from indexer.store import atomic_write_bytes
+
+        data = self.to_bytes()
+        atomic_write_bytes(Path(path), data)
+        return hashlib.sha256(data).hexdigest()
+
+
+def load_hash_model(path: str | Path) -> LinearHash | NetworkHash:
+    """Read any hash model file (PCA-ITQ / LSH or a trained network)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            if header.get("format") != HASH_FORMAT:
+                raise LookalikeError(f"hash model {path} has format {header.get('format')}, "
+                                     f"this version reads {HASH_FORMAT}")
+            if "layers" not in header:
+                return LinearHash(z["mean"], z["projection"], header["method"], header["backbone"],
+                                  header.get("meta"))
+            n = int(header["layers"])
+            return NetworkHash([z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
+                               header["slope"], header["method"], header["backbone"], header.get("meta"))
+    except FileNotFoundError:
+        raise LookalikeError(f"hash model {path} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+            json.JSONDecodeError) as exc:  # TypeError: a plain .npy array, not an .npz
+        raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
+
+
+def default_hash_path() -> Path:
+    """The hash model that ships with the project (see ``data/models/README.md``)."""
+    return Path(__file__).resolve().parents[1] / "data" / "models" / "hash_default.npz"

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data lives, one backbone for the whole session, CLI runners.
+"""Shared fixtures: where the real data lives, one backbone and one Mars index per session.
 
 Real data is read from ``../shared/data`` beside the checkout (or ``$LOOKALIKE_DATA``); tests that
 need it skip with a clear reason when it is absent. Nothing is ever copied into the repository.
@@ -6,16 +6,13 @@ need it skip with a clear reason when it is absent. Nothing is ever copied into 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from lookalike_testkit import run_main
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -57,64 +54,6 @@ def encoder(backbone):
     from indexer.encoding import Encoder
 
     return Encoder(backbone, device="cpu")
-
-
-@contextlib.contextmanager
-def environ(**values):
-    """Temporarily set (or, with None, remove) environment variables."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = str(v)
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def run_main(argv: list[str], **env) -> tuple[int, str, str]:
-    """Run ``lookalike.cli.main`` in-process; returns (exit code, stdout, stderr).
-
-    Exceptions other than SystemExit propagate, so a crash fails the calling test.
-    """
-    from lookalike.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with environ(**env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_cli(argv: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
-    """Run ``python -m lookalike`` in a subprocess from the repository root."""
-    full_env = dict(os.environ)
-    for k, v in env.items():
-        if v is None:
-            full_env.pop(k, None)
-        else:
-            full_env[k] = str(v)
-    return subprocess.run([sys.executable, "-m", "lookalike", *map(str, argv)], cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_user_error(code: int, stderr: str, *needles: str) -> None:
-    """Exit status 2 and exactly one stderr line ``lookalike: error: ...`` without a traceback."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 2, f"exit code {code}, stderr:\n{stderr}"
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected one stderr line, got:\n{stderr}"
-    assert lines[0].startswith("lookalike: error:"), lines[0]
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexfakes import popcount_reference, random_codes, stable_top_k
+from lookalike_testkit import popcount_reference, random_codes, stable_top_k
 from models.evaluation import (average_precision_at_k, rank_euclidean, rank_hamming,
                                retrieval_scores)
 

@@ -10,53 +10,9 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from indexfakes import make_index
+from lookalike_testkit import check_rfc7946, make_index, ring_area, strict_json
 from indexer.export import PROPERTIES, footprint_geometry, hits_to_geojson, write_geojson
 from indexer.search import Filters, search
-
-
-def strict_json(text: str):
-    """json.loads that refuses NaN / Infinity, which RFC 8259 (and so RFC 7946) forbids."""
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def iter_rings(geometry: dict):
-    polys = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
-    for poly in polys:
-        yield poly[0], poly[1:]
-
-
-def ring_area(ring) -> float:
-    """Shoelace signed area: positive for counterclockwise rings."""
-    xy = np.asarray(ring, float)
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
-
-
-def check_rfc7946(collection: dict) -> None:
-    assert collection["type"] == "FeatureCollection"
-    assert "crs" not in collection  # RFC 7946 removed the crs member
-    assert isinstance(collection["features"], list)
-    for feature in collection["features"]:
-        assert feature["type"] == "Feature"
-        assert isinstance(feature["properties"], dict)
-        geom = feature["geometry"]
-        assert geom["type"] in ("Polygon", "MultiPolygon", "Point")
-        if geom["type"] == "Point":
-            lon, lat = geom["coordinates"]
-            assert -180 <= lon <= 180 and -90 <= lat <= 90
-            continue
-        for exterior, holes in iter_rings(geom):
-            assert len(exterior) >= 4 and exterior[0] == exterior[-1]  # closed linear ring
-            assert ring_area(exterior) > 0, "exterior ring must be counterclockwise"
-            for hole in holes:
-                assert ring_area(hole) < 0
-            for lon, lat in exterior:
-                assert -180 <= lon <= 180 and -90 <= lat <= 90
-        assert shape(geom).is_valid
 
 
 def test_footprint_orientation_is_counterclockwise():

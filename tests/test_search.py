@@ -8,7 +8,7 @@ import pytest
 import shapely
 from shapely.geometry import Point, box
 
-from indexfakes import make_index, popcount_reference, random_codes, stable_top_k, synthetic_tiles
+from lookalike_testkit import make_index, popcount_reference, random_codes, stable_top_k, synthetic_tiles
 from indexer import search as search_mod
 from indexer.errors import CodeLengthError, LookalikeError
 from indexer.search import (Filters, Query, combine_examples, filter_mask, hamming_distances,
@@ -306,7 +306,7 @@ def _footprint_index(tmp_path):
     tile straddling the antimeridian."""
     from indexer.store import open_index, write_index
 
-    from indexfakes import hash_bytes
+    from lookalike_testkit import hash_bytes
 
     recs = []
     for lon in np.arange(-10.0, 11.0, 1.0):
@@ -374,7 +374,7 @@ def test_search_on_index_built_from_table_only(tmp_path):
     """An index without time or label columns is searchable with non-time filters."""
     from indexer.store import open_index, write_index
 
-    from indexfakes import hash_bytes
+    from lookalike_testkit import hash_bytes
 
     tiles = synthetic_tiles(50, seed=2).drop(columns=["label"])
     codes = random_codes(50, 64, seed=2)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexfakes import hash_bytes, random_codes, synthetic_tiles
+from lookalike_testkit import hash_bytes, random_codes, synthetic_tiles
 from indexer import store
 from indexer.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from indexer.store import MANIFEST, open_index, read_manifest, write_index

@@ -1,0 +1,203 @@
+"""Fixtures for the explorer tests: a small two-date Mars index, a served app, a headless Chromium.
+
+Imported by tests/test_explorer_*.py (``from conftest_explorer import ...``) rather than from
+tests/conftest.py, which belongs to the rest of the suite.
+
+The index covers zones 30N and 31N dated 2010-01-01 and, appended, zone 32N dated 2015-06-01.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+FIRST_DATE, SECOND_DATE = "2010-01-01", "2015-06-01"
+
+
+def data_dir() -> Path:
+    env = os.environ.get("LOOKALIKE_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _lookalike(*args: str, env: dict) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lookalike", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"lookalike {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def explorer_env() -> dict:
+    data = data_dir()
+    if not (data / "mars_8k.jpg").is_file():
+        pytest.skip(f"real data not found in {data} (set LOOKALIKE_DATA)")
+    return dict(os.environ, LOOKALIKE_DATA=str(data))
+
+
+@pytest.fixture(scope="session")
+def explorer_index(tmp_path_factory, explorer_env) -> Path:
+    """Mars zones 30N, 31N (2010) + 32N (2015, appended), 64-bit codes: 138 tiles, ~20 s."""
+    out = tmp_path_factory.mktemp("explorer") / "mars_small"
+    _lookalike("index", "mars_8k", "--zones", "30N,31N", "--bits", "64", "--time", FIRST_DATE,
+               "--out", str(out), env=explorer_env)
+    _lookalike("index", "mars_8k", "--zones", "32N", "--bits", "64", "--time", SECOND_DATE,
+               "--append", "--out", str(out), env=explorer_env)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(index: Path, env: dict, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
+    """``lookalike serve INDEX`` on a free port; returns the process and the app's URL."""
+    port = free_port()
+    log = open(index.parent / f"serve-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", str(index), "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {(index.parent / f'serve-{port}.log').read_text()[-2000:]}")
+        try:
+            # a static file answers as soon as the server listens (the app page builds a session)
+            with urllib.request.urlopen(url + "static/js/bokeh.min.js", timeout=5) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the explorer server did not start in time")
+
+
+@pytest.fixture(scope="session")
+def explorer_url(explorer_index, explorer_env):
+    proc, url = start_server(explorer_index, explorer_env)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ page helpers
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the page may be mid-update
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.locator(".map canvas").first.wait_for(state="visible")
+
+
+def cards(page) -> list[dict]:
+    """The thumbnail cards on the current page of results, as dicts of their data attributes."""
+    return page.locator(".thumb").evaluate_all(
+        "els => els.map(e => Object.assign({}, e.dataset))")
+
+
+def shadow_text(page, selector: str) -> str:
+    """Text of the first element matching ``selector``, including its shadow DOM (Panel panes)."""
+    loc = page.locator(selector).first
+    return loc.evaluate("""e => e.shadowRoot
+        ? Array.from(e.shadowRoot.children).filter(c => !['STYLE', 'LINK'].includes(c.tagName))
+               .map(c => c.innerText).join(' ')
+        : e.innerText""")
+
+
+def status_text(page) -> str:
+    """The always-visible summary: hit count, query and filters."""
+    return " ".join(shadow_text(page, ".status").split())
+
+
+def click_map(page, fx: float = 0.5, fy: float = 0.5, previous_first: str | None = None) -> list[dict]:
+    """Click the map at a fraction of its canvas until results appear; returns the cards.
+
+    A click that lands before the plot's event handlers are wired is retried.
+    """
+    canvas = page.locator(".map canvas").first
+    for _ in range(5):
+        box = canvas.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+        try:
+            return wait_until(lambda: (c := cards(page)) and c[0]["tileId"] != previous_first and c,
+                              timeout=6, what="results after a map click")
+        except AssertionError:
+            continue
+    raise AssertionError("no results appeared after clicking the map")
+
+
+def set_text(page, label: str, value: str) -> None:
+    """Type into the text input whose label is ``label`` and commit it with Enter."""
+    field = page.locator(".bk-input-group", has_text=label).locator("input").first
+    field.fill(value)
+    field.press("Enter")
+
+
+def all_cards(page) -> list[dict]:
+    """Cards of every page of results (pages through with the Next button)."""
+    out = cards(page)
+    info = page.locator(".page-info")
+    while True:
+        text = shadow_text(page, ".page-info") if info.count() else ""
+        if not text or "page" not in text:
+            return out
+        current, total = text.split("page ")[1].split(" of ")
+        if int(current) >= int(total):
+            return out
+        first_rank = int(out[-1]["rank"]) + 1
+        page.get_by_role("button", name="Next ▶").click()
+        wait_until(lambda: cards(page) and int(cards(page)[0]["rank"]) == first_rank, what="next page")
+        out += cards(page)

@@ -1,0 +1,149 @@
+"""The explorer in a real headless Chromium, served by ``lookalike serve`` on a small index."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from conftest_explorer import (FIRST_DATE, SECOND_DATE, all_cards, browser, cards,  # noqa: F401
+                               click_map, explorer_env, explorer_index, explorer_url, open_app,
+                               page, screenshot, set_text, shadow_text, status_text, wait_until)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_click_map_shows_lookalikes(page, explorer_url):
+    open_app(page, explorer_url)
+    screenshot(page, "explorer-start")
+    found = click_map(page)
+    assert found[0]["rank"] == "1" and found[0]["distance"] == "0"  # the clicked tile itself
+    assert "138 hits" in status_text(page)  # k=1000 > the 138 tiles of the index
+    assert found[0]["tileId"] in status_text(page)
+    # thumbnails are real images read from the source raster
+    wait_until(lambda: page.locator(".thumb img").first.evaluate("i => i.complete && i.naturalWidth == 96"),
+               what="first thumbnail to load")
+    screenshot(page, "explorer-results")
+    # clicking a thumbnail highlights it (and pans the map to it)
+    page.locator(".thumb img").nth(3).click()
+    wait_until(lambda: page.locator(".thumb.selected").count() == 1, what="highlighted thumbnail")
+    assert page.locator(".thumb.selected").get_attribute("data-tile-id") == found[3]["tileId"]
+
+
+def test_bbox_filter_restricts_hits(page, explorer_url):
+    open_app(page, explorer_url)
+    click_map(page)
+    set_text(page, "Bounding box", "0,20,10,60")
+    wait_until(lambda: "bbox 0, 20, 10, 60" in status_text(page), what="bbox in the status")
+
+    def inside(c):
+        return 0 <= float(c["lon"]) <= 10 and 20 <= float(c["lat"]) <= 60
+
+    wait_until(lambda: cards(page) and all(inside(c) for c in cards(page)), what="hits inside the box")
+    hits = all_cards(page)
+    assert hits and all(inside(c) for c in hits)
+    assert f"{len(hits)} hits" in status_text(page)
+    screenshot(page, "explorer-bbox")
+
+
+def test_date_range_filters_hits(page, explorer_url):
+    open_app(page, explorer_url)
+    click_map(page)
+    set_text(page, "From date", "2012-01-01")
+    wait_until(lambda: cards(page) and all(c["time"].startswith(SECOND_DATE) for c in cards(page)),
+               what="only 2015 tiles")
+    assert all(c["time"].startswith(SECOND_DATE) for c in all_cards(page))
+    set_text(page, "From date", "")
+    set_text(page, "To date", "2012-12-31")
+    wait_until(lambda: cards(page) and all(c["time"].startswith(FIRST_DATE) for c in cards(page)),
+               what="only 2010 tiles")
+    assert all(c["time"].startswith(FIRST_DATE) for c in all_cards(page))
+    # an impossible range is a message on the page, not an error page
+    set_text(page, "From date", "2020-01-01")
+    page.locator(".error").first.wait_for(state="visible")
+    assert "empty" in shadow_text(page, ".error")
+    screenshot(page, "explorer-date-error")
+
+
+def test_export_geojson(page, explorer_url):
+    open_app(page, explorer_url)
+    found = click_map(page)
+    set_text(page, "From date", "2012-01-01")
+    wait_until(lambda: cards(page) and all(c["time"].startswith(SECOND_DATE) for c in cards(page)),
+               what="filtered hits")
+    n = int(status_text(page).split(" hits")[0].split()[-1].strip("*"))
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Export hits (GeoJSON)").click()
+    collection = json.loads(open(info.value.path()).read())
+    assert collection["type"] == "FeatureCollection"
+    assert len(collection["features"]) == n
+    assert collection["lookalike"]["query"] == {"tile_id": found[0]["tileId"]}
+    assert collection["lookalike"]["filters"]["time_range"][0].startswith("2012-01-01")
+    first = collection["features"][0]
+    assert first["geometry"]["type"] in ("Polygon", "MultiPolygon")
+    assert first["properties"]["time"].startswith(SECOND_DATE)
+
+
+def test_shared_url_reproduces_search(browser, explorer_url):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    open_app(pg, explorer_url)
+    click_map(pg)
+    set_text(pg, "Bounding box", "-10,0,20,50")
+    wait_until(lambda: "bbox=" in pg.url, what="the URL to carry the bbox")
+    wait_until(lambda: cards(pg) and all(float(c["lat"]) <= 50 for c in cards(pg)), what="bbox hits")
+    shared, expected = pg.url, [c["tileId"] for c in cards(pg)]
+    query = parse_qs(urlparse(shared).query)
+    assert query["tile"] == [expected[0]] and query["bbox"] == ["-10,0,20,50"]
+
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    open_app(other, shared)
+    wait_until(lambda: [c["tileId"] for c in cards(other)] == expected, what="the same hits")
+    assert "bbox -10, 0, 20, 50" in status_text(other)
+    screenshot(other, "explorer-shared-url")
+    other.context.close()
+    ctx.close()
+
+
+def test_sessions_are_independent(browser, explorer_url):
+    a = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    b = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    first_a, first_b = [], []
+    for pg, first in ((a, first_a), (b, first_b)):
+        open_app(pg, explorer_url)
+        first += click_map(pg)  # same tile in both: also proves the map is ready for clicks
+    # then both sessions click elsewhere, and both clicks are sent before either result is awaited
+    for pg, fx in ((a, 0.47), (b, 0.53)):
+        box = pg.locator(".map canvas").first.bounding_box()
+        pg.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * 0.3)
+    found_a = wait_until(lambda: (c := cards(a)) and c[0]["tileId"] != first_a[0]["tileId"] and c,
+                         what="new results in session A")
+    found_b = wait_until(lambda: (c := cards(b)) and c[0]["tileId"] != first_b[0]["tileId"] and c,
+                         what="new results in session B")
+    assert found_a[0]["tileId"] != found_b[0]["tileId"]
+    assert found_a[0]["tileId"] in status_text(a) and found_b[0]["tileId"] not in status_text(a)
+    assert found_b[0]["tileId"] in status_text(b) and found_a[0]["tileId"] not in status_text(b)
+    # a filter in one session leaves the other alone
+    set_text(a, "From date", "2012-01-01")
+    wait_until(lambda: "dates 2012-01-01" in status_text(a), what="filter in A")
+    assert "Filters: none" in status_text(b)
+    assert [c["tileId"] for c in cards(b)] == [c["tileId"] for c in found_b]
+    a.context.close()
+    b.context.close()
+
+
+def test_refine_with_examples_and_undo(page, explorer_url):
+    open_app(page, explorer_url)
+    found = click_map(page)
+    page.locator(".thumb").nth(2).locator("button.mark-positive").click()
+    page.locator(".thumb").nth(3).locator("button.mark-negative").click()
+    wait_until(lambda: "Marked: 2 positive, 1 negative" in status_text(page), what="marks")
+    page.get_by_role("button", name="Search with examples").click()
+    wait_until(lambda: "2 positive / 1 negative examples" in status_text(page), what="example query")
+    assert "examples=1" in page.url
+    screenshot(page, "explorer-refined")
+    page.get_by_role("button", name="Undo").click()
+    wait_until(lambda: [c["tileId"] for c in cards(page)] == [c["tileId"] for c in found],
+               what="the first search's hits back after undo")
+    assert f"Query: {found[0]['tileId']}" in status_text(page)

@@ -1,0 +1,216 @@
+"""End to end on the real shared data (skipped when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from shapely.geometry import shape
+
+from lookalike_testkit import check_rfc7946, run_cli, run_main, strict_json
+
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------ Mars: index, info, search
+def test_mars_index_info(mars_index, data_dir):
+    code, out, err = run_main(["info", mars_index])
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["count"] > 50 and info["bits"] == 512 and info["zones"] == 2
+    assert info["sources"] == ["mars_8k"] and info["backbone"] == "efficientnet_lite0"
+    from indexer.store import open_index
+
+    idx = open_index(mars_index)
+    tiles = idx.tiles
+    assert set(tiles["zone"]) == {"30N", "31N"}
+    assert tiles["tile_id"].is_unique
+    assert (tiles["lat"] >= 0).all() and tiles["lon"].between(-6, 6).all()
+    # every tile centre lies in the zone it is filed under
+    from indexer.tiling import Zone
+
+    assert all(Zone.at(lo, la).label == z for lo, la, z in zip(tiles["lon"], tiles["lat"], tiles["zone"]))
+    # gsd is the mosaic's native resolution: 360 degrees of Mars over 8192 px
+    gsd = 2 * np.pi * 3_396_190.0 / 8192
+    assert idx.manifest["tiling"]["gsd"] == pytest.approx(gsd)
+    assert not list(mars_index.glob(".work-*"))  # the work folder is removed on commit
+
+
+def test_mars_search_lonlat_geojson(mars_index, tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    geojson, hits_json = tmp_path / "hits.geojson", tmp_path / "hits.json"
+    proc = run_cli(["search", mars_index, "--lonlat", "0,10", "--k", "50", "--geojson", geojson,
+                    "--json", hits_json])
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(hits_json.read_text())["hits"]
+    assert len(hits) == 50
+    distances = [h["distance"] for h in hits]
+    assert distances == sorted(distances)
+    assert hits[0]["rank"] == 1 and hits[0]["distance"] == 0
+    assert [h["rank"] for h in hits] == list(range(1, 51))
+    collection = strict_json(geojson.read_text())
+    check_rfc7946(collection)
+    assert [f["properties"]["tile_id"] for f in collection["features"]] == [h["tile_id"] for h in hits]
+    # the query tile's footprint holds the query point
+    assert shape(collection["features"][0]["geometry"]).covers(shapely.Point(0, 10))
+    for f in collection["features"]:
+        assert {"rank", "distance", "tile_id", "zone", "time", "source"} <= set(f["properties"])
+        assert f["properties"]["source"] == "mars_8k"
+    frame = gpd.read_file(geojson)
+    assert len(frame) == 50 and frame.geometry.is_valid.all()
+    assert frame["distance"].is_monotonic_increasing
+    minx, _, maxx, _ = frame.total_bounds
+    assert -180 <= minx and maxx <= 180
+
+
+def test_mars_search_filters_on_real_index(mars_index):
+    from indexer.search import Filters, Query, search
+    from indexer.store import open_index
+
+    idx = open_index(mars_index)
+    hits = search(idx, Query(lonlat=(0.0, 10.0)), k=1000, filters=Filters(zones=["31N"], bbox=(0, 0, 6, 30)))
+    assert len(hits) > 0
+    assert (hits["zone"] == "31N").all() and hits["lat"].between(0, 30).all()
+    expected = ((idx.tiles["zone"] == "31N") & idx.tiles["lon"].between(0, 6) & idx.tiles["lat"].between(0, 30))
+    assert len(hits) == int(expected.sum())
+
+
+def test_earth_index_uses_utm_zones(tmp_path, data_dir):
+    out = tmp_path / "earth"
+    code, stdout, err = run_main(["index", "earth_8k", "--bbox", "10,40,20,50", "--bits", "64",
+                                  "--out", out], LOOKALIKE_DATA=data_dir)
+    assert code == 0, err
+    from indexer.store import open_index
+
+    tiles = open_index(out).tiles
+    assert len(tiles) > 0
+    assert set(tiles["zone"]) <= {"32N", "33N", "34N"}
+    assert tiles["lon"].between(10, 20).all()
+    crs = open_index(out).manifest["sources"]["earth_8k"]["crs"]
+    assert "WGS 84" in crs or "4326" in crs
+
+
+# ------------------------------------------------------------------ resume
+class _FlakyEncoder:
+    """The session encoder, but it can die after a number of chunks and counts its calls."""
+
+    def __init__(self, encoder, fail_after: int | None = None):
+        self._encoder = encoder
+        self.fail_after = fail_after
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def features(self, images):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        return self._encoder.features(images)
+
+
+def test_interrupted_build_resumes_from_chunks(tmp_path, monkeypatch, data_dir, encoder):
+    from data.registry import DATASETS
+    from indexer import build
+    from indexer.sources import RasterSource
+    from indexer.store import open_index
+    from indexer.tiling import Zone
+
+    monkeypatch.setattr(build, "CHUNK", 8)
+    ds = DATASETS["mars_8k"]
+    source = RasterSource(data_dir / ds.fname, name="mars_8k", crs=ds.crs, bounds=ds.bounds)
+    kwargs = dict(zones=[Zone(31, "N")], bbox=(0.0, 0.0, 6.0, 40.0), bits=64, progress=False)
+
+    reference = tmp_path / "reference"
+    full = _FlakyEncoder(encoder)
+    build.index_rasters([source], reference, encoder=full, **kwargs)
+    n_chunks = full.calls
+    assert n_chunks >= 3
+
+    out = tmp_path / "resumed"
+    first = _FlakyEncoder(encoder, fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        build.index_rasters([source], out, encoder=first, **kwargs)
+    assert not (out / "manifest.json").exists()
+    work = list(out.glob(".work-*"))
+    assert len(work) == 1 and len(list(work[0].glob("chunk-*.parquet"))) == 2
+
+    second = _FlakyEncoder(encoder)
+    build.index_rasters([source], out, encoder=second, **kwargs)
+    assert second.calls == n_chunks - 2  # the two finished chunks were reused
+    assert not list(out.glob(".work-*"))
+    a, b = open_index(reference), open_index(out)
+    assert a.tiles["tile_id"].tolist() == b.tiles["tile_id"].tolist()
+    np.testing.assert_array_equal(np.asarray(a.codes), np.asarray(b.codes))
+
+
+def test_stale_chunks_are_not_reused(tmp_path, encoder):
+    """A chunk file whose tile ids do not match is recomputed, not trusted."""
+    from indexer.build import encode_chunks
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    records = [dict(tile_id=f"x{i}") for i in range(3)]
+    work = tmp_path / "work"
+    f1, t1 = encode_chunks(zip(records, images), encoder, work, progress=False)
+    counting = _FlakyEncoder(encoder)
+    f2, t2 = encode_chunks(zip(records, images), counting, work, progress=False)
+    assert counting.calls == 0
+    np.testing.assert_array_equal(f1, f2)
+    other = [dict(tile_id=f"y{i}") for i in range(3)]
+    f3, t3 = encode_chunks(zip(other, images[::-1]), counting, work, progress=False)
+    assert counting.calls == 1 and t3["tile_id"].tolist() == ["y0", "y1", "y2"]
+    np.testing.assert_allclose(f3, f1[::-1], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ retrieval evaluation
+@pytest.fixture(scope="module")
+def hirise_subset(hirise_dir, tmp_path_factory):
+    labels = pd.read_csv(hirise_dir / "labels.csv")
+    train = labels[labels["split"] == "train"].sample(150, random_state=0)
+    val = labels[labels["split"] == "val"].sample(60, random_state=0)
+    path = tmp_path_factory.mktemp("hirise") / "subset.csv"
+    pd.concat([train, val]).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("how", [["--float"], [], ["--bits", "64"]])
+def test_eval_retrieval_on_hirise_subset(hirise_dir, hirise_subset, tmp_path_factory, how):
+    cache = tmp_path_factory.getbasetemp() / "feature-cache"  # shared: features encoded once
+    out = tmp_path_factory.mktemp("eval") / "r.json"
+    code, stdout, err = run_main(["eval", "retrieval", "--images", hirise_dir, "--labels", hirise_subset,
+                                  "--query-split", "val", "--k", "20", "--json", out, *how],
+                                 LOOKALIKE_CACHE=cache)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert {"map_at_k", "k", "n_queries", "n_archive", "bits", "method"} <= set(result)
+    assert 0 < result["map_at_k"] <= 1 and 0 < result["precision_at_k"] <= 1
+    assert result["k"] == 20 and result["n_queries"] == 60 and result["n_archive"] == 150
+    if how == ["--float"]:
+        assert result["bits"] == 32 * 1280 and result["method"].startswith("float")
+    else:
+        assert result["bits"] == (64 if how else 512) and result["method"] == f"pca-itq-{result['bits']}"
+    # features were cached in LOOKALIKE_CACHE, not in the user's cache
+    assert len(list(cache.glob("*.npy"))) == 2
+
+
+def test_eval_retrieval_beats_chance(hirise_dir, hirise_subset, tmp_path_factory):
+    """Float features retrieve same-class crops far better than a random ranking would."""
+    cache = tmp_path_factory.getbasetemp() / "feature-cache"
+    from lookalike_testkit import environ
+    from models.evaluation import evaluate_retrieval, retrieval_scores
+
+    with environ(LOOKALIKE_CACHE=cache):
+        result = evaluate_retrieval(hirise_dir, hirise_subset, query_split="val", k=20,
+                                    method="float", progress=False)
+    labels = pd.read_csv(hirise_subset)
+    archive = labels[labels["split"] == "train"]["label"].to_numpy()
+    queries = labels[labels["split"] == "val"]["label"].to_numpy()
+    rng = np.random.default_rng(0)
+    chance = np.mean([retrieval_scores(queries, archive,
+                                       np.stack([rng.permutation(len(archive))[:20] for _ in queries]),
+                                       20)["map_at_k"] for _ in range(5)])
+    assert result["map_at_k"] > chance + 0.05
