@@ -22,7 +22,7 @@ from indexer.errors import LookalikeError
 from indexer.sources import RasterSource, load_image, read_labels
 from indexer.store import MANIFEST, open_index, write_index
 from indexer.tiling import TileGrid, TilePlace, Zone
-from models.hashing import LinearHash, fit_itq, load_hash_model
+from models.hashing import LinearHash, NetworkHash, load_hash_model, resolve_hash
 
 CHUNK = 512
 
@@ -86,17 +86,17 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
     return np.concatenate(features), pd.concat(tables, ignore_index=True)
 
 
-def _hash_for(out: Path, features: np.ndarray, bits: int, hash_path: str | None, append: bool,
-              backbone: str) -> tuple[LinearHash, bytes | None]:
+def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str | None,
+              append: bool, backbone: str) -> tuple[LinearHash | NetworkHash, bytes | None]:
     if append and (out / MANIFEST).exists():
         model = load_hash_model(open_index(out).hash_model_path)
-        if hash_path:
-            given = load_hash_model(hash_path)
+        if hash_path and hash_path != "itq":
+            given = resolve_hash(hash_path, features, bits, backbone)
             if given.to_bytes() != model.to_bytes():
                 raise LookalikeError(f"--hash {hash_path} differs from the hash model of {out}; "
                                      "appended codes must use the index's own model")
         return model, None
-    model = load_hash_model(hash_path) if hash_path else fit_itq(features, bits, backbone=backbone)
+    model = resolve_hash(hash_path, features, bits, backbone)
     if model.backbone and model.backbone != backbone:
         raise LookalikeError(f"hash model was trained on {model.backbone} features, "
                              f"but the encoder is {backbone}")
@@ -104,7 +104,7 @@ def _hash_for(out: Path, features: np.ndarray, bits: int, hash_path: str | None,
 
 
 def _commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, encoder: Encoder,
-            bits: int, hash_path: str | None, append: bool, info: dict) -> Path:
+            bits: int | None, hash_path: str | None, append: bool, info: dict) -> Path:
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
@@ -125,7 +125,7 @@ def _commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, en
 
 def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 128, stride: int = 64,
                   gsd: float | None = None, zones: list[Zone] | None = None,
-                  bbox: tuple[float, float, float, float] | None = None, bits: int = 512,
+                  bbox: tuple[float, float, float, float] | None = None, bits: int | None = None,
                   hash_path: str | None = None, encoder: Encoder | None = None,
                   min_valid: float = 0.5, append: bool = False, progress: bool = True) -> Path:
     """Tile, encode and index rasters. ``gsd`` defaults to the first source's native resolution."""
@@ -150,7 +150,7 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
 
 
 def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
-                 split: str | None = None, image_size: int = 224, bits: int = 512,
+                 split: str | None = None, image_size: int = 224, bits: int | None = None,
                  hash_path: str | None = None, encoder: Encoder | None = None,
                  append: bool = False, source: str | None = None, progress: bool = True) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table)."""

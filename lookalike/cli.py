@@ -176,11 +176,23 @@ def cmd_search(args) -> None:
 def cmd_eval(args) -> None:
     from models.evaluation import evaluate_retrieval
 
-    method = "float" if args.float else ("hash" if args.hash else "default")
+    method = "float" if args.float else "hash"
     result = evaluate_retrieval(args.images, args.labels, archive_split=args.archive_split,
                                 query_split=args.query_split, k=args.k, method=method,
                                 hash_path=args.hash, bits=args.bits, image_size=args.image_size)
     _write_json(args.json, result)
+
+
+def cmd_train_hash(args) -> None:
+    from models.training import TrainConfig, train_hash_from_folder
+
+    config = TrainConfig(method=args.method, bits=args.bits, epochs=args.epochs,
+                         push_weight=args.push_weight, balance_weight=args.balance_weight,
+                         inter_class_weight=args.inter_class_weight, seed=args.seed)
+    report = train_hash_from_folder(args.images, args.labels, args.out, split=args.split,
+                                    config=config, image_size=args.image_size,
+                                    val_split=args.val_split)
+    _write_json(args.json, report)
 
 
 def cmd_bench(args) -> None:
@@ -230,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--zones", type=_zones, help="only these zones, e.g. 33N,34N")
     i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
     i.add_argument("--min-valid", type=float, default=0.5, help="skip tiles with less valid data")
-    i.add_argument("--bits", type=int, default=512)
-    i.add_argument("--hash", help="hash model file (default: fit PCA-ITQ on the new tiles)")
+    i.add_argument("--hash", help="hash model: a file, 'default' (the shipped model, the default) "
+                   "or 'itq' (fit the PCA-ITQ baseline on the new tiles)")
+    i.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
     i.add_argument("--backbone", default="efficientnet_lite0")
     i.add_argument("--weights", help="local weights file for the backbone")
     i.add_argument("--batch-size", type=int, default=64)
@@ -276,11 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=64)
     how = r.add_mutually_exclusive_group()
     how.add_argument("--float", action="store_true", help="float backbone features, Euclidean")
-    how.add_argument("--hash", help="a hash model file")
-    r.add_argument("--bits", type=int, default=512, help="bits of the default code")
+    how.add_argument("--hash", help="a hash model file, 'default' (the shipped model, the default) or 'itq'")
+    r.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
     r.add_argument("--image-size", type=int, default=224)
     r.add_argument("--json")
     r.set_defaults(func=cmd_eval)
+
+    t = sub.add_parser("train-hash", help="train a hashing head on cached backbone features")
+    t.add_argument("--images", required=True)
+    t.add_argument("--labels", required=True, help="labels CSV (unsupervised methods use only its paths)")
+    t.add_argument("--split", default="train")
+    t.add_argument("--val-split", help="report mAP@64 of this split against --split")
+    t.add_argument("--method", default="mirs-triplet",
+                   choices=["mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder"])
+    t.add_argument("--bits", type=int, default=128)
+    t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--push-weight", type=float, default=0.1)
+    t.add_argument("--balance-weight", type=float, default=0.1)
+    t.add_argument("--inter-class-weight", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--image-size", type=int, default=224)
+    t.add_argument("--out", required=True)
+    t.add_argument("--json")
+    t.set_defaults(func=cmd_train_hash)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)

@@ -92,17 +92,17 @@ def image_features(root: str | Path, table: pd.DataFrame, encoder, progress: boo
 
 def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_split: str = "train",
                        query_split: str = "test", k: int = 64, method: str = "default",
-                       hash_path: str | None = None, bits: int = 512, image_size: int = 224,
+                       hash_path: str | None = None, bits: int | None = None, image_size: int = 224,
                        progress: bool = True) -> dict:
-    """mAP@k of archive-vs-query retrieval; ``method`` is ``float``, ``hash`` or ``default``.
+    """mAP@k of archive-vs-query retrieval; ``method`` is ``float`` or ``hash``.
 
-    ``float``: backbone features, Euclidean distance. ``hash``: the model at ``hash_path``.
-    ``default``: the project's default code, PCA-ITQ fitted on the archive's own features
-    (unsupervised: labels are never seen).
+    ``float``: backbone features, Euclidean distance. ``hash``: the code ``hash_path`` names
+    (see ``models.hashing.resolve_hash``): the shipped default model when it and ``bits`` are
+    None, ``"itq"`` for the PCA-ITQ baseline fitted on the archive's own features, or a file.
     """
     from indexer.encoding import Encoder
     from indexer.sources import read_labels
-    from models.hashing import fit_itq, load_hash_model
+    from models.hashing import resolve_hash
 
     if k < 1:
         raise LookalikeError("k must be at least 1")
@@ -116,7 +116,7 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
         ranked = rank_euclidean(fa, fq, k)
         n_bits, name, bytes_per_item = 32 * fa.shape[1], f"float-{encoder.name}-euclidean", 4 * fa.shape[1]
     else:
-        model = load_hash_model(hash_path) if hash_path else fit_itq(fa, bits, backbone=encoder.name)
+        model = resolve_hash(hash_path, fa, bits, encoder.name)
         ca, cq = model.encode(fa), model.encode(fq)
         t0 = time.perf_counter()
         ranked = rank_hamming(ca, cq, k)
@@ -127,3 +127,28 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
                 n_queries=len(queries), n_archive=len(archive), bits=int(n_bits), method=name,
                 bytes_per_item=int(bytes_per_item), query_ms=query_ms, backbone=encoder.name,
                 image_size=image_size)
+
+
+def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int,
+                       progress: bool = True) -> np.ndarray:
+    """Features of one random augmented view (seeded by ``view``) of each image, cached."""
+    from tqdm.auto import tqdm
+
+    from indexer.sources import load_image
+    from models.augment import augment
+
+    root = Path(root)
+    key = json.dumps(dict(encoder=encoder.describe(), root=str(root.resolve()), view=view,
+                          files=[(p, (root / p).stat().st_size) for p in table["path"]]))
+    cache = feature_cache_dir() / f"aug-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    size = encoder.image_size or 224
+    rng = np.random.default_rng(1000 + view)
+    images = (augment(load_image(root / p, size), rng) for p in table["path"])
+    feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(table),
+                               desc=f"encoding view {view}", unit="img", disable=not progress)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache.with_suffix(".tmp.npy"), feats)
+    cache.with_suffix(".tmp.npy").replace(cache)
+    return feats

@@ -205,3 +205,26 @@ def load_hash_model(path: str | Path) -> LinearHash | NetworkHash:
 def default_hash_path() -> Path:
     """The hash model that ships with the project (see ``data/models/README.md``)."""
     return Path(__file__).resolve().parents[1] / "data" / "models" / "hash_default.npz"
+
+
+ITQ = "itq"
+DEFAULT = "default"
+
+
+def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None,
+                 backbone: str = "") -> LinearHash | NetworkHash:
+    """The hash model a command asked for.
+
+    ``spec`` is a model file, ``"default"`` (the shipped model) or ``"itq"`` (fit the PCA-ITQ
+    baseline on ``features``, ``bits`` long, 512 by default). With no ``spec``, giving ``bits``
+    means the baseline at that length (the shipped model has a fixed length), else the default.
+    """
+    if spec is None:
+        spec = ITQ if bits is not None else DEFAULT
+    if spec == ITQ:
+        return fit_itq(features, bits or 512, backbone=backbone)
+    model = load_hash_model(default_hash_path() if spec == DEFAULT else spec)
+    if bits is not None and bits != model.bits:
+        raise CodeLengthError(f"hash model {spec} makes {model.bits}-bit codes, not {bits}; "
+                              "use --hash itq for a PCA-ITQ code of another length")
+    return model

@@ -1,0 +1,197 @@
+"""Training hashing heads on cached backbone features (the backbone never runs in the loop).
+
+Methods:
+- ``mirs-triplet``: MIRS head, online semi-hard triplet loss (labels), optional inter-class
+  triplets;
+- ``mirs-ntxent``: MIRS head, NT-Xent on two augmented views per item (no labels);
+- ``descartes-classifier``: noisy sigmoid code layer + classifier, cross-entropy (labels);
+- ``descartes-autoencoder``: D-1024-512-1024-D autoencoder, reconstruction (no labels).
+Each adds ``push_weight * push_loss + balance_weight * balance_loss`` on the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from indexer.errors import LookalikeError
+from models.hashing import NetworkHash
+from models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
+from models.losses import ContrastivePairs, SemiHardTriplet, balance_loss, inter_class_triplets, push_loss
+
+METHODS = ("mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder")
+SUPERVISED = ("mirs-triplet", "descartes-classifier")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "mirs-triplet"
+    bits: int = 128
+    epochs: int = 60
+    batch_size: int = 192
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    push_weight: float = 0.1
+    balance_weight: float = 0.1
+    inter_class_weight: float = 0.0
+    margin: float = 0.25
+    temperature: float = 0.2
+    seed: int = 0
+
+
+def class_neighbours(features: np.ndarray, labels: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
+    """Nearest and farthest other class of each class, by centroids of standardised features."""
+    z = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    classes = np.unique(labels)
+    centroids = np.stack([z[labels == c].mean(0) for c in classes])
+    d = ((centroids[:, None] - centroids[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.nan)
+    nearest = {int(c): int(classes[np.nanargmin(d[i])]) for i, c in enumerate(classes)}
+    farthest = {int(c): int(classes[np.nanargmax(d[i])]) for i, c in enumerate(classes)}
+    return nearest, farthest
+
+
+def _batches(n: int, labels: np.ndarray | None, batch_size: int, rng: np.random.Generator):
+    """Index batches; with labels, class-balanced (m per class) so triplets can be mined."""
+    if labels is None:
+        order = rng.permutation(n)
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    classes = np.unique(labels)
+    m = max(2, batch_size // len(classes))
+    pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    batches = []
+    for _ in range(max(1, n // batch_size)):
+        batch = [rng.choice(pools[c], size=m, replace=len(pools[c]) < m) for c in classes]
+        batches.append(np.concatenate(batch))
+    return batches
+
+
+def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
+               views: tuple[np.ndarray, np.ndarray] | None = None, config: TrainConfig | None = None,
+               backbone: str = "", progress: bool = True) -> NetworkHash:
+    """Train a hashing head; returns it as a ``NetworkHash`` ready to encode and save."""
+    cfg = config or TrainConfig()
+    if cfg.method not in METHODS:
+        raise LookalikeError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method in SUPERVISED and labels is None:
+        raise LookalikeError(f"{cfg.method} needs labels")
+    if cfg.method == "mirs-ntxent" and views is None:
+        raise LookalikeError("mirs-ntxent needs features of two augmented views of each item")
+    if cfg.bits <= 0 or cfg.bits % 8:
+        raise LookalikeError(f"bits must be a positive multiple of 8, got {cfg.bits}")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x = np.asarray(features, dtype=np.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    norm = lambda a: torch.from_numpy((np.asarray(a, np.float32) - mean) / std)  # noqa: E731
+    xt = norm(x)
+    class_ids = None
+    if labels is not None:
+        classes, class_ids = np.unique(np.asarray(labels), return_inverse=True)
+    dim = x.shape[1]
+    extra: nn.Module | None = None
+    if cfg.method in ("mirs-triplet", "mirs-ntxent"):
+        head: nn.Module = MIRSHead(dim, cfg.bits)
+        if cfg.method == "mirs-triplet":
+            extra = SemiHardTriplet(cfg.margin)
+            nearest, farthest = class_neighbours(x, class_ids) if cfg.inter_class_weight else ({}, {})
+        else:
+            extra = ContrastivePairs(cfg.bits, temperature=cfg.temperature)
+            va, vb = norm(views[0]), norm(views[1])
+    elif cfg.method == "descartes-classifier":
+        head = NoisyClassifierHead(dim, len(classes), cfg.bits)
+    else:
+        head = AutoencoderHead(dim, cfg.bits)
+    params = list(head.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    yt = torch.from_numpy(class_ids) if class_ids is not None else None
+    bar = tqdm(range(cfg.epochs), desc=f"training {cfg.method}", unit="epoch", disable=not progress)
+    for _ in bar:
+        head.train()
+        batch_labels = class_ids if cfg.method == "mirs-triplet" else None
+        for idx in _batches(len(x), batch_labels, cfg.batch_size, rng):
+            idx_t = torch.from_numpy(idx)
+            if cfg.method == "mirs-ntxent":
+                p_a, p_b = head(va[idx_t]), head(vb[idx_t])
+                loss = extra(p_a, p_b)
+                p = torch.cat([p_a, p_b])
+            else:
+                p = head(xt[idx_t])
+                if cfg.method == "mirs-triplet":
+                    loss = extra(p, yt[idx_t])
+                    if cfg.inter_class_weight:
+                        triplets = inter_class_triplets(yt[idx_t], nearest, farthest)
+                        if len(triplets[0]):
+                            loss = loss + cfg.inter_class_weight * extra(p, yt[idx_t], triplets)
+                elif cfg.method == "descartes-classifier":
+                    loss = nn.functional.cross_entropy(head.classifier(p), yt[idx_t])
+                else:
+                    loss = nn.functional.mse_loss(head.reconstruct(p), xt[idx_t])
+            loss = loss + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        bar.set_postfix(loss=float(loss.detach()))
+    return export_head(head, mean, std, cfg, backbone, n_train=len(x))
+
+
+def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainConfig, backbone: str,
+                n_train: int) -> NetworkHash:
+    """The head's code path as arrays, with input standardisation folded into layer one."""
+    if isinstance(head, MIRSHead):
+        linears = [m for m in head.layers if isinstance(m, nn.Linear)]
+        slope = head.config["slope"]
+    elif isinstance(head, AutoencoderHead):
+        linears = [m for m in head.encoder if isinstance(m, nn.Linear)]
+        slope = 0.2
+    else:
+        linears, slope = [head.code], 0.0
+    weights = [m.weight.detach().numpy().copy() for m in linears]
+    biases = [m.bias.detach().numpy().copy() for m in linears]
+    # W((x - mean) / std) + b  ==  (W / std) x + (b - W (mean / std))
+    biases[0] = biases[0] - weights[0] @ (mean / std)
+    weights[0] = weights[0] / std[None, :]
+    return NetworkHash(weights, biases, slope, cfg.method, backbone,
+                       dict(asdict(cfg), n_train=n_train, head=head.config))
+
+
+def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train",
+                           config: TrainConfig | None = None, image_size: int = 224,
+                           val_split: str | None = None, k: int = 64, progress: bool = True) -> dict:
+    """Train a head on a labelled image folder, save it to ``out``; report val mAP@k if asked.
+
+    Unsupervised methods never read the labels (only the file list).
+    """
+    from pathlib import Path
+
+    from indexer.encoding import Encoder
+    from indexer.sources import read_labels
+    from models.evaluation import augmented_features, image_features, rank_hamming, retrieval_scores
+
+    cfg = config or TrainConfig()
+    table = read_labels(root, labels_csv, split=split)
+    encoder = Encoder(image_size=image_size)
+    feats = image_features(root, table, encoder, progress)
+    labels = table["label"].to_numpy() if cfg.method in SUPERVISED else None
+    views = None
+    if cfg.method == "mirs-ntxent":
+        views = tuple(augmented_features(root, table, encoder, v, progress) for v in (0, 1))
+    model = train_hash(feats, labels, views, cfg, backbone=encoder.name, progress=progress)
+    model.meta.update(trained_on=dict(data=Path(root).name, split=split, n=len(table),
+                                      image_size=image_size))
+    report = dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(table))
+    if val_split:
+        val = read_labels(root, labels_csv, split=val_split)
+        ranked = rank_hamming(model.encode(feats), model.encode(image_features(root, val, encoder, progress)), k)
+        scores = retrieval_scores(val["label"].to_numpy(), table["label"].to_numpy(), ranked, k)
+        report.update(val_split=val_split, k=k, val_map_at_k=scores["map_at_k"],
+                      val_precision_at_k=scores["precision_at_k"])
+        model.meta.update(val=dict(split=val_split, map_at_k=scores["map_at_k"], k=k))
+    report["sha256"] = model.save(out)
+    return report
