@@ -32,7 +32,7 @@ class TrainConfig:
     method: str = "mirs-triplet"
     bits: int = 128
     epochs: int = 60
-    batch_size: int = 192
+    batch_size: int | None = None  # None: 96 for triplets (mining cost grows as B^3), else 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
     push_weight: float = 0.1
@@ -74,7 +74,16 @@ def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
                views: tuple[np.ndarray, np.ndarray] | None = None, config: TrainConfig | None = None,
                backbone: str = "", progress: bool = True) -> NetworkHash:
     """Train a hashing head; returns it as a ``NetworkHash`` ready to encode and save."""
-    cfg = config or TrainConfig()
+    threads = torch.get_num_threads()
+    # small matrices: one thread is as fast, and spinning OpenMP threads starve other work
+    torch.set_num_threads(1)
+    try:
+        return _train(features, labels, views, config or TrainConfig(), backbone, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: bool) -> NetworkHash:
     if cfg.method not in METHODS:
         raise LookalikeError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.method in SUPERVISED and labels is None:
@@ -86,7 +95,10 @@ def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     x = np.asarray(features, dtype=np.float32)
-    mean, std = x.mean(0), x.std(0) + 1e-6
+    # features (near) constant in training carry nothing learnable: an infinite std gives them
+    # zero weight, where 1/std would blow up the few non-zero values unseen images have there
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-4, std, np.inf).astype(np.float32)
     norm = lambda a: torch.from_numpy((np.asarray(a, np.float32) - mean) / std)  # noqa: E731
     xt = norm(x)
     class_ids = None
@@ -114,7 +126,8 @@ def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
     for _ in bar:
         head.train()
         batch_labels = class_ids if cfg.method == "mirs-triplet" else None
-        for idx in _batches(len(x), batch_labels, cfg.batch_size, rng):
+        batch_size = cfg.batch_size or (96 if cfg.method == "mirs-triplet" else 256)
+        for idx in _batches(len(x), batch_labels, batch_size, rng):
             idx_t = torch.from_numpy(idx)
             if cfg.method == "mirs-ntxent":
                 p_a, p_b = head(va[idx_t]), head(vb[idx_t])

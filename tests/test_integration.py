@@ -11,6 +11,7 @@ import shapely
 from shapely.geometry import shape
 
 from lookalike_testkit import check_rfc7946, run_cli, run_main, strict_json
+from models.hashing import default_hash_path, load_hash_model
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,10 @@ def test_mars_index_info(mars_index, data_dir):
     code, out, err = run_main(["info", mars_index])
     assert code == 0, err
     info = json.loads(out)
-    assert info["count"] > 50 and info["bits"] == 512 and info["zones"] == 2
+    # no --hash: the shipped default code
+    default = load_hash_model(default_hash_path())
+    assert info["count"] > 50 and info["bits"] == default.bits and info["zones"] == 2
+    assert info["hash"] == default.method
     assert info["sources"] == ["mars_8k"] and info["backbone"] == "efficientnet_lite0"
     from indexer.store import open_index
 
@@ -191,8 +195,11 @@ def test_eval_retrieval_on_hirise_subset(hirise_dir, hirise_subset, tmp_path_fac
     assert result["k"] == 20 and result["n_queries"] == 60 and result["n_archive"] == 150
     if how == ["--float"]:
         assert result["bits"] == 32 * 1280 and result["method"].startswith("float")
-    else:
-        assert result["bits"] == (64 if how else 512) and result["method"] == f"pca-itq-{result['bits']}"
+    elif how:
+        assert result["bits"] == 64 and result["method"] == "pca-itq-64"
+    else:  # the shipped default code
+        default = load_hash_model(default_hash_path())
+        assert result["bits"] == default.bits and result["method"] == f"{default.method}-{default.bits}"
     # features were cached in LOOKALIKE_CACHE, not in the user's cache
     assert len(list(cache.glob("*.npy"))) == 2
 
