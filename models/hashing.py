@@ -167,7 +167,7 @@ class NetworkHash:
         header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
                       in_features=self.in_features, layers=len(self.weights), slope=self.slope,
                       meta=self.meta)
-        arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
+        arrays = {f"w{i}": w.astype(np.float32) for i, w in enumerate(self.weights)}  # float16 flips bits
         arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
         buf = io.BytesIO()
         np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)

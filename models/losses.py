@@ -71,7 +71,8 @@ def inter_class_triplets(labels: torch.Tensor, nearest_class: dict[int, int],
                                          for c in labels.unique()}
     for i, c in enumerate(labels.tolist()):
         pos_c, neg_c = nearest_class.get(c), farthest_class.get(c)
-        if pos_c is None or neg_c is None or pos_c not in by_label or neg_c not in by_label:
+        if pos_c is None or neg_c is None or pos_c not in by_label or neg_c not in by_label \
+                or len({c, pos_c, neg_c}) < 3:  # e.g. two classes: nearest is farthest
             continue
         pos = by_label[pos_c][torch.randint(len(by_label[pos_c]), (1,))]
         neg = by_label[neg_c][torch.randint(len(by_label[neg_c]), (1,))]
