@@ -44,6 +44,21 @@ class SemiHardTriplet(torch.nn.Module):
         return self.loss(z, labels, indices_tuple)
 
 
+def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR) for embeddings of two views, row i of each being the same item.
+
+    Same value as pytorch-metric-learning's ``NTXentLoss`` with pair labels (a test checks it),
+    computed as one cross-entropy over the 2B x 2B similarity matrix: pml materialises every
+    (positive, negative) pair, O(B^3) memory, which takes seconds per step at B = 256 on a CPU.
+    """
+    z = torch.nn.functional.normalize(torch.cat([z_a, z_b]), dim=1)
+    sim = z @ z.T / temperature
+    n = len(z_a)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return torch.nn.functional.cross_entropy(sim, target)
+
+
 class ContrastivePairs(torch.nn.Module):
     """NT-Xent (SimCLR) on a projection of the signed codes of two views of each item."""
 
@@ -51,12 +66,10 @@ class ContrastivePairs(torch.nn.Module):
         super().__init__()
         self.projection = torch.nn.Sequential(torch.nn.Linear(bits, bits), torch.nn.ReLU(),
                                               torch.nn.Linear(bits, projection))
-        self.loss = losses.NTXentLoss(temperature=temperature)
+        self.temperature = temperature
 
     def forward(self, p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
-        z = self.projection(signed(torch.cat([p_a, p_b])))
-        ids = torch.arange(len(p_a), device=p_a.device)
-        return self.loss(z, torch.cat([ids, ids]))
+        return nt_xent(self.projection(signed(p_a)), self.projection(signed(p_b)), self.temperature)
 
 
 def inter_class_triplets(labels: torch.Tensor, nearest_class: dict[int, int],

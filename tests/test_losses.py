@@ -246,3 +246,19 @@ def test_class_neighbours_feed_inter_class_triplets():
     assert len(a) == 15
     lab = torch.from_numpy(labels)
     assert torch.all((lab[a] != lab[p]) & (lab[a] != lab[n]) & (lab[p] != lab[n]))
+
+
+def test_nt_xent_equals_pytorch_metric_learning():
+    """Our one-matrix NT-Xent gives pml's NTXentLoss value (and is usable at large batches)."""
+    from pytorch_metric_learning import losses as pml_losses
+
+    from models.losses import nt_xent
+
+    torch.manual_seed(0)
+    a = torch.randn(24, 8)
+    b = a + 0.3 * torch.randn(24, 8)
+    ids = torch.arange(24)
+    ref = pml_losses.NTXentLoss(temperature=0.2)(torch.cat([a, b]), torch.cat([ids, ids]))
+    assert torch.allclose(nt_xent(a, b, 0.2), ref, atol=1e-5)
+    shuffled = nt_xent(a, b[torch.randperm(24)], 0.2)
+    assert shuffled > nt_xent(a, b, 0.2)
