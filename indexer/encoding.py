@@ -12,15 +12,14 @@ from models.backbones import Backbone, create_backbone
 
 
 def fuse_batchnorm(backbone: Backbone) -> Backbone:
-    """Fold every BatchNorm into the convolution before it (inference only): one pass less
-    over each feature map. Same outputs up to float rounding."""
+    """A copy of ``backbone`` with every BatchNorm folded into the convolution before it
+    (inference only): one pass less over each feature map, same outputs up to rounding."""
     from torch.fx.experimental.optimization import fuse
 
     try:
-        backbone.body = fuse(backbone.body)
+        return Backbone(fuse(backbone.body, inplace=False), backbone.spec).eval()
     except Exception:  # a body torch.fx cannot trace runs unfused, just slower
-        pass
-    return backbone
+        return backbone
 
 
 class Encoder:

@@ -183,6 +183,36 @@ def cmd_eval(args) -> None:
     _write_json(args.json, result)
 
 
+def cmd_train_classifier(args) -> None:
+    from models.classifier import ClassifierConfig, train_classifier_from_folder
+
+    config = ClassifierConfig(hidden=args.hidden, epochs=args.epochs, views=args.views,
+                              class_weights=args.class_weights, seed=args.seed)
+    report = train_classifier_from_folder(args.images, args.labels, args.out, split=args.split,
+                                          val_split=args.val_split, config=config, search=args.search,
+                                          folds=args.folds, group_column=args.group_by,
+                                          group_pattern=args.group_pattern, image_size=args.image_size)
+    if not args.search:
+        report.pop("tried", None)
+    _write_json(args.json, report)
+
+
+def cmd_eval_classify(args) -> None:
+    from indexer.errors import LookalikeError
+    from models.classify_eval import evaluate_classifier
+
+    plot = args.plot
+    if plot is None and args.json:
+        plot = str(Path(args.json).with_suffix(".png"))
+    if not 0.0 <= args.threshold <= 1.0:
+        raise LookalikeError(f"--threshold must be within [0, 1], got {args.threshold}")
+    result = evaluate_classifier(args.model, args.images, args.labels, split=args.split,
+                                 threshold=args.threshold, plot=plot)
+    if not args.curve:
+        result.pop("curve")
+    _write_json(args.json, result)
+
+
 def cmd_train_hash(args) -> None:
     from models.training import TrainConfig, train_hash_from_folder
 
@@ -199,6 +229,12 @@ def cmd_bench(args) -> None:
     from indexer.benchmark import bench_search
 
     _write_json(args.json, bench_search(args.n, args.bits, args.k, repeat=args.repeat))
+
+
+def cmd_bench_encode(args) -> None:
+    from indexer.encode_benchmark import bench_encode
+
+    _write_json(args.json, bench_encode(args.n, args.batch_size, args.repeat))
 
 
 def cmd_serve(args) -> None:
@@ -295,6 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json")
     r.set_defaults(func=cmd_eval)
 
+    c = esub.add_parser("classify", help="accuracy and abstention of a classifier on a labelled image folder")
+    c.add_argument("--model", required=True, help="a classifier file or a shipped model: hirise, msl")
+    c.add_argument("--images", required=True)
+    c.add_argument("--labels", required=True)
+    c.add_argument("--split", default="test")
+    c.add_argument("--threshold", type=float, default=0.9, help="abstain below this calibrated posterior")
+    c.add_argument("--json", help="write the metrics here (and the plot beside it as .png)")
+    c.add_argument("--plot", help="PNG of accuracy/abstention vs threshold and per-class precision/recall")
+    c.add_argument("--curve", action="store_true", help="include the threshold curve in the JSON")
+    c.set_defaults(func=cmd_eval_classify)
+
     t = sub.add_parser("train-hash", help="train a hashing head on cached backbone features")
     t.add_argument("--images", required=True)
     t.add_argument("--labels", required=True, help="labels CSV (unsupervised methods use only its paths)")
@@ -313,6 +360,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json")
     t.set_defaults(func=cmd_train_hash)
 
+    tc = sub.add_parser("train-classifier",
+                        help="train a calibrated classifier (a probe on frozen backbone features)")
+    tc.add_argument("--images", required=True)
+    tc.add_argument("--labels", required=True, help="labels CSV: path,label[,split][,source_image]")
+    tc.add_argument("--split", default="train")
+    tc.add_argument("--val-split", help="report accuracy of this split (never used for fitting)")
+    tc.add_argument("--out", required=True)
+    tc.add_argument("--search", action="store_true",
+                    help="choose the head among a small grid by cross-validated accuracy on --split")
+    tc.add_argument("--hidden", type=int, default=256, help="hidden units of the MLP head, 0: linear")
+    tc.add_argument("--epochs", type=int, default=40)
+    tc.add_argument("--views", type=int, default=0, help="augmented views added as training rows "
+                    "(with --search: the most any setting may use)")
+    tc.add_argument("--class-weights", type=float, default=0.0,
+                    help="loss weight (n / n_class) ** this; 0: unweighted, 1: balanced")
+    tc.add_argument("--folds", type=int, default=5, help="cross-fit folds for calibration/selection")
+    tc.add_argument("--group-by", help="labels column to group folds by (default: source_image if present)")
+    tc.add_argument("--group-pattern", help=r"group folds by the part of each file name matching this "
+                    r"regular expression, e.g. '^\d{4}' (the sol of MSL images)")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--image-size", type=int, default=224)
+    tc.add_argument("--json")
+    tc.set_defaults(func=cmd_train_classifier)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bs = bsub.add_parser("search", help="exact scan vs faiss IndexBinaryFlat")
@@ -322,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeat", type=int, default=5)
     bs.add_argument("--json")
     bs.set_defaults(func=cmd_bench)
+    be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs the project's encoder path")
+    be.add_argument("--n", type=int, default=256)
+    be.add_argument("--batch-size", type=int, default=64)
+    be.add_argument("--repeat", type=int, default=2)
+    be.add_argument("--json")
+    be.set_defaults(func=cmd_bench_encode)
 
     v = sub.add_parser("serve", help="serve the explorer on an index")
     v.add_argument("index")
