@@ -218,10 +218,17 @@ def cmd_train_hash(args) -> None:
 
     config = TrainConfig(method=args.method, bits=args.bits, epochs=args.epochs,
                          push_weight=args.push_weight, balance_weight=args.balance_weight,
-                         inter_class_weight=args.inter_class_weight, seed=args.seed)
+                         inter_class_weight=args.inter_class_weight, seed=args.seed,
+                         whiten_group=args.whiten_group, entropy_weight=args.entropy_weight)
+    if args.whiten_group and not (args.target_images and args.target_labels):
+        from indexer.errors import LookalikeError
+
+        raise LookalikeError("--whiten-group needs --target-images and --target-labels")
     report = train_hash_from_folder(args.images, args.labels, args.out, split=args.split,
                                     config=config, image_size=args.image_size,
-                                    val_split=args.val_split)
+                                    val_split=args.val_split, target_root=args.target_images,
+                                    target_labels_csv=args.target_labels,
+                                    target_split=args.target_split)
     _write_json(args.json, report)
 
 
@@ -355,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--balance-weight", type=float, default=0.1)
     t.add_argument("--inter-class-weight", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--whiten-group", type=int, default=0,
+                   help="domain-specific group whitening with groups of this size (MIRS heads)")
+    t.add_argument("--entropy-weight", type=float, default=0.1, help="code entropy on the target domain")
+    t.add_argument("--target-images", help="unlabelled target-domain image folder (for whitening)")
+    t.add_argument("--target-labels", help="CSV listing the target images (labels are not read)")
+    t.add_argument("--target-split", help="only this split of the target CSV")
     t.add_argument("--image-size", type=int, default=224)
     t.add_argument("--out", required=True)
     t.add_argument("--json")

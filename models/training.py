@@ -22,6 +22,7 @@ from indexer.errors import LookalikeError
 from models.hashing import NetworkHash
 from models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
 from models.losses import ContrastivePairs, SemiHardTriplet, balance_loss, inter_class_triplets, push_loss
+from models.whitening import SOURCE, TARGET, GroupWhitening, binary_entropy
 
 METHODS = ("mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder")
 SUPERVISED = ("mirs-triplet", "descartes-classifier")
@@ -39,6 +40,8 @@ class TrainConfig:
     balance_weight: float = 0.1
     inter_class_weight: float = 0.0
     margin: float = 0.25
+    whiten_group: int = 0  # > 0: domain-specific group whitening before the head (needs target)
+    entropy_weight: float = 0.1  # weight of the code entropy on target items (with whitening)
     temperature: float = 0.2
     seed: int = 0
 
@@ -72,18 +75,20 @@ def _batches(n: int, labels: np.ndarray | None, batch_size: int, rng: np.random.
 
 def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
                views: tuple[np.ndarray, np.ndarray] | None = None, config: TrainConfig | None = None,
-               backbone: str = "", progress: bool = True) -> NetworkHash:
+               backbone: str = "", progress: bool = True,
+               target: np.ndarray | None = None) -> NetworkHash:
     """Train a hashing head; returns it as a ``NetworkHash`` ready to encode and save."""
     threads = torch.get_num_threads()
     # small matrices: one thread is as fast, and spinning OpenMP threads starve other work
     torch.set_num_threads(1)
     try:
-        return _train(features, labels, views, config or TrainConfig(), backbone, progress)
+        return _train(features, labels, views, config or TrainConfig(), backbone, progress, target)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: bool) -> NetworkHash:
+def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: bool,
+           target: np.ndarray | None) -> NetworkHash:
     if cfg.method not in METHODS:
         raise LookalikeError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.method in SUPERVISED and labels is None:
@@ -118,6 +123,15 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         head = NoisyClassifierHead(dim, len(classes), cfg.bits)
     else:
         head = AutoencoderHead(dim, cfg.bits)
+    whitening = None
+    if cfg.whiten_group:
+        if cfg.method not in ("mirs-triplet", "mirs-ntxent"):
+            raise LookalikeError("domain-specific whitening is an option of the MIRS heads")
+        if target is None or len(target) < 2:
+            raise LookalikeError("domain-specific whitening needs target-domain features")
+        whitening = GroupWhitening(dim, cfg.whiten_group)
+        tt = norm(target)
+    code = (lambda v, domain=SOURCE: head(whitening(v, domain))) if whitening else head  # noqa: E731
     params = list(head.parameters()) + (list(extra.parameters()) if extra is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -130,11 +144,11 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         for idx in _batches(len(x), batch_labels, batch_size, rng):
             idx_t = torch.from_numpy(idx)
             if cfg.method == "mirs-ntxent":
-                p_a, p_b = head(va[idx_t]), head(vb[idx_t])
+                p_a, p_b = code(va[idx_t]), code(vb[idx_t])
                 loss = extra(p_a, p_b)
                 p = torch.cat([p_a, p_b])
             else:
-                p = head(xt[idx_t])
+                p = code(xt[idx_t])
                 if cfg.method == "mirs-triplet":
                     loss = extra(p, yt[idx_t])
                     if cfg.inter_class_weight:
@@ -146,17 +160,22 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
                 else:
                     loss = nn.functional.mse_loss(head.reconstruct(p), xt[idx_t])
             loss = loss + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)
+            if whitening is not None:
+                p_t = code(tt[torch.from_numpy(rng.integers(0, len(tt), len(idx)))], TARGET)
+                loss = loss + cfg.entropy_weight * binary_entropy(p_t)
             opt.zero_grad()
             loss.backward()
             opt.step()
         sched.step()
         bar.set_postfix(loss=float(loss.detach()))
-    return export_head(head, mean, std, cfg, backbone, n_train=len(x))
+    return export_head(head, mean, std, cfg, backbone, n_train=len(x),
+                       whitening=whitening.eval() if whitening is not None else None)
 
 
 def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainConfig, backbone: str,
-                n_train: int) -> NetworkHash:
-    """The head's code path as arrays, with input standardisation folded into layer one."""
+                n_train: int, whitening: GroupWhitening | None = None) -> NetworkHash:
+    """The head's code path as arrays, with input standardisation (and the target-domain
+    whitening, an affine map too) folded into layer one."""
     if isinstance(head, MIRSHead):
         linears = [m for m in head.layers if isinstance(m, nn.Linear)]
         slope = head.config["slope"]
@@ -167,6 +186,12 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
         linears, slope = [head.code], 0.0
     weights = [m.weight.detach().numpy().copy() for m in linears]
     biases = [m.bias.detach().numpy().copy() for m in linears]
+    if whitening is not None:
+        # W A (x_std - mu) + b  ==  (W A) x_std + (b - W A mu)
+        a, mu = (t.detach().numpy().astype(np.float64) for t in whitening.affine(TARGET))
+        w_eff = weights[0].astype(np.float64) @ a
+        biases[0] = (biases[0] - w_eff @ mu).astype(np.float32)
+        weights[0] = w_eff.astype(np.float32)
     # W((x - mean) / std) + b  ==  (W / std) x + (b - W (mean / std))
     biases[0] = biases[0] - weights[0] @ (mean / std)
     weights[0] = weights[0] / std[None, :]
@@ -176,7 +201,8 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
 
 def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train",
                            config: TrainConfig | None = None, image_size: int = 224,
-                           val_split: str | None = None, k: int = 64, progress: bool = True) -> dict:
+                           val_split: str | None = None, k: int = 64, progress: bool = True,
+                           target_root=None, target_labels_csv=None, target_split: str | None = None) -> dict:
     """Train a head on a labelled image folder, save it to ``out``; report val mAP@k if asked.
 
     Unsupervised methods never read the labels (only the file list).
@@ -195,7 +221,11 @@ def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train"
     views = None
     if cfg.method == "mirs-ntxent":
         views = tuple(augmented_features(root, table, encoder, v, progress) for v in (0, 1))
-    model = train_hash(feats, labels, views, cfg, backbone=encoder.name, progress=progress)
+    target = None
+    if target_root is not None:  # unlabelled target domain: only its file list is read
+        target_table = read_labels(target_root, target_labels_csv, split=target_split)
+        target = image_features(target_root, target_table, encoder, progress)
+    model = train_hash(feats, labels, views, cfg, backbone=encoder.name, progress=progress, target=target)
     model.meta.update(trained_on=dict(data=Path(root).name, split=split, n=len(table),
                                       image_size=image_size))
     report = dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(table))

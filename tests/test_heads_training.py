@@ -165,9 +165,9 @@ def test_exported_network_matches_torch_head(clusters, method, monkeypatch):
     x[:, 5] = 0.0  # a feature that never fires in training (a dead backbone channel)
     captured = {}
 
-    def spy(head, mean, std, cfg, backbone, n_train):
+    def spy(head, mean, std, cfg, backbone, n_train, **kwargs):
         captured.update(head=head, mean=mean, std=std)
-        return export_head(head, mean, std, cfg, backbone, n_train)
+        return export_head(head, mean, std, cfg, backbone, n_train, **kwargs)
 
     monkeypatch.setattr(training, "export_head", spy)
     model = _train(method, x, labels, scale, epochs=4)
