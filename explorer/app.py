@@ -4,13 +4,25 @@ Indexes are opened once per process (``explorer.catalog``) and shared read-only 
 Panel runs session callbacks on a thread pool so one session's search does not block another's.
 Thumbnails are served by a small HTTP route (``/thumb/<index>/<tile id>.jpg``) from the cached
 in-memory source images (``indexer.thumbnails``), so the browser loads them in parallel and
-caches them.
+caches them. They are rendered on one dedicated thread (pyproj builds its transformers once per
+thread and zone, which costs more than the thumbnail itself), and a page of hits is queued for
+rendering as soon as the search returns, before the browser asks for it.
+
+Everything that is per process rather than per session (source images and their pyramids, the
+HiRISE footprints, the numba kernels of the search and of Datashader) is loaded or compiled by
+``warm_up`` before the server accepts its first page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -18,6 +30,7 @@ import holoviews as hv
 import panel as pn
 from tornado.web import RequestHandler
 
+from explorer import basemap
 from explorer.catalog import Catalog
 from explorer.state import ExplorerState
 from explorer.views import MapView, controls, results_panel, status_pane
@@ -27,10 +40,84 @@ log = logging.getLogger(__name__)
 
 URL_KEYS = ("index", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions")
 THREADS = 8
+INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
 CSS = """
 .status p { margin: 0.2em 0; }
 """
+
+
+class Thumbnails:
+    """The process's thumbnail renderer: one thread, so pyproj's per-thread setup happens once.
+
+    Every thumbnail is rendered once: the JPEG bytes stay in the ``lru_cache`` of
+    ``indexer.thumbnails``, and the future of each rendering (queued or done) is kept, so a
+    browser request for a thumbnail that is queued already waits for that rendering instead of
+    queueing behind the rest of the page.
+    """
+
+    MAX_FUTURES = 20_000
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-thumbs")
+        self._futures: OrderedDict[tuple[str, str], Future] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def warm(self, index) -> None:
+        """Queue the creation of every zone transformer of ``index`` on the thumbnail thread."""
+        from indexer.thumbnails import warm_zones
+
+        def run() -> None:
+            try:
+                warm_zones(index)
+            except LookalikeError as exc:
+                log.warning("thumbnail warm-up: %s", exc)
+
+        self.executor.submit(run)
+
+    def future(self, index, tile: dict) -> Future:
+        """The (possibly finished) rendering of one tile row's JPEG."""
+        from indexer.thumbnails import thumbnail_jpeg
+
+        key = (str(index.path), str(tile["tile_id"]))
+        with self._lock:
+            future = self._futures.get(key)
+            if future is not None and not (future.done() and future.exception() is not None):
+                self._futures.move_to_end(key)
+                return future
+            future = self._futures[key] = self.executor.submit(thumbnail_jpeg, index, tile)
+            while len(self._futures) > self.MAX_FUTURES:
+                self._futures.popitem(last=False)
+        return future
+
+    def prefetch(self, index, tiles) -> None:
+        """Render the thumbnails of these tile rows ahead of the browser's requests."""
+        for tile in tiles.to_dict("records"):
+            self.future(index, tile)
+
+    def data_uris(self, index, tiles, timeout: float = INLINE_WAIT_S) -> dict[str, str]:
+        """{tile id: JPEG data URI} of these rows, for those rendered within ``timeout`` seconds.
+
+        Sending a page of thumbnails inside the results message saves the browser fifty
+        requests (six at a time); what is not ready by then loads through /thumb as usual.
+        """
+        futures = {rec["tile_id"]: self.future(index, rec) for rec in tiles.to_dict("records")}
+        deadline = time.monotonic() + timeout
+        out = {}
+        for tile_id, future in futures.items():
+            try:
+                data = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # not ready in time, or failed: the browser asks /thumb
+                continue
+            out[tile_id] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+        return out
+
+    async def jpeg(self, index, tile: dict) -> bytes:
+        future = self.future(index, tile)
+        return future.result() if future.done() else await asyncio.wrap_future(future)
+
+
+THUMBNAILS = Thumbnails()
 
 
 class ThumbnailHandler(RequestHandler):
@@ -40,14 +127,12 @@ class ThumbnailHandler(RequestHandler):
         self.catalog = catalog
 
     async def get(self, name: str, tile_id: str) -> None:
-        from indexer.thumbnails import thumbnail_jpeg
-
         name, tile_id = unquote(name), unquote(tile_id)
         try:
             index = self.catalog[name].index
             tile = index.tiles.iloc[index.row_of(tile_id)].to_dict()
-            # decoding and resampling run off the event loop so other sessions stay responsive
-            data = await asyncio.get_running_loop().run_in_executor(None, thumbnail_jpeg, index, tile)
+            # resampling runs off the event loop so other sessions stay responsive
+            data = await THUMBNAILS.jpeg(index, tile)
         except LookalikeError as exc:
             self.set_status(404)
             self.write(str(exc))
@@ -94,13 +179,61 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     state.param.watch(sync_url, ["hits", "error", "positives", "negatives"])
     sync_url()
 
+    def prefetch(*_) -> None:
+        if state.index is not None and state.hits is not None and len(state.hits):
+            THUMBNAILS.prefetch(state.index, state.page_hits())
+
+    state.param.watch(prefetch, ["hits", "page"])
+    prefetch()
+
+    def inline(tiles):
+        return THUMBNAILS.data_uris(state.index, tiles) if state.index is not None else {}
+
     template = pn.template.FastListTemplate(
         title="Lookalike: click a planet, see its lookalikes", theme="dark",
         sidebar=[pn.panel(pn.bind(controls_for, state.param.index_name))],
         main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name)), status_pane(state),
-                        results_panel(state), sizing_mode="stretch_width")],
+                        results_panel(state, inline=inline), sizing_mode="stretch_width")],
         sidebar_width=330, raw_css=[CSS], accent="#d2691e")
     return template
+
+
+def warm_up(catalog: Catalog) -> None:
+    """Do once per process what the first session would otherwise wait for.
+
+    Decodes each source image and builds its basemap pyramid, creates the thumbnail thread's
+    zone transformers (in the background), compiles the numba search kernel, and renders one map
+    offline and clicks it, which loads the HiRISE footprints and compiles Datashader's kernels.
+    """
+    from explorer.views import MapView
+    from indexer.search import Query, search
+    from indexer.thumbnails import index_source_image
+
+    t0 = time.perf_counter()
+    if "matplotlib" in sys.modules:  # Panel's pane-type check imports this on the first page
+        import matplotlib.figure  # noqa: F401
+    for entry in catalog.entries.values():
+        index = entry.index
+        try:
+            basemap.pyramid(index_source_image(index))
+        except LookalikeError as exc:
+            log.warning("%s: %s", entry.name, exc)
+            continue
+        THUMBNAILS.warm(index)
+        if len(index.tiles) == 0:
+            continue
+        search(index, Query(tile_id=str(index.tiles["tile_id"].iat[0])), k=10)
+        try:
+            state = ExplorerState(index=index, index_name=entry.name)
+            view = MapView(state, entry, pn.widgets.Checkbox(value=True))
+            pane = view.panel()
+            root = pane.get_root()
+            tile = index.tiles.iloc[len(index.tiles) // 2]
+            state.click(float(tile["lon"]), float(tile["lat"]))
+            pane._cleanup(root)
+        except Exception:  # warming up is an optimisation: never keep the server from starting
+            log.exception("warm-up of %s failed", entry.name)
+    log.info("warm-up took %.1f s", time.perf_counter() - t0)
 
 
 def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
@@ -114,13 +247,7 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     pn.extension(notifications=False)
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
-    for entry in catalog.entries.values():  # warm up: decode the source image before the first user
-        try:
-            from indexer.thumbnails import index_source_image
-
-            index_source_image(entry.index)
-        except LookalikeError as exc:
-            log.warning("%s: %s", entry.name, exc)
+    warm_up(catalog)
     kwargs.setdefault("websocket_origin", [f"localhost:{port}", f"127.0.0.1:{port}"]
                       + ([f"{address}:{port}"] if address else []))
     return pn.serve(lambda: build_app(catalog), port=port, show=show, address=address,

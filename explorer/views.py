@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from functools import lru_cache, partial
 from urllib.parse import quote
 
 import holoviews as hv
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from holoviews.operation.datashader import dynspread, rasterize, shade
+from holoviews.operation.datashader import rasterize, shade
 from panel.custom import JSComponent
 
 from explorer import basemap
@@ -27,7 +28,7 @@ from indexer.errors import LookalikeError
 log = logging.getLogger(__name__)
 
 HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
-HIRISE_COLORS = ["#7fd4ff", "#0077ff"]
+HIRISE_COLORS = ["#9fe0ff", "#2a8cff"]
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 
 
@@ -52,16 +53,27 @@ class ThumbnailGrid(JSComponent):
         b.addEventListener('click', (e) => { e.stopPropagation(); model.send_msg({action, tile_id}); });
         return b;
       }
+      function cardClass(it) {
+        return 'thumb' + (it.tile_id === model.selected ? ' selected' : '') + (it.mark ? ' ' + it.mark : '');
+      }
       function draw() {
+        // same tiles as shown (a mark or the highlight changed): update the classes in place,
+        // so images are not reloaded and a click in flight still lands on its card
+        const shown = Array.from(grid.children);
+        if (shown.length === model.items.length && shown.length > 0 &&
+            model.items.every((it, i) => shown[i].dataset.tileId === it.tile_id && shown[i].dataset.rank == it.rank &&
+                                      shown[i].dataset.distance == it.distance)) {
+          model.items.forEach((it, i) => { shown[i].className = cardClass(it); });
+          return;
+        }
         grid.replaceChildren();
         for (const it of model.items) {
           const card = document.createElement('div');
-          card.className = 'thumb' + (it.tile_id === model.selected ? ' selected' : '') +
-                           (it.mark ? ' ' + it.mark : '');
+          card.className = cardClass(it);
           Object.assign(card.dataset, {tileId: it.tile_id, rank: it.rank, distance: it.distance,
                                        time: it.time, lon: it.lon, lat: it.lat});
           const img = document.createElement('img');
-          img.src = it.src; img.width = 96; img.height = 96; img.alt = it.tile_id; img.title = it.tile_id;
+          img.decoding = 'async'; img.src = it.src; img.width = 96; img.height = 96; img.alt = it.tile_id; img.title = it.tile_id;
           img.addEventListener('click', () => model.send_msg({action: 'focus', tile_id: it.tile_id}));
           const cap = document.createElement('div');
           cap.className = 'caption';
@@ -110,17 +122,22 @@ def thumbnail_url(index_name: str, tile_id: str) -> str:
 
 
 def thumbnail_items(state: ExplorerState, hits: pd.DataFrame | None, page: int,
-                    positives: list[str], negatives: list[str]) -> list[dict]:
-    """The cards of the current page."""
+                    positives: list[str], negatives: list[str], inline=None) -> list[dict]:
+    """The cards of the current page.
+
+    ``inline``, when given, maps the page's tile rows to {tile id: image data URI} for the
+    thumbnails it has at hand; the others are loaded by the browser from the /thumb route.
+    """
     if hits is None or len(hits) == 0:
         return []
     rows = hits.iloc[page * state.page_size:(page + 1) * state.page_size]
+    embedded = inline(rows) if inline is not None else {}
     items = []
     for rec in rows.to_dict("records"):
         t = rec.get("time")
         items.append(dict(
             tile_id=rec["tile_id"], rank=int(rec["rank"]), distance=int(rec["distance"]),
-            src=thumbnail_url(state.index_name, rec["tile_id"]),
+            src=embedded.get(rec["tile_id"]) or thumbnail_url(state.index_name, rec["tile_id"]),
             time="" if t is None or pd.isna(t) else pd.Timestamp(t).isoformat(),
             lon=round(float(rec["lon"]), 5), lat=round(float(rec["lat"]), 5),
             mark="positive" if rec["tile_id"] in positives else
@@ -128,8 +145,8 @@ def thumbnail_items(state: ExplorerState, hits: pd.DataFrame | None, page: int,
     return items
 
 
-def results_panel(state: ExplorerState) -> pn.Column:
-    """Hit count, pager and the thumbnail grid."""
+def results_panel(state: ExplorerState, inline=None) -> pn.Column:
+    """Hit count, pager and the thumbnail grid (``inline``: see ``thumbnail_items``)."""
     def on_action(action: str, tile_id: str) -> None:
         if action == "focus":
             state.focus_tile = tile_id
@@ -139,7 +156,7 @@ def results_panel(state: ExplorerState) -> pn.Column:
     grid = ThumbnailGrid(
         on_action=on_action, selected=state.param.focus_tile,
         items=pn.bind(thumbnail_items, state, state.param.hits, state.param.page,
-                      state.param.positives, state.param.negatives),
+                      state.param.positives, state.param.negatives, inline=inline),
         sizing_mode="stretch_width")
     prev_page = pn.widgets.Button(name="◀ Previous", width=110,
                                   disabled=pn.bind(lambda p: p <= 0, state.param.page))
@@ -222,9 +239,9 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
     zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM zones",
                                               options=zone_options, placeholder="all zones")
     start = pn.widgets.TextInput.from_param(state.param.time_start, name="From date",
-                                            placeholder="YYYY-MM-DD")
+                                            placeholder="YYYY-MM-DD", width=135)
     end = pn.widgets.TextInput.from_param(state.param.time_end, name="To date",
-                                          placeholder="YYYY-MM-DD")
+                                          placeholder="YYYY-MM-DD", width=135)
     times = state.index.tiles["time"] if state.index is not None else pd.Series(dtype=object)
     span = (f"Tiles dated {times.min():%Y-%m-%d} to {times.max():%Y-%m-%d}"
             if times.notna().any() else "Tiles carry no dates")
@@ -258,7 +275,9 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
         disabled=pn.bind(lambda h: h is None or len(h) == 0, state.param.hits))
     hints = pn.pane.Markdown(
         "Draw boxes with the box tool (shift-drag), polygons with the polygon tool "
-        "(double-click to start and end); they restrict the search.", styles={"font-size": "12px"})
+        "(double-click to start and end); they restrict the search. While a drawing tool is "
+        "active, taps on the map draw; pick the pan tool to search by tapping again.",
+        styles={"font-size": "12px"})
     return pn.Column(
         body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
         bbox, hints, clear, show_hirise, pn.layout.Divider(), refine, undo, pn.layout.Divider(),
@@ -266,13 +285,48 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
 
 
 # ------------------------------------------------------------------ map
+# the tools that draw regions: a tap while one of them is active draws, it does not search
+DRAW_TOOLS = ["BoxEditTool", "PolyDrawTool", "PolyEditTool", "PointDrawTool", "FreehandDrawTool"]
+
+# sent to the server only when no drawing tool is active, so drawing never starts a search
+TAP_JS = """
+const drawing = fig.toolbar.tools.some(t => t.active && draw_tools.includes(t.type ?? t.constructor.__name__));
+if (!drawing) {
+  sink.data = {x: [cb_obj.x], y: [cb_obj.y], n: [(sink.data.n?.[0] ?? 0) + 1]};
+}
+"""
+
+
+@lru_cache(maxsize=16)
+def hirise_footprints(start: str, end: str, show: bool) -> hv.Rectangles:
+    """HiRISE footprints observed between two dates, shared by every session of the process."""
+    from data.hirise import in_time_range, load_hirise_footprints
+
+    table = load_hirise_footprints()
+    if not show:
+        return basemap.hirise_rectangles(table.iloc[:0])
+    try:
+        return basemap.hirise_rectangles(in_time_range(table, start or None, end or None))
+    except (ValueError, TypeError):
+        return basemap.hirise_rectangles(table)
+
+
 class MapView:
-    """The map of one index: basemap, zone grid, HiRISE, hit density, outlines, drawn regions."""
+    """The map of one index: basemap, zone grid, HiRISE, hits, outlines, drawn regions.
+
+    The HoloViews overlay holds what changes with the view (the basemap and HiRISE coverage,
+    regridded on pan and zoom), the zone grid and the drawing layers; it is never re-rendered by
+    a search. What a search changes (hit markers, the query, example and focus outlines) are
+    plain Bokeh glyphs added to the figure once, whose data sources are replaced on each change:
+    a click sends a few kilobytes to the browser instead of re-rendering every layer.
+    """
 
     def __init__(self, state: ExplorerState, entry: Entry, show_hirise: pn.widgets.Checkbox,
                  height: int = 520):
         self.state, self.entry, self.show_hirise, self.height = state, entry, show_hirise, height
         self.figure = None  # the Bokeh figure, captured by a plot hook, to pan it from Python
+        self.sources: dict = {}  # Bokeh data sources of the dynamic layers, by name
+        self.drawn_renderers: dict = {}  # 'boxes' / 'polygons' -> the drawing layer's renderer
         self.doc = pn.state.curdoc
 
     def panel(self) -> pn.viewable.Viewable:
@@ -286,26 +340,21 @@ class MapView:
         state = self.state
         xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
         base = basemap.basemap(image)
-        tap = hv.streams.Tap(source=base, x=None, y=None)
-        tap.add_subscriber(lambda x=None, y=None: x is not None and state.click(x, y))
 
         zone_labels = sorted(state.index.tiles["zone"].unique().tolist())
         zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones))
-        density = dynspread(shade(rasterize(hv.DynamicMap(pn.bind(basemap.hit_points, state.param.hits))),
-                                  cmap=HIT_COLORS, min_alpha=120), threshold=0.6, max_px=3)
-        query = hv.DynamicMap(pn.bind(self._query_outline, state.param.query_tile,
-                                      state.param.positives, state.param.negatives))
-        focus = hv.DynamicMap(pn.bind(self._focus_outline, state.param.focus_tile))
         boxes, polys = self._drawing()
         layers = base * zones
         if self.entry.is_mars:
             layers = layers * self._hirise()
-        overlay = (layers * density * query * focus * boxes * polys).opts(
+        overlay = (layers * boxes * polys).opts(
             hv.opts.Overlay(responsive=True, aspect=2, min_height=300, xlim=xlim, ylim=ylim,
                             xlabel="longitude (°E)", ylabel="latitude (°N)",
                             active_tools=["wheel_zoom"], hooks=[self._capture], toolbar="above",
                             show_legend=False))
         state.param.watch(self._pan_to_focus, "focus_tile")
+        state.param.watch(self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
+                                                 "focus_tile", "page"])
         return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", min_height=300,
                                  css_classes=["map"], linked_axes=False)
 
@@ -314,85 +363,173 @@ class MapView:
         rows = [self.state.index.row_of(t) for t in tile_ids if t]
         return self.state.index.tiles.iloc[rows]
 
-    def _query_outline(self, query_tile: str, positives: list[str], negatives: list[str]) -> hv.Overlay:
+    def _outline_data(self, tile_ids: list[str]) -> dict:
         try:
-            return (basemap.outline_path(self._tiles([query_tile]), "#ff2d2d", 3)
-                    * basemap.outline_path(self._tiles(positives), "#2ecc40", 2)
-                    * basemap.outline_path(self._tiles(negatives), "#ff4136", 2, "dashed"))
+            rings = basemap.outlines(self._tiles(tile_ids))
         except LookalikeError:
-            return hv.Path([]) * hv.Path([]) * hv.Path([])
+            rings = []
+        return {"xs": [r[:, 0] for r in rings], "ys": [r[:, 1] for r in rings]}
 
-    def _focus_outline(self, focus_tile: str) -> hv.Path:
-        try:
-            return basemap.outline_path(self._tiles([focus_tile]), "#00e5ff", 3)
-        except LookalikeError:
-            return basemap.outline_path(self._tiles([]), "#00e5ff", 3)
+    def layer_data(self) -> dict[str, dict]:
+        """Column data of each dynamic layer for the current state (hits, query, focus...)."""
+        state = self.state
+        hits = state.hits
+        if hits is None or len(hits) == 0:
+            points = {"x": np.zeros(0), "y": np.zeros(0), "color": []}
+        else:
+            rank = hits["rank"].to_numpy()
+            on_page = (rank > state.page * state.page_size) & (rank <= (state.page + 1) * state.page_size)
+            color = np.where(on_page, HIT_COLORS[2], np.where(rank <= max(10, len(hits) // 5),
+                                                              HIT_COLORS[1], HIT_COLORS[0]))
+            order = np.argsort(on_page, kind="stable")  # the current page drawn last, on top
+            points = {"x": hits["lon"].to_numpy(float)[order], "y": hits["lat"].to_numpy(float)[order],
+                      "color": color[order].tolist()}
+        return {"hits": points,
+                "query": self._outline_data([state.query_tile]),
+                "positives": self._outline_data(state.positives),
+                "negatives": self._outline_data(state.negatives),
+                "focus": self._outline_data([state.focus_tile])}
+
+    def _add_layers(self, fig) -> None:
+        """Add the hit markers and outlines to the figure, once, on top of the HoloViews layers."""
+        from bokeh.models import ColumnDataSource
+
+        data = self.layer_data()
+        self.sources = {name: ColumnDataSource(data=columns) for name, columns in data.items()}
+        fig.scatter("x", "y", source=self.sources["hits"], size=5, fill_color="color",
+                    line_color="black", line_width=0.5, fill_alpha=0.9, name="hits")
+        styles = {"query": ("#ff2d2d", 3, "solid"), "positives": ("#2ecc40", 2, "solid"),
+                  "negatives": ("#ff4136", 2, "dashed"), "focus": ("#00e5ff", 3, "solid")}
+        for name, (color, width, dash) in styles.items():
+            fig.multi_line("xs", "ys", source=self.sources[name], line_color=color,
+                           line_width=width, line_dash=dash, name=name)
+
+    def _refresh_layers(self, *_) -> None:
+        if not self.sources:
+            return
+        data = self.layer_data()
+
+        def update() -> None:
+            for name, columns in data.items():
+                self.sources[name].data = columns
+
+        self._in_doc(update)
+
+    def _add_tap(self, fig) -> None:
+        """Map taps search, unless a drawing tool is active (the gate runs in the browser)."""
+        from bokeh.models import ColumnDataSource, CustomJS
+
+        sink = ColumnDataSource(data={"x": [], "y": [], "n": []}, name="map_taps")
+        fig.js_on_event("tap", CustomJS(args=dict(fig=fig, sink=sink, draw_tools=DRAW_TOOLS), code=TAP_JS))
+
+        def tapped(attr, old, new) -> None:
+            if not new.get("x"):
+                return
+            self._run(partial(self.state.click, float(new["x"][0]), float(new["y"][0])))
+
+        sink.on_change("data", tapped)
+        self.tap_sink = sink
+
+    def _run(self, fn) -> None:
+        """Run a state action off the event loop (Panel's thread pool) when serving."""
+        if self.doc is not None and pn.state._thread_pool is not None:
+            from panel.io.state import set_curdoc
+
+            with set_curdoc(self.doc):
+                pn.state.execute(fn, schedule="thread")
+        else:
+            fn()
 
     def _drawing(self) -> tuple[hv.Rectangles, hv.Polygons]:
         state = self.state
-        boxes = hv.Rectangles([tuple(b) for b in state.boxes], kdims=["lon", "lat", "lon2", "lat2"]).opts(
-            fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2, line_dash="dashed")
+        style = dict(fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2,
+                     line_dash="dashed")
+        boxes = hv.Rectangles([tuple(b) for b in state.boxes], kdims=["lon", "lat", "lon2", "lat2"],
+                              group="Drawn").opts(**style)
         polys = hv.Polygons([{"lon": [p[0] for p in poly], "lat": [p[1] for p in poly]}
-                             for poly in state.polygons], kdims=["lon", "lat"]).opts(
-            fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2, line_dash="dashed")
+                             for poly in state.polygons], kdims=["lon", "lat"], group="Drawn").opts(**style)
         box_stream = hv.streams.BoxEdit(source=boxes, styles={"fill_color": ["#ffffff"]})
         poly_stream = hv.streams.PolyDraw(source=polys, drag=False, show_vertices=True)
+        # what the browser shows, as last reported by the drawing tools
+        self._drawn = {"boxes": [tuple(b) for b in state.boxes],
+                       "polygons": [list(map(tuple, p)) for p in state.polygons]}
 
         def boxes_drawn(data) -> None:
             new = [tuple(float(v) for v in b) for b in zip(data.get("x0", []), data.get("y0", []),
                                                           data.get("x1", []), data.get("y1", []))]
             new = [(min(w, e), min(s, n), max(w, e), max(s, n)) for w, s, e, n in new]
+            self._drawn["boxes"] = new
             if new != [tuple(b) for b in state.boxes]:
                 state.boxes = new
 
         def polys_drawn(data) -> None:
             new = [[(float(x), float(y)) for x, y in zip(xs, ys)]
                    for xs, ys in zip(data.get("xs", []), data.get("ys", []))]
-            new = [p for p in new if len(p) >= 3]
+            new = [p for p in new if len(p) >= 3]  # a polygon being drawn is not a region yet
+            self._drawn["polygons"] = new
             if new != [list(map(tuple, p)) for p in state.polygons]:
                 state.polygons = new
 
         box_stream.add_subscriber(boxes_drawn)
         poly_stream.add_subscriber(polys_drawn)
 
-        def cleared(event) -> None:
-            # regions cleared in Python (Clear button, undo): empty the shapes in the browser too
-            if not event.new and self.figure is not None:
-                self._in_doc(lambda: self._clear_sources(event.name))
+        def changed(event) -> None:
+            # regions changed in Python (Clear button, undo, a link): show the same in the browser
+            current = ([tuple(b) for b in event.new] if event.name == "boxes"
+                       else [list(map(tuple, p)) for p in event.new])
+            if current != self._drawn[event.name] and self.figure is not None:
+                self._drawn[event.name] = current
+                self._in_doc(lambda: self._sync_drawn(event.name))
 
-        state.param.watch(cleared, ["boxes", "polygons"])
+        state.param.watch(changed, ["boxes", "polygons"])
         return boxes, polys
 
-    def _clear_sources(self, which: str) -> None:
-        from bokeh.models import GlyphRenderer, Patches, Quad
+    def _sync_drawn(self, which: str) -> None:
+        """Replace the shapes of a drawing layer in the browser by the state's boxes or polygons."""
+        renderer = self.drawn_renderers.get(which)
+        if renderer is None:
+            return
+        glyph, old = renderer.glyph, renderer.data_source.data
 
-        glyph_type = Quad if which == "boxes" else Patches
-        for renderer in self.figure.select(type=GlyphRenderer):
-            if isinstance(renderer.glyph, glyph_type) and renderer.data_source.data:
-                data = renderer.data_source.data
-                if "fill_color" in data or which == "polygons" or "x0" in data or "left" in data:
-                    renderer.data_source.data = {k: [] for k in data}
+        def field(spec):
+            return spec.get("field") if isinstance(spec, dict) else getattr(spec, "field", spec)
+
+        if which == "boxes":
+            shapes = [tuple(b) for b in self.state.boxes]
+            columns = {field(glyph.left): [b[0] for b in shapes], field(glyph.bottom): [b[1] for b in shapes],
+                       field(glyph.right): [b[2] for b in shapes], field(glyph.top): [b[3] for b in shapes]}
+        else:
+            shapes = self.state.polygons
+            columns = {field(glyph.xs): [np.array([p[0] for p in poly]) for poly in shapes],
+                       field(glyph.ys): [np.array([p[1] for p in poly]) for poly in shapes]}
+        for key, values in old.items():  # other columns (styles) keep their first value
+            if key not in columns:
+                fill = list(values[:1]) * len(shapes) if len(values) else ["#ffffff"] * len(shapes)
+                columns[key] = fill
+        renderer.data_source.data = columns
+
+    def _find_drawn_renderers(self, plot) -> dict:
+        out = {}
+        for sub in getattr(plot, "subplots", {}).values():
+            frame = getattr(sub, "current_frame", None)
+            if frame is not None and getattr(frame, "group", None) == "Drawn":
+                renderer = sub.handles.get("glyph_renderer")
+                if renderer is not None:
+                    which = "boxes" if isinstance(frame, hv.Rectangles) else "polygons"
+                    renderer.name = f"drawn_{which}"  # for scripts and tests in the browser
+                    out[which] = renderer
+        return out
 
     def _hirise(self) -> hv.Overlay:
-        from data.hirise import in_time_range, load_hirise_footprints
-
         try:
-            table = load_hirise_footprints()
+            hirise_footprints("", "", True)
         except LookalikeError as exc:
             self.state.error = str(exc)
             return hv.Overlay([hv.Rectangles([])])
 
-        def footprints(start: str, end: str, show: bool) -> hv.Rectangles:
-            if not show:
-                return basemap.hirise_rectangles(table.iloc[:0])
-            try:
-                return basemap.hirise_rectangles(in_time_range(table, start or None, end or None))
-            except (ValueError, TypeError):
-                return basemap.hirise_rectangles(table)
-
-        source = hv.DynamicMap(pn.bind(footprints, self.state.param.time_start,
+        source = hv.DynamicMap(pn.bind(hirise_footprints, self.state.param.time_start,
                                        self.state.param.time_end, self.show_hirise))
-        coverage = shade(rasterize(source, aggregator="count"), cmap=HIRISE_COLORS, min_alpha=90)
+        coverage = shade(rasterize(source, aggregator="count"), cmap=HIRISE_COLORS, min_alpha=60, alpha=170)
 
         def hoverable(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.Rectangles:
             # real shapes, with hover, once few enough are in view; the density shows the rest
@@ -412,7 +549,13 @@ class MapView:
 
     # panning -----------------------------------------------------------------
     def _capture(self, plot, element) -> None:
+        # hooks run on every update of the plot: add the layers and the tap gate only once
+        if self.figure is plot.state:
+            return
         self.figure = plot.state
+        self.drawn_renderers = self._find_drawn_renderers(plot)
+        self._add_layers(self.figure)
+        self._add_tap(self.figure)
 
     def _in_doc(self, fn) -> None:
         # Bokeh models may only change under the document lock: schedule on the session's loop

@@ -73,13 +73,14 @@ class SourceImage:
         x0 = np.clip(np.floor(fx).astype(np.int64), 0, w - 1)
         y0 = np.clip(np.floor(fy).astype(np.int64), 0, h - 1)
         x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-        tx = np.clip(fx - x0, 0.0, 1.0)[..., None]
-        ty = np.clip(fy - y0, 0.0, 1.0)[..., None]
-        img = self.rgb
-        top = img[y0, x0] * (1 - tx) + img[y0, x1] * tx
-        bottom = img[y1, x0] * (1 - tx) + img[y1, x1] * tx
+        tx = np.clip(fx - x0, 0.0, 1.0).astype(np.float32)[..., None]
+        ty = np.clip(fy - y0, 0.0, 1.0).astype(np.float32)[..., None]
+        flat = self.rgb.reshape(-1, 3)  # gathers on flat indices, in float32: ~2x faster
+        row0, row1 = y0 * w, y1 * w
+        top = flat.take(row0 + x0, axis=0) * (1 - tx) + flat.take(row0 + x1, axis=0) * tx
+        bottom = flat.take(row1 + x0, axis=0) * (1 - tx) + flat.take(row1 + x1, axis=0) * tx
         out = (top * (1 - ty) + bottom * ty + 0.5).astype(np.uint8)
-        out[~(inside & self.valid[y0, x0])] = 0
+        out[~(inside & self.valid.reshape(-1).take(row0 + x0))] = 0
         return out
 
     def tile(self, zone: Zone | str, grid: TileGrid, row: int, col: int,
@@ -90,9 +91,39 @@ class SourceImage:
         x0, y0 = grid.origin(row, col)
         step = grid.size * grid.gsd / n
         centres = (np.arange(n) + 0.5) * step
-        x, y = np.meshgrid(x0 + centres, y0 - centres)
-        lon, lat = from_zone(self.geographic, zone, x, y)
+        if n <= 2 * CONTROL_STEP:
+            x, y = np.meshgrid(x0 + centres, y0 - centres)
+            lon, lat = from_zone(self.geographic, zone, x, y)
+            return self.sample(lon, lat)
+        # project a coarse grid of control points and interpolate between them: the projection
+        # is smooth at this scale (well under a source pixel of error, even near the poles)
+        # and this is several times faster than projecting every pixel
+        control = np.unique(np.append(np.arange(0, n, CONTROL_STEP), n - 1))
+        cx, cy = np.meshgrid(x0 + centres[control], y0 - centres[control])
+        clon, clat = from_zone(self.geographic, zone, cx, cy)
+        mid = clon[len(control) // 2, len(control) // 2]
+        clon = (clon - mid + 180.0) % 360.0 - 180.0 + mid  # continuous across 180 degrees
+        lon = _interp2(clon, control, n)
+        lat = _interp2(clat, control, n)
         return self.sample(lon, lat)
+
+
+CONTROL_STEP = 8  # output pixels between projected control points of a tile
+
+
+def _interp2(values: np.ndarray, control: np.ndarray, n: int) -> np.ndarray:
+    """Bilinear interpolation of ``values`` given at rows/cols ``control`` to an n x n grid."""
+    weights = _interp_matrix(tuple(int(c) for c in control), n)
+    return weights @ values @ weights.T
+
+
+@lru_cache(maxsize=16)
+def _interp_matrix(control: tuple[int, ...], n: int) -> np.ndarray:
+    """(n, len(control)) linear-interpolation weights from the control positions to 0..n-1."""
+    eye = np.eye(len(control))
+    out = np.stack([np.interp(np.arange(n), control, eye[j]) for j in range(len(control))], axis=1)
+    out.setflags(write=False)
+    return out
 
 
 _images: dict[tuple, SourceImage] = {}
@@ -185,6 +216,20 @@ def _thumbnail_jpeg(name: str, desc_json: str, zone: str, size: int, stride: int
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def warm_zones(index, source: str | None = None) -> int:
+    """Create the zone-to-lon/lat transformers of every zone of ``index`` in the calling thread.
+
+    pyproj builds a transformer lazily in every thread that uses it (tens of milliseconds for a
+    zone of another body), so a thread that will render thumbnails calls this once, up front.
+    Returns the number of zones.
+    """
+    image = index_source_image(index, source)
+    zones = index.tiles["zone"].unique().tolist() if "zone" in index.tiles else []
+    for label in zones:
+        from_zone(image.geographic, Zone.parse(str(label)), np.zeros(1), np.zeros(1))
+    return len(zones)
 
 
 def thumbnail_jpeg(index, tile: dict, out_size: int = THUMB_SIZE, quality: int = 85) -> bytes:

@@ -144,7 +144,10 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         for idx in _batches(len(x), batch_labels, batch_size, rng):
             idx_t = torch.from_numpy(idx)
             if cfg.method == "mirs-ntxent":
-                p_a, p_b = code(va[idx_t]), code(vb[idx_t])
+                # (original, augmented) pairs, the augmented view drawn from the cached ones
+                pick = torch.from_numpy(rng.random(len(idx)) < 0.5)
+                augmented = torch.where(pick[:, None], va[idx_t], vb[idx_t])
+                p_a, p_b = code(xt[idx_t]), code(augmented)
                 loss = extra(p_a, p_b)
                 p = torch.cat([p_a, p_b])
             else:

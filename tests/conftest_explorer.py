@@ -63,8 +63,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, env: dict, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """``lookalike serve INDEX`` on a free port; returns the process and the app's URL."""
+def start_server(index: Path, env: dict, timeout: float = 240.0) -> tuple[subprocess.Popen, str]:
+    """``lookalike serve INDEX`` on a free port; returns the process and the app's URL.
+
+    The server warms up (compiles its numba kernels, renders a map offline) before it listens,
+    which takes 10-40 s on two busy cores.
+    """
     port = free_port()
     log = open(index.parent / f"serve-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", str(index), "--port", str(port)],
@@ -138,8 +142,15 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, what: st
 
 
 def open_app(page, url: str) -> None:
+    """Load the app and wait until the map is drawn and Bokeh has finished rendering."""
     page.goto(url)
     page.locator(".map canvas").first.wait_for(state="visible")
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle")
+
+
+def current_url(page) -> str:
+    """The address bar (``page.url`` can miss ``history.replaceState`` updates)."""
+    return page.evaluate("() => window.location.href")
 
 
 def cards(page) -> list[dict]:
@@ -173,7 +184,7 @@ def click_map(page, fx: float = 0.5, fy: float = 0.5, previous_first: str | None
         page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
         try:
             return wait_until(lambda: (c := cards(page)) and c[0]["tileId"] != previous_first and c,
-                              timeout=6, what="results after a map click")
+                              timeout=4, what="results after a map click")
         except AssertionError:
             continue
     raise AssertionError("no results appeared after clicking the map")

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from conftest_explorer import (FIRST_DATE, SECOND_DATE, all_cards, browser, cards,  # noqa: F401
-                               click_map, explorer_env, explorer_index, explorer_url, open_app,
+                               click_map, current_url, explorer_env, explorer_index, explorer_url, open_app,
                                page, screenshot, set_text, shadow_text, status_text, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -91,9 +91,9 @@ def test_shared_url_reproduces_search(browser, explorer_url):
     open_app(pg, explorer_url)
     click_map(pg)
     set_text(pg, "Bounding box", "-10,0,20,50")
-    wait_until(lambda: "bbox=" in pg.url, what="the URL to carry the bbox")
+    wait_until(lambda: "bbox=" in current_url(pg), what="the URL to carry the bbox")
     wait_until(lambda: cards(pg) and all(float(c["lat"]) <= 50 for c in cards(pg)), what="bbox hits")
-    shared, expected = pg.url, [c["tileId"] for c in cards(pg)]
+    shared, expected = current_url(pg), [c["tileId"] for c in cards(pg)]
     query = parse_qs(urlparse(shared).query)
     assert query["tile"] == [expected[0]] and query["bbox"] == ["-10,0,20,50"]
 
@@ -114,7 +114,7 @@ def test_sessions_are_independent(browser, explorer_url):
         open_app(pg, explorer_url)
         first += click_map(pg)  # same tile in both: also proves the map is ready for clicks
     # then both sessions click elsewhere, and both clicks are sent before either result is awaited
-    for pg, fx in ((a, 0.47), (b, 0.53)):
+    for pg, fx in ((a, 0.50), (b, 0.53)):  # lon about -3 (zone 30N) and 4 (31N)
         box = pg.locator(".map canvas").first.bounding_box()
         pg.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * 0.3)
     found_a = wait_until(lambda: (c := cards(a)) and c[0]["tileId"] != first_a[0]["tileId"] and c,
@@ -137,13 +137,67 @@ def test_refine_with_examples_and_undo(page, explorer_url):
     open_app(page, explorer_url)
     found = click_map(page)
     page.locator(".thumb").nth(2).locator("button.mark-positive").click()
+    wait_until(lambda: "positive" in page.locator(".thumb").nth(2).get_attribute("class"),
+               what="the first mark")
     page.locator(".thumb").nth(3).locator("button.mark-negative").click()
     wait_until(lambda: "Marked: 2 positive, 1 negative" in status_text(page), what="marks")
     page.get_by_role("button", name="Search with examples").click()
     wait_until(lambda: "2 positive / 1 negative examples" in status_text(page), what="example query")
-    assert "examples=1" in page.url
+    assert "examples=1" in current_url(page)
     screenshot(page, "explorer-refined")
     page.get_by_role("button", name="Undo").click()
     wait_until(lambda: [c["tileId"] for c in cards(page)] == [c["tileId"] for c in found],
                what="the first search's hits back after undo")
     assert f"Query: {found[0]['tileId']}" in status_text(page)
+
+
+def drawn_shapes(page, which: str) -> int:
+    """How many boxes / polygons the map's drawing layer holds in the browser."""
+    return page.evaluate("""which => {
+        const m = Bokeh.documents[0].get_model_by_name('drawn_' + which);
+        const d = m.data_source.data, k = Object.keys(d)[0];
+        return k === undefined ? 0 : d[k].length; }""", which)
+
+
+def map_point(page, fx: float, fy: float) -> tuple[float, float]:
+    box = page.locator(".map canvas").first.bounding_box()
+    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+
+
+def test_draw_box_filters_clear_and_undo(page, explorer_url):
+    open_app(page, explorer_url)
+    found = click_map(page)
+    total = len(all_cards(page))
+    page.locator(".bk-tool-icon-box-edit").click()
+    # a real box, drawn with the box-edit tool: shift-drag across the indexed strip
+    page.keyboard.down("Shift")
+    page.mouse.move(*map_point(page, 0.40, 0.20))
+    page.mouse.down()
+    page.mouse.move(*map_point(page, 0.60, 0.55), steps=8)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the drawn box in the status")
+    shared = wait_until(lambda: (u := current_url(page)) and "regions=" in u and u, what="the box in the URL")
+    (west, south, east, north), = json.loads(parse_qs(urlparse(shared).query)["regions"][0])["boxes"]
+    assert west < east and south < north
+    hits = all_cards(page)
+    assert hits and len(hits) < total
+    assert all(west <= float(c["lon"]) <= east and south <= float(c["lat"]) <= north for c in hits)
+    assert f"{len(hits)} hits" in status_text(page)
+    assert drawn_shapes(page, "boxes") == 1
+
+    # with a drawing tool active a tap draws or selects; it must not send a map query
+    taps = page.evaluate("() => Bokeh.documents[0].get_model_by_name('map_taps').data.n?.[0] ?? 0")
+    page.mouse.click(*map_point(page, 0.47, 0.8))
+    assert page.evaluate("() => Bokeh.documents[0].get_model_by_name('map_taps').data.n?.[0] ?? 0") == taps
+
+    page.get_by_role("button", name="Clear regions").click()
+    wait_until(lambda: "Filters: none" in status_text(page), what="regions cleared")
+    wait_until(lambda: drawn_shapes(page, "boxes") == 0, what="the box removed from the map")
+    assert f"Query: {found[0]['tileId']}" in status_text(page)  # the tap above did not search
+    assert f"{total} hits" in status_text(page)
+
+    page.get_by_role("button", name="Undo").click()  # brings the box back, on the map too
+    wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the box back after undo")
+    wait_until(lambda: drawn_shapes(page, "boxes") == 1, what="the box redrawn after undo")
+    screenshot(page, "explorer-drawn-box")

@@ -1,0 +1,193 @@
+"""ExplorerState without a browser: searching, filters, examples, undo, URLs, export, errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest_explorer import FIRST_DATE, SECOND_DATE, explorer_env, explorer_index  # noqa: F401
+from explorer.catalog import Catalog, cached_index
+from explorer.state import ExplorerState
+from explorer.views import parse_bbox, thumbnail_items
+from indexer.errors import LookalikeError
+
+
+@pytest.fixture
+def state(explorer_index) -> ExplorerState:
+    return ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+
+
+def clicked(state: ExplorerState) -> ExplorerState:
+    state.click(3.0, 40.0)  # inside zone 31N of the fixture index
+    return state
+
+
+def test_no_query_no_hits(state):
+    assert state.hits is None and state.error == ""
+    assert state.url_params() == {"index": "mars_small"}
+
+
+def test_click_searches(state):
+    clicked(state)
+    assert state.query_tile.startswith("mars_8k:31N:")
+    assert len(state.hits) == len(state.index.tiles)  # k=1000 > 138 tiles
+    assert state.hits["tile_id"].iat[0] == state.query_tile and state.hits["distance"].iat[0] == 0
+    assert state.hits["distance"].is_monotonic_increasing
+
+
+def test_click_outside_index_is_a_message(state):
+    state.click(-120.0, -40.0)
+    assert state.hits is None and "no indexed tile" in state.error
+
+
+def test_filters(state):
+    clicked(state)
+    state.k = 10
+    assert len(state.hits) == 10
+    state.param.update(k=1000, time_start="2012-01-01")
+    assert (state.hits["time"] == pd.Timestamp(SECOND_DATE, tz="UTC")).all()
+    state.param.update(time_start="", time_end="2012-12-31")
+    assert (state.hits["time"] == pd.Timestamp(FIRST_DATE, tz="UTC")).all()
+    state.param.update(time_end="", zones=["30N"])
+    assert set(state.hits["zone"]) == {"30N"}
+    state.param.update(zones=[], bbox=(0.0, 20.0, 10.0, 60.0))
+    assert state.hits["lon"].between(0, 10).all() and state.hits["lat"].between(20, 60).all()
+    state.param.update(bbox=None, boxes=[(-10.0, 0.0, 0.0, 30.0)],
+                       polygons=[[(5.0, 50.0), (12.0, 50.0), (12.0, 70.0)]])
+    region = state.region()
+    assert all(region.intersects(__import__("shapely").Point(x, y))
+               for x, y in zip(state.hits["lon"], state.hits["lat"]))
+    assert "2 drawn region(s)" in state.describe_filters()
+    state.clear_regions()
+    assert len(state.hits) == len(state.index.tiles)
+
+
+def test_filter_errors_are_messages(state):
+    clicked(state)
+    state.time_start = "not a date"
+    assert "not a date" in state.error and len(state.hits) == 0
+    state.param.update(time_start="2020-01-01", time_end="2010-01-01")
+    assert "empty" in state.error
+    state.param.update(time_start="2030-01-01", time_end="")
+    assert "No tiles match" in state.error and len(state.hits) == 0
+    state.time_start = ""
+    assert state.error == "" and len(state.hits) > 0
+
+
+def test_examples_and_undo(state):
+    clicked(state)
+    first = state.hits["tile_id"].tolist()
+    state.mark(first[3], "positive")
+    assert state.positives == [state.query_tile, first[3]]
+    assert state.hits["tile_id"].tolist() == first  # marking alone does not search
+    state.mark(first[5], "negative")
+    state.mark(first[5], "negative")  # unmark
+    state.mark(first[6], "negative")
+    assert state.negatives == [first[6]]
+    state.search_examples()
+    assert state.use_examples and state.query().positives == [state.query_tile, first[3]]
+    combined = state.hits["tile_id"].tolist()
+    assert combined != first
+    assert state.undo()  # back to before the example search
+    assert not state.use_examples and state.hits["tile_id"].tolist() == first
+    while state.undo():
+        pass
+    assert state.positives == [] and state.negatives == []
+    assert not state.can_undo
+
+
+def test_search_examples_needs_a_positive(state):
+    clicked(state)
+    state.search_examples()
+    assert "positive" in state.error
+
+
+def test_url_round_trip(state, explorer_index):
+    clicked(state)
+    state.param.update(k=50, zones=["31N", "32N"], time_start="2009-01-01", bbox=(-6.0, 0.0, 12.0, 80.0),
+                       boxes=[(0.0, 0.0, 10.0, 60.0)])
+    state.mark(state.hits["tile_id"].iat[2], "positive")
+    params = state.url_params()
+    assert params["tile"] == state.query_tile and params["zones"] == "31N,32N"
+    other = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+    other.apply_url_params(params)
+    assert other.snapshot() == state.snapshot()
+    assert other.hits["tile_id"].tolist() == state.hits["tile_id"].tolist()
+
+
+def test_malformed_url_is_a_message(state):
+    state.apply_url_params({"bbox": "1,2,3"})
+    assert "malformed" in state.error
+
+
+def test_geojson_export(state):
+    clicked(state)
+    state.time_start = "2012-01-01"
+    collection = state.geojson()
+    assert len(collection["features"]) == len(state.hits)
+    assert collection["lookalike"]["query"] == {"tile_id": state.query_tile}
+    assert collection["lookalike"]["filters"]["time_range"][0].startswith("2012-01-01")
+
+
+def test_paging_and_thumbnail_items(state):
+    clicked(state)
+    state.page_size = 50
+    assert state.n_pages == 3
+    items = thumbnail_items(state, state.hits, 2, [], [])
+    assert [i["rank"] for i in items] == list(range(101, len(state.hits) + 1))
+    assert items[0]["src"].startswith("thumb/mars_small/")
+
+
+def test_states_are_independent(explorer_index):
+    a = ExplorerState(index=cached_index(explorer_index))
+    b = ExplorerState(index=cached_index(explorer_index))
+    a.click(3.0, 40.0)
+    b.click(9.0, 60.0)
+    a.time_start = "2012-01-01"
+    assert a.query_tile != b.query_tile and b.time_start == ""
+    assert b.hits["tile_id"].iat[0] == b.query_tile
+    assert a.index is b.index  # one shared, memory-mapped index
+
+
+def test_catalog_and_bbox_parsing(explorer_index):
+    catalog = Catalog([explorer_index])
+    assert catalog.default == "mars_small" and catalog["mars_small"].is_mars
+    assert catalog.labels() == {"Mars": "mars_small"}
+    with pytest.raises(LookalikeError):
+        catalog["nope"]
+    assert parse_bbox(" 0, 1 ,2,3 ") == (0.0, 1.0, 2.0, 3.0) and parse_bbox("") is None
+    for bad in ("1,2,3", "a,b,c,d", "0,50,10,40"):
+        with pytest.raises(LookalikeError):
+            parse_bbox(bad)
+
+
+def test_thumbnails_match_the_raster_reader(explorer_index):
+    import numpy as np
+
+    from indexer.sources import RasterSource
+    from indexer.thumbnails import index_grid, index_source_image, thumbnail_jpeg
+    from indexer.tiling import Zone
+
+    index = cached_index(explorer_index)
+    tile = index.tiles.iloc[40]
+    source = RasterSource.from_description(tile["source"], index.manifest["sources"][tile["source"]])
+    grid = index_grid(index)
+    slow = source.read_tile(Zone.parse(tile["zone"]), grid, int(tile["row"]), int(tile["col"]))
+    fast = index_source_image(index).tile(tile["zone"], grid, int(tile["row"]), int(tile["col"]))
+    assert fast.shape == slow.shape
+    assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.0
+    assert thumbnail_jpeg(index, tile.to_dict())[:2] == b"\xff\xd8"
+
+
+def test_hirise_footprints(explorer_env, tmp_path, monkeypatch):
+    from data.hirise import in_time_range, load_hirise_footprints
+
+    monkeypatch.setenv("LOOKALIKE_DATA", explorer_env["LOOKALIKE_DATA"])
+    table = load_hirise_footprints()
+    assert len(table) > 70_000
+    assert table["west"].between(-180, 180).all() and (table["east"] >= table["west"]).all()
+    some = in_time_range(table, "2010-01-01", "2010-12-31")
+    assert 0 < len(some) < len(table) and (some["time"].dt.year == 2010).all()
+    monkeypatch.setenv("LOOKALIKE_DATA", str(tmp_path))
+    with pytest.raises(LookalikeError, match="hirise_observations.csv"):
+        load_hirise_footprints()
