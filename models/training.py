@@ -42,7 +42,7 @@ class TrainConfig:
     margin: float = 0.25
     whiten_group: int = 0  # > 0: domain-specific group whitening before the head (needs target)
     entropy_weight: float = 0.1  # weight of the code entropy on target items (with whitening)
-    temperature: float = 0.2
+    temperature: float = 0.5
     seed: int = 0
 
 
