@@ -183,7 +183,7 @@ def hirise_subset(hirise_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("how", [["--float"], [], ["--bits", "64"]])
 def test_eval_retrieval_on_hirise_subset(hirise_dir, hirise_subset, tmp_path_factory, how):
-    cache = tmp_path_factory.getbasetemp() / "feature-cache"  # shared: features encoded once
+    cache = tmp_path_factory.getbasetemp() / "feature-cache-eval"  # shared by these runs: encoded once
     out = tmp_path_factory.mktemp("eval") / "r.json"
     code, stdout, err = run_main(["eval", "retrieval", "--images", hirise_dir, "--labels", hirise_subset,
                                   "--query-split", "val", "--k", "20", "--json", out, *how],
@@ -206,7 +206,7 @@ def test_eval_retrieval_on_hirise_subset(hirise_dir, hirise_subset, tmp_path_fac
 
 def test_eval_retrieval_beats_chance(hirise_dir, hirise_subset, tmp_path_factory):
     """Float features retrieve same-class crops far better than a random ranking would."""
-    cache = tmp_path_factory.getbasetemp() / "feature-cache"
+    cache = tmp_path_factory.getbasetemp() / "feature-cache-eval"
     from lookalike_testkit import environ
     from models.evaluation import evaluate_retrieval, retrieval_scores
 
