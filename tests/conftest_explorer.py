@@ -209,6 +209,13 @@ def all_cards(page) -> list[dict]:
         if int(current) >= int(total):
             return out
         first_rank = int(out[-1]["rank"]) + 1
-        page.get_by_role("button", name="Next ▶").click()
-        wait_until(lambda: cards(page) and int(cards(page)[0]["rank"]) == first_rank, what="next page")
+        for attempt in range(3):  # a click that lands while the grid is re-rendering is lost
+            page.get_by_role("button", name="Next ▶").click()
+            try:
+                wait_until(lambda: cards(page) and int(cards(page)[0]["rank"]) == first_rank,
+                           timeout=15, what="next page")
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
         out += cards(page)
