@@ -32,8 +32,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+def atomic_write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename;
+    returns the sha256 of what was written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # like mkstemp, but with the ordinary 0666 & ~umask mode (mkstemp's is 0600, which would
     # make the committed file private to its writer)
@@ -48,6 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

@@ -19,7 +19,6 @@ backbone and image size its features come from, the temperature and how it was t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -100,9 +99,7 @@ class ProbeClassifier:
         """Write atomically; returns the file's sha256."""
         from indexer.store import atomic_write_bytes
 
-        data = self.to_bytes()
-        atomic_write_bytes(Path(path), data)
-        return hashlib.sha256(data).hexdigest()
+        return atomic_write_bytes(Path(path), self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "<bytes>") -> "ProbeClassifier":

@@ -10,7 +10,6 @@ centred features, i.e. classic random-hyperplane LSH.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -77,9 +76,7 @@ class LinearHash:
         """Write atomically; returns the file's sha256."""
         from indexer.store import atomic_write_bytes
 
-        data = self.to_bytes()
-        atomic_write_bytes(Path(path), data)
-        return hashlib.sha256(data).hexdigest()
+        return atomic_write_bytes(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearHash":
@@ -176,9 +173,7 @@ class NetworkHash:
     def save(self, path: str | Path) -> str:
         from indexer.store import atomic_write_bytes
 
-        data = self.to_bytes()
-        atomic_write_bytes(Path(path), data)
-        return hashlib.sha256(data).hexdigest()
+        return atomic_write_bytes(Path(path), self.to_bytes())
 
 
 def load_hash_model(path: str | Path) -> LinearHash | NetworkHash:
