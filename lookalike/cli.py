@@ -220,6 +220,20 @@ def cmd_train_hash(args) -> None:
                          push_weight=args.push_weight, balance_weight=args.balance_weight,
                          inter_class_weight=args.inter_class_weight, seed=args.seed,
                          whiten_group=args.whiten_group, entropy_weight=args.entropy_weight)
+    if args.index:
+        from models.training import train_hash_from_index
+
+        if args.images:
+            from indexer.errors import LookalikeError
+
+            raise LookalikeError("give --images ROOT --labels CSV or --index DIR, not both")
+        _write_json(args.json, train_hash_from_index(args.index, args.out, config=config,
+                                                     limit=args.limit, seed=args.seed))
+        return
+    if not (args.images and args.labels):
+        from indexer.errors import LookalikeError
+
+        raise LookalikeError("give --images ROOT --labels CSV, or --index DIR for unlabelled tiles")
     if args.whiten_group and not (args.target_images and args.target_labels):
         from indexer.errors import LookalikeError
 
@@ -350,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_eval_classify)
 
     t = sub.add_parser("train-hash", help="train a hashing head on cached backbone features")
-    t.add_argument("--images", required=True)
-    t.add_argument("--labels", required=True, help="labels CSV (unsupervised methods use only its paths)")
+    t.add_argument("--images", help="image folder (with --labels)")
+    t.add_argument("--labels", help="labels CSV (unsupervised methods use only its paths)")
+    t.add_argument("--index", help="train without labels on this index's own tiles "
+                   "(mirs-ntxent or descartes-autoencoder)")
+    t.add_argument("--limit", type=int, help="with --index: sample this many tiles")
     t.add_argument("--split", default="train")
     t.add_argument("--val-split", help="report mAP@64 of this split against --split")
     t.add_argument("--method", default="mirs-triplet",

@@ -241,3 +241,38 @@ def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train"
         model.meta.update(val=dict(split=val_split, map_at_k=scores["map_at_k"], k=k))
     report["sha256"] = model.save(out)
     return report
+
+
+def train_hash_from_index(index_dir, out, *, config: TrainConfig | None = None, limit: int | None = None,
+                          seed: int = 0, progress: bool = True) -> dict:
+    """Train an unsupervised head on an index's own tiles (pixels re-read from its sources).
+
+    ``mirs-ntxent`` pairs each tile with augmented views of it; ``descartes-autoencoder``
+    reconstructs the tiles' features. ``limit`` samples that many tiles.
+    """
+    from indexer.encoding import Encoder
+    from indexer.store import open_index
+    from indexer.thumbnails import index_grid, index_source_image
+    from models.augment import augment
+
+    cfg = config or TrainConfig(method="mirs-ntxent")
+    if cfg.method in SUPERVISED:
+        raise LookalikeError(f"{cfg.method} needs labels; an index's tiles train only "
+                             "mirs-ntxent or descartes-autoencoder")
+    index = open_index(index_dir)
+    grid = index_grid(index)
+    rng = np.random.default_rng(seed)
+    rows = np.arange(index.n) if not limit or limit >= index.n else np.sort(rng.choice(index.n, limit, replace=False))
+    tiles = index.tiles.iloc[rows]
+    pixels = np.stack([index_source_image(index, t.source).tile(t.zone, grid, int(t.row), int(t.col))
+                       for t in tqdm(tiles.itertuples(), total=len(tiles), desc="reading tiles",
+                                     unit="tile", disable=not progress)])
+    encoder = Encoder(index.manifest["backbone"]["name"])
+    feats = encoder.features(pixels)
+    views = None
+    if cfg.method == "mirs-ntxent":
+        views = tuple(encoder.features(np.stack([augment(p, rng) for p in pixels])) for _ in range(2))
+    model = train_hash(feats, None, views, cfg, backbone=encoder.name, progress=progress)
+    model.meta.update(trained_on=dict(index=str(index.path.name), n=len(tiles)))
+    return dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(tiles),
+                sha256=model.save(out))

@@ -221,3 +221,18 @@ def test_eval_retrieval_beats_chance(hirise_dir, hirise_subset, tmp_path_factory
                                        np.stack([rng.permutation(len(archive))[:20] for _ in queries]),
                                        20)["map_at_k"] for _ in range(5)])
     assert result["map_at_k"] > chance + 0.05
+
+
+def test_train_hash_on_an_index_own_tiles(mars_index, tmp_path):
+    """Unsupervised training from an index's tiles, then indexing with the new head."""
+    model = tmp_path / "tiles_ntxent.npz"
+    code, out, err = run_main(["train-hash", "--index", mars_index, "--method", "mirs-ntxent",
+                               "--bits", "32", "--epochs", "3", "--limit", "60", "--out", model])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["n_train"] == 60 and report["bits"] == 32 and model.exists()
+    head = load_hash_model(model)
+    assert head.method == "mirs-ntxent" and head.meta["trained_on"]["n"] == 60
+    code, _, err = run_main(["train-hash", "--index", mars_index, "--method", "mirs-triplet",
+                             "--out", tmp_path / "x.npz"])
+    assert code == 2 and "needs labels" in err
