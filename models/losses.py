@@ -72,25 +72,29 @@ class ContrastivePairs(torch.nn.Module):
         return nt_xent(self.projection(signed(p_a)), self.projection(signed(p_b)), self.temperature)
 
 
-def inter_class_triplets(labels: torch.Tensor, nearest_class: dict[int, int],
-                         farthest_class: dict[int, int]) -> tuple[torch.Tensor, ...]:
-    """(anchor, positive, negative) indices whose members have three different labels.
+def inter_class_triplets(labels: torch.Tensor, clusters: torch.Tensor,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """(anchor, positive, negative) indices whose three members have three different labels.
 
-    The positive comes from the class whose (standardised) feature centroid is nearest to the
-    anchor's class, the negative from the farthest: class-level neighbourhoods survive hashing.
+    ``clusters`` are k-means clusters of class-standardised features (see
+    ``models.training.class_standardised_clusters``): what is left of an item once its class
+    mean and spread are removed, i.e. its appearance mode (lighting, scale, texture). The
+    positive shares the anchor's cluster, the negative does not, so the code also orders items
+    across classes by appearance. Anchors without such a pair in the batch are skipped.
     """
+    labels, clusters = labels.view(-1), clusters.view(-1)
+    other_label = labels[:, None] != labels[None, :]
+    same_cluster = clusters[:, None] == clusters[None, :]
+    pos_ok = other_label & same_cluster
     anchors, positives, negatives = [], [], []
-    by_label: dict[int, torch.Tensor] = {int(c): torch.nonzero(labels == c).flatten()
-                                         for c in labels.unique()}
-    for i, c in enumerate(labels.tolist()):
-        pos_c, neg_c = nearest_class.get(c), farthest_class.get(c)
-        if pos_c is None or neg_c is None or pos_c not in by_label or neg_c not in by_label \
-                or len({c, pos_c, neg_c}) < 3:  # e.g. two classes: nearest is farthest
+    for i in torch.nonzero(pos_ok.any(1)).flatten().tolist():
+        cand = torch.nonzero(pos_ok[i]).flatten()
+        j = int(cand[torch.randint(len(cand), (1,), generator=generator)])
+        neg = torch.nonzero(other_label[i] & other_label[j] & ~same_cluster[i]).flatten()
+        if len(neg) == 0:
             continue
-        pos = by_label[pos_c][torch.randint(len(by_label[pos_c]), (1,))]
-        neg = by_label[neg_c][torch.randint(len(by_label[neg_c]), (1,))]
         anchors.append(i)
-        positives.append(int(pos))
-        negatives.append(int(neg))
+        positives.append(j)
+        negatives.append(int(neg[torch.randint(len(neg), (1,), generator=generator)]))
     as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=labels.device)  # noqa: E731
     return as_tensor(anchors), as_tensor(positives), as_tensor(negatives)

@@ -39,6 +39,7 @@ class TrainConfig:
     push_weight: float = 0.1
     balance_weight: float = 0.1
     inter_class_weight: float = 0.0
+    inter_class_clusters: int = 8  # k of the k-means on class-standardised features
     margin: float = 0.25
     whiten_group: int = 0  # > 0: domain-specific group whitening before the head (needs target)
     entropy_weight: float = 0.1  # weight of the code entropy on target items (with whitening)
@@ -46,16 +47,19 @@ class TrainConfig:
     seed: int = 0
 
 
-def class_neighbours(features: np.ndarray, labels: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
-    """Nearest and farthest other class of each class, by centroids of standardised features."""
-    z = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    classes = np.unique(labels)
-    centroids = np.stack([z[labels == c].mean(0) for c in classes])
-    d = ((centroids[:, None] - centroids[None]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.nan)
-    nearest = {int(c): int(classes[np.nanargmin(d[i])]) for i, c in enumerate(classes)}
-    farthest = {int(c): int(classes[np.nanargmax(d[i])]) for i, c in enumerate(classes)}
-    return nearest, farthest
+def class_standardised_clusters(features: np.ndarray, labels: np.ndarray, k: int = 8,
+                                seed: int = 0) -> np.ndarray:
+    """k-means cluster of each item after removing its class's mean and spread per feature."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(features, dtype=np.float64)
+    z = np.empty_like(x)
+    for c in np.unique(labels):
+        rows = labels == c
+        std = x[rows].std(0)
+        z[rows] = (x[rows] - x[rows].mean(0)) / np.where(std > 1e-4, std, np.inf)
+    k = max(1, min(k, len(x)))
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(z)
 
 
 def _batches(n: int, labels: np.ndarray | None, batch_size: int, rng: np.random.Generator):
@@ -115,7 +119,9 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         head: nn.Module = MIRSHead(dim, cfg.bits)
         if cfg.method == "mirs-triplet":
             extra = SemiHardTriplet(cfg.margin)
-            nearest, farthest = class_neighbours(x, class_ids) if cfg.inter_class_weight else ({}, {})
+            if cfg.inter_class_weight:
+                clusters = torch.from_numpy(class_standardised_clusters(
+                    x, class_ids, cfg.inter_class_clusters, cfg.seed))
         else:
             extra = ContrastivePairs(cfg.bits, temperature=cfg.temperature)
             va, vb = norm(views[0]), norm(views[1])
@@ -155,7 +161,7 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
                 if cfg.method == "mirs-triplet":
                     loss = extra(p, yt[idx_t])
                     if cfg.inter_class_weight:
-                        triplets = inter_class_triplets(yt[idx_t], nearest, farthest)
+                        triplets = inter_class_triplets(yt[idx_t], clusters[idx_t])
                         if len(triplets[0]):
                             loss = loss + cfg.inter_class_weight * extra(p, yt[idx_t], triplets)
                 elif cfg.method == "descartes-classifier":

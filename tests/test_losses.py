@@ -8,7 +8,7 @@ import torch
 
 from models.losses import (ContrastivePairs, SemiHardTriplet, balance_loss, inter_class_triplets,
                            push_loss, signed)
-from models.training import class_neighbours
+from models.training import class_standardised_clusters
 
 
 def _f(t: torch.Tensor) -> float:
@@ -185,67 +185,44 @@ def test_contrastive_pairs_gradient_step_lowers_loss():
 
 
 # ------------------------------------------------------------------ inter-class triplets
-NEAREST = {0: 1, 1: 0, 2: 3, 3: 2}
-FARTHEST = {0: 3, 1: 2, 2: 0, 3: 0}
-
-
-def test_inter_class_triplets_three_labels_nearest_positive_farthest_negative():
+def test_inter_class_triplets_three_labels_positive_in_anchor_cluster():
     torch.manual_seed(0)
-    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3, 2, 0])
-    for _ in range(10):  # positives and negatives are drawn at random from their class
-        a, p, n = inter_class_triplets(labels, NEAREST, FARTHEST)
-        assert a.dtype == p.dtype == n.dtype == torch.long
-        assert a.tolist() == list(range(len(labels)))  # every item anchors one triplet
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 3])
+    clusters = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 0, 1])
+    for _ in range(10):  # positives and negatives are drawn at random
+        a, p, n = inter_class_triplets(labels, clusters)
+        assert a.dtype == p.dtype == n.dtype == torch.long and len(a) > 0
         for i, j, k in zip(a.tolist(), p.tolist(), n.tolist()):
-            la, lp, ln = int(labels[i]), int(labels[j]), int(labels[k])
-            assert len({la, lp, ln}) == 3
-            assert lp == NEAREST[la] and ln == FARTHEST[la]
+            assert len({int(labels[i]), int(labels[j]), int(labels[k])}) == 3
+            assert clusters[j] == clusters[i] and clusters[k] != clusters[i]
+    # item 6 (label 0, cluster 2) has a cluster mate of another label (item 7) -> it anchors
+    assert 6 in inter_class_triplets(labels, clusters)[0].tolist()
 
 
-def test_inter_class_triplets_skip_classes_missing_from_batch():
-    labels = torch.tensor([0, 0, 1, 2])  # class 3 (farthest of 0 and nearest of 2) is absent
-    a, p, n = inter_class_triplets(labels, NEAREST, FARTHEST)
-    assert a.tolist() == [2]  # only class 1 has both its nearest (0) and farthest (2) here
-    assert int(labels[p[0]]) == 0 and int(labels[n[0]]) == 2
-    a, p, n = inter_class_triplets(labels, {}, {})
-    assert len(a) == len(p) == len(n) == 0
-
-
-def test_inter_class_triplets_two_classes_give_none():
-    # with two classes the nearest other class is also the farthest: no three-label triplet exists
-    labels = torch.tensor([0, 0, 1, 1])
-    a, p, n = inter_class_triplets(labels, {0: 1, 1: 0}, {0: 1, 1: 0})
+def test_inter_class_triplets_none_when_impossible():
+    # two classes: no three-label triplet exists
+    a, _, _ = inter_class_triplets(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]))
+    assert len(a) == 0
+    # one cluster: no negative outside the anchor's cluster
+    a, _, _ = inter_class_triplets(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
     assert len(a) == 0
 
 
-def test_class_neighbours_hand_built():
-    # four classes (labels need not be 0..n-1) with centroids at x = 0, 1, 3, 10; y is noise
-    # around 0 for every class and the standardisation scales x uniformly
-    centres = {5: 0.0, 2: 1.0, 9: 3.0, 7: 10.0}
-    feats, labels = [], []
-    for label, x in centres.items():
-        for dy in (-1.0, 1.0):
-            feats.append([x, dy, 4.0])  # the third feature is constant
-            labels.append(label)
-    nearest, farthest = class_neighbours(np.array(feats), np.array(labels))
-    assert nearest == {5: 2, 2: 5, 9: 2, 7: 9}
-    assert farthest == {5: 7, 2: 7, 9: 7, 7: 5}
-    assert all(nearest[c] != c and farthest[c] != c for c in centres)
-
-
-def test_class_neighbours_feed_inter_class_triplets():
+def test_class_standardised_clusters_find_modes_shared_across_classes():
+    # three classes far apart; inside each, a "bright" and a "dark" mode along feature 1.
+    # Removing each class's mean and spread leaves the mode, which k-means finds across classes.
     rng = np.random.default_rng(0)
-    centres = np.array([[0.0, 0.0], [1.0, 0.0], [6.0, 0.0]])
-    labels = np.repeat([0, 1, 2], 5)
-    feats = centres[labels] + rng.normal(0, 0.1, (15, 2))
-    nearest, farthest = class_neighbours(feats, labels)
-    assert nearest == {0: 1, 1: 0, 2: 1} and farthest == {0: 2, 1: 2, 2: 0}
-    a, p, n = inter_class_triplets(torch.from_numpy(labels), nearest, farthest)
-    # class 1: nearest 0, farthest 2 -> triplets; class 0: nearest 1, farthest 2 -> triplets;
-    # class 2: nearest 1, farthest 0 -> triplets (all three labels differ for each)
-    assert len(a) == 15
-    lab = torch.from_numpy(labels)
-    assert torch.all((lab[a] != lab[p]) & (lab[a] != lab[n]) & (lab[p] != lab[n]))
+    feats, labels, modes = [], [], []
+    for c, centre in enumerate((0.0, 50.0, 100.0)):
+        for mode in (-1.0, 1.0):
+            for _ in range(10):
+                feats.append([centre + rng.normal(0, 0.1), 3.0 * mode + rng.normal(0, 0.1)])
+                labels.append(c)
+                modes.append(mode)
+    clusters = class_standardised_clusters(np.array(feats), np.array(labels), k=2)
+    modes = np.array(modes)
+    assert len(set(clusters[modes > 0])) == 1 and len(set(clusters[modes < 0])) == 1
+    assert clusters[modes > 0][0] != clusters[modes < 0][0]
 
 
 def test_nt_xent_equals_pytorch_metric_learning():
