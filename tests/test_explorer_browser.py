@@ -143,7 +143,8 @@ def test_refine_with_examples_and_undo(page, explorer_url):
     wait_until(lambda: "Marked: 2 positive, 1 negative" in status_text(page), what="marks")
     page.get_by_role("button", name="Search with examples").click()
     wait_until(lambda: "2 positive / 1 negative examples" in status_text(page), what="example query")
-    assert "examples=1" in current_url(page)
+    # the address bar follows the search a moment after the status line
+    wait_until(lambda: "examples=1" in current_url(page), what="the example query in the URL")
     screenshot(page, "explorer-refined")
     page.get_by_role("button", name="Undo").click()
     wait_until(lambda: [c["tileId"] for c in cards(page)] == [c["tileId"] for c in found],
