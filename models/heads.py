@@ -34,6 +34,17 @@ class MIRSHead(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
+def noisy_sigmoid(z: torch.Tensor, noise_std: float, training: bool) -> torch.Tensor:
+    """Sigmoid of ``z``, with Gaussian noise added before it in training only.
+
+    Noise makes values near 0.5 unreliable downstream, so training drives the pre-activations
+    far from zero and the sigmoid close to 0 or 1: the code becomes binary.
+    """
+    if training:
+        z = z + noise_std * torch.randn_like(z)
+    return torch.sigmoid(z)
+
+
 class NoisyClassifierHead(nn.Module):
     """Code layer with training-time noise, plus a classifier used only for training."""
 
@@ -49,12 +60,7 @@ class NoisyClassifierHead(nn.Module):
         return self.code(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.code(x)
-        if self.training:
-            # noise makes values near 0.5 unreliable for the classifier, so training drives the
-            # pre-activations far from zero and the sigmoid close to 0 or 1
-            z = z + self.noise_std * torch.randn_like(z)
-        return torch.sigmoid(z)
+        return noisy_sigmoid(self.code(x), self.noise_std, self.training)
 
 
 class AutoencoderHead(nn.Module):
@@ -74,10 +80,7 @@ class AutoencoderHead(nn.Module):
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(x)
-        if self.training:
-            z = z + self.noise_std * torch.randn_like(z)
-        return torch.sigmoid(z)
+        return noisy_sigmoid(self.encoder(x), self.noise_std, self.training)
 
     def reconstruct(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decoder(codes)
