@@ -38,7 +38,8 @@ from indexer.errors import LookalikeError
 
 log = logging.getLogger(__name__)
 
-URL_KEYS = ("index", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions")
+URL_KEYS = ("index", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
+            "classes", "conf", "min_n")
 THREADS = 8
 INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
@@ -207,7 +208,7 @@ def warm_up(catalog: Catalog) -> None:
     """
     from explorer.views import MapView
     from indexer.search import Query, search
-    from indexer.thumbnails import index_source_image
+    from indexer.thumbnails import basemap_image
 
     t0 = time.perf_counter()
     if "matplotlib" in sys.modules:  # Panel's pane-type check imports this on the first page
@@ -215,7 +216,7 @@ def warm_up(catalog: Catalog) -> None:
     for entry in catalog.entries.values():
         index = entry.index
         try:
-            basemap.pyramid(index_source_image(index))
+            basemap.pyramid(basemap_image(index))
         except LookalikeError as exc:
             log.warning("%s: %s", entry.name, exc)
             continue

@@ -44,6 +44,8 @@ class Entry:
     @property
     def is_mars(self) -> bool:
         sources = self.index.manifest.get("sources") or {}
+        if "mars" in str(self.index.manifest.get("basemap", "")):
+            return True
         if any("mars" in name.lower() for name in sources):
             return True
         for desc in sources.values():
@@ -68,6 +70,8 @@ class Catalog:
                 name += "_"
             sources = list((cached_index(path).manifest.get("sources") or {}))
             label = BODY_NAMES.get(sources[0], path.name) if len(sources) == 1 else path.name
+            if cached_index(path).manifest.get("placed_at"):  # chips placed on a planet
+                label = f"{BODY_NAMES.get(cached_index(path).manifest.get('basemap'), '')} {path.name}".strip()
             if label in {e.label for e in self.entries.values()}:
                 label = f"{label} ({path.name})"
             self.entries[name] = Entry(name, label, path)

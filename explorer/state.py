@@ -19,9 +19,10 @@ import param
 import shapely
 from shapely.geometry import box as shapely_box
 
+from indexer import catalogue
 from indexer.errors import LookalikeError
 from indexer.export import hits_to_geojson
-from indexer.search import MAX_K, Filters, Query, search, tile_at
+from indexer.search import MAX_K, Filters, Query, filter_mask, search, tile_at
 from indexer.store import Index
 from indexer.tiling import Zone
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # parameters that define a search; a snapshot of them is one step of the undo history
 SEARCH_PARAMS = ("query_tile", "positives", "negatives", "use_examples", "k", "zones",
-                 "time_start", "time_end", "bbox", "boxes", "polygons")
+                 "time_start", "time_end", "bbox", "boxes", "polygons", "landmark_classes",
+                 "min_confidence", "min_landmarks")
 
 
 class ExplorerState(param.Parameterized):
@@ -50,6 +52,12 @@ class ExplorerState(param.Parameterized):
     bbox = param.Tuple(default=None, length=4, allow_None=True, doc="(west, south, east, north)")
     boxes = param.List(default=[], doc="boxes drawn on the map, each (west, south, east, north)")
     polygons = param.List(default=[], doc="polygons drawn on the map, each a list of (lon, lat)")
+    landmark_classes = param.List(default=[], item_type=str,
+                                  doc="Image Class facet: only scenes with landmarks of these classes")
+    min_confidence = param.Number(default=0.5, bounds=(0.0, 1.0),
+                                  doc="landmarks count, and are drawn, from this posterior up")
+    min_landmarks = param.Integer(default=1, bounds=(1, None),
+                                  doc="a scene needs at least this many landmarks of a chosen class")
 
     hits = param.DataFrame(default=None, allow_None=True, doc="result of the last search")
     error = param.String(default="", doc="why the last action failed, for the user")
@@ -91,7 +99,51 @@ class ExplorerState(param.Parameterized):
             raise LookalikeError(f"the date range is empty: {self.time_start} is after {self.time_end}")
         return Filters(zones=list(self.zones),
                        time_range=(start, end) if (start is not None or end is not None) else None,
-                       bbox=tuple(self.bbox) if self.bbox else None, region=self.region())
+                       bbox=tuple(self.bbox) if self.bbox else None, region=self.region(),
+                       landmark_classes=list(self.landmark_classes),
+                       min_confidence=float(self.min_confidence), min_landmarks=int(self.min_landmarks))
+
+    # ------------------------------------------------------------------ landmarks
+    @property
+    def landmarks(self) -> pd.DataFrame | None:
+        return None if self.index is None else self.index.landmarks
+
+    def landmark_class_names(self) -> list[str]:
+        return catalogue.classes_of(self.landmarks)
+
+    def _mask(self, with_classes: bool) -> np.ndarray | None:
+        """Tiles passing the current filters (without the class facet unless ``with_classes``);
+        None for all tiles, also when a filter is malformed (its error shows elsewhere)."""
+        try:
+            filters = self.filters()
+            return filter_mask(self.index.tiles, filters if with_classes else filters.without_landmarks(),
+                               self.landmarks)
+        except LookalikeError:
+            return None
+
+    def facet_counts(self) -> dict[str, int]:
+        """Image Class facet: scenes per class under the other filters, the confidence and N."""
+        if self.landmarks is None:
+            return {}
+        return catalogue.facet_counts(self.index.tiles, self.landmarks, self.min_confidence,
+                                      self.min_landmarks, self._mask(with_classes=False))
+
+    def visible_landmarks(self) -> pd.DataFrame:
+        """Landmarks to draw: chosen classes (all when none), confident enough, in passing scenes."""
+        if self.landmarks is None:
+            return catalogue.visible_landmarks(None)
+        return catalogue.visible_landmarks(self.landmarks, self.landmark_classes, self.min_confidence,
+                                           self._mask(with_classes=True))
+
+    def apply_class_text(self, text: str) -> None:
+        """Free text ("crater", "dunes, streak") applied as the class facet; '' clears it."""
+        if self.landmarks is None:
+            self.error = "This index has no landmark catalogue to filter by class."
+            return
+        try:
+            self.landmark_classes = catalogue.parse_classes(text, self.landmark_class_names())
+        except LookalikeError as exc:
+            self.error = str(exc)
 
     def describe_filters(self) -> list[str]:
         """Human-readable filters in force, one string each."""
@@ -104,6 +156,9 @@ class ExplorerState(param.Parameterized):
             out.append("bbox " + ", ".join(f"{v:g}" for v in self.bbox))
         if self.boxes or self.polygons:
             out.append(f"{len(self.boxes) + len(self.polygons)} drawn region(s)")
+        if self.landmark_classes:
+            out.append(f"scenes with ≥ {self.min_landmarks} {' or '.join(self.landmark_classes)} "
+                       f"landmark(s) at posterior ≥ {self.min_confidence:g}")
         return out
 
     def describe_query(self) -> dict:
@@ -191,6 +246,7 @@ class ExplorerState(param.Parameterized):
         self._history.clear()
         self.param.update(index=index, index_name=name, query_tile="", positives=[], negatives=[],
                           use_examples=False, zones=[], bbox=None, boxes=[], polygons=[],
+                          landmark_classes=[],
                           hits=None, error="", focus_tile="", page=0)
 
     # ------------------------------------------------------------------ searching
@@ -247,6 +303,9 @@ class ExplorerState(param.Parameterized):
                "bbox": ",".join(f"{v:g}" for v in self.bbox) if self.bbox else "",
                "pos": ",".join(self.positives), "neg": ",".join(self.negatives),
                "examples": "1" if self.use_examples else "",
+               "classes": ",".join(self.landmark_classes),
+               "conf": f"{self.min_confidence:g}" if self.min_confidence != self.param.min_confidence.default else "",
+               "min_n": str(self.min_landmarks) if self.min_landmarks != 1 else "",
                "regions": json.dumps({"boxes": self.boxes, "polygons": self.polygons},
                                      separators=(",", ":")) if (self.boxes or self.polygons) else ""}
         return {k: v for k, v in out.items() if v}
@@ -277,6 +336,15 @@ class ExplorerState(param.Parameterized):
             updates["positives"] = [t for t in params.get("pos", "").split(",") if t]
             updates["negatives"] = [t for t in params.get("neg", "").split(",") if t]
             updates["use_examples"] = params.get("examples") == "1"
+            updates["landmark_classes"] = [c for c in params.get("classes", "").split(",") if c]
+            if params.get("conf"):
+                updates["min_confidence"] = float(params["conf"])
+                if not 0.0 <= updates["min_confidence"] <= 1.0:
+                    raise ValueError("conf must be between 0 and 1")
+            if params.get("min_n"):
+                updates["min_landmarks"] = int(params["min_n"])
+                if updates["min_landmarks"] < 1:
+                    raise ValueError("min_n must be at least 1")
             updates["query_tile"] = params.get("tile", "")
         except (ValueError, TypeError, AttributeError) as exc:
             self.error = f"The link's search parameters are malformed ({exc}); ignoring them."

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
 HIRISE_COLORS = ["#9fe0ff", "#2a8cff"]
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
+# one colour per landmark class, in the classifier's class order
+LANDMARK_COLORS = ["#ff4136", "#ffdc00", "#2ecc40", "#b10dc9", "#39cccc", "#ff851b", "#f012be",
+                   "#01ff70", "#7fdbff", "#aaaaaa"]
+LANDMARK_MAX_DRAWN = 5000  # the most confident first, when more are visible
+# filters the Image Class facet counts within
+FACET_INPUTS = ["index", "zones", "time_start", "time_end", "bbox", "boxes", "polygons",
+                "min_confidence", "min_landmarks"]
 
 
 # ------------------------------------------------------------------ thumbnails
@@ -234,7 +241,7 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
     state.param.watch(lambda e: setattr(body, "value", e.new), "index_name")
 
     k = pn.widgets.IntInput.from_param(state.param.k, name="Number of hits (k)", step=100)
-    zone_options = sorted(state.index.tiles["zone"].unique().tolist(),
+    zone_options = sorted([z for z in state.index.tiles["zone"].unique().tolist() if z],
                           key=lambda z: (z[-1], int(z[:-1]))) if state.index is not None else []
     zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM zones",
                                               options=zone_options, placeholder="all zones")
@@ -280,8 +287,36 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
         styles={"font-size": "12px"})
     return pn.Column(
         body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
-        bbox, hints, clear, show_hirise, pn.layout.Divider(), refine, undo, pn.layout.Divider(),
-        export, sizing_mode="stretch_width")
+        bbox, hints, clear, show_hirise, landmark_controls(state), pn.layout.Divider(), refine, undo,
+        pn.layout.Divider(), export, sizing_mode="stretch_width")
+
+
+def facet_options(counts: dict[str, int]) -> dict[str, str]:
+    """CheckBoxGroup options: 'crater (12)' -> 'crater'."""
+    return {f"{name} ({n})": name for name, n in counts.items()}
+
+
+def landmark_controls(state: ExplorerState) -> pn.viewable.Viewable:
+    """Image Class facet with counts, confidence and 'at least N' sliders, and a class text box."""
+    if state.landmarks is None:
+        return pn.pane.Str("This index has no landmark catalogue.", styles={"font-size": "11px"})
+    facet = pn.widgets.CheckBoxGroup(name="Image class", options=facet_options(state.facet_counts()),
+                                     value=list(state.landmark_classes), inline=False,
+                                     css_classes=["class-facet"])
+    facet.link(state, value="landmark_classes", bidirectional=True)
+
+    def recount(*_) -> None:
+        facet.options = facet_options(state.facet_counts())
+
+    state.param.watch(recount, FACET_INPUTS)
+    confidence = pn.widgets.FloatSlider.from_param(state.param.min_confidence, name="Landmark confidence ≥",
+                                                   step=0.05)
+    at_least = pn.widgets.IntSlider.from_param(state.param.min_landmarks, start=1, end=20,
+                                               name="At least N landmarks of a chosen class")
+    text = pn.widgets.TextInput(name="Class (type, e.g. crater)", placeholder="crater, dunes, streak")
+    text.param.watch(lambda e: state.apply_class_text(e.new), "value")
+    return pn.Column(pn.layout.Divider(), pn.pane.Markdown("**Image class** (scenes with landmarks)"),
+                     facet, text, confidence, at_least, sizing_mode="stretch_width")
 
 
 # ------------------------------------------------------------------ map
@@ -330,10 +365,10 @@ class MapView:
         self.doc = pn.state.curdoc
 
     def panel(self) -> pn.viewable.Viewable:
-        from indexer.thumbnails import index_source_image
+        from indexer.thumbnails import basemap_image
 
         try:
-            image = index_source_image(self.entry.index)
+            image = basemap_image(self.entry.index)
         except LookalikeError as exc:  # e.g. the source raster moved: still search, no basemap
             return pn.pane.Alert(f"No basemap: {exc}. Searching still works through shared links, "
                                  "but thumbnails cannot be shown.", alert_type="danger")
@@ -341,7 +376,7 @@ class MapView:
         xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
         base = basemap.basemap(image)
 
-        zone_labels = sorted(state.index.tiles["zone"].unique().tolist())
+        zone_labels = sorted(z for z in state.index.tiles["zone"].unique().tolist() if z)
         zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones))
         boxes, polys = self._drawing()
         layers = base * zones
@@ -354,7 +389,8 @@ class MapView:
                             show_legend=False))
         state.param.watch(self._pan_to_focus, "focus_tile")
         state.param.watch(self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
-                                                 "focus_tile", "page"])
+                                                 "focus_tile", "page", *FACET_INPUTS,
+                                                 "landmark_classes"])
         return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", min_height=300,
                                  css_classes=["map"], linked_axes=False)
 
@@ -384,18 +420,37 @@ class MapView:
             order = np.argsort(on_page, kind="stable")  # the current page drawn last, on top
             points = {"x": hits["lon"].to_numpy(float)[order], "y": hits["lat"].to_numpy(float)[order],
                       "color": color[order].tolist()}
-        return {"hits": points,
+        return {"hits": points, "landmarks": self.landmark_data(),
                 "query": self._outline_data([state.query_tile]),
                 "positives": self._outline_data(state.positives),
                 "negatives": self._outline_data(state.negatives),
                 "focus": self._outline_data([state.focus_tile])}
 
+    def landmark_data(self) -> dict:
+        """Boxes of the visible landmarks, coloured by class, for the hoverable box layer."""
+        lm = self.state.visible_landmarks()
+        if len(lm) > LANDMARK_MAX_DRAWN:
+            lm = lm.nlargest(LANDMARK_MAX_DRAWN, "posterior")
+        classes = self.state.landmark_class_names()
+        colors = {c: LANDMARK_COLORS[i % len(LANDMARK_COLORS)] for i, c in enumerate(classes)}
+        scene = lm["scene"].astype(str).tolist() if "scene" in lm else [""] * len(lm)
+        return {"left": lm["lon_min"].to_numpy(float), "right": lm["lon_max"].to_numpy(float),
+                "bottom": lm["lat_min"].to_numpy(float), "top": lm["lat_max"].to_numpy(float),
+                "label": lm["label"].astype(str).tolist(), "posterior": lm["posterior"].to_numpy(float),
+                "scene": scene, "color": [colors.get(c, "#ffffff") for c in lm["label"].astype(str)]}
+
     def _add_layers(self, fig) -> None:
         """Add the hit markers and outlines to the figure, once, on top of the HoloViews layers."""
-        from bokeh.models import ColumnDataSource
+        from bokeh.models import ColumnDataSource, HoverTool
 
         data = self.layer_data()
         self.sources = {name: ColumnDataSource(data=columns) for name, columns in data.items()}
+        boxes = fig.quad(left="left", right="right", bottom="bottom", top="top",
+                         source=self.sources["landmarks"], fill_color="color", fill_alpha=0.15,
+                         line_color="color", line_width=1.5, name="landmarks")
+        fig.add_tools(HoverTool(renderers=[boxes], tooltips=[("class", "@label"),
+                                                             ("posterior", "@posterior{0.00}"),
+                                                             ("scene", "@scene")]))
         fig.scatter("x", "y", source=self.sources["hits"], size=5, fill_color="color",
                     line_color="black", line_width=0.5, fill_alpha=0.9, name="hits")
         styles = {"query": ("#ff2d2d", 3, "solid"), "positives": ("#2ecc40", 2, "solid"),

@@ -6,6 +6,7 @@ Layout of an index directory::
     codes-000003.npy         (N, bits/8) uint8, memory-mapped on load
     tiles-000003.parquet     one row per code, same order
     hash-000001.npz          the hash model that turned features into codes
+    landmarks-000004.parquet optional: the landmark catalogue (``indexer.catalogue``)
 
 Every write produces files of a new generation and then atomically replaces ``manifest.json``;
 a crash at any point leaves either the old index or the new one, never a mix. Files of other
@@ -62,12 +63,14 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 
 @dataclass
 class Index:
-    """A loaded, read-only index: ``codes`` is a memory map, ``tiles`` a DataFrame."""
+    """A loaded, read-only index: ``codes`` is a memory map, ``tiles`` a DataFrame, and
+    ``landmarks`` the landmark catalogue (None when the index has none)."""
 
     path: Path
     manifest: dict
     codes: np.ndarray
     tiles: pd.DataFrame
+    landmarks: pd.DataFrame | None = None
 
     @property
     def bits(self) -> int:
@@ -147,7 +150,14 @@ def open_index(path: str | Path, verify: bool = True) -> Index:
     tiles = pd.read_parquet(path / files["tiles"]["name"])
     if len(tiles) != n:
         raise IndexCorruptError(f"{path}: tile table has {len(tiles)} rows, manifest says {n}")
-    return Index(path, manifest, codes, tiles)
+    landmarks = None
+    if "landmarks" in files:
+        landmarks = pd.read_parquet(path / files["landmarks"]["name"])
+        rows = landmarks["row"].to_numpy() if "row" in landmarks else np.zeros(0, np.int64)
+        if "row" not in landmarks or (len(rows) and (rows.min() < -1 or rows.max() >= n)):
+            raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index "
+                                    "does not have")
+    return Index(path, manifest, codes, tiles, landmarks)
 
 
 def _write_file(path: Path, name: str, writer) -> dict:
@@ -169,6 +179,7 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
     sources, ...) is merged into the manifest; for appends ``sources`` are merged by name.
     """
     path = Path(path)
+    landmarks = None
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if codes.ndim != 2 or codes.shape[1] * 8 != bits:
         raise CodeLengthError(f"codes of shape {codes.shape} are not {bits}-bit codes")
@@ -197,6 +208,8 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         manifest.update(info, sources=sources)
         generation = int(manifest["generation"]) + 1
         hash_entry = manifest["files"]["hash"]
+        if old.landmarks is not None:  # appended tiles have no landmarks yet: keep the old ones
+            landmarks = old.landmarks
     else:
         if (path / MANIFEST).exists():
             raise LookalikeError(f"{path} already holds an index; use --append to add to it "
@@ -214,16 +227,54 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
                           lambda p: tiles.to_parquet(p, index=False)),
         hash=hash_entry,
     )
+    if landmarks is not None:
+        files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
+                                         lambda p: landmarks.to_parquet(p, index=False))
     manifest.update(format_version=FORMAT_VERSION, generation=generation, bits=bits,
                     count=int(len(codes)), updated=_now(), files=files)
+    _commit_manifest(path, manifest)
+    return path
+
+
+def update_tables(path: str | Path, *, tiles: pd.DataFrame | None = None,
+                  landmarks: pd.DataFrame | None = None, info: dict | None = None) -> Path:
+    """Replace the tile table and/or the landmark catalogue of an index, codes untouched.
+
+    The new tables become files of a new generation; the manifest is replaced last, so a crash
+    leaves the previous index whole. ``tiles`` must keep the row count and tile ids.
+    """
+    path = Path(path)
+    old = open_index(path)
+    manifest = dict(old.manifest)
+    files = dict(manifest["files"])
+    generation = int(manifest["generation"]) + 1
+    if tiles is not None:
+        tiles = tiles.reset_index(drop=True)
+        if len(tiles) != old.n or not tiles["tile_id"].equals(old.tiles["tile_id"]):
+            raise LookalikeError("a replacement tile table must keep the index's tiles, in order")
+        files["tiles"] = _write_file(path, f"tiles-{generation:06d}.parquet",
+                                     lambda p: tiles.to_parquet(p, index=False))
+    if landmarks is not None:
+        landmarks = landmarks.reset_index(drop=True)
+        rows = landmarks["row"].to_numpy() if "row" in landmarks else None
+        if rows is None or (len(rows) and (rows.min() < -1 or rows.max() >= old.n)):
+            raise LookalikeError("every landmark needs the row of its tile in the index (or -1)")
+        files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
+                                         lambda p: landmarks.to_parquet(p, index=False))
+    manifest.update(info or {}, generation=generation, updated=_now(), files=files)
+    _commit_manifest(path, manifest)
+    return path
+
+
+def _commit_manifest(path: Path, manifest: dict) -> None:
+    """Atomically replace the manifest, then remove files no manifest refers to any more."""
     atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
-    keep = {f["name"] for f in files.values()} | {MANIFEST}
+    keep = {f["name"] for f in manifest["files"].values()} | {MANIFEST}
     for stale in path.iterdir():
         leftover = stale.name.startswith(".") and stale.name.endswith(".tmp")
-        old_generation = stale.name.split("-")[0] in ("codes", "tiles", "hash")
+        old_generation = stale.name.split("-")[0] in ("codes", "tiles", "hash", "landmarks")
         if stale.is_file() and stale.name not in keep and (leftover or old_generation):
             stale.unlink()
-    return path
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

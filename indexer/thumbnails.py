@@ -18,6 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pyproj
@@ -199,6 +200,21 @@ def index_source_image(index, source: str | None = None) -> SourceImage:
     return source_image(name, sources[name])
 
 
+def basemap_image(index) -> SourceImage:
+    """The picture under an index's map: its first raster source, or for image chips placed on
+    a planet (``manifest['basemap']``, a registered mosaic) that mosaic from the data cache."""
+    name = index.manifest.get("basemap")
+    if not name:
+        return index_source_image(index)
+    from data.registry import DATASETS, fetch
+
+    if name not in DATASETS:
+        raise LookalikeError(f"index {index.path} asks for an unknown basemap {name!r}")
+    ds = DATASETS[name]
+    source = RasterSource(fetch(name, download=False), name=name, crs=ds.crs, bounds=ds.bounds)
+    return source_image(name, source.describe())
+
+
 def index_grid(index) -> TileGrid:
     tiling = index.manifest.get("tiling") or {}
     if not tiling:
@@ -218,6 +234,20 @@ def _thumbnail_jpeg(name: str, desc_json: str, zone: str, size: int, stride: int
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=20_000)
+def _chip_jpeg(path: str, out_size: int, quality: int) -> bytes:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = image.convert("RGB").resize((out_size, out_size), Image.BILINEAR)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SourceError(f"cannot read image chip {path}: {exc}") from None
+    buffer = io.BytesIO()
+    pixels.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def warm_zones(index, source: str | None = None) -> int:
     """Create the zone-to-lon/lat transformers of every zone of ``index`` in the calling thread.
 
@@ -225,6 +255,8 @@ def warm_zones(index, source: str | None = None) -> int:
     zone of another body), so a thread that will render thumbnails calls this once, up front.
     Returns the number of zones.
     """
+    if index.manifest.get("kind") == "images":
+        return 0  # chips are pictures of their own: no zone transformations
     image = index_source_image(index, source)
     zones = index.tiles["zone"].unique().tolist() if "zone" in index.tiles else []
     for label in zones:
@@ -238,6 +270,8 @@ def thumbnail_jpeg(index, tile: dict, out_size: int = THUMB_SIZE, quality: int =
     desc = sources.get(tile["source"])
     if desc is None:
         raise SourceError(f"index {index.path} does not describe source {tile['source']!r}")
+    if "root" in desc:  # an image chip: the picture itself
+        return _chip_jpeg(str(Path(desc["root"]) / str(tile["path"])), int(out_size), int(quality))
     grid = index_grid(index)
     return _thumbnail_jpeg(tile["source"], json.dumps(desc, sort_keys=True, default=str),
                            str(tile["zone"]), grid.size, grid.stride, grid.gsd, int(tile["row"]),

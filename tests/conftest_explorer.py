@@ -3,7 +3,8 @@
 Imported by tests/test_explorer_*.py (``from conftest_explorer import ...``) rather than from
 tests/conftest.py, which belongs to the rest of the suite.
 
-The index covers zones 30N and 31N dated 2010-01-01 and, appended, zone 32N dated 2015-06-01.
+The index covers zones 30N and 31N dated 2010-01-01 and, appended, zone 32N dated 2015-06-01,
+and carries a small synthetic landmark catalogue (``fixture_landmarks``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,25 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 FIRST_DATE, SECOND_DATE = "2010-01-01", "2015-06-01"
+LANDMARK_CLASSES = ["crater", "dark_dune", "streak", "edge"]  # no tile gets an 'edge'
+
+
+def fixture_landmarks(tiles):
+    """One landmark at the centre of every tile: classes in turn (crater, dark_dune, streak),
+    posteriors spread over 0.5-0.99 by a fixed rule, boxes of +-0.4 degrees."""
+    import numpy as np
+    import pandas as pd
+
+    i = np.arange(len(tiles))
+    lm = pd.DataFrame({"landmark_id": [f"lm{j}" for j in i], "scene": "fixture",
+                       "label": np.array(LANDMARK_CLASSES[:3])[i % 3],
+                       "posterior": 0.5 + 0.49 * ((i * 37) % 100) / 100.0,
+                       "lon": tiles["lon"].to_numpy(float), "lat": tiles["lat"].to_numpy(float)})
+    lm["lon_min"], lm["lon_max"] = lm["lon"] - 0.4, lm["lon"] + 0.4
+    lm["lat_min"], lm["lat_max"] = lm["lat"] - 0.4, lm["lat"] + 0.4
+    for c in LANDMARK_CLASSES:
+        lm[f"p_{c}"] = (lm["label"] == c).astype(float) * lm["posterior"]
+    return lm
 
 
 def data_dir() -> Path:
@@ -54,6 +74,10 @@ def explorer_index(tmp_path_factory, explorer_env) -> Path:
                "--out", str(out), env=explorer_env)
     _lookalike("index", "mars_8k", "--zones", "32N", "--bits", "64", "--time", SECOND_DATE,
                "--append", "--out", str(out), env=explorer_env)
+    from indexer.catalogue import attach_to_index
+    from indexer.store import open_index
+
+    attach_to_index(out, fixture_landmarks(open_index(out).tiles))
     return out
 
 

@@ -8,8 +8,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from conftest_explorer import (FIRST_DATE, SECOND_DATE, all_cards, browser, cards,  # noqa: F401
-                               click_map, current_url, explorer_env, explorer_index, explorer_url, open_app,
-                               page, screenshot, set_text, shadow_text, status_text, wait_until)
+                               click_map, current_url, explorer_env, explorer_index, explorer_url,
+                               fixture_landmarks, open_app, page, screenshot, set_text, shadow_text,
+                               status_text, wait_until)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -202,3 +203,40 @@ def test_draw_box_filters_clear_and_undo(page, explorer_url):
     wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the box back after undo")
     wait_until(lambda: drawn_shapes(page, "boxes") == 1, what="the box redrawn after undo")
     screenshot(page, "explorer-drawn-box")
+
+
+def landmark_boxes(page) -> list[str]:
+    """Classes of the landmark boxes the map draws in the browser."""
+    return page.evaluate("""() => {
+        const m = Bokeh.documents[0].get_model_by_name('landmarks');
+        return Array.from(m.data_source.data.label ?? m.data_source.data.get('label')); }""")
+
+
+def facet_labels(page) -> list[str]:
+    return page.locator(".class-facet label").all_inner_texts()
+
+
+def test_class_facet_changes_boxes_and_hits(page, explorer_url, explorer_index):
+    from indexer.store import open_index
+
+    tiles = open_index(explorer_index).tiles
+    lm = fixture_landmarks(tiles)
+    n = {c: int((lm["label"] == c).sum()) for c in ("crater", "dark_dune", "streak")}
+    open_app(page, explorer_url)
+    wait_until(lambda: len(landmark_boxes(page)) == len(lm), what="every landmark box drawn")
+    labels = wait_until(lambda: facet_labels(page), what="the class facet")
+    assert [t.strip() for t in labels] == [f"crater ({n['crater']})", f"dark_dune ({n['dark_dune']})",
+                                           f"streak ({n['streak']})", "edge (0)"]
+    click_map(page)
+    page.locator(".class-facet label", has_text="crater").first.click()
+    wait_until(lambda: set(landmark_boxes(page)) == {"crater"}, what="only crater boxes")
+    assert len(landmark_boxes(page)) == n["crater"]
+    craters = set(tiles["tile_id"][(lm["label"] == "crater").to_numpy()])
+    wait_until(lambda: f"{n['crater']} hits" in status_text(page), what="hits narrowed to craters")
+    assert all(c["tileId"] in craters for c in all_cards(page))
+    screenshot(page, "explorer-class-facet")
+    # typing a class applies the facet too
+    set_text(page, "Class (type", "streak")
+    wait_until(lambda: set(landmark_boxes(page)) == {"streak"}, what="only streak boxes")
+    wait_until(lambda: page.locator(".class-facet input:checked").count() == 1, what="one box ticked")
+    assert "streak" in page.locator(".class-facet label:has(input:checked)").inner_text()

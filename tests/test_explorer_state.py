@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest_explorer import FIRST_DATE, SECOND_DATE, explorer_env, explorer_index  # noqa: F401
+from conftest_explorer import (FIRST_DATE, SECOND_DATE, LANDMARK_CLASSES, explorer_env,  # noqa: F401
+                               explorer_index, fixture_landmarks)
 from explorer.catalog import Catalog, cached_index
 from explorer.state import ExplorerState
 from explorer.views import parse_bbox, thumbnail_items
@@ -191,3 +192,71 @@ def test_hirise_footprints(explorer_env, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKALIKE_DATA", str(tmp_path))
     with pytest.raises(LookalikeError, match="hirise_observations.csv"):
         load_hirise_footprints()
+
+
+# ------------------------------------------------------------------ landmarks
+def _expected_counts(tiles, min_confidence, zones=None, min_n=1):
+    """By hand from the fixture's rule: every tile is its own scene with one landmark."""
+    lm = fixture_landmarks(tiles)
+    keep = lm["posterior"] >= min_confidence
+    if zones:
+        keep &= tiles["zone"].isin(zones).to_numpy()
+    return {c: int(((lm["label"] == c) & keep).sum()) if min_n <= 1 else 0 for c in LANDMARK_CLASSES}
+
+
+def test_facet_counts_follow_the_other_filters(state):
+    tiles = state.index.tiles
+    assert state.landmark_class_names() == LANDMARK_CLASSES
+    assert state.facet_counts() == _expected_counts(tiles, 0.5)
+    assert sum(state.facet_counts().values()) == len(tiles)  # every posterior is >= 0.5
+    state.min_confidence = 0.9
+    assert state.facet_counts() == _expected_counts(tiles, 0.9)
+    state.zones = ["32N"]
+    assert state.facet_counts() == _expected_counts(tiles, 0.9, ["32N"])
+    state.landmark_classes = ["crater"]  # a facet's own choice does not change its counts
+    assert state.facet_counts() == _expected_counts(tiles, 0.9, ["32N"])
+    state.min_landmarks = 2  # one landmark per tile: no tile has two
+    assert state.facet_counts() == _expected_counts(tiles, 0.9, ["32N"], 2)
+
+
+def test_class_facet_filters_hits_and_boxes(state):
+    clicked(state)
+    lm = fixture_landmarks(state.index.tiles)
+    state.landmark_classes = ["crater"]
+    craters = set(state.index.tiles["tile_id"][(lm["label"] == "crater").to_numpy()])
+    assert len(state.hits) == len(craters) and set(state.hits["tile_id"]) == craters
+    assert "crater" in " ".join(state.describe_filters())
+    assert set(state.visible_landmarks()["label"]) == {"crater"}
+    state.min_confidence = 0.8
+    confident = (lm["label"] == "crater") & (lm["posterior"] >= 0.8)
+    assert len(state.hits) == int(confident.sum()) == len(state.visible_landmarks())
+    state.landmark_classes = []
+    assert len(state.hits) == len(state.index.tiles)
+    assert len(state.visible_landmarks()) == int((lm["posterior"] >= 0.8).sum())
+    state.undo()
+    assert state.landmark_classes == ["crater"]
+
+
+def test_class_text_box(state):
+    state.apply_class_text("Craters")
+    assert state.landmark_classes == ["crater"] and state.error == ""
+    state.apply_class_text("dune, streak")
+    assert state.landmark_classes == ["dark_dune", "streak"]
+    state.apply_class_text("volcano")
+    assert state.landmark_classes == ["dark_dune", "streak"] and "volcano" in state.error
+    state.apply_class_text("")
+    assert state.landmark_classes == []
+
+
+def test_landmark_filters_in_urls(state, explorer_index):
+    clicked(state)
+    state.param.update(landmark_classes=["streak"], min_confidence=0.7, min_landmarks=1)
+    params = state.url_params()
+    assert params["classes"] == "streak" and params["conf"] == "0.7" and "min_n" not in params
+    other = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+    other.apply_url_params(params)
+    assert other.landmark_classes == ["streak"] and other.min_confidence == 0.7
+    assert other.hits["tile_id"].tolist() == state.hits["tile_id"].tolist()
+    bad = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+    bad.apply_url_params({**params, "conf": "7"})
+    assert "malformed" in bad.error
