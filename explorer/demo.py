@@ -34,9 +34,49 @@ def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progre
         raise LookalikeError(f"unknown body {body!r}; choose from {', '.join(BODIES)}")
     name = BODIES[body]
     out = index_root(root) / name
-    if (out / MANIFEST).exists():
-        return out
-    ds = DATASETS[name]
-    source = RasterSource(fetch(name), name=name, crs=ds.crs, bounds=ds.bounds)
-    print(f"building the {body} demo index in {out} (once; interrupted builds resume)")
-    return index_rasters([source], out, progress=progress, **options)
+    if not (out / MANIFEST).exists():
+        ds = DATASETS[name]
+        source = RasterSource(fetch(name), name=name, crs=ds.crs, bounds=ds.bounds)
+        print(f"building the {body} demo index in {out} (once; interrupted builds resume)")
+        index_rasters([source], out, progress=progress, **options)
+    if body == "mars":
+        ensure_landmarks(out, name, progress=progress)
+    return out
+
+
+def ensure_landmarks(path: Path, mosaic: str, progress: bool = True) -> None:
+    """Find, classify and catalogue the landmarks of a demo mosaic once (all posteriors are
+    kept: the explorer's confidence slider chooses)."""
+    from indexer.catalogue import attach_to_index
+    from indexer.store import open_index
+    from models.landmarks import find_landmarks
+
+    if "landmarks" in open_index(path, verify=False).manifest["files"]:
+        return
+    print(f"finding landmarks in {mosaic} (once)")
+    attach_to_index(path, find_landmarks(mosaic, "hirise", threshold=0.0, progress=progress))
+
+
+def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path | None:
+    """The searchable layer of labelled HiRISE landmark crops, placed at their observations'
+    footprints and times and classified, built once when the data cache holds ``hirise_v1``
+    and ``hirise_observations.csv``; None (with a message) when it does not."""
+    from data.hirise import hirise_path
+    from data.registry import cache_dir
+    from indexer.build import index_images
+    from indexer.catalogue import classify_chips, place_index_at_observations
+    from indexer.store import open_index
+
+    images, out = cache_dir() / "hirise_v1", index_root(root) / "hirise_landmarks"
+    if not (images / "labels.csv").is_file() or not hirise_path().is_file():
+        print(f"no HiRISE landmark layer: {images}/labels.csv or {hirise_path()} is missing")
+        return None
+    if not (out / MANIFEST).exists():
+        print(f"building the HiRISE landmark layer in {out} (once)")
+        index_images(images, images / "labels.csv", out, progress=progress)
+    manifest = open_index(out, verify=False).manifest
+    if "placed_at" not in manifest:
+        place_index_at_observations(out)
+    if "landmarks" not in manifest["files"]:
+        classify_chips(out, images, "hirise", progress=progress)
+    return out

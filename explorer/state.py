@@ -189,10 +189,25 @@ class ExplorerState(param.Parameterized):
         try:
             row = tile_at(self.index, float(lon), float(lat))
         except LookalikeError as exc:
-            self.error = f"{exc}. Click on the indexed area of the map."
-            return
+            row = self._nearest_placed_chip(float(lon), float(lat))
+            if row is None:
+                self.error = f"{exc}. Click on the indexed area of the map."
+                return
         self.param.update(query_tile=str(self.index.tiles["tile_id"].iat[row]), use_examples=False,
                           positives=[], negatives=[], focus_tile="")
+
+    def _nearest_placed_chip(self, lon: float, lat: float, within_deg: float = 1.0) -> int | None:
+        """For chips placed at observations (footprints of a few km), the chip whose centre is
+        nearest a click within ``within_deg``: such footprints are too small to hit exactly."""
+        if not self.index.manifest.get("placed_at"):
+            return None
+        tiles = self.index.tiles
+        clat, clon = np.radians(tiles["lat"].to_numpy(float)), np.radians(tiles["lon"].to_numpy(float))
+        plat, plon = np.radians(lat), np.radians(lon)
+        cos = np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon)
+        cos = np.where(np.isfinite(cos), cos, -2.0)
+        row = int(np.argmax(cos))
+        return row if cos[row] >= np.cos(np.radians(within_deg)) else None
 
     def mark(self, tile_id: str, kind: str) -> None:
         """Mark a hit as a 'positive' or 'negative' example; marking it again unmarks it."""

@@ -31,8 +31,8 @@ HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
 HIRISE_COLORS = ["#9fe0ff", "#2a8cff"]
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 # one colour per landmark class, in the classifier's class order
-LANDMARK_COLORS = ["#ff4136", "#ffdc00", "#2ecc40", "#b10dc9", "#39cccc", "#ff851b", "#f012be",
-                   "#01ff70", "#7fdbff", "#aaaaaa"]
+LANDMARK_COLORS = ["#39cccc", "#b10dc9", "#2ecc40", "#f012be", "#ffffff", "#01ff70", "#7fdbff",
+                   "#aaaaaa", "#3d9970", "#85144b"]  # none of the hit markers' yellow/orange/red
 LANDMARK_MAX_DRAWN = 5000  # the most confident first, when more are visible
 # filters the Image Class facet counts within
 FACET_INPUTS = ["index", "zones", "time_start", "time_end", "bbox", "boxes", "polygons",

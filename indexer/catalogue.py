@@ -46,6 +46,10 @@ def tiles_under(tiles: pd.DataFrame, lon: np.ndarray, lat: np.ndarray) -> np.nda
         return out
     corners_lon = tiles[[f"lon{i}" for i in range(4)]].to_numpy(np.float64)
     corners_lat = tiles[[f"lat{i}" for i in range(4)]].to_numpy(np.float64)
+    placed = np.isfinite(corners_lon).all(axis=1) & np.isfinite(corners_lat).all(axis=1)
+    if not placed.all():  # chips with no known footprint are never under a point
+        keep = np.flatnonzero(placed)
+        return np.where((found := tiles_under(tiles.iloc[keep], lon, lat)) >= 0, keep[found], -1)
     centre_lon = tiles["lon"].to_numpy(np.float64)
     # unwrap each footprint next to its own centre so tiles across 180 degrees stay whole
     corners_lon = (corners_lon - centre_lon[:, None] + 180.0) % 360.0 - 180.0 + centre_lon[:, None]

@@ -114,6 +114,11 @@ def test_tiles_under_across_the_antimeridian():
         tiles[f"lon{i}"], tiles[f"lat{i}"] = np.float32(x), np.float32(y)
     np.testing.assert_array_equal(catalogue.tiles_under(tiles, [-179.8, 179.0, 170.0], [0.2, 0.0, 0.0]),
                                   [0, 0, -1])
+    # a chip with no known footprint (NaN corners) is skipped, rows still count in the full table
+    unplaced = tiles.copy()
+    unplaced[[f"lon{i}" for i in range(4)] + ["lon", "lat"]] = np.nan
+    both = pd.concat([unplaced, tiles], ignore_index=True)
+    np.testing.assert_array_equal(catalogue.tiles_under(both, [179.0, 0.0], [0.0, 0.0]), [1, -1])
 
 
 def _landmarks_for(tiles: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -204,3 +209,52 @@ def test_crop_landmarks_and_observation_placement():
 def test_attach_requires_columns():
     with pytest.raises(LookalikeError, match="lacks column"):
         catalogue.attach(synthetic_tiles(3), pd.DataFrame({"label": ["crater"]}))
+
+
+def test_cli_places_and_classifies_chips(tmp_path):
+    """`lookalike index --images ... --footprints CSV --classify hirise` on six tiny chips."""
+    from PIL import Image
+
+    from lookalike_testkit import run_main
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+        rows.append(dict(path=f"c{i}.png", label="crater" if i % 2 else "other",
+                         source_image=["ESP_1_2_RED", "ESP_3_4_RED", "ESP_5_6_RED"][i % 3]))
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame({"observation_id": ["ESP_1_2", "ESP_3_4"], "minimum_latitude": [10.0, -20.0],
+                  "maximum_latitude": [10.5, -19.0], "westernmost_longitude": [350.0, 20.0],
+                  "easternmost_longitude": [350.2, 20.4], "start_time": ["2008-05-01T10:00:00", "2012-01-01"]}
+                 ).to_csv(tmp_path / "obs.csv", index=False)
+    out = tmp_path / "ix"
+    code, stdout, err = run_main(["index", "--images", tmp_path, "--labels", tmp_path / "labels.csv",
+                                  "--footprints", tmp_path / "obs.csv", "--classify", "hirise", "--out", out,
+                                  "--batch-size", "8"], LOOKALIKE_CACHE=str(tmp_path / "cache"))
+    assert code == 0, err
+    assert "2 image(s) have no known HiRISE observation" in stdout
+    index = open_index(out)
+    assert index.manifest["basemap"] == "mars_8k"
+    assert index.tiles["scene"].tolist()[:3] == ["ESP_1_2", "ESP_3_4", "ESP_5_6"]
+    assert index.tiles["lon"].iloc[0] == pytest.approx(-9.9) and index.tiles["zone"].iloc[1] == "34S"
+    lm = index.landmarks
+    assert len(lm) == 6 and lm["row"].tolist() == list(range(6))
+    assert set(lm["label"]) <= set(json.loads(json.dumps(index.manifest["landmarks"]["classes"])))
+    p = lm[[c for c in lm.columns if c.startswith("p_")]].to_numpy()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(lm["posterior"], p.max(axis=1), rtol=1e-6)
+    # the class filter works on the new index, per observation
+    code, stdout, err = run_main(["search", out, "--tile", "c0.png", "--classes", lm["label"].iloc[0],
+                                  "--json", tmp_path / "hits.json"])
+    assert code == 0, err
+    code, _, err = run_main(["search", out, "--tile", "c0.png", "--classes", "volcano"])
+    assert code == 2 and "unknown landmark class" in err
+    # in the explorer a click near a (tiny) observation footprint picks its chip; far away, none
+    from explorer.state import ExplorerState
+
+    state = ExplorerState(index=index, index_name="chips")
+    state.click(20.2 + 0.6, -19.5)
+    assert state.query_tile == "c1.png" and len(state.hits) > 0 and state.error == ""
+    state.click(100.0, 50.0)
+    assert "no indexed tile covers" in state.error and state.query_tile == "c1.png"

@@ -1,0 +1,348 @@
+"""Dynamic landmarking: a synthetic Mars scene with planted craters, a dune field and black fill,
+the detector's recall and boxes, crops, lon/lat, classification, the CLI, and the real mosaic."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyproj
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from scipy import ndimage as ndi
+
+from indexer.errors import LookalikeError, SourceError
+from lookalike_testkit import assert_user_error, check_rfc7946, environ, run_main, strict_json
+from models.landmarks import (COLUMNS, ArrayScene, box_iou, detect, DetectorConfig, find_landmarks,
+                              salient_regions, with_border)
+
+SIZE = 1500
+CRATERS = ((300, 300, 45), (800, 250, 70), (350, 900, 60), (900, 1150, 40))  # cx, cy, radius
+DUNES = (700, 600, 1050, 850)  # x0, y0, x1, y1
+FILL_X, FILL_SLOPE, FILL_Y = 1250.0, 0.15, 750.0  # black fill where x > FILL_X + (y - FILL_Y) * slope
+# equirectangular Mars (IAU_2015:49910) at 25 m/px, about 136.65 E, 4.55 S
+CRS_CODE, GSD, ORIGIN = "IAU_2015:49910", 25.0, (8.1e6, -2.7e5)
+BORDER = 30
+
+
+def background(rng, size: int) -> np.ndarray:
+    """Textured noise: smooth undulations at a few scales plus pixel noise, mean 0, std ~7."""
+    out = rng.standard_normal((size, size)).astype(np.float32) * 3.0
+    for step, amp in ((4, 3.0), (16, 4.0), (64, 4.0)):
+        small = rng.standard_normal((size // step + 2, size // step + 2)).astype(np.float32)
+        out += amp * ndi.zoom(small, step, order=1)[:size, :size]
+    return out
+
+
+def synthetic_scene(seed: int = 0) -> np.ndarray:
+    """The planted scene as uint8 (0 is the black fill)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    img = 120.0 + background(rng, SIZE)
+    for cx, cy, r in CRATERS:
+        sl = (slice(cy - 2 * r, cy + 2 * r), slice(cx - 2 * r, cx + 2 * r))
+        d = np.hypot(xx[sl] - cx, yy[sl] - cy) / r
+        height = np.where(d < 1, d ** 2 - 1, 0) * 0.6 + 0.35 * np.exp(-((d - 1) / 0.15) ** 2)
+        gx = np.gradient(height * r, axis=1)
+        img[sl] += -60.0 * gx + 25.0 * np.exp(-((d - 1) / 0.1) ** 2)  # shaded bowl, bright rim
+    x0, y0, x1, y1 = DUNES
+    inside = ndi.gaussian_filter(((xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)).astype(np.float32), 6)
+    phase = (xx * 0.94 + yy * 0.34) / 24.0  # asymmetric ridges, 24 px apart
+    img += inside * ((phase - np.floor(phase)) ** 3 * 2 - 1) * 45.0
+    img = np.clip(img, 1, 255)
+    img[xx > FILL_X + (yy - FILL_Y) * FILL_SLOPE] = 0
+    return img.astype(np.uint8)
+
+
+def fill_x(y):
+    return FILL_X + (np.asarray(y, float) - FILL_Y) * FILL_SLOPE
+
+
+def crater_box(cx, cy, r):
+    return np.array([cx - r, cy - r, cx + r, cy + r], float)
+
+
+def is_edge_box(b) -> bool:
+    """The valid-data boundary runs through the box."""
+    ys = np.linspace(b[1], b[3], 9)
+    return bool(np.any((fill_x(ys) > b[0]) & (fill_x(ys) < b[2])))
+
+
+def write_scene(path, data, crs=CRS_CODE, nodata=0, **tags):
+    data = np.asarray(data)
+    data = data[None] if data.ndim == 2 else data
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype, transform=from_origin(*ORIGIN, GSD, GSD))
+    if crs:
+        profile["crs"] = CRS.from_wkt(pyproj.CRS(crs).to_wkt())
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return synthetic_scene()
+
+
+@pytest.fixture(scope="module")
+def regions(scene) -> np.ndarray:
+    return salient_regions(scene)
+
+
+@pytest.fixture(scope="module")
+def scene_tif(tmp_path_factory, scene):
+    path = tmp_path_factory.mktemp("landmarks") / "esp_synthetic.tif"
+    return write_scene(path, scene, TIFFTAG_DATETIME="2012:08:06 05:17:57")
+
+
+@pytest.fixture(scope="module")
+def crop_encoder(backbone):
+    import torch
+
+    from indexer.encoding import Encoder
+
+    torch.set_num_threads(2)  # the backbone on the crops is this module's one heavy step
+    return Encoder(backbone, image_size=224, batch_size=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def landmarks(scene_tif, crop_encoder) -> pd.DataFrame:
+    return find_landmarks(scene_tif, "hirise", threshold=0.0, encoder=crop_encoder, progress=False)
+
+
+# ------------------------------------------------------------------ detector
+def test_planted_craters_and_dunes_found_with_tight_boxes(regions):
+    for cx, cy, r in CRATERS:
+        iou = box_iou(crater_box(cx, cy, r)[None], regions)[0]
+        best = regions[int(iou.argmax())]
+        centre = ((best[0] + best[2]) / 2, (best[1] + best[3]) / 2)
+        # tolerance: IoU >= 0.6 and the centre within a quarter radius
+        assert iou.max() >= 0.6, (cx, cy, r, regions[:, :4])
+        assert np.hypot(centre[0] - cx, centre[1] - cy) <= 0.25 * r
+    assert box_iou(np.array([DUNES], float), regions)[0].max() >= 0.5
+
+
+def test_image_edge_is_salient_along_the_whole_boundary(regions):
+    edges = np.array([b for b in regions if is_edge_box(b)])
+    assert len(edges) >= 4
+    covered = np.zeros(SIZE, bool)
+    for b in edges:
+        covered[int(b[1]):int(b[3])] = True
+    assert covered.mean() >= 0.9  # segments follow the boundary from top to bottom
+    # no region lies inside the fill
+    assert all(b[0] < fill_x(b[3]) for b in regions)
+
+
+def test_few_false_positives(regions):
+    planted = np.vstack([np.array([crater_box(*c) for c in CRATERS]), np.array([DUNES], float)])
+    unexplained = [b for b in regions
+                   if not is_edge_box(b) and box_iou(b[None], planted)[0].max() < 0.3]
+    assert len(unexplained) <= 1, unexplained
+    assert np.all(np.diff(regions[:, 4]) <= 0)  # best first
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_flat_noise_has_few_regions(seed):
+    img = np.clip(120 + background(np.random.default_rng(seed), 1000), 1, 255).astype(np.uint8)
+    assert len(salient_regions(img)) <= 1
+
+
+def test_nodata_mask_makes_edges_without_black_fill(scene):
+    """Nodata is invalid whatever its values: noise behind the mask still gives edges, no regions."""
+    img = scene.copy()
+    invalid = img == 0
+    img[invalid] = np.random.default_rng(3).integers(1, 255, invalid.sum())
+    found = salient_regions(img, ~invalid)
+    assert sum(is_edge_box(b) for b in found) >= 4
+    assert all(b[0] < fill_x(b[3]) for b in found)
+    for cx, cy, r in CRATERS:
+        assert box_iou(crater_box(cx, cy, r)[None], found)[0].max() >= 0.6
+
+
+def test_large_scenes_are_read_in_strips():
+    """The map is built from strips; the full image is never read (or converted) at once."""
+    rng = np.random.default_rng(4)
+    img = rng.integers(100, 140, (3000, 2000), dtype=np.uint8)
+    yy, xx = np.mgrid[0:3000, 0:2000]
+    img[np.hypot(xx - 1200, yy - 2100) < 80] = 220
+    reads = []
+
+    class Counting(ArrayScene):
+        def read(self, y0, y1, x0, x1):
+            reads.append((y1 - y0) * (x1 - x0))
+            return super().read(y0, y1, x0, x1)
+
+    found = detect(Counting(img), DetectorConfig(max_map_pixels=1 << 17, read_pixels=1 << 20))
+    assert max(reads) <= 1 << 20 and sum(reads) >= img.size
+    assert box_iou(np.array([[1120, 2020, 1280, 2180]], float), found)[0].max() >= 0.5
+
+
+def test_large_regions_are_split_at_max_size(scene):
+    found = salient_regions(scene, max_size=200, edges=False)
+    sides = np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1])
+    assert (sides <= 200).all() and (sides >= 24).all()
+    pieces = found[box_iou(np.array([DUNES], float), found)[0] > 0]
+    assert len(pieces) >= 2  # the 350 x 250 px dune field, in pieces
+    union = np.zeros((SIZE, SIZE), bool)
+    for b in pieces.astype(int):
+        union[b[1]:b[3], b[0]:b[2]] = True
+    x0, y0, x1, y1 = DUNES
+    assert union[y0:y1, x0:x1].mean() >= 0.7
+
+
+def test_with_border_clips_to_the_raster():
+    boxes = np.array([[10, 20, 100, 120, 5.0], [1450, 1480, 1500, 1500, 4.0]])
+    out = with_border(boxes, BORDER, (1500, 1500))
+    assert out.tolist() == [[0, 0, 130, 150], [1420, 1450, 1500, 1500]]
+    assert with_border(boxes[:1], BORDER, (1500, 1500), offset=(100, 200)).tolist() == [[80, 190, 230, 350]]
+
+
+def test_bad_input_to_detector():
+    with pytest.raises(LookalikeError, match="2-d"):
+        salient_regions(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(LookalikeError, match="valid mask"):
+        salient_regions(np.zeros((64, 64), np.uint8), np.ones((32, 32), bool))
+    with pytest.raises(LookalikeError, match="z_low"):
+        salient_regions(np.zeros((64, 64), np.uint8), z_low=9, z_high=3)
+
+
+# ------------------------------------------------------------------ landmarks of a raster
+def test_columns_and_probabilities(landmarks):
+    classes = ["bright_dune", "crater", "dark_dune", "edge", "other", "streak"]
+    assert list(landmarks.columns) == list(COLUMNS) + [f"p_{c}" for c in classes]
+    p = landmarks[[f"p_{c}" for c in classes]].to_numpy()
+    assert np.allclose(p.sum(1), 1.0, atol=1e-6)
+    assert (landmarks["label"].to_numpy() == np.asarray(classes)[p.argmax(1)]).all()
+    assert np.allclose(landmarks["posterior"], p.max(1))
+    assert landmarks["landmark_id"].is_unique
+    first = landmarks.iloc[0]
+    assert first["landmark_id"] == f"esp_synthetic:{first.x0}:{first.y0}:{first.x1}:{first.y1}"
+    assert (landmarks["scene"] == "esp_synthetic").all()
+    assert (landmarks["time"] == pd.Timestamp("2012-08-06T05:17:57Z")).all()
+    assert np.all(np.diff(landmarks["posterior"]) <= 0)
+
+
+def test_crops_are_detected_regions_plus_border(landmarks, scene, regions):
+    """The raster path (nodata mask) finds what the array path (black fill) finds, 30 px wider."""
+    expected = with_border(regions, BORDER, scene.shape)
+    got = landmarks[["x0", "y0", "x1", "y1"]].to_numpy()
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert (got[:, :2] >= 0).all() and (got[:, 2] <= SIZE).all() and (got[:, 3] <= SIZE).all()
+    assert (got[:, 1] == 0).any()  # an edge segment at the top: its border was clipped
+    inner = (expected[:, 0] > 0) & (expected[:, 1] > 0) & (expected[:, 2] < SIZE) & (expected[:, 3] < SIZE)
+    ordered = with_border(regions[inner], 0, scene.shape)
+    assert np.array_equal(expected[inner] - ordered, np.tile([-BORDER, -BORDER, BORDER, BORDER],
+                                                             (inner.sum(), 1)))
+
+
+def test_lonlat_round_trip(landmarks, scene_tif):
+    """Box corners and centres, taken back through pyproj and the transform, land on the pixels."""
+    with rasterio.open(scene_tif) as src:
+        inverse = ~src.transform
+    crs = pyproj.CRS(CRS_CODE)
+    back = pyproj.Transformer.from_crs(crs.geodetic_crs, crs, always_xy=True)
+    corners = (("lon_min", "lat_max", "x0", "y0"), ("lon_max", "lat_min", "x1", "y1"))
+    for corner_x, corner_y, px, py in corners:
+        x, y = back.transform(landmarks[corner_x].to_numpy(), landmarks[corner_y].to_numpy())
+        col, row = inverse * (np.asarray(x), np.asarray(y))
+        assert np.allclose(col, landmarks[px], atol=1e-3) and np.allclose(row, landmarks[py], atol=1e-3)
+    x, y = back.transform(landmarks["lon"].to_numpy(), landmarks["lat"].to_numpy())
+    col, row = inverse * (np.asarray(x), np.asarray(y))
+    assert np.allclose(col, (landmarks.x0 + landmarks.x1) / 2, atol=1e-3)
+    assert np.allclose(row, (landmarks.y0 + landmarks.y1) / 2, atol=1e-3)
+    assert landmarks["lon"].between(136.0, 138.0).all() and landmarks["lat"].between(-6.0, -4.0).all()
+
+
+def test_planted_features_get_their_classes(landmarks):
+    """Crops preprocessed as the classifier's training images are: craters and edges are known."""
+    rows = landmarks[["x0", "y0", "x1", "y1"]].to_numpy().astype(float)
+    crater_labels = [landmarks.label.iloc[int(box_iou(crater_box(*c)[None], rows)[0].argmax())]
+                     for c in CRATERS]
+    assert crater_labels.count("crater") >= 3, crater_labels
+    edge_labels = [lab for b, lab in zip(rows, landmarks.label) if is_edge_box(b)
+                   and box_iou(b[None], np.array([DUNES], float))[0, 0] == 0]
+    assert edge_labels.count("edge") >= 0.75 * len(edge_labels), edge_labels
+
+
+def test_cli_threshold_parquet_and_geojson(tmp_path, scene_tif, landmarks):
+    out, geo = tmp_path / "lm.parquet", tmp_path / "lm.geojson"
+    code, stdout, stderr = run_main(["landmarks", scene_tif, "--threshold", "0.9", "--out", out,
+                                     "--geojson", geo])
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    table = pd.read_parquet(out)
+    kept = landmarks[landmarks["posterior"] >= 0.9]
+    assert 0 < len(kept) < len(landmarks)  # the threshold really filters here
+    assert sorted(table["landmark_id"]) == sorted(kept["landmark_id"])
+    assert (table["posterior"] >= 0.9).all()
+    assert summary["n"] == len(table) and summary["by_class"] == table["label"].value_counts().to_dict()
+    collection = strict_json(geo.read_text())
+    check_rfc7946(collection)
+    assert len(collection["features"]) == len(table)
+    assert {f["properties"]["landmark_id"] for f in collection["features"]} == set(table["landmark_id"])
+
+
+def test_featureless_scene_gives_an_empty_table(tmp_path):
+    flat = write_scene(tmp_path / "flat.tif", np.full((300, 300), 90, np.uint8))
+    code, stdout, stderr = run_main(["landmarks", flat, "--threshold", "0", "--out", tmp_path / "e.parquet"])
+    assert code == 0, stderr
+    assert json.loads(stdout)["n"] == 0
+    table = pd.read_parquet(tmp_path / "e.parquet")
+    assert len(table) == 0 and list(table.columns)[:len(COLUMNS)] == list(COLUMNS)
+    assert "p_crater" in table.columns
+
+
+def test_threshold_and_border_validation(scene_tif):
+    with pytest.raises(LookalikeError, match="threshold"):
+        find_landmarks(scene_tif, threshold=1.5, progress=False)
+    with pytest.raises(LookalikeError, match="border"):
+        find_landmarks(scene_tif, border=-1, progress=False)
+
+
+def test_bad_rasters_are_clear_errors(tmp_path):
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not a raster at all")
+    code, _, stderr = run_main(["landmarks", garbage, "--out", tmp_path / "x.parquet"])
+    assert_user_error(code, stderr, "cannot read raster")
+    nocrs = write_scene(tmp_path / "nocrs.tif", np.full((64, 64), 9, np.uint8), crs=None)
+    code, _, stderr = run_main(["landmarks", nocrs, "--out", tmp_path / "x.parquet"])
+    assert_user_error(code, stderr, "no CRS", "--crs")
+    five = write_scene(tmp_path / "five.tif", np.full((5, 64, 64), 9, np.uint8))
+    code, _, stderr = run_main(["landmarks", five, "--out", tmp_path / "x.parquet"])
+    assert_user_error(code, stderr, "5 bands", "--band")
+    code, _, stderr = run_main(["landmarks", five, "--window", "0,0,900,10", "--band", "2",
+                                "--out", tmp_path / "x.parquet"])
+    assert_user_error(code, stderr, "window")
+    code, _, stderr = run_main(["landmarks", tmp_path / "missing.tif", "--out", tmp_path / "x.parquet"])
+    assert_user_error(code, stderr, "does not exist")
+    with pytest.raises(SourceError, match="band 7"):
+        find_landmarks(five, band=7, progress=False)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+# ------------------------------------------------------------------ the real mosaic
+def test_real_mosaic_window(data_dir, crop_encoder):
+    """Around Gale crater on the 8k Mars mosaic: landmarks lie in the window's footprint."""
+    window = (6900, 1900, 7500, 2500)
+    with environ(LOOKALIKE_DATA=data_dir):
+        found = find_landmarks("mars_8k", threshold=0.0, window=window, encoder=crop_encoder,
+                               progress=False)
+    assert len(found) >= 1
+    deg = 360.0 / 8192  # degrees per pixel, both axes
+    west, east = -180 + window[0] * deg, -180 + window[2] * deg
+    north, south = 90 - window[1] * deg, 90 - window[3] * deg
+    assert found["lon"].between(west, east).all() and found["lat"].between(south, north).all()
+    pad = BORDER * deg + 1e-9  # crops reach past the window by at most the border
+    assert (found["lon_min"] >= west - pad).all() and (found["lon_max"] <= east + pad).all()
+    assert (found["lat_min"] >= south - pad).all() and (found["lat_max"] <= north + pad).all()
+    assert np.allclose(found["lon_min"], -180 + found["x0"] * deg)
+    assert np.allclose(found["lat_max"], 90 - found["y0"] * deg)
+    assert (found["scene"] == "mars_8k").all() and found["time"].isna().all()
