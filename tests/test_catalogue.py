@@ -211,11 +211,9 @@ def test_attach_requires_columns():
         catalogue.attach(synthetic_tiles(3), pd.DataFrame({"label": ["crater"]}))
 
 
-def test_cli_places_and_classifies_chips(tmp_path):
-    """`lookalike index --images ... --footprints CSV --classify hirise` on six tiny chips."""
+def _tiny_hirise(tmp_path):
+    """Six tiny chips from three source images (two known observations) and an observation CSV."""
     from PIL import Image
-
-    from lookalike_testkit import run_main
 
     rng = np.random.default_rng(0)
     rows = []
@@ -228,6 +226,13 @@ def test_cli_places_and_classifies_chips(tmp_path):
                   "maximum_latitude": [10.5, -19.0], "westernmost_longitude": [350.0, 20.0],
                   "easternmost_longitude": [350.2, 20.4], "start_time": ["2008-05-01T10:00:00", "2012-01-01"]}
                  ).to_csv(tmp_path / "obs.csv", index=False)
+
+
+def test_cli_places_and_classifies_chips(tmp_path):
+    """`lookalike index --images ... --footprints CSV --classify hirise` on six tiny chips."""
+    from lookalike_testkit import run_main
+
+    _tiny_hirise(tmp_path)
     out = tmp_path / "ix"
     code, stdout, err = run_main(["index", "--images", tmp_path, "--labels", tmp_path / "labels.csv",
                                   "--footprints", tmp_path / "obs.csv", "--classify", "hirise", "--out", out,
@@ -258,3 +263,23 @@ def test_cli_places_and_classifies_chips(tmp_path):
     assert state.query_tile == "c1.png" and len(state.hits) > 0 and state.error == ""
     state.click(100.0, 50.0)
     assert "no indexed tile covers" in state.error and state.query_tile == "c1.png"
+
+
+def test_demo_hirise_layer_builds_once(tmp_path):
+    """The demo's HiRISE layer from a data cache holding hirise_v1/ and the observation table."""
+    from explorer.demo import hirise_layer
+    from lookalike_testkit import environ
+
+    data = tmp_path / "data"
+    (data / "hirise_v1").mkdir(parents=True)
+    _tiny_hirise(data / "hirise_v1")
+    (data / "hirise_v1" / "obs.csv").rename(data / "hirise_observations.csv")
+    with environ(LOOKALIKE_DATA=str(data), LOOKALIKE_CACHE=str(tmp_path / "cache")):
+        path = hirise_layer(tmp_path / "indexes", progress=False)
+        index = open_index(path)
+        assert index.n == 6 and len(index.landmarks) == 6 and index.manifest["basemap"] == "mars_8k"
+        generation = index.manifest["generation"]
+        assert hirise_layer(tmp_path / "indexes", progress=False) == path  # built once
+        assert open_index(path).manifest["generation"] == generation
+        (data / "hirise_observations.csv").unlink()
+        assert hirise_layer(tmp_path / "other", progress=False) is None

@@ -236,3 +236,36 @@ def test_train_hash_on_an_index_own_tiles(mars_index, tmp_path):
     code, _, err = run_main(["train-hash", "--index", mars_index, "--method", "mirs-triplet",
                              "--out", tmp_path / "x.npz"])
     assert code == 2 and "needs labels" in err
+
+
+# ------------------------------------------------------------------ landmarks in the real index
+def test_real_landmarks_catalogued_on_their_tiles(mars_index, data_dir, tmp_path):
+    """`lookalike landmarks mars_8k --window ... --index` on the 30N/31N index of the mosaic."""
+    from indexer.catalogue import scene_keys
+    from indexer.store import open_index
+
+    code, stdout, err = run_main(["landmarks", "mars_8k", "--window", "3900,600,4300,2040", "--threshold", "0",
+                                  "--out", tmp_path / "lm.parquet", "--index", mars_index,
+                                  "--json", tmp_path / "lm.json"], LOOKALIKE_DATA=data_dir)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "lm.json").read_text())
+    index = open_index(mars_index)
+    lm = index.landmarks
+    assert summary["catalogued"] == len(lm) == summary["n"] > 0
+    placed = lm[lm["row"] >= 0]
+    assert len(placed) == summary["on_indexed_tiles"] > 0
+    tiles = index.tiles.iloc[placed["row"].to_numpy()]
+    for (_, landmark), (_, tile) in zip(placed.iterrows(), tiles.iterrows()):
+        footprint = shapely.Polygon([(tile[f"lon{i}"], tile[f"lat{i}"]) for i in range(4)])
+        assert footprint.buffer(1e-6).contains(shapely.Point(landmark["lon"], landmark["lat"]))
+    assert len(set(scene_keys(index.tiles))) == index.n  # mosaic tiles are their own scenes
+    code, out, err = run_main(["info", mars_index, "--no-verify"])
+    info = strict_json(out)["landmarks"]
+    assert info["landmarks"] == len(lm) and sum(info["by_class"].values()) == len(lm)
+    best = lm.loc[placed["posterior"].idxmax()]
+    code, out, err = run_main(["search", mars_index, "--lonlat", "0,10", "--classes", best["label"],
+                               "--min-confidence", str(best["posterior"] - 1e-6), "--json", tmp_path / "h.json"])
+    assert code == 0, err
+    hits = json.loads((tmp_path / "h.json").read_text())
+    hit_ids = {h["tile_id"] for h in (hits["hits"] if isinstance(hits, dict) else hits)}
+    assert index.tiles["tile_id"].iat[int(best["row"])] in hit_ids
