@@ -3,6 +3,8 @@
 Features are computed in chunks of ``CHUNK`` tiles and kept in a work folder inside the output
 (``.work-<key>``, the key hashing sources, tiling and backbone) until the index is committed; an
 interrupted build run again with the same arguments skips the chunks it already encoded.
+``indexer.distributed`` runs the same plan on a dask cluster: it fills the same chunk files and
+commits through ``commit``, so both paths give the same index.
 """
 
 from __future__ import annotations
@@ -55,6 +57,39 @@ def _chunked(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def chunk_files(work: Path, i: int) -> tuple[Path, Path]:
+    """Features and tile table of chunk ``i`` in a work folder."""
+    return work / f"chunk-{i:06d}.npy", work / f"chunk-{i:06d}.parquet"
+
+
+def load_chunk(work: Path, i: int, tile_ids: list) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """Chunk ``i`` when it was finished before for exactly these tile ids, else None."""
+    fpath, tpath = chunk_files(work, i)
+    if not (tpath.exists() and fpath.exists()):
+        return None
+    done = pd.read_parquet(tpath)
+    if list(done["tile_id"]) != list(tile_ids):
+        return None
+    return np.load(fpath), done
+
+
+def save_chunk(work: Path, i: int, features: np.ndarray, table: pd.DataFrame) -> None:
+    """Keep a finished chunk; the table is written last and marks the chunk complete."""
+    work.mkdir(parents=True, exist_ok=True)
+    fpath, tpath = chunk_files(work, i)
+    np.save(work / ".chunk.npy", features)
+    (work / ".chunk.npy").replace(fpath)
+    table.to_parquet(work / ".chunk.parquet", index=False)
+    (work / ".chunk.parquet").replace(tpath)
+
+
+def join_chunks(features: list[np.ndarray], tables: list[pd.DataFrame],
+                dim: int) -> tuple[np.ndarray, pd.DataFrame]:
+    if not tables:
+        return np.zeros((0, dim), np.float32), pd.DataFrame()
+    return np.concatenate(features), pd.concat(tables, ignore_index=True)
+
+
 def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder: Encoder,
                   work: Path, total: int | None = None, desc: str = "encoding",
                   progress: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
@@ -63,27 +98,17 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
     features, tables = [], []
     bar = tqdm(total=total, desc=desc, unit="tile", disable=not progress, smoothing=0.05)
     for i, chunk in enumerate(_chunked(records_and_images, CHUNK)):
-        fpath, tpath = work / f"chunk-{i:06d}.npy", work / f"chunk-{i:06d}.parquet"
         table = pd.DataFrame([r for r, _ in chunk])
-        if tpath.exists() and fpath.exists():
-            done = pd.read_parquet(tpath)
-            if list(done["tile_id"]) == list(table["tile_id"]):
-                features.append(np.load(fpath))
-                tables.append(done)
-                bar.update(len(chunk))
-                continue
-        feats = encoder.features(np.stack([img for _, img in chunk]))
-        np.save(work / ".chunk.npy", feats)
-        (work / ".chunk.npy").replace(fpath)
-        table.to_parquet(work / ".chunk.parquet", index=False)
-        (work / ".chunk.parquet").replace(tpath)  # written last: marks the chunk complete
-        features.append(feats)
-        tables.append(table)
+        done = load_chunk(work, i, list(table["tile_id"]))
+        if done is None:
+            feats = encoder.features(np.stack([img for _, img in chunk]))
+            save_chunk(work, i, feats, table)
+            done = feats, table
+        features.append(done[0])
+        tables.append(done[1])
         bar.update(len(chunk))
     bar.close()
-    if not tables:
-        return np.zeros((0, encoder.dim), np.float32), pd.DataFrame()
-    return np.concatenate(features), pd.concat(tables, ignore_index=True)
+    return join_chunks(features, tables, encoder.dim)
 
 
 def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str | None,
@@ -103,40 +128,96 @@ def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str 
     return model, model.to_bytes()
 
 
-def _commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, encoder: Encoder,
-            bits: int | None, hash_path: str | None, append: bool, info: dict) -> Path:
+def check_out(out: Path, append: bool, shards: int | None = None) -> None:
+    """Refuse to overwrite an index, and combinations the store cannot do."""
+    from indexer.distributed import SHARD_MANIFEST
+
+    if shards is not None and shards < 1:
+        raise LookalikeError(f"--shards must be at least 1, got {shards}")
+    if shards is not None and append:
+        raise LookalikeError("--shards cannot be combined with --append (shard a new index instead)")
+    if (out / SHARD_MANIFEST).exists():
+        raise LookalikeError(f"{out} already holds a sharded index; choose another --out")
+    if (out / MANIFEST).exists() and not append:
+        raise LookalikeError(f"{out} already holds an index; use --append to add to it or choose another --out")
+
+
+def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
+    """The tile table with its few distinct strings (source, zone) as categoricals: one byte
+    per tile in memory instead of a string each, same values and columns."""
+    table = table.copy()
+    for column in ("source", "zone"):
+        if column in table and not isinstance(table[column].dtype, pd.CategoricalDtype):
+            table[column] = table[column].astype("category")
+    return table
+
+
+def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, backbone: dict,
+           bits: int | None, hash_path: str | None, append: bool, info: dict,
+           shards: int | None = None) -> Path:
+    """Hash the features and write the index (or ``shards`` indexes); ``backbone`` is
+    ``Encoder.describe()`` of the encoder that made the features."""
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
     table["time"] = (pd.to_datetime(table["time"], utc=True) if "time" in table
                      else pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]"))
-    model, model_bytes = _hash_for(out, features, bits, hash_path, append, encoder.name)
+    model, model_bytes = _hash_for(out, features, bits, hash_path, append, backbone["name"])
     if append and (out / MANIFEST).exists():
         old = open_index(out).manifest
-        if old.get("backbone", {}).get("weights_sha256") != encoder.describe()["weights_sha256"]:
+        if old.get("backbone", {}).get("weights_sha256") != backbone["weights_sha256"]:
             raise LookalikeError(f"{out} was built with another backbone or weights; cannot append")
     codes = model.encode(features)
-    info = dict(info, backbone=encoder.describe(),
-                hash=dict(method=model.method, bits=model.bits, meta=model.meta))
-    write_index(out, codes, table, bits=model.bits, hash_model=model_bytes, info=info, append=append)
+    table = lean_tiles(table)
+    info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta))
+    if shards is not None:
+        from indexer.distributed import write_shards
+
+        write_shards(out, codes, table, shards, bits=model.bits, hash_model=model_bytes, info=info)
+    else:
+        write_index(out, codes, table, bits=model.bits, hash_model=model_bytes, info=info, append=append)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def raster_plan(sources: list[RasterSource], out: Path, *, size: int, stride: int,
+                gsd: float | None, zones: list[Zone] | None,
+                bbox: tuple[float, float, float, float] | None, backbone: dict,
+                min_valid: float) -> tuple[TileGrid, Path, dict]:
+    """The tile grid, work folder and manifest info of a raster build."""
+    grid = TileGrid(size, stride, gsd or sources[0].native_gsd)
+    key = dict(sources=[s.describe() for s in sources], grid=grid, zones=zones, bbox=bbox,
+               backbone=backbone, min_valid=min_valid)
+    info = dict(kind="raster", tiling=dict(size=size, stride=stride, gsd=grid.gsd),
+                sources={s.name: s.describe() for s in sources})
+    return grid, _work_dir(out, key), info
+
+
+def image_plan(root: Path, labels_csv: str | Path, out: Path, *, split: str | None,
+               image_size: int, backbone: dict, source: str | None) -> tuple[pd.DataFrame, Path, dict]:
+    """The tile records, work folder and manifest info of an image-folder build."""
+    table = read_labels(root, labels_csv, split=split)
+    source = source or root.name
+    records = table.assign(tile_id=table["path"], source=source, zone="")
+    key = dict(root=str(root.resolve()), labels=str(Path(labels_csv).resolve()), split=split,
+               backbone=backbone)
+    info = dict(kind="images", sources={source: dict(root=str(root.resolve()), image_size=image_size)})
+    return records, _work_dir(out, key), info
 
 
 def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 128, stride: int = 64,
                   gsd: float | None = None, zones: list[Zone] | None = None,
                   bbox: tuple[float, float, float, float] | None = None, bits: int | None = None,
                   hash_path: str | None = None, encoder: Encoder | None = None,
-                  min_valid: float = 0.5, append: bool = False, progress: bool = True) -> Path:
-    """Tile, encode and index rasters. ``gsd`` defaults to the first source's native resolution."""
+                  min_valid: float = 0.5, append: bool = False, progress: bool = True,
+                  shards: int | None = None) -> Path:
+    """Tile, encode and index rasters. ``gsd`` defaults to the first source's native resolution;
+    ``shards`` writes that many indexes plus a shard manifest (``indexer.distributed``)."""
     out = Path(out)
-    if (out / MANIFEST).exists() and not append:
-        raise LookalikeError(f"{out} already holds an index; use --append to add to it or choose another --out")
+    check_out(out, append, shards)
     encoder = encoder or Encoder()
-    grid = TileGrid(size, stride, gsd or sources[0].native_gsd)
-    key = dict(sources=[s.describe() for s in sources], grid=grid, zones=zones, bbox=bbox,
-               backbone=encoder.describe(), min_valid=min_valid)
-    work = _work_dir(out, key)
+    grid, work, info = raster_plan(sources, out, size=size, stride=stride, gsd=gsd, zones=zones,
+                                   bbox=bbox, backbone=encoder.describe(), min_valid=min_valid)
 
     def stream():
         for source in sources:
@@ -144,25 +225,21 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
                 yield tile_record(source, grid, place), pixels
 
     features, table = encode_chunks(stream(), encoder, work, desc="tiling+encoding", progress=progress)
-    info = dict(kind="raster", tiling=dict(size=size, stride=stride, gsd=grid.gsd),
-                sources={s.name: s.describe() for s in sources})
-    return _commit(out, work, features, table, encoder, bits, hash_path, append, info)
+    return commit(out, work, features, table, encoder.describe(), bits, hash_path, append, info, shards)
 
 
 def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                  split: str | None = None, image_size: int = 224, bits: int | None = None,
                  hash_path: str | None = None, encoder: Encoder | None = None,
-                 append: bool = False, source: str | None = None, progress: bool = True) -> Path:
+                 append: bool = False, source: str | None = None, progress: bool = True,
+                 shards: int | None = None) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table)."""
     out, root = Path(out), Path(root)
-    table = read_labels(root, labels_csv, split=split)
+    check_out(out, append, shards)
     encoder = encoder or Encoder(image_size=image_size)
-    source = source or root.name
-    records = table.assign(tile_id=table["path"], source=source, zone="")
-    key = dict(root=str(root.resolve()), labels=str(Path(labels_csv).resolve()), split=split,
-               backbone=encoder.describe())
+    records, work, info = image_plan(root, labels_csv, out, split=split, image_size=image_size,
+                                     backbone=encoder.describe(), source=source)
     pairs = ((rec, load_image(root / rec["path"], image_size)) for rec in records.to_dict("records"))
-    features, tiles = encode_chunks(pairs, encoder, _work_dir(out, key), total=len(records),
+    features, tiles = encode_chunks(pairs, encoder, work, total=len(records),
                                     desc="encoding images", progress=progress)
-    info = dict(kind="images", sources={source: dict(root=str(root.resolve()), image_size=image_size)})
-    return _commit(out, _work_dir(out, key), features, tiles, encoder, bits, hash_path, append, info)
+    return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards)

@@ -1,65 +1,199 @@
-"""``lookalike bench encode``: tiles/s of plain eager PyTorch against the project's encoder path
-on identical tiles, in one process, with the bit error rate of the resulting codes."""
+"""``lookalike bench encode``: tiles/s of every candidate encoder path against plain eager
+PyTorch, on identical tiles, in one process, with feature error and code bit error rate.
+
+Repetitions are interleaved (one pass of every path, then the next round) so background load on
+the cores hits all paths alike; each path's rate is its best pass. The project's default path is
+whatever ``Encoder()`` picks here (``runtime="auto"``).
+"""
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from indexer.encoding import Encoder
+from models.backbones import Backbone, create_backbone
 
 
 def sample_tiles(n: int, size: int = 128, seed: int = 0) -> tuple[np.ndarray, str]:
     """Real Mars tiles when the mosaic is in the data cache, else random pixels."""
-    try:
-        from data.registry import DATASETS, fetch
-        from indexer.sources import RasterSource
-        from indexer.tiling import TileGrid
+    from indexer.encoding import mars_tiles
 
-        ds = DATASETS["mars_8k"]
-        source = RasterSource(fetch("mars_8k", download=False), name="mars_8k", crs=ds.crs, bounds=ds.bounds)
-        tiles = []
-        for _, pixels in source.tiles(TileGrid(size, size // 2, source.native_gsd)):
-            tiles.append(pixels)
-            if len(tiles) == n:
-                break
-        return np.stack(tiles), "mars_8k tiles"
+    try:
+        return mars_tiles(n, size), "mars_8k tiles"
     except Exception:
         rng = np.random.default_rng(seed)
         return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "random pixels"
 
 
-def _rate(encoder: Encoder, tiles: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
-    encoder.features(tiles[: encoder.batch_size])  # warm-up: allocations, kernels
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        feats = encoder.features(tiles)
-        best = min(best, time.perf_counter() - t0)
-    return len(tiles) / best, feats
+def _jit_path(backbone: Backbone, size: int, batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+    """torch.jit.trace + freeze + optimize_for_inference of the folded channels_last model."""
+    enc = Encoder(backbone, batch_size=batch_size, device="cpu", runtime="torch")
+    t0 = time.perf_counter()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = torch.rand(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(enc.model, example)))
+        frozen(example)
+    setup = time.perf_counter() - t0
+    dim = enc.dim
+
+    @torch.inference_mode()
+    def run(tiles: np.ndarray) -> np.ndarray:
+        out = np.empty((len(tiles), dim), dtype=np.float32)
+        for start in range(0, len(tiles), batch_size):
+            x = enc._prepare(tiles[start:start + batch_size]).contiguous(memory_format=torch.channels_last)
+            out[start:start + len(x)] = frozen(x).numpy()
+        return out
+
+    return run, setup
 
 
-def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 2) -> dict:
-    """Eager NCHW fp32 (reference) vs the project path (BN folded, channels_last)."""
+def _compile_path(backbone: Backbone, size: int, batch_size: int) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+    """torch.compile (inductor) of the folded channels_last model; setup includes compiling."""
+    enc = Encoder(backbone, batch_size=batch_size, device="cpu", runtime="torch")
+    compiled = torch.compile(enc.model, dynamic=False)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        compiled(torch.rand(batch_size, 3, size, size).contiguous(memory_format=torch.channels_last))
+    setup = time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def run(tiles: np.ndarray) -> np.ndarray:
+        out = np.empty((len(tiles), enc.dim), dtype=np.float32)
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start:start + batch_size]
+            if len(batch) < batch_size:  # one static shape: no recompiles
+                batch = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], batch.dtype)])
+            x = enc._prepare(batch).contiguous(memory_format=torch.channels_last)
+            out[start:start + len(x)] = compiled(x)[: len(out) - start].numpy()
+        return out
+
+    return run, setup
+
+
+def _encoder_path(backbone: Backbone, size: int, batch_size: int,
+                  **kwargs) -> tuple[Callable[[np.ndarray], np.ndarray], float, Encoder]:
+    t0 = time.perf_counter()
+    enc = Encoder(backbone, batch_size=batch_size, **kwargs)
+    enc.features(np.zeros((1, size, size, 3), np.uint8))  # export / load / quantize now, not in timing
+    return enc.features, time.perf_counter() - t0, enc
+
+
+def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_sizes: tuple[int, ...] = (16, 32, 128),
+                 compile: bool = True, int8: bool = True, jit: bool = True,
+                 backbone: Backbone | None = None) -> dict:
+    """Time every candidate path on the same ``n`` tiles; eager NCHW fp32 is the reference."""
     from models.hashing import default_hash_path, load_hash_model
 
     tiles, what = sample_tiles(n)
-    eager = Encoder(batch_size=batch_size, optimize=False)
+    size = tiles.shape[1]
+    backbone = backbone or create_backbone()
+    # a copy: Module.to(memory_format=...) converts in place, and the caller's backbone stays as is
+    eager = Encoder(copy.deepcopy(backbone), batch_size=batch_size, optimize=False, device="cpu", runtime="torch")
     eager.model = eager.model.to(memory_format=torch.contiguous_format)
-    ours = Encoder(batch_size=batch_size)
-    rates = {}
-    # interleave the two so background load hits both alike
-    eager_rate, f_eager = _rate(eager, tiles, repeat)
-    ours_rate, f_ours = _rate(ours, tiles, repeat)
-    rates.update(eager_tiles_per_s=eager_rate, ours_tiles_per_s=ours_rate)
+    default = Encoder(backbone, batch_size=batch_size)
+    paths: dict[str, dict] = {}
+
+    def add(name: str, what: str, make: Callable[[], tuple]) -> None:
+        try:
+            run, setup, *_ = make()
+            paths[name] = dict(run=run, setup_s=setup, what=what)
+        except Exception as exc:  # a path that cannot run here is reported, not fatal
+            paths[name] = dict(error=f"{type(exc).__name__}: {exc}"[:300], what=what)
+
+    paths["eager"] = dict(run=eager.features, setup_s=0.0, what="plain eager PyTorch, NCHW, inference_mode")
+    add("torch", "BatchNorm folded, channels_last, inference_mode",
+        lambda: _encoder_path(backbone, size, batch_size, device="cpu", runtime="torch"))
+    if jit:
+        add("torch-jit", "torch.jit trace + freeze + optimize_for_inference", lambda: _jit_path(backbone, size, batch_size))
+    if compile:
+        add("torch-compile", "torch.compile (inductor), static batch", lambda: _compile_path(backbone, size, batch_size))
+    add("onnx", "ONNX Runtime fp32, all graph optimisations",
+        lambda: _encoder_path(backbone, size, batch_size, device="cpu", runtime="onnx"))
+    for bs in batch_sizes:
+        add(f"onnx-b{bs}", f"ONNX Runtime fp32, batch {bs}",
+            lambda bs=bs: _encoder_path(backbone, size, bs, device="cpu", runtime="onnx"))
+    if int8:
+        add("onnx-int8", "ONNX Runtime int8 (static QDQ, per-channel, calibrated on Mars tiles)",
+            lambda: _encoder_path(backbone, size, batch_size, device="cpu", runtime="onnx-int8"))
+    if default.device.type != "cpu":
+        add("cuda", f"Encoder() default on {default.device}",
+            lambda: _encoder_path(backbone, size, batch_size))
+
+    runnable = {k: v for k, v in paths.items() if "run" in v}
+    for p in runnable.values():  # warm-up: allocations, kernels
+        p["run"](tiles[:batch_size])
+    best = {k: float("inf") for k in runnable}
+    feats: dict[str, np.ndarray] = {}
+    for _ in range(repeat):
+        for name, p in runnable.items():
+            t0 = time.perf_counter()
+            feats[name] = p["run"](tiles)
+            best[name] = min(best[name], time.perf_counter() - t0)
+
     hash_model = load_hash_model(default_hash_path())
-    a = np.unpackbits(hash_model.encode(f_eager), axis=1)
-    b = np.unpackbits(hash_model.encode(f_ours), axis=1)
-    return dict(n=len(tiles), tiles=what, batch_size=batch_size, threads=torch.get_num_threads(),
-                device=str(ours.device), **rates, ratio=ours_rate / eager_rate,
-                bit_error_rate=float((a != b).mean()),
-                max_feature_diff=float(np.abs(f_eager - f_ours).max()),
-                ours="BatchNorm folded into convolutions, channels_last, inference_mode",
-                reference="plain eager PyTorch, NCHW, inference_mode")
+    ref = feats["eager"]
+    ref_bits = np.unpackbits(hash_model.encode(ref), axis=1)
+    eager_rate = len(tiles) / best["eager"]
+    results = {}
+    for name, p in paths.items():
+        row = dict(what=p["what"])
+        if name in runnable:
+            f = feats[name]
+            bits = np.unpackbits(hash_model.encode(f), axis=1)
+            rate = len(tiles) / best[name]
+            row.update(tiles_per_s=round(rate, 1), ratio=round(rate / eager_rate, 3),
+                       setup_s=round(p["setup_s"], 2),
+                       max_feature_diff=float(np.abs(f - ref).max()),
+                       rel_feature_error=float(np.linalg.norm(f - ref) / np.linalg.norm(ref)),
+                       bit_error_rate=float((bits != ref_bits).mean()),
+                       codes_identical=float((bits == ref_bits).all(axis=1).mean()))
+        else:
+            row["error"] = p["error"]
+        results[name] = row
+    default_name = default.runtime if default.device.type == "cpu" else "cuda"
+    chosen = results.get(default_name, {})
+    return dict(n=len(tiles), tiles=what, batch_size=batch_size, repeat=repeat,
+                threads=torch.get_num_threads(), cpu_count=_cpu_count(), device=str(default.device),
+                default_runtime=default.runtime, eager_tiles_per_s=round(eager_rate, 1),
+                ours_tiles_per_s=chosen.get("tiles_per_s"), ratio=chosen.get("ratio"),
+                bit_error_rate=chosen.get("bit_error_rate"), max_feature_diff=chosen.get("max_feature_diff"),
+                versions=_versions(), paths=results,
+                reference="plain eager PyTorch fp32, NCHW, inference_mode, batch " + str(batch_size))
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _versions() -> dict:
+    out = dict(torch=torch.__version__)
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except Exception:
+        pass
+    return out
+
+
+def markdown_table(result: dict) -> str:
+    """The ``paths`` of a ``bench_encode`` result as a Markdown table."""
+    lines = ["| path | what | tiles/s | vs eager | setup s | max feature diff | bit error rate |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, row in result["paths"].items():
+        if "error" in row:
+            lines.append(f"| {name} | {row['what']} | failed: {row['error']} | | | | |")
+            continue
+        mark = " (default)" if name == result["default_runtime"] and result["device"] == "cpu" else ""
+        lines.append(f"| {name}{mark} | {row['what']} | {row['tiles_per_s']:.1f} | {row['ratio']:.2f}x | "
+                     f"{row['setup_s']:.1f} | {row['max_feature_diff']:.1e} | {row['bit_error_rate']:.4f} |")
+    return "\n".join(lines)

@@ -1,0 +1,573 @@
+"""Beyond one machine, on dask.distributed: a distributed build and a sharded, fanned-out search.
+
+Build. The single-machine build (``indexer.build``) streams usable tiles in order, encodes them in
+chunks of ``build.CHUNK`` and commits. Here the same plan runs on a cluster in two kinds of task:
+
+* a *scan* per (source, zone): the worker opens the source itself, cuts that zone's tiles exactly
+  as ``RasterSource.tiles`` does and keeps the pixels in its memory; only the tile records travel;
+* an *encode* per chunk: the client, knowing every tile's place in the single-machine order,
+  hands each chunk of ``CHUNK`` tiles (slices of one or more scans) to a worker, which encodes it
+  with an encoder built once per worker process and returns the features.
+
+Chunks are the same tiles, in the same batches, as on one machine, so the features and hence the
+codes are identical (the CNN's float result depends on batch composition and thread count, which
+is why chunks, not zones, are encoded). Finished chunks land in the same work folder files, so an
+interrupted build resumes from them whichever way it is run again; the client commits through
+``build.commit``. Scans run a bounded number ahead of the encoding, so pixels held on workers
+stay bounded too.
+
+Search. ``write_shards`` splits an index into N ordinary index directories of contiguous rows and
+a checksummed ``shards.json``. ``ShardedSearch`` opens each shard once on a worker (memory-mapped,
+cached in the worker process) and answers a query by fanning it out: every shard returns its own
+top-k, the client merges them by (distance, global row), which is exactly the order one index
+over all rows gives.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from indexer import build
+from indexer.errors import CodeLengthError, IndexCorruptError, LookalikeError
+from indexer.search import MAX_K, Filters, Query, combine_examples, filter_mask, ranked_rows
+from indexer.sources import RasterSource, load_image
+from indexer.store import MANIFEST, Index, atomic_write_bytes, open_index, sha256_file, write_index
+from indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, Zone, zones_for_bounds
+
+SHARD_MANIFEST = "shards.json"
+SHARD_FORMAT = "lookalike-shards"
+
+# per worker process: built once, reused by every task that runs there
+_ENCODERS: dict = {}
+_SOURCES: dict = {}
+_SHARDS: dict = {}
+_LOCK = threading.Lock()
+_KEY_LOCKS: dict = {}
+_SCAN_LOCK = threading.Lock()  # one scan at a time per process: each already uses every core
+
+
+# ------------------------------------------------------------------ cluster
+@contextmanager
+def connect(scheduler: str, n_workers: int | None = None, timeout: str = "10s") -> Iterator:
+    """A dask Client for ``scheduler`` (an address such as ``tcp://host:8786``), or for a
+    LocalCluster of in-process workers when it is ``local`` (torch and numba release the GIL,
+    so threads keep the cores busy without copying pixels between processes)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise LookalikeError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
+    with client:
+        yield client
+
+
+def _result(future):
+    """A task's result; failures of the cluster itself become one clear LookalikeError."""
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return future.result()
+    except LookalikeError:
+        raise  # raised on the worker by the same code as on one machine; already clear
+    except (KilledWorker, CommClosedError, OSError, TimeoutError) as exc:
+        raise LookalikeError(f"a dask task failed on the cluster: {type(exc).__name__}: {exc}") from None
+
+
+def _wait_any(futures: list) -> None:
+    from distributed import wait
+
+    wait(futures, return_when="FIRST_COMPLETED")
+
+
+# ------------------------------------------------------------------ worker side
+def _clean_errors(fn):
+    """Worker tasks raise a user error as a fresh copy: the original may chain a library
+    exception that cannot be pickled (rasterio's), which dask would turn into a bare Exception."""
+
+    @functools.wraps(fn)
+    def task(*args, **kwargs):
+        error = None
+        try:
+            return fn(*args, **kwargs)
+        except LookalikeError as exc:
+            error = type(exc)(str(exc))
+        raise error
+
+    return task
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How a worker builds its encoder (an ``indexer.encoding.Encoder``)."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    image_size: int | None = None
+    batch_size: int = 64
+    device: str | None = None
+    runtime: str = "auto"
+
+
+def _cached(cache: dict, key, make):
+    """``cache[key]``, made once per process even when tasks ask for it from several threads;
+    one lock per key, so a slow load (a model, a shard's checksums) blocks only its own key."""
+    if key in cache:
+        return cache[key]
+    with _LOCK:
+        lock = _KEY_LOCKS.setdefault((id(cache), key), threading.Lock())
+    with lock:
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+
+def worker_encoder(spec: EncoderSpec):
+    """The encoder of this process for ``spec``, built on first use."""
+    from indexer.encoding import Encoder
+
+    return _cached(_ENCODERS, spec, lambda: Encoder(
+        spec.backbone, spec.weights, image_size=spec.image_size, batch_size=spec.batch_size,
+        device=spec.device, runtime=spec.runtime))
+
+
+@_clean_errors
+def _describe_encoder(spec: EncoderSpec) -> dict:
+    return worker_encoder(spec).describe()
+
+
+def _worker_source(name: str, desc: dict) -> RasterSource:
+    return _cached(_SOURCES, (name, json.dumps(desc, sort_keys=True)),
+                   lambda: RasterSource.from_description(name, desc))
+
+
+@_clean_errors
+def _scan_unit(name: str, desc: dict, grid: TileGrid, zone: Zone, bbox, min_valid: float):
+    """Records and pixels of one zone of one source, in ``RasterSource.tiles`` order."""
+    source = _worker_source(name, desc)
+    records, pixels = [], []
+    for place, rgb in source.tiles(grid, zones=[zone], bbox=bbox, min_valid=min_valid):
+        records.append(build.tile_record(source, grid, place))
+        pixels.append(rgb)
+    stack = np.stack(pixels) if pixels else np.zeros((0, grid.size, grid.size, 3), np.uint8)
+    return records, stack
+
+
+def _records_of(unit) -> list[dict]:
+    return unit[0]
+
+
+@_clean_errors
+def _encode_pieces(spec: EncoderSpec, bounds: list[tuple[int, int]], *units) -> np.ndarray:
+    images = np.concatenate([unit[1][lo:hi] for unit, (lo, hi) in zip(units, bounds)])
+    return worker_encoder(spec).features(images)
+
+
+@_clean_errors
+def _encode_images(spec: EncoderSpec, root: str, paths: list[str], image_size: int) -> np.ndarray:
+    images = np.stack([load_image(Path(root) / p, image_size) for p in paths])
+    return worker_encoder(spec).features(images)
+
+
+# ------------------------------------------------------------------ distributed build
+def _zones_of(source: RasterSource, zones: list[Zone] | None, bbox) -> list[Zone]:
+    """The zones ``RasterSource.tiles`` visits, in its order."""
+    west, south, east, north = source.lonlat_bounds
+    if bbox is not None:
+        west, south = max(west, bbox[0]), max(south, bbox[1])
+        east, north = min(east, bbox[2]), min(north, bbox[3])
+    wanted = {z.label for z in zones} if zones else None
+    return [z for z in zones_for_bounds(west, south, east, north, DEFAULT_LAT_RANGE)
+            if wanted is None or z.label in wanted]
+
+
+def index_rasters_distributed(client, sources: list[RasterSource], out: str | Path, *,
+                              size: int = 128, stride: int = 64, gsd: float | None = None,
+                              zones: list[Zone] | None = None, bbox=None, bits: int | None = None,
+                              hash_path: str | None = None, encoder: EncoderSpec = EncoderSpec(),
+                              min_valid: float = 0.5, append: bool = False,
+                              shards: int | None = None, progress: bool = True,
+                              ahead: int | None = None) -> Path:
+    """``build.index_rasters`` with tiling and encoding spread over the workers of ``client``.
+
+    ``ahead`` bounds the scans and chunk encodings in flight (default: twice the workers).
+    """
+    out = Path(out)
+    build.check_out(out, append, shards)
+    backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
+    grid, work, info = build.raster_plan(sources, out, size=size, stride=stride, gsd=gsd, zones=zones,
+                                         bbox=bbox, backbone=backbone, min_valid=min_valid)
+    units = [(s, z) for s in sources for z in _zones_of(s, zones, bbox)]
+    limit = ahead or max(2, 2 * len(client.scheduler_info()["workers"]))
+    chunk = build.CHUNK
+
+    scans: dict[int, object] = {}       # unit -> future of (records, pixels), until fully planned
+    record_futures: dict[int, object] = {}  # unit -> future of its records, until they arrive
+    unit_rows: list[list[dict]] = []    # records of the units known so far, in order
+    starts: list[int] = []              # global row of each known unit's first tile
+    known_rows = 0
+    next_scan = next_chunk = 0
+    encoding: dict[object, tuple[int, pd.DataFrame]] = {}
+    done: dict[int, tuple[np.ndarray, pd.DataFrame]] = {}
+    bar = tqdm(desc="tiling+encoding (dask)", unit="tile", disable=not progress, smoothing=0.05)
+
+    first = [0]  # first unit that may still hold rows of the next chunk
+
+    def plan_chunk(i: int, lo: int, hi: int) -> None:
+        """Chunk ``i`` = global rows lo..hi: reuse it from the work folder or submit it."""
+        pieces, futures, records = [], [], []
+        while starts[first[0]] + len(unit_rows[first[0]]) <= lo:
+            first[0] += 1
+        for u in range(first[0], len(unit_rows)):
+            if starts[u] >= hi:
+                break
+            a, b = max(lo, starts[u]), min(hi, starts[u] + len(unit_rows[u]))
+            if a < b:
+                pieces.append((a - starts[u], b - starts[u]))
+                futures.append(scans[u])
+                records.extend(unit_rows[u][a - starts[u]:b - starts[u]])
+        table = pd.DataFrame(records)
+        finished = build.load_chunk(work, i, list(table["tile_id"]))
+        if finished is not None:
+            done[i] = finished
+            bar.update(len(table))
+            return
+        encoding[client.submit(_encode_pieces, encoder, pieces, *futures, pure=False)] = (i, table)
+
+    while True:
+        consumed = next_chunk * chunk  # rows already handed to chunks
+        # units whose rows are all planned no longer need the client's reference to their pixels
+        for u in [u for u in scans if u < len(unit_rows) and starts[u] + len(unit_rows[u]) <= consumed]:
+            del scans[u]
+        # bounded: scans in flight, and scanned rows not yet handed to a chunk
+        while (next_scan < len(units) and len(record_futures) < limit
+               and known_rows - consumed < limit * chunk):
+            source, zone = units[next_scan]
+            fut = client.submit(_scan_unit, source.name, source.describe(), grid, zone, bbox,
+                                min_valid, pure=False)
+            scans[next_scan], record_futures[next_scan] = fut, client.submit(_records_of, fut, pure=False)
+            next_scan += 1
+        while len(unit_rows) < next_scan and record_futures[len(unit_rows)].done():
+            u = len(unit_rows)
+            unit_rows.append(_result(record_futures.pop(u)))
+            starts.append(known_rows)
+            known_rows += len(unit_rows[u])
+        all_known = len(unit_rows) == len(units)
+        while len(encoding) < limit and ((next_chunk + 1) * chunk <= known_rows
+                                         or (all_known and next_chunk * chunk < known_rows)):
+            plan_chunk(next_chunk, next_chunk * chunk, min(known_rows, (next_chunk + 1) * chunk))
+            next_chunk += 1
+        for fut in [f for f in encoding if f.done()]:
+            i, table = encoding.pop(fut)
+            features = _result(fut)
+            build.save_chunk(work, i, features, table)
+            done[i] = features, table
+            bar.update(len(table))
+        if all_known and next_chunk * chunk >= known_rows and not encoding:
+            break
+        pending = list(encoding) + [record_futures[u] for u in sorted(record_futures)[:1]]
+        if pending:
+            _wait_any(pending)
+    bar.close()
+    order = sorted(done)
+    features, table = build.join_chunks([done[i][0] for i in order], [done[i][1] for i in order],
+                                        int(backbone["features"]))
+    return build.commit(out, work, features, table, backbone, bits, hash_path, append, info, shards)
+
+
+def index_images_distributed(client, root: str | Path, labels_csv: str | Path, out: str | Path, *,
+                             split: str | None = None, image_size: int = 224, bits: int | None = None,
+                             hash_path: str | None = None, encoder: EncoderSpec | None = None,
+                             append: bool = False, source: str | None = None,
+                             shards: int | None = None, progress: bool = True) -> Path:
+    """``build.index_images`` with the chunks encoded on the workers of ``client``."""
+    out, root = Path(out), Path(root)
+    build.check_out(out, append, shards)
+    encoder = encoder or EncoderSpec(image_size=image_size)
+    backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
+    records, work, info = build.image_plan(root, labels_csv, out, split=split, image_size=image_size,
+                                           backbone=backbone, source=source)
+    limit = max(2, 2 * len(client.scheduler_info()["workers"]))
+    chunk = build.CHUNK
+    todo = list(range(0, len(records), chunk))
+    encoding: dict[object, tuple[int, pd.DataFrame]] = {}
+    done: dict[int, tuple[np.ndarray, pd.DataFrame]] = {}
+    bar = tqdm(total=len(records), desc="encoding images (dask)", unit="tile", disable=not progress)
+    while todo or encoding:
+        while todo and len(encoding) < limit:
+            start = todo.pop(0)
+            i, table = start // chunk, records.iloc[start:start + chunk].reset_index(drop=True)
+            finished = build.load_chunk(work, i, list(table["tile_id"]))
+            if finished is not None:
+                done[i] = finished
+                bar.update(len(table))
+                continue
+            fut = client.submit(_encode_images, encoder, str(root), list(table["path"]), image_size,
+                                pure=False)
+            encoding[fut] = (i, table)
+        if encoding:
+            _wait_any(list(encoding))
+        for fut in [f for f in encoding if f.done()]:
+            i, table = encoding.pop(fut)
+            features = _result(fut)
+            build.save_chunk(work, i, features, table)
+            done[i] = features, table
+            bar.update(len(table))
+    bar.close()
+    order = sorted(done)
+    features, table = build.join_chunks([done[i][0] for i in order], [done[i][1] for i in order],
+                                        int(backbone["features"]))
+    return build.commit(out, work, features, table, backbone, bits, hash_path, append, info, shards)
+
+
+# ------------------------------------------------------------------ shards on disk
+def _body_sha256(body: dict) -> str:
+    text = json.dumps({k: v for k, v in body.items() if k != "sha256"}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_shards(out: str | Path, codes: np.ndarray, tiles: pd.DataFrame, n_shards: int, *,
+                 bits: int, hash_model: bytes, info: dict | None = None) -> Path:
+    """Split an index into ``n_shards`` ordinary index directories of contiguous rows
+    (``shard-000``, ...) and commit them with a checksummed ``shards.json`` written last."""
+    out = Path(out)
+    if (out / SHARD_MANIFEST).exists():
+        raise LookalikeError(f"{out} already holds a sharded index; choose another --out")
+    if len(codes) == 0:
+        raise LookalikeError("cannot shard an empty index")
+    n_shards = max(1, min(int(n_shards), len(codes)))
+    for stale in out.glob("shard-*"):  # left by a write that never reached its shards.json
+        shutil.rmtree(stale)
+    edges = np.linspace(0, len(codes), n_shards + 1).round().astype(int)
+    entries = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        path = out / f"shard-{i:03d}"
+        write_index(path, codes[lo:hi], tiles.iloc[lo:hi].reset_index(drop=True), bits=bits,
+                    hash_model=hash_model,
+                    info=dict(info or {}, shard=dict(index=i, of=n_shards, offset=int(lo))))
+        entries.append(dict(path=path.name, offset=int(lo), count=int(hi - lo),
+                            manifest_sha256=sha256_file(path / MANIFEST)))
+    body = dict(format=SHARD_FORMAT, format_version=1, bits=int(bits), count=int(len(codes)),
+                shards=entries)
+    body["sha256"] = _body_sha256(body)
+    atomic_write_bytes(out / SHARD_MANIFEST, json.dumps(body, indent=2).encode())
+    return out
+
+
+def is_sharded(path: str | Path) -> bool:
+    path = Path(path)
+    return path.name == SHARD_MANIFEST and path.is_file() or (path / SHARD_MANIFEST).is_file()
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str          # an index directory, as the workers see it
+    offset: int        # global row of its first tile
+    count: int
+    manifest_sha256: str
+
+
+def read_shards(path: str | Path) -> tuple[list[Shard], int]:
+    """The shards of a shard manifest (or of the folder holding one) and the code length;
+    refuses a manifest that fails its checksum or whose shards were rewritten since."""
+    path = Path(path)
+    mpath = path if path.name == SHARD_MANIFEST else path / SHARD_MANIFEST
+    if not mpath.is_file():
+        raise IndexCorruptError(f"{path} has no {SHARD_MANIFEST}: not a sharded index")
+    try:
+        body = json.loads(mpath.read_text())
+        if body.get("format") != SHARD_FORMAT or body.get("sha256") != _body_sha256(body):
+            raise IndexCorruptError(f"{mpath} fails its checksum or is not a shard manifest")
+        shards = [Shard(str(mpath.parent / e["path"]), int(e["offset"]), int(e["count"]),
+                        str(e["manifest_sha256"])) for e in body["shards"]]
+        bits = int(body["bits"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IndexCorruptError(f"{mpath} is not a valid shard manifest ({exc!r})") from None
+    for s in shards:
+        manifest = Path(s.path) / MANIFEST
+        if not manifest.is_file() or sha256_file(manifest) != s.manifest_sha256:
+            raise IndexCorruptError(f"shard {s.path} is missing or was changed after {mpath} was written")
+    return shards, bits
+
+
+def shards_of_dirs(dirs: list[str | Path]) -> tuple[list[Shard], int]:
+    """Shards for plain index directories taken in this order (row offsets add up)."""
+    from indexer.store import read_manifest
+
+    shards, offset, bits = [], 0, set()
+    for d in dirs:
+        m = read_manifest(d)
+        shards.append(Shard(str(Path(d)), offset, int(m["count"]),
+                            sha256_file(Path(d) / MANIFEST)))
+        offset += int(m["count"])
+        bits.add(int(m["bits"]))
+    if len(bits) != 1:
+        raise LookalikeError(f"the shards hold codes of different lengths: {sorted(bits)}")
+    return shards, bits.pop()
+
+
+# ------------------------------------------------------------------ fan-out search
+def _shard_index(path: str, manifest_sha256: str, verify: bool = True) -> Index:
+    def load() -> Index:
+        if sha256_file(Path(path) / MANIFEST) != manifest_sha256:
+            raise IndexCorruptError(f"shard {path} was changed after its shard manifest was written")
+        return open_index(path, verify=verify)
+
+    return _cached(_SHARDS, (path, manifest_sha256), load)
+
+
+@_clean_errors
+def _load_shard(shard: Shard, verify: bool) -> tuple[int, int]:
+    index = _shard_index(shard.path, shard.manifest_sha256, verify)
+    return index.n, index.bits
+
+
+@_clean_errors
+def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None,
+                 method: str = "exact"):
+    index = _shard_index(shard.path, shard.manifest_sha256)
+    mask = filter_mask(index.tiles, filters, getattr(index, "landmarks", None))
+    with _SCAN_LOCK:
+        if method == "exact":
+            rows, dist = ranked_rows(index.codes, code, k, mask)
+        else:  # a sublinear index per shard, built on first use and kept with the shard
+            from indexer.search import ranked_rows_index
+
+            rows, dist = ranked_rows_index(index, code, k, mask, method)
+    return rows + shard.offset, dist, index.tiles.iloc[rows].reset_index(drop=True)
+
+
+@_clean_errors
+def _shard_codes(shard: Shard, tile_ids: list[str]) -> dict[str, np.ndarray]:
+    index = _shard_index(shard.path, shard.manifest_sha256)
+    rows = pd.Index(index.tiles["tile_id"]).get_indexer(tile_ids)
+    return {t: np.asarray(index.codes[r]) for t, r in zip(tile_ids, rows) if r >= 0}
+
+
+@_clean_errors
+def _shard_under(shard: Shard, lon: float, lat: float):
+    """(closeness, global row, code) of this shard's tile under the point, or None."""
+    from indexer.search import tile_at
+
+    index = _shard_index(shard.path, shard.manifest_sha256)
+    try:
+        row = tile_at(index, lon, lat)
+    except LookalikeError:
+        return None
+    clat, clon = np.radians(index.tiles["lat"].iat[row]), np.radians(index.tiles["lon"].iat[row])
+    plat, plon = np.radians(lat), np.radians(lon)
+    closeness = np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon)
+    return float(closeness), row + shard.offset, np.asarray(index.codes[row])
+
+
+def merge_top_k(parts: list[tuple[np.ndarray, np.ndarray, pd.DataFrame]], k: int) -> pd.DataFrame:
+    """Global top-k from each shard's top-k: by distance, then global row."""
+    rows = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    dist = np.concatenate([p[1] for p in parts])
+    order = np.lexsort((rows, dist))[:k]
+    tables = [p[2] for p in parts if len(p[2])]
+    table = pd.concat(tables, ignore_index=True) if tables else parts[0][2]
+    hits = table.iloc[order].reset_index(drop=True)
+    for column, dtype in parts[0][2].dtypes.items():  # shards' categories differ; concat drops them
+        if isinstance(dtype, pd.CategoricalDtype) and column in hits:
+            hits[column] = hits[column].astype("category")
+    hits.insert(0, "distance", dist[order].astype(np.int32))
+    hits.insert(0, "rank", np.arange(1, len(order) + 1))
+    hits.attrs["index_row"] = rows[order]
+    return hits
+
+
+class ShardedSearch:
+    """Exact search over shards held by dask workers, merged as one index would rank them.
+
+    ``shards``: a shard manifest, a folder holding one, or a list of index directories (their
+    rows numbered in list order). Paths must be readable by the workers.
+    """
+
+    def __init__(self, client, shards, verify: bool = True):
+        self.client = client
+        if isinstance(shards, (list, tuple)):
+            self.shards, self.bits = shards_of_dirs(list(shards))
+        else:
+            self.shards, self.bits = read_shards(shards)
+        self.n = sum(s.count for s in self.shards)
+        workers = sorted(client.scheduler_info()["workers"]) or [None]
+        # each shard lives on one worker; another may take over (and load it) if that one is gone
+        self.placement = [workers[i % len(workers)] for i in range(len(self.shards))]
+        loaded = self._fan_out(_load_shard, verify)
+        for shard, (n, bits) in zip(self.shards, loaded):
+            if n != shard.count or bits != self.bits:
+                raise IndexCorruptError(f"shard {shard.path} holds {n} {bits}-bit codes, the shard "
+                                        f"manifest says {shard.count} {self.bits}-bit codes")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _fan_out(self, fn, *args) -> list:
+        futures = [self.client.submit(fn, shard, *args, workers=[w] if w else None,
+                                      allow_other_workers=True, pure=False)
+                   for shard, w in zip(self.shards, self.placement)]
+        return [_result(f) for f in futures]
+
+    def query_code(self, query: Query, encoder=None) -> np.ndarray:
+        """The packed code a query stands for, looked up on the shards that hold its tiles."""
+        kinds = [query.tile_id is not None, query.lonlat is not None, query.image is not None,
+                 query.code is not None, bool(query.positives)]
+        if sum(kinds) != 1:
+            raise LookalikeError("give exactly one of: tile id, lon/lat, image, code, or positive examples")
+        if query.code is not None:
+            return np.asarray(query.code, np.uint8).ravel()
+        if query.image is not None:
+            from indexer.search import encode_image_like_index
+
+            return encode_image_like_index(open_index(self.shards[0].path, verify=False),
+                                           query.image, encoder)
+        if query.lonlat is not None:
+            found = [f for f in self._fan_out(_shard_under, *query.lonlat) if f is not None]
+            if not found:
+                raise LookalikeError(f"no indexed tile covers lon {query.lonlat[0]}, lat {query.lonlat[1]}")
+            return max(found, key=lambda f: (f[0], -f[1]))[2]
+        ids = [query.tile_id] if query.tile_id is not None else list(query.positives) + list(query.negatives)
+        codes: dict[str, np.ndarray] = {}
+        for part in self._fan_out(_shard_codes, ids):
+            codes.update(part)
+        missing = [t for t in ids if t not in codes]
+        if missing:
+            raise LookalikeError(f"tile {missing[0]!r} is not in the sharded index")
+        if query.tile_id is not None:
+            return codes[query.tile_id]
+        neg = np.stack([codes[t] for t in query.negatives]) if query.negatives else None
+        return combine_examples(np.stack([codes[t] for t in query.positives]), neg)
+
+    def search(self, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
+               encoder=None, method: str = "exact") -> pd.DataFrame:
+        """Like ``indexer.search.search``: tile rows plus rank and distance; ``attrs['index_row']``
+        holds global rows (shard offset + row in the shard). ``method`` is applied per shard;
+        the merge is exact whenever each shard's top-k is."""
+        if not 1 <= k <= MAX_K:
+            raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+        if isinstance(query, Query):
+            code = self.query_code(query, encoder)
+        else:
+            code = np.asarray(query, np.uint8).ravel()
+        if code.size * 8 != self.bits:
+            raise CodeLengthError(f"query code has {code.size * 8} bits, the index {self.bits}")
+        return merge_top_k(self._fan_out(_shard_top_k, code, k, filters, method), k)
