@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from indexer.hamming_kernel import read_once, scan_top_k
+from indexer.hamming_kernel import read_once, scan_top_k, scan_top_k_batch
 from indexer.search import hamming_distances, top_k
 
 
@@ -28,10 +28,12 @@ def distance_recall(ours: np.ndarray, reference: np.ndarray) -> float:
 
 
 def bench_search(n: int, bits: int, k: int, repeat: int = 5, seed: int = 0,
-                 threads: int | None = None, numpy_reference: bool = True) -> dict:
+                 threads: int | None = None, numpy_reference: bool = True, queries: int = 1) -> dict:
     """Time one query over ``n`` uniform random ``bits``-bit codes: ours vs faiss, best of ``repeat``.
 
     Also times a plain parallel read of the codes (the floor) and, once, the numpy reference.
+    With ``queries`` > 1 also a batch of that many queries: ``scan_top_k_batch`` (one read of the
+    codes for all) against faiss searching the same batch, and against as many single scans.
     """
     import faiss
 
@@ -51,6 +53,16 @@ def bench_search(n: int, bits: int, k: int, repeat: int = 5, seed: int = 0,
                   read_ms=read_ms, ratio_to_read=ours_ms / read_ms,
                   method="one-pass parallel xor+popcount, histogram top-k", repeat=repeat,
                   faiss_threads=faiss.omp_get_max_threads(), codes="uniform random")
+    if queries > 1:
+        batch = rng.integers(0, 256, size=(queries, bits // 8), dtype=np.uint8)
+        scan_top_k_batch(codes[:1000], batch[:2], k)  # compile outside the timing
+        batch_repeat = max(1, repeat // 2)
+        fb_ms, (fbd, _) = _best_of(lambda: index.search(batch, k), batch_repeat)
+        ob_ms, ob = _best_of(lambda: scan_top_k_batch(codes, batch, k), batch_repeat)
+        singles_ms, _ = _best_of(lambda: [scan_top_k(codes, q, k) for q in batch], 1)
+        result.update(queries=queries, batch_ms=ob_ms, faiss_batch_ms=fb_ms, batch_ratio=ob_ms / fb_ms,
+                      singles_ms=singles_ms, batch_speedup_vs_singles=singles_ms / ob_ms,
+                      batch_recall=float(np.mean([distance_recall(o[1], f) for o, f in zip(ob, fbd)])))
     if numpy_reference:
         numpy_ms, (_, nd) = _best_of(lambda: top_k(hamming_distances(codes, query[0]), k), 1)
         result.update(numpy_ms=numpy_ms, numpy_recall=distance_recall(nd, fd[0]))

@@ -113,3 +113,111 @@ def read_once(codes: np.ndarray) -> int:
     but with no popcount or histogram: the floor any scan can reach."""
     words = np.ascontiguousarray(codes).view(np.uint64)
     return int(np.bitwise_xor.reduce(_xor_rows(words, numba.get_num_threads() * 4), axis=None))
+
+
+# ------------------------------------------------------------------ many queries, one pass
+BATCH_BLOCK = 2048  # rows per block: 2048 x 64 B stays in L1/L2 while every query visits it
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _scan_batch(codes, queries, mask, use_mask, k, parts, buf_rows, buf_dist, fill, hist, thresh, below):
+    """One pass over ``codes`` for all queries: each part (a contiguous row range) keeps, per
+    query, every row that can still be in its top-k, with a histogram-derived threshold.
+
+    A row is kept when fewer than k earlier kept rows of the part are at or below its distance;
+    rows come in increasing order, so a row at the threshold is beaten by the k earlier ones.
+    When a buffer fills it is compacted to the part's current top-k.
+    """
+    n, words = codes.shape
+    nq = queries.shape[0]
+    cap = buf_rows.shape[2]
+    step = (n + parts - 1) // parts
+    for p in numba.prange(parts):
+        start = p * step
+        stop = min(n, start + step)
+        for b0 in range(start, stop, BATCH_BLOCK):
+            b1 = min(stop, b0 + BATCH_BLOCK)
+            for q in range(nq):
+                t = thresh[p, q]
+                q0 = queries[q, 0]
+                q1 = queries[q, words - 1]
+                for i in range(b0, b1):
+                    if use_mask and not mask[i]:
+                        continue
+                    if words == 2:  # 128-bit codes, the default: unrolled
+                        d = np.int64(_popcount64(codes[i, 0] ^ q0) + _popcount64(codes[i, 1] ^ q1))
+                    else:
+                        d = np.int64(0)
+                        for w in range(words):
+                            d += np.int64(_popcount64(codes[i, w] ^ queries[q, w]))
+                    if d >= t:
+                        continue
+                    if fill[p, q] == cap:
+                        # compact: keep rows below the threshold, then the first ties at it
+                        keep_ties = k - below[p, q]
+                        m = 0
+                        for j in range(cap):
+                            dj = buf_dist[p, q, j]
+                            if dj < t or (dj == t and keep_ties > 0):
+                                if dj == t:
+                                    keep_ties -= 1
+                                buf_rows[p, q, m] = buf_rows[p, q, j]
+                                buf_dist[p, q, m] = dj
+                                m += 1
+                        fill[p, q] = m
+                    f = fill[p, q]
+                    buf_rows[p, q, f] = i
+                    buf_dist[p, q, f] = d
+                    fill[p, q] = f + 1
+                    hist[p, q, d] += 1
+                    below[p, q] += 1
+                    # lower the threshold while at least k kept rows lie strictly below it
+                    while below[p, q] >= k:
+                        t -= 1
+                        below[p, q] -= hist[p, q, t]
+                    thresh[p, q] = t
+
+
+def scan_top_k_batch(codes: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
+                     threads: int | None = None, max_buffer_bytes: int = 1 << 28
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-k (rows, distances) for each of ``queries`` (Q, B/8), streaming ``codes`` once.
+
+    Same order and tie rule as ``scan_top_k`` (distance, then row; rows outside ``mask`` never
+    appear). Queries are processed in groups so the per-thread buffers stay under
+    ``max_buffer_bytes``; each group reads the codes once.
+    """
+    n, nbytes = codes.shape
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.uint8))
+    if queries.shape[1] != nbytes:
+        raise ValueError(f"queries have {queries.shape[1] * 8} bits, codes have {nbytes * 8}")
+    nq = len(queries)
+    bits = nbytes * 8
+    codes64 = codes.view(np.uint64) if codes.flags.c_contiguous else np.ascontiguousarray(codes).view(np.uint64)
+    q64 = np.ascontiguousarray(queries).view(np.uint64)
+    k = int(k)
+    if k <= 0 or n == 0 or nq == 0:
+        return [(np.zeros(0, np.int64), np.zeros(0, np.uint16)) for _ in range(nq)]
+    k = min(k, n)
+    parts = max(1, threads or numba.get_num_threads())
+    cap = 2 * k
+    group = max(1, min(nq, max_buffer_bytes // (parts * cap * 10)))
+    use_mask = mask is not None
+    mask_arr = mask if use_mask else np.ones(1, np.bool_)
+    out = []
+    for g0 in range(0, nq, group):
+        qs = q64[g0:g0 + group]
+        g = len(qs)
+        buf_rows = np.empty((parts, g, cap), np.int64)
+        buf_dist = np.empty((parts, g, cap), np.uint16)
+        fill = np.zeros((parts, g), np.int64)
+        hist = np.zeros((parts, g, bits + 2), np.int64)
+        thresh = np.full((parts, g), bits + 1, np.int64)
+        below = np.zeros((parts, g), np.int64)
+        _scan_batch(codes64, qs, mask_arr, use_mask, k, parts, buf_rows, buf_dist, fill, hist, thresh, below)
+        for q in range(g):
+            rows = np.concatenate([buf_rows[p, q, :fill[p, q]] for p in range(parts)])
+            dist = np.concatenate([buf_dist[p, q, :fill[p, q]] for p in range(parts)])
+            order = np.lexsort((rows, dist))[:k]
+            out.append((rows[order], dist[order]))
+    return out

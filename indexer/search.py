@@ -9,7 +9,7 @@ deterministic and match a stable sort of all distances.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,8 @@ class Filters:
     ``region`` is a shapely geometry, GeoJSON mapping or WKT in lon/lat; a tile matches when its
     centre lies inside. ``bbox`` is (west, south, east, north) with west > east crossing 180.
     ``time_range`` is (start, end), either may be None; tiles without a time never match a
-    time range.
+    time range. ``landmark_classes`` keeps tiles whose scene holds at least ``min_landmarks``
+    landmarks of one of those classes with posterior >= ``min_confidence`` (``indexer.catalogue``).
     """
 
     zones: list[str] = field(default_factory=list)
@@ -105,10 +106,17 @@ class Filters:
     bbox: tuple[float, float, float, float] | None = None
     region: BaseGeometry | dict | str | None = None
     labels: list[str] = field(default_factory=list)
+    landmark_classes: list[str] = field(default_factory=list)
+    min_confidence: float = 0.0
+    min_landmarks: int = 1
 
     def is_empty(self) -> bool:
         return not (self.zones or self.sources or self.time_range or self.bbox
-                    or self.region is not None or self.labels)
+                    or self.region is not None or self.labels or self.landmark_classes)
+
+    def without_landmarks(self) -> "Filters":
+        """The same filters less the landmark condition (what a class facet counts within)."""
+        return replace(self, landmark_classes=[])
 
     def describe(self) -> dict:
         region = self.region
@@ -116,7 +124,9 @@ class Filters:
             region = shapely.geometry.mapping(_as_geometry(region))
         time_range = None if not self.time_range else [None if t is None else str(t) for t in self.time_range]
         return dict(zones=self.zones, sources=self.sources, time_range=time_range,
-                    bbox=list(self.bbox) if self.bbox else None, region=region, labels=self.labels)
+                    bbox=list(self.bbox) if self.bbox else None, region=region, labels=self.labels,
+                    landmark_classes=self.landmark_classes, min_confidence=self.min_confidence,
+                    min_landmarks=self.min_landmarks)
 
 
 def _as_geometry(region) -> BaseGeometry:
@@ -142,11 +152,20 @@ def _to_utc(value) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def filter_mask(tiles: pd.DataFrame, filters: Filters | None) -> np.ndarray | None:
-    """Boolean mask of tiles passing ``filters``; None when nothing is filtered."""
+def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
+                landmarks: pd.DataFrame | None = None) -> np.ndarray | None:
+    """Boolean mask of tiles passing ``filters``; None when nothing is filtered.
+
+    ``landmarks`` is the index's landmark catalogue, needed only for ``landmark_classes``.
+    """
     if filters is None or filters.is_empty():
         return None
     mask = np.ones(len(tiles), dtype=bool)
+    if filters.landmark_classes:
+        from indexer.catalogue import landmark_mask
+
+        mask &= landmark_mask(tiles, landmarks, list(filters.landmark_classes),
+                              filters.min_confidence, filters.min_landmarks)
     if filters.zones:
         wanted = {Zone.parse(z).label for z in filters.zones}
         mask &= tiles["zone"].isin(wanted).to_numpy()
@@ -195,6 +214,66 @@ def ranked_rows(codes: np.ndarray, code: np.ndarray, k: int,
     return top_k(hamming_distances(codes[candidates], code), k, rows=candidates)
 
 
+def ranked_rows_batch(codes: np.ndarray, queries: np.ndarray, k: int,
+                      mask: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``ranked_rows`` for each of ``queries`` (Q, B/8); multiples of 64 bits read the codes once
+    for all of them (``scan_top_k_batch``)."""
+    queries = np.atleast_2d(np.asarray(queries, np.uint8))
+    if queries.shape[1] != codes.shape[1]:
+        raise CodeLengthError(f"queries have {queries.shape[1] * 8} bits, codes have {codes.shape[1] * 8}")
+    if codes.shape[1] % 8 == 0 and len(codes):
+        from indexer.hamming_kernel import scan_top_k_batch
+
+        return scan_top_k_batch(codes, queries, k, mask)
+    return [ranked_rows(codes, q, k, mask) for q in queries]
+
+
+METHODS = ("exact", "lsh", "mih", "auto")
+AUTO_MIN_ROWS = 2_000_000  # below this the exact scan takes a few ms: no tables worth building
+AUTO_MIN_KEPT = 0.5  # a mask that removes more than half the rows leaves the tables too few hits
+AUTO_SUBLINEAR = "mih"
+
+
+def choose_method(n: int, mask: np.ndarray | None, method: str = "auto") -> str:
+    """The search path for ``method``: 'auto' takes the sublinear index (multi-index hashing,
+    exact) only for archives of at least AUTO_MIN_ROWS rows whose filter keeps most rows (and,
+    in ``ranked_rows_index``, only while most of its searches do not fall back to the scan)."""
+    if method not in METHODS:
+        raise LookalikeError(f"unknown search method {method!r}; choose from {', '.join(METHODS)}")
+    if method != "auto":
+        return method
+    if n < AUTO_MIN_ROWS or (mask is not None and mask.mean() < AUTO_MIN_KEPT):
+        return "exact"
+    return AUTO_SUBLINEAR
+
+
+def sublinear_index(index: Index, method: str):
+    """The ``method`` ('lsh' or 'mih') tables of ``index``, built on first use and kept on it."""
+    from indexer.sublinear import build_sublinear
+
+    cache = index.__dict__.setdefault("_sublinear", {})
+    if method not in cache:
+        if index.bits % 64:
+            raise LookalikeError(f"sublinear search needs codes of a multiple of 64 bits, this index has {index.bits}")
+        cache[method] = build_sublinear(np.asarray(index.codes), method)
+    return cache[method]
+
+
+def ranked_rows_index(index: Index, code: np.ndarray, k: int, mask: np.ndarray | None = None,
+                      method: str = "exact") -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (rows, distances) of an index by ``method`` (see ``choose_method``)."""
+    chosen = choose_method(len(index.codes), mask, method)
+    if chosen == "exact" or (method == "auto" and _mih_unhelpful(index)):
+        return ranked_rows(index.codes, code, k, mask)
+    return sublinear_index(index, chosen).search(code, k, mask)
+
+
+def _mih_unhelpful(index: Index) -> bool:
+    # on codes whose k-th neighbour is far, every MIH search ends in the scan: auto stops trying
+    mih = index.__dict__.get("_sublinear", {}).get("mih")
+    return mih is not None and mih.mostly_falls_back()
+
+
 # ------------------------------------------------------------------ queries on an index
 @dataclass
 class Query:
@@ -215,22 +294,14 @@ class Query:
 
 def tile_at(index: Index, lon: float, lat: float) -> int:
     """Row of the tile under (lon, lat): nearest centre among tiles whose footprint holds it."""
-    tiles = index.tiles
-    if "lon0" not in tiles:
+    from indexer.catalogue import tiles_under
+
+    if "lon0" not in index.tiles:
         raise LookalikeError("this index has no footprints; query it by tile id or image")
-    corners_lon = tiles[[f"lon{i}" for i in range(4)]].to_numpy(np.float64)
-    corners_lat = tiles[[f"lat{i}" for i in range(4)]].to_numpy(np.float64)
-    # unwrap each footprint next to the query longitude so tiles across 180 degrees work
-    corners_lon = (corners_lon - lon + 180.0) % 360.0 - 180.0 + lon
-    inside = shapely.contains_xy(
-        shapely.polygons(np.stack([corners_lon, corners_lat], axis=-1)), lon, lat)
-    candidates = np.flatnonzero(inside)
-    if len(candidates) == 0:
+    row = int(tiles_under(index.tiles, [lon], [lat])[0])
+    if row < 0:
         raise LookalikeError(f"no indexed tile covers lon {lon}, lat {lat}")
-    clat, clon = np.radians(tiles["lat"].to_numpy()[candidates]), np.radians(tiles["lon"].to_numpy()[candidates])
-    plat, plon = np.radians(lat), np.radians(lon)
-    cos_angle = np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon)
-    return int(candidates[np.argmax(cos_angle)])
+    return row
 
 
 def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
@@ -271,14 +342,45 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
 
 
 def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
-           encoder=None) -> pd.DataFrame:
-    """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance."""
+           encoder=None, method: str = "exact") -> pd.DataFrame:
+    """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance.
+
+    ``method``: 'exact' (the scan), 'mih' (multi-index hashing, also exact), 'lsh' (bit-sampling
+    LSH, approximate) or 'auto' (see ``choose_method``); sublinear tables are built on first use
+    and kept on ``index``.
+    """
     if not 1 <= k <= MAX_K:
         raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
     code = query_code(index, query, encoder) if isinstance(query, Query) else np.asarray(query, np.uint8)
     if code.size * 8 != index.bits:
         raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
-    rows, dist = ranked_rows(index.codes, code, k, filter_mask(index.tiles, filters))
+    rows, dist = ranked_rows_index(index, code, k, filter_mask(index.tiles, filters, index.landmarks), method)
+    return _hits(index, rows, dist)
+
+
+def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k: int = 1000,
+                 filters: Filters | None = None, encoder=None, method: str = "exact") -> list[pd.DataFrame]:
+    """``search`` for several queries with the same filters; the exact path reads the codes once
+    for all of them."""
+    if not 1 <= k <= MAX_K:
+        raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+    codes = [query_code(index, q, encoder) if isinstance(q, Query) else np.asarray(q, np.uint8).ravel()
+             for q in queries]
+    for code in codes:
+        if code.size * 8 != index.bits:
+            raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
+    if not codes:
+        return []
+    mask = filter_mask(index.tiles, filters, index.landmarks)
+    chosen = choose_method(len(index.codes), mask, method)
+    if chosen == "exact" or (method == "auto" and _mih_unhelpful(index)):
+        ranked = ranked_rows_batch(index.codes, np.stack(codes), k, mask)
+    else:
+        ranked = [ranked_rows_index(index, code, k, mask, method) for code in codes]
+    return [_hits(index, rows, dist) for rows, dist in ranked]
+
+
+def _hits(index: Index, rows: np.ndarray, dist: np.ndarray) -> pd.DataFrame:
     hits = index.tiles.iloc[rows].reset_index(drop=True)
     hits.insert(0, "distance", dist.astype(np.int32))
     hits.insert(0, "rank", np.arange(1, len(rows) + 1))

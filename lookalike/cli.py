@@ -85,6 +85,51 @@ def _raster_sources(args):
     return sources
 
 
+def _catalogue_chips(args, out) -> None:
+    """``index --images`` extras: place chips at HiRISE footprints, classify them as landmarks."""
+    from indexer.catalogue import classify_chips, place_index_at_observations
+
+    if args.footprints:
+        unplaced = place_index_at_observations(out, None if args.footprints == "hirise" else args.footprints)
+        if unplaced:
+            print(f"{unplaced} image(s) have no known HiRISE observation: they carry no footprint")
+    if args.classify:
+        classify_chips(out, args.images, args.classify)
+
+
+def _index_on_dask(args) -> Path:
+    """``index --scheduler``: the same build, tiling and encoding on dask workers."""
+    from indexer.distributed import EncoderSpec, connect, index_images_distributed, \
+        index_rasters_distributed
+    from indexer.tiling import Zone
+
+    with connect(args.scheduler) as client:
+        if args.images:
+            spec = EncoderSpec(args.backbone, args.weights, image_size=args.image_size,
+                               batch_size=args.batch_size, runtime=getattr(args, "runtime", "auto"))
+            return index_images_distributed(client, args.images, args.labels, args.out, split=args.split,
+                                            bits=args.bits, image_size=args.image_size,
+                                            hash_path=args.hash, encoder=spec, append=args.append,
+                                            shards=args.shards)
+        zones = [Zone.parse(z) for z in args.zones] if args.zones else None
+        return index_rasters_distributed(client, _raster_sources(args), args.out, size=args.tile_size,
+                                         stride=args.stride, gsd=args.gsd, zones=zones, bbox=args.bbox,
+                                         bits=args.bits, hash_path=args.hash,
+                                         encoder=EncoderSpec(args.backbone, args.weights,
+                                                             batch_size=args.batch_size,
+                                                             runtime=getattr(args, "runtime", "auto")),
+                                         min_valid=args.min_valid, append=args.append,
+                                         shards=args.shards)
+
+
+def _shards_info(out) -> None:
+    from indexer.distributed import read_shards
+
+    shards, bits = read_shards(out)
+    _write_json(None, dict(path=str(out), count=sum(s.count for s in shards), bits=bits,
+                           shards=[dict(path=s.path, offset=s.offset, count=s.count) for s in shards]))
+
+
 def cmd_index(args) -> None:
     from indexer.build import index_images, index_rasters
     from indexer.encoding import Encoder
@@ -93,20 +138,30 @@ def cmd_index(args) -> None:
 
     if bool(args.rasters) == bool(args.images):
         raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
-    if args.images:
-        if not args.labels:
-            raise LookalikeError("--images needs --labels CSV")
-        encoder = Encoder(args.backbone, args.weights, image_size=args.image_size, batch_size=args.batch_size)
+    if args.images and not args.labels:
+        raise LookalikeError("--images needs --labels CSV")
+    if args.shards and (getattr(args, "footprints", None) or getattr(args, "classify", None)):
+        raise LookalikeError("--footprints and --classify work on one index, not with --shards")
+    if args.scheduler:
+        out = _index_on_dask(args)
+    elif args.images:
+        encoder = Encoder(args.backbone, args.weights, image_size=args.image_size, batch_size=args.batch_size,
+                          runtime=args.runtime)
         out = index_images(args.images, args.labels, args.out, split=args.split, bits=args.bits,
                            image_size=args.image_size, hash_path=args.hash, encoder=encoder,
-                           append=args.append)
+                           append=args.append, shards=args.shards)
+        if not args.shards:
+            _catalogue_chips(args, out)
     else:
         zones = [Zone.parse(z) for z in args.zones] if args.zones else None
-        encoder = Encoder(args.backbone, args.weights, batch_size=args.batch_size)
+        encoder = Encoder(args.backbone, args.weights, batch_size=args.batch_size, runtime=args.runtime)
         out = index_rasters(_raster_sources(args), args.out, size=args.tile_size, stride=args.stride,
                             gsd=args.gsd, zones=zones, bbox=args.bbox, bits=args.bits,
                             hash_path=args.hash, encoder=encoder, min_valid=args.min_valid,
-                            append=args.append)
+                            append=args.append, shards=args.shards)
+    if args.shards:
+        _shards_info(out)
+        return
     cmd_info(argparse.Namespace(index=str(out), json=None, no_verify=True))
 
 
@@ -123,6 +178,11 @@ def cmd_info(args) -> None:
                    bytes_per_tile=dict(codes=codes_bytes / max(index.n, 1),
                                        tile_table=tiles_bytes / max(index.n, 1)),
                    created=m.get("created"), updated=m.get("updated"), verified=not args.no_verify)
+    if index.landmarks is not None:
+        from indexer.catalogue import catalogue_summary
+
+        summary["landmarks"] = catalogue_summary(index.tiles, index.landmarks)
+        summary["bytes_per_tile"]["landmarks"] = m["files"]["landmarks"]["bytes"] / max(index.n, 1)
     _write_json(args.json, summary)
 
 
@@ -140,24 +200,46 @@ def _filters(args):
     time_range = (args.start, args.end) if (args.start or args.end) else None
     return Filters(zones=args.zones or [],
                    sources=_csv(args.sources) if args.sources else [], time_range=time_range,
-                   bbox=args.bbox, region=region, labels=_csv(args.labels) if args.labels else [])
+                   bbox=args.bbox, region=region, labels=_csv(args.labels) if args.labels else [],
+                   landmark_classes=_csv(args.classes) if args.classes else [],
+                   min_confidence=args.min_confidence, min_landmarks=args.min_landmarks)
+
+
+def _search_on_dask(args, query, filters):
+    """``search --scheduler`` (or a sharded index): fan the query out to the workers holding
+    the shards; returns the hits and the milliseconds the search itself took."""
+    import time
+
+    from indexer.distributed import ShardedSearch, connect, is_sharded
+
+    shards = args.index if is_sharded(args.index) else [args.index]
+    with connect(args.scheduler or "local") as client:
+        engine = ShardedSearch(client, shards, verify=not args.no_verify)
+        t0 = time.perf_counter()
+        hits = engine.search(query, k=args.k, filters=filters, method=getattr(args, "method", "exact"))
+        return hits, (time.perf_counter() - t0) * 1000.0
 
 
 def cmd_search(args) -> None:
     import time
 
     from indexer.export import hits_to_geojson, write_geojson
+    from indexer.distributed import is_sharded
     from indexer.search import Query, search
     from indexer.store import open_index
 
-    index = open_index(args.index, verify=not args.no_verify)
+    sharded = bool(args.scheduler) or is_sharded(args.index)
+    index = None if sharded else open_index(args.index, verify=not args.no_verify)
     query = Query(tile_id=args.tile, lonlat=args.lonlat, image=args.image,
                   positives=_csv(args.positive) if args.positive else [],
                   negatives=_csv(args.negative) if args.negative else [])
     filters = _filters(args)
-    t0 = time.perf_counter()
-    hits = search(index, query, k=args.k, filters=filters)
-    elapsed = (time.perf_counter() - t0) * 1000.0
+    if sharded:
+        hits, elapsed = _search_on_dask(args, query, filters)
+    else:
+        t0 = time.perf_counter()
+        hits = search(index, query, k=args.k, filters=filters, method=args.method)
+        elapsed = (time.perf_counter() - t0) * 1000.0
     if args.geojson:
         write_geojson(args.geojson, hits_to_geojson(hits, filters=filters.describe(),
                                                     query={k: v for k, v in vars(query).items() if v}))
@@ -249,26 +331,98 @@ def cmd_train_hash(args) -> None:
 def cmd_bench(args) -> None:
     from indexer.benchmark import bench_search
 
-    _write_json(args.json, bench_search(args.n, args.bits, args.k, repeat=args.repeat))
+    _write_json(args.json, bench_search(args.n, args.bits, args.k, repeat=args.repeat, queries=args.queries))
+
+
+def cmd_bench_sublinear(args) -> None:
+    from indexer.sublinear_benchmark import bench_sublinear, markdown_table
+
+    result = bench_sublinear(args.n, args.bits, args.k, source_indexes=args.source_index,
+                             n_queries=args.queries, uniform=not args.no_uniform,
+                             noise_scale=args.noise_scale, seed=args.seed,
+                             methods=_csv(args.methods) if args.methods else None)
+    print(markdown_table([result]))
+    _write_json(args.json, result)
 
 
 def cmd_bench_encode(args) -> None:
     from indexer.encode_benchmark import bench_encode
 
-    _write_json(args.json, bench_encode(args.n, args.batch_size, args.repeat))
+    from indexer.encode_benchmark import markdown_table
+
+    result = bench_encode(args.n, args.batch_size, args.repeat, compile=not args.no_compile,
+                          int8=not args.no_int8)
+    print(markdown_table(result), file=sys.stderr)
+    _write_json(args.json, result)
+
+
+def _window(text: str) -> tuple[int, int, int, int]:
+    values = _floats(text, 4, "window (x0,y0,x1,y1 in pixels)")
+    if any(v != int(v) for v in values):
+        raise argparse.ArgumentTypeError(f"window needs whole pixel numbers, got {text!r}")
+    return tuple(int(v) for v in values)
+
+
+def cmd_landmarks(args) -> None:
+    import io
+
+    import pandas as pd
+
+    from indexer.encoding import Encoder
+    from indexer.errors import LookalikeError
+    from indexer.store import atomic_write_bytes
+    from models.classifier import load_classifier
+    from models.landmarks import RasterScene, empty_landmarks, find_landmarks, landmarks_to_geojson, \
+        open_scene, summarize
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise LookalikeError(f"--threshold must be within [0, 1], got {args.threshold}")
+    if args.window and len(args.scenes) > 1:
+        raise LookalikeError("--window picks part of one scene; give a single scene with it")
+    model = load_classifier(args.model)
+    # every scene is opened (and its window and bands checked) before the network is built
+    sources = [open_scene(ref, crs=args.crs, bounds=args.bounds, time=args.time) for ref in args.scenes]
+    for src in sources:
+        RasterScene(src, args.window, args.band).close()
+    encoder = Encoder(model.backbone, image_size=model.image_size, batch_size=16)
+    frames = [find_landmarks(src, model, args.threshold, args.border, window=args.window,
+                             band=args.band, max_regions=args.max_regions, encoder=encoder)
+              for src in sources]
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
+        else empty_landmarks(model.classes)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(Path(args.out), buf.getvalue())
+    if args.geojson:
+        from indexer.export import write_geojson
+
+        write_geojson(args.geojson, landmarks_to_geojson(frame))
+    summary = summarize(frame, args.threshold)
+    if args.index:
+        from indexer.catalogue import attach_to_index
+
+        catalogue = attach_to_index(args.index, frame, replace=args.replace)
+        summary.update(index=str(args.index), catalogued=int(len(catalogue)),
+                       on_indexed_tiles=int((catalogue["row"] >= 0).sum()))
+    summary.update(model=str(args.model), scenes=len(args.scenes), out=str(args.out),
+                   geojson=args.geojson)
+    _write_json(args.json, summary)
 
 
 def cmd_serve(args) -> None:
     from explorer.app import serve
 
-    serve([args.index], port=args.port, show=args.show)
+    serve(args.index, port=args.port, show=args.show)
 
 
 def cmd_demo(args) -> None:
     from explorer.app import serve
-    from explorer.demo import ensure_demo_index
+    from explorer.demo import ensure_demo_index, hirise_layer
 
     paths = [ensure_demo_index(body, args.root) for body in args.bodies]
+    if "mars" in args.bodies and not args.no_hirise_layer:
+        layer = hirise_layer(args.root)
+        paths += [layer] if layer else []
     serve(paths, port=args.port, show=args.show)
 
 
@@ -305,7 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--backbone", default="efficientnet_lite0")
     i.add_argument("--weights", help="local weights file for the backbone")
     i.add_argument("--batch-size", type=int, default=64)
+    i.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+                   help="encoder runtime: auto (ONNX Runtime fp32 on a CPU, torch on a GPU), torch, "
+                   "onnx, or onnx-int8 (faster, approximate: code bits differ)")
     i.add_argument("--append", action="store_true", help="add to an existing index")
+    i.add_argument("--scheduler", help="tile and encode on a dask cluster: its scheduler address "
+                   "(tcp://HOST:8786) or 'local' for a LocalCluster on this machine")
+    i.add_argument("--shards", type=int, help="write this many index shards plus shards.json "
+                   "(search them with: lookalike search OUT --scheduler ...)")
+    i.add_argument("--footprints", help="with --images: place chips at the HiRISE observation named "
+                   "by their source_image column; 'hirise' (the cached observation table) or a CSV")
+    i.add_argument("--classify", metavar="MODEL", help="with --images: classify every chip with "
+                   "this classifier ('hirise', 'msl' or a file) into the landmark catalogue")
     i.set_defaults(func=cmd_index)
 
     n = sub.add_parser("info", help="describe and verify an index")
@@ -330,10 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--end", help="latest acquisition time")
     s.add_argument("--bbox", type=_bbox, help="west,south,east,north")
     s.add_argument("--region", help="GeoJSON file with a (multi)polygon in lon/lat")
+    s.add_argument("--classes", help="only scenes with landmarks of these classes, e.g. crater,dark_dune")
+    s.add_argument("--min-confidence", type=float, default=0.0,
+                   help="landmarks count from this posterior up (with --classes)")
+    s.add_argument("--min-landmarks", type=int, default=1,
+                   help="at least this many landmarks of a class per scene (with --classes)")
     s.add_argument("--geojson", help="write hits as a GeoJSON FeatureCollection")
     s.add_argument("--json", help="write hits as JSON")
     s.add_argument("--show", type=int, default=20, help="rows to print")
     s.add_argument("--no-verify", action="store_true")
+    s.add_argument("--method", choices=["exact", "lsh", "mih", "auto"], default="exact",
+                   help="exact scan; mih (multi-index hashing, exact); lsh (bit sampling, approximate); "
+                        "auto: mih for large archives without a narrow filter")
+    s.add_argument("--scheduler", help="search shards on a dask cluster: scheduler address or 'local' "
+                   "(a sharded index without it uses 'local')")
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="measure retrieval quality")
@@ -421,26 +596,66 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--bits", type=int, default=512)
     bs.add_argument("--k", type=int, default=1000)
     bs.add_argument("--repeat", type=int, default=5)
+    bs.add_argument("--queries", type=int, default=1,
+                    help="also time a batch of this many queries (one read of the codes) against faiss")
     bs.add_argument("--json")
     bs.set_defaults(func=cmd_bench)
-    be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs the project's encoder path")
+    bl = bsub.add_parser("sublinear", help="LSH and multi-index hashing vs the exact scan, realistic codes")
+    bl.add_argument("--n", type=int, default=10_000_000)
+    bl.add_argument("--bits", type=int, default=128)
+    bl.add_argument("--k", type=int, default=1000)
+    bl.add_argument("--source-index", action="append",
+                    help="index whose real codes are replicated (repeatable; default: the Mars demo index)")
+    bl.add_argument("--queries", type=int, default=100, help="half held-out real codes, half noisy variants")
+    bl.add_argument("--noise-scale", type=float, default=1.0,
+                    help="multiply the per-bit flip rates estimated from neighbouring tiles")
+    bl.add_argument("--no-uniform", action="store_true", help="skip the uniform random codes")
+    bl.add_argument("--methods", help="comma-separated subset of lsh,lsh-probe1,mih (default: all)")
+    bl.add_argument("--seed", type=int, default=0)
+    bl.add_argument("--json")
+    bl.set_defaults(func=cmd_bench_sublinear)
+    be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs every candidate encoder path")
     be.add_argument("--n", type=int, default=256)
     be.add_argument("--batch-size", type=int, default=64)
-    be.add_argument("--repeat", type=int, default=2)
+    be.add_argument("--repeat", type=int, default=3)
+    be.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    be.add_argument("--no-int8", action="store_true", help="skip ONNX Runtime int8")
     be.add_argument("--json")
     be.set_defaults(func=cmd_bench_encode)
 
     v = sub.add_parser("serve", help="serve the explorer on an index")
-    v.add_argument("index")
+    v.add_argument("index", nargs="+", help="one or more indexes (the body selector switches)")
     v.add_argument("--port", type=int, default=5006)
     v.add_argument("--show", action="store_true", help="open a browser")
     v.set_defaults(func=cmd_serve)
+
+    lm = sub.add_parser("landmarks", help="find salient landmarks in scenes, crop, classify, catalogue")
+    lm.add_argument("scenes", nargs="+", help="GeoTIFF/COG paths or registered mosaics (mars_8k)")
+    lm.add_argument("--model", default="hirise", help="a classifier file or a shipped model: hirise, msl")
+    lm.add_argument("--threshold", type=float, default=0.9, help="keep landmarks at or above this "
+                    "calibrated posterior (0 keeps all)")
+    lm.add_argument("--out", required=True, help="landmark table (Parquet)")
+    lm.add_argument("--geojson", help="also write the landmark boxes as GeoJSON")
+    lm.add_argument("--window", type=_window, help="x0,y0,x1,y1: only this part of the scene (pixels)")
+    lm.add_argument("--border", type=int, default=30, help="pixels added around each region's crop")
+    lm.add_argument("--max-regions", type=int, default=500, help="most salient regions per scene")
+    lm.add_argument("--band", type=int, help="1-based band to use as grey (rasters of 5+ bands)")
+    lm.add_argument("--crs", help="CRS for rasters that lack one, e.g. IAU_2015:49900")
+    lm.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
+    lm.add_argument("--time", help="acquisition time (ISO 8601) when the raster's metadata has none")
+    lm.add_argument("--json", help="write the summary here too")
+    lm.add_argument("--index", help="also add the landmarks to this index's catalogue, each on the "
+                    "tile under its centre")
+    lm.add_argument("--replace", action="store_true", help="with --index: replace the catalogue, not add to it")
+    lm.set_defaults(func=cmd_landmarks)
 
     d = sub.add_parser("demo", help="build the default Mars/Earth indexes if needed, then serve")
     d.add_argument("--bodies", type=_csv, default=["mars"], help="mars,earth")
     d.add_argument("--root", help=f"where demo indexes live (default ${DEFAULT_INDEX_ROOT_ENV} or the cache)")
     d.add_argument("--port", type=int, default=5006)
     d.add_argument("--show", action="store_true")
+    d.add_argument("--no-hirise-layer", action="store_true",
+                   help="do not build or serve the HiRISE landmark crops layer")
     d.set_defaults(func=cmd_demo)
     return p
 
