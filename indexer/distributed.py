@@ -92,6 +92,16 @@ def _result(future):
         raise LookalikeError(f"a dask task failed on the cluster: {type(exc).__name__}: {exc}") from None
 
 
+def _collect_finished(encoding: dict, work: Path, done: dict, bar) -> None:
+    """Save the chunks whose encoding finished (as a single-machine build would) and note them."""
+    for fut in [f for f in encoding if f.done()]:
+        i, table = encoding.pop(fut)
+        features = _result(fut)
+        build.save_chunk(work, i, features, table)
+        done[i] = features, table
+        bar.update(len(table))
+
+
 def _wait_any(futures: list) -> None:
     from distributed import wait
 
@@ -275,12 +285,7 @@ def index_rasters_distributed(client, sources: list[RasterSource], out: str | Pa
                                          or (all_known and next_chunk * chunk < known_rows)):
             plan_chunk(next_chunk, next_chunk * chunk, min(known_rows, (next_chunk + 1) * chunk))
             next_chunk += 1
-        for fut in [f for f in encoding if f.done()]:
-            i, table = encoding.pop(fut)
-            features = _result(fut)
-            build.save_chunk(work, i, features, table)
-            done[i] = features, table
-            bar.update(len(table))
+        _collect_finished(encoding, work, done, bar)
         if all_known and next_chunk * chunk >= known_rows and not encoding:
             break
         pending = list(encoding) + [record_futures[u] for u in sorted(record_futures)[:1]]
@@ -325,12 +330,7 @@ def index_images_distributed(client, root: str | Path, labels_csv: str | Path, o
             encoding[fut] = (i, table)
         if encoding:
             _wait_any(list(encoding))
-        for fut in [f for f in encoding if f.done()]:
-            i, table = encoding.pop(fut)
-            features = _result(fut)
-            build.save_chunk(work, i, features, table)
-            done[i] = features, table
-            bar.update(len(table))
+        _collect_finished(encoding, work, done, bar)
     bar.close()
     order = sorted(done)
     features, table = build.join_chunks([done[i][0] for i in order], [done[i][1] for i in order],
