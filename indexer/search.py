@@ -228,7 +228,7 @@ def ranked_rows_batch(codes: np.ndarray, queries: np.ndarray, k: int,
     return [ranked_rows(codes, q, k, mask) for q in queries]
 
 
-METHODS = ("exact", "lsh", "mih", "auto")
+METHODS = ("exact", "lsh", "mih", "ivf", "auto")
 AUTO_MIN_ROWS = 2_000_000  # below this the exact scan takes a few ms: no tables worth building
 AUTO_MIN_KEPT = 0.5  # a mask that removes more than half the rows leaves the tables too few hits
 AUTO_SUBLINEAR = "mih"
@@ -248,7 +248,7 @@ def choose_method(n: int, mask: np.ndarray | None, method: str = "auto") -> str:
 
 
 def sublinear_index(index: Index, method: str):
-    """The ``method`` ('lsh' or 'mih') tables of ``index``, built on first use and kept on it."""
+    """The ``method`` ('lsh', 'mih' or 'ivf') tables of ``index``, built on first use and kept on it."""
     from indexer.sublinear import build_sublinear
 
     cache = index.__dict__.setdefault("_sublinear", {})
@@ -346,8 +346,9 @@ def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filt
     """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance.
 
     ``method``: 'exact' (the scan), 'mih' (multi-index hashing, also exact), 'lsh' (bit-sampling
-    LSH, approximate) or 'auto' (see ``choose_method``); sublinear tables are built on first use
-    and kept on ``index``.
+    LSH, approximate), 'ivf' (inverted file over binary k-means lists, approximate) or 'auto'
+    (see ``choose_method``; it picks exact methods only); sublinear tables are built on first
+    use and kept on ``index``.
     """
     if not 1 <= k <= MAX_K:
         raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")

@@ -1,5 +1,5 @@
-"""``lookalike bench sublinear``: LSH and multi-index hashing against the exact scan on codes
-with the structure of real codes.
+"""``lookalike bench sublinear``: LSH, multi-index hashing and IVF against the exact scan on
+codes with the structure of real codes.
 
 Realistic codes. The archive is grown from the real 128-bit codes of a whole-planet index
 (the Mars demo index by default; ``--source-index`` adds others, e.g. Earth):
@@ -23,6 +23,9 @@ Realistic codes. The archive is grown from the real 128-bit codes of a whole-pla
 Uniform random codes of the same size and length are measured too, for contrast: there the
 top-k are no nearer to the query than the rest, the worst case for any sublinear method.
 
+An IVF index is built once per code set and measured at several ``nprobe`` settings (the
+whole curve is reported rather than one setting tuned on these queries).
+
 Recall@k is the share of the exact top-k distances (as a multiset) that a method reproduces
 (``indexer.benchmark.distance_recall``); times are medians over the queries, one query at a
 time. Each method's speed-up is against the exact scan timed in turns with it, query by query
@@ -41,7 +44,9 @@ import pandas as pd
 from indexer.benchmark import distance_recall
 from indexer.errors import LookalikeError
 from indexer.hamming_kernel import scan_top_k, scan_top_k_batch
-from indexer.sublinear import LSHIndex, MIHIndex
+from indexer.sublinear import IVFIndex, LSHIndex, MIHIndex
+
+IVF_NPROBES = (8, 16, 32, 64, 128, 256, 512)
 
 POOL = 1 << 16
 
@@ -134,8 +139,10 @@ def _timed(fn, queries) -> tuple[list, np.ndarray]:
     return results, np.asarray(ms)
 
 
-def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, name: str) -> dict:
-    """Exact scan vs each of ``methods`` (label -> builder(codes)) on one code set."""
+def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, name: str,
+                nprobes: tuple[int, ...] = IVF_NPROBES) -> dict:
+    """Exact scan vs each of ``methods`` (label -> builder(codes)) on one code set. An IVF
+    index is built once and measured at every ``nprobes`` setting (labels ``LABEL-nprobeP``)."""
     scan_top_k(codes[:1000], queries[0], min(k, 1000))  # compile outside the timing
     scan_top_k(codes, queries[0], k)  # page the codes in
     exact, exact_ms = _timed(lambda q: scan_top_k(codes, q, k), queries)
@@ -151,42 +158,57 @@ def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, n
     del batch
     for label, builder in methods.items():
         index = builder(codes)
-        index.search(queries[0], k)  # compile outside the timing
-        # the scan and the method query by query, in turns: both see the same load on shared cores
-        found, ms, scan_ms = [], [], []
-        for q in queries:
-            scan_ms.append(_timed(lambda q: scan_top_k(codes, q, k), [q])[1][0])
-            result, t = _timed(lambda q: index.search(q, k), [q])
-            found.append(result[0])
-            ms.append(t[0])
-        ms, scan_ms = np.asarray(ms), np.asarray(scan_ms)
-        recall = np.asarray([distance_recall(f[1], e[1]) for f, e in zip(found, exact)])
-        same = [np.array_equal(f[0], e[0]) for f, e in zip(found, exact)]
-        entry = dict(index.describe(), ms=float(np.median(ms)), ms_mean=float(ms.mean()),
-                     ms_p90=float(np.percentile(ms, 90)), exact_ms=float(np.median(scan_ms)),
-                     speedup=float(np.median(scan_ms) / np.median(ms)),
-                     recall=float(recall.mean()), recall_min=float(recall.min()),
-                     identical_rows=float(np.mean(same)))
-        if isinstance(index, MIHIndex):
-            entry["fallbacks"] = index.fallbacks
-        out["methods"][label] = entry
-        del index, found
+        settings = [(f"{label}-nprobe{p}", dict(nprobe=p)) for p in nprobes] if isinstance(index, IVFIndex) \
+            else [(label, {})]
+        for setting, options in settings:
+            out["methods"][setting] = _bench_method(index, codes, queries, exact, k, options)
+        del index
         gc.collect()
     return out
 
 
+def _bench_method(index, codes: np.ndarray, queries: np.ndarray, exact: list, k: int, options: dict) -> dict:
+    index.search(queries[0], k, **options)  # compile outside the timing
+    # the scan and the method query by query, in turns: both see the same load on shared cores
+    found, ms, scan_ms = [], [], []
+    for q in queries:
+        scan_ms.append(_timed(lambda q: scan_top_k(codes, q, k), [q])[1][0])
+        result, t = _timed(lambda q: index.search(q, k, **options), [q])
+        found.append(result[0])
+        ms.append(t[0])
+    ms, scan_ms = np.asarray(ms), np.asarray(scan_ms)
+    recall = np.asarray([distance_recall(f[1], e[1]) for f, e in zip(found, exact)])
+    same = [np.array_equal(f[0], e[0]) for f, e in zip(found, exact)]
+    entry = dict(index.describe(), **options, ms=float(np.median(ms)), ms_mean=float(ms.mean()),
+                 ms_p90=float(np.percentile(ms, 90)), exact_ms=float(np.median(scan_ms)),
+                 speedup=float(np.median(scan_ms) / np.median(ms)),
+                 recall=float(recall.mean()), recall_min=float(recall.min()),
+                 identical_rows=float(np.mean(same)))
+    if isinstance(index, MIHIndex):
+        entry["fallbacks"] = index.fallbacks
+    return entry
+
+
 def default_methods() -> dict:
     return {"lsh": lambda c: LSHIndex(c), "lsh-probe1": lambda c: LSHIndex(c, probes=1),
-            "mih": lambda c: MIHIndex(c)}
+            "mih": lambda c: MIHIndex(c), "ivf": lambda c: IVFIndex(c)}
 
 
 def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list[str] | None = None,
                     n_queries: int = 100, uniform: bool = True, noise_scale: float = 1.0,
-                    seed: int = 0, methods: dict | list[str] | None = None) -> dict:
+                    seed: int = 0, methods: dict | list[str] | None = None,
+                    nprobes: tuple[int | str, ...] = IVF_NPROBES) -> dict:
     """The whole benchmark: realistic codes from each source index, then uniform random codes.
 
-    ``methods``: names from ``default_methods()`` or a dict label -> builder(codes).
+    ``methods``: names from ``default_methods()`` or a dict label -> builder(codes); ``nprobes``:
+    the IVF settings measured (positive integers).
     """
+    try:
+        nprobes = tuple(int(p) for p in nprobes)
+    except ValueError:
+        raise LookalikeError(f"nprobes must be positive integers, got {','.join(map(str, nprobes))}") from None
+    if not nprobes or min(nprobes) < 1:
+        raise LookalikeError(f"nprobes must be positive integers, got {','.join(map(str, nprobes))}")
     from indexer.store import open_index
 
     if source_indexes is None:
@@ -207,7 +229,7 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         archive, queries, info = realistic_codes(np.asarray(index.codes), index.tiles, n, n_queries,
                                                  noise_scale=noise_scale, seed=seed)
         sources = sorted(set(index.tiles["source"]))
-        run = bench_codes(archive, queries, k, methods, name=f"realistic ({', '.join(sources)})")
+        run = bench_codes(archive, queries, k, methods, name=f"realistic ({', '.join(sources)})", nprobes=nprobes)
         run["replication"] = info
         runs.append(run)
         del archive
@@ -216,7 +238,7 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         rng = np.random.default_rng(seed)
         archive = rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
         queries = rng.integers(0, 256, size=(n_queries, bits // 8), dtype=np.uint8)
-        runs.append(bench_codes(archive, queries, k, methods, name="uniform random"))
+        runs.append(bench_codes(archive, queries, k, methods, name="uniform random", nprobes=nprobes))
         del archive
         gc.collect()
     return dict(n=n, bits=bits, k=k, threads=numba.get_num_threads(), runs=runs)

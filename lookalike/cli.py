@@ -340,7 +340,8 @@ def cmd_bench_sublinear(args) -> None:
     result = bench_sublinear(args.n, args.bits, args.k, source_indexes=args.source_index,
                              n_queries=args.queries, uniform=not args.no_uniform,
                              noise_scale=args.noise_scale, seed=args.seed,
-                             methods=_csv(args.methods) if args.methods else None)
+                             methods=_csv(args.methods) if args.methods else None,
+                             nprobes=_csv(args.nprobes))
     print(markdown_table([result]))
     _write_json(args.json, result)
 
@@ -504,8 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write hits as JSON")
     s.add_argument("--show", type=int, default=20, help="rows to print")
     s.add_argument("--no-verify", action="store_true")
-    s.add_argument("--method", choices=["exact", "lsh", "mih", "auto"], default="exact",
+    s.add_argument("--method", choices=["exact", "lsh", "mih", "ivf", "auto"], default="exact",
                    help="exact scan; mih (multi-index hashing, exact); lsh (bit sampling, approximate); "
+                        "ivf (inverted file over binary k-means lists, approximate); "
                         "auto: mih for large archives without a narrow filter")
     s.add_argument("--scheduler", help="search shards on a dask cluster: scheduler address or 'local' "
                    "(a sharded index without it uses 'local')")
@@ -600,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time a batch of this many queries (one read of the codes) against faiss")
     bs.add_argument("--json")
     bs.set_defaults(func=cmd_bench)
-    bl = bsub.add_parser("sublinear", help="LSH and multi-index hashing vs the exact scan, realistic codes")
+    bl = bsub.add_parser("sublinear", help="LSH, multi-index hashing and IVF vs the exact scan, realistic codes")
     bl.add_argument("--n", type=int, default=10_000_000)
     bl.add_argument("--bits", type=int, default=128)
     bl.add_argument("--k", type=int, default=1000)
@@ -610,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--noise-scale", type=float, default=1.0,
                     help="multiply the per-bit flip rates estimated from neighbouring tiles")
     bl.add_argument("--no-uniform", action="store_true", help="skip the uniform random codes")
-    bl.add_argument("--methods", help="comma-separated subset of lsh,lsh-probe1,mih (default: all)")
+    bl.add_argument("--methods", help="comma-separated subset of lsh,lsh-probe1,mih,ivf (default: all)")
+    bl.add_argument("--nprobes", default="8,16,32,64,128,256,512",
+                    help="IVF lists probed per query: each setting is measured")
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("--json")
     bl.set_defaults(func=cmd_bench_sublinear)

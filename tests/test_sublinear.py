@@ -1,4 +1,4 @@
-"""Batched exact scan, bit-sampling LSH and multi-index hashing against brute-force references."""
+"""Batched exact scan, bit-sampling LSH, multi-index hashing and IVF against brute-force references."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from indexer.errors import LookalikeError
 from indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from indexer.search import (Filters, Query, choose_method, filter_mask, hamming_distances, ranked_rows_batch,
                             search, search_batch, top_k)
-from indexer.sublinear import LSHIndex, MIHIndex, bit_entropy
+from indexer.benchmark import distance_recall
+from indexer.sublinear import IVFIndex, LSHIndex, MIHIndex, bit_entropy, default_nlist, kmajority
 from indexer.sublinear_benchmark import bench_codes, flip_rates, neighbour_pairs, replicate
 
 
@@ -214,7 +215,11 @@ def test_search_methods_on_an_index(tmp_path):
     pd.testing.assert_frame_equal(auto, exact)
     lsh = search(index, query, k=500, filters=filters, method="lsh")
     assert mask[lsh.attrs["index_row"]].all() and (np.diff(lsh["distance"]) >= 0).all()
-    assert set(index.__dict__["_sublinear"]) == {"mih", "lsh"}  # built once, kept on the index
+    ivf = search(index, query, k=500, filters=filters, method="ivf")
+    assert len(ivf) == len(exact) and mask[ivf.attrs["index_row"]].all()
+    np.testing.assert_array_equal(ivf["distance"], hamming_distances(np.asarray(index.codes)[ivf.attrs["index_row"]],
+                                                                     np.asarray(index.codes[11])))
+    assert set(index.__dict__["_sublinear"]) == {"mih", "lsh", "ivf"}  # built once, kept on the index
     with pytest.raises(LookalikeError):
         search(index, query, method="annoy")
 
@@ -224,6 +229,7 @@ def test_choose_method():
     assert choose_method(5_000_000, None, "auto") == "mih"
     assert choose_method(5_000_000, np.arange(5_000_000) < 1000, "auto") == "exact"
     assert choose_method(10, None, "lsh") == "lsh"
+    assert choose_method(10, None, "ivf") == "ivf"
 
 
 @pytest.mark.parametrize("method", ["exact", "mih"])
@@ -237,11 +243,12 @@ def test_search_batch_equals_single_searches(tmp_path, method):
     assert search_batch(index, [], k=5) == []
 
 
-def test_cli_search_method(tmp_path):
+@pytest.mark.parametrize("method", ["mih", "ivf"])
+def test_cli_search_method(tmp_path, method):
     make_index(tmp_path / "idx", n=400, bits=128)
     out = tmp_path / "hits.json"
     code, _, err = run_main(["search", str(tmp_path / "idx"), "--tile", "t00007", "--k", "50",
-                             "--method", "mih", "--json", str(out)])
+                             "--method", method, "--json", str(out)])
     assert code == 0, err
     hits = json.loads(out.read_text())["hits"]
     assert hits[0]["tile_id"] == "t00007" and hits[0]["distance"] == 0 and len(hits) == 50
@@ -285,7 +292,10 @@ def test_replicate_keeps_the_flip_rates():
 def test_bench_codes_small():
     codes = clustered_codes(20_000)
     queries = codes[:4] ^ np.uint8(1)
-    result = bench_codes(codes, queries, 100, {"mih": MIHIndex, "lsh": LSHIndex}, name="test")
+    result = bench_codes(codes, queries, 100, {"mih": MIHIndex, "lsh": LSHIndex, "ivf": IVFIndex}, name="test",
+                         nprobes=(1, 10_000))
+    assert result["methods"]["ivf-nprobe10000"]["identical_rows"] == 1.0  # every list: the scan
+    assert result["methods"]["ivf-nprobe1"]["nprobe"] == 1
     assert result["batch_equals_single"]
     assert result["methods"]["mih"]["recall"] == 1.0 and result["methods"]["mih"]["identical_rows"] == 1.0
     assert 0 <= result["methods"]["lsh"]["recall"] <= 1 and result["methods"]["lsh"]["speedup"] > 0
@@ -302,3 +312,142 @@ def test_auto_stops_using_mih_that_falls_back(tmp_path, monkeypatch):
         np.testing.assert_array_equal(hits.attrs["index_row"], reference(codes, codes[i], 200)[0])
     mih = index.__dict__["_sublinear"]["mih"]
     assert mih.searches == 8 and mih.fallbacks == 8 and mih.mostly_falls_back()
+
+
+# ------------------------------------------------------------------ inverted file (IVF)
+@pytest.fixture(scope="module")
+def ivf(data):
+    return IVFIndex(data[0], nlist=64, nprobe=4, sample=4000, seed=3)
+
+
+def exact_distances(codes, rows, query):
+    return hamming_distances(codes[rows], query)
+
+
+@pytest.mark.parametrize("k", [1, 50, 1000])
+@pytest.mark.parametrize("masked", [False, True])
+def test_ivf_distances_exact_and_ordered(data, ivf, k, masked):
+    codes, queries, mask = data
+    m = mask if masked else None
+    for q in queries:
+        rows, dist = ivf.search(q, k, m)
+        assert len(rows) == k and len(set(rows.tolist())) == k
+        np.testing.assert_array_equal(dist, exact_distances(codes, rows, q))
+        order = np.lexsort((rows, dist))  # (distance, row), as the scan
+        np.testing.assert_array_equal(order, np.arange(k))
+        if masked:
+            assert mask[rows].all()
+        # the probed lists are ranked exactly: each returned row beats every unreturned row of them
+        probed = np.concatenate([ivf.ids[ivf.offsets[c]:ivf.offsets[c + 1]] for c in ivf.list_order(q)[:4]])
+        probed = probed[mask[probed]] if masked else probed
+        left = np.setdiff1d(probed, rows)
+        if len(left):
+            assert exact_distances(codes, left, q).min() >= dist[-1]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_ivf_all_lists_is_the_exact_scan(data, ivf, masked):
+    codes, queries, mask = data
+    m = mask if masked else None
+    for q in queries:
+        for k in (1, 300, 20_000):
+            assert_same(ivf.search(q, k, m, nprobe=ivf.nlist), reference(codes, q, k, m))
+
+
+def test_ivf_k_beyond_the_probed_lists(data):
+    codes, queries, mask = data
+    index = IVFIndex(codes, nlist=256, nprobe=1, sample=5000)
+    sizes = np.diff(index.offsets)
+    k = int(sizes.max()) + 1  # more than any single list holds: further lists are probed
+    for m in (None, mask):
+        rows, dist = index.search(queries[3], k, m)
+        assert len(rows) == k
+        np.testing.assert_array_equal(dist, exact_distances(codes, rows, queries[3]))
+    few = np.zeros(len(codes), bool)
+    few[[5, 900, 11_000]] = True  # fewer rows in the mask than k: all of them, exactly ranked
+    assert_same(index.search(queries[0], 50, few), reference(codes, queries[0], 50, few))
+    assert len(index.search(queries[0], 0)[0]) == 0
+
+
+def test_ivf_lists_and_determinism(data):
+    codes = data[0]
+    a = IVFIndex(codes, nlist=32, sample=3000, seed=7)
+    b = IVFIndex(codes, nlist=32, sample=3000, seed=7)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    # CSR: every row once, rows increasing within a list, each list's codes stored beside its ids
+    assert np.array_equal(np.sort(a.ids), np.arange(len(codes)))
+    for c in range(a.nlist):
+        ids = a.ids[a.offsets[c]:a.offsets[c + 1]]
+        assert (np.diff(ids.astype(np.int64)) > 0).all()
+        np.testing.assert_array_equal(a.lists[a.offsets[c]:a.offsets[c + 1]].view(np.uint8), codes[ids])
+    # each row sits in the list of its nearest centroid (lowest list id on ties)
+    d = np.stack([hamming_distances(a.centroids, c) for c in codes[:500]])
+    np.testing.assert_array_equal(np.searchsorted(a.offsets, np.argsort(a.ids)[:500], side="right") - 1,
+                                  d.argmin(axis=1))
+    assert not np.array_equal(IVFIndex(codes, nlist=32, sample=3000, seed=8).centroids, a.centroids)
+    assert a.describe()["method"] == "ivf" and a.nbytes >= len(codes) * 20
+
+
+def test_kmajority_recovers_clusters():
+    rng = np.random.default_rng(5)
+    centres = rng.integers(0, 256, (8, 16), dtype=np.uint8)
+    codes = centres[np.repeat(np.arange(8), 300)] ^ np.packbits(rng.random((2400, 128)) < 0.03, axis=1)
+    found = kmajority(codes, 8, iterations=10, seed=1)
+    # every true centre is (nearly) a centroid: the majority vote removes the noise
+    nearest = np.array([hamming_distances(found, c).min() for c in centres])
+    assert (nearest <= 2).all(), nearest
+    with pytest.raises(LookalikeError):
+        kmajority(codes[:4], 8)
+
+
+def test_ivf_recall_on_clustered_codes():
+    codes = clustered_codes(30_000, centres=200, rate=0.06, seed=4)
+    rng = np.random.default_rng(9)
+    queries = codes[rng.integers(0, len(codes), 10)] ^ np.packbits(rng.random((10, 128)) < 0.04, axis=1)
+    index = IVFIndex(codes, nprobe=8, seed=0)  # default nlist: 2**round(log2 sqrt 30k) = 128
+    assert index.nlist == default_nlist(len(codes)) == 128
+    def recall(nprobe):
+        return np.mean([distance_recall(index.search(q, 100, nprobe=nprobe)[1], reference(codes, q, 100)[1])
+                        for q in queries])
+
+    assert recall(1) < recall(8)
+    assert recall(8) >= 0.95 and recall(index.nlist) == 1.0
+
+
+def test_ivf_errors_and_empty():
+    codes = clustered_codes(500)
+    with pytest.raises(LookalikeError):
+        IVFIndex(codes, nlist=1000)
+    with pytest.raises(LookalikeError):
+        IVFIndex(codes, nprobe=0)
+    with pytest.raises(LookalikeError):
+        IVFIndex(codes[:, :12])
+    index = IVFIndex(codes, nlist=8)
+    with pytest.raises(LookalikeError):
+        index.search(codes[0, :8], 5)
+    with pytest.raises(LookalikeError):
+        index.search(codes[0], 5, np.ones(3, bool))
+    empty = IVFIndex(codes[:0])
+    assert len(empty.search(codes[0], 5)[0]) == 0
+
+
+def test_ivf_parallel_probe_equals_serial(data, monkeypatch):
+    from indexer import sublinear
+
+    codes, queries, mask = data
+    serial = IVFIndex(codes, nlist=64, nprobe=3, sample=4000, threads=1)
+    parallel = IVFIndex(codes, nlist=64, nprobe=3, sample=4000, threads=3)
+    monkeypatch.setattr(sublinear, "PARALLEL_PROBE_ROWS", 0)  # split even the smallest probes
+    for q in queries:
+        for k in (1, 40, 2000, 20_000):
+            assert_same(parallel.search(q, k), serial.search(q, k))
+        assert_same(parallel.search(q, 30, mask), serial.search(q, 30, mask))
+
+
+def test_bench_sublinear_rejects_bad_nprobes():
+    from indexer.sublinear_benchmark import bench_sublinear
+
+    for bad in (["8", "x"], [0], []):
+        with pytest.raises(LookalikeError):
+            bench_sublinear(1000, nprobes=bad, source_indexes=[])
