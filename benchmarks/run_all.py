@@ -23,6 +23,8 @@ LOOKALIKE = [sys.executable, "-m", "lookalike"]
 BENCHMARKS: dict[str, list[str]] = {
     "search": [*LOOKALIKE, "bench", "search", "--n", "10000000", "--bits", "512", "--k", "1000",
                "--queries", "16", "--json", str(RESULTS / "search.json")],
+    "search-128": [*LOOKALIKE, "bench", "search", "--n", "10000000", "--bits", "128", "--k", "1000",
+                   "--queries", "16", "--json", str(RESULTS / "search_128.json")],
     "encode": [*LOOKALIKE, "bench", "encode", "--n", "256", "--repeat", "5",
                "--json", str(RESULTS / "encode.json")],
     "sublinear": [*LOOKALIKE, "bench", "sublinear", "--n", "10000000", "--k", "1000", "--queries", "50",
