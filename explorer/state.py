@@ -331,6 +331,7 @@ class ExplorerState(param.Parameterized):
     def apply_url_params(self, params: dict[str, str]) -> None:
         """Restore a search from ``url_params`` output; bad values become an ``error``."""
         updates: dict = {}
+        notice = ""
         try:
             if params.get("k"):
                 updates["k"] = int(params["k"])
@@ -351,7 +352,13 @@ class ExplorerState(param.Parameterized):
             updates["positives"] = [t for t in params.get("pos", "").split(",") if t]
             updates["negatives"] = [t for t in params.get("neg", "").split(",") if t]
             updates["use_examples"] = params.get("examples") == "1"
-            updates["landmark_classes"] = [c for c in params.get("classes", "").split(",") if c]
+            classes = [c for c in params.get("classes", "").split(",") if c]
+            known = set(self.landmark_class_names())
+            dropped = [c for c in classes if c not in known]
+            if dropped:
+                notice = (f"The link asks for landmark class(es) {', '.join(dropped)}, which this "
+                          "index does not have; ignoring them.")
+            updates["landmark_classes"] = [c for c in classes if c in known]
             if params.get("conf"):
                 updates["min_confidence"] = float(params["conf"])
                 if not 0.0 <= updates["min_confidence"] <= 1.0:
@@ -365,6 +372,8 @@ class ExplorerState(param.Parameterized):
             self.error = f"The link's search parameters are malformed ({exc}); ignoring them."
             return
         self.param.update(**updates)
+        if notice:  # after the search, which clears errors
+            self.error = notice
 
 
 # ------------------------------------------------------------------ helpers
@@ -377,6 +386,8 @@ def _effective(snap: dict) -> dict:
     out = dict(snap)
     if not out["use_examples"]:
         out["positives"] = out["negatives"] = None
+    if not out["landmark_classes"]:  # the sliders only matter once a class is chosen
+        out["min_confidence"] = out["min_landmarks"] = None
     return out
 
 

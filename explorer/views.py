@@ -434,7 +434,9 @@ class MapView:
         classes = self.state.landmark_class_names()
         colors = {c: LANDMARK_COLORS[i % len(LANDMARK_COLORS)] for i, c in enumerate(classes)}
         scene = lm["scene"].astype(str).tolist() if "scene" in lm else [""] * len(lm)
-        return {"left": lm["lon_min"].to_numpy(float), "right": lm["lon_max"].to_numpy(float),
+        left, right = lm["lon_min"].to_numpy(float), lm["lon_max"].to_numpy(float)
+        right = np.where(right < left, right + 360.0, right)  # across 180°: run past the edge
+        return {"left": left, "right": right,
                 "bottom": lm["lat_min"].to_numpy(float), "top": lm["lat_max"].to_numpy(float),
                 "label": lm["label"].astype(str).tolist(), "posterior": lm["posterior"].to_numpy(float),
                 "scene": scene, "color": [colors.get(c, "#ffffff") for c in lm["label"].astype(str)]}

@@ -49,6 +49,8 @@ def tiles_under(tiles: pd.DataFrame, lon: np.ndarray, lat: np.ndarray) -> np.nda
     placed = np.isfinite(corners_lon).all(axis=1) & np.isfinite(corners_lat).all(axis=1)
     if not placed.all():  # chips with no known footprint are never under a point
         keep = np.flatnonzero(placed)
+        if len(keep) == 0:
+            return out
         return np.where((found := tiles_under(tiles.iloc[keep], lon, lat)) >= 0, keep[found], -1)
     centre_lon = tiles["lon"].to_numpy(np.float64)
     # unwrap each footprint next to its own centre so tiles across 180 degrees stay whole
@@ -89,7 +91,7 @@ def scene_keys(tiles: pd.DataFrame) -> np.ndarray:
 
 def classes_of(landmarks: pd.DataFrame | None) -> list[str]:
     """Class names present in a catalogue (classifier order when it recorded one)."""
-    if landmarks is None or len(landmarks) == 0:
+    if landmarks is None:
         return []
     probability_columns = [c[2:] for c in landmarks.columns if c.startswith("p_")]
     present = sorted(set(landmarks["label"].astype(str)) - set(probability_columns))
@@ -165,8 +167,8 @@ def parse_classes(text: str, known: list[str]) -> list[str]:
         word_spaced = word.replace("_", " ")
         if word_spaced in lookup:
             found = [lookup[word_spaced]]
-        elif word_spaced.rstrip("s") in lookup:
-            found = [lookup[word_spaced.rstrip("s")]]
+        elif word_spaced.removesuffix("s") in lookup:
+            found = [lookup[word_spaced.removesuffix("s")]]
         else:
             found = [c for c in SYNONYMS.get(word_spaced, ()) if c in known]
         if not found:
@@ -236,8 +238,9 @@ def catalogue_summary(tiles: pd.DataFrame, landmarks: pd.DataFrame | None,
     """Counts for ``lookalike info``: landmarks and scenes per class."""
     if landmarks is None:
         return {}
-    lm = _confident(landmarks, min_confidence)
-    return dict(landmarks=int(len(lm)), min_confidence=min_confidence,
+    lm = landmarks[landmarks["posterior"].to_numpy() >= min_confidence]
+    return dict(landmarks=int(len(lm)), on_indexed_tiles=int((lm["row"].to_numpy() >= 0).sum()),
+                min_confidence=min_confidence,
                 by_class={c: int(n) for c, n in lm["label"].value_counts().items()},
                 scenes_by_class=facet_counts(tiles, landmarks, min_confidence))
 

@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from indexer.errors import CodeLengthError, IndexCorruptError, LookalikeError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# the files an index writes itself; anything else in its folder is left alone
+GENERATION_FILE = re.compile(r"(codes|tiles|hash|landmarks)-\d{6}\.(npy|parquet|npz)")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> str:
@@ -272,7 +275,7 @@ def _commit_manifest(path: Path, manifest: dict) -> None:
     keep = {f["name"] for f in manifest["files"].values()} | {MANIFEST}
     for stale in path.iterdir():
         leftover = stale.name.startswith(".") and stale.name.endswith(".tmp")
-        old_generation = stale.name.split("-")[0] in ("codes", "tiles", "hash", "landmarks")
+        old_generation = GENERATION_FILE.fullmatch(stale.name) is not None
         if stale.is_file() and stale.name not in keep and (leftover or old_generation):
             stale.unlink()
 

@@ -140,10 +140,15 @@ def cmd_index(args) -> None:
         raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
     if args.images and not args.labels:
         raise LookalikeError("--images needs --labels CSV")
-    if args.shards and (getattr(args, "footprints", None) or getattr(args, "classify", None)):
+    if args.shards and (args.footprints or args.classify):
         raise LookalikeError("--footprints and --classify work on one index, not with --shards")
+    if (args.footprints or args.classify) and not args.images:
+        raise LookalikeError("--footprints and --classify are for image chips (--images); find "
+                             "landmarks in rasters with `lookalike landmarks SCENE --index DIR`")
     if args.scheduler:
         out = _index_on_dask(args)
+        if args.images and not args.shards:
+            _catalogue_chips(args, out)
     elif args.images:
         encoder = Encoder(args.backbone, args.weights, image_size=args.image_size, batch_size=args.batch_size,
                           runtime=args.runtime)
@@ -203,6 +208,13 @@ def _filters(args):
                    bbox=args.bbox, region=region, labels=_csv(args.labels) if args.labels else [],
                    landmark_classes=_csv(args.classes) if args.classes else [],
                    min_confidence=args.min_confidence, min_landmarks=args.min_landmarks)
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
 
 
 def _search_on_dask(args, query, filters):
@@ -497,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bbox", type=_bbox, help="west,south,east,north")
     s.add_argument("--region", help="GeoJSON file with a (multi)polygon in lon/lat")
     s.add_argument("--classes", help="only scenes with landmarks of these classes, e.g. crater,dark_dune")
-    s.add_argument("--min-confidence", type=float, default=0.0,
+    s.add_argument("--min-confidence", type=_unit_interval, default=0.0,
                    help="landmarks count from this posterior up (with --classes)")
     s.add_argument("--min-landmarks", type=int, default=1,
                    help="at least this many landmarks of a class per scene (with --classes)")

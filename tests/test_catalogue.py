@@ -283,3 +283,21 @@ def test_demo_hirise_layer_builds_once(tmp_path):
         assert open_index(path).manifest["generation"] == generation
         (data / "hirise_observations.csv").unlink()
         assert hirise_layer(tmp_path / "other", progress=False) is None
+
+
+def test_review_edge_cases(tmp_path):
+    """No placed tile at all; an empty catalogue keeps its classes; foreign files survive."""
+    tiles = synthetic_tiles(2)
+    tiles[[f"lon{i}" for i in range(4)]] = np.nan
+    np.testing.assert_array_equal(catalogue.tiles_under(tiles, [0.0], [0.0]), [-1])
+    _, lm = hand_example()
+    empty = lm.iloc[:0]
+    assert catalogue.classes_of(empty) == CLASSES
+    assert not catalogue.landmark_mask(hand_example()[0], empty, ["crater"]).any()
+    assert catalogue.parse_classes("grass", ["gras"]) == ["gras"]  # one plural s only
+    index = make_index(tmp_path / "ix", n=20, bits=64)
+    keep = [index.path / "landmarks-raw.parquet", index.path / "tiles-notes.txt"]
+    for f in keep:
+        f.write_text("mine")
+    catalogue.attach_to_index(index.path, _landmarks_for(index.tiles))
+    assert all(f.read_text() == "mine" for f in keep)

@@ -260,3 +260,16 @@ def test_landmark_filters_in_urls(state, explorer_index):
     bad = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
     bad.apply_url_params({**params, "conf": "7"})
     assert "malformed" in bad.error
+    foreign = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+    foreign.apply_url_params({**params, "classes": "streak,volcano"})
+    assert foreign.landmark_classes == ["streak"] and "volcano" in foreign.error
+    assert foreign.hits["tile_id"].tolist() == state.hits["tile_id"].tolist()
+
+
+def test_sliders_without_a_class_do_not_search_again(state):
+    clicked(state)
+    hits, steps = state.hits, len(state._history)
+    state.min_confidence = 0.8
+    state.min_landmarks = 3
+    assert state.hits is hits  # the same result object: no search ran
+    assert len(state._history) == steps + 2  # still undoable, like any change of a widget
