@@ -71,6 +71,7 @@ class ExplorerState(param.Parameterized):
         self._lock = threading.RLock()  # one search at a time per session
         self._history: list[dict] = []
         self._undoing = False
+        self._view_watchers: dict[str, list] = {}  # watchers of rebuilt views (explorer.views)
 
     # ------------------------------------------------------------------ derived values
     def snapshot(self) -> dict:

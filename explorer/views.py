@@ -39,6 +39,18 @@ FACET_INPUTS = ["index", "zones", "time_start", "time_end", "bbox", "boxes", "po
                 "min_confidence", "min_landmarks"]
 
 
+def watch_state(state: ExplorerState, group: str, fn, names) -> None:
+    """``state.param.watch`` for a view that is rebuilt (the sidebar and the map are rebuilt on
+    every change of index): the watchers of the view's previous build are released first by
+    ``release_views``, so old widgets stop following the state."""
+    state._view_watchers.setdefault(group, []).append(state.param.watch(fn, names))
+
+
+def release_views(state: ExplorerState, group: str) -> None:
+    for watcher in state._view_watchers.pop(group, []):
+        state.param.unwatch(watcher)
+
+
 # ------------------------------------------------------------------ thumbnails
 class ThumbnailGrid(JSComponent):
     """One page of hits as thumbnails; a click focuses a tile, + / − mark it as an example.
@@ -238,7 +250,8 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
     """Sidebar widgets, each bound to a state parameter."""
     body = pn.widgets.Select(name="Body", options=catalog.labels(), value=state.index_name)
     body.param.watch(lambda e: state.set_index(catalog[e.new].index, e.new), "value")
-    state.param.watch(lambda e: setattr(body, "value", e.new), "index_name")
+    release_views(state, "sidebar")
+    watch_state(state, "sidebar", lambda e: setattr(body, "value", e.new), "index_name")
 
     k = pn.widgets.IntInput.from_param(state.param.k, name="Number of hits (k)", step=100)
     zone_options = sorted([z for z in state.index.tiles["zone"].unique().tolist() if z],
@@ -265,8 +278,9 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
 
     bbox.param.watch(bbox_typed, "value")
     # the box also changes from elsewhere (Clear, undo, a shared link): mirror it in the text
-    state.param.watch(lambda e: setattr(bbox, "value", ",".join(f"{v:g}" for v in e.new) if e.new else ""),
-                      "bbox")
+    watch_state(state, "sidebar",
+                lambda e: setattr(bbox, "value", ",".join(f"{v:g}" for v in e.new) if e.new else ""),
+                "bbox")
     clear = pn.widgets.Button(name="Clear regions", button_type="light")
     clear.on_click(lambda _: state.clear_regions())
 
@@ -303,12 +317,13 @@ def landmark_controls(state: ExplorerState) -> pn.viewable.Viewable:
     facet = pn.widgets.CheckBoxGroup(name="Image class", options=facet_options(state.facet_counts()),
                                      value=list(state.landmark_classes), inline=False,
                                      css_classes=["class-facet"])
-    facet.link(state, value="landmark_classes", bidirectional=True)
+    facet.param.watch(lambda e: setattr(state, "landmark_classes", list(e.new)), "value")
+    watch_state(state, "sidebar", lambda e: setattr(facet, "value", list(e.new)), "landmark_classes")
 
     def recount(*_) -> None:
         facet.options = facet_options(state.facet_counts())
 
-    state.param.watch(recount, FACET_INPUTS)
+    watch_state(state, "sidebar", recount, FACET_INPUTS)
     confidence = pn.widgets.FloatSlider.from_param(state.param.min_confidence, name="Landmark confidence ≥",
                                                    step=0.05)
     at_least = pn.widgets.IntSlider.from_param(state.param.min_landmarks, start=1, end=20,
@@ -367,6 +382,7 @@ class MapView:
     def panel(self) -> pn.viewable.Viewable:
         from indexer.thumbnails import basemap_image
 
+        release_views(self.state, "map")  # the map of the previous index stops following
         try:
             image = basemap_image(self.entry.index)
         except LookalikeError as exc:  # e.g. the source raster moved: still search, no basemap
@@ -387,8 +403,8 @@ class MapView:
                             xlabel="longitude (°E)", ylabel="latitude (°N)",
                             active_tools=["wheel_zoom"], hooks=[self._capture], toolbar="above",
                             show_legend=False))
-        state.param.watch(self._pan_to_focus, "focus_tile")
-        state.param.watch(self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
+        watch_state(state, "map", self._pan_to_focus, "focus_tile")
+        watch_state(state, "map", self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
                                                  "focus_tile", "page", *FACET_INPUTS,
                                                  "landmark_classes"])
         return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", min_height=300,
@@ -538,7 +554,7 @@ class MapView:
                 self._drawn[event.name] = current
                 self._in_doc(lambda: self._sync_drawn(event.name))
 
-        state.param.watch(changed, ["boxes", "polygons"])
+        watch_state(state, "map", changed, ["boxes", "polygons"])
         return boxes, polys
 
     def _sync_drawn(self, which: str) -> None:

@@ -288,5 +288,14 @@ def place_index_at_observations(path: str | Path, observations: str | Path | Non
 
     index = open_index(path)
     tiles, unplaced = place_at_observations(index.tiles, load_hirise_footprints(observations))
-    update_tables(path, tiles=tiles, info=dict(placed_at="HiRISE observation footprints", basemap="mars_8k"))
+    landmarks = index.landmarks
+    if landmarks is not None:  # chips classified before placing: their boxes follow the chips
+        landmarks = landmarks.copy()
+        rows = landmarks["row"].to_numpy()
+        placed = tiles.iloc[np.clip(rows, 0, None)]
+        for name in BOX_COLUMNS + ("lon", "lat"):
+            landmarks[name] = np.where(rows >= 0, _box_column(placed, name), landmarks[name].to_numpy(float))
+        landmarks["scene"] = np.where(rows >= 0, scene_keys(placed), landmarks["scene"].astype(str))
+    update_tables(path, tiles=tiles, landmarks=landmarks,
+                  info=dict(placed_at="HiRISE observation footprints", basemap="mars_8k"))
     return unplaced

@@ -301,3 +301,21 @@ def test_review_edge_cases(tmp_path):
         f.write_text("mine")
     catalogue.attach_to_index(index.path, _landmarks_for(index.tiles))
     assert all(f.read_text() == "mine" for f in keep)
+
+
+def test_chips_classified_before_placing_follow_their_chips(tmp_path):
+    from indexer.catalogue import place_index_at_observations
+    from lookalike_testkit import run_main
+
+    _tiny_hirise(tmp_path)
+    out = tmp_path / "ix"
+    code, _, err = run_main(["index", "--images", tmp_path, "--labels", tmp_path / "labels.csv",
+                             "--classify", "hirise", "--out", out, "--batch-size", "8"],
+                            LOOKALIKE_CACHE=str(tmp_path / "cache"))
+    assert code == 0, err
+    assert open_index(out).landmarks["lon_min"].isna().all()  # chips have no place yet
+    assert place_index_at_observations(out, tmp_path / "obs.csv") == 2
+    index = open_index(out)
+    lm = index.landmarks
+    assert lm["lon_min"].iloc[0] == pytest.approx(-10.0) and lm["lat_max"].iloc[1] == pytest.approx(-19.0)
+    assert lm["scene"].tolist() == index.tiles["scene"].tolist() and lm["lon_min"].isna().sum() == 2

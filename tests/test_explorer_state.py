@@ -273,3 +273,20 @@ def test_sliders_without_a_class_do_not_search_again(state):
     state.min_landmarks = 3
     assert state.hits is hits  # the same result object: no search ran
     assert len(state._history) == steps + 2  # still undoable, like any change of a widget
+
+
+def test_rebuilt_views_release_their_watchers(state, explorer_index):
+    """The sidebar and the map are rebuilt on every change of index; old ones stop following."""
+    import panel as pn
+
+    from explorer.catalog import Catalog
+    from explorer.views import controls
+
+    catalog = Catalog([explorer_index])
+    builds = [controls(state, catalog, pn.widgets.Checkbox(value=True)) for _ in range(3)]
+    assert len(state._view_watchers["sidebar"]) == 4  # body, bbox, facet, recount: one build's worth
+    facets = [b.select(pn.widgets.CheckBoxGroup)[0] for b in builds]
+    state.landmark_classes = ["crater"]
+    assert facets[-1].value == ["crater"] and facets[0].value == []  # only the live sidebar follows
+    facets[-1].value = ["streak"]  # and the live facet drives the state
+    assert state.landmark_classes == ["streak"]
