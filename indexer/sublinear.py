@@ -100,10 +100,38 @@ def _grow(a, need):
 
 
 @numba.njit(cache=True, nogil=True)
+def _visit_bucket(bucket, codes64, q64, mask, use_mask, seen, visited, nv, cand, dist, nc, hist):
+    """Add the rows of one bucket not seen before: mark them, and those inside the mask become
+    candidates with their exact distance (counted in ``hist``). Returns the grown buffers."""
+    n = bucket.shape[0]
+    if n == 0:
+        return visited, nv, cand, dist, nc
+    visited = _grow(visited, nv + n)
+    cand = _grow(cand, nc + n)
+    dist = _grow(dist, nc + n)
+    for j in range(n):
+        r = bucket[j]
+        if seen[r]:
+            continue
+        seen[r] = 1
+        visited[nv] = r
+        nv += 1
+        if use_mask and not mask[r]:
+            continue
+        d = _distance(codes64, r, q64)
+        cand[nc] = r
+        dist[nc] = d
+        nc += 1
+        hist[d] += 1
+    return visited, nv, cand, dist, nc
+
+
+@numba.njit(cache=True, nogil=True)
 def _lsh_candidates(codes, codes64, query, q64, positions, offsets, rows, probes, mask, use_mask, seen):
     """Unique rows in the query's buckets (and, with probes=1, the buckets one bit away),
     their distances; rows outside the mask are skipped."""
     tables, width = positions.shape
+    hist = np.zeros(64 * codes64.shape[1] + 1, np.int64)  # unused here; MIH counts distances
     visited = np.empty(1024, np.int64)
     nv = 0
     cand = np.empty(1024, np.int64)
@@ -113,22 +141,9 @@ def _lsh_candidates(codes, codes64, query, q64, positions, offsets, rows, probes
         qkey = _key(query, positions[t])
         for p in range(-1, width if probes > 0 else 0):
             key = qkey if p < 0 else qkey ^ (1 << p)
-            lo, hi = offsets[t, key], offsets[t, key + 1]
-            visited = _grow(visited, nv + (hi - lo))
-            cand = _grow(cand, nc + (hi - lo))
-            dist = _grow(dist, nc + (hi - lo))
-            for j in range(lo, hi):
-                r = rows[t, j]
-                if seen[r]:
-                    continue
-                seen[r] = 1
-                visited[nv] = r
-                nv += 1
-                if use_mask and not mask[r]:
-                    continue
-                cand[nc] = r
-                dist[nc] = _distance(codes64, r, q64)
-                nc += 1
+            visited, nv, cand, dist, nc = _visit_bucket(
+                rows[t, offsets[t, key]:offsets[t, key + 1]], codes64, q64, mask, use_mask, seen,
+                visited, nv, cand, dist, nc, hist)
     for j in range(nv):
         seen[visited[j]] = 0
     return cand[:nc], dist[:nc]
@@ -158,25 +173,9 @@ def _mih_candidates(codes64, query, q64, positions, offsets, rows, k, mask, use_
             v = (1 << s) - 1
             while v < (1 << width):
                 key = qkeys[t] ^ v
-                lo, hi = offsets[t, key], offsets[t, key + 1]
-                if hi > lo:
-                    visited = _grow(visited, nv + (hi - lo))
-                    cand = _grow(cand, nc + (hi - lo))
-                    dist = _grow(dist, nc + (hi - lo))
-                    for j in range(lo, hi):
-                        r = rows[t, j]
-                        if seen[r]:
-                            continue
-                        seen[r] = 1
-                        visited[nv] = r
-                        nv += 1
-                        if use_mask and not mask[r]:
-                            continue
-                        d = _distance(codes64, r, q64)
-                        cand[nc] = r
-                        dist[nc] = d
-                        nc += 1
-                        hist[d] += 1
+                visited, nv, cand, dist, nc = _visit_bucket(
+                    rows[t, offsets[t, key]:offsets[t, key + 1]], codes64, q64, mask, use_mask, seen,
+                    visited, nv, cand, dist, nc, hist)
                 if v == 0:
                     break
                 c = v & -v
