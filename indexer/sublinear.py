@@ -100,6 +100,18 @@ def _grow(a, need):
 
 
 @numba.njit(cache=True, nogil=True)
+def _keep_within(cand, dist, n, t):
+    """Move the first ``n`` candidates with distance <= ``t`` to the front; returns how many."""
+    m = 0
+    for i in range(n):
+        if dist[i] <= t:
+            cand[m] = cand[i]
+            dist[m] = dist[i]
+            m += 1
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
 def _visit_bucket(bucket, codes64, q64, mask, use_mask, seen, visited, nv, cand, dist, nc, hist):
     """Add the rows of one bucket not seen before: mark them, and those inside the mask become
     candidates with their exact distance (counted in ``hist``). Returns the grown buffers."""
@@ -217,17 +229,23 @@ def _rank(cand: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return cand[order].astype(np.int64), dist[order].astype(np.uint16)
 
 
+def _checked_codes(codes) -> np.ndarray:
+    """Packed codes a sublinear index can hold (uint8, a multiple of 64 bits, < 2**32 rows)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.dtype != np.uint8:
+        raise LookalikeError("codes must be a 2-D uint8 array of packed bits")
+    if codes.shape[1] % 8:
+        raise LookalikeError(f"sublinear search needs codes of a multiple of 64 bits, got {codes.shape[1] * 8}")
+    if len(codes) >= 1 << 32:
+        raise LookalikeError("a sublinear index holds at most 2**32 rows")
+    return codes
+
+
 class _Tables:
     """CSR bucket tables over ``positions`` (T, key_bits) of packed ``codes`` (N, B/8)."""
 
     def __init__(self, codes: np.ndarray, positions: np.ndarray):
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.dtype != np.uint8:
-            raise LookalikeError("codes must be a 2-D uint8 array of packed bits")
-        if codes.shape[1] % 8:
-            raise LookalikeError(f"sublinear search needs codes of a multiple of 64 bits, got {codes.shape[1] * 8}")
-        if len(codes) >= 1 << 32:
-            raise LookalikeError("sublinear tables hold at most 2**32 rows")
+        codes = _checked_codes(codes)
         self.codes = codes if codes.flags.c_contiguous else np.ascontiguousarray(codes)
         self.codes64 = self.codes.view(np.uint64)
         self.positions = np.ascontiguousarray(positions, dtype=np.int64)
@@ -485,13 +503,7 @@ def _ivf_probe(q64, order, nprobe, k, offsets, ids, lists, mask, use_mask):
                 continue
             if nc == cand.shape[0]:
                 # compact to the rows still within t before growing
-                m = 0
-                for i in range(nc):
-                    if dist[i] <= t:
-                        cand[m] = cand[i]
-                        dist[m] = dist[i]
-                        m += 1
-                nc = m
+                nc = _keep_within(cand, dist, nc, t)
                 cand = _grow(cand, nc + 1)
                 dist = _grow(dist, nc + 1)
             cand[nc] = ids[j]
@@ -511,12 +523,7 @@ def _ivf_probe(q64, order, nprobe, k, offsets, ids, lists, mask, use_mask):
         if total >= k:
             threshold = d
             break
-    m = 0
-    for j in range(nc):
-        if dist[j] <= threshold:
-            cand[m] = cand[j]
-            dist[m] = dist[j]
-            m += 1
+    m = _keep_within(cand, dist, nc, threshold)
     return cand[:m], dist[:m]
 
 
@@ -603,13 +610,7 @@ class IVFIndex:
 
     def __init__(self, codes: np.ndarray, nlist: int | None = None, nprobe: int = 128, sample: int = 131_072,
                  iterations: int = 8, seed: int = 0, threads: int | None = None):
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.dtype != np.uint8:
-            raise LookalikeError("codes must be a 2-D uint8 array of packed bits")
-        if codes.shape[1] % 8:
-            raise LookalikeError(f"sublinear search needs codes of a multiple of 64 bits, got {codes.shape[1] * 8}")
-        if len(codes) >= 1 << 32:
-            raise LookalikeError("an IVF index holds at most 2**32 rows")
+        codes = _checked_codes(codes)
         n = len(codes)
         self.nlist = default_nlist(n) if nlist is None else int(nlist)
         if n and not 1 <= self.nlist <= n:
