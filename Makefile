@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 LOOKALIKE_DATA ?= $(if $(wildcard ../shared/data/mars_8k.jpg),$(abspath ../shared/data),)
 export LOOKALIKE_DATA
 
-.PHONY: setup browser test demo bench clean
+.PHONY: setup browser test wheel-check demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
+# pytest from the venv's own script, so the checkout's folders are never importable as
+# top-level packages; then the built wheel is installed and used outside the checkout.
 test: setup browser
-	$(PY) -m pytest -q
+	$(VENV)/bin/pytest -q
+	bash .ci/wheel_check
+
+wheel-check: setup
+	bash .ci/wheel_check
 
 demo: setup
 	$(VENV)/bin/lookalike demo --show

@@ -29,8 +29,8 @@ def _pct(v) -> str:
 
 
 def main(argv=None) -> int:
-    from models.classifier import load_classifier
-    from models.classify_eval import evaluate_classifier
+    from lookalike.models.classifier import load_classifier
+    from lookalike.workflows.evaluation import evaluate_classifier
 
     env = os.environ.get("LOOKALIKE_DATA", "").strip()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,9 +78,9 @@ def main(argv=None) -> int:
         "# Classification: shipped classifiers on the validation splits",
         "",
         "Produced by `python benchmarks/classification_table.py` (rerun it to refresh). Models:",
-        "`data/models/classifier_{hirise,msl}.npz`, probes on frozen EfficientNet-Lite0 ImageNet "
+        "`data/weights/classifier_{hirise,msl}.npz`, probes on frozen EfficientNet-Lite0 ImageNet "
         "features at 224 px, temperature-scaled on out-of-fold logits of the train split (see "
-        "`data/models/README.md`). The val split was used for nothing but this report; test splits "
+        "`data/weights/README.md`). The val split was used for nothing but this report; test splits "
         "are held back, so the paper's test figures are shown for reference, not as a like-for-like "
         "comparison. Percentages; precision is over predictions of the class, recall over its items; "
         "'at >= t' counts only items whose calibrated max posterior is at least t, and abstention is "

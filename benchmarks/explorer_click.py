@@ -37,13 +37,13 @@ def main() -> None:
         index = Path(args.index)
     else:
         os.environ.update(env)
-        from explorer.demo import ensure_demo_index
+        from lookalike.workflows.demo import ensure_demo_index
 
         index = ensure_demo_index("mars")
 
     from playwright.sync_api import sync_playwright
 
-    from indexer.store import open_index
+    from lookalike.indexer.store import open_index
 
     n_tiles = len(open_index(index).tiles)
 

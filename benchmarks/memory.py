@@ -49,9 +49,9 @@ def _measure(path: str) -> dict:
 
     import pyarrow as pa
 
-    from indexer.hamming_kernel import scan_top_k
-    from indexer.search import search
-    from indexer.store import open_index
+    from lookalike.indexer.hamming_kernel import scan_top_k
+    from lookalike.indexer.search import search
+    from lookalike.indexer.store import open_index
 
     scan_top_k(np.zeros((64, 16), np.uint8), np.zeros(16, np.uint8), 5)
     gc.collect()
@@ -81,8 +81,8 @@ def _measure(path: str) -> dict:
 def _scaled(index_path: Path, n: int, out: Path) -> Path:
     """An index of ``n`` tiles: the real tile table repeated, grid columns shifted so ids stay
     unique and about as long; random 128-bit codes; written through ``commit``'s lean table."""
-    from indexer.build import lean_tiles
-    from indexer.store import open_index, write_index
+    from lookalike.indexer.build import lean_tiles
+    from lookalike.indexer.store import open_index, write_index
 
     real = open_index(index_path, verify=False)
     reps = -(-n // real.n)
@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.index:
         index = Path(args.index)
     else:
-        from explorer.demo import ensure_demo_index
+        from lookalike.workflows.demo import ensure_demo_index
 
         index = ensure_demo_index("mars")
-    from indexer.build import lean_tiles
-    from indexer.store import open_index
+    from lookalike.indexer.build import lean_tiles
+    from lookalike.indexer.store import open_index
 
     real = open_index(index, verify=False)
     result = dict(index=dict(count=real.n, bits=real.bits), real=_in_fresh_process(index),

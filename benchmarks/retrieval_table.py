@@ -15,14 +15,14 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from indexer.encoding import Encoder
-from indexer.sources import read_labels
-from models.evaluation import (augmented_features, image_features, rank_euclidean, rank_hamming,
-                               retrieval_scores)
-from models.hashing import default_hash_path, fit_itq, load_hash_model
-from models.training import TrainConfig, train_hash
+from lookalike.data.shipped import default_hash_path
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.features import augmented_features, image_features
+from lookalike.indexer.search import rank_hamming
+from lookalike.indexer.sources import read_labels
+from lookalike.models.hashing import fit_itq, load_hash_model
+from lookalike.models.metrics import rank_euclidean, retrieval_scores
+from lookalike.models.training import TrainConfig, train_hash
 
 K = 64
 RESULTS = Path(__file__).resolve().parent / "results"

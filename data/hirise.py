@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.registry import cache_dir
-from indexer.errors import LookalikeError
+from lookalike.data.registry import cache_dir
+from lookalike.errors import LookalikeError
 
 HIRISE_FILE = "hirise_observations.csv"
 COLUMNS = ("observation_id", "minimum_latitude", "maximum_latitude", "westernmost_longitude",

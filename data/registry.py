@@ -6,11 +6,11 @@ nothing is downloaded), else the per-user cache directory ``lookalike``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.errors import LookalikeError
+from lookalike.config import data_dir
+from lookalike.errors import LookalikeError
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,7 @@ DATASETS: dict[str, Dataset] = {
 
 def cache_dir() -> Path:
     """Where fetched files live: ``$LOOKALIKE_DATA`` or the user cache."""
-    env = os.environ.get("LOOKALIKE_DATA")
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("lookalike"))
+    return data_dir()
 
 
 def get_dataset(name: str) -> Dataset:

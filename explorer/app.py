@@ -30,11 +30,13 @@ import holoviews as hv
 import panel as pn
 from tornado.web import RequestHandler
 
-from explorer import basemap
-from explorer.catalog import Catalog
-from explorer.state import ExplorerState
-from explorer.views import MapView, controls, results_panel, status_pane
-from indexer.errors import LookalikeError
+from lookalike.errors import LookalikeError
+from lookalike.explorer import basemap
+from lookalike.explorer.served import Catalog
+from lookalike.explorer.state import ExplorerState
+from lookalike.explorer.views import MapView, controls, results_panel, status_pane
+from lookalike.indexer.search import Query, search
+from lookalike.indexer.thumbnails import basemap_image, thumbnail_jpeg, warm_zones
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,6 @@ class Thumbnails:
 
     def warm(self, index) -> None:
         """Queue the creation of every zone transformer of ``index`` on the thumbnail thread."""
-        from indexer.thumbnails import warm_zones
 
         def run() -> None:
             try:
@@ -78,7 +79,6 @@ class Thumbnails:
 
     def future(self, index, tile: dict) -> Future:
         """The (possibly finished) rendering of one tile row's JPEG."""
-        from indexer.thumbnails import thumbnail_jpeg
 
         key = (str(index.path), str(tile["tile_id"]))
         with self._lock:
@@ -206,9 +206,6 @@ def warm_up(catalog: Catalog) -> None:
     zone transformers (in the background), compiles the numba search kernel, and renders one map
     offline and clicks it, which loads the HiRISE footprints and compiles Datashader's kernels.
     """
-    from explorer.views import MapView
-    from indexer.search import Query, search
-    from indexer.thumbnails import basemap_image
 
     t0 = time.perf_counter()
     if "matplotlib" in sys.modules:  # Panel's pane-type check imports this on the first page

@@ -17,8 +17,8 @@ import pandas as pd
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
-from indexer.thumbnails import SourceImage
-from indexer.tiling import ZONE_WIDTH_DEG
+from lookalike.indexer.thumbnails import SourceImage
+from lookalike.indexer.tiling import ZONE_WIDTH_DEG
 
 MIN_LEVEL_PIXELS = 1024  # the coarsest pyramid level is about this wide
 _pyramids: dict[tuple, list[hv.RGB]] = {}

@@ -19,12 +19,12 @@ import param
 import shapely
 from shapely.geometry import box as shapely_box
 
-from indexer import catalogue
-from indexer.errors import LookalikeError
-from indexer.export import hits_to_geojson
-from indexer.search import MAX_K, Filters, Query, filter_mask, search, tile_at
-from indexer.store import Index
-from indexer.tiling import Zone
+from lookalike.errors import LookalikeError
+from lookalike.indexer import catalogue
+from lookalike.indexer.export import hits_to_geojson
+from lookalike.indexer.search import MAX_K, Filters, Query, filter_mask, search, tile_at
+from lookalike.indexer.store import Index
+from lookalike.indexer.tiling import Zone
 
 log = logging.getLogger(__name__)
 

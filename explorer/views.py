@@ -20,10 +20,12 @@ import param
 from holoviews.operation.datashader import rasterize, shade
 from panel.custom import JSComponent
 
-from explorer import basemap
-from explorer.catalog import Catalog, Entry
-from explorer.state import ExplorerState, footprint_bounds
-from indexer.errors import LookalikeError
+from lookalike.data.hirise import in_time_range, load_hirise_footprints
+from lookalike.errors import LookalikeError
+from lookalike.explorer import basemap
+from lookalike.explorer.served import Catalog, Entry
+from lookalike.explorer.state import ExplorerState, footprint_bounds
+from lookalike.indexer.thumbnails import basemap_image
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +352,6 @@ if (!drawing) {
 @lru_cache(maxsize=16)
 def hirise_footprints(start: str, end: str, show: bool) -> hv.Rectangles:
     """HiRISE footprints observed between two dates, shared by every session of the process."""
-    from data.hirise import in_time_range, load_hirise_footprints
 
     table = load_hirise_footprints()
     if not show:
@@ -380,7 +381,6 @@ class MapView:
         self.doc = pn.state.curdoc
 
     def panel(self) -> pn.viewable.Viewable:
-        from indexer.thumbnails import basemap_image
 
         release_views(self.state, "map")  # the map of the previous index stops following
         try:

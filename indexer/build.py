@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from indexer.encoding import Encoder
-from indexer.errors import LookalikeError
-from indexer.sources import RasterSource, load_image, read_labels
-from indexer.store import MANIFEST, open_index, write_index
-from indexer.tiling import TileGrid, TilePlace, Zone
-from models.hashing import LinearHash, NetworkHash, load_hash_model, resolve_hash
+from lookalike.errors import LookalikeError
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.shards import SHARD_MANIFEST, write_shards
+from lookalike.indexer.sources import RasterSource, load_image, read_labels
+from lookalike.indexer.store import MANIFEST, open_index, write_index
+from lookalike.indexer.tiling import TileGrid, TilePlace, Zone
+from lookalike.models.hashing import LinearHash, NetworkHash, load_hash_model, resolve_hash
 
 CHUNK = 512
 
@@ -130,7 +131,6 @@ def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str 
 
 def check_out(out: Path, append: bool, shards: int | None = None) -> None:
     """Refuse to overwrite an index, and combinations the store cannot do."""
-    from indexer.distributed import SHARD_MANIFEST
 
     if shards is not None and shards < 1:
         raise LookalikeError(f"--shards must be at least 1, got {shards}")
@@ -171,7 +171,6 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
     table = lean_tiles(table)
     info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta))
     if shards is not None:
-        from indexer.distributed import write_shards
 
         write_shards(out, codes, table, shards, bits=model.bits, hash_model=model_bytes, info=info)
     else:

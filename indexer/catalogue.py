@@ -19,7 +19,10 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from indexer.errors import LookalikeError
+from lookalike.data.hirise import load_hirise_footprints
+from lookalike.errors import LookalikeError
+from lookalike.indexer.store import open_index, update_tables
+from lookalike.indexer.tiling import Zone
 
 BOX_COLUMNS = ("lon_min", "lat_min", "lon_max", "lat_max")
 REQUIRED = ("label", "posterior", "lon", "lat", *BOX_COLUMNS)
@@ -213,7 +216,6 @@ def place_at_observations(tiles: pd.DataFrame, observations: pd.DataFrame,
     ``column`` (a product id such as ``ESP_011283_2265_RED``; its first three parts are the
     observation id). Returns the table and the number of chips with no known observation,
     which keep empty footprints and are never found by place or time."""
-    from indexer.tiling import Zone
 
     if column not in tiles:
         raise LookalikeError(f"the tile table has no {column!r} column to join observations on")
@@ -247,7 +249,6 @@ def catalogue_summary(tiles: pd.DataFrame, landmarks: pd.DataFrame | None,
 
 def attach_to_index(path: str | Path, landmarks: pd.DataFrame, replace: bool = False) -> pd.DataFrame:
     """Add raster landmarks to an index's catalogue (replacing it with ``replace``)."""
-    from indexer.store import open_index, update_tables
 
     index = open_index(path)
     new = attach(index.tiles, landmarks)
@@ -259,32 +260,9 @@ def attach_to_index(path: str | Path, landmarks: pd.DataFrame, replace: bool = F
     return new
 
 
-def classify_chips(path: str | Path, root: str | Path, model: str | Path = "hirise",
-                   progress: bool = True) -> pd.DataFrame:
-    """Classify every image chip of an image-folder index and make them its landmark catalogue
-    (one landmark per chip, ``label`` the predicted class; the CSV's own label stays in the
-    tile table)."""
-    from indexer.store import open_index, update_tables
-    from models.classifier import folder_features, load_classifier
-
-    index = open_index(path)
-    if "path" not in index.tiles:
-        raise LookalikeError(f"{path} is not an index of image chips; find landmarks in rasters "
-                             "with `lookalike landmarks`")
-    classifier = load_classifier(model)
-    features = folder_features(root, index.tiles, image_size=classifier.image_size,
-                               backbone=classifier.backbone, progress=progress)
-    landmarks = crop_landmarks(index.tiles, classifier.predict_proba(features), classifier.classes)
-    update_tables(path, landmarks=landmarks,
-                  info=dict(landmarks=dict(kind="chips", model=str(model), classes=classifier.classes)))
-    return landmarks
-
-
 def place_index_at_observations(path: str | Path, observations: str | Path | None = None) -> int:
     """Place the chips of an image-folder index at their HiRISE observations' footprints and
     times (``data.hirise``); returns how many chips have no known observation."""
-    from data.hirise import load_hirise_footprints
-    from indexer.store import open_index, update_tables
 
     index = open_index(path)
     tiles, unplaced = place_at_observations(index.tiles, load_hirise_footprints(observations))

@@ -26,9 +26,7 @@ over all rows gives.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,15 +37,25 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from indexer import build
-from indexer.errors import CodeLengthError, IndexCorruptError, LookalikeError
-from indexer.search import MAX_K, Filters, Query, combine_examples, filter_mask, ranked_rows
-from indexer.sources import RasterSource, load_image
-from indexer.store import MANIFEST, Index, atomic_write_bytes, open_index, sha256_file, write_index
-from indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, Zone, zones_for_bounds
-
-SHARD_MANIFEST = "shards.json"
-SHARD_FORMAT = "lookalike-shards"
+from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
+from lookalike.fileio import sha256_file
+from lookalike.indexer import build
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.search import (
+    MAX_K,
+    Filters,
+    Query,
+    combine_examples,
+    encode_image_like_index,
+    filter_mask,
+    ranked_rows,
+    ranked_rows_index,
+    tile_at,
+)
+from lookalike.indexer.shards import Shard, read_shards, shards_of_dirs
+from lookalike.indexer.sources import RasterSource, load_image
+from lookalike.indexer.store import MANIFEST, Index, open_index
+from lookalike.indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, Zone, zones_for_bounds
 
 # per worker process: built once, reused by every task that runs there
 _ENCODERS: dict = {}
@@ -152,7 +160,6 @@ def _cached(cache: dict, key, make):
 
 def worker_encoder(spec: EncoderSpec):
     """The encoder of this process for ``spec``, built on first use."""
-    from indexer.encoding import Encoder
 
     return _cached(_ENCODERS, spec, lambda: Encoder(
         spec.backbone, spec.weights, image_size=spec.image_size, batch_size=spec.batch_size,
@@ -338,92 +345,6 @@ def index_images_distributed(client, root: str | Path, labels_csv: str | Path, o
     return build.commit(out, work, features, table, backbone, bits, hash_path, append, info, shards)
 
 
-# ------------------------------------------------------------------ shards on disk
-def _body_sha256(body: dict) -> str:
-    text = json.dumps({k: v for k, v in body.items() if k != "sha256"}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def write_shards(out: str | Path, codes: np.ndarray, tiles: pd.DataFrame, n_shards: int, *,
-                 bits: int, hash_model: bytes, info: dict | None = None) -> Path:
-    """Split an index into ``n_shards`` ordinary index directories of contiguous rows
-    (``shard-000``, ...) and commit them with a checksummed ``shards.json`` written last."""
-    out = Path(out)
-    if (out / SHARD_MANIFEST).exists():
-        raise LookalikeError(f"{out} already holds a sharded index; choose another --out")
-    if len(codes) == 0:
-        raise LookalikeError("cannot shard an empty index")
-    n_shards = max(1, min(int(n_shards), len(codes)))
-    for stale in out.glob("shard-*"):  # left by a write that never reached its shards.json
-        shutil.rmtree(stale)
-    edges = np.linspace(0, len(codes), n_shards + 1).round().astype(int)
-    entries = []
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        path = out / f"shard-{i:03d}"
-        write_index(path, codes[lo:hi], tiles.iloc[lo:hi].reset_index(drop=True), bits=bits,
-                    hash_model=hash_model,
-                    info=dict(info or {}, shard=dict(index=i, of=n_shards, offset=int(lo))))
-        entries.append(dict(path=path.name, offset=int(lo), count=int(hi - lo),
-                            manifest_sha256=sha256_file(path / MANIFEST)))
-    body = dict(format=SHARD_FORMAT, format_version=1, bits=int(bits), count=int(len(codes)),
-                shards=entries)
-    body["sha256"] = _body_sha256(body)
-    atomic_write_bytes(out / SHARD_MANIFEST, json.dumps(body, indent=2).encode())
-    return out
-
-
-def is_sharded(path: str | Path) -> bool:
-    path = Path(path)
-    return path.name == SHARD_MANIFEST and path.is_file() or (path / SHARD_MANIFEST).is_file()
-
-
-@dataclass(frozen=True)
-class Shard:
-    path: str          # an index directory, as the workers see it
-    offset: int        # global row of its first tile
-    count: int
-    manifest_sha256: str
-
-
-def read_shards(path: str | Path) -> tuple[list[Shard], int]:
-    """The shards of a shard manifest (or of the folder holding one) and the code length;
-    refuses a manifest that fails its checksum or whose shards were rewritten since."""
-    path = Path(path)
-    mpath = path if path.name == SHARD_MANIFEST else path / SHARD_MANIFEST
-    if not mpath.is_file():
-        raise IndexCorruptError(f"{path} has no {SHARD_MANIFEST}: not a sharded index")
-    try:
-        body = json.loads(mpath.read_text())
-        if body.get("format") != SHARD_FORMAT or body.get("sha256") != _body_sha256(body):
-            raise IndexCorruptError(f"{mpath} fails its checksum or is not a shard manifest")
-        shards = [Shard(str(mpath.parent / e["path"]), int(e["offset"]), int(e["count"]),
-                        str(e["manifest_sha256"])) for e in body["shards"]]
-        bits = int(body["bits"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise IndexCorruptError(f"{mpath} is not a valid shard manifest ({exc!r})") from None
-    for s in shards:
-        manifest = Path(s.path) / MANIFEST
-        if not manifest.is_file() or sha256_file(manifest) != s.manifest_sha256:
-            raise IndexCorruptError(f"shard {s.path} is missing or was changed after {mpath} was written")
-    return shards, bits
-
-
-def shards_of_dirs(dirs: list[str | Path]) -> tuple[list[Shard], int]:
-    """Shards for plain index directories taken in this order (row offsets add up)."""
-    from indexer.store import read_manifest
-
-    shards, offset, bits = [], 0, set()
-    for d in dirs:
-        m = read_manifest(d)
-        shards.append(Shard(str(Path(d)), offset, int(m["count"]),
-                            sha256_file(Path(d) / MANIFEST)))
-        offset += int(m["count"])
-        bits.add(int(m["bits"]))
-    if len(bits) != 1:
-        raise LookalikeError(f"the shards hold codes of different lengths: {sorted(bits)}")
-    return shards, bits.pop()
-
-
 # ------------------------------------------------------------------ fan-out search
 def _shard_index(path: str, manifest_sha256: str, verify: bool = True) -> Index:
     def load() -> Index:
@@ -449,7 +370,6 @@ def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None
         if method == "exact":
             rows, dist = ranked_rows(index.codes, code, k, mask)
         else:  # a sublinear index per shard, built on first use and kept with the shard
-            from indexer.search import ranked_rows_index
 
             rows, dist = ranked_rows_index(index, code, k, mask, method)
     return rows + shard.offset, dist, index.tiles.iloc[rows].reset_index(drop=True)
@@ -465,7 +385,6 @@ def _shard_codes(shard: Shard, tile_ids: list[str]) -> dict[str, np.ndarray]:
 @_clean_errors
 def _shard_under(shard: Shard, lon: float, lat: float):
     """(closeness, global row, code) of this shard's tile under the point, or None."""
-    from indexer.search import tile_at
 
     index = _shard_index(shard.path, shard.manifest_sha256)
     try:
@@ -536,7 +455,6 @@ class ShardedSearch:
         if query.code is not None:
             return np.asarray(query.code, np.uint8).ravel()
         if query.image is not None:
-            from indexer.search import encode_image_like_index
 
             return encode_image_like_index(open_index(self.shards[0].path, verify=False),
                                            query.image, encoder)

@@ -33,8 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from indexer.errors import LookalikeError
-from models.backbones import Backbone, create_backbone
+from lookalike.config import onnx_dir
+from lookalike.data.registry import DATASETS, fetch
+from lookalike.errors import LookalikeError
+from lookalike.indexer.sources import RasterSource
+from lookalike.indexer.tiling import TileGrid
+from lookalike.models.backbones import Backbone, create_backbone
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_OPSET = 17
@@ -60,12 +64,7 @@ def fuse_batchnorm(backbone: Backbone) -> Backbone:
 
 def onnx_cache_dir() -> Path:
     """Where exported ONNX models live: ``$LOOKALIKE_CACHE/onnx`` or the user cache."""
-    env = os.environ.get("LOOKALIKE_CACHE")
-    if env:
-        return Path(env).expanduser() / "onnx"
-    import pooch
-
-    return Path(pooch.os_cache("lookalike")) / "onnx"
+    return onnx_dir()
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -132,9 +131,6 @@ def quantize_onnx(src: Path, path: Path, calibration: np.ndarray, batch: int = 3
 
 def mars_tiles(n: int, size: int = 128) -> np.ndarray:
     """The first ``n`` valid tiles of the mars_8k mosaic in the data cache (no download)."""
-    from data.registry import DATASETS, fetch
-    from indexer.sources import RasterSource
-    from indexer.tiling import TileGrid
 
     ds = DATASETS["mars_8k"]
     source = RasterSource(fetch("mars_8k", download=False), name="mars_8k", crs=ds.crs, bounds=ds.bounds)

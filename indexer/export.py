@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from indexer.store import atomic_write_bytes
+from lookalike.fileio import atomic_write_bytes
 
 PROPERTIES = ("rank", "distance", "tile_id", "zone", "time", "source", "label")
 

@@ -19,9 +19,15 @@ import shapely.errors
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from indexer.errors import CodeLengthError, LookalikeError
-from indexer.store import Index
-from indexer.tiling import Zone
+from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.indexer.catalogue import landmark_mask, tiles_under
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
+from lookalike.indexer.sources import load_image
+from lookalike.indexer.store import Index
+from lookalike.indexer.sublinear import build_sublinear
+from lookalike.indexer.tiling import Zone
+from lookalike.models.hashing import load_hash_model
 
 MAX_K = 10_000
 SCAN_ROWS = 1 << 20  # rows per block: bounds the temporary XOR buffer to bytes_per_code MiB
@@ -162,7 +168,6 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         return None
     mask = np.ones(len(tiles), dtype=bool)
     if filters.landmark_classes:
-        from indexer.catalogue import landmark_mask
 
         mask &= landmark_mask(tiles, landmarks, list(filters.landmark_classes),
                               filters.min_confidence, filters.min_landmarks)
@@ -205,7 +210,6 @@ def ranked_rows(codes: np.ndarray, code: np.ndarray, k: int,
     (``indexer.hamming_kernel``); other lengths through the numpy reference functions above.
     """
     if codes.shape[1] % 8 == 0 and len(codes):
-        from indexer.hamming_kernel import scan_top_k
 
         return scan_top_k(codes, code, k, mask)
     if mask is None:
@@ -222,7 +226,6 @@ def ranked_rows_batch(codes: np.ndarray, queries: np.ndarray, k: int,
     if queries.shape[1] != codes.shape[1]:
         raise CodeLengthError(f"queries have {queries.shape[1] * 8} bits, codes have {codes.shape[1] * 8}")
     if codes.shape[1] % 8 == 0 and len(codes):
-        from indexer.hamming_kernel import scan_top_k_batch
 
         return scan_top_k_batch(codes, queries, k, mask)
     return [ranked_rows(codes, q, k, mask) for q in queries]
@@ -249,7 +252,6 @@ def choose_method(n: int, mask: np.ndarray | None, method: str = "auto") -> str:
 
 def sublinear_index(index: Index, method: str):
     """The ``method`` ('lsh', 'mih' or 'ivf') tables of ``index``, built on first use and kept on it."""
-    from indexer.sublinear import build_sublinear
 
     cache = index.__dict__.setdefault("_sublinear", {})
     if method not in cache:
@@ -294,7 +296,6 @@ class Query:
 
 def tile_at(index: Index, lon: float, lat: float) -> int:
     """Row of the tile under (lon, lat): nearest centre among tiles whose footprint holds it."""
-    from indexer.catalogue import tiles_under
 
     if "lon0" not in index.tiles:
         raise LookalikeError("this index has no footprints; query it by tile id or image")
@@ -328,9 +329,6 @@ def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
 
 def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np.ndarray:
     """Encode a picture with the index's own backbone and hash model."""
-    from indexer.encoding import Encoder
-    from indexer.sources import load_image
-    from models.hashing import load_hash_model
 
     backbone = index.manifest["backbone"]
     size = backbone.get("image_size") or int(index.manifest.get("tiling", {}).get("size", 128))
@@ -387,3 +385,9 @@ def _hits(index: Index, rows: np.ndarray, dist: np.ndarray) -> pd.DataFrame:
     hits.insert(0, "rank", np.arange(1, len(rows) + 1))
     hits.attrs["index_row"] = rows
     return hits
+
+
+def rank_hamming(archive_codes: np.ndarray, query_codes: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k nearest archive codes by Hamming distance, ties by archive order."""
+
+    return np.stack([top_k(hamming_distances(archive_codes, q), k)[0] for q in query_codes])

@@ -26,9 +26,17 @@ from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from indexer.errors import SourceError
-from indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, TilePlace, Zone, tile_places, zone_box, \
-    zone_crs, zones_for_bounds
+from lookalike.errors import SourceError
+from lookalike.indexer.tiling import (
+    DEFAULT_LAT_RANGE,
+    TileGrid,
+    TilePlace,
+    Zone,
+    tile_places,
+    zone_box,
+    zone_crs,
+    zones_for_bounds,
+)
 
 _TIME_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "ACQUISITIONDATE", "DATE_ACQUIRED",
               "TIFFTAG_DATETIME")

@@ -41,8 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from indexer.errors import LookalikeError
-from indexer.hamming_kernel import _popcount64, scan_top_k
+from lookalike.errors import LookalikeError
+from lookalike.indexer.hamming_kernel import _popcount64, scan_top_k
 
 KEY_BITS = 16
 

@@ -27,9 +27,10 @@ from rasterio.crs import CRS as RioCRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from indexer.errors import LookalikeError, SourceError
-from indexer.sources import RasterSource, to_uint8
-from indexer.tiling import TileGrid, Zone, from_zone
+from lookalike.data.registry import DATASETS, fetch
+from lookalike.errors import LookalikeError, SourceError
+from lookalike.indexer.sources import RasterSource, to_uint8
+from lookalike.indexer.tiling import TileGrid, Zone, from_zone
 
 MAX_PIXELS = 1 << 26  # ~67 Mpx (200 MB RGB); larger rasters are decimated on load
 THUMB_SIZE = 96
@@ -206,7 +207,6 @@ def basemap_image(index) -> SourceImage:
     name = index.manifest.get("basemap")
     if not name:
         return index_source_image(index)
-    from data.registry import DATASETS, fetch
 
     if name not in DATASETS:
         raise LookalikeError(f"index {index.path} asks for an unknown basemap {name!r}")

@@ -3,15 +3,41 @@
 The Python API, in the order data flows::
 
     from lookalike import RasterSource, index_rasters, open_index, search, Query, Filters
+
+Names are imported on first use, so ``import lookalike`` (and ``lookalike --help``) does not load
+torch.
 """
 
-from indexer.build import index_images, index_rasters
-from indexer.errors import LookalikeError
-from indexer.export import hits_to_geojson
-from indexer.search import Filters, Query, search
-from indexer.sources import RasterSource
-from indexer.store import open_index
+from __future__ import annotations
 
-__all__ = ["Filters", "LookalikeError", "Query", "RasterSource", "hits_to_geojson",
-           "index_images", "index_rasters", "open_index", "search"]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "LookalikeError": "lookalike.errors",
+    "RasterSource": "lookalike.indexer.sources",
+    "index_images": "lookalike.indexer.build",
+    "index_rasters": "lookalike.indexer.build",
+    "open_index": "lookalike.indexer.store",
+    "Filters": "lookalike.indexer.search",
+    "Query": "lookalike.indexer.search",
+    "search": "lookalike.indexer.search",
+    "search_batch": "lookalike.indexer.search",
+    "hits_to_geojson": "lookalike.indexer.export",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

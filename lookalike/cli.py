@@ -9,7 +9,9 @@ import sys
 import warnings
 from pathlib import Path
 
-DEFAULT_INDEX_ROOT_ENV = "LOOKALIKE_INDEXES"
+from lookalike.config import INDEXES_ENV
+from lookalike.errors import LookalikeError
+from lookalike.fileio import atomic_write_bytes
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -35,7 +37,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _zones(text: str) -> list[str]:
-    from indexer.tiling import Zone
+    from lookalike.indexer.tiling import Zone
 
     try:
         return [Zone.parse(z).label for z in _csv(text)]
@@ -57,228 +59,99 @@ class _Parser(argparse.ArgumentParser):
 def _write_json(path: str | None, payload: dict) -> None:
     text = json.dumps(payload, indent=2, default=str)
     if path:
-        from indexer.store import atomic_write_bytes
-
         atomic_write_bytes(Path(path), text.encode())
     print(text)
 
 
 # ------------------------------------------------------------------ commands
+# Each command turns its arguments into one call of the Python API. The modules behind a
+# command are imported when it runs, so ``--help`` and usage errors do not pay for torch.
 def cmd_fetch(args) -> None:
-    from data.registry import fetch
+    from lookalike.data.registry import fetch
 
     print(fetch(args.name))
 
 
-def _raster_sources(args):
-    from data.registry import DATASETS, fetch
-    from indexer.sources import RasterSource
-
-    sources = []
-    for ref in args.rasters:
-        if ref in DATASETS and not Path(ref).exists():
-            ds = DATASETS[ref]
-            sources.append(RasterSource(fetch(ref), name=ref, crs=ds.crs, bounds=ds.bounds, time=args.time))
-        else:
-            sources.append(RasterSource(ref, name=args.name, crs=args.crs, bounds=args.bounds,
-                                        time=args.time, bands=tuple(int(b) for b in _csv(args.bands)) if args.bands else None))
-    return sources
-
-
-def _catalogue_chips(args, out) -> None:
-    """``index --images`` extras: place chips at HiRISE footprints, classify them as landmarks."""
-    from indexer.catalogue import classify_chips, place_index_at_observations
-
-    if args.footprints:
-        unplaced = place_index_at_observations(out, None if args.footprints == "hirise" else args.footprints)
-        if unplaced:
-            print(f"{unplaced} image(s) have no known HiRISE observation: they carry no footprint")
-    if args.classify:
-        classify_chips(out, args.images, args.classify)
-
-
-def _index_on_dask(args) -> Path:
-    """``index --scheduler``: the same build, tiling and encoding on dask workers."""
-    from indexer.distributed import EncoderSpec, connect, index_images_distributed, \
-        index_rasters_distributed
-    from indexer.tiling import Zone
-
-    with connect(args.scheduler) as client:
-        if args.images:
-            spec = EncoderSpec(args.backbone, args.weights, image_size=args.image_size,
-                               batch_size=args.batch_size, runtime=getattr(args, "runtime", "auto"))
-            return index_images_distributed(client, args.images, args.labels, args.out, split=args.split,
-                                            bits=args.bits, image_size=args.image_size,
-                                            hash_path=args.hash, encoder=spec, append=args.append,
-                                            shards=args.shards)
-        zones = [Zone.parse(z) for z in args.zones] if args.zones else None
-        return index_rasters_distributed(client, _raster_sources(args), args.out, size=args.tile_size,
-                                         stride=args.stride, gsd=args.gsd, zones=zones, bbox=args.bbox,
-                                         bits=args.bits, hash_path=args.hash,
-                                         encoder=EncoderSpec(args.backbone, args.weights,
-                                                             batch_size=args.batch_size,
-                                                             runtime=getattr(args, "runtime", "auto")),
-                                         min_valid=args.min_valid, append=args.append,
-                                         shards=args.shards)
-
-
-def _shards_info(out) -> None:
-    from indexer.distributed import read_shards
-
-    shards, bits = read_shards(out)
-    _write_json(None, dict(path=str(out), count=sum(s.count for s in shards), bits=bits,
-                           shards=[dict(path=s.path, offset=s.offset, count=s.count) for s in shards]))
-
-
 def cmd_index(args) -> None:
-    from indexer.build import index_images, index_rasters
-    from indexer.encoding import Encoder
-    from indexer.errors import LookalikeError
-    from indexer.tiling import Zone
+    from lookalike.workflows.indexing import build_index, index_summary, shards_summary
 
-    if bool(args.rasters) == bool(args.images):
-        raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
-    if args.images and not args.labels:
-        raise LookalikeError("--images needs --labels CSV")
-    if args.shards and (args.footprints or args.classify):
-        raise LookalikeError("--footprints and --classify work on one index, not with --shards")
-    if (args.footprints or args.classify) and not args.images:
-        raise LookalikeError("--footprints and --classify are for image chips (--images); find "
-                             "landmarks in rasters with `lookalike landmarks SCENE --index DIR`")
-    if args.scheduler:
-        out = _index_on_dask(args)
-        if args.images and not args.shards:
-            _catalogue_chips(args, out)
-    elif args.images:
-        encoder = Encoder(args.backbone, args.weights, image_size=args.image_size, batch_size=args.batch_size,
-                          runtime=args.runtime)
-        out = index_images(args.images, args.labels, args.out, split=args.split, bits=args.bits,
-                           image_size=args.image_size, hash_path=args.hash, encoder=encoder,
-                           append=args.append, shards=args.shards)
-        if not args.shards:
-            _catalogue_chips(args, out)
-    else:
-        zones = [Zone.parse(z) for z in args.zones] if args.zones else None
-        encoder = Encoder(args.backbone, args.weights, batch_size=args.batch_size, runtime=args.runtime)
-        out = index_rasters(_raster_sources(args), args.out, size=args.tile_size, stride=args.stride,
-                            gsd=args.gsd, zones=zones, bbox=args.bbox, bits=args.bits,
-                            hash_path=args.hash, encoder=encoder, min_valid=args.min_valid,
-                            append=args.append, shards=args.shards)
-    if args.shards:
-        _shards_info(out)
-        return
-    cmd_info(argparse.Namespace(index=str(out), json=None, no_verify=True))
+    out = build_index(args.out, rasters=args.rasters, images=args.images, labels=args.labels,
+                      split=args.split, image_size=args.image_size, name=args.name, crs=args.crs,
+                      bounds=args.bounds, bands=tuple(int(b) for b in _csv(args.bands)) if args.bands else None,
+                      time=args.time, tile_size=args.tile_size, stride=args.stride, gsd=args.gsd,
+                      zones=args.zones, bbox=args.bbox, min_valid=args.min_valid, hash_path=args.hash,
+                      bits=args.bits, backbone=args.backbone, weights=args.weights,
+                      batch_size=args.batch_size, runtime=args.runtime, append=args.append,
+                      scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
+                      classify=args.classify)
+    _write_json(None, shards_summary(out) if args.shards else index_summary(out, verify=False))
 
 
 def cmd_info(args) -> None:
-    from indexer.store import open_index
+    from lookalike.workflows.indexing import index_summary
 
-    index = open_index(args.index, verify=not args.no_verify)
-    m = index.manifest
-    codes_bytes = m["files"]["codes"]["bytes"]
-    tiles_bytes = m["files"]["tiles"]["bytes"]
-    summary = dict(path=str(index.path), count=index.n, bits=index.bits, kind=m.get("kind"),
-                   backbone=m.get("backbone", {}).get("name"), hash=m.get("hash", {}).get("method"),
-                   sources=sorted(m.get("sources", {})), zones=int(index.tiles["zone"].nunique()),
-                   bytes_per_tile=dict(codes=codes_bytes / max(index.n, 1),
-                                       tile_table=tiles_bytes / max(index.n, 1)),
-                   created=m.get("created"), updated=m.get("updated"), verified=not args.no_verify)
-    if index.landmarks is not None:
-        from indexer.catalogue import catalogue_summary
-
-        summary["landmarks"] = catalogue_summary(index.tiles, index.landmarks)
-        summary["bytes_per_tile"]["landmarks"] = m["files"]["landmarks"]["bytes"] / max(index.n, 1)
-    _write_json(args.json, summary)
+    _write_json(args.json, index_summary(args.index, verify=not args.no_verify))
 
 
 def _filters(args):
-    from indexer.search import Filters
+    from lookalike.indexer.search import Filters
+    from lookalike.workflows.searching import read_region
 
-    from indexer.errors import LookalikeError
-
-    region = None
-    if args.region:
-        try:
-            region = json.loads(Path(args.region).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LookalikeError(f"--region {args.region} is not a GeoJSON file ({exc})") from None
     time_range = (args.start, args.end) if (args.start or args.end) else None
-    return Filters(zones=args.zones or [],
-                   sources=_csv(args.sources) if args.sources else [], time_range=time_range,
-                   bbox=args.bbox, region=region, labels=_csv(args.labels) if args.labels else [],
+    return Filters(zones=args.zones or [], sources=_csv(args.sources) if args.sources else [],
+                   time_range=time_range, bbox=args.bbox,
+                   region=read_region(args.region) if args.region else None,
+                   labels=_csv(args.labels) if args.labels else [],
                    landmark_classes=_csv(args.classes) if args.classes else [],
                    min_confidence=args.min_confidence, min_landmarks=args.min_landmarks)
 
 
-def _unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
-    return value
-
-
-def _search_on_dask(args, query, filters):
-    """``search --scheduler`` (or a sharded index): fan the query out to the workers holding
-    the shards; returns the hits and the milliseconds the search itself took."""
-    import time
-
-    from indexer.distributed import ShardedSearch, connect, is_sharded
-
-    shards = args.index if is_sharded(args.index) else [args.index]
-    with connect(args.scheduler or "local") as client:
-        engine = ShardedSearch(client, shards, verify=not args.no_verify)
-        t0 = time.perf_counter()
-        hits = engine.search(query, k=args.k, filters=filters, method=getattr(args, "method", "exact"))
-        return hits, (time.perf_counter() - t0) * 1000.0
-
-
 def cmd_search(args) -> None:
-    import time
+    import pandas as pd
 
-    from indexer.export import hits_to_geojson, write_geojson
-    from indexer.distributed import is_sharded
-    from indexer.search import Query, search
-    from indexer.store import open_index
+    from lookalike.indexer.search import Query
+    from lookalike.workflows.searching import hit_columns, run_search
 
-    sharded = bool(args.scheduler) or is_sharded(args.index)
-    index = None if sharded else open_index(args.index, verify=not args.no_verify)
     query = Query(tile_id=args.tile, lonlat=args.lonlat, image=args.image,
                   positives=_csv(args.positive) if args.positive else [],
                   negatives=_csv(args.negative) if args.negative else [])
-    filters = _filters(args)
-    if sharded:
-        hits, elapsed = _search_on_dask(args, query, filters)
-    else:
-        t0 = time.perf_counter()
-        hits = search(index, query, k=args.k, filters=filters, method=args.method)
-        elapsed = (time.perf_counter() - t0) * 1000.0
-    if args.geojson:
-        write_geojson(args.geojson, hits_to_geojson(hits, filters=filters.describe(),
-                                                    query={k: v for k, v in vars(query).items() if v}))
-    columns = [c for c in ("rank", "distance", "tile_id", "zone", "lon", "lat", "time", "source", "label")
-               if c in hits]
+    hits, elapsed = run_search(args.index, query, k=args.k, filters=_filters(args), method=args.method,
+                               scheduler=args.scheduler, verify=not args.no_verify, geojson=args.geojson)
+    columns = hit_columns(hits)
     if args.json:
         _write_json(args.json, dict(n_hits=len(hits), ms=elapsed, hits=hits[columns].to_dict("records")))
         return
-    import pandas as pd
-
     with pd.option_context("display.max_rows", args.show, "display.width", 200):
         print(hits[columns].head(args.show).to_string(index=False))
     print(f"{len(hits)} hits in {elapsed:.1f} ms" + (f"; GeoJSON written to {args.geojson}" if args.geojson else ""))
 
 
 def cmd_eval(args) -> None:
-    from models.evaluation import evaluate_retrieval
+    from lookalike.workflows.evaluation import evaluate_retrieval
 
-    method = "float" if args.float else "hash"
     result = evaluate_retrieval(args.images, args.labels, archive_split=args.archive_split,
-                                query_split=args.query_split, k=args.k, method=method,
-                                hash_path=args.hash, bits=args.bits, image_size=args.image_size)
+                                query_split=args.query_split, k=args.k,
+                                method="float" if args.float else "hash", hash_path=args.hash,
+                                bits=args.bits, image_size=args.image_size)
+    _write_json(args.json, result)
+
+
+def cmd_eval_classify(args) -> None:
+    from lookalike.workflows.evaluation import evaluate_classifier
+
+    plot = args.plot
+    if plot is None and args.json:
+        plot = str(Path(args.json).with_suffix(".png"))
+    result = evaluate_classifier(args.model, args.images, args.labels, split=args.split,
+                                 threshold=args.threshold, plot=plot)
+    if not args.curve:
+        result.pop("curve")
     _write_json(args.json, result)
 
 
 def cmd_train_classifier(args) -> None:
-    from models.classifier import ClassifierConfig, train_classifier_from_folder
+    from lookalike.models.classifier import ClassifierConfig
+    from lookalike.workflows.training import train_classifier_from_folder
 
     config = ClassifierConfig(hidden=args.hidden, epochs=args.epochs, views=args.views,
                               class_weights=args.class_weights, seed=args.seed)
@@ -291,63 +164,30 @@ def cmd_train_classifier(args) -> None:
     _write_json(args.json, report)
 
 
-def cmd_eval_classify(args) -> None:
-    from indexer.errors import LookalikeError
-    from models.classify_eval import evaluate_classifier
-
-    plot = args.plot
-    if plot is None and args.json:
-        plot = str(Path(args.json).with_suffix(".png"))
-    if not 0.0 <= args.threshold <= 1.0:
-        raise LookalikeError(f"--threshold must be within [0, 1], got {args.threshold}")
-    result = evaluate_classifier(args.model, args.images, args.labels, split=args.split,
-                                 threshold=args.threshold, plot=plot)
-    if not args.curve:
-        result.pop("curve")
-    _write_json(args.json, result)
-
-
 def cmd_train_hash(args) -> None:
-    from models.training import TrainConfig, train_hash_from_folder
+    from lookalike.models.training import TrainConfig
+    from lookalike.workflows.training import train_hash_head
 
     config = TrainConfig(method=args.method, bits=args.bits, epochs=args.epochs,
                          push_weight=args.push_weight, balance_weight=args.balance_weight,
                          inter_class_weight=args.inter_class_weight, seed=args.seed,
                          whiten_group=args.whiten_group, entropy_weight=args.entropy_weight)
-    if args.index:
-        from models.training import train_hash_from_index
-
-        if args.images:
-            from indexer.errors import LookalikeError
-
-            raise LookalikeError("give --images ROOT --labels CSV or --index DIR, not both")
-        _write_json(args.json, train_hash_from_index(args.index, args.out, config=config,
-                                                     limit=args.limit, seed=args.seed))
-        return
-    if not (args.images and args.labels):
-        from indexer.errors import LookalikeError
-
-        raise LookalikeError("give --images ROOT --labels CSV, or --index DIR for unlabelled tiles")
-    if args.whiten_group and not (args.target_images and args.target_labels):
-        from indexer.errors import LookalikeError
-
-        raise LookalikeError("--whiten-group needs --target-images and --target-labels")
-    report = train_hash_from_folder(args.images, args.labels, args.out, split=args.split,
-                                    config=config, image_size=args.image_size,
-                                    val_split=args.val_split, target_root=args.target_images,
-                                    target_labels_csv=args.target_labels,
-                                    target_split=args.target_split)
+    report = train_hash_head(args.out, config, images=args.images, labels=args.labels,
+                             index=args.index, limit=args.limit, split=args.split,
+                             val_split=args.val_split, image_size=args.image_size,
+                             target_images=args.target_images, target_labels=args.target_labels,
+                             target_split=args.target_split)
     _write_json(args.json, report)
 
 
 def cmd_bench(args) -> None:
-    from indexer.benchmark import bench_search
+    from lookalike.bench.search import bench_search
 
     _write_json(args.json, bench_search(args.n, args.bits, args.k, repeat=args.repeat, queries=args.queries))
 
 
 def cmd_bench_sublinear(args) -> None:
-    from indexer.sublinear_benchmark import bench_sublinear, markdown_table
+    from lookalike.bench.sublinear import bench_sublinear, markdown_table
 
     result = bench_sublinear(args.n, args.bits, args.k, source_indexes=args.source_index,
                              n_queries=args.queries, uniform=not args.no_uniform,
@@ -359,14 +199,19 @@ def cmd_bench_sublinear(args) -> None:
 
 
 def cmd_bench_encode(args) -> None:
-    from indexer.encode_benchmark import bench_encode
-
-    from indexer.encode_benchmark import markdown_table
+    from lookalike.bench.encode import bench_encode, markdown_table
 
     result = bench_encode(args.n, args.batch_size, args.repeat, compile=not args.no_compile,
                           int8=not args.no_int8)
     print(markdown_table(result), file=sys.stderr)
     _write_json(args.json, result)
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
 
 
 def _window(text: str) -> tuple[int, int, int, int]:
@@ -377,66 +222,27 @@ def _window(text: str) -> tuple[int, int, int, int]:
 
 
 def cmd_landmarks(args) -> None:
-    import io
+    from lookalike.workflows.landmarks import landmark_table
 
-    import pandas as pd
-
-    from indexer.encoding import Encoder
-    from indexer.errors import LookalikeError
-    from indexer.store import atomic_write_bytes
-    from models.classifier import load_classifier
-    from models.landmarks import RasterScene, empty_landmarks, find_landmarks, landmarks_to_geojson, \
-        open_scene, summarize
-
-    if not 0.0 <= args.threshold <= 1.0:
-        raise LookalikeError(f"--threshold must be within [0, 1], got {args.threshold}")
-    if args.window and len(args.scenes) > 1:
-        raise LookalikeError("--window picks part of one scene; give a single scene with it")
-    model = load_classifier(args.model)
-    # every scene is opened (and its window and bands checked) before the network is built
-    sources = [open_scene(ref, crs=args.crs, bounds=args.bounds, time=args.time) for ref in args.scenes]
-    for src in sources:
-        RasterScene(src, args.window, args.band).close()
-    encoder = Encoder(model.backbone, image_size=model.image_size, batch_size=16)
-    frames = [find_landmarks(src, model, args.threshold, args.border, window=args.window,
-                             band=args.band, max_regions=args.max_regions, encoder=encoder)
-              for src in sources]
-    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
-        else empty_landmarks(model.classes)
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    atomic_write_bytes(Path(args.out), buf.getvalue())
-    if args.geojson:
-        from indexer.export import write_geojson
-
-        write_geojson(args.geojson, landmarks_to_geojson(frame))
-    summary = summarize(frame, args.threshold)
-    if args.index:
-        from indexer.catalogue import attach_to_index
-
-        catalogue = attach_to_index(args.index, frame, replace=args.replace)
-        summary.update(index=str(args.index), catalogued=int(len(catalogue)),
-                       on_indexed_tiles=int((catalogue["row"] >= 0).sum()))
-    summary.update(model=str(args.model), scenes=len(args.scenes), out=str(args.out),
-                   geojson=args.geojson)
+    summary = landmark_table(args.scenes, args.out, model=args.model, threshold=args.threshold,
+                             border=args.border, window=args.window, band=args.band, crs=args.crs,
+                             bounds=args.bounds, time=args.time, max_regions=args.max_regions,
+                             geojson=args.geojson, index=args.index, replace=args.replace)
     _write_json(args.json, summary)
 
 
 def cmd_serve(args) -> None:
-    from explorer.app import serve
+    from lookalike.explorer.app import serve
 
     serve(args.index, port=args.port, show=args.show)
 
 
 def cmd_demo(args) -> None:
-    from explorer.app import serve
-    from explorer.demo import ensure_demo_index, hirise_layer
+    from lookalike.explorer.app import serve
+    from lookalike.workflows.demo import demo_indexes
 
-    paths = [ensure_demo_index(body, args.root) for body in args.bodies]
-    if "mars" in args.bodies and not args.no_hirise_layer:
-        layer = hirise_layer(args.root)
-        paths += [layer] if layer else []
-    serve(paths, port=args.port, show=args.show)
+    serve(demo_indexes(args.bodies, args.root, hirise=not args.no_hirise_layer), port=args.port,
+          show=args.show)
 
 
 # ------------------------------------------------------------------ parser
@@ -667,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="build the default Mars/Earth indexes if needed, then serve")
     d.add_argument("--bodies", type=_csv, default=["mars"], help="mars,earth")
-    d.add_argument("--root", help=f"where demo indexes live (default ${DEFAULT_INDEX_ROOT_ENV} or the cache)")
+    d.add_argument("--root", help=f"where demo indexes live (default ${INDEXES_ENV} or the cache)")
     d.add_argument("--port", type=int, default=5006)
     d.add_argument("--show", action="store_true")
     d.add_argument("--no-hirise-layer", action="store_true",
@@ -693,8 +499,6 @@ def _glue_coordinates(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from indexer.errors import LookalikeError
-
     warnings.filterwarnings("ignore", module="rasterio")
     argv = _glue_coordinates(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)

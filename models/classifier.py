@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import LookalikeError
+from lookalike.data.shipped import shipped_classifier_path
+from lookalike.errors import LookalikeError
+from lookalike.fileio import atomic_write_bytes
 
 CLASSIFIER_FORMAT = 1
 SHIPPED = ("hirise", "msl")
@@ -97,7 +99,6 @@ class ProbeClassifier:
 
     def save(self, path: str | Path) -> str:
         """Write atomically; returns the file's sha256."""
-        from indexer.store import atomic_write_bytes
 
         return atomic_write_bytes(Path(path), self.to_bytes())
 
@@ -135,11 +136,6 @@ def _read(fh, name: str) -> ProbeClassifier:
         raise LookalikeError(f"classifier model {name} is not a readable model file: {exc}") from None
 
 
-def shipped_classifier_path(name: str) -> Path:
-    """A classifier that ships with the project (see ``data/models/README.md``)."""
-    return Path(__file__).resolve().parents[1] / "data" / "models" / f"classifier_{name}.npz"
-
-
 def resolve_classifier(spec: str | Path) -> Path:
     """``--model``: a file path, or the name of a shipped model (``hirise``, ``msl``)."""
     spec = str(spec)
@@ -147,7 +143,7 @@ def resolve_classifier(spec: str | Path) -> Path:
         path = shipped_classifier_path(spec)
         if not path.is_file():
             raise LookalikeError(f"the shipped classifier {spec!r} is missing ({path.name}); "
-                                 "reinstall or rebuild it (see data/models/README.md)")
+                                 "reinstall or rebuild it (see data/weights/README.md)")
         return path
     path = Path(spec)
     if not path.is_file():
@@ -369,90 +365,3 @@ def _diff(cfg: ClassifierConfig) -> dict:
             if getattr(cfg, f.name) != getattr(default, f.name)} or {"hidden": cfg.hidden}
 
 
-# ------------------------------------------------------------------ image folders
-def folder_features(root, table, image_size: int = 224, backbone: str = "efficientnet_lite0",
-                    progress: bool = True, encoder=None) -> np.ndarray:
-    """Cached backbone features of the images of a labels table (``image_features``)."""
-    from indexer.encoding import Encoder
-    from models.evaluation import image_features
-
-    encoder = encoder or Encoder(backbone, image_size=image_size)
-    return image_features(root, table, encoder, progress)
-
-
-def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
-                                 val_split: str | None = None, config: ClassifierConfig | None = None,
-                                 search: bool = False, folds: int = 5, group_column: str | None = None,
-                                 group_pattern: str | None = None, image_size: int = 224,
-                                 progress: bool = True) -> dict:
-    """Train on one split of a labelled image folder and save to ``out``; report ``val_split``.
-
-    Folds are grouped by ``group_column``, by default ``source_image`` when the CSV has it, or
-    by the part of each file name that the regular expression ``group_pattern`` matches (e.g.
-    ``^\\d{4}``: the sol of an MSL image), so near-duplicates of one scene or day stay together.
-    Augmented views are used only when the chosen setting asks for them (cached per view).
-    """
-    from indexer.encoding import Encoder
-    from indexer.sources import read_labels
-    from models.evaluation import augmented_features
-
-    cfg = config or ClassifierConfig()
-    if folds < 2:
-        raise LookalikeError(f"folds must be at least 2, got {folds}")
-    if cfg.hidden < 0 or cfg.epochs < 1 or cfg.views < 0:
-        raise LookalikeError("hidden and views must be >= 0 and epochs >= 1")
-    table = read_labels(root, labels_csv, split=split)
-    if group_column and group_pattern:
-        raise LookalikeError("group folds by a column or by a file-name pattern, not both")
-    if group_column is None and group_pattern is None and "source_image" in table.columns:
-        group_column = "source_image"
-    if group_column is not None and group_column not in table.columns:
-        raise LookalikeError(f"labels CSV {labels_csv} has no column {group_column!r} to group folds by")
-    groups = table[group_column].to_numpy() if group_column else None
-    if group_pattern:
-        import re
-
-        try:
-            regex = re.compile(group_pattern)
-        except re.error as exc:
-            raise LookalikeError(f"group pattern {group_pattern!r} is not a regular expression: {exc}") from None
-        names = [Path(p).name for p in table["path"]]
-        found = [regex.search(n) for n in names]
-        if not all(found):
-            bad = [n for n, m in zip(names, found) if not m]
-            raise LookalikeError(f"group pattern {group_pattern!r} matches no part of {len(bad)} file "
-                                 f"name(s), e.g. {bad[0]}")
-        groups = np.array([m.group(0) for m in found])
-        group_column = f"pattern {group_pattern}"
-    n_classes = table["label"].nunique()
-    counts = table["label"].value_counts()
-    if len(table) < 2 * folds:
-        raise LookalikeError(f"{len(table)} labelled images are too few for {folds}-fold calibration")
-    encoder = Encoder(image_size=image_size)
-    feats = folder_features(root, table, progress=progress, encoder=encoder)
-    grid = DEFAULT_GRID if search else None
-    # --views caps the augmented views used (each is one more pass of the backbone, cached)
-    n_views = cfg.views
-    if grid:
-        grid = [g for g in grid if g.get("views", 0) <= n_views]
-    views = [augmented_features(root, table, encoder, v, progress) for v in range(n_views)]
-    model, report = train_classifier(feats, table["label"].to_numpy(), groups=groups, views=views,
-                                     config=cfg, grid=grid, folds=folds, backbone=encoder.name,
-                                     image_size=image_size, progress=progress)
-    model.meta.update(trained_on=dict(data=Path(root).name, split=split, n=len(table),
-                                      classes=int(n_classes), group_column=group_column,
-                                      smallest_class=int(counts.min())))
-    result = dict(out=str(out), classes=model.classes, n_train=len(table), **report)
-    if val_split:
-        from models.classify_eval import classification_metrics
-
-        val = read_labels(root, labels_csv, split=val_split)
-        proba = model.predict_proba(folder_features(root, val, progress=progress, encoder=encoder))
-        metrics = classification_metrics(val["label"].to_numpy(), proba, model.classes, threshold=0.9)
-        summary = {k: metrics[k] for k in ("accuracy", "accuracy_at_threshold", "abstention_rate",
-                                           "threshold", "nll", "ece")}
-        result.update(val_split=val_split, val=summary)
-        model.meta.update(val=dict(split=val_split, n=len(val), **summary))
-    result["sha256"] = model.save(out)
-    result["bytes"] = Path(out).stat().st_size
-    return result

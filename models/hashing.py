@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import CodeLengthError, LookalikeError
+from lookalike.data.shipped import default_hash_path
+from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.fileio import atomic_write_bytes
 
 HASH_FORMAT = 1
 
@@ -74,7 +76,6 @@ class LinearHash:
 
     def save(self, path: str | Path) -> str:
         """Write atomically; returns the file's sha256."""
-        from indexer.store import atomic_write_bytes
 
         return atomic_write_bytes(Path(path), self.to_bytes())
 
@@ -171,7 +172,6 @@ class NetworkHash:
         return buf.getvalue()
 
     def save(self, path: str | Path) -> str:
-        from indexer.store import atomic_write_bytes
 
         return atomic_write_bytes(Path(path), self.to_bytes())
 
@@ -195,11 +195,6 @@ def load_hash_model(path: str | Path) -> LinearHash | NetworkHash:
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
             json.JSONDecodeError) as exc:  # TypeError: a plain .npy array, not an .npz
         raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
-
-
-def default_hash_path() -> Path:
-    """The hash model that ships with the project (see ``data/models/README.md``)."""
-    return Path(__file__).resolve().parents[1] / "data" / "models" / "hash_default.npz"
 
 
 ITQ = "itq"

@@ -18,11 +18,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from indexer.errors import LookalikeError
-from models.hashing import NetworkHash
-from models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
-from models.losses import ContrastivePairs, SemiHardTriplet, balance_loss, inter_class_triplets, push_loss
-from models.whitening import SOURCE, TARGET, GroupWhitening, binary_entropy
+from lookalike.errors import LookalikeError
+from lookalike.models.hashing import NetworkHash
+from lookalike.models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
+from lookalike.models.losses import (
+    ContrastivePairs,
+    SemiHardTriplet,
+    balance_loss,
+    inter_class_triplets,
+    push_loss,
+)
+from lookalike.models.whitening import SOURCE, TARGET, GroupWhitening, binary_entropy
 
 METHODS = ("mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder")
 SUPERVISED = ("mirs-triplet", "descartes-classifier")
@@ -208,77 +214,3 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
                        dict(asdict(cfg), n_train=n_train, head=head.config))
 
 
-def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train",
-                           config: TrainConfig | None = None, image_size: int = 224,
-                           val_split: str | None = None, k: int = 64, progress: bool = True,
-                           target_root=None, target_labels_csv=None, target_split: str | None = None) -> dict:
-    """Train a head on a labelled image folder, save it to ``out``; report val mAP@k if asked.
-
-    Unsupervised methods never read the labels (only the file list).
-    """
-    from pathlib import Path
-
-    from indexer.encoding import Encoder
-    from indexer.sources import read_labels
-    from models.evaluation import augmented_features, image_features, rank_hamming, retrieval_scores
-
-    cfg = config or TrainConfig()
-    table = read_labels(root, labels_csv, split=split)
-    encoder = Encoder(image_size=image_size)
-    feats = image_features(root, table, encoder, progress)
-    labels = table["label"].to_numpy() if cfg.method in SUPERVISED else None
-    views = None
-    if cfg.method == "mirs-ntxent":
-        views = tuple(augmented_features(root, table, encoder, v, progress) for v in (0, 1))
-    target = None
-    if target_root is not None:  # unlabelled target domain: only its file list is read
-        target_table = read_labels(target_root, target_labels_csv, split=target_split)
-        target = image_features(target_root, target_table, encoder, progress)
-    model = train_hash(feats, labels, views, cfg, backbone=encoder.name, progress=progress, target=target)
-    model.meta.update(trained_on=dict(data=Path(root).name, split=split, n=len(table),
-                                      image_size=image_size))
-    report = dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(table))
-    if val_split:
-        val = read_labels(root, labels_csv, split=val_split)
-        ranked = rank_hamming(model.encode(feats), model.encode(image_features(root, val, encoder, progress)), k)
-        scores = retrieval_scores(val["label"].to_numpy(), table["label"].to_numpy(), ranked, k)
-        report.update(val_split=val_split, k=k, val_map_at_k=scores["map_at_k"],
-                      val_precision_at_k=scores["precision_at_k"])
-        model.meta.update(val=dict(split=val_split, map_at_k=scores["map_at_k"], k=k))
-    report["sha256"] = model.save(out)
-    return report
-
-
-def train_hash_from_index(index_dir, out, *, config: TrainConfig | None = None, limit: int | None = None,
-                          seed: int = 0, progress: bool = True) -> dict:
-    """Train an unsupervised head on an index's own tiles (pixels re-read from its sources).
-
-    ``mirs-ntxent`` pairs each tile with augmented views of it; ``descartes-autoencoder``
-    reconstructs the tiles' features. ``limit`` samples that many tiles.
-    """
-    from indexer.encoding import Encoder
-    from indexer.store import open_index
-    from indexer.thumbnails import index_grid, index_source_image
-    from models.augment import augment
-
-    cfg = config or TrainConfig(method="mirs-ntxent")
-    if cfg.method in SUPERVISED:
-        raise LookalikeError(f"{cfg.method} needs labels; an index's tiles train only "
-                             "mirs-ntxent or descartes-autoencoder")
-    index = open_index(index_dir)
-    grid = index_grid(index)
-    rng = np.random.default_rng(seed)
-    rows = np.arange(index.n) if not limit or limit >= index.n else np.sort(rng.choice(index.n, limit, replace=False))
-    tiles = index.tiles.iloc[rows]
-    pixels = np.stack([index_source_image(index, t.source).tile(t.zone, grid, int(t.row), int(t.col))
-                       for t in tqdm(tiles.itertuples(), total=len(tiles), desc="reading tiles",
-                                     unit="tile", disable=not progress)])
-    encoder = Encoder(index.manifest["backbone"]["name"])
-    feats = encoder.features(pixels)
-    views = None
-    if cfg.method == "mirs-ntxent":
-        views = tuple(encoder.features(np.stack([augment(p, rng) for p in pixels])) for _ in range(2))
-    model = train_hash(feats, None, views, cfg, backbone=encoder.name, progress=progress)
-    model.meta.update(trained_on=dict(index=str(index.path.name), n=len(tiles)))
-    return dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(tiles),
-                sha256=model.save(out))

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from lookalike_testkit import run_main
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -43,7 +42,7 @@ def hirise_dir(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def backbone():
     """The shipped EfficientNet-Lite0, built once per session."""
-    from models.backbones import create_backbone
+    from lookalike.models.backbones import create_backbone
 
     return create_backbone()
 
@@ -51,7 +50,7 @@ def backbone():
 @pytest.fixture(scope="session")
 def encoder(backbone):
     """A CPU encoder around the session backbone (tiles are fed at their own size)."""
-    from indexer.encoding import Encoder
+    from lookalike.indexer.encoding import Encoder
 
     return Encoder(backbone, device="cpu")
 

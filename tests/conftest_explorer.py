@@ -74,8 +74,8 @@ def explorer_index(tmp_path_factory, explorer_env) -> Path:
                "--out", str(out), env=explorer_env)
     _lookalike("index", "mars_8k", "--zones", "32N", "--bits", "64", "--time", SECOND_DATE,
                "--append", "--out", str(out), env=explorer_env)
-    from indexer.catalogue import attach_to_index
-    from indexer.store import open_index
+    from lookalike.indexer.catalogue import attach_to_index
+    from lookalike.indexer.store import open_index
 
     attach_to_index(out, fixture_landmarks(open_index(out).tiles))
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from shapely.geometry import shape
 
-from models.hashing import fit_itq
+from lookalike.models.hashing import fit_itq
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def hash_bytes(bits: int, dim: int = 16) -> bytes:
 
 
 def make_index(path: Path, n: int = 500, bits: int = 64, seed: int = 0, values: int = 256):
-    from indexer.store import open_index, write_index
+    from lookalike.indexer.store import open_index, write_index
 
     tiles = synthetic_tiles(n, seed)
     codes = random_codes(n, bits, seed, values)

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from lookalike_testkit import make_index, popcount_reference, random_codes, synthetic_tiles
 
-from indexer import catalogue
-from indexer.errors import IndexCorruptError, LookalikeError
-from indexer.search import Filters, Query, filter_mask, search
-from indexer.store import open_index, update_tables, write_index
-from lookalike_testkit import hash_bytes, make_index, popcount_reference, random_codes, synthetic_tiles
+from lookalike.errors import IndexCorruptError, LookalikeError
+from lookalike.indexer import catalogue
+from lookalike.indexer.search import Filters, Query, filter_mask, search
+from lookalike.indexer.store import open_index, update_tables, write_index
 
 CLASSES = ["crater", "dark_dune", "streak", "edge"]
 
@@ -256,7 +256,7 @@ def test_cli_places_and_classifies_chips(tmp_path):
     code, _, err = run_main(["search", out, "--tile", "c0.png", "--classes", "volcano"])
     assert code == 2 and "unknown landmark class" in err
     # in the explorer a click near a (tiny) observation footprint picks its chip; far away, none
-    from explorer.state import ExplorerState
+    from lookalike.explorer.state import ExplorerState
 
     state = ExplorerState(index=index, index_name="chips")
     state.click(20.2 + 0.6, -19.5)
@@ -267,8 +267,9 @@ def test_cli_places_and_classifies_chips(tmp_path):
 
 def test_demo_hirise_layer_builds_once(tmp_path):
     """The demo's HiRISE layer from a data cache holding hirise_v1/ and the observation table."""
-    from explorer.demo import hirise_layer
     from lookalike_testkit import environ
+
+    from lookalike.workflows.demo import hirise_layer
 
     data = tmp_path / "data"
     (data / "hirise_v1").mkdir(parents=True)
@@ -304,8 +305,9 @@ def test_review_edge_cases(tmp_path):
 
 
 def test_chips_classified_before_placing_follow_their_chips(tmp_path):
-    from indexer.catalogue import place_index_at_observations
     from lookalike_testkit import run_main
+
+    from lookalike.indexer.catalogue import place_index_at_observations
 
     _tiny_hirise(tmp_path)
     out = tmp_path / "ix"

@@ -7,12 +7,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from lookalike_testkit import assert_user_error, run_main
-from models.classifier import (ClassifierConfig, ProbeClassifier, fit_temperature, load_classifier,
-                               make_folds, nll, resolve_classifier, shipped_classifier_path, softmax,
-                               train_classifier)
-from models.classify_eval import classification_metrics, threshold_curve
+
+from lookalike.data.shipped import shipped_classifier_path
+from lookalike.models.classifier import (
+    ClassifierConfig,
+    ProbeClassifier,
+    fit_temperature,
+    load_classifier,
+    make_folds,
+    nll,
+    resolve_classifier,
+    softmax,
+    train_classifier,
+)
+from lookalike.models.metrics import classification_metrics, threshold_curve
 
 CLASSES = ("red_noise", "green_stripes", "blue_checks")
 
@@ -122,7 +131,7 @@ def test_cli_errors_are_one_line(tiny_folder, tmp_path):
 @pytest.mark.parametrize("name, n_classes", [("hirise", 6), ("msl", 24)])
 def test_shipped_model_resolves(name, n_classes):
     path = resolve_classifier(name)
-    assert path == shipped_classifier_path(name) and path.parent.name == "models"
+    assert path == shipped_classifier_path(name) and path.parent.name == "weights"
     assert path.stat().st_size < 2_000_000
     model = load_classifier(name)
     assert len(model.classes) == n_classes and model.in_features == 1280

@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from lookalike_testkit import assert_user_error, make_index, run_cli, run_main
 from rasterio.transform import from_origin
-
-from lookalike_testkit import assert_user_error, run_cli, run_main
-from lookalike_testkit import make_index
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from lookalike_testkit import assert_user_error, make_index, run_main
 from rasterio.transform import from_origin
 
-from indexer import build
-from indexer import distributed as dist
-from indexer.errors import LookalikeError
-from indexer.search import Filters, Query, search
-from indexer.sources import RasterSource
-from indexer.store import open_index
-from lookalike_testkit import assert_user_error, make_index, run_main
+from lookalike.errors import LookalikeError
+from lookalike.indexer import build
+from lookalike.indexer import distributed as dist
+from lookalike.indexer import shards
+from lookalike.indexer.search import Filters, Query, search
+from lookalike.indexer.sources import RasterSource
+from lookalike.indexer.store import open_index
 
 pytest.importorskip("distributed")
 
@@ -119,7 +120,7 @@ def tied(tmp_path_factory):
     index = make_index(root / "whole", n=500, bits=64, seed=3, values=3)
     with open(index.hash_model_path, "rb") as fh:
         model = fh.read()
-    dist.write_shards(root / "sharded", np.asarray(index.codes), index.tiles, 3, bits=64,
+    shards.write_shards(root / "sharded", np.asarray(index.codes), index.tiles, 3, bits=64,
                       hash_model=model, info=dict(kind="test"))
     return index, root / "sharded"
 
@@ -159,13 +160,13 @@ def test_sharded_queries_by_tile_lonlat_and_examples(client, tied):
 
 def test_shard_manifest_is_checked(tied, tmp_path):
     _, sharded = tied
-    body = json.loads((sharded / dist.SHARD_MANIFEST).read_text())
+    body = json.loads((sharded / shards.SHARD_MANIFEST).read_text())
     body["shards"][0]["count"] += 1
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / dist.SHARD_MANIFEST).write_text(json.dumps(body))
+    (bad / shards.SHARD_MANIFEST).write_text(json.dumps(body))
     with pytest.raises(LookalikeError, match="checksum"):
-        dist.read_shards(bad)
+        shards.read_shards(bad)
 
 
 def test_worker_side_errors_are_lookalike_errors(client, tied, scene, tmp_path):

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from indexer import encoding
-from indexer.encoding import Encoder, RuntimeUnavailable
-from indexer.errors import LookalikeError
 from lookalike_testkit import assert_user_error, run_main
+
+from lookalike.errors import LookalikeError
+from lookalike.indexer import encoding
+from lookalike.indexer.encoding import Encoder, RuntimeUnavailable
 
 pytest.importorskip("onnxruntime")
 
@@ -68,7 +68,8 @@ def torch_features(backbone, tiles):
 
 
 def codes(features: np.ndarray) -> np.ndarray:
-    from models.hashing import default_hash_path, load_hash_model
+    from lookalike.data.shipped import default_hash_path
+    from lookalike.models.hashing import load_hash_model
 
     return load_hash_model(default_hash_path()).encode(features)
 
@@ -167,7 +168,7 @@ def test_runtime_validation(backbone, tmp_path):
 
 
 def test_bench_encode_reports_every_path(backbone, warm_cache, monkeypatch):
-    from indexer import encode_benchmark
+    from lookalike.bench import encode as encode_benchmark
 
     monkeypatch.setattr(encode_benchmark, "sample_tiles", lambda n, size=128: (realish_tiles(n, 64), "test"))
     result = encode_benchmark.bench_encode(n=2, batch_size=2, repeat=1, batch_sizes=(), compile=False,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from lookalike_testkit import popcount_reference, random_codes, stable_top_k
-from models.evaluation import (average_precision_at_k, rank_euclidean, rank_hamming,
-                               retrieval_scores)
+
+from lookalike.indexer.search import rank_hamming
+from lookalike.models.metrics import average_precision_at_k, rank_euclidean, retrieval_scores
 
 
 def test_average_precision_hand_computed():

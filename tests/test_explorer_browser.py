@@ -6,11 +6,26 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
-from conftest_explorer import (FIRST_DATE, SECOND_DATE, all_cards, browser, cards,  # noqa: F401
-                               click_map, current_url, explorer_env, explorer_index, explorer_url,
-                               fixture_landmarks, open_app, page, screenshot, set_text, shadow_text,
-                               status_text, wait_until)
+from conftest_explorer import (  # noqa: F401
+    FIRST_DATE,
+    SECOND_DATE,
+    all_cards,
+    browser,
+    cards,
+    click_map,
+    current_url,
+    explorer_env,
+    explorer_index,
+    explorer_url,
+    fixture_landmarks,
+    open_app,
+    page,
+    screenshot,
+    set_text,
+    shadow_text,
+    status_text,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -217,7 +232,7 @@ def facet_labels(page) -> list[str]:
 
 
 def test_class_facet_changes_boxes_and_hits(page, explorer_url, explorer_index):
-    from indexer.store import open_index
+    from lookalike.indexer.store import open_index
 
     tiles = open_index(explorer_index).tiles
     lm = fixture_landmarks(tiles)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest_explorer import (  # noqa: F401
+    FIRST_DATE,
+    LANDMARK_CLASSES,
+    SECOND_DATE,
+    explorer_env,
+    explorer_index,
+    fixture_landmarks,
+)
 
-from conftest_explorer import (FIRST_DATE, SECOND_DATE, LANDMARK_CLASSES, explorer_env,  # noqa: F401
-                               explorer_index, fixture_landmarks)
-from explorer.catalog import Catalog, cached_index
-from explorer.state import ExplorerState
-from explorer.views import parse_bbox, thumbnail_items
-from indexer.errors import LookalikeError
+from lookalike.errors import LookalikeError
+from lookalike.explorer.served import Catalog, cached_index
+from lookalike.explorer.state import ExplorerState
+from lookalike.explorer.views import parse_bbox, thumbnail_items
 
 
 @pytest.fixture
@@ -165,9 +171,9 @@ def test_catalog_and_bbox_parsing(explorer_index):
 def test_thumbnails_match_the_raster_reader(explorer_index):
     import numpy as np
 
-    from indexer.sources import RasterSource
-    from indexer.thumbnails import index_grid, index_source_image, thumbnail_jpeg
-    from indexer.tiling import Zone
+    from lookalike.indexer.sources import RasterSource
+    from lookalike.indexer.thumbnails import index_grid, index_source_image, thumbnail_jpeg
+    from lookalike.indexer.tiling import Zone
 
     index = cached_index(explorer_index)
     tile = index.tiles.iloc[40]
@@ -181,7 +187,7 @@ def test_thumbnails_match_the_raster_reader(explorer_index):
 
 
 def test_hirise_footprints(explorer_env, tmp_path, monkeypatch):
-    from data.hirise import in_time_range, load_hirise_footprints
+    from lookalike.data.hirise import in_time_range, load_hirise_footprints
 
     monkeypatch.setenv("LOOKALIKE_DATA", explorer_env["LOOKALIKE_DATA"])
     table = load_hirise_footprints()
@@ -279,8 +285,8 @@ def test_rebuilt_views_release_their_watchers(state, explorer_index):
     """The sidebar and the map are rebuilt on every change of index; old ones stop following."""
     import panel as pn
 
-    from explorer.catalog import Catalog
-    from explorer.views import controls
+    from lookalike.explorer.served import Catalog
+    from lookalike.explorer.views import controls
 
     catalog = Catalog([explorer_index])
     builds = [controls(state, catalog, pn.widgets.Checkbox(value=True)) for _ in range(3)]

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from lookalike_testkit import check_rfc7946, make_index, ring_area, strict_json
 from shapely.geometry import shape
 
-from lookalike_testkit import check_rfc7946, make_index, ring_area, strict_json
-from indexer.export import PROPERTIES, footprint_geometry, hits_to_geojson, write_geojson
-from indexer.search import Filters, search
+from lookalike.indexer.export import PROPERTIES, footprint_geometry, hits_to_geojson, write_geojson
+from lookalike.indexer.search import Filters, search
 
 
 def test_footprint_orientation_is_counterclockwise():

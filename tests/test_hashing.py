@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.errors import CodeLengthError, LookalikeError
-from models.hashing import LinearHash, fit_itq, pack_bits, unpack_bits
+from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.models.hashing import LinearHash, fit_itq, pack_bits, unpack_bits
 
 
 @pytest.mark.parametrize("bits", [8, 24, 64, 512])

@@ -7,13 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-import models.training as training
-from indexer.errors import CodeLengthError, LookalikeError
-from models.evaluation import rank_hamming, retrieval_scores
-from models.hashing import (LinearHash, NetworkHash, default_hash_path, fit_itq, load_hash_model,
-                            resolve_hash, unpack_bits)
-from models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
-from models.training import METHODS, SUPERVISED, TrainConfig, export_head, train_hash
+import lookalike.models.training as training
+from lookalike.data.shipped import default_hash_path
+from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.indexer.search import rank_hamming
+from lookalike.models.hashing import (
+    LinearHash,
+    NetworkHash,
+    fit_itq,
+    load_hash_model,
+    resolve_hash,
+    unpack_bits,
+)
+from lookalike.models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
+from lookalike.models.metrics import retrieval_scores
+from lookalike.models.training import METHODS, SUPERVISED, TrainConfig, export_head, train_hash
 
 
 # ------------------------------------------------------------------ heads
@@ -241,7 +249,7 @@ def test_load_hash_model_opens_linear_and_network_files(tmp_path, clusters):
 
 def test_shipped_default_model_loads():
     path = default_hash_path()
-    assert path.is_file() and path.parent.name == "models" and path.parent.parent.name == "data"
+    assert path.is_file() and path.parent.name == "weights" and path.parent.parent.name == "data"
     model = load_hash_model(path)
     assert model.bits % 8 == 0 and model.bits > 0
     codes = model.encode(np.random.default_rng(0).random((5, model.in_features), np.float32))

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from lookalike_testkit import check_rfc7946, run_cli, run_main, strict_json
 from shapely.geometry import shape
 
-from lookalike_testkit import check_rfc7946, run_cli, run_main, strict_json
-from models.hashing import default_hash_path, load_hash_model
+from lookalike.data.shipped import default_hash_path
+from lookalike.models.hashing import load_hash_model
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ def test_mars_index_info(mars_index, data_dir):
     assert info["count"] > 50 and info["bits"] == default.bits and info["zones"] == 2
     assert info["hash"] == default.method
     assert info["sources"] == ["mars_8k"] and info["backbone"] == "efficientnet_lite0"
-    from indexer.store import open_index
+    from lookalike.indexer.store import open_index
 
     idx = open_index(mars_index)
     tiles = idx.tiles
@@ -34,7 +35,7 @@ def test_mars_index_info(mars_index, data_dir):
     assert tiles["tile_id"].is_unique
     assert (tiles["lat"] >= 0).all() and tiles["lon"].between(-6, 6).all()
     # every tile centre lies in the zone it is filed under
-    from indexer.tiling import Zone
+    from lookalike.indexer.tiling import Zone
 
     assert all(Zone.at(lo, la).label == z for lo, la, z in zip(tiles["lon"], tiles["lat"], tiles["zone"]))
     # gsd is the mosaic's native resolution: 360 degrees of Mars over 8192 px
@@ -71,8 +72,8 @@ def test_mars_search_lonlat_geojson(mars_index, tmp_path):
 
 
 def test_mars_search_filters_on_real_index(mars_index):
-    from indexer.search import Filters, Query, search
-    from indexer.store import open_index
+    from lookalike.indexer.search import Filters, Query, search
+    from lookalike.indexer.store import open_index
 
     idx = open_index(mars_index)
     hits = search(idx, Query(lonlat=(0.0, 10.0)), k=1000, filters=Filters(zones=["31N"], bbox=(0, 0, 6, 30)))
@@ -87,7 +88,7 @@ def test_earth_index_uses_utm_zones(tmp_path, data_dir):
     code, stdout, err = run_main(["index", "earth_8k", "--bbox", "10,40,20,50", "--bits", "64",
                                   "--out", out], LOOKALIKE_DATA=data_dir)
     assert code == 0, err
-    from indexer.store import open_index
+    from lookalike.indexer.store import open_index
 
     tiles = open_index(out).tiles
     assert len(tiles) > 0
@@ -117,11 +118,11 @@ class _FlakyEncoder:
 
 
 def test_interrupted_build_resumes_from_chunks(tmp_path, monkeypatch, data_dir, encoder):
-    from data.registry import DATASETS
-    from indexer import build
-    from indexer.sources import RasterSource
-    from indexer.store import open_index
-    from indexer.tiling import Zone
+    from lookalike.data.registry import DATASETS
+    from lookalike.indexer import build
+    from lookalike.indexer.sources import RasterSource
+    from lookalike.indexer.store import open_index
+    from lookalike.indexer.tiling import Zone
 
     monkeypatch.setattr(build, "CHUNK", 8)
     ds = DATASETS["mars_8k"]
@@ -153,7 +154,7 @@ def test_interrupted_build_resumes_from_chunks(tmp_path, monkeypatch, data_dir, 
 
 def test_stale_chunks_are_not_reused(tmp_path, encoder):
     """A chunk file whose tile ids do not match is recomputed, not trusted."""
-    from indexer.build import encode_chunks
+    from lookalike.indexer.build import encode_chunks
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
@@ -208,7 +209,9 @@ def test_eval_retrieval_beats_chance(hirise_dir, hirise_subset, tmp_path_factory
     """Float features retrieve same-class crops far better than a random ranking would."""
     cache = tmp_path_factory.getbasetemp() / "feature-cache-eval"
     from lookalike_testkit import environ
-    from models.evaluation import evaluate_retrieval, retrieval_scores
+
+    from lookalike.models.metrics import retrieval_scores
+    from lookalike.workflows.evaluation import evaluate_retrieval
 
     with environ(LOOKALIKE_CACHE=cache):
         result = evaluate_retrieval(hirise_dir, hirise_subset, query_split="val", k=20,
@@ -241,8 +244,8 @@ def test_train_hash_on_an_index_own_tiles(mars_index, tmp_path):
 # ------------------------------------------------------------------ landmarks in the real index
 def test_real_landmarks_catalogued_on_their_tiles(mars_index, data_dir, tmp_path):
     """`lookalike landmarks mars_8k --window ... --index` on the 30N/31N index of the mosaic."""
-    from indexer.catalogue import scene_keys
-    from indexer.store import open_index
+    from lookalike.indexer.catalogue import scene_keys
+    from lookalike.indexer.store import open_index
 
     code, stdout, err = run_main(["landmarks", "mars_8k", "--window", "3900,600,4300,2040", "--threshold", "0",
                                   "--out", tmp_path / "lm.parquet", "--index", mars_index,

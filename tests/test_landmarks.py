@@ -10,14 +10,14 @@ import pandas as pd
 import pyproj
 import pytest
 import rasterio
+from lookalike_testkit import assert_user_error, check_rfc7946, environ, run_main, strict_json
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage as ndi
 
-from indexer.errors import LookalikeError, SourceError
-from lookalike_testkit import assert_user_error, check_rfc7946, environ, run_main, strict_json
-from models.landmarks import (COLUMNS, ArrayScene, box_iou, detect, DetectorConfig, find_landmarks,
-                              salient_regions, with_border)
+from lookalike.errors import LookalikeError, SourceError
+from lookalike.models.saliency import ArrayScene, DetectorConfig, box_iou, detect, salient_regions
+from lookalike.workflows.landmarks import COLUMNS, find_landmarks, with_border
 
 SIZE = 1500
 CRATERS = ((300, 300, 45), (800, 250, 70), (350, 900, 60), (900, 1150, 40))  # cx, cy, radius
@@ -107,7 +107,7 @@ def scene_tif(tmp_path_factory, scene):
 def crop_encoder(backbone):
     import torch
 
-    from indexer.encoding import Encoder
+    from lookalike.indexer.encoding import Encoder
 
     torch.set_num_threads(2)  # the backbone on the crops is this module's one heavy step
     return Encoder(backbone, image_size=224, batch_size=16, device="cpu")

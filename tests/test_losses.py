@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.losses import (ContrastivePairs, SemiHardTriplet, balance_loss, inter_class_triplets,
-                           push_loss, signed)
-from models.training import class_standardised_clusters
+from lookalike.models.losses import (
+    ContrastivePairs,
+    SemiHardTriplet,
+    balance_loss,
+    inter_class_triplets,
+    push_loss,
+    signed,
+)
+from lookalike.models.training import class_standardised_clusters
 
 
 def _f(t: torch.Tensor) -> float:
@@ -229,7 +235,7 @@ def test_nt_xent_equals_pytorch_metric_learning():
     """Our one-matrix NT-Xent gives pml's NTXentLoss value (and is usable at large batches)."""
     from pytorch_metric_learning import losses as pml_losses
 
-    from models.losses import nt_xent
+    from lookalike.models.losses import nt_xent
 
     torch.manual_seed(0)
     a = torch.randn(24, 8)

@@ -6,14 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+from lookalike_testkit import make_index, popcount_reference, random_codes, stable_top_k, synthetic_tiles
 from shapely.geometry import Point, box
 
-from lookalike_testkit import make_index, popcount_reference, random_codes, stable_top_k, synthetic_tiles
-from indexer import search as search_mod
-from indexer.errors import CodeLengthError, LookalikeError
-from indexer.search import (Filters, Query, combine_examples, filter_mask, hamming_distances,
-                            search, tile_at, top_k)
-from indexer.store import Index
+from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.indexer.search import (
+    Filters,
+    Query,
+    combine_examples,
+    filter_mask,
+    hamming_distances,
+    search,
+    tile_at,
+    top_k,
+)
+from lookalike.indexer import search as search_mod
+from lookalike.indexer.store import Index
 
 
 # ------------------------------------------------------------------ distances
@@ -304,9 +312,9 @@ def test_query_by_positive_and_negative_examples(index):
 def _footprint_index(tmp_path):
     """Tiles 2 x 2 degrees on a 1-degree lattice (each point lies in up to four), plus one
     tile straddling the antimeridian."""
-    from indexer.store import open_index, write_index
-
     from lookalike_testkit import hash_bytes
+
+    from lookalike.indexer.store import open_index, write_index
 
     recs = []
     for lon in np.arange(-10.0, 11.0, 1.0):
@@ -372,9 +380,9 @@ def test_lonlat_needs_footprints(tmp_path):
 
 def test_search_on_index_built_from_table_only(tmp_path):
     """An index without time or label columns is searchable with non-time filters."""
-    from indexer.store import open_index, write_index
-
     from lookalike_testkit import hash_bytes
+
+    from lookalike.indexer.store import open_index, write_index
 
     tiles = synthetic_tiles(50, seed=2).drop(columns=["label"])
     codes = random_codes(50, 64, seed=2)

@@ -8,9 +8,9 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from indexer.errors import SourceError
-from indexer.sources import RasterSource, parse_time, read_labels
-from indexer.tiling import TileGrid, Zone
+from lookalike.errors import SourceError
+from lookalike.indexer.sources import RasterSource, parse_time, read_labels
+from lookalike.indexer.tiling import TileGrid, Zone
 
 # A 320 x 320 px UTM 33N raster at 10 m whose corner sits on the tile grid (a multiple of
 # stride * gsd = 640 m), so 64 px tiles with stride 64 are exactly its 5 x 5 pixel blocks.
@@ -97,7 +97,7 @@ def test_tile_places_and_zone_filter(scene):
 
 def test_tile_ids_stable_for_a_cropped_raster(tmp_path, scene):
     """A sub-window of the scene written as its own file yields the same tiles, same pixels."""
-    from indexer.build import tile_record
+    from lookalike.indexer.build import tile_record
 
     path, data = scene
     crop = write_tif(tmp_path / "crop.tif", data[:, 64:256, 192:320], nodata=0,

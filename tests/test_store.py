@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-
 from lookalike_testkit import hash_bytes, random_codes, synthetic_tiles
-from indexer import store
-from indexer.errors import CodeLengthError, IndexCorruptError, LookalikeError
-from indexer.store import MANIFEST, open_index, read_manifest, write_index
+
+from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
+from lookalike.indexer import store
+from lookalike.indexer.store import MANIFEST, open_index, read_manifest, write_index
 
 
 def _write(path, n=100, bits=64, seed=0, **kw):

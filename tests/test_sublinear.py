@@ -7,15 +7,24 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from lookalike_testkit import make_index, run_main
-from indexer.errors import LookalikeError
-from indexer.hamming_kernel import scan_top_k, scan_top_k_batch
-from indexer.search import (Filters, Query, choose_method, filter_mask, hamming_distances, ranked_rows_batch,
-                            search, search_batch, top_k)
-from indexer.benchmark import distance_recall
-from indexer.sublinear import IVFIndex, LSHIndex, MIHIndex, bit_entropy, default_nlist, kmajority
-from indexer.sublinear_benchmark import bench_codes, flip_rates, neighbour_pairs, replicate
+
+from lookalike.bench.search import distance_recall
+from lookalike.bench.sublinear import bench_codes, flip_rates, neighbour_pairs, replicate
+from lookalike.errors import LookalikeError
+from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
+from lookalike.indexer.search import (
+    Filters,
+    Query,
+    choose_method,
+    filter_mask,
+    hamming_distances,
+    ranked_rows_batch,
+    search,
+    search_batch,
+    top_k,
+)
+from lookalike.indexer.sublinear import IVFIndex, LSHIndex, MIHIndex, bit_entropy, default_nlist, kmajority
 
 
 def clustered_codes(n: int, bits: int = 128, centres: int = 40, rate: float = 0.04, seed: int = 0):
@@ -302,7 +311,7 @@ def test_bench_codes_small():
 
 
 def test_auto_stops_using_mih_that_falls_back(tmp_path, monkeypatch):
-    from indexer import search as search_mod
+    from lookalike.indexer import search as search_mod
 
     index = make_index(tmp_path / "idx", n=2000, bits=128)  # uniform codes: MIH must fall back
     monkeypatch.setattr(search_mod, "AUTO_MIN_ROWS", 1000)
@@ -433,7 +442,7 @@ def test_ivf_errors_and_empty():
 
 
 def test_ivf_parallel_probe_equals_serial(data, monkeypatch):
-    from indexer import sublinear
+    from lookalike.indexer import sublinear
 
     codes, queries, mask = data
     serial = IVFIndex(codes, nlist=64, nprobe=3, sample=4000, threads=1)
@@ -446,7 +455,7 @@ def test_ivf_parallel_probe_equals_serial(data, monkeypatch):
 
 
 def test_bench_sublinear_rejects_bad_nprobes():
-    from indexer.sublinear_benchmark import bench_sublinear
+    from lookalike.bench.sublinear import bench_sublinear
 
     for bad in (["8", "x"], [0], []):
         with pytest.raises(LookalikeError):

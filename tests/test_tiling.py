@@ -8,8 +8,17 @@ import numpy as np
 import pyproj
 import pytest
 
-from indexer.tiling import (TileGrid, Zone, from_zone, tile_places, to_zone, wrap_lon, zone_box,
-                            zone_crs, zones_for_bounds)
+from lookalike.indexer.tiling import (
+    TileGrid,
+    Zone,
+    from_zone,
+    tile_places,
+    to_zone,
+    wrap_lon,
+    zone_box,
+    zone_crs,
+    zones_for_bounds,
+)
 
 WGS84 = pyproj.CRS("EPSG:4326")
 MARS = pyproj.CRS("IAU_2015:49900")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from lookalike_testkit import assert_user_error, run_main
+from PIL import Image
 
 CLASSES = ("crater", "dune", "plain")
 SPLITS = dict(train=8, val=3)
@@ -84,7 +83,7 @@ def _json(stdout: str) -> dict:
 def test_train_hash_cli_writes_model_and_report(trained, folder):
     import hashlib
 
-    from models.hashing import NetworkHash, load_hash_model
+    from lookalike.models.hashing import NetworkHash, load_hash_model
 
     model_path, report, cache = trained
     assert model_path.is_file()
@@ -141,7 +140,7 @@ def test_index_images_with_trained_model(trained, folder, tmp_path):
 
 
 def test_train_hash_cli_unsupervised_without_val(folder, cache, tmp_path):
-    from models.hashing import load_hash_model
+    from lookalike.models.hashing import load_hash_model
 
     root, labels = folder
     out = tmp_path / "ae.npz"
@@ -202,7 +201,7 @@ def test_eval_retrieval_known_answer(duplicates, cache, tmp_path):
 
 def test_eval_metrics_known_answer_from_ranking():
     """The scorer the command uses, on a ranking written out by hand."""
-    from models.evaluation import retrieval_scores
+    from lookalike.models.metrics import retrieval_scores
 
     archive = np.array(["crater", "dune", "crater", "plain", "crater", "dune"])
     queries = np.array(["crater", "dune", "plain"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.errors import LookalikeError
-from models.training import TrainConfig, train_hash
-from models.whitening import SOURCE, TARGET, GroupWhitening, binary_entropy
+from lookalike.errors import LookalikeError
+from lookalike.models.training import TrainConfig, train_hash
+from lookalike.models.whitening import SOURCE, TARGET, GroupWhitening, binary_entropy
 
 
 def test_group_whitening_gives_identity_covariance_per_domain():
@@ -53,7 +53,7 @@ def test_whitened_mirs_head_exports_the_target_domain_code():
     target, target_y = _clusters(rng, shift=6.0, scale=3.0)  # same classes, another sensor
     cfg = TrainConfig(method="mirs-triplet", bits=32, epochs=15, whiten_group=8, seed=0)
     captured = {}
-    import models.training as training
+    import lookalike.models.training as training
 
     original = training.export_head
 

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from indexer.hamming_kernel import read_once, scan_top_k, scan_top_k_batch
-from indexer.search import hamming_distances, top_k
+from lookalike.indexer.hamming_kernel import read_once, scan_top_k, scan_top_k_batch
+from lookalike.indexer.search import hamming_distances, top_k
 
 
 def _best_of(fn, repeat: int) -> tuple[float, object]:

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from data.registry import DATASETS, fetch
-from indexer.store import MANIFEST
+from lookalike.config import indexes_dir
+from lookalike.data.hirise import hirise_path
+from lookalike.data.registry import DATASETS, cache_dir, fetch
+from lookalike.errors import LookalikeError
+from lookalike.indexer.build import index_images, index_rasters
+from lookalike.indexer.catalogue import attach_to_index, place_index_at_observations
+from lookalike.indexer.sources import RasterSource
+from lookalike.indexer.store import MANIFEST, open_index
+from lookalike.workflows.landmarks import classify_chips, find_landmarks
 
 BODIES = {"mars": "mars_8k", "earth": "earth_8k"}
 
 
 def index_root(root: str | Path | None = None) -> Path:
     """Where demo indexes live: ``root``, ``$LOOKALIKE_INDEXES``, or the user cache."""
-    if root:
-        return Path(root)
-    env = os.environ.get("LOOKALIKE_INDEXES")
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("lookalike")) / "indexes"
+    return indexes_dir(root)
 
 
 def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progress: bool = True,
                       **options) -> Path:
     """Path of the demo index of ``body`` ('mars' or 'earth'), building it if it is missing."""
-    from indexer.build import index_rasters
-    from indexer.errors import LookalikeError
-    from indexer.sources import RasterSource
-
     if body not in BODIES:
         raise LookalikeError(f"unknown body {body!r}; choose from {', '.join(BODIES)}")
     name = BODIES[body]
@@ -47,10 +42,6 @@ def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progre
 def ensure_landmarks(path: Path, mosaic: str, progress: bool = True) -> None:
     """Find, classify and catalogue the landmarks of a demo mosaic once (all posteriors are
     kept: the explorer's confidence slider chooses)."""
-    from indexer.catalogue import attach_to_index
-    from indexer.store import open_index
-    from models.landmarks import find_landmarks
-
     if "landmarks" in open_index(path, verify=False).manifest["files"]:
         return
     print(f"finding landmarks in {mosaic} (once)")
@@ -61,11 +52,6 @@ def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path 
     """The searchable layer of labelled HiRISE landmark crops, placed at their observations'
     footprints and times and classified, built once when the data cache holds ``hirise_v1``
     and ``hirise_observations.csv``; None (with a message) when it does not."""
-    from data.hirise import hirise_path
-    from data.registry import cache_dir
-    from indexer.build import index_images
-    from indexer.catalogue import classify_chips, place_index_at_observations
-    from indexer.store import open_index
 
     images, out = cache_dir() / "hirise_v1", index_root(root) / "hirise_landmarks"
     if not (images / "labels.csv").is_file() or not hirise_path().is_file():
@@ -80,3 +66,14 @@ def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path 
     if "landmarks" not in manifest["files"]:
         classify_chips(out, images, "hirise", progress=progress)
     return out
+
+
+def demo_indexes(bodies: list[str], root: str | Path | None = None, hirise: bool = True,
+                 progress: bool = True) -> list[Path]:
+    """The indexes ``lookalike demo`` serves, each built once: one per body, and the HiRISE
+    landmark layer beside Mars when the data cache holds it (and ``hirise`` is set)."""
+    paths = [ensure_demo_index(body, root, progress=progress) for body in bodies]
+    if "mars" in bodies and hirise:
+        layer = hirise_layer(root, progress=progress)
+        paths += [layer] if layer else []
+    return paths

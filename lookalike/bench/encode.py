@@ -16,13 +16,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from indexer.encoding import Encoder
-from models.backbones import Backbone, create_backbone
+from lookalike.data.shipped import default_hash_path
+from lookalike.indexer.encoding import Encoder, mars_tiles
+from lookalike.models.backbones import Backbone, create_backbone
+from lookalike.models.hashing import load_hash_model
 
 
 def sample_tiles(n: int, size: int = 128, seed: int = 0) -> tuple[np.ndarray, str]:
     """Real Mars tiles when the mosaic is in the data cache, else random pixels."""
-    from indexer.encoding import mars_tiles
 
     try:
         return mars_tiles(n, size), "mars_8k tiles"
@@ -89,7 +90,6 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
                  compile: bool = True, int8: bool = True, jit: bool = True,
                  backbone: Backbone | None = None) -> dict:
     """Time every candidate path on the same ``n`` tiles; eager NCHW fp32 is the reference."""
-    from models.hashing import default_hash_path, load_hash_model
 
     tiles, what = sample_tiles(n)
     size = tiles.shape[1]

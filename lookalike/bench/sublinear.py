@@ -41,10 +41,12 @@ import numba
 import numpy as np
 import pandas as pd
 
-from indexer.benchmark import distance_recall
-from indexer.errors import LookalikeError
-from indexer.hamming_kernel import scan_top_k, scan_top_k_batch
-from indexer.sublinear import IVFIndex, LSHIndex, MIHIndex
+from lookalike.bench.search import distance_recall
+from lookalike.errors import LookalikeError
+from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
+from lookalike.indexer.store import open_index
+from lookalike.indexer.sublinear import IVFIndex, LSHIndex, MIHIndex
+from lookalike.workflows.demo import ensure_demo_index
 
 IVF_NPROBES = (8, 16, 32, 64, 128, 256, 512)
 
@@ -209,10 +211,8 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         raise LookalikeError(f"nprobes must be positive integers, got {','.join(map(str, nprobes))}") from None
     if not nprobes or min(nprobes) < 1:
         raise LookalikeError(f"nprobes must be positive integers, got {','.join(map(str, nprobes))}")
-    from indexer.store import open_index
 
     if source_indexes is None:
-        from explorer.demo import ensure_demo_index
 
         source_indexes = [str(ensure_demo_index("mars"))]
     if methods is None or isinstance(methods, (list, tuple)):

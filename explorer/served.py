@@ -6,8 +6,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.errors import LookalikeError
-from indexer.store import Index, open_index
+from lookalike.errors import LookalikeError
+from lookalike.indexer.store import Index, open_index
 
 # display names of the registered demo mosaics
 BODY_NAMES = {"mars_8k": "Mars", "earth_8k": "Earth"}

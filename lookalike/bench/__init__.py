@@ -1,0 +1,1 @@
+"""Benchmarks: each times the project against a reference measured in the same run."""

@@ -1,0 +1,135 @@
+"""Building indexes from rasters or image folders, on this machine or a dask cluster, and
+describing them: what ``lookalike index`` and ``lookalike info`` do, callable from Python."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lookalike.data.registry import DATASETS, fetch
+from lookalike.errors import LookalikeError
+from lookalike.indexer.build import index_images, index_rasters
+from lookalike.indexer.catalogue import catalogue_summary, place_index_at_observations
+from lookalike.indexer.distributed import (
+    EncoderSpec,
+    connect,
+    index_images_distributed,
+    index_rasters_distributed,
+)
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.shards import read_shards
+from lookalike.indexer.sources import RasterSource
+from lookalike.indexer.store import open_index
+from lookalike.indexer.tiling import Zone
+from lookalike.workflows.landmarks import classify_chips
+
+
+def raster_sources(refs: Sequence[str], *, name: str | None = None, crs: str | None = None,
+                   bounds: tuple[float, float, float, float] | None = None, time: str | None = None,
+                   bands: tuple[int, ...] | None = None) -> list[RasterSource]:
+    """Raster sources for file paths or registered mosaic names (``mars_8k``, fetched if need be)."""
+    sources = []
+    for ref in refs:
+        if ref in DATASETS and not Path(ref).exists():
+            ds = DATASETS[ref]
+            sources.append(RasterSource(fetch(ref), name=ref, crs=ds.crs, bounds=ds.bounds, time=time))
+        else:
+            sources.append(RasterSource(ref, name=name, crs=crs, bounds=bounds, time=time, bands=bands))
+    return sources
+
+
+def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | Path | None = None,
+                labels: str | Path | None = None, split: str | None = None, image_size: int = 224,
+                name: str | None = None, crs: str | None = None,
+                bounds: tuple[float, float, float, float] | None = None,
+                bands: tuple[int, ...] | None = None, time: str | None = None, tile_size: int = 128,
+                stride: int = 64, gsd: float | None = None, zones: Sequence[str] | None = None,
+                bbox: tuple[float, float, float, float] | None = None, min_valid: float = 0.5,
+                hash_path: str | None = None, bits: int | None = None,
+                backbone: str = "efficientnet_lite0", weights: str | None = None, batch_size: int = 64,
+                runtime: str = "auto", append: bool = False, scheduler: str | None = None,
+                shards: int | None = None, footprints: str | None = None, classify: str | None = None,
+                progress: bool = True) -> Path:
+    """Build (or ``append`` to) an index from ``rasters`` (paths or mosaic names) or from an
+    image folder (``images`` + ``labels``); returns its path.
+
+    ``scheduler`` runs tiling and encoding on a dask cluster ('local' for one on this machine);
+    ``shards`` writes that many index directories plus ``shards.json``. For image chips,
+    ``footprints`` places them at HiRISE observations ('hirise' or a CSV) and ``classify`` fills
+    the landmark catalogue with a classifier ('hirise', 'msl' or a file).
+    """
+    if bool(rasters) == bool(images):
+        raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
+    if images and not labels:
+        raise LookalikeError("--images needs --labels CSV")
+    if shards and (footprints or classify):
+        raise LookalikeError("--footprints and --classify work on one index, not with --shards")
+    if (footprints or classify) and not images:
+        raise LookalikeError("--footprints and --classify are for image chips (--images); find "
+                             "landmarks in rasters with `lookalike landmarks SCENE --index DIR`")
+    zone_list = [Zone.parse(z) for z in zones] if zones else None
+    if scheduler:
+        with connect(scheduler) as client:
+            if images:
+                spec = EncoderSpec(backbone, weights, image_size=image_size, batch_size=batch_size,
+                                   runtime=runtime)
+                path = index_images_distributed(client, images, labels, out, split=split, bits=bits,
+                                                image_size=image_size, hash_path=hash_path,
+                                                encoder=spec, append=append, shards=shards)
+            else:
+                spec = EncoderSpec(backbone, weights, batch_size=batch_size, runtime=runtime)
+                sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
+                path = index_rasters_distributed(client, sources, out, size=tile_size, stride=stride,
+                                                 gsd=gsd, zones=zone_list, bbox=bbox, bits=bits,
+                                                 hash_path=hash_path, encoder=spec, min_valid=min_valid,
+                                                 append=append, shards=shards)
+    elif images:
+        encoder = Encoder(backbone, weights, image_size=image_size, batch_size=batch_size, runtime=runtime)
+        path = index_images(images, labels, out, split=split, bits=bits, image_size=image_size,
+                            hash_path=hash_path, encoder=encoder, append=append, shards=shards,
+                            progress=progress)
+    else:
+        encoder = Encoder(backbone, weights, batch_size=batch_size, runtime=runtime)
+        sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
+        path = index_rasters(sources, out, size=tile_size, stride=stride, gsd=gsd, zones=zone_list,
+                             bbox=bbox, bits=bits, hash_path=hash_path, encoder=encoder,
+                             min_valid=min_valid, append=append, shards=shards, progress=progress)
+    if images and not shards:
+        catalogue_chips(path, images, footprints=footprints, classify=classify, progress=progress)
+    return Path(path)
+
+
+def catalogue_chips(path: str | Path, images: str | Path, *, footprints: str | None = None,
+                    classify: str | None = None, progress: bool = True) -> None:
+    """Place the chips of an image-folder index at their HiRISE observations (``footprints``:
+    'hirise' or a CSV) and classify them into its landmark catalogue (``classify``: a model)."""
+    if footprints:
+        unplaced = place_index_at_observations(path, None if footprints == "hirise" else footprints)
+        if unplaced:
+            print(f"{unplaced} image(s) have no known HiRISE observation: they carry no footprint")
+    if classify:
+        classify_chips(path, images, classify, progress=progress)
+
+
+def index_summary(path: str | Path, verify: bool = True) -> dict:
+    """What ``lookalike info`` prints: counts, code, sources, bytes per tile, landmarks."""
+    index = open_index(path, verify=verify)
+    m = index.manifest
+    n = max(index.n, 1)
+    summary = dict(path=str(index.path), count=index.n, bits=index.bits, kind=m.get("kind"),
+                   backbone=m.get("backbone", {}).get("name"), hash=m.get("hash", {}).get("method"),
+                   sources=sorted(m.get("sources", {})), zones=int(index.tiles["zone"].nunique()),
+                   bytes_per_tile=dict(codes=m["files"]["codes"]["bytes"] / n,
+                                       tile_table=m["files"]["tiles"]["bytes"] / n),
+                   created=m.get("created"), updated=m.get("updated"), verified=verify)
+    if index.landmarks is not None:
+        summary["landmarks"] = catalogue_summary(index.tiles, index.landmarks)
+        summary["bytes_per_tile"]["landmarks"] = m["files"]["landmarks"]["bytes"] / n
+    return summary
+
+
+def shards_summary(path: str | Path) -> dict:
+    """A sharded index: total count, code length and each shard's rows."""
+    shards, bits = read_shards(path)
+    return dict(path=str(path), count=sum(s.count for s in shards), bits=bits,
+                shards=[dict(path=s.path, offset=s.offset, count=s.count) for s in shards])

@@ -1,0 +1,221 @@
+"""Dynamic landmarking: salient regions of large scenes, cropped, classified and catalogued.
+
+Following the HiRISE landmarks of the PDS Imaging Atlas (Wagstaff et al., "Deep Mars"): the
+saliency detector (``models.saliency``) finds regions that stand out from their surroundings,
+each is cropped with a 30 px border, classified (crater, dark_dune, bright_dune, streak, edge,
+other), and kept when the calibrated posterior reaches a threshold. Labelled image chips in an
+index are classified the same way into its landmark catalogue (``classify_chips``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lookalike.errors import LookalikeError
+from lookalike.fileio import atomic_write_bytes
+from lookalike.indexer.catalogue import attach_to_index, crop_landmarks
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.export import footprint_geometry, write_geojson
+from lookalike.indexer.features import folder_features
+from lookalike.indexer.scenes import RasterCrops, RasterScene, open_scene, pixel_boxes_to_lonlat
+from lookalike.indexer.sources import RasterSource
+from lookalike.indexer.store import open_index, update_tables
+from lookalike.models.classifier import ProbeClassifier, load_classifier
+from lookalike.models.saliency import DetectorConfig, detect
+
+COLUMNS = ("landmark_id", "scene", "x0", "y0", "x1", "y1", "lon_min", "lat_min", "lon_max",
+           "lat_max", "lon", "lat", "label", "posterior", "time", "saliency")
+
+
+# ------------------------------------------------------------------ landmarks
+def crop_image(scene, box, size: int = 224) -> np.ndarray:
+    """A crop as the classifier saw its training images: grey, invalid pixels black, resized
+    (PIL bilinear) to ``size`` and repeated to RGB, (size, size, 3) uint8."""
+
+    x0, y0, x1, y1 = (int(v) for v in box[:4])
+    gray, valid = scene.read(y0, y1, x0, x1)
+    g = scene.to_uint8(gray) if hasattr(scene, "to_uint8") else \
+        np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    g = np.where(valid, g, 0).astype(np.uint8)
+    im = Image.fromarray(g, mode="L").convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def with_border(boxes: np.ndarray, border: int, shape: tuple[int, int],
+                offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Boxes grown by ``border`` pixels and clipped to a raster of ``shape`` (H, W); ``offset``
+    moves window coordinates into raster coordinates first. Returns int64 (M, 4)."""
+    b = np.asarray(boxes, float).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) == 2 else 4)[:, :4]
+    b = np.rint(b + np.array([offset[0], offset[1], offset[0], offset[1]], float))
+    b += np.array([-border, -border, border, border], float)
+    h, w = shape
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, w)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, h)
+    return b.astype(np.int64)
+
+
+def landmark_id(scene: str, box) -> str:
+    """Stable id of a landmark: its scene and crop box in raster pixels."""
+    x0, y0, x1, y1 = (int(v) for v in box[:4])
+    return f"{scene}:{x0}:{y0}:{x1}:{y1}"
+
+
+def empty_landmarks(classes: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
+        ("landmark_id", object), ("scene", object), ("x0", np.int64), ("y0", np.int64),
+        ("x1", np.int64), ("y1", np.int64), ("lon_min", float), ("lat_min", float),
+        ("lon_max", float), ("lat_max", float), ("lon", float), ("lat", float),
+        ("label", object), ("posterior", float), ("time", "datetime64[ns, UTC]"),
+        ("saliency", float))})
+    for c in classes:
+        frame[f"p_{c}"] = pd.Series(dtype=float)
+    return frame
+
+
+def find_landmarks(source, classifier="hirise", threshold: float = 0.9, border: int = 30, *,
+                   window: tuple[int, int, int, int] | None = None, band: int | None = None,
+                   crs: str | None = None, bounds: tuple[float, float, float, float] | None = None,
+                   time: str | None = None, name: str | None = None, encoder=None,
+                   progress: bool = True, batch_size: int = 16, **settings) -> pd.DataFrame:
+    """Salient regions of a scene, cropped with ``border`` px, classified, kept at ``threshold``.
+
+    ``source``: a raster path, a registered mosaic name (``mars_8k``) or a ``RasterSource``.
+    ``classifier``: a shipped model name, a model file or a ``ProbeClassifier``. ``window``
+    (x0, y0, x1, y1, raster pixels) limits the search to part of a big scene. ``settings`` are
+    ``DetectorConfig`` fields. Columns: see ``COLUMNS`` plus ``p_<class>`` per class; pixel boxes
+    are the crops (border included, clipped to the raster) in raster pixels; rows below the
+    threshold are dropped (0 keeps all), best posterior first.
+    """
+
+    if not 0.0 <= threshold <= 1.0:
+        raise LookalikeError(f"threshold must be within [0, 1], got {threshold}")
+    if border < 0:
+        raise LookalikeError(f"border must be >= 0 pixels, got {border}")
+    model = classifier if isinstance(classifier, ProbeClassifier) else load_classifier(classifier)
+    src = source if isinstance(source, RasterSource) else open_scene(
+        source, name=name, crs=crs, bounds=bounds, time=time)
+    cfg = DetectorConfig(**settings)
+    with RasterScene(src, window, band) as scene:
+        regions = detect(scene, cfg, progress=progress)
+        crops = with_border(regions, border, scene.raster_shape, scene.offset)
+        if not len(crops):
+            return empty_landmarks(model.classes)
+        if encoder is None:
+
+            encoder = Encoder(model.backbone, image_size=model.image_size, batch_size=batch_size)
+        elif encoder.name != model.backbone:
+            raise LookalikeError(f"the classifier needs {model.backbone} features, the encoder "
+                                 f"gives {encoder.name}")
+        # crops are read straight from the raster, so a border may reach beyond the window
+        full = RasterCrops(scene)
+        images = (crop_image(full, b, model.image_size) for b in crops)
+        feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(crops),
+                                   desc=f"classifying {src.name}", unit="crop",
+                                   disable=not progress)))
+        proba = model.predict_proba(feats)
+        geo = pixel_boxes_to_lonlat(crops, scene.transform, scene.crs, src.geographic)
+    best = proba.argmax(1)
+    frame = pd.DataFrame(dict(
+        landmark_id=[landmark_id(src.name, b) for b in crops], scene=src.name,
+        x0=crops[:, 0], y0=crops[:, 1], x1=crops[:, 2], y1=crops[:, 3],
+        lon_min=geo[:, 0], lat_min=geo[:, 1], lon_max=geo[:, 2], lat_max=geo[:, 3],
+        lon=geo[:, 4], lat=geo[:, 5], label=np.asarray(model.classes)[best],
+        posterior=proba.max(1), time=pd.Series([src.acquired] * len(crops), dtype="datetime64[ns, UTC]"),
+        saliency=regions[:, 4]))
+    for j, c in enumerate(model.classes):
+        frame[f"p_{c}"] = proba[:, j]
+    frame = frame[frame["posterior"] >= threshold]
+    return frame.sort_values("posterior", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def landmarks_to_geojson(frame: pd.DataFrame) -> dict:
+    """RFC 7946 FeatureCollection of the landmarks' lon/lat boxes with their properties."""
+
+    features = []
+    for rec in frame.to_dict("records"):
+        lons = np.array([rec["lon_min"], rec["lon_max"], rec["lon_max"], rec["lon_min"]])
+        lats = np.array([rec["lat_min"], rec["lat_min"], rec["lat_max"], rec["lat_max"]])
+        props = {}
+        for key, value in rec.items():
+            if isinstance(value, pd.Timestamp):
+                value = value.isoformat()
+            elif value is pd.NaT or (isinstance(value, float) and not np.isfinite(value)):
+                value = None
+            elif isinstance(value, np.generic):
+                value = value.item()
+            props[key] = value
+        features.append({"type": "Feature", "geometry": footprint_geometry(lons, lats),
+                         "properties": props})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def summarize(frame: pd.DataFrame, threshold: float) -> dict:
+    """Counts by class and scene (the CLI's JSON summary)."""
+    return dict(n=int(len(frame)), threshold=threshold,
+                by_class={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
+                by_scene={str(k): int(v) for k, v in frame["scene"].value_counts().sort_index().items()})
+
+
+def classify_chips(path: str | Path, root: str | Path, model: str | Path = "hirise",
+                   progress: bool = True) -> pd.DataFrame:
+    """Classify every image chip of an image-folder index and make them its landmark catalogue
+    (one landmark per chip, ``label`` the predicted class; the CSV's own label stays in the
+    tile table)."""
+
+    index = open_index(path)
+    if "path" not in index.tiles:
+        raise LookalikeError(f"{path} is not an index of image chips; find landmarks in rasters "
+                             "with `lookalike landmarks`")
+    classifier = load_classifier(model)
+    features = folder_features(root, index.tiles, image_size=classifier.image_size,
+                               backbone=classifier.backbone, progress=progress)
+    landmarks = crop_landmarks(index.tiles, classifier.predict_proba(features), classifier.classes)
+    update_tables(path, landmarks=landmarks,
+                  info=dict(landmarks=dict(kind="chips", model=str(model), classes=classifier.classes)))
+    return landmarks
+
+
+def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str = "hirise",
+                   threshold: float = 0.9, border: int = 30,
+                   window: tuple[int, int, int, int] | None = None, band: int | None = None,
+                   crs: str | None = None, bounds: tuple[float, float, float, float] | None = None,
+                   time: str | None = None, max_regions: int = 500, geojson: str | Path | None = None,
+                   index: str | Path | None = None, replace: bool = False) -> dict:
+    """Find, crop and classify the landmarks of ``scenes`` (paths or mosaic names), write them to
+    the Parquet table ``out`` (and ``geojson``), and optionally add them to the catalogue of
+    ``index``; returns the summary ``lookalike landmarks`` prints."""
+    if not 0.0 <= threshold <= 1.0:
+        raise LookalikeError(f"--threshold must be within [0, 1], got {threshold}")
+    if window and len(scenes) > 1:
+        raise LookalikeError("--window picks part of one scene; give a single scene with it")
+    classifier = load_classifier(model)
+    # every scene is opened (and its window and bands checked) before the network is built
+    sources = [open_scene(ref, crs=crs, bounds=bounds, time=time) for ref in scenes]
+    for src in sources:
+        RasterScene(src, window, band).close()
+    encoder = Encoder(classifier.backbone, image_size=classifier.image_size, batch_size=16)
+    frames = [find_landmarks(src, classifier, threshold, border, window=window, band=band,
+                             max_regions=max_regions, encoder=encoder) for src in sources]
+    found = [f for f in frames if len(f)]
+    frame = pd.concat(found, ignore_index=True) if found else empty_landmarks(classifier.classes)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(Path(out), buf.getvalue())
+    if geojson:
+        write_geojson(geojson, landmarks_to_geojson(frame))
+    summary = summarize(frame, threshold)
+    if index:
+        catalogue = attach_to_index(index, frame, replace=replace)
+        summary.update(index=str(index), catalogued=int(len(catalogue)),
+                       on_indexed_tiles=int((catalogue["row"] >= 0).sum()))
+    summary.update(model=str(model), scenes=len(scenes), out=str(out), geojson=geojson)
+    return summary

@@ -1,0 +1,182 @@
+"""Training on image folders and indexes: hashing heads and landmark classifiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lookalike.errors import LookalikeError
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.features import augmented_features, folder_features, image_features
+from lookalike.indexer.search import rank_hamming
+from lookalike.indexer.sources import read_labels
+from lookalike.indexer.store import open_index
+from lookalike.indexer.thumbnails import index_grid, index_source_image
+from lookalike.models.augment import augment
+from lookalike.models.classifier import DEFAULT_GRID, ClassifierConfig, train_classifier
+from lookalike.models.metrics import classification_metrics, retrieval_scores
+from lookalike.models.training import SUPERVISED, TrainConfig, train_hash
+
+
+def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
+                                 val_split: str | None = None, config: ClassifierConfig | None = None,
+                                 search: bool = False, folds: int = 5, group_column: str | None = None,
+                                 group_pattern: str | None = None, image_size: int = 224,
+                                 progress: bool = True) -> dict:
+    """Train on one split of a labelled image folder and save to ``out``; report ``val_split``.
+
+    Folds are grouped by ``group_column``, by default ``source_image`` when the CSV has it, or
+    by the part of each file name that the regular expression ``group_pattern`` matches (e.g.
+    ``^\\d{4}``: the sol of an MSL image), so near-duplicates of one scene or day stay together.
+    Augmented views are used only when the chosen setting asks for them (cached per view).
+    """
+
+    cfg = config or ClassifierConfig()
+    if folds < 2:
+        raise LookalikeError(f"folds must be at least 2, got {folds}")
+    if cfg.hidden < 0 or cfg.epochs < 1 or cfg.views < 0:
+        raise LookalikeError("hidden and views must be >= 0 and epochs >= 1")
+    table = read_labels(root, labels_csv, split=split)
+    if group_column and group_pattern:
+        raise LookalikeError("group folds by a column or by a file-name pattern, not both")
+    if group_column is None and group_pattern is None and "source_image" in table.columns:
+        group_column = "source_image"
+    if group_column is not None and group_column not in table.columns:
+        raise LookalikeError(f"labels CSV {labels_csv} has no column {group_column!r} to group folds by")
+    groups = table[group_column].to_numpy() if group_column else None
+    if group_pattern:
+        import re
+
+        try:
+            regex = re.compile(group_pattern)
+        except re.error as exc:
+            raise LookalikeError(f"group pattern {group_pattern!r} is not a regular expression: {exc}") from None
+        names = [Path(p).name for p in table["path"]]
+        found = [regex.search(n) for n in names]
+        if not all(found):
+            bad = [n for n, m in zip(names, found) if not m]
+            raise LookalikeError(f"group pattern {group_pattern!r} matches no part of {len(bad)} file "
+                                 f"name(s), e.g. {bad[0]}")
+        groups = np.array([m.group(0) for m in found])
+        group_column = f"pattern {group_pattern}"
+    n_classes = table["label"].nunique()
+    counts = table["label"].value_counts()
+    if len(table) < 2 * folds:
+        raise LookalikeError(f"{len(table)} labelled images are too few for {folds}-fold calibration")
+    encoder = Encoder(image_size=image_size)
+    feats = folder_features(root, table, progress=progress, encoder=encoder)
+    grid = DEFAULT_GRID if search else None
+    # --views caps the augmented views used (each is one more pass of the backbone, cached)
+    n_views = cfg.views
+    if grid:
+        grid = [g for g in grid if g.get("views", 0) <= n_views]
+    views = [augmented_features(root, table, encoder, v, progress) for v in range(n_views)]
+    model, report = train_classifier(feats, table["label"].to_numpy(), groups=groups, views=views,
+                                     config=cfg, grid=grid, folds=folds, backbone=encoder.name,
+                                     image_size=image_size, progress=progress)
+    model.meta.update(trained_on=dict(data=Path(root).name, split=split, n=len(table),
+                                      classes=int(n_classes), group_column=group_column,
+                                      smallest_class=int(counts.min())))
+    result = dict(out=str(out), classes=model.classes, n_train=len(table), **report)
+    if val_split:
+
+        val = read_labels(root, labels_csv, split=val_split)
+        proba = model.predict_proba(folder_features(root, val, progress=progress, encoder=encoder))
+        metrics = classification_metrics(val["label"].to_numpy(), proba, model.classes, threshold=0.9)
+        summary = {k: metrics[k] for k in ("accuracy", "accuracy_at_threshold", "abstention_rate",
+                                           "threshold", "nll", "ece")}
+        result.update(val_split=val_split, val=summary)
+        model.meta.update(val=dict(split=val_split, n=len(val), **summary))
+    result["sha256"] = model.save(out)
+    result["bytes"] = Path(out).stat().st_size
+    return result
+
+
+def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train",
+                           config: TrainConfig | None = None, image_size: int = 224,
+                           val_split: str | None = None, k: int = 64, progress: bool = True,
+                           target_root=None, target_labels_csv=None, target_split: str | None = None) -> dict:
+    """Train a head on a labelled image folder, save it to ``out``; report val mAP@k if asked.
+
+    Unsupervised methods never read the labels (only the file list).
+    """
+    from pathlib import Path
+
+    cfg = config or TrainConfig()
+    table = read_labels(root, labels_csv, split=split)
+    encoder = Encoder(image_size=image_size)
+    feats = image_features(root, table, encoder, progress)
+    labels = table["label"].to_numpy() if cfg.method in SUPERVISED else None
+    views = None
+    if cfg.method == "mirs-ntxent":
+        views = tuple(augmented_features(root, table, encoder, v, progress) for v in (0, 1))
+    target = None
+    if target_root is not None:  # unlabelled target domain: only its file list is read
+        target_table = read_labels(target_root, target_labels_csv, split=target_split)
+        target = image_features(target_root, target_table, encoder, progress)
+    model = train_hash(feats, labels, views, cfg, backbone=encoder.name, progress=progress, target=target)
+    model.meta.update(trained_on=dict(data=Path(root).name, split=split, n=len(table),
+                                      image_size=image_size))
+    report = dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(table))
+    if val_split:
+        val = read_labels(root, labels_csv, split=val_split)
+        ranked = rank_hamming(model.encode(feats), model.encode(image_features(root, val, encoder, progress)), k)
+        scores = retrieval_scores(val["label"].to_numpy(), table["label"].to_numpy(), ranked, k)
+        report.update(val_split=val_split, k=k, val_map_at_k=scores["map_at_k"],
+                      val_precision_at_k=scores["precision_at_k"])
+        model.meta.update(val=dict(split=val_split, map_at_k=scores["map_at_k"], k=k))
+    report["sha256"] = model.save(out)
+    return report
+
+
+def train_hash_from_index(index_dir, out, *, config: TrainConfig | None = None, limit: int | None = None,
+                          seed: int = 0, progress: bool = True) -> dict:
+    """Train an unsupervised head on an index's own tiles (pixels re-read from its sources).
+
+    ``mirs-ntxent`` pairs each tile with augmented views of it; ``descartes-autoencoder``
+    reconstructs the tiles' features. ``limit`` samples that many tiles.
+    """
+
+    cfg = config or TrainConfig(method="mirs-ntxent")
+    if cfg.method in SUPERVISED:
+        raise LookalikeError(f"{cfg.method} needs labels; an index's tiles train only "
+                             "mirs-ntxent or descartes-autoencoder")
+    index = open_index(index_dir)
+    grid = index_grid(index)
+    rng = np.random.default_rng(seed)
+    rows = np.arange(index.n) if not limit or limit >= index.n else np.sort(rng.choice(index.n, limit, replace=False))
+    tiles = index.tiles.iloc[rows]
+    pixels = np.stack([index_source_image(index, t.source).tile(t.zone, grid, int(t.row), int(t.col))
+                       for t in tqdm(tiles.itertuples(), total=len(tiles), desc="reading tiles",
+                                     unit="tile", disable=not progress)])
+    encoder = Encoder(index.manifest["backbone"]["name"])
+    feats = encoder.features(pixels)
+    views = None
+    if cfg.method == "mirs-ntxent":
+        views = tuple(encoder.features(np.stack([augment(p, rng) for p in pixels])) for _ in range(2))
+    model = train_hash(feats, None, views, cfg, backbone=encoder.name, progress=progress)
+    model.meta.update(trained_on=dict(index=str(index.path.name), n=len(tiles)))
+    return dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(tiles),
+                sha256=model.save(out))
+
+
+def train_hash_head(out: str | Path, config: TrainConfig, *, images: str | Path | None = None,
+                    labels: str | Path | None = None, index: str | Path | None = None,
+                    limit: int | None = None, split: str | None = "train", val_split: str | None = None,
+                    image_size: int = 224, target_images: str | Path | None = None,
+                    target_labels: str | Path | None = None, target_split: str | None = None) -> dict:
+    """What ``lookalike train-hash`` does: train a head on a labelled image folder
+    (``images`` + ``labels``) or, without labels, on an index's own tiles (``index``)."""
+    if index:
+        if images:
+            raise LookalikeError("give --images ROOT --labels CSV or --index DIR, not both")
+        return train_hash_from_index(index, out, config=config, limit=limit, seed=config.seed)
+    if not (images and labels):
+        raise LookalikeError("give --images ROOT --labels CSV, or --index DIR for unlabelled tiles")
+    if config.whiten_group and not (target_images and target_labels):
+        raise LookalikeError("--whiten-group needs --target-images and --target-labels")
+    return train_hash_from_folder(images, labels, out, split=split, config=config, image_size=image_size,
+                                  val_split=val_split, target_root=target_images,
+                                  target_labels_csv=target_labels, target_split=target_split)
