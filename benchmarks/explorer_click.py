@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest_explorer import CHROMIUM, CHROMIUM_ARGS, cards, data_dir, open_app, start_server, wait_until  # noqa: E402
+from explorer_testkit import CHROMIUM, CHROMIUM_ARGS, cards, data_dir, open_app, start_server, wait_until  # noqa: E402
 
 ALL_LOADED = """els => els.length > 0 && els.every(i => i.complete && i.naturalWidth > 0)"""
 

@@ -2,7 +2,7 @@
 
     python benchmarks/memory.py [--index DIR] [--scale N]
 
-Opens the Mars demo index (built with ``explorer.demo.ensure_demo_index`` if missing, or
+Opens the Mars demo index (built with ``lookalike.workflows.demo.ensure_demo_index`` if missing, or
 ``--index DIR``) in a fresh process, runs one exact search and reports per tile: the codes
 (memory-mapped: file-backed pages the scan touches, which the kernel may drop), the tile table
 held by pandas column by column, and the process's anonymous and file-backed RSS growth after

@@ -97,7 +97,7 @@ def to_markdown(rows: list[dict]) -> str:
     lines = ["# Retrieval benchmark (archive = train, queries = val, mAP@64)", "",
              "Produced by `python benchmarks/retrieval_table.py`. Backbone: EfficientNet-Lite0, "
              "ImageNet weights, frozen, images at 224 px. mAP@64 as defined in "
-             "`models/evaluation.py` (AP over the top 64 normalised by min(R, 64)). Query time: "
+             "`models/metrics.py` (AP over the top 64 normalised by min(R, 64)). Query time: "
              "exact ranking of the whole archive for one query, numpy reference scan, this "
              "2-core machine. Heads trained on train only (supervised heads see its labels; "
              "NT-Xent and the autoencoder do not). The shipped default was trained on HiRISE "

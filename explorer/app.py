@@ -1,6 +1,6 @@
 """The explorer web app: ``serve(paths)`` builds one ``ExplorerState`` and layout per browser session.
 
-Indexes are opened once per process (``explorer.catalog``) and shared read-only by all sessions;
+Indexes are opened once per process (``explorer.served``) and shared read-only by all sessions;
 Panel runs session callbacks on a thread pool so one session's search does not block another's.
 Thumbnails are served by a small HTTP route (``/thumb/<index>/<tile id>.jpg``) from the cached
 in-memory source images (``indexer.thumbnails``), so the browser loads them in parallel and
@@ -122,25 +122,47 @@ THUMBNAILS = Thumbnails()
 
 
 class ThumbnailHandler(RequestHandler):
-    """GET /thumb/<index name>/<tile id>.jpg -> JPEG of the tile, from the process-wide cache."""
+    """GET /thumb/<index name>/<tile id>.jpg -> JPEG of the tile, from the process-wide cache.
+
+    Only tiles of the served indexes are ever answered (the id is looked up in the tile table,
+    never used as a path). Every refusal is a short plain-text 404 that echoes nothing of the
+    request and names no server folder.
+    """
+
+    MAX_ID_CHARS = 512
 
     def initialize(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
     async def get(self, name: str, tile_id: str) -> None:
         name, tile_id = unquote(name), unquote(tile_id)
+        if len(name) > self.MAX_ID_CHARS or len(tile_id) > self.MAX_ID_CHARS or name not in self.catalog:
+            return self._refuse(404, "no such thumbnail")
         try:
             index = self.catalog[name].index
             tile = index.tiles.iloc[index.row_of(tile_id)].to_dict()
             # resampling runs off the event loop so other sessions stay responsive
             data = await THUMBNAILS.jpeg(index, tile)
-        except LookalikeError as exc:
-            self.set_status(404)
-            self.write(str(exc))
-            return
+        except LookalikeError:
+            return self._refuse(404, "no such thumbnail")
+        except Exception:  # a bug: logged here, never shown to the browser
+            log.exception("thumbnail of a tile of %s failed", name)
+            return self._refuse(500, "the thumbnail could not be rendered")
         self.set_header("Content-Type", "image/jpeg")
         self.set_header("Cache-Control", "public, max-age=86400")
         self.write(data)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(message + "\n")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """Tornado's own errors (e.g. a malformed request) as plain text, no traceback."""
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(f"{status_code}\n")
 
 
 def session_params() -> dict[str, str]:
@@ -160,7 +182,13 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     params = session_params()
     name = params.get("index") if params.get("index") in catalog else catalog.default
     state = ExplorerState(index=catalog[name].index, index_name=name)
-    state.apply_url_params(params)  # a shared link reproduces its search
+    try:
+        state.apply_url_params(params)  # a shared link reproduces its search
+    except Exception:  # a link must never cost the page: log the bug, open the app as it is
+        log.exception("applying a link's parameters failed")
+        state.error = "The link's search could not be applied; ignoring it."
+    if params.get("index") and params["index"] not in catalog and not state.error:
+        state.error = f"The link's index is not served here; showing {catalog[name].label}."
 
     show_hirise = pn.widgets.Checkbox(name="HiRISE coverage (Mars)", value=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from urllib.parse import urlencode
@@ -144,7 +145,7 @@ class ExplorerState(param.Parameterized):
         try:
             self.landmark_classes = catalogue.parse_classes(text, self.landmark_class_names())
         except LookalikeError as exc:
-            self.error = str(exc)
+            self.error = self.public_message(exc)
 
     def describe_filters(self) -> list[str]:
         """Human-readable filters in force, one string each."""
@@ -192,7 +193,7 @@ class ExplorerState(param.Parameterized):
         except LookalikeError as exc:
             row = self._nearest_placed_chip(float(lon), float(lat))
             if row is None:
-                self.error = f"{exc}. Click on the indexed area of the map."
+                self.error = f"{self.public_message(exc)}. Click on the indexed area of the map."
                 return
         self.param.update(query_tile=str(self.index.tiles["tile_id"].iat[row]), use_examples=False,
                           positives=[], negatives=[], focus_tile="")
@@ -289,17 +290,29 @@ class ExplorerState(param.Parameterized):
             try:
                 hits = search(self.index, query, k=self.k, filters=self.filters())
             except (LookalikeError, ValueError) as exc:
-                self.param.update(hits=_empty_like(self.index), error=str(exc), page=0)
+                self.param.update(hits=_empty_like(self.index), error=self.public_message(exc), page=0)
                 return
             except Exception as exc:  # a bug: log it, but keep the page alive
                 log.exception("search failed")
                 self.param.update(hits=_empty_like(self.index),
-                                  error=f"Search failed: {type(exc).__name__}: {exc}", page=0)
+                                  error=self.public_message(f"Search failed: {type(exc).__name__}: {exc}"),
+                                  page=0)
                 return
-            error = "" if len(hits) else ("No tiles match these filters. Widen the region, "
-                                          "zones or dates.")
+            error = "" if len(hits) else self._no_hits_message()
             self.param.update(hits=hits, error=error, page=0,
                               elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def _no_hits_message(self) -> str:
+        """Why a search found nothing, naming the filter that is most likely to blame."""
+        if self.landmark_classes and not (self.zones or self.time_start or self.time_end or self.bbox
+                                          or self.boxes or self.polygons):
+            return (f"No scene has at least {self.min_landmarks} {' or '.join(self.landmark_classes)} "
+                    f"landmark(s) at posterior ≥ {self.min_confidence:g}. Lower the landmark count "
+                    "or the confidence, or choose other classes.")
+        if self.landmark_classes:
+            return ("No tiles match these filters. Lower the landmark count or the confidence, or "
+                    "widen the region, zones or dates.")
+        return "No tiles match these filters. Widen the region, zones or dates."
 
     # ------------------------------------------------------------------ export and URLs
     def geojson(self) -> dict:
@@ -330,12 +343,25 @@ class ExplorerState(param.Parameterized):
         return "?" + urlencode(self.url_params()) if self.url_params() else ""
 
     def apply_url_params(self, params: dict[str, str]) -> None:
-        """Restore a search from ``url_params`` output; bad values become an ``error``."""
+        """Restore a search from ``url_params`` output; bad values become an ``error``.
+
+        A link is untrusted input: every value is checked before anything is applied, and a
+        link that cannot be applied leaves the session as it was, with a message.
+        """
+        too_long = sorted(key for key, value in params.items()
+                          if len(value) > URL_VALUE_LIMITS.get(key, URL_VALUE_LIMIT))
+        if too_long:
+            self.error = (f"The link's {', '.join(too_long)} parameter(s) are too long; ignoring "
+                          "the link's search.")
+            return
         updates: dict = {}
         notice = ""
         try:
             if params.get("k"):
                 updates["k"] = int(params["k"])
+                low, high = self.param.k.bounds
+                if not low <= updates["k"] <= high:
+                    raise ValueError(f"k must be between {low} and {high}")
             if params.get("zones"):
                 updates["zones"] = [Zone.parse(z).label for z in params["zones"].split(",") if z]
             updates["time_start"] = params.get("from", "")
@@ -357,8 +383,8 @@ class ExplorerState(param.Parameterized):
             known = set(self.landmark_class_names())
             dropped = [c for c in classes if c not in known]
             if dropped:
-                notice = (f"The link asks for landmark class(es) {', '.join(dropped)}, which this "
-                          "index does not have; ignoring them.")
+                notice = (f"The link asks for landmark class(es) {_clip(', '.join(dropped), 120)}, "
+                          "which this index does not have; ignoring them.")
             updates["landmark_classes"] = [c for c in classes if c in known]
             if params.get("conf"):
                 updates["min_confidence"] = float(params["conf"])
@@ -369,15 +395,40 @@ class ExplorerState(param.Parameterized):
                 if updates["min_landmarks"] < 1:
                     raise ValueError("min_n must be at least 1")
             updates["query_tile"] = params.get("tile", "")
-        except (ValueError, TypeError, AttributeError) as exc:
-            self.error = f"The link's search parameters are malformed ({exc}); ignoring them."
+        except (ValueError, TypeError, AttributeError, LookalikeError) as exc:
+            self.error = f"The link's search parameters are malformed ({_clip(str(exc))}); ignoring them."
             return
-        self.param.update(**updates)
+        try:
+            self.param.update(**updates)
+        except (ValueError, TypeError) as exc:  # param refused a value the checks above let through
+            self.error = f"The link's search parameters are malformed ({_clip(str(exc))}); ignoring them."
+            return
         if notice:  # after the search, which clears errors
             self.error = notice
 
+    def public_message(self, error: Exception | str) -> str:
+        """An error as it may be shown on a shared page: the server's folders are not named
+        (the index's path becomes its name, other absolute paths their file name) and quoted
+        input is cut short."""
+        text = str(error)
+        if self.index is not None:
+            text = text.replace(str(self.index.path), self.index_name or "this index")
+        return _clip(_ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text))
+
 
 # ------------------------------------------------------------------ helpers
+# the longest value of a share-link parameter that is read at all (regions hold drawn shapes)
+URL_VALUE_LIMIT = 2_000
+URL_VALUE_LIMITS = {"regions": 200_000, "pos": 50_000, "neg": 50_000}
+MESSAGE_LIMIT = 300
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/]+/)+[^\s'\"/]*")
+
+
+def _clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _copy(value):
     return list(value) if isinstance(value, list) else value
 

@@ -200,6 +200,17 @@ def results_panel(state: ExplorerState, inline=None) -> pn.Column:
 
 
 # ------------------------------------------------------------------ status
+# characters that Markdown or HTML would read as markup
+_MARKUP = frozenset("\\`*_{}[]()<>#+-.!|&\"'~=")
+
+
+def inert(text: str) -> str:
+    """``text`` as Markdown that shows it literally: every character that HTML or Markdown would
+    read as markup becomes a numeric character reference (user input, such as a shared link's
+    values, must never become markup in someone else's page)."""
+    return "".join(f"&#{ord(c)};" if c in _MARKUP else c for c in str(text))
+
+
 def status_markdown(state: ExplorerState, hits, error, query_tile, use_examples, positives,
                     negatives, *_filters) -> str:
     """The hit count, the query and the filters in force, always visible."""
@@ -210,8 +221,8 @@ def status_markdown(state: ExplorerState, hits, error, query_tile, use_examples,
     if use_examples and positives:
         query = f"{len(positives)} positive / {len(negatives)} negative examples"
     else:
-        query = f"`{query_tile}`" if query_tile else "none"
-    filters = state.describe_filters()
+        query = inert(query_tile) if query_tile else "none"
+    filters = [inert(f) for f in state.describe_filters()]
     lines = [head, f"Query: {query}", "Filters: " + ("; ".join(filters) if filters else "none")]
     if positives or negatives:
         lines.append(f"Marked: {len(positives)} positive, {len(negatives)} negative")
@@ -225,7 +236,7 @@ def status_pane(state: ExplorerState) -> pn.Column:
                                   state.param.time_start, state.param.time_end, state.param.bbox,
                                   state.param.boxes, state.param.polygons),
                           css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10))
-    alert = pn.pane.Alert(state.param.error, alert_type="warning", css_classes=["error"],
+    alert = pn.pane.Alert(pn.bind(inert, state.param.error), alert_type="warning", css_classes=["error"],
                           visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
     return pn.Column(alert, md, sizing_mode="stretch_width")
 
@@ -493,7 +504,10 @@ class MapView:
         from bokeh.models import ColumnDataSource, CustomJS
 
         sink = ColumnDataSource(data={"x": [], "y": [], "n": []}, name="map_taps")
-        fig.js_on_event("tap", CustomJS(args=dict(fig=fig, sink=sink, draw_tools=DRAW_TOOLS), code=TAP_JS))
+        tap = CustomJS(args=dict(fig=fig, sink=sink, draw_tools=DRAW_TOOLS), code=TAP_JS)
+        # Bokeh reports a second tap within 300 ms as a double tap only: both are searches
+        fig.js_on_event("tap", tap)
+        fig.js_on_event("doubletap", tap)
 
         def tapped(attr, old, new) -> None:
             if not new.get("x"):

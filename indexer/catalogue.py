@@ -3,7 +3,7 @@
 A landmark is one row of a table with at least ``label`` (class), ``posterior`` (calibrated
 confidence), a lon/lat box (``lon_min``, ``lat_min``, ``lon_max``, ``lat_max``), its centre
 (``lon``, ``lat``) and ``row``, the index row of the tile it belongs to (-1: none). Landmarks found
-in a raster (``models.landmarks.find_landmarks``) belong to the tile whose centre is nearest
+in a raster (``workflows.landmarks.find_landmarks``) belong to the tile whose centre is nearest
 among the tiles containing the landmark's centre; a labelled image chip is its own tile.
 
 Counts are per *scene*: the tile table's ``scene`` column when it has one (for HiRISE crops, the

@@ -22,6 +22,8 @@ import pyproj
 from pyproj.crs import ProjectedCRS
 from pyproj.crs.coordinate_operation import TransverseMercatorConversion
 
+from lookalike.errors import OptionError
+
 ZONE_WIDTH_DEG = 6.0
 FALSE_EASTING = 500_000.0
 SOUTH_FALSE_NORTHING = 10_000_000.0
@@ -37,7 +39,7 @@ class Zone:
 
     def __post_init__(self) -> None:
         if not 1 <= self.number <= 60 or self.hemisphere not in ("N", "S"):
-            raise ValueError(f"invalid zone {self.number}{self.hemisphere}")
+            raise OptionError(f"invalid zone {self.number}{self.hemisphere}")
 
     @property
     def label(self) -> str:
@@ -58,7 +60,7 @@ class Zone:
         try:
             return cls(int(label[:-1]), label[-1])
         except (ValueError, IndexError):
-            raise ValueError(f"invalid zone label {label!r}; expected e.g. 33N or 7S") from None
+            raise OptionError(f"invalid zone label {label!r}; expected e.g. 33N or 7S") from None
 
     @classmethod
     def at(cls, lon: float, lat: float) -> "Zone":
@@ -127,7 +129,7 @@ class TileGrid:
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.stride <= 0 or self.gsd <= 0:
-            raise ValueError("tile size, stride and gsd must be positive")
+            raise OptionError("tile size, stride and gsd must be positive")
 
     @property
     def step(self) -> float:

@@ -15,3 +15,11 @@ class IndexCorruptError(LookalikeError):
 
 class CodeLengthError(LookalikeError):
     """A code does not have the number of bits the index was built with."""
+
+
+class ModelError(LookalikeError, ValueError):
+    """A backbone name, weights file or model file cannot be used."""
+
+
+class OptionError(LookalikeError, ValueError):
+    """A value is outside what its option accepts (a zone label, a tile size, a group size)."""

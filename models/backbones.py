@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lookalike.errors import ModelError
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -119,11 +121,11 @@ def load_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy tensors into ``model`` by position: same architecture, different key names."""
     own = model.state_dict()
     if len(own) != len(state):
-        raise ValueError(f"weights have {len(state)} tensors, model expects {len(own)}")
+        raise ModelError(f"weights have {len(state)} tensors, model expects {len(own)}")
     mapped = {}
     for (key, target), (src_key, tensor) in zip(own.items(), state.items(), strict=True):
         if tuple(target.shape) != tuple(tensor.shape):
-            raise ValueError(f"shape mismatch: {key} {tuple(target.shape)} vs {src_key} {tuple(tensor.shape)}")
+            raise ModelError(f"shape mismatch: {key} {tuple(target.shape)} vs {src_key} {tuple(tensor.shape)}")
         mapped[key] = tensor
     model.load_state_dict(mapped)
 
@@ -147,12 +149,12 @@ def _efficientnet_lite0(weights: str | Path | None) -> Backbone:
 def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
     def build(weights: str | Path | None) -> Backbone:
         if weights is None:
-            raise ValueError(f"backbone {name!r} needs a local weights file (--weights PATH); "
+            raise ModelError(f"backbone {name!r} needs a local weights file (--weights PATH); "
                              "only efficientnet_lite0 ships with its weights")
         try:
             import timm
         except Exception as exc:  # timm imports torchvision, which may not load beside CPU torch
-            raise RuntimeError(f"backbone {name!r} needs an importable timm ({exc})") from exc
+            raise ModelError(f"backbone {name!r} needs an importable timm ({exc})") from exc
         model = timm.create_model(name, pretrained=False, num_classes=0)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
@@ -178,5 +180,5 @@ def list_backbones() -> list[str]:
 def create_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> Backbone:
     """Build a backbone in eval mode by registry name, optionally from a local weights file."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
+        raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
     return _REGISTRY[name](weights).eval()

@@ -1,7 +1,7 @@
 """Image classifiers by transfer learning: a probe on frozen ImageNet backbone features.
 
 The backbone (EfficientNet-Lite0 by default) never runs in the training loop: its features of
-each image are computed once and cached (``models.evaluation.image_features``), and a small head
+each image are computed once and cached (``indexer.features.image_features``), and a small head
 is trained on them: standardisation, then either a linear layer (multinomial logistic regression)
 or a one-hidden-layer MLP with dropout, by AdamW with cross-entropy (optionally class weights,
 label smoothing and features of augmented views as extra training rows).

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lookalike.errors import OptionError
+
 SOURCE, TARGET = 0, 1
 
 
@@ -19,7 +21,7 @@ class GroupWhitening(nn.Module):
     def __init__(self, num_features: int, group_size: int = 32, momentum: float = 0.1, eps: float = 1e-3):
         super().__init__()
         if group_size <= 0 or num_features % group_size:
-            raise ValueError(f"group size {group_size} must divide the {num_features} features")
+            raise OptionError(f"group size {group_size} must divide the {num_features} features")
         self.groups, self.group_size = num_features // group_size, group_size
         self.momentum, self.eps = momentum, eps
         eye = torch.eye(group_size).expand(self.groups, group_size, group_size)

@@ -1,7 +1,13 @@
-"""Shared fixtures: where the real data lives, one backbone and one Mars index per session.
+"""Shared fixtures: where the real data lives, one backbone and one Mars index per session, the
+synthetic landmark scene and its salient regions.
 
 Real data is read from ``../shared/data`` beside the checkout (or ``$LOOKALIKE_DATA``); tests that
 need it skip with a clear reason when it is absent. Nothing is ever copied into the repository.
+
+Fixtures live in conftest files only (this one, and tests/explorer/conftest.py for the explorer);
+test modules take them by argument name and never import them. Plain helpers are in the modules
+beside this file (lookalike_testkit, explorer_testkit, landmark_scene), importable by name from
+every test folder because pyproject.toml puts tests/ on the path (``pythonpath``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from pathlib import Path
 import pytest
 from lookalike_testkit import run_main
 
+# tests/conftest.py -> parents[1] is the checkout, parents[2] the folder holding it and shared/
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -63,3 +70,22 @@ def mars_index(tmp_path_factory, data_dir) -> Path:
                                     LOOKALIKE_DATA=data_dir)
     assert code == 0, stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """The synthetic landmark scene (tests/landmark_scene.py), for the detector and landmark tests.
+
+    test_sources and test_distributed define a ``scene`` of their own (a GeoTIFF), which wins there.
+    """
+    from landmark_scene import synthetic_scene
+
+    return synthetic_scene()
+
+
+@pytest.fixture(scope="module")
+def regions(scene):
+    """The detector's salient regions of the synthetic landmark scene."""
+    from lookalike.models.saliency import salient_regions
+
+    return salient_regions(scene)

@@ -27,7 +27,7 @@ An IVF index is built once per code set and measured at several ``nprobe`` setti
 whole curve is reported rather than one setting tuned on these queries).
 
 Recall@k is the share of the exact top-k distances (as a multiset) that a method reproduces
-(``indexer.benchmark.distance_recall``); times are medians over the queries, one query at a
+(``bench.search.distance_recall``); times are medians over the queries, one query at a
 time. Each method's speed-up is against the exact scan timed in turns with it, query by query
 (``exact_ms`` of the method), so both see the same load on shared cores.
 """

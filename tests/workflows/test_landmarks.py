@@ -1,5 +1,10 @@
-"""Dynamic landmarking: a synthetic Mars scene with planted craters, a dune field and black fill,
-the detector's recall and boxes, crops, lon/lat, classification, the CLI, and the real mosaic."""
+"""Dynamic landmarking end to end (lookalike.workflows.landmarks): landmarks of a synthetic Mars
+scene with planted craters, a dune field and black fill, written as a GeoTIFF: crops, lon/lat,
+classification, the CLI, and the real mosaic.
+
+The scene is tests/landmark_scene.py; its ``scene`` and ``regions`` fixtures are in
+tests/conftest.py. The detector on its own is tested in tests/models/test_saliency.py.
+"""
 
 from __future__ import annotations
 
@@ -10,65 +15,18 @@ import pandas as pd
 import pyproj
 import pytest
 import rasterio
+from landmark_scene import CRATERS, DUNES, SIZE, crater_box, is_edge_box
 from lookalike_testkit import assert_user_error, check_rfc7946, environ, run_main, strict_json
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
-from scipy import ndimage as ndi
 
 from lookalike.errors import LookalikeError, SourceError
-from lookalike.models.saliency import ArrayScene, DetectorConfig, box_iou, detect, salient_regions
+from lookalike.models.saliency import box_iou
 from lookalike.workflows.landmarks import COLUMNS, find_landmarks, with_border
 
-SIZE = 1500
-CRATERS = ((300, 300, 45), (800, 250, 70), (350, 900, 60), (900, 1150, 40))  # cx, cy, radius
-DUNES = (700, 600, 1050, 850)  # x0, y0, x1, y1
-FILL_X, FILL_SLOPE, FILL_Y = 1250.0, 0.15, 750.0  # black fill where x > FILL_X + (y - FILL_Y) * slope
 # equirectangular Mars (IAU_2015:49910) at 25 m/px, about 136.65 E, 4.55 S
 CRS_CODE, GSD, ORIGIN = "IAU_2015:49910", 25.0, (8.1e6, -2.7e5)
 BORDER = 30
-
-
-def background(rng, size: int) -> np.ndarray:
-    """Textured noise: smooth undulations at a few scales plus pixel noise, mean 0, std ~7."""
-    out = rng.standard_normal((size, size)).astype(np.float32) * 3.0
-    for step, amp in ((4, 3.0), (16, 4.0), (64, 4.0)):
-        small = rng.standard_normal((size // step + 2, size // step + 2)).astype(np.float32)
-        out += amp * ndi.zoom(small, step, order=1)[:size, :size]
-    return out
-
-
-def synthetic_scene(seed: int = 0) -> np.ndarray:
-    """The planted scene as uint8 (0 is the black fill)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    img = 120.0 + background(rng, SIZE)
-    for cx, cy, r in CRATERS:
-        sl = (slice(cy - 2 * r, cy + 2 * r), slice(cx - 2 * r, cx + 2 * r))
-        d = np.hypot(xx[sl] - cx, yy[sl] - cy) / r
-        height = np.where(d < 1, d ** 2 - 1, 0) * 0.6 + 0.35 * np.exp(-((d - 1) / 0.15) ** 2)
-        gx = np.gradient(height * r, axis=1)
-        img[sl] += -60.0 * gx + 25.0 * np.exp(-((d - 1) / 0.1) ** 2)  # shaded bowl, bright rim
-    x0, y0, x1, y1 = DUNES
-    inside = ndi.gaussian_filter(((xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)).astype(np.float32), 6)
-    phase = (xx * 0.94 + yy * 0.34) / 24.0  # asymmetric ridges, 24 px apart
-    img += inside * ((phase - np.floor(phase)) ** 3 * 2 - 1) * 45.0
-    img = np.clip(img, 1, 255)
-    img[xx > FILL_X + (yy - FILL_Y) * FILL_SLOPE] = 0
-    return img.astype(np.uint8)
-
-
-def fill_x(y):
-    return FILL_X + (np.asarray(y, float) - FILL_Y) * FILL_SLOPE
-
-
-def crater_box(cx, cy, r):
-    return np.array([cx - r, cy - r, cx + r, cy + r], float)
-
-
-def is_edge_box(b) -> bool:
-    """The valid-data boundary runs through the box."""
-    ys = np.linspace(b[1], b[3], 9)
-    return bool(np.any((fill_x(ys) > b[0]) & (fill_x(ys) < b[2])))
 
 
 def write_scene(path, data, crs=CRS_CODE, nodata=0, **tags):
@@ -85,16 +43,6 @@ def write_scene(path, data, crs=CRS_CODE, nodata=0, **tags):
         if tags:
             dst.update_tags(**tags)
     return path
-
-
-@pytest.fixture(scope="module")
-def scene() -> np.ndarray:
-    return synthetic_scene()
-
-
-@pytest.fixture(scope="module")
-def regions(scene) -> np.ndarray:
-    return salient_regions(scene)
 
 
 @pytest.fixture(scope="module")
@@ -118,86 +66,7 @@ def landmarks(scene_tif, crop_encoder) -> pd.DataFrame:
     return find_landmarks(scene_tif, "hirise", threshold=0.0, encoder=crop_encoder, progress=False)
 
 
-# ------------------------------------------------------------------ detector
-def test_planted_craters_and_dunes_found_with_tight_boxes(regions):
-    for cx, cy, r in CRATERS:
-        iou = box_iou(crater_box(cx, cy, r)[None], regions)[0]
-        best = regions[int(iou.argmax())]
-        centre = ((best[0] + best[2]) / 2, (best[1] + best[3]) / 2)
-        # tolerance: IoU >= 0.6 and the centre within a quarter radius
-        assert iou.max() >= 0.6, (cx, cy, r, regions[:, :4])
-        assert np.hypot(centre[0] - cx, centre[1] - cy) <= 0.25 * r
-    assert box_iou(np.array([DUNES], float), regions)[0].max() >= 0.5
-
-
-def test_image_edge_is_salient_along_the_whole_boundary(regions):
-    edges = np.array([b for b in regions if is_edge_box(b)])
-    assert len(edges) >= 4
-    covered = np.zeros(SIZE, bool)
-    for b in edges:
-        covered[int(b[1]):int(b[3])] = True
-    assert covered.mean() >= 0.9  # segments follow the boundary from top to bottom
-    # no region lies inside the fill
-    assert all(b[0] < fill_x(b[3]) for b in regions)
-
-
-def test_few_false_positives(regions):
-    planted = np.vstack([np.array([crater_box(*c) for c in CRATERS]), np.array([DUNES], float)])
-    unexplained = [b for b in regions
-                   if not is_edge_box(b) and box_iou(b[None], planted)[0].max() < 0.3]
-    assert len(unexplained) <= 1, unexplained
-    assert np.all(np.diff(regions[:, 4]) <= 0)  # best first
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_flat_noise_has_few_regions(seed):
-    img = np.clip(120 + background(np.random.default_rng(seed), 1000), 1, 255).astype(np.uint8)
-    assert len(salient_regions(img)) <= 1
-
-
-def test_nodata_mask_makes_edges_without_black_fill(scene):
-    """Nodata is invalid whatever its values: noise behind the mask still gives edges, no regions."""
-    img = scene.copy()
-    invalid = img == 0
-    img[invalid] = np.random.default_rng(3).integers(1, 255, invalid.sum())
-    found = salient_regions(img, ~invalid)
-    assert sum(is_edge_box(b) for b in found) >= 4
-    assert all(b[0] < fill_x(b[3]) for b in found)
-    for cx, cy, r in CRATERS:
-        assert box_iou(crater_box(cx, cy, r)[None], found)[0].max() >= 0.6
-
-
-def test_large_scenes_are_read_in_strips():
-    """The map is built from strips; the full image is never read (or converted) at once."""
-    rng = np.random.default_rng(4)
-    img = rng.integers(100, 140, (3000, 2000), dtype=np.uint8)
-    yy, xx = np.mgrid[0:3000, 0:2000]
-    img[np.hypot(xx - 1200, yy - 2100) < 80] = 220
-    reads = []
-
-    class Counting(ArrayScene):
-        def read(self, y0, y1, x0, x1):
-            reads.append((y1 - y0) * (x1 - x0))
-            return super().read(y0, y1, x0, x1)
-
-    found = detect(Counting(img), DetectorConfig(max_map_pixels=1 << 17, read_pixels=1 << 20))
-    assert max(reads) <= 1 << 20 and sum(reads) >= img.size
-    assert box_iou(np.array([[1120, 2020, 1280, 2180]], float), found)[0].max() >= 0.5
-
-
-def test_large_regions_are_split_at_max_size(scene):
-    found = salient_regions(scene, max_size=200, edges=False)
-    sides = np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1])
-    assert (sides <= 200).all() and (sides >= 24).all()
-    pieces = found[box_iou(np.array([DUNES], float), found)[0] > 0]
-    assert len(pieces) >= 2  # the 350 x 250 px dune field, in pieces
-    union = np.zeros((SIZE, SIZE), bool)
-    for b in pieces.astype(int):
-        union[b[1]:b[3], b[0]:b[2]] = True
-    x0, y0, x1, y1 = DUNES
-    assert union[y0:y1, x0:x1].mean() >= 0.7
-
-
+# ------------------------------------------------------------------ landmarks of a raster
 def test_with_border_clips_to_the_raster():
     boxes = np.array([[10, 20, 100, 120, 5.0], [1450, 1480, 1500, 1500, 4.0]])
     out = with_border(boxes, BORDER, (1500, 1500))
@@ -205,16 +74,6 @@ def test_with_border_clips_to_the_raster():
     assert with_border(boxes[:1], BORDER, (1500, 1500), offset=(100, 200)).tolist() == [[80, 190, 230, 350]]
 
 
-def test_bad_input_to_detector():
-    with pytest.raises(LookalikeError, match="2-d"):
-        salient_regions(np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(LookalikeError, match="valid mask"):
-        salient_regions(np.zeros((64, 64), np.uint8), np.ones((32, 32), bool))
-    with pytest.raises(LookalikeError, match="z_low"):
-        salient_regions(np.zeros((64, 64), np.uint8), z_low=9, z_high=3)
-
-
-# ------------------------------------------------------------------ landmarks of a raster
 def test_columns_and_probabilities(landmarks):
     classes = ["bright_dune", "crater", "dark_dune", "edge", "other", "streak"]
     assert list(landmarks.columns) == list(COLUMNS) + [f"p_{c}" for c in classes]

@@ -1,10 +1,13 @@
-"""Fixtures for the explorer tests: a small two-date Mars index, a served app, a headless Chromium.
+"""Helpers for the explorer tests (tests/explorer/): constants, the fixture index's landmark
+catalogue, a ``lookalike serve`` launcher and page helpers for the browser tests.
 
-Imported by tests/test_explorer_*.py (``from conftest_explorer import ...``) rather than from
-tests/conftest.py, which belongs to the rest of the suite.
+A plain module, not a conftest: the fixtures built on it (``explorer_env``, ``explorer_index``,
+``explorer_url``, ``browser``, ``page``) are in tests/explorer/conftest.py. Importable by name
+from any test folder (``pythonpath = ["tests"]`` in pyproject.toml); the explorer benchmark
+(benchmarks/explorer_click.py) uses the launcher and page helpers too.
 
-The index covers zones 30N and 31N dated 2010-01-01 and, appended, zone 32N dated 2015-06-01,
-and carries a small synthetic landmark catalogue (``fixture_landmarks``).
+The fixture index covers zones 30N and 31N dated 2010-01-01 and, appended, zone 32N dated
+2015-06-01, and carries a small synthetic landmark catalogue (``fixture_landmarks``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -51,36 +52,6 @@ def data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _lookalike(*args: str, env: dict) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lookalike", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(f"lookalike {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-
-
-@pytest.fixture(scope="session")
-def explorer_env() -> dict:
-    data = data_dir()
-    if not (data / "mars_8k.jpg").is_file():
-        pytest.skip(f"real data not found in {data} (set LOOKALIKE_DATA)")
-    return dict(os.environ, LOOKALIKE_DATA=str(data))
-
-
-@pytest.fixture(scope="session")
-def explorer_index(tmp_path_factory, explorer_env) -> Path:
-    """Mars zones 30N, 31N (2010) + 32N (2015, appended), 64-bit codes: 138 tiles, ~20 s."""
-    out = tmp_path_factory.mktemp("explorer") / "mars_small"
-    _lookalike("index", "mars_8k", "--zones", "30N,31N", "--bits", "64", "--time", FIRST_DATE,
-               "--out", str(out), env=explorer_env)
-    _lookalike("index", "mars_8k", "--zones", "32N", "--bits", "64", "--time", SECOND_DATE,
-               "--append", "--out", str(out), env=explorer_env)
-    from lookalike.indexer.catalogue import attach_to_index
-    from lookalike.indexer.store import open_index
-
-    attach_to_index(out, fixture_landmarks(open_index(out).tiles))
-    return out
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,37 +82,6 @@ def start_server(index: Path, env: dict, timeout: float = 240.0) -> tuple[subpro
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the explorer server did not start in time")
-
-
-@pytest.fixture(scope="session")
-def explorer_url(explorer_index, explorer_env):
-    proc, url = start_server(explorer_index, explorer_env)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    yield pg
-    context.close()
 
 
 def screenshot(page, name: str) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest_explorer import (  # noqa: F401
+from explorer_testkit import (
     FIRST_DATE,
     LANDMARK_CLASSES,
     SECOND_DATE,
-    explorer_env,
-    explorer_index,
     fixture_landmarks,
 )
 

@@ -6,20 +6,15 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest_explorer import (  # noqa: F401
+from explorer_testkit import (
     FIRST_DATE,
     SECOND_DATE,
     all_cards,
-    browser,
     cards,
     click_map,
     current_url,
-    explorer_env,
-    explorer_index,
-    explorer_url,
     fixture_landmarks,
     open_app,
-    page,
     screenshot,
     set_text,
     shadow_text,
