@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 URL_KEYS = ("index", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
             "classes", "conf", "min_n")
 THREADS = 8
+# the largest websocket message a session may send (drawn regions are the large ones) and the
+# largest HTTP request body (the app takes no uploads over HTTP)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024
 INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
 CSS = """
@@ -263,9 +267,12 @@ def warm_up(catalog: Catalog) -> None:
 
 
 def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
-          address: str | None = None, threaded: bool = False, **kwargs):
+          address: str = "localhost", threaded: bool = False, **kwargs):
     """Serve the explorer on the indexes at ``paths`` (the first is the default).
 
+    The server listens on ``address``: this machine only unless another address is given
+    (``0.0.0.0`` for every interface). Websocket messages and HTTP bodies are bounded
+    (``MAX_MESSAGE_BYTES``, ``MAX_BODY_BYTES``), and each session runs one search at a time.
     With ``threaded`` the server runs in a background thread and is returned (call ``.stop()``);
     otherwise this blocks until interrupted.
     """
@@ -274,8 +281,11 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
     warm_up(catalog)
+    local = address in ("localhost", "127.0.0.1", "::1")
     kwargs.setdefault("websocket_origin", [f"localhost:{port}", f"127.0.0.1:{port}"]
-                      + ([f"{address}:{port}"] if address else []))
+                      + ([] if local else [f"{address}:{port}"]))
+    kwargs.setdefault("websocket_max_message_size", MAX_MESSAGE_BYTES)
+    kwargs.setdefault("http_server_kwargs", dict(max_body_size=MAX_BODY_BYTES, max_buffer_size=MAX_BODY_BYTES))
     return pn.serve(lambda: build_app(catalog), port=port, show=show, address=address,
                     title="Lookalike", threaded=threaded,
                     extra_patterns=[(r"/thumb/([^/]+)/(.+)\.jpg", ThumbnailHandler, dict(catalog=catalog))],

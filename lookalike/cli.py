@@ -234,7 +234,7 @@ def cmd_landmarks(args) -> None:
 def cmd_serve(args) -> None:
     from lookalike.explorer.app import serve
 
-    serve(args.index, port=args.port, show=args.show)
+    serve(args.index, port=args.port, show=args.show, address=args.address)
 
 
 def cmd_demo(args) -> None:
@@ -242,10 +242,14 @@ def cmd_demo(args) -> None:
     from lookalike.workflows.demo import demo_indexes
 
     serve(demo_indexes(args.bodies, args.root, hirise=not args.no_hirise_layer), port=args.port,
-          show=args.show)
+          show=args.show, address=args.address)
 
 
 # ------------------------------------------------------------------ parser
+ADDRESS_HELP = ("address to listen on (default: localhost, this machine only; 0.0.0.0 for every "
+                "interface, to share the explorer with a team)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lookalike", description="Visual search over orbital imagery.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -448,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="serve the explorer on an index")
     v.add_argument("index", nargs="+", help="one or more indexes (the body selector switches)")
     v.add_argument("--port", type=int, default=5006)
+    v.add_argument("--address", default="localhost", help=ADDRESS_HELP)
     v.add_argument("--show", action="store_true", help="open a browser")
     v.set_defaults(func=cmd_serve)
 
@@ -475,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bodies", type=_csv, default=["mars"], help="mars,earth")
     d.add_argument("--root", help=f"where demo indexes live (default ${INDEXES_ENV} or the cache)")
     d.add_argument("--port", type=int, default=5006)
+    d.add_argument("--address", default="localhost", help=ADDRESS_HELP)
     d.add_argument("--show", action="store_true")
     d.add_argument("--no-hirise-layer", action="store_true",
                    help="do not build or serve the HiRISE landmark crops layer")

@@ -33,7 +33,11 @@ def _assemble(dest: Path) -> Path:
     mapping = setup.get("package-dir", {})
     for package in setup["packages"]:
         parts = package.split(".")
-        source = ROOT / mapping[package] if package in mapping else ROOT.joinpath(*parts)
+        # the folder of a package: its own mapping, else its nearest mapped parent's plus the rest
+        mapped = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len,
+                     default=None)
+        source = ROOT.joinpath(mapping[mapped], *parts[len(mapped.split(".")):]) if mapped \
+            else ROOT.joinpath(*parts)
         target = dest.joinpath(*parts)
         target.mkdir(parents=True, exist_ok=True)
         for py in source.glob("*.py"):
@@ -68,9 +72,11 @@ def test_an_upward_import_breaks_the_layers(tree, tmp_path):
 
 
 def test_every_package_is_listed_and_mapped():
-    """A folder with an __init__.py that pyproject does not list would be left out of the wheel."""
+    """A folder with an __init__.py that pyproject does not list would be left out of the wheel;
+    data packages (shipped files, no Python) are listed with their package data."""
     setup = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]
-    listed = set(setup["packages"])
+    data_packages = set(setup["package-data"])
+    listed = set(setup["packages"]) - data_packages
     mapping = setup.get("package-dir", {})
     found = {"lookalike." + p.parent.relative_to(ROOT / "lookalike").as_posix().replace("/", ".")
              for p in (ROOT / "lookalike").glob("*/__init__.py")} | {"lookalike"}
