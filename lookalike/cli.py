@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import re
 import sys
@@ -513,8 +514,15 @@ def main(argv: list[str] | None = None) -> int:
     except LookalikeError as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        # writes are atomic: what was there before the failed write is still there, intact
+        print(f"lookalike: error: {exc.strerror or exc} (nothing was replaced: what was written before "
+              "is intact; free some space and run the command again)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lookalike: interrupted; run the same command again to resume", file=sys.stderr)
