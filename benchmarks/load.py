@@ -1,0 +1,304 @@
+"""Many people on one explorer server, and many searches on one index: latency, errors, memory.
+
+    python benchmarks/load.py [INDEX_DIR] [--sessions 1,4,8,16,32] [--clicks 5] [--churn 100]
+                              [--workers 1,2,4,8,16] [--json benchmarks/results/load.json]
+
+Three measurements, each against a reference taken in the same run:
+
+1. **Explorer sessions.** ``lookalike serve`` on the index (default: the Mars demo index, built
+   if missing); for each N, N real Chromium sessions (browser contexts of one headless Chromium)
+   open the app and click the map ``--clicks`` times each, continuously and all at once. A click
+   is timed from the mouse event until the first page of thumbnails of its new query has been
+   decoded. Every result is checked against the session's own query (the first card is the
+   clicked tile at distance 0 and the status names the same tile), so one session seeing
+   another's results counts as a leak. The server's resident memory is sampled throughout.
+2. **Sessions opened and closed.** ``--churn`` sessions open the app one after another and close;
+   the server's RSS after they are all gone is compared with its RSS before the first.
+3. **API searches.** ``search`` on one opened index from 1..16 threads and from 1..16
+   processes (each opening the index, memory-mapped); queries/s and p95 latency, and every
+   result compared with the serial answer to the same query.
+
+Writes JSON and a Markdown table (``benchmarks/results/load.md``). Figures on a shared 2-core
+machine are noisy: the load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from explorer_testkit import CHROMIUM, CHROMIUM_ARGS, data_dir, start_server  # noqa: E402
+
+ALL_LOADED_JS = """() => { const i = Array.from(document.querySelectorAll('.thumb img'));
+  return i.length > 0 && i.every(e => e.complete && e.naturalWidth > 0); }"""
+STATUS = """() => { const s = document.querySelector('.status');
+  return s ? (s.shadowRoot ? Array.from(s.shadowRoot.children).map(c => c.innerText || '').join(' ')
+                           : s.innerText) : ''; }"""
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+class RssSampler:
+    """The peak and last resident memory of a process, sampled every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        self.proc, self.interval = psutil.Process(pid), interval
+        self.peak = self.last = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.last = self.rss()
+            self.peak = max(self.peak, self.last)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ------------------------------------------------------------------ explorer sessions
+async def open_app(page, url: str) -> None:
+    await page.goto(url, timeout=120_000)
+    await page.locator(".map canvas").first.wait_for(state="visible", timeout=120_000)
+    await page.wait_for_function(
+        "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle", timeout=120_000)
+
+
+async def wait_for(page, js: str, arg=None, timeout: float = 60.0, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = await page.evaluate(js, arg)
+            if value:
+                return value
+        except Exception:  # the page may be mid-update
+            pass
+        await asyncio.sleep(interval)
+    raise TimeoutError(js[:60])
+
+
+async def one_session(browser, url: str, clicks: int, seed: int) -> dict:
+    """One user clicking the map ``clicks`` times; returns latencies, errors and leaks."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    out = dict(times=[], errors=[], leaks=0, misses=0)
+    try:
+        await open_app(page, url)
+        box = await page.locator(".map canvas").first.bounding_box()
+        rng = np.random.default_rng(seed)
+        previous = None
+        for _ in range(clicks):
+            fx, fy = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.7)
+            start = time.perf_counter()
+            await page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            try:
+                found = await wait_for(page, """prev => {
+                    const c = Array.from(document.querySelectorAll('.thumb')).map(e => Object.assign({}, e.dataset));
+                    return c.length && c[0].tileId !== prev ? c : null; }""", previous, timeout=60)
+                await wait_for(page, ALL_LOADED_JS, timeout=60)
+            except TimeoutError:
+                out["misses"] += 1  # a click on no tile, or the same tile again: not a measurement
+                continue
+            out["times"].append(time.perf_counter() - start)
+            previous = found[0]["tileId"]
+            status = " ".join((await page.evaluate(STATUS)).split())
+            if found[0]["distance"] != "0" or f"Query: {previous}" not in status:
+                out["leaks"] += 1
+    except Exception as exc:  # a failed session is a figure, not the end of the benchmark
+        out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        await context.close()
+    return out
+
+
+async def sessions_run(url: str, n: int, clicks: int, pid: int) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        sampler = RssSampler(pid)
+        rss_before = sampler.rss()
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one_session(browser, url, clicks, seed=1000 * n + i) for i in range(n)))
+        wall = time.perf_counter() - t0
+        sampler.stop()
+        await browser.close()
+    times = [t for r in results for t in r["times"]]
+    return dict(sessions=n, clicks=len(times), misses=sum(r["misses"] for r in results),
+                p50_s=percentile(times, 50), p95_s=percentile(times, 95),
+                max_s=round(max(times), 3) if times else None,
+                errors=sum(len(r["errors"]) for r in results),
+                error_messages=[e for r in results for e in r["errors"]][:5],
+                leaks=sum(r["leaks"] for r in results), wall_s=round(wall, 1),
+                rss_before_mb=round(rss_before / 2**20), rss_peak_mb=round(sampler.peak / 2**20),
+                load_average=round(load0, 2))
+
+
+async def churn_run(url: str, n: int, pid: int, settle_s: float) -> dict:
+    """``n`` sessions opened and closed one after another; server RSS before and after."""
+    from playwright.async_api import async_playwright
+
+    proc = psutil.Process(pid)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        for warm in range(3):  # the first sessions fill the per-process caches
+            context = await browser.new_context()
+            await open_app(await context.new_page(), url)
+            await context.close()
+        await asyncio.sleep(settle_s)
+        before = proc.memory_info().rss
+        peak = before
+        for _ in range(n):
+            context = await browser.new_context()
+            await open_app(await context.new_page(), url)
+            await context.close()
+            peak = max(peak, proc.memory_info().rss)
+        await browser.close()
+    await asyncio.sleep(settle_s)  # the server drops a closed session after its unused lifetime
+    after = proc.memory_info().rss
+    return dict(sessions=n, rss_before_mb=round(before / 2**20), rss_peak_mb=round(peak / 2**20),
+                rss_after_mb=round(after / 2**20), growth_pct=round(100.0 * (after - before) / before, 1))
+
+
+# ------------------------------------------------------------------ API searches
+_INDEX = None
+
+
+def _search_rows(args: tuple[str, str, int]) -> tuple[float, list[str]]:
+    """Open the index once per process (memory-mapped) and answer one query."""
+    global _INDEX
+    from lookalike.indexer.search import Query, search
+    from lookalike.indexer.store import open_index
+
+    path, tile_id, k = args
+    if _INDEX is None or str(_INDEX.path) != path:
+        _INDEX = open_index(path, verify=False)
+    t0 = time.perf_counter()
+    hits = search(_INDEX, Query(tile_id=tile_id), k=k)
+    return time.perf_counter() - t0, hits["tile_id"].tolist()
+
+
+def api_run(index_dir: Path, workers: list[int], queries: int, k: int) -> list[dict]:
+    from lookalike.indexer.store import open_index
+
+    index = open_index(index_dir, verify=False)
+    rng = np.random.default_rng(0)
+    tiles = index.tiles["tile_id"].to_numpy()[rng.choice(index.n, size=queries, replace=index.n < queries)]
+    jobs = [(str(index.path), str(t), k) for t in tiles]
+    serial = [_search_rows(j)[1] for j in jobs]
+    rows = []
+    for kind, pool_type in (("threads", ThreadPoolExecutor), ("processes", ProcessPoolExecutor)):
+        for n in workers:
+            with pool_type(max_workers=n) as pool:
+                list(pool.map(_search_rows, jobs[: 2 * n]))  # warm: open the index in every worker
+                t0 = time.perf_counter()
+                answers = list(pool.map(_search_rows, jobs))
+                wall = time.perf_counter() - t0
+            lat = [a[0] for a in answers]
+            rows.append(dict(kind=kind, workers=n, queries=len(jobs),
+                             queries_per_s=round(len(jobs) / wall, 1), p50_ms=round(1000 * statistics.median(lat), 1),
+                             p95_ms=round(1000 * float(np.percentile(lat, 95)), 1),
+                             identical_to_serial=all(a[1] == s for a, s in zip(answers, serial)),
+                             load_average=round(os.getloadavg()[0], 2)))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------ report
+def markdown(result: dict) -> str:
+    lines = ["# Load: many sessions on one explorer, many searches on one index", "",
+             f"Produced by `python benchmarks/load.py`; index `{Path(result['index']).name}` "
+             f"({result['tiles']} tiles), {result['cpus']} cores, click→thumbnails measured in real "
+             "Chromium sessions (contexts of one headless browser on the same machine as the server). "
+             "A leak is a result that does not belong to the session's own click.", "",
+             "## Concurrent explorer sessions", "",
+             "| sessions | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | server RSS before → peak (MB) | load avg |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in result["sessions"]:
+        lines.append(f"| {r['sessions']} | {r['clicks']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
+                     f"{r['errors']} | {r['leaks']} | {r['rss_before_mb']} → {r['rss_peak_mb']} | {r['load_average']} |")
+    c = result.get("churn")
+    if c:
+        lines += ["", "## Sessions opened and closed", "",
+                  f"{c['sessions']} sessions opened and closed one after another: server RSS "
+                  f"{c['rss_before_mb']} MB before, {c['rss_peak_mb']} MB at most, {c['rss_after_mb']} MB "
+                  f"after they closed ({c['growth_pct']:+.1f} %)."]
+    if result.get("api"):
+        lines += ["", "## Concurrent API searches on one index (exact scan, k = "
+                  f"{result['api_k']})", "",
+                  "| workers | kind | queries/s | p50 (ms) | p95 (ms) | identical to serial |",
+                  "|---:|---|---:|---:|---:|---|"]
+        for r in result["api"]:
+            lines.append(f"| {r['workers']} | {r['kind']} | {r['queries_per_s']} | {r['p50_ms']} | "
+                         f"{r['p95_ms']} | {'yes' if r['identical_to_serial'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("index", nargs="?", help="index directory (default: the Mars demo index)")
+    parser.add_argument("--sessions", default="1,4,8,16,32")
+    parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--churn", type=int, default=100, help="sessions opened and closed (0: skip)")
+    parser.add_argument("--settle", type=float, default=45.0,
+                        help="seconds to wait for closed sessions to be dropped before measuring RSS")
+    parser.add_argument("--workers", default="1,2,4,8,16")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--json", default="benchmarks/results/load.json")
+    args = parser.parse_args()
+    env = dict(os.environ, LOOKALIKE_DATA=os.environ.get("LOOKALIKE_DATA", str(data_dir())))
+    os.environ.update(env)
+    if args.index:
+        index = Path(args.index)
+    else:
+        from lookalike.workflows.demo import ensure_demo_index
+
+        index = ensure_demo_index("mars")
+    from lookalike.indexer.store import open_index
+
+    result = dict(index=str(index), tiles=open_index(index).n, cpus=os.cpu_count(), sessions=[],
+                  clicks_per_session=args.clicks, api_k=args.k)
+    if args.workers:
+        result["api"] = api_run(index, [int(w) for w in args.workers.split(",")], args.queries, args.k)
+    proc, url = start_server(index, env, timeout=300)
+    try:
+        for n in [int(s) for s in args.sessions.split(",") if s]:
+            result["sessions"].append(asyncio.run(sessions_run(url, n, args.clicks, proc.pid)))
+            print(json.dumps(result["sessions"][-1]), flush=True)
+        if args.churn:
+            result["churn"] = asyncio.run(churn_run(url, args.churn, proc.pid, args.settle))
+            print(json.dumps(result["churn"]), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
