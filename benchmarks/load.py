@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -42,11 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from explorer_testkit import CHROMIUM, CHROMIUM_ARGS, data_dir, start_server  # noqa: E402
 
-ALL_LOADED_JS = """() => { const i = Array.from(document.querySelectorAll('.thumb img'));
-  return i.length > 0 && i.every(e => e.complete && e.naturalWidth > 0); }"""
-STATUS = """() => { const s = document.querySelector('.status');
-  return s ? (s.shadowRoot ? Array.from(s.shadowRoot.children).map(c => c.innerText || '').join(' ')
-                           : s.innerText) : ''; }"""
+from lookalike.indexer.search import tile_at  # noqa: E402
+
+ALL_LOADED = "els => els.length > 0 && els.every(i => i.complete && i.naturalWidth > 0)"
+CARDS = "els => els.map(e => Object.assign({}, e.dataset))"
+TAP = """() => { const m = Bokeh.documents[0].get_model_by_name('map_taps');
+  return m && m.data.x.length ? [m.data.x[0], m.data.y[0]] : null; }"""
+STATUS = """e => e.shadowRoot
+  ? Array.from(e.shadowRoot.children).filter(c => !['STYLE', 'LINK'].includes(c.tagName))
+         .map(c => c.innerText).join(' ')
+  : e.innerText"""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -84,20 +90,21 @@ async def open_app(page, url: str) -> None:
         "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle", timeout=120_000)
 
 
-async def wait_for(page, js: str, arg=None, timeout: float = 60.0, interval: float = 0.02):
+async def poll(fn, timeout: float = 60.0, interval: float = 0.02):
+    """Await ``fn()`` until it returns something truthy; that value is returned."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            value = await page.evaluate(js, arg)
+            value = await fn()
             if value:
                 return value
         except Exception:  # the page may be mid-update
             pass
         await asyncio.sleep(interval)
-    raise TimeoutError(js[:60])
+    raise TimeoutError("timed out")
 
 
-async def one_session(browser, url: str, clicks: int, seed: int) -> dict:
+async def one_session(browser, url: str, index, clicks: int, seed: int) -> dict:
     """One user clicking the map ``clicks`` times; returns latencies, errors and leaks."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
@@ -111,18 +118,27 @@ async def one_session(browser, url: str, clicks: int, seed: int) -> dict:
             fx, fy = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.7)
             start = time.perf_counter()
             await page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+            cards, images = page.locator(".thumb"), page.locator(".thumb img")  # in shadow roots
+
+            async def new_results(prev=previous):
+                found = await cards.evaluate_all(CARDS)
+                return found if found and found[0]["tileId"] != prev else None
+
             try:
-                found = await wait_for(page, """prev => {
-                    const c = Array.from(document.querySelectorAll('.thumb')).map(e => Object.assign({}, e.dataset));
-                    return c.length && c[0].tileId !== prev ? c : null; }""", previous, timeout=60)
-                await wait_for(page, ALL_LOADED_JS, timeout=60)
+                found = await poll(new_results, timeout=60)
+                await poll(lambda: images.evaluate_all(ALL_LOADED), timeout=60)
             except TimeoutError:
                 out["misses"] += 1  # a click on no tile, or the same tile again: not a measurement
                 continue
             out["times"].append(time.perf_counter() - start)
             previous = found[0]["tileId"]
-            status = " ".join((await page.evaluate(STATUS)).split())
-            if found[0]["distance"] != "0" or f"Query: {previous}" not in status:
+            # the results must answer this session's own click: the tile under the point that
+            # this page sent (its tap, in lon/lat), ranked first at distance 0 and named in the status
+            tap = await page.evaluate(TAP)
+            expected = str(index.tiles["tile_id"].iat[tile_at(index, *tap)]) if tap else None
+            status = " ".join((await page.locator(".status").first.evaluate(STATUS)).split())
+            if found[0]["tileId"] != expected or found[0]["distance"] != "0" \
+                    or f"Query: {expected}" not in status:
                 out["leaks"] += 1
     except Exception as exc:  # a failed session is a figure, not the end of the benchmark
         out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -131,7 +147,7 @@ async def one_session(browser, url: str, clicks: int, seed: int) -> dict:
     return out
 
 
-async def sessions_run(url: str, n: int, clicks: int, pid: int) -> dict:
+async def sessions_run(url: str, index, n: int, clicks: int, pid: int) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -140,7 +156,7 @@ async def sessions_run(url: str, n: int, clicks: int, pid: int) -> dict:
         rss_before = sampler.rss()
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(one_session(browser, url, clicks, seed=1000 * n + i) for i in range(n)))
+        results = await asyncio.gather(*(one_session(browser, url, index, clicks, seed=1000 * n + i) for i in range(n)))
         wall = time.perf_counter() - t0
         sampler.stop()
         await browser.close()
@@ -208,9 +224,12 @@ def api_run(index_dir: Path, workers: list[int], queries: int, k: int) -> list[d
     jobs = [(str(index.path), str(t), k) for t in tiles]
     serial = [_search_rows(j)[1] for j in jobs]
     rows = []
-    for kind, pool_type in (("threads", ThreadPoolExecutor), ("processes", ProcessPoolExecutor)):
+    # processes are spawned: forking a process that has started OpenMP threads (numba) is unsafe
+    pools = (("threads", ThreadPoolExecutor, {}),
+             ("processes", ProcessPoolExecutor, dict(mp_context=multiprocessing.get_context("spawn"))))
+    for kind, pool_type, options in pools:
         for n in workers:
-            with pool_type(max_workers=n) as pool:
+            with pool_type(max_workers=n, **options) as pool:
                 list(pool.map(_search_rows, jobs[: 2 * n]))  # warm: open the index in every worker
                 t0 = time.perf_counter()
                 answers = list(pool.map(_search_rows, jobs))
@@ -278,14 +297,15 @@ def main() -> None:
         index = ensure_demo_index("mars")
     from lookalike.indexer.store import open_index
 
-    result = dict(index=str(index), tiles=open_index(index).n, cpus=os.cpu_count(), sessions=[],
+    opened = open_index(index)
+    result = dict(index=str(index), tiles=opened.n, cpus=os.cpu_count(), sessions=[],
                   clicks_per_session=args.clicks, api_k=args.k)
     if args.workers:
         result["api"] = api_run(index, [int(w) for w in args.workers.split(",")], args.queries, args.k)
     proc, url = start_server(index, env, timeout=300)
     try:
         for n in [int(s) for s in args.sessions.split(",") if s]:
-            result["sessions"].append(asyncio.run(sessions_run(url, n, args.clicks, proc.pid)))
+            result["sessions"].append(asyncio.run(sessions_run(url, opened, n, args.clicks, proc.pid)))
             print(json.dumps(result["sessions"][-1]), flush=True)
         if args.churn:
             result["churn"] = asyncio.run(churn_run(url, args.churn, proc.pid, args.settle))

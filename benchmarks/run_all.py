@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "retrieval": [sys.executable, str(REPO / "benchmarks" / "retrieval_table.py")],
     "classification": [sys.executable, str(REPO / "benchmarks" / "classification_table.py")],
     "explorer": [sys.executable, str(REPO / "benchmarks" / "explorer_click.py")],
+    "load": [sys.executable, str(REPO / "benchmarks" / "load.py"), "--json", str(RESULTS / "load.json")],
 }
 
 
