@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
+import ctypes.util
+import gc
 import logging
 import sys
 import threading
@@ -181,6 +184,25 @@ def session_params() -> dict[str, str]:
     return out
 
 
+def release_memory(session_context) -> None:
+    """Once a closed page's session is dropped: collect its objects and hand the freed heap back
+    to the system (glibc keeps it otherwise, so a server's RSS would only ever grow)."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc: nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     """The layout of one session (called by Panel for every new browser page)."""
     params = session_params()
@@ -218,6 +240,7 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
 
     state.param.watch(prefetch, ["hits", "page"])
     prefetch()
+    pn.state.on_session_destroyed(release_memory)
 
     def inline(tiles):
         return THUMBNAILS.data_uris(state.index, tiles) if state.index is not None else {}
@@ -261,6 +284,7 @@ def warm_up(catalog: Catalog) -> None:
             tile = index.tiles.iloc[len(index.tiles) // 2]
             state.click(float(tile["lon"]), float(tile["lat"]))
             pane._cleanup(root)
+            pn.state._views.pop(root.ref["id"], None)  # an offline root is never destroyed as a session is
         except Exception:  # warming up is an optimisation: never keep the server from starting
             log.exception("warm-up of %s failed", entry.name)
     log.info("warm-up took %.1f s", time.perf_counter() - t0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import weakref
 from functools import lru_cache, partial
 from urllib.parse import quote
 
@@ -373,6 +374,22 @@ def hirise_footprints(start: str, end: str, show: bool) -> hv.Rectangles:
         return basemap.hirise_rectangles(table)
 
 
+def weak_hook(method):
+    """A HoloViews plot hook that calls ``method`` without keeping its object alive.
+
+    HoloViews keeps the options of every element it has drawn in a process-wide option tree; a
+    bound method there would keep each session's map and state in memory after its page closed.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def hook(plot, element) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(plot, element)
+
+    return hook
+
+
 class MapView:
     """The map of one index: basemap, zone grid, HiRISE, hits, outlines, drawn regions.
 
@@ -412,7 +429,7 @@ class MapView:
         overlay = (layers * boxes * polys).opts(
             hv.opts.Overlay(responsive=True, aspect=2, min_height=300, xlim=xlim, ylim=ylim,
                             xlabel="longitude (°E)", ylabel="latitude (°N)",
-                            active_tools=["wheel_zoom"], hooks=[self._capture], toolbar="above",
+                            active_tools=["wheel_zoom"], hooks=[weak_hook(self._capture)], toolbar="above",
                             show_legend=False))
         watch_state(state, "map", self._pan_to_focus, "focus_tile")
         watch_state(state, "map", self._refresh_layers, ["hits", "query_tile", "positives", "negatives",

@@ -1,0 +1,30 @@
+"""A closed page's session must be collectable: nothing process-wide may keep its state alive."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import holoviews as hv
+import panel as pn
+
+from lookalike.explorer.served import Catalog
+from lookalike.explorer.state import ExplorerState
+from lookalike.explorer.views import MapView
+
+
+def test_a_dropped_map_lets_its_session_state_go(explorer_index):
+    hv.extension("bokeh", logo=False)
+    catalog = Catalog([explorer_index])
+    entry = catalog[catalog.default]
+    state = ExplorerState(index=entry.index, index_name=entry.name)
+    view = MapView(state, entry, pn.widgets.Checkbox(value=True))
+    pane = view.panel()
+    root = pane.get_root()  # renders the plot: HoloViews stores its options process-wide
+    state.click(float(entry.index.tiles["lon"].iat[0]), float(entry.index.tiles["lat"].iat[0]))
+    alive = weakref.ref(state)
+    pane._cleanup(root)  # what Panel does when a session is destroyed
+    pn.state._views.pop(root.ref["id"], None)
+    del state, view, pane, root
+    gc.collect()
+    assert alive() is None
