@@ -2,7 +2,9 @@
 
 Features are computed in chunks of ``CHUNK`` tiles and kept in a work folder inside the output
 (``.work-<key>``, the key hashing sources, tiling and backbone) until the index is committed; an
-interrupted build run again with the same arguments skips the chunks it already encoded.
+interrupted build run again with the same arguments skips the chunks it already encoded. The
+manifest records the key (``build``), so a build interrupted after its commit but before its
+work folder was removed is recognised when run again: it tidies up and is done (``finished``).
 ``indexer.distributed`` runs the same plan on a dask cluster: it fills the same chunk files and
 commits through ``commit``, so both paths give the same index.
 """
@@ -19,11 +21,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import IndexCorruptError, LookalikeError
+from lookalike.fileio import save_npy
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.shards import SHARD_MANIFEST, write_shards
 from lookalike.indexer.sources import RasterSource, load_image, read_labels
-from lookalike.indexer.store import MANIFEST, open_index, write_index
+from lookalike.indexer.store import MANIFEST, open_index, read_manifest, remove_stale, write_index
 from lookalike.indexer.tiling import TileGrid, TilePlace, Zone
 from lookalike.models.hashing import LinearHash, NetworkHash, load_hash_model, resolve_hash
 
@@ -78,7 +81,7 @@ def save_chunk(work: Path, i: int, features: np.ndarray, table: pd.DataFrame) ->
     """Keep a finished chunk; the table is written last and marks the chunk complete."""
     work.mkdir(parents=True, exist_ok=True)
     fpath, tpath = chunk_files(work, i)
-    np.save(work / ".chunk.npy", features)
+    save_npy(work / ".chunk.npy", features)
     (work / ".chunk.npy").replace(fpath)
     table.to_parquet(work / ".chunk.parquet", index=False)
     (work / ".chunk.parquet").replace(tpath)
@@ -97,18 +100,18 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
     """Encode (record, image) pairs chunk by chunk, reusing chunks already in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
     features, tables = [], []
-    bar = tqdm(total=total, desc=desc, unit="tile", disable=not progress, smoothing=0.05)
-    for i, chunk in enumerate(_chunked(records_and_images, CHUNK)):
-        table = pd.DataFrame([r for r, _ in chunk])
-        done = load_chunk(work, i, list(table["tile_id"]))
-        if done is None:
-            feats = encoder.features(np.stack([img for _, img in chunk]))
-            save_chunk(work, i, feats, table)
-            done = feats, table
-        features.append(done[0])
-        tables.append(done[1])
-        bar.update(len(chunk))
-    bar.close()
+    # closed on errors too, so that an error message starts a line of its own
+    with tqdm(total=total, desc=desc, unit="tile", disable=not progress, smoothing=0.05) as bar:
+        for i, chunk in enumerate(_chunked(records_and_images, CHUNK)):
+            table = pd.DataFrame([r for r, _ in chunk])
+            done = load_chunk(work, i, list(table["tile_id"]))
+            if done is None:
+                feats = encoder.features(np.stack([img for _, img in chunk]))
+                save_chunk(work, i, feats, table)
+                done = feats, table
+            features.append(done[0])
+            tables.append(done[1])
+            bar.update(len(chunk))
     return join_chunks(features, tables, encoder.dim)
 
 
@@ -129,8 +132,10 @@ def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str 
     return model, model.to_bytes()
 
 
-def check_out(out: Path, append: bool, shards: int | None = None) -> None:
-    """Refuse to overwrite an index, and combinations the store cannot do."""
+def check_out(out: Path, append: bool, shards: int | None = None, *, leftovers: bool = False) -> None:
+    """Refuse to overwrite an index, and combinations the store cannot do. With ``leftovers``,
+    an index beside a work folder is not refused yet: it may be this build's own, committed
+    just before it was interrupted (``finished`` tells, once the build's key is known)."""
 
     if shards is not None and shards < 1:
         raise LookalikeError(f"--shards must be at least 1, got {shards}")
@@ -138,8 +143,24 @@ def check_out(out: Path, append: bool, shards: int | None = None) -> None:
         raise LookalikeError("--shards cannot be combined with --append (shard a new index instead)")
     if (out / SHARD_MANIFEST).exists():
         raise LookalikeError(f"{out} already holds a sharded index; choose another --out")
-    if (out / MANIFEST).exists() and not append:
+    if (out / MANIFEST).exists() and not append and not (leftovers and any(out.glob(".work-*"))):
         raise LookalikeError(f"{out} already holds an index; use --append to add to it or choose another --out")
+
+
+def finished(out: Path, work: Path) -> bool:
+    """Whether this very build (``work``'s key) committed the index at ``out`` and was
+    interrupted before removing its work folder. Then the work folder and files of older
+    generations are removed, and running the command again is done."""
+    if not work.is_dir() or not (out / MANIFEST).is_file():
+        return False
+    try:
+        if read_manifest(out).get("build") != work.name:
+            return False
+    except LookalikeError:
+        return False
+    remove_stale(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return True
 
 
 def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
@@ -169,12 +190,21 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
             raise LookalikeError(f"{out} was built with another backbone or weights; cannot append")
     codes = model.encode(features)
     table = lean_tiles(table)
-    info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta))
-    if shards is not None:
-
-        write_shards(out, codes, table, shards, bits=model.bits, hash_model=model_bytes, info=info)
-    else:
-        write_index(out, codes, table, bits=model.bits, hash_model=model_bytes, info=info, append=append)
+    info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta),
+                build=work.name)
+    try:
+        if shards is not None:
+            write_shards(out, codes, table, shards, bits=model.bits, hash_model=model_bytes, info=info)
+        else:
+            write_index(out, codes, table, bits=model.bits, hash_model=model_bytes, info=info,
+                        append=append)
+    except IndexCorruptError:
+        raise  # the index must be repaired first; the features are kept for the run after
+    except LookalikeError:
+        # the store refused (the index holds these tiles already, other bits): the same command
+        # is refused again, so the features kept for resuming it would only take up space
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -213,10 +243,13 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
     """Tile, encode and index rasters. ``gsd`` defaults to the first source's native resolution;
     ``shards`` writes that many indexes plus a shard manifest (``indexer.distributed``)."""
     out = Path(out)
-    check_out(out, append, shards)
+    check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder()
     grid, work, info = raster_plan(sources, out, size=size, stride=stride, gsd=gsd, zones=zones,
                                    bbox=bbox, backbone=encoder.describe(), min_valid=min_valid)
+    if finished(out, work):
+        return out
+    check_out(out, append, shards)
 
     def stream():
         for source in sources:
@@ -234,10 +267,13 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                  shards: int | None = None) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table)."""
     out, root = Path(out), Path(root)
-    check_out(out, append, shards)
+    check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder(image_size=image_size)
     records, work, info = image_plan(root, labels_csv, out, split=split, image_size=image_size,
                                      backbone=encoder.describe(), source=source)
+    if finished(out, work):
+        return out
+    check_out(out, append, shards)
     pairs = ((rec, load_image(root / rec["path"], image_size)) for rec in records.to_dict("records"))
     features, tiles = encode_chunks(pairs, encoder, work, total=len(records),
                                     desc="encoding images", progress=progress)

@@ -228,10 +228,13 @@ def index_rasters_distributed(client, sources: list[RasterSource], out: str | Pa
     ``ahead`` bounds the scans and chunk encodings in flight (default: twice the workers).
     """
     out = Path(out)
-    build.check_out(out, append, shards)
+    build.check_out(out, append, shards, leftovers=True)
     backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
     grid, work, info = build.raster_plan(sources, out, size=size, stride=stride, gsd=gsd, zones=zones,
                                          bbox=bbox, backbone=backbone, min_valid=min_valid)
+    if build.finished(out, work):
+        return out
+    build.check_out(out, append, shards)
     units = [(s, z) for s in sources for z in _zones_of(s, zones, bbox)]
     limit = ahead or max(2, 2 * len(client.scheduler_info()["workers"]))
     chunk = build.CHUNK
@@ -312,11 +315,14 @@ def index_images_distributed(client, root: str | Path, labels_csv: str | Path, o
                              shards: int | None = None, progress: bool = True) -> Path:
     """``build.index_images`` with the chunks encoded on the workers of ``client``."""
     out, root = Path(out), Path(root)
-    build.check_out(out, append, shards)
+    build.check_out(out, append, shards, leftovers=True)
     encoder = encoder or EncoderSpec(image_size=image_size)
     backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
     records, work, info = build.image_plan(root, labels_csv, out, split=split, image_size=image_size,
                                            backbone=backbone, source=source)
+    if build.finished(out, work):
+        return out
+    build.check_out(out, append, shards)
     limit = max(2, 2 * len(client.scheduler_info()["workers"]))
     chunk = build.CHUNK
     todo = list(range(0, len(records), chunk))
@@ -352,7 +358,9 @@ def _shard_index(path: str, manifest_sha256: str, verify: bool = True) -> Index:
             raise IndexCorruptError(f"shard {path} was changed after its shard manifest was written")
         return open_index(path, verify=verify)
 
-    return _cached(_SHARDS, (path, manifest_sha256), load)
+    index = _cached(_SHARDS, (path, manifest_sha256), load)
+    index.check_unchanged()
+    return index
 
 
 @_clean_errors

@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lookalike.config import features_dir
+from lookalike.fileio import save_npy
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.sources import load_image
 from lookalike.models.augment import augment
@@ -35,7 +36,7 @@ def image_features(root: str | Path, table: pd.DataFrame, encoder, progress: boo
     feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(table),
                                desc="encoding images", unit="img", disable=not progress)))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache.with_suffix(".tmp.npy"), feats)
+    save_npy(cache.with_suffix(".tmp.npy"), feats)
     cache.with_suffix(".tmp.npy").replace(cache)
     return feats
 
@@ -56,7 +57,7 @@ def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int
     feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(table),
                                desc=f"encoding view {view}", unit="img", disable=not progress)))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache.with_suffix(".tmp.npy"), feats)
+    save_npy(cache.with_suffix(".tmp.npy"), feats)
     cache.with_suffix(".tmp.npy").replace(cache)
     return feats
 

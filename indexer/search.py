@@ -350,6 +350,7 @@ def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filt
     """
     if not 1 <= k <= MAX_K:
         raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+    index.check_unchanged()
     code = query_code(index, query, encoder) if isinstance(query, Query) else np.asarray(query, np.uint8)
     if code.size * 8 != index.bits:
         raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
@@ -363,6 +364,7 @@ def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k
     for all of them."""
     if not 1 <= k <= MAX_K:
         raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+    index.check_unchanged()
     codes = [query_code(index, q, encoder) if isinstance(q, Query) else np.asarray(q, np.uint8).ravel()
              for q in queries]
     for code in codes:

@@ -10,24 +10,29 @@ Layout of an index directory::
 
 Every write produces files of a new generation and then atomically replaces ``manifest.json``;
 a crash at any point leaves either the old index or the new one, never a mix. Files of other
-generations are removed after the manifest is replaced. ``open_index`` verifies sizes and
-checksums and refuses anything that does not match the manifest.
+generations are removed after the manifest is replaced; a write that fails before that (a full
+disk) removes the files it made. ``open_index`` verifies sizes and checksums and refuses anything
+that does not match the manifest; a reader that opens the index while a writer commits opens the
+new generation. An open index keeps the generation it opened (its codes are memory-mapped, the
+tables in memory) while files of newer ones come and go; ``Index.check_unchanged`` refuses to
+search codes that were truncated or rewritten in place under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
-from lookalike.fileio import atomic_write_bytes, sha256_file
+from lookalike.fileio import atomic_write_bytes, save_npy, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,6 +50,8 @@ class Index:
     codes: np.ndarray
     tiles: pd.DataFrame
     landmarks: pd.DataFrame | None = None
+    # (device, inode, size, mtime) of the codes file when it was mapped
+    codes_stamp: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def bits(self) -> int:
@@ -61,6 +68,23 @@ class Index:
 
     def __len__(self) -> int:
         return self.n
+
+    def check_unchanged(self) -> None:
+        """Refuse to read codes whose file was truncated or rewritten in place since the index
+        was opened: a scan over a truncated memory map dies of SIGBUS, one over rewritten bytes
+        answers from other codes. A file replaced or removed (as a newer generation does) is
+        fine: the map keeps the file that was opened. Costs one ``stat``."""
+        if self.codes_stamp is None:
+            return
+        name = self.manifest["files"]["codes"]["name"]
+        try:
+            st = os.stat(self.path / name)
+        except FileNotFoundError:
+            return
+        device, inode, size, mtime = self.codes_stamp
+        if (st.st_dev, st.st_ino) == (device, inode) and (st.st_size, st.st_mtime_ns) != (size, mtime):
+            raise IndexCorruptError(f"{self.path}: the codes file {name} was changed on disk (truncated "
+                                    "or rewritten in place) after the index was opened; open it again")
 
     def row_of(self, tile_id: str) -> int:
         rows = np.flatnonzero(self.tiles["tile_id"].to_numpy() == tile_id)
@@ -92,6 +116,23 @@ def open_index(path: str | Path, verify: bool = True) -> Index:
     """Load an index; with ``verify`` every file's sha256 is checked against the manifest."""
     path = Path(path)
     manifest = read_manifest(path)
+    for _ in range(OPEN_ATTEMPTS):
+        try:
+            return _load(path, manifest, verify)
+        except (IndexCorruptError, FileNotFoundError):
+            # a writer may have committed a newer generation, removing the files of the one
+            # this manifest names, while they were read: then open the newer one
+            newer = read_manifest(path)
+            if newer == manifest:
+                raise
+            manifest = newer
+    return _load(path, manifest, verify)
+
+
+OPEN_ATTEMPTS = 3
+
+
+def _load(path: Path, manifest: dict, verify: bool) -> Index:
     files = manifest.get("files", {})
     for role in ("codes", "tiles"):
         if not isinstance(files, dict) or role not in files:
@@ -117,6 +158,8 @@ def open_index(path: str | Path, verify: bool = True) -> Index:
         codes = np.load(path / files["codes"]["name"], mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise IndexCorruptError(f"{path}: codes file is unreadable ({exc})") from None
+    st = os.stat(path / files["codes"]["name"])
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     n, bits = int(manifest["count"]), int(manifest["bits"])
     if codes.dtype != np.uint8 or codes.shape != (n, bits // 8):
         raise IndexCorruptError(f"{path}: codes have shape {codes.shape} {codes.dtype}, "
@@ -131,16 +174,34 @@ def open_index(path: str | Path, verify: bool = True) -> Index:
         if "row" not in landmarks or (len(rows) and (rows.min() < -1 or rows.max() >= n)):
             raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index "
                                     "does not have")
-    return Index(path, manifest, codes, tiles, landmarks)
+    return Index(path, manifest, codes, tiles, landmarks, codes_stamp=stamp)
 
 
 def _write_file(path: Path, name: str, writer) -> dict:
     tmp = path / f".{name}.tmp"
-    writer(tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path / name)
+    try:
+        writer(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return dict(name=name, bytes=(path / name).stat().st_size, sha256=sha256_file(path / name))
+
+
+@contextlib.contextmanager
+def _generation(path: Path, generation: int):
+    """Files of ``generation`` written inside are removed again when the block fails (before
+    the manifest names them): a write that fails, on a full disk say, leaves the folder as it
+    was instead of holding on to the space that ran out."""
+    try:
+        yield
+    except BaseException:
+        for f in path.glob(f"*-{generation:06d}.*"):
+            if GENERATION_FILE.fullmatch(f.name):
+                f.unlink(missing_ok=True)
+        raise
 
 
 def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bits: int,
@@ -193,20 +254,24 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         path.mkdir(parents=True, exist_ok=True)
         generation = 1
         manifest = dict(info, created=_now())
-        hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
+        hash_entry = None
     tiles = tiles.reset_index(drop=True)
-    files = dict(
-        codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
-        tiles=_write_file(path, f"tiles-{generation:06d}.parquet",
-                          lambda p: tiles.to_parquet(p, index=False)),
-        hash=hash_entry,
-    )
-    if landmarks is not None:
-        files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
-                                         lambda p: landmarks.to_parquet(p, index=False))
-    manifest.update(format_version=FORMAT_VERSION, generation=generation, bits=bits,
-                    count=int(len(codes)), updated=_now(), files=files)
-    _commit_manifest(path, manifest)
+    with _generation(path, generation):
+        if hash_entry is None:
+            hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
+        files = dict(
+            codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
+            tiles=_write_file(path, f"tiles-{generation:06d}.parquet",
+                              lambda p: tiles.to_parquet(p, index=False)),
+            hash=hash_entry,
+        )
+        if landmarks is not None:
+            files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
+                                             lambda p: landmarks.to_parquet(p, index=False))
+        manifest.update(format_version=FORMAT_VERSION, generation=generation, bits=bits,
+                        count=int(len(codes)), updated=_now(), files=files)
+        _replace_manifest(path, manifest)
+    _remove_stale(path, manifest)
     return path
 
 
@@ -226,23 +291,38 @@ def update_tables(path: str | Path, *, tiles: pd.DataFrame | None = None,
         tiles = tiles.reset_index(drop=True)
         if len(tiles) != old.n or not tiles["tile_id"].equals(old.tiles["tile_id"]):
             raise LookalikeError("a replacement tile table must keep the index's tiles, in order")
-        files["tiles"] = _write_file(path, f"tiles-{generation:06d}.parquet",
-                                     lambda p: tiles.to_parquet(p, index=False))
     if landmarks is not None:
         landmarks = landmarks.reset_index(drop=True)
         rows = landmarks["row"].to_numpy() if "row" in landmarks else None
         if rows is None or (len(rows) and (rows.min() < -1 or rows.max() >= old.n)):
             raise LookalikeError("every landmark needs the row of its tile in the index (or -1)")
-        files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
-                                         lambda p: landmarks.to_parquet(p, index=False))
-    manifest.update(info or {}, generation=generation, updated=_now(), files=files)
-    _commit_manifest(path, manifest)
+    with _generation(path, generation):
+        if tiles is not None:
+            files["tiles"] = _write_file(path, f"tiles-{generation:06d}.parquet",
+                                         lambda p: tiles.to_parquet(p, index=False))
+        if landmarks is not None:
+            files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
+                                             lambda p: landmarks.to_parquet(p, index=False))
+        manifest.update(info or {}, generation=generation, updated=_now(), files=files)
+        _replace_manifest(path, manifest)
+    _remove_stale(path, manifest)
     return path
 
 
-def _commit_manifest(path: Path, manifest: dict) -> None:
-    """Atomically replace the manifest, then remove files no manifest refers to any more."""
+def _replace_manifest(path: Path, manifest: dict) -> None:
+    """The commit: atomically replace the manifest."""
     atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+
+
+def remove_stale(path: str | Path) -> None:
+    """Remove what a write interrupted after its commit left: files of older generations and
+    temporary files the manifest does not name."""
+    path = Path(path)
+    _remove_stale(path, read_manifest(path))
+
+
+def _remove_stale(path: Path, manifest: dict) -> None:
+    """Remove files no manifest refers to any more (older generations, temporary files)."""
     keep = {f["name"] for f in manifest["files"].values()} | {MANIFEST}
     for stale in path.iterdir():
         leftover = stale.name.startswith(".") and stale.name.endswith(".tmp")
@@ -252,8 +332,7 @@ def _commit_manifest(path: Path, manifest: dict) -> None:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+    save_npy(path, array)
 
 
 def _now() -> str:

@@ -36,3 +36,21 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _WriteOnly:
+    """A file seen through its ``write`` alone (see ``save_npy``)."""
+
+    def __init__(self, fh):
+        self.write = fh.write
+
+
+def save_npy(path: Path, array) -> None:
+    """``np.save`` to ``path`` with every byte going through ``write``, so that a full disk
+    raises OSError with its errno (ENOSPC). numpy's fast path for real files, ``tofile``,
+    reports a short write as an OSError without one ("N requested and M written"), which
+    reads as a crash, not as "no space left on device"."""
+    import numpy as np
+
+    with open(path, "wb") as fh:
+        np.save(_WriteOnly(fh), array, allow_pickle=False)
