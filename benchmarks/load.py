@@ -108,7 +108,7 @@ async def one_session(browser, url: str, index, clicks: int, seed: int) -> dict:
     """One user clicking the map ``clicks`` times; returns latencies, errors and leaks."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
-    out = dict(times=[], errors=[], leaks=0, misses=0)
+    out = dict(times=[], errors=[], leaks=0, leak_samples=[], tied_first=0, misses=0)
     try:
         await open_app(page, url)
         box = await page.locator(".map canvas").first.bounding_box()
@@ -136,10 +136,23 @@ async def one_session(browser, url: str, index, clicks: int, seed: int) -> dict:
             # this page sent (its tap, in lon/lat), ranked first at distance 0 and named in the status
             tap = await page.evaluate(TAP)
             expected = str(index.tiles["tile_id"].iat[tile_at(index, *tap)]) if tap else None
-            status = " ".join((await page.locator(".status").first.evaluate(STATUS)).split())
-            if found[0]["tileId"] != expected or found[0]["distance"] != "0" \
-                    or f"Query: {expected}" not in status:
+            status_pane = page.locator(".status").first
+
+            async def status_names_query():  # the status pane may update a moment after the cards
+                text = " ".join((await status_pane.evaluate(STATUS)).split())
+                return text if f"Query: {expected}" in text else None
+
+            try:
+                status = await poll(status_names_query, timeout=5)
+            except TimeoutError:
+                status = " ".join((await status_pane.evaluate(STATUS)).split())
+            own = [c for c in found if c["tileId"] == expected]
+            if f"Query: {expected}" not in status or not own or own[0]["distance"] != "0":
                 out["leaks"] += 1
+                out["leak_samples"].append(dict(expected=expected, first=found[0]["tileId"],
+                                                status=status[:160]))
+            elif found[0]["tileId"] != expected:
+                out["tied_first"] += 1  # another tile at distance 0 ranks first (ties by index order)
     except Exception as exc:  # a failed session is a figure, not the end of the benchmark
         out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
     finally:
@@ -166,7 +179,9 @@ async def sessions_run(url: str, index, n: int, clicks: int, pid: int) -> dict:
                 max_s=round(max(times), 3) if times else None,
                 errors=sum(len(r["errors"]) for r in results),
                 error_messages=[e for r in results for e in r["errors"]][:5],
-                leaks=sum(r["leaks"] for r in results), wall_s=round(wall, 1),
+                leaks=sum(r["leaks"] for r in results),
+                leak_samples=[s for r in results for s in r["leak_samples"]][:5],
+                tied_first=sum(r["tied_first"] for r in results), wall_s=round(wall, 1),
                 rss_before_mb=round(rss_before / 2**20), rss_peak_mb=round(sampler.peak / 2**20),
                 load_average=round(load0, 2))
 

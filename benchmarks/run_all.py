@@ -34,6 +34,9 @@ BENCHMARKS: dict[str, list[str]] = {
     "classification": [sys.executable, str(REPO / "benchmarks" / "classification_table.py")],
     "explorer": [sys.executable, str(REPO / "benchmarks" / "explorer_click.py")],
     "load": [sys.executable, str(REPO / "benchmarks" / "load.py"), "--json", str(RESULTS / "load.json")],
+    "faults": [sys.executable, str(REPO / "benchmarks" / "faults.py"), "--trials", "50",
+               "--json", str(RESULTS / "faults.json")],
+    "fuzz": [sys.executable, str(REPO / "benchmarks" / "fuzz.py"), "--examples", "2000"],
 }
 
 
