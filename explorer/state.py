@@ -367,14 +367,11 @@ class ExplorerState(param.Parameterized):
             updates["time_start"] = params.get("from", "")
             updates["time_end"] = params.get("to", "")
             if params.get("bbox"):
-                bbox = tuple(float(v) for v in params["bbox"].split(","))
-                if len(bbox) != 4:
-                    raise ValueError("bbox needs 4 numbers")
-                updates["bbox"] = bbox
+                updates["bbox"] = _numbers(params["bbox"].split(","), 4, "bbox")
             if params.get("regions"):
                 regions = json.loads(params["regions"])
-                updates["boxes"] = [tuple(map(float, b)) for b in regions.get("boxes", [])]
-                updates["polygons"] = [[tuple(map(float, p)) for p in poly]
+                updates["boxes"] = [_numbers(b, 4, "a drawn box") for b in regions.get("boxes", [])]
+                updates["polygons"] = [[_numbers(p, 2, "a polygon point") for p in poly]
                                        for poly in regions.get("polygons", [])]
             updates["positives"] = [t for t in params.get("pos", "").split(",") if t]
             updates["negatives"] = [t for t in params.get("neg", "").split(",") if t]
@@ -383,8 +380,9 @@ class ExplorerState(param.Parameterized):
             known = set(self.landmark_class_names())
             dropped = [c for c in classes if c not in known]
             if dropped:
-                notice = (f"The link asks for landmark class(es) {_clip(', '.join(dropped), 120)}, "
-                          "which this index does not have; ignoring them.")
+                asked = _clip(_printable(", ".join(dropped)), 120)
+                notice = (f"The link asks for landmark class(es) {asked}, which this index does not "
+                          "have; ignoring them.")
             updates["landmark_classes"] = [c for c in classes if c in known]
             if params.get("conf"):
                 updates["min_confidence"] = float(params["conf"])
@@ -395,25 +393,26 @@ class ExplorerState(param.Parameterized):
                 if updates["min_landmarks"] < 1:
                     raise ValueError("min_n must be at least 1")
             updates["query_tile"] = params.get("tile", "")
-        except (ValueError, TypeError, AttributeError, LookalikeError) as exc:
-            self.error = f"The link's search parameters are malformed ({_clip(str(exc))}); ignoring them."
+        except (ValueError, TypeError, AttributeError, RecursionError, LookalikeError) as exc:
+            self.error = _malformed(exc)
             return
         try:
             self.param.update(**updates)
         except (ValueError, TypeError) as exc:  # param refused a value the checks above let through
-            self.error = f"The link's search parameters are malformed ({_clip(str(exc))}); ignoring them."
+            self.error = _malformed(exc)
             return
         if notice:  # after the search, which clears errors
             self.error = notice
 
     def public_message(self, error: Exception | str) -> str:
         """An error as it may be shown on a shared page: the server's folders are not named
-        (the index's path becomes its name, other absolute paths their file name) and quoted
-        input is cut short."""
+        (the index's path becomes its name, other absolute paths their file name), it is one
+        line (unprintable characters escaped) and quoted input is cut short."""
         text = str(error)
         if self.index is not None:
             text = text.replace(str(self.index.path), self.index_name or "this index")
-        return _clip(_ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text))
+        text = _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+        return _clip(_printable(text))
 
 
 # ------------------------------------------------------------------ helpers
@@ -427,6 +426,27 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/]+/)+[^\s'\"/]*")
 def _clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """``text`` cut to ``limit`` characters (an ellipsis marks the cut)."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _numbers(values, n: int, what: str) -> tuple[float, ...]:
+    """``values`` (a list from a link) as ``n`` finite floats; ValueError otherwise."""
+    if isinstance(values, (str, bytes, dict)) or len(values) != n:
+        raise ValueError(f"{what} needs {n} numbers")
+    numbers = tuple(float(v) for v in values)
+    if not all(np.isfinite(numbers)):
+        raise ValueError(f"{what} needs {n} finite numbers")
+    return numbers
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: line breaks and other unprintable characters as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _malformed(exc: Exception) -> str:
+    """The message for a link whose values cannot be applied: one line of at most MESSAGE_LIMIT."""
+    return _clip(f"The link's search parameters are malformed ({_clip(_printable(str(exc)), 200)}); "
+                 "ignoring them.")
 
 
 def _copy(value):

@@ -35,12 +35,13 @@ import torch.nn.functional as F
 
 from lookalike.config import onnx_dir
 from lookalike.data.registry import DATASETS, fetch
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, OptionError
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.tiling import TileGrid
 from lookalike.models.backbones import Backbone, create_backbone
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+MAX_IMAGE_SIZE = 2048  # pixels a side fed to the backbone (tiles and chips are 128-224)
 ONNX_OPSET = 17
 # ONNX Runtime fp32 vs PyTorch fp32: summation order differs, nothing else
 _PROBE_TOLERANCE = 1e-3
@@ -160,6 +161,10 @@ class Encoder:
                  optimize: bool = True, runtime: str = "auto", calibration: np.ndarray | None = None):
         if runtime not in RUNTIMES:
             raise LookalikeError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+            raise OptionError(f"image size must be between 1 and {MAX_IMAGE_SIZE} pixels, got {image_size}")
+        if batch_size < 1:
+            raise OptionError(f"batch size must be at least 1, got {batch_size}")
         self.model = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = self.model.eval()

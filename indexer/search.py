@@ -19,7 +19,7 @@ import shapely.errors
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.catalogue import landmark_mask, tiles_under
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
@@ -152,10 +152,20 @@ def _as_geometry(region) -> BaseGeometry:
 
 
 def _to_utc(value) -> pd.Timestamp | None:
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    ts = pd.Timestamp(value)
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError):
+        ts = pd.NaT
+    if pd.isna(ts):
+        raise LookalikeError(f"the time {_quoted(value)} is not a date; use ISO 8601, e.g. 2021-06-30")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _quoted(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
@@ -198,7 +208,12 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         geometry = _as_geometry(filters.region)
         if geometry.is_empty:
             raise LookalikeError("the search region is empty")
-        mask &= shapely.contains_xy(geometry, lon, lat) | shapely.intersects_xy(geometry.boundary, lon, lat)
+        if not np.isfinite(shapely.get_coordinates(geometry)).all():
+            raise LookalikeError("the search region has coordinates that are not finite numbers")
+        try:
+            mask &= shapely.contains_xy(geometry, lon, lat) | shapely.intersects_xy(geometry.boundary, lon, lat)
+        except shapely.errors.ShapelyError as exc:  # e.g. coordinates too large for GEOS's arithmetic
+            raise LookalikeError(f"the search region cannot be used ({exc})") from None
     return mask
 
 
@@ -330,12 +345,20 @@ def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
 def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np.ndarray:
     """Encode a picture with the index's own backbone and hash model."""
 
-    backbone = index.manifest["backbone"]
-    size = backbone.get("image_size") or int(index.manifest.get("tiling", {}).get("size", 128))
+    backbone = index.manifest.get("backbone")
+    if not isinstance(backbone, dict) or not {"name", "weights_sha256"} <= set(backbone) \
+            or index.hash_model_path is None:
+        raise LookalikeError(f"the index {index.path} records no backbone or hash model, so it "
+                             "cannot encode an image query; query it by tile id")
+    try:
+        size = int(backbone.get("image_size") or index.manifest.get("tiling", {}).get("size", 128))
+    except (AttributeError, TypeError, ValueError):
+        raise IndexCorruptError(f"{index.path}: the manifest's image size or tiling is malformed") from None
+    pixels = load_image(image, size)[None]  # a bad file is refused before the network is built
     encoder = encoder or Encoder(backbone["name"], image_size=size)
     if encoder.describe()["weights_sha256"] != backbone["weights_sha256"]:
         raise LookalikeError("the encoder's weights differ from those the index was built with")
-    features = encoder.features(load_image(image, size)[None])
+    features = encoder.features(pixels)
     return load_hash_model(index.hash_model_path).encode(features)[0]
 
 

@@ -10,6 +10,7 @@ whole raster, so every tile of a scene shares one stretch.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,14 +20,16 @@ import numpy as np
 import pandas as pd
 import pyproj
 import rasterio
+from pyproj.exceptions import CRSError, ProjError
 from rasterio.crs import CRS as RioCRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import CRSError as RioCRSError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from lookalike.errors import SourceError
+from lookalike.errors import OptionError, SourceError
 from lookalike.indexer.tiling import (
     DEFAULT_LAT_RANGE,
     TileGrid,
@@ -38,6 +41,9 @@ from lookalike.indexer.tiling import (
     zones_for_bounds,
 )
 
+# the finest tile resolution a raster is cut at, as a fraction of its own: finer tiles are only
+# interpolated pixels, and their number grows with the square (a typo in --gsd would never end)
+MAX_UPSAMPLING = 16
 _TIME_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "ACQUISITIONDATE", "DATE_ACQUIRED",
               "TIFFTAG_DATETIME")
 
@@ -63,7 +69,10 @@ class RasterSource:
         if self.name is None:
             self.name = Path(self.path).stem
         with self._open() as src:
-            self._meta = self._describe(src)
+            try:
+                self._meta = self._describe(src)
+            except (RasterioError, UnicodeDecodeError) as exc:
+                raise SourceError(f"cannot read raster {self.path}: its metadata is damaged ({exc})") from None
 
     # -------------------------------------------------------------- opening and georeferencing
     def _open(self):
@@ -73,16 +82,27 @@ class RasterSource:
                 return rasterio.open(self.path)
         except RasterioIOError as exc:
             raise SourceError(f"cannot read raster {self.path}: {exc}") from None
+        except (RasterioError, RioCRSError, UnicodeDecodeError) as exc:  # a damaged header
+            raise SourceError(f"cannot read raster {self.path}: its header is damaged ({exc})") from None
 
     def _describe(self, src) -> dict:
         if src.count < 1:
             raise SourceError(f"{self.path} has no bands")
-        crs = RioCRS.from_user_input(pyproj.CRS(self.crs).to_wkt()) if self.crs else src.crs
+        if np.dtype(src.dtypes[0]).kind not in "uifb":
+            raise SourceError(f"{self.path} holds {src.dtypes[0]} pixels; only real numbers can be tiled")
+        try:
+            crs = RioCRS.from_user_input(pyproj.CRS(self.crs).to_wkt()) if self.crs else src.crs
+        except (CRSError, RioCRSError) as exc:
+            raise SourceError(f"cannot use the CRS {self.crs!r} for {self.path} ({exc})") from None
         if crs is None:
             raise SourceError(f"{self.path} has no CRS: pass crs (CLI: --crs, e.g. EPSG:4326 or "
                               "IAU_2015:49900) and, if it has no transform either, --bounds")
         if self.bounds is not None:
-            transform = from_bounds(*self.bounds, src.width, src.height)
+            b = tuple(self.bounds)
+            if len(b) != 4 or not all(math.isfinite(v) for v in b) or not (b[0] < b[2] and b[1] < b[3]):
+                raise SourceError(f"bounds {self.bounds} of {self.path} are not west,south,east,north "
+                                  "with west < east and south < north")
+            transform = from_bounds(*b, src.width, src.height)
         elif src.transform.is_identity:
             raise SourceError(f"{self.path} has no geotransform: pass --bounds WEST,SOUTH,EAST,NORTH")
         else:
@@ -93,11 +113,21 @@ class RasterSource:
             raise SourceError(f"{self.path}: CRS {crs} has no geodetic datum to tile against")
         geographic = pyproj.CRS(geographic.to_json_dict())  # lon/lat on the same body
         bands = self.bands or ((1, 1, 1) if src.count <= 2 else (1, 2, 3))
+        if len(bands) == 1:
+            bands = tuple(bands) * 3  # one band is grey
+        if len(bands) != 3:
+            raise SourceError(f"bands {tuple(bands)} of {self.path}: give 3 bands (R,G,B) or 1 (grey)")
         if max(bands) > src.count or min(bands) < 1:
             raise SourceError(f"{self.path} has {src.count} bands; cannot use bands {bands}")
         left, bottom, right, top = rasterio.transform.array_bounds(src.height, src.width, transform)
         to_geo = pyproj.Transformer.from_crs(pcrs, geographic, always_xy=True)
-        west, south, east, north = to_geo.transform_bounds(left, bottom, right, top, densify_pts=51)
+        try:
+            west, south, east, north = to_geo.transform_bounds(left, bottom, right, top, densify_pts=51)
+        except ProjError as exc:
+            raise SourceError(f"{self.path}: its extent cannot be placed in lon/lat ({exc})") from None
+        if not all(math.isfinite(v) for v in (west, south, east, north)):
+            raise SourceError(f"{self.path}: its extent lies outside its CRS {crs} (check the CRS "
+                              "and the geotransform or --bounds)")
         if pcrs.is_geographic:
             gsd = abs(transform.a) * np.pi / 180.0 * pcrs.ellipsoid.semi_major_metre
         else:
@@ -148,8 +178,9 @@ class RasterSource:
         scale = max(1, max(src.width, src.height) // 1024)
         sample = src.read(list(self._meta["bands"]), out_shape=(len(self._meta["bands"]),
                           max(1, src.height // scale), max(1, src.width // scale)), masked=True)
-        lo = np.array([np.percentile(b.compressed(), 2) if b.count() else 0 for b in sample])
-        hi = np.array([np.percentile(b.compressed(), 98) if b.count() else 1 for b in sample])
+        finite = [v[np.isfinite(v)] for v in (b.compressed() for b in sample)]
+        lo = np.array([np.percentile(v, 2) if v.size else 0 for v in finite])
+        hi = np.array([np.percentile(v, 98) if v.size else 1 for v in finite])
         return lo, np.maximum(hi, lo + 1e-9)
 
     def tiles(self, grid: TileGrid, zones: list[Zone] | None = None,
@@ -162,6 +193,10 @@ class RasterSource:
         ``band_rows`` tile rows so memory stays bounded for rasters of any size. Tiles with less
         than ``min_valid`` valid pixels, or of one constant colour, are skipped.
         """
+        if grid.gsd * MAX_UPSAMPLING < self.native_gsd:
+            raise OptionError(f"tiles of {grid.gsd:g} m per pixel would be more than {MAX_UPSAMPLING} "
+                              f"times finer than {self.name} ({self.native_gsd:g} m per pixel); "
+                              "choose a coarser --gsd")
         west, south, east, north = self.lonlat_bounds
         lon_range = None
         if bbox is not None:
@@ -169,17 +204,22 @@ class RasterSource:
             east, north = min(east, bbox[2]), min(north, bbox[3])
             lon_range = (bbox[0], bbox[2])
         wanted = set(z.label for z in zones) if zones else None
-        with self._open() as src:
-            stretch = self._stretch(src)
-            for zone in zones_for_bounds(west, south, east, north, lat_range):
-                if wanted is not None and zone.label not in wanted:
-                    continue
-                box = zone_box(self.geographic, zone, west, south, east, north, lat_range)
-                if box is None:
-                    continue
-                rows, cols = grid.covering(*box)
-                yield from self._zone_tiles(src, zone, grid, rows, cols, lat_range, lon_range,
-                                            min_valid, band_rows, stretch)
+        try:
+            with self._open() as src:
+                stretch = self._stretch(src)
+                for zone in zones_for_bounds(west, south, east, north, lat_range):
+                    if wanted is not None and zone.label not in wanted:
+                        continue
+                    box = zone_box(self.geographic, zone, west, south, east, north, lat_range)
+                    if box is None:
+                        continue
+                    rows, cols = grid.covering(*box)
+                    yield from self._zone_tiles(src, zone, grid, rows, cols, lat_range, lon_range,
+                                                min_valid, band_rows, stretch)
+        except RasterioError as exc:  # a truncated or damaged file: its header read, its pixels not
+            detail = exc.__cause__ or exc  # rasterio chains GDAL's own message
+            raise SourceError(f"cannot read raster {self.path} (a damaged or truncated file?): "
+                              f"{detail}") from None
 
     def _zone_tiles(self, src, zone, grid, rows, cols, lat_range, lon_range, min_valid,
                     band_rows, stretch):
@@ -239,8 +279,9 @@ def to_uint8(bands: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -
     """(C, H, W) raster bands -> (H, W, 3) uint8."""
     if stretch is not None:
         lo, hi = stretch
-        scaled = (bands.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
-        bands = np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinite pixels: 0 and 255
+            scaled = (bands.astype(np.float32) - lo[:, None, None]) / (hi - lo)[:, None, None]
+            bands = np.nan_to_num(np.clip(scaled * 255.0 + 0.5, 0, 255), nan=0.0).astype(np.uint8)
     return np.ascontiguousarray(np.moveaxis(bands.astype(np.uint8, copy=False), 0, -1))
 
 
@@ -287,26 +328,47 @@ def read_labels(root: str | Path, labels_csv: str | Path, split: str | None = No
         selected = table[table["split"] == split]
         if selected.empty:
             raise SourceError(f"labels CSV {labels_csv} has no rows with split {split!r} "
-                              f"(splits: {', '.join(sorted(table['split'].unique()))})")
+                              f"(splits: {_names(sorted(table['split'].unique()))})")
         table = selected
     if check_files:
         exists = np.array([(root / p).is_file() for p in table["path"]])
         if not exists.all():
             bad = table["path"][~exists].tolist()
             raise SourceError(f"{len(bad)} row(s) of {labels_csv} point at missing files under "
-                              f"{root}: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+                              f"{root}: {_names(bad)}")
     return table.reset_index(drop=True)
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """An image file as RGB uint8 (size, size, 3); grey is repeated to three channels."""
-    from PIL import Image, UnidentifiedImageError
+def _names(values: list[str], limit: int = 10) -> str:
+    """Values of a CSV for a message: the first ``limit``, on one line (line breaks and other
+    unprintable characters escaped)."""
+    shown = [v if v.isprintable() else repr(v) for v in values[:limit]]
+    return ", ".join(shown) + (" ..." if len(values) > limit else "")
 
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """An image file as RGB uint8 (size, size, 3); grey is repeated to three channels.
+
+    Images of more pixels than Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,
+    about 89 million) are refused before they are decoded.
+    """
+    from PIL import Image
+
+    if size < 1:
+        raise OptionError(f"image size must be at least 1 pixel, got {size}")
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise SourceError(f"cannot read image {path}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's complaints about metadata
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise SourceError(f"cannot read image {path}: {exc.strerror}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SourceError(f"image {path} declares more than {Image.MAX_IMAGE_PIXELS} pixels; "
+                          "refusing to decode it") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes Pillow raise many kinds
+        raise SourceError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None

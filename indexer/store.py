@@ -164,17 +164,28 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
     if codes.dtype != np.uint8 or codes.shape != (n, bits // 8):
         raise IndexCorruptError(f"{path}: codes have shape {codes.shape} {codes.dtype}, "
                                 f"manifest says ({n}, {bits // 8}) uint8")
-    tiles = pd.read_parquet(path / files["tiles"]["name"])
+    tiles = _read_table(path, files, "tiles")
     if len(tiles) != n:
         raise IndexCorruptError(f"{path}: tile table has {len(tiles)} rows, manifest says {n}")
     landmarks = None
     if "landmarks" in files:
-        landmarks = pd.read_parquet(path / files["landmarks"]["name"])
+        landmarks = _read_table(path, files, "landmarks")
         rows = landmarks["row"].to_numpy() if "row" in landmarks else np.zeros(0, np.int64)
         if "row" not in landmarks or (len(rows) and (rows.min() < -1 or rows.max() >= n)):
             raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index "
                                     "does not have")
     return Index(path, manifest, codes, tiles, landmarks, codes_stamp=stamp)
+
+
+def _read_table(path: Path, files: dict, role: str) -> pd.DataFrame:
+    """A Parquet table of the index; IndexCorruptError when the file is not one."""
+    from pyarrow.lib import ArrowException
+
+    try:
+        return pd.read_parquet(path / files[role]["name"])
+    except (ValueError, ArrowException) as exc:
+        raise IndexCorruptError(f"{path}: the {role} file {files[role]['name']} is not a readable "
+                                f"table ({exc})") from None
 
 
 def _write_file(path: Path, name: str, writer) -> dict:

@@ -28,6 +28,7 @@ ZONE_WIDTH_DEG = 6.0
 FALSE_EASTING = 500_000.0
 SOUTH_FALSE_NORTHING = 10_000_000.0
 DEFAULT_LAT_RANGE = (-80.0, 84.0)  # UTM's own limits; polar caps need a polar projection
+MAX_TILE_SIZE = 2048  # pixels a side
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,10 @@ class TileGrid:
     gsd: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.size <= 0 or self.stride <= 0 or self.gsd <= 0:
+        if not (self.size > 0 and self.stride > 0 and 0 < self.gsd < math.inf):
             raise OptionError("tile size, stride and gsd must be positive")
+        if self.size > MAX_TILE_SIZE:
+            raise OptionError(f"tile size must be at most {MAX_TILE_SIZE} pixels, got {self.size}")
 
     @property
     def step(self) -> float:
@@ -158,6 +161,9 @@ class TileGrid:
         col1 = math.ceil(xmax / self.step)
         row0 = math.floor(-ymax / self.step - (self.size / self.stride)) + 1
         row1 = math.ceil(-ymin / self.step)
+        if max(abs(row0), abs(row1), abs(col0), abs(col1)) >= 2**31:  # tile records hold int32
+            raise OptionError(f"tiles of {self.gsd:g} m per pixel are too small to number in a zone; "
+                              "choose a coarser --gsd")
         return range(row0, max(row0, row1)), range(col0, max(col0, col1))
 
 

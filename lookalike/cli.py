@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import re
 import sys
 import warnings
@@ -35,6 +36,28 @@ def _lonlat(text: str):
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _bands(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands need comma-separated band numbers, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {text}")
+    return value
 
 
 def _zones(text: str) -> list[str]:
@@ -78,7 +101,7 @@ def cmd_index(args) -> None:
 
     out = build_index(args.out, rasters=args.rasters, images=args.images, labels=args.labels,
                       split=args.split, image_size=args.image_size, name=args.name, crs=args.crs,
-                      bounds=args.bounds, bands=tuple(int(b) for b in _csv(args.bands)) if args.bands else None,
+                      bounds=args.bounds, bands=args.bands or None,
                       time=args.time, tile_size=args.tile_size, stride=args.stride, gsd=args.gsd,
                       zones=args.zones, bbox=args.bbox, min_valid=args.min_valid, hash_path=args.hash,
                       bits=args.bits, backbone=args.backbone, weights=args.weights,
@@ -217,7 +240,7 @@ def _unit_interval(text: str) -> float:
 
 def _window(text: str) -> tuple[int, int, int, int]:
     values = _floats(text, 4, "window (x0,y0,x1,y1 in pixels)")
-    if any(v != int(v) for v in values):
+    if not all(math.isfinite(v) and v == int(v) for v in values):
         raise argparse.ArgumentTypeError(f"window needs whole pixel numbers, got {text!r}")
     return tuple(int(v) for v in values)
 
@@ -269,14 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--name", help="source name (default: file stem)")
     i.add_argument("--crs", help="CRS for rasters that lack one, e.g. EPSG:4326 or IAU_2015:49900")
     i.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
-    i.add_argument("--bands", help="1-based bands to use as RGB, e.g. 4,3,2")
+    i.add_argument("--bands", type=_bands, help="1-based bands to use as RGB, e.g. 4,3,2")
     i.add_argument("--time", help="acquisition time (ISO 8601) when the raster's metadata has none")
     i.add_argument("--tile-size", type=int, default=128)
     i.add_argument("--stride", type=int, default=64)
     i.add_argument("--gsd", type=float, help="metres per pixel of the tiles (default: native)")
     i.add_argument("--zones", type=_zones, help="only these zones, e.g. 33N,34N")
     i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
-    i.add_argument("--min-valid", type=float, default=0.5, help="skip tiles with less valid data")
+    i.add_argument("--min-valid", type=_unit_interval, default=0.5, help="skip tiles with less valid data")
     i.add_argument("--hash", help="hash model: a file, 'default' (the shipped model, the default) "
                    "or 'itq' (fit the PCA-ITQ baseline on the new tiles)")
     i.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
@@ -326,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at least this many landmarks of a class per scene (with --classes)")
     s.add_argument("--geojson", help="write hits as a GeoJSON FeatureCollection")
     s.add_argument("--json", help="write hits as JSON")
-    s.add_argument("--show", type=int, default=20, help="rows to print")
+    s.add_argument("--show", type=_count, default=20, help="rows to print")
     s.add_argument("--no-verify", action="store_true")
     s.add_argument("--method", choices=["exact", "lsh", "mih", "ivf", "auto"], default="exact",
                    help="exact scan; mih (multi-index hashing, exact); lsh (bit sampling, approximate); "
@@ -378,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--push-weight", type=float, default=0.1)
     t.add_argument("--balance-weight", type=float, default=0.1)
     t.add_argument("--inter-class-weight", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--whiten-group", type=int, default=0,
                    help="domain-specific group whitening with groups of this size (MIRS heads)")
     t.add_argument("--entropy-weight", type=float, default=0.1, help="code entropy on the target domain")
@@ -409,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--group-by", help="labels column to group folds by (default: source_image if present)")
     tc.add_argument("--group-pattern", help=r"group folds by the part of each file name matching this "
                     r"regular expression, e.g. '^\d{4}' (the sol of MSL images)")
-    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--seed", type=_seed, default=0)
     tc.add_argument("--image-size", type=int, default=224)
     tc.add_argument("--json")
     tc.set_defaults(func=cmd_train_classifier)
@@ -505,6 +528,11 @@ def _glue_coordinates(argv: list[str]) -> list[str]:
     return out
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (a message quoting a file or a library may hold breaks)."""
+    return " ".join(str(exc).splitlines())
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="rasterio")
     argv = _glue_coordinates(list(sys.argv[1:] if argv is None else argv))
@@ -512,14 +540,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LookalikeError as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
+        print(f"lookalike: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+            FileExistsError) as exc:
+        print(f"lookalike: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise
+            if exc.filename is None:
+                raise
+            # about a file the user named (a name too long, a loop of links, ...)
+            print(f"lookalike: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
         # writes are atomic: what was there before the failed write is still there, intact
         print(f"lookalike: error: {exc.strerror or exc} (nothing was replaced: what was written before "
               "is intact; free some space and run the command again)", file=sys.stderr)

@@ -130,6 +130,20 @@ def load_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(mapped)
 
 
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a PyTorch weights file; ModelError when the file is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # missing or unreadable: the file system's own message
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for files that are not weights
+        raise ModelError(f"weights file {path} is not a PyTorch state dict ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
+    return state
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -141,7 +155,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 def _efficientnet_lite0(weights: str | Path | None) -> Backbone:
     path = Path(weights) if weights else lite0_weights_path()
     model = EfficientNetLite0()
-    load_in_order(model, torch.load(path, map_location="cpu", weights_only=True))
+    load_in_order(model, load_weights(path))
     spec = BackboneSpec("efficientnet_lite0", 1280, (0.5,) * 3, (0.5,) * 3, file_sha256(path))
     return Backbone(model, spec)
 
@@ -156,7 +170,7 @@ def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
         except Exception as exc:  # timm imports torchvision, which may not load beside CPU torch
             raise ModelError(f"backbone {name!r} needs an importable timm ({exc})") from exc
         model = timm.create_model(name, pretrained=False, num_classes=0)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_weights(weights)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
         model.load_state_dict(state, strict=True)
         spec = BackboneSpec(name, model.num_features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),

@@ -22,6 +22,7 @@ from lookalike.errors import CodeLengthError, LookalikeError
 from lookalike.fileio import atomic_write_bytes
 
 HASH_FORMAT = 1
+MAX_BITS = 65_536  # longest code: 8 KiB a tile (the shipped code has 128 bits, ITQ 512 by default)
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -90,8 +91,8 @@ class LinearHash:
 def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int = 0,
             backbone: str = "") -> LinearHash:
     """PCA + ITQ on features (N, D); random projections top up bits beyond the data's rank."""
-    if bits <= 0 or bits % 8:
-        raise CodeLengthError(f"code length must be a positive multiple of 8, got {bits}")
+    if bits <= 0 or bits % 8 or bits > MAX_BITS:
+        raise CodeLengthError(f"code length must be a positive multiple of 8 up to {MAX_BITS}, got {bits}")
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise LookalikeError(f"need at least 2 feature vectors to fit a hash, got shape {x.shape}")

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
-from lookalike.models.hashing import NetworkHash
+from lookalike.models.hashing import MAX_BITS, NetworkHash
 from lookalike.models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
 from lookalike.models.losses import (
     ContrastivePairs,
@@ -105,8 +105,8 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         raise LookalikeError(f"{cfg.method} needs labels")
     if cfg.method == "mirs-ntxent" and views is None:
         raise LookalikeError("mirs-ntxent needs features of two augmented views of each item")
-    if cfg.bits <= 0 or cfg.bits % 8:
-        raise LookalikeError(f"bits must be a positive multiple of 8, got {cfg.bits}")
+    if cfg.bits <= 0 or cfg.bits % 8 or cfg.bits > MAX_BITS:
+        raise LookalikeError(f"bits must be a positive multiple of 8 up to {MAX_BITS}, got {cfg.bits}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     x = np.asarray(features, dtype=np.float32)

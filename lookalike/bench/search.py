@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
+from lookalike.errors import OptionError
 from lookalike.indexer.hamming_kernel import read_once, scan_top_k, scan_top_k_batch
 from lookalike.indexer.search import hamming_distances, top_k
+from lookalike.models.hashing import MAX_BITS
 
 
 def _best_of(fn, repeat: int) -> tuple[float, object]:
@@ -27,6 +30,20 @@ def distance_recall(ours: np.ndarray, reference: np.ndarray) -> float:
     return common / max(len(b), 1)
 
 
+def check_bench_options(n: int, bits: int, k: int, repeat: int, queries: int) -> None:
+    """Refuse sizes the benchmark cannot run: it holds the codes twice (ours and faiss's copy)."""
+    if n < 1 or k < 1 or repeat < 1 or queries < 1:
+        raise OptionError(f"--n, --k, --repeat and --queries must be at least 1 (got {n}, {k}, {repeat}, "
+                          f"{queries})")
+    if bits < 64 or bits % 64 or bits > MAX_BITS:  # the scan reads codes as 64-bit words
+        raise OptionError(f"--bits must be a positive multiple of 64 up to {MAX_BITS}, got {bits}")
+    need = 2 * n * bits // 8
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory:
+        raise OptionError(f"{n} codes of {bits} bits need {need / 2**30:.1f} GiB (held twice); this "
+                          f"machine has {memory / 2**30:.1f} GiB")
+
+
 def bench_search(n: int, bits: int, k: int, repeat: int = 5, seed: int = 0,
                  threads: int | None = None, numpy_reference: bool = True, queries: int = 1) -> dict:
     """Time one query over ``n`` uniform random ``bits``-bit codes: ours vs faiss, best of ``repeat``.
@@ -35,6 +52,7 @@ def bench_search(n: int, bits: int, k: int, repeat: int = 5, seed: int = 0,
     With ``queries`` > 1 also a batch of that many queries: ``scan_top_k_batch`` (one read of the
     codes for all) against faiss searching the same batch, and against as many single scans.
     """
+    check_bench_options(n, bits, k, repeat, queries)
     import faiss
 
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ def read_region(path: str | Path) -> dict:
     """A GeoJSON region file as a dict (``Filters.region`` checks its geometry)."""
     try:
         return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise LookalikeError(f"--region {path} is not a GeoJSON file ({exc})") from None
 
 
