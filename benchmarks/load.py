@@ -265,13 +265,16 @@ def markdown(result: dict) -> str:
              f"Produced by `python benchmarks/load.py`; index `{Path(result['index']).name}` "
              f"({result['tiles']} tiles), {result['cpus']} cores, click→thumbnails measured in real "
              "Chromium sessions (contexts of one headless browser on the same machine as the server). "
-             "A leak is a result that does not belong to the session's own click.", "",
+             "A leak is a status or a page of hits that does not answer the session's own tap (the tile "
+             "under the point it sent, at distance 0); a tie, another tile at distance 0 ranked first "
+             "by index order, is counted apart.", "",
              "## Concurrent explorer sessions", "",
-             "| sessions | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | server RSS before → peak (MB) | load avg |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| sessions | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | another tile at distance 0 first | server RSS before → peak (MB) | load avg |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in result["sessions"]:
         lines.append(f"| {r['sessions']} | {r['clicks']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
-                     f"{r['errors']} | {r['leaks']} | {r['rss_before_mb']} → {r['rss_peak_mb']} | {r['load_average']} |")
+                     f"{r['errors']} | {r['leaks']} | {r.get('tied_first', '')} | "
+                     f"{r['rss_before_mb']} → {r['rss_peak_mb']} | {r['load_average']} |")
     c = result.get("churn")
     if c:
         lines += ["", "## Sessions opened and closed", "",
