@@ -8,7 +8,7 @@ import urllib.request
 from urllib.parse import quote, urlencode
 
 import pytest
-from explorer_testkit import open_app, shadow_text
+from explorer_testkit import open_app, shadow_text, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,8 +28,9 @@ def watch_for_script(page) -> list[str]:
 
 
 def error_text(page) -> str:
+    """The message banner's text, once it is shown and filled (the two updates may come apart)."""
     page.locator(".error").first.wait_for(state="visible")
-    return " ".join(shadow_text(page, ".error").split())
+    return wait_until(lambda: " ".join(shadow_text(page, ".error").split()), what="the message's text")
 
 
 def test_crafted_link_runs_no_script(page, explorer_url, explorer_index):
