@@ -1,7 +1,7 @@
 """Real HiRISE observation footprints (MRO, 2006-2022) from the PDS cumulative index.
 
 The file ``hirise_observations.csv`` lives in the data cache (``$LOOKALIKE_DATA``, see
-``data.registry.cache_dir``). Longitudes there are planetocentric, east-positive in 0..360; they
+``lookalike.config.data_dir``). Longitudes there are planetocentric, east-positive in 0..360; they
 are returned in -180..180 like the tile table of an index.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lookalike.data.registry import cache_dir
+from lookalike.config import data_dir
 from lookalike.errors import LookalikeError
 
 HIRISE_FILE = "hirise_observations.csv"
@@ -22,7 +22,7 @@ COLUMNS = ("observation_id", "minimum_latitude", "maximum_latitude", "westernmos
 
 
 def hirise_path() -> Path:
-    return cache_dir() / HIRISE_FILE
+    return data_dir() / HIRISE_FILE
 
 
 def load_hirise_footprints(path: str | Path | None = None) -> pd.DataFrame:

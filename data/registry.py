@@ -49,11 +49,6 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def cache_dir() -> Path:
-    """Where fetched files live: ``$LOOKALIKE_DATA`` or the user cache."""
-    return data_dir()
-
-
 def get_dataset(name: str) -> Dataset:
     if name not in DATASETS:
         raise LookalikeError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
@@ -69,7 +64,7 @@ def fetch(name: str, download: bool = True) -> Path:
     import pooch
 
     ds = get_dataset(name)
-    target = cache_dir() / ds.fname
+    target = data_dir() / ds.fname
     if target.exists():
         digest = pooch.file_hash(str(target))
         if digest != ds.sha256:
@@ -79,7 +74,7 @@ def fetch(name: str, download: bool = True) -> Path:
     if download:
         try:
             return Path(pooch.retrieve(ds.url, known_hash=f"sha256:{ds.sha256}", fname=ds.fname,
-                                       path=cache_dir(), progressbar=True))
+                                       path=data_dir(), progressbar=True))
         except Exception as exc:  # no network, proxy, server down: fall through to the advice
             reason = f"download failed ({type(exc).__name__}: {exc})"
     else:

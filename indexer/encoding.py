@@ -63,11 +63,6 @@ def fuse_batchnorm(backbone: Backbone) -> Backbone:
         return backbone
 
 
-def onnx_cache_dir() -> Path:
-    """Where exported ONNX models live: ``$LOOKALIKE_CACHE/onnx`` or the user cache."""
-    return onnx_dir()
-
-
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of the parameters and buffers actually in ``model`` (after folding)."""
     digest = hashlib.sha256()
@@ -224,7 +219,7 @@ class Encoder:
                               digest=self._digest, height=height, width=width, batch="dynamic",
                               opset=ONNX_OPSET, kind=kind, extra=extra), sort_keys=True)
         tag = hashlib.sha256(key.encode()).hexdigest()[:20]
-        return onnx_cache_dir() / f"{self.name}-{height}x{width}-{kind}-{tag}.onnx"
+        return onnx_dir() / f"{self.name}-{height}x{width}-{kind}-{tag}.onnx"
 
     def _load_session(self, height: int, width: int):
         if not hasattr(self, "_digest"):

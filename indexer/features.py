@@ -17,18 +17,13 @@ from lookalike.indexer.sources import load_image
 from lookalike.models.augment import augment
 
 
-def feature_cache_dir() -> Path:
-    """Where cached features live: ``$LOOKALIKE_CACHE`` or the user cache."""
-    return features_dir()
-
-
 def image_features(root: str | Path, table: pd.DataFrame, encoder, progress: bool = True) -> np.ndarray:
     """Backbone features of the images in ``table`` (cached on disk by files, model and size)."""
 
     root = Path(root)
     key = json.dumps(dict(encoder=encoder.describe(), root=str(root.resolve()),
                           files=[(p, (root / p).stat().st_size) for p in table["path"]]))
-    cache = feature_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+    cache = features_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
     if cache.exists():
         return np.load(cache)
     size = encoder.image_size or 224
@@ -48,7 +43,7 @@ def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int
     root = Path(root)
     key = json.dumps(dict(encoder=encoder.describe(), root=str(root.resolve()), view=view,
                           files=[(p, (root / p).stat().st_size) for p in table["path"]]))
-    cache = feature_cache_dir() / f"aug-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+    cache = features_dir() / f"aug-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
     if cache.exists():
         return np.load(cache)
     size = encoder.image_size or 224

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lookalike.config import indexes_dir
+from lookalike.config import data_dir, indexes_dir
 from lookalike.data.hirise import hirise_path
-from lookalike.data.registry import DATASETS, cache_dir, fetch
+from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError
 from lookalike.indexer.build import index_images, index_rasters
 from lookalike.indexer.catalogue import attach_to_index, place_index_at_observations
@@ -17,18 +17,13 @@ from lookalike.workflows.landmarks import classify_chips, find_landmarks
 BODIES = {"mars": "mars_8k", "earth": "earth_8k"}
 
 
-def index_root(root: str | Path | None = None) -> Path:
-    """Where demo indexes live: ``root``, ``$LOOKALIKE_INDEXES``, or the user cache."""
-    return indexes_dir(root)
-
-
 def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progress: bool = True,
                       **options) -> Path:
     """Path of the demo index of ``body`` ('mars' or 'earth'), building it if it is missing."""
     if body not in BODIES:
         raise LookalikeError(f"unknown body {body!r}; choose from {', '.join(BODIES)}")
     name = BODIES[body]
-    out = index_root(root) / name
+    out = indexes_dir(root) / name
     if not (out / MANIFEST).exists():
         ds = DATASETS[name]
         source = RasterSource(fetch(name), name=name, crs=ds.crs, bounds=ds.bounds)
@@ -53,7 +48,7 @@ def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path 
     footprints and times and classified, built once when the data cache holds ``hirise_v1``
     and ``hirise_observations.csv``; None (with a message) when it does not."""
 
-    images, out = cache_dir() / "hirise_v1", index_root(root) / "hirise_landmarks"
+    images, out = data_dir() / "hirise_v1", indexes_dir(root) / "hirise_landmarks"
     if not (images / "labels.csv").is_file() or not hirise_path().is_file():
         print(f"no HiRISE landmark layer: {images}/labels.csv or {hirise_path()} is missing")
         return None
