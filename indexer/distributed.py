@@ -377,7 +377,7 @@ def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None
     with _SCAN_LOCK:
         if method == "exact":
             rows, dist = ranked_rows(index.codes, code, k, mask)
-        else:  # a sublinear index per shard, built on first use and kept with the shard
+        else:  # an approximate index per shard: the stored one, or one built on first use and kept
 
             rows, dist = ranked_rows_index(index, code, k, mask, method)
     return rows + shard.offset, dist, index.tiles.iloc[rows].reset_index(drop=True)

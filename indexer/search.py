@@ -20,12 +20,12 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
+from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
 from lookalike.indexer.catalogue import landmark_mask, tiles_under
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.sources import load_image
 from lookalike.indexer.store import Index
-from lookalike.indexer.sublinear import build_sublinear
 from lookalike.indexer.tiling import Zone
 from lookalike.models.hashing import load_hash_model
 
@@ -120,7 +120,7 @@ class Filters:
         return not (self.zones or self.sources or self.time_range or self.bbox
                     or self.region is not None or self.labels or self.landmark_classes)
 
-    def without_landmarks(self) -> "Filters":
+    def without_landmarks(self) -> Filters:
         """The same filters less the landmark condition (what a class facet counts within)."""
         return replace(self, landmark_classes=[])
 
@@ -246,49 +246,51 @@ def ranked_rows_batch(codes: np.ndarray, queries: np.ndarray, k: int,
     return [ranked_rows(codes, q, k, mask) for q in queries]
 
 
-METHODS = ("exact", "lsh", "mih", "ivf", "auto")
-AUTO_MIN_ROWS = 2_000_000  # below this the exact scan takes a few ms: no tables worth building
-AUTO_MIN_KEPT = 0.5  # a mask that removes more than half the rows leaves the tables too few hits
-AUTO_SUBLINEAR = "mih"
+METHODS = ("exact", *ANN_METHODS, "auto")
+AUTO_MIN_KEPT = 0.5  # a filter that keeps fewer rows makes the scan cheap and graph walks long
 
 
-def choose_method(n: int, mask: np.ndarray | None, method: str = "auto") -> str:
-    """The search path for ``method``: 'auto' takes the sublinear index (multi-index hashing,
-    exact) only for archives of at least AUTO_MIN_ROWS rows whose filter keeps most rows (and,
-    in ``ranked_rows_index``, only while most of its searches do not fall back to the scan)."""
+def choose_method(index: Index, k: int, mask: np.ndarray | None, method: str = "auto") -> str:
+    """The search path for ``method``. 'auto' takes the approximate index stored with the index
+    (``lookalike index --ann``) only where its calibration, measured when it was written, met
+    the recall bar (``indexer.ann.RECALL_BAR``) faster than the scan, for k up to the calibrated
+    k and filters that keep at least AUTO_MIN_KEPT of the rows; the exact scan everywhere else."""
     if method not in METHODS:
         raise LookalikeError(f"unknown search method {method!r}; choose from {', '.join(METHODS)}")
     if method != "auto":
         return method
-    if n < AUTO_MIN_ROWS or (mask is not None and mask.mean() < AUTO_MIN_KEPT):
+    calibration = (index.ann_info or {}).get("calibration")
+    if (not calibration or not calibration["meets_bar"] or calibration["speedup"] <= 1.0
+            or k > calibration["k"] or (mask is not None and mask.mean() < AUTO_MIN_KEPT)):
         return "exact"
-    return AUTO_SUBLINEAR
+    return index.ann_info["method"]
 
 
-def sublinear_index(index: Index, method: str):
-    """The ``method`` ('lsh', 'mih' or 'ivf') tables of ``index``, built on first use and kept on it."""
-
-    cache = index.__dict__.setdefault("_sublinear", {})
+def approximate_index(index: Index, method: str) -> tuple[BinaryANN, dict]:
+    """The ``method`` index of ``index`` and its search options: the one stored with the index
+    (at its calibrated setting) or one built in memory on first use and kept on ``index``."""
+    info = index.ann_info
+    if info is not None and info["method"] == method:
+        calibration = info.get("calibration") or {}
+        options = {calibration["option"]: calibration["value"]} if calibration.get("option") else {}
+        return index.ann(), options
+    cache = index.__dict__.setdefault("_approximate", {})
     if method not in cache:
         if index.bits % 64:
-            raise LookalikeError(f"sublinear search needs codes of a multiple of 64 bits, this index has {index.bits}")
-        cache[method] = build_sublinear(np.asarray(index.codes), method)
-    return cache[method]
+            raise LookalikeError(f"approximate search needs codes of a multiple of 64 bits, this index has "
+                                 f"{index.bits}")
+        cache[method] = build_ann(np.asarray(index.codes), method, progress=True)
+    return cache[method], {}
 
 
 def ranked_rows_index(index: Index, code: np.ndarray, k: int, mask: np.ndarray | None = None,
                       method: str = "exact") -> tuple[np.ndarray, np.ndarray]:
     """Top-k (rows, distances) of an index by ``method`` (see ``choose_method``)."""
-    chosen = choose_method(len(index.codes), mask, method)
-    if chosen == "exact" or (method == "auto" and _mih_unhelpful(index)):
+    chosen = choose_method(index, k, mask, method)
+    if chosen == "exact":
         return ranked_rows(index.codes, code, k, mask)
-    return sublinear_index(index, chosen).search(code, k, mask)
-
-
-def _mih_unhelpful(index: Index) -> bool:
-    # on codes whose k-th neighbour is far, every MIH search ends in the scan: auto stops trying
-    mih = index.__dict__.get("_sublinear", {}).get("mih")
-    return mih is not None and mih.mostly_falls_back()
+    ann, options = approximate_index(index, chosen)
+    return ann.search(code, k, mask, **options)
 
 
 # ------------------------------------------------------------------ queries on an index
@@ -363,13 +365,12 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
 
 
 def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
-           encoder=None, method: str = "exact") -> pd.DataFrame:
+           encoder=None, method: str = "auto") -> pd.DataFrame:
     """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance.
 
-    ``method``: 'exact' (the scan), 'mih' (multi-index hashing, also exact), 'lsh' (bit-sampling
-    LSH, approximate), 'ivf' (inverted file over binary k-means lists, approximate) or 'auto'
-    (see ``choose_method``; it picks exact methods only); sublinear tables are built on first
-    use and kept on ``index``.
+    ``method``: 'exact' (the scan), one of ``indexer.ann.ANN_METHODS`` (approximate: 'hnsw',
+    'usearch', 'ivf', 'lsh'; the one stored with the index is used as calibrated, others are
+    built in memory on first use and kept on ``index``) or 'auto' (see ``choose_method``).
     """
     if not 1 <= k <= MAX_K:
         raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
@@ -377,12 +378,15 @@ def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filt
     code = query_code(index, query, encoder) if isinstance(query, Query) else np.asarray(query, np.uint8)
     if code.size * 8 != index.bits:
         raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
-    rows, dist = ranked_rows_index(index, code, k, filter_mask(index.tiles, filters, index.landmarks), method)
-    return _hits(index, rows, dist)
+    mask = filter_mask(index.tiles, filters, index.landmarks)
+    chosen = choose_method(index, k, mask, method)
+    hits = _hits(index, *ranked_rows_index(index, code, k, mask, chosen))
+    hits.attrs["method"] = chosen
+    return hits
 
 
 def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k: int = 1000,
-                 filters: Filters | None = None, encoder=None, method: str = "exact") -> list[pd.DataFrame]:
+                 filters: Filters | None = None, encoder=None, method: str = "auto") -> list[pd.DataFrame]:
     """``search`` for several queries with the same filters; the exact path reads the codes once
     for all of them."""
     if not 1 <= k <= MAX_K:
@@ -396,8 +400,7 @@ def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k
     if not codes:
         return []
     mask = filter_mask(index.tiles, filters, index.landmarks)
-    chosen = choose_method(len(index.codes), mask, method)
-    if chosen == "exact" or (method == "auto" and _mih_unhelpful(index)):
+    if choose_method(index, k, mask, method) == "exact":
         ranked = ranked_rows_batch(index.codes, np.stack(codes), k, mask)
     else:
         ranked = [ranked_rows_index(index, code, k, mask, method) for code in codes]

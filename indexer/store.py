@@ -7,6 +7,9 @@ Layout of an index directory::
     tiles-000003.parquet     one row per code, same order
     hash-000001.npz          the hash model that turned features into codes
     landmarks-000004.parquet optional: the landmark catalogue (``indexer.catalogue``)
+    ann-000005.faiss         optional: an approximate-search graph or table over the codes
+                             (``indexer.ann``; ``.usearch`` for usearch), with its method,
+                             options and measured recall in the manifest's ``ann`` entry
 
 Every write produces files of a new generation and then atomically replaces ``manifest.json``;
 a crash at any point leaves either the old index or the new one, never a mix. Files of other
@@ -33,11 +36,12 @@ import pandas as pd
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.fileio import atomic_write_bytes, save_npy, sha256_file
+from lookalike.indexer.ann import BinaryANN, load_ann
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # the files an index writes itself; anything else in its folder is left alone
-GENERATION_FILE = re.compile(r"(codes|tiles|hash|landmarks)-\d{6}\.(npy|parquet|npz)")
+GENERATION_FILE = re.compile(r"(codes|tiles|hash|landmarks|ann)-\d{6}\.(npy|parquet|npz|faiss|usearch)")
 
 
 @dataclass
@@ -68,6 +72,24 @@ class Index:
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def ann_info(self) -> dict | None:
+        """The manifest's ``ann`` entry (method, params, calibration), None without one."""
+        return self.manifest.get("ann") if "ann" in self.manifest.get("files", {}) else None
+
+    def ann(self) -> BinaryANN | None:
+        """The approximate index stored with this index, loaded on first use and kept."""
+        info = self.ann_info
+        if info is None:
+            return None
+        if "_ann" not in self.__dict__:
+            name = self.manifest["files"]["ann"]["name"]
+            if not (self.path / name).is_file():
+                raise IndexCorruptError(f"{self.path}: the approximate index {name} of the generation this "
+                                        "index was opened at is gone (a newer one was written); open it again")
+            self.__dict__["_ann"] = load_ann(self.path / name, info["method"], self.codes, info["params"])
+        return self.__dict__["_ann"]
 
     def check_unchanged(self) -> None:
         """Refuse to read codes whose file was truncated or rewritten in place since the index
@@ -225,7 +247,7 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
     sources, ...) is merged into the manifest; for appends ``sources`` are merged by name.
     """
     path = Path(path)
-    landmarks = None
+    landmarks = ann = None
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if codes.ndim != 2 or codes.shape[1] * 8 != bits:
         raise CodeLengthError(f"codes of shape {codes.shape} are not {bits}-bit codes")
@@ -256,6 +278,10 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         hash_entry = manifest["files"]["hash"]
         if old.landmarks is not None:  # appended tiles have no landmarks yet: keep the old ones
             landmarks = old.landmarks
+        ann = old.ann()
+        if ann is not None:  # the graph grows with the codes; its recall is measured again later
+            ann.add(codes[old.n:], progress=True)
+            manifest["ann"] = dict(manifest["ann"], calibration=None)
     else:
         if (path / MANIFEST).exists():
             raise LookalikeError(f"{path} already holds an index; use --append to add to it "
@@ -279,8 +305,12 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         if landmarks is not None:
             files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
                                              lambda p: landmarks.to_parquet(p, index=False))
+        if ann is not None:
+            files["ann"] = _write_file(path, f"ann-{generation:06d}{ann.suffix}", ann.save)
+        else:
+            manifest.pop("ann", None)
         manifest.update(format_version=FORMAT_VERSION, generation=generation, bits=bits,
-                        count=int(len(codes)), updated=_now(), files=files)
+                        count=len(codes), updated=_now(), files=files)
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)
     return path
@@ -315,6 +345,33 @@ def update_tables(path: str | Path, *, tiles: pd.DataFrame | None = None,
             files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
                                              lambda p: landmarks.to_parquet(p, index=False))
         manifest.update(info or {}, generation=generation, updated=_now(), files=files)
+        _replace_manifest(path, manifest)
+    _remove_stale(path, manifest)
+    return path
+
+
+def write_ann(path: str | Path, ann: BinaryANN | None, calibration: dict | None = None) -> Path:
+    """Store ``ann`` (built over the index's codes, in order) with the index at ``path``, with
+    its ``calibration`` (``indexer.ann.calibrate``) in the manifest; ``ann`` None removes it.
+    A new generation, committed by the manifest like every write. Calling it again with the
+    stored ``ann`` and a new calibration rewrites the file (its bytes are the same)."""
+    path = Path(path)
+    old = open_index(path, verify=False)
+    manifest = dict(old.manifest)
+    files = dict(manifest["files"])
+    generation = int(manifest["generation"]) + 1
+    if ann is not None and (ann.n != old.n or ann.bits != old.bits):
+        raise LookalikeError(f"the approximate index holds {ann.n} codes of {ann.bits} bits; the index at "
+                             f"{path} has {old.n} of {old.bits}")
+    with _generation(path, generation):
+        if ann is None:
+            files.pop("ann", None)
+            manifest.pop("ann", None)
+        else:
+            files["ann"] = _write_file(path, f"ann-{generation:06d}{ann.suffix}", ann.save)
+            manifest["ann"] = dict(method=ann.method, params=ann.params, calibration=calibration,
+                                   build_seconds=round(ann.build_seconds, 3))
+        manifest.update(generation=generation, updated=_now(), files=files)
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)
     return path

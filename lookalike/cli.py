@@ -12,7 +12,10 @@ import warnings
 from pathlib import Path
 
 from lookalike.config import INDEXES_ENV
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, OptionError
+
+# the approximate methods of lookalike.indexer.ann.ANN_METHODS, named here so that --help needs no numba
+ANN_CHOICES = ("hnsw", "usearch", "ivf", "lsh")
 from lookalike.fileio import atomic_write_bytes
 
 
@@ -107,8 +110,19 @@ def cmd_index(args) -> None:
                       bits=args.bits, backbone=args.backbone, weights=args.weights,
                       batch_size=args.batch_size, runtime=args.runtime, append=args.append,
                       scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
-                      classify=args.classify)
+                      classify=args.classify, ann=args.ann, ann_params=_ann_params(args.ann_param))
     _write_json(None, shards_summary(out) if args.shards else index_summary(out, verify=False))
+
+
+def _ann_params(items: list[str] | None) -> dict:
+    params = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        try:
+            params[name.strip()] = int(value)
+        except ValueError:
+            raise OptionError(f"--ann-param takes NAME=INT (e.g. m=32), got {item!r}") from None
+    return params
 
 
 def cmd_info(args) -> None:
@@ -143,11 +157,12 @@ def cmd_search(args) -> None:
                                scheduler=args.scheduler, verify=not args.no_verify, geojson=args.geojson)
     columns = hit_columns(hits)
     if args.json:
-        _write_json(args.json, dict(n_hits=len(hits), ms=elapsed, hits=hits[columns].to_dict("records")))
+        _write_json(args.json, dict(n_hits=len(hits), ms=elapsed, method=hits.attrs.get("method", args.method),
+                                    hits=hits[columns].to_dict("records")))
         return
     with pd.option_context("display.max_rows", args.show, "display.width", 200):
         print(hits[columns].head(args.show).to_string(index=False))
-    print(f"{len(hits)} hits in {elapsed:.1f} ms" + (f"; GeoJSON written to {args.geojson}" if args.geojson else ""))
+    print(f"{len(hits)} hits in {elapsed:.1f} ms ({hits.attrs.get('method', args.method)})" + (f"; GeoJSON written to {args.geojson}" if args.geojson else ""))
 
 
 def cmd_eval(args) -> None:
@@ -211,13 +226,14 @@ def cmd_bench(args) -> None:
 
 
 def cmd_bench_sublinear(args) -> None:
-    from lookalike.bench.sublinear import bench_sublinear, markdown_table
+    from lookalike.bench.sublinear import bench_sublinear, markdown_table, parse_params, parse_sweeps
 
     result = bench_sublinear(args.n, args.bits, args.k, source_indexes=args.source_index,
                              n_queries=args.queries, uniform=not args.no_uniform,
                              noise_scale=args.noise_scale, seed=args.seed,
                              methods=_csv(args.methods) if args.methods else None,
-                             nprobes=_csv(args.nprobes))
+                             sweeps=parse_sweeps(args.sweep), params=parse_params(args.param),
+                             filter_share=args.filter_share)
     print(markdown_table([result]))
     _write_json(args.json, result)
 
@@ -310,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder runtime: auto (ONNX Runtime fp32 on a CPU, torch on a GPU), torch, "
                    "onnx, or onnx-int8 (faster, approximate: code bits differ)")
     i.add_argument("--append", action="store_true", help="add to an existing index")
+    i.add_argument("--ann", choices=ANN_CHOICES,
+                   help="also store an approximate index (hnsw: faiss HNSW graph; usearch; ivf; lsh), measured "
+                        "against the scan so that --method auto uses it only where it keeps recall@1000 >= 0.95; "
+                        "with no rasters or images, add it to the index at --out")
+    i.add_argument("--ann-param", action="append", metavar="NAME=INT",
+                   help="a build option of --ann, e.g. m=32 or ef_construction=40 (hnsw); repeatable")
     i.add_argument("--scheduler", help="tile and encode on a dask cluster: its scheduler address "
                    "(tcp://HOST:8786) or 'local' for a LocalCluster on this machine")
     i.add_argument("--shards", type=int, help="write this many index shards plus shards.json "
@@ -351,10 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write hits as JSON")
     s.add_argument("--show", type=_count, default=20, help="rows to print")
     s.add_argument("--no-verify", action="store_true")
-    s.add_argument("--method", choices=["exact", "lsh", "mih", "ivf", "auto"], default="exact",
-                   help="exact scan; mih (multi-index hashing, exact); lsh (bit sampling, approximate); "
-                        "ivf (inverted file over binary k-means lists, approximate); "
-                        "auto: mih for large archives without a narrow filter")
+    s.add_argument("--method", choices=["exact", *ANN_CHOICES, "auto"], default="auto",
+                   help="exact scan; hnsw, usearch, ivf, lsh: approximate (the one stored with --ann, else "
+                        "built in memory); auto: the stored one where it was measured to keep recall@1000 "
+                        ">= 0.95 faster than the scan, the scan elsewhere")
     s.add_argument("--scheduler", help="search shards on a dask cluster: scheduler address or 'local' "
                    "(a sharded index without it uses 'local')")
     s.set_defaults(func=cmd_search)
@@ -448,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time a batch of this many queries (one read of the codes) against faiss")
     bs.add_argument("--json")
     bs.set_defaults(func=cmd_bench)
-    bl = bsub.add_parser("sublinear", help="LSH, multi-index hashing and IVF vs the exact scan, realistic codes")
+    bl = bsub.add_parser("sublinear", help="faiss / usearch approximate indexes vs the exact scan, realistic codes")
     bl.add_argument("--n", type=int, default=10_000_000)
     bl.add_argument("--bits", type=int, default=128)
     bl.add_argument("--k", type=int, default=1000)
@@ -458,9 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--noise-scale", type=float, default=1.0,
                     help="multiply the per-bit flip rates estimated from neighbouring tiles")
     bl.add_argument("--no-uniform", action="store_true", help="skip the uniform random codes")
-    bl.add_argument("--methods", help="comma-separated subset of lsh,lsh-probe1,mih,ivf (default: all)")
-    bl.add_argument("--nprobes", default="8,16,32,64,128,256,512",
-                    help="IVF lists probed per query: each setting is measured")
+    bl.add_argument("--methods", help="comma-separated subset of hnsw,usearch,ivf,lsh (default: all)")
+    bl.add_argument("--sweep", action="append", metavar="METHOD=V,V,...",
+                    help="values of a method's search option to measure (hnsw/usearch: ef, ivf: nprobe, "
+                         "lsh: nflip); repeatable")
+    bl.add_argument("--param", action="append", metavar="METHOD.NAME=INT",
+                    help="a build option, e.g. hnsw.m=16 or ivf.nlist=8192; repeatable")
+    bl.add_argument("--filter-share", type=float,
+                    help="also measure every setting under a random filter keeping this share of the rows")
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("--json")
     bl.set_defaults(func=cmd_bench_sublinear)

@@ -114,7 +114,7 @@ def classification_metrics(labels, proba: np.ndarray, classes: list[str], thresh
         accuracy_at_threshold=_ratio((correct & accepted).sum(), accepted.sum()),
         abstention_rate=float((~accepted).mean()),
         threshold=float(threshold),
-        n=int(len(labels)),
+        n=len(labels),
         n_accepted=int(accepted.sum()),
         balanced_accuracy=float(np.mean(recalls)) if recalls else None,
         nll=float(-np.log(np.clip(true_p, 1e-12, 1.0)).mean()),
@@ -139,3 +139,14 @@ def threshold_curve(labels, proba: np.ndarray, classes: list[str],
         acc.append(_ratio((correct & accepted).sum(), accepted.sum()))
         abst.append(float((~accepted).mean()))
     return dict(threshold=[float(t) for t in thresholds], accuracy_at_threshold=acc, abstention_rate=abst)
+
+
+def distance_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact top-k distances (a multiset) that ``found`` reproduces: rows tied at
+    the k-th distance are interchangeable, so rows are not compared."""
+    found, exact = np.asarray(found, np.int64), np.asarray(exact, np.int64)
+    if len(exact) == 0:
+        return 1.0
+    top = int(max(exact.max(), found.max() if len(found) else 0)) + 1
+    return float(np.minimum(np.bincount(found, minlength=top), np.bincount(exact, minlength=top)).sum()
+                 / len(exact))

@@ -504,7 +504,7 @@ def _cli_families() -> dict[str, st.SearchStrategy]:
         Option("--min-confidence", float_value(0.0, 1.0)),
         Option("--min-landmarks", int_value(1, 5, refused=HUGE)), Option("--geojson", out_path(".geojson")),
         Option("--json", out_path(".json")), Option("--show", int_value(*VALID["show"])),
-        Option("--no-verify", None), Option("--method", choice(["exact", "lsh", "mih", "ivf", "auto"])),
+        Option("--no-verify", None), Option("--method", choice(["exact", "hnsw", "usearch", "ivf", "lsh", "auto"])),
         Option("--scheduler", scheduler)])
     info = command_argv(["info"], [index_path], [
         Option("--json", out_path(".json")), Option("--no-verify", None)])
@@ -524,7 +524,9 @@ def _cli_families() -> dict[str, st.SearchStrategy]:
         Option("--runtime", choice(["auto", "torch", "onnx"])), Option("--append", None),
         Option("--scheduler", scheduler), Option("--shards", int_value(*VALID["shards"])),
         Option("--footprints", choice(["hirise", ws("notes"), ws("missing")])),
-        Option("--classify", choice(["hirise", "msl", ws("notes")]))])
+        Option("--classify", choice(["hirise", "msl", ws("notes")])),
+        Option("--ann", choice(["hnsw", "ivf", "lsh", "annoy"])),
+        Option("--ann-param", choice(["m=16", "m=0", "m", "nlist=-3", "colour=1", "key_bits=99"]))])
     retrieval = command_argv(["eval", "retrieval"], [], [
         must("--images", images, usable_images), must("--labels", labels, usable_labels),
         must("--image-size", SIZES, sizes),

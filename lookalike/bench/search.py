@@ -11,6 +11,7 @@ from lookalike.errors import OptionError
 from lookalike.indexer.hamming_kernel import read_once, scan_top_k, scan_top_k_batch
 from lookalike.indexer.search import hamming_distances, top_k
 from lookalike.models.hashing import MAX_BITS
+from lookalike.models.metrics import distance_recall
 
 
 def _best_of(fn, repeat: int) -> tuple[float, object]:
@@ -20,14 +21,6 @@ def _best_of(fn, repeat: int) -> tuple[float, object]:
         result = fn()
         best = min(best, time.perf_counter() - t0)
     return best * 1000.0, result
-
-
-def distance_recall(ours: np.ndarray, reference: np.ndarray) -> float:
-    """Share of the reference's top-k distances (as a multiset) that ours reproduces."""
-    a, b = np.sort(np.asarray(ours)), np.sort(np.asarray(reference))
-    values = np.union1d(a, b)
-    common = sum(min(int((a == v).sum()), int((b == v).sum())) for v in values)
-    return common / max(len(b), 1)
 
 
 def check_bench_options(n: int, bits: int, k: int, repeat: int, queries: int) -> None:

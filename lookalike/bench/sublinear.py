@@ -1,5 +1,5 @@
-"""``lookalike bench sublinear``: LSH, multi-index hashing and IVF against the exact scan on
-codes with the structure of real codes.
+"""``lookalike bench sublinear``: the approximate indexes of ``indexer.ann`` (faiss HNSW, IVF and
+multi-hash LSH, usearch HNSW) against the exact scan on codes with the structure of real codes.
 
 Realistic codes. The archive is grown from the real 128-bit codes of a whole-planet index
 (the Mars demo index by default; ``--source-index`` adds others, e.g. Earth):
@@ -23,11 +23,13 @@ Realistic codes. The archive is grown from the real 128-bit codes of a whole-pla
 Uniform random codes of the same size and length are measured too, for contrast: there the
 top-k are no nearer to the query than the rest, the worst case for any sublinear method.
 
-An IVF index is built once per code set and measured at several ``nprobe`` settings (the
-whole curve is reported rather than one setting tuned on these queries).
+Each approximate index is built once per code set and measured at every value of its
+search-time option (HNSW ``ef``, IVF ``nprobe``, LSH ``nflip``): the whole curve is reported
+rather than one setting tuned on these queries. ``filter_share`` measures every setting again
+under a random filter keeping that share of the rows, against the scan under the same filter.
 
 Recall@k is the share of the exact top-k distances (as a multiset) that a method reproduces
-(``bench.search.distance_recall``); times are medians over the queries, one query at a
+(``models.metrics.distance_recall``); times are medians over the queries, one query at a
 time. Each method's speed-up is against the exact scan timed in turns with it, query by query
 (``exact_ms`` of the method), so both see the same load on shared cores.
 """
@@ -41,14 +43,12 @@ import numba
 import numpy as np
 import pandas as pd
 
-from lookalike.bench.search import distance_recall
 from lookalike.errors import LookalikeError
+from lookalike.indexer.ann import ANN_METHODS, build_ann
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.store import open_index
-from lookalike.indexer.sublinear import IVFIndex, LSHIndex, MIHIndex
+from lookalike.models.metrics import distance_recall
 from lookalike.workflows.demo import ensure_demo_index
-
-IVF_NPROBES = (8, 16, 32, 64, 128, 256, 512)
 
 POOL = 1 << 16
 
@@ -141,10 +141,18 @@ def _timed(fn, queries) -> tuple[list, np.ndarray]:
     return results, np.asarray(ms)
 
 
+def filter_mask(n: int, share: float, seed: int = 0) -> np.ndarray:
+    """A random filter keeping ``share`` of ``n`` rows, as a zone or date filter would."""
+    return np.random.default_rng(seed + 7).random(n) < share
+
+
 def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, name: str,
-                nprobes: tuple[int, ...] = IVF_NPROBES) -> dict:
-    """Exact scan vs each of ``methods`` (label -> builder(codes)) on one code set. An IVF
-    index is built once and measured at every ``nprobes`` setting (labels ``LABEL-nprobeP``)."""
+                sweeps: dict | None = None, filter_share: float | None = None) -> dict:
+    """Exact scan vs each of ``methods`` (label -> builder(codes)) on one code set. Each index is
+    built once and measured at every value of its search-time option (``sweeps[label]``, or the
+    adapter's own ``sweep``); labels ``LABEL-OPTIONVALUE``. With ``filter_share`` every setting is
+    measured again under a random filter keeping that share of the rows, against the scan under
+    the same filter."""
     scan_top_k(codes[:1000], queries[0], min(k, 1000))  # compile outside the timing
     scan_top_k(codes, queries[0], k)  # page the codes in
     exact, exact_ms = _timed(lambda q: scan_top_k(codes, q, k), queries)
@@ -158,24 +166,37 @@ def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, n
                kth_distance_median=float(np.median([e[1][-1] for e in exact])),
                methods={})
     del batch
+    mask = exact_masked = None
+    if filter_share is not None:
+        mask = filter_mask(len(codes), filter_share)
+        exact_masked = [scan_top_k(codes, q, k, mask) for q in queries]
+        out["filter_share"] = float(mask.mean())
     for label, builder in methods.items():
         index = builder(codes)
-        settings = [(f"{label}-nprobe{p}", dict(nprobe=p)) for p in nprobes] if isinstance(index, IVFIndex) \
+        option = getattr(index, "option", "")
+        values = (sweeps or {}).get(label) or getattr(index, "sweep", ())
+        settings = [(f"{label}-{option}{v}", {option: v}) for v in values] if option and values \
             else [(label, {})]
         for setting, options in settings:
-            out["methods"][setting] = _bench_method(index, codes, queries, exact, k, options)
+            entry = _bench_method(index, codes, queries, exact, k, options)
+            if mask is not None:
+                filtered = _bench_method(index, codes, queries, exact_masked, k, options, mask)
+                entry.update({f"filtered_{key}": filtered[key] for key in
+                              ("ms", "exact_ms", "speedup", "recall", "recall_min")})
+            out["methods"][setting] = entry
         del index
         gc.collect()
     return out
 
 
-def _bench_method(index, codes: np.ndarray, queries: np.ndarray, exact: list, k: int, options: dict) -> dict:
-    index.search(queries[0], k, **options)  # compile outside the timing
+def _bench_method(index, codes: np.ndarray, queries: np.ndarray, exact: list, k: int, options: dict,
+                  mask: np.ndarray | None = None) -> dict:
+    index.search(queries[0], k, mask, **options)  # compile outside the timing
     # the scan and the method query by query, in turns: both see the same load on shared cores
     found, ms, scan_ms = [], [], []
     for q in queries:
-        scan_ms.append(_timed(lambda q: scan_top_k(codes, q, k), [q])[1][0])
-        result, t = _timed(lambda q: index.search(q, k, **options), [q])
+        scan_ms.append(_timed(lambda q: scan_top_k(codes, q, k, mask), [q])[1][0])
+        result, t = _timed(lambda q: index.search(q, k, mask, **options), [q])
         found.append(result[0])
         ms.append(t[0])
     ms, scan_ms = np.asarray(ms), np.asarray(scan_ms)
@@ -186,41 +207,74 @@ def _bench_method(index, codes: np.ndarray, queries: np.ndarray, exact: list, k:
                  speedup=float(np.median(scan_ms) / np.median(ms)),
                  recall=float(recall.mean()), recall_min=float(recall.min()),
                  identical_rows=float(np.mean(same)))
-    if isinstance(index, MIHIndex):
-        entry["fallbacks"] = index.fallbacks
     return entry
 
 
-def default_methods() -> dict:
-    return {"lsh": lambda c: LSHIndex(c), "lsh-probe1": lambda c: LSHIndex(c, probes=1),
-            "mih": lambda c: MIHIndex(c), "ivf": lambda c: IVFIndex(c)}
+def _builder(method: str, params: dict):
+    def build(codes: np.ndarray):
+        return build_ann(codes, method, progress=True, **params)
+    return build
+
+
+def default_methods(params: dict | None = None) -> dict:
+    """label -> builder(codes) for every adapter of ``indexer.ann``; ``params[label]`` are its
+    build options."""
+    return {name: _builder(name, (params or {}).get(name, {})) for name in ANN_METHODS}
+
+
+def parse_sweeps(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["hnsw=1000,2000", "ivf=64"]`` -> {"hnsw": (1000, 2000), "ivf": (64,)}."""
+    sweeps = {}
+    for item in items or []:
+        label, _, values = item.partition("=")
+        try:
+            sweeps[label.strip()] = tuple(int(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise LookalikeError(f"--sweep takes METHOD=INT,INT,..., got {item!r}") from None
+        if not sweeps[label.strip()] or min(sweeps[label.strip()]) < 0:
+            raise LookalikeError(f"--sweep takes METHOD=INT,INT,... of values >= 0, got {item!r}")
+    return sweeps
+
+
+def parse_params(items: list[str] | None) -> dict[str, dict[str, int]]:
+    """``["hnsw.m=16", "ivf.nlist=8192"]`` -> {"hnsw": {"m": 16}, "ivf": {"nlist": 8192}}."""
+    params: dict[str, dict[str, int]] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        label, _, name = key.partition(".")
+        try:
+            params.setdefault(label.strip(), {})[name.strip()] = int(value)
+        except ValueError:
+            raise LookalikeError(f"--param takes METHOD.NAME=INT, got {item!r}") from None
+        if not name.strip():
+            raise LookalikeError(f"--param takes METHOD.NAME=INT, got {item!r}")
+    return params
 
 
 def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list[str] | None = None,
                     n_queries: int = 100, uniform: bool = True, noise_scale: float = 1.0,
                     seed: int = 0, methods: dict | list[str] | None = None,
-                    nprobes: tuple[int | str, ...] = IVF_NPROBES) -> dict:
+                    sweeps: dict[str, tuple[int, ...]] | None = None,
+                    params: dict[str, dict] | None = None, filter_share: float | None = None) -> dict:
     """The whole benchmark: realistic codes from each source index, then uniform random codes.
 
-    ``methods``: names from ``default_methods()`` or a dict label -> builder(codes); ``nprobes``:
-    the IVF settings measured (positive integers).
+    ``methods``: names from ``indexer.ann.ANN_METHODS`` or a dict label -> builder(codes);
+    ``sweeps``: label -> values of the method's search-time option; ``params``: label -> build
+    options; ``filter_share``: also measure every setting under a filter keeping that share.
     """
-    try:
-        nprobes = tuple(int(p) for p in nprobes)
-    except ValueError:
-        raise LookalikeError(f"nprobes must be positive integers, got {','.join(map(str, nprobes))}") from None
-    if not nprobes or min(nprobes) < 1:
-        raise LookalikeError(f"nprobes must be positive integers, got {','.join(map(str, nprobes))}")
-
-    if source_indexes is None:
-
-        source_indexes = [str(ensure_demo_index("mars"))]
+    if filter_share is not None and not 0 < filter_share <= 1:
+        raise LookalikeError(f"the filter share must be in (0, 1], got {filter_share}")
+    known = default_methods(params)
+    unknown = sorted((set(params or {}) | set(sweeps or {})) - set(known))
+    if unknown:
+        raise LookalikeError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(known)}")
     if methods is None or isinstance(methods, (list, tuple)):
-        known = default_methods()
         unknown = sorted(set(methods or []) - set(known))
         if unknown:
             raise LookalikeError(f"unknown methods {', '.join(unknown)}; choose from {', '.join(known)}")
         methods = {name: known[name] for name in (methods or known)}
+    if source_indexes is None:
+        source_indexes = [str(ensure_demo_index("mars"))]
     runs = []
     for path in source_indexes:
         index = open_index(path)
@@ -229,7 +283,8 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         archive, queries, info = realistic_codes(np.asarray(index.codes), index.tiles, n, n_queries,
                                                  noise_scale=noise_scale, seed=seed)
         sources = sorted(set(index.tiles["source"]))
-        run = bench_codes(archive, queries, k, methods, name=f"realistic ({', '.join(sources)})", nprobes=nprobes)
+        run = bench_codes(archive, queries, k, methods, name=f"realistic ({', '.join(sources)})", sweeps=sweeps,
+                          filter_share=filter_share)
         run["replication"] = info
         runs.append(run)
         del archive
@@ -238,27 +293,33 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         rng = np.random.default_rng(seed)
         archive = rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
         queries = rng.integers(0, 256, size=(n_queries, bits // 8), dtype=np.uint8)
-        runs.append(bench_codes(archive, queries, k, methods, name="uniform random", nprobes=nprobes))
+        runs.append(bench_codes(archive, queries, k, methods, name="uniform random", sweeps=sweeps,
+                                filter_share=filter_share))
         del archive
         gc.collect()
     return dict(n=n, bits=bits, k=k, threads=numba.get_num_threads(), runs=runs)
 
 
 def markdown_table(results: list[dict]) -> str:
-    """One row per (code set, method) over one or more ``bench_sublinear`` results."""
-    lines = ["| N | codes | method | recall@k | ms (median) | exact ms | speed-up | build s | table bytes/item |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per (code set, method setting) over one or more ``bench_sublinear`` results; the
+    filter columns hold the same measurement under the run's filter (``-`` without one)."""
+    lines = ["| N | codes | method | recall@k | ms (median) | exact ms | speed-up | filtered recall | "
+             "filtered speed-up | build s | bytes/item |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         for run in result["runs"]:
             scale = run.get("replication", {}).get("noise_scale", 1.0)
-            run = dict(run, codes=run["codes"] + (f", noise x{scale:g}" if scale != 1.0 else ""))
-            lines.append(f"| {run['n']:,} | {run['codes']} | exact scan | 1.000 | {run['exact_ms']:.1f} | "
-                         f"{run['exact_ms']:.1f} | 1.0 | - | 0 |")
-            lines.append(f"| {run['n']:,} | {run['codes']} | exact, batch of {run['n_queries']} | 1.000 | "
-                         f"{run['batch_ms_per_query']:.1f} / query | {run['exact_ms']:.1f} | "
-                         f"{run['exact_ms'] / run['batch_ms_per_query']:.1f} | - | 0 |")
+            codes = run["codes"] + (f", noise x{scale:g}" if scale != 1.0 else "")
+            head = f"| {run['n']:,} | {codes} |"
+            lines.append(f"{head} exact scan | 1.000 | {run['exact_ms']:.1f} | {run['exact_ms']:.1f} | 1.0 | "
+                         f"{'1.000' if 'filter_share' in run else '-'} | - | - | 0 |")
+            lines.append(f"{head} exact, batch of {run['n_queries']} | 1.000 | {run['batch_ms_per_query']:.1f} / "
+                         f"query | {run['exact_ms']:.1f} | {run['exact_ms'] / run['batch_ms_per_query']:.1f} | - | - "
+                         "| - | 0 |")
             for label, m in run["methods"].items():
-                lines.append(f"| {run['n']:,} | {run['codes']} | {label} | {m['recall']:.3f} | {m['ms']:.2f} | "
-                             f"{m.get('exact_ms', run['exact_ms']):.1f} | {m['speedup']:.2f} | "
-                             f"{m['build_seconds']:.1f} | {m['bytes_per_item']:.0f} |")
+                filtered = (f"{m['filtered_recall']:.3f} | {m['filtered_speedup']:.2f}" if "filtered_recall" in m
+                            else "- | -")
+                lines.append(f"{head} {label} | {m['recall']:.3f} | {m['ms']:.2f} | {m['exact_ms']:.1f} | "
+                             f"{m['speedup']:.2f} | {filtered} | {m['build_seconds']:.1f} | "
+                             f"{m['bytes_per_item']:.0f} |")
     return "\n".join(lines)

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError
+from lookalike.indexer.ann import build_ann, calibrate
 from lookalike.indexer.build import index_images, index_rasters
 from lookalike.indexer.catalogue import catalogue_summary, place_index_at_observations
 from lookalike.indexer.distributed import (
@@ -19,7 +22,7 @@ from lookalike.indexer.distributed import (
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.shards import read_shards
 from lookalike.indexer.sources import RasterSource
-from lookalike.indexer.store import open_index
+from lookalike.indexer.store import open_index, read_manifest, write_ann
 from lookalike.indexer.tiling import Zone
 from lookalike.workflows.landmarks import classify_chips
 
@@ -49,15 +52,22 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                 backbone: str = "efficientnet_lite0", weights: str | None = None, batch_size: int = 64,
                 runtime: str = "auto", append: bool = False, scheduler: str | None = None,
                 shards: int | None = None, footprints: str | None = None, classify: str | None = None,
-                progress: bool = True) -> Path:
+                ann: str | None = None, ann_params: dict | None = None, progress: bool = True) -> Path:
     """Build (or ``append`` to) an index from ``rasters`` (paths or mosaic names) or from an
     image folder (``images`` + ``labels``); returns its path.
 
     ``scheduler`` runs tiling and encoding on a dask cluster ('local' for one on this machine);
     ``shards`` writes that many index directories plus ``shards.json``. For image chips,
     ``footprints`` places them at HiRISE observations ('hirise' or a CSV) and ``classify`` fills
-    the landmark catalogue with a classifier ('hirise', 'msl' or a file).
+    the landmark catalogue with a classifier ('hirise', 'msl' or a file). ``ann`` ('hnsw', ...)
+    stores an approximate index with the codes (``index_ann``); with no rasters or images it is
+    added to the existing index at ``out``. An index that has one keeps it through appends.
     """
+    if ann and shards:
+        raise LookalikeError("--ann works on one index, not with --shards")
+    if ann and not rasters and not images:
+        index_ann(out, ann, ann_params, progress=progress)
+        return Path(out)
     if bool(rasters) == bool(images):
         raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
     if images and not labels:
@@ -96,7 +106,32 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                              min_valid=min_valid, append=append, shards=shards, progress=progress)
     if images and not shards:
         catalogue_chips(path, images, footprints=footprints, classify=classify, progress=progress)
+    if not shards and (ann or _uncalibrated(path)):
+        index_ann(path, ann, ann_params, progress=progress)
     return Path(path)
+
+
+def _uncalibrated(path: str | Path) -> bool:
+    info = read_manifest(path).get("ann")
+    return info is not None and info.get("calibration") is None
+
+
+def index_ann(path: str | Path, method: str | None = None, params: dict | None = None,
+              k: int = 1000, progress: bool = True) -> dict:
+    """Store an approximate index of ``method`` with the index at ``path`` (replacing any), or,
+    with ``method`` None, measure again the one it has (an append extended it). Its recall@k
+    and speed against the scan, on the index's own tiles, go into the manifest
+    (``indexer.ann.calibrate``): ``search(method="auto")`` uses it only where they met the bar."""
+    index = open_index(path)
+    if method is None:
+        ann = index.ann()
+        if ann is None:
+            raise LookalikeError(f"{path} has no approximate index; say which to build (--ann hnsw)")
+    else:
+        ann = build_ann(np.asarray(index.codes), method, progress=progress, **(params or {}))
+    calibration = calibrate(ann, k=k)
+    write_ann(path, ann, calibration)
+    return calibration
 
 
 def catalogue_chips(path: str | Path, images: str | Path, *, footprints: str | None = None,
@@ -125,6 +160,9 @@ def index_summary(path: str | Path, verify: bool = True) -> dict:
     if index.landmarks is not None:
         summary["landmarks"] = catalogue_summary(index.tiles, index.landmarks)
         summary["bytes_per_tile"]["landmarks"] = m["files"]["landmarks"]["bytes"] / n
+    if index.ann_info is not None:
+        summary["ann"] = index.ann_info
+        summary["bytes_per_tile"]["ann"] = m["files"]["ann"]["bytes"] / n
     return summary
 
 

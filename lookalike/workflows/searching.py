@@ -29,7 +29,7 @@ def read_region(path: str | Path) -> dict:
 
 
 def run_search(index: str | Path, query: Query, *, k: int = 1000, filters: Filters | None = None,
-               method: str = "exact", scheduler: str | None = None, verify: bool = True,
+               method: str = "auto", scheduler: str | None = None, verify: bool = True,
                geojson: str | Path | None = None) -> tuple[pd.DataFrame, float]:
     """The hits of ``query`` and the milliseconds the search itself took.
 
