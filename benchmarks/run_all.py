@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "encode": [*LOOKALIKE, "bench", "encode", "--n", "256", "--repeat", "5",
                "--json", str(RESULTS / "encode.json")],
     "sublinear": [*LOOKALIKE, "bench", "sublinear", "--n", "10000000", "--k", "1000", "--queries", "50",
+                  "--methods", "hnsw,ivf,lsh", "--filter-share", "0.1", "--no-uniform",
                   "--json", str(RESULTS / "sublinear.json")],
     "memory": [sys.executable, str(REPO / "benchmarks" / "memory.py")],
     "retrieval": [sys.executable, str(REPO / "benchmarks" / "retrieval_table.py")],

@@ -20,6 +20,9 @@ lsh        faiss ``IndexBinaryMultiHash``         ``nflip``         the exact sc
 faiss refuses selectors for its binary IVF and hash indexes and usearch's Python API has no
 predicate, so those answer a filtered query with the exact scan over the kept rows: a filter is
 always applied before ranking, never to a truncated top-k afterwards.
+
+A saved usearch graph is memory-mapped when loaded; faiss reads its binary indexes into memory
+whole (its mmap flags do not apply to them: the resident size grows by the file's size).
 """
 
 from __future__ import annotations
@@ -311,6 +314,9 @@ class UsearchHNSW(BinaryANN):
         return len(self.index)
 
     def _library_add(self, codes: np.ndarray) -> None:
+        if getattr(self, "viewed", None):  # a memory-mapped view is read-only: read it whole first
+            self.index.load(str(self.viewed))
+            self.viewed = None
         start = len(self.index)
         self.index.add(np.arange(start, start + len(codes), dtype=np.uint64), codes, threads=USEARCH_ADD_THREADS)
 
@@ -331,12 +337,13 @@ class UsearchHNSW(BinaryANN):
         BinaryANN.__init__(self, codes, **params)
         self.index = self._new_index()
         try:
-            self.index.load(str(path))
+            self.index.view(str(path))  # memory-mapped: pages come in as walks touch them
         except (RuntimeError, ValueError) as exc:
             raise IndexCorruptError(f"{path} is not a readable usearch index ({exc})") from None
         if len(self.index) != len(codes) or self.index.ndim != self.bits:
             raise IndexCorruptError(f"{path} holds {len(self.index)} codes of {self.index.ndim} bits; the "
                                     f"index has {len(codes)} of {self.bits}")
+        self.viewed = Path(path)
         return self
 
 

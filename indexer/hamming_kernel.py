@@ -16,6 +16,7 @@ from numba import types
 from numba.extending import intrinsic
 
 EXCLUDED = np.uint16(0xFFFF)  # distance recorded for rows a filter mask removes
+SPARSE_MASK = 0.05  # a filter keeping at most this share of the rows is scanned through its row list
 
 
 @intrinsic
@@ -38,13 +39,33 @@ def _scan(codes, query, mask, use_mask, out, hist):
         start = p * step
         stop = min(n, start + step)
         for i in range(start, stop):
-            if use_mask and not mask[i]:
-                out[i] = 0xFFFF
-                continue
             d = 0
             for w in range(words):
                 d += _popcount64(codes[i, w] ^ query[w])
-            out[i] = d
+            if use_mask:
+                # branch-free: a random filter would mispredict a branch on every other kept row
+                keep = mask[i]
+                out[i] = d if keep else 0xFFFF
+                hist[p, d] += np.int64(keep)
+            else:
+                out[i] = d
+                hist[p, d] += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _scan_rows(codes, query, rows, out, hist):
+    """``_scan`` over the given rows only (increasing): out[j] is the distance of rows[j]."""
+    n = rows.shape[0]
+    words = codes.shape[1]
+    parts = hist.shape[0]
+    step = (n + parts - 1) // parts
+    for p in numba.prange(parts):
+        for j in range(p * step, min(n, (p + 1) * step)):
+            i = rows[j]
+            d = 0
+            for w in range(words):
+                d += _popcount64(codes[i, w] ^ query[w])
+            out[j] = d
             hist[p, d] += 1
 
 
@@ -77,9 +98,16 @@ def scan_top_k(codes: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | 
     bits = nbytes * 8
     parts = max(1, (threads or numba.get_num_threads()) * 4)
     hist = np.zeros((parts, bits + 1), dtype=np.int64)
-    dist = np.empty(n, dtype=np.uint16)
-    use_mask = mask is not None
-    _scan(codes64, q64, mask if use_mask else np.ones(1, np.bool_), use_mask, dist, hist)
+    kept = None
+    if mask is not None and n and np.count_nonzero(mask) <= SPARSE_MASK * n:
+        # a narrow filter: visit its rows only, not every row (the codes of the rest stay unread)
+        kept = np.flatnonzero(mask)
+        dist = np.empty(len(kept), dtype=np.uint16)
+        _scan_rows(codes64, q64, kept, dist, hist)
+    else:
+        dist = np.empty(n, dtype=np.uint16)
+        use_mask = mask is not None
+        _scan(codes64, q64, mask if use_mask else np.ones(1, np.bool_), use_mask, dist, hist)
     counts = hist.sum(axis=0)
     available = int(counts.sum())
     k = min(int(k), available)
@@ -90,6 +118,8 @@ def scan_top_k(codes: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | 
     below = int(cumulative[threshold - 1]) if threshold > 0 else 0
     rows = _collect(dist, threshold, k - below, k)
     d = dist[rows]
+    if kept is not None:
+        rows = kept[rows]
     order = np.lexsort((rows, d))
     return rows[order], d[order]
 

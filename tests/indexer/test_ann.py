@@ -90,6 +90,17 @@ def test_batch_scan_matches_reference_and_single(data, k, masked):
         assert_same((rows, dist), scan_top_k(codes, q, k, mask))
 
 
+@pytest.mark.parametrize("share", [0.0, 0.001, 0.05, 0.06, 0.5, 0.9])
+@pytest.mark.parametrize("k", [1, 50, 5000])
+def test_scan_under_filters_of_every_width(data, share, k):
+    """Narrow filters (at most SPARSE_MASK of the rows) scan their row list, wide ones every row
+    with the mask applied branch-free: both give the reference answer."""
+    codes, queries, _ = data
+    mask = np.random.default_rng(int(share * 1000) + k).random(len(codes)) < share
+    for q in queries[:4]:
+        assert_same(scan_top_k(codes, q, k, mask), reference(codes, q, k, mask))
+
+
 def test_batch_scan_groups_and_compaction(data):
     """Tiny buffers force query groups (several reads) and many compactions: same answer."""
     codes, queries, mask = data
@@ -228,6 +239,8 @@ def test_save_load_and_add_equal_a_fresh_build(small, ann, tmp_path, monkeypatch
     assert loaded.n == len(codes)
     for q in queries:
         assert_exact_answer(loaded.search(q, 200, **EXHAUSTIVE[ann.method]), reference(codes, q, 200), codes, q)
+    loaded.add(codes[:5])  # a loaded index (for usearch a read-only memory map) still grows
+    assert loaded.n == len(codes) + 5 and len(loaded.codes) == len(codes) + 5
     # grown in two steps, as --append does (on codes without the clusters' duplicates: a graph
     # grown onto hundreds of copies of a few codes leaves some unreachable, one built at once not)
     spread = np.random.default_rng(5).integers(0, 256, (2000, 16), dtype=np.uint8)
