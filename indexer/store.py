@@ -204,10 +204,23 @@ def _read_table(path: Path, files: dict, role: str) -> pd.DataFrame:
     from pyarrow.lib import ArrowException
 
     try:
-        return pd.read_parquet(path / files[role]["name"])
+        table = pd.read_parquet(path / files[role]["name"])
     except (ValueError, ArrowException) as exc:
         raise IndexCorruptError(f"{path}: the {role} file {files[role]['name']} is not a readable "
                                 f"table ({exc})") from None
+    return _one_chunk(table)
+
+
+def _one_chunk(table: pd.DataFrame) -> pd.DataFrame:
+    """Arrow-backed columns (strings) joined into one chunk each. Parquet is read in row groups;
+    picking the k hit rows from a column of many chunks costs a pass over all of them on every
+    search (13 ms at 10 M tiles), from one chunk well under a millisecond."""
+    for column in table.columns:
+        values = table[column].array
+        chunked = getattr(values, "_pa_array", None)
+        if chunked is not None and chunked.num_chunks > 1:
+            table[column] = pd.Series(type(values)(chunked.combine_chunks()), index=table.index, name=column)
+    return table
 
 
 def _write_file(path: Path, name: str, writer) -> dict:
