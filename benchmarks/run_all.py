@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "sublinear": [*LOOKALIKE, "bench", "sublinear", "--n", "10000000", "--k", "1000", "--queries", "50",
                   "--methods", "hnsw,ivf,lsh", "--filter-share", "0.1", "--no-uniform",
                   "--json", str(RESULTS / "sublinear.json")],
+    "index": [*LOOKALIKE, "bench", "index", "mars_8k", "--json", str(RESULTS / "index_mars.json")],
     "memory": [sys.executable, str(REPO / "benchmarks" / "memory.py")],
     "retrieval": [sys.executable, str(REPO / "benchmarks" / "retrieval_table.py")],
     "classification": [sys.executable, str(REPO / "benchmarks" / "classification_table.py")],

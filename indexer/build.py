@@ -12,8 +12,10 @@ commits through ``commit``, so both paths give the same index.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,11 +26,14 @@ from tqdm.auto import tqdm
 from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.fileio import save_npy
 from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.pipeline import StageTimes, prefetch_chunks
 from lookalike.indexer.shards import SHARD_MANIFEST, write_shards
 from lookalike.indexer.sources import RasterSource, load_image, read_labels
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, remove_stale, write_index
 from lookalike.indexer.tiling import TileGrid, TilePlace, Zone
-from lookalike.models.hashing import LinearHash, NetworkHash, load_hash_model, resolve_hash
+from lookalike.models.hashing import (
+    ITQ, LinearHash, NetworkHash, fitted_on_features, load_hash_model, named_hash, resolve_hash,
+)
 
 CHUNK = 512
 
@@ -88,47 +93,95 @@ def save_chunk(work: Path, i: int, features: np.ndarray, table: pd.DataFrame) ->
 
 
 def join_chunks(features: list[np.ndarray], tables: list[pd.DataFrame],
-                dim: int) -> tuple[np.ndarray, pd.DataFrame]:
+                dim: int, dtype=np.float32) -> tuple[np.ndarray, pd.DataFrame]:
     if not tables:
-        return np.zeros((0, dim), np.float32), pd.DataFrame()
+        return np.zeros((0, dim), dtype), pd.DataFrame()
     return np.concatenate(features), pd.concat(tables, ignore_index=True)
 
 
 def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder: Encoder,
                   work: Path, total: int | None = None, desc: str = "encoding",
-                  progress: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
-    """Encode (record, image) pairs chunk by chunk, reusing chunks already in ``work``."""
+                  progress: bool = True, hash_model: LinearHash | NetworkHash | None = None,
+                  times: StageTimes | None = None, prefetch: int = 2) -> tuple[np.ndarray, pd.DataFrame]:
+    """Encode (record, image) pairs chunk by chunk, reusing chunks already in ``work``.
+
+    The pairs are made ``prefetch`` chunks ahead on a background thread while the current chunk
+    is encoded (0: one after the other). With ``hash_model`` each chunk is hashed as soon as it
+    is encoded and only its codes are kept in memory, so memory does not grow with the source
+    by 4 bytes per feature per tile; without it the features are returned (a PCA-ITQ model is
+    fitted on all of them). ``times`` collects the seconds of each stage.
+    """
     work.mkdir(parents=True, exist_ok=True)
-    features, tables = [], []
+    times = times if times is not None else StageTimes()
+    if prefetch:
+        chunks = prefetch_chunks(records_and_images, CHUNK, prefetch, times, "read")
+    else:
+        chunks = _timed_chunks(records_and_images, CHUNK, times, "read")
+    kept, tables = [], []
     # closed on errors too, so that an error message starts a line of its own
     with tqdm(total=total, desc=desc, unit="tile", disable=not progress, smoothing=0.05) as bar:
-        for i, chunk in enumerate(_chunked(records_and_images, CHUNK)):
-            table = pd.DataFrame([r for r, _ in chunk])
-            done = load_chunk(work, i, list(table["tile_id"]))
+        for i, chunk in enumerate(chunks):
+            with times.timing("prepare"):
+                table = pd.DataFrame([r for r, _ in chunk])
+                done = load_chunk(work, i, list(table["tile_id"]))
+                batch = None if done is not None else np.stack([img for _, img in chunk])
             if done is None:
-                feats = encoder.features(np.stack([img for _, img in chunk]))
-                save_chunk(work, i, feats, table)
+                with times.timing("encode"):
+                    feats = encoder.features(batch)
+                with times.timing("save"):
+                    save_chunk(work, i, feats, table)
                 done = feats, table
-            features.append(done[0])
+            if hash_model is not None:
+                with times.timing("hash"):
+                    kept.append(hash_model.encode(done[0]))
+            else:
+                kept.append(done[0])
             tables.append(done[1])
             bar.update(len(chunk))
-    return join_chunks(features, tables, encoder.dim)
+    if hash_model is not None:
+        return join_chunks(kept, tables, hash_model.bits // 8, np.uint8)
+    return join_chunks(kept, tables, encoder.dim)
 
 
-def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str | None,
-              append: bool, backbone: str) -> tuple[LinearHash | NetworkHash, bytes | None]:
+def _timed_chunks(items: Iterable, size: int, times: StageTimes, stage: str) -> Iterator[list]:
+    iterator = iter(items)
+    while True:
+        t0 = time.perf_counter()
+        chunk = list(itertools.islice(iterator, size))
+        times.add(stage, time.perf_counter() - t0)
+        if not chunk:
+            return
+        yield chunk
+
+
+def fixed_hash(out: Path, bits: int | None, hash_path: str | None, append: bool,
+               backbone: str) -> tuple[LinearHash | NetworkHash, bytes | None] | None:
+    """The hash model of a build when it does not depend on the features: the index's own on
+    ``--append``, the shipped default, or a model file (with its bytes for a new index); None
+    for PCA-ITQ, which is fitted on them. Raises when the model cannot be used here."""
     if append and (out / MANIFEST).exists():
         model = load_hash_model(open_index(out).hash_model_path)
-        if hash_path and hash_path != "itq":
-            given = resolve_hash(hash_path, features, bits, backbone)
+        if hash_path and hash_path != ITQ:
+            given = named_hash(hash_path, bits)
             if given.to_bytes() != model.to_bytes():
                 raise LookalikeError(f"--hash {hash_path} differs from the hash model of {out}; "
                                      "appended codes must use the index's own model")
         return model, None
-    model = resolve_hash(hash_path, features, bits, backbone)
+    if fitted_on_features(hash_path, bits):
+        return None
+    model = named_hash(hash_path, bits)
     if model.backbone and model.backbone != backbone:
         raise LookalikeError(f"hash model was trained on {model.backbone} features, "
                              f"but the encoder is {backbone}")
+    return model, model.to_bytes()
+
+
+def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str | None,
+              append: bool, backbone: str) -> tuple[LinearHash | NetworkHash, bytes | None]:
+    fixed = fixed_hash(out, bits, hash_path, append, backbone)
+    if fixed is not None:
+        return fixed
+    model = resolve_hash(hash_path, features, bits, backbone)
     return model, model.to_bytes()
 
 
@@ -175,20 +228,18 @@ def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
 
 def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, backbone: dict,
            bits: int | None, hash_path: str | None, append: bool, info: dict,
-           shards: int | None = None) -> Path:
+           shards: int | None = None, hashed: tuple | None = None) -> Path:
     """Hash the features and write the index (or ``shards`` indexes); ``backbone`` is
-    ``Encoder.describe()`` of the encoder that made the features."""
+    ``Encoder.describe()`` of the encoder that made the features. With ``hashed`` (the model
+    and its bytes, from ``fixed_hash``) ``features`` are already that model's codes."""
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
     table["time"] = (pd.to_datetime(table["time"], utc=True) if "time" in table
                      else pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]"))
-    model, model_bytes = _hash_for(out, features, bits, hash_path, append, backbone["name"])
-    if append and (out / MANIFEST).exists():
-        old = open_index(out).manifest
-        if old.get("backbone", {}).get("weights_sha256") != backbone["weights_sha256"]:
-            raise LookalikeError(f"{out} was built with another backbone or weights; cannot append")
-    codes = model.encode(features)
+    model, model_bytes = hashed or _hash_for(out, features, bits, hash_path, append, backbone["name"])
+    check_backbone(out, append, backbone)
+    codes = features if hashed else model.encode(features)
     table = lean_tiles(table)
     info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta),
                 build=work.name)
@@ -207,6 +258,14 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
         raise
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def check_backbone(out: Path, append: bool, backbone: dict) -> None:
+    """Appended codes must come from the backbone and weights the index was built with."""
+    if append and (out / MANIFEST).exists():
+        old = open_index(out).manifest
+        if old.get("backbone", {}).get("weights_sha256") != backbone["weights_sha256"]:
+            raise LookalikeError(f"{out} was built with another backbone or weights; cannot append")
 
 
 def raster_plan(sources: list[RasterSource], out: Path, *, size: int, stride: int,
@@ -239,9 +298,11 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
                   bbox: tuple[float, float, float, float] | None = None, bits: int | None = None,
                   hash_path: str | None = None, encoder: Encoder | None = None,
                   min_valid: float = 0.5, append: bool = False, progress: bool = True,
-                  shards: int | None = None) -> Path:
+                  shards: int | None = None, times: StageTimes | None = None, prefetch: int = 2) -> Path:
     """Tile, encode and index rasters. ``gsd`` defaults to the first source's native resolution;
-    ``shards`` writes that many indexes plus a shard manifest (``indexer.distributed``)."""
+    ``shards`` writes that many indexes plus a shard manifest (``indexer.distributed``).
+    Tiles are cut ``prefetch`` chunks ahead of the encoder on another thread (0: serially);
+    ``times`` collects the seconds of each stage (``indexer.pipeline.StageTimes``)."""
     out = Path(out)
     check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder()
@@ -250,22 +311,30 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
     if finished(out, work):
         return out
     check_out(out, append, shards)
+    # a model known before encoding (not PCA-ITQ) hashes each chunk at once: memory stays flat
+    hashed = fixed_hash(out, bits, hash_path, append, encoder.describe()["name"])
+    check_backbone(out, append, encoder.describe())
 
     def stream():
         for source in sources:
             for place, pixels in source.tiles(grid, zones=zones, bbox=bbox, min_valid=min_valid):
                 yield tile_record(source, grid, place), pixels
 
-    features, table = encode_chunks(stream(), encoder, work, desc="tiling+encoding", progress=progress)
-    return commit(out, work, features, table, encoder.describe(), bits, hash_path, append, info, shards)
+    features, table = encode_chunks(stream(), encoder, work, desc="tiling+encoding", progress=progress,
+                                    hash_model=hashed[0] if hashed else None, times=times, prefetch=prefetch)
+    return commit(out, work, features, table, encoder.describe(), bits, hash_path, append, info, shards,
+                  hashed=hashed)
 
 
 def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                  split: str | None = None, image_size: int = 224, bits: int | None = None,
                  hash_path: str | None = None, encoder: Encoder | None = None,
                  append: bool = False, source: str | None = None, progress: bool = True,
-                 shards: int | None = None) -> Path:
-    """Index a folder of labelled image chips (every CSV column is kept in the tile table)."""
+                 shards: int | None = None, times: StageTimes | None = None, prefetch: int = 0) -> Path:
+    """Index a folder of labelled image chips (every CSV column is kept in the tile table).
+    With ``prefetch`` images are decoded and resized that many chunks ahead of the encoder on
+    another thread; off by default: decoding is cheap next to encoding, and on 2 cores the
+    thread slowed the encoder more than it saved (``lookalike bench index --images``)."""
     out, root = Path(out), Path(root)
     check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder(image_size=image_size)
@@ -274,7 +343,11 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
     if finished(out, work):
         return out
     check_out(out, append, shards)
+    hashed = fixed_hash(out, bits, hash_path, append, encoder.describe()["name"])
+    check_backbone(out, append, encoder.describe())
     pairs = ((rec, load_image(root / rec["path"], image_size)) for rec in records.to_dict("records"))
-    features, tiles = encode_chunks(pairs, encoder, work, total=len(records),
-                                    desc="encoding images", progress=progress)
-    return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards)
+    features, tiles = encode_chunks(pairs, encoder, work, total=len(records), desc="encoding images",
+                                    progress=progress, hash_model=hashed[0] if hashed else None, times=times,
+                                    prefetch=prefetch)
+    return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards,
+                  hashed=hashed)

@@ -110,7 +110,8 @@ def cmd_index(args) -> None:
                       bits=args.bits, backbone=args.backbone, weights=args.weights,
                       batch_size=args.batch_size, runtime=args.runtime, append=args.append,
                       scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
-                      classify=args.classify, ann=args.ann, ann_params=_ann_params(args.ann_param))
+                      classify=args.classify, ann=args.ann, ann_params=_ann_params(args.ann_param),
+                      prefetch=args.prefetch)
     _write_json(None, shards_summary(out) if args.shards else index_summary(out, verify=False))
 
 
@@ -238,6 +239,19 @@ def cmd_bench_sublinear(args) -> None:
     _write_json(args.json, result)
 
 
+def cmd_bench_index(args) -> None:
+    from lookalike.bench.index import bench_index
+    from lookalike.workflows.indexing import raster_sources
+
+    sources = raster_sources(args.rasters, crs=args.crs, bounds=args.bounds) if args.rasters else None
+    result = bench_index(sources, images=args.images, labels=args.labels, split=args.split,
+                         image_size=args.image_size,
+                         size=args.tile_size, stride=args.stride, gsd=args.gsd, zones=args.zones, bbox=args.bbox,
+                         runtime=args.runtime, batch_size=args.batch_size, serial=not args.no_serial,
+                         encode_sample=args.encode_sample)
+    _write_json(args.json, result)
+
+
 def cmd_bench_encode(args) -> None:
     from lookalike.bench.encode import bench_encode, markdown_table
 
@@ -330,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store an approximate index (hnsw: faiss HNSW graph; usearch; ivf; lsh), measured "
                         "against the scan so that --method auto uses it only where it keeps recall@1000 >= 0.95; "
                         "with no rasters or images, add it to the index at --out")
+    i.add_argument("--prefetch", type=int, metavar="CHUNKS",
+                   help="chunks of 512 tiles cut ahead of the encoder on another thread (default: 2 for "
+                        "rasters, 0 for --images; 0 turns it off)")
     i.add_argument("--ann-param", action="append", metavar="NAME=INT",
                    help="a build option of --ann, e.g. m=32 or ef_construction=40 (hnsw); repeatable")
     i.add_argument("--scheduler", help="tile and encode on a dask cluster: its scheduler address "
@@ -491,6 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("--json")
     bl.set_defaults(func=cmd_bench_sublinear)
+    bx = bsub.add_parser("index", help="a whole index build vs the encoder alone on the same tiles, per stage")
+    bx.add_argument("rasters", nargs="*", help="GeoTIFF/COG paths or registered dataset names (mars_8k, earth_8k)")
+    bx.add_argument("--images", help="an image folder instead (with --labels)")
+    bx.add_argument("--labels")
+    bx.add_argument("--split", help="only this split of the labels CSV")
+    bx.add_argument("--image-size", type=int, default=224)
+    bx.add_argument("--crs", help="CRS for rasters that lack one")
+    bx.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
+    bx.add_argument("--tile-size", type=int, default=128)
+    bx.add_argument("--stride", type=int, default=64)
+    bx.add_argument("--gsd", type=float, help="metres per pixel of the tiles (default: native)")
+    bx.add_argument("--zones", type=_zones)
+    bx.add_argument("--bbox", type=_bbox)
+    bx.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"])
+    bx.add_argument("--batch-size", type=int, default=64)
+    bx.add_argument("--encode-sample", type=int, default=2048, help="tiles timed through the encoder alone")
+    bx.add_argument("--no-serial", action="store_true", help="skip the reference build without the pipeline")
+    bx.add_argument("--json")
+    bx.set_defaults(func=cmd_bench_index)
     be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs every candidate encoder path")
     be.add_argument("--n", type=int, default=256)
     be.add_argument("--batch-size", type=int, default=64)

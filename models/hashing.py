@@ -214,6 +214,18 @@ def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None
         spec = ITQ if bits is not None else DEFAULT
     if spec == ITQ:
         return fit_itq(features, bits or 512, backbone=backbone)
+    return named_hash(spec, bits)
+
+
+def fitted_on_features(spec: str | None, bits: int | None = None) -> bool:
+    """Whether ``resolve_hash(spec, ..., bits)`` fits a model on the features (PCA-ITQ)."""
+    return spec == ITQ or (spec is None and bits is not None)
+
+
+def named_hash(spec: str | None, bits: int | None = None) -> LinearHash | NetworkHash:
+    """A hash model that exists before any features: ``"default"`` (or None) or a model file;
+    ``bits``, when given, must be its length."""
+    spec = spec or DEFAULT
     model = load_hash_model(default_hash_path() if spec == DEFAULT else spec)
     if bits is not None and bits != model.bits:
         raise CodeLengthError(f"hash model {spec} makes {model.bits}-bit codes, not {bits}; "

@@ -525,7 +525,7 @@ def _cli_families() -> dict[str, st.SearchStrategy]:
         Option("--scheduler", scheduler), Option("--shards", int_value(*VALID["shards"])),
         Option("--footprints", choice(["hirise", ws("notes"), ws("missing")])),
         Option("--classify", choice(["hirise", "msl", ws("notes")])),
-        Option("--ann", choice(["hnsw", "ivf", "lsh", "annoy"])),
+        Option("--ann", choice(["hnsw", "ivf", "lsh", "annoy"])), Option("--prefetch", choice(["0", "2", "-1", "x"])),
         Option("--ann-param", choice(["m=16", "m=0", "m", "nlist=-3", "colour=1", "key_bits=99"]))])
     retrieval = command_argv(["eval", "retrieval"], [], [
         must("--images", images, usable_images), must("--labels", labels, usable_labels),

@@ -152,6 +152,52 @@ def test_interrupted_build_resumes_from_chunks(tmp_path, monkeypatch, data_dir, 
     np.testing.assert_array_equal(np.asarray(a.codes), np.asarray(b.codes))
 
 
+def test_pipelined_build_equals_serial_and_resumes(tmp_path, monkeypatch, data_dir, encoder):
+    """The default build (tiles cut on a background thread, each chunk hashed at once with the
+    shipped model) writes the same codes and tile table, byte for byte, as the serial build;
+    interrupted, it resumes from its finished chunks."""
+    from lookalike.data.registry import DATASETS
+    from lookalike.indexer import build
+    from lookalike.indexer.pipeline import StageTimes
+    from lookalike.indexer.sources import RasterSource
+    from lookalike.indexer.store import open_index
+    from lookalike.indexer.tiling import Zone
+
+    monkeypatch.setattr(build, "CHUNK", 8)
+    ds = DATASETS["mars_8k"]
+    source = RasterSource(data_dir / ds.fname, name="mars_8k", crs=ds.crs, bounds=ds.bounds)
+    kwargs = dict(zones=[Zone(31, "N")], bbox=(0.0, 0.0, 6.0, 40.0), progress=False)
+    serial, times = tmp_path / "serial", StageTimes()
+    build.index_rasters([source], serial, encoder=encoder, prefetch=0, **kwargs)
+    build.index_rasters([source], tmp_path / "pipelined", encoder=encoder, prefetch=2, times=times, **kwargs)
+    assert {"read", "prepare", "encode", "save", "hash"} <= set(times.as_dict())
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        build.index_rasters([source], out, encoder=_FlakyEncoder(encoder, fail_after=2), **kwargs)
+    second = _FlakyEncoder(encoder)
+    build.index_rasters([source], out, encoder=second, **kwargs)
+    a = open_index(serial)
+    for other in (open_index(tmp_path / "pipelined"), open_index(out)):
+        pd.testing.assert_frame_equal(a.tiles, other.tiles)
+        np.testing.assert_array_equal(np.asarray(a.codes), np.asarray(other.codes))
+    assert second.calls == -(-a.n // 8) - 2  # the two finished chunks were reused
+
+
+def test_bench_index_json(tmp_path, data_dir):
+    out = tmp_path / "bench.json"
+    code, _, err = run_main(["bench", "index", "mars_8k", "--zones", "31N", "--bbox", "0,0,6,40",
+                             "--encode-sample", "64", "--json", str(out)], LOOKALIKE_DATA=data_dir)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert {"tiles", "tiles_per_s", "encode_tiles_per_s", "ratio", "peak_rss_mb", "stages"} <= set(result)
+    assert result["tiles"] > 0 and result["peak_rss_mb"] > 100
+    assert result["ratio"] == pytest.approx(result["tiles_per_s"] / result["encode_tiles_per_s"])
+    assert {"read", "encode", "hash", "commit"} <= set(result["stages"]) and result["serial_tiles_per_s"] > 0
+    code, _, err = run_main(["bench", "index", "--encode-sample", "0", "mars_8k"], LOOKALIKE_DATA=data_dir)
+    assert code == 2 and "encode-sample" in err
+
+
 def test_stale_chunks_are_not_reused(tmp_path, encoder):
     """A chunk file whose tile ids do not match is recomputed, not trusted."""
     from lookalike.indexer.build import encode_chunks

@@ -52,7 +52,8 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                 backbone: str = "efficientnet_lite0", weights: str | None = None, batch_size: int = 64,
                 runtime: str = "auto", append: bool = False, scheduler: str | None = None,
                 shards: int | None = None, footprints: str | None = None, classify: str | None = None,
-                ann: str | None = None, ann_params: dict | None = None, progress: bool = True) -> Path:
+                ann: str | None = None, ann_params: dict | None = None, prefetch: int | None = None,
+                progress: bool = True) -> Path:
     """Build (or ``append`` to) an index from ``rasters`` (paths or mosaic names) or from an
     image folder (``images`` + ``labels``); returns its path.
 
@@ -62,7 +63,12 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
     the landmark catalogue with a classifier ('hirise', 'msl' or a file). ``ann`` ('hnsw', ...)
     stores an approximate index with the codes (``index_ann``); with no rasters or images it is
     added to the existing index at ``out``. An index that has one keeps it through appends.
+    ``prefetch`` chunks of tiles are made ahead of the encoder on another thread (default: 2 for
+    rasters, 0 for image folders; see ``indexer.build``).
     """
+    if prefetch is not None and prefetch < 0:
+        raise LookalikeError(f"--prefetch must be 0 or more chunks, got {prefetch}")
+    ahead = {} if prefetch is None else dict(prefetch=prefetch)
     if ann and shards:
         raise LookalikeError("--ann works on one index, not with --shards")
     if ann and not rasters and not images:
@@ -97,13 +103,13 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
         encoder = Encoder(backbone, weights, image_size=image_size, batch_size=batch_size, runtime=runtime)
         path = index_images(images, labels, out, split=split, bits=bits, image_size=image_size,
                             hash_path=hash_path, encoder=encoder, append=append, shards=shards,
-                            progress=progress)
+                            progress=progress, **ahead)
     else:
         encoder = Encoder(backbone, weights, batch_size=batch_size, runtime=runtime)
         sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
         path = index_rasters(sources, out, size=tile_size, stride=stride, gsd=gsd, zones=zone_list,
                              bbox=bbox, bits=bits, hash_path=hash_path, encoder=encoder,
-                             min_valid=min_valid, append=append, shards=shards, progress=progress)
+                             min_valid=min_valid, append=append, shards=shards, progress=progress, **ahead)
     if images and not shards:
         catalogue_chips(path, images, footprints=footprints, classify=classify, progress=progress)
     if not shards and (ann or _uncalibrated(path)):

@@ -1,0 +1,111 @@
+"""Overlapping the reading of tiles with their encoding: a bounded prefetch queue, and the time
+each stage of a build took.
+
+A build alternates two kinds of work: making tiles (reading and warping a raster through GDAL,
+decoding JPEGs, cutting and converting pixels) and encoding them (ONNX Runtime or PyTorch). Both
+release the GIL for most of their time, so a thread that makes the next chunk of tiles while the
+caller encodes the current one keeps the encoder fed. The queue holds at most ``depth`` chunks,
+so memory is bounded by the chunk size, never by the source.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+
+class StageTimes:
+    """Seconds spent per named stage, summed over calls (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+    @contextmanager
+    def timing(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {stage: round(s, 4) for stage, s in self.seconds.items()}
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTimes | None = None,
+                    stage: str = "read") -> Iterator[list]:
+    """Lists of ``size`` items (the last one shorter) from ``items``, made on a background thread
+    up to ``depth`` chunks ahead of the caller. The time spent making them goes to ``stage``.
+
+    An exception in ``items`` is raised in the caller at the chunk where it happened; when the
+    caller stops early (an error, Ctrl-C, ``break``) the thread stops at its next item.
+    """
+    if size < 1 or depth < 1:
+        raise ValueError(f"size and depth must be at least 1, got {size} and {depth}")
+    chunks: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            iterator = iter(items)
+            while not stop.is_set():
+                chunk, t0 = [], time.perf_counter()
+                for item in iterator:
+                    chunk.append(item)
+                    if len(chunk) == size or stop.is_set():
+                        break
+                if times is not None:
+                    times.add(stage, time.perf_counter() - t0)
+                if chunk and not put(chunk):
+                    return
+                if len(chunk) < size:
+                    break
+            put(_DONE)
+        except BaseException as exc:  # handed to the caller, who decides what it means
+            put(_Failure(exc))
+
+    worker = threading.Thread(target=produce, name="lookalike-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            value = chunks.get()
+            if value is _DONE:
+                return
+            if isinstance(value, _Failure):
+                raise value.exc
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                chunks.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()

@@ -1,0 +1,124 @@
+"""``lookalike bench index``: a whole ``lookalike index`` run against the encoder alone on the
+same tiles, in one process, with the time of each stage.
+
+1. The build, pipelined as ``lookalike index`` runs it (tiles cut on a background thread while
+   the encoder works), into a temporary folder; its per-stage seconds (``read``: reading,
+   warping and cutting tiles, or decoding images; ``prepare``: stacking them; ``encode``;
+   ``save``: the resumable chunk files; ``hash``; ``commit``: the index files).
+2. With ``serial`` the same build with the pipeline off (``prefetch=0``), the reference.
+3. The encoder alone: the first ``encode_sample`` tiles of the same build, already in memory,
+   through the same encoder and batch size, twice; the faster pass counts.
+
+``ratio`` = end-to-end tiles/s / encoder-only tiles/s. Peak RSS is the process's high-water mark
+(``ru_maxrss``) read after the builds and before the encoder-only pass holds its sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.errors import OptionError
+from lookalike.indexer.build import index_images, index_rasters
+from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.pipeline import StageTimes
+from lookalike.indexer.sources import RasterSource, load_image, read_labels
+from lookalike.indexer.store import open_index
+from lookalike.indexer.tiling import TileGrid, Zone
+
+
+PREFETCH = 2  # chunks made ahead in the pipelined build
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far, in MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _build(build, prefetch: int) -> dict:
+    times = StageTimes()
+    work = Path(tempfile.mkdtemp(prefix="lookalike-bench-index-"))
+    try:
+        t0 = time.perf_counter()
+        out = build(work / "index", times, prefetch)
+        with times.timing("commit"):
+            n = open_index(out, verify=False).n
+        seconds = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dict(tiles=n, seconds=seconds, tiles_per_s=n / seconds, stages=times.as_dict())
+
+
+def _megapixels(source: RasterSource) -> float:
+    import rasterio
+
+    with rasterio.open(source.path) as src:
+        return src.width * src.height / 1e6
+
+
+def _encoder_rate(encoder: Encoder, images: list[np.ndarray]) -> float:
+    encoder.features(np.stack(images[: min(len(images), encoder.batch_size)]))  # warm up
+    t0 = time.perf_counter()
+    for start in range(0, len(images), 512):
+        encoder.features(np.stack(images[start:start + 512]))
+    return len(images) / (time.perf_counter() - t0)
+
+
+def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path | None = None,
+                labels: str | Path | None = None, split: str | None = None, image_size: int = 224,
+                size: int = 128, stride: int = 64,
+                gsd: float | None = None, zones: list[str] | None = None,
+                bbox: tuple[float, float, float, float] | None = None, runtime: str = "auto",
+                batch_size: int = 64, serial: bool = True, encode_sample: int = 2048) -> dict:
+    """The benchmark on ``sources`` (rasters) or an image folder (``images`` + ``labels``)."""
+    if bool(sources) == bool(images):
+        raise OptionError("give raster sources, or --images ROOT --labels CSV (not both)")
+    if encode_sample < 1:
+        raise OptionError(f"--encode-sample must be at least 1, got {encode_sample}")
+    encoder = Encoder(runtime=runtime, batch_size=batch_size,
+                      **({"image_size": image_size} if images else {}))
+    zone_list = [Zone.parse(z) for z in zones] if zones else None
+    if images:
+        def build(out, times, prefetch):
+            return index_images(images, labels, out, split=split, image_size=image_size, encoder=encoder,
+                                times=times, prefetch=prefetch)
+
+        def sample():
+            rows = read_labels(Path(images), labels, split=split).head(encode_sample)
+            return [load_image(Path(images) / p, image_size) for p in rows["path"]]
+        what = dict(images=Path(images).name, labels=Path(labels).name, split=split, image_size=image_size)
+    else:
+        grid = TileGrid(size, stride, gsd or sources[0].native_gsd)
+
+        def build(out, times, prefetch):
+            return index_rasters(sources, out, size=size, stride=stride, gsd=gsd, zones=zone_list, bbox=bbox,
+                                 encoder=encoder, times=times, prefetch=prefetch)
+
+        def sample():
+            tiles = (pixels for source in sources
+                     for _, pixels in source.tiles(grid, zones=zone_list, bbox=bbox))
+            return list(itertools.islice(tiles, encode_sample))
+        what = dict(sources=[s.name for s in sources], source_megapixels=[_megapixels(s) for s in sources],
+                    tile_size=size, stride=stride, gsd=grid.gsd)
+    pipelined = _build(build, prefetch=PREFETCH)
+    reference = _build(build, prefetch=0) if serial else None
+    rss = peak_rss_mb()
+    # the encoder alone, twice: the faster pass is the reference (shared cores make single
+    # passes noisy, and the ratio should not flatter the build)
+    images = sample()
+    encode_rate = max(_encoder_rate(encoder, images), _encoder_rate(encoder, images))
+    result = dict(what, runtime=encoder.runtime, batch_size=batch_size, tiles=pipelined["tiles"],
+                  tiles_per_s=pipelined["tiles_per_s"], encode_tiles_per_s=encode_rate,
+                  ratio=pipelined["tiles_per_s"] / encode_rate, peak_rss_mb=rss, stages=pipelined["stages"],
+                  seconds=pipelined["seconds"])
+    if reference is not None:
+        result.update(serial_tiles_per_s=reference["tiles_per_s"], serial_ratio=reference["tiles_per_s"] / encode_rate,
+                      serial_stages=reference["stages"], speedup_over_serial=pipelined["tiles_per_s"]
+                      / reference["tiles_per_s"])
+    return result
