@@ -2,31 +2,61 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.errors import LookalikeError
-from lookalike.indexer.store import Index, open_index
+from lookalike.indexer.store import MANIFEST, Index, open_index
+
+log = logging.getLogger(__name__)
 
 # display names of the registered demo mosaics
 BODY_NAMES = {"mars_8k": "Mars", "earth_8k": "Earth"}
 MARS_RADIUS_M = 3_396_190.0
 
-_open: dict[Path, Index] = {}
+_open: dict[Path, tuple[tuple, Index]] = {}
+_refused: dict[Path, tuple] = {}  # the manifest stamp of a generation that failed to open
 _lock = threading.Lock()
 
 
+def _manifest_stamp(path: Path) -> tuple:
+    try:
+        st = os.stat(path / MANIFEST)
+    except OSError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def cached_index(path: str | Path) -> Index:
-    """``open_index(path)``, verified once per process; codes stay memory-mapped and shared."""
+    """``open_index(path)``, verified once per generation; codes stay memory-mapped and shared.
+
+    Every write to an index replaces its manifest, so a changed manifest (an ``--append``, a
+    new landmark catalogue, ``--ann``) opens the new generation for what asks next; pages
+    already holding the previous one keep it (its files stay mapped). A manifest that cannot
+    be opened keeps the generation that could.
+    """
     path = Path(path).resolve()
-    index = _open.get(path)
-    if index is None:
-        with _lock:
-            index = _open.get(path)
-            if index is None:
-                index = _open[path] = open_index(path)
-    return index
+    stamp = _manifest_stamp(path)
+    cached = _open.get(path)
+    if cached is not None and (stamp in (cached[0], _refused.get(path)) or not stamp):
+        return cached[1]
+    with _lock:
+        cached = _open.get(path)
+        if cached is not None and stamp in (cached[0], _refused.get(path)):
+            return cached[1]
+        try:
+            index = open_index(path)
+        except LookalikeError:
+            if cached is None:
+                raise
+            _refused[path] = stamp  # not tried again until the manifest changes once more
+            log.warning("%s changed on disk but cannot be opened; serving the generation before", path)
+            return cached[1]
+        _open[path] = (stamp, index)
+        return index
 
 
 @dataclass(frozen=True)

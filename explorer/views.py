@@ -267,7 +267,19 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
     release_views(state, "sidebar")
     watch_state(state, "sidebar", lambda e: setattr(body, "value", e.new), "index_name")
 
-    k = pn.widgets.IntInput.from_param(state.param.k, name="Number of hits (k)", step=100)
+    k = pn.widgets.IntInput(name="Number of hits (k)", value=state.k, step=100)
+
+    def k_typed(event) -> None:
+        low, high = state.param.k.bounds
+        if event.new is None or not low <= event.new <= high:
+            # say so and put the box back: a bad value left in it would look as if it applied
+            state.error = f"k must be a whole number from {low} to {high}; still showing {state.k} hits"
+            k.value = state.k
+        else:
+            state.k = event.new
+
+    k.param.watch(k_typed, "value")
+    watch_state(state, "sidebar", lambda e: setattr(k, "value", e.new), "k")
     zone_options = sorted([z for z in state.index.tiles["zone"].unique().tolist() if z],
                           key=lambda z: (z[-1], int(z[:-1]))) if state.index is not None else []
     zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM zones",

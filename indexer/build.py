@@ -55,17 +55,6 @@ def _work_dir(out: Path, key: dict) -> Path:
     return out / f".work-{digest}"
 
 
-def _chunked(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def chunk_files(work: Path, i: int) -> tuple[Path, Path]:
     """Features and tile table of chunk ``i`` in a work folder."""
     return work / f"chunk-{i:06d}.npy", work / f"chunk-{i:06d}.parquet"

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
-from lookalike.fileio import atomic_write_bytes, save_npy, sha256_file
+from lookalike.fileio import atomic_write_bytes, fsync_dir, save_npy, sha256_file
 from lookalike.indexer.ann import BinaryANN, load_ann
 
 FORMAT_VERSION = 1
@@ -230,6 +230,7 @@ def _write_file(path: Path, name: str, writer) -> dict:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path / name)
+        fsync_dir(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -26,7 +26,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return hashlib.sha256(data).hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames and new names in ``folder`` durable: a rename lives in the folder's
+    own data, which a power cut can lose even after the file itself was synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform or file system without directory handles: nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the rename itself stands
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

@@ -166,6 +166,24 @@ def test_catalog_and_bbox_parsing(explorer_index):
             parse_bbox(bad)
 
 
+def test_k_typed_out_of_bounds_is_a_message_and_the_box_is_put_back(state, explorer_index):
+    import panel as pn
+
+    from lookalike.explorer.views import controls
+
+    sidebar = controls(state, Catalog([explorer_index]), pn.widgets.Checkbox())
+    box = next(w for w in sidebar.select(pn.widgets.IntInput) if w.name == "Number of hits (k)")
+    clicked(state)
+    for bad in (0, -5, 100_000):
+        box.value = bad
+        assert state.k == 1000 and box.value == 1000
+        assert "k must be a whole number from 1 to" in state.error and "1000 hits" in state.error
+    box.value = 50
+    assert state.k == 50 and len(state.hits) == 50
+    state.k = 70  # from elsewhere (a link, undo): the box follows
+    assert box.value == 70
+
+
 def test_thumbnails_match_the_raster_reader(explorer_index):
     import numpy as np
 
@@ -288,9 +306,29 @@ def test_rebuilt_views_release_their_watchers(state, explorer_index):
 
     catalog = Catalog([explorer_index])
     builds = [controls(state, catalog, pn.widgets.Checkbox(value=True)) for _ in range(3)]
-    assert len(state._view_watchers["sidebar"]) == 4  # body, bbox, facet, recount: one build's worth
+    assert len(state._view_watchers["sidebar"]) == 5  # body, k, bbox, facet, recount: one build's worth
     facets = [b.select(pn.widgets.CheckBoxGroup)[0] for b in builds]
     state.landmark_classes = ["crater"]
     assert facets[-1].value == ["crater"] and facets[0].value == []  # only the live sidebar follows
     facets[-1].value = ["streak"]  # and the live facet drives the state
     assert state.landmark_classes == ["streak"]
+
+
+def test_cached_index_follows_new_generations(tmp_path):
+    """An index rewritten on disk (an append) is opened anew for whoever asks next; an
+    unreadable manifest keeps the generation that could be opened."""
+    import numpy as np
+    from lookalike_testkit import make_index, synthetic_tiles
+
+    from lookalike.indexer.store import write_index
+
+    path = tmp_path / "idx"
+    make_index(path, n=50, bits=64)
+    first = cached_index(path)
+    assert cached_index(path) is first and first.n == 50
+    more = synthetic_tiles(60).iloc[50:].reset_index(drop=True)
+    write_index(path, np.zeros((10, 8), np.uint8), more, bits=64, append=True)
+    second = cached_index(path)
+    assert second is not first and second.n == 60 and first.n == 50
+    (path / "manifest.json").write_text("{ not json")
+    assert cached_index(path) is second
