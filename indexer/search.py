@@ -4,7 +4,8 @@ Pure functions over numpy arrays first (``hamming_distances``, ``top_k``, ``comb
 ``filter_mask``); ``search`` ties them to an ``Index``.
 
 Ranking is by Hamming distance, ties broken by row order in the index, so results are
-deterministic and match a stable sort of all distances.
+deterministic and match a stable sort of all distances; a query that is a tile of the index (a
+tile id, a point on the map) has that tile first.
 """
 
 from __future__ import annotations
@@ -322,6 +323,27 @@ def tile_at(index: Index, lon: float, lat: float) -> int:
     return row
 
 
+def query_row(index: Index, query: Query) -> int | None:
+    """The row of the tile a query is (a tile id or a point on the map), else None."""
+    if query.tile_id is not None and query.lonlat is None:
+        return index.row_of(query.tile_id)
+    if query.lonlat is not None and query.tile_id is None:
+        return tile_at(index, *query.lonlat)
+    return None
+
+
+def query_tile_first(rows: np.ndarray, dist: np.ndarray, row: int | None, k: int,
+                     mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the query's own tile first. It is at distance 0 from itself, but so may be other
+    tiles (repeated terrain, blank sea), and ties go by row order: the clicked tile could come
+    anywhere among them, or past k. A tile the filter removes is not brought back."""
+    if row is None or (mask is not None and not mask[row]):
+        return rows, dist
+    others = rows != row
+    return (np.concatenate([np.array([row], rows.dtype), rows[others]])[:k],
+            np.concatenate([np.zeros(1, dist.dtype), dist[others]])[:k])
+
+
 def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
     """The packed code a query stands for."""
     kinds = [query.tile_id is not None, query.lonlat is not None, query.image is not None,
@@ -380,7 +402,10 @@ def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filt
         raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
     mask = filter_mask(index.tiles, filters, index.landmarks)
     chosen = choose_method(index, k, mask, method)
-    hits = _hits(index, *ranked_rows_index(index, code, k, mask, chosen))
+    rows, dist = ranked_rows_index(index, code, k, mask, chosen)
+    if isinstance(query, Query):
+        rows, dist = query_tile_first(rows, dist, query_row(index, query), k, mask)
+    hits = _hits(index, rows, dist)
     hits.attrs["method"] = chosen
     return hits
 
@@ -404,7 +429,8 @@ def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k
         ranked = ranked_rows_batch(index.codes, np.stack(codes), k, mask)
     else:
         ranked = [ranked_rows_index(index, code, k, mask, method) for code in codes]
-    return [_hits(index, rows, dist) for rows, dist in ranked]
+    own = [query_row(index, q) if isinstance(q, Query) else None for q in queries]
+    return [_hits(index, *query_tile_first(rows, dist, row, k, mask)) for (rows, dist), row in zip(ranked, own)]
 
 
 def _hits(index: Index, rows: np.ndarray, dist: np.ndarray) -> pd.DataFrame:

@@ -391,3 +391,30 @@ def test_search_on_index_built_from_table_only(tmp_path):
     hits = search(idx, codes[0], k=50, filters=Filters(bbox=(-180, -90, 180, 0)))
     assert (hits["lat"] <= 0).all() and len(hits) == int((tiles["lat"] <= 0).sum())
     assert box(-180, -90, 180, 0).covers(Point(hits["lon"].iloc[0], hits["lat"].iloc[0]))
+
+
+def test_the_query_tile_comes_first_among_ties(tmp_path):
+    """Blank sea or repeated terrain: many tiles share the clicked tile's code. Ties go by row
+    order, but the clicked tile itself is always hit #1 (unless a filter removes it)."""
+    from lookalike_testkit import hash_bytes, synthetic_tiles
+
+    from lookalike.indexer.search import search_batch
+    from lookalike.indexer.store import open_index, write_index
+
+    tiles = synthetic_tiles(300)
+    codes = np.zeros((300, 16), np.uint8)
+    codes[::2] = 255  # two codes only: 150 tiles at distance 0 from any tile
+    write_index(tmp_path / "idx", codes, tiles, bits=128, hash_model=hash_bytes(128), info=dict(kind="test"))
+    index = open_index(tmp_path / "idx")
+    for k in (1, 10, 1000):
+        hits = search(index, Query(tile_id="t00200"), k=k)
+        assert hits["tile_id"].iloc[0] == "t00200" and hits["distance"].iloc[0] == 0
+        assert len(hits) == min(k, 300) and hits["tile_id"].is_unique
+        assert (np.diff(hits["distance"].to_numpy()) >= 0).all()
+    batch = search_batch(index, [Query(tile_id="t00201"), np.asarray(codes[201])], k=5)
+    assert batch[0]["tile_id"].iloc[0] == "t00201" and batch[1]["tile_id"].iloc[0] == "t00001"  # a raw code has no tile
+    lon, lat = tiles.loc[200, ["lon", "lat"]]
+    assert search(index, Query(lonlat=(lon, lat)), k=3)["tile_id"].iloc[0] == "t00200"
+    other = Filters(sources=sorted(set(tiles["source"]) - {tiles.loc[200, "source"]}))
+    filtered = search(index, Query(tile_id="t00200"), k=20, filters=other)
+    assert "t00200" not in set(filtered["tile_id"])  # a filter that removes it keeps it out
