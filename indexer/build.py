@@ -189,10 +189,11 @@ def check_out(out: Path, append: bool, shards: int | None = None, *, leftovers: 
         raise LookalikeError(f"{out} already holds an index; use --append to add to it or choose another --out")
 
 
-def finished(out: Path, work: Path) -> bool:
+def finished(out: Path, work: Path, tidy: bool = True) -> bool:
     """Whether this very build (``work``'s key) committed the index at ``out`` and was
-    interrupted before removing its work folder. Then the work folder and files of older
-    generations are removed, and running the command again is done."""
+    interrupted before removing its work folder. Then, with ``tidy``, the work folder and files
+    of older generations are removed, and running the command again is done (without it the
+    folder stays as the mark of a build whose later steps have not finished)."""
     if not work.is_dir() or not (out / MANIFEST).is_file():
         return False
     try:
@@ -200,9 +201,19 @@ def finished(out: Path, work: Path) -> bool:
             return False
     except LookalikeError:
         return False
-    remove_stale(out)
-    shutil.rmtree(work, ignore_errors=True)
+    if tidy:
+        tidy_build(out)
     return True
+
+
+def tidy_build(out: Path) -> None:
+    """Remove the work folder of the build that committed the index at ``out`` (kept until the
+    steps after the commit finished) and files of older generations."""
+    out = Path(out)
+    remove_stale(out)
+    key = read_manifest(out).get("build")
+    if key and key.startswith(".work-"):
+        shutil.rmtree(out / key, ignore_errors=True)
 
 
 def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +228,7 @@ def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
 
 def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, backbone: dict,
            bits: int | None, hash_path: str | None, append: bool, info: dict,
-           shards: int | None = None, hashed: tuple | None = None) -> Path:
+           shards: int | None = None, hashed: tuple | None = None, keep_work: bool = False) -> Path:
     """Hash the features and write the index (or ``shards`` indexes); ``backbone`` is
     ``Encoder.describe()`` of the encoder that made the features. With ``hashed`` (the model
     and its bytes, from ``fixed_hash``) ``features`` are already that model's codes."""
@@ -245,7 +256,8 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
         # is refused again, so the features kept for resuming it would only take up space
         shutil.rmtree(work, ignore_errors=True)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    if not keep_work:  # with it, the caller tidies up after its own later steps (``tidy_build``)
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -319,17 +331,21 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                  split: str | None = None, image_size: int = 224, bits: int | None = None,
                  hash_path: str | None = None, encoder: Encoder | None = None,
                  append: bool = False, source: str | None = None, progress: bool = True,
-                 shards: int | None = None, times: StageTimes | None = None, prefetch: int = 0) -> Path:
+                 shards: int | None = None, times: StageTimes | None = None, prefetch: int = 0,
+                 keep_work: bool = False) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table).
     With ``prefetch`` images are decoded and resized that many chunks ahead of the encoder on
     another thread; off by default: decoding is cheap next to encoding, and on 2 cores the
-    thread slowed the encoder more than it saved (``lookalike bench index --images``)."""
+    thread slowed the encoder more than it saved (``lookalike bench index --images``).
+    ``keep_work`` keeps the work folder after the commit, as the mark that steps after it
+    (placing, classifying) are still to finish: run again, the build is recognised as done and
+    those steps run again; ``tidy_build`` removes it."""
     out, root = Path(out), Path(root)
     check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder(image_size=image_size)
     records, work, info = image_plan(root, labels_csv, out, split=split, image_size=image_size,
                                      backbone=encoder.describe(), source=source)
-    if finished(out, work):
+    if finished(out, work, tidy=not keep_work):
         return out
     check_out(out, append, shards)
     hashed = fixed_hash(out, bits, hash_path, append, encoder.describe()["name"])
@@ -339,4 +355,4 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                                     progress=progress, hash_model=hashed[0] if hashed else None, times=times,
                                     prefetch=prefetch)
     return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed)
+                  hashed=hashed, keep_work=keep_work)

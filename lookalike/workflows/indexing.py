@@ -11,7 +11,7 @@ import numpy as np
 from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError
 from lookalike.indexer.ann import build_ann, calibrate
-from lookalike.indexer.build import index_images, index_rasters
+from lookalike.indexer.build import index_images, index_rasters, tidy_build
 from lookalike.indexer.catalogue import catalogue_summary, place_index_at_observations
 from lookalike.indexer.distributed import (
     EncoderSpec,
@@ -101,9 +101,11 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                                                  append=append, shards=shards)
     elif images:
         encoder = Encoder(backbone, weights, image_size=image_size, batch_size=batch_size, runtime=runtime)
+        # placing and classifying come after the commit: the build's work folder stays until
+        # they finish, so that the same command run again after a kill finishes them
         path = index_images(images, labels, out, split=split, bits=bits, image_size=image_size,
                             hash_path=hash_path, encoder=encoder, append=append, shards=shards,
-                            progress=progress, **ahead)
+                            progress=progress, keep_work=bool(footprints or classify) and not shards, **ahead)
     else:
         encoder = Encoder(backbone, weights, batch_size=batch_size, runtime=runtime)
         sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
@@ -112,6 +114,7 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                              min_valid=min_valid, append=append, shards=shards, progress=progress, **ahead)
     if images and not shards:
         catalogue_chips(path, images, footprints=footprints, classify=classify, progress=progress)
+        tidy_build(Path(path))
     if not shards and (ann or _uncalibrated(path)):
         index_ann(path, ann, ann_params, progress=progress)
     return Path(path)

@@ -108,3 +108,32 @@ def test_chips_classified_before_placing_follow_their_chips(tmp_path):
     lm = index.landmarks
     assert lm["lon_min"].iloc[0] == pytest.approx(-10.0) and lm["lat_max"].iloc[1] == pytest.approx(-19.0)
     assert lm["scene"].tolist() == index.tiles["scene"].tolist() and lm["lon_min"].isna().sum() == 2
+
+
+def test_a_build_killed_while_classifying_finishes_when_run_again(tmp_path, monkeypatch):
+    """Placing and classifying run after the index is committed; a kill there leaves the build's
+    work folder as the mark, and the same command run again finishes them (not "already holds
+    an index")."""
+    from lookalike_testkit import environ
+
+    from lookalike.workflows import indexing
+
+    _tiny_hirise(tmp_path)
+    out = tmp_path / "ix"
+    args = dict(images=tmp_path, labels=tmp_path / "labels.csv", footprints=str(tmp_path / "obs.csv"),
+                classify="hirise", batch_size=8, progress=False)
+    real = indexing.classify_chips
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed while classifying")
+
+    with environ(LOOKALIKE_CACHE=str(tmp_path / "cache")):
+        monkeypatch.setattr(indexing, "classify_chips", killed)
+        with pytest.raises(KeyboardInterrupt):
+            indexing.build_index(out, **args)
+        assert open_index(out).landmarks is None and len(list(out.glob(".work-*"))) == 1
+        monkeypatch.setattr(indexing, "classify_chips", real)
+        indexing.build_index(out, **args)
+    index = open_index(out)
+    assert len(index.landmarks) == 6 and index.tiles["scene"].tolist()[:2] == ["ESP_1_2", "ESP_3_4"]
+    assert not list(out.glob(".work-*"))
