@@ -30,6 +30,7 @@ from lookalike.indexer.pipeline import StageTimes, prefetch_chunks
 from lookalike.indexer.shards import SHARD_MANIFEST, write_shards
 from lookalike.indexer.sources import RasterSource, load_image, read_labels
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, remove_stale, write_index
+from lookalike.indexer.thumbstore import iter_thumbnails, jpeg_thumbnails, write_thumbnails
 from lookalike.indexer.tiling import TileGrid, TilePlace, Zone
 from lookalike.models.hashing import (
     ITQ, LinearHash, NetworkHash, fitted_on_features, load_hash_model, named_hash, resolve_hash,
@@ -91,14 +92,16 @@ def join_chunks(features: list[np.ndarray], tables: list[pd.DataFrame],
 def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder: Encoder,
                   work: Path, total: int | None = None, desc: str = "encoding",
                   progress: bool = True, hash_model: LinearHash | NetworkHash | None = None,
-                  times: StageTimes | None = None, prefetch: int = 2) -> tuple[np.ndarray, pd.DataFrame]:
+                  times: StageTimes | None = None, prefetch: int = 2,
+                  thumbs: list[Path] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Encode (record, image) pairs chunk by chunk, reusing chunks already in ``work``.
 
     The pairs are made ``prefetch`` chunks ahead on a background thread while the current chunk
     is encoded (0: one after the other). With ``hash_model`` each chunk is hashed as soon as it
     is encoded and only its codes are kept in memory, so memory does not grow with the source
     by 4 bytes per feature per tile; without it the features are returned (a PCA-ITQ model is
-    fitted on all of them). ``times`` collects the seconds of each stage.
+    fitted on all of them). ``times`` collects the seconds of each stage. With ``thumbs`` (a
+    list) each chunk's JPEG thumbnails are written beside it in ``work`` and the files listed.
     """
     work.mkdir(parents=True, exist_ok=True)
     times = times if times is not None else StageTimes()
@@ -120,6 +123,10 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
                 with times.timing("save"):
                     save_chunk(work, i, feats, table)
                 done = feats, table
+            if thumbs is not None:
+                with times.timing("thumbnails"):
+                    thumbs.append(work / f"chunk-{i:06d}.thumbs")
+                    write_thumbnails(thumbs[-1], jpeg_thumbnails(img for _, img in chunk))
             if hash_model is not None:
                 with times.timing("hash"):
                     kept.append(hash_model.encode(done[0]))
@@ -228,10 +235,12 @@ def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
 
 def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, backbone: dict,
            bits: int | None, hash_path: str | None, append: bool, info: dict,
-           shards: int | None = None, hashed: tuple | None = None, keep_work: bool = False) -> Path:
+           shards: int | None = None, hashed: tuple | None = None, keep_work: bool = False,
+           thumbs: list[Path] | None = None) -> Path:
     """Hash the features and write the index (or ``shards`` indexes); ``backbone`` is
     ``Encoder.describe()`` of the encoder that made the features. With ``hashed`` (the model
-    and its bytes, from ``fixed_hash``) ``features`` are already that model's codes."""
+    and its bytes, from ``fixed_hash``) ``features`` are already that model's codes. ``thumbs``:
+    the chunks' thumbnail files (``encode_chunks``), joined into the index's."""
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
@@ -248,7 +257,7 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
             write_shards(out, codes, table, shards, bits=model.bits, hash_model=model_bytes, info=info)
         else:
             write_index(out, codes, table, bits=model.bits, hash_model=model_bytes, info=info,
-                        append=append)
+                        append=append, thumbs=iter_thumbnails(thumbs) if thumbs else None)
     except IndexCorruptError:
         raise  # the index must be repaired first; the features are kept for the run after
     except LookalikeError:
@@ -321,10 +330,12 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
             for place, pixels in source.tiles(grid, zones=zones, bbox=bbox, min_valid=min_valid):
                 yield tile_record(source, grid, place), pixels
 
+    thumbs: list[Path] = []
     features, table = encode_chunks(stream(), encoder, work, desc="tiling+encoding", progress=progress,
-                                    hash_model=hashed[0] if hashed else None, times=times, prefetch=prefetch)
+                                    hash_model=hashed[0] if hashed else None, times=times, prefetch=prefetch,
+                                    thumbs=thumbs)
     return commit(out, work, features, table, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed)
+                  hashed=hashed, thumbs=thumbs)
 
 
 def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
@@ -351,8 +362,9 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
     hashed = fixed_hash(out, bits, hash_path, append, encoder.describe()["name"])
     check_backbone(out, append, encoder.describe())
     pairs = ((rec, load_image(root / rec["path"], image_size)) for rec in records.to_dict("records"))
+    thumbs: list[Path] = []
     features, tiles = encode_chunks(pairs, encoder, work, total=len(records), desc="encoding images",
                                     progress=progress, hash_model=hashed[0] if hashed else None, times=times,
-                                    prefetch=prefetch)
+                                    prefetch=prefetch, thumbs=thumbs)
     return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed, keep_work=keep_work)
+                  hashed=hashed, keep_work=keep_work, thumbs=thumbs)

@@ -7,6 +7,8 @@ Layout of an index directory::
     tiles-000003.parquet     one row per code, same order
     hash-000001.npz          the hash model that turned features into codes
     landmarks-000004.parquet optional: the landmark catalogue (``indexer.catalogue``)
+    thumbs-000003.bin        optional: a JPEG thumbnail per tile, made at index time
+                             (``indexer.thumbstore``)
     ann-000005.faiss         optional: an approximate-search graph or table over the codes
                              (``indexer.ann``; ``.usearch`` for usearch), with its method,
                              options and measured recall in the manifest's ``ann`` entry
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +41,12 @@ import pandas as pd
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.fileio import atomic_write_bytes, fsync_dir, save_npy, sha256_file
 from lookalike.indexer.ann import BinaryANN, load_ann
+from lookalike.indexer.thumbstore import ThumbnailFile, iter_thumbnails, write_thumbnails
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # the files an index writes itself; anything else in its folder is left alone
-GENERATION_FILE = re.compile(r"(codes|tiles|hash|landmarks|ann)-\d{6}\.(npy|parquet|npz|faiss|usearch)")
+GENERATION_FILE = re.compile(r"(codes|tiles|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|npz|faiss|usearch|bin)")
 
 
 @dataclass
@@ -77,6 +82,15 @@ class Index:
     def ann_info(self) -> dict | None:
         """The manifest's ``ann`` entry (method, params, calibration), None without one."""
         return self.manifest.get("ann") if "ann" in self.manifest.get("files", {}) else None
+
+    def thumbnail(self, row: int) -> bytes | None:
+        """The JPEG thumbnail of ``row`` made at index time; None for indexes without them."""
+        entry = self.manifest["files"].get("thumbs")
+        if entry is None:
+            return None
+        if "_thumbs" not in self.__dict__:
+            self.__dict__["_thumbs"] = ThumbnailFile(self.path / entry["name"], expected=self.n)
+        return self.__dict__["_thumbs"][row]
 
     def ann(self) -> BinaryANN | None:
         """The approximate index stored with this index, loaded on first use and kept."""
@@ -253,15 +267,17 @@ def _generation(path: Path, generation: int):
 
 def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bits: int,
                 hash_model: bytes | None = None, info: dict | None = None,
-                append: bool = False) -> Path:
+                append: bool = False, thumbs: Iterable[bytes] | None = None) -> Path:
     """Create an index at ``path`` or, with ``append``, add rows to the one there.
 
     ``hash_model`` (the bytes of the model file) is required for a new index; appends keep the
     existing one, and their codes must have been made with it. ``info`` (backbone, tiling,
     sources, ...) is merged into the manifest; for appends ``sources`` are merged by name.
+    ``thumbs``: a JPEG per new row, stored as the index's thumbnail file (an append keeps them
+    only when the index had them too; otherwise thumbnails are rendered from the sources).
     """
     path = Path(path)
-    landmarks = ann = None
+    landmarks = ann = old_thumbs = None
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if codes.ndim != 2 or codes.shape[1] * 8 != bits:
         raise CodeLengthError(f"codes of shape {codes.shape} are not {bits}-bit codes")
@@ -292,6 +308,8 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         hash_entry = manifest["files"]["hash"]
         if old.landmarks is not None:  # appended tiles have no landmarks yet: keep the old ones
             landmarks = old.landmarks
+        if "thumbs" in old.manifest["files"]:
+            old_thumbs = path / old.manifest["files"]["thumbs"]["name"]
         ann = old.ann()
         if ann is not None:  # the graph grows with the codes; its recall is measured again later
             ann.add(codes[old.n:], progress=True)
@@ -319,6 +337,10 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         if landmarks is not None:
             files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
                                              lambda p: landmarks.to_parquet(p, index=False))
+        if thumbs is not None and (generation == 1 or old_thumbs is not None):
+            every = itertools.chain(iter_thumbnails([old_thumbs]) if old_thumbs else (), thumbs)
+            files["thumbs"] = _write_file(path, f"thumbs-{generation:06d}.bin",
+                                          lambda p: _check_count(write_thumbnails(p, every), len(codes)))
         if ann is not None:
             files["ann"] = _write_file(path, f"ann-{generation:06d}{ann.suffix}", ann.save)
         else:
@@ -328,6 +350,11 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)
     return path
+
+
+def _check_count(written: int, expected: int) -> None:
+    if written != expected:
+        raise LookalikeError(f"{written} thumbnails for {expected} tiles")
 
 
 def update_tables(path: str | Path, *, tiles: pd.DataFrame | None = None,

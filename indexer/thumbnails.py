@@ -30,10 +30,10 @@ from rasterio.vrt import WarpedVRT
 from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError, SourceError
 from lookalike.indexer.sources import RasterSource, to_uint8
+from lookalike.indexer.thumbstore import QUALITY, THUMB_SIZE
 from lookalike.indexer.tiling import TileGrid, Zone, from_zone
 
 MAX_PIXELS = 1 << 26  # ~67 Mpx (200 MB RGB); larger rasters are decimated on load
-THUMB_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -255,8 +255,8 @@ def warm_zones(index, source: str | None = None) -> int:
     zone of another body), so a thread that will render thumbnails calls this once, up front.
     Returns the number of zones.
     """
-    if index.manifest.get("kind") == "images":
-        return 0  # chips are pictures of their own: no zone transformations
+    if index.manifest.get("kind") == "images" or "thumbs" in index.manifest["files"]:
+        return 0  # chips are pictures of their own, stored thumbnails need no rendering
     image = index_source_image(index, source)
     zones = index.tiles["zone"].unique().tolist() if "zone" in index.tiles else []
     for label in zones:
@@ -264,8 +264,18 @@ def warm_zones(index, source: str | None = None) -> int:
     return len(zones)
 
 
-def thumbnail_jpeg(index, tile: dict, out_size: int = THUMB_SIZE, quality: int = 85) -> bytes:
-    """JPEG bytes of one tile row (a mapping with source, zone, row, col), cached per process."""
+def thumbnail_jpeg(index, tile: dict, out_size: int = THUMB_SIZE, quality: int = QUALITY) -> bytes:
+    """JPEG bytes of one tile row (a mapping with tile_id, source, zone, row, col): the one made
+    at index time when the index has them (a lookup), else rendered from the source and cached
+    per process."""
+    if "thumbs" in index.manifest["files"] and out_size == THUMB_SIZE:
+        return index.thumbnail(index.row_of(str(tile["tile_id"])))
+    return render_thumbnail(index, tile, out_size, quality)
+
+
+def render_thumbnail(index, tile: dict, out_size: int = THUMB_SIZE, quality: int = QUALITY) -> bytes:
+    """JPEG bytes of one tile row resampled from its source (the path of indexes without stored
+    thumbnails), cached per process."""
     sources = index.manifest.get("sources") or {}
     desc = sources.get(tile["source"])
     if desc is None:

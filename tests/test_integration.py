@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -181,7 +182,21 @@ def test_pipelined_build_equals_serial_and_resumes(tmp_path, monkeypatch, data_d
     for other in (open_index(tmp_path / "pipelined"), open_index(out)):
         pd.testing.assert_frame_equal(a.tiles, other.tiles)
         np.testing.assert_array_equal(np.asarray(a.codes), np.asarray(other.codes))
+        assert [a.thumbnail(i) for i in range(a.n)] == [other.thumbnail(i) for i in range(other.n)]
     assert second.calls == -(-a.n // 8) - 2  # the two finished chunks were reused
+
+    # thumbnails come from the index now, not from resampling the source
+    from PIL import Image
+
+    from lookalike.indexer import thumbnails
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("a stored thumbnail was rendered from the source")
+
+    monkeypatch.setattr(thumbnails, "source_image", no_rendering)
+    tile = a.tiles.iloc[a.n - 1].to_dict()
+    jpeg = thumbnails.thumbnail_jpeg(a, tile)
+    assert jpeg == a.thumbnail(a.n - 1) and Image.open(io.BytesIO(jpeg)).size == (96, 96)
 
 
 def test_bench_index_json(tmp_path, data_dir):

@@ -9,7 +9,9 @@ same tiles, in one process, with the time of each stage.
 3. The encoder alone: the first ``encode_sample`` tiles of the same build, already in memory,
    through the same encoder and batch size, twice; the faster pass counts.
 
-``ratio`` = end-to-end tiles/s / encoder-only tiles/s. Peak RSS is the process's high-water mark
+``ratio`` = end-to-end tiles/s / encoder-only tiles/s. ``thumbnail_ms_stored`` /
+``_rendered``: a hit's thumbnail looked up in the built index against resampled from the source
+(the path of indexes without stored thumbnails), per thumbnail, on the same 200 tiles. Peak RSS is the process's high-water mark
 (``ru_maxrss``) read after the builds and before the encoder-only pass holds its sample.
 """
 
@@ -41,18 +43,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _build(build, prefetch: int) -> dict:
+def _build(build, prefetch: int, work: Path) -> dict:
     times = StageTimes()
-    work = Path(tempfile.mkdtemp(prefix="lookalike-bench-index-"))
-    try:
-        t0 = time.perf_counter()
-        out = build(work / "index", times, prefetch)
-        with times.timing("commit"):
-            n = open_index(out, verify=False).n
-        seconds = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dict(tiles=n, seconds=seconds, tiles_per_s=n / seconds, stages=times.as_dict())
+    t0 = time.perf_counter()
+    out = build(work / f"index-{prefetch}", times, prefetch)
+    with times.timing("commit"):
+        index = open_index(out, verify=False)
+    seconds = time.perf_counter() - t0
+    return dict(index=index, tiles=index.n, seconds=seconds, tiles_per_s=index.n / seconds, stages=times.as_dict())
+
+
+def _thumbnail_times(index, n: int = 200) -> dict:
+    """A hit's thumbnail looked up in the index against rendered from the source (the path of
+    indexes without stored thumbnails), on the same tiles; the source is decoded beforehand."""
+    from lookalike.indexer import thumbnails
+
+    rows = np.linspace(0, index.n - 1, min(n, index.n)).astype(int)
+    tiles = [index.tiles.iloc[r].to_dict() for r in rows]
+    thumbnails.render_thumbnail(index, tiles[0])  # decode the source outside the timing
+    for cached in (thumbnails._thumbnail_jpeg, thumbnails._chip_jpeg):
+        cached.cache_clear()
+    t0 = time.perf_counter()
+    for tile in tiles:
+        thumbnails.render_thumbnail(index, tile)
+    rendered = (time.perf_counter() - t0) / len(tiles) * 1000
+    t0 = time.perf_counter()
+    for tile in tiles:
+        thumbnails.thumbnail_jpeg(index, tile)
+    stored = (time.perf_counter() - t0) / len(tiles) * 1000
+    return dict(thumbnail_ms_stored=stored, thumbnail_ms_rendered=rendered,
+                thumbnail_bytes_per_tile=index.manifest["files"]["thumbs"]["bytes"] / index.n)
 
 
 def _megapixels(source: RasterSource) -> float:
@@ -106,9 +126,14 @@ def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path
             return list(itertools.islice(tiles, encode_sample))
         what = dict(sources=[s.name for s in sources], source_megapixels=[_megapixels(s) for s in sources],
                     tile_size=size, stride=stride, gsd=grid.gsd)
-    pipelined = _build(build, prefetch=PREFETCH)
-    reference = _build(build, prefetch=0) if serial else None
-    rss = peak_rss_mb()
+    work = Path(tempfile.mkdtemp(prefix="lookalike-bench-index-"))
+    try:
+        pipelined = _build(build, PREFETCH, work)
+        reference = _build(build, 0, work) if serial else None
+        rss = peak_rss_mb()
+        thumbs = _thumbnail_times(pipelined["index"]) if "thumbs" in pipelined["index"].manifest["files"] else {}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     # the encoder alone, twice: the faster pass is the reference (shared cores make single
     # passes noisy, and the ratio should not flatter the build)
     images = sample()
@@ -116,7 +141,7 @@ def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path
     result = dict(what, runtime=encoder.runtime, batch_size=batch_size, tiles=pipelined["tiles"],
                   tiles_per_s=pipelined["tiles_per_s"], encode_tiles_per_s=encode_rate,
                   ratio=pipelined["tiles_per_s"] / encode_rate, peak_rss_mb=rss, stages=pipelined["stages"],
-                  seconds=pipelined["seconds"])
+                  seconds=pipelined["seconds"], **thumbs)
     if reference is not None:
         result.update(serial_tiles_per_s=reference["tiles_per_s"], serial_ratio=reference["tiles_per_s"] / encode_rate,
                       serial_stages=reference["stages"], speedup_over_serial=pipelined["tiles_per_s"]
