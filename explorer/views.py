@@ -99,7 +99,8 @@ class ThumbnailGrid(JSComponent):
           img.addEventListener('click', () => model.send_msg({action: 'focus', tile_id: it.tile_id}));
           const cap = document.createElement('div');
           cap.className = 'caption';
-          cap.textContent = `#${it.rank} · d ${it.distance}`;
+          cap.textContent = `#${it.rank} · ${it.distance} bits`;
+          cap.title = 'rank, and Hamming distance to the query: the number of code bits that differ';
           const marks = document.createElement('div');
           marks.className = 'marks';
           marks.append(button('+', 'positive example', 'positive', it.tile_id),
@@ -268,6 +269,7 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
     watch_state(state, "sidebar", lambda e: setattr(body, "value", e.new), "index_name")
 
     k = pn.widgets.IntInput(name="Number of hits (k)", value=state.k, step=100)
+    show_hirise.visible = state.index_name in catalog and catalog[state.index_name].is_mars  # a Mars layer
 
     def k_typed(event) -> None:
         low, high = state.param.k.bounds
@@ -321,9 +323,11 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
         filename="lookalike-hits.geojson", label="Export hits (GeoJSON)", button_type="success",
         disabled=pn.bind(lambda h: h is None or len(h) == 0, state.param.hits))
     hints = pn.pane.Markdown(
-        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool "
-        "(double-click to start and end); they restrict the search. While a drawing tool is "
-        "active, taps on the map draw; pick the pan tool to search by tapping again.",
+        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool (press and "
+        "hold to place the first corner, click for each next one, press and hold or Esc to "
+        "finish); they restrict the search. While a drawing tool is active, taps on the map "
+        "draw; pick the pan tool to search by tapping again. Under each hit: its rank and its "
+        "distance to the query in bits that differ (0: the same code).",
         styles={"font-size": "12px"})
     return pn.Column(
         body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),

@@ -171,7 +171,9 @@ def test_k_typed_out_of_bounds_is_a_message_and_the_box_is_put_back(state, explo
 
     from lookalike.explorer.views import controls
 
-    sidebar = controls(state, Catalog([explorer_index]), pn.widgets.Checkbox())
+    hirise = pn.widgets.Checkbox(visible=False)
+    sidebar = controls(state, Catalog([explorer_index]), hirise)
+    assert hirise.visible  # the HiRISE layer is offered on Mars (and hidden on other bodies)
     box = next(w for w in sidebar.select(pn.widgets.IntInput) if w.name == "Number of hits (k)")
     clicked(state)
     for bad in (0, -5, 100_000):
