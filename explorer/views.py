@@ -323,11 +323,9 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
         filename="lookalike-hits.geojson", label="Export hits (GeoJSON)", button_type="success",
         disabled=pn.bind(lambda h: h is None or len(h) == 0, state.param.hits))
     hints = pn.pane.Markdown(
-        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool (press and "
-        "hold to place the first corner, click for each next one, press and hold or Esc to "
-        "finish); they restrict the search. While a drawing tool is active, taps on the map "
-        "draw; pick the pan tool to search by tapping again. Under each hit: its rank and its "
-        "distance to the query in bits that differ (0: the same code).",
+        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool "
+        "(double-click to start and end); they restrict the search. While a drawing tool is "
+        "active, taps on the map draw; pick the pan tool to search by tapping again.",
         styles={"font-size": "12px"})
     return pn.Column(
         body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
