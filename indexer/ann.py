@@ -117,9 +117,8 @@ class BinaryANN:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
-        with tqdm(total=len(codes), unit="code", desc=f"{self.method} graph" if "hnsw" in self.method
-                  or self.method == "usearch" else self.method, disable=not progress or len(codes) < ADD_CHUNK,
-                  leave=False) as bar:
+        with tqdm(total=len(codes), unit="code", desc=f"{self.method} index",
+                  disable=not progress or len(codes) < ADD_CHUNK, leave=False) as bar:
             for start in range(0, len(codes), ADD_CHUNK):
                 chunk = np.ascontiguousarray(codes[start:start + ADD_CHUNK])
                 self._library_add(chunk)
