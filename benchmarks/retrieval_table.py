@@ -1,10 +1,11 @@
-"""Retrieval benchmark: every code side by side on the labelled Mars sets, archive = train,
-queries = val, mAP@64. Writes benchmarks/results/retrieval.{md,json}.
+"""Retrieval benchmark: the default code's candidates on every labelled set, archive = train,
+queries = val, mAP@64 (micro: mean over queries; macro: mean over query classes), plus a
+leave-one-class-out run on HiRISE v1. Writes benchmarks/results/retrieval.{md,json}.
 
-    LOOKALIKE_DATA=../shared/data python benchmarks/retrieval_table.py [--datasets hirise_v1 msl_curiosity]
+    LOOKALIKE_DATA=../shared/data python benchmarks/retrieval_table.py
 
-Backbone features (and two augmented views of the train images for NT-Xent) are computed once
-and cached (LOOKALIKE_CACHE). Heads are trained on train only; nothing here sees a test split.
+Features are computed once and cached (LOOKALIKE_CACHE). Codes are fitted on train splits only
+(EuroSAT's labels are read only to score); nothing here reads a test split. Choose on val only.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from lookalike.data.shipped import default_hash_path
 from lookalike.indexer.encoding import Encoder
-from lookalike.indexer.features import augmented_features, image_features
+from lookalike.indexer.features import image_features, mosaic_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
 from lookalike.models.hashing import fit_itq, load_hash_model
-from lookalike.models.metrics import rank_euclidean, retrieval_scores
-from lookalike.models.training import TrainConfig, train_hash
+from lookalike.models.metrics import average_precision_at_k, rank_euclidean
+from lookalike.models.training import SimilarityConfig, TrainConfig, train_hash, train_similarity_hash
 
 K = 64
 RESULTS = Path(__file__).resolve().parent / "results"
+SETS = ("hirise_v1", "msl_curiosity", "eurosat")
+LABELLED = ("hirise_v1", "msl_curiosity")  # the default's class terms; EuroSAT is unlabelled
+MOSAICS = ("mars_8k", "earth_8k")
 
 
 def data_root() -> Path:
@@ -33,128 +39,135 @@ def data_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def methods() -> list[tuple[str, dict]]:
-    rows = [("float (Euclidean)", dict(kind="float"))]
-    rows += [(f"PCA-ITQ (spine baseline) {b}", dict(kind="itq", bits=b)) for b in (64, 128, 512)]
-    for bits in (64, 128):
-        rows += [
-            (f"MIRS triplet {bits}", dict(kind="train", method="mirs-triplet", bits=bits)),
-            (f"MIRS NT-Xent (unsupervised) {bits}", dict(kind="train", method="mirs-ntxent", bits=bits)),
-            (f"Descartes noisy classifier {bits}", dict(kind="train", method="descartes-classifier", bits=bits)),
-        ]
-    rows += [
-        ("MIRS triplet + inter-class 128", dict(kind="train", method="mirs-triplet", bits=128,
-                                                inter_class_weight=0.5)),
-        ("Descartes autoencoder (unsupervised) 128", dict(kind="train", method="descartes-autoencoder", bits=128)),
-        ("Descartes autoencoder (unsupervised) 512", dict(kind="train", method="descartes-autoencoder", bits=512)),
-    ]
-    rows.append(("shipped default (hash_default.npz)", dict(kind="default")))
-    return rows
-
-
-def run(dataset: str) -> list[dict]:
-    root = data_root() / dataset
-    csv = root / "labels.csv"
-    train, val = read_labels(root, csv, "train"), read_labels(root, csv, "val")
-    encoder = Encoder(image_size=224)
-    fa, fq = image_features(root, train, encoder), image_features(root, val, encoder)
-    views = None
-    ya, yq = train["label"].to_numpy(), val["label"].to_numpy()
-    out = []
-    for name, spec in methods():
-        t0 = time.perf_counter()
-        if spec["kind"] == "float":
-            t1 = time.perf_counter()
-            ranked = rank_euclidean(fa, fq, K)
-            bits, bytes_per_item = 32 * fa.shape[1], 4 * fa.shape[1]
-        else:
-            if spec["kind"] == "itq":
-                model = fit_itq(fa, spec["bits"], backbone=encoder.name)
-            elif spec["kind"] == "default":
-                model = load_hash_model(default_hash_path())
-            else:
-                if spec["method"] == "mirs-ntxent" and views is None:
-                    views = tuple(augmented_features(root, train, encoder, v) for v in (0, 1))
-                cfg = TrainConfig(method=spec["method"], bits=spec["bits"],
-                                  inter_class_weight=spec.get("inter_class_weight", 0.0))
-                model = train_hash(fa, ya, views if spec["method"] == "mirs-ntxent" else None, cfg,
-                                   backbone=encoder.name, progress=False)
-            ca, cq = model.encode(fa), model.encode(fq)
-            t1 = time.perf_counter()
-            ranked = rank_hamming(ca, cq, K)
-            bits, bytes_per_item = model.bits, model.bits // 8
-        query_ms = (time.perf_counter() - t1) * 1000 / len(fq)
-        scores = retrieval_scores(yq, ya, ranked, K)
-        row = dict(dataset=dataset, method=name, bits=int(bits), bytes_per_item=int(bytes_per_item),
-                   map_at_64=scores["map_at_k"], precision_at_64=scores["precision_at_k"],
-                   query_ms=query_ms, fit_s=t1 - t0, n_archive=len(fa), n_queries=len(fq))
-        print(json.dumps(row), flush=True)
-        out.append(row)
+def load(views: int) -> dict:
+    """Per set: (archive features, archive labels, query features, query labels)."""
+    encoder = Encoder(image_size=224, views=views)
+    out = {}
+    for name in SETS:
+        root = data_root() / name
+        train, val = (read_labels(root, root / "labels.csv", s) for s in ("train", "val"))
+        out[name] = (image_features(root, train, encoder), train["label"].to_numpy(),
+                     image_features(root, val, encoder), val["label"].to_numpy())
     return out
 
 
-def to_markdown(rows: list[dict]) -> str:
-    lines = ["# Retrieval benchmark (archive = train, queries = val, mAP@64)", "",
-             "Produced by `python benchmarks/retrieval_table.py`. Backbone: EfficientNet-Lite0, "
-             "ImageNet weights, frozen, images at 224 px. mAP@64 as defined in "
-             "`models/metrics.py` (AP over the top 64 normalised by min(R, 64)). Query time: "
-             "exact ranking of the whole archive for one query, numpy reference scan, this "
-             "2-core machine. Heads trained on train only (supervised heads see its labels; "
-             "NT-Xent and the autoencoder do not). The shipped default was trained on HiRISE "
-             "train, so on MSL it is a transfer result.", ""]
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        lines += [f"## {dataset}", "", "| method | bits | bytes/item | mAP@64 | P@64 | query ms | fit s |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in (r for r in rows if r["dataset"] == dataset):
-            lines.append(f"| {r['method']} | {r['bits']} | {r['bytes_per_item']} | {r['map_at_64']:.4f} | "
-                         f"{r['precision_at_64']:.4f} | {r['query_ms']:.2f} | {r['fit_s']:.1f} |")
-        lines += [""] + claims([r for r in rows if r["dataset"] == dataset]) + [""]
-    return "\n".join(lines)
+def scores(ranked: np.ndarray, yq: np.ndarray, ya: np.ndarray) -> dict:
+    relevant = ya[ranked] == yq[:, None]
+    classes, counts = np.unique(ya, return_counts=True)
+    n_rel = np.array([counts[classes == c][0] if c in classes else 0 for c in yq])
+    ap = average_precision_at_k(relevant, n_rel, K)
+    return dict(micro=float(ap.mean()), macro=float(np.mean([ap[yq == c].mean() for c in np.unique(yq)])),
+                per_class={str(c): float(ap[yq == c].mean()) for c in np.unique(yq)})
 
 
-def claims(rows: list[dict]) -> list[str]:
-    """The two claims the benchmark exists to check, stated from the numbers above."""
-    learned = ("MIRS", "Descartes")
-    unsupervised = ("NT-Xent", "autoencoder")
-    float_row = next(r for r in rows if r["method"].startswith("float"))
-    best128 = max((r for r in rows if r["bits"] == 128 and r["method"].startswith(learned)),
-                  key=lambda r: r["map_at_64"])
-    best_unsup = max((r for r in rows if any(u in r["method"] for u in unsupervised)),
-                     key=lambda r: r["map_at_64"])
-    best_itq = max((r for r in rows if r["method"].startswith("PCA-ITQ")), key=lambda r: r["map_at_64"])
-    ratio = float_row["bytes_per_item"] / best128["bytes_per_item"]
-    beats = best128["map_at_64"] > float_row["map_at_64"]
+def recipe(feats: dict, tiles: dict, config: SimilarityConfig, labelled=LABELLED, drop: str | None = None):
+    """The default's recipe on these features; ``drop`` removes a HiRISE class from training."""
+    domains, sets = {}, {}
+    for name, (fa, ya, _, _) in feats.items():
+        keep = ya != drop if name == "hirise_v1" and drop else np.ones(len(ya), bool)
+        domains[name] = fa[keep]
+        if name in labelled:
+            sets[name] = (fa[keep], ya[keep])
+    return train_similarity_hash(domains | tiles, sets, config, progress=False)
+
+
+def candidates(one: dict, two: dict, tiles: dict) -> list[tuple[str, dict, object]]:
+    """(name, features it reads, code or 'float' or 'itq')."""
+    hirise = one["hirise_v1"]
+    previous = train_hash(hirise[0], hirise[1], None, TrainConfig(method="descartes-classifier", bits=128),
+                          progress=False)
     return [
-        f"- Best learned 128-bit code, {best128['method']}: mAP@64 {best128['map_at_64']:.4f} vs float "
-        f"{float_row['map_at_64']:.4f} ({'beats' if beats else 'does NOT beat'} it), archive "
-        f"{ratio:.0f}x smaller. MIRS claim (better and >= 10x smaller): "
-        f"{'holds' if beats and ratio >= 10 else 'does not hold'}.",
-        f"- Best unsupervised head, {best_unsup['method']}: {best_unsup['map_at_64']:.4f} vs the best "
-        f"PCA-ITQ baseline, {best_itq['method']}: {best_itq['map_at_64']:.4f}: "
-        f"{'holds' if best_unsup['map_at_64'] > best_itq['map_at_64'] else 'does not hold'}.",
+        ("float, 1 view (Euclidean)", one, "float"),
+        ("float, 2 views (Euclidean)", two, "float"),
+        ("PCA-ITQ 128 fitted on the archive, 2 views", two, "itq"),
+        ("noisy classifier 128 on HiRISE labels (previous default), 1 view", one, previous),
+        ("similarity code, no labels, 2 views", two, recipe(two, tiles, SimilarityConfig(), labelled=())),
+        ("similarity code + HiRISE/MSL labels (default recipe), 2 views", two, recipe(two, tiles, SimilarityConfig())),
+        ("shipped default (hash_default.npz), 2 views", two, load_hash_model(default_hash_path())),
     ]
+
+
+def evaluate(code, fa, ya, fq, yq) -> dict:
+    t0 = time.perf_counter()
+    if isinstance(code, str) and code == "float":
+        ranked = rank_euclidean(fa, fq, K)
+    else:
+        model = fit_itq(fa, 128) if isinstance(code, str) else code
+        ranked = rank_hamming(model.encode(fa), model.encode(fq), K)
+    return dict(scores(ranked, yq, ya), seconds=time.perf_counter() - t0)
+
+
+def leave_one_class_out(two: dict, tiles: dict) -> list[dict]:
+    """Train the recipe without HiRISE class c; score class-c queries against the full archive."""
+    fa, ya, fq, yq = two["hirise_v1"]
+    full = recipe(two, tiles, SimilarityConfig())
+    rows = []
+    for c in np.unique(ya):
+        q = yq == c
+        without = recipe(two, tiles, SimilarityConfig(), drop=c)
+        row = dict(held_out=str(c), n_queries=int(q.sum()))
+        for name, code in (("float", "float"), ("itq", "itq"), ("without", without), ("with", full)):
+            row[name] = evaluate(code, fa, ya, fq[q], yq[q])["micro"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def to_markdown(result: dict) -> str:
+    lines = ["# Retrieval benchmark (archive = train, queries = val, mAP@64)", "",
+             "Produced by `python benchmarks/retrieval_table.py`. Backbone: EfficientNet-Lite0, ImageNet "
+             "weights, frozen, images at 224 px; *views*: the feature is the mean over the image as is "
+             "and mirrored across a diagonal (`Encoder(views=2)`, the default) or the image alone. "
+             "mAP@64 as in `models/metrics.py`; *micro* averages over queries, *macro* over query "
+             "classes (HiRISE's `other` is most of its val split). Codes are fitted on train splits only; "
+             "EuroSAT's labels are read only to score. The similarity codes train on the train images "
+             "of all three sets plus every tile of the Mars and Earth mosaics (`lookalike train-hash "
+             "--method similarity`).", "",
+             "| method | bits | HiRISE v1 | HiRISE macro | MSL | MSL macro | EuroSAT |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in result["candidates"]:
+        s = row["scores"]
+        lines.append(f"| {row['method']} | {row['bits']} | {s['hirise_v1']['micro']:.3f} | "
+                     f"{s['hirise_v1']['macro']:.3f} | {s['msl_curiosity']['micro']:.3f} | "
+                     f"{s['msl_curiosity']['macro']:.3f} | {s['eurosat']['micro']:.3f} |")
+    lines += ["", "## Unseen classes: leave one HiRISE v1 class out", "",
+              "The default recipe trained again without class *c* (its crops leave both the labelled "
+              "and the unlabelled terms), then class-*c* val queries against the whole train archive. "
+              "*with*: the recipe trained on every class.", "",
+              "| held-out class | queries | float, 2 views | PCA-ITQ 128 | recipe without c | recipe with c |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in result["leave_one_class_out"]:
+        lines.append(f"| {r['held_out']} | {r['n_queries']} | {r['float']:.3f} | {r['itq']:.3f} | "
+                     f"{r['without']:.3f} | {r['with']:.3f} |")
+    lo = result["leave_one_class_out"]
+    mean = lambda key: np.mean([r[key] for r in lo])  # noqa: E731
+    lines.append(f"| mean over classes | | {mean('float'):.3f} | {mean('itq'):.3f} | {mean('without'):.3f} | "
+                 f"{mean('with'):.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", nargs="+", default=["hirise_v1", "msl_curiosity"])
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
-    if args.markdown_only:
-        return rewrite_markdown()
-    rows = [row for dataset in args.datasets for row in run(dataset)]
-    RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "retrieval.json"
-    if saved.exists():  # keep rows of datasets not rerun this time
-        rows = [r for r in json.loads(saved.read_text()) if r["dataset"] not in args.datasets] + rows
-    saved.write_text(json.dumps(rows, indent=2))
-    (RESULTS / "retrieval.md").write_text(to_markdown(rows))
-    print(to_markdown(rows))
-
-
-def rewrite_markdown() -> None:
-    """Regenerate retrieval.md from retrieval.json without recomputing."""
-    (RESULTS / "retrieval.md").write_text(to_markdown(json.loads((RESULTS / "retrieval.json").read_text())))
+    if args.markdown_only:
+        (RESULTS / "retrieval.md").write_text(to_markdown(json.loads(saved.read_text())))
+        return
+    one, two = load(1), load(2)
+    tile_encoder = Encoder(views=2)
+    tiles = {name: mosaic_features(name, tile_encoder) for name in MOSAICS}
+    rows = []
+    for name, feats, code in candidates(one, two, tiles):
+        bits = 32 * feats["hirise_v1"][0].shape[1] if isinstance(code, str) and code == "float" else 128
+        row = dict(method=name, bits=bits, scores={s: evaluate(code, *feats[s]) for s in SETS})
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    result = dict(k=K, candidates=rows, leave_one_class_out=leave_one_class_out(two, tiles))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(result, indent=2))
+    (RESULTS / "retrieval.md").write_text(to_markdown(result))
+    print(to_markdown(result))
 
 
 if __name__ == "__main__":

@@ -273,9 +273,12 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
 def check_backbone(out: Path, append: bool, backbone: dict) -> None:
     """Appended codes must come from the backbone and weights the index was built with."""
     if append and (out / MANIFEST).exists():
-        old = open_index(out).manifest
-        if old.get("backbone", {}).get("weights_sha256") != backbone["weights_sha256"]:
+        old = open_index(out)
+        if old.manifest.get("backbone", {}).get("weights_sha256") != backbone["weights_sha256"]:
             raise LookalikeError(f"{out} was built with another backbone or weights; cannot append")
+        if old.views != backbone.get("views", 1):
+            raise LookalikeError(f"{out} averages each tile's features over {old.views} view(s), this "
+                                 f"build over {backbone.get('views', 1)}; append with --views {old.views}")
 
 
 def raster_plan(sources: list[RasterSource], out: Path, *, size: int, stride: int,

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer import build
-from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder
 from lookalike.indexer.search import (
     MAX_K,
     Filters,
@@ -143,6 +143,7 @@ class EncoderSpec:
     batch_size: int = 64
     device: str | None = None
     runtime: str = "auto"
+    views: int = DEFAULT_VIEWS
 
 
 def _cached(cache: dict, key, make):
@@ -163,7 +164,7 @@ def worker_encoder(spec: EncoderSpec):
 
     return _cached(_ENCODERS, spec, lambda: Encoder(
         spec.backbone, spec.weights, image_size=spec.image_size, batch_size=spec.batch_size,
-        device=spec.device, runtime=spec.runtime))
+        device=spec.device, runtime=spec.runtime, views=spec.views))
 
 
 @_clean_errors

@@ -12,8 +12,10 @@ from tqdm.auto import tqdm
 
 from lookalike.config import features_dir
 from lookalike.fileio import save_npy
-from lookalike.indexer.encoding import Encoder
-from lookalike.indexer.sources import load_image
+from lookalike.indexer.encoding import CLASSIFIER_VIEWS, Encoder
+from lookalike.data.registry import DATASETS, fetch
+from lookalike.indexer.sources import RasterSource, load_image
+from lookalike.indexer.tiling import TileGrid
 from lookalike.models.augment import augment
 
 
@@ -59,8 +61,30 @@ def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int
 
 # ------------------------------------------------------------------ image folders
 def folder_features(root, table, image_size: int = 224, backbone: str = "efficientnet_lite0",
-                    progress: bool = True, encoder=None) -> np.ndarray:
-    """Cached backbone features of the images of a labels table (``image_features``)."""
+                    progress: bool = True, encoder=None, views: int = CLASSIFIER_VIEWS) -> np.ndarray:
+    """Cached backbone features of the images of a labels table (``image_features``); by
+    default single-view, as the landmark classifiers were trained on."""
 
-    encoder = encoder or Encoder(backbone, image_size=image_size)
+    encoder = encoder or Encoder(backbone, image_size=image_size, views=views)
     return image_features(root, table, encoder, progress)
+
+
+# ------------------------------------------------------------------ mosaic tiles
+def mosaic_features(name: str, encoder, size: int = 128, stride: int = 64,
+                    progress: bool = True) -> np.ndarray:
+    """Features of every tile an index of the registry mosaic ``name`` would hold (cached)."""
+
+    ds = DATASETS[name]
+    path = fetch(name)
+    key = json.dumps(dict(encoder=encoder.describe(), mosaic=name, sha256=ds.sha256, size=size, stride=stride))
+    cache = features_dir() / f"mosaic-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+    if cache.exists():
+        return np.load(cache)
+    source = RasterSource(path, name=name, crs=ds.crs, bounds=ds.bounds)
+    tiles = (pixels for _, pixels in source.tiles(TileGrid(size, stride, source.native_gsd)))
+    feats = np.stack(list(tqdm(encoder.features_stream(tiles), desc=f"encoding {name} tiles",
+                               unit="tile", disable=not progress)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_npy(cache.with_suffix(".tmp.npy"), feats)
+    cache.with_suffix(".tmp.npy").replace(cache)
+    return feats

@@ -379,7 +379,7 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     except (AttributeError, TypeError, ValueError):
         raise IndexCorruptError(f"{index.path}: the manifest's image size or tiling is malformed") from None
     pixels = load_image(image, size)[None]  # a bad file is refused before the network is built
-    encoder = encoder or Encoder(backbone["name"], image_size=size)
+    encoder = encoder or Encoder(backbone["name"], image_size=size, views=index.views)
     if encoder.describe()["weights_sha256"] != backbone["weights_sha256"]:
         raise LookalikeError("the encoder's weights differ from those the index was built with")
     features = encoder.features(pixels)

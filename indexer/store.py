@@ -75,6 +75,15 @@ class Index:
         name = self.manifest["files"].get("hash")
         return self.path / name["name"] if name else None
 
+    @property
+    def views(self) -> int:
+        """Rotations/flips each tile's feature averaged over (indexes from before views: 1)."""
+        backbone = self.manifest.get("backbone")
+        views = backbone.get("views", 1) if isinstance(backbone, dict) else 1
+        if not isinstance(views, int) or isinstance(views, bool) or views < 1:
+            raise IndexCorruptError(f"{self.path}: the manifest's backbone views {views!r} is not a count")
+        return views
+
     def __len__(self) -> int:
         return self.n
 

@@ -16,6 +16,7 @@ from lookalike.errors import LookalikeError, OptionError
 
 # the approximate methods of lookalike.indexer.ann.ANN_METHODS, named here so that --help needs no numba
 ANN_CHOICES = ("hnsw", "usearch", "ivf", "lsh")
+VIEW_CHOICES = (1, 2, 4, 8)  # indexer.encoding.VIEW_SETS, here so that --help needs no torch
 from lookalike.fileio import atomic_write_bytes
 
 
@@ -108,8 +109,8 @@ def cmd_index(args) -> None:
                       time=args.time, tile_size=args.tile_size, stride=args.stride, gsd=args.gsd,
                       zones=args.zones, bbox=args.bbox, min_valid=args.min_valid, hash_path=args.hash,
                       bits=args.bits, backbone=args.backbone, weights=args.weights,
-                      batch_size=args.batch_size, runtime=args.runtime, append=args.append,
-                      scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
+                      batch_size=args.batch_size, runtime=args.runtime, views=args.views,
+                      append=args.append, scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
                       classify=args.classify, ann=args.ann, ann_params=_ann_params(args.ann_param),
                       prefetch=args.prefetch)
     _write_json(None, shards_summary(out) if args.shards else index_summary(out, verify=False))
@@ -172,7 +173,8 @@ def cmd_eval(args) -> None:
     result = evaluate_retrieval(args.images, args.labels, archive_split=args.archive_split,
                                 query_split=args.query_split, k=args.k,
                                 method="float" if args.float else "hash", hash_path=args.hash,
-                                bits=args.bits, image_size=args.image_size)
+                                bits=args.bits, image_size=args.image_size,
+                                **({} if args.views is None else dict(views=args.views)))
     _write_json(args.json, result)
 
 
@@ -205,9 +207,23 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_train_hash(args) -> None:
-    from lookalike.models.training import TrainConfig
-    from lookalike.workflows.training import train_hash_head
+    from lookalike.models.training import SIMILARITY, SimilarityConfig, TrainConfig
+    from lookalike.workflows.training import train_hash_head, train_similarity_code
 
+    if args.method == SIMILARITY:
+        labelled = _folder_pairs(args.labelled) + ([(args.images, args.labels)] if args.images else [])
+        config = SimilarityConfig(bits=args.bits, steps=args.steps, label_blend=args.label_blend,
+                                  push_weight=args.push_weight, balance_weight=args.balance_weight,
+                                  seed=args.seed)
+        report = train_similarity_code(args.out, config, labelled=labelled,
+                                       unlabelled=_folder_pairs(args.unlabelled), mosaics=args.mosaic or [],
+                                       split=args.split, val_split=args.val_split,
+                                       image_size=args.image_size)
+        _write_json(args.json, report)
+        return
+    for option in ("labelled", "unlabelled", "mosaic"):
+        if getattr(args, option):
+            raise SystemExit(f"lookalike train-hash: --{option} is for --method similarity")
     config = TrainConfig(method=args.method, bits=args.bits, epochs=args.epochs,
                          push_weight=args.push_weight, balance_weight=args.balance_weight,
                          inter_class_weight=args.inter_class_weight, seed=args.seed,
@@ -218,6 +234,17 @@ def cmd_train_hash(args) -> None:
                              target_images=args.target_images, target_labels=args.target_labels,
                              target_split=args.target_split)
     _write_json(args.json, report)
+
+
+def _folder_pairs(values: list[str] | None) -> list[tuple[str, str]]:
+    """``ROOT=CSV`` arguments as (root, csv) pairs."""
+    pairs = []
+    for value in values or []:
+        root, sep, csv = value.partition("=")
+        if not sep or not root or not csv:
+            raise SystemExit(f"lookalike train-hash: expected ROOT=LABELS_CSV, got {value!r}")
+        pairs.append((root, csv))
+    return pairs
 
 
 def cmd_bench(args) -> None:
@@ -339,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
                    help="encoder runtime: auto (ONNX Runtime fp32 on a CPU, torch on a GPU), torch, "
                    "onnx, or onnx-int8 (faster, approximate: code bits differ)")
+    i.add_argument("--views", type=int, choices=VIEW_CHOICES,
+                   help="average each tile's features over this many rotations/flips (1, 2 = as is and "
+                        "turned 180 degrees, 4, 8); default 2, or the index's own with --append")
     i.add_argument("--append", action="store_true", help="add to an existing index")
     i.add_argument("--ann", choices=ANN_CHOICES,
                    help="also store an approximate index (hnsw: faiss HNSW graph; usearch; ivf; lsh), measured "
@@ -411,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--hash", help="a hash model file, 'default' (the shipped model, the default) or 'itq'")
     r.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
     r.add_argument("--image-size", type=int, default=224)
+    r.add_argument("--views", type=int, choices=VIEW_CHOICES,
+                   help="average each image's features over this many rotations/flips (default 2)")
     r.add_argument("--json")
     r.set_defaults(func=cmd_eval)
 
@@ -434,9 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", default="train")
     t.add_argument("--val-split", help="report mAP@64 of this split against --split")
     t.add_argument("--method", default="mirs-triplet",
-                   choices=["mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder"])
+                   choices=["mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder",
+                            "similarity"],
+                   help="similarity: the default code's recipe, trained on a mix of imagery (--labelled, "
+                        "--unlabelled, --mosaic; --images/--labels count as one more labelled set)")
     t.add_argument("--bits", type=int, default=128)
     t.add_argument("--epochs", type=int, default=60)
+    t.add_argument("--labelled", action="append", metavar="ROOT=CSV",
+                   help="similarity: a labelled image folder (classes and neighbourhoods); repeatable")
+    t.add_argument("--unlabelled", action="append", metavar="ROOT=CSV",
+                   help="similarity: an image folder whose neighbourhoods the code keeps (labels are "
+                        "read only for --val-split); repeatable")
+    t.add_argument("--mosaic", action="append", help="similarity: every tile of this mosaic (mars_8k, "
+                   "earth_8k); repeatable")
+    t.add_argument("--steps", type=int, default=3000, help="similarity: optimiser steps")
+    t.add_argument("--label-blend", type=float, default=0.3,
+                   help="similarity: labelled pairs match (1 - b) * feature cosine + b * same class")
     t.add_argument("--push-weight", type=float, default=0.1)
     t.add_argument("--balance-weight", type=float, default=0.1)
     t.add_argument("--inter-class-weight", type=float, default=0.0)

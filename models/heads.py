@@ -63,6 +63,29 @@ class NoisyClassifierHead(nn.Module):
         return noisy_sigmoid(self.code(x), self.noise_std, self.training)
 
 
+class SimilarityHead(nn.Module):
+    """A sigmoid code layer with one linear classifier per labelled set (training only).
+
+    Trained to keep the features' neighbourhoods on unlabelled images of every domain and to
+    separate the classes of the labelled sets (``models.training.train_similarity_hash``).
+    """
+
+    def __init__(self, in_features: int, bits: int, n_classes: tuple[int, ...] = (), hidden: int = 0,
+                 slope: float = 0.2):
+        super().__init__()
+        self.config = dict(kind="similarity", in_features=in_features, bits=bits,
+                           n_classes=list(n_classes), hidden=hidden, slope=slope)
+        self.code = (nn.Sequential(nn.Linear(in_features, hidden), nn.LeakyReLU(slope), nn.Linear(hidden, bits))
+                     if hidden else nn.Linear(in_features, bits))
+        self.classifiers = nn.ModuleList(nn.Linear(bits, n) for n in n_classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.code(x))
+
+
 class AutoencoderHead(nn.Module):
     """D-1024-512-1024-D autoencoder; the 512-unit sigmoid layer is the code."""
 

@@ -28,6 +28,24 @@ def signed(p: torch.Tensor) -> torch.Tensor:
     return 2.0 * p - 1.0
 
 
+def similarity_matching_loss(p: torch.Tensor, features: torch.Tensor, same: torch.Tensor | None = None,
+                             blend: float = 0.0) -> torch.Tensor:
+    """Mean squared gap between the codes' cosine and the features' cosine, over all pairs.
+
+    ``features`` are centred (by their own domain's mean, so that the target measures how two
+    items of one kind of imagery differ, not how far that kind sits from the others). With
+    binary codes the code cosine is ``1 - 2 * Hamming / K``: Hamming ranks follow feature ranks.
+    With ``same`` (B, B: 1 where two items share a class) the target is
+    ``(1 - blend) * cosine + blend * same``.
+    """
+    z = signed(p)
+    x = torch.nn.functional.normalize(features, dim=1)
+    target = x @ x.T
+    if same is not None:
+        target = (1.0 - blend) * target + blend * same
+    return ((z @ z.T / z.shape[1] - target) ** 2).mean()
+
+
 class SemiHardTriplet(torch.nn.Module):
     """Online triplet loss with semi-hard mining, on signed codes with cosine similarity."""
 

@@ -20,13 +20,15 @@ from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
 from lookalike.models.hashing import MAX_BITS, NetworkHash
-from lookalike.models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead
+from lookalike.models.heads import AutoencoderHead, MIRSHead, NoisyClassifierHead, SimilarityHead
 from lookalike.models.losses import (
     ContrastivePairs,
     SemiHardTriplet,
     balance_loss,
     inter_class_triplets,
     push_loss,
+    signed,
+    similarity_matching_loss,
 )
 from lookalike.models.whitening import SOURCE, TARGET, GroupWhitening, binary_entropy
 
@@ -197,6 +199,9 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
     elif isinstance(head, AutoencoderHead):
         linears = [m for m in head.encoder if isinstance(m, nn.Linear)]
         slope = 0.2
+    elif isinstance(head, SimilarityHead):
+        linears = [m for m in head.code.modules() if isinstance(m, nn.Linear)]
+        slope = head.config["slope"] if head.config["hidden"] else 0.0
     else:
         linears, slope = [head.code], 0.0
     weights = [m.weight.detach().numpy().copy() for m in linears]
@@ -214,3 +219,107 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
                        dict(asdict(cfg), n_train=n_train, head=head.config))
 
 
+
+
+# ------------------------------------------------------------ similarity-preserving codes
+SIMILARITY = "similarity"
+
+
+@dataclass
+class SimilarityConfig:
+    """Settings of ``train_similarity_hash``."""
+
+    bits: int = 128
+    steps: int = 3000
+    domain_batch: int = 128  # unlabelled items per domain in a step
+    labelled_batch: int = 256  # items per labelled set in a step
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    similarity_weight: float = 1.0
+    supervised_weight: float = 0.0
+    push_weight: float = 0.1
+    balance_weight: float = 0.1
+    hidden: int = 0  # > 0: one hidden layer of this width (LeakyReLU) before the code layer
+    label_blend: float = 0.3  # labelled pairs match (1 - b) * cosine + b * same class
+    seed: int = 0
+
+
+def train_similarity_hash(domains: dict[str, np.ndarray],
+                          labelled: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                          config: SimilarityConfig | None = None, backbone: str = "",
+                          progress: bool = True) -> NetworkHash:
+    """A code that keeps each domain's feature neighbourhoods and separates labelled classes.
+
+    ``domains``: unlabelled features per kind of imagery (e.g. Mars tiles, Earth tiles, HiRISE
+    crops). Each step draws ``domain_batch`` items of every domain and asks the codes' cosine
+    to match the cosine of the features centred on their domain's mean
+    (``similarity_matching_loss``), one domain at a time. ``labelled``: (features, labels) sets
+    whose classes shape the code as one part of the loss, not the whole of it: their pairs'
+    target blends feature cosine with class agreement (``label_blend``) and/or a linear
+    classifier per set reads the classes off the code (cross-entropy, ``supervised_weight``).
+    """
+    cfg = config or SimilarityConfig()
+    labelled = labelled or {}
+    if not domains or any(len(x) < 2 for x in domains.values()):
+        raise LookalikeError("each unlabelled domain needs at least 2 feature vectors")
+    if cfg.bits <= 0 or cfg.bits % 8 or cfg.bits > MAX_BITS:
+        raise LookalikeError(f"bits must be a positive multiple of 8 up to {MAX_BITS}, got {cfg.bits}")
+    dims = {x.shape[1] for x in domains.values()} | {x.shape[1] for x, _ in labelled.values()}
+    if len(dims) != 1:
+        raise LookalikeError(f"every feature set must have the same width, got {sorted(dims)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: one thread is as fast
+    try:
+        return _train_similarity(domains, labelled, cfg, backbone, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, progress: bool) -> NetworkHash:
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    union = np.concatenate([np.asarray(x, np.float32) for x in domains.values()])
+    mean, std = union.mean(0), union.std(0)
+    std = np.where(std > 1e-4, std, np.inf).astype(np.float32)
+    norm = lambda a: torch.from_numpy((np.asarray(a, np.float32) - mean) / std)  # noqa: E731
+    centred = lambda t: torch.from_numpy(t - t.mean(0))  # noqa: E731
+    unlabelled = [(norm(x), centred(np.asarray(x, np.float32))) for x in domains.values()]
+    sets = []
+    for x, y in labelled.values():
+        _, ids = np.unique(np.asarray(y), return_inverse=True)
+        sets.append((norm(x), torch.from_numpy(ids), centred(np.asarray(x, np.float32))))
+    head = SimilarityHead(union.shape[1], cfg.bits, tuple(int(ids.max()) + 1 for _, ids, _ in sets),
+                          hidden=cfg.hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    bar = tqdm(range(cfg.steps), desc="training similarity code", unit="step", disable=not progress)
+    for step in bar:
+        loss = torch.zeros(())
+        for xs, centred in unlabelled:
+            rows = torch.randint(len(xs), (min(cfg.domain_batch, len(xs)),), generator=gen)
+            p = head(xs[rows])
+            loss = loss + (cfg.similarity_weight * similarity_matching_loss(p, centred[rows])
+                           + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)) / len(unlabelled)
+        for (xs, ids, centred_l), classifier in zip(sets, head.classifiers):
+            rows = torch.randint(len(xs), (cfg.labelled_batch,), generator=gen)
+            p = head(xs[rows])
+            if cfg.supervised_weight:
+                loss = loss + cfg.supervised_weight * nn.functional.cross_entropy(classifier(signed(p)), ids[rows])
+            if cfg.label_blend:
+                same = (ids[rows][:, None] == ids[rows][None, :]).float()
+                loss = loss + cfg.similarity_weight * similarity_matching_loss(
+                    p, centred_l[rows], same, cfg.label_blend)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            bar.set_postfix(loss=float(loss.detach()))
+    head.eval()
+    train_cfg = TrainConfig(method=SIMILARITY, bits=cfg.bits, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            push_weight=cfg.push_weight, balance_weight=cfg.balance_weight, seed=cfg.seed)
+    model = export_head(head, mean, std, train_cfg, backbone,
+                        n_train=int(sum(len(x) for x in domains.values())))
+    model.meta.update(similarity=asdict(cfg), domains={k: len(v) for k, v in domains.items()},
+                      labelled={k: len(v[0]) for k, v in labelled.items()})
+    return model

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lookalike.data.shipped import default_hash_path
-from lookalike.indexer.encoding import Encoder, mars_tiles
+from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder, mars_tiles
 from lookalike.models.backbones import Backbone, create_backbone
 from lookalike.models.hashing import load_hash_model
 
@@ -81,7 +81,7 @@ def _compile_path(backbone: Backbone, size: int, batch_size: int) -> tuple[Calla
 def _encoder_path(backbone: Backbone, size: int, batch_size: int,
                   **kwargs) -> tuple[Callable[[np.ndarray], np.ndarray], float, Encoder]:
     t0 = time.perf_counter()
-    enc = Encoder(backbone, batch_size=batch_size, **kwargs)
+    enc = Encoder(backbone, batch_size=batch_size, **{"views": 1, **kwargs})
     enc.features(np.zeros((1, size, size, 3), np.uint8))  # export / load / quantize now, not in timing
     return enc.features, time.perf_counter() - t0, enc
 
@@ -95,9 +95,11 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
     size = tiles.shape[1]
     backbone = backbone or create_backbone()
     # a copy: Module.to(memory_format=...) converts in place, and the caller's backbone stays as is
-    eager = Encoder(copy.deepcopy(backbone), batch_size=batch_size, optimize=False, device="cpu", runtime="torch")
+    # runtimes are compared one pass per tile; the cost of more views is timed after
+    eager = Encoder(copy.deepcopy(backbone), batch_size=batch_size, optimize=False, device="cpu", runtime="torch",
+                    views=1)
     eager.model = eager.model.to(memory_format=torch.contiguous_format)
-    default = Encoder(backbone, batch_size=batch_size)
+    default = Encoder(backbone, batch_size=batch_size, views=1)
     paths: dict[str, dict] = {}
 
     def add(name: str, what: str, make: Callable[[], tuple]) -> None:
@@ -158,14 +160,28 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
             row["error"] = p["error"]
         results[name] = row
     default_name = default.runtime if default.device.type == "cpu" else "cuda"
+    views = {}
+    for n_views in (1, DEFAULT_VIEWS, 8):
+        run, _, _ = _encoder_path(backbone, size, batch_size, views=n_views)
+        run(tiles[:batch_size])
+        seconds = min(_timed(run, tiles) for _ in range(repeat))
+        views[str(n_views)] = dict(tiles_per_s=round(len(tiles) / seconds, 1))
+    for row in views.values():
+        row["cost_vs_one_view"] = round(views["1"]["tiles_per_s"] / row["tiles_per_s"], 2)
     chosen = results.get(default_name, {})
     return dict(n=len(tiles), tiles=what, batch_size=batch_size, repeat=repeat,
                 threads=torch.get_num_threads(), cpu_count=_cpu_count(), device=str(default.device),
                 default_runtime=default.runtime, eager_tiles_per_s=round(eager_rate, 1),
                 ours_tiles_per_s=chosen.get("tiles_per_s"), ratio=chosen.get("ratio"),
                 bit_error_rate=chosen.get("bit_error_rate"), max_feature_diff=chosen.get("max_feature_diff"),
-                versions=_versions(), paths=results,
+                versions=_versions(), paths=results, default_views=DEFAULT_VIEWS, views=views,
                 reference="plain eager PyTorch fp32, NCHW, inference_mode, batch " + str(batch_size))
+
+
+def _timed(run: Callable[[np.ndarray], np.ndarray], tiles: np.ndarray) -> float:
+    t0 = time.perf_counter()
+    run(tiles)
+    return time.perf_counter() - t0
 
 
 def _cpu_count() -> int:
@@ -196,4 +212,10 @@ def markdown_table(result: dict) -> str:
         mark = " (default)" if name == result["default_runtime"] and result["device"] == "cpu" else ""
         lines.append(f"| {name}{mark} | {row['what']} | {row['tiles_per_s']:.1f} | {row['ratio']:.2f}x | "
                      f"{row['setup_s']:.1f} | {row['max_feature_diff']:.1e} | {row['bit_error_rate']:.4f} |")
+    if result.get("views"):
+        lines += ["", f"Views (default runtime; each tile's feature averaged over its rotations/flips, "
+                  f"default {result['default_views']}):", "", "| views | tiles/s | cost vs 1 view |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {v} | {row['tiles_per_s']:.1f} | {row['cost_vs_one_view']:.2f}x |"
+                  for v, row in result["views"].items()]
     return "\n".join(lines)

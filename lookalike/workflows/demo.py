@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from lookalike.config import data_dir, indexes_dir
 from lookalike.data.hirise import hirise_path
 from lookalike.data.registry import DATASETS, fetch
+from lookalike.data.shipped import default_hash_path
 from lookalike.errors import LookalikeError
+from lookalike.fileio import sha256_file
+from lookalike.indexer.encoding import DEFAULT_VIEWS
 from lookalike.indexer.build import index_images, index_rasters
 from lookalike.indexer.catalogue import attach_to_index, place_index_at_observations
 from lookalike.indexer.sources import RasterSource
@@ -24,11 +28,13 @@ def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progre
         raise LookalikeError(f"unknown body {body!r}; choose from {', '.join(BODIES)}")
     name = BODIES[body]
     out = indexes_dir(root) / name
+    _set_aside_if_stale(out)
     if not (out / MANIFEST).exists():
         ds = DATASETS[name]
         source = RasterSource(fetch(name), name=name, crs=ds.crs, bounds=ds.bounds)
         print(f"building the {body} demo index in {out} (once; interrupted builds resume)")
         index_rasters([source], out, progress=progress, **options)
+    _remove(_aside(out))
     if body == "mars":
         ensure_landmarks(out, name, progress=progress)
     return out
@@ -52,15 +58,43 @@ def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path 
     if not (images / "labels.csv").is_file() or not hirise_path().is_file():
         print(f"no HiRISE landmark layer: {images}/labels.csv or {hirise_path()} is missing")
         return None
+    _set_aside_if_stale(out)
     if not (out / MANIFEST).exists():
         print(f"building the HiRISE landmark layer in {out} (once)")
         index_images(images, images / "labels.csv", out, progress=progress)
+    _remove(_aside(out))
     manifest = open_index(out, verify=False).manifest
     if "placed_at" not in manifest:
         place_index_at_observations(out)
     if "landmarks" not in manifest["files"]:
         classify_chips(out, images, "hirise", progress=progress)
     return out
+
+
+def _aside(out: Path) -> Path:
+    return out.with_name(f"{out.name}.previous")
+
+
+def _set_aside_if_stale(out: Path) -> None:
+    """Move a demo index made with another default code or views out of the way, so that it is
+    built again; the old one stays (renamed) until the new one is complete."""
+    if not (out / MANIFEST).exists():
+        return
+    try:
+        index = open_index(out, verify=False)
+        stale = (index.manifest["files"]["hash"]["sha256"] != sha256_file(default_hash_path())
+                 or index.views != DEFAULT_VIEWS)
+    except (LookalikeError, KeyError, TypeError):
+        stale = True  # unreadable: build it again rather than serve it
+    if stale:
+        _remove(_aside(out))
+        out.rename(_aside(out))
+        print(f"{out} was made with an earlier default code; building it again")
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None and path.exists():
+        shutil.rmtree(path)
 
 
 def demo_indexes(bodies: list[str], root: str | Path | None = None, hirise: bool = True,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder
 from lookalike.indexer.features import folder_features, image_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
@@ -20,7 +20,7 @@ from lookalike.models.metrics import classification_metrics, rank_euclidean, ret
 def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_split: str = "train",
                        query_split: str = "test", k: int = 64, method: str = "default",
                        hash_path: str | None = None, bits: int | None = None, image_size: int = 224,
-                       progress: bool = True) -> dict:
+                       views: int = DEFAULT_VIEWS, progress: bool = True) -> dict:
     """mAP@k of archive-vs-query retrieval; ``method`` is ``float`` or ``hash``.
 
     ``float``: backbone features, Euclidean distance. ``hash``: the code ``hash_path`` names
@@ -32,7 +32,7 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
         raise LookalikeError("k must be at least 1")
     archive = read_labels(root, labels_csv, split=archive_split)
     queries = read_labels(root, labels_csv, split=query_split)
-    encoder = Encoder(image_size=image_size)
+    encoder = Encoder(image_size=image_size, views=views)
     fa = image_features(root, archive, encoder, progress)
     fq = image_features(root, queries, encoder, progress)
     t0 = time.perf_counter()
@@ -50,7 +50,7 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
     return dict(map_at_k=scores["map_at_k"], precision_at_k=scores["precision_at_k"], k=k,
                 n_queries=len(queries), n_archive=len(archive), bits=int(n_bits), method=name,
                 bytes_per_item=int(bytes_per_item), query_ms=query_ms, backbone=encoder.name,
-                image_size=image_size)
+                image_size=image_size, views=views)
 
 
 def plot_classification(curve: dict, metrics: dict, path: str | Path, title: str = "") -> Path:

@@ -19,10 +19,10 @@ from lookalike.indexer.distributed import (
     index_images_distributed,
     index_rasters_distributed,
 )
-from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder
 from lookalike.indexer.shards import read_shards
 from lookalike.indexer.sources import RasterSource
-from lookalike.indexer.store import open_index, read_manifest, write_ann
+from lookalike.indexer.store import MANIFEST, open_index, read_manifest, write_ann
 from lookalike.indexer.tiling import Zone
 from lookalike.workflows.landmarks import classify_chips
 
@@ -50,7 +50,7 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                 bbox: tuple[float, float, float, float] | None = None, min_valid: float = 0.5,
                 hash_path: str | None = None, bits: int | None = None,
                 backbone: str = "efficientnet_lite0", weights: str | None = None, batch_size: int = 64,
-                runtime: str = "auto", append: bool = False, scheduler: str | None = None,
+                runtime: str = "auto", views: int | None = None, append: bool = False, scheduler: str | None = None,
                 shards: int | None = None, footprints: str | None = None, classify: str | None = None,
                 ann: str | None = None, ann_params: dict | None = None, prefetch: int | None = None,
                 progress: bool = True) -> Path:
@@ -64,7 +64,9 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
     stores an approximate index with the codes (``index_ann``); with no rasters or images it is
     added to the existing index at ``out``. An index that has one keeps it through appends.
     ``prefetch`` chunks of tiles are made ahead of the encoder on another thread (default: 2 for
-    rasters, 0 for image folders; see ``indexer.build``).
+    rasters, 0 for image folders; see ``indexer.build``). ``views``: rotations/flips each
+    tile's feature averages over (``indexer.encoding.VIEW_SETS``; default: the index's own when
+    appending, else ``DEFAULT_VIEWS``).
     """
     if prefetch is not None and prefetch < 0:
         raise LookalikeError(f"--prefetch must be 0 or more chunks, got {prefetch}")
@@ -84,30 +86,33 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
         raise LookalikeError("--footprints and --classify are for image chips (--images); find "
                              "landmarks in rasters with `lookalike landmarks SCENE --index DIR`")
     zone_list = [Zone.parse(z) for z in zones] if zones else None
+    if views is None:
+        views = open_index(out).views if append and (Path(out) / MANIFEST).exists() else DEFAULT_VIEWS
     if scheduler:
         with connect(scheduler) as client:
             if images:
                 spec = EncoderSpec(backbone, weights, image_size=image_size, batch_size=batch_size,
-                                   runtime=runtime)
+                                   runtime=runtime, views=views)
                 path = index_images_distributed(client, images, labels, out, split=split, bits=bits,
                                                 image_size=image_size, hash_path=hash_path,
                                                 encoder=spec, append=append, shards=shards)
             else:
-                spec = EncoderSpec(backbone, weights, batch_size=batch_size, runtime=runtime)
+                spec = EncoderSpec(backbone, weights, batch_size=batch_size, runtime=runtime, views=views)
                 sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
                 path = index_rasters_distributed(client, sources, out, size=tile_size, stride=stride,
                                                  gsd=gsd, zones=zone_list, bbox=bbox, bits=bits,
                                                  hash_path=hash_path, encoder=spec, min_valid=min_valid,
                                                  append=append, shards=shards)
     elif images:
-        encoder = Encoder(backbone, weights, image_size=image_size, batch_size=batch_size, runtime=runtime)
+        encoder = Encoder(backbone, weights, image_size=image_size, batch_size=batch_size, runtime=runtime,
+                          views=views)
         # placing and classifying come after the commit: the build's work folder stays until
         # they finish, so that the same command run again after a kill finishes them
         path = index_images(images, labels, out, split=split, bits=bits, image_size=image_size,
                             hash_path=hash_path, encoder=encoder, append=append, shards=shards,
                             progress=progress, keep_work=bool(footprints or classify) and not shards, **ahead)
     else:
-        encoder = Encoder(backbone, weights, batch_size=batch_size, runtime=runtime)
+        encoder = Encoder(backbone, weights, batch_size=batch_size, runtime=runtime, views=views)
         sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
         path = index_rasters(sources, out, size=tile_size, stride=stride, gsd=gsd, zones=zone_list,
                              bbox=bbox, bits=bits, hash_path=hash_path, encoder=encoder,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lookalike.errors import LookalikeError
 from lookalike.fileio import atomic_write_bytes
 from lookalike.indexer.catalogue import attach_to_index, crop_landmarks
-from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.encoding import CLASSIFIER_VIEWS, Encoder
 from lookalike.indexer.export import footprint_geometry, write_geojson
 from lookalike.indexer.features import folder_features
 from lookalike.indexer.scenes import RasterCrops, RasterScene, open_scene, pixel_boxes_to_lonlat
@@ -111,7 +111,8 @@ def find_landmarks(source, classifier="hirise", threshold: float = 0.9, border: 
             return empty_landmarks(model.classes)
         if encoder is None:
 
-            encoder = Encoder(model.backbone, image_size=model.image_size, batch_size=batch_size)
+            encoder = Encoder(model.backbone, image_size=model.image_size, batch_size=batch_size,
+                              views=CLASSIFIER_VIEWS)
         elif encoder.name != model.backbone:
             raise LookalikeError(f"the classifier needs {model.backbone} features, the encoder "
                                  f"gives {encoder.name}")
@@ -202,7 +203,8 @@ def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str 
     sources = [open_scene(ref, crs=crs, bounds=bounds, time=time) for ref in scenes]
     for src in sources:
         RasterScene(src, window, band).close()
-    encoder = Encoder(classifier.backbone, image_size=classifier.image_size, batch_size=16)
+    encoder = Encoder(classifier.backbone, image_size=classifier.image_size, batch_size=16,
+                      views=CLASSIFIER_VIEWS)
     frames = [find_landmarks(src, classifier, threshold, border, window=window, band=band,
                              max_regions=max_regions, encoder=encoder) for src in sources]
     found = [f for f in frames if len(f)]

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from lookalike.data.registry import DATASETS
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import Encoder
-from lookalike.indexer.features import augmented_features, folder_features, image_features
+from lookalike.indexer.encoding import CLASSIFIER_VIEWS, DEFAULT_VIEWS, Encoder
+from lookalike.indexer.features import augmented_features, folder_features, image_features, mosaic_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
 from lookalike.indexer.store import open_index
@@ -17,7 +18,13 @@ from lookalike.indexer.thumbnails import index_grid, index_source_image
 from lookalike.models.augment import augment
 from lookalike.models.classifier import DEFAULT_GRID, ClassifierConfig, train_classifier
 from lookalike.models.metrics import classification_metrics, retrieval_scores
-from lookalike.models.training import SUPERVISED, TrainConfig, train_hash
+from lookalike.models.training import (
+    SUPERVISED,
+    SimilarityConfig,
+    TrainConfig,
+    train_hash,
+    train_similarity_hash,
+)
 
 
 def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
@@ -65,7 +72,7 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
     counts = table["label"].value_counts()
     if len(table) < 2 * folds:
         raise LookalikeError(f"{len(table)} labelled images are too few for {folds}-fold calibration")
-    encoder = Encoder(image_size=image_size)
+    encoder = Encoder(image_size=image_size, views=CLASSIFIER_VIEWS)
     feats = folder_features(root, table, progress=progress, encoder=encoder)
     grid = DEFAULT_GRID if search else None
     # --views caps the augmented views used (each is one more pass of the backbone, cached)
@@ -151,7 +158,7 @@ def train_hash_from_index(index_dir, out, *, config: TrainConfig | None = None, 
     pixels = np.stack([index_source_image(index, t.source).tile(t.zone, grid, int(t.row), int(t.col))
                        for t in tqdm(tiles.itertuples(), total=len(tiles), desc="reading tiles",
                                      unit="tile", disable=not progress)])
-    encoder = Encoder(index.manifest["backbone"]["name"])
+    encoder = Encoder(index.manifest["backbone"]["name"], views=index.views)
     feats = encoder.features(pixels)
     views = None
     if cfg.method == "mirs-ntxent":
@@ -160,6 +167,53 @@ def train_hash_from_index(index_dir, out, *, config: TrainConfig | None = None, 
     model.meta.update(trained_on=dict(index=str(index.path.name), n=len(tiles)))
     return dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(tiles),
                 sha256=model.save(out))
+
+
+def train_similarity_code(out: str | Path, config: SimilarityConfig | None = None, *,
+                          labelled: list[tuple[str, str]] = (), unlabelled: list[tuple[str, str]] = (),
+                          mosaics: list[str] = (), split: str = "train", val_split: str | None = None,
+                          image_size: int = 224, views: int = DEFAULT_VIEWS, k: int = 64,
+                          progress: bool = True) -> dict:
+    """Train the similarity-preserving code on a mix of imagery; save it to ``out``.
+
+    ``labelled`` (root, labels CSV) folders give both a domain and class terms; ``unlabelled``
+    folders only a domain (their labels are read only to report ``val_split`` mAP@k);
+    ``mosaics`` (registry names) give every tile an index of them would hold.
+    """
+    if not (labelled or unlabelled or mosaics):
+        raise LookalikeError("the similarity code needs imagery: --labelled, --unlabelled or --mosaic")
+    cfg = config or SimilarityConfig()
+    encoder = Encoder(image_size=image_size, views=views)
+    domains, sets, tables = {}, {}, {}
+    for root, csv in [*labelled, *unlabelled]:
+        name = Path(root).name
+        if name in domains:
+            raise LookalikeError(f"two image folders are both named {name!r}")
+        tables[name] = (root, csv, read_labels(root, csv, split=split))
+        domains[name] = image_features(root, tables[name][2], encoder, progress)
+        if (root, csv) in labelled:
+            sets[name] = (domains[name], tables[name][2]["label"].to_numpy())
+    tile_encoder = Encoder(views=views)  # tiles at their own 128 px
+    for name in mosaics:
+        if name not in DATASETS:
+            raise LookalikeError(f"unknown mosaic {name!r}; choose from {', '.join(DATASETS)}")
+        domains[name] = mosaic_features(name, tile_encoder, progress=progress)
+    model = train_similarity_hash(domains, sets, cfg, backbone=encoder.name, progress=progress)
+    model.meta.update(trained_on=dict(split=split, image_size=image_size, views=views,
+                                      labelled=sorted(sets), domains={n: len(x) for n, x in domains.items()}))
+    report = dict(out=str(out), method=model.method, bits=model.bits, views=views,
+                  n_train=int(sum(len(x) for x in domains.values())))
+    if val_split:
+        report["val"] = {}
+        for name, (root, csv, table) in tables.items():
+            val = read_labels(root, csv, split=val_split)
+            ranked = rank_hamming(model.encode(domains[name]),
+                                  model.encode(image_features(root, val, encoder, progress)), k)
+            scores = retrieval_scores(val["label"].to_numpy(), table["label"].to_numpy(), ranked, k)
+            report["val"][name] = dict(map_at_k=scores["map_at_k"], k=k, n_queries=len(val))
+        model.meta.update(val=dict(split=val_split, **report["val"]))
+    report["sha256"] = model.save(out)
+    return report
 
 
 def train_hash_head(out: str | Path, config: TrainConfig, *, images: str | Path | None = None,

@@ -178,6 +178,10 @@ def test_bench_encode_reports_every_path(backbone, warm_cache, monkeypatch):
     for row in result["paths"].values():
         assert row["tiles_per_s"] > 0 and row["bit_error_rate"] == 0.0
     assert "| onnx (default) |" in encode_benchmark.markdown_table(result)
+    # the cost of pooling views is timed on the same tiles, relative to one view
+    assert set(result["views"]) == {"1", "2", "8"} and result["views"]["1"]["cost_vs_one_view"] == 1.0
+    assert all(row["tiles_per_s"] > 0 for row in result["views"].values())
+    assert "| 8 |" in encode_benchmark.markdown_table(result)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is not exercised")

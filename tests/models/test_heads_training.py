@@ -283,3 +283,49 @@ def test_resolve_hash(tmp_path, clusters):
         resolve_hash("default", x, bits=default.bits + 8)
     with pytest.raises(LookalikeError, match="does not exist"):
         resolve_hash(str(tmp_path / "missing.npz"), x)
+
+
+# ------------------------------------------------------------------ similarity-preserving code
+def test_similarity_matching_loss_is_zero_when_code_cosines_match():
+    from lookalike.models.losses import similarity_matching_loss
+
+    codes = torch.tensor([[1.0, 1.0], [1.0, -1.0]])  # code cosines 1, 0 / 0, 1
+    p = (codes + 1) / 2
+    feats = torch.tensor([[3.0, 0.0], [0.0, 2.0]])  # feature cosines the same
+    assert float(similarity_matching_loss(p, feats)) == pytest.approx(0.0, abs=1e-7)
+    assert float(similarity_matching_loss(p, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))) > 0.1
+    same = torch.eye(2)
+    # blend 1: the target is class agreement only (same as the identity here)
+    assert float(similarity_matching_loss(p, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), same, 1.0)) \
+        == pytest.approx(0.0, abs=1e-7)
+
+
+def test_similarity_code_keeps_neighbourhoods_in_every_domain(clusters):
+    from lookalike.models.training import SimilarityConfig, train_similarity_hash
+
+    x, labels, scale = clusters
+    other, other_labels, _ = _clusters(seed=5)  # a second domain, far from the first
+    other = other + 100.0
+    cfg = SimilarityConfig(bits=32, steps=150, domain_batch=32, labelled_batch=32, label_blend=0.0)
+    model = train_similarity_hash({"a": x, "b": other}, None, cfg, backbone="synthetic", progress=False)
+    assert isinstance(model, NetworkHash) and model.method == "similarity" and model.bits == 32
+    assert model.meta["domains"] == {"a": len(x), "b": len(other)}
+    # no labels were seen, yet both domains' clusters stay apart in Hamming space (chance: 1/3)
+    assert _leave_one_out_map(model, x, labels) > 0.8
+    assert _leave_one_out_map(model, other, other_labels) > 0.8
+    # with labels, the blend and the classifier term train too; results are exported as arrays
+    cfg = SimilarityConfig(bits=32, steps=50, domain_batch=32, labelled_batch=32, label_blend=0.5,
+                           supervised_weight=0.5, hidden=16)
+    model = train_similarity_hash({"a": x}, {"a": (x, labels)}, cfg, progress=False)
+    assert len(model.weights) == 2 and model.meta["labelled"] == {"a": len(x)}
+    with pytest.raises(LookalikeError, match="same width"):
+        train_similarity_hash({"a": x, "b": other[:, :5]}, progress=False)
+    with pytest.raises(LookalikeError, match="at least 2"):
+        train_similarity_hash({"a": x[:1]}, progress=False)
+
+
+def test_shipped_default_is_the_similarity_code():
+    model = load_hash_model(default_hash_path())
+    assert model.method == "similarity" and model.bits == 128
+    assert model.meta["trained_on"]["views"] == 2
+    assert set(model.meta["trained_on"]["labelled"]) == {"hirise_v1", "msl_curiosity"}

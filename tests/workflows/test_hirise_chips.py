@@ -87,6 +87,15 @@ def test_demo_hirise_layer_builds_once(tmp_path):
         generation = index.manifest["generation"]
         assert hirise_layer(tmp_path / "indexes", progress=False) == path  # built once
         assert open_index(path).manifest["generation"] == generation
+        # a layer made with an earlier default code (or views) is built again, and the old
+        # one removed once the new one is complete
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["backbone"]["views"] = 1
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        assert hirise_layer(tmp_path / "indexes", progress=False) == path
+        rebuilt = open_index(path)
+        assert rebuilt.views == 2 and rebuilt.n == 6 and len(rebuilt.landmarks) == 6
+        assert not path.with_name(f"{path.name}.previous").exists()
         (data / "hirise_observations.csv").unlink()
         assert hirise_layer(tmp_path / "other", progress=False) is None
 
