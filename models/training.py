@@ -241,6 +241,7 @@ class SimilarityConfig:
     balance_weight: float = 0.1
     hidden: int = 0  # > 0: one hidden layer of this width (LeakyReLU) before the code layer
     label_blend: float = 0.3  # labelled pairs match (1 - b) * cosine + b * same class
+    balanced: bool = False  # draw labelled items class-balanced (rare classes as often as common ones)
     seed: int = 0
 
 
@@ -287,8 +288,10 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
     sets = []
     for x, y in labelled.values():
         _, ids = np.unique(np.asarray(y), return_inverse=True)
-        sets.append((norm(x), torch.from_numpy(ids), centred(np.asarray(x, np.float32))))
-    head = SimilarityHead(union.shape[1], cfg.bits, tuple(int(ids.max()) + 1 for _, ids, _ in sets),
+        weights = 1.0 / np.bincount(ids)[ids] if cfg.balanced else np.ones(len(ids))
+        sets.append((norm(x), torch.from_numpy(ids), centred(np.asarray(x, np.float32)),
+                     torch.from_numpy(weights / weights.sum())))
+    head = SimilarityHead(union.shape[1], cfg.bits, tuple(int(s[1].max()) + 1 for s in sets),
                           hidden=cfg.hidden)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
@@ -300,8 +303,8 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
             p = head(xs[rows])
             loss = loss + (cfg.similarity_weight * similarity_matching_loss(p, centred[rows])
                            + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)) / len(unlabelled)
-        for (xs, ids, centred_l), classifier in zip(sets, head.classifiers):
-            rows = torch.randint(len(xs), (cfg.labelled_batch,), generator=gen)
+        for (xs, ids, centred_l, weights), classifier in zip(sets, head.classifiers):
+            rows = torch.multinomial(weights, cfg.labelled_batch, replacement=True, generator=gen)
             p = head(xs[rows])
             if cfg.supervised_weight:
                 loss = loss + cfg.supervised_weight * nn.functional.cross_entropy(classifier(signed(p)), ids[rows])

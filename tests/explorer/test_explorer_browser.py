@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -179,7 +180,10 @@ def map_point(page, fx: float, fy: float) -> tuple[float, float]:
 def test_draw_box_filters_clear_and_undo(page, explorer_url):
     open_app(page, explorer_url)
     found = click_map(page)
-    total = len(all_cards(page))
+    # the hit count from the status line: the pager under the cards can render after the
+    # first page, and counting cards before it is there would see one page only
+    total = int(wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1))
+    wait_until(lambda: len(all_cards(page)) == total, what="every page of hits")
     page.locator(".bk-tool-icon-box-edit").click()
     # a real box, drawn with the box-edit tool: shift-drag across the indexed strip
     page.keyboard.down("Shift")
