@@ -213,6 +213,7 @@ def cmd_train_hash(args) -> None:
     if args.method == SIMILARITY:
         labelled = _folder_pairs(args.labelled) + ([(args.images, args.labels)] if args.images else [])
         config = SimilarityConfig(bits=args.bits, steps=args.steps, label_blend=args.label_blend,
+                                  balanced=not args.unbalanced,
                                   push_weight=args.push_weight, balance_weight=args.balance_weight,
                                   seed=args.seed)
         report = train_similarity_code(args.out, config, labelled=labelled,
@@ -223,7 +224,7 @@ def cmd_train_hash(args) -> None:
         return
     for option in ("labelled", "unlabelled", "mosaic"):
         if getattr(args, option):
-            raise SystemExit(f"lookalike train-hash: --{option} is for --method similarity")
+            raise OptionError(f"--{option} is for --method similarity")
     config = TrainConfig(method=args.method, bits=args.bits, epochs=args.epochs,
                          push_weight=args.push_weight, balance_weight=args.balance_weight,
                          inter_class_weight=args.inter_class_weight, seed=args.seed,
@@ -242,7 +243,7 @@ def _folder_pairs(values: list[str] | None) -> list[tuple[str, str]]:
     for value in values or []:
         root, sep, csv = value.partition("=")
         if not sep or not root or not csv:
-            raise SystemExit(f"lookalike train-hash: expected ROOT=LABELS_CSV, got {value!r}")
+            raise OptionError(f"--labelled and --unlabelled take ROOT=LABELS_CSV, got {value!r}")
         pairs.append((root, csv))
     return pairs
 
@@ -480,8 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mosaic", action="append", help="similarity: every tile of this mosaic (mars_8k, "
                    "earth_8k); repeatable")
     t.add_argument("--steps", type=int, default=3000, help="similarity: optimiser steps")
-    t.add_argument("--label-blend", type=float, default=0.3,
+    t.add_argument("--label-blend", type=float, default=0.45,
                    help="similarity: labelled pairs match (1 - b) * feature cosine + b * same class")
+    t.add_argument("--unbalanced", action="store_true",
+                   help="similarity: draw labelled items as they come, not class-balanced")
     t.add_argument("--push-weight", type=float, default=0.1)
     t.add_argument("--balance-weight", type=float, default=0.1)
     t.add_argument("--inter-class-weight", type=float, default=0.0)

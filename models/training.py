@@ -240,8 +240,8 @@ class SimilarityConfig:
     push_weight: float = 0.1
     balance_weight: float = 0.1
     hidden: int = 0  # > 0: one hidden layer of this width (LeakyReLU) before the code layer
-    label_blend: float = 0.3  # labelled pairs match (1 - b) * cosine + b * same class
-    balanced: bool = False  # draw labelled items class-balanced (rare classes as often as common ones)
+    label_blend: float = 0.45  # labelled pairs match (1 - b) * cosine + b * same class
+    balanced: bool = True  # draw labelled items class-balanced (rare classes as often as common ones)
     seed: int = 0
 
 

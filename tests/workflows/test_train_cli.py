@@ -212,3 +212,32 @@ def test_eval_metrics_known_answer_from_ranking():
     expected = ((1 + 2 / 3) / 3 + (1 / 2 + 2 / 3) / 2 + 1.0) / 3
     assert scores["map_at_k"] == pytest.approx(expected)
     assert scores["precision_at_k"] == pytest.approx(5 / 9)
+
+
+# ------------------------------------------------------------------ the default's recipe
+def test_train_hash_similarity_cli(folder, cache, tmp_path):
+    """`--method similarity` on a labelled and an 'unlabelled' copy of the folder: a model whose
+    manifest of data says what it saw, and val mAP@64 reported per folder."""
+    root, labels = folder
+    other = tmp_path / "unlabelled"
+    shutil.copytree(root, other)
+    out, report = tmp_path / "sim.npz", tmp_path / "sim.json"
+    code, _, err = run_main(["train-hash", "--method", "similarity", "--labelled", f"{root}={labels}",
+                             "--unlabelled", f"{other}={other / 'labels.csv'}", "--steps", "40", "--bits", "32",
+                             "--image-size", SIZE, "--val-split", "val", "--out", out, "--json", report],
+                            LOOKALIKE_CACHE=cache)
+    assert code == 0, err
+    result = json.loads(report.read_text())
+    assert result["method"] == "similarity" and result["bits"] == 32 and result["views"] == 2
+    assert set(result["val"]) == {root.name, "unlabelled"}
+    assert result["val"][root.name]["map_at_k"] > 1 / len(CLASSES)  # above chance
+    from lookalike.models.hashing import load_hash_model
+
+    model = load_hash_model(out)
+    assert model.meta["trained_on"]["labelled"] == [root.name] and model.meta["similarity"]["balanced"]
+    # a malformed folder argument and options of another method are one-line errors
+    bad = ["train-hash", "--method", "similarity", "--labelled", str(root), "--out", tmp_path / "x.npz"]
+    assert_user_error(*run_main(bad, LOOKALIKE_CACHE=cache)[::2], "ROOT=LABELS_CSV")
+    wrong = ["train-hash", "--images", root, "--labels", labels, "--mosaic", "mars_8k", "--out", tmp_path / "x.npz"]
+    assert_user_error(*run_main(wrong, LOOKALIKE_CACHE=cache)[::2], "--mosaic is for --method similarity")
+    assert not (tmp_path / "x.npz").exists()
