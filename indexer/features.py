@@ -11,9 +11,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lookalike.config import features_dir
+from lookalike.data.registry import DATASETS, fetch
 from lookalike.fileio import save_npy
 from lookalike.indexer.encoding import CLASSIFIER_VIEWS, Encoder
-from lookalike.data.registry import DATASETS, fetch
 from lookalike.indexer.sources import RasterSource, load_image
 from lookalike.indexer.tiling import TileGrid
 from lookalike.models.augment import augment

@@ -219,8 +219,6 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
                        dict(asdict(cfg), n_train=n_train, head=head.config))
 
 
-
-
 # ------------------------------------------------------------ similarity-preserving codes
 SIMILARITY = "similarity"
 
@@ -298,12 +296,12 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
     bar = tqdm(range(cfg.steps), desc="training similarity code", unit="step", disable=not progress)
     for step in bar:
         loss = torch.zeros(())
-        for xs, centred in unlabelled:
+        for xs, targets in unlabelled:
             rows = torch.randint(len(xs), (min(cfg.domain_batch, len(xs)),), generator=gen)
             p = head(xs[rows])
-            loss = loss + (cfg.similarity_weight * similarity_matching_loss(p, centred[rows])
+            loss = loss + (cfg.similarity_weight * similarity_matching_loss(p, targets[rows])
                            + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)) / len(unlabelled)
-        for (xs, ids, centred_l, weights), classifier in zip(sets, head.classifiers):
+        for (xs, ids, targets, weights), classifier in zip(sets, head.classifiers):
             rows = torch.multinomial(weights, cfg.labelled_batch, replacement=True, generator=gen)
             p = head(xs[rows])
             if cfg.supervised_weight:
@@ -311,7 +309,7 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
             if cfg.label_blend:
                 same = (ids[rows][:, None] == ids[rows][None, :]).float()
                 loss = loss + cfg.similarity_weight * similarity_matching_loss(
-                    p, centred_l[rows], same, cfg.label_blend)
+                    p, targets[rows], same, cfg.label_blend)
         opt.zero_grad()
         loss.backward()
         opt.step()
