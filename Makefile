@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   - install, build the Mars demo index if missing, serve the explorer
+#   make demo   - install, build the Mars and Earth demo indexes if missing, serve the explorer
 #   make test   - install (incl. headless Chromium for the browser tests), run the whole suite
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -612,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=cmd_landmarks)
 
     d = sub.add_parser("demo", help="build the default Mars/Earth indexes if needed, then serve")
-    d.add_argument("--bodies", type=_csv, default=["mars"], help="mars,earth")
+    d.add_argument("--bodies", type=_csv, default=["mars", "earth"],
+                   help="the planets to serve, comma-separated (default mars,earth)")
     d.add_argument("--root", help=f"where demo indexes live (default ${INDEXES_ENV} or the cache)")
     d.add_argument("--port", type=int, default=5006)
     d.add_argument("--address", default="localhost", help=ADDRESS_HELP)

@@ -183,3 +183,10 @@ def test_bench_search(tmp_path):
     assert result["recall"] == 1.0
     assert result["n"] == 20000 and result["bits"] == 512 and result["k"] == 100
     assert result["ours_ms"] > 0 and result["faiss_ms"] > 0
+
+
+def test_demo_serves_both_planets_by_default():
+    from lookalike.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).bodies == ["mars", "earth"]
+    assert build_parser().parse_args(["demo", "--bodies", "mars"]).bodies == ["mars"]
