@@ -241,3 +241,32 @@ def test_train_hash_similarity_cli(folder, cache, tmp_path):
     wrong = ["train-hash", "--images", root, "--labels", labels, "--mosaic", "mars_8k", "--out", tmp_path / "x.npz"]
     assert_user_error(*run_main(wrong, LOOKALIKE_CACHE=cache)[::2], "--mosaic is for --method similarity")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_index_fitted_on_its_archive_records_the_fit_and_appends_with_it(folder, cache, tmp_path):
+    """`--hash itq` fits the code on the index's own images; the index records that model and
+    an appended split is encoded with it, not with a code fitted again."""
+    from lookalike.indexer.encoding import Encoder
+    from lookalike.indexer.features import image_features
+    from lookalike.indexer.sources import read_labels
+    from lookalike.indexer.store import open_index
+    from lookalike.models.hashing import load_hash_model
+
+    root, labels = folder
+    out = tmp_path / "idx"
+    base = ["index", "--images", root, "--labels", labels, "--image-size", SIZE, "--out", out]
+    code, _, err = run_main(base + ["--split", "train", "--hash", "itq", "--bits", "32"], LOOKALIKE_CACHE=cache)
+    assert code == 0, err
+    first = open_index(out)
+    assert first.manifest["hash"]["method"] == "pca-itq" and first.manifest["hash"]["meta"]["n_train"] == 24
+    stored = first.hash_model_path.read_bytes()
+    code, _, err = run_main(base + ["--split", "val", "--append"], LOOKALIKE_CACHE=cache)
+    assert code == 0, err
+    index = open_index(out)
+    assert index.n == 33 and index.hash_model_path.read_bytes() == stored
+    model = load_hash_model(index.hash_model_path)
+    val = read_labels(root, labels, split="val")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOKALIKE_CACHE", str(cache))
+        feats = image_features(root, val, Encoder(image_size=int(SIZE), views=index.views), progress=False)
+    np.testing.assert_array_equal(np.asarray(index.codes)[24:], model.encode(feats))
