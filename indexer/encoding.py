@@ -12,17 +12,17 @@ Runtimes (``Encoder(runtime=...)``, ``lookalike index --runtime``):
   real Mars tiles. Opt-in only: faster, but its features differ and code bits flip.
 
 ``auto`` (the default) picks ``torch`` on a GPU, else ``onnx`` when ONNX Runtime is installed and
-the backbone exports, else ``torch``.
+the backbone exports, else ``torch``. Exported models are cached in ``$LOOKALIKE_CACHE/onnx``
+(default: the user cache), keyed by the weights and the input shape, written atomically, and
+checked against PyTorch on a probe batch whenever they are loaded; an unreadable or wrong file
+is exported again.
 
 Views (``Encoder(views=...)``, ``lookalike index --views``): orbital imagery has no up, so a
 tile's feature is the mean of the backbone's features over ``views`` rotations/flips of it
 (``VIEW_SETS``): 1 (as is), 2 (as is and mirrored across a diagonal, the default: twice the
 cost, and on EuroSAT and HiRISE most of what all eight give), 4 (the four rotations) or 8 (those
 and their mirror images: exactly invariant to the dihedral group). Views beyond 1 need square
-inputs (tiles and resized images are). Exported models are cached in ``$LOOKALIKE_CACHE/onnx``
-(default: the user cache), keyed by the weights and the input shape, written atomically, and
-checked against PyTorch on a probe batch whenever they are loaded; an unreadable or wrong file
-is exported again.
+inputs (tiles and resized images are).
 """
 
 from __future__ import annotations
