@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +20,37 @@ from lookalike.indexer.tiling import TileGrid
 from lookalike.models.augment import augment
 
 
-def image_features(root: str | Path, table: pd.DataFrame, encoder, progress: bool = True) -> np.ndarray:
-    """Backbone features of the images in ``table`` (cached on disk by files, model and size)."""
-
-    root = Path(root)
-    key = json.dumps(dict(encoder=encoder.describe(), root=str(root.resolve()),
-                          files=[(p, (root / p).stat().st_size) for p in table["path"]]))
-    cache = features_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+def _cached(prefix: str, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``, stored once under ``features_dir()`` by a hash of ``key`` (written atomically)."""
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    cache = features_dir() / f"{prefix}{digest}.npy"
     if cache.exists():
         return np.load(cache)
-    size = encoder.image_size or 224
-    images = (load_image(root / p, size) for p in table["path"])
-    feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(table),
-                               desc="encoding images", unit="img", disable=not progress)))
+    feats = compute()
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_npy(cache.with_suffix(".tmp.npy"), feats)
     cache.with_suffix(".tmp.npy").replace(cache)
     return feats
+
+
+def _encode(encoder, images: Iterable[np.ndarray], total: int | None, desc: str, unit: str,
+            progress: bool) -> np.ndarray:
+    return np.stack(list(tqdm(encoder.features_stream(images), total=total, desc=desc, unit=unit,
+                              disable=not progress)))
+
+
+def _files(root: Path, table: pd.DataFrame) -> list[tuple[str, int]]:
+    return [(p, (root / p).stat().st_size) for p in table["path"]]
+
+
+def image_features(root: str | Path, table: pd.DataFrame, encoder, progress: bool = True) -> np.ndarray:
+    """Backbone features of the images in ``table`` (cached on disk by files, model and size)."""
+
+    root = Path(root)
+    size = encoder.image_size or 224
+    return _cached("", dict(encoder=encoder.describe(), root=str(root.resolve()), files=_files(root, table)),
+                   lambda: _encode(encoder, (load_image(root / p, size) for p in table["path"]), len(table),
+                                   "encoding images", "img", progress))
 
 
 def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int,
@@ -43,20 +58,15 @@ def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int
     """Features of one random augmented view (seeded by ``view``) of each image, cached."""
 
     root = Path(root)
-    key = json.dumps(dict(encoder=encoder.describe(), root=str(root.resolve()), view=view,
-                          files=[(p, (root / p).stat().st_size) for p in table["path"]]))
-    cache = features_dir() / f"aug-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
-    if cache.exists():
-        return np.load(cache)
     size = encoder.image_size or 224
-    rng = np.random.default_rng(1000 + view)
-    images = (augment(load_image(root / p, size), rng) for p in table["path"])
-    feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(table),
-                               desc=f"encoding view {view}", unit="img", disable=not progress)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    save_npy(cache.with_suffix(".tmp.npy"), feats)
-    cache.with_suffix(".tmp.npy").replace(cache)
-    return feats
+
+    def compute() -> np.ndarray:
+        rng = np.random.default_rng(1000 + view)
+        images = (augment(load_image(root / p, size), rng) for p in table["path"])
+        return _encode(encoder, images, len(table), f"encoding view {view}", "img", progress)
+
+    return _cached("aug-", dict(encoder=encoder.describe(), root=str(root.resolve()), view=view,
+                                files=_files(root, table)), compute)
 
 
 # ------------------------------------------------------------------ image folders
@@ -75,16 +85,11 @@ def mosaic_features(name: str, encoder, size: int = 128, stride: int = 64,
     """Features of every tile an index of the registry mosaic ``name`` would hold (cached)."""
 
     ds = DATASETS[name]
-    path = fetch(name)
-    key = json.dumps(dict(encoder=encoder.describe(), mosaic=name, sha256=ds.sha256, size=size, stride=stride))
-    cache = features_dir() / f"mosaic-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
-    if cache.exists():
-        return np.load(cache)
-    source = RasterSource(path, name=name, crs=ds.crs, bounds=ds.bounds)
-    tiles = (pixels for _, pixels in source.tiles(TileGrid(size, stride, source.native_gsd)))
-    feats = np.stack(list(tqdm(encoder.features_stream(tiles), desc=f"encoding {name} tiles",
-                               unit="tile", disable=not progress)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    save_npy(cache.with_suffix(".tmp.npy"), feats)
-    cache.with_suffix(".tmp.npy").replace(cache)
-    return feats
+
+    def compute() -> np.ndarray:
+        source = RasterSource(fetch(name), name=name, crs=ds.crs, bounds=ds.bounds)
+        tiles = (pixels for _, pixels in source.tiles(TileGrid(size, stride, source.native_gsd)))
+        return _encode(encoder, tiles, None, f"encoding {name} tiles", "tile", progress)
+
+    return _cached("mosaic-", dict(encoder=encoder.describe(), mosaic=name, sha256=ds.sha256, size=size,
+                                   stride=stride), compute)

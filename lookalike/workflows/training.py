@@ -101,6 +101,16 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
     return result
 
 
+def _val_scores(model, archive_features, archive, root, labels_csv, val_split: str, encoder, k: int,
+                progress: bool) -> dict:
+    """mAP@k and P@k of the ``val_split`` images as queries against the archive, with ``model``."""
+    val = read_labels(root, labels_csv, split=val_split)
+    ranked = rank_hamming(model.encode(archive_features),
+                          model.encode(image_features(root, val, encoder, progress)), k)
+    scores = retrieval_scores(val["label"].to_numpy(), archive["label"].to_numpy(), ranked, k)
+    return dict(scores, n_queries=len(val))
+
+
 def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train",
                            config: TrainConfig | None = None, image_size: int = 224,
                            val_split: str | None = None, k: int = 64, progress: bool = True,
@@ -128,9 +138,7 @@ def train_hash_from_folder(root, labels_csv, out, *, split: str | None = "train"
                                       image_size=image_size))
     report = dict(out=str(out), method=cfg.method, bits=model.bits, n_train=len(table))
     if val_split:
-        val = read_labels(root, labels_csv, split=val_split)
-        ranked = rank_hamming(model.encode(feats), model.encode(image_features(root, val, encoder, progress)), k)
-        scores = retrieval_scores(val["label"].to_numpy(), table["label"].to_numpy(), ranked, k)
+        scores = _val_scores(model, feats, table, root, labels_csv, val_split, encoder, k, progress)
         report.update(val_split=val_split, k=k, val_map_at_k=scores["map_at_k"],
                       val_precision_at_k=scores["precision_at_k"])
         model.meta.update(val=dict(split=val_split, map_at_k=scores["map_at_k"], k=k))
@@ -206,11 +214,8 @@ def train_similarity_code(out: str | Path, config: SimilarityConfig | None = Non
     if val_split:
         report["val"] = {}
         for name, (root, csv, table) in tables.items():
-            val = read_labels(root, csv, split=val_split)
-            ranked = rank_hamming(model.encode(domains[name]),
-                                  model.encode(image_features(root, val, encoder, progress)), k)
-            scores = retrieval_scores(val["label"].to_numpy(), table["label"].to_numpy(), ranked, k)
-            report["val"][name] = dict(map_at_k=scores["map_at_k"], k=k, n_queries=len(val))
+            scores = _val_scores(model, domains[name], table, root, csv, val_split, encoder, k, progress)
+            report["val"][name] = dict(map_at_k=scores["map_at_k"], k=k, n_queries=scores["n_queries"])
         model.meta.update(val=dict(split=val_split, **report["val"]))
     report["sha256"] = model.save(out)
     return report
