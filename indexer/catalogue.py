@@ -247,8 +247,10 @@ def catalogue_summary(tiles: pd.DataFrame, landmarks: pd.DataFrame | None,
                 scenes_by_class=facet_counts(tiles, landmarks, min_confidence))
 
 
-def attach_to_index(path: str | Path, landmarks: pd.DataFrame, replace: bool = False) -> pd.DataFrame:
-    """Add raster landmarks to an index's catalogue (replacing it with ``replace``)."""
+def attach_to_index(path: str | Path, landmarks: pd.DataFrame, replace: bool = False,
+                    info: dict | None = None) -> pd.DataFrame:
+    """Add raster landmarks to an index's catalogue (replacing it with ``replace``); ``info``
+    goes into the manifest (e.g. which model made the catalogue)."""
 
     index = open_index(path)
     new = attach(index.tiles, landmarks)
@@ -256,7 +258,7 @@ def attach_to_index(path: str | Path, landmarks: pd.DataFrame, replace: bool = F
         new = pd.concat([index.landmarks, new], ignore_index=True)
         if "landmark_id" in new:
             new = new.drop_duplicates("landmark_id", keep="last").reset_index(drop=True)
-    update_tables(path, landmarks=new)
+    update_tables(path, landmarks=new, info=info)
     return new
 
 

@@ -28,6 +28,7 @@ inputs (tiles and resized images are).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,6 +47,8 @@ from lookalike.errors import LookalikeError, OptionError
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.tiling import TileGrid
 from lookalike.models.backbones import Backbone, create_backbone
+from lookalike.models.classifier import ProbeClassifier
+from lookalike.models.finetune import load_tail
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 MAX_IMAGE_SIZE = 2048  # pixels a side fed to the backbone (tiles and chips are 128-224)
@@ -63,6 +66,24 @@ VIEW_SETS: dict[int, tuple[tuple[int, bool], ...]] = {
 DEFAULT_VIEWS = 2
 CLASSIFIER_VIEWS = 1  # the shipped landmark classifiers were trained on single-view features
 _SESSIONS: dict[str, object] = {}  # one ONNX Runtime session per model file and thread count
+
+
+def images_to_tensor(images: np.ndarray, image_size: int | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, h, w) float in [0, 1], resized to ``image_size`` (bilinear,
+    antialiased) when given."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    if image_size and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return x
+
+
+def dihedral_view(x: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
+    """(N, C, H, W) turned by ``turns`` quarter turns, then mirrored left-right if asked."""
+    view = torch.rot90(x, turns, dims=(2, 3)) if turns else x
+    return torch.flip(view, dims=(3,)) if mirror else view
 
 
 class RuntimeUnavailable(LookalikeError):
@@ -330,13 +351,7 @@ class Encoder:
         return int(images.shape[1]), int(images.shape[2])
 
     def _prepare(self, images: np.ndarray) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> (N, 3, h, w) float in [0, 1], resized to ``image_size``."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              antialias=True, align_corners=False)
-        return x
+        return images_to_tensor(images, self.image_size, self.device)
 
     @torch.inference_mode()
     def features(self, images: np.ndarray) -> np.ndarray:
@@ -354,8 +369,7 @@ class Encoder:
             x = self._prepare(images[start:start + self.batch_size])
             total = None
             for turns, mirror in VIEW_SETS[self.views]:
-                view = torch.rot90(x, turns, dims=(2, 3)) if turns else x
-                view = torch.flip(view, dims=(3,)) if mirror else view
+                view = dihedral_view(x, turns, mirror)
                 if session is not None:
                     f = torch.from_numpy(session.run(None, {"images": view.contiguous().numpy()})[0])
                 else:
@@ -374,3 +388,33 @@ class Encoder:
                 batch = []
         if batch:
             yield from self.features(np.stack(batch))
+
+
+def classifier_backbone(model: ProbeClassifier) -> Backbone:
+    """The backbone a classifier's features come from: ImageNet weights, with the model's
+    fine-tuned tail put in when it has one (its spec then names the tail too, so feature caches
+    and exported runtimes never mix the two)."""
+    backbone = create_backbone(model.backbone)
+    if not model.tail:
+        return backbone
+    load_tail(backbone, model.tail, model.cut)
+    tagged = hashlib.sha256(f"{backbone.spec.weights_sha256}+{model.features_id()}".encode()).hexdigest()
+    backbone.spec = dataclasses.replace(backbone.spec, weights_sha256=tagged)
+    return backbone
+
+
+def classifier_encoder(model: ProbeClassifier, batch_size: int = 64, runtime: str = "auto") -> Encoder:
+    """The encoder whose features ``model`` classifies: its backbone (and fine-tuned tail),
+    image size and test-time views."""
+    encoder = Encoder(classifier_backbone(model), image_size=model.image_size, batch_size=batch_size,
+                      runtime=runtime, views=model.views)
+    encoder.features_id = model.features_id()
+    return encoder
+
+
+def encoder_fits(encoder: Encoder, model: ProbeClassifier) -> bool:
+    """Whether ``encoder`` gives the features ``model`` classifies."""
+    if getattr(encoder, "features_id", None) == model.features_id():
+        return True
+    return (not model.tail and encoder.name == model.backbone and encoder.image_size == model.image_size
+            and encoder.views == model.views)

@@ -13,11 +13,14 @@ from tqdm.auto import tqdm
 
 from lookalike.config import features_dir
 from lookalike.data.registry import DATASETS, fetch
+from lookalike.errors import OptionError
 from lookalike.fileio import save_npy
-from lookalike.indexer.encoding import CLASSIFIER_VIEWS, Encoder
+from lookalike.indexer.encoding import CLASSIFIER_VIEWS, VIEW_SETS, Encoder, dihedral_view, images_to_tensor
 from lookalike.indexer.sources import RasterSource, load_image
 from lookalike.indexer.tiling import TileGrid
 from lookalike.models.augment import augment
+from lookalike.models.backbones import create_backbone
+from lookalike.models.finetune import stem
 
 
 def _cached(prefix: str, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -77,6 +80,47 @@ def folder_features(root, table, image_size: int = 224, backbone: str = "efficie
 
     encoder = encoder or Encoder(backbone, image_size=image_size, views=views)
     return image_features(root, table, encoder, progress)
+
+
+# ------------------------------------------------------------------ fine-tuning
+def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = "efficientnet_lite0",
+                     cut: int = 14, image_size: int = 224, views: int = 8, chunk: int = 128,
+                     progress: bool = True) -> np.ndarray:
+    """(N, views, C, H, W) float16: the frozen stem's activations (trunk modules before ``cut``)
+    for every rotation/flip in ``VIEW_SETS[views]`` of each image, for ``models.finetune``.
+
+    Cached on disk by files, backbone, cut, size and views, ``chunk`` images per file written
+    atomically, so an interrupted run resumes at the first missing chunk.
+    """
+    import torch
+
+    root = Path(root)
+    if views not in VIEW_SETS:
+        raise OptionError(f"views must be one of {', '.join(map(str, VIEW_SETS))}, got {views}")
+    net = create_backbone(backbone)
+    key = dict(backbone=net.spec.name, weights_sha256=net.spec.weights_sha256, cut=cut,
+               image_size=image_size, views=views, root=str(root.resolve()), files=_files(root, table))
+    folder = features_dir() / f"stem-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    run = stem(net, cut)
+    paths = list(table["path"])
+    starts = range(0, len(paths), chunk)
+    parts = []
+    bar = tqdm(total=len(paths), desc="caching stem activations", unit="img", disable=not progress)
+    for i, s in enumerate(starts):
+        path = folder / f"chunk-{i:05d}.npy"
+        if not path.exists():
+            images = np.stack([load_image(root / p, image_size) for p in paths[s:s + chunk]])
+            with torch.inference_mode():
+                x = images_to_tensor(images, image_size)
+                acts = [run(dihedral_view(x, turns, mirror)).to(torch.float16).numpy()
+                        for turns, mirror in VIEW_SETS[views]]
+            save_npy(path.with_suffix(".tmp.npy"), np.stack(acts, axis=1))
+            path.with_suffix(".tmp.npy").replace(path)
+        parts.append(np.load(path))
+        bar.update(len(parts[-1]))
+    bar.close()
+    return np.concatenate(parts) if parts else np.zeros((0, views, 0, 0, 0), np.float16)
 
 
 # ------------------------------------------------------------------ mosaic tiles

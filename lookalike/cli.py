@@ -57,6 +57,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def _seed(text: str) -> int:
     value = int(text)
     if not 0 <= value < 2**32:
@@ -193,10 +201,21 @@ def cmd_eval_classify(args) -> None:
 
 def cmd_train_classifier(args) -> None:
     from lookalike.models.classifier import ClassifierConfig
-    from lookalike.workflows.training import train_classifier_from_folder
+    from lookalike.workflows.training import finetune_classifier_from_folder, train_classifier_from_folder
 
-    config = ClassifierConfig(hidden=args.hidden, epochs=args.epochs, views=args.views,
-                              class_weights=args.class_weights, seed=args.seed)
+    if args.finetune:
+        from lookalike.models.finetune import FinetuneConfig
+
+        config = FinetuneConfig(cut=args.cut, epochs=args.epochs or FinetuneConfig.epochs,
+                                balance=args.balance, seed=args.seed)
+        report = finetune_classifier_from_folder(args.images, args.labels, args.out, split=args.split,
+                                                 val_split=args.val_split, config=config, views=args.tta,
+                                                 group_column=args.group_by, group_pattern=args.group_pattern,
+                                                 image_size=args.image_size)
+        _write_json(args.json, report)
+        return
+    config = ClassifierConfig(hidden=args.hidden, epochs=args.epochs or ClassifierConfig.epochs,
+                              views=args.views, class_weights=args.class_weights, seed=args.seed)
     report = train_classifier_from_folder(args.images, args.labels, args.out, split=args.split,
                                           val_split=args.val_split, config=config, search=args.search,
                                           folds=args.folds, group_column=args.group_by,
@@ -501,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_hash)
 
     tc = sub.add_parser("train-classifier",
-                        help="train a calibrated classifier (a probe on frozen backbone features)")
+                        help="train a calibrated classifier: a probe on frozen backbone features, "
+                             "or (--finetune) the backbone's last blocks and a linear head")
     tc.add_argument("--images", required=True)
     tc.add_argument("--labels", required=True, help="labels CSV: path,label[,split][,source_image]")
     tc.add_argument("--split", default="train")
@@ -510,7 +530,19 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--search", action="store_true",
                     help="choose the head among a small grid by cross-validated accuracy on --split")
     tc.add_argument("--hidden", type=int, default=256, help="hidden units of the MLP head, 0: linear")
-    tc.add_argument("--epochs", type=int, default=40)
+    tc.add_argument("--epochs", type=_positive_int, help="passes over the training images "
+                    "(default 40 for a probe, 12 with --finetune)")
+    tc.add_argument("--finetune", action="store_true",
+                    help="fine-tune the backbone's last blocks on cached activations of the 8 "
+                         "rotations/flips of each image (CPU-friendly), instead of a probe")
+    tc.add_argument("--cut", type=int, default=14,
+                    help="with --finetune: first trunk module trained (EfficientNet-Lite0: 14 = stage 6)")
+    tc.add_argument("--tta", type=int, default=8, choices=(1, 2, 4, 8),
+                    help="with --finetune: the model averages its logits over this many "
+                         "rotations/flips of each image at test time")
+    tc.add_argument("--balance", type=float, default=0.5,
+                    help="with --finetune: draw images of class c with weight n_c ** -BALANCE "
+                         "(0: as in the data, 1: class-balanced)")
     tc.add_argument("--views", type=int, default=0, help="augmented views added as training rows "
                     "(with --search: the most any setting may use)")
     tc.add_argument("--class-weights", type=float, default=0.0,

@@ -19,6 +19,7 @@ backbone and image size its features come from, the temperature and how it was t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -39,12 +40,17 @@ SHIPPED = ("hirise", "msl")
 class ProbeClassifier:
     """A trained head as plain arrays: ``logits = MLP((x - mean) / std)``, ReLU between layers.
 
-    ``predict_proba`` divides the logits by ``temperature`` before the softmax.
+    ``predict_proba`` divides the logits by ``temperature`` before the softmax. The features
+    ``x`` come from ``backbone`` at ``image_size``, averaged over ``views`` rotations/flips
+    (``Encoder(views=...)``); a fine-tuned model also carries the backbone's trained ``tail``
+    (trunk modules from ``cut`` on, see ``models.finetune``), which replaces the ImageNet one.
+    ``indexer.encoding.classifier_encoder`` builds the encoder a model needs.
     """
 
     def __init__(self, classes: list[str], mean: np.ndarray, std: np.ndarray,
                  weights: list[np.ndarray], biases: list[np.ndarray], temperature: float = 1.0,
-                 backbone: str = "efficientnet_lite0", image_size: int = 224, meta: dict | None = None):
+                 backbone: str = "efficientnet_lite0", image_size: int = 224, meta: dict | None = None,
+                 views: int = 1, tail: dict[str, np.ndarray] | None = None, cut: int | None = None):
         self.classes = [str(c) for c in classes]
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
@@ -54,6 +60,11 @@ class ProbeClassifier:
         self.backbone = backbone
         self.image_size = int(image_size)
         self.meta = dict(meta or {})
+        self.views = int(views)
+        self.tail = dict(tail) if tail else None
+        self.cut = int(cut) if self.tail else None
+        if self.tail and cut is None:
+            raise LookalikeError("a fine-tuned tail needs the trunk module it starts at (cut)")
         if self.weights[-1].shape[0] != len(self.classes):
             raise LookalikeError(f"classifier has {self.weights[-1].shape[0]} outputs for "
                                  f"{len(self.classes)} classes")
@@ -65,6 +76,15 @@ class ProbeClassifier:
     @property
     def hidden(self) -> int:
         return int(self.weights[0].shape[0]) if len(self.weights) > 1 else 0
+
+    def features_id(self) -> str:
+        """A digest of where this model's features come from: backbone, image size, test-time
+        views and the fine-tuned tail's tensors."""
+        digest = hashlib.sha256(json.dumps([self.backbone, self.image_size, self.views, self.cut]).encode())
+        for key, value in (self.tail or {}).items():
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         h = np.asarray(features, dtype=np.float32)
@@ -89,9 +109,11 @@ class ProbeClassifier:
         header = dict(format=CLASSIFIER_FORMAT, kind="probe-classifier", classes=self.classes,
                       backbone=self.backbone, image_size=self.image_size,
                       in_features=self.in_features, hidden=self.hidden, layers=len(self.weights),
-                      temperature=self.temperature, meta=self.meta)
+                      temperature=self.temperature, meta=self.meta, views=self.views,
+                      tail_keys=list(self.tail or {}), cut=self.cut)
         arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
         arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
+        arrays.update({f"t{i}": t for i, t in enumerate((self.tail or {}).values())})
         buf = io.BytesIO()
         np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                             mean=self.mean, std=self.std, **arrays)
@@ -127,10 +149,12 @@ def _read(fh, name: str) -> ProbeClassifier:
                 raise LookalikeError(f"classifier model {name} has format {header.get('format')}, "
                                      f"this version reads {CLASSIFIER_FORMAT}")
             n = int(header["layers"])
+            tail = {key: z[f"t{i}"] for i, key in enumerate(header.get("tail_keys") or [])}
             return ProbeClassifier(header["classes"], z["mean"], z["std"],
                                    [z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
                                    header["temperature"], header["backbone"], header["image_size"],
-                                   header.get("meta"))
+                                   header.get("meta"), views=header.get("views", 1), tail=tail,
+                                   cut=header.get("cut"))
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
             json.JSONDecodeError) as exc:
         raise LookalikeError(f"classifier model {name} is not a readable model file: {exc}") from None

@@ -16,9 +16,11 @@ from lookalike.indexer.catalogue import attach_to_index, place_index_at_observat
 from lookalike.indexer.encoding import DEFAULT_VIEWS
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index
-from lookalike.workflows.landmarks import classify_chips, find_landmarks
+from lookalike.models.classifier import load_classifier, resolve_classifier
+from lookalike.workflows.landmarks import catalogue_info, classify_chips, find_landmarks
 
 BODIES = {"mars": "mars_8k", "earth": "earth_8k"}
+CLASSIFIER = "hirise"  # the shipped model that catalogues Mars landmarks
 
 
 def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progress: bool = True,
@@ -42,11 +44,19 @@ def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progre
 
 def ensure_landmarks(path: Path, mosaic: str, progress: bool = True) -> None:
     """Find, classify and catalogue the landmarks of a demo mosaic once (all posteriors are
-    kept: the explorer's confidence slider chooses)."""
-    if "landmarks" in open_index(path, verify=False).manifest["files"]:
+    kept: the explorer's confidence slider chooses); again when the shipped classifier changed."""
+    if _catalogued_by_shipped(open_index(path, verify=False).manifest):
         return
-    print(f"finding landmarks in {mosaic} (once)")
-    attach_to_index(path, find_landmarks(mosaic, "hirise", threshold=0.0, progress=progress))
+    print(f"finding landmarks in {mosaic} with the shipped classifier (once)")
+    classifier = load_classifier(CLASSIFIER)
+    attach_to_index(path, find_landmarks(mosaic, classifier, threshold=0.0, progress=progress), replace=True,
+                    info=dict(landmarks=catalogue_info("raster", CLASSIFIER, classifier)))
+
+
+def _catalogued_by_shipped(manifest: dict) -> bool:
+    """Whether the index's landmark catalogue was made by the shipped classifier as it is now."""
+    made_by = (manifest.get("landmarks") or {}).get("model_sha256")
+    return "landmarks" in manifest["files"] and made_by == sha256_file(resolve_classifier(CLASSIFIER))
 
 
 def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path | None:
@@ -66,8 +76,8 @@ def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path 
     manifest = open_index(out, verify=False).manifest
     if "placed_at" not in manifest:
         place_index_at_observations(out)
-    if "landmarks" not in manifest["files"]:
-        classify_chips(out, images, "hirise", progress=progress)
+    if not _catalogued_by_shipped(manifest):
+        classify_chips(out, images, CLASSIFIER, progress=progress)
     return out
 
 

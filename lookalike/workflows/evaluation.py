@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder
+from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder, classifier_encoder
 from lookalike.indexer.features import folder_features, image_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
@@ -107,14 +107,14 @@ def evaluate_classifier(model_spec: str, root, labels_csv, *, split: str = "test
     path = resolve_classifier(model_spec)
     model = load_classifier(path)
     table = read_labels(root, labels_csv, split=split)
-    feats = folder_features(root, table, image_size=model.image_size, backbone=model.backbone,
-                            progress=progress)
+    feats = folder_features(root, table, encoder=classifier_encoder(model), progress=progress)
     proba = model.predict_proba(feats)
     labels = table["label"].to_numpy()
     metrics = classification_metrics(labels, proba, model.classes, threshold)
     curve = threshold_curve(labels, proba, model.classes)
     result = dict(model=str(model_spec), model_file=path.name, split=split, temperature=model.temperature,
-                  backbone=model.backbone, image_size=model.image_size, **metrics, curve=curve)
+                  backbone=model.backbone, image_size=model.image_size, views=model.views,
+                  fine_tuned=bool(model.tail), **metrics, curve=curve)
     if plot:
         result["plot"] = str(plot_classification(curve, metrics, plot,
                                                   title=f"{Path(root).name} {split} - {path.name}"))

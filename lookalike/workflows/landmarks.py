@@ -19,15 +19,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
-from lookalike.fileio import atomic_write_bytes
+from lookalike.fileio import atomic_write_bytes, sha256_file
 from lookalike.indexer.catalogue import attach_to_index, crop_landmarks
-from lookalike.indexer.encoding import CLASSIFIER_VIEWS, Encoder
+from lookalike.indexer.encoding import classifier_encoder, encoder_fits
 from lookalike.indexer.export import footprint_geometry, write_geojson
 from lookalike.indexer.features import folder_features
 from lookalike.indexer.scenes import RasterCrops, RasterScene, open_scene, pixel_boxes_to_lonlat
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import open_index, update_tables
-from lookalike.models.classifier import ProbeClassifier, load_classifier
+from lookalike.models.classifier import ProbeClassifier, load_classifier, resolve_classifier
 from lookalike.models.saliency import DetectorConfig, detect
 
 COLUMNS = ("landmark_id", "scene", "x0", "y0", "x1", "y1", "lon_min", "lat_min", "lon_max",
@@ -110,12 +110,12 @@ def find_landmarks(source, classifier="hirise", threshold: float = 0.9, border: 
         if not len(crops):
             return empty_landmarks(model.classes)
         if encoder is None:
-
-            encoder = Encoder(model.backbone, image_size=model.image_size, batch_size=batch_size,
-                              views=CLASSIFIER_VIEWS)
-        elif encoder.name != model.backbone:
-            raise LookalikeError(f"the classifier needs {model.backbone} features, the encoder "
-                                 f"gives {encoder.name}")
+            encoder = classifier_encoder(model, batch_size=batch_size)
+        elif not encoder_fits(encoder, model):
+            raise LookalikeError(f"the classifier needs features of {model.backbone} at "
+                                 f"{model.image_size} px over {model.views} view(s)"
+                                 f"{' with its fine-tuned tail' if model.tail else ''}; the encoder "
+                                 f"gives {encoder.name} at {encoder.image_size} px over {encoder.views}")
         # crops are read straight from the raster, so a border may reach beyond the window
         full = RasterCrops(scene)
         images = (crop_image(full, b, model.image_size) for b in crops)
@@ -177,12 +177,16 @@ def classify_chips(path: str | Path, root: str | Path, model: str | Path = "hiri
         raise LookalikeError(f"{path} is not an index of image chips; find landmarks in rasters "
                              "with `lookalike landmarks`")
     classifier = load_classifier(model)
-    features = folder_features(root, index.tiles, image_size=classifier.image_size,
-                               backbone=classifier.backbone, progress=progress)
+    features = folder_features(root, index.tiles, encoder=classifier_encoder(classifier), progress=progress)
     landmarks = crop_landmarks(index.tiles, classifier.predict_proba(features), classifier.classes)
-    update_tables(path, landmarks=landmarks,
-                  info=dict(landmarks=dict(kind="chips", model=str(model), classes=classifier.classes)))
+    update_tables(path, landmarks=landmarks, info=dict(landmarks=catalogue_info("chips", model, classifier)))
     return landmarks
+
+
+def catalogue_info(kind: str, spec: str | Path, classifier: ProbeClassifier) -> dict:
+    """What an index's manifest records of the model that made its landmark catalogue."""
+    return dict(kind=kind, model=str(spec), model_sha256=sha256_file(resolve_classifier(spec)),
+                classes=classifier.classes)
 
 
 def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str = "hirise",
@@ -203,8 +207,7 @@ def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str 
     sources = [open_scene(ref, crs=crs, bounds=bounds, time=time) for ref in scenes]
     for src in sources:
         RasterScene(src, window, band).close()
-    encoder = Encoder(classifier.backbone, image_size=classifier.image_size, batch_size=16,
-                      views=CLASSIFIER_VIEWS)
+    encoder = classifier_encoder(classifier, batch_size=16)
     frames = [find_landmarks(src, classifier, threshold, border, window=window, band=band,
                              max_regions=max_regions, encoder=encoder) for src in sources]
     found = [f for f in frames if len(f)]
@@ -216,7 +219,8 @@ def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str 
         write_geojson(geojson, landmarks_to_geojson(frame))
     summary = summarize(frame, threshold)
     if index:
-        catalogue = attach_to_index(index, frame, replace=replace)
+        catalogue = attach_to_index(index, frame, replace=replace,
+                                    info=dict(landmarks=catalogue_info("raster", model, classifier)))
         summary.update(index=str(index), catalogued=int(len(catalogue)),
                        on_indexed_tiles=int((catalogue["row"] >= 0).sum()))
     summary.update(model=str(model), scenes=len(scenes), out=str(out), geojson=geojson)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +11,30 @@ from tqdm.auto import tqdm
 
 from lookalike.data.registry import DATASETS
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import CLASSIFIER_VIEWS, DEFAULT_VIEWS, Encoder
-from lookalike.indexer.features import augmented_features, folder_features, image_features, mosaic_features
+from lookalike.indexer.encoding import CLASSIFIER_VIEWS, DEFAULT_VIEWS, VIEW_SETS, Encoder, classifier_encoder
+from lookalike.indexer.features import (
+    augmented_features,
+    folder_features,
+    image_features,
+    mosaic_features,
+    stem_activations,
+)
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
 from lookalike.indexer.store import open_index
 from lookalike.indexer.thumbnails import index_grid, index_source_image
 from lookalike.models.augment import augment
-from lookalike.models.classifier import DEFAULT_GRID, ClassifierConfig, train_classifier
+from lookalike.models.backbones import create_backbone
+from lookalike.models.classifier import (
+    DEFAULT_GRID,
+    ClassifierConfig,
+    ProbeClassifier,
+    fit_temperature,
+    make_folds,
+    nll,
+    train_classifier,
+)
+from lookalike.models.finetune import FinetuneConfig, check_cut, finetune_tail, tail_logits, tail_state
 from lookalike.models.metrics import classification_metrics, retrieval_scores
 from lookalike.models.training import (
     SUPERVISED,
@@ -25,6 +43,32 @@ from lookalike.models.training import (
     train_hash,
     train_similarity_hash,
 )
+
+
+def _fold_groups(table, labels_csv, group_column: str | None, group_pattern: str | None):
+    """(groups per row or None, a description): ``group_column``, by default ``source_image``
+    when the CSV has it, or the part of each file name matching ``group_pattern``."""
+    if group_column and group_pattern:
+        raise LookalikeError("group folds by a column or by a file-name pattern, not both")
+    if group_column is None and group_pattern is None and "source_image" in table.columns:
+        group_column = "source_image"
+    if group_column is not None and group_column not in table.columns:
+        raise LookalikeError(f"labels CSV {labels_csv} has no column {group_column!r} to group folds by")
+    if not group_pattern:
+        return (table[group_column].to_numpy() if group_column else None), group_column
+    import re
+
+    try:
+        regex = re.compile(group_pattern)
+    except re.error as exc:
+        raise LookalikeError(f"group pattern {group_pattern!r} is not a regular expression: {exc}") from None
+    names = [Path(p).name for p in table["path"]]
+    found = [regex.search(n) for n in names]
+    if not all(found):
+        bad = [n for n, m in zip(names, found) if not m]
+        raise LookalikeError(f"group pattern {group_pattern!r} matches no part of {len(bad)} file "
+                             f"name(s), e.g. {bad[0]}")
+    return np.array([m.group(0) for m in found]), f"pattern {group_pattern}"
 
 
 def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
@@ -46,28 +90,7 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
     if cfg.hidden < 0 or cfg.epochs < 1 or cfg.views < 0:
         raise LookalikeError("hidden and views must be >= 0 and epochs >= 1")
     table = read_labels(root, labels_csv, split=split)
-    if group_column and group_pattern:
-        raise LookalikeError("group folds by a column or by a file-name pattern, not both")
-    if group_column is None and group_pattern is None and "source_image" in table.columns:
-        group_column = "source_image"
-    if group_column is not None and group_column not in table.columns:
-        raise LookalikeError(f"labels CSV {labels_csv} has no column {group_column!r} to group folds by")
-    groups = table[group_column].to_numpy() if group_column else None
-    if group_pattern:
-        import re
-
-        try:
-            regex = re.compile(group_pattern)
-        except re.error as exc:
-            raise LookalikeError(f"group pattern {group_pattern!r} is not a regular expression: {exc}") from None
-        names = [Path(p).name for p in table["path"]]
-        found = [regex.search(n) for n in names]
-        if not all(found):
-            bad = [n for n, m in zip(names, found) if not m]
-            raise LookalikeError(f"group pattern {group_pattern!r} matches no part of {len(bad)} file "
-                                 f"name(s), e.g. {bad[0]}")
-        groups = np.array([m.group(0) for m in found])
-        group_column = f"pattern {group_pattern}"
+    groups, group_column = _fold_groups(table, labels_csv, group_column, group_pattern)
     n_classes = table["label"].nunique()
     counts = table["label"].value_counts()
     if len(table) < 2 * folds:
@@ -87,18 +110,86 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
                                       classes=int(n_classes), group_column=group_column,
                                       smallest_class=int(counts.min())))
     result = dict(out=str(out), classes=model.classes, n_train=len(table), **report)
-    if val_split:
+    return _report_and_save(model, out, result, root, labels_csv, val_split, progress)
 
+
+def _report_and_save(model: ProbeClassifier, out, result: dict, root, labels_csv,
+                     val_split: str | None, progress: bool) -> dict:
+    """Score ``val_split`` through the path users run (``classifier_encoder``), record it in
+    the model and the report, and save the model."""
+    if val_split:
         val = read_labels(root, labels_csv, split=val_split)
-        proba = model.predict_proba(folder_features(root, val, progress=progress, encoder=encoder))
+        proba = model.predict_proba(folder_features(root, val, progress=progress,
+                                                    encoder=classifier_encoder(model)))
         metrics = classification_metrics(val["label"].to_numpy(), proba, model.classes, threshold=0.9)
         summary = {k: metrics[k] for k in ("accuracy", "accuracy_at_threshold", "abstention_rate",
-                                           "threshold", "nll", "ece")}
+                                           "threshold", "nll", "ece", "balanced_accuracy")}
         result.update(val_split=val_split, val=summary)
         model.meta.update(val=dict(split=val_split, n=len(val), **summary))
     result["sha256"] = model.save(out)
     result["bytes"] = Path(out).stat().st_size
     return result
+
+
+def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
+                                    val_split: str | None = None, config: FinetuneConfig | None = None,
+                                    views: int = 8, calibration_share: float = 0.1,
+                                    group_column: str | None = None, group_pattern: str | None = None,
+                                    image_size: int = 224, progress: bool = True) -> dict:
+    """Fine-tune the backbone's last blocks and a linear head on one split of a labelled image
+    folder (``models.finetune``); save a calibrated classifier to ``out``; report ``val_split``.
+
+    The stem's activations of the 8 rotations/flips of every image are cached first (resumable).
+    A grouped ``calibration_share`` of the split (whole ``source_image`` groups, or
+    ``group_pattern`` groups) is held out of training: the temperature is fitted on its logits.
+    ``views`` (1, 2, 4 or 8) is the model's test-time augmentation: its logits are the mean over
+    that many rotations/flips.
+    """
+    cfg = config or FinetuneConfig()
+    if views not in VIEW_SETS:
+        raise LookalikeError(f"--tta must be one of {', '.join(map(str, VIEW_SETS))}, got {views}")
+    if not 0.0 < calibration_share < 0.5:
+        raise LookalikeError(f"the calibration share must be within (0, 0.5), got {calibration_share}")
+    table = read_labels(root, labels_csv, split=split)
+    groups, group_column = _fold_groups(table, labels_csv, group_column, group_pattern)
+    classes, ids = np.unique(table["label"].astype(str).to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise LookalikeError(f"a classifier needs at least 2 classes, the labels have {len(classes)}")
+    folds = max(2, round(1 / calibration_share))
+    held = make_folds(len(table), ids, groups, folds, seed=cfg.seed) == 0
+    if held.all() or not held.any():
+        raise LookalikeError(f"{len(table)} labelled images are too few to hold out a calibration share")
+    backbone = create_backbone()
+    check_cut(backbone, cfg.cut)
+    t0 = time.perf_counter()
+    acts = stem_activations(root, table, backbone.spec.name, cfg.cut, image_size, views=8, progress=progress)
+    stem_seconds = time.perf_counter() - t0  # near 0 when the cache was already complete
+    model, report = finetune_tail(acts[~held], ids[~held], len(classes), backbone, cfg, progress)
+    # the model's test-time views among the 8 cached ones; the head is linear, so the mean of
+    # their logits is the logits of their mean feature (what Encoder(views=...) computes)
+    chosen = [VIEW_SETS[8].index(v) for v in VIEW_SETS[views]]
+    calib = tail_logits(model, acts[held][:, chosen]).mean(1)
+    temperature = fit_temperature(calib, ids[held])
+    meta = dict(method=f"fine-tuned trunk modules {cfg.cut}+ and a linear head on cached stem activations "
+                       f"of 8 rotations/flips, temperature-scaled on a held-out {calibration_share:.0%} "
+                       "of the training split", config=asdict(cfg),
+                calibration=dict(n=int(held.sum()), accuracy=float((calib.argmax(1) == ids[held]).mean()),
+                                 nll=nll(calib, ids[held], temperature)),
+                training=dict(steps=report["steps"], seconds=round(report["seconds"], 1),
+                              stem_cache_seconds=round(stem_seconds, 1),
+                              loss_per_epoch=[round(x, 4) for x in report["loss_per_epoch"]]),
+                trained_on=dict(data=Path(root).name, split=split, n=int((~held).sum()),
+                                classes=len(classes), group_column=group_column))
+    classifier = ProbeClassifier(classes.tolist(), np.zeros(backbone.spec.num_features, np.float32),
+                                 np.ones(backbone.spec.num_features, np.float32),
+                                 [model.head.weight.detach().numpy()], [model.head.bias.detach().numpy()],
+                                 temperature, backbone.spec.name, image_size, meta, views=views,
+                                 tail=tail_state(backbone, cfg.cut), cut=cfg.cut)
+    result = dict(out=str(out), classes=classifier.classes, n_train=int((~held).sum()),
+                  n_calibration=int(held.sum()), temperature=temperature, views=views,
+                  train_seconds=round(report["seconds"], 1), stem_cache_seconds=round(stem_seconds, 1),
+                  calibration=meta["calibration"])
+    return _report_and_save(classifier, out, result, root, labels_csv, val_split, progress)
 
 
 def _val_scores(model, archive_features, archive, root, labels_csv, val_split: str, encoder, k: int,

@@ -102,6 +102,37 @@ def test_eval_classify_cli(tiny_model, tiny_folder, tmp_path):
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_finetune_cli_smoke(tiny_folder, tmp_path):
+    """`train-classifier --finetune` on 30 tiny images finishes in seconds (the last trunk
+    modules only), saves a calibrated model with its tail and test-time views, and `eval
+    classify` runs it through the fine-tuned network; an interrupted stem cache resumes."""
+    import time
+
+    out, js = tmp_path / "ft.npz", tmp_path / "ft.json"
+    args = ["train-classifier", "--finetune", "--images", tiny_folder, "--labels", tiny_folder / "labels.csv",
+            "--cut", "19", "--epochs", "3", "--tta", "2", "--val-split", "val", "--group-pattern", r"^\d{2}",
+            "--out", out, "--json", js]
+    t0 = time.perf_counter()
+    code, _, stderr = run_main(args)
+    assert code == 0, stderr
+    assert time.perf_counter() - t0 < 120  # a smoke run, not a benchmark: generous on busy cores
+    report = json.loads(js.read_text())
+    assert report["views"] == 2 and report["temperature"] > 0
+    assert report["n_train"] + report["n_calibration"] == 30 and report["n_calibration"] >= 3
+    assert 0.0 <= report["val"]["accuracy"] <= 1.0 and "balanced_accuracy" in report["val"]
+    model = load_classifier(out)
+    assert model.tail and model.cut == 19 and model.views == 2 and model.hidden == 0
+    assert model.meta["training"]["steps"] >= 3
+    code, stdout, stderr = run_main(["eval", "classify", "--model", out, "--images", tiny_folder,
+                                     "--labels", tiny_folder / "labels.csv", "--split", "val"])
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["fine_tuned"] and result["views"] == 2 and result["n"] == 12
+    assert abs(result["accuracy"] - report["val"]["accuracy"]) < 1e-9  # same path as the report
+    code, _, stderr = run_main([*args[:-4], "--cut", "99", "--out", tmp_path / "bad.npz"])
+    assert_user_error(code, stderr, "cut")
+
+
 def test_cli_errors_are_one_line(tiny_folder, tmp_path):
     code, _, stderr = run_main(["eval", "classify", "--model", tmp_path / "nope.npz", "--images",
                                 tiny_folder, "--labels", tiny_folder / "labels.csv", "--split", "val"])

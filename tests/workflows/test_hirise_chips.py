@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lookalike.fileio import sha256_file
 from lookalike.indexer.store import open_index
+from lookalike.models.classifier import resolve_classifier
 
 
 def _tiny_hirise(tmp_path):
@@ -87,6 +89,17 @@ def test_demo_hirise_layer_builds_once(tmp_path):
         generation = index.manifest["generation"]
         assert hirise_layer(tmp_path / "indexes", progress=False) == path  # built once
         assert open_index(path).manifest["generation"] == generation
+        made_by = index.manifest["landmarks"]
+        assert made_by["model"] == "hirise" and made_by["model_sha256"] == sha256_file(resolve_classifier("hirise"))
+        # a catalogue made by an earlier shipped classifier is made again, the index kept
+        manifest = json.loads((path / "manifest.json").read_text())
+        manifest["landmarks"]["model_sha256"] = "0" * 64
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        assert hirise_layer(tmp_path / "indexes", progress=False) == path
+        again = open_index(path)
+        assert again.manifest["landmarks"]["model_sha256"] == made_by["model_sha256"]
+        assert again.manifest["generation"] == generation + 1 and again.n == 6 and len(again.landmarks) == 6
+        generation += 1
         # a layer made with an earlier default code (or views) is built again, and the old
         # one removed once the new one is complete
         manifest = json.loads((path / "manifest.json").read_text())

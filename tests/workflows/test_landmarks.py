@@ -52,13 +52,23 @@ def scene_tif(tmp_path_factory, scene):
 
 
 @pytest.fixture(scope="module")
-def crop_encoder(backbone):
+def crop_encoder():
+    """The encoder the shipped classifier needs (its backbone, tail and views), built once."""
     import torch
 
-    from lookalike.indexer.encoding import Encoder
+    from lookalike.indexer.encoding import classifier_encoder
+    from lookalike.models.classifier import load_classifier
 
     torch.set_num_threads(2)  # the backbone on the crops is this module's one heavy step
-    return Encoder(backbone, image_size=224, batch_size=16, device="cpu")
+    return classifier_encoder(load_classifier("hirise"), batch_size=16)
+
+
+def test_an_encoder_of_other_features_is_refused(scene_tif, backbone):
+    from lookalike.errors import LookalikeError
+    from lookalike.indexer.encoding import Encoder
+
+    with pytest.raises(LookalikeError, match="the classifier needs features"):
+        find_landmarks(scene_tif, "hirise", encoder=Encoder(backbone, image_size=224, views=4), progress=False)
 
 
 @pytest.fixture(scope="module")
