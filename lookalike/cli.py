@@ -537,9 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "rotations/flips of each image (CPU-friendly), instead of a probe")
     tc.add_argument("--cut", type=int, default=14,
                     help="with --finetune: first trunk module trained (EfficientNet-Lite0: 14 = stage 6)")
-    tc.add_argument("--tta", type=int, default=8, choices=(1, 2, 4, 8),
+    tc.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                     help="with --finetune: the model averages its logits over this many "
-                         "rotations/flips of each image at test time")
+                         "rotations/flips of each image at test time (each one more backbone pass)")
     tc.add_argument("--balance", type=float, default=0.5,
                     help="with --finetune: draw images of class c with weight n_c ** -BALANCE "
                          "(0: as in the data, 1: class-balanced)")

@@ -133,7 +133,7 @@ def _report_and_save(model: ProbeClassifier, out, result: dict, root, labels_csv
 
 def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
                                     val_split: str | None = None, config: FinetuneConfig | None = None,
-                                    views: int = 8, calibration_share: float = 0.1,
+                                    views: int = 1, calibration_share: float = 0.1,
                                     group_column: str | None = None, group_pattern: str | None = None,
                                     image_size: int = 224, progress: bool = True) -> dict:
     """Fine-tune the backbone's last blocks and a linear head on one split of a labelled image
