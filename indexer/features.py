@@ -109,7 +109,9 @@ def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = "eff
     bar = tqdm(total=len(paths), desc="caching stem activations", unit="img", disable=not progress)
     for i, s in enumerate(starts):
         path = folder / f"chunk-{i:05d}.npy"
-        if not path.exists():
+        rows = len(paths[s:s + chunk])
+        # a chunk of another length (written with another chunk size) or unreadable is made again
+        if not path.exists() or _rows(path) != rows:
             images = np.stack([load_image(root / p, image_size) for p in paths[s:s + chunk]])
             with torch.inference_mode():
                 x = images_to_tensor(images, image_size)
@@ -121,6 +123,13 @@ def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = "eff
         bar.update(len(parts[-1]))
     bar.close()
     return np.concatenate(parts) if parts else np.zeros((0, views, 0, 0, 0), np.float16)
+
+
+def _rows(path: Path) -> int:
+    try:
+        return len(np.load(path, mmap_mode="r"))
+    except (OSError, ValueError):
+        return -1
 
 
 # ------------------------------------------------------------------ mosaic tiles

@@ -173,3 +173,16 @@ def test_stem_cache_resumes_from_its_chunks(crops, tmp_path, monkeypatch):
     again = stem_activations(root, table, cut=CUT, views=2, chunk=2, progress=False)
     assert np.array_equal(first, again)
     assert chunks[1].is_file() and chunks[0].stat().st_mtime_ns == kept
+
+
+def test_stem_cache_remakes_a_chunk_of_the_wrong_length(crops, tmp_path, monkeypatch):
+    """A chunk written with another chunk size (or truncated) is not mixed in: it is made again."""
+    root, table = crops
+    monkeypatch.setenv("LOOKALIKE_CACHE", str(tmp_path))
+    first = stem_activations(root, table, cut=CUT, views=2, chunk=2, progress=False)
+    chunk = sorted(tmp_path.rglob("chunk-*.npy"))[0]
+    np.save(chunk, first[:1])  # one row where two belong
+    again = stem_activations(root, table, cut=CUT, views=2, chunk=2, progress=False)
+    assert np.array_equal(first, again)
+    chunk.write_bytes(b"not an array")
+    assert np.array_equal(first, stem_activations(root, table, cut=CUT, views=2, chunk=2, progress=False))
