@@ -210,6 +210,7 @@ def cmd_train_classifier(args) -> None:
                                 balance=args.balance, seed=args.seed)
         report = finetune_classifier_from_folder(args.images, args.labels, args.out, split=args.split,
                                                  val_split=args.val_split, config=config, views=args.tta,
+                                                 calibration_split=args.calibrate_on,
                                                  group_column=args.group_by, group_pattern=args.group_pattern,
                                                  image_size=args.image_size)
         _write_json(args.json, report)
@@ -540,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                     help="with --finetune: the model averages its logits over this many "
                          "rotations/flips of each image at test time (each one more backbone pass)")
+    tc.add_argument("--calibrate-on", metavar="SPLIT",
+                    help="with --finetune: fit the temperature on this split (e.g. val; never a test "
+                         "split) and train on the whole --split; the report adds figures cross-fitted "
+                         "on it. Default: a grouped 10%% of --split held out of training")
     tc.add_argument("--balance", type=float, default=0.5,
                     help="with --finetune: draw images of class c with weight n_c ** -BALANCE "
                          "(0: as in the data, 1: class-balanced)")

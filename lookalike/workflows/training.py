@@ -32,6 +32,7 @@ from lookalike.models.classifier import (
     fit_temperature,
     make_folds,
     nll,
+    softmax,
     train_classifier,
 )
 from lookalike.models.finetune import FinetuneConfig, check_cut, finetune_tail, tail_logits, tail_state
@@ -134,14 +135,19 @@ def _report_and_save(model: ProbeClassifier, out, result: dict, root, labels_csv
 def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
                                     val_split: str | None = None, config: FinetuneConfig | None = None,
                                     views: int = 1, calibration_share: float = 0.1,
+                                    calibration_split: str | None = None,
                                     group_column: str | None = None, group_pattern: str | None = None,
                                     image_size: int = 224, progress: bool = True) -> dict:
     """Fine-tune the backbone's last blocks and a linear head on one split of a labelled image
     folder (``models.finetune``); save a calibrated classifier to ``out``; report ``val_split``.
 
     The stem's activations of the 8 rotations/flips of every image are cached first (resumable).
-    A grouped ``calibration_share`` of the split (whole ``source_image`` groups, or
-    ``group_pattern`` groups) is held out of training: the temperature is fitted on its logits.
+    The temperature is fitted on held-out logits: by default a grouped ``calibration_share`` of
+    the split (whole ``source_image`` groups, or ``group_pattern`` groups), held out of training;
+    with ``calibration_split`` (e.g. ``val``, never a test split) that split's, and the whole
+    training split trains. A temperature fitted on the split it is then reported on flatters the
+    report, so the report adds ``calibration_cross_fitted``: that split scored in two grouped
+    halves, each with the temperature fitted on the other half.
     ``views`` (1, 2, 4 or 8) is the model's test-time augmentation: its logits are the mean over
     that many rotations/flips.
     """
@@ -150,15 +156,20 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
         raise LookalikeError(f"--tta must be one of {', '.join(map(str, VIEW_SETS))}, got {views}")
     if not 0.0 < calibration_share < 0.5:
         raise LookalikeError(f"the calibration share must be within (0, 0.5), got {calibration_share}")
+    if calibration_split == split:
+        raise LookalikeError(f"calibrate on another split than the one trained on ({split!r})")
     table = read_labels(root, labels_csv, split=split)
     groups, group_column = _fold_groups(table, labels_csv, group_column, group_pattern)
     classes, ids = np.unique(table["label"].astype(str).to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise LookalikeError(f"a classifier needs at least 2 classes, the labels have {len(classes)}")
-    folds = max(2, round(1 / calibration_share))
-    held = make_folds(len(table), ids, groups, folds, seed=cfg.seed) == 0
-    if held.all() or not held.any():
-        raise LookalikeError(f"{len(table)} labelled images are too few to hold out a calibration share")
+    if calibration_split:
+        held = np.zeros(len(table), bool)
+        calibration_table = read_labels(root, labels_csv, split=calibration_split)
+    else:
+        held = make_folds(len(table), ids, groups, max(2, round(1 / calibration_share)), seed=cfg.seed) == 0
+        if held.all() or not held.any():
+            raise LookalikeError(f"{len(table)} labelled images are too few to hold out a calibration share")
     backbone = create_backbone()
     check_cut(backbone, cfg.cut)
     t0 = time.perf_counter()
@@ -168,28 +179,61 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
     # the model's test-time views among the 8 cached ones; the head is linear, so the mean of
     # their logits is the logits of their mean feature (what Encoder(views=...) computes)
     chosen = [VIEW_SETS[8].index(v) for v in VIEW_SETS[views]]
-    calib = tail_logits(model, acts[held][:, chosen]).mean(1)
-    temperature = fit_temperature(calib, ids[held])
+    if calibration_split:
+        known = calibration_table["label"].astype(str).isin(classes).to_numpy()
+        calibration_table = calibration_table[known].reset_index(drop=True)
+        calib_acts = stem_activations(root, calibration_table, backbone.spec.name, cfg.cut, image_size,
+                                      views=8, progress=progress)
+        calib = tail_logits(model, calib_acts[:, chosen]).mean(1)
+        calib_ids = np.searchsorted(classes, calibration_table["label"].astype(str).to_numpy())
+        calib_groups = _fold_groups(calibration_table, labels_csv, group_column if group_column in
+                                    calibration_table.columns else None, group_pattern)[0]
+        where = f"the {calibration_split!r} split ({len(calibration_table)} images of known classes)"
+    else:
+        calib, calib_ids, calib_groups = tail_logits(model, acts[held][:, chosen]).mean(1), ids[held], None
+        where = f"a held-out {calibration_share:.0%} of the training split"
+    temperature = fit_temperature(calib, calib_ids)
+    calibration = dict(split=calibration_split or f"{calibration_share:.0%} of {split}", n=len(calib_ids),
+                       accuracy=float((calib.argmax(1) == calib_ids).mean()),
+                       nll=nll(calib, calib_ids, temperature))
     meta = dict(method=f"fine-tuned trunk modules {cfg.cut}+ and a linear head on cached stem activations "
-                       f"of 8 rotations/flips, temperature-scaled on a held-out {calibration_share:.0%} "
-                       "of the training split", config=asdict(cfg),
-                calibration=dict(n=int(held.sum()), accuracy=float((calib.argmax(1) == ids[held]).mean()),
-                                 nll=nll(calib, ids[held], temperature)),
+                       f"of 8 rotations/flips, temperature-scaled on {where}", config=asdict(cfg),
+                calibration=calibration,
                 training=dict(steps=report["steps"], seconds=round(report["seconds"], 1),
                               stem_cache_seconds=round(stem_seconds, 1),
                               loss_per_epoch=[round(x, 4) for x in report["loss_per_epoch"]]),
                 trained_on=dict(data=Path(root).name, split=split, n=int((~held).sum()),
                                 classes=len(classes), group_column=group_column))
+    result = {}
+    if calibration_split:
+        meta["calibration_cross_fitted"] = result["calibration_cross_fitted"] = cross_fitted_temperature(
+            calib, calib_ids, classes.tolist(), calib_groups, seed=cfg.seed)
     classifier = ProbeClassifier(classes.tolist(), np.zeros(backbone.spec.num_features, np.float32),
                                  np.ones(backbone.spec.num_features, np.float32),
                                  [model.head.weight.detach().numpy()], [model.head.bias.detach().numpy()],
                                  temperature, backbone.spec.name, image_size, meta, views=views,
                                  tail=tail_state(backbone, cfg.cut), cut=cfg.cut)
     result = dict(out=str(out), classes=classifier.classes, n_train=int((~held).sum()),
-                  n_calibration=int(held.sum()), temperature=temperature, views=views,
+                  n_calibration=len(calib_ids), temperature=temperature, views=views,
                   train_seconds=round(report["seconds"], 1), stem_cache_seconds=round(stem_seconds, 1),
-                  calibration=meta["calibration"])
+                  calibration=calibration, **result)
     return _report_and_save(classifier, out, result, root, labels_csv, val_split, progress)
+
+
+def cross_fitted_temperature(logits: np.ndarray, ids: np.ndarray, classes: list[str],
+                             groups: np.ndarray | None, threshold: float = 0.9, seed: int = 0) -> dict:
+    """Honest figures for a temperature fitted on the data it is reported on: the rows in two
+    grouped halves, each scored with the temperature fitted on the other half."""
+    halves = make_folds(len(ids), ids, groups, 2, seed=seed)
+    proba = np.zeros_like(logits, dtype=np.float64)
+    temperatures = []
+    for h in (0, 1):
+        t = fit_temperature(logits[halves != h], ids[halves != h])
+        proba[halves == h] = softmax(logits[halves == h] / t)
+        temperatures.append(t)
+    metrics = classification_metrics(np.asarray(classes)[ids], proba, classes, threshold)
+    return dict({k: metrics[k] for k in ("accuracy_at_threshold", "abstention_rate", "threshold", "nll", "ece")},
+                temperatures=temperatures)
 
 
 def _val_scores(model, archive_features, archive, root, labels_csv, val_split: str, encoder, k: int,

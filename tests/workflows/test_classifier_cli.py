@@ -133,6 +133,24 @@ def test_finetune_cli_smoke(tiny_folder, tmp_path):
     assert_user_error(code, stderr, "cut")
 
 
+def test_finetune_calibrated_on_val_reports_cross_fitted_figures(tiny_folder, tmp_path):
+    """--calibrate-on val: the whole train split trains, the temperature comes from val, and
+    the report adds val figures with each half scored by the temperature of the other half."""
+    js = tmp_path / "ft.json"
+    args = ["train-classifier", "--finetune", "--images", tiny_folder, "--labels", tiny_folder / "labels.csv",
+            "--cut", "19", "--epochs", "2", "--val-split", "val", "--group-pattern", r"^\d{2}"]
+    code, _, stderr = run_main([*args, "--calibrate-on", "val", "--out", tmp_path / "ft.npz", "--json", js])
+    assert code == 0, stderr
+    report = json.loads(js.read_text())
+    assert report["n_train"] == 30 and report["n_calibration"] == 12
+    assert report["calibration"]["split"] == "val"
+    cross = report["calibration_cross_fitted"]
+    assert len(cross["temperatures"]) == 2 and 0.0 <= cross["abstention_rate"] <= 1.0
+    assert load_classifier(tmp_path / "ft.npz").meta["calibration_cross_fitted"] == cross
+    code, _, stderr = run_main([*args, "--calibrate-on", "train", "--out", tmp_path / "bad.npz"])
+    assert_user_error(code, stderr, "another split")
+
+
 def test_cli_errors_are_one_line(tiny_folder, tmp_path):
     code, _, stderr = run_main(["eval", "classify", "--model", tmp_path / "nope.npz", "--images",
                                 tiny_folder, "--labels", tiny_folder / "labels.csv", "--split", "val"])
