@@ -62,7 +62,7 @@ def check_cut(backbone: Backbone, cut: int) -> None:
 
 def stem(backbone: Backbone, cut: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """images (B, 3, H, W) in [0, 1] -> activations at the cut (inference only: BatchNorm is
-    folded into the convolutions and the maps run channels-last, about 3x faster on a CPU)."""
+    folded into the convolutions and the maps run channels-last, which CPUs run faster)."""
     from torch.fx.experimental.optimization import fuse
 
     check_cut(backbone, cut)
