@@ -154,9 +154,9 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     """Train the tail of ``backbone`` (changed in place) and a linear head on cached activations.
 
     ``activations``: (N, V, C, H, W), the stem's output for V views of each of N images (float16
-    is fine; batches are converted as drawn). Each draw takes an image by class-balanced weight
-    and one of its views at random. Returns the model (eval mode) and a report with the loss
-    curve and the time taken.
+    is fine; batches are converted as drawn). Each draw takes an image by its class weight
+    (``sampling_weights``) and one of its views at random. Returns the model (eval mode) and a
+    report with the loss curve and the time taken.
     """
     from tqdm.auto import tqdm
 
