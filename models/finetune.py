@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lookalike.errors import ModelError
-from lookalike.models.backbones import Backbone
+from lookalike.models.backbones import Backbone, create_backbone
 
 
 @dataclass
@@ -79,41 +79,79 @@ def stem(backbone: Backbone, cut: int) -> Callable[[torch.Tensor], torch.Tensor]
     return run
 
 
+TAIL_BITS = 5  # signed levels per output channel of a stored weight change: a tail of ~1.8 MB
+
+
 def tail_keys(backbone: Backbone, cut: int) -> list[str]:
-    """Names in ``backbone.body.state_dict()`` of the tensors the fine-tune changes."""
+    """Names in ``backbone.body.state_dict()`` of the float tensors the fine-tune changes
+    (BatchNorm's step counters are left out: they do nothing in eval mode)."""
     check_cut(backbone, cut)
-    return [k for k in backbone.body.state_dict() if k.startswith("features.")
-            and int(k.split(".")[1]) >= cut]
+    state = backbone.body.state_dict()
+    return [k for k, t in state.items() if k.startswith("features.") and int(k.split(".")[1]) >= cut
+            and t.is_floating_point()]
+
+
+def _imagenet_tail(backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
+    state = create_backbone(backbone.spec.name).body.state_dict()
+    return {k: state[k].numpy() for k in tail_keys(backbone, cut)}
 
 
 def tail_state(backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
-    """The tail's tensors as arrays, rounded as they are stored: float16 for weights of two or
-    more dimensions, float32 for vectors (BatchNorm statistics), integers as they are."""
+    """The tail as it is stored: each tensor's change from the ImageNet weights. A weight of two
+    or more dimensions is quantized per output channel to ``TAIL_BITS`` signed levels (``KEY|q``
+    int8, ``KEY|scale`` float32); a vector (BatchNorm) stays float32 (``KEY|delta``). Changes
+    are small and mostly near zero, so the file stays small (logits move by < 0.1 on real
+    crops)."""
+    base = _imagenet_tail(backbone, cut)
     state = backbone.body.state_dict()
+    levels = 2 ** (TAIL_BITS - 1) - 1
     out = {}
-    for key in tail_keys(backbone, cut):
-        t = state[key].detach().cpu().numpy()
-        if t.dtype.kind == "f":
-            t = t.astype(np.float16) if t.ndim >= 2 else t.astype(np.float32)
-        out[key] = t
+    for key, old in base.items():
+        change = state[key].detach().cpu().numpy().astype(np.float32) - old
+        if change.ndim < 2:
+            out[f"{key}|delta"] = change
+            continue
+        scale = (np.abs(change).reshape(len(change), -1).max(1) / levels).astype(np.float32)
+        scale[scale == 0] = 1.0
+        out[f"{key}|q"] = np.round(change / scale.reshape(-1, *[1] * (change.ndim - 1))).astype(np.int8)
+        out[f"{key}|scale"] = scale
     return out
 
 
+def round_tail(backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
+    """Make the trained tail of ``backbone`` exactly what its stored form loads as; returns that form."""
+    state = tail_state(backbone, cut)
+    backbone.body.load_state_dict({k: torch.from_numpy(v) for k, v in _imagenet_tail(backbone, cut).items()},
+                                  strict=False)
+    load_tail(backbone, state, cut)
+    return state
+
+
 def load_tail(backbone: Backbone, state: dict[str, np.ndarray], cut: int) -> Backbone:
-    """Put a fine-tuned tail into ``backbone`` (in place); ModelError when it does not fit."""
-    expected = set(tail_keys(backbone, cut))
+    """Apply a stored tail (``tail_state``) to ``backbone``, which holds the ImageNet weights,
+    in place; ModelError when it does not fit."""
+    own = backbone.body.state_dict()
+    keys = tail_keys(backbone, cut)
+    expected = {f"{k}|{part}" for k in keys for part in (("q", "scale") if own[k].ndim >= 2 else ("delta",))}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ModelError(f"the fine-tuned tail does not fit {backbone.spec.name} cut at {cut} "
                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    own = backbone.body.state_dict()
     tensors = {}
-    for key, value in state.items():
-        t = torch.from_numpy(np.asarray(value)).to(own[key].dtype)
-        if tuple(t.shape) != tuple(own[key].shape):
-            raise ModelError(f"fine-tuned tensor {key} has shape {tuple(t.shape)}, the backbone "
-                             f"expects {tuple(own[key].shape)}")
-        tensors[key] = t
+    for key in keys:
+        shape = tuple(own[key].shape)
+        if own[key].ndim >= 2:
+            q, scale = np.asarray(state[f"{key}|q"]), np.asarray(state[f"{key}|scale"])
+            if q.shape != shape or scale.shape != shape[:1]:
+                raise ModelError(f"fine-tuned tensor {key} has shape {q.shape} (scales {scale.shape}), "
+                                 f"the backbone expects {shape}")
+            change = q.astype(np.float32) * scale.reshape(-1, *[1] * (len(shape) - 1))
+        else:
+            change = np.asarray(state[f"{key}|delta"], dtype=np.float32)
+            if change.shape != shape:
+                raise ModelError(f"fine-tuned tensor {key} has shape {change.shape}, the backbone "
+                                 f"expects {shape}")
+        tensors[key] = own[key] + torch.from_numpy(change)
     backbone.body.load_state_dict(tensors, strict=False)
     return backbone
 
@@ -156,7 +194,7 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     ``activations``: (N, V, C, H, W), the stem's output for V views of each of N images (float16
     is fine; batches are converted as drawn). Each draw takes an image by its class weight
     (``sampling_weights``) and one of its views at random. Returns the model (eval mode) and a
-    report with the loss curve and the time taken.
+    report with the loss curve, the time taken and the tail as stored (``tail_state``).
     """
     from tqdm.auto import tqdm
 
@@ -199,11 +237,11 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     bar.close()
     model.eval()
     # the weights behave as stored: round the tail and the head through their file types
-    load_tail(backbone, tail_state(backbone, cfg.cut), cfg.cut)
+    stored = round_tail(backbone, cfg.cut)
     with torch.no_grad():
         model.head.weight.copy_(model.head.weight.half().float())
     curve = [float(np.mean(losses[i:i + steps_per_epoch])) for i in range(0, total, steps_per_epoch)]
-    return model, dict(steps=total, seconds=time.perf_counter() - t0, loss_per_epoch=curve)
+    return model, dict(steps=total, seconds=time.perf_counter() - t0, loss_per_epoch=curve, tail=stored)
 
 
 @torch.inference_mode()

@@ -35,7 +35,7 @@ from lookalike.models.classifier import (
     softmax,
     train_classifier,
 )
-from lookalike.models.finetune import FinetuneConfig, check_cut, finetune_tail, tail_logits, tail_state
+from lookalike.models.finetune import FinetuneConfig, check_cut, finetune_tail, tail_logits
 from lookalike.models.metrics import classification_metrics, retrieval_scores
 from lookalike.models.training import (
     SUPERVISED,
@@ -212,7 +212,7 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
                                  np.ones(backbone.spec.num_features, np.float32),
                                  [model.head.weight.detach().numpy()], [model.head.bias.detach().numpy()],
                                  temperature, backbone.spec.name, image_size, meta, views=views,
-                                 tail=tail_state(backbone, cfg.cut), cut=cfg.cut)
+                                 tail=report["tail"], cut=cfg.cut)
     result = dict(out=str(out), classes=classifier.classes, n_train=int((~held).sum()),
                   n_calibration=len(calib_ids), temperature=temperature, views=views,
                   train_seconds=round(report["seconds"], 1), stem_cache_seconds=round(stem_seconds, 1),
