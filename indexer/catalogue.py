@@ -22,7 +22,7 @@ import shapely
 from lookalike.data.hirise import load_hirise_footprints
 from lookalike.errors import LookalikeError
 from lookalike.indexer.store import open_index, update_tables
-from lookalike.indexer.tiling import Zone
+from lookalike.indexer.tiling import Zone, footprint_plane, polar_plane
 
 BOX_COLUMNS = ("lon_min", "lat_min", "lon_max", "lat_max")
 REQUIRED = ("label", "posterior", "lon", "lat", *BOX_COLUMNS)
@@ -55,26 +55,32 @@ def tiles_under(tiles: pd.DataFrame, lon: np.ndarray, lat: np.ndarray) -> np.nda
         if len(keep) == 0:
             return out
         return np.where((found := tiles_under(tiles.iloc[keep], lon, lat)) >= 0, keep[found], -1)
-    centre_lon = tiles["lon"].to_numpy(np.float64)
+    centre_lon, centre_lat = tiles["lon"].to_numpy(np.float64), tiles["lat"].to_numpy(np.float64)
     # unwrap each footprint next to its own centre so tiles across 180 degrees stay whole
     corners_lon = (corners_lon - centre_lon[:, None] + 180.0) % 360.0 - 180.0 + centre_lon[:, None]
-    tree = shapely.STRtree(shapely.polygons(np.stack([corners_lon, corners_lat], axis=-1)))
     best = np.full(len(lon), np.inf)
-    clat, clon = np.radians(tiles["lat"].to_numpy(float)), np.radians(centre_lon)
-    for shift in (0.0, 360.0, -360.0):  # a point near 180 may sit in a tile unwrapped past it
-        points = shapely.points(lon + shift, lat)
-        point_idx, tile_idx = tree.query(points, predicate="intersects")
-        if len(point_idx) == 0:
-            continue
-        plat, plon = np.radians(lat[point_idx]), np.radians(lon[point_idx])
-        angle = -(np.sin(clat[tile_idx]) * np.sin(plat)
-                  + np.cos(clat[tile_idx]) * np.cos(plat) * np.cos(clon[tile_idx] - plon))
-        order = np.lexsort((tile_idx, angle, point_idx))
-        point_idx, tile_idx, angle = point_idx[order], tile_idx[order], angle[order]
-        first = np.r_[True, point_idx[1:] != point_idx[:-1]]
-        p, t, a = point_idx[first], tile_idx[first], angle[first]
-        better = a < best[p]
-        out[p[better]], best[p[better]] = t[better], a[better]
+    clat, clon = np.radians(centre_lat), np.radians(centre_lon)
+    plane = footprint_plane(centre_lon, centre_lat)[2]
+    for which in np.unique(plane):  # polar footprints are tested in a polar plane
+        members = np.flatnonzero(plane == which)
+        cx, cy = polar_plane(corners_lon[members], corners_lat[members], which)
+        tree = shapely.STRtree(shapely.polygons(np.stack([cx, cy], axis=-1)))
+        # a point near 180 may sit in a tile unwrapped past it
+        for shift in ((0.0, 360.0, -360.0) if which == 0 else (0.0,)):
+            px, py = polar_plane(lon + shift, lat, which)
+            point_idx, tile_idx = tree.query(shapely.points(px, py), predicate="intersects")
+            if len(point_idx) == 0:
+                continue
+            tile_idx = members[tile_idx]
+            plat, plon = np.radians(lat[point_idx]), np.radians(lon[point_idx])
+            angle = -(np.sin(clat[tile_idx]) * np.sin(plat)
+                      + np.cos(clat[tile_idx]) * np.cos(plat) * np.cos(clon[tile_idx] - plon))
+            order = np.lexsort((tile_idx, angle, point_idx))
+            point_idx, tile_idx, angle = point_idx[order], tile_idx[order], angle[order]
+            first = np.r_[True, point_idx[1:] != point_idx[:-1]]
+            p, t, a = point_idx[first], tile_idx[first], angle[first]
+            better = (a < best[p]) | ((a == best[p]) & (t < out[p]))
+            out[p[better]], best[p[better]] = t[better], a[better]
     return out
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.fileio import atomic_write_bytes
+from lookalike.indexer.tiling import holds_pole
 
 PROPERTIES = ("rank", "distance", "tile_id", "zone", "time", "source", "label")
 
@@ -17,7 +18,8 @@ def footprint_geometry(lons: np.ndarray, lats: np.ndarray) -> dict:
     """Polygon of a footprint's corners; split in two at the antimeridian when it crosses it.
 
     RFC 7946 section 3.1.9: geometries crossing 180 degrees are cut into a MultiPolygon whose
-    parts lie on either side.
+    parts lie on either side. A footprint around a pole becomes the polygon bounded by its
+    corners, the antimeridian on both sides and the pole's own latitude.
     """
     lons = np.asarray(lons, dtype=float)
     lats = np.asarray(lats, dtype=float)
@@ -25,6 +27,8 @@ def footprint_geometry(lons: np.ndarray, lats: np.ndarray) -> dict:
     from shapely.geometry import box, mapping
     from shapely.geometry.polygon import orient
 
+    if holds_pole(lons):
+        return mapping(orient(shapely.Polygon(pole_ring(lons, lats)), 1.0))
     if lons.max() - lons.min() <= 180.0:
         # RFC 7946 section 3.1.6: exterior rings are counterclockwise
         return mapping(orient(shapely.Polygon(np.column_stack([lons, lats])), 1.0))
@@ -36,6 +40,28 @@ def footprint_geometry(lons: np.ndarray, lats: np.ndarray) -> dict:
     parts = [orient(p, 1.0) for g in (east, west) for p in getattr(g, "geoms", [g])
              if not p.is_empty and p.area > 0]
     return mapping(shapely.MultiPolygon(parts))
+
+
+def pole_ring(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
+    """Lon/lat ring (n, 2) of a ring of points around a pole (a footprint's corners, or a
+    densified outline): cut where it crosses 180 degrees and closed along the antimeridian and
+    the pole's latitude (+-90)."""
+    lons, lats = np.asarray(lons, float), np.asarray(lats, float)
+    steps = (np.diff(np.r_[lons, lons[0]]) + 180.0) % 360.0 - 180.0
+    if steps.sum() < 0:  # walk the ring eastwards
+        lons, lats = lons[::-1], lats[::-1]
+        steps = (np.diff(np.r_[lons, lons[0]]) + 180.0) % 360.0 - 180.0
+    east = np.cumsum(np.r_[0.0, steps[:-1]]) + lons[0]  # unwrapped: one turn in all
+    cut = int(np.argmax(np.floor((east + 180.0) / 360.0) > np.floor((east[0] + 180.0) / 360.0))) or len(east)
+    # start just after the crossing: the points before it go a turn further east
+    east = np.r_[east[cut:], east[:cut] + 360.0]
+    north = np.r_[lats[cut:], lats[:cut]]
+    east -= 360.0 * np.floor((east[0] + 180.0) / 360.0)  # first point in [-180, 180)
+    # latitude where the ring crosses 180 degrees going from its last point back to its first
+    span = east[0] + 360.0 - east[-1]
+    at_180 = north[-1] + (north[0] - north[-1]) * ((180.0 - east[-1]) / span if span > 0 else 0.5)
+    pole = 90.0 if north.mean() > 0 else -90.0
+    return np.array([(-180.0, at_180), *zip(east, north), (180.0, at_180), (180.0, pole), (-180.0, pole)])
 
 
 def hits_to_geojson(hits: pd.DataFrame, filters: dict | None = None, query: dict | None = None) -> dict:

@@ -236,7 +236,8 @@ class RasterSource:
             by_row.setdefault(p.row, []).append(p)
         with WarpedVRT(src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
                        crs=dst_crs, transform=transform, width=width, height=height,
-                       add_alpha=not self._meta["alpha"], resampling=Resampling.bilinear) as vrt:
+                       add_alpha=not self._meta["alpha"], resampling=Resampling.bilinear,
+                       **_warp_options(zone)) as vrt:
             # GDAL derives band masks from an alpha band only for 2- or 4-band datasets, so read
             # the alpha band itself (the raster's own or the one the warp adds)
             alpha_band = next((i + 1 for i, c in enumerate(vrt.colorinterp) if c == ColorInterp.alpha),
@@ -259,7 +260,7 @@ class RasterSource:
                             continue
                         tile = pixels[:, oy:oy + grid.size, ox:ox + grid.size]
                         rgb = to_uint8(tile, stretch)
-                        if np.ptp(rgb[tile_valid]) == 0:  # blank fill, not imagery
+                        if not tile_valid.any() or np.ptp(rgb[tile_valid]) == 0:  # blank fill, not imagery
                             continue
                         yield p, rgb
 
@@ -271,8 +272,14 @@ class RasterSource:
         with self._open() as src, WarpedVRT(
                 src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
                 crs=dst_crs, transform=transform, width=grid.size, height=grid.size,
-                resampling=Resampling.bilinear) as vrt:
+                resampling=Resampling.bilinear, **_warp_options(zone)) as vrt:
             return to_uint8(vrt.read(list(self._meta["bands"])), self._stretch(src))
+
+
+def _warp_options(zone: Zone) -> dict:
+    """GDAL finds the source pixels a warp needs from the edges of the output; around a pole,
+    whose whole row of source pixels lies inside a polar output, it must sample the whole grid."""
+    return {"SAMPLE_GRID": "YES"} if zone.polar else {}
 
 
 def to_uint8(bands: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:

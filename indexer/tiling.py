@@ -1,9 +1,15 @@
-"""Tiling maths: 6-degree transverse-Mercator zones on any body, and a fixed tile grid per zone.
+"""Tiling maths: the UTM/UPS zones on any body, and a fixed tile grid per zone.
 
-Earth uses the real UTM zones (EPSG:326zz north, 327zz south). Other bodies (Mars,
+Between 80 S and 84 N the zones are 6 degrees of longitude wide, one per hemisphere. Earth
+uses the real UTM zones (EPSG:326zz north, 327zz south). Other bodies (Mars,
 ``IAU_2015:49900``) use the same 6-degree zoning: a transverse Mercator on the body's own
 geographic CRS, central meridian ``-183 + 6 * zone``, false easting 500 km, false northing
 10,000 km in the south, and scale factor 1 (PROJ reserves k = 0.9996 for ellipsoidal UTM).
+
+Poleward of those limits each cap is one polar stereographic zone, ``UPSN`` and ``UPSS``: on
+Earth the Universal Polar Stereographic system (EPSG:32661 and 32761), on other bodies the same
+projection on their own sphere (latitude of origin +-90, central meridian 0, scale 0.994, false
+easting and northing 2,000 km).
 
 Within a zone the grid is anchored at projected (0, 0): tile ``(row, col)`` has its top-left
 corner at ``x = col * stride * gsd`` and ``y = -row * stride * gsd``. Tile ids are therefore
@@ -20,58 +26,120 @@ from functools import lru_cache
 import numpy as np
 import pyproj
 from pyproj.crs import ProjectedCRS
-from pyproj.crs.coordinate_operation import TransverseMercatorConversion
+from pyproj.crs.coordinate_operation import PolarStereographicAConversion, TransverseMercatorConversion
 
 from lookalike.errors import OptionError
 
 ZONE_WIDTH_DEG = 6.0
 FALSE_EASTING = 500_000.0
 SOUTH_FALSE_NORTHING = 10_000_000.0
-DEFAULT_LAT_RANGE = (-80.0, 84.0)  # UTM's own limits; polar caps need a polar projection
+UTM_LAT_RANGE = (-80.0, 84.0)  # the 6-degree zones; the caps beyond are polar zones
+DEFAULT_LAT_RANGE = (-90.0, 90.0)
+POLAR = 0  # the zone number of a polar cap
+POLAR_SCALE = 0.994
+POLAR_FALSE_ORIGIN = 2_000_000.0
 MAX_TILE_SIZE = 2048  # pixels a side
+POLAR_PLANE_LAT = 60.0  # footprints poleward of this are compared in a polar plane
 
 
 @dataclass(frozen=True)
 class Zone:
-    """One 6-degree zone and hemisphere, e.g. ``Zone(33, 'N')`` printed as ``33N``."""
+    """One 6-degree zone and hemisphere, e.g. ``Zone(33, 'N')`` printed as ``33N``, or a polar
+    cap, ``Zone(0, 'N')`` printed as ``UPSN``."""
 
     number: int
     hemisphere: str  # "N" or "S"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.number <= 60 or self.hemisphere not in ("N", "S"):
+        if not (1 <= self.number <= 60 or self.number == POLAR) or self.hemisphere not in ("N", "S"):
             raise OptionError(f"invalid zone {self.number}{self.hemisphere}")
 
     @property
+    def polar(self) -> bool:
+        return self.number == POLAR
+
+    @property
     def label(self) -> str:
-        return f"{self.number}{self.hemisphere}"
+        return f"UPS{self.hemisphere}" if self.polar else f"{self.number}{self.hemisphere}"
 
     @property
     def central_meridian(self) -> float:
-        return -183.0 + ZONE_WIDTH_DEG * self.number
+        return 0.0 if self.polar else -183.0 + ZONE_WIDTH_DEG * self.number
 
     @property
     def lon_range(self) -> tuple[float, float]:
+        if self.polar:
+            return -180.0, 180.0
         west = -180.0 + ZONE_WIDTH_DEG * (self.number - 1)
         return west, west + ZONE_WIDTH_DEG
 
+    @property
+    def lat_range(self) -> tuple[float, float]:
+        """Latitudes of the zone's tile centres: [south, north)."""
+        south, north = UTM_LAT_RANGE
+        if self.polar:
+            return (north, 90.0 + 1e-9) if self.hemisphere == "N" else (-90.0, south)
+        return (0.0, north) if self.hemisphere == "N" else (south, 0.0)
+
     @classmethod
     def parse(cls, label: str) -> "Zone":
-        label = label.strip().upper()
+        label = label.strip().upper().replace(" ", "")
+        if label in ("UPSN", "UPSS"):
+            return cls(POLAR, label[-1])
         try:
-            return cls(int(label[:-1]), label[-1])
-        except (ValueError, IndexError):
-            raise OptionError(f"invalid zone label {label!r}; expected e.g. 33N or 7S") from None
+            number = int(label[:-1])
+            if number == POLAR:
+                raise ValueError
+            return cls(number, label[-1])
+        except (ValueError, IndexError, OptionError):
+            raise OptionError(f"invalid zone label {label!r}; expected e.g. 33N, 7S, "
+                              "or UPSN / UPSS for a polar cap") from None
 
     @classmethod
     def at(cls, lon: float, lat: float) -> "Zone":
+        hemisphere = "N" if lat >= 0 else "S"
+        if not UTM_LAT_RANGE[0] <= lat < UTM_LAT_RANGE[1]:
+            return cls(POLAR, hemisphere)
         number = int(math.floor((wrap_lon(lon) + 180.0) / ZONE_WIDTH_DEG)) % 60 + 1
-        return cls(number, "N" if lat >= 0 else "S")
+        return cls(number, hemisphere)
 
 
 def wrap_lon(lon):
     """Longitude into [-180, 180)."""
     return (np.asarray(lon, dtype=float) + 180.0) % 360.0 - 180.0
+
+
+def footprint_plane(lon, lat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A plane where small footprints are close to their true shape: (x, y, plane) per point.
+
+    Plane 0 is lon/lat itself; poleward of 60 degrees, where longitudes converge, points go to a
+    polar stereographic plane on the unit sphere (1 north, 2 south), in which a footprint that
+    holds the pole is still a plain quadrilateral. Footprints and the points tested against them
+    must be put in the plane of the footprint's centre.
+    """
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    north, south = lat > POLAR_PLANE_LAT, lat < -POLAR_PLANE_LAT
+    plane = np.where(north, 1, np.where(south, 2, 0))
+    return (*polar_plane(lon, lat, plane), plane)
+
+
+def polar_plane(lon, lat, plane) -> tuple[np.ndarray, np.ndarray]:
+    """Points in ``plane`` (0: lon/lat, 1: north polar, 2: south polar; see ``footprint_plane``)."""
+    lon, lat, plane = np.broadcast_arrays(np.asarray(lon, float), np.asarray(lat, float), plane)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rho = np.tan(np.radians(90.0 - np.where(plane == 2, -lat, lat)) / 2.0)
+    rad = np.radians(lon)
+    x = np.where(plane == 0, lon, rho * np.sin(rad))
+    y = np.where(plane == 0, lat, np.where(plane == 1, -rho * np.cos(rad), rho * np.cos(rad)))
+    return x, y
+
+
+def holds_pole(corners_lon) -> np.ndarray:
+    """Whether each footprint ring (..., n) of longitudes winds once around a pole."""
+    lons = np.asarray(corners_lon, float)
+    steps = np.diff(np.concatenate([lons, lons[..., :1]], axis=-1), axis=-1)
+    steps = (steps + 180.0) % 360.0 - 180.0
+    return np.abs(steps.sum(axis=-1)) > 180.0
 
 
 def is_earth(geographic: pyproj.CRS) -> bool:
@@ -81,6 +149,15 @@ def is_earth(geographic: pyproj.CRS) -> bool:
 @lru_cache(maxsize=512)
 def _zone_crs(geographic_wkt: str, number: int, hemisphere: str) -> pyproj.CRS:
     geographic = pyproj.CRS.from_wkt(geographic_wkt)
+    if number == POLAR:
+        if is_earth(geographic):
+            return pyproj.CRS.from_epsg(32661 if hemisphere == "N" else 32761)
+        polar = PolarStereographicAConversion(
+            latitude_natural_origin=90.0 if hemisphere == "N" else -90.0,
+            longitude_natural_origin=0.0, false_easting=POLAR_FALSE_ORIGIN,
+            false_northing=POLAR_FALSE_ORIGIN, scale_factor_natural_origin=POLAR_SCALE)
+        return ProjectedCRS(conversion=polar, geodetic_crs=geographic,
+                            name=f"{geographic.name} / polar stereographic {hemisphere}")
     if is_earth(geographic):
         return pyproj.CRS.from_epsg((32600 if hemisphere == "N" else 32700) + number)
     conversion = TransverseMercatorConversion(
@@ -169,32 +246,44 @@ class TileGrid:
 
 def zones_for_bounds(west: float, south: float, east: float, north: float,
                      lat_range: tuple[float, float] = DEFAULT_LAT_RANGE) -> list[Zone]:
-    """Zones whose lon band and hemisphere intersect a lon/lat box (west > east crosses 180)."""
+    """Zones whose lon band and latitudes intersect a lon/lat box (west > east crosses 180):
+    the 6-degree zones first, then the polar caps."""
     south, north = max(south, lat_range[0]), min(north, lat_range[1])
     if south >= north:
         return []
-    hemis = [h for h, ok in (("N", north > 0), ("S", south < 0)) if ok]
-    if west <= east:
-        spans = [(west, east)]
-    else:
-        spans = [(west, 180.0), (-180.0, east)]
-    numbers: set[int] = set()
-    for lo, hi in spans:
-        first = int(math.floor((max(lo, -180.0) + 180.0) / ZONE_WIDTH_DEG)) + 1
-        last = int(math.ceil((min(hi, 180.0) + 180.0) / ZONE_WIDTH_DEG))
-        numbers.update(range(max(first, 1), min(last, 60) + 1))
-    return [Zone(n, h) for h in hemis for n in sorted(numbers)]
+    zones: list[Zone] = []
+    utm_south, utm_north = max(south, UTM_LAT_RANGE[0]), min(north, UTM_LAT_RANGE[1])
+    if utm_south < utm_north:
+        hemis = [h for h, ok in (("N", utm_north > 0), ("S", utm_south < 0)) if ok]
+        if west <= east:
+            spans = [(west, east)]
+        else:
+            spans = [(west, 180.0), (-180.0, east)]
+        numbers: set[int] = set()
+        for lo, hi in spans:
+            first = int(math.floor((max(lo, -180.0) + 180.0) / ZONE_WIDTH_DEG)) + 1
+            last = int(math.ceil((min(hi, 180.0) + 180.0) / ZONE_WIDTH_DEG))
+            numbers.update(range(max(first, 1), min(last, 60) + 1))
+        zones = [Zone(n, h) for h in hemis for n in sorted(numbers)]
+    if north > UTM_LAT_RANGE[1]:
+        zones.append(Zone(POLAR, "N"))
+    if south < UTM_LAT_RANGE[0]:
+        zones.append(Zone(POLAR, "S"))
+    return zones
 
 
 def zone_box(geographic: pyproj.CRS, zone: Zone, west: float, south: float, east: float,
              north: float, lat_range: tuple[float, float] = DEFAULT_LAT_RANGE, densify: int = 64):
     """Projected bounding box of the part of a lon/lat box that lies in ``zone``, or None."""
-    zw, ze = zone.lon_range
-    west, east = max(west, zw), min(east, ze)
-    if zone.hemisphere == "N":
-        south, north = max(south, 0.0, lat_range[0]), min(north, lat_range[1])
+    zone_south, zone_north = zone.lat_range
+    south, north = max(south, zone_south, lat_range[0]), min(north, zone_north, lat_range[1])
+    if zone.polar:
+        if west > east:  # across 180: one run of longitudes
+            east += 360.0
+        densify = max(densify, 721)  # a cap's edge is a circle: its extremes need dense points
     else:
-        south, north = max(south, lat_range[0]), min(north, 0.0, lat_range[1])
+        zw, ze = zone.lon_range
+        west, east = max(west, zw), min(east, ze)
     if west >= east or south >= north:
         return None
     t = np.linspace(0.0, 1.0, densify)
@@ -206,7 +295,7 @@ def zone_box(geographic: pyproj.CRS, zone: Zone, west: float, south: float, east
     if south < 0 < north:
         lons = np.concatenate([lons, west + (east - west) * t])
         lats = np.concatenate([lats, np.zeros(densify)])
-    x, y = to_zone(geographic, zone, lons, lats)
+    x, y = to_zone(geographic, zone, wrap_lon(lons), lats)
     return float(x.min()), float(y.min()), float(x.max()), float(y.max())
 
 
@@ -236,9 +325,14 @@ def tile_places(geographic: pyproj.CRS, zone: Zone, grid: TileGrid, rows: range,
     rr, cc = rr.ravel(), cc.ravel()
     cx, cy = grid.centre(rr, cc)
     lon, lat = from_zone(geographic, zone, cx, cy)
+    if zone.polar:
+        lon = wrap_lon(lon)
     west, east = zone.lon_range
-    lat_lo, lat_hi = (0.0, lat_range[1]) if zone.hemisphere == "N" else (lat_range[0], 0.0)
-    keep = (lon >= west) & (lon < east) & (lat >= max(lat_lo, lat_range[0])) & (lat < lat_hi)
+    zone_south, zone_north = zone.lat_range
+    south, north = max(zone_south, lat_range[0]), min(zone_north, lat_range[1])
+    # a tile centred on the pole itself belongs to its cap
+    below_north = (lat < north) if north < 90.0 else (lat <= 90.0)
+    keep = (lon >= west) & (lon < east) & (lat >= south) & below_north
     keep &= np.isfinite(lon) & np.isfinite(lat)
     if lon_range is not None:
         keep &= (lon >= lon_range[0]) & (lon <= lon_range[1])

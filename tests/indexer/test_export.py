@@ -106,3 +106,55 @@ def test_geojson_loads_in_shapely_and_geopandas(tmp_path):
     minx, miny, maxx, maxy = frame.total_bounds
     assert -180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90
     assert frame.geometry.iloc[3].geom_type == "MultiPolygon"
+
+
+@pytest.mark.parametrize("body, hemisphere", [("mars", "N"), ("mars", "S"), ("earth", "N"), ("earth", "S")])
+def test_footprint_around_a_pole_is_one_valid_polygon_holding_it(tmp_path, body, hemisphere):
+    """The polar cap tile that holds the pole exports as one RFC 7946 polygon that contains the
+    pole and the tile's centre, closed along the antimeridian, and reads back in geopandas."""
+    gpd = pytest.importorskip("geopandas")
+    import pyproj
+
+    from lookalike.indexer.tiling import TileGrid, Zone, holds_pole, tile_places, zone_box
+
+    geographic = pyproj.CRS("IAU_2015:49900" if body == "mars" else "EPSG:4326")
+    zone, grid = Zone.parse(f"UPS{hemisphere}"), TileGrid(128, 64, 300.0)
+    sign = 1.0 if hemisphere == "N" else -1.0
+    south, north = (89.0, 90.0) if sign > 0 else (-90.0, -89.0)
+    box = zone_box(geographic, zone, -180.0, south, 180.0, north)
+    places = list(tile_places(geographic, zone, grid, *grid.covering(*box)))
+    around = [p for p in places if holds_pole(np.array(p.corners_lon))]
+    assert 1 <= len(around) <= 4  # overlapping tiles (stride < size): up to four hold the pole
+    for p in around:
+        geom = footprint_geometry(np.array(p.corners_lon), np.array(p.corners_lat))
+        assert geom["type"] == "Polygon"
+        collection = {"type": "FeatureCollection",
+                      "features": [{"type": "Feature", "geometry": geom, "properties": {}}]}
+        check_rfc7946(collection)
+        polygon = shape(geom)
+        assert polygon.is_valid
+        assert polygon.covers(shapely.Point(37.0, sign * 90.0))
+        assert polygon.contains(shapely.Point(-120.0, sign * 89.999))
+        assert not polygon.contains(shapely.Point(0.0, sign * 88.0))
+        assert polygon.contains(shapely.Point(p.lon, p.lat)) or abs(p.lat) > 89.99
+        frame = gpd.read_file(json.dumps(collection))
+        assert frame.geometry.iloc[0].equals(polygon)
+    # tiles next to the pole stay plain quadrilaterals
+    others = [p for p in places if not holds_pole(np.array(p.corners_lon))]
+    assert others
+    for p in others[:20]:
+        assert footprint_geometry(np.array(p.corners_lon), np.array(p.corners_lat))["type"] in ("Polygon",
+                                                                                                 "MultiPolygon")
+
+
+def test_pole_ring_of_a_densified_outline():
+    """A box drawn around the pole in a polar view, walked either way, becomes the same area."""
+    from lookalike.indexer.export import pole_ring
+
+    t = np.linspace(0, 360, 73)[:-1]
+    lats = 85.0 + np.cos(np.radians(3 * t))  # wavy, never reaching the pole
+    a = shapely.Polygon(pole_ring(t - 180.0 + 7.0, lats))
+    b = shapely.Polygon(pole_ring((t - 180.0 + 7.0)[::-1], lats[::-1]))
+    assert a.is_valid and b.is_valid
+    assert a.symmetric_difference(b).area < 1e-9
+    assert a.contains(shapely.Point(0.0, 89.0)) and not a.contains(shapely.Point(0.0, 83.0))

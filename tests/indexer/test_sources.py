@@ -322,3 +322,46 @@ def test_read_labels_missing_files(chips, tmp_path):
 def test_read_labels_missing_csv(chips, tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         read_labels(chips, tmp_path / "absent.csv")
+
+
+@pytest.mark.parametrize("crs, radius", [("EPSG:4326", 6_378_137.0), ("IAU_2015:49900", 3_396_190.0)])
+@pytest.mark.parametrize("hemisphere", ["N", "S"])
+def test_a_global_raster_is_tiled_to_the_pole_without_gaps(tmp_path, crs, radius, hemisphere):
+    """A whole-planet raster gets tiles in the 6-degree zones and in the polar cap, and every
+    point poleward of 76 degrees, the pole and the seam with the cap (84 N, 80 S) included, lies
+    in a tile that holds it in its own zone's projection."""
+    from lookalike.indexer.catalogue import tiles_under
+    from lookalike.indexer.tiling import to_zone
+
+    rng = np.random.default_rng(3)
+    data = noise(rng, (3, 1440, 2880))
+    path = write_tif(tmp_path / "world.tif", data, crs=crs, transform=from_origin(-180.0, 90.0, 0.125, 0.125))
+    src = RasterSource(path)
+    sign = 1.0 if hemisphere == "N" else -1.0
+    band = (-180.0, 76.0, 180.0, 90.0) if sign > 0 else (-180.0, -90.0, 180.0, -76.0)
+    # tiles of 0.4 degrees, half-overlapping: their stride is well under the width of a
+    # 6-degree zone at the seam (70 km on Earth)
+    grid = TileGrid(32, 16, radius * np.radians(0.4) / 32)
+    places = [p for p, _ in src.tiles(grid, bbox=band)]
+    zones = {p.zone.label for p in places}
+    assert f"UPS{hemisphere}" in zones and len(zones) == 61
+    lat = np.array([p.lat for p in places])
+    assert (sign * lat).max() > 89.8
+    for p in places:
+        assert Zone.at(p.lon, p.lat) == p.zone
+    tiles = pd.DataFrame({"lon": [p.lon for p in places], "lat": lat,
+                          **{f"lon{i}": [p.corners_lon[i] for p in places] for i in range(4)},
+                          **{f"lat{i}": [p.corners_lat[i] for p in places] for i in range(4)}})
+    n = 3000
+    seam = 84.0 if sign > 0 else 80.0
+    lons = rng.uniform(-180.0, 180.0, n)
+    lats = sign * np.concatenate([rng.uniform(76.5, 90.0, n // 3),
+                                  seam + rng.uniform(-0.3, 0.3, n // 3),
+                                  rng.uniform(89.5, 90.0, n - 2 * (n // 3))])
+    found = tiles_under(tiles, np.r_[lons, 0.0], np.r_[lats, sign * 90.0])
+    assert (found >= 0).all(), np.c_[lons, lats][found[:n] < 0][:5]
+    for i in rng.choice(n, 300, replace=False):
+        p = places[found[i]]
+        x, y = to_zone(src.geographic, p.zone, lons[i], lats[i])
+        xs, ys = grid.corners(p.row, p.col)
+        assert xs[0] - 1 <= x <= xs[1] + 1 and ys[2] - 1 <= y <= ys[0] + 1

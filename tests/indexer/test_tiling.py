@@ -34,7 +34,8 @@ def test_zone_parse_and_label(text, number, hemisphere):
     assert Zone.parse(zone.label) == zone
 
 
-@pytest.mark.parametrize("text", ["", "N", "33", "33X", "0N", "61S", "-3N", "3.5N", "abcN"])
+@pytest.mark.parametrize("text", ["", "N", "33", "33X", "0N", "61S", "-3N", "3.5N", "abcN", "UPS", "UPSX",
+                                  "UPS1N"])
 def test_zone_parse_rejects_garbage(text):
     with pytest.raises(ValueError):
         Zone.parse(text)
@@ -42,15 +43,28 @@ def test_zone_parse_rejects_garbage(text):
 
 def test_zone_constructor_validates():
     with pytest.raises(ValueError):
-        Zone(0, "N")
+        Zone(61, "N")
     with pytest.raises(ValueError):
         Zone(12, "E")
+    with pytest.raises(ValueError):
+        Zone(-1, "S")
+
+
+@pytest.mark.parametrize("text, hemisphere", [("UPSN", "N"), ("upss", "S"), (" UPS N ", "N")])
+def test_polar_zone_parse_and_label(text, hemisphere):
+    zone = Zone.parse(text)
+    assert zone.polar and zone.hemisphere == hemisphere
+    assert zone.label == f"UPS{hemisphere}"
+    assert Zone.parse(zone.label) == zone
+    assert zone.lon_range == (-180.0, 180.0)
 
 
 @pytest.mark.parametrize("lon, lat, expected", [
     (-180.0, 10.0, "1N"), (-174.0001, 10.0, "1N"), (-174.0, 10.0, "2N"), (0.0, 0.0, "31N"),
     (-0.0001, 0.0, "30N"), (15.0, 45.0, "33N"), (179.999, -1.0, "60S"), (180.0, 5.0, "1N"),
-    (540.0, 5.0, "1N"), (-183.0, -5.0, "60S"), (3.0, -0.0001, "31S")])
+    (540.0, 5.0, "1N"), (-183.0, -5.0, "60S"), (3.0, -0.0001, "31S"), (15.0, 83.999, "33N"),
+    (10.0, 84.0, "UPSN"), (-120.0, 90.0, "UPSN"), (15.0, -80.0, "33S"), (10.0, -80.0001, "UPSS"),
+    (0.0, -90.0, "UPSS")])
 def test_zone_at(lon, lat, expected):
     assert Zone.at(lon, lat).label == expected
 
@@ -75,11 +89,16 @@ def test_wrap_lon():
 
 
 # ------------------------------------------------------------------ zones_for_bounds
-def _reference_zones(west, south, east, north, lat_range=(-80.0, 84.0)):
-    """Zones whose band and hemisphere overlap the box with positive extent (brute force)."""
+def _reference_zones(west, south, east, north, lat_range=(-90.0, 90.0)):
+    """Zones whose band and latitudes overlap the box with positive extent (brute force)."""
     spans = [(west, east)] if west <= east else [(west, 180.0), (-180.0, east)]
     south, north = max(south, lat_range[0]), min(north, lat_range[1])
     found = set()
+    if min(north, 90.0) > max(south, 84.0):
+        found.add("UPSN")
+    if min(north, -80.0) > max(south, -90.0):
+        found.add("UPSS")
+    south, north = max(south, -80.0), min(north, 84.0)
     for number in range(1, 61):
         zw = -180.0 + 6.0 * (number - 1)
         ze = zw + 6.0
@@ -98,8 +117,10 @@ def _reference_zones(west, south, east, north, lat_range=(-80.0, 84.0)):
     ((-1.0, -1.0, 1.0, 1.0), {"30N", "31N", "30S", "31S"}),
     ((170.0, -5.0, -170.0, 5.0), {f"{n}{h}" for n in (59, 60, 1, 2) for h in "NS"}),
     ((179.0, 10.0, -179.0, 11.0), {"60N", "1N"}),
-    ((-180.0, -90.0, 180.0, 90.0), {f"{n}{h}" for n in range(1, 61) for h in "NS"}),
-    ((10.0, 85.0, 20.0, 89.0), set()),  # beyond UTM's northern limit
+    ((-180.0, -90.0, 180.0, 90.0), {f"{n}{h}" for n in range(1, 61) for h in "NS"} | {"UPSN", "UPSS"}),
+    ((10.0, 85.0, 20.0, 89.0), {"UPSN"}),  # beyond UTM's northern limit: the polar cap
+    ((10.0, -89.0, 20.0, -85.0), {"UPSS"}),
+    ((10.0, 83.0, 20.0, 85.0), {"32N", "33N", "34N", "UPSN"}),
 ])
 def test_zones_for_bounds_examples(box, expected):
     zones = zones_for_bounds(*box)
@@ -112,7 +133,7 @@ def test_zones_for_bounds_matches_brute_force():
     rng = np.random.default_rng(1)
     for _ in range(500):
         west, east = rng.uniform(-180, 180, 2)
-        south, north = np.sort(rng.uniform(-89, 89, 2))
+        south, north = np.sort(rng.uniform(-90, 90, 2))
         if rng.random() < 0.2:  # snap to zone edges sometimes
             west, east = 6.0 * round(west / 6.0), 6.0 * round(east / 6.0)
         got = {z.label for z in zones_for_bounds(west, south, east, north)}
@@ -260,3 +281,52 @@ def test_tile_places_are_stable_across_enumeration_boxes():
     assert b and set(b) <= set(a)
     for key, p in b.items():
         assert p == a[key]
+
+
+# ------------------------------------------------------------------ polar caps
+@pytest.mark.parametrize("hemisphere, epsg", [("N", 32661), ("S", 32761)])
+def test_earth_polar_caps_are_epsg_ups(hemisphere, epsg):
+    zone = Zone.parse(f"UPS{hemisphere}")
+    assert zone_crs(WGS84, zone).to_epsg() == epsg
+    sign = 1 if hemisphere == "N" else -1
+    x, y = to_zone(WGS84, zone, 45.0, sign * 90.0)
+    assert (float(x), float(y)) == pytest.approx((2_000_000.0, 2_000_000.0), abs=1e-3)
+
+
+@pytest.mark.parametrize("hemisphere", ["N", "S"])
+def test_mars_polar_caps_are_spherical_polar_stereographic(hemisphere):
+    zone = Zone.parse(f"UPS{hemisphere}")
+    sign = 1 if hemisphere == "N" else -1
+    r, k0 = 3_396_190.0, 0.994
+    lat = sign * np.array([80.0, 85.0, 89.0, 90.0])
+    lon = np.array([0.0, 90.0, -135.0, 10.0])
+    x, y = to_zone(MARS, zone, lon, lat)
+    rho = 2 * r * k0 * np.tan(np.radians(90.0 - np.abs(lat)) / 2)
+    np.testing.assert_allclose(x, 2_000_000.0 + rho * np.sin(np.radians(lon)), atol=1e-3)
+    np.testing.assert_allclose(y, 2_000_000.0 - sign * rho * np.cos(np.radians(lon)), atol=1e-3)
+
+
+@pytest.mark.parametrize("geographic, hemisphere", [(WGS84, "N"), (WGS84, "S"), (MARS, "N"), (MARS, "S")])
+def test_polar_cap_tiles_cover_the_cap_to_the_pole(geographic, hemisphere):
+    """Cap tiles sit poleward of UTM's limit, one of them holds the pole, and the cap and the
+    6-degree zones meet without a gap: every place at the limit is in exactly one zone's tile."""
+    zone = Zone.parse(f"UPS{hemisphere}")
+    grid = TileGrid(128, 128, 250.0)
+    sign = 1 if hemisphere == "N" else -1
+    box = zone_box(geographic, zone, -180.0, -90.0, 180.0, 90.0)
+    places = list(tile_places(geographic, zone, grid, *grid.covering(*box)))
+    lats = np.array([p.lat for p in places])
+    limit = 84.0 if hemisphere == "N" else 80.0
+    assert (sign * lats >= limit).all()
+    assert np.abs(lats).max() > 89.5
+    px, py = to_zone(geographic, zone, 0.0, sign * 90.0)
+    holding = []
+    for p in places:
+        xs, ys = grid.corners(p.row, p.col)
+        if xs[0] <= px < xs[1] and ys[2] <= py < ys[0]:
+            holding.append(p)
+    assert len(holding) == 1
+    # the number of cap tiles is about the cap's projected area over a tile's
+    rho = abs(float(to_zone(geographic, zone, 0.0, sign * limit)[1]) - 2_000_000.0)
+    expected = math.pi * rho ** 2 / (grid.size * grid.gsd) ** 2
+    assert abs(len(places) - expected) < 0.02 * expected
