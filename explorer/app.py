@@ -36,7 +36,7 @@ from tornado.web import RequestHandler
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap
 from lookalike.explorer.served import Catalog
-from lookalike.explorer.state import ExplorerState
+from lookalike.explorer.state import MAP_LAYERS, ExplorerState
 from lookalike.explorer.views import MapView, controls, results_panel, status_pane
 from lookalike.indexer.search import Query, search
 from lookalike.indexer.thumbnails import basemap_image, thumbnail_jpeg, warm_zones
@@ -50,6 +50,7 @@ THREADS = 8
 # largest HTTP request body (the app takes no uploads over HTTP)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024
+THEME = "dark"
 INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
 CSS = """
@@ -206,6 +207,9 @@ _LIBC = _load_libc()
 def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     """The layout of one session (called by Panel for every new browser page)."""
     params = session_params()
+    # widgets take their design's theme from the session's config when they are made: without
+    # this, the sidebar rebuilt on a change of index would get light-theme (dark) labels
+    pn.config.theme = THEME
     name = params.get("index") if params.get("index") in catalog else catalog.default
     state = ExplorerState(index=catalog[name].index, index_name=name)
     try:
@@ -216,13 +220,11 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     if params.get("index") and params["index"] not in catalog and not state.error:
         state.error = f"The link's index is not served here; showing {catalog[name].label}."
 
-    show_hirise = pn.widgets.Checkbox(name="HiRISE coverage (Mars)", value=True)
-
     def map_for(index_name: str):
-        return MapView(state, catalog[index_name], show_hirise).panel()
+        return MapView(state, catalog[index_name]).panel()
 
     def controls_for(index_name: str):
-        return controls(state, catalog, show_hirise)
+        return controls(state, catalog)
 
     # keep the address bar in step with the search, so copying it shares the search
     location = pn.state.location
@@ -246,7 +248,7 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
         return THUMBNAILS.data_uris(state.index, tiles) if state.index is not None else {}
 
     template = pn.template.FastListTemplate(
-        title="Lookalike: click a planet, see its lookalikes", theme="dark",
+        title="Lookalike: click a planet, see its lookalikes", theme=THEME,
         sidebar=[pn.panel(pn.bind(controls_for, state.param.index_name))],
         main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name)), status_pane(state),
                         results_panel(state, inline=inline), sizing_mode="stretch_width")],
@@ -277,8 +279,9 @@ def warm_up(catalog: Catalog) -> None:
             continue
         search(index, Query(tile_id=str(index.tiles["tile_id"].iat[0])), k=10)
         try:
-            state = ExplorerState(index=index, index_name=entry.name)
-            view = MapView(state, entry, pn.widgets.Checkbox(value=True))
+            # every layer on, so each one's first rendering is done here
+            state = ExplorerState(index=index, index_name=entry.name, layers=list(MAP_LAYERS))
+            view = MapView(state, entry)
             pane = view.panel()
             root = pane.get_root()
             tile = index.tiles.iloc[len(index.tiles) // 2]

@@ -1,4 +1,5 @@
-"""Map layers in lon/lat degrees: the planet basemap, zone grid, hit density, outlines, HiRISE.
+"""Map layers in lon/lat degrees: the planet basemap, zone grid and labels, hit density, outlines,
+HiRISE.
 
 The basemap never sends the source raster to the browser: for every pan or zoom the visible part
 of an image pyramid level is regridded by Datashader to the plot's pixel size (zoomed in past the
@@ -8,6 +9,7 @@ fast: regridding the 8k mosaic itself takes seconds, its 1k level a few millisec
 
 from __future__ import annotations
 
+import math
 import threading
 from functools import lru_cache
 
@@ -21,6 +23,8 @@ from lookalike.indexer.thumbnails import SourceImage
 from lookalike.indexer.tiling import ZONE_WIDTH_DEG
 
 MIN_LEVEL_PIXELS = 1024  # the coarsest pyramid level is about this wide
+LABEL_FONT = "8pt"
+LABEL_MIN_PX = 40  # zone labels ("31N", about 22 px wide at 8pt) at least this far apart
 _pyramids: dict[tuple, list[hv.RGB]] = {}
 _lock = threading.Lock()
 
@@ -55,13 +59,23 @@ def pyramid(image: SourceImage) -> list[hv.RGB]:
     return levels
 
 
-def basemap(image: SourceImage) -> hv.DynamicMap:
-    """The planet, regridded to the view on every pan/zoom."""
+def basemap(image: SourceImage, show: hv.streams.Stream | None = None) -> hv.DynamicMap:
+    """The planet, regridded to the view on every pan/zoom.
+
+    ``show``, a stream with a boolean ``show`` parameter, switches it off: nothing is regridded
+    or sent while it is off.
+    """
     levels = pyramid(image)
     west, south, east, north = image.bounds
     native_dx = image.pixel_size[0]
 
-    def render(x_range=None, y_range=None, width=None, height=None, scale=1.0):
+    # nothing to see: one transparent pixel (an RGB of no pixels cannot be plotted)
+    blank = hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(west, south, east, north),
+                   kdims=["lon", "lat"], vdims=list("RGBA"))
+
+    def render(x_range=None, y_range=None, width=None, height=None, scale=1.0, show=True):
+        if not show:
+            return blank
         x_range = x_range or (west, east)
         y_range = y_range or (south, north)
         width = max(int(width or 1000), 100)
@@ -76,12 +90,13 @@ def basemap(image: SourceImage) -> hv.DynamicMap:
         xr_ = (max(west, x_range[0] - pad_x), min(east, x_range[1] + pad_x))
         yr_ = (max(south, y_range[0] - pad_y), min(north, y_range[1] + pad_y))
         if xr_[0] >= xr_[1] or yr_[0] >= yr_[1]:
-            return levels[-1].clone(data=levels[-1].data.isel(lon=slice(0, 0), lat=slice(0, 0)))
+            return blank
         op = regrid.instance(x_range=xr_, y_range=yr_, width=int(width * 1.5), height=int(height * 1.5),
                              dynamic=False, upsample=False)
         return op(levels[level])
 
-    return hv.DynamicMap(render, streams=[hv.streams.RangeXY(), hv.streams.PlotSize()])
+    streams = [hv.streams.RangeXY(), hv.streams.PlotSize()] + ([show] if show is not None else [])
+    return hv.DynamicMap(render, streams=streams)
 
 
 @lru_cache(maxsize=8)
@@ -94,22 +109,82 @@ def _grid_lines(lat_range: tuple[float, float]) -> hv.Path:
     return hv.Path([vertices], kdims=["lon", "lat"]).opts(color="white", alpha=0.25, line_width=1)
 
 
-def zone_grid(zone_labels: list[str], selected: list[str], lat_range=(-80.0, 84.0)) -> hv.Overlay:
-    """Meridians every 6 degrees and the equator, the indexed zones labelled, selected ones shaded."""
-    grid = _grid_lines(tuple(lat_range))
-    rects, labels = [], []
-    for label in zone_labels:
+def zone_grid(zone_labels: list[str], selected: list[str], show: bool = True,
+              lat_range=(-80.0, 84.0)) -> hv.Overlay:
+    """Meridians every 6 degrees and the equator, the selected zones shaded (the labels are
+    ``zone_label_layer``, which follows the view)."""
+    rects = []
+    for label in zone_labels if show else []:
         number, hemi = int(label[:-1]), label[-1]
         w = -180.0 + ZONE_WIDTH_DEG * (number - 1)
         s, n = (0.0, lat_range[1]) if hemi == "N" else (lat_range[0], 0.0)
         if label in selected:
             rects.append((w, s, w + ZONE_WIDTH_DEG, n))
-        labels.append((w + ZONE_WIDTH_DEG / 2, n - 4 if hemi == "N" else s + 4, label))
+    grid = _grid_lines(tuple(lat_range)) if show else hv.Path([], kdims=["lon", "lat"])
     shaded = hv.Rectangles(rects, kdims=["lon", "lat", "lon2", "lat2"]).opts(
         fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2)
-    text = hv.Labels(labels, kdims=["lon", "lat"], vdims="zone").opts(
-        text_color="white", text_font_size="8pt", text_alpha=0.8)
-    return grid * shaded * text
+    return grid * shaded
+
+
+def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
+                         y_range: tuple[float, float], width_px: float, height_px: float,
+                         min_px: float = LABEL_MIN_PX,
+                         lat_range=(-80.0, 84.0)) -> list[tuple[float, float, str]]:
+    """(lon, lat, label) of the zone labels to draw in this view, none closer than ``min_px``.
+
+    Northern zones are labelled along the top of the view, southern ones along the bottom, each
+    at the middle of its visible part. Zoomed out, only every n-th zone is labelled (n from the
+    zones' width on screen, counted along the sorted ``zone_labels`` so the choice does not change
+    while panning).
+    """
+    x0, x1 = float(min(x_range)), float(max(x_range))
+    y0, y1 = float(min(y_range)), float(max(y_range))
+    if not (x1 > x0 and y1 > y0 and width_px > 0 and height_px > 0):  # NaN too: not drawn yet
+        return []
+    deg_per_px = (x1 - x0) / width_px
+    min_deg = min_px * deg_per_px
+    step = max(1, math.ceil(min_px / (ZONE_WIDTH_DEG / deg_per_px)))
+    pad = 14 * (y1 - y0) / height_px  # a label's height clear of the edge
+    rows = {"N": min(y1, lat_range[1]) - pad, "S": max(y0, lat_range[0]) + pad}
+    out = []
+    for hemi, lat in rows.items():
+        inside = (max(y0, 0.0) <= lat <= min(y1, lat_range[1])) if hemi == "N" else \
+                 (max(y0, lat_range[0]) <= lat <= min(y1, 0.0))
+        if not inside:
+            continue
+        row = []
+        zones = sorted((int(label[:-1]), label) for label in zone_labels if label and label[-1] == hemi)
+        for number, label in zones[::step]:
+            west = -180.0 + ZONE_WIDTH_DEG * (number - 1)
+            left, right = max(west, x0), min(west + ZONE_WIDTH_DEG, x1)
+            if right <= left:
+                continue
+            row.append(((left + right) / 2, lat, label))
+        last = -math.inf
+        for lon, lat_, label in sorted(row):  # a zone cut by the view's edge can come too close
+            if lon - last >= min_deg:
+                out.append((lon, lat_, label))
+                last = lon
+    return out
+
+
+def zone_label_layer(zone_labels: list[str], show: bool = True, x_range=None, y_range=None,
+                     width=None, height=None, scale=1.0, initial=None) -> hv.Labels:
+    """The zone labels for the current view (see ``zone_label_positions``); ``initial``, the
+    plot's first (x range, y range), stands in until the browser reports its ranges."""
+    def valid(r) -> bool:
+        return r is not None and all(v is not None and np.isfinite(v) for v in r)
+
+    if initial is not None:
+        x_range = x_range if valid(x_range) else initial[0]
+        y_range = y_range if valid(y_range) else initial[1]
+    positions = []
+    if show and valid(x_range) and valid(y_range):
+        positions = zone_label_positions(zone_labels, x_range, y_range, width or 800, height or 400)
+    return hv.Labels(positions, kdims=["lon", "lat"], vdims="zone", group="ZoneLabels").opts(
+        text_color="white", text_font_size=LABEL_FONT, text_alpha=0.9,
+        # legible on the bright polar caps and deserts too
+        background_fill_color="black", background_fill_alpha=0.55, border_radius=2)
 
 
 def hit_points(hits: pd.DataFrame | None) -> hv.Points:
@@ -117,6 +192,43 @@ def hit_points(hits: pd.DataFrame | None) -> hv.Points:
     if hits is None or len(hits) == 0:
         return hv.Points(pd.DataFrame({"lon": [], "lat": []}), kdims=["lon", "lat"])
     return hv.Points(hits[["lon", "lat"]], kdims=["lon", "lat"])
+
+
+def density_grid(tiles: pd.DataFrame,
+                 max_bins: int = 512) -> tuple[tuple[float, float, float, float], int, int]:
+    """(west, south, east, north) and the columns and rows of the hit density grid of an index:
+    cells about one tile across, over the tiles' centres."""
+    if len(tiles) == 0:
+        return (0.0, 0.0, 1.0, 1.0), 1, 1
+    lon, lat = tiles["lon"].to_numpy(float), tiles["lat"].to_numpy(float)
+    corners = np.column_stack([tiles[f"lon{i}"].to_numpy(float) for i in range(4)])
+    spans = (corners - lon[:, None] + 180.0) % 360.0 - 180.0
+    cell = float(np.nanmedian(spans.max(axis=1) - spans.min(axis=1)))
+    cell = cell if np.isfinite(cell) and cell > 0 else 1.0
+    west, east = float(np.nanmin(lon)) - cell, float(np.nanmax(lon)) + cell
+    south, north = float(np.nanmin(lat)) - cell, float(np.nanmax(lat)) + cell
+    nx = int(min(max_bins, max(1, math.ceil((east - west) / cell))))
+    ny = int(min(max_bins, max(1, math.ceil((north - south) / cell))))
+    return (west, south, east, north), nx, ny
+
+
+def density_image(lon: np.ndarray, lat: np.ndarray, bounds: tuple[float, float, float, float],
+                  nx: int, ny: int, colors: tuple[str, str]) -> dict:
+    """Column data of a Bokeh ``image_rgba`` shading where the hits are: the count per cell,
+    smoothed over its neighbours, from transparent ``colors[0]`` (few) to ``colors[1]`` (most)."""
+    west, south, east, north = bounds
+    counts, _, _ = np.histogram2d(np.asarray(lat, float), np.asarray(lon, float), bins=(ny, nx),
+                                  range=((south, north), (west, east)))
+    padded = np.pad(counts, 1)
+    smooth = sum(padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] * (2.0 if dx == dy == 0 else 1.0)
+                 for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    level = np.sqrt(smooth / smooth.max()) if smooth.max() > 0 else smooth
+    low, high = (np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], float) for c in colors)
+    rgb = low + level[..., None] * (high - low)
+    alpha = np.where(level > 0, 40 + 100 * level, 0)  # the basemap stays readable underneath
+    rgba = np.dstack([rgb, alpha]).round().astype(np.uint8)
+    image = rgba.view(np.uint32).reshape(ny, nx)
+    return {"image": [image], "x": [west], "y": [south], "dw": [east - west], "dh": [north - south]}
 
 
 def outlines(tiles: pd.DataFrame) -> list[np.ndarray]:

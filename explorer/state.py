@@ -34,6 +34,19 @@ SEARCH_PARAMS = ("query_tile", "positives", "negatives", "use_examples", "k", "z
                  "time_start", "time_end", "bbox", "boxes", "polygons", "landmark_classes",
                  "min_confidence", "min_landmarks")
 
+# layers of the map that can be switched on and off, in drawing order, with their toggle labels
+MAP_LAYERS = {"basemap": "Basemap", "zones": "Zone grid and labels", "hirise": "HiRISE coverage",
+              "landmarks": "Landmark boxes", "density": "Hit density", "hits": "Hit markers"}
+# a new page starts uncluttered: the grid and the HiRISE coverage are one click away
+DEFAULT_LAYERS = ["basemap", "landmarks", "density", "hits"]
+
+
+def available_layers(is_mars: bool, has_landmarks: bool) -> list[str]:
+    """The switchable layers a map of this index has: HiRISE is a Mars layer, landmark boxes
+    need a landmark catalogue."""
+    return [name for name in MAP_LAYERS
+            if (name != "hirise" or is_mars) and (name != "landmarks" or has_landmarks)]
+
 
 class ExplorerState(param.Parameterized):
     """Session state of the explorer; set parameters (or call the methods) and hits follow."""
@@ -66,6 +79,8 @@ class ExplorerState(param.Parameterized):
     focus_tile = param.String(default="", doc="tile to pan to and highlight (a clicked thumbnail)")
     page = param.Integer(default=0, bounds=(0, None))
     page_size = param.Integer(default=50, bounds=(1, 1000))
+    layers = param.ListSelector(default=list(DEFAULT_LAYERS), objects=list(MAP_LAYERS),
+                                doc="map layers switched on (a view setting: not part of a search)")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -283,23 +298,25 @@ class ExplorerState(param.Parameterized):
             if not force and last is not None and _effective(last) == effective and self.hits is not None:
                 return  # e.g. an example was marked: nothing the search depends on changed
             query = self.query()
+            # a new search: the thumbnail focused in the last one is no longer on show
             if self.index is None or query is None:
-                self.param.update(hits=None, error="", page=0)
+                self.param.update(hits=None, error="", page=0, focus_tile="")
                 return
             t0 = time.perf_counter()
             try:
                 hits = search(self.index, query, k=self.k, filters=self.filters())
             except (LookalikeError, ValueError) as exc:
-                self.param.update(hits=_empty_like(self.index), error=self.public_message(exc), page=0)
+                self.param.update(hits=_empty_like(self.index), error=self.public_message(exc), page=0,
+                                  focus_tile="")
                 return
             except Exception as exc:  # a bug: log it, but keep the page alive
                 log.exception("search failed")
                 self.param.update(hits=_empty_like(self.index),
                                   error=self.public_message(f"Search failed: {type(exc).__name__}: {exc}"),
-                                  page=0)
+                                  page=0, focus_tile="")
                 return
             error = "" if len(hits) else self._no_hits_message()
-            self.param.update(hits=hits, error=error, page=0,
+            self.param.update(hits=hits, error=error, page=0, focus_tile="",
                               elapsed_ms=(time.perf_counter() - t0) * 1000.0)
 
     def _no_hits_message(self) -> str:
@@ -496,4 +513,4 @@ def footprint_bounds(tile: pd.Series) -> tuple[float, float, float, float]:
     return float(lons.min()), float(lats.min()), float(lons.max()), float(lats.max())
 
 
-__all__ = ["ExplorerState", "footprint_bounds"]
+__all__ = ["DEFAULT_LAYERS", "MAP_LAYERS", "ExplorerState", "available_layers", "footprint_bounds"]

@@ -6,6 +6,7 @@ parameters or calling its methods, so the state stays the single source of truth
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import logging
@@ -25,18 +26,26 @@ from lookalike.data.hirise import in_time_range, load_hirise_footprints
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap
 from lookalike.explorer.served import Catalog, Entry
-from lookalike.explorer.state import ExplorerState, footprint_bounds
+from lookalike.explorer.state import MAP_LAYERS, ExplorerState, available_layers, footprint_bounds
 from lookalike.indexer.thumbnails import basemap_image
 
 log = logging.getLogger(__name__)
 
 HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
 HIRISE_COLORS = ["#9fe0ff", "#2a8cff"]
+HIRISE_FOOTPRINT_COLOR = "#7fd4ff"  # single footprints, drawn once few are in view
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 # one colour per landmark class, in the classifier's class order
 LANDMARK_COLORS = ["#39cccc", "#b10dc9", "#2ecc40", "#f012be", "#ffffff", "#01ff70", "#7fdbff",
                    "#aaaaaa", "#3d9970", "#85144b"]  # none of the hit markers' yellow/orange/red
 LANDMARK_MAX_DRAWN = 5000  # the most confident first, when more are visible
+DENSITY_COLORS = ("#6a51a3", "#f2e6ff")  # few -> many hits, transparent where there are none
+ZONE_COLOR = "#4da3ff"  # selected zones' shading (the grid itself is faint white)
+# outlines of tiles and regions: colour, width, dash
+OUTLINE_STYLES = {"query": ("#ff2d2d", 3, "solid"), "positives": ("#2ecc40", 2, "solid"),
+                  "negatives": ("#ff4136", 2, "dashed"), "focus": ("#00e5ff", 3, "solid")}
+REGION_STYLE = dict(fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2,
+                    line_dash="dashed")
 # filters the Image Class facet counts within
 FACET_INPUTS = ["index", "zones", "time_start", "time_end", "bbox", "boxes", "polygons",
                 "min_confidence", "min_landmarks"]
@@ -243,6 +252,91 @@ def status_pane(state: ExplorerState) -> pn.Column:
     return pn.Column(alert, md, sizing_mode="stretch_width")
 
 
+# ------------------------------------------------------------------ legend
+def legend_entries(available: list[str], shown: list[str], classes: list[str]) -> list[dict]:
+    """Rows of the map legend for the layers this map has, in drawing order (top first).
+
+    Each row: ``layer`` (its switch, '' for the always-drawn outlines), ``kind`` of swatch
+    (dot, line, dashed, box or ramp), ``colors``, ``text`` (plain text, may come from data) and
+    ``off`` (its layer is switched off).
+    """
+    rows = []
+
+    def add(layer: str, kind: str, colors, text: str) -> None:
+        rows.append(dict(layer=layer, kind=kind, colors=list(colors), text=text,
+                         off=bool(layer) and layer not in shown))
+
+    if "hits" in available:
+        add("hits", "dot", [HIT_COLORS[2]], "hit on the page of thumbnails shown")
+        add("hits", "dot", [HIT_COLORS[1]], "hit among the nearest fifth (Hamming distance)")
+        add("hits", "dot", [HIT_COLORS[0]], "farther hit")
+    for name, text in (("query", "query tile"), ("positives", "positive example"),
+                       ("negatives", "negative example"), ("focus", "thumbnail clicked")):
+        color, _, dash = OUTLINE_STYLES[name]
+        add("", "dashed" if dash == "dashed" else "line", [color], text)
+    add("", "dashed", [REGION_STYLE["line_color"]], "drawn or typed region (filter)")
+    if "density" in available:
+        add("density", "ramp", DENSITY_COLORS, "hit density: few to many hits")
+    if "landmarks" in available:
+        for i, name in enumerate(classes):
+            add("landmarks", "box", [LANDMARK_COLORS[i % len(LANDMARK_COLORS)]], f"landmark: {name}")
+    if "hirise" in available:
+        add("hirise", "ramp", HIRISE_COLORS, "HiRISE coverage: few to many images")
+        add("hirise", "box", [HIRISE_FOOTPRINT_COLOR], "HiRISE image footprint (zoomed in)")
+    if "zones" in available:
+        add("zones", "box", [ZONE_COLOR], "selected UTM zone (grid: 6° zones)")
+    return rows
+
+
+def _swatch(kind: str, colors: list[str]) -> str:
+    c = [html.escape(x, quote=True) for x in colors]
+    if kind == "dot":
+        style = f"background:{c[0]};border-radius:50%;border:1px solid #000;width:9px;height:9px;margin:0 5px"
+    elif kind in ("line", "dashed"):
+        style = f"border-top:3px {'dashed' if kind == 'dashed' else 'solid'} {c[0]};height:0;width:18px"
+    elif kind == "box":
+        style = f"border:2px solid {c[0]};background:{c[0]}33;width:14px;height:9px;margin:0 1px"
+    else:
+        style = f"background:linear-gradient(to right,{c[0]}40,{c[-1]});width:18px;height:10px"
+    return (f'<span class="swatch {kind}" data-color="{",".join(c)}" '
+            f'style="display:inline-block;flex:none;{style}"></span>')
+
+
+def legend_html(rows: list[dict]) -> str:
+    """The legend as HTML; every text is escaped (class names come from model files)."""
+    out = ['<div class="legend" style="font-size:12px;line-height:1.5">']
+    for row in rows:
+        opacity = "0.4" if row["off"] else "1"
+        out.append(f'<div class="legend-row{" off" if row["off"] else ""}" '
+                   f'data-layer="{html.escape(row["layer"], quote=True)}" '
+                   f'style="display:flex;align-items:center;gap:6px;opacity:{opacity}">'
+                   f'{_swatch(row["kind"], row["colors"])}<span>{html.escape(row["text"])}'
+                   f'{" (off)" if row["off"] else ""}</span></div>')
+    out.append("</div>")
+    return "".join(out)
+
+
+def layer_controls(state: ExplorerState, entry: Entry | None) -> pn.Column:
+    """The "Layers" switches of the map and its legend, both following ``state.layers``."""
+    available = available_layers(entry is not None and entry.is_mars, state.landmarks is not None)
+    switches = pn.widgets.CheckBoxGroup(
+        name="Layers", options={MAP_LAYERS[n]: n for n in available},
+        value=[n for n in state.layers if n in available], inline=False, css_classes=["map-layers"])
+
+    def switched(event) -> None:
+        # layers this map lacks (HiRISE on Earth) keep their setting for the next map
+        state.layers = [n for n in MAP_LAYERS if n in event.new or (n in state.layers and n not in available)]
+
+    switches.param.watch(switched, "value")
+    watch_state(state, "sidebar", lambda e: setattr(switches, "value", [n for n in e.new if n in available]),
+                "layers")
+    classes = state.landmark_class_names() if "landmarks" in available else []
+    legend = pn.pane.HTML(pn.bind(lambda shown: legend_html(legend_entries(available, shown, classes)),
+                                  state.param.layers),
+                          css_classes=["map-legend"], sizing_mode="stretch_width", margin=(0, 10))
+    return pn.Column(pn.pane.Markdown("**Map layers**"), switches, legend, sizing_mode="stretch_width")
+
+
 # ------------------------------------------------------------------ controls
 def parse_bbox(text: str) -> tuple[float, float, float, float] | None:
     """'west,south,east,north' -> tuple; '' -> None; raises LookalikeError otherwise."""
@@ -261,7 +355,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float] | None:
     return values
 
 
-def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Checkbox) -> pn.Column:
+def controls(state: ExplorerState, catalog: Catalog) -> pn.Column:
     """Sidebar widgets, each bound to a state parameter."""
     body = pn.widgets.Select(name="Body", options=catalog.labels(), value=state.index_name)
     body.param.watch(lambda e: state.set_index(catalog[e.new].index, e.new), "value")
@@ -269,7 +363,6 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
     watch_state(state, "sidebar", lambda e: setattr(body, "value", e.new), "index_name")
 
     k = pn.widgets.IntInput(name="Number of hits (k)", value=state.k, step=100)
-    show_hirise.visible = state.index_name in catalog and catalog[state.index_name].is_mars  # a Mars layer
 
     def k_typed(event) -> None:
         low, high = state.param.k.bounds
@@ -329,8 +422,10 @@ def controls(state: ExplorerState, catalog: Catalog, show_hirise: pn.widgets.Che
         styles={"font-size": "12px"})
     return pn.Column(
         body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
-        bbox, hints, clear, show_hirise, landmark_controls(state), pn.layout.Divider(), refine, undo,
-        pn.layout.Divider(), export, sizing_mode="stretch_width")
+        bbox, hints, clear, landmark_controls(state), pn.layout.Divider(), refine, undo,
+        pn.layout.Divider(), export, pn.layout.Divider(),
+        layer_controls(state, catalog.entries.get(state.index_name)),
+        sizing_mode="stretch_width")
 
 
 def facet_options(counts: dict[str, int]) -> dict[str, str]:
@@ -404,23 +499,40 @@ def weak_hook(method):
     return hook
 
 
+class LayerSwitches(param.Parameterized):
+    """One map's HoloViews layers switched on, one parameter each, so switching one re-renders
+    that layer only (a stream on ``state.layers`` would re-run every layer's callback)."""
+
+    basemap = param.Boolean(default=True)
+    zones = param.Boolean(default=True)
+    hirise = param.Boolean(default=True)
+
+
 class MapView:
     """The map of one index: basemap, zone grid, HiRISE, hits, outlines, drawn regions.
 
     The HoloViews overlay holds what changes with the view (the basemap and HiRISE coverage,
-    regridded on pan and zoom), the zone grid and the drawing layers; it is never re-rendered by
-    a search. What a search changes (hit markers, the query, example and focus outlines) are
-    plain Bokeh glyphs added to the figure once, whose data sources are replaced on each change:
-    a click sends a few kilobytes to the browser instead of re-rendering every layer.
+    regridded on pan and zoom, the zone labels), the zone grid and the drawing layers; it is
+    never re-rendered by a search. What a search changes (hit markers and density, landmark
+    boxes, the query, example and focus outlines, the typed bbox) are plain Bokeh glyphs added to
+    the figure once, whose data sources are replaced on each change: a click sends a few
+    kilobytes to the browser instead of re-rendering every layer. Switching a glyph layer off
+    only hides its renderer; a HoloViews layer switched off renders empty.
     """
 
-    def __init__(self, state: ExplorerState, entry: Entry, show_hirise: pn.widgets.Checkbox,
-                 height: int = 520):
-        self.state, self.entry, self.show_hirise, self.height = state, entry, show_hirise, height
+    def __init__(self, state: ExplorerState, entry: Entry, height: int = 520):
+        self.state, self.entry, self.height = state, entry, height
         self.figure = None  # the Bokeh figure, captured by a plot hook, to pan it from Python
         self.sources: dict = {}  # Bokeh data sources of the dynamic layers, by name
+        self.renderers: dict = {}  # Bokeh renderers of the glyph layers, by name
         self.drawn_renderers: dict = {}  # 'boxes' / 'polygons' -> the drawing layer's renderer
+        self.switches = LayerSwitches(**self._switch_values(state.layers))
+        self._density_grid = basemap.density_grid(state.index.tiles) if state.index is not None else None
         self.doc = pn.state.curdoc
+
+    @staticmethod
+    def _switch_values(layers: list[str]) -> dict[str, bool]:
+        return {name: name in layers for name in LayerSwitches.param if name != "name"}
 
     def panel(self) -> pn.viewable.Viewable:
 
@@ -430,14 +542,18 @@ class MapView:
         except LookalikeError as exc:  # e.g. the source raster moved: still search, no basemap
             return pn.pane.Alert(f"No basemap: {exc}. Searching still works through shared links, "
                                  "but thumbnails cannot be shown.", alert_type="danger")
-        state = self.state
+        state, switches = self.state, self.switches
         xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
-        base = basemap.basemap(image)
+        base = basemap.basemap(image, hv.streams.Params(switches, ["basemap"], rename={"basemap": "show"}))
 
         zone_labels = sorted(z for z in state.index.tiles["zone"].unique().tolist() if z)
-        zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones))
+        zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones,
+                                      switches.param.zones))
+        labels = hv.DynamicMap(partial(basemap.zone_label_layer, zone_labels, initial=(xlim, ylim)), streams=[
+            hv.streams.Params(switches, ["zones"], rename={"zones": "show"}),
+            hv.streams.RangeXY(), hv.streams.PlotSize()])
         boxes, polys = self._drawing()
-        layers = base * zones
+        layers = base * zones * labels
         if self.entry.is_mars:
             layers = layers * self._hirise()
         overlay = (layers * boxes * polys).opts(
@@ -449,6 +565,7 @@ class MapView:
         watch_state(state, "map", self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
                                                  "focus_tile", "page", *FACET_INPUTS,
                                                  "landmark_classes"])
+        watch_state(state, "map", self._switch_layers, "layers")
         return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", min_height=300,
                                  css_classes=["map"], linked_axes=False)
 
@@ -478,11 +595,28 @@ class MapView:
             order = np.argsort(on_page, kind="stable")  # the current page drawn last, on top
             points = {"x": hits["lon"].to_numpy(float)[order], "y": hits["lat"].to_numpy(float)[order],
                       "color": color[order].tolist()}
-        return {"hits": points, "landmarks": self.landmark_data(),
+        return {"hits": points, "density": self.density_data(), "landmarks": self.landmark_data(),
+                "bbox": self.bbox_data(),
                 "query": self._outline_data([state.query_tile]),
                 "positives": self._outline_data(state.positives),
                 "negatives": self._outline_data(state.negatives),
                 "focus": self._outline_data([state.focus_tile])}
+
+    def density_data(self) -> dict:
+        """The hit density image over the index's tiles (transparent without hits)."""
+        bounds, nx, ny = self._density_grid or ((0.0, 0.0, 1.0, 1.0), 1, 1)
+        hits = self.state.hits
+        lon = np.zeros(0) if hits is None else hits["lon"].to_numpy(float)
+        lat = np.zeros(0) if hits is None else hits["lat"].to_numpy(float)
+        return basemap.density_image(lon, lat, bounds, nx, ny, DENSITY_COLORS)
+
+    def bbox_data(self) -> dict:
+        """The bbox typed in the sidebar, drawn like a drawn box (across 180° it runs past the edge)."""
+        if not self.state.bbox:
+            return {"left": [], "right": [], "bottom": [], "top": []}
+        west, south, east, north = (float(v) for v in self.state.bbox)
+        return {"left": [west], "right": [east + 360.0 if east < west else east],
+                "bottom": [south], "top": [north]}
 
     def landmark_data(self) -> dict:
         """Boxes of the visible landmarks, coloured by class, for the hoverable box layer."""
@@ -500,24 +634,46 @@ class MapView:
                 "scene": scene, "color": [colors.get(c, "#ffffff") for c in lm["label"].astype(str)]}
 
     def _add_layers(self, fig) -> None:
-        """Add the hit markers and outlines to the figure, once, on top of the HoloViews layers."""
+        """Add the glyph layers to the figure, once, on top of the HoloViews layers."""
         from bokeh.models import ColumnDataSource, HoverTool
 
         data = self.layer_data()
+        shown = set(self.state.layers)
         self.sources = {name: ColumnDataSource(data=columns) for name, columns in data.items()}
-        boxes = fig.quad(left="left", right="right", bottom="bottom", top="top",
-                         source=self.sources["landmarks"], fill_color="color", fill_alpha=0.15,
-                         line_color="color", line_width=1.5, name="landmarks")
+        self.renderers = {}
+        self.renderers["density"] = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh",
+                                                   source=self.sources["density"], name="density")
+        self.renderers["landmarks"] = boxes = fig.quad(
+            left="left", right="right", bottom="bottom", top="top", source=self.sources["landmarks"],
+            fill_color="color", fill_alpha=0.15, line_color="color", line_width=1.5, name="landmarks")
         fig.add_tools(HoverTool(renderers=[boxes], tooltips=[("class", "@label"),
                                                              ("posterior", "@posterior{0.00}"),
                                                              ("scene", "@scene")]))
-        fig.scatter("x", "y", source=self.sources["hits"], size=5, fill_color="color",
-                    line_color="black", line_width=0.5, fill_alpha=0.9, name="hits")
-        styles = {"query": ("#ff2d2d", 3, "solid"), "positives": ("#2ecc40", 2, "solid"),
-                  "negatives": ("#ff4136", 2, "dashed"), "focus": ("#00e5ff", 3, "solid")}
-        for name, (color, width, dash) in styles.items():
+        fig.quad(left="left", right="right", bottom="bottom", top="top", source=self.sources["bbox"],
+                 name="bbox", **REGION_STYLE)
+        self.renderers["hits"] = fig.scatter("x", "y", source=self.sources["hits"], size=5,
+                                             fill_color="color", line_color="black", line_width=0.5,
+                                             fill_alpha=0.9, name="hits")
+        for name, (color, width, dash) in OUTLINE_STYLES.items():
             fig.multi_line("xs", "ys", source=self.sources[name], line_color=color,
                            line_width=width, line_dash=dash, name=name)
+        for name, renderer in self.renderers.items():
+            renderer.visible = name in shown
+
+    def _switch_layers(self, event) -> None:
+        """Show or hide layers: a glyph layer's renderer is hidden, a HoloViews layer's switch
+        re-renders that layer (empty when off)."""
+        shown = set(event.new)
+        self.switches.param.update(**{name: on for name, on in self._switch_values(event.new).items()
+                                      if getattr(self.switches, name) != on})
+        renderers = dict(self.renderers)
+
+        def update() -> None:
+            for name, renderer in renderers.items():
+                renderer.visible = name in shown
+
+        if renderers:
+            self._in_doc(update)
 
     def _refresh_layers(self, *_) -> None:
         if not self.sources:
@@ -560,8 +716,7 @@ class MapView:
 
     def _drawing(self) -> tuple[hv.Rectangles, hv.Polygons]:
         state = self.state
-        style = dict(fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2,
-                     line_dash="dashed")
+        style = REGION_STYLE
         boxes = hv.Rectangles([tuple(b) for b in state.boxes], kdims=["lon", "lat", "lon2", "lat2"],
                               group="Drawn").opts(**style)
         polys = hv.Polygons([{"lon": [p[0] for p in poly], "lat": [p[1] for p in poly]}
@@ -646,7 +801,7 @@ class MapView:
             return hv.Overlay([hv.Rectangles([])])
 
         source = hv.DynamicMap(pn.bind(hirise_footprints, self.state.param.time_start,
-                                       self.state.param.time_end, self.show_hirise))
+                                       self.state.param.time_end, self.switches.param.hirise))
         coverage = shade(rasterize(source, aggregator="count"), cmap=HIRISE_COLORS, min_alpha=60, alpha=170)
 
         def hoverable(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.Rectangles:
@@ -661,7 +816,8 @@ class MapView:
             return footprints.clone(data[inside])
 
         detail = source.apply(hoverable, streams=[hv.streams.RangeXY()]).opts(
-            fill_alpha=0.15, fill_color="#7fd4ff", line_color="#7fd4ff", line_width=1,
+            fill_alpha=0.15, fill_color=HIRISE_FOOTPRINT_COLOR, line_color=HIRISE_FOOTPRINT_COLOR,
+            line_width=1,
             tools=["hover"], hover_tooltips=[("HiRISE", "@observation_id"), ("date", "@date")])
         return coverage * detail
 

@@ -58,15 +58,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, env: dict, timeout: float = 240.0) -> tuple[subprocess.Popen, str]:
-    """``lookalike serve INDEX`` on a free port; returns the process and the app's URL.
+def start_server(index: Path | list[Path], env: dict, timeout: float = 240.0) -> tuple[subprocess.Popen, str]:
+    """``lookalike serve INDEX...`` on a free port; returns the process and the app's URL.
 
     The server warms up (compiles its numba kernels, renders a map offline) before it listens,
     which takes 10-40 s on two busy cores.
     """
+    indexes = [index] if isinstance(index, Path) else list(index)
+    index = indexes[0]
     port = free_port()
     log = open(index.parent / f"serve-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", str(index), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", *map(str, indexes), "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout

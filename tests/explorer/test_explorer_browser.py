@@ -254,3 +254,143 @@ def test_class_facet_changes_boxes_and_hits(page, explorer_url, explorer_index):
     wait_until(lambda: set(landmark_boxes(page)) == {"streak"}, what="only streak boxes")
     wait_until(lambda: page.locator(".class-facet input:checked").count() == 1, what="one box ticked")
     assert "streak" in page.locator(".class-facet label:has(input:checked)").inner_text()
+
+
+# ------------------------------------------------------------------ map layers and legend
+def renderer_visible(page, name: str) -> bool:
+    return page.evaluate("n => Bokeh.documents[0].get_model_by_name(n).visible", name)
+
+
+def zone_labels_drawn(page) -> list[str]:
+    """The zone labels the map shows (the text column of the zone label layer)."""
+    return page.evaluate("""() => {
+        for (const m of Bokeh.documents[0].all_models) {
+            if (m.data && m.data.zone !== undefined) return Array.from(m.data.zone);
+        }
+        return null; }""")
+
+
+def legend_rows(page) -> list[dict]:
+    return page.locator(".map-legend .legend-row").evaluate_all("""els => els.map(e => ({
+        layer: e.dataset.layer, off: e.classList.contains('off'), text: e.innerText,
+        color: e.querySelector('.swatch').dataset.color}))""")
+
+
+def toggle_layer(page, label: str) -> None:
+    page.locator(".map-layers label", has_text=label).first.click()
+
+
+def test_layer_switches_and_legend(page, explorer_url):
+    from lookalike.explorer.views import HIT_COLORS, LANDMARK_COLORS
+
+    open_app(page, explorer_url)
+    click_map(page)
+    # the defaults: markers, density and landmark boxes on, the zone grid off
+    assert renderer_visible(page, "hits") and renderer_visible(page, "density")
+    assert renderer_visible(page, "landmarks")
+    assert zone_labels_drawn(page) == []
+    rows = wait_until(lambda: legend_rows(page), what="the legend")
+    assert [r["color"] for r in rows if r["layer"] == "hits"] == HIT_COLORS[::-1]
+    assert [r["color"] for r in rows if r["layer"] == "landmarks"] == LANDMARK_COLORS[:4]
+    assert any("query tile" in r["text"] for r in rows) and any(r["layer"] == "hirise" for r in rows)
+    assert all(r["off"] for r in rows if r["layer"] in ("zones", "hirise"))
+
+    toggle_layer(page, "Hit markers")
+    wait_until(lambda: not renderer_visible(page, "hits"), what="the hit markers hidden")
+    wait_until(lambda: all(r["off"] for r in legend_rows(page) if r["layer"] == "hits"),
+               what="the legend to mark the markers off")
+    assert renderer_visible(page, "density")  # the other layers stay
+    toggle_layer(page, "Hit markers")
+    wait_until(lambda: renderer_visible(page, "hits"), what="the hit markers shown again")
+
+    toggle_layer(page, "Zone grid")
+    labels = wait_until(lambda: zone_labels_drawn(page), what="zone labels")
+    assert set(labels) <= {"30N", "31N", "32N"}
+    screenshot(page, "explorer-layers")
+    toggle_layer(page, "Zone grid")
+    wait_until(lambda: zone_labels_drawn(page) == [], what="zone labels gone")
+
+
+def typed_bbox(page) -> list[list[float]]:
+    return page.evaluate("""() => { const d = Bokeh.documents[0].get_model_by_name('bbox').data_source.data;
+        return ['left', 'bottom', 'right', 'top'].map(k => Array.from(d[k] ?? d.get(k))); }""")
+
+
+def test_typed_bbox_is_drawn(page, explorer_url):
+    open_app(page, explorer_url)
+    click_map(page)
+    set_text(page, "Bounding box", "0,20,10,60")
+    wait_until(lambda: typed_bbox(page) == [[0], [20], [10], [60]], what="the typed box on the map")
+    page.get_by_role("button", name="Clear regions").click()
+    wait_until(lambda: typed_bbox(page) == [[], [], [], []], what="the typed box removed")
+
+
+def outline_count(page, name: str) -> int:
+    return page.evaluate("""n => { const d = Bokeh.documents[0].get_model_by_name(n).data_source.data;
+        return (d.xs ?? d.get('xs')).length; }""", name)
+
+
+def test_focus_outline_cleared_by_a_new_search(page, explorer_url):
+    open_app(page, explorer_url)
+    click_map(page)
+    page.locator(".thumb img").nth(3).click()
+    wait_until(lambda: outline_count(page, "focus") == 1, what="the focus outline")
+    set_text(page, "From date", "2012-01-01")  # a new search, not a new click
+    wait_until(lambda: "dates 2012-01-01" in status_text(page), what="the filtered search")
+    wait_until(lambda: outline_count(page, "focus") == 0, what="the focus outline cleared")
+    assert page.locator(".thumb.selected").count() == 0
+
+
+@pytest.fixture(scope="module")
+def two_body_url(explorer_index, explorer_env, tmp_path_factory):
+    """A server of the Mars fixture index and a one-zone Earth index (~30 s to build)."""
+    import subprocess
+    import sys
+
+    from explorer_testkit import start_server
+
+    earth = tmp_path_factory.mktemp("earth") / "earth_small"
+    proc = subprocess.run([sys.executable, "-m", "lookalike", "index", "earth_8k", "--zones", "31N",
+                           "--bits", "64", "--out", str(earth)], env=explorer_env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"no Earth index could be built: {proc.stderr[-500:]}")
+    server, url = start_server([explorer_index, earth], explorer_env)
+    yield url
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+LABEL_COLORS_JS = """() => { const out = [];
+    function walk(root) {
+        for (const el of root.querySelectorAll('*')) {
+            if (el.shadowRoot) walk(el.shadowRoot);
+            if (el.tagName === 'LABEL' && el.innerText.trim()) out.push(getComputedStyle(el).color);
+        }
+    }
+    walk(document); return out; }"""
+
+
+def label_brightness(page) -> list[float]:
+    """Mean RGB of every visible widget label, 0 (black) to 255 (white)."""
+    colors = page.evaluate(LABEL_COLORS_JS)
+    return [sum(map(float, re.findall(r"[\d.]+", c)[:3])) / 3 for c in colors]
+
+
+def test_labels_stay_light_after_a_body_switch(page, two_body_url):
+    open_app(page, two_body_url)
+    assert label_brightness(page) and min(label_brightness(page)) > 150  # the dark theme
+    for body in ("Earth", "Mars"):
+        page.locator("select").first.select_option(label=body)
+        wait_until(lambda body=body: body in page.locator("select").first.evaluate(
+            "s => s.options[s.selectedIndex].text"), what=f"{body} selected")
+        wait_until(lambda body=body: page.locator(".map-layers label", has_text="HiRISE").count()
+                   == (body == "Mars"), what=f"the {body} sidebar")
+        page.wait_for_function("() => Bokeh.documents[0].is_idle")
+        assert min(label_brightness(page)) > 150, body
+    rows = legend_rows(page)
+    assert any(r["layer"] == "hirise" for r in rows)
+    screenshot(page, "explorer-body-switch")

@@ -171,9 +171,9 @@ def test_k_typed_out_of_bounds_is_a_message_and_the_box_is_put_back(state, explo
 
     from lookalike.explorer.views import controls
 
-    hirise = pn.widgets.Checkbox(visible=False)
-    sidebar = controls(state, Catalog([explorer_index]), hirise)
-    assert hirise.visible  # the HiRISE layer is offered on Mars (and hidden on other bodies)
+    sidebar = controls(state, Catalog([explorer_index]))
+    layers = next(w for w in sidebar.select(pn.widgets.CheckBoxGroup) if w.name == "Layers")
+    assert "hirise" in layers.options.values()  # the HiRISE layer is offered on Mars
     box = next(w for w in sidebar.select(pn.widgets.IntInput) if w.name == "Number of hits (k)")
     clicked(state)
     for bad in (0, -5, 100_000):
@@ -307,13 +307,18 @@ def test_rebuilt_views_release_their_watchers(state, explorer_index):
     from lookalike.explorer.views import controls
 
     catalog = Catalog([explorer_index])
-    builds = [controls(state, catalog, pn.widgets.Checkbox(value=True)) for _ in range(3)]
-    assert len(state._view_watchers["sidebar"]) == 5  # body, k, bbox, facet, recount: one build's worth
+    builds = [controls(state, catalog) for _ in range(3)]
+    assert len(state._view_watchers["sidebar"]) == 6  # body, k, bbox, facet, recount, layers: one build's worth
     facets = [b.select(pn.widgets.CheckBoxGroup)[0] for b in builds]
     state.landmark_classes = ["crater"]
     assert facets[-1].value == ["crater"] and facets[0].value == []  # only the live sidebar follows
     facets[-1].value = ["streak"]  # and the live facet drives the state
     assert state.landmark_classes == ["streak"]
+    switches = [next(w for w in b.select(pn.widgets.CheckBoxGroup) if w.name == "Layers") for b in builds]
+    state.layers = ["basemap", "hits"]
+    assert switches[-1].value == ["basemap", "hits"] and switches[0].value != ["basemap", "hits"]
+    switches[-1].value = ["hits", "zones"]
+    assert state.layers == ["zones", "hits"]  # in drawing order
 
 
 def test_cached_index_follows_new_generations(tmp_path):
@@ -334,3 +339,18 @@ def test_cached_index_follows_new_generations(tmp_path):
     assert second is not first and second.n == 60 and first.n == 50
     (path / "manifest.json").write_text("{ not json")
     assert cached_index(path) is second
+
+
+# ------------------------------------------------------------------ map layers and legend
+def test_layers_default_and_focus_cleared_by_a_new_search(state):
+    from lookalike.explorer.state import DEFAULT_LAYERS
+
+    assert state.layers == DEFAULT_LAYERS and "zones" not in state.layers and "hirise" not in state.layers
+    clicked(state)
+    state.focus_tile = state.hits["tile_id"].iat[3]
+    state.mark(state.hits["tile_id"].iat[2], "positive")  # not a new search: the focus stays
+    assert state.focus_tile
+    state.time_start = "2012-01-01"  # a new search
+    assert state.focus_tile == ""
+    state.layers = ["hits"]  # a view setting: no search, nothing recorded
+    assert state.url_params().get("from") == "2012-01-01" and state.can_undo

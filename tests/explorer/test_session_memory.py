@@ -18,7 +18,7 @@ def test_a_dropped_map_lets_its_session_state_go(explorer_index):
     catalog = Catalog([explorer_index])
     entry = catalog[catalog.default]
     state = ExplorerState(index=entry.index, index_name=entry.name)
-    view = MapView(state, entry, pn.widgets.Checkbox(value=True))
+    view = MapView(state, entry)
     pane = view.panel()
     root = pane.get_root()  # renders the plot: HoloViews stores its options process-wide
     state.click(float(entry.index.tiles["lon"].iat[0]), float(entry.index.tiles["lat"].iat[0]))

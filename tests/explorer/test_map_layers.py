@@ -1,0 +1,82 @@
+"""Pure map-layer logic: which switches and legend rows a map has, zone label placement, density."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from lookalike.explorer.basemap import LABEL_MIN_PX, density_image, zone_label_positions
+from lookalike.explorer.state import MAP_LAYERS, available_layers
+from lookalike.explorer.views import HIT_COLORS, LANDMARK_COLORS, legend_entries, legend_html
+
+ALL_ZONES = [f"{n}{h}" for n in range(1, 61) for h in "NS"]
+
+
+def test_available_layers():
+    assert available_layers(True, True) == list(MAP_LAYERS)
+    assert "hirise" not in available_layers(False, True)
+    assert "landmarks" not in available_layers(True, False)
+    assert available_layers(False, False) == ["basemap", "zones", "density", "hits"]
+
+
+def test_legend_only_for_layers_the_map_has():
+    earth = legend_entries(available_layers(False, False), ["hits"], [])
+    layers = {row["layer"] for row in earth}
+    assert "hirise" not in layers and "landmarks" not in layers
+    assert [row["colors"][0] for row in earth if row["layer"] == "hits"] == HIT_COLORS[::-1]
+    assert any(row["off"] for row in earth if row["layer"] == "density")
+    assert not any(row["off"] for row in earth if row["layer"] in ("hits", ""))
+
+    mars = legend_entries(available_layers(True, True), ["hits", "landmarks"], ["crater", "dune"])
+    boxes = [row for row in mars if row["layer"] == "landmarks"]
+    assert [row["colors"][0] for row in boxes] == LANDMARK_COLORS[:2]
+    assert [row["text"] for row in boxes] == ["landmark: crater", "landmark: dune"]
+    assert any(row["layer"] == "hirise" for row in mars)
+
+
+def test_legend_escapes_class_names():
+    text = legend_html(legend_entries(["landmarks"], ["landmarks"], ["<img src=x onerror=alert(1)>"]))
+    assert "<img" not in text and "&lt;img src=x" in text
+
+
+def _assert_apart(labels, x_range, width_px):
+    px = width_px / (x_range[1] - x_range[0])
+    for row in ({lat for _, lat, _ in labels}):
+        xs = sorted(lon for lon, lat, _ in labels if lat == row)
+        assert all((b - a) * px >= LABEL_MIN_PX for a, b in pairwise(xs))
+
+
+@pytest.mark.parametrize("x_range", [(-180, 180), (-100, 100), (-30, 30), (-7, 8), (2.5, 3.5), (170, 180)])
+@pytest.mark.parametrize("width_px", [300, 800, 1600])
+def test_zone_labels_never_overlap(x_range, width_px):
+    labels = zone_label_positions(ALL_ZONES, x_range, (-60, 70), width_px, 400)
+    assert labels  # something is always labelled
+    _assert_apart(labels, x_range, width_px)
+    assert all(x_range[0] <= lon <= x_range[1] and -60 <= lat <= 70 for lon, lat, _ in labels)
+    tops = {lat for _, lat, label in labels if label.endswith("N")}
+    bottoms = {lat for _, lat, label in labels if label.endswith("S")}
+    assert len(tops) == 1 and len(bottoms) == 1 and min(tops) > 0 > max(bottoms)
+
+
+def test_zone_labels_follow_the_view():
+    # zoomed in every zone is labelled; zoomed out only some, and the same ones while panning
+    near = zone_label_positions(ALL_ZONES, (-20, 20), (10, 50), 1000, 500)
+    assert {label for *_, label in near} == {"27N", "28N", "29N", "30N", "31N", "32N", "33N", "34N"}
+    far = {label for *_, label in zone_label_positions(ALL_ZONES, (-180, 180), (10, 50), 800, 400)}
+    panned = {label for *_, label in zone_label_positions(ALL_ZONES, (-174, 186), (10, 50), 800, 400)}
+    assert 5 < len(far) < 60 and far - {"1N", "60N"} == panned - {"1N", "60N"}
+    # a view of the north only has no southern labels; a zone inside the view is labelled mid-view
+    assert zone_label_positions(["31N", "31S"], (2, 4), (10, 20), 800, 400) == [
+        (3.0, pytest.approx(20 - 14 * 10 / 400), "31N")]
+    assert zone_label_positions(["31N"], (0, 1), (1, 1), 800, 400) == []  # an empty view
+
+
+def test_density_image_is_transparent_without_hits():
+    empty = density_image(np.zeros(0), np.zeros(0), (0, 0, 10, 10), 5, 5, ("#000000", "#ffffff"))
+    assert (empty["image"][0] >> 24 == 0).all()
+    img = density_image(np.array([1.0, 1.0, 8.0]), np.array([1.0, 1.0, 8.0]), (0, 0, 10, 10), 5, 5,
+                        ("#000000", "#ffffff"))["image"][0]
+    alpha = img >> 24
+    assert alpha[0, 0] > alpha[4, 4] > 0 and alpha[2, 4] == 0  # more where more hits
