@@ -95,6 +95,11 @@ class Zone:
             raise OptionError(f"invalid zone label {label!r}; expected e.g. 33N, 7S, "
                               "or UPSN / UPSS for a polar cap") from None
 
+    @property
+    def sort_key(self) -> tuple[str, int]:
+        """Northern zones first, west to east, each hemisphere's polar cap after its zones."""
+        return self.hemisphere, 61 if self.polar else self.number
+
     @classmethod
     def at(cls, lon: float, lat: float) -> "Zone":
         hemisphere = "N" if lat >= 0 else "S"

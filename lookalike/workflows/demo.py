@@ -21,6 +21,7 @@ from lookalike.workflows.landmarks import catalogue_info, classify_chips, find_l
 
 BODIES = {"mars": "mars_8k", "earth": "earth_8k"}
 CLASSIFIER = "hirise"  # the shipped model that catalogues Mars landmarks
+POLAR_CAPS = {"UPSN", "UPSS"}  # zones a whole-planet index has tiles in
 
 
 def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progress: bool = True,
@@ -86,20 +87,22 @@ def _aside(out: Path) -> Path:
 
 
 def _set_aside_if_stale(out: Path) -> None:
-    """Move a demo index made with another default code or views out of the way, so that it is
-    built again; the old one stays (renamed) until the new one is complete."""
+    """Move a demo index made with another default code or views, or a whole-planet index made
+    before the polar caps were tiled, out of the way, so that it is built again; the old one
+    stays (renamed) until the new one is complete."""
     if not (out / MANIFEST).exists():
         return
     try:
         index = open_index(out, verify=False)
         stale = (index.manifest["files"]["hash"]["sha256"] != sha256_file(default_hash_path())
-                 or index.views != DEFAULT_VIEWS)
+                 or index.views != DEFAULT_VIEWS
+                 or (out.name in BODIES.values() and not POLAR_CAPS <= set(index.tiles["zone"].unique())))
     except (LookalikeError, KeyError, TypeError):
         stale = True  # unreadable: build it again rather than serve it
     if stale:
         _remove(_aside(out))
         out.rename(_aside(out))
-        print(f"{out} was made with an earlier default code; building it again")
+        print(f"{out} was made with an earlier default code or tiling; building it again")
 
 
 def _remove(path: Path | None) -> None:
