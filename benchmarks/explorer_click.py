@@ -1,13 +1,16 @@
 """Click-to-thumbnails time of the explorer in a real headless Chromium; prints JSON.
 
-    python benchmarks/explorer_click.py [INDEX_DIR] [--clicks 10]
+    python benchmarks/explorer_click.py [INDEX_DIR] [--clicks 20] [--view north]
 
 Starts ``lookalike serve`` on the index (default: the Mars demo index, built if missing), opens
-the app, then clicks the map at ``--clicks`` different places; each time is measured from the
-click until the first page of thumbnails of the new query has loaded (every <img> decoded).
-The first click is a warm-up and is not counted. Also reported: how long the server took to
-start (it warms up before it listens), the first page load, and a second page load (a new
-browser session on the warm server). Timings on a shared machine are noisy: compare medians.
+the app, then clicks the map at ``--clicks`` + 1 different places; each time is measured from
+the click until the first page of thumbnails of the new query has loaded (every <img> decoded).
+The first click of the session is reported on its own (``first_click_s``) and not counted in
+the percentiles. Also reported: how long the server took to start (it warms up before it
+listens), the first page load and the bytes it moved, a second page load (a new browser session
+on the warm server), the bytes the server sends for one zoom and one pan of the map, and the
+load average. ``--view`` picks the map view (global, north, south) before clicking. Timings on a
+shared machine are noisy: compare medians.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from explorer_testkit import CHROMIUM, CHROMIUM_ARGS, cards, data_dir, open_app, start_server, wait_until  # noqa: E402
@@ -30,7 +35,8 @@ ALL_LOADED = """els => els.length > 0 && els.every(i => i.complete && i.naturalW
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("index", nargs="?", help="index directory (default: the Mars demo index)")
-    parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument("--view", default="global", choices=["global", "north", "south"])
     args = parser.parse_args()
     env = dict(os.environ, LOOKALIKE_DATA=os.environ.get("LOOKALIKE_DATA", str(data_dir())))
     if args.index:
@@ -54,12 +60,21 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            traffic = Traffic(page)
             t0 = time.perf_counter()
             open_app(page, url)
             load_s = time.perf_counter() - t0
+            load_bytes = traffic.settle()
+            if args.view != "global":
+                page.locator("select", has=page.locator("option", has_text="North pole")).first.select_option(
+                    value=args.view)
+                page.wait_for_timeout(500)
+                page.wait_for_function("() => Bokeh.documents[0].is_idle")
+                traffic.settle()
             canvas = page.locator(".map canvas").first
             box = canvas.bounding_box()
-            times, previous = [], None
+            zoom_bytes, pan_bytes = map_traffic(page, box, traffic)
+            first_click_s, times, previous = None, [], None
             # points spread over the map's frame (fractions of the canvas); the first one warms up
             points = [(0.2 + 0.6 * ((i * 0.37) % 1.0), 0.25 + 0.5 * ((i * 0.61) % 1.0))
                       for i in range(args.clicks + 1)]
@@ -75,7 +90,9 @@ def main() -> None:
                     continue  # a click on no tile (or the same tile): not a measurement
                 elapsed = time.perf_counter() - start
                 previous = found[0]["tileId"]
-                if i > 0:
+                if first_click_s is None:
+                    first_click_s = elapsed
+                else:
                     times.append(elapsed)
             t0 = time.perf_counter()
             second = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -85,15 +102,63 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    result = dict(index=str(index), tiles=n_tiles, cpus=os.cpu_count(), server_start_s=round(start_s, 3),
-                  page_load_s=round(load_s, 3), second_page_load_s=round(second_load_s, 3), clicks=len(times),
-                  thumbnails_per_page=50,
+    result = dict(index=str(index), tiles=n_tiles, view=args.view, cpus=os.cpu_count(),
+                  load_average=[round(v, 2) for v in os.getloadavg()], server_start_s=round(start_s, 3),
+                  page_load_s=round(load_s, 3), page_load_bytes=load_bytes,
+                  second_page_load_s=round(second_load_s, 3),
+                  zoom_bytes=zoom_bytes, pan_bytes=pan_bytes, clicks=len(times), thumbnails_per_page=50,
+                  first_click_s=None if first_click_s is None else round(first_click_s, 3),
                   click_to_thumbnails_s=dict(
                       p50=round(statistics.median(times), 3) if times else None,
+                      p95=round(float(np.percentile(times, 95)), 3) if times else None,
                       min=round(min(times), 3) if times else None,
                       max=round(max(times), 3) if times else None,
                       all=[round(t, 3) for t in times]))
     print(json.dumps(result, indent=2))
+
+
+class Traffic:
+    """Bytes a page receives: HTTP responses and websocket messages, through the DevTools protocol."""
+
+    def __init__(self, page) -> None:
+        self.total = 0
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.send("Network.enable")
+        self.cdp.on("Network.loadingFinished", lambda e: self._add(e.get("encodedDataLength", 0)))
+        self.cdp.on("Network.webSocketFrameReceived",
+                    lambda e: self._add(len(e.get("response", {}).get("payloadData", ""))))
+        self.page = page
+
+    def _add(self, n) -> None:
+        self.total += int(n)
+
+    def settle(self, quiet_s: float = 1.5, timeout_s: float = 30.0) -> int:
+        """Wait until nothing arrives for ``quiet_s``; the bytes received since the last call."""
+        deadline, last, seen = time.monotonic() + timeout_s, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            self.page.wait_for_timeout(100)
+            if self.total != last:
+                last, seen = self.total, time.monotonic()
+            elif time.monotonic() - seen >= quiet_s:
+                break
+        total, self.total = self.total, 0
+        return total
+
+
+def map_traffic(page, box: dict, traffic: Traffic) -> tuple[int, int]:
+    """Bytes received for one wheel zoom in, then one drag pan, of the map."""
+    cx, cy = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
+    page.mouse.move(cx, cy)
+    page.mouse.wheel(0, -300)
+    zoom = traffic.settle()
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 120, cy + 40, steps=8)
+    page.mouse.up()
+    pan = traffic.settle()
+    page.mouse.wheel(0, 300)  # back out, for the clicks
+    traffic.settle()
+    return zoom, pan
 
 
 if __name__ == "__main__":

@@ -220,10 +220,11 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     if params.get("index") and params["index"] not in catalog and not state.error:
         state.error = f"The link's index is not served here; showing {catalog[name].label}."
 
-    def map_for(index_name: str):
+    # a new map and sidebar for another index or another view (projection) of it
+    def map_for(index_name: str, view: str):
         return MapView(state, catalog[index_name]).panel()
 
-    def controls_for(index_name: str):
+    def controls_for(index_name: str, view: str):
         return controls(state, catalog)
 
     # keep the address bar in step with the search, so copying it shares the search
@@ -233,7 +234,7 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
         if location is not None:
             location.search = state.url_query()
 
-    state.param.watch(sync_url, ["hits", "error", "positives", "negatives"])
+    state.param.watch(sync_url, ["hits", "error", "positives", "negatives", "view"])
     sync_url()
 
     def prefetch(*_) -> None:
@@ -249,8 +250,8 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
 
     template = pn.template.FastListTemplate(
         title="Lookalike: click a planet, see its lookalikes", theme=THEME,
-        sidebar=[pn.panel(pn.bind(controls_for, state.param.index_name))],
-        main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name)), status_pane(state),
+        sidebar=[pn.panel(pn.bind(controls_for, state.param.index_name, state.param.view))],
+        main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name, state.param.view)), status_pane(state),
                         results_panel(state, inline=inline), sizing_mode="stretch_width")],
         sidebar_width=330, raw_css=[CSS], accent="#d2691e")
     return template

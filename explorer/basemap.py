@@ -13,14 +13,17 @@ import math
 import threading
 from functools import lru_cache
 
+import geoviews as gv
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import xarray as xr
 from holoviews.operation.datashader import regrid
 
+from lookalike.explorer.projection import POLAR_EDGE_LAT, MapProjection
+from lookalike.indexer.export import pole_ring
 from lookalike.indexer.thumbnails import SourceImage
-from lookalike.indexer.tiling import ZONE_WIDTH_DEG
+from lookalike.indexer.tiling import UTM_LAT_RANGE, ZONE_WIDTH_DEG, Zone, holds_pole
 
 MIN_LEVEL_PIXELS = 1024  # the coarsest pyramid level is about this wide
 LABEL_FONT = "8pt"
@@ -29,26 +32,33 @@ _pyramids: dict[tuple, list[hv.RGB]] = {}
 _lock = threading.Lock()
 
 
-def _as_rgb(rgb: np.ndarray, bounds: tuple[float, float, float, float]) -> hv.RGB:
+def _as_rgb(rgb: np.ndarray, bounds: tuple[float, float, float, float],
+            kdims: tuple[str, str] = ("lon", "lat")) -> hv.RGB:
     west, south, east, north = bounds
     h, w = rgb.shape[:2]
     dx, dy = (east - west) / w, (north - south) / h
-    coords = {"lon": west + dx * (np.arange(w) + 0.5), "lat": north - dy * (np.arange(h) + 0.5)}
-    data = xr.Dataset({c: (("lat", "lon"), rgb[..., i]) for i, c in enumerate("RGB")}, coords=coords)
-    return hv.RGB(data, kdims=["lon", "lat"], vdims=list("RGB"))
+    xname, yname = kdims
+    coords = {xname: west + dx * (np.arange(w) + 0.5), yname: north - dy * (np.arange(h) + 0.5)}
+    data = xr.Dataset({c: ((yname, xname), rgb[..., i]) for i, c in enumerate("RGB")}, coords=coords)
+    return hv.RGB(data, kdims=list(kdims), vdims=list("RGB"))
 
 
-def pyramid(image: SourceImage) -> list[hv.RGB]:
-    """The image at full, 1/2, 1/4 ... resolution (finest first), built once per process."""
-    key = (image.name, image.bounds, image.shape)
+def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list[hv.RGB]:
+    """The image at full, 1/2, 1/4 ... resolution (finest first), built once per process; in a
+    polar ``projection``, the image resampled into that view first."""
+    polar = projection is not None and projection.polar
+    key = (image.name, image.bounds, image.shape, projection.view if polar else "global")
     levels = _pyramids.get(key)
     if levels is None:
         with _lock:
             levels = _pyramids.get(key)
             if levels is None:
-                levels, rgb = [], image.rgb
+                rgb = projection.view_image(image) if polar else image.rgb
+                bounds = projection.extent if polar else image.bounds
+                kdims = projection.axis_names if polar else ("lon", "lat")
+                levels = []
                 while True:
-                    levels.append(_as_rgb(rgb, image.bounds))
+                    levels.append(_as_rgb(rgb, bounds, kdims))
                     h, w = rgb.shape[:2]
                     if w < 2 * MIN_LEVEL_PIXELS or h < 2:
                         break
@@ -59,19 +69,26 @@ def pyramid(image: SourceImage) -> list[hv.RGB]:
     return levels
 
 
-def basemap(image: SourceImage, show: hv.streams.Stream | None = None) -> hv.DynamicMap:
+def basemap(image: SourceImage, show: hv.streams.Stream | None = None,
+            projection: MapProjection | None = None) -> hv.DynamicMap:
     """The planet, regridded to the view on every pan/zoom.
 
     ``show``, a stream with a boolean ``show`` parameter, switches it off: nothing is regridded
-    or sent while it is off.
+    or sent while it is off. In a polar ``projection`` the images are GeoViews elements in the
+    view's own projection (so GeoViews does not project them again).
     """
-    levels = pyramid(image)
-    west, south, east, north = image.bounds
-    native_dx = image.pixel_size[0]
+    polar = projection is not None and projection.polar
+    levels = pyramid(image, projection)
+    west, south, east, north = projection.extent if polar else image.bounds
+    native_dx = (east - west) / levels[0].data.sizes[levels[0].kdims[0].name] if polar else image.pixel_size[0]
+    kdims = list(projection.axis_names) if polar else ["lon", "lat"]
+
+    def geo(element):
+        return gv.RGB(element, crs=projection.crs) if polar else element
 
     # nothing to see: one transparent pixel (an RGB of no pixels cannot be plotted)
-    blank = hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(west, south, east, north),
-                   kdims=["lon", "lat"], vdims=list("RGBA"))
+    blank = geo(hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(west, south, east, north),
+                       kdims=kdims, vdims=list("RGBA")))
 
     def render(x_range=None, y_range=None, width=None, height=None, scale=1.0, show=True):
         if not show:
@@ -93,7 +110,7 @@ def basemap(image: SourceImage, show: hv.streams.Stream | None = None) -> hv.Dyn
             return blank
         op = regrid.instance(x_range=xr_, y_range=yr_, width=int(width * 1.5), height=int(height * 1.5),
                              dynamic=False, upsample=False)
-        return op(levels[level])
+        return geo(op(levels[level]))
 
     streams = [hv.streams.RangeXY(), hv.streams.PlotSize()] + ([show] if show is not None else [])
     return hv.DynamicMap(render, streams=streams)
@@ -101,27 +118,63 @@ def basemap(image: SourceImage, show: hv.streams.Stream | None = None) -> hv.Dyn
 
 @lru_cache(maxsize=8)
 def _grid_lines(lat_range: tuple[float, float]) -> hv.Path:
-    """Zone meridians and the equator as one NaN-separated path: HoloViews handles a single
-    path of 200 vertices in a millisecond, but 62 separate two-point paths in about a second."""
+    """Zone meridians, the equator and the edges of the polar caps as one NaN-separated path:
+    HoloViews handles a single path of 200 vertices in a millisecond, but 62 separate two-point
+    paths in about a second."""
     segments = [[(lon, lat_range[0]), (lon, lat_range[1])] for lon in np.arange(-180.0, 180.1, ZONE_WIDTH_DEG)]
-    segments.append([(-180.0, 0.0), (180.0, 0.0)])
+    segments += [[(-180.0, lat), (180.0, lat)] for lat in (0.0, *lat_range)]
     vertices = np.concatenate([np.vstack([np.array(seg, float), [[np.nan, np.nan]]]) for seg in segments])[:-1]
     return hv.Path([vertices], kdims=["lon", "lat"]).opts(color="white", alpha=0.25, line_width=1)
 
 
+def zone_area(label: str, edge_lat: float = 90.0) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of a zone's tile centres; polar caps reach the pole, and the
+    6-degree zones run from the equator to ``edge_lat`` at most."""
+    zone = Zone.parse(label)
+    west, east = zone.lon_range
+    south, north = zone.lat_range
+    return west, max(south, -edge_lat), east, min(north, edge_lat)
+
+
 def zone_grid(zone_labels: list[str], selected: list[str], show: bool = True,
-              lat_range=(-80.0, 84.0)) -> hv.Overlay:
-    """Meridians every 6 degrees and the equator, the selected zones shaded (the labels are
-    ``zone_label_layer``, which follows the view)."""
-    rects = []
-    for label in zone_labels if show else []:
-        number, hemi = int(label[:-1]), label[-1]
-        w = -180.0 + ZONE_WIDTH_DEG * (number - 1)
-        s, n = (0.0, lat_range[1]) if hemi == "N" else (lat_range[0], 0.0)
-        if label in selected:
-            rects.append((w, s, w + ZONE_WIDTH_DEG, n))
+              lat_range=UTM_LAT_RANGE) -> hv.Overlay:
+    """Meridians every 6 degrees, the equator and the caps' edges, the selected zones shaded (the
+    labels are ``zone_label_layer``, which follows the view)."""
+    rects = [zone_area(label) for label in zone_labels if show and label in selected]
     grid = _grid_lines(tuple(lat_range)) if show else hv.Path([], kdims=["lon", "lat"])
     shaded = hv.Rectangles(rects, kdims=["lon", "lat", "lon2", "lat2"]).opts(
+        fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2)
+    return grid * shaded
+
+
+@lru_cache(maxsize=4)
+def _polar_grid_lines(sign: float) -> np.ndarray:
+    edge, limit = sign * (POLAR_EDGE_LAT - 10.0), UTM_LAT_RANGE[1] if sign > 0 else UTM_LAT_RANGE[0]
+    lats = np.linspace(edge, limit, 24)
+    segments = [np.column_stack([np.full_like(lats, lon), lats]) for lon in np.arange(-180.0, 180.0, ZONE_WIDTH_DEG)]
+    circle = np.linspace(-180.0, 180.0, 361)
+    segments += [np.column_stack([circle, np.full_like(circle, lat)]) for lat in (limit, sign * 60.0)]
+    return np.concatenate([np.vstack([seg, [[np.nan, np.nan]]]) for seg in segments])[:-1]
+
+
+def polar_zone_grid(zone_labels: list[str], selected: list[str], show: bool,
+                    projection: MapProjection) -> hv.Overlay:
+    """The zone grid of a polar view, as GeoViews elements in lon/lat that GeoViews projects:
+    zone meridians down from the cap's edge, the edge itself, the selected zones shaded."""
+    lonlat = projection.lonlat_crs
+    if not show:
+        return gv.Path([], crs=lonlat) * gv.Polygons([], crs=lonlat)
+    grid = gv.Path([_polar_grid_lines(projection.sign)], crs=lonlat).opts(color="white", alpha=0.35,
+                                                                          line_width=1)
+    shapes = []
+    for label in selected:
+        if label not in zone_labels or Zone.parse(label).hemisphere != ("N" if projection.sign > 0 else "S"):
+            continue
+        west, south, east, north = zone_area(label, 89.999)
+        lons = np.r_[np.linspace(west, east, 25), np.linspace(east, west, 25)]
+        lats = np.r_[np.full(25, south), np.full(25, north)]
+        shapes.append({"lon": lons, "lat": lats})
+    shaded = gv.Polygons(shapes, kdims=["lon", "lat"], crs=lonlat).opts(
         fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2)
     return grid * shaded
 
@@ -129,7 +182,7 @@ def zone_grid(zone_labels: list[str], selected: list[str], show: bool = True,
 def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
                          y_range: tuple[float, float], width_px: float, height_px: float,
                          min_px: float = LABEL_MIN_PX,
-                         lat_range=(-80.0, 84.0)) -> list[tuple[float, float, str]]:
+                         lat_range=UTM_LAT_RANGE) -> list[tuple[float, float, str]]:
     """(lon, lat, label) of the zone labels to draw in this view, none closer than ``min_px``.
 
     Northern zones are labelled along the top of the view, southern ones along the bottom, each
@@ -153,7 +206,8 @@ def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
         if not inside:
             continue
         row = []
-        zones = sorted((int(label[:-1]), label) for label in zone_labels if label and label[-1] == hemi)
+        zones = sorted((Zone.parse(label).number, label) for label in zone_labels
+                       if label and label[-1] == hemi and not label.startswith("UPS"))
         for number, label in zones[::step]:
             west = -180.0 + ZONE_WIDTH_DEG * (number - 1)
             left, right = max(west, x0), min(west + ZONE_WIDTH_DEG, x1)
@@ -165,6 +219,11 @@ def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
             if lon - last >= min_deg:
                 out.append((lon, lat_, label))
                 last = lon
+    # each polar cap in the middle of its visible part, clear of the zones' rows
+    for label, (south, north) in (("UPSN", (lat_range[1], 90.0)), ("UPSS", (-90.0, lat_range[0]))):
+        low, high = max(south, y0), min(north, y1)
+        if label in zone_labels and high - low > pad:
+            out.append(((x0 + x1) / 2, (low + high) / 2, label))
     return out
 
 
@@ -232,12 +291,17 @@ def density_image(lon: np.ndarray, lat: np.ndarray, bounds: tuple[float, float, 
 
 
 def outlines(tiles: pd.DataFrame) -> list[np.ndarray]:
-    """Footprint rings (lon, lat) of tile rows, unwrapped around each centre."""
+    """Footprint rings (lon, lat) of tile rows, unwrapped around each centre; a footprint around
+    a pole runs along the map's edges and the pole's latitude."""
     rings = []
     for rec in tiles.to_dict("records"):
         lons = np.array([rec[f"lon{i}"] for i in range(4)], float)
-        lons = (lons - rec["lon"] + 180.0) % 360.0 - 180.0 + rec["lon"]
         lats = np.array([rec[f"lat{i}"] for i in range(4)], float)
+        if holds_pole(lons):
+            ring = pole_ring(lons, lats)
+            rings.append(np.vstack([ring, ring[:1]]))
+            continue
+        lons = (lons - rec["lon"] + 180.0) % 360.0 - 180.0 + rec["lon"]
         rings.append(np.column_stack([np.append(lons, lons[0]), np.append(lats, lats[0])]))
     return rings
 

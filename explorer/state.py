@@ -21,6 +21,7 @@ import shapely
 from shapely.geometry import box as shapely_box
 
 from lookalike.errors import LookalikeError
+from lookalike.explorer.projection import VIEWS
 from lookalike.indexer import catalogue
 from lookalike.indexer.export import hits_to_geojson
 from lookalike.indexer.search import MAX_K, Filters, Query, filter_mask, search, tile_at
@@ -41,11 +42,11 @@ MAP_LAYERS = {"basemap": "Basemap", "zones": "Zone grid and labels", "hirise": "
 DEFAULT_LAYERS = ["basemap", "landmarks", "density", "hits"]
 
 
-def available_layers(is_mars: bool, has_landmarks: bool) -> list[str]:
-    """The switchable layers a map of this index has: HiRISE is a Mars layer, landmark boxes
-    need a landmark catalogue."""
+def available_layers(is_mars: bool, has_landmarks: bool, polar: bool = False) -> list[str]:
+    """The switchable layers a map of this index has: HiRISE is a Mars layer of the global view,
+    landmark boxes need a landmark catalogue."""
     return [name for name in MAP_LAYERS
-            if (name != "hirise" or is_mars) and (name != "landmarks" or has_landmarks)]
+            if (name != "hirise" or (is_mars and not polar)) and (name != "landmarks" or has_landmarks)]
 
 
 class ExplorerState(param.Parameterized):
@@ -81,6 +82,8 @@ class ExplorerState(param.Parameterized):
     page_size = param.Integer(default=50, bounds=(1, 1000))
     layers = param.ListSelector(default=list(DEFAULT_LAYERS), objects=list(MAP_LAYERS),
                                 doc="map layers switched on (a view setting: not part of a search)")
+    view = param.Selector(default="global", objects=list(VIEWS),
+                          doc="the map's projection: the whole planet or a polar cap")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -343,7 +346,8 @@ class ExplorerState(param.Parameterized):
 
     def url_params(self) -> dict[str, str]:
         """Query-string parameters that reproduce this search (empty values left out)."""
-        out = {"index": self.index_name, "tile": self.query_tile,
+        out = {"index": self.index_name, "view": "" if self.view == "global" else self.view,
+               "tile": self.query_tile,
                "k": str(self.k) if self.k != self.param.k.default else "",
                "zones": ",".join(self.zones), "from": self.time_start, "to": self.time_end,
                "bbox": ",".join(f"{v:g}" for v in self.bbox) if self.bbox else "",
@@ -379,6 +383,10 @@ class ExplorerState(param.Parameterized):
                 low, high = self.param.k.bounds
                 if not low <= updates["k"] <= high:
                     raise ValueError(f"k must be between {low} and {high}")
+            if params.get("view"):
+                if params["view"] not in VIEWS:
+                    raise ValueError(f"view must be one of {', '.join(VIEWS)}")
+                updates["view"] = params["view"]
             if params.get("zones"):
                 updates["zones"] = [Zone.parse(z).label for z in params["zones"].split(",") if z]
             updates["time_start"] = params.get("from", "")

@@ -14,6 +14,7 @@ import weakref
 from functools import lru_cache, partial
 from urllib.parse import quote
 
+import geoviews as gv
 import holoviews as hv
 import numpy as np
 import pandas as pd
@@ -25,14 +26,17 @@ from panel.custom import JSComponent
 from lookalike.data.hirise import in_time_range, load_hirise_footprints
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap
+from lookalike.explorer.projection import VIEWS, MapProjection
 from lookalike.explorer.served import Catalog, Entry
 from lookalike.explorer.state import MAP_LAYERS, ExplorerState, available_layers, footprint_bounds
 from lookalike.indexer.thumbnails import basemap_image
+from lookalike.indexer.tiling import Zone
 
 log = logging.getLogger(__name__)
 
 HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
 HIRISE_COLORS = ["#9fe0ff", "#2a8cff"]
+POLAR_MAP_PX = 600  # a polar view's side
 HIRISE_FOOTPRINT_COLOR = "#7fd4ff"  # single footprints, drawn once few are in view
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 # one colour per landmark class, in the classifier's class order
@@ -318,7 +322,8 @@ def legend_html(rows: list[dict]) -> str:
 
 def layer_controls(state: ExplorerState, entry: Entry | None) -> pn.Column:
     """The "Layers" switches of the map and its legend, both following ``state.layers``."""
-    available = available_layers(entry is not None and entry.is_mars, state.landmarks is not None)
+    available = available_layers(entry is not None and entry.is_mars, state.landmarks is not None,
+                                 polar=state.view != "global")
     switches = pn.widgets.CheckBoxGroup(
         name="Layers", options={MAP_LAYERS[n]: n for n in available},
         value=[n for n in state.layers if n in available], inline=False, css_classes=["map-layers"])
@@ -376,8 +381,10 @@ def controls(state: ExplorerState, catalog: Catalog) -> pn.Column:
     k.param.watch(k_typed, "value")
     watch_state(state, "sidebar", lambda e: setattr(k, "value", e.new), "k")
     zone_options = sorted([z for z in state.index.tiles["zone"].unique().tolist() if z],
-                          key=lambda z: (z[-1], int(z[:-1]))) if state.index is not None else []
-    zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM zones",
+                          key=lambda z: Zone.parse(z).sort_key) if state.index is not None else []
+    view = pn.widgets.Select.from_param(state.param.view, name="Map view",
+                                        options={label: key for key, label in VIEWS.items()})
+    zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM/UPS zones",
                                               options=zone_options, placeholder="all zones")
     start = pn.widgets.TextInput.from_param(state.param.time_start, name="From date",
                                             placeholder="YYYY-MM-DD", width=135)
@@ -421,7 +428,7 @@ def controls(state: ExplorerState, catalog: Catalog) -> pn.Column:
         "active, taps on the map draw; pick the pan tool to search by tapping again.",
         styles={"font-size": "12px"})
     return pn.Column(
-        body, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
+        body, view, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
         bbox, hints, clear, landmark_controls(state), pn.layout.Divider(), refine, undo,
         pn.layout.Divider(), export, pn.layout.Divider(),
         layer_controls(state, catalog.entries.get(state.index_name)),
@@ -527,7 +534,9 @@ class MapView:
         self.renderers: dict = {}  # Bokeh renderers of the glyph layers, by name
         self.drawn_renderers: dict = {}  # 'boxes' / 'polygons' -> the drawing layer's renderer
         self.switches = LayerSwitches(**self._switch_values(state.layers))
-        self._density_grid = basemap.density_grid(state.index.tiles) if state.index is not None else None
+        # lon/lat, or a polar cap's stereographic plane: every layer's coordinates go through it
+        self.projection = MapProjection(state.view)
+        self._density_grid = None
         self.doc = pn.state.curdoc
 
     @staticmethod
@@ -543,24 +552,40 @@ class MapView:
             return pn.pane.Alert(f"No basemap: {exc}. Searching still works through shared links, "
                                  "but thumbnails cannot be shown.", alert_type="danger")
         state, switches = self.state, self.switches
-        xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
-        base = basemap.basemap(image, hv.streams.Params(switches, ["basemap"], rename={"basemap": "show"}))
-
-        zone_labels = sorted(z for z in state.index.tiles["zone"].unique().tolist() if z)
-        zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones,
-                                      switches.param.zones))
-        labels = hv.DynamicMap(partial(basemap.zone_label_layer, zone_labels, initial=(xlim, ylim)), streams=[
-            hv.streams.Params(switches, ["zones"], rename={"zones": "show"}),
-            hv.streams.RangeXY(), hv.streams.PlotSize()])
+        self.projection = projection = MapProjection.of(state.view, image.geographic)
+        self._density_grid = self._density_cells()
+        show_base = hv.streams.Params(switches, ["basemap"], rename={"basemap": "show"})
+        base = basemap.basemap(image, show_base, projection)
+        zone_labels = sorted((z for z in state.index.tiles["zone"].unique().tolist() if z),
+                             key=lambda z: Zone.parse(z).sort_key)
         boxes, polys = self._drawing()
-        layers = base * zones * labels
-        if self.entry.is_mars:
-            layers = layers * self._hirise()
-        overlay = (layers * boxes * polys).opts(
-            hv.opts.Overlay(responsive=True, aspect=2, min_height=300, xlim=xlim, ylim=ylim,
-                            xlabel="longitude (°E)", ylabel="latitude (°N)",
-                            active_tools=["wheel_zoom"], hooks=[weak_hook(self._capture)], toolbar="above",
-                            show_legend=False))
+        if projection.polar:
+            x0, y0, x1, y1 = projection.extent
+            xlim, ylim = (x0, x1), (y0, y1)
+            zones = hv.DynamicMap(pn.bind(basemap.polar_zone_grid, zone_labels, state.param.zones,
+                                          switches.param.zones, projection))
+            overlay = (base * zones * boxes * polys).opts(
+                # a square the height of the global map, not the page's width
+                hv.opts.Overlay(responsive=True, aspect=1, min_height=300, max_height=POLAR_MAP_PX,
+                                max_width=POLAR_MAP_PX, xlim=xlim, ylim=ylim,
+                                projection=projection.crs, global_extent=False, xaxis=None, yaxis=None,
+                                active_tools=["wheel_zoom"], hooks=[weak_hook(self._capture)],
+                                toolbar="above", show_legend=False))
+        else:
+            xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
+            zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones,
+                                          switches.param.zones))
+            labels = hv.DynamicMap(partial(basemap.zone_label_layer, zone_labels, initial=(xlim, ylim)),
+                                   streams=[hv.streams.Params(switches, ["zones"], rename={"zones": "show"}),
+                                            hv.streams.RangeXY(), hv.streams.PlotSize()])
+            layers = base * zones * labels
+            if self.entry.is_mars:
+                layers = layers * self._hirise()
+            overlay = (layers * boxes * polys).opts(
+                hv.opts.Overlay(responsive=True, aspect=2, min_height=300, xlim=xlim, ylim=ylim,
+                                xlabel="longitude (°E)", ylabel="latitude (°N)",
+                                active_tools=["wheel_zoom"], hooks=[weak_hook(self._capture)],
+                                toolbar="above", show_legend=False))
         watch_state(state, "map", self._pan_to_focus, "focus_tile")
         watch_state(state, "map", self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
                                                  "focus_tile", "page", *FACET_INPUTS,
@@ -576,9 +601,18 @@ class MapView:
 
     def _outline_data(self, tile_ids: list[str]) -> dict:
         try:
-            rings = basemap.outlines(self._tiles(tile_ids))
+            tiles = self._tiles(tile_ids)
         except LookalikeError:
-            rings = []
+            tiles = self.state.index.tiles.iloc[:0]
+        tiles = tiles[self.projection.visible(tiles["lat"].to_numpy(float))]
+        if self.projection.polar:  # corners straight into the plane: a tile around the pole stays whole
+            rings = [np.column_stack(self.projection.forward(
+                np.r_[lons, lons[:1]], np.r_[lats, lats[:1]]))
+                for lons, lats in ((tiles[[f"lon{i}" for i in range(4)]].to_numpy(float)[j],
+                                    tiles[[f"lat{i}" for i in range(4)]].to_numpy(float)[j])
+                                   for j in range(len(tiles)))]
+        else:
+            rings = basemap.outlines(tiles)
         return {"xs": [r[:, 0] for r in rings], "ys": [r[:, 1] for r in rings]}
 
     def layer_data(self) -> dict[str, dict]:
@@ -593,14 +627,24 @@ class MapView:
             color = np.where(on_page, HIT_COLORS[2], np.where(rank <= max(10, len(hits) // 5),
                                                               HIT_COLORS[1], HIT_COLORS[0]))
             order = np.argsort(on_page, kind="stable")  # the current page drawn last, on top
-            points = {"x": hits["lon"].to_numpy(float)[order], "y": hits["lat"].to_numpy(float)[order],
-                      "color": color[order].tolist()}
+            order = order[self.projection.visible(hits["lat"].to_numpy(float)[order])]
+            x, y = self.projection.forward(hits["lon"].to_numpy(float)[order], hits["lat"].to_numpy(float)[order])
+            points = {"x": x, "y": y, "color": color[order].tolist()}
         return {"hits": points, "density": self.density_data(), "landmarks": self.landmark_data(),
-                "bbox": self.bbox_data(),
+                "bbox": self.bbox_data(), "regions": self.region_data(),
                 "query": self._outline_data([state.query_tile]),
                 "positives": self._outline_data(state.positives),
                 "negatives": self._outline_data(state.negatives),
                 "focus": self._outline_data([state.focus_tile])}
+
+    def _density_cells(self):
+        """Bounds, columns and rows of the hit density grid: about a tile a cell over the
+        index's tiles, or over a polar view's square."""
+        if self.state.index is None:
+            return None
+        if self.projection.polar:
+            return self.projection.extent, 160, 160
+        return basemap.density_grid(self.state.index.tiles)
 
     def density_data(self) -> dict:
         """The hit density image over the index's tiles (transparent without hits)."""
@@ -608,19 +652,46 @@ class MapView:
         hits = self.state.hits
         lon = np.zeros(0) if hits is None else hits["lon"].to_numpy(float)
         lat = np.zeros(0) if hits is None else hits["lat"].to_numpy(float)
-        return basemap.density_image(lon, lat, bounds, nx, ny, DENSITY_COLORS)
+        seen = self.projection.visible(lat)
+        x, y = self.projection.forward(lon[seen], lat[seen])
+        return basemap.density_image(x, y, bounds, nx, ny, DENSITY_COLORS)
 
     def bbox_data(self) -> dict:
-        """The bbox typed in the sidebar, drawn like a drawn box (across 180° it runs past the edge)."""
+        """The bbox typed in the sidebar, drawn like a drawn box (across 180° it runs past the edge;
+        in a polar view, a ring of its edges)."""
+        if self.projection.polar:
+            return self._rings_data([self.state.bbox] if self.state.bbox else [])
         if not self.state.bbox:
             return {"left": [], "right": [], "bottom": [], "top": []}
         west, south, east, north = (float(v) for v in self.state.bbox)
         return {"left": [west], "right": [east + 360.0 if east < west else east],
                 "bottom": [south], "top": [north]}
 
+    def region_data(self) -> dict:
+        """In a polar view, the drawn regions (held in lon/lat by the state) as rings in the view;
+        the global view shows them in its drawing layers instead."""
+        if not self.projection.polar:
+            return {"xs": [], "ys": []}
+        return self._rings_data(list(self.state.boxes), list(self.state.polygons))
+
+    def _rings_data(self, boxes: list, polygons: list | None = None) -> dict:
+        rings = []
+        for west, south, east, north in boxes:
+            east = east + 360.0 if east < west else east
+            t = np.linspace(0.0, 1.0, 33)
+            lons = np.r_[west + (east - west) * t, np.full(33, east), east - (east - west) * t, np.full(33, west)]
+            lats = np.r_[np.full(33, south), south + (north - south) * t, np.full(33, north), north - (north - south) * t]
+            rings.append((lons, lats))
+        rings += [(np.array([p[0] for p in poly], float), np.array([p[1] for p in poly], float))
+                  for poly in polygons or [] if len(poly) >= 3]
+        projected = [self.projection.forward(lons, lats) for lons, lats in rings
+                     if self.projection.visible(lats).all()]
+        return {"xs": [x for x, _ in projected], "ys": [y for _, y in projected]}
+
     def landmark_data(self) -> dict:
         """Boxes of the visible landmarks, coloured by class, for the hoverable box layer."""
         lm = self.state.visible_landmarks()
+        lm = lm[self.projection.visible(lm["lat"].to_numpy(float))]
         if len(lm) > LANDMARK_MAX_DRAWN:
             lm = lm.nlargest(LANDMARK_MAX_DRAWN, "posterior")
         classes = self.state.landmark_class_names()
@@ -628,9 +699,14 @@ class MapView:
         scene = lm["scene"].astype(str).tolist() if "scene" in lm else [""] * len(lm)
         left, right = lm["lon_min"].to_numpy(float), lm["lon_max"].to_numpy(float)
         right = np.where(right < left, right + 360.0, right)  # across 180°: run past the edge
-        return {"left": left, "right": right,
-                "bottom": lm["lat_min"].to_numpy(float), "top": lm["lat_max"].to_numpy(float),
-                "label": lm["label"].astype(str).tolist(), "posterior": lm["posterior"].to_numpy(float),
+        bottom, top = lm["lat_min"].to_numpy(float), lm["lat_max"].to_numpy(float)
+        if self.projection.polar:  # boxes become quadrilaterals in the plane
+            x, y = self.projection.forward(np.column_stack([left, right, right, left]),
+                                           np.column_stack([bottom, bottom, top, top]))
+            shape = {"xs": list(x), "ys": list(y)}
+        else:
+            shape = {"left": left, "right": right, "bottom": bottom, "top": top}
+        return {**shape, "label": lm["label"].astype(str).tolist(), "posterior": lm["posterior"].to_numpy(float),
                 "scene": scene, "color": [colors.get(c, "#ffffff") for c in lm["label"].astype(str)]}
 
     def _add_layers(self, fig) -> None:
@@ -643,14 +719,20 @@ class MapView:
         self.renderers = {}
         self.renderers["density"] = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh",
                                                    source=self.sources["density"], name="density")
-        self.renderers["landmarks"] = boxes = fig.quad(
-            left="left", right="right", bottom="bottom", top="top", source=self.sources["landmarks"],
-            fill_color="color", fill_alpha=0.15, line_color="color", line_width=1.5, name="landmarks")
+        landmark_style = dict(source=self.sources["landmarks"], fill_color="color", fill_alpha=0.15,
+                              line_color="color", line_width=1.5, name="landmarks")
+        self.renderers["landmarks"] = boxes = (
+            fig.patches(xs="xs", ys="ys", **landmark_style) if self.projection.polar
+            else fig.quad(left="left", right="right", bottom="bottom", top="top", **landmark_style))
         fig.add_tools(HoverTool(renderers=[boxes], tooltips=[("class", "@label"),
                                                              ("posterior", "@posterior{0.00}"),
                                                              ("scene", "@scene")]))
-        fig.quad(left="left", right="right", bottom="bottom", top="top", source=self.sources["bbox"],
-                 name="bbox", **REGION_STYLE)
+        if self.projection.polar:
+            fig.patches(xs="xs", ys="ys", source=self.sources["bbox"], name="bbox", **REGION_STYLE)
+        else:
+            fig.quad(left="left", right="right", bottom="bottom", top="top", source=self.sources["bbox"],
+                     name="bbox", **REGION_STYLE)
+        fig.patches(xs="xs", ys="ys", source=self.sources["regions"], name="regions", **REGION_STYLE)
         self.renderers["hits"] = fig.scatter("x", "y", source=self.sources["hits"], size=5,
                                              fill_color="color", line_color="black", line_width=0.5,
                                              fill_alpha=0.9, name="hits")
@@ -699,7 +781,8 @@ class MapView:
         def tapped(attr, old, new) -> None:
             if not new.get("x"):
                 return
-            self._run(partial(self.state.click, float(new["x"][0]), float(new["y"][0])))
+            lon, lat = self.projection.inverse(float(new["x"][0]), float(new["y"][0]))
+            self._run(partial(self.state.click, float(lon), float(lat)))
 
         sink.on_change("data", tapped)
         self.tap_sink = sink
@@ -715,6 +798,8 @@ class MapView:
             fn()
 
     def _drawing(self) -> tuple[hv.Rectangles, hv.Polygons]:
+        if self.projection.polar:
+            return self._polar_drawing()
         state = self.state
         style = REGION_STYLE
         boxes = hv.Rectangles([tuple(b) for b in state.boxes], kdims=["lon", "lat", "lon2", "lat2"],
@@ -756,6 +841,44 @@ class MapView:
 
         watch_state(state, "map", changed, ["boxes", "polygons"])
         return boxes, polys
+
+    def _polar_drawing(self) -> tuple[hv.Rectangles, hv.Polygons]:
+        """Drawing layers of a polar view. A shape drawn there is turned into lon/lat polygons
+        (closed along the antimeridian around the pole, cut in two across 180°), added to the
+        state's regions, and taken off the drawing layer: the ``regions`` glyph layer shows
+        the state's regions in the view."""
+        state, projection = self.state, self.projection
+        crs = projection.crs
+        boxes = gv.Rectangles([], kdims=["x", "y", "x2", "y2"], crs=crs, group="Drawn").opts(**REGION_STYLE)
+        polys = gv.Polygons([], kdims=["x", "y"], crs=crs, group="Drawn").opts(**REGION_STYLE)
+        box_stream = hv.streams.BoxEdit(source=boxes, styles={"fill_color": ["#ffffff"]})
+        poly_stream = hv.streams.PolyDraw(source=polys, drag=False, show_vertices=True)
+        self._drawn = {"boxes": [], "polygons": []}
+
+        def add(rings: list[tuple[list[float], list[float]]], which: str) -> None:
+            parts = [part for xs, ys in rings for part in projection.ring_to_lonlat(xs, ys)]
+            if parts:
+                state.polygons = list(state.polygons) + [[tuple(pt) for pt in part] for part in parts]
+                self._in_doc(lambda: self._clear_drawn(which))
+
+        def boxes_drawn(data) -> None:
+            add([([x0, x1, x1, x0], [y0, y0, y1, y1])
+                 for x0, y0, x1, y1 in zip(data.get("x0", []), data.get("y0", []),
+                                           data.get("x1", []), data.get("y1", []))
+                 if x0 != x1 and y0 != y1], "boxes")
+
+        def polys_drawn(data) -> None:
+            add([(list(xs), list(ys)) for xs, ys in zip(data.get("xs", []), data.get("ys", []))
+                 if len(xs) >= 3], "polygons")
+
+        box_stream.add_subscriber(boxes_drawn)
+        poly_stream.add_subscriber(polys_drawn)
+        return boxes, polys
+
+    def _clear_drawn(self, which: str) -> None:
+        renderer = self.drawn_renderers.get(which)
+        if renderer is not None:
+            renderer.data_source.data = {key: [] for key in renderer.data_source.data}
 
     def _sync_drawn(self, which: str) -> None:
         """Replace the shapes of a drawing layer in the browser by the state's boxes or polygons."""
@@ -842,15 +965,23 @@ class MapView:
         if not event.new or self.figure is None:
             return
         try:
-            w, s, e, n = footprint_bounds(self.state.tile(event.new))
+            tile = self.state.tile(event.new)
+            w, s, e, n = footprint_bounds(tile)
         except LookalikeError:
             return
-        cx, cy = (w + e) / 2, (s + n) / 2
-        half = max(e - w, (n - s) * 2, 1.0) * 2.5  # a few tiles around it, at the map's 2:1
+        if self.projection.polar:  # a few tiles around it, in a square view
+            xs, ys = self.projection.forward([tile[f"lon{i}"] for i in range(4)], [tile[f"lat{i}"] for i in range(4)])
+            cx, cy = float(np.mean(xs)), float(np.mean(ys))
+            half = max(float(np.ptp(xs)), float(np.ptp(ys)), 1.0) * 2.5
+            ratio = 1.0
+        else:
+            cx, cy = (w + e) / 2, (s + n) / 2
+            half = max(e - w, (n - s) * 2, 1.0) * 2.5  # a few tiles around it, at the map's 2:1
+            ratio = 0.5
         fig = self.figure
 
         def pan() -> None:
             fig.x_range.update(start=cx - half, end=cx + half)
-            fig.y_range.update(start=cy - half / 2, end=cy + half / 2)
+            fig.y_range.update(start=cy - half * ratio, end=cy + half * ratio)
 
         self._in_doc(pan)

@@ -1,0 +1,87 @@
+"""Map views: the polar projections agree with cartopy, invert, and drawn shapes become lon/lat
+polygons that hold what was drawn (the pole, or both sides of 180 degrees)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyproj
+import pytest
+import shapely
+
+from lookalike.explorer.projection import MapProjection
+from lookalike.indexer.thumbnails import SourceImage
+
+MARS = pyproj.CRS("IAU_2015:49900")
+
+
+@pytest.mark.parametrize("view", ["north", "south"])
+def test_polar_views_match_cartopy_and_invert(view):
+    proj = MapProjection.of(view, MARS)
+    rng = np.random.default_rng(0)
+    lon = rng.uniform(-180, 180, 500)
+    lat = proj.sign * rng.uniform(40, 90, 500)
+    x, y = proj.forward(lon, lat)
+    ref = proj.crs.transform_points(proj.lonlat_crs, lon, lat)
+    np.testing.assert_allclose(x, ref[:, 0], atol=1e-3)
+    np.testing.assert_allclose(y, ref[:, 1], atol=1e-3)
+    back_lon, back_lat = proj.inverse(x, y)
+    np.testing.assert_allclose(back_lat, lat, atol=1e-9)
+    far = np.abs(lat) < 89.9999
+    np.testing.assert_allclose(((back_lon - lon + 180) % 360 - 180)[far], 0, atol=1e-7)
+    x0, y0, x1, y1 = proj.extent
+    edge_lon, edge_lat = proj.inverse(x1, 0.0)
+    assert float(abs(edge_lat)) == pytest.approx(55.0)
+
+
+def test_global_view_is_lon_lat():
+    proj = MapProjection.of("global", MARS)
+    np.testing.assert_array_equal(np.ravel(proj.forward([10.0], [20.0])), [10.0, 20.0])
+    assert proj.extent == (-180.0, -90.0, 180.0, 90.0)
+    with pytest.raises(ValueError):
+        MapProjection("sideways")
+
+
+@pytest.mark.parametrize("view", ["north", "south"])
+def test_box_drawn_around_the_pole_is_one_polygon_holding_it(view):
+    proj = MapProjection.of(view, MARS)
+    half = abs(float(proj.forward(90.0, proj.sign * 80.0)[0]))
+    parts = proj.ring_to_lonlat([-half, half, half, -half], [-half / 2, -half / 2, half, half])
+    assert len(parts) == 1
+    polygon = shapely.Polygon(parts[0])
+    assert polygon.is_valid
+    assert polygon.contains(shapely.Point(33.0, proj.sign * 89.5))
+    # a place inside the drawn box in the view is inside the polygon on the planet, and outside
+    rng = np.random.default_rng(1)
+    px, py = rng.uniform(-2 * half, 2 * half, (2, 2000))
+    inside_view = (np.abs(px) < half) & (py > -half / 2) & (py < half)
+    lon, lat = proj.inverse(px, py)
+    inside = shapely.contains_xy(polygon, lon, lat)
+    assert (inside == inside_view).mean() > 0.99  # edges densified: only hairline differences
+
+
+def test_box_drawn_across_180_away_from_the_pole_is_cut_in_two():
+    proj = MapProjection.of("north", MARS)
+    x, y = proj.forward(np.array([170.0, -170.0, -170.0, 170.0]), np.array([70.0, 70.0, 75.0, 75.0]))
+    parts = proj.ring_to_lonlat(x, y)
+    assert len(parts) == 2
+    polygons = [shapely.Polygon(p) for p in parts]
+    assert all(p.is_valid for p in polygons)
+    assert any(p.contains(shapely.Point(175.0, 72.5)) for p in polygons)
+    assert any(p.contains(shapely.Point(-175.0, 72.5)) for p in polygons)
+    assert not any(p.contains(shapely.Point(0.0, 72.5)) for p in polygons)
+
+
+def test_polar_basemap_samples_the_lonlat_image():
+    """Each pixel of the polar image is the lon/lat image's colour at that place."""
+    h, w = 90, 180
+    lat = 90.0 - (np.arange(h) + 0.5) * 2
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0] = np.clip((np.abs(lat)[:, None] - 40) * 5, 0, 255)  # red grows towards the poles
+    rgb[..., 1] = (np.arange(w) * 255 // w)[None, :]  # green grows eastwards
+    image = SourceImage("t", rgb, np.ones((h, w), bool), (-180.0, -90.0, 180.0, 90.0), MARS)
+    proj = MapProjection.of("north", MARS)
+    out = proj.view_image(image, pixels=64)
+    assert out.shape == (64, 64, 3)
+    assert out[32, 32, 0] > 240  # the pole, in the middle
+    assert out[32, 0, 0] < out[32, 16, 0] < out[32, 32, 0]
+
