@@ -35,6 +35,7 @@ from tornado.web import RequestHandler
 
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap
+from lookalike.explorer.projection import MapProjection
 from lookalike.explorer.served import Catalog
 from lookalike.explorer.state import MAP_LAYERS, ExplorerState
 from lookalike.explorer.views import MapView, controls, results_panel, status_pane
@@ -292,6 +293,18 @@ def warm_up(catalog: Catalog) -> None:
         except Exception:  # warming up is an optimisation: never keep the server from starting
             log.exception("warm-up of %s failed", entry.name)
     log.info("warm-up took %.1f s", time.perf_counter() - t0)
+    # the polar views' basemaps (a second or two each) are made while the server already listens
+    threading.Thread(target=_warm_polar_views, args=(catalog,), daemon=True, name="polar-basemaps").start()
+
+
+def _warm_polar_views(catalog: Catalog) -> None:
+    for entry in catalog.entries.values():
+        try:
+            image = basemap_image(entry.index)
+            for view in ("north", "south"):
+                basemap.pyramid(image, MapProjection.of(view, image.geographic))
+        except Exception:  # an optimisation: the view makes its basemap when first asked
+            log.exception("polar basemaps of %s failed", entry.name)
 
 
 def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
