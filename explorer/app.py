@@ -44,7 +44,7 @@ from lookalike.indexer.thumbnails import basemap_image, thumbnail_jpeg, warm_zon
 
 log = logging.getLogger(__name__)
 
-URL_KEYS = ("index", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
+URL_KEYS = ("index", "view", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
             "classes", "conf", "min_n")
 THREADS = 8
 # the largest websocket message a session may send (drawn regions are the large ones) and the

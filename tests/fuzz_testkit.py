@@ -624,6 +624,7 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
 
     keys = {
         "index": mixed(st.sampled_from(["mars_small", "mars", ""])),
+        "view": mixed(st.sampled_from(["global", "north", "south", "", "sideways", "<b>"])),
         "tile": st.one_of(tiles, tiles, tiles, LINK_TEXT),
         "k": mixed(st.integers(-10, 20_000).map(str)),
         "zones": mixed(zones_text()),
@@ -643,7 +644,7 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
 
 
 # the share-link parameters drawn (tests/test_fuzz_inputs.py checks them against explorer.app.URL_KEYS)
-LINK_KEYS = ("index", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
+LINK_KEYS = ("index", "view", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
              "classes", "conf", "min_n")
 
 

@@ -354,3 +354,20 @@ def test_layers_default_and_focus_cleared_by_a_new_search(state):
     assert state.focus_tile == ""
     state.layers = ["hits"]  # a view setting: no search, nothing recorded
     assert state.url_params().get("from") == "2012-01-01" and state.can_undo
+
+
+def test_map_view_in_urls(state, explorer_index):
+    """The map's view travels in the link; a view that does not exist is a message, not a crash."""
+    clicked(state)
+    state.view = "south"
+    params = state.url_params()
+    assert params["view"] == "south"
+    other = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+    other.apply_url_params(params)
+    assert other.view == "south" and other.error == ""
+    assert other.hits["tile_id"].tolist() == state.hits["tile_id"].tolist()
+    state.view = "global"
+    assert "view" not in state.url_params()
+    bad = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
+    bad.apply_url_params({**params, "view": "<b>sideways</b>"})
+    assert bad.view == "global" and "malformed" in bad.error and "<b>" not in bad.error
