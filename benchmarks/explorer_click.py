@@ -66,9 +66,13 @@ def main() -> None:
             load_s = time.perf_counter() - t0
             load_bytes = traffic.settle()
             if args.view != "global":
-                page.locator("select", has=page.locator("option", has_text="North pole")).first.select_option(
-                    value=args.view)
-                page.wait_for_timeout(500)
+                from lookalike.explorer.projection import VIEWS
+
+                page.locator(".bk-input-group", has_text="Map view").locator("select").first.select_option(
+                    label=VIEWS[args.view])
+                canvas = page.locator(".map canvas").first
+                wait_until(lambda: (b := canvas.bounding_box()) and abs(b["width"] - b["height"]) < 0.2 * b["width"],
+                           timeout=60, what="the polar map")
                 page.wait_for_function("() => Bokeh.documents[0].is_idle")
                 traffic.settle()
             canvas = page.locator(".map canvas").first

@@ -21,9 +21,11 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import math
 import sys
 import threading
 import time
+from functools import partial
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,11 +33,11 @@ from urllib.parse import unquote
 
 import holoviews as hv
 import panel as pn
-from tornado.web import RequestHandler
+from tornado.web import MissingArgumentError, RequestHandler
 
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap
-from lookalike.explorer.projection import MapProjection
+from lookalike.explorer.projection import VIEWS, MapProjection
 from lookalike.explorer.served import Catalog
 from lookalike.explorer.state import MAP_LAYERS, ExplorerState
 from lookalike.explorer.views import MapView, controls, results_panel, status_pane
@@ -172,6 +174,44 @@ class ThumbnailHandler(RequestHandler):
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(f"{status_code}\n")
+
+
+class BasemapHandler(ThumbnailHandler):
+    """GET /basemap/<index name>/<view>.jpg?x0=&y0=&x1=&y1=&w=&h= -> JPEG of that box of the
+    index's basemap in that map view (lon/lat degrees, or metres of a polar view).
+
+    Only the served indexes and the known views are answered; every number is checked (finite,
+    a box of positive size, at most ``MAX_PIXELS`` a side) and a refusal is a short plain-text
+    400 or 404 that echoes nothing.
+    """
+
+    MAX_PIXELS = 4096
+
+    async def get(self, name: str, view: str) -> None:
+        name = unquote(name)
+        if len(name) > self.MAX_ID_CHARS or name not in self.catalog or view not in VIEWS:
+            return self._refuse(404, "no such basemap")
+        try:
+            box = [float(self.get_query_argument(k)) for k in ("x0", "y0", "x1", "y1")]
+            width, height = (int(self.get_query_argument(k)) for k in ("w", "h"))
+        except (ValueError, MissingArgumentError):
+            return self._refuse(400, "a basemap request needs x0, y0, x1, y1 (numbers) and w, h (pixels)")
+        if not (all(math.isfinite(v) and abs(v) < 1e9 for v in box) and box[2] > box[0] and box[3] > box[1]
+                and 1 <= width <= self.MAX_PIXELS and 1 <= height <= self.MAX_PIXELS):
+            return self._refuse(400, f"a basemap box needs x1 > x0, y1 > y0 and 1-{self.MAX_PIXELS} pixels a side")
+        try:
+            image = basemap_image(self.catalog[name].index)
+            projection = MapProjection.of(view, image.geographic)
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, partial(basemap.view_jpeg, image, projection, *box, width, height))
+        except LookalikeError:
+            return self._refuse(404, "no such basemap")
+        except Exception:  # a bug: logged here, never shown to the browser
+            log.exception("basemap of %s failed", name)
+            return self._refuse(500, "the basemap could not be rendered")
+        self.set_header("Content-Type", "image/jpeg")
+        self.set_header("Cache-Control", "public, max-age=86400")
+        self.write(data)
 
 
 def session_params() -> dict[str, str]:
@@ -329,5 +369,6 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     kwargs.setdefault("http_server_kwargs", dict(max_body_size=MAX_BODY_BYTES, max_buffer_size=MAX_BODY_BYTES))
     return pn.serve(lambda: build_app(catalog), port=port, show=show, address=address,
                     title="Lookalike", threaded=threaded,
-                    extra_patterns=[(r"/thumb/([^/]+)/(.+)\.jpg", ThumbnailHandler, dict(catalog=catalog))],
+                    extra_patterns=[(r"/thumb/([^/]+)/(.+)\.jpg", ThumbnailHandler, dict(catalog=catalog)),
+                                    (r"/basemap/([^/]+)/([a-z]+)\.jpg", BasemapHandler, dict(catalog=catalog))],
                     **kwargs)

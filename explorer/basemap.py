@@ -1,24 +1,24 @@
-"""Map layers in lon/lat degrees: the planet basemap, zone grid and labels, hit density, outlines,
-HiRISE.
+"""Map layers: the planet basemap, zone grid and labels, hit density, outlines, HiRISE.
 
-The basemap never sends the source raster to the browser: for every pan or zoom the visible part
-of an image pyramid level is regridded by Datashader to the plot's pixel size (zoomed in past the
-native resolution, the native pixels themselves are sent). The pyramid keeps whole-planet views
-fast: regridding the 8k mosaic itself takes seconds, its 1k level a few milliseconds.
+The basemap never sends the source raster to the browser: for every pan or zoom the browser
+fetches one JPEG of the visible part (``view_jpeg``), resampled from the coarsest level of an
+image pyramid that still has a pixel per screen pixel (zoomed in past the native resolution, the
+native pixels are enlarged). The pyramid keeps whole-planet views fast: resampling the 8k mosaic
+itself takes a second, its 1k level a few milliseconds.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 
 import geoviews as gv
 import holoviews as hv
 import numpy as np
 import pandas as pd
-import xarray as xr
-from holoviews.operation.datashader import regrid
 
 from lookalike.explorer.projection import POLAR_EDGE_LAT, MapProjection
 from lookalike.indexer.export import pole_ring
@@ -26,24 +26,26 @@ from lookalike.indexer.thumbnails import SourceImage
 from lookalike.indexer.tiling import UTM_LAT_RANGE, ZONE_WIDTH_DEG, Zone, holds_pole
 
 MIN_LEVEL_PIXELS = 1024  # the coarsest pyramid level is about this wide
+JPEG_QUALITY = 75
 LABEL_FONT = "8pt"
 LABEL_MIN_PX = 40  # zone labels ("31N", about 22 px wide at 8pt) at least this far apart
-_pyramids: dict[tuple, list[hv.RGB]] = {}
+_pyramids: dict[tuple, list[Level]] = {}
 _lock = threading.Lock()
 
 
-def _as_rgb(rgb: np.ndarray, bounds: tuple[float, float, float, float],
-            kdims: tuple[str, str] = ("lon", "lat")) -> hv.RGB:
-    west, south, east, north = bounds
-    h, w = rgb.shape[:2]
-    dx, dy = (east - west) / w, (north - south) / h
-    xname, yname = kdims
-    coords = {xname: west + dx * (np.arange(w) + 0.5), yname: north - dy * (np.arange(h) + 0.5)}
-    data = xr.Dataset({c: ((yname, xname), rgb[..., i]) for i, c in enumerate("RGB")}, coords=coords)
-    return hv.RGB(data, kdims=list(kdims), vdims=list("RGB"))
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: RGB pixels (row 0 at the top) over ``bounds`` (x0, y0, x1, y1)."""
+
+    rgb: np.ndarray
+    bounds: tuple[float, float, float, float]
+
+    @property
+    def pixel_size(self) -> float:
+        return (self.bounds[2] - self.bounds[0]) / self.rgb.shape[1]
 
 
-def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list[hv.RGB]:
+def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list[Level]:
     """The image at full, 1/2, 1/4 ... resolution (finest first), built once per process; in a
     polar ``projection``, the image resampled into that view first."""
     polar = projection is not None and projection.polar
@@ -55,65 +57,61 @@ def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list
             if levels is None:
                 rgb = projection.view_image(image) if polar else image.rgb
                 bounds = projection.extent if polar else image.bounds
-                kdims = projection.axis_names if polar else ("lon", "lat")
                 levels = []
                 while True:
-                    levels.append(_as_rgb(rgb, bounds, kdims))
+                    levels.append(Level(rgb, bounds))
                     h, w = rgb.shape[:2]
                     if w < 2 * MIN_LEVEL_PIXELS or h < 2:
                         break
                     h2, w2 = h // 2 * 2, w // 2 * 2  # 2x2 mean; an odd last row/column is dropped
                     rgb = rgb[:h2, :w2].reshape(h2 // 2, 2, w2 // 2, 2, 3).mean(axis=(1, 3))
                     rgb = rgb.round().astype(np.uint8)
+                    x0, y0, x1, y1 = bounds  # the dropped row/column shrinks the covered area
+                    bounds = (x0, y1 - (y1 - y0) * h2 / h, x0 + (x1 - x0) * w2 / w, y1)
                 _pyramids[key] = levels
     return levels
 
 
-def basemap(image: SourceImage, show: hv.streams.Stream | None = None,
-            projection: MapProjection | None = None) -> hv.DynamicMap:
-    """The planet, regridded to the view on every pan/zoom.
+def render_view(levels: list[Level], x0: float, y0: float, x1: float, y1: float,
+                width: int, height: int) -> np.ndarray:
+    """RGB (height, width, 3) of the box (x0, y0, x1, y1) of the basemap, from the coarsest
+    level with at least one pixel per output pixel (bilinear; outside the image: black)."""
+    from PIL import Image
 
-    ``show``, a stream with a boolean ``show`` parameter, switches it off: nothing is regridded
-    or sent while it is off. In a polar ``projection`` the images are GeoViews elements in the
-    view's own projection (so GeoViews does not project them again).
-    """
-    polar = projection is not None and projection.polar
-    levels = pyramid(image, projection)
-    west, south, east, north = projection.extent if polar else image.bounds
-    native_dx = (east - west) / levels[0].data.sizes[levels[0].kdims[0].name] if polar else image.pixel_size[0]
-    kdims = list(projection.axis_names) if polar else ["lon", "lat"]
+    wanted = (x1 - x0) / width
+    level = levels[0]
+    for candidate in levels[1:]:
+        if candidate.pixel_size <= wanted:
+            level = candidate
+    bx0, by0, bx1, by1 = level.bounds
+    h, w = level.rgb.shape[:2]
+    dx, dy = (bx1 - bx0) / w, (by1 - by0) / h
+    # the part of the request inside the image, in output pixels and in level pixels
+    cx0, cx1, cy0, cy1 = max(x0, bx0), min(x1, bx1), max(y0, by0), min(y1, by1)
+    out = np.zeros((height, width, 3), np.uint8)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return out
+    ox0 = int(round((cx0 - x0) / (x1 - x0) * width))
+    ox1 = int(round((cx1 - x0) / (x1 - x0) * width))
+    oy0 = int(round((y1 - cy1) / (y1 - y0) * height))
+    oy1 = int(round((y1 - cy0) / (y1 - y0) * height))
+    if ox1 <= ox0 or oy1 <= oy0:
+        return out
+    box = ((cx0 - bx0) / dx, (by1 - cy1) / dy, (cx1 - bx0) / dx, (by1 - cy0) / dy)
+    part = Image.fromarray(level.rgb).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=box)
+    out[oy0:oy1, ox0:ox1] = np.asarray(part)
+    return out
 
-    def geo(element):
-        return gv.RGB(element, crs=projection.crs) if polar else element
 
-    # nothing to see: one transparent pixel (an RGB of no pixels cannot be plotted)
-    blank = geo(hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(west, south, east, north),
-                       kdims=kdims, vdims=list("RGBA")))
+def view_jpeg(image: SourceImage, projection: MapProjection, x0: float, y0: float, x1: float, y1: float,
+              width: int, height: int, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG of a box of the basemap in a map view (what the browser fetches on pan and zoom)."""
+    from PIL import Image
 
-    def render(x_range=None, y_range=None, width=None, height=None, scale=1.0, show=True):
-        if not show:
-            return blank
-        x_range = x_range or (west, east)
-        y_range = y_range or (south, north)
-        width = max(int(width or 1000), 100)
-        height = max(int(height or 500), 50)
-        wanted_dx = (x_range[1] - x_range[0]) / width
-        # the coarsest level that still has at least one pixel per screen pixel
-        level = 0
-        while level + 1 < len(levels) and native_dx * 2 ** (level + 1) <= wanted_dx:
-            level += 1
-        # pad the range so small pans do not show an empty border before the next render
-        pad_x, pad_y = (x_range[1] - x_range[0]) * 0.25, (y_range[1] - y_range[0]) * 0.25
-        xr_ = (max(west, x_range[0] - pad_x), min(east, x_range[1] + pad_x))
-        yr_ = (max(south, y_range[0] - pad_y), min(north, y_range[1] + pad_y))
-        if xr_[0] >= xr_[1] or yr_[0] >= yr_[1]:
-            return blank
-        op = regrid.instance(x_range=xr_, y_range=yr_, width=int(width * 1.5), height=int(height * 1.5),
-                             dynamic=False, upsample=False)
-        return geo(op(levels[level]))
-
-    streams = [hv.streams.RangeXY(), hv.streams.PlotSize()] + ([show] if show is not None else [])
-    return hv.DynamicMap(render, streams=streams)
+    rgb = render_view(pyramid(image, projection), x0, y0, x1, y1, width, height)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 @lru_cache(maxsize=8)

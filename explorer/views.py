@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 HIT_COLORS = ["#ffe066", "#ff6b00", "#ff0040"]
 HIRISE_COLORS = ["#9fe0ff", "#2a8cff"]
 POLAR_MAP_PX = 600  # a polar view's side
+OVERVIEW_PX = 1024  # width of the coarse basemap image of a whole view
+DETAIL_PX = {False: (1200, 600), True: (POLAR_MAP_PX, POLAR_MAP_PX)}  # first detail image: (w, h) of the view
 HIRISE_FOOTPRINT_COLOR = "#7fd4ff"  # single footprints, drawn once few are in view
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 # one colour per landmark class, in the classifier's class order
@@ -465,6 +467,55 @@ def landmark_controls(state: ExplorerState) -> pn.viewable.Viewable:
 
 
 # ------------------------------------------------------------------ map
+# After a pan or zoom, fetch the basemap of the visible part (padded by a quarter on each side, at
+# screen resolution) unless the image shown already covers it at a similar scale. Debounced: a
+# drag or a wheel spin makes one request at its end.
+BASEMAP_JS = """
+const key = source.id;
+window._basemapTimers = window._basemapTimers || {};
+clearTimeout(window._basemapTimers[key]);
+window._basemapTimers[key] = setTimeout(() => {
+  const xr = fig.x_range, yr = fig.y_range;
+  const vw = xr.end - xr.start, vh = yr.end - yr.start;
+  const fw = fig.inner_width || 1000, fh = fig.inner_height || 500;
+  if (!(vw > 0 && vh > 0)) return;
+  const d = source.data;
+  if (d.x.length) {
+    const covers = d.x[0] <= Math.max(xr.start, bounds[0]) && d.x[0] + d.w[0] >= Math.min(xr.end, bounds[2]) &&
+                   d.y[0] <= Math.max(yr.start, bounds[1]) && d.y[0] + d.h[0] >= Math.min(yr.end, bounds[3]);
+    const px = Number(new URL(d.url[0], window.location.href).searchParams.get('w'));
+    const scale = (px / d.w[0]) / (fw / vw);  // image pixels per screen pixel
+    if (covers && scale > 0.75 && scale < 1.5) return;
+  }
+  const x0 = Math.max(bounds[0], xr.start - vw / 4), x1 = Math.min(bounds[2], xr.end + vw / 4);
+  const y0 = Math.max(bounds[1], yr.start - vh / 4), y1 = Math.min(bounds[3], yr.end + vh / 4);
+  if (!(x1 > x0 && y1 > y0)) return;
+  const w = Math.max(16, Math.min(MAX_PX, Math.round(fw * (x1 - x0) / vw)));
+  const h = Math.max(16, Math.min(MAX_PX, Math.round(fh * (y1 - y0) / vh)));
+  const query = `x0=${x0}&y0=${y0}&x1=${x1}&y1=${y1}&w=${w}&h=${h}`;
+  source.data = {url: [`${base}?${query}`], x: [x0], y: [y0], w: [x1 - x0], h: [y1 - y0]};
+}, 150);
+""".replace("MAX_PX", "2400")
+
+
+def basemap_query(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> str:
+    return f"x0={x0!r}&y0={y0!r}&x1={x1!r}&y1={y1!r}&w={int(width)}&h={int(height)}"
+
+
+def basemap_request(bounds, x_range, y_range, width: int, height: int, pad: float = 0.25) -> dict | None:
+    """A basemap image of a view: the view padded by ``pad`` of its size on each side, inside
+    ``bounds``, at ``width`` x ``height`` pixels for the view itself (as ``BASEMAP_JS`` asks)."""
+    (vx0, vx1), (vy0, vy1) = x_range, y_range
+    vw, vh = vx1 - vx0, vy1 - vy0
+    x0, x1 = max(bounds[0], vx0 - vw * pad), min(bounds[2], vx1 + vw * pad)
+    y0, y1 = max(bounds[1], vy0 - vh * pad), min(bounds[3], vy1 + vh * pad)
+    if not (x1 > x0 and y1 > y0 and vw > 0 and vh > 0):
+        return None
+    w = max(16, min(2400, round(width * (x1 - x0) / vw)))
+    h = max(16, min(2400, round(height * (y1 - y0) / vh)))
+    return {"query": basemap_query(x0, y0, x1, y1, w, h), "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0}
+
+
 # the tools that draw regions: a tap while one of them is active draws, it does not search
 DRAW_TOOLS = ["BoxEditTool", "PolyDrawTool", "PolyEditTool", "PointDrawTool", "FreehandDrawTool"]
 
@@ -510,7 +561,6 @@ class LayerSwitches(param.Parameterized):
     """One map's HoloViews layers switched on, one parameter each, so switching one re-renders
     that layer only (a stream on ``state.layers`` would re-run every layer's callback)."""
 
-    basemap = param.Boolean(default=True)
     zones = param.Boolean(default=True)
     hirise = param.Boolean(default=True)
 
@@ -554,8 +604,7 @@ class MapView:
         state, switches = self.state, self.switches
         self.projection = projection = MapProjection.of(state.view, image.geographic)
         self._density_grid = self._density_cells()
-        show_base = hv.streams.Params(switches, ["basemap"], rename={"basemap": "show"})
-        base = basemap.basemap(image, show_base, projection)
+        self._basemap_bounds = projection.extent if projection.polar else image.bounds
         zone_labels = sorted((z for z in state.index.tiles["zone"].unique().tolist() if z),
                              key=lambda z: Zone.parse(z).sort_key)
         boxes, polys = self._drawing()
@@ -564,7 +613,7 @@ class MapView:
             xlim, ylim = (x0, x1), (y0, y1)
             zones = hv.DynamicMap(pn.bind(basemap.polar_zone_grid, zone_labels, state.param.zones,
                                           switches.param.zones, projection))
-            overlay = (base * zones * boxes * polys).opts(
+            overlay = (zones * boxes * polys).opts(
                 # a square the height of the global map, not the page's width
                 hv.opts.Overlay(responsive=True, aspect=1, min_height=300, max_height=POLAR_MAP_PX,
                                 max_width=POLAR_MAP_PX, xlim=xlim, ylim=ylim,
@@ -578,7 +627,7 @@ class MapView:
             labels = hv.DynamicMap(partial(basemap.zone_label_layer, zone_labels, initial=(xlim, ylim)),
                                    streams=[hv.streams.Params(switches, ["zones"], rename={"zones": "show"}),
                                             hv.streams.RangeXY(), hv.streams.PlotSize()])
-            layers = base * zones * labels
+            layers = zones * labels
             if self.entry.is_mars:
                 layers = layers * self._hirise()
             overlay = (layers * boxes * polys).opts(
@@ -586,6 +635,7 @@ class MapView:
                                 xlabel="longitude (°E)", ylabel="latitude (°N)",
                                 active_tools=["wheel_zoom"], hooks=[weak_hook(self._capture)],
                                 toolbar="above", show_legend=False))
+        self._initial_ranges = (xlim, ylim)
         watch_state(state, "map", self._pan_to_focus, "focus_tile")
         watch_state(state, "map", self._refresh_layers, ["hits", "query_tile", "positives", "negatives",
                                                  "focus_tile", "page", *FACET_INPUTS,
@@ -717,6 +767,7 @@ class MapView:
         shown = set(self.state.layers)
         self.sources = {name: ColumnDataSource(data=columns) for name, columns in data.items()}
         self.renderers = {}
+        self._add_basemap(fig)
         self.renderers["density"] = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh",
                                                    source=self.sources["density"], name="density")
         landmark_style = dict(source=self.sources["landmarks"], fill_color="color", fill_alpha=0.15,
@@ -740,7 +791,35 @@ class MapView:
             fig.multi_line("xs", "ys", source=self.sources[name], line_color=color,
                            line_width=width, line_dash=dash, name=name)
         for name, renderer in self.renderers.items():
-            renderer.visible = name in shown
+            renderer.visible = name.partition(":")[0] in shown
+
+    def basemap_url(self) -> str:
+        """Where the browser fetches this view's basemap (relative: works behind a path prefix)."""
+        return f"basemap/{quote(self.entry.name, safe='')}/{self.projection.view}.jpg"
+
+    def _add_basemap(self, fig) -> None:
+        """The basemap as two JPEG images the browser fetches from the server: the whole view,
+        coarse, fetched once, and the visible part at screen resolution, fetched again after a
+        pan or zoom that leaves it or changes its scale (a few hundred kB, never the raster)."""
+        from bokeh.models import ColumnDataSource, CustomJS
+
+        bounds = self._basemap_bounds
+        x0, y0, x1, y1 = bounds
+        height = OVERVIEW_PX if self.projection.polar else OVERVIEW_PX // 2
+        overview = basemap_request(bounds, (x0, x1), (y0, y1), OVERVIEW_PX, height, pad=0.0)
+        detail = basemap_request(bounds, *self._initial_ranges, *DETAIL_PX[self.projection.polar])
+        for key, request in (("basemap", overview), ("basemap:detail", detail)):
+            url = [f"{self.basemap_url()}?{request.pop('query')}"] if request else []
+            columns = {"url": url, **{k: [v] if request else [] for k, v in (request or dict.fromkeys("xywh")).items()}}
+            name = key.replace(":", "_")
+            source = ColumnDataSource(columns, name=f"{name}_source")
+            self.renderers[key] = fig.image_url(url="url", x="x", y="y", w="w", h="h", anchor="bottom_left",
+                                                source=source, level="image", name=name)
+        follow = CustomJS(args=dict(fig=fig, source=self.renderers["basemap:detail"].data_source,
+                                    base=self.basemap_url(), bounds=list(bounds)), code=BASEMAP_JS)
+        for axis in (fig.x_range, fig.y_range):
+            axis.js_on_change("start", follow)
+            axis.js_on_change("end", follow)
 
     def _switch_layers(self, event) -> None:
         """Show or hide layers: a glyph layer's renderer is hidden, a HoloViews layer's switch
@@ -752,7 +831,7 @@ class MapView:
 
         def update() -> None:
             for name, renderer in renderers.items():
-                renderer.visible = name in shown
+                renderer.visible = name.partition(":")[0] in shown
 
         if renderers:
             self._in_doc(update)
