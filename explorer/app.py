@@ -361,11 +361,14 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     pn.extension(notifications=False)
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
-    warm_up(catalog)
+    # the server listens at once; the warm-up runs beside it (a page opened meanwhile works, its
+    # first map and click are slower)
+    threading.Thread(target=warm_up, args=(catalog,), daemon=True, name="warm-up").start()
     local = address in ("localhost", "127.0.0.1", "::1")
     kwargs.setdefault("websocket_origin", [f"localhost:{port}", f"127.0.0.1:{port}"]
                       + ([] if local else [f"{address}:{port}"]))
     kwargs.setdefault("websocket_max_message_size", MAX_MESSAGE_BYTES)
+    kwargs.setdefault("compress_response", True)  # gzip: the page's scripts are most of its bytes
     kwargs.setdefault("http_server_kwargs", dict(max_body_size=MAX_BODY_BYTES, max_buffer_size=MAX_BODY_BYTES))
     return pn.serve(lambda: build_app(catalog), port=port, show=show, address=address,
                     title="Lookalike", threaded=threaded,

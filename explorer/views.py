@@ -40,6 +40,7 @@ POLAR_MAP_PX = 600  # a polar view's side
 OVERVIEW_PX = 1024  # width of the coarse basemap image of a whole view
 DETAIL_PX = {False: (1200, 600), True: (POLAR_MAP_PX, POLAR_MAP_PX)}  # first detail image: (w, h) of the view
 HIRISE_FOOTPRINT_COLOR = "#7fd4ff"  # single footprints, drawn once few are in view
+HIRISE_CELL_PX = 3  # screen pixels per cell of the HiRISE coverage raster
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 # one colour per landmark class, in the classifier's class order
 LANDMARK_COLORS = ["#39cccc", "#b10dc9", "#2ecc40", "#f012be", "#ffffff", "#01ff70", "#7fdbff",
@@ -1004,7 +1005,20 @@ class MapView:
 
         source = hv.DynamicMap(pn.bind(hirise_footprints, self.state.param.time_start,
                                        self.state.param.time_end, self.switches.param.hirise))
-        coverage = shade(rasterize(source, aggregator="count"), cmap=HIRISE_COLORS, min_alpha=60, alpha=170)
+
+        def density(footprints: hv.Rectangles, x_range=None, y_range=None, width=None, height=None,
+                    scale=1.0) -> hv.RGB:
+            # rasterized at a third of the screen's resolution: a pan or zoom sends a small image,
+            # and nothing at all (one pixel) while the layer is off
+            if len(footprints.data) == 0 or x_range is None or y_range is None:
+                return hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(0, 0, 1, 1), vdims=list("RGBA"))
+            cells = dict(width=max(int((width or 900) / HIRISE_CELL_PX), 16),
+                         height=max(int((height or 450) / HIRISE_CELL_PX), 8))
+            counts = rasterize(footprints, aggregator="count", x_range=x_range, y_range=y_range,
+                               dynamic=False, **cells)
+            return shade(counts, cmap=HIRISE_COLORS, min_alpha=60, alpha=170, dynamic=False)
+
+        coverage = source.apply(density, streams=[hv.streams.RangeXY(), hv.streams.PlotSize()])
 
         def hoverable(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.Rectangles:
             # real shapes, with hover, once few enough are in view; the density shows the rest

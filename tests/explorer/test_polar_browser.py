@@ -46,6 +46,11 @@ def choose(page, label: str, option: str) -> None:
     page.wait_for_function("() => Bokeh.documents[0].is_idle")
     canvas = page.locator(".map canvas").first
     canvas.wait_for(state="visible")
+    if label == "Body":  # the sidebar is built again for the new body: Earth has no HiRISE layer
+        mars = "mars" in option.lower()
+        wait_until(lambda: page.locator(".map-layers label", has_text="HiRISE").count() == mars,
+                   what=f"the {option} sidebar")
+        page.wait_for_function("() => Bokeh.documents[0].is_idle")
     if label == "Map view":  # the new map is in place: a polar view is square, the globe 2:1
         polar = option != "Whole planet"
         wait_until(lambda: (b := canvas.bounding_box()) and (abs(b["width"] - b["height"]) < 0.2 * b["width"])

@@ -49,3 +49,36 @@ def test_an_oversized_request_body_is_refused(explorer_url):
     except (ConnectionError, socket.timeout, urllib.error.URLError):
         status = 413  # the server closed the connection on the oversized body
     assert 400 <= status < 500
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def test_basemap_route_answers_views_and_refuses_the_rest(explorer_url):
+    """The browser's basemap images: a JPEG of the asked size for a served index and a known view;
+    anything else a short plain-text refusal that echoes nothing of the request."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    status, kind, body = _get(explorer_url + "basemap/mars_small/global.jpg?x0=-20&y0=-10&x1=20&y1=10&w=200&h=100")
+    assert status == 200 and kind == "image/jpeg"
+    assert Image.open(BytesIO(body)).size == (200, 100)
+    status, _, body = _get(explorer_url + "basemap/mars_small/north.jpg?x0=-1e6&y0=-1e6&x1=1e6&y1=1e6&w=64&h=64")
+    assert status == 200 and Image.open(BytesIO(body)).size == (64, 64)
+    bad = ["basemap/nope/global.jpg?x0=0&y0=0&x1=1&y1=1&w=8&h=8",
+           "basemap/mars_small/sideways.jpg?x0=0&y0=0&x1=1&y1=1&w=8&h=8",
+           "basemap/mars_small/global.jpg?x0=0&y0=0&x1=1&y1=1&w=99999&h=8",
+           "basemap/mars_small/global.jpg?x0=5&y0=0&x1=1&y1=1&w=8&h=8",
+           "basemap/mars_small/global.jpg?x0=nan&y0=0&x1=1&y1=1&w=8&h=8",
+           "basemap/mars_small/global.jpg?x0=%3Cscript%3E&y0=0&x1=1&y1=1&w=8&h=8",
+           "basemap/mars_small/global.jpg"]
+    for path in bad:
+        status, kind, body = _get(explorer_url + path)
+        assert status in (400, 404), path
+        assert kind.startswith("text/plain") and len(body) < 200 and b"<" not in body and b"script" not in body
