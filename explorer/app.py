@@ -6,11 +6,13 @@ Thumbnails are served by a small HTTP route (``/thumb/<index>/<tile id>.jpg``) f
 in-memory source images (``indexer.thumbnails``), so the browser loads them in parallel and
 caches them. They are rendered on one dedicated thread (pyproj builds its transformers once per
 thread and zone, which costs more than the thumbnail itself), and a page of hits is queued for
-rendering as soon as the search returns, before the browser asks for it.
+rendering as soon as the search returns, before the browser asks for it. The basemap is a second
+route (``/basemap/<index>/<view>.jpg?x0=&y0=&x1=&y1=&w=&h=``): the browser fetches a JPEG of what
+it shows after each pan or zoom, and no raster goes over the session's websocket.
 
 Everything that is per process rather than per session (source images and their pyramids, the
 HiRISE footprints, the numba kernels of the search and of Datashader) is loaded or compiled by
-``warm_up`` before the server accepts its first page.
+``warm_up``, on a thread that starts as the server starts listening.
 """
 
 from __future__ import annotations
@@ -347,6 +349,10 @@ def _warm_polar_views(catalog: Catalog) -> None:
             log.exception("polar basemaps of %s failed", entry.name)
 
 
+def local_address(address: str) -> bool:
+    return address in ("localhost", "127.0.0.1", "::1")
+
+
 def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
           address: str = "localhost", threaded: bool = False, **kwargs):
     """Serve the explorer on the indexes at ``paths`` (the first is the default).
@@ -361,10 +367,14 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     pn.extension(notifications=False)
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
+    local = local_address(address)
+    print(f"Lookalike explorer: http://{'localhost' if local else address}:{port}/\n"
+          "  Click anywhere on the planet: its 1,000 most similar places appear as thumbnails and on\n"
+          "  the map. Body switches Mars/Earth, Map view the poles; draw boxes to narrow the search.",
+          flush=True)
     # the server listens at once; the warm-up runs beside it (a page opened meanwhile works, its
     # first map and click are slower)
     threading.Thread(target=warm_up, args=(catalog,), daemon=True, name="warm-up").start()
-    local = address in ("localhost", "127.0.0.1", "::1")
     kwargs.setdefault("websocket_origin", [f"localhost:{port}", f"127.0.0.1:{port}"]
                       + ([] if local else [f"{address}:{port}"]))
     kwargs.setdefault("websocket_max_message_size", MAX_MESSAGE_BYTES)
