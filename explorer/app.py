@@ -151,16 +151,24 @@ class ThumbnailHandler(RequestHandler):
         name, tile_id = unquote(name), unquote(tile_id)
         if len(name) > self.MAX_ID_CHARS or len(tile_id) > self.MAX_ID_CHARS or name not in self.catalog:
             return self._refuse(404, "no such thumbnail")
-        try:
+        async def render() -> bytes:
             index = self.catalog[name].index
             tile = index.tiles.iloc[index.row_of(tile_id)].to_dict()
             # resampling runs off the event loop so other sessions stay responsive
-            data = await THUMBNAILS.jpeg(index, tile)
+            return await THUMBNAILS.jpeg(index, tile)
+
+        await self._send_jpeg(render, "thumbnail", name)
+
+    async def _send_jpeg(self, render, what: str, name: str) -> None:
+        """Answer with the JPEG ``render()`` makes; an unknown tile or index is a 404, a bug a
+        logged 500 that shows nothing of it."""
+        try:
+            data = await render()
         except LookalikeError:
-            return self._refuse(404, "no such thumbnail")
+            return self._refuse(404, f"no such {what}")
         except Exception:  # a bug: logged here, never shown to the browser
-            log.exception("thumbnail of a tile of %s failed", name)
-            return self._refuse(500, "the thumbnail could not be rendered")
+            log.exception("%s of %s failed", what, name)
+            return self._refuse(500, f"the {what} could not be rendered")
         self.set_header("Content-Type", "image/jpeg")
         self.set_header("Cache-Control", "public, max-age=86400")
         self.write(data)
@@ -201,19 +209,13 @@ class BasemapHandler(ThumbnailHandler):
         if not (all(math.isfinite(v) and abs(v) < 1e9 for v in box) and box[2] > box[0] and box[3] > box[1]
                 and 1 <= width <= self.MAX_PIXELS and 1 <= height <= self.MAX_PIXELS):
             return self._refuse(400, f"a basemap box needs x1 > x0, y1 > y0 and 1-{self.MAX_PIXELS} pixels a side")
-        try:
+        async def render() -> bytes:
             image = basemap_image(self.catalog[name].index)
             projection = MapProjection.of(view, image.geographic)
-            data = await asyncio.get_running_loop().run_in_executor(
+            return await asyncio.get_running_loop().run_in_executor(
                 None, partial(basemap.view_jpeg, image, projection, *box, width, height))
-        except LookalikeError:
-            return self._refuse(404, "no such basemap")
-        except Exception:  # a bug: logged here, never shown to the browser
-            log.exception("basemap of %s failed", name)
-            return self._refuse(500, "the basemap could not be rendered")
-        self.set_header("Content-Type", "image/jpeg")
-        self.set_header("Cache-Control", "public, max-age=86400")
-        self.write(data)
+
+        await self._send_jpeg(render, "basemap", name)
 
 
 def session_params() -> dict[str, str]:

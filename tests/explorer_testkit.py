@@ -86,6 +86,15 @@ def start_server(index: Path | list[Path], env: dict, timeout: float = 240.0) ->
     raise RuntimeError("the explorer server did not start in time")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Stop a server from ``start_server``: politely, then for good."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -112,6 +121,23 @@ def open_app(page, url: str) -> None:
     page.goto(url)
     page.locator(".map canvas").first.wait_for(state="visible")
     page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle")
+
+
+def map_point(page, fx: float, fy: float) -> tuple[float, float]:
+    """Page coordinates of a point of the map's canvas, as fractions of its width and height."""
+    box = page.locator(".map canvas").first.bounding_box()
+    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+
+
+def draw_box(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Draw a box on the map with the box-edit tool (shift-drag), corners as canvas fractions."""
+    page.locator(".bk-tool-icon-box-edit").click()
+    page.keyboard.down("Shift")
+    page.mouse.move(*map_point(page, *start))
+    page.mouse.down()
+    page.mouse.move(*map_point(page, *end), steps=8)
+    page.mouse.up()
+    page.keyboard.up("Shift")
 
 
 def current_url(page) -> str:

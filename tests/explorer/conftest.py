@@ -49,11 +49,7 @@ def explorer_index(tmp_path_factory, explorer_env) -> Path:
 def explorer_url(explorer_index, explorer_env):
     proc, url = kit.start_server(explorer_index, explorer_env)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    kit.stop_server(proc)
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,15 @@ from explorer_testkit import (
     cards,
     click_map,
     current_url,
+    draw_box,
     fixture_landmarks,
+    map_point,
     open_app,
     screenshot,
     set_text,
     shadow_text,
     status_text,
+    stop_server,
     wait_until,
 )
 
@@ -172,11 +175,6 @@ def drawn_shapes(page, which: str) -> int:
         return k === undefined ? 0 : d[k].length; }""", which)
 
 
-def map_point(page, fx: float, fy: float) -> tuple[float, float]:
-    box = page.locator(".map canvas").first.bounding_box()
-    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
-
-
 def test_draw_box_filters_clear_and_undo(page, explorer_url):
     open_app(page, explorer_url)
     found = click_map(page)
@@ -184,14 +182,7 @@ def test_draw_box_filters_clear_and_undo(page, explorer_url):
     # first page, and counting cards before it is there would see one page only
     total = int(wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1))
     wait_until(lambda: len(all_cards(page)) == total, what="every page of hits")
-    page.locator(".bk-tool-icon-box-edit").click()
-    # a real box, drawn with the box-edit tool: shift-drag across the indexed strip
-    page.keyboard.down("Shift")
-    page.mouse.move(*map_point(page, 0.40, 0.20))
-    page.mouse.down()
-    page.mouse.move(*map_point(page, 0.60, 0.55), steps=8)
-    page.mouse.up()
-    page.keyboard.up("Shift")
+    draw_box(page, (0.40, 0.20), (0.60, 0.55))  # a real box across the indexed strip
     wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the drawn box in the status")
     shared = wait_until(lambda: (u := current_url(page)) and "regions=" in u and u, what="the box in the URL")
     (west, south, east, north), = json.loads(parse_qs(urlparse(shared).query)["regions"][0])["boxes"]
@@ -357,11 +348,7 @@ def two_body_url(explorer_index, explorer_env, tmp_path_factory):
         pytest.skip(f"no Earth index could be built: {proc.stderr[-500:]}")
     server, url = start_server([explorer_index, earth], explorer_env)
     yield url
-    server.terminate()
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    stop_server(server)
 
 
 LABEL_COLORS_JS = """() => { const out = [];

@@ -11,7 +11,19 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import shapely
-from explorer_testkit import all_cards, cards, current_url, open_app, screenshot, start_server, status_text, wait_until
+from explorer_testkit import (
+    all_cards,
+    cards,
+    current_url,
+    draw_box,
+    map_point,
+    open_app,
+    screenshot,
+    start_server,
+    status_text,
+    stop_server,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -30,11 +42,7 @@ def polar_url(explorer_env, tmp_path_factory):
         paths.append(out)
     server, url = start_server(paths, explorer_env)
     yield url
-    server.terminate()
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    stop_server(server)
 
 
 def choose(page, label: str, option: str) -> None:
@@ -55,11 +63,6 @@ def choose(page, label: str, option: str) -> None:
         polar = option != "Whole planet"
         wait_until(lambda: (b := canvas.bounding_box()) and (abs(b["width"] - b["height"]) < 0.2 * b["width"])
                    == polar, what=f"the {option} map")
-
-
-def map_point(page, fx: float, fy: float) -> tuple[float, float]:
-    box = page.locator(".map canvas").first.bounding_box()
-    return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
 
 
 def glyph_rows(page, name: str) -> list[int]:
@@ -106,13 +109,7 @@ def test_box_drawn_across_the_north_pole_filters_to_it(page, polar_url):
     choose(page, "Map view", "North pole")
     click_pole(page, "UPSN")
     total = int(wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1))
-    page.locator(".bk-tool-icon-box-edit").click()
-    page.keyboard.down("Shift")
-    page.mouse.move(*map_point(page, 0.42, 0.42))
-    page.mouse.down()
-    page.mouse.move(*map_point(page, 0.60, 0.58), steps=8)
-    page.mouse.up()
-    page.keyboard.up("Shift")
+    draw_box(page, (0.42, 0.42), (0.60, 0.58))
     wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the drawn box in the status")
     shared = wait_until(lambda: (u := current_url(page)) and "regions=" in u and u, what="the region in the URL")
     regions = json.loads(parse_qs(urlparse(shared).query)["regions"][0])
