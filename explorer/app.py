@@ -249,6 +249,14 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def without_web_fonts() -> None:
+    """Drop the web font Panel's Fast design links from fonts.googleapis.com on every page: an
+    offline or firewalled browser waits for it and never gets it. The page uses the system's
+    fonts instead (see ``build_app``). Panel offers no option for this, hence the class edit."""
+    pn.theme.Fast._resources = {kind: value for kind, value in pn.theme.Fast._resources.items()
+                                if kind != "font"}
+
+
 def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     """The layout of one session (called by Panel for every new browser page)."""
     params = session_params()
@@ -293,12 +301,16 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
     def inline(tiles):
         return THUMBNAILS.data_uris(state.index, tiles) if state.index is not None else {}
 
+    without_web_fonts()
     template = pn.template.FastListTemplate(
         title="Lookalike: click a planet, see its lookalikes", theme=THEME,
         sidebar=[pn.panel(pn.bind(controls_for, state.param.index_name, state.param.view))],
         main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name, state.param.view)), status_pane(state),
                         results_panel(state, inline=inline), sizing_mode="stretch_width")],
-        sidebar_width=330, raw_css=[CSS], accent="#d2691e")
+        sidebar_width=330, raw_css=[CSS], accent="#d2691e",
+        # the system's own fonts: the theme's default pulls Open Sans from the internet, which
+        # an offline or firewalled page waits for and never gets
+        font="system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif", font_url="")
     return template
 
 
