@@ -7,7 +7,8 @@ the app, then clicks the map at ``--clicks`` + 1 different places; each time is 
 the click until the first page of thumbnails of the new query has loaded (every <img> decoded).
 The first click of the session is reported on its own (``first_click_s``) and not counted in
 the percentiles. Also reported: how long the server took to start (it warms up before it
-listens), the first page load and the bytes it moved, a second page load (a new browser session
+listens), the first page load and the bytes it moved, when its two basemap images had arrived
+(``basemap_loaded_s``, from the same start), a second page load (a new browser session
 on the warm server), the bytes the server sends for one zoom and one pan of the map, and the
 load average. ``--view`` picks the map view (global, north, south) before clicking. Timings on a
 shared machine are noisy: compare medians.
@@ -61,9 +62,16 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             traffic = Traffic(page)
+            basemap_at: list[float] = []  # when each basemap image arrived
+            page.on("requestfinished", lambda r: basemap_at.append(time.perf_counter())
+                    if "/basemap/" in r.url else None)
             t0 = time.perf_counter()
             open_app(page, url)
             load_s = time.perf_counter() - t0
+            deadline = time.monotonic() + 60
+            while len(basemap_at) < 2 and time.monotonic() < deadline:
+                page.wait_for_timeout(20)  # Playwright delivers its events while it runs
+            basemap_s = max(basemap_at[:2]) - t0 if len(basemap_at) >= 2 else None
             load_bytes = traffic.settle()
             if args.view != "global":
                 from lookalike.explorer.projection import VIEWS
@@ -108,7 +116,7 @@ def main() -> None:
         proc.wait(10)
     result = dict(index=str(index), tiles=n_tiles, view=args.view, cpus=os.cpu_count(),
                   load_average=[round(v, 2) for v in os.getloadavg()], server_start_s=round(start_s, 3),
-                  page_load_s=round(load_s, 3), page_load_bytes=load_bytes,
+                  page_load_s=round(load_s, 3), basemap_loaded_s=None if basemap_s is None else round(basemap_s, 3), page_load_bytes=load_bytes,
                   second_page_load_s=round(second_load_s, 3),
                   zoom_bytes=zoom_bytes, pan_bytes=pan_bytes, clicks=len(times), thumbnails_per_page=50,
                   first_click_s=None if first_click_s is None else round(first_click_s, 3),

@@ -810,8 +810,9 @@ class MapView:
         overview = basemap_request(bounds, (x0, x1), (y0, y1), OVERVIEW_PX, height, pad=0.0)
         detail = basemap_request(bounds, *self._initial_ranges, *DETAIL_PX[self.projection.polar])
         for key, request in (("basemap", overview), ("basemap:detail", detail)):
-            url = [f"{self.basemap_url()}?{request.pop('query')}"] if request else []
-            columns = {"url": url, **{k: [v] if request else [] for k, v in (request or dict.fromkeys("xywh")).items()}}
+            columns = {"url": [], "x": [], "y": [], "w": [], "h": []}
+            if request:  # None: the view lies outside the image
+                columns = {"url": [f"{self.basemap_url()}?{request['query']}"], **{k: [request[k]] for k in "xywh"}}
             name = key.replace(":", "_")
             source = ColumnDataSource(columns, name=f"{name}_source")
             self.renderers[key] = fig.image_url(url="url", x="x", y="y", w="w", h="h", anchor="bottom_left",
