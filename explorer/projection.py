@@ -17,7 +17,7 @@ import pyproj
 
 from lookalike.indexer.export import pole_ring
 from lookalike.indexer.thumbnails import SourceImage
-from lookalike.indexer.tiling import holds_pole
+from lookalike.indexer.tiling import holds_pole, polar_plane
 
 VIEWS = {"global": "Whole planet", "north": "North pole", "south": "South pole"}
 POLAR_EDGE_LAT = 55.0  # a polar view reaches down to this latitude at its edges' midpoints
@@ -67,14 +67,13 @@ class MapProjection:
         return ccrs.PlateCarree(globe=self.globe)
 
     def forward(self, lon, lat) -> tuple[np.ndarray, np.ndarray]:
-        """Lon/lat degrees to view coordinates (the spherical formulas cartopy also uses)."""
+        """Lon/lat degrees to view coordinates (the spherical formulas cartopy also uses): in a
+        polar view, the unit-sphere polar plane of the tiler scaled to the body's diameter."""
         lon, lat = np.asarray(lon, float), np.asarray(lat, float)
         if not self.polar:
             return lon, lat
-        with np.errstate(over="ignore", invalid="ignore"):
-            rho = 2.0 * self.radius * np.tan(np.radians(90.0 - self.sign * lat) / 2.0)
-        rad = np.radians(lon)
-        return rho * np.sin(rad), -self.sign * rho * np.cos(rad)
+        x, y = polar_plane(lon, lat, 1 if self.view == "north" else 2)
+        return 2.0 * self.radius * x, 2.0 * self.radius * y
 
     def inverse(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """View coordinates to lon/lat degrees."""
