@@ -105,14 +105,21 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
     """
     work.mkdir(parents=True, exist_ok=True)
     times = times if times is not None else StageTimes()
-    if prefetch:
-        chunks = prefetch_chunks(records_and_images, CHUNK, prefetch, times, "read")
+
+    def with_thumbnails(chunk: list) -> tuple[list, list[bytes] | None]:
+        if thumbs is None:
+            return chunk, None
+        with times.timing("thumbnails"):
+            return chunk, jpeg_thumbnails(img for _, img in chunk)
+
+    if prefetch:  # thumbnails are made on the background thread too
+        chunks = prefetch_chunks(records_and_images, CHUNK, prefetch, times, "read", then=with_thumbnails)
     else:
-        chunks = _timed_chunks(records_and_images, CHUNK, times, "read")
+        chunks = map(with_thumbnails, _timed_chunks(records_and_images, CHUNK, times, "read"))
     kept, tables = [], []
     # closed on errors too, so that an error message starts a line of its own
     with tqdm(total=total, desc=desc, unit="tile", disable=not progress, smoothing=0.05) as bar:
-        for i, chunk in enumerate(chunks):
+        for i, (chunk, thumbnails) in enumerate(chunks):
             with times.timing("prepare"):
                 table = pd.DataFrame([r for r, _ in chunk])
                 done = load_chunk(work, i, list(table["tile_id"]))
@@ -124,9 +131,8 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
                     save_chunk(work, i, feats, table)
                 done = feats, table
             if thumbs is not None:
-                with times.timing("thumbnails"):
-                    thumbs.append(work / f"chunk-{i:06d}.thumbs")
-                    write_thumbnails(thumbs[-1], jpeg_thumbnails(img for _, img in chunk))
+                thumbs.append(work / f"chunk-{i:06d}.thumbs")
+                write_thumbnails(thumbs[-1], thumbnails)
             if hash_model is not None:
                 with times.timing("hash"):
                     kept.append(hash_model.encode(done[0]))

@@ -316,6 +316,9 @@ class Encoder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # idle workers sleep instead of spinning: a build cuts tiles on the same cores between
+        # batches, and a server answers requests there
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": probe})[0]
         with torch.inference_mode():

@@ -14,8 +14,9 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class StageTimes:
@@ -51,9 +52,10 @@ class _Failure:
 
 
 def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTimes | None = None,
-                    stage: str = "read") -> Iterator[list]:
+                    stage: str = "read", then: Callable[[list], Any] | None = None) -> Iterator:
     """Lists of ``size`` items (the last one shorter) from ``items``, made on a background thread
     up to ``depth`` chunks ahead of the caller. The time spent making them goes to ``stage``.
+    With ``then``, the caller receives ``then(chunk)``, also computed on the background thread.
 
     An exception in ``items`` is raised in the caller at the chunk where it happened; when the
     caller stops early (an error, Ctrl-C, ``break``) the thread stops at its next item.
@@ -83,7 +85,7 @@ def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTime
                         break
                 if times is not None:
                     times.add(stage, time.perf_counter() - t0)
-                if chunk and not put(chunk):
+                if chunk and not put(then(chunk) if then is not None else chunk):
                     return
                 if len(chunk) < size:
                     break

@@ -14,6 +14,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pyproj
 import rasterio
 from pyproj.exceptions import CRSError, ProjError
 from rasterio.crs import CRS as RioCRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import CRSError as RioCRSError
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.transform import from_bounds
@@ -30,12 +31,15 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from lookalike.errors import OptionError, SourceError
+from lookalike.indexer.resample import MAX_GRID_ERROR, cell_scales, control_grid, grid_error, resample
 from lookalike.indexer.tiling import (
     DEFAULT_LAT_RANGE,
     TileGrid,
     TilePlace,
     Zone,
+    from_zone,
     tile_places,
+    wrap_lon,
     zone_box,
     zone_crs,
     zones_for_bounds,
@@ -44,8 +48,60 @@ from lookalike.indexer.tiling import (
 # the finest tile resolution a raster is cut at, as a fraction of its own: finer tiles are only
 # interpolated pixels, and their number grows with the square (a typo in --gsd would never end)
 MAX_UPSAMPLING = 16
+BLOCK_COLS = 32  # tile columns resampled in one window (with band_rows tile rows)
+WHOLE_READ_BYTES = 256 << 20  # a raster without random access up to this size is decoded once
+SEQUENTIAL_DRIVERS = ("JPEG", "PNG", "GIF", "WEBP")
+MIN_DECIMATION = 3  # smaller factors cost more to read (GDAL averaging) than the kernel saves
+CONTROL_STEPS = (32, 8, 1)  # output pixels between exact positions; the first exact enough
 _TIME_TAGS = ("ACQUISITIONDATETIME", "ACQUISITION_DATE", "ACQUISITIONDATE", "DATE_ACQUIRED",
               "TIFFTAG_DATETIME")
+
+
+class _WindowReader:
+    """Windows of a raster's bands and of its valid share, for the resampler.
+
+    A small raster in a format without random access (a JPEG or PNG mosaic, which GDAL decodes
+    from the top) is decoded once, whole, and windows at full resolution are cut from memory;
+    other rasters (GeoTIFF, COG) are read window by window.
+    """
+
+    def __init__(self, src, meta: dict, whole: bool = True):
+        self.dataset = src
+        self._meta = meta
+        self._bands = list(meta["bands"])
+        if meta["alpha"]:
+            self._alpha = next((i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha),
+                               src.count)
+        self._all_valid = (not meta["alpha"]
+                           and src.mask_flag_enums[self._bands[0] - 1] == [MaskFlags.all_valid])
+        nbytes = src.width * src.height * (len(self._bands) + 1) * np.dtype(meta["dtype"]).itemsize
+        self._whole = whole and src.driver in SEQUENTIAL_DRIVERS and nbytes <= WHOLE_READ_BYTES
+        self._image: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
+
+    def read(self, window: Window, shape: tuple[int, int],
+             resampling: Resampling) -> tuple[np.ndarray, np.ndarray | None]:
+        """Bands (C, *shape) of ``window`` read at ``shape`` and the valid share of each pixel
+        in [0, 1] (None when the raster has no invalid pixels)."""
+        if self._whole and shape == (window.height, window.width):
+            if self._image is None:
+                self._image = self.dataset.read(self._bands)
+                self._mask = None if self._all_valid else self._read_mask(None, self._image.shape[1:],
+                                                                           Resampling.nearest)
+            rows, cols = window.toslices()
+            return self._image[:, rows, cols], None if self._mask is None else self._mask[rows, cols]
+        image = self.dataset.read(self._bands, window=window, out_shape=(len(self._bands), *shape),
+                                  resampling=resampling)
+        return image, None if self._all_valid else self._read_mask(window, shape, resampling)
+
+    def _read_mask(self, window: Window | None, shape: tuple[int, int], resampling) -> np.ndarray:
+        if self._meta["alpha"]:
+            # any opacity makes a pixel valid, as in GDAL's warper
+            alpha = self.dataset.read(self._alpha, window=window, out_shape=shape, resampling=resampling)
+            return (alpha > 0).astype(np.float32)
+        masks = self.dataset.read_masks(self._bands[0], window=window, out_shape=shape,
+                                        resampling=resampling)
+        return masks.astype(np.float32) / 255.0
 
 
 @dataclass
@@ -132,13 +188,18 @@ class RasterSource:
             gsd = abs(transform.a) * np.pi / 180.0 * pcrs.ellipsoid.semi_major_metre
         else:
             gsd = abs(transform.a) * pcrs.axis_info[0].unit_conversion_factor
+        # a lon/lat raster once around the body: windows across its edge wrap to the other side
+        wraps = (pcrs.is_geographic and transform.b == 0 and transform.d == 0
+                 and abs(abs(right - left) - 360.0) <= abs(transform.a) / 2)
         time = self.time or next((src.tags().get(t) for t in _TIME_TAGS if src.tags().get(t)), None)
         return dict(crs=crs, transform=transform, geographic=geographic, bands=bands,
                     # a real alpha band (GDAL colour interpretation) is the valid mask; otherwise
                     # the warp adds one, so pixels outside the raster count as invalid
                     alpha=src.count == 2 or ColorInterp.alpha in src.colorinterp,
                     lonlat_bounds=(west, south, east, north), gsd=float(gsd), time=parse_time(time),
-                    dtype=src.dtypes[0], count=src.count, nodata=src.nodata)
+                    dtype=src.dtypes[0], count=src.count, nodata=src.nodata,
+                    geographic_crs=pcrs.is_geographic, centre_lon=(left + right) / 2.0, wraps=wraps,
+                    lonlat=pcrs.is_geographic and pcrs.equals(geographic, ignore_axis_order=True))
 
     @property
     def geographic(self) -> pyproj.CRS:
@@ -189,9 +250,10 @@ class RasterSource:
               band_rows: int = 8) -> Iterator[tuple[TilePlace, np.ndarray]]:
         """Yield (place, RGB uint8 pixels of shape (size, size, 3)) for every usable tile.
 
-        Tiles are cut per zone from a warped view of the raster, read in bands of
-        ``band_rows`` tile rows so memory stays bounded for rasters of any size. Tiles with less
-        than ``min_valid`` valid pixels, or of one constant colour, are skipped.
+        Tiles are cut per zone from windows of ``band_rows`` x ``BLOCK_COLS`` tiles, each
+        resampled from the raster into the zone's grid (``indexer.resample``), so memory stays
+        bounded for rasters of any size. Tiles with less than ``min_valid`` valid pixels, or of
+        one constant colour, are skipped.
         """
         if grid.gsd * MAX_UPSAMPLING < self.native_gsd:
             raise OptionError(f"tiles of {grid.gsd:g} m per pixel would be more than {MAX_UPSAMPLING} "
@@ -207,6 +269,7 @@ class RasterSource:
         try:
             with self._open() as src:
                 stretch = self._stretch(src)
+                reader = _WindowReader(src, self._meta)
                 for zone in zones_for_bounds(west, south, east, north, lat_range):
                     if wanted is not None and zone.label not in wanted:
                         continue
@@ -214,26 +277,109 @@ class RasterSource:
                     if box is None:
                         continue
                     rows, cols = grid.covering(*box)
-                    yield from self._zone_tiles(src, zone, grid, rows, cols, lat_range, lon_range,
+                    yield from self._zone_tiles(reader, zone, grid, rows, cols, lat_range, lon_range,
                                                 min_valid, band_rows, stretch)
         except RasterioError as exc:  # a truncated or damaged file: its header read, its pixels not
             detail = exc.__cause__ or exc  # rasterio chains GDAL's own message
             raise SourceError(f"cannot read raster {self.path} (a damaged or truncated file?): "
                               f"{detail}") from None
 
-    def _zone_tiles(self, src, zone, grid, rows, cols, lat_range, lon_range, min_valid,
+    def _zone_tiles(self, reader, zone, grid, rows, cols, lat_range, lon_range, min_valid,
                     band_rows, stretch):
         places = list(tile_places(self.geographic, zone, grid, rows, cols, lat_range, lon_range))
-        if not places:
-            return
-        dst_crs = RioCRS.from_wkt(zone_crs(self.geographic, zone).to_wkt())
-        x0, y0 = grid.origin(rows.start, cols.start)
-        width = (len(cols) - 1) * grid.stride + grid.size
-        height = (len(rows) - 1) * grid.stride + grid.size
-        transform = rasterio.transform.from_origin(x0, y0, grid.gsd, grid.gsd)
-        by_row: dict[int, list[TilePlace]] = {}
+        # blocks of band_rows x BLOCK_COLS tiles, each resampled in one window that holds just
+        # its tiles: a zone's bounding box is mostly outside the zone at high latitudes
+        blocks: dict[tuple[int, int], list[TilePlace]] = {}
         for p in places:
-            by_row.setdefault(p.row, []).append(p)
+            blocks.setdefault(((p.row - rows.start) // band_rows, (p.col - cols.start) // BLOCK_COLS),
+                              []).append(p)
+        for key in sorted(blocks):
+            block = blocks[key]
+            row0, col0 = min(p.row for p in block), min(p.col for p in block)
+            row1, col1 = max(p.row for p in block), max(p.col for p in block)
+            x0, y0 = grid.origin(row0, col0)
+            pixels, valid = self._window(reader, zone, x0, y0, grid.gsd,
+                                         (col1 - col0) * grid.stride + grid.size,
+                                         (row1 - row0) * grid.stride + grid.size)
+            for p in block:
+                oy, ox = (p.row - row0) * grid.stride, (p.col - col0) * grid.stride
+                tile_valid = valid[oy:oy + grid.size, ox:ox + grid.size]
+                share = np.count_nonzero(tile_valid) / tile_valid.size
+                if share < min_valid or share == 0:
+                    continue
+                rgb = to_uint8(pixels[:, oy:oy + grid.size, ox:ox + grid.size], stretch)
+                held = rgb if share == 1 else rgb[tile_valid]
+                if held.min() == held.max():  # one constant colour: blank fill, not imagery
+                    continue
+                yield p, rgb
+
+    def _window(self, reader: _WindowReader, zone: Zone, x0: float, y0: float, gsd: float, width: int,
+                height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raster bands (C, height, width) in the raster's dtype and their valid mask, resampled
+        onto ``zone``'s grid with top-left corner (x0, y0): through a control grid where it can
+        follow the projection, through GDAL's warper where PROJ cannot place every pixel."""
+        resampled = self._resampled(reader, zone, x0, y0, gsd, width, height)
+        if resampled is not None:
+            return resampled
+        return self._warped(reader.dataset, zone, x0, y0, gsd, width, height)
+
+    def _to_source(self, zone: Zone, x0: float, y0: float, gsd: float):
+        """(output column, row) of a grid window -> continuous (column, row) in the raster."""
+        if self._meta["lonlat"]:  # the raster is in the body's own lon/lat
+            def to_crs(x, y):
+                return from_zone(self.geographic, zone, x, y)
+        else:
+            to_crs = _zone_to_source(self.geographic.to_wkt(), self._meta["crs"].to_wkt(), zone).transform
+        inverse = ~self._meta["transform"]
+        unwrap = self._meta["geographic_crs"]
+        centre = self._meta["centre_lon"]
+
+        def to_source(cols, rows):
+            x, y = to_crs(x0 + cols * gsd, y0 - rows * gsd)
+            if unwrap:  # one run of longitudes around the zone, on the raster's side of 180
+                lon0 = zone.central_meridian
+                x = lon0 + wrap_lon(x - lon0)
+                x = x + 360.0 * np.round((centre - lon0) / 360.0)
+            return inverse @ (x, y)
+
+        return to_source
+
+    def _resampled(self, reader: _WindowReader, zone, x0, y0, gsd, width, height):
+        src = reader.dataset
+        to_source = self._to_source(zone, x0, y0, gsd)
+        period = float(src.width) if self._meta["wraps"] else None
+        for step in CONTROL_STEPS:
+            gx, gy, u, v = control_grid(to_source, width, height, step)
+            if step == 1 or grid_error(to_source, gx, gy, u, v, period) <= MAX_GRID_ERROR:
+                break  # (at a step of one pixel, every position is exact)
+        if not (np.isfinite(u).all() and np.isfinite(v).all()):
+            return None  # PROJ could not place some pixels in the raster's CRS
+        bands = list(self._meta["bands"])
+        # decimate while reading (GDAL picks overviews) so the kernel never filters > ~2 px
+        fu, fv = (int(f) if f >= MIN_DECIMATION else 1
+                  for f in (scale.min() for scale in cell_scales(gx, gy, u, v, period)))
+        r0 = max(0, math.floor(v.min() - 2 * fv - 2))
+        r1 = min(src.height, math.ceil(v.max() + 2 * fv + 2))
+        c0, c1 = math.floor(u.min() - 2 * fu - 2), math.ceil(u.max() + 2 * fu + 2)
+        wrap = period is not None and (c0 < 0 or c1 > src.width)
+        if wrap:  # the window crosses the raster's edge (or goes round a pole): whole rows
+            c0, c1 = 0, src.width
+        c0, c1 = max(0, c0), min(src.width, c1)
+        if r1 <= r0 or c1 <= c0:  # wholly outside the raster
+            return (np.zeros((len(bands), height, width), np.dtype(self._meta["dtype"])),
+                    np.zeros((height, width), bool))
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        shape = (max(1, math.ceil((r1 - r0) / fv)), max(1, math.ceil((c1 - c0) / fu)))
+        resampling = Resampling.average if max(fu, fv) > 1 else Resampling.nearest
+        image, mask = reader.read(window, shape, resampling)
+        sx, sy = (c1 - c0) / shape[1], (r1 - r0) / shape[0]
+        out, valid = resample(image, mask, gx, gy, (u - c0) / sx, (v - r0) / sy, width, height,
+                              wrap=wrap)
+        return np.moveaxis(out, -1, 0), valid  # bands first, as GDAL gives them; no copy
+
+    def _warped(self, src, zone, x0, y0, gsd, width, height):
+        transform = rasterio.transform.from_origin(x0, y0, gsd, gsd)
+        dst_crs = RioCRS.from_wkt(zone_crs(self.geographic, zone).to_wkt())
         with WarpedVRT(src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
                        crs=dst_crs, transform=transform, width=width, height=height,
                        add_alpha=not self._meta["alpha"], resampling=Resampling.bilinear,
@@ -242,38 +388,24 @@ class RasterSource:
             # the alpha band itself (the raster's own or the one the warp adds)
             alpha_band = next((i + 1 for i, c in enumerate(vrt.colorinterp) if c == ColorInterp.alpha),
                               None)
-            row_ids = sorted(by_row)
-            for start in range(0, len(row_ids), band_rows):
-                chunk = row_ids[start:start + band_rows]
-                top = (chunk[0] - rows.start) * grid.stride
-                bottom = (chunk[-1] - rows.start) * grid.stride + grid.size
-                window = Window(0, top, width, bottom - top)
-                pixels = vrt.read(list(self._meta["bands"]), window=window)
-                valid = (vrt.read(alpha_band, window=window) if alpha_band
-                         else vrt.read_masks(1, window=window)) > 0
-                for r in chunk:
-                    for p in by_row[r]:
-                        oy = (r - rows.start) * grid.stride - top
-                        ox = (p.col - cols.start) * grid.stride
-                        tile_valid = valid[oy:oy + grid.size, ox:ox + grid.size]
-                        if tile_valid.mean() < min_valid:
-                            continue
-                        tile = pixels[:, oy:oy + grid.size, ox:ox + grid.size]
-                        rgb = to_uint8(tile, stretch)
-                        if not tile_valid.any() or np.ptp(rgb[tile_valid]) == 0:  # blank fill, not imagery
-                            continue
-                        yield p, rgb
+            pixels = vrt.read(list(self._meta["bands"]))
+            valid = (vrt.read(alpha_band) if alpha_band else vrt.read_masks(1)) > 0
+        return pixels, valid
 
     def read_tile(self, zone: Zone, grid: TileGrid, row: int, col: int) -> np.ndarray:
         """RGB pixels of one tile (for thumbnails), read straight from the raster."""
-        dst_crs = RioCRS.from_wkt(zone_crs(self.geographic, zone).to_wkt())
         x0, y0 = grid.origin(row, col)
-        transform = rasterio.transform.from_origin(x0, y0, grid.gsd, grid.gsd)
-        with self._open() as src, WarpedVRT(
-                src, src_crs=self._meta["crs"], src_transform=self._meta["transform"],
-                crs=dst_crs, transform=transform, width=grid.size, height=grid.size,
-                resampling=Resampling.bilinear, **_warp_options(zone)) as vrt:
-            return to_uint8(vrt.read(list(self._meta["bands"])), self._stretch(src))
+        with self._open() as src:
+            pixels, _ = self._window(_WindowReader(src, self._meta, whole=False), zone, x0, y0,
+                                     grid.gsd, grid.size, grid.size)
+            return to_uint8(pixels, self._stretch(src))
+
+
+@lru_cache(maxsize=256)
+def _zone_to_source(geographic_wkt: str, source_wkt: str, zone: Zone) -> pyproj.Transformer:
+    geographic = pyproj.CRS.from_wkt(geographic_wkt)
+    return pyproj.Transformer.from_crs(zone_crs(geographic, zone), pyproj.CRS.from_wkt(source_wkt),
+                                       always_xy=True)
 
 
 def _warp_options(zone: Zone) -> dict:

@@ -19,6 +19,7 @@ stable: the same place, tile size, stride and resolution always get the same id.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -185,6 +186,18 @@ def zone_crs(geographic: pyproj.CRS, zone: Zone) -> pyproj.CRS:
 def _transformers(geographic_wkt: str, number: int, hemisphere: str):
     geographic = pyproj.CRS.from_wkt(geographic_wkt)
     projected = _zone_crs(geographic_wkt, number, hemisphere)
+    degrees = geographic.axis_info and geographic.axis_info[0].unit_name == "degree"
+    if degrees and projected.geodetic_crs.equals(geographic, ignore_axis_order=True):
+        # the zone only projects the body's own lon/lat: the conversion itself, without the
+        # ~8 ms search PROJ makes for operations between two CRSs (122 zones make a second)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # to_proj4 warns that a CRS loses its metadata
+            step = " ".join(p for p in projected.to_proj4().split() if p not in ("+type=crs", "+no_defs"))
+        forward = pyproj.Transformer.from_pipeline(
+            f"+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad +step {step}")
+        inverse = pyproj.Transformer.from_pipeline(
+            f"+proj=pipeline +step +inv {step} +step +proj=unitconvert +xy_in=rad +xy_out=deg")
+        return forward, inverse
     forward = pyproj.Transformer.from_crs(geographic, projected, always_xy=True)
     inverse = pyproj.Transformer.from_crs(projected, geographic, always_xy=True)
     return forward, inverse
