@@ -10,6 +10,7 @@ so memory is bounded by the chunk size, never by the source.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -44,6 +45,18 @@ class StageTimes:
 
 
 _DONE = object()
+BACKGROUND_NICENESS = 10  # added to the process's own
+
+
+def _lower_priority() -> None:
+    """Let the calling thread yield its core to the encoder's threads: on 2 cores a tile maker
+    at equal priority pre-empts them, and a batch then waits for its slowest thread."""
+    try:
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + BACKGROUND_NICENESS))
+    except (AttributeError, OSError):  # not Linux, or not allowed: equal priority
+        pass
 
 
 class _Failure:
@@ -75,6 +88,7 @@ def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTime
         return False
 
     def produce() -> None:
+        _lower_priority()
         try:
             iterator = iter(items)
             while not stop.is_set():

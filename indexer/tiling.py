@@ -152,9 +152,14 @@ def is_earth(geographic: pyproj.CRS) -> bool:
     return abs(geographic.ellipsoid.semi_major_metre - 6_378_137.0) < 1_000.0
 
 
+@lru_cache(maxsize=64)
+def _parsed(wkt: str) -> pyproj.CRS:
+    return pyproj.CRS.from_wkt(wkt)
+
+
 @lru_cache(maxsize=512)
 def _zone_crs(geographic_wkt: str, number: int, hemisphere: str) -> pyproj.CRS:
-    geographic = pyproj.CRS.from_wkt(geographic_wkt)
+    geographic = _parsed(geographic_wkt)
     if number == POLAR:
         if is_earth(geographic):
             return pyproj.CRS.from_epsg(32661 if hemisphere == "N" else 32761)
@@ -182,12 +187,21 @@ def zone_crs(geographic: pyproj.CRS, zone: Zone) -> pyproj.CRS:
     return _zone_crs(geographic.to_wkt(), zone.number, zone.hemisphere)
 
 
+@lru_cache(maxsize=64)
+def _zones_share_datum(geographic_wkt: str) -> bool:
+    """Whether every zone of this lon/lat CRS only projects it (same datum, degrees): zones of
+    other bodies are built on it; Earth's are the WGS 84 UTM/UPS zones."""
+    geographic = pyproj.CRS.from_wkt(geographic_wkt)
+    if not (geographic.axis_info and geographic.axis_info[0].unit_name == "degree"):
+        return False
+    zone = _zone_crs(geographic_wkt, 1, "N")
+    return zone.geodetic_crs.equals(geographic, ignore_axis_order=True)
+
+
 @lru_cache(maxsize=512)
 def _transformers(geographic_wkt: str, number: int, hemisphere: str):
-    geographic = pyproj.CRS.from_wkt(geographic_wkt)
     projected = _zone_crs(geographic_wkt, number, hemisphere)
-    degrees = geographic.axis_info and geographic.axis_info[0].unit_name == "degree"
-    if degrees and projected.geodetic_crs.equals(geographic, ignore_axis_order=True):
+    if _zones_share_datum(geographic_wkt):
         # the zone only projects the body's own lon/lat: the conversion itself, without the
         # ~8 ms search PROJ makes for operations between two CRSs (122 zones make a second)
         with warnings.catch_warnings():
@@ -198,6 +212,7 @@ def _transformers(geographic_wkt: str, number: int, hemisphere: str):
         inverse = pyproj.Transformer.from_pipeline(
             f"+proj=pipeline +step +inv {step} +step +proj=unitconvert +xy_in=rad +xy_out=deg")
         return forward, inverse
+    geographic = pyproj.CRS.from_wkt(geographic_wkt)
     forward = pyproj.Transformer.from_crs(geographic, projected, always_xy=True)
     inverse = pyproj.Transformer.from_crs(projected, geographic, always_xy=True)
     return forward, inverse

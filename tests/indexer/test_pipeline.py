@@ -75,3 +75,25 @@ def test_bad_sizes_and_stage_times():
     list(prefetch_chunks(range(5), 2, times=times, stage="read"))
     result = times.as_dict()
     assert result["encode"] >= 0.51 and "read" in result
+
+
+def test_then_runs_on_the_background_thread_at_lower_priority():
+    """Chunks are finished (``then``) where they are made, on a thread that yields its core to
+    the encoder: a niceness above the caller's (Linux)."""
+    import os
+
+    seen = []
+
+    def items():
+        seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        yield from range(10)
+
+    def then(chunk):
+        seen.append((threading.get_native_id(), None))
+        return sum(chunk)
+
+    assert list(prefetch_chunks(items(), 4, then=then)) == [6, 22, 17]
+    caller = threading.get_native_id()
+    assert all(thread != caller for thread, _ in seen)
+    base = os.getpriority(os.PRIO_PROCESS, caller)
+    assert seen[0][1] == min(19, base + 10)

@@ -330,3 +330,24 @@ def test_polar_cap_tiles_cover_the_cap_to_the_pole(geographic, hemisphere):
     rho = abs(float(to_zone(geographic, zone, 0.0, sign * limit)[1]) - 2_000_000.0)
     expected = math.pi * rho ** 2 / (grid.size * grid.gsd) ** 2
     assert abs(len(places) - expected) < 0.02 * expected
+
+
+@pytest.mark.parametrize("crs", ["IAU_2015:49900", "EPSG:4326", "EPSG:4269"])
+def test_zone_conversions_equal_proj_operations(crs):
+    """Zones that only project their body's lon/lat are converted by a pipeline built from the
+    zone's own definition; it gives PROJ's operation between the two CRSs to the last bit (and
+    another datum, NAD83 on WGS 84 zones, goes through PROJ's operation itself)."""
+    import pyproj
+
+    from lookalike.indexer.tiling import from_zone, to_zone, zone_crs
+
+    geographic = pyproj.CRS(pyproj.CRS(crs).geodetic_crs.to_json_dict())
+    rng = np.random.default_rng(0)
+    for zone in (Zone(5, "N"), Zone(44, "S"), Zone(0, "N"), Zone(0, "S")):
+        projected = zone_crs(geographic, zone)
+        lat = rng.uniform(*np.clip(zone.lat_range, -89.9, 89.9), 200)
+        lon = rng.uniform(*zone.lon_range, 200)
+        want = pyproj.Transformer.from_crs(geographic, projected, always_xy=True).transform(lon, lat)
+        np.testing.assert_array_equal(to_zone(geographic, zone, lon, lat), want)
+        back = pyproj.Transformer.from_crs(projected, geographic, always_xy=True).transform(*want)
+        np.testing.assert_array_equal(from_zone(geographic, zone, *want), back)
