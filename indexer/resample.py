@@ -124,7 +124,7 @@ def _cells(positions, n):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, half, out, out_valid):
+def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, half, spans, out, out_valid):
     h, w = image.shape[1:]
     height, width = out_valid.shape
     kxs, txs = _cells(gx, width)
@@ -134,7 +134,7 @@ def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, hal
     for i in range(height):
         ky, ty = kys[i], tys[i]
         ky1 = ky + ny1
-        for j in range(width):
+        for j in range(spans[i, 0], spans[i, 1]):
             kx, tx = kxs[j], txs[j]
             kx1 = kx + nx1
             u00, u01, u10, u11 = u[ky, kx], u[ky, kx1], u[ky1, kx], u[ky1, kx1]
@@ -153,10 +153,11 @@ def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, hal
                     fx, fy = su - c, sv - r
                     w00, w01 = (1.0 - fx) * (1.0 - fy), fx * (1.0 - fy)
                     w10, w11 = (1.0 - fx) * fy, fx * fy
+                    uc, ur = np.uint64(c), np.uint64(r)
+                    uc1, ur1 = np.uint64(c + 1), np.uint64(r + 1)
                     for b in range(3):
-                        out[i, j, b] = (w00 * image[b, r, c] + w01 * image[b, r, c + 1]
-                                        + w10 * image[b, r + 1, c] + w11 * image[b, r + 1, c + 1]
-                                        + half)
+                        out[i, j, b] = (w00 * image[b, ur, uc] + w01 * image[b, ur, uc1]
+                                        + w10 * image[b, ur1, uc] + w11 * image[b, ur1, uc1] + half)
                     out_valid[i, j] = True
                     continue
             c0, c1 = int(math.floor(su - ru)) + 1, int(math.ceil(su + ru)) - 1
@@ -178,11 +179,13 @@ def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, hal
                 wr = 1.0 - abs(r - sv) * inv_rv
                 total += wr * sum_wc
                 if simple:  # the common case: every tap inside the image, all valid
+                    ur = np.uint64(r)  # unsigned indices skip numba's negative-index checks
                     for k in range(taps):
                         weight = wr * column_weights[k]
-                        a0 += weight * image[0, r, c0 + k]
-                        a1 += weight * image[1, r, c0 + k]
-                        a2 += weight * image[2, r, c0 + k]
+                        uc = np.uint64(c0 + k)
+                        a0 += weight * image[0, ur, uc]
+                        a1 += weight * image[1, ur, uc]
+                        a2 += weight * image[2, ur, uc]
                     continue
                 if r < 0 or r >= h:
                     continue
@@ -213,15 +216,16 @@ def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, hal
 
 
 def resample(image: np.ndarray, mask: np.ndarray | None, gx: np.ndarray, gy: np.ndarray,
-             u: np.ndarray, v: np.ndarray, width: int, height: int,
-             wrap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             u: np.ndarray, v: np.ndarray, width: int, height: int, wrap: bool = False,
+             spans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resample a three-band ``image`` (3, h, w) into a ``width`` x ``height`` output through a
     control grid.
 
     ``mask`` (h, w) weights each source pixel's validity in [0, 1] (None: all valid); ``u``/``v``
     are the source columns and rows of the control points ``gx`` x ``gy`` (see
     :func:`control_grid`), in the pixel coordinates of ``image``. ``wrap`` joins the image's
-    left and right edges (a source that goes once around the body). Returns the pixels
+    left and right edges (a source that goes once around the body). ``spans`` (height, 2)
+    limits each output row to columns [start, stop) (the rest: zero and invalid). Returns the pixels
     (height, width, 3), of the image's dtype (integers rounded to the nearest), and their valid
     mask (height, width).
     """
@@ -231,19 +235,26 @@ def resample(image: np.ndarray, mask: np.ndarray | None, gx: np.ndarray, gy: np.
         raise ValueError(f"mask {mask.shape} does not match image {image.shape}")
     if u.shape != (len(gy), len(gx)) or v.shape != u.shape:
         raise ValueError("the control grid's positions do not match its columns and rows")
-    out = np.empty((height, width, 3), dtype=image.dtype)
-    valid = np.empty((height, width), dtype=np.bool_)
+    if spans is None:
+        spans = np.tile(np.array([0, width], np.int64), (height, 1))
+        out = np.empty((height, width, 3), dtype=image.dtype)
+    else:
+        spans = np.clip(np.asarray(spans, dtype=np.int64), 0, width)
+        if spans.shape != (height, 2):
+            raise ValueError(f"spans must be ({height}, 2), got {spans.shape}")
+        out = np.zeros((height, width, 3), dtype=image.dtype)
+    valid = np.zeros((height, width), dtype=np.bool_)
     use_mask = mask is not None
     mask = np.ascontiguousarray(mask, dtype=np.float32) if use_mask else np.ones((1, 1), np.float32)
     # integers are written by truncation: adding a half rounds the (non-negative) means
     half = 0.5 if image.dtype.kind == "u" else 0.0
     if image.dtype.kind == "i":  # signed: round in floating point, where negatives round right
-        out = np.empty((height, width, 3), dtype=np.float64)
+        out = np.zeros((height, width, 3), dtype=np.float64)
     scale_u, scale_v = cell_scales(gx, gy, u, v, image.shape[2] if wrap else None)
-    _resample(np.ascontiguousarray(image), mask, use_mask,
+    _resample(image, mask, use_mask,  # a view of a larger image is read in place, not copied
               np.ascontiguousarray(gx, dtype=np.int64), np.ascontiguousarray(gy, dtype=np.int64),
               np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(v, dtype=np.float64),
-              np.maximum(scale_u, 1.0), np.maximum(scale_v, 1.0), bool(wrap), half, out, valid)
+              np.maximum(scale_u, 1.0), np.maximum(scale_v, 1.0), bool(wrap), half, spans, out, valid)
     if out.dtype != image.dtype:
         out = np.rint(out).astype(image.dtype)
     return out, valid

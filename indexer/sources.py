@@ -298,9 +298,16 @@ class RasterSource:
             row0, col0 = min(p.row for p in block), min(p.col for p in block)
             row1, col1 = max(p.row for p in block), max(p.col for p in block)
             x0, y0 = grid.origin(row0, col0)
-            pixels, valid = self._window(reader, zone, x0, y0, grid.gsd,
-                                         (col1 - col0) * grid.stride + grid.size,
-                                         (row1 - row0) * grid.stride + grid.size)
+            width = (col1 - col0) * grid.stride + grid.size
+            height = (row1 - row0) * grid.stride + grid.size
+            # each output row only as wide as the tiles that cross it
+            spans = np.tile(np.array([width, 0]), (height, 1))
+            for p in block:
+                oy, ox = (p.row - row0) * grid.stride, (p.col - col0) * grid.stride
+                rows_of = slice(oy, oy + grid.size)
+                spans[rows_of, 0] = np.minimum(spans[rows_of, 0], ox)
+                spans[rows_of, 1] = np.maximum(spans[rows_of, 1], ox + grid.size)
+            pixels, valid = self._window(reader, zone, x0, y0, grid.gsd, width, height, spans)
             for p in block:
                 oy, ox = (p.row - row0) * grid.stride, (p.col - col0) * grid.stride
                 tile_valid = valid[oy:oy + grid.size, ox:ox + grid.size]
@@ -314,11 +321,12 @@ class RasterSource:
                 yield p, rgb
 
     def _window(self, reader: _WindowReader, zone: Zone, x0: float, y0: float, gsd: float, width: int,
-                height: int) -> tuple[np.ndarray, np.ndarray]:
+                height: int, spans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raster bands (C, height, width) in the raster's dtype and their valid mask, resampled
         onto ``zone``'s grid with top-left corner (x0, y0): through a control grid where it can
-        follow the projection, through GDAL's warper where PROJ cannot place every pixel."""
-        resampled = self._resampled(reader, zone, x0, y0, gsd, width, height)
+        follow the projection, through GDAL's warper where PROJ cannot place every pixel.
+        ``spans``: the columns [start, stop) each output row needs (see ``resample``)."""
+        resampled = self._resampled(reader, zone, x0, y0, gsd, width, height, spans)
         if resampled is not None:
             return resampled
         return self._warped(reader.dataset, zone, x0, y0, gsd, width, height)
@@ -344,7 +352,7 @@ class RasterSource:
 
         return to_source
 
-    def _resampled(self, reader: _WindowReader, zone, x0, y0, gsd, width, height):
+    def _resampled(self, reader: _WindowReader, zone, x0, y0, gsd, width, height, spans=None):
         src = reader.dataset
         to_source = self._to_source(zone, x0, y0, gsd)
         period = float(src.width) if self._meta["wraps"] else None
@@ -355,7 +363,7 @@ class RasterSource:
         if not (np.isfinite(u).all() and np.isfinite(v).all()):
             return None  # PROJ could not place some pixels in the raster's CRS
         bands = list(self._meta["bands"])
-        # decimate while reading (GDAL picks overviews) so the kernel never filters > ~2 px
+        # decimate while reading (GDAL picks overviews) so the kernel filters over a few pixels
         fu, fv = (int(f) if f >= MIN_DECIMATION else 1
                   for f in (scale.min() for scale in cell_scales(gx, gy, u, v, period)))
         r0 = max(0, math.floor(v.min() - 2 * fv - 2))
@@ -374,7 +382,7 @@ class RasterSource:
         image, mask = reader.read(window, shape, resampling)
         sx, sy = (c1 - c0) / shape[1], (r1 - r0) / shape[0]
         out, valid = resample(image, mask, gx, gy, (u - c0) / sx, (v - r0) / sy, width, height,
-                              wrap=wrap)
+                              wrap=wrap, spans=spans)
         return np.moveaxis(out, -1, 0), valid  # bands first, as GDAL gives them; no copy
 
     def _warped(self, src, zone, x0, y0, gsd, width, height):
