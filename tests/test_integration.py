@@ -333,3 +333,22 @@ def test_real_landmarks_catalogued_on_their_tiles(mars_index, data_dir, tmp_path
     hits = json.loads((tmp_path / "h.json").read_text())
     hit_ids = {h["tile_id"] for h in (hits["hits"] if isinstance(hits, dict) else hits)}
     assert index.tiles["tile_id"].iat[int(best["row"])] in hit_ids
+
+
+def test_bench_index_json_for_an_image_folder(tmp_path, hirise_dir):
+    """The image-folder benchmark on 12 real chips: the same JSON, each build against the
+    encoder timed around it."""
+    import pandas as pd
+
+    rows = pd.read_csv(hirise_dir / "labels.csv").query("split == 'val'").head(12)
+    labels = tmp_path / "labels.csv"
+    rows.to_csv(labels, index=False)
+    out = tmp_path / "bench.json"
+    code, _, err = run_main(["bench", "index", "--images", str(hirise_dir), "--labels", str(labels),
+                             "--image-size", "64", "--encode-sample", "8", "--json", str(out)])
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["tiles"] == 12 and len(result["encode_passes_tiles_per_s"]) == 3
+    assert result["encode_tiles_per_s"] == max(result["encode_passes_tiles_per_s"][:2])
+    assert result["serial_encode_tiles_per_s"] == max(result["encode_passes_tiles_per_s"][1:])
+    assert result["ratio"] == pytest.approx(result["tiles_per_s"] / result["encode_tiles_per_s"])

@@ -132,18 +132,18 @@ def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path
             return list(itertools.islice(tiles, encode_sample))
         what = dict(sources=[s.name for s in sources], source_megapixels=[_megapixels(s) for s in sources],
                     tile_size=size, stride=stride, gsd=grid.gsd)
-    images = sample()
+    held = sample()
     work = Path(tempfile.mkdtemp(prefix="lookalike-bench-index-"))
     # the encoder alone before and after each build: shared cores change speed from minute to
     # minute, so each build is compared with the encoder timed just around it (the faster of
     # its two neighbouring passes, so the ratio does not flatter the build)
-    rates = [_encoder_rate(encoder, images)]
+    rates = [_encoder_rate(encoder, held)]
     try:
         pipelined = _build(build, PREFETCH, work)
-        rates.append(_encoder_rate(encoder, images))
+        rates.append(_encoder_rate(encoder, held))
         reference = _build(build, 0, work) if serial else None
         if reference is not None:
-            rates.append(_encoder_rate(encoder, images))
+            rates.append(_encoder_rate(encoder, held))
         rss = peak_rss_mb()
         thumbs = _thumbnail_times(pipelined["index"]) if "thumbs" in pipelined["index"].manifest["files"] else {}
     finally:
