@@ -351,12 +351,11 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                  split: str | None = None, image_size: int = 224, bits: int | None = None,
                  hash_path: str | None = None, encoder: Encoder | None = None,
                  append: bool = False, source: str | None = None, progress: bool = True,
-                 shards: int | None = None, times: StageTimes | None = None, prefetch: int = 0,
+                 shards: int | None = None, times: StageTimes | None = None, prefetch: int = 2,
                  keep_work: bool = False) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table).
-    With ``prefetch`` images are decoded and resized that many chunks ahead of the encoder on
-    another thread; off by default: decoding is cheap next to encoding, and on 2 cores the
-    thread slowed the encoder more than it saved (``lookalike bench index --images``).
+    Images are decoded and resized ``prefetch`` chunks ahead of the encoder on another thread
+    of lower priority (0: one after the other; ``lookalike bench index --images`` times both).
     ``keep_work`` keeps the work folder after the commit, as the mark that steps after it
     (placing, classifying) are still to finish: run again, the build is recognised as done and
     those steps run again; ``tidy_build`` removes it."""

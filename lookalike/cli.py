@@ -296,7 +296,7 @@ def cmd_bench_index(args) -> None:
                          image_size=args.image_size,
                          size=args.tile_size, stride=args.stride, gsd=args.gsd, zones=args.zones, bbox=args.bbox,
                          runtime=args.runtime, batch_size=args.batch_size, serial=not args.no_serial,
-                         encode_sample=args.encode_sample)
+                         encode_sample=args.encode_sample, views=args.views)
     _write_json(args.json, result)
 
 
@@ -396,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "against the scan so that --method auto uses it only where it keeps recall@1000 >= 0.95; "
                         "with no rasters or images, add it to the index at --out")
     i.add_argument("--prefetch", type=int, metavar="CHUNKS",
-                   help="chunks of 512 tiles cut ahead of the encoder on another thread (default: 2 for "
-                        "rasters, 0 for --images; 0 turns it off)")
+                   help="chunks of 512 tiles (or images) made ahead of the encoder on another thread "
+                        "(default: 2; 0 turns it off)")
     i.add_argument("--ann-param", action="append", metavar="NAME=INT",
                    help="a build option of --ann, e.g. m=32 or ef_construction=40 (hnsw); repeatable")
     i.add_argument("--scheduler", help="tile and encode on a dask cluster: its scheduler address "
@@ -608,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--bbox", type=_bbox)
     bx.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"])
     bx.add_argument("--batch-size", type=int, default=64)
+    bx.add_argument("--views", type=int, help="rotations/flips averaged per tile (default: as lookalike index)")
     bx.add_argument("--encode-sample", type=int, default=512,
                     help="tiles held for timing the encoder alone (each timing encodes them 4 times)")
     bx.add_argument("--no-serial", action="store_true", help="skip the reference build without the pipeline")

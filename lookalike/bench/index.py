@@ -101,13 +101,14 @@ def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path
                 size: int = 128, stride: int = 64,
                 gsd: float | None = None, zones: list[str] | None = None,
                 bbox: tuple[float, float, float, float] | None = None, runtime: str = "auto",
-                batch_size: int = 64, serial: bool = True, encode_sample: int = 512) -> dict:
+                batch_size: int = 64, serial: bool = True, encode_sample: int = 512,
+                views: int | None = None) -> dict:
     """The benchmark on ``sources`` (rasters) or an image folder (``images`` + ``labels``)."""
     if bool(sources) == bool(images):
         raise OptionError("give raster sources, or --images ROOT --labels CSV (not both)")
     if encode_sample < 1:
         raise OptionError(f"--encode-sample must be at least 1, got {encode_sample}")
-    encoder = Encoder(runtime=runtime, batch_size=batch_size,
+    encoder = Encoder(runtime=runtime, batch_size=batch_size, **({"views": views} if views else {}),
                       **({"image_size": image_size} if images else {}))
     zone_list = [Zone.parse(z) for z in zones] if zones else None
     if images:
@@ -149,7 +150,7 @@ def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path
     finally:
         shutil.rmtree(work, ignore_errors=True)
     encode_rate = max(rates[:2])
-    result = dict(what, runtime=encoder.runtime, batch_size=batch_size, tiles=pipelined["tiles"],
+    result = dict(what, runtime=encoder.runtime, batch_size=batch_size, views=encoder.views, tiles=pipelined["tiles"],
                   tiles_per_s=pipelined["tiles_per_s"], encode_tiles_per_s=encode_rate,
                   ratio=pipelined["tiles_per_s"] / encode_rate, peak_rss_mb=rss, stages=pipelined["stages"],
                   seconds=pipelined["seconds"], encode_passes_tiles_per_s=rates, **thumbs)

@@ -63,8 +63,8 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
     the landmark catalogue with a classifier ('hirise', 'msl' or a file). ``ann`` ('hnsw', ...)
     stores an approximate index with the codes (``index_ann``); with no rasters or images it is
     added to the existing index at ``out``. An index that has one keeps it through appends.
-    ``prefetch`` chunks of tiles are made ahead of the encoder on another thread (default: 2 for
-    rasters, 0 for image folders; see ``indexer.build``). ``views``: rotations/flips each
+    ``prefetch`` chunks of tiles or images are made ahead of the encoder on another thread
+    (default: 2; see ``indexer.build``). ``views``: rotations/flips each
     tile's feature averages over (``indexer.encoding.VIEW_SETS``; default: the index's own when
     appending, else ``DEFAULT_VIEWS``).
     """
