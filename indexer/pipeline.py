@@ -89,6 +89,7 @@ def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTime
 
     def produce() -> None:
         _lower_priority()
+        iterator = None
         try:
             iterator = iter(items)
             while not stop.is_set():
@@ -106,6 +107,16 @@ def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTime
             put(_DONE)
         except BaseException as exc:  # handed to the caller, who decides what it means
             put(_Failure(exc))
+        finally:
+            # a generator left half-way (the caller stopped) is closed here, on the thread that
+            # ran it, not by the garbage collector on whichever thread comes next (a raster
+            # reader then closes outside its GDAL environment)
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # the caller already has the error that stopped it
+                    pass
 
     worker = threading.Thread(target=produce, name="lookalike-prefetch", daemon=True)
     worker.start()

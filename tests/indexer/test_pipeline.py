@@ -97,3 +97,19 @@ def test_then_runs_on_the_background_thread_at_lower_priority():
     assert all(thread != caller for thread, _ in seen)
     base = os.getpriority(os.PRIO_PROCESS, caller)
     assert seen[0][1] == min(19, base + 10)
+
+
+def test_a_generator_left_half_way_is_closed_on_its_own_thread():
+    closed = []
+
+    def items():
+        try:
+            yield from range(100)
+        finally:
+            closed.append(threading.get_native_id())
+
+    held = items()  # still referenced (as an error's traceback would): not collected
+    chunks = prefetch_chunks(held, 4)
+    next(chunks)
+    chunks.close()  # the caller stops after one chunk
+    assert closed and closed[0] != threading.get_native_id()
