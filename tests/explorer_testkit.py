@@ -123,9 +123,17 @@ def open_app(page, url: str) -> None:
     page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle")
 
 
-def map_point(page, fx: float, fy: float) -> tuple[float, float]:
-    """Page coordinates of a point of the map's canvas, as fractions of its width and height."""
-    box = page.locator(".map canvas").first.bounding_box()
+def map_point(page, fx: float, fy: float, timeout_ms: float = 30_000) -> tuple[float, float]:
+    """Page coordinates of a point of the map's canvas, as fractions of its width and height.
+    Waits while the map is being rebuilt (a new view or index replaces its canvas, which has no
+    box until it is laid out)."""
+    canvas = page.locator(".map canvas").first
+    waited = 0.0
+    while (box := canvas.bounding_box()) is None or not box["width"]:
+        if waited > timeout_ms:
+            raise AssertionError("the map's canvas was never laid out")
+        page.wait_for_timeout(100)
+        waited += 100
     return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
 
 
@@ -170,10 +178,8 @@ def click_map(page, fx: float = 0.5, fy: float = 0.5, previous_first: str | None
 
     A click that lands before the plot's event handlers are wired is retried.
     """
-    canvas = page.locator(".map canvas").first
     for _ in range(5):
-        box = canvas.bounding_box()
-        page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+        page.mouse.click(*map_point(page, fx, fy))
         try:
             return wait_until(lambda: (c := cards(page)) and c[0]["tileId"] != previous_first and c,
                               timeout=4, what="results after a map click")

@@ -130,8 +130,7 @@ def test_sessions_are_independent(browser, explorer_url):
         first += click_map(pg)  # same tile in both: also proves the map is ready for clicks
     # then both sessions click elsewhere, and both clicks are sent before either result is awaited
     for pg, fx in ((a, 0.50), (b, 0.53)):  # lon about -3 (zone 30N) and 4 (31N)
-        box = pg.locator(".map canvas").first.bounding_box()
-        pg.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * 0.3)
+        pg.mouse.click(*map_point(pg, fx, 0.3))
     found_a = wait_until(lambda: (c := cards(a)) and c[0]["tileId"] != first_a[0]["tileId"] and c,
                          what="new results in session A")
     found_b = wait_until(lambda: (c := cards(b)) and c[0]["tileId"] != first_b[0]["tileId"] and c,
