@@ -29,6 +29,7 @@ from rasterio.vrt import WarpedVRT
 
 from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError, SourceError
+from lookalike.indexer.resample import control_positions
 from lookalike.indexer.sources import RasterSource, to_uint8
 from lookalike.indexer.thumbstore import QUALITY, THUMB_SIZE
 from lookalike.indexer.tiling import TileGrid, Zone, from_zone
@@ -100,7 +101,7 @@ class SourceImage:
         # project a coarse grid of control points and interpolate between them: the projection
         # is smooth at this scale (well under a source pixel of error, even near the poles)
         # and this is several times faster than projecting every pixel
-        control = np.unique(np.append(np.arange(0, n, CONTROL_STEP), n - 1))
+        control = control_positions(n, CONTROL_STEP)
         cx, cy = np.meshgrid(x0 + centres[control], y0 - centres[control])
         clon, clat = from_zone(self.geographic, zone, cx, cy)
         mid = clon[len(control) // 2, len(control) // 2]

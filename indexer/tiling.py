@@ -191,7 +191,7 @@ def zone_crs(geographic: pyproj.CRS, zone: Zone) -> pyproj.CRS:
 def _zones_share_datum(geographic_wkt: str) -> bool:
     """Whether every zone of this lon/lat CRS only projects it (same datum, degrees): zones of
     other bodies are built on it; Earth's are the WGS 84 UTM/UPS zones."""
-    geographic = pyproj.CRS.from_wkt(geographic_wkt)
+    geographic = _parsed(geographic_wkt)
     if not (geographic.axis_info and geographic.axis_info[0].unit_name == "degree"):
         return False
     zone = _zone_crs(geographic_wkt, 1, "N")
@@ -212,7 +212,7 @@ def _transformers(geographic_wkt: str, number: int, hemisphere: str):
         inverse = pyproj.Transformer.from_pipeline(
             f"+proj=pipeline +step +inv {step} +step +proj=unitconvert +xy_in=rad +xy_out=deg")
         return forward, inverse
-    geographic = pyproj.CRS.from_wkt(geographic_wkt)
+    geographic = _parsed(geographic_wkt)
     forward = pyproj.Transformer.from_crs(geographic, projected, always_xy=True)
     inverse = pyproj.Transformer.from_crs(projected, geographic, always_xy=True)
     return forward, inverse
