@@ -1,15 +1,18 @@
 """Many people on one explorer server, and many searches on one index: latency, errors, memory.
 
-    python benchmarks/load.py [INDEX_DIR] [--sessions 1,4,8,16,32] [--clicks 5] [--churn 100]
+    python benchmarks/load.py [INDEX_DIR] [--sessions 1,4,8,16,32] [--clicks 5] [--client protocol|browser]
+                              [--url URL] [--churn 100]
                               [--workers 1,2,4,8,16] [--json benchmarks/results/load.json]
 
 Three measurements, each against a reference taken in the same run:
 
 1. **Explorer sessions.** ``lookalike serve`` on the index (default: the Mars demo index, built
-   if missing); for each N, N real Chromium sessions (browser contexts of one headless Chromium)
-   open the app and click the map ``--clicks`` times each, continuously and all at once. A click
-   is timed from the mouse event until the first page of thumbnails of its new query has been
-   decoded. Every result is checked against the session's own query (the first card is the
+   if missing; ``--url`` loads a server already running); for each N, N sessions open the app
+   and click the map ``--clicks`` times each, continuously and all at once. ``--client protocol``
+   (default) drives each session over the Bokeh protocol as a page does (``tests/protocol_client.py``),
+   so the figures are the server's; ``--client browser`` uses real Chromium contexts, which share
+   the cores with the server. A click is timed from the tap until the first page of thumbnails of
+   its new query is in (decoded, in a browser). Every result is checked against the session's own query (the first card is the
    clicked tile at distance 0 and the status names the same tile), so one session seeing
    another's results counts as a leak. The server's resident memory is sampled throughout.
 2. **Sessions opened and closed.** ``--churn`` sessions open the app one after another and close;
@@ -35,6 +38,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import psutil
@@ -42,6 +46,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from explorer_testkit import CHROMIUM, CHROMIUM_ARGS, data_dir, start_server  # noqa: E402
+from protocol_client import ProtocolSession  # noqa: E402
 
 from lookalike.indexer.search import tile_at  # noqa: E402
 
@@ -82,6 +87,15 @@ class RssSampler:
         self._thread.join()
 
 
+def server_pid(url: str) -> int:
+    """The process listening on ``url``'s port (a server started by hand)."""
+    port = urlsplit(url).port
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    raise SystemExit(f"no process of this user listens on port {port}")
+
+
 # ------------------------------------------------------------------ explorer sessions
 async def open_app(page, url: str) -> None:
     await page.goto(url, timeout=120_000)
@@ -108,9 +122,11 @@ async def one_session(browser, url: str, index, clicks: int, seed: int) -> dict:
     """One user clicking the map ``clicks`` times; returns latencies, errors and leaks."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
-    out = dict(times=[], errors=[], leaks=0, leak_samples=[], tied_first=0, misses=0)
+    out = dict(times=[], open_s=None, errors=[], leaks=0, leak_samples=[], tied_first=0, misses=0)
     try:
+        t0 = time.perf_counter()
         await open_app(page, url)
+        out["open_s"] = time.perf_counter() - t0
         box = await page.locator(".map canvas").first.bounding_box()
         rng = np.random.default_rng(seed)
         previous = None
@@ -160,21 +176,63 @@ async def one_session(browser, url: str, index, clicks: int, seed: int) -> dict:
     return out
 
 
-async def sessions_run(url: str, index, n: int, clicks: int, pid: int) -> dict:
-    from playwright.async_api import async_playwright
+async def protocol_session(url: str, index, clicks: int, seed: int, opened: asyncio.Barrier) -> dict:
+    """One user over the Bokeh protocol (``protocol_client``): opens the page, waits until every
+    session has opened (so clicks measure sessions in use, not pages being built), then taps
+    ``clicks`` random tiles one after another, each as soon as the previous results arrived."""
+    session = ProtocolSession(url)
+    out = dict(times=[], open_s=None, errors=[], leaks=0, leak_samples=[], tied_first=0, misses=0)
+    rng = np.random.default_rng(seed)
+    try:
+        try:
+            out["open_s"] = await session.open()
+        finally:
+            await opened.wait()
+        previous = None
+        for row in rng.choice(index.n, size=clicks, replace=False):
+            lon, lat = float(index.tiles["lon"].iat[row]), float(index.tiles["lat"].iat[row])
+            expected = str(index.tiles["tile_id"].iat[tile_at(index, lon, lat)])
+            if expected == previous:
+                out["misses"] += 1
+                continue
+            result = await session.click(lon, lat, previous)
+            out["times"].append(result.seconds)
+            previous = result.tile_ids[0]
+            own = [d for t, d in zip(result.tile_ids, result.distances) if t == expected]
+            if f"Query: {expected}" not in result.status or not own or own[0] != 0:
+                out["leaks"] += 1
+                out["leak_samples"].append(dict(expected=expected, first=previous, status=result.status[:160]))
+            elif previous != expected:
+                out["tied_first"] += 1
+    except Exception as exc:  # a failed session is a figure, not the end of the benchmark
+        out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    out["errors"] += session.errors
+    await session.close()
+    return out
 
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        sampler = RssSampler(pid)
-        rss_before = sampler.rss()
-        load0 = os.getloadavg()[0]
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(one_session(browser, url, index, clicks, seed=1000 * n + i) for i in range(n)))
-        wall = time.perf_counter() - t0
-        sampler.stop()
-        await browser.close()
+
+async def sessions_run(url: str, index, n: int, clicks: int, pid: int, client: str = "protocol") -> dict:
+    sampler = RssSampler(pid)
+    rss_before = sampler.rss()
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    if client == "protocol":
+        opened = asyncio.Barrier(n)
+        results = await asyncio.gather(*(protocol_session(url, index, clicks, 1000 * n + i, opened) for i in range(n)))
+    else:
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            results = await asyncio.gather(*(one_session(browser, url, index, clicks, seed=1000 * n + i)
+                                             for i in range(n)))
+            await browser.close()
+    wall = time.perf_counter() - t0
+    sampler.stop()
     times = [t for r in results for t in r["times"]]
-    return dict(sessions=n, clicks=len(times), misses=sum(r["misses"] for r in results),
+    opens = [r["open_s"] for r in results if r.get("open_s") is not None]
+    return dict(sessions=n, client=client, clicks=len(times), misses=sum(r["misses"] for r in results),
+                open_p50_s=percentile(opens, 50), open_max_s=round(max(opens), 3) if opens else None,
                 p50_s=percentile(times, 50), p95_s=percentile(times, 95),
                 max_s=round(max(times), 3) if times else None,
                 errors=sum(len(r["errors"]) for r in results),
@@ -263,16 +321,22 @@ def api_run(index_dir: Path, workers: list[int], queries: int, k: int) -> list[d
 def markdown(result: dict) -> str:
     lines = ["# Load: many sessions on one explorer, many searches on one index", "",
              f"Produced by `python benchmarks/load.py`; index `{Path(result['index']).name}` "
-             f"({result['tiles']} tiles), {result['cpus']} cores, click→thumbnails measured in real "
-             "Chromium sessions (contexts of one headless browser on the same machine as the server). "
-             "A leak is a status or a page of hits that does not answer the session's own tap (the tile "
-             "under the point it sent, at distance 0); a tie, another tile at distance 0 ranked first "
-             "by index order, is counted apart.", "",
+             f"({result['tiles']} tiles), {result['cpus']} cores, {result['clicks_per_session']} clicks a "
+             "session. Clients: `protocol`, sessions that speak the Bokeh protocol as a page does "
+             "(`tests/protocol_client.py`: the page's GET, the document, the map's size, taps, and the "
+             "thumbnails not sent inline fetched over HTTP), so the server is measured alone; `browser`, "
+             "contexts of one headless Chromium on the same cores as the server. All sessions open at "
+             "once; a protocol session starts clicking when all have opened, and clicks again as soon as "
+             "its results arrived. A click is timed from the tap until its first page of thumbnails is "
+             "in (decoded, in a browser). A leak is a status or a page of hits that does not answer the "
+             "session's own tap (the tile under the point it sent, at distance 0); a tie, another tile "
+             "at distance 0 ranked first by index order, is counted apart.", "",
              "## Concurrent explorer sessions", "",
-             "| sessions | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | another tile at distance 0 first | server RSS before → peak (MB) | load avg |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "| sessions | client | page open p50 / max (s) | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | another tile at distance 0 first | server RSS before → peak (MB) | load avg |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in result["sessions"]:
-        lines.append(f"| {r['sessions']} | {r['clicks']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
+        lines.append(f"| {r['sessions']} | {r.get('client', 'browser')} | {r.get('open_p50_s')} / "
+                     f"{r.get('open_max_s')} | {r['clicks']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
                      f"{r['errors']} | {r['leaks']} | {r.get('tied_first', '')} | "
                      f"{r['rss_before_mb']} → {r['rss_peak_mb']} | {r['load_average']} |")
     c = result.get("churn")
@@ -297,6 +361,9 @@ def main() -> None:
     parser.add_argument("index", nargs="?", help="index directory (default: the Mars demo index)")
     parser.add_argument("--sessions", default="1,4,8,16,32")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--client", choices=["protocol", "browser"], default="protocol",
+                        help="sessions over the Bokeh protocol (the server measured alone) or in Chromium")
+    parser.add_argument("--url", help="load a server that is already running at this URL instead")
     parser.add_argument("--churn", type=int, default=100, help="sessions opened and closed (0: skip)")
     parser.add_argument("--settle", type=float, default=45.0,
                         help="seconds to wait for closed sessions to be dropped before measuring RSS")
@@ -320,17 +387,19 @@ def main() -> None:
                   clicks_per_session=args.clicks, api_k=args.k)
     if args.workers:
         result["api"] = api_run(index, [int(w) for w in args.workers.split(",")], args.queries, args.k)
-    proc, url = start_server(index, env, timeout=300)
+    proc, url = (None, args.url) if args.url else start_server(index, env, timeout=300)
+    pid = server_pid(url) if proc is None else proc.pid
     try:
         for n in [int(s) for s in args.sessions.split(",") if s]:
-            result["sessions"].append(asyncio.run(sessions_run(url, opened, n, args.clicks, proc.pid)))
+            result["sessions"].append(asyncio.run(sessions_run(url, opened, n, args.clicks, pid, args.client)))
             print(json.dumps(result["sessions"][-1]), flush=True)
         if args.churn:
-            result["churn"] = asyncio.run(churn_run(url, args.churn, proc.pid, args.settle))
+            result["churn"] = asyncio.run(churn_run(url, args.churn, pid, args.settle))
             print(json.dumps(result["churn"]), flush=True)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -35,6 +35,7 @@ from urllib.parse import unquote
 
 import holoviews as hv
 import panel as pn
+from bokeh.core.property.validation import validate
 from tornado.web import MissingArgumentError, RequestHandler
 
 from lookalike.errors import LookalikeError
@@ -44,7 +45,7 @@ from lookalike.explorer.served import Catalog
 from lookalike.explorer.state import MAP_LAYERS, ExplorerState
 from lookalike.explorer.views import MapView, controls, results_panel, status_pane
 from lookalike.indexer.search import Query, search
-from lookalike.indexer.thumbnails import basemap_image, thumbnail_jpeg, warm_zones
+from lookalike.indexer.thumbnails import basemap_image, has_stored_thumbnails, thumbnail_jpeg, warm_zones
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ THREADS = 8
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024
 THEME = "dark"
+PAGE_TITLE = "Lookalike"
 INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
 CSS = """
@@ -105,7 +107,10 @@ class Thumbnails:
         return future
 
     def prefetch(self, index, tiles) -> None:
-        """Render the thumbnails of these tile rows ahead of the browser's requests."""
+        """Render the thumbnails of these tile rows ahead of the browser's requests (stored ones
+        need no rendering)."""
+        if has_stored_thumbnails(index):
+            return
         for tile in tiles.to_dict("records"):
             self.future(index, tile)
 
@@ -115,6 +120,15 @@ class Thumbnails:
         Sending a page of thumbnails inside the results message saves the browser fifty
         requests (six at a time); what is not ready by then loads through /thumb as usual.
         """
+        if has_stored_thumbnails(index):  # a lookup each, on this thread
+            out = {}
+            for tile_id in tiles["tile_id"].astype(str).tolist():
+                try:
+                    out[tile_id] = "data:image/jpeg;base64," + base64.b64encode(
+                        index.thumbnail(index.row_of(tile_id))).decode()
+                except LookalikeError:  # e.g. a damaged thumbnail file: the /thumb route says why
+                    continue
+            return out
         futures = {rec["tile_id"]: self.future(index, rec) for rec in tiles.to_dict("records")}
         deadline = time.monotonic() + timeout
         out = {}
@@ -230,12 +244,35 @@ def session_params() -> dict[str, str]:
     return out
 
 
-def release_memory(session_context) -> None:
-    """Once a closed page's session is dropped: collect its objects and hand the freed heap back
-    to the system (glibc keeps it otherwise, so a server's RSS would only ever grow)."""
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+RELEASE_DELAY_S = 2.0  # closed sessions dropped within this time share one collection
+
+
+class _MemoryRelease:
+    """Collect dropped sessions' objects and hand the freed heap back to the system (glibc keeps
+    it otherwise, so a server's RSS would only ever grow). A full collection of this heap takes
+    a tenth of a second or more and holds every session up meanwhile, so the sessions dropped
+    within ``RELEASE_DELAY_S`` of each other share one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, session_context) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(RELEASE_DELAY_S, self._run)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._timer = None
+        gc.collect()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+
+
+release_memory = _MemoryRelease()
 
 
 def _load_libc():
@@ -312,6 +349,19 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
         # an offline or firewalled page waits for and never gets
         font="system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif", font_url="")
     return template
+
+
+def serve_session(catalog: Catalog) -> None:
+    """Make one browser page's session: its layout (``build_app``) put into the session's
+    document. Bokeh's property validation is off while the document's few hundred models are
+    made: it is a fifth of the time a new page costs the server, and every value set here comes
+    from this code, not from a user."""
+    doc = pn.state.curdoc
+    # one walk over the document's models at the end, rather than one per change made to it
+    with doc.models.freeze():
+        template = build_app(catalog)
+        with validate(False):
+            template.server_doc(doc, title=PAGE_TITLE, location=True)
 
 
 def warm_up(catalog: Catalog) -> None:
@@ -394,8 +444,9 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     kwargs.setdefault("websocket_max_message_size", MAX_MESSAGE_BYTES)
     kwargs.setdefault("compress_response", True)  # gzip: the page's scripts are most of its bytes
     kwargs.setdefault("http_server_kwargs", dict(max_body_size=MAX_BODY_BYTES, max_buffer_size=MAX_BODY_BYTES))
-    return pn.serve(lambda: build_app(catalog), port=port, show=show, address=address,
-                    title="Lookalike", threaded=threaded,
+    # a plain function: Panel calls functions, and would show any other callable as a pane
+    return pn.serve(lambda: serve_session(catalog), port=port, show=show, address=address,
+                    title=PAGE_TITLE, threaded=threaded,
                     extra_patterns=[(r"/thumb/([^/]+)/(.+)\.jpg", ThumbnailHandler, dict(catalog=catalog)),
                                     (r"/basemap/([^/]+)/([a-z]+)\.jpg", BasemapHandler, dict(catalog=catalog))],
                     **kwargs)

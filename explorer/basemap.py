@@ -291,15 +291,20 @@ def density_image(lon: np.ndarray, lat: np.ndarray, bounds: tuple[float, float, 
 def outlines(tiles: pd.DataFrame) -> list[np.ndarray]:
     """Footprint rings (lon, lat) of tile rows, unwrapped around each centre; a footprint around
     a pole runs along the map's edges and the pole's latitude."""
+    return footprint_rings(tiles[[f"lon{i}" for i in range(4)]].to_numpy(float),
+                           tiles[[f"lat{i}" for i in range(4)]].to_numpy(float), tiles["lon"].to_numpy(float))
+
+
+def footprint_rings(corner_lons: np.ndarray, corner_lats: np.ndarray, centre_lons: np.ndarray) -> list[np.ndarray]:
+    """``outlines`` over arrays: (n, 4) corner longitudes and latitudes and n centre longitudes."""
     rings = []
-    for rec in tiles.to_dict("records"):
-        lons = np.array([rec[f"lon{i}"] for i in range(4)], float)
-        lats = np.array([rec[f"lat{i}"] for i in range(4)], float)
+    for lons, lats, centre in zip(np.asarray(corner_lons, float), np.asarray(corner_lats, float),
+                                  np.asarray(centre_lons, float)):
         if holds_pole(lons):
             ring = pole_ring(lons, lats)
             rings.append(np.vstack([ring, ring[:1]]))
             continue
-        lons = (lons - rec["lon"] + 180.0) % 360.0 - 180.0 + rec["lon"]
+        lons = (lons - centre + 180.0) % 360.0 - 180.0 + centre
         rings.append(np.column_stack([np.append(lons, lons[0]), np.append(lats, lats[0])]))
     return rings
 

@@ -171,16 +171,18 @@ def thumbnail_items(state: ExplorerState, hits: pd.DataFrame | None, page: int,
         return []
     rows = hits.iloc[page * state.page_size:(page + 1) * state.page_size]
     embedded = inline(rows) if inline is not None else {}
+    times = rows["time"].tolist() if "time" in rows else [None] * len(rows)
     items = []
-    for rec in rows.to_dict("records"):
-        t = rec.get("time")
+    # columns, not records: a record of every column of the tile table costs more than the page
+    for tile_id, rank, distance, t, lon, lat in zip(
+            rows["tile_id"].astype(str).tolist(), rows["rank"].tolist(), rows["distance"].tolist(), times,
+            rows["lon"].to_numpy(float).tolist(), rows["lat"].to_numpy(float).tolist()):
         items.append(dict(
-            tile_id=rec["tile_id"], rank=int(rec["rank"]), distance=int(rec["distance"]),
-            src=embedded.get(rec["tile_id"]) or thumbnail_url(state.index_name, rec["tile_id"]),
+            tile_id=tile_id, rank=int(rank), distance=int(distance),
+            src=embedded.get(tile_id) or thumbnail_url(state.index_name, tile_id),
             time="" if t is None or pd.isna(t) else pd.Timestamp(t).isoformat(),
-            lon=round(float(rec["lon"]), 5), lat=round(float(rec["lat"]), 5),
-            mark="positive" if rec["tile_id"] in positives else
-                 "negative" if rec["tile_id"] in negatives else ""))
+            lon=round(lon, 5), lat=round(lat, 5),
+            mark="positive" if tile_id in positives else "negative" if tile_id in negatives else ""))
     return items
 
 
@@ -588,6 +590,7 @@ class MapView:
         # lon/lat, or a polar cap's stereographic plane: every layer's coordinates go through it
         self.projection = MapProjection(state.view)
         self._density_grid = None
+        self._layers_stale = False
         self.doc = pn.state.curdoc
 
     @staticmethod
@@ -631,8 +634,10 @@ class MapView:
             layers = zones * labels
             if self.entry.is_mars:
                 layers = layers * self._hirise()
+            # the first view is set on the figure (``_capture``), not as xlim/ylim: HoloViews
+            # renders a plot with limits and range streams a second time as the page is made
             overlay = (layers * boxes * polys).opts(
-                hv.opts.Overlay(responsive=True, aspect=2, min_height=300, xlim=xlim, ylim=ylim,
+                hv.opts.Overlay(responsive=True, aspect=2, min_height=300,
                                 xlabel="longitude (°E)", ylabel="latitude (°N)",
                                 active_tools=["wheel_zoom"], hooks=[weak_hook(self._capture)],
                                 toolbar="above", show_legend=False))
@@ -646,24 +651,25 @@ class MapView:
                                  css_classes=["map"], linked_axes=False)
 
     # layers ------------------------------------------------------------------
-    def _tiles(self, tile_ids: list[str]) -> pd.DataFrame:
-        rows = [self.state.index.row_of(t) for t in tile_ids if t]
-        return self.state.index.tiles.iloc[rows]
-
     def _outline_data(self, tile_ids: list[str]) -> dict:
-        try:
-            tiles = self._tiles(tile_ids)
-        except LookalikeError:
-            tiles = self.state.index.tiles.iloc[:0]
-        tiles = tiles[self.projection.visible(tiles["lat"].to_numpy(float))]
+        index = self.state.index
+        rows = []
+        for tile_id in tile_ids:
+            if tile_id:
+                try:
+                    rows.append(index.row_of(tile_id))
+                except LookalikeError:
+                    pass
+        rows = np.asarray(rows, np.int64)
+        lons = np.column_stack([index.column(f"lon{i}") for i in range(4)])[rows]
+        lats = np.column_stack([index.column(f"lat{i}") for i in range(4)])[rows]
+        seen = self.projection.visible(index.column("lat")[rows])
+        lons, lats, centres = lons[seen], lats[seen], index.column("lon")[rows][seen]
         if self.projection.polar:  # corners straight into the plane: a tile around the pole stays whole
-            rings = [np.column_stack(self.projection.forward(
-                np.r_[lons, lons[:1]], np.r_[lats, lats[:1]]))
-                for lons, lats in ((tiles[[f"lon{i}" for i in range(4)]].to_numpy(float)[j],
-                                    tiles[[f"lat{i}" for i in range(4)]].to_numpy(float)[j])
-                                   for j in range(len(tiles)))]
+            rings = [np.column_stack(self.projection.forward(np.r_[lo, lo[:1]], np.r_[la, la[:1]]))
+                     for lo, la in zip(lons, lats)]
         else:
-            rings = basemap.outlines(tiles)
+            rings = basemap.footprint_rings(lons, lats, centres)
         return {"xs": [r[:, 0] for r in rings], "ys": [r[:, 1] for r in rings]}
 
     def layer_data(self) -> dict[str, dict]:
@@ -839,12 +845,17 @@ class MapView:
             self._in_doc(update)
 
     def _refresh_layers(self, *_) -> None:
+        """Send the dynamic layers' data for the state as it is when the session's loop gets to
+        it: a click changes the query, then the hits, and both changes are sent once."""
         if not self.sources:
             return
-        data = self.layer_data()
+        self._layers_stale = True
 
         def update() -> None:
-            for name, columns in data.items():
+            if not self._layers_stale:
+                return
+            self._layers_stale = False
+            for name, columns in self.layer_data().items():
                 self.sources[name].data = columns
 
         self._in_doc(update)
@@ -1044,6 +1055,10 @@ class MapView:
         if self.figure is plot.state:
             return
         self.figure = plot.state
+        if not self.projection.polar:
+            (x0, x1), (y0, y1) = self._initial_ranges
+            self.figure.x_range.update(start=x0, end=x1, reset_start=x0, reset_end=x1)
+            self.figure.y_range.update(start=y0, end=y1, reset_start=y0, reset_end=y1)
         self.drawn_renderers = self._find_drawn_renderers(plot)
         self._add_layers(self.figure)
         self._add_tap(self.figure)

@@ -22,7 +22,7 @@ from shapely.geometry.base import BaseGeometry
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
-from lookalike.indexer.catalogue import landmark_mask, tiles_under
+from lookalike.indexer.catalogue import FootprintLocator, landmark_mask
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.sources import load_image
@@ -317,7 +317,8 @@ def tile_at(index: Index, lon: float, lat: float) -> int:
 
     if "lon0" not in index.tiles:
         raise LookalikeError("this index has no footprints; query it by tile id or image")
-    row = int(tiles_under(index.tiles, [lon], [lat])[0])
+    locator = index.cached("footprint_locator", lambda: FootprintLocator(index.tiles))
+    row = int(locator.rows_under([lon], [lat])[0])
     if row < 0:
         raise LookalikeError(f"no indexed tile covers lon {lon}, lat {lat}")
     return row

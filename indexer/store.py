@@ -132,10 +132,31 @@ class Index:
                                     "or rewritten in place) after the index was opened; open it again")
 
     def row_of(self, tile_id: str) -> int:
-        rows = np.flatnonzero(self.tiles["tile_id"].to_numpy() == tile_id)
-        if len(rows) == 0:
+        """The row of ``tile_id`` (ids are unique; a dictionary lookup, built on first use and kept)."""
+        rows = self.cached("rows", lambda: {tile: row for row, tile in
+                                            enumerate(self.tiles["tile_id"].astype(str).tolist())})
+        row = rows.get(str(tile_id))
+        if row is None:
             raise LookalikeError(f"tile {tile_id!r} is not in the index {self.path}")
-        return int(rows[0])
+        return row
+
+    def cached(self, key: str, make):
+        """``make()``, a value derived from this (read-only) index, made once and kept."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    def column(self, name: str, dtype=np.float64) -> np.ndarray:
+        """A column of the tile table as a read-only numpy array, converted once and kept (the
+        table's Arrow columns cost a conversion at every read)."""
+
+        def make() -> np.ndarray:
+            array = self.tiles[name].to_numpy(dtype)
+            array.flags.writeable = False
+            return array
+
+        return self.cached(f"column:{name}:{np.dtype(dtype).str}", make)
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -265,11 +265,16 @@ def warm_zones(index, source: str | None = None) -> int:
     return len(zones)
 
 
+def has_stored_thumbnails(index) -> bool:
+    """Whether the index holds thumbnails made at index time (so showing one is a lookup)."""
+    return "thumbs" in index.manifest["files"]
+
+
 def thumbnail_jpeg(index, tile: dict, out_size: int = THUMB_SIZE, quality: int = QUALITY) -> bytes:
     """JPEG bytes of one tile row (a mapping with tile_id, source, zone, row, col): the one made
     at index time when the index has them (a lookup), else rendered from the source and cached
     per process."""
-    if "thumbs" in index.manifest["files"] and out_size == THUMB_SIZE:
+    if has_stored_thumbnails(index) and out_size == THUMB_SIZE:
         return index.thumbnail(index.row_of(str(tile["tile_id"])))
     return render_thumbnail(index, tile, out_size, quality)
 

@@ -66,7 +66,8 @@ class ThumbnailFile:
     def __init__(self, path: Path, expected: int | None = None):
         self.path = Path(path)
         try:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            # a plain array over the map: np.memmap's subclass hooks cost more than a lookup
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r").view(np.ndarray)
         except (OSError, ValueError) as exc:
             raise IndexCorruptError(f"{path}: the thumbnail file cannot be read ({exc})") from None
         size = len(self._map)

@@ -28,3 +28,24 @@ def test_a_dropped_map_lets_its_session_state_go(explorer_index):
     del state, view, pane, root
     gc.collect()
     assert alive() is None
+
+
+def test_sessions_dropped_together_share_one_collection(monkeypatch):
+    """A full collection holds every session up: closed sessions dropped within the delay share
+    one, and a later drop gets its own."""
+    import time
+    from types import SimpleNamespace
+
+    from lookalike.explorer import app
+
+    calls = []
+    monkeypatch.setattr(app, "RELEASE_DELAY_S", 0.05)
+    monkeypatch.setattr(app, "gc", SimpleNamespace(collect=lambda: calls.append("collect")))
+    release = app._MemoryRelease()
+    for _ in range(10):
+        release(None)
+    time.sleep(0.5)
+    assert calls == ["collect"]
+    release(None)
+    time.sleep(0.5)
+    assert calls == ["collect", "collect"]
