@@ -431,6 +431,11 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     pn.extension(notifications=False)
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
+    # what is loaded by now (libraries, the indexes) lives as long as the process: kept out of the
+    # collector's full passes, which would otherwise walk it (a third of a second) every time
+    # sessions have made enough new objects, holding every session up meanwhile
+    gc.collect()
+    gc.freeze()
     local = local_address(address)
     print(f"Lookalike explorer: http://{'localhost' if local else address}:{port}/\n"
           "  Click anywhere on the planet: its 1,000 most similar places appear as thumbnails and on\n"
