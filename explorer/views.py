@@ -201,7 +201,9 @@ def results_panel(state: ExplorerState, inline=None) -> pn.Column:
         sizing_mode="stretch_width")
     prev_page = pn.widgets.Button(name="◀ Previous", width=110,
                                   disabled=pn.bind(lambda p: p <= 0, state.param.page))
-    next_page = pn.widgets.Button(name="Next ▶", width=110)
+    next_page = pn.widgets.Button(name="Next ▶", width=110,
+                                  disabled=pn.bind(lambda h, p: h is None or p >= state.n_pages - 1,
+                                                   state.param.hits, state.param.page))
     prev_page.on_click(lambda _: state.param.update(page=max(0, state.page - 1)))
     next_page.on_click(lambda _: state.param.update(page=min(state.n_pages - 1, state.page + 1)))
 
@@ -212,10 +214,11 @@ def results_panel(state: ExplorerState, inline=None) -> pn.Column:
         last = min(len(hits), (page + 1) * state.page_size)
         return f"Hits {first}–{last} of {len(hits)} · page {page + 1} of {state.n_pages}"
 
+    # always shown (disabled without hits): a pager appearing with the first results made the
+    # browser lay the whole page out again, a third of a second of the first click
     pager = pn.Row(prev_page, next_page,
                    pn.pane.Str(pn.bind(page_text, state.param.hits, state.param.page),
-                               css_classes=["page-info"], margin=(12, 10)),
-                   visible=pn.bind(lambda h: h is not None and len(h) > 0, state.param.hits))
+                               css_classes=["page-info"], margin=(12, 10)))
     return pn.Column(pager, grid, sizing_mode="stretch_width")
 
 
@@ -660,6 +663,8 @@ class MapView:
                     rows.append(index.row_of(tile_id))
                 except LookalikeError:
                     pass
+        if not rows or "lon0" not in index.tiles:  # nothing to outline, or no footprints to draw
+            return {"xs": [], "ys": []}
         rows = np.asarray(rows, np.int64)
         lons = np.column_stack([index.column(f"lon{i}") for i in range(4)])[rows]
         lats = np.column_stack([index.column(f"lat{i}") for i in range(4)])[rows]

@@ -4,6 +4,7 @@ uses): each one gets the answer to its own clicks, at once, while others click t
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -41,7 +42,10 @@ def test_concurrent_sessions_each_see_their_own_results(explorer_url, explorer_i
     async def run():
         return await asyncio.gather(*(clicks(explorer_url, index, rows) for rows in plans))
 
-    for answers in asyncio.run(run()):
+    # on a thread of its own: Playwright's sync API may hold this thread's event loop
+    with ThreadPoolExecutor(1) as pool:
+        sessions = pool.submit(asyncio.run, run()).result()
+    for answers in sessions:
         for expected, result in answers:
             assert result.tile_ids[0] == expected  # the clicked tile ranks first...
             assert result.distances[0] == 0  # ...at distance 0
