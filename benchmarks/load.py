@@ -97,6 +97,18 @@ def server_pid(url: str) -> int:
 
 
 # ------------------------------------------------------------------ explorer sessions
+def judge(out: dict, expected: str, tile_ids: list[str], distances: list[int], status: str) -> None:
+    """Count a click's results as a leak unless they answer the session's own tap: the status
+    names the tile under it and that tile is among the hits at distance 0; another tile at
+    distance 0 ranked first (ties by index order) is counted apart."""
+    own = [d for t, d in zip(tile_ids, distances) if t == expected]
+    if f"Query: {expected}" not in status or not own or own[0] != 0:
+        out["leaks"] += 1
+        out["leak_samples"].append(dict(expected=expected, first=tile_ids[0], status=status[:160]))
+    elif tile_ids[0] != expected:
+        out["tied_first"] += 1
+
+
 async def open_app(page, url: str) -> None:
     await page.goto(url, timeout=120_000)
     await page.locator(".map canvas").first.wait_for(state="visible", timeout=120_000)
@@ -162,13 +174,7 @@ async def one_session(browser, url: str, index, clicks: int, seed: int) -> dict:
                 status = await poll(status_names_query, timeout=5)
             except TimeoutError:
                 status = " ".join((await status_pane.evaluate(STATUS)).split())
-            own = [c for c in found if c["tileId"] == expected]
-            if f"Query: {expected}" not in status or not own or own[0]["distance"] != "0":
-                out["leaks"] += 1
-                out["leak_samples"].append(dict(expected=expected, first=found[0]["tileId"],
-                                                status=status[:160]))
-            elif found[0]["tileId"] != expected:
-                out["tied_first"] += 1  # another tile at distance 0 ranks first (ties by index order)
+            judge(out, expected, [c["tileId"] for c in found], [int(c["distance"]) for c in found], status)
     except Exception as exc:  # a failed session is a figure, not the end of the benchmark
         out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
     finally:
@@ -198,12 +204,7 @@ async def protocol_session(url: str, index, clicks: int, seed: int, opened: asyn
             result = await session.click(lon, lat, previous)
             out["times"].append(result.seconds)
             previous = result.tile_ids[0]
-            own = [d for t, d in zip(result.tile_ids, result.distances) if t == expected]
-            if f"Query: {expected}" not in result.status or not own or own[0] != 0:
-                out["leaks"] += 1
-                out["leak_samples"].append(dict(expected=expected, first=previous, status=result.status[:160]))
-            elif previous != expected:
-                out["tied_first"] += 1
+            judge(out, expected, result.tile_ids, result.distances, result.status)
     except Exception as exc:  # a failed session is a figure, not the end of the benchmark
         out["errors"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
     out["errors"] += session.errors

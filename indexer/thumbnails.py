@@ -249,6 +249,11 @@ def _chip_jpeg(path: str, out_size: int, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def has_stored_thumbnails(index) -> bool:
+    """Whether the index holds thumbnails made at index time (so showing one is a lookup)."""
+    return "thumbs" in index.manifest["files"]
+
+
 def warm_zones(index, source: str | None = None) -> int:
     """Create the zone-to-lon/lat transformers of every zone of ``index`` in the calling thread.
 
@@ -256,18 +261,13 @@ def warm_zones(index, source: str | None = None) -> int:
     zone of another body), so a thread that will render thumbnails calls this once, up front.
     Returns the number of zones.
     """
-    if index.manifest.get("kind") == "images" or "thumbs" in index.manifest["files"]:
+    if index.manifest.get("kind") == "images" or has_stored_thumbnails(index):
         return 0  # chips are pictures of their own, stored thumbnails need no rendering
     image = index_source_image(index, source)
     zones = index.tiles["zone"].unique().tolist() if "zone" in index.tiles else []
     for label in zones:
         from_zone(image.geographic, Zone.parse(str(label)), np.zeros(1), np.zeros(1))
     return len(zones)
-
-
-def has_stored_thumbnails(index) -> bool:
-    """Whether the index holds thumbnails made at index time (so showing one is a lookup)."""
-    return "thumbs" in index.manifest["files"]
 
 
 def thumbnail_jpeg(index, tile: dict, out_size: int = THUMB_SIZE, quality: int = QUALITY) -> bytes:

@@ -145,7 +145,7 @@ class ProtocolSession:
 
     def status(self) -> str:
         """The text of the status pane (the HTML pane that names the query)."""
-        return next((t for t in self.texts.values() if "Query:" in t or "hits" in t), "")
+        return next((t for t in self.texts.values() if "Query:" in t), "")
 
     # -- protocol -------------------------------------------------------------
     async def _send(self, msgtype: str, content: dict, msgid: str | None = None) -> str:
