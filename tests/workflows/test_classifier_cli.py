@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from lookalike_testkit import assert_user_error, run_main
 
+from lookalike.config import features_dir
 from lookalike.models.classifier import load_classifier
 
 CLASSES = ("red_noise", "green_stripes", "blue_checks")
@@ -123,6 +124,8 @@ def test_finetune_cli_smoke(tiny_folder, tmp_path):
     model = load_classifier(out)
     assert model.tail and model.cut == 19 and model.views == 2 and model.hidden == 0
     assert model.meta["training"]["steps"] >= 3
+    assert report["resumed_after_epoch"] == 0
+    assert not list(features_dir().glob("finetune-*.pt"))  # the training's checkpoint goes with its model
     code, stdout, stderr = run_main(["eval", "classify", "--model", out, "--images", tiny_folder,
                                      "--labels", tiny_folder / "labels.csv", "--split", "val"])
     assert code == 0, stderr
