@@ -60,9 +60,6 @@ THEME = "dark"
 PAGE_TITLE = "Lookalike"
 INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
-CSS = """
-.status p { margin: 0.2em 0; }
-"""
 
 
 class Thumbnails:
@@ -344,7 +341,7 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
         sidebar=[pn.panel(pn.bind(controls_for, state.param.index_name, state.param.view))],
         main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name, state.param.view)), status_pane(state),
                         results_panel(state, inline=inline), sizing_mode="stretch_width")],
-        sidebar_width=330, raw_css=[CSS], accent="#d2691e",
+        sidebar_width=330, accent="#d2691e",
         # the system's own fonts: the theme's default pulls Open Sans from the internet, which
         # an offline or firewalled page waits for and never gets
         font="system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif", font_url="")

@@ -155,6 +155,40 @@ class ThumbnailGrid(JSComponent):
             self._on_action(str(msg.get("action", "")), str(msg.get("tile_id", "")))
 
 
+class TextLines(JSComponent):
+    """Lines of plain text with some runs in bold: the status and the pager's caption.
+
+    The browser sets each run with ``textContent``, so a value from a shared link shows as typed
+    and never becomes markup. An update sends only the new lines: a Markdown or Str pane re-sends
+    its stylesheets with every change, which makes Bokeh walk every model of the page, on the
+    server and in the browser, at each click.
+    """
+
+    lines = param.List(default=[], doc="lines, each a list of [text, bold] runs")
+
+    _esm = """
+    export function render({ model, el }) {
+      const box = document.createElement('div');
+      function draw() {
+        box.replaceChildren(...model.lines.map((runs) => {
+          const line = document.createElement('p');
+          for (const [text, bold] of runs) {
+            const run = document.createElement(bold ? 'strong' : 'span');
+            run.textContent = text;
+            line.append(run);
+          }
+          return line;
+        }));
+      }
+      draw();
+      model.on('lines', draw);
+      return box;
+    }
+    """
+
+    _stylesheets = ["p { margin: 0.2em 0; font-size: 13px; }"]
+
+
 def thumbnail_url(index_name: str, tile_id: str) -> str:
     # relative, so the app also works behind a path prefix
     return f"thumb/{quote(index_name, safe='')}/{quote(tile_id, safe='')}.jpg"
@@ -186,6 +220,15 @@ def thumbnail_items(state: ExplorerState, hits: pd.DataFrame | None, page: int,
     return items
 
 
+def page_lines(state: ExplorerState, hits, page) -> list:
+    """The pager's caption as ``TextLines``: which hits the page shows."""
+    if hits is None or len(hits) == 0:
+        return []
+    first = page * state.page_size + 1
+    last = min(len(hits), (page + 1) * state.page_size)
+    return [[[f"Hits {first}–{last} of {len(hits)} · page {page + 1} of {state.n_pages}", False]]]
+
+
 def results_panel(state: ExplorerState, inline=None) -> pn.Column:
     """Hit count, pager and the thumbnail grid (``inline``: see ``thumbnail_items``)."""
     def on_action(action: str, tile_id: str) -> None:
@@ -207,18 +250,11 @@ def results_panel(state: ExplorerState, inline=None) -> pn.Column:
     prev_page.on_click(lambda _: state.param.update(page=max(0, state.page - 1)))
     next_page.on_click(lambda _: state.param.update(page=min(state.n_pages - 1, state.page + 1)))
 
-    def page_text(hits, page):
-        if hits is None or len(hits) == 0:
-            return ""
-        first = page * state.page_size + 1
-        last = min(len(hits), (page + 1) * state.page_size)
-        return f"Hits {first}–{last} of {len(hits)} · page {page + 1} of {state.n_pages}"
-
     # always shown (disabled without hits): a pager appearing with the first results made the
     # browser lay the whole page out again, a third of a second of the first click
-    pager = pn.Row(prev_page, next_page,
-                   pn.pane.Str(pn.bind(page_text, state.param.hits, state.param.page),
-                               css_classes=["page-info"], margin=(12, 10)))
+    info = TextLines(lines=pn.bind(page_lines, state, state.param.hits, state.param.page),
+                     css_classes=["page-info"], margin=(12, 10))
+    pager = pn.Row(prev_page, next_page, info)
     return pn.Column(pager, grid, sizing_mode="stretch_width")
 
 
@@ -234,34 +270,34 @@ def inert(text: str) -> str:
     return "".join(f"&#{ord(c)};" if c in _MARKUP else c for c in str(text))
 
 
-def status_markdown(state: ExplorerState, hits, error, query_tile, use_examples, positives,
-                    negatives, *_filters) -> str:
-    """The hit count, the query and the filters in force, always visible."""
+def status_lines(state: ExplorerState, hits, error, query_tile, use_examples, positives,
+                 negatives, *_filters) -> list:
+    """The hit count, the query and the filters in force (``TextLines``), always visible."""
     if hits is None:
-        head = "**Click the map** to search for the lookalikes of the tile under the cursor."
+        head = [["Click the map", True], [" to search for the lookalikes of the tile under the cursor.", False]]
     else:
-        head = f"**{len(hits)} hits** (k = {state.k}, {state.elapsed_ms:.0f} ms)"
+        head = [[f"{len(hits)} hits", True], [f" (k = {state.k}, {state.elapsed_ms:.0f} ms)", False]]
     if use_examples and positives:
         query = f"{len(positives)} positive / {len(negatives)} negative examples"
     else:
-        query = inert(query_tile) if query_tile else "none"
-    filters = [inert(f) for f in state.describe_filters()]
-    lines = [head, f"Query: {query}", "Filters: " + ("; ".join(filters) if filters else "none")]
+        query = query_tile or "none"
+    filters = state.describe_filters()
+    lines = [head, [[f"Query: {query}", False]], [["Filters: " + ("; ".join(filters) if filters else "none"), False]]]
     if positives or negatives:
-        lines.append(f"Marked: {len(positives)} positive, {len(negatives)} negative")
-    return "  \n".join(lines)
+        lines.append([[f"Marked: {len(positives)} positive, {len(negatives)} negative", False]])
+    return lines
 
 
 def status_pane(state: ExplorerState) -> pn.Column:
-    md = pn.pane.Markdown(pn.bind(status_markdown, state, state.param.hits, state.param.error,
-                                  state.param.query_tile, state.param.use_examples,
-                                  state.param.positives, state.param.negatives, state.param.zones,
-                                  state.param.time_start, state.param.time_end, state.param.bbox,
-                                  state.param.boxes, state.param.polygons),
-                          css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10))
+    lines = TextLines(lines=pn.bind(status_lines, state, state.param.hits, state.param.error,
+                                    state.param.query_tile, state.param.use_examples,
+                                    state.param.positives, state.param.negatives, state.param.zones,
+                                    state.param.time_start, state.param.time_end, state.param.bbox,
+                                    state.param.boxes, state.param.polygons),
+                      css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10))
     alert = pn.pane.Alert(pn.bind(inert, state.param.error), alert_type="warning", css_classes=["error"],
                           visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
-    return pn.Column(alert, md, sizing_mode="stretch_width")
+    return pn.Column(alert, lines, sizing_mode="stretch_width")
 
 
 # ------------------------------------------------------------------ legend

@@ -37,7 +37,7 @@ class ClickResult:
     seconds: float  # tap sent -> first page of results and its thumbnails received
     tile_ids: list[str]  # the page of results, in rank order
     distances: list[int]
-    status: str  # the status pane's text after the click (HTML)
+    status: str  # the status pane's text after the click (its lines joined)
     fetched: int  # thumbnails fetched over HTTP (not inline)
 
 
@@ -68,6 +68,11 @@ def _entries(value):
     return value
 
 
+def _line_text(lines: list) -> str:
+    """The text a ``TextLines`` component shows: its runs joined, one line per row."""
+    return "\n".join("".join(str(run[0]) for run in line) for line in lines)
+
+
 class ProtocolSession:
     """One explorer page over the Bokeh protocol (see the module's docstring)."""
 
@@ -79,7 +84,7 @@ class ProtocolSession:
         self.http = AsyncHTTPClient(force_instance=True, max_clients=BROWSER_FETCHES)
         self.ids: dict[str, str] = {}  # role -> model id: taps, grid, figure
         self.items: list[dict] = []  # the results grid's items, as last patched
-        self.texts: dict[str, str] = {}  # model id -> last text of each HTML pane
+        self.texts: dict[str, str] = {}  # model id -> last text of each TextLines component
         self._replies: dict[str, asyncio.Future] = {}
         self._changed = asyncio.Event()
         self._acked = asyncio.Event()
@@ -144,7 +149,7 @@ class ProtocolSession:
                            self.status(), len(urls))
 
     def status(self) -> str:
-        """The text of the status pane (the HTML pane that names the query)."""
+        """The text of the status (the TextLines component that names the query)."""
         return next((t for t in self.texts.values() if "Query:" in t), "")
 
     # -- protocol -------------------------------------------------------------
@@ -215,8 +220,8 @@ class ProtocolSession:
                 self.ids["figure"] = oid
             elif str(obj.get("name", "")).startswith("ThumbnailGrid") and "class_name" not in attributes:
                 self.ids["grid"] = oid  # the grid's parameters (its data model)
-            if isinstance(attributes.get("text"), str):
-                self.texts[oid] = attributes["text"]
+            if isinstance(attributes.get("lines"), list):
+                self.texts[oid] = _line_text(attributes["lines"])
         missing = {"taps", "figure", "grid"} - set(self.ids)
         if missing:
             raise RuntimeError(f"the document has no {', '.join(sorted(missing))}")
@@ -229,6 +234,6 @@ class ProtocolSession:
             if oid == self.ids.get("grid") and attr == "items":
                 self.items = [_entries(item) for item in event["new"]]
                 self._changed.set()
-            elif attr == "text" and isinstance(event.get("new"), str):
-                self.texts[oid] = event["new"]
+            elif attr == "lines" and isinstance(event.get("new"), list):
+                self.texts[oid] = _line_text(event["new"])
                 self._changed.set()
