@@ -467,9 +467,10 @@ def controls(state: ExplorerState, catalog: Catalog) -> pn.Column:
         filename="lookalike-hits.geojson", label="Export hits (GeoJSON)", button_type="success",
         disabled=pn.bind(lambda h: h is None or len(h) == 0, state.param.hits))
     hints = pn.pane.Markdown(
-        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool "
-        "(double-click to start and end); they restrict the search. While a drawing tool is "
-        "active, taps on the map draw; pick the pan tool to search by tapping again.",
+        "Draw boxes with the box tool (shift-drag), polygons with the polygon tool (press and "
+        "hold to place the first corner, click for each next one, press and hold or Esc to "
+        "finish); they restrict the search. While a drawing tool is active, taps on the map "
+        "draw; pick the pan tool to search by tapping again.",
         styles={"font-size": "12px"})
     return pn.Column(
         body, view, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
@@ -1096,6 +1097,12 @@ class MapView:
         if self.figure is plot.state:
             return
         self.figure = plot.state
+        # HoloViews marks every range stream of a new plot to be triggered once the page is made
+        # (its test, ``xlim or ylim``, holds for the default (None, None) too), and the trigger
+        # renders the whole map a second time: a quarter of the server's cost of a new page. The
+        # layers that follow the view (zone labels, coverage density) start from the first view
+        # and follow the browser's ranges from its first report on.
+        plot.traverse(lambda p: p._trigger.clear() if isinstance(getattr(p, "_trigger", None), list) else None)
         if not self.projection.polar:
             (x0, x1), (y0, y1) = self._initial_ranges
             self.figure.x_range.update(start=x0, end=x1, reset_start=x0, reset_end=x1)
