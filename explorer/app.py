@@ -342,10 +342,24 @@ def build_app(catalog: Catalog) -> pn.template.BaseTemplate:
         main=[pn.Column(pn.panel(pn.bind(map_for, state.param.index_name, state.param.view)), status_pane(state),
                         results_panel(state, inline=inline), sizing_mode="stretch_width")],
         sidebar_width=330, accent="#d2691e",
+        # no busy spinner: it is a Panel HTML model, which makes the page load MathJax
+        busy_indicator=None,
         # the system's own fonts: the theme's default pulls Open Sans from the internet, which
         # an offline or firewalled page waits for and never gets
         font="system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif", font_url="")
+    without_mathjax(template)
     return template
+
+
+def without_mathjax(template: pn.template.BaseTemplate) -> None:
+    """Spare the page MathJax's 600 kB of script, which nothing here typesets: Panel loads it
+    for any Panel HTML model in the document, and a template always holds one, an empty area
+    for scripts that nothing in the explorer uses. A plain Bokeh Div takes its place (the
+    other texts of the page are Divs or ``TextLines`` for the same reason)."""
+    items = getattr(template, "_render_items", {})
+    if "js_area" in items:
+        template._js_area = pn.widgets.StaticText(margin=0, width=0, height=0)
+        items["js_area"] = (template._js_area, items["js_area"][1])
 
 
 def serve_session(catalog: Catalog) -> None:

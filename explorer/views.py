@@ -258,6 +258,19 @@ def results_panel(state: ExplorerState, inline=None) -> pn.Column:
     return pn.Column(pager, grid, sizing_mode="stretch_width")
 
 
+WARNING_STYLE = {"background": "#4d3800", "color": "#ffe08a", "border": "1px solid #8a6d00",
+                 "border-radius": "4px", "padding": "2px 10px"}
+
+
+def text_block(html_text, size: int | None = None, **params) -> pn.widgets.StaticText:
+    """A block of text given as HTML (escape what does not come from this code: ``inert``,
+    ``html.escape``). A Bokeh Div rather than a Panel HTML or Markdown pane: any of those makes
+    the page load MathJax (600 kB of script) and re-sends its stylesheets on every change."""
+    if size:
+        params["styles"] = {**params.get("styles", {}), "font-size": f"{size}px"}
+    return pn.widgets.StaticText(value=html_text, **params)
+
+
 # ------------------------------------------------------------------ status
 # characters that Markdown or HTML would read as markup
 _MARKUP = frozenset("\\`*_{}[]()<>#+-.!|&\"'~=")
@@ -295,8 +308,8 @@ def status_pane(state: ExplorerState) -> pn.Column:
                                     state.param.time_start, state.param.time_end, state.param.bbox,
                                     state.param.boxes, state.param.polygons),
                       css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10))
-    alert = pn.pane.Alert(pn.bind(inert, state.param.error), alert_type="warning", css_classes=["error"],
-                          visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
+    alert = text_block(pn.bind(inert, state.param.error), css_classes=["error"], styles=WARNING_STYLE,
+                       visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
     return pn.Column(alert, lines, sizing_mode="stretch_width")
 
 
@@ -380,10 +393,10 @@ def layer_controls(state: ExplorerState, entry: Entry | None) -> pn.Column:
     watch_state(state, "sidebar", lambda e: setattr(switches, "value", [n for n in e.new if n in available]),
                 "layers")
     classes = state.landmark_class_names() if "landmarks" in available else []
-    legend = pn.pane.HTML(pn.bind(lambda shown: legend_html(legend_entries(available, shown, classes)),
-                                  state.param.layers),
-                          css_classes=["map-legend"], sizing_mode="stretch_width", margin=(0, 10))
-    return pn.Column(pn.pane.Markdown("**Map layers**"), switches, legend, sizing_mode="stretch_width")
+    legend = text_block(pn.bind(lambda shown: legend_html(legend_entries(available, shown, classes)),
+                                state.param.layers),
+                        css_classes=["map-legend"], sizing_mode="stretch_width", margin=(0, 10))
+    return pn.Column(text_block("<b>Map layers</b>"), switches, legend, sizing_mode="stretch_width")
 
 
 # ------------------------------------------------------------------ controls
@@ -466,14 +479,13 @@ def controls(state: ExplorerState, catalog: Catalog) -> pn.Column:
         callback=lambda: io.StringIO(json.dumps(state.geojson(), default=str)),
         filename="lookalike-hits.geojson", label="Export hits (GeoJSON)", button_type="success",
         disabled=pn.bind(lambda h: h is None or len(h) == 0, state.param.hits))
-    hints = pn.pane.Markdown(
+    hints = text_block(
         "Draw boxes with the box tool (shift-drag), polygons with the polygon tool (press and "
         "hold to place the first corner, click for each next one, press and hold or Esc to "
         "finish); they restrict the search. While a drawing tool is active, taps on the map "
-        "draw; pick the pan tool to search by tapping again.",
-        styles={"font-size": "12px"})
+        "draw; pick the pan tool to search by tapping again.", size=12)
     return pn.Column(
-        body, view, k, zones, pn.Row(start, end), pn.pane.Str(span, styles={"font-size": "11px"}),
+        body, view, k, zones, pn.Row(start, end), text_block(span, size=11),
         bbox, hints, clear, landmark_controls(state), pn.layout.Divider(), refine, undo,
         pn.layout.Divider(), export, pn.layout.Divider(),
         layer_controls(state, catalog.entries.get(state.index_name)),
@@ -488,7 +500,7 @@ def facet_options(counts: dict[str, int]) -> dict[str, str]:
 def landmark_controls(state: ExplorerState) -> pn.viewable.Viewable:
     """Image Class facet with counts, confidence and 'at least N' sliders, and a class text box."""
     if state.landmarks is None:
-        return pn.pane.Str("This index has no landmark catalogue.", styles={"font-size": "11px"})
+        return text_block("This index has no landmark catalogue.", size=11)
     facet = pn.widgets.CheckBoxGroup(name="Image class", options=facet_options(state.facet_counts()),
                                      value=list(state.landmark_classes), inline=False,
                                      css_classes=["class-facet"])
@@ -505,7 +517,7 @@ def landmark_controls(state: ExplorerState) -> pn.viewable.Viewable:
                                                name="At least N landmarks of a chosen class")
     text = pn.widgets.TextInput(name="Class (type, e.g. crater)", placeholder="crater, dunes, streak")
     text.param.watch(lambda e: state.apply_class_text(e.new), "value")
-    return pn.Column(pn.layout.Divider(), pn.pane.Markdown("**Image class** (scenes with landmarks)"),
+    return pn.Column(pn.layout.Divider(), text_block("<b>Image class</b> (scenes with landmarks)"),
                      facet, text, confidence, at_least, sizing_mode="stretch_width")
 
 

@@ -19,3 +19,15 @@ def test_page_loads_everything_from_its_own_server(page, explorer_url):
     page.wait_for_selector("canvas", timeout=60_000)
     page.wait_for_load_state("networkidle")
     assert outside == [], f"requests outside the server: {sorted(set(outside))[:10]}"
+
+
+def test_page_loads_no_script_it_does_not_use(page, explorer_url):
+    """No MathJax: nothing on the page typesets formulas, and its bundle is a third of the
+    page's script (Panel loads it whenever a Panel HTML or Markdown pane is in the document)."""
+    scripts = []
+    page.on("request", lambda r: scripts.append(urlparse(r.url).path) if r.resource_type == "script" else None)
+    page.goto(explorer_url)
+    page.wait_for_selector("canvas", timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    assert any("bokeh.min.js" in s for s in scripts), scripts  # the check sees the page's scripts
+    assert not [s for s in scripts if "mathjax" in s.lower()]
