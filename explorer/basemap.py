@@ -45,6 +45,19 @@ class Level:
         return (self.bounds[2] - self.bounds[0]) / self.rgb.shape[1]
 
 
+def halve(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> (H // 2, W // 2, C): the mean of each 2 x 2 block, rounded half to
+    even (as ``np.round``), an odd last row or column dropped. Integer sums of strided views: a
+    float mean over a reshaped array's axes took two seconds for an 8k basemap, this 0.3 s."""
+    h2, w2 = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+    rows = np.add(rgb[0:h2:2, :w2], rgb[1:h2:2, :w2], dtype=np.uint16)
+    total = np.add(rows[:, 0::2], rows[:, 1::2])
+    # (total + 1 + (total // 4 odd)) // 4 is total / 4 rounded half to even
+    total += 1 + ((total >> 2) & 1)
+    total >>= 2
+    return total.astype(np.uint8)
+
+
 def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list[Level]:
     """The image at full, 1/2, 1/4 ... resolution (finest first), built once per process; in a
     polar ``projection``, the image resampled into that view first."""
@@ -63,9 +76,8 @@ def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list
                     h, w = rgb.shape[:2]
                     if w < 2 * MIN_LEVEL_PIXELS or h < 2:
                         break
-                    h2, w2 = h // 2 * 2, w // 2 * 2  # 2x2 mean; an odd last row/column is dropped
-                    rgb = rgb[:h2, :w2].reshape(h2 // 2, 2, w2 // 2, 2, 3).mean(axis=(1, 3))
-                    rgb = rgb.round().astype(np.uint8)
+                    h2, w2 = h // 2 * 2, w // 2 * 2  # an odd last row/column is dropped
+                    rgb = halve(rgb)
                     x0, y0, x1, y1 = bounds  # the dropped row/column shrinks the covered area
                     bounds = (x0, y1 - (y1 - y0) * h2 / h, x0 + (x1 - x0) * w2 / w, y1)
                 _pyramids[key] = levels

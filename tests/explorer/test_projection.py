@@ -104,3 +104,21 @@ def test_basemap_view_is_resampled_from_the_right_pyramid_level():
     assert abs(int(east[:, 0, 0].mean()) - 128) <= 2 and east[:, -1, 0].mean() > 250
     past = basemap.render_view(levels, 90.0, 0.0, 270.0, 90.0, 200, 100)  # half of it east of 180
     assert past[:, 120:].max() == 0 and past[:, :95, 0].min() > 0
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 3), (7, 9, 3), (64, 130, 3), (5, 4, 1)])
+def test_halving_is_the_rounded_mean_of_each_2x2_block(shape):
+    """The pyramid's integer 2 x 2 mean equals the float mean rounded half to even, ties included,
+    and drops an odd last row or column."""
+    from lookalike.explorer.basemap import halve
+
+    rng = np.random.default_rng(sum(shape))
+    rgb = rng.integers(0, 256, shape, dtype=np.uint8)
+    rgb[:2, :2] = [[[0], [1]], [[0], [1]]]  # a block summing to 2: a tie, rounded to 0 (even)
+    h2, w2 = shape[0] // 2 * 2, shape[1] // 2 * 2
+    expected = rgb[:h2, :w2].reshape(h2 // 2, 2, w2 // 2, 2, shape[2]).mean(axis=(1, 3)).round()
+    out = halve(rgb)
+    assert out.dtype == np.uint8 and out.shape == (shape[0] // 2, shape[1] // 2, shape[2])
+    assert np.array_equal(out, expected.astype(np.uint8))
+    assert out[0, 0, 0] == 0
+    assert halve(np.full((2, 2, 3), 255, np.uint8)).tolist() == [[[255, 255, 255]]]
