@@ -114,7 +114,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-    result = dict(index=str(index), tiles=n_tiles, view=args.view, cpus=os.cpu_count(),
+    result = dict(index=index.name, tiles=n_tiles, view=args.view, cpus=os.cpu_count(),
                   load_average=[round(v, 2) for v in os.getloadavg()], server_start_s=round(start_s, 3),
                   page_load_s=round(load_s, 3), basemap_loaded_s=None if basemap_s is None else round(basemap_s, 3), page_load_bytes=load_bytes,
                   second_page_load_s=round(second_load_s, 3),

@@ -384,7 +384,7 @@ def main() -> None:
     from lookalike.indexer.store import open_index
 
     opened = open_index(index)
-    result = dict(index=str(index), tiles=opened.n, cpus=os.cpu_count(), sessions=[],
+    result = dict(index=Path(index).name, tiles=opened.n, cpus=os.cpu_count(), sessions=[],
                   clicks_per_session=args.clicks, api_k=args.k)
     if args.workers:
         result["api"] = api_run(index, [int(w) for w in args.workers.split(",")], args.queries, args.k)

@@ -287,7 +287,8 @@ def status_lines(state: ExplorerState, hits, error, query_tile, use_examples, po
                  negatives, *_filters) -> list:
     """The hit count, the query and the filters in force (``TextLines``), always visible."""
     if hits is None:
-        head = [["Click the map", True], [" to search for the lookalikes of the tile under the cursor.", False]]
+        head = [["Click the map", True],
+                [" to search for the lookalikes of the tile under the cursor.", False]]
     else:
         head = [[f"{len(hits)} hits", True], [f" (k = {state.k}, {state.elapsed_ms:.0f} ms)", False]]
     if use_examples and positives:
@@ -295,7 +296,8 @@ def status_lines(state: ExplorerState, hits, error, query_tile, use_examples, po
     else:
         query = query_tile or "none"
     filters = state.describe_filters()
-    lines = [head, [[f"Query: {query}", False]], [["Filters: " + ("; ".join(filters) if filters else "none"), False]]]
+    lines = [head, [[f"Query: {query}", False]],
+             [["Filters: " + ("; ".join(filters) if filters else "none"), False]]]
     if positives or negatives:
         lines.append([[f"Marked: {len(positives)} positive, {len(negatives)} negative", False]])
     return lines
@@ -1114,7 +1116,8 @@ class MapView:
         # renders the whole map a second time: a quarter of the server's cost of a new page. The
         # layers that follow the view (zone labels, coverage density) start from the first view
         # and follow the browser's ranges from its first report on.
-        plot.traverse(lambda p: p._trigger.clear() if isinstance(getattr(p, "_trigger", None), list) else None)
+        plot.traverse(lambda p: p._trigger.clear() if isinstance(getattr(p, "_trigger", None), list)
+                      else None)
         if not self.projection.polar:
             (x0, x1), (y0, y1) = self._initial_ranges
             self.figure.x_range.update(start=x0, end=x1, reset_start=x0, reset_end=x1)

@@ -211,13 +211,14 @@ def sampling_weights(ids: np.ndarray, n_classes: int, balance: float) -> np.ndar
 def _fingerprint(activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone,
                  cfg: FinetuneConfig) -> str:
     """What a checkpoint must have been trained on to be resumed: settings, data and weights."""
-    digest = hashlib.sha256(json.dumps([asdict(cfg), list(activations.shape), str(activations.dtype),
-                                        n_classes, backbone.spec.name, backbone.spec.weights_sha256]).encode())
+    settings = [asdict(cfg), list(activations.shape), str(activations.dtype), n_classes,
+                backbone.spec.name, backbone.spec.weights_sha256]
+    digest = hashlib.sha256(json.dumps(settings).encode())
     digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
-    # a sample of the activations: a cache remade from other images gives another print
-    flat = activations.reshape(len(activations), -1) if len(activations) else activations
-    step = max(1, len(flat) // 16)
-    digest.update(np.ascontiguousarray(flat[::step, :: max(1, flat.shape[-1] // 256)] if len(flat) else flat).tobytes())
+    if len(activations):  # a sample of the activations: a cache of other images prints otherwise
+        flat = activations.reshape(len(activations), -1)
+        sample = flat[::max(1, len(flat) // 16), ::max(1, flat.shape[1] // 256)]
+        digest.update(np.ascontiguousarray(sample).tobytes())
     return digest.hexdigest()
 
 

@@ -25,7 +25,8 @@ def test_page_loads_no_script_it_does_not_use(page, explorer_url):
     """No MathJax: nothing on the page typesets formulas, and its bundle is a third of the
     page's script (Panel loads it whenever a Panel HTML or Markdown pane is in the document)."""
     scripts = []
-    page.on("request", lambda r: scripts.append(urlparse(r.url).path) if r.resource_type == "script" else None)
+    page.on("request",
+            lambda r: scripts.append(urlparse(r.url).path) if r.resource_type == "script" else None)
     page.goto(explorer_url)
     page.wait_for_selector("canvas", timeout=60_000)
     page.wait_for_load_state("networkidle")

@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lookalike.models.backbones import create_backbone, lite_stages, list_backbones, lite0_weights_path, lite_weights_path
+from lookalike.models.backbones import (
+    create_backbone,
+    list_backbones,
+    lite0_weights_path,
+    lite_stages,
+    lite_weights_path,
+)
 
 # ImageNet-1k class ids of buildings a Chinese temple photo may be taken for
 # (bell cote, boathouse, church, dome, monastery, mosque, palace, stupa, tile roof, castle)

@@ -191,14 +191,16 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(tmp_path, monkeypatch)
     monkeypatch.setattr(finetune, "_save_checkpoint", save)
     assert saved == [1, 2] and checkpoint.is_file()
 
-    resumed, report = finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False, checkpoint=checkpoint)
+    resumed, report = finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False,
+                                    checkpoint=checkpoint)
     assert report["resumed_after_epoch"] == 2 and len(report["loss_per_epoch"]) == 4
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
     # another training's checkpoint (here: more epochs) is not resumed from
-    other, report = finetune_tail(acts, ids, 2, create_backbone(), FinetuneConfig(cut=19, epochs=5, batch_size=16),
-                                  progress=False, checkpoint=checkpoint)
+    longer = FinetuneConfig(cut=19, epochs=5, batch_size=16)
+    _, report = finetune_tail(acts, ids, 2, create_backbone(), longer, progress=False,
+                              checkpoint=checkpoint)
     assert report["resumed_after_epoch"] == 0
     checkpoint.write_bytes(b"torn")
     assert finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False,
