@@ -355,7 +355,7 @@ def without_mathjax(template: pn.template.BaseTemplate) -> None:
     """Spare the page MathJax's 600 kB of script, which nothing here typesets: Panel loads it
     for any Panel HTML model in the document, and a template always holds one, an empty area
     for scripts that nothing in the explorer uses. A plain Bokeh Div takes its place (the
-    other texts of the page are Divs or ``TextLines`` for the same reason)."""
+    other texts of the page are Divs for the same reason, ``views.text_block``)."""
     items = getattr(template, "_render_items", {})
     if "js_area" in items:
         template._js_area = pn.widgets.StaticText(margin=0, width=0, height=0)

@@ -155,40 +155,6 @@ class ThumbnailGrid(JSComponent):
             self._on_action(str(msg.get("action", "")), str(msg.get("tile_id", "")))
 
 
-class TextLines(JSComponent):
-    """Lines of plain text with some runs in bold: the status and the pager's caption.
-
-    The browser sets each run with ``textContent``, so a value from a shared link shows as typed
-    and never becomes markup. An update sends only the new lines: a Markdown or Str pane re-sends
-    its stylesheets with every change, which makes Bokeh walk every model of the page, on the
-    server and in the browser, at each click.
-    """
-
-    lines = param.List(default=[], doc="lines, each a list of [text, bold] runs")
-
-    _esm = """
-    export function render({ model, el }) {
-      const box = document.createElement('div');
-      function draw() {
-        box.replaceChildren(...model.lines.map((runs) => {
-          const line = document.createElement('p');
-          for (const [text, bold] of runs) {
-            const run = document.createElement(bold ? 'strong' : 'span');
-            run.textContent = text;
-            line.append(run);
-          }
-          return line;
-        }));
-      }
-      draw();
-      model.on('lines', draw);
-      return box;
-    }
-    """
-
-    _stylesheets = ["p { margin: 0.2em 0; font-size: 13px; }"]
-
-
 def thumbnail_url(index_name: str, tile_id: str) -> str:
     # relative, so the app also works behind a path prefix
     return f"thumb/{quote(index_name, safe='')}/{quote(tile_id, safe='')}.jpg"
@@ -220,13 +186,13 @@ def thumbnail_items(state: ExplorerState, hits: pd.DataFrame | None, page: int,
     return items
 
 
-def page_lines(state: ExplorerState, hits, page) -> list:
-    """The pager's caption as ``TextLines``: which hits the page shows."""
+def page_caption(state: ExplorerState, hits, page) -> str:
+    """The pager's caption: which hits the page shows."""
     if hits is None or len(hits) == 0:
-        return []
+        return ""
     first = page * state.page_size + 1
     last = min(len(hits), (page + 1) * state.page_size)
-    return [[[f"Hits {first}–{last} of {len(hits)} · page {page + 1} of {state.n_pages}", False]]]
+    return f"Hits {first}–{last} of {len(hits)} · page {page + 1} of {state.n_pages}"
 
 
 def results_panel(state: ExplorerState, inline=None) -> pn.Column:
@@ -252,8 +218,8 @@ def results_panel(state: ExplorerState, inline=None) -> pn.Column:
 
     # always shown (disabled without hits): a pager appearing with the first results made the
     # browser lay the whole page out again, a third of a second of the first click
-    info = TextLines(lines=pn.bind(page_lines, state, state.param.hits, state.param.page),
-                     css_classes=["page-info"], margin=(12, 10))
+    info = text_block(pn.bind(page_caption, state, state.param.hits, state.param.page),
+                      css_classes=["page-info"], margin=(12, 10))
     pager = pn.Row(prev_page, next_page, info)
     return pn.Column(pager, grid, sizing_mode="stretch_width")
 
@@ -265,7 +231,8 @@ WARNING_STYLE = {"background": "#4d3800", "color": "#ffe08a", "border": "1px sol
 def text_block(html_text, size: int | None = None, **params) -> pn.widgets.StaticText:
     """A block of text given as HTML (escape what does not come from this code: ``inert``,
     ``html.escape``). A Bokeh Div rather than a Panel HTML or Markdown pane: any of those makes
-    the page load MathJax (600 kB of script) and re-sends its stylesheets on every change."""
+    the page load MathJax (600 kB of script) and re-sends its stylesheets with every change,
+    which makes Bokeh walk every model of the page, on the server and in the browser."""
     if size:
         params["styles"] = {**params.get("styles", {}), "font-size": f"{size}px"}
     return pn.widgets.StaticText(value=html_text, **params)
@@ -283,36 +250,36 @@ def inert(text: str) -> str:
     return "".join(f"&#{ord(c)};" if c in _MARKUP else c for c in str(text))
 
 
-def status_lines(state: ExplorerState, hits, error, query_tile, use_examples, positives,
-                 negatives, *_filters) -> list:
-    """The hit count, the query and the filters in force (``TextLines``), always visible."""
+def status_html(state: ExplorerState, hits, error, query_tile, use_examples, positives,
+                negatives, *_filters) -> str:
+    """The hit count, the query and the filters in force, always visible (values from the
+    user, such as a shared link's, pass through ``inert``)."""
     if hits is None:
-        head = [["Click the map", True],
-                [" to search for the lookalikes of the tile under the cursor.", False]]
+        head = "<b>Click the map</b> to search for the lookalikes of the tile under the cursor."
     else:
-        head = [[f"{len(hits)} hits", True], [f" (k = {state.k}, {state.elapsed_ms:.0f} ms)", False]]
+        head = f"<b>{len(hits)} hits</b> (k = {state.k}, {state.elapsed_ms:.0f} ms)"
     if use_examples and positives:
         query = f"{len(positives)} positive / {len(negatives)} negative examples"
     else:
-        query = query_tile or "none"
-    filters = state.describe_filters()
-    lines = [head, [[f"Query: {query}", False]],
-             [["Filters: " + ("; ".join(filters) if filters else "none"), False]]]
+        query = inert(query_tile) if query_tile else "none"
+    filters = [inert(f) for f in state.describe_filters()]
+    lines = [head, f"Query: {query}", "Filters: " + ("; ".join(filters) if filters else "none")]
     if positives or negatives:
-        lines.append([[f"Marked: {len(positives)} positive, {len(negatives)} negative", False]])
-    return lines
+        lines.append(f"Marked: {len(positives)} positive, {len(negatives)} negative")
+    return "<br>".join(lines)
 
 
 def status_pane(state: ExplorerState) -> pn.Column:
-    lines = TextLines(lines=pn.bind(status_lines, state, state.param.hits, state.param.error,
-                                    state.param.query_tile, state.param.use_examples,
-                                    state.param.positives, state.param.negatives, state.param.zones,
-                                    state.param.time_start, state.param.time_end, state.param.bbox,
-                                    state.param.boxes, state.param.polygons),
-                      css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10))
+    status = text_block(pn.bind(status_html, state, state.param.hits, state.param.error,
+                                state.param.query_tile, state.param.use_examples,
+                                state.param.positives, state.param.negatives, state.param.zones,
+                                state.param.time_start, state.param.time_end, state.param.bbox,
+                                state.param.boxes, state.param.polygons),
+                        css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10),
+                        styles={"line-height": "1.5"})
     alert = text_block(pn.bind(inert, state.param.error), css_classes=["error"], styles=WARNING_STYLE,
                        visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
-    return pn.Column(alert, lines, sizing_mode="stretch_width")
+    return pn.Column(alert, status, sizing_mode="stretch_width")
 
 
 # ------------------------------------------------------------------ legend

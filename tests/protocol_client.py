@@ -17,6 +17,7 @@ thumbnails a page of results did not carry inline, six at a time as a browser do
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import time
@@ -37,7 +38,7 @@ class ClickResult:
     seconds: float  # tap sent -> first page of results and its thumbnails received
     tile_ids: list[str]  # the page of results, in rank order
     distances: list[int]
-    status: str  # the status pane's text after the click (its lines joined)
+    status: str  # the status's text after the click, as shown
     fetched: int  # thumbnails fetched over HTTP (not inline)
 
 
@@ -68,11 +69,6 @@ def _entries(value):
     return value
 
 
-def _line_text(lines: list) -> str:
-    """The text a ``TextLines`` component shows: its runs joined, one line per row."""
-    return "\n".join("".join(str(run[0]) for run in line) for line in lines)
-
-
 class ProtocolSession:
     """One explorer page over the Bokeh protocol (see the module's docstring)."""
 
@@ -84,7 +80,7 @@ class ProtocolSession:
         self.http = AsyncHTTPClient(force_instance=True, max_clients=BROWSER_FETCHES)
         self.ids: dict[str, str] = {}  # role -> model id: taps, grid, figure
         self.items: list[dict] = []  # the results grid's items, as last patched
-        self.texts: dict[str, str] = {}  # model id -> last text of each TextLines component
+        self.texts: dict[str, str] = {}  # model id -> last text of each text model (Div, HTML)
         self._replies: dict[str, asyncio.Future] = {}
         self._changed = asyncio.Event()
         self._acked = asyncio.Event()
@@ -149,8 +145,9 @@ class ProtocolSession:
                            self.status(), len(urls))
 
     def status(self) -> str:
-        """The text of the status (the TextLines component that names the query)."""
-        return next((t for t in self.texts.values() if "Query:" in t), "")
+        """The text of the status (the text model that names the query), as a page shows it."""
+        shown = (html.unescape(re.sub(r"<[^>]*>", " ", t)) for t in self.texts.values())
+        return next((t for t in shown if "Query:" in t), "")
 
     # -- protocol -------------------------------------------------------------
     async def _send(self, msgtype: str, content: dict, msgid: str | None = None) -> str:
@@ -220,8 +217,8 @@ class ProtocolSession:
                 self.ids["figure"] = oid
             elif str(obj.get("name", "")).startswith("ThumbnailGrid") and "class_name" not in attributes:
                 self.ids["grid"] = oid  # the grid's parameters (its data model)
-            if isinstance(attributes.get("lines"), list):
-                self.texts[oid] = _line_text(attributes["lines"])
+            if isinstance(attributes.get("text"), str):
+                self.texts[oid] = attributes["text"]
         missing = {"taps", "figure", "grid"} - set(self.ids)
         if missing:
             raise RuntimeError(f"the document has no {', '.join(sorted(missing))}")
@@ -234,6 +231,6 @@ class ProtocolSession:
             if oid == self.ids.get("grid") and attr == "items":
                 self.items = [_entries(item) for item in event["new"]]
                 self._changed.set()
-            elif attr == "lines" and isinstance(event.get("new"), list):
-                self.texts[oid] = _line_text(event["new"])
+            elif attr == "text" and isinstance(event.get("new"), str):
+                self.texts[oid] = event["new"]
                 self._changed.set()
