@@ -61,7 +61,6 @@ PAGE_TITLE = "Lookalike"
 INLINE_WAIT_S = 1.0  # how long a page of results may wait for its thumbnails to be embedded
 
 
-
 class Thumbnails:
     """The process's thumbnail renderer: one thread, so pyproj's per-thread setup happens once.
 
