@@ -33,7 +33,7 @@ from lookalike.indexer.store import MANIFEST, open_index, read_manifest, remove_
 from lookalike.indexer.thumbstore import iter_thumbnails, jpeg_thumbnails, write_thumbnails
 from lookalike.indexer.tiling import TileGrid, TilePlace, Zone
 from lookalike.models.hashing import (
-    ITQ, LinearHash, NetworkHash, fitted_on_features, load_hash_model, named_hash, resolve_hash,
+    HashModel, fitted_on_features, load_hash_model, named_hash, resolve_hash,
 )
 
 CHUNK = 512
@@ -91,7 +91,7 @@ def join_chunks(features: list[np.ndarray], tables: list[pd.DataFrame],
 
 def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder: Encoder,
                   work: Path, total: int | None = None, desc: str = "encoding",
-                  progress: bool = True, hash_model: LinearHash | NetworkHash | None = None,
+                  progress: bool = True, hash_model: HashModel | None = None,
                   times: StageTimes | None = None, prefetch: int = 2,
                   thumbs: list[Path] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Encode (record, image) pairs chunk by chunk, reusing chunks already in ``work``.
@@ -99,8 +99,8 @@ def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder
     The pairs are made ``prefetch`` chunks ahead on a background thread while the current chunk
     is encoded (0: one after the other). With ``hash_model`` each chunk is hashed as soon as it
     is encoded and only its codes are kept in memory, so memory does not grow with the source
-    by 4 bytes per feature per tile; without it the features are returned (a PCA-ITQ model is
-    fitted on all of them). ``times`` collects the seconds of each stage. With ``thumbs`` (a
+    by 4 bytes per feature per tile; without it the features are returned (the default recipe and
+    PCA-ITQ are fitted on all of them). ``times`` collects the seconds of each stage. With ``thumbs`` (a
     list) each chunk's JPEG thumbnails are written beside it in ``work`` and the files listed.
     """
     work.mkdir(parents=True, exist_ok=True)
@@ -157,13 +157,13 @@ def _timed_chunks(items: Iterable, size: int, times: StageTimes, stage: str) -> 
 
 
 def fixed_hash(out: Path, bits: int | None, hash_path: str | None, append: bool,
-               backbone: str) -> tuple[LinearHash | NetworkHash, bytes | None] | None:
+               backbone: str) -> tuple[HashModel, bytes | None] | None:
     """The hash model of a build when it does not depend on the features: the index's own on
-    ``--append``, the shipped default, or a model file (with its bytes for a new index); None
-    for PCA-ITQ, which is fitted on them. Raises when the model cannot be used here."""
+    ``--append`` or a model file (with its bytes for a new index); None for the default recipe
+    and PCA-ITQ, which are fitted on them. Raises when the model cannot be used here."""
     if append and (out / MANIFEST).exists():
         model = load_hash_model(open_index(out).hash_model_path)
-        if hash_path and hash_path != ITQ:
+        if hash_path and not fitted_on_features(hash_path):
             given = named_hash(hash_path, bits)
             if given.to_bytes() != model.to_bytes():
                 raise LookalikeError(f"--hash {hash_path} differs from the hash model of {out}; "
@@ -179,7 +179,7 @@ def fixed_hash(out: Path, bits: int | None, hash_path: str | None, append: bool,
 
 
 def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str | None,
-              append: bool, backbone: str) -> tuple[LinearHash | NetworkHash, bytes | None]:
+              append: bool, backbone: str) -> tuple[HashModel, bytes | None]:
     fixed = fixed_hash(out, bits, hash_path, append, backbone)
     if fixed is not None:
         return fixed
@@ -330,7 +330,8 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
     if finished(out, work):
         return out
     check_out(out, append, shards)
-    # a model known before encoding (not PCA-ITQ) hashes each chunk at once: memory stays flat
+    # a model known before encoding (a file, or the index's own on --append) hashes each chunk
+    # at once, so memory stays flat; the default recipe and PCA-ITQ are fitted on all features
     hashed = fixed_hash(out, bits, hash_path, append, encoder.describe()["name"])
     check_backbone(out, append, encoder.describe())
 

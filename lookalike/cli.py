@@ -235,7 +235,7 @@ def cmd_train_hash(args) -> None:
     if args.method == SIMILARITY:
         labelled = _folder_pairs(args.labelled) + ([(args.images, args.labels)] if args.images else [])
         config = SimilarityConfig(bits=args.bits, steps=args.steps, label_blend=args.label_blend,
-                                  balanced=not args.unbalanced,
+                                  supervised_weight=args.supervised_weight, balanced=not args.unbalanced,
                                   push_weight=args.push_weight, balance_weight=args.balance_weight,
                                   seed=args.seed)
         report = train_similarity_code(args.out, config, labelled=labelled,
@@ -505,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=3000, help="similarity: optimiser steps")
     t.add_argument("--label-blend", type=float, default=0.45,
                    help="similarity: labelled pairs match (1 - b) * feature cosine + b * same class")
+    t.add_argument("--supervised-weight", type=float, default=0.0,
+                   help="similarity: weight of a linear classifier per labelled set reading classes off the code")
     t.add_argument("--unbalanced", action="store_true",
                    help="similarity: draw labelled items as they come, not class-balanced")
     t.add_argument("--push-weight", type=float, default=0.1)

@@ -6,14 +6,22 @@ rotation that minimises the quantisation error to the hypercube corners; a bit i
 rotated value is positive. When a code asks for more bits than the data have principal
 directions (few samples), the remaining bits are signs of random Gaussian projections of the
 centred features, i.e. classic random-hyperplane LSH.
+
+The default code is a recipe, not one file (``fit_default``): the shipped learned code
+(``hash_default.npz``: similarity-preserving, shaped by the Mars classes) followed by PCA-ITQ
+bits fitted on the archive's own features, without labels (``ConcatHash``). The learned bits
+carry what labels taught; the fitted bits keep what the archive's imagery varies by, which
+holds on imagery and classes the learned code never saw.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -177,22 +185,76 @@ class NetworkHash:
         return atomic_write_bytes(Path(path), self.to_bytes())
 
 
-def load_hash_model(path: str | Path) -> LinearHash | NetworkHash:
-    """Read any hash model file (PCA-ITQ / LSH or a trained network)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(bytes(z["header"]).decode())
-            if header.get("format") != HASH_FORMAT:
-                raise LookalikeError(f"hash model {path} has format {header.get('format')}, "
-                                     f"this version reads {HASH_FORMAT}")
-            if "layers" not in header:
-                return LinearHash(z["mean"], z["projection"], header["method"], header["backbone"],
-                                  header.get("meta"))
+class ConcatHash:
+    """Several hash models' codes side by side: ``bits`` is the sum of theirs, and the Hamming
+    distance of two codes the sum of the parts' distances. Every part's length is a multiple of
+    8, so packed codes join byte by byte."""
+
+    def __init__(self, parts: list, method: str, backbone: str = "", meta: dict | None = None):
+        if not parts:
+            raise LookalikeError("a joined hash needs at least one part")
+        widths = {p.in_features for p in parts}
+        if len(widths) != 1:
+            raise LookalikeError(f"the parts of a joined hash read features of different widths: {sorted(widths)}")
+        self.parts = list(parts)
+        self.method = method
+        self.backbone = backbone
+        self.meta = dict(meta or {})
+
+    @property
+    def bits(self) -> int:
+        return sum(p.bits for p in self.parts)
+
+    @property
+    def in_features(self) -> int:
+        return self.parts[0].in_features
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.encode(features) for p in self.parts], axis=1)
+
+    def to_bytes(self) -> bytes:
+        header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
+                      in_features=self.in_features, parts=len(self.parts), meta=self.meta)
+        arrays = {f"part{i}": np.frombuffer(p.to_bytes(), dtype=np.uint8) for i, p in enumerate(self.parts)}
+        buf = io.BytesIO()
+        np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> str:
+        return atomic_write_bytes(Path(path), self.to_bytes())
+
+
+HashModel = LinearHash | NetworkHash | ConcatHash
+
+
+def _read_model(source: str | Path | BinaryIO) -> HashModel:
+    with np.load(source, allow_pickle=False) as z:
+        header = json.loads(bytes(z["header"]).decode())
+        if header.get("format") != HASH_FORMAT:
+            raise LookalikeError(f"format {header.get('format')}, this version reads {HASH_FORMAT}")
+        if "parts" in header:
+            parts = [_read_model(io.BytesIO(z[f"part{i}"].tobytes())) for i in range(int(header["parts"]))]
+            model = ConcatHash(parts, header["method"], header["backbone"], header.get("meta"))
+        elif "layers" not in header:
+            model = LinearHash(z["mean"], z["projection"], header["method"], header["backbone"], header.get("meta"))
+        else:
             n = int(header["layers"])
-            return NetworkHash([z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
-                               header["slope"], header["method"], header["backbone"], header.get("meta"))
+            model = NetworkHash([z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
+                                header["slope"], header["method"], header["backbone"], header.get("meta"))
+        if model.bits != header["bits"] or model.in_features != header["in_features"]:
+            raise LookalikeError(f"its arrays make {model.bits}-bit codes of {model.in_features}-d features, "
+                                 f"its header says {header['bits']} and {header['in_features']}")
+        return model
+
+
+def load_hash_model(path: str | Path) -> HashModel:
+    """Read any hash model file (PCA-ITQ / LSH, a trained network, or parts joined)."""
+    try:
+        return _read_model(path)
     except FileNotFoundError:
         raise LookalikeError(f"hash model {path} does not exist") from None
+    except LookalikeError as exc:
+        raise LookalikeError(f"hash model {path} is not usable: {exc}") from None
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
             json.JSONDecodeError) as exc:  # TypeError: a plain .npy array, not an .npz
         raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
@@ -200,33 +262,63 @@ def load_hash_model(path: str | Path) -> LinearHash | NetworkHash:
 
 ITQ = "itq"
 DEFAULT = "default"
+DEFAULT_BITS = 128  # the default recipe's code length: the learned code's bits + fitted PCA-ITQ bits
+DEFAULT_METHOD = "similarity+pca-itq"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fit_default(features: np.ndarray, backbone: str = "") -> ConcatHash:
+    """The default code for an archive: the shipped learned code, then PCA-ITQ bits fitted on
+    ``features`` (the archive's own, no labels) up to ``DEFAULT_BITS``."""
+    path = default_hash_path()
+    learned = load_hash_model(path)
+    fitted = fit_itq(features, DEFAULT_BITS - learned.bits, backbone=backbone or learned.backbone)
+    return ConcatHash([learned, fitted], DEFAULT_METHOD, learned.backbone,
+                      dict(recipe=DEFAULT, learned=path.name, learned_sha256=_sha256(path),
+                           learned_bits=learned.bits, fitted_bits=fitted.bits, fitted_on=len(features)))
+
+
+def is_current_default(model: HashModel) -> bool:
+    """Whether ``model`` was made by this version's default recipe (with the shipped learned code)."""
+    return (isinstance(model, ConcatHash) and model.meta.get("recipe") == DEFAULT
+            and model.meta.get("learned_sha256") == _sha256(default_hash_path()))
 
 
 def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None,
-                 backbone: str = "") -> LinearHash | NetworkHash:
+                 backbone: str = "") -> HashModel:
     """The hash model a command asked for.
 
-    ``spec`` is a model file, ``"default"`` (the shipped model) or ``"itq"`` (fit the PCA-ITQ
-    baseline on ``features``, ``bits`` long, 512 by default). With no ``spec``, giving ``bits``
-    means the baseline at that length (the shipped model has a fixed length), else the default.
+    ``spec`` is a model file, ``"default"`` (the default recipe, ``fit_default``, fitted on
+    ``features``) or ``"itq"`` (the PCA-ITQ baseline fitted on ``features``, ``bits`` long, 512
+    by default). With no ``spec``, giving ``bits`` means the baseline at that length (the
+    default recipe has a fixed length), else the default.
     """
     if spec is None:
         spec = ITQ if bits is not None else DEFAULT
     if spec == ITQ:
         return fit_itq(features, bits or 512, backbone=backbone)
+    if spec == DEFAULT:
+        if bits is not None and bits != DEFAULT_BITS:
+            raise CodeLengthError(f"the default code has {DEFAULT_BITS} bits, not {bits}; "
+                                  "use --hash itq for a PCA-ITQ code of another length")
+        return fit_default(features, backbone)
     return named_hash(spec, bits)
 
 
 def fitted_on_features(spec: str | None, bits: int | None = None) -> bool:
-    """Whether ``resolve_hash(spec, ..., bits)`` fits a model on the features (PCA-ITQ)."""
-    return spec == ITQ or (spec is None and bits is not None)
+    """Whether ``resolve_hash(spec, ..., bits)`` fits a model on the features (the default
+    recipe and PCA-ITQ do; a model file does not)."""
+    return spec in (ITQ, DEFAULT, None)
 
 
-def named_hash(spec: str | None, bits: int | None = None) -> LinearHash | NetworkHash:
-    """A hash model that exists before any features: ``"default"`` (or None) or a model file;
-    ``bits``, when given, must be its length."""
-    spec = spec or DEFAULT
-    model = load_hash_model(default_hash_path() if spec == DEFAULT else spec)
+def named_hash(spec: str, bits: int | None = None) -> HashModel:
+    """A hash model file; ``bits``, when given, must be its length."""
+    if spec in (ITQ, DEFAULT, None):
+        raise LookalikeError(f"--hash {spec or DEFAULT} is fitted on an archive's features, not read from a file")
+    model = load_hash_model(spec)
     if bits is not None and bits != model.bits:
         raise CodeLengthError(f"hash model {spec} makes {model.bits}-bit codes, not {bits}; "
                               "use --hash itq for a PCA-ITQ code of another length")

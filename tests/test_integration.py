@@ -12,8 +12,7 @@ import shapely
 from lookalike_testkit import check_rfc7946, run_cli, run_main, strict_json
 from shapely.geometry import shape
 
-from lookalike.data.shipped import default_hash_path
-from lookalike.models.hashing import load_hash_model
+from lookalike.models.hashing import DEFAULT_BITS, DEFAULT_METHOD, load_hash_model
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +22,9 @@ def test_mars_index_info(mars_index, data_dir):
     code, out, err = run_main(["info", mars_index])
     assert code == 0, err
     info = json.loads(out)
-    # no --hash: the shipped default code
-    default = load_hash_model(default_hash_path())
-    assert info["count"] > 50 and info["bits"] == default.bits and info["zones"] == 2
-    assert info["hash"] == default.method
+    # no --hash: the default recipe, fitted on the index's tiles
+    assert info["count"] > 50 and info["bits"] == DEFAULT_BITS and info["zones"] == 2
+    assert info["hash"] == DEFAULT_METHOD
     assert info["sources"] == ["mars_8k"] and info["backbone"] == "efficientnet_lite0"
     from lookalike.indexer.store import open_index
 
@@ -259,9 +257,8 @@ def test_eval_retrieval_on_hirise_subset(hirise_dir, hirise_subset, tmp_path_fac
         assert result["bits"] == 32 * 1280 and result["method"].startswith("float")
     elif how:
         assert result["bits"] == 64 and result["method"] == "pca-itq-64"
-    else:  # the shipped default code
-        default = load_hash_model(default_hash_path())
-        assert result["bits"] == default.bits and result["method"] == f"{default.method}-{default.bits}"
+    else:  # the default recipe, fitted on the archive
+        assert result["bits"] == DEFAULT_BITS and result["method"] == f"{DEFAULT_METHOD}-{DEFAULT_BITS}"
     # features were cached in LOOKALIKE_CACHE, not in the user's cache
     assert len(list(cache.glob("*.npy"))) == 2
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from lookalike.config import data_dir, indexes_dir
 from lookalike.data.hirise import hirise_path
 from lookalike.data.registry import DATASETS, fetch
-from lookalike.data.shipped import default_hash_path
 from lookalike.errors import LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer.build import index_images, index_rasters
@@ -17,6 +16,7 @@ from lookalike.indexer.encoding import DEFAULT_VIEWS
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index
 from lookalike.models.classifier import load_classifier, resolve_classifier
+from lookalike.models.hashing import is_current_default, load_hash_model
 from lookalike.workflows.landmarks import catalogue_info, classify_chips, find_landmarks
 
 BODIES = {"mars": "mars_8k", "earth": "earth_8k"}
@@ -94,7 +94,7 @@ def _set_aside_if_stale(out: Path) -> None:
         return
     try:
         index = open_index(out, verify=False)
-        stale = (index.manifest["files"]["hash"]["sha256"] != sha256_file(default_hash_path())
+        stale = (not is_current_default(load_hash_model(index.hash_model_path))
                  or index.views != DEFAULT_VIEWS
                  or (out.name in BODIES.values() and not POLAR_CAPS <= set(index.tiles["zone"].unique())))
     except (LookalikeError, KeyError, TypeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,14 @@ from lookalike.data.shipped import default_hash_path
 from lookalike.errors import CodeLengthError, LookalikeError
 from lookalike.indexer.search import rank_hamming
 from lookalike.models.hashing import (
+    DEFAULT_BITS,
+    DEFAULT_METHOD,
+    ConcatHash,
     LinearHash,
     NetworkHash,
     fit_itq,
+    fitted_on_features,
+    is_current_default,
     load_hash_model,
     resolve_hash,
     unpack_bits,
@@ -258,13 +265,21 @@ def test_shipped_default_model_loads():
 
 def test_resolve_hash(tmp_path, clusters):
     x, labels, scale = clusters
-    default = load_hash_model(default_hash_path())
+    learned = load_hash_model(default_hash_path())
+    x = np.random.default_rng(3).standard_normal((200, learned.in_features)).astype(np.float32)
+    # no spec, or "default": the shipped learned code, then PCA-ITQ bits fitted on these features
     for spec in (None, "default"):
+        assert fitted_on_features(spec)
         model = resolve_hash(spec, x)
-        assert type(model) is type(default) and model.bits == default.bits
-        assert model.method == default.method
-        for a, b in zip(model.weights, default.weights):
-            assert np.array_equal(a, b)
+        assert isinstance(model, ConcatHash) and model.bits == DEFAULT_BITS and model.method == DEFAULT_METHOD
+        assert is_current_default(model) and model.meta["fitted_on"] == len(x)
+        assert model.parts[0].to_bytes() == learned.to_bytes()
+        fitted = fit_itq(x, DEFAULT_BITS - learned.bits)
+        expected = np.concatenate([learned.encode(x), fitted.encode(x)], axis=1)
+        assert np.array_equal(model.encode(x), expected)
+    with pytest.raises(CodeLengthError, match=f"{DEFAULT_BITS} bits"):
+        resolve_hash("default", x, bits=DEFAULT_BITS + 8)
+    x, labels, scale = clusters
     # bits without a spec: the PCA-ITQ baseline at that length, fitted on the given features
     model = resolve_hash(None, x, bits=24, backbone="bb")
     assert isinstance(model, LinearHash) and model.method == "pca-itq" and model.bits == 24
@@ -279,8 +294,6 @@ def test_resolve_hash(tmp_path, clusters):
     assert resolve_hash(str(path), x, bits=32).bits == 32  # the right length is fine
     with pytest.raises(CodeLengthError, match="32-bit"):
         resolve_hash(str(path), x, bits=64)
-    with pytest.raises(CodeLengthError, match=f"{default.bits}-bit"):
-        resolve_hash("default", x, bits=default.bits + 8)
     with pytest.raises(LookalikeError, match="does not exist"):
         resolve_hash(str(tmp_path / "missing.npz"), x)
 
@@ -324,8 +337,29 @@ def test_similarity_code_keeps_neighbourhoods_in_every_domain(clusters):
         train_similarity_hash({"a": x[:1]}, progress=False)
 
 
+def test_joined_codes_save_load_and_reject_a_wrong_header(tmp_path, clusters):
+    x, labels, scale = clusters
+    joined = ConcatHash([fit_itq(x, 16), _train("descartes-autoencoder", x, labels, scale, epochs=2)],
+                        "itq+net", "bb", dict(note="two parts"))
+    assert joined.bits == 48 and joined.encode(x).shape == (len(x), 6)
+    joined.save(tmp_path / "joined.npz")
+    back = load_hash_model(tmp_path / "joined.npz")
+    assert isinstance(back, ConcatHash) and back.method == "itq+net" and back.meta == {"note": "two parts"}
+    assert np.array_equal(back.encode(x), joined.encode(x)) and not is_current_default(back)
+    # a header that disagrees with the arrays is refused rather than making codes of another length
+    with np.load(tmp_path / "joined.npz") as z:
+        arrays = dict(z)
+    header = json.loads(bytes(arrays["header"]).decode())
+    arrays["header"] = np.frombuffer(json.dumps(dict(header, bits=64)).encode(), np.uint8)
+    np.savez(tmp_path / "lying.npz", **arrays)
+    with pytest.raises(LookalikeError, match="64"):
+        load_hash_model(tmp_path / "lying.npz")
+    with pytest.raises(LookalikeError, match="different widths"):
+        ConcatHash([fit_itq(x, 8), fit_itq(x[:, :3], 8)], "bad")
+
+
 def test_shipped_default_is_the_similarity_code():
     model = load_hash_model(default_hash_path())
-    assert model.method == "similarity" and model.bits == 128
+    assert model.method == "similarity" and model.bits + 32 == DEFAULT_BITS
     assert model.meta["trained_on"]["views"] == 2
     assert set(model.meta["trained_on"]["labelled"]) == {"hirise_v1", "msl_curiosity"}
