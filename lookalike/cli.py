@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--zones", type=_zones, help="only these zones, e.g. 33N,34N")
     i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
     i.add_argument("--min-valid", type=_unit_interval, default=0.5, help="skip tiles with less valid data")
-    i.add_argument("--hash", help="hash model: a file, 'default' (the shipped model, the default) "
-                   "or 'itq' (fit the PCA-ITQ baseline on the new tiles)")
+    i.add_argument("--hash", help="hash model: a file, 'default' (the default: the shipped learned code "
+                   "plus PCA-ITQ bits fitted on the new tiles) or 'itq' (the PCA-ITQ baseline, fitted on them)")
     i.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
     i.add_argument("--backbone", default="efficientnet_lite0")
     i.add_argument("--weights", help="local weights file for the backbone")
@@ -461,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, default=64)
     how = r.add_mutually_exclusive_group()
     how.add_argument("--float", action="store_true", help="float backbone features, Euclidean")
-    how.add_argument("--hash", help="a hash model file, 'default' (the shipped model, the default) or 'itq'")
+    how.add_argument("--hash", help="a hash model file, 'default' (the default recipe: the shipped learned "
+                     "code plus PCA-ITQ bits fitted on the archive) or 'itq'")
     r.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
     r.add_argument("--image-size", type=int, default=224)
     r.add_argument("--views", type=int, choices=VIEW_CHOICES,

@@ -24,8 +24,9 @@ def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_spli
     """mAP@k of archive-vs-query retrieval; ``method`` is ``float`` or ``hash``.
 
     ``float``: backbone features, Euclidean distance. ``hash``: the code ``hash_path`` names
-    (see ``models.hashing.resolve_hash``): the shipped default model when it and ``bits`` are
-    None, ``"itq"`` for the PCA-ITQ baseline fitted on the archive's own features, or a file.
+    (see ``models.hashing.resolve_hash``): the default recipe (the shipped learned code plus
+    PCA-ITQ bits, fitted on the archive's own features) when it and ``bits`` are None, ``"itq"``
+    for the PCA-ITQ baseline fitted on the archive, or a file.
     """
 
     if k < 1:
