@@ -275,7 +275,10 @@ def fit_default(features: np.ndarray, backbone: str = "") -> ConcatHash:
     ``features`` (the archive's own, no labels) up to ``DEFAULT_BITS``."""
     path = default_hash_path()
     learned = load_hash_model(path)
-    fitted = fit_itq(features, DEFAULT_BITS - learned.bits, backbone=backbone or learned.backbone)
+    if backbone and backbone != learned.backbone:
+        raise LookalikeError(f"the default code reads {learned.backbone} features, not {backbone}; "
+                             "use --hash itq (fitted on these features) or a model file trained on them")
+    fitted = fit_itq(features, DEFAULT_BITS - learned.bits, backbone=learned.backbone)
     return ConcatHash([learned, fitted], DEFAULT_METHOD, learned.backbone,
                       dict(recipe=DEFAULT, learned=path.name, learned_sha256=_sha256(path),
                            learned_bits=learned.bits, fitted_bits=fitted.bits, fitted_on=len(features)))

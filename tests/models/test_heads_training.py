@@ -279,6 +279,9 @@ def test_resolve_hash(tmp_path, clusters):
         assert np.array_equal(model.encode(x), expected)
     with pytest.raises(CodeLengthError, match=f"{DEFAULT_BITS} bits"):
         resolve_hash("default", x, bits=DEFAULT_BITS + 8)
+    # another backbone's features have the same width, but the learned bits would be noise on them
+    with pytest.raises(LookalikeError, match=f"reads {learned.backbone} features"):
+        resolve_hash(None, x, backbone="efficientnet_lite2")
     x, labels, scale = clusters
     # bits without a spec: the PCA-ITQ baseline at that length, fitted on the given features
     model = resolve_hash(None, x, bits=24, backbone="bb")
