@@ -23,7 +23,6 @@ from shapely.geometry.base import BaseGeometry
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
 from lookalike.indexer.catalogue import FootprintLocator, landmark_mask
-from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.sources import load_image
 from lookalike.indexer.store import Index
@@ -380,7 +379,11 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     except (AttributeError, TypeError, ValueError):
         raise IndexCorruptError(f"{index.path}: the manifest's image size or tiling is malformed") from None
     pixels = load_image(image, size)[None]  # a bad file is refused before the network is built
-    encoder = encoder or Encoder(backbone["name"], image_size=size, views=index.views)
+    if encoder is None:
+        # PyTorch loads here, not with this module: a server that only looks codes up starts faster
+        from lookalike.indexer.encoding import Encoder
+
+        encoder = Encoder(backbone["name"], image_size=size, views=index.views)
     if encoder.describe()["weights_sha256"] != backbone["weights_sha256"]:
         raise LookalikeError("the encoder's weights differ from those the index was built with")
     features = encoder.features(pixels)
