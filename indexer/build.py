@@ -242,19 +242,21 @@ def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
 def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, backbone: dict,
            bits: int | None, hash_path: str | None, append: bool, info: dict,
            shards: int | None = None, hashed: tuple | None = None, keep_work: bool = False,
-           thumbs: list[Path] | None = None) -> Path:
+           thumbs: list[Path] | None = None, times: StageTimes | None = None) -> Path:
     """Hash the features and write the index (or ``shards`` indexes); ``backbone`` is
     ``Encoder.describe()`` of the encoder that made the features. With ``hashed`` (the model
     and its bytes, from ``fixed_hash``) ``features`` are already that model's codes. ``thumbs``:
-    the chunks' thumbnail files (``encode_chunks``), joined into the index's."""
+    the chunks' thumbnail files (``encode_chunks``), joined into the index's. Fitting and
+    applying a hash model here is timed as the stage ``hash`` of ``times``."""
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
     table["time"] = (pd.to_datetime(table["time"], utc=True) if "time" in table
                      else pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]"))
-    model, model_bytes = hashed or _hash_for(out, features, bits, hash_path, append, backbone["name"])
-    check_backbone(out, append, backbone)
-    codes = features if hashed else model.encode(features)
+    with (times if times is not None else StageTimes()).timing("hash"):
+        model, model_bytes = hashed or _hash_for(out, features, bits, hash_path, append, backbone["name"])
+        check_backbone(out, append, backbone)
+        codes = features if hashed else model.encode(features)
     table = lean_tiles(table)
     info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta),
                 build=work.name)
@@ -345,7 +347,7 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 1
                                     hash_model=hashed[0] if hashed else None, times=times, prefetch=prefetch,
                                     thumbs=thumbs)
     return commit(out, work, features, table, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed, thumbs=thumbs)
+                  hashed=hashed, thumbs=thumbs, times=times)
 
 
 def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
@@ -376,4 +378,4 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                                     progress=progress, hash_model=hashed[0] if hashed else None, times=times,
                                     prefetch=prefetch, thumbs=thumbs)
     return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed, keep_work=keep_work, thumbs=thumbs)
+                  hashed=hashed, keep_work=keep_work, thumbs=thumbs, times=times)

@@ -152,10 +152,11 @@ def test_interrupted_build_resumes_from_chunks(tmp_path, monkeypatch, data_dir, 
 
 
 def test_pipelined_build_equals_serial_and_resumes(tmp_path, monkeypatch, data_dir, encoder):
-    """The default build (tiles cut on a background thread, each chunk hashed at once with the
-    shipped model) writes the same codes and tile table, byte for byte, as the serial build;
+    """The pipelined build (tiles cut on a background thread; with a model file, each chunk
+    hashed at once) writes the same codes and tile table, byte for byte, as the serial build;
     interrupted, it resumes from its finished chunks."""
     from lookalike.data.registry import DATASETS
+    from lookalike.data.shipped import default_hash_path
     from lookalike.indexer import build
     from lookalike.indexer.pipeline import StageTimes
     from lookalike.indexer.sources import RasterSource
@@ -165,7 +166,8 @@ def test_pipelined_build_equals_serial_and_resumes(tmp_path, monkeypatch, data_d
     monkeypatch.setattr(build, "CHUNK", 8)
     ds = DATASETS["mars_8k"]
     source = RasterSource(data_dir / ds.fname, name="mars_8k", crs=ds.crs, bounds=ds.bounds)
-    kwargs = dict(zones=[Zone(31, "N")], bbox=(0.0, 0.0, 6.0, 40.0), progress=False)
+    kwargs = dict(zones=[Zone(31, "N")], bbox=(0.0, 0.0, 6.0, 40.0), progress=False,
+                  hash_path=str(default_hash_path()))
     serial, times = tmp_path / "serial", StageTimes()
     build.index_rasters([source], serial, encoder=encoder, prefetch=0, **kwargs)
     build.index_rasters([source], tmp_path / "pipelined", encoder=encoder, prefetch=2, times=times, **kwargs)
