@@ -142,7 +142,9 @@ def to_markdown(result: dict) -> str:
              "classes (HiRISE's `other` is most of its val split). Codes are fitted on train splits only; "
              "EuroSAT's labels are read only to score. The similarity codes train on the train images "
              "of all three sets plus every tile of the Mars and Earth mosaics (`lookalike train-hash "
-             "--method similarity`).", "",
+             "--method similarity`). The default recipe (`models.hashing.fit_default`, what every "
+             "command uses without `--hash`) is a learned 96-bit similarity code with a classifier "
+             "term, followed by 32 PCA-ITQ bits fitted on the archive's own features, no labels.", "",
              "| method | bits | HiRISE v1 | HiRISE macro | MSL | MSL macro | EuroSAT |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for row in result["candidates"]:
