@@ -278,7 +278,14 @@ def fit_default(features: np.ndarray, backbone: str = "") -> ConcatHash:
     if backbone and backbone != learned.backbone:
         raise LookalikeError(f"the default code reads {learned.backbone} features, not {backbone}; "
                              "use --hash itq (fitted on these features) or a model file trained on them")
-    fitted = fit_itq(features, DEFAULT_BITS - learned.bits, backbone=learned.backbone)
+    n_bits = DEFAULT_BITS - learned.bits
+    x = np.asarray(features, dtype=np.float32)
+    if len(x) >= 2:
+        fitted = fit_itq(x, n_bits, backbone=learned.backbone)
+    else:  # one vector has no principal directions: random hyperplanes through it (LSH)
+        fitted = LinearHash(x.reshape(-1, learned.in_features).mean(axis=0),
+                            np.random.default_rng(0).standard_normal((learned.in_features, n_bits)),
+                            "lsh", learned.backbone, dict(n_train=len(x), seed=0))
     return ConcatHash([learned, fitted], DEFAULT_METHOD, learned.backbone,
                       dict(recipe=DEFAULT, learned=path.name, learned_sha256=_sha256(path),
                            learned_bits=learned.bits, fitted_bits=fitted.bits, fitted_on=len(features)))

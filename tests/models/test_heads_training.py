@@ -279,6 +279,9 @@ def test_resolve_hash(tmp_path, clusters):
         assert np.array_equal(model.encode(x), expected)
     with pytest.raises(CodeLengthError, match=f"{DEFAULT_BITS} bits"):
         resolve_hash("default", x, bits=DEFAULT_BITS + 8)
+    # an archive of one tile still gets a code (random hyperplanes through it for the fitted bits)
+    one = resolve_hash(None, x[:1])
+    assert one.bits == DEFAULT_BITS and one.parts[1].method == "lsh" and one.encode(x).shape == (len(x), 16)
     # another backbone's features have the same width, but the learned bits would be noise on them
     with pytest.raises(LookalikeError, match=f"reads {learned.backbone} features"):
         resolve_hash(None, x, backbone="efficientnet_lite2")
