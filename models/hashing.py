@@ -16,7 +16,6 @@ holds on imagery and classes the learned code never saw.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -27,7 +26,7 @@ import numpy as np
 
 from lookalike.data.shipped import default_hash_path
 from lookalike.errors import CodeLengthError, LookalikeError
-from lookalike.fileio import atomic_write_bytes
+from lookalike.fileio import atomic_write_bytes, sha256_file
 
 HASH_FORMAT = 1
 MAX_BITS = 65_536  # longest code: 8 KiB a tile (the shipped code has 128 bits, ITQ 512 by default)
@@ -47,7 +46,18 @@ def unpack_bits(codes: np.ndarray, bits: int | None = None) -> np.ndarray:
     return out if bits is None else out[:, :bits]
 
 
-class LinearHash:
+class _HashFile:
+    """What every hash model shares: ``to_bytes`` (its file), and ``save``."""
+
+    def to_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> str:
+        """Write atomically; returns the file's sha256."""
+        return atomic_write_bytes(Path(path), self.to_bytes())
+
+
+class LinearHash(_HashFile):
     """``code = pack(((x - mean) @ projection) > 0)``: the shape of PCA-ITQ and of LSH."""
 
     def __init__(self, mean: np.ndarray, projection: np.ndarray, method: str, backbone: str,
@@ -82,11 +92,6 @@ class LinearHash:
         np.savez(buf, mean=self.mean, projection=self.projection,
                  header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
         return buf.getvalue()
-
-    def save(self, path: str | Path) -> str:
-        """Write atomically; returns the file's sha256."""
-
-        return atomic_write_bytes(Path(path), self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearHash":
@@ -133,7 +138,7 @@ def _itq_rotation(v: np.ndarray, n_iter: int, rng: np.random.Generator) -> np.nd
     return r
 
 
-class NetworkHash:
+class NetworkHash(_HashFile):
     """A trained hashing head as plain arrays: Linear layers with LeakyReLU between them.
 
     ``code = pack(last pre-activation > 0)``, which is the sigmoid output thresholded at 0.5.
@@ -180,12 +185,8 @@ class NetworkHash:
         np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
         return buf.getvalue()
 
-    def save(self, path: str | Path) -> str:
 
-        return atomic_write_bytes(Path(path), self.to_bytes())
-
-
-class ConcatHash:
+class ConcatHash(_HashFile):
     """Several hash models' codes side by side: ``bits`` is the sum of theirs, and the Hamming
     distance of two codes the sum of the parts' distances. Every part's length is a multiple of
     8, so packed codes join byte by byte."""
@@ -219,9 +220,6 @@ class ConcatHash:
         buf = io.BytesIO()
         np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
         return buf.getvalue()
-
-    def save(self, path: str | Path) -> str:
-        return atomic_write_bytes(Path(path), self.to_bytes())
 
 
 HashModel = LinearHash | NetworkHash | ConcatHash
@@ -266,10 +264,6 @@ DEFAULT_BITS = 128  # the default recipe's code length: the learned code's bits 
 DEFAULT_METHOD = "similarity+pca-itq"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def fit_default(features: np.ndarray, backbone: str = "") -> ConcatHash:
     """The default code for an archive: the shipped learned code, then PCA-ITQ bits fitted on
     ``features`` (the archive's own, no labels) up to ``DEFAULT_BITS``."""
@@ -287,14 +281,14 @@ def fit_default(features: np.ndarray, backbone: str = "") -> ConcatHash:
                             np.random.default_rng(0).standard_normal((learned.in_features, n_bits)),
                             "lsh", learned.backbone, dict(n_train=len(x), seed=0))
     return ConcatHash([learned, fitted], DEFAULT_METHOD, learned.backbone,
-                      dict(recipe=DEFAULT, learned=path.name, learned_sha256=_sha256(path),
+                      dict(recipe=DEFAULT, learned=path.name, learned_sha256=sha256_file(path),
                            learned_bits=learned.bits, fitted_bits=fitted.bits, fitted_on=len(features)))
 
 
 def is_current_default(model: HashModel) -> bool:
     """Whether ``model`` was made by this version's default recipe (with the shipped learned code)."""
     return (isinstance(model, ConcatHash) and model.meta.get("recipe") == DEFAULT
-            and model.meta.get("learned_sha256") == _sha256(default_hash_path()))
+            and model.meta.get("learned_sha256") == sha256_file(default_hash_path()))
 
 
 def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None,
