@@ -163,9 +163,11 @@ def to_markdown(result: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---:|"]
     keys = ("float", "itq", "previous", "without", "with")
     for r in result["leave_one_class_out"]:
-        lines.append(f"| {r['held_out']} | {r['n_queries']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+        cells = " | ".join(f"{r[k]:.3f}" for k in keys)
+        lines.append(f"| {r['held_out']} | {r['n_queries']} | {cells} |")
     lo = result["leave_one_class_out"]
-    lines.append("| mean over classes | | " + " | ".join(f"{np.mean([r[k] for r in lo]):.3f}" for k in keys) + " |")
+    means = " | ".join(f"{np.mean([r[k] for r in lo]):.3f}" for k in keys)
+    lines.append(f"| mean over classes | | {means} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +184,8 @@ def main() -> None:
     tiles = {name: mosaic_features(name, tile_encoder) for name in MOSAICS}
     rows = []
     for name, feats, code in candidates(one, two, tiles):
-        bits = 32 * feats["hirise_v1"][0].shape[1] if isinstance(code, str) and code == "float" else DEFAULT_BITS
+        is_float = isinstance(code, str) and code == "float"
+        bits = 32 * feats["hirise_v1"][0].shape[1] if is_float else DEFAULT_BITS
         row = dict(method=name, bits=bits, scores={s: evaluate(code, *feats[s]) for s in SETS})
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
     i.add_argument("--min-valid", type=_unit_interval, default=0.5, help="skip tiles with less valid data")
     i.add_argument("--hash", help="hash model: a file, 'default' (the default: the shipped learned code "
-                   "plus PCA-ITQ bits fitted on the new tiles) or 'itq' (the PCA-ITQ baseline, fitted on them)")
+                   "plus PCA-ITQ bits fitted on the new tiles) or 'itq' (the PCA-ITQ baseline, "
+                   "fitted on them)")
     i.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
     i.add_argument("--backbone", default="efficientnet_lite0")
     i.add_argument("--weights", help="local weights file for the backbone")
@@ -507,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-blend", type=float, default=0.45,
                    help="similarity: labelled pairs match (1 - b) * feature cosine + b * same class")
     t.add_argument("--supervised-weight", type=float, default=0.0,
-                   help="similarity: weight of a linear classifier per labelled set reading classes off the code")
+                   help="similarity: weight of a linear classifier per labelled set reading classes "
+                        "off the code")
     t.add_argument("--unbalanced", action="store_true",
                    help="similarity: draw labelled items as they come, not class-balanced")
     t.add_argument("--push-weight", type=float, default=0.1)

@@ -196,7 +196,8 @@ class ConcatHash(_HashFile):
             raise LookalikeError("a joined hash needs at least one part")
         widths = {p.in_features for p in parts}
         if len(widths) != 1:
-            raise LookalikeError(f"the parts of a joined hash read features of different widths: {sorted(widths)}")
+            raise LookalikeError("the parts of a joined hash read features of different widths: "
+                                 f"{sorted(widths)}")
         self.parts = list(parts)
         self.method = method
         self.backbone = backbone
@@ -234,7 +235,8 @@ def _read_model(source: str | Path | BinaryIO) -> HashModel:
             parts = [_read_model(io.BytesIO(z[f"part{i}"].tobytes())) for i in range(int(header["parts"]))]
             model = ConcatHash(parts, header["method"], header["backbone"], header.get("meta"))
         elif "layers" not in header:
-            model = LinearHash(z["mean"], z["projection"], header["method"], header["backbone"], header.get("meta"))
+            model = LinearHash(z["mean"], z["projection"], header["method"], header["backbone"],
+                               header.get("meta"))
         else:
             n = int(header["layers"])
             model = NetworkHash([z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
@@ -321,7 +323,8 @@ def fitted_on_features(spec: str | None, bits: int | None = None) -> bool:
 def named_hash(spec: str, bits: int | None = None) -> HashModel:
     """A hash model file; ``bits``, when given, must be its length."""
     if spec in (ITQ, DEFAULT, None):
-        raise LookalikeError(f"--hash {spec or DEFAULT} is fitted on an archive's features, not read from a file")
+        raise LookalikeError(f"--hash {spec or DEFAULT} is fitted on an archive's features, "
+                             "not read from a file")
     model = load_hash_model(spec)
     if bits is not None and bits != model.bits:
         raise CodeLengthError(f"hash model {spec} makes {model.bits}-bit codes, not {bits}; "
