@@ -377,9 +377,10 @@ def serve_session(catalog: Catalog) -> None:
 def warm_up(catalog: Catalog) -> None:
     """Do once per process what the first session would otherwise wait for.
 
-    Decodes each source image and builds its basemap pyramid, creates the thumbnail thread's
-    zone transformers (in the background), compiles the numba search kernel, and renders one map
-    offline and clicks it, which loads the HiRISE footprints and compiles Datashader's kernels.
+    Loads each source image and its basemap pyramid (from ``pixel_cache`` after the first start
+    on a machine), creates the thumbnail thread's zone transformers (in the background), compiles
+    the numba search kernel, and renders one map offline and clicks it, which loads the HiRISE
+    footprints and compiles Datashader's kernels.
     """
 
     t0 = time.perf_counter()

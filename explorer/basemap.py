@@ -20,7 +20,8 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 
-from lookalike.explorer.projection import POLAR_EDGE_LAT, MapProjection
+from lookalike.explorer.projection import POLAR_EDGE_LAT, POLAR_IMAGE_PIXELS, MapProjection
+from lookalike.indexer import pixel_cache
 from lookalike.indexer.export import pole_ring
 from lookalike.indexer.thumbnails import SourceImage
 from lookalike.indexer.tiling import UTM_LAT_RANGE, ZONE_WIDTH_DEG, Zone, holds_pole
@@ -59,8 +60,9 @@ def halve(rgb: np.ndarray) -> np.ndarray:
 
 
 def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list[Level]:
-    """The image at full, 1/2, 1/4 ... resolution (finest first), built once per process; in a
-    polar ``projection``, the image resampled into that view first."""
+    """The image at full, 1/2, 1/4 ... resolution (finest first), built once per process and kept
+    on disk between processes (``pixel_cache``) when the image is; in a polar ``projection``, the
+    image resampled into that view first."""
     polar = projection is not None and projection.polar
     key = (image.name, image.bounds, image.shape, projection.view if polar else "global")
     levels = _pyramids.get(key)
@@ -68,20 +70,45 @@ def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list
         with _lock:
             levels = _pyramids.get(key)
             if levels is None:
-                rgb = projection.view_image(image) if polar else image.rgb
-                bounds = projection.extent if polar else image.bounds
-                levels = []
-                while True:
-                    levels.append(Level(rgb, bounds))
-                    h, w = rgb.shape[:2]
-                    if w < 2 * MIN_LEVEL_PIXELS or h < 2:
-                        break
-                    h2, w2 = h // 2 * 2, w // 2 * 2  # an odd last row/column is dropped
-                    rgb = halve(rgb)
-                    x0, y0, x1, y1 = bounds  # the dropped row/column shrinks the covered area
-                    bounds = (x0, y1 - (y1 - y0) * h2 / h, x0 + (x1 - x0) * w2 / w, y1)
-                _pyramids[key] = levels
+                levels = _pyramids[key] = _cached_levels(image, projection if polar else None)
     return levels
+
+
+def _cached_levels(image: SourceImage, projection: MapProjection | None) -> list[Level]:
+    if image.cache_key is None:
+        return _levels(image, projection)
+    slot = dict(purpose="basemap pyramid", image=image.cache_key,
+                view=projection.view if projection is not None else "global",
+                radius=projection.radius if projection is not None else None)
+    key = dict(min_level_pixels=MIN_LEVEL_PIXELS,
+               polar=[POLAR_IMAGE_PIXELS, POLAR_EDGE_LAT] if projection is not None else None)
+    cached = pixel_cache.load(slot, key)
+    if cached is not None:
+        bounds = cached["bounds"]
+        # the global view's finest level is the image itself, which is not stored twice
+        first = [] if projection is not None else [Level(image.rgb, image.bounds)]
+        return first + [Level(cached[f"level{i}"], tuple(float(v) for v in bounds[i]))
+                        for i in range(len(bounds))]
+    levels = _levels(image, projection)
+    stored = levels if projection is not None else levels[1:]
+    pixel_cache.save(slot, key, {f"level{i}": level.rgb for i, level in enumerate(stored)}
+                     | dict(bounds=np.asarray([level.bounds for level in stored], np.float64).reshape(-1, 4)))
+    return levels
+
+
+def _levels(image: SourceImage, projection: MapProjection | None) -> list[Level]:
+    rgb = projection.view_image(image) if projection is not None else image.rgb
+    bounds = projection.extent if projection is not None else image.bounds
+    levels = []
+    while True:
+        levels.append(Level(rgb, bounds))
+        h, w = rgb.shape[:2]
+        if w < 2 * MIN_LEVEL_PIXELS or h < 2:
+            return levels
+        h2, w2 = h // 2 * 2, w // 2 * 2  # an odd last row/column is dropped
+        rgb = halve(rgb)
+        x0, y0, x1, y1 = bounds  # the dropped row/column shrinks the covered area
+        bounds = (x0, y1 - (y1 - y0) * h2 / h, x0 + (x1 - x0) * w2 / w, y1)
 
 
 def render_view(levels: list[Level], x0: float, y0: float, x1: float, y1: float,
@@ -238,7 +265,7 @@ def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
 
 
 def zone_label_layer(zone_labels: list[str], show: bool = True, x_range=None, y_range=None,
-                     width=None, height=None, scale=1.0, initial=None) -> hv.Labels:
+                     width=None, height=None, initial=None) -> hv.Labels:
     """The zone labels for the current view (see ``zone_label_positions``); ``initial``, the
     plot's first (x range, y range), stands in until the browser reports its ranges."""
     def valid(r) -> bool:

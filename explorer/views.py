@@ -581,6 +581,22 @@ def weak_hook(method):
     return hook
 
 
+class FrameSize:
+    """The map's drawn size in screen pixels (its figure's inner width and height, as the browser
+    last reported them), for the layers that space or bin by pixels (zone labels, HiRISE
+    coverage). Those layers read it when the view changes instead of following a ``PlotSize``
+    stream: each report of such a stream re-renders the whole map, and the browser sends two as
+    a page is laid out (the second one squeezed the map to its minimum height)."""
+
+    def __init__(self) -> None:
+        self.figure = None
+
+    def __call__(self) -> tuple[int | None, int | None]:
+        if self.figure is None:
+            return None, None
+        return self.figure.inner_width or None, self.figure.inner_height or None
+
+
 class LayerSwitches(param.Parameterized):
     """One map's HoloViews layers switched on, one parameter each, so switching one re-renders
     that layer only (a stream on ``state.layers`` would re-run every layer's callback)."""
@@ -604,6 +620,7 @@ class MapView:
     def __init__(self, state: ExplorerState, entry: Entry, height: int = 520):
         self.state, self.entry, self.height = state, entry, height
         self.figure = None  # the Bokeh figure, captured by a plot hook, to pan it from Python
+        self.frame_size = FrameSize()
         self.sources: dict = {}  # Bokeh data sources of the dynamic layers, by name
         self.renderers: dict = {}  # Bokeh renderers of the glyph layers, by name
         self.drawn_renderers: dict = {}  # 'boxes' / 'polygons' -> the drawing layer's renderer
@@ -649,9 +666,15 @@ class MapView:
             xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
             zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones,
                                           switches.param.zones))
-            labels = hv.DynamicMap(partial(basemap.zone_label_layer, zone_labels, initial=(xlim, ylim)),
+            frame_size, initial = self.frame_size, (xlim, ylim)
+
+            def zone_labels_in_view(show: bool, x_range=None, y_range=None) -> hv.Labels:
+                return basemap.zone_label_layer(zone_labels, show, x_range, y_range, *frame_size(),
+                                                initial=initial)
+
+            labels = hv.DynamicMap(zone_labels_in_view,
                                    streams=[hv.streams.Params(switches, ["zones"], rename={"zones": "show"}),
-                                            hv.streams.RangeXY(), hv.streams.PlotSize()])
+                                            hv.streams.RangeXY()])
             layers = zones * labels
             if self.entry.is_mars:
                 layers = layers * self._hirise()
@@ -1041,19 +1064,21 @@ class MapView:
         source = hv.DynamicMap(pn.bind(hirise_footprints, self.state.param.time_start,
                                        self.state.param.time_end, self.switches.param.hirise))
 
-        def density(footprints: hv.Rectangles, x_range=None, y_range=None, width=None, height=None,
-                    scale=1.0) -> hv.RGB:
+        frame_size = self.frame_size
+
+        def density(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.RGB:
             # rasterized at a third of the screen's resolution: a pan or zoom sends a small image,
             # and nothing at all (one pixel) while the layer is off
             if len(footprints.data) == 0 or x_range is None or y_range is None:
                 return hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(0, 0, 1, 1), vdims=list("RGBA"))
+            width, height = frame_size()
             cells = dict(width=max(int((width or 900) / HIRISE_CELL_PX), 16),
                          height=max(int((height or 450) / HIRISE_CELL_PX), 8))
             counts = rasterize(footprints, aggregator="count", x_range=x_range, y_range=y_range,
                                dynamic=False, **cells)
             return shade(counts, cmap=HIRISE_COLORS, min_alpha=60, alpha=170, dynamic=False)
 
-        coverage = source.apply(density, streams=[hv.streams.RangeXY(), hv.streams.PlotSize()])
+        coverage = source.apply(density, streams=[hv.streams.RangeXY()])
 
         def hoverable(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.Rectangles:
             # real shapes, with hover, once few enough are in view; the density shows the rest
@@ -1077,7 +1102,7 @@ class MapView:
         # hooks run on every update of the plot: add the layers and the tap gate only once
         if self.figure is plot.state:
             return
-        self.figure = plot.state
+        self.figure = self.frame_size.figure = plot.state
         # HoloViews marks every range stream of a new plot to be triggered once the page is made
         # (its test, ``xlim or ylim``, holds for the default (None, None) too), and the trigger
         # renders the whole map a second time: a quarter of the server's cost of a new page. The

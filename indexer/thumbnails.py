@@ -16,7 +16,7 @@ import io
 import json
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,12 +29,14 @@ from rasterio.vrt import WarpedVRT
 
 from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError, SourceError
+from lookalike.indexer import pixel_cache
 from lookalike.indexer.resample import control_positions
 from lookalike.indexer.sources import RasterSource, to_uint8
 from lookalike.indexer.thumbstore import QUALITY, THUMB_SIZE
 from lookalike.indexer.tiling import TileGrid, Zone, from_zone
 
 MAX_PIXELS = 1 << 26  # ~67 Mpx (200 MB RGB); larger rasters are decimated on load
+CACHED_PIXELS = 1 << 22  # decoded images of at least this many pixels are kept on disk (pixel_cache)
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class SourceImage:
     """A source raster decoded into memory: ``rgb`` (H, W, 3) uint8 on a regular lon/lat grid.
 
     ``bounds`` are (west, south, east, north) in degrees of the body's geographic CRS; row 0 is
-    the northern edge. ``valid`` marks pixels that hold data.
+    the northern edge. ``valid`` marks pixels that hold data. ``cache_key`` names the image in
+    ``pixel_cache`` when it is kept there (pictures made from it are cached under it too).
     """
 
     name: str
@@ -50,6 +53,7 @@ class SourceImage:
     valid: np.ndarray
     bounds: tuple[float, float, float, float]
     geographic: pyproj.CRS
+    cache_key: dict | None = field(default=None, compare=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -156,8 +160,25 @@ def source_image(name: str, desc: dict, max_pixels: int = MAX_PIXELS) -> SourceI
 
 def _load(name: str, desc: dict, max_pixels: int) -> SourceImage:
     source = RasterSource.from_description(name, desc)
-    meta = source._meta
     geographic = source.geographic
+    # the decoded image is kept on disk between processes: decoding a large source takes seconds
+    slot = dict(purpose="source image", name=name, desc=_key(name, desc)[1], max_pixels=max_pixels)
+    stat = Path(source.path).stat()
+    key = dict(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    cached = pixel_cache.load(slot, key)
+    if cached is not None:
+        bounds = tuple(float(b) for b in cached["bounds"])
+        return SourceImage(name, cached["rgb"], cached["valid"], bounds, geographic, cache_key=slot | key)
+    rgb, valid, bounds = _decode(source, geographic, max_pixels)
+    if valid.size >= CACHED_PIXELS:
+        pixel_cache.save(slot, key, dict(rgb=rgb, valid=valid, bounds=np.asarray(bounds, np.float64)))
+    return SourceImage(name, rgb, valid, bounds, geographic,
+                       cache_key=slot | key if valid.size >= CACHED_PIXELS else None)
+
+
+def _decode(source: RasterSource, geographic: pyproj.CRS,
+            max_pixels: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    meta = source._meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with source._open() as src:
@@ -188,7 +209,7 @@ def _load(name: str, desc: dict, max_pixels: int) -> SourceImage:
     rgb = to_uint8(pixels, stretch)
     rgb.setflags(write=False)
     valid.setflags(write=False)
-    return SourceImage(name, rgb, valid, tuple(float(b) for b in bounds), geographic)
+    return rgb, valid, tuple(float(b) for b in bounds)
 
 
 def index_source_image(index, source: str | None = None) -> SourceImage:

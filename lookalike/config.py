@@ -2,7 +2,8 @@
 
 - ``LOOKALIKE_DATA``: the data cache (fetched datasets); point it at a folder that already
   holds the files and nothing is downloaded.
-- ``LOOKALIKE_CACHE``: derived files (exported ONNX models, cached backbone features).
+- ``LOOKALIKE_CACHE``: derived files (exported ONNX models, cached backbone features, decoded
+  basemaps).
 - ``LOOKALIKE_INDEXES``: where the demo indexes are built.
 
 Each falls back to the per-user cache directory ``lookalike``.
@@ -37,6 +38,11 @@ def data_dir() -> Path:
 def onnx_dir() -> Path:
     """Where exported ONNX models live: ``$LOOKALIKE_CACHE/onnx`` or the user cache."""
     return (_from_env(CACHE_ENV) or _user_cache()) / "onnx"
+
+
+def pixel_cache_dir() -> Path:
+    """Where decoded rasters and basemap pyramids live: ``$LOOKALIKE_CACHE/pixels`` or the user cache."""
+    return (_from_env(CACHE_ENV) or _user_cache()) / "pixels"
 
 
 def features_dir() -> Path:

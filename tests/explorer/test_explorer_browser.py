@@ -46,6 +46,19 @@ def test_click_map_shows_lookalikes(page, explorer_url):
     assert page.locator(".thumb.selected").get_attribute("data-tile-id") == found[3]["tileId"]
 
 
+FRAME_SIZE = """() => { for (const m of Bokeh.documents[0]._all_models.values())
+    if (m.type == "Figure") return [m.inner_width, m.inner_height]; }"""
+
+
+def test_map_keeps_its_shape_once_the_page_has_settled(page, explorer_url):
+    # the map is twice as wide as it is tall; a re-render of the map as the page was laid out
+    # once squeezed it to its minimum height (893 x 216 px)
+    open_app(page, explorer_url)
+    page.wait_for_timeout(2000)  # the browser reports its layout to the server meanwhile
+    width, height = page.evaluate(FRAME_SIZE)
+    assert width > 400 and height == pytest.approx(width / 2, rel=0.15)
+
+
 def test_bbox_filter_restricts_hits(page, explorer_url):
     open_app(page, explorer_url)
     click_map(page)
