@@ -1103,6 +1103,10 @@ class MapView:
         if self.figure is plot.state:
             return
         self.figure = self.frame_size.figure = plot.state
+        # a canvas, not HoloViews' default WebGL: the map draws one picture and a few hundred
+        # shapes, and on a machine without a GPU the browser's software WebGL spends about 0.15 s
+        # copying every frame to the page (a fifth of a new page's drawing)
+        self.figure.output_backend = "canvas"
         # HoloViews marks every range stream of a new plot to be triggered once the page is made
         # (its test, ``xlim or ylim``, holds for the default (None, None) too), and the trigger
         # renders the whole map a second time: a quarter of the server's cost of a new page. The
