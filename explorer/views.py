@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
+from bokeh.core.property.descriptors import UnsetValueError
 from holoviews.operation.datashader import rasterize, shade
 from panel.custom import JSComponent
 
@@ -40,6 +41,7 @@ POLAR_MAP_PX = 600  # a polar view's side
 OVERVIEW_PX = 1024  # width of the coarse basemap image of a whole view
 DETAIL_PX = {False: (1200, 600), True: (POLAR_MAP_PX, POLAR_MAP_PX)}  # first detail image: (w, h) of the view
 HIRISE_FOOTPRINT_COLOR = "#7fd4ff"  # single footprints, drawn once few are in view
+MAP_SIZING = "stretch_width"  # the map fills the page's width; its aspect sets its height
 HIRISE_CELL_PX = 3  # screen pixels per cell of the HiRISE coverage raster
 HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most this many are in view
 # one colour per landmark class, in the classifier's class order
@@ -592,9 +594,10 @@ class FrameSize:
         self.figure = None
 
     def __call__(self) -> tuple[int | None, int | None]:
-        if self.figure is None:
+        try:
+            return self.figure.inner_width or None, self.figure.inner_height or None
+        except (AttributeError, UnsetValueError):  # no figure yet, or not laid out by a browser yet
             return None, None
-        return self.figure.inner_width or None, self.figure.inner_height or None
 
 
 class LayerSwitches(param.Parameterized):
@@ -691,7 +694,7 @@ class MapView:
                                                  "focus_tile", "page", *FACET_INPUTS,
                                                  "landmark_classes"])
         watch_state(state, "map", self._switch_layers, "layers")
-        return pn.pane.HoloViews(overlay, sizing_mode="stretch_width", min_height=300,
+        return pn.pane.HoloViews(overlay, sizing_mode=MAP_SIZING, min_height=300,
                                  css_classes=["map"], linked_axes=False)
 
     # layers ------------------------------------------------------------------
@@ -1099,6 +1102,10 @@ class MapView:
 
     # panning -----------------------------------------------------------------
     def _capture(self, plot, element) -> None:
+        # HoloViews sets a responsive plot with an aspect to 'scale_both' on every update, which
+        # the browser lays out at the map's minimum height (a 893 x 216 px frame): the map keeps
+        # the pane's sizing instead
+        plot.state.sizing_mode = MAP_SIZING
         # hooks run on every update of the plot: add the layers and the tap gate only once
         if self.figure is plot.state:
             return

@@ -50,13 +50,22 @@ FRAME_SIZE = """() => { for (const m of Bokeh.documents[0]._all_models.values())
     if (m.type == "Figure") return [m.inner_width, m.inner_height]; }"""
 
 
-def test_map_keeps_its_shape_once_the_page_has_settled(page, explorer_url):
-    # the map is twice as wide as it is tall; a re-render of the map as the page was laid out
-    # once squeezed it to its minimum height (893 x 216 px)
+def test_map_keeps_its_shape_when_it_is_drawn_again(page, explorer_url):
+    # the map is twice as wide as it is tall; each re-render of its HoloViews layers (as the page
+    # was laid out, and when a layer is switched) once squeezed it to its minimum height
+    def assert_shape() -> None:
+        page.wait_for_timeout(1500)  # the browser reports its layout to the server meanwhile
+        page.wait_for_function("() => Bokeh.documents[0].is_idle")
+        width, height = page.evaluate(FRAME_SIZE)
+        assert width > 400 and height == pytest.approx(width / 2, rel=0.15)
+
     open_app(page, explorer_url)
-    page.wait_for_timeout(2000)  # the browser reports its layout to the server meanwhile
-    width, height = page.evaluate(FRAME_SIZE)
-    assert width > 400 and height == pytest.approx(width / 2, rel=0.15)
+    assert_shape()
+    toggle_layer(page, "Zone grid")
+    wait_until(lambda: zone_labels_drawn(page), what="zone labels")
+    assert_shape()
+    toggle_layer(page, "HiRISE")
+    assert_shape()
 
 
 def test_bbox_filter_restricts_hits(page, explorer_url):

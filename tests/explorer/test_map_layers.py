@@ -80,3 +80,14 @@ def test_density_image_is_transparent_without_hits():
                         ("#000000", "#ffffff"))["image"][0]
     alpha = img >> 24
     assert alpha[0, 0] > alpha[4, 4] > 0 and alpha[2, 4] == 0  # more where more hits
+
+
+def test_frame_size_is_unknown_until_a_browser_lays_the_map_out():
+    from bokeh.plotting import figure
+
+    from lookalike.explorer.views import FrameSize
+
+    size = FrameSize()
+    assert size() == (None, None)  # no figure yet
+    size.figure = figure()
+    assert size() == (None, None)  # a figure no browser has drawn (the warm-up's, a new page's)
