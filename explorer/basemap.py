@@ -353,10 +353,26 @@ def outline_path(tiles: pd.DataFrame, color: str, width: float = 3.0, dash: str 
         color=color, line_width=width, line_dash=dash)
 
 
-def hirise_rectangles(table: pd.DataFrame) -> hv.Rectangles:
-    """HiRISE footprints as rectangles with id and date, for rasterizing or hovering."""
-    return hv.Rectangles(table, kdims=["west", "south", "east", "north"],
-                         vdims=["observation_id", "date"])
+def hirise_rectangles(table: pd.DataFrame, projection: MapProjection | None = None) -> hv.Rectangles:
+    """HiRISE footprints as rectangles with id and date, for rasterizing or hovering: in lon/lat,
+    or in a polar ``projection`` each footprint of the view's cap as its box in the view's plane
+    (around its corners and edge midpoints, since a parallel bends there; a footprint is a few
+    kilometres across, so the box differs little from its shape)."""
+    vdims = ["observation_id", "date"]
+    if projection is None or not projection.polar:
+        return hv.Rectangles(table, kdims=["west", "south", "east", "north"], vdims=vdims)
+    west, south, east, north = (table[k].to_numpy(float) for k in ("west", "south", "east", "north"))
+    x0, y0, x1, y1 = projection.extent
+    corner_lat = abs(float(projection.inverse(x1, y1)[1]))  # the view reaches this far from its pole
+    keep = projection.sign * np.where(projection.sign > 0, north, south) >= corner_lat
+    west, south, east, north = west[keep], south[keep], east[keep], north[keep]
+    mid_lon, mid_lat = (west + east) / 2, (south + north) / 2
+    x, y = projection.forward(np.column_stack([west, mid_lon, east, east, east, mid_lon, west, west]),
+                              np.column_stack([south, south, south, mid_lat, north, north, north, mid_lat]))
+    boxes = pd.DataFrame({"x0": x.min(axis=1), "y0": y.min(axis=1), "x1": x.max(axis=1), "y1": y.max(axis=1)})
+    for name in vdims:
+        boxes[name] = table[name].to_numpy()[keep]
+    return hv.Rectangles(boxes, kdims=["x0", "y0", "x1", "y1"], vdims=vdims)
 
 
 def view_extent(tiles: pd.DataFrame, bounds: tuple[float, float, float, float],

@@ -42,11 +42,11 @@ MAP_LAYERS = {"basemap": "Basemap", "zones": "Zone grid and labels", "hirise": "
 DEFAULT_LAYERS = ["basemap", "landmarks", "density", "hits"]
 
 
-def available_layers(is_mars: bool, has_landmarks: bool, polar: bool = False) -> list[str]:
-    """The switchable layers a map of this index has: HiRISE is a Mars layer of the global view,
+def available_layers(is_mars: bool, has_landmarks: bool) -> list[str]:
+    """The switchable layers a map of this index has (in every view): HiRISE is a Mars layer,
     landmark boxes need a landmark catalogue."""
     return [name for name in MAP_LAYERS
-            if (name != "hirise" or (is_mars and not polar)) and (name != "landmarks" or has_landmarks)]
+            if (name != "hirise" or is_mars) and (name != "landmarks" or has_landmarks)]
 
 
 class ExplorerState(param.Parameterized):

@@ -350,8 +350,7 @@ def legend_html(rows: list[dict]) -> str:
 
 def layer_controls(state: ExplorerState, entry: Entry | None) -> pn.Column:
     """The "Layers" switches of the map and its legend, both following ``state.layers``."""
-    available = available_layers(entry is not None and entry.is_mars, state.landmarks is not None,
-                                 polar=state.view != "global")
+    available = available_layers(entry is not None and entry.is_mars, state.landmarks is not None)
     switches = pn.widgets.CheckBoxGroup(
         name="Layers", options={MAP_LAYERS[n]: n for n in available},
         value=[n for n in state.layers if n in available], inline=False, css_classes=["map-layers"])
@@ -555,16 +554,17 @@ if (!drawing) {
 
 
 @lru_cache(maxsize=16)
-def hirise_footprints(start: str, end: str, show: bool) -> hv.Rectangles:
-    """HiRISE footprints observed between two dates, shared by every session of the process."""
+def hirise_footprints(start: str, end: str, show: bool, projection: MapProjection | None = None) -> hv.Rectangles:
+    """HiRISE footprints observed between two dates, in lon/lat or in a polar ``projection``,
+    shared by every session of the process."""
 
     table = load_hirise_footprints()
     if not show:
-        return basemap.hirise_rectangles(table.iloc[:0])
+        return basemap.hirise_rectangles(table.iloc[:0], projection)
     try:
-        return basemap.hirise_rectangles(in_time_range(table, start or None, end or None))
+        return basemap.hirise_rectangles(in_time_range(table, start or None, end or None), projection)
     except (ValueError, TypeError):
-        return basemap.hirise_rectangles(table)
+        return basemap.hirise_rectangles(table, projection)
 
 
 def weak_hook(method):
@@ -658,7 +658,8 @@ class MapView:
             xlim, ylim = (x0, x1), (y0, y1)
             zones = hv.DynamicMap(pn.bind(basemap.polar_zone_grid, zone_labels, state.param.zones,
                                           switches.param.zones, projection))
-            overlay = (zones * boxes * polys).opts(
+            layers = zones * self._hirise() if self.entry.is_mars else zones
+            overlay = (layers * boxes * polys).opts(
                 # a square the height of the global map, not the page's width
                 hv.opts.Overlay(responsive=True, aspect=1, min_height=300, max_height=POLAR_MAP_PX,
                                 max_width=POLAR_MAP_PX, xlim=xlim, ylim=ylim,
@@ -1065,7 +1066,8 @@ class MapView:
             return hv.Overlay([hv.Rectangles([])])
 
         source = hv.DynamicMap(pn.bind(hirise_footprints, self.state.param.time_start,
-                                       self.state.param.time_end, self.switches.param.hirise))
+                                       self.state.param.time_end, self.switches.param.hirise,
+                                       self.projection if self.projection.polar else None))
 
         frame_size = self.frame_size
 
@@ -1088,8 +1090,8 @@ class MapView:
             data = footprints.data
             if x_range is None or y_range is None or len(data) == 0:
                 return footprints.iloc[:0]
-            inside = ((data["east"] >= x_range[0]) & (data["west"] <= x_range[1])
-                      & (data["north"] >= y_range[0]) & (data["south"] <= y_range[1]))
+            x0, y0, x1, y1 = (data[d.name] for d in footprints.kdims)  # lon/lat, or a polar plane
+            inside = (x1 >= x_range[0]) & (x0 <= x_range[1]) & (y1 >= y_range[0]) & (y0 <= y_range[1])
             if inside.sum() > HIRISE_HOVER_MAX:
                 return footprints.iloc[:0]
             return footprints.clone(data[inside])

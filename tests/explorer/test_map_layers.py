@@ -91,3 +91,23 @@ def test_frame_size_is_unknown_until_a_browser_lays_the_map_out():
     assert size() == (None, None)  # no figure yet
     size.figure = figure()
     assert size() == (None, None)  # a figure no browser has drawn (the warm-up's, a new page's)
+
+
+def test_hirise_footprints_in_a_polar_view():
+    import pandas as pd
+
+    from lookalike.explorer.basemap import hirise_rectangles
+    from lookalike.explorer.projection import MapProjection
+
+    table = pd.DataFrame({"west": [10.0, 10.0, 100.0, 179.0], "east": [12.0, 12.0, 101.0, 181.0],
+                          "south": [85.0, 20.0, -86.0, 70.0], "north": [86.0, 21.0, -85.0, 71.0],
+                          "observation_id": ["A", "B", "C", "D"], "date": ["2010-01-01"] * 4})
+    north = MapProjection("north")
+    boxes = hirise_rectangles(table, north).data
+    assert list(boxes["observation_id"]) == ["A", "D"]  # the north cap's footprints only
+    for row, (lon, lat) in zip(boxes.itertuples(), [(11.0, 85.5), (180.0, 70.5)]):
+        x, y = north.forward(lon, lat)
+        assert row.x0 < x < row.x1 and row.y0 < y < row.y1  # the box holds the footprint's middle
+        assert row.x1 - row.x0 < 300e3 and row.y1 - row.y0 < 300e3  # a small box, not a ring
+    assert list(hirise_rectangles(table, MapProjection("south")).data["observation_id"]) == ["C"]
+    assert [d.name for d in hirise_rectangles(table).kdims] == ["west", "south", "east", "north"]

@@ -123,3 +123,18 @@ def test_box_drawn_across_the_north_pole_filters_to_it(page, polar_url):
     # the region is shown in the view, and the drawing layer handed it over
     assert 1 in glyph_rows(page, "regions")
     screenshot(page, "explorer-box-across-the-pole")
+
+
+COVERAGE_PIXELS = """() => [...Bokeh.documents[0].all_models]
+    .filter(m => m.glyph && m.glyph.type === "ImageRGBA" && m.name !== "density" && m.visible)
+    .map(m => { const d = m.data_source.data; const image = (d.image ?? d.get("image"))[0];
+                let lit = 0; for (let i = 3; i < image.length; i += 4) lit += image[i] > 0; return lit; })"""
+
+
+def test_hirise_coverage_in_a_polar_view(page, polar_url):
+    open_app(page, polar_url)
+    choose(page, "Map view", "North pole")
+    page.locator(".map-layers label", has_text="HiRISE").first.click()
+    # the polar caps hold many HiRISE images: the coverage raster has lit cells
+    wait_until(lambda: any(n > 10 for n in page.evaluate(COVERAGE_PIXELS)), what="HiRISE coverage near the pole")
+    screenshot(page, "explorer-mars-north-hirise")
