@@ -12,7 +12,8 @@ it shows after each pan or zoom, and no raster goes over the session's websocket
 
 Everything that is per process rather than per session (source images and their pyramids, the
 HiRISE footprints, the numba kernels of the search and of Datashader) is loaded or compiled by
-``warm_up``, on a thread that starts as the server starts listening.
+``warm_up`` before the server listens (about a second once ``pixel_cache`` holds the decoded
+basemaps), so the first page is as quick as any later one.
 """
 
 from __future__ import annotations
@@ -442,19 +443,19 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     pn.extension(notifications=False)
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
-    # what is loaded by now (libraries, the indexes) lives as long as the process: kept out of the
-    # collector's full passes, which would otherwise walk it (a third of a second) every time
-    # sessions have made enough new objects, holding every session up meanwhile
-    gc.collect()
-    gc.freeze()
     local = local_address(address)
     print(f"Lookalike explorer: http://{'localhost' if local else address}:{port}/\n"
           "  Click anywhere on the planet: its 1,000 most similar places appear as thumbnails and on\n"
           "  the map. Body switches Mars/Earth, Map view the poles; draw boxes to narrow the search.",
           flush=True)
-    # the server listens at once; the warm-up runs beside it (a page opened meanwhile works, its
-    # first map and click are slower)
-    threading.Thread(target=warm_up, args=(catalog,), daemon=True, name="warm-up").start()
+    # before listening: a page opened meanwhile would share the two cores with it, and be slower
+    # by about as long as it takes
+    warm_up(catalog)
+    # what is loaded by now (libraries, the indexes, what the warm-up made) lives as long as the
+    # process: kept out of the collector's full passes, which would otherwise walk it (a third of
+    # a second) every time sessions have made enough new objects, holding every session up
+    gc.collect()
+    gc.freeze()
     kwargs.setdefault("websocket_origin", [f"localhost:{port}", f"127.0.0.1:{port}"]
                       + ([] if local else [f"{address}:{port}"]))
     kwargs.setdefault("websocket_max_message_size", MAX_MESSAGE_BYTES)

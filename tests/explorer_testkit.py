@@ -61,8 +61,8 @@ def free_port() -> int:
 def start_server(index: Path | list[Path], env: dict, timeout: float = 240.0) -> tuple[subprocess.Popen, str]:
     """``lookalike serve INDEX...`` on a free port; returns the process and the app's URL.
 
-    The server warms up (compiles its numba kernels, renders a map offline) before it listens,
-    which takes 10-40 s on two busy cores.
+    The server warms up (decodes its basemaps unless they are cached, loads its numba kernels,
+    renders a map offline) before it listens: a few seconds, more on busy cores.
     """
     indexes = [index] if isinstance(index, Path) else list(index)
     index = indexes[0]

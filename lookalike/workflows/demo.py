@@ -15,6 +15,7 @@ from lookalike.indexer.catalogue import attach_to_index, place_index_at_observat
 from lookalike.indexer.encoding import DEFAULT_VIEWS
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index
+from lookalike.indexer.thumbnails import basemap_image
 from lookalike.models.classifier import load_classifier, resolve_classifier
 from lookalike.models.hashing import is_current_default, load_hash_model
 from lookalike.workflows.landmarks import catalogue_info, classify_chips, find_landmarks
@@ -37,6 +38,8 @@ def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progre
         source = RasterSource(fetch(name), name=name, crs=ds.crs, bounds=ds.bounds)
         print(f"building the {body} demo index in {out} (once; interrupted builds resume)")
         index_rasters([source], out, progress=progress, **options)
+        # decoded now into the pixel cache, so the explorer's first start is as quick as later ones
+        basemap_image(open_index(out))
     _remove(_aside(out))
     if body == "mars":
         ensure_landmarks(out, name, progress=progress)

@@ -147,3 +147,17 @@ def test_small_sources_are_not_cached(tmp_path, cache_dir, monkeypatch):
     fresh_process(monkeypatch)
     assert thumbnails.source_image("mosaic", desc).cache_key is None
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def test_a_demo_build_leaves_its_basemap_decoded(tmp_path, monkeypatch, data_dir):
+    from lookalike.indexer.store import open_index
+    from lookalike.indexer.tiling import Zone
+    from lookalike.workflows.demo import ensure_demo_index
+
+    monkeypatch.setenv("LOOKALIKE_DATA", str(data_dir))
+    fresh_process(monkeypatch)
+    out = ensure_demo_index("earth", tmp_path / "indexes", progress=False, zones=[Zone.parse("31N")],
+                            bbox=(0.0, 40.0, 6.0, 52.0))
+    fresh_process(monkeypatch)  # the explorer's first start, in a new process
+    monkeypatch.setattr(thumbnails, "_decode", lambda *a: pytest.fail("decoded again"))
+    assert thumbnails.basemap_image(open_index(out)).rgb.shape[1] > 4096
