@@ -264,20 +264,67 @@ def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
     return out
 
 
+def polar_zone_label_positions(zone_labels: list[str], projection: MapProjection,
+                               x_range: tuple[float, float], y_range: tuple[float, float],
+                               width_px: float, height_px: float,
+                               min_px: float = LABEL_MIN_PX) -> list[tuple[float, float, str]]:
+    """(x, y, label) in a polar view's plane of the zone labels to draw, none closer than
+    ``min_px`` on screen.
+
+    The zones of the view's hemisphere are labelled on their middle meridian, along the parallel
+    through the middle of the view (or, while the middle of the view is in the cap, halfway
+    between the view's edge and the cap), so zooming in anywhere shows the zones there. Labels
+    are placed from the middle of the view outwards, and one too close to a label already placed
+    is left out. The cap is labelled at the pole when the pole is in view.
+    """
+    x0, x1 = float(min(x_range)), float(max(x_range))
+    y0, y1 = float(min(y_range)), float(max(y_range))
+    if not (x1 > x0 and y1 > y0 and width_px > 0 and height_px > 0):
+        return []
+    hemi, sign = ("N", 1.0) if projection.sign > 0 else ("S", -1.0)
+    limit = abs(UTM_LAT_RANGE[1] if sign > 0 else UTM_LAT_RANGE[0])
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    centre_lat = abs(float(projection.inverse(cx, cy)[1]))
+    ring = sign * ((POLAR_EDGE_LAT + limit) / 2 if centre_lat >= limit else max(centre_lat, POLAR_EDGE_LAT - 5.0))
+    px_x, px_y = width_px / (x1 - x0), height_px / (y1 - y0)
+    candidates = []
+    cap = "UPS" + hemi
+    if cap in zone_labels and x0 <= 0.0 <= x1 and y0 <= 0.0 <= y1:
+        candidates.append((0.0, 0.0, cap))
+    for label in zone_labels:
+        if label and label[-1] == hemi and not label.startswith("UPS"):
+            x, y = projection.forward(-180.0 + ZONE_WIDTH_DEG * (Zone.parse(label).number - 0.5), ring)
+            if x0 <= float(x) <= x1 and y0 <= float(y) <= y1:
+                candidates.append((float(x), float(y), label))
+    out = []
+    for x, y, label in sorted(candidates, key=lambda c: math.hypot((c[0] - cx) * px_x, (c[1] - cy) * px_y)):
+        if all(math.hypot((x - u) * px_x, (y - v) * px_y) >= min_px for u, v, _ in out):
+            out.append((x, y, label))
+    return out
+
+
 def zone_label_layer(zone_labels: list[str], show: bool = True, x_range=None, y_range=None,
-                     width=None, height=None, initial=None) -> hv.Labels:
-    """The zone labels for the current view (see ``zone_label_positions``); ``initial``, the
-    plot's first (x range, y range), stands in until the browser reports its ranges."""
+                     width=None, height=None, initial=None,
+                     projection: MapProjection | None = None) -> hv.Labels:
+    """The zone labels for the current view (``zone_label_positions``, or in a polar
+    ``projection`` ``polar_zone_label_positions``); ``initial``, the plot's first (x range,
+    y range), stands in until the browser reports its ranges."""
     def valid(r) -> bool:
         return r is not None and all(v is not None and np.isfinite(v) for v in r)
 
     if initial is not None:
         x_range = x_range if valid(x_range) else initial[0]
         y_range = y_range if valid(y_range) else initial[1]
+    polar = projection is not None and projection.polar
     positions = []
     if show and valid(x_range) and valid(y_range):
-        positions = zone_label_positions(zone_labels, x_range, y_range, width or 800, height or 400)
-    return hv.Labels(positions, kdims=["lon", "lat"], vdims="zone", group="ZoneLabels").opts(
+        if polar:
+            positions = polar_zone_label_positions(zone_labels, projection, x_range, y_range,
+                                                   width or 600, height or 600)
+        else:
+            positions = zone_label_positions(zone_labels, x_range, y_range, width or 800, height or 400)
+    kdims = ["x", "y"] if polar else ["lon", "lat"]
+    return hv.Labels(positions, kdims=kdims, vdims="zone", group="ZoneLabels").opts(
         text_color="white", text_font_size=LABEL_FONT, text_alpha=0.9,
         # legible on the bright polar caps and deserts too
         background_fill_color="black", background_fill_alpha=0.55, border_radius=2)

@@ -658,7 +658,8 @@ class MapView:
             xlim, ylim = (x0, x1), (y0, y1)
             zones = hv.DynamicMap(pn.bind(basemap.polar_zone_grid, zone_labels, state.param.zones,
                                           switches.param.zones, projection))
-            layers = zones * self._hirise() if self.entry.is_mars else zones
+            layers = zones * self._zone_labels(zone_labels, xlim, ylim, projection)
+            layers = layers * self._hirise() if self.entry.is_mars else layers
             overlay = (layers * boxes * polys).opts(
                 # a square the height of the global map, not the page's width
                 hv.opts.Overlay(responsive=True, aspect=1, min_height=300, max_height=POLAR_MAP_PX,
@@ -670,16 +671,7 @@ class MapView:
             xlim, ylim = basemap.view_extent(state.index.tiles, image.bounds)
             zones = hv.DynamicMap(pn.bind(basemap.zone_grid, zone_labels, state.param.zones,
                                           switches.param.zones))
-            frame_size, initial = self.frame_size, (xlim, ylim)
-
-            def zone_labels_in_view(show: bool, x_range=None, y_range=None) -> hv.Labels:
-                return basemap.zone_label_layer(zone_labels, show, x_range, y_range, *frame_size(),
-                                                initial=initial)
-
-            labels = hv.DynamicMap(zone_labels_in_view,
-                                   streams=[hv.streams.Params(switches, ["zones"], rename={"zones": "show"}),
-                                            hv.streams.RangeXY()])
-            layers = zones * labels
+            layers = zones * self._zone_labels(zone_labels, xlim, ylim, projection)
             if self.entry.is_mars:
                 layers = layers * self._hirise()
             # the first view is set on the figure (``_capture``), not as xlim/ylim: HoloViews
@@ -1057,6 +1049,18 @@ class MapView:
                     renderer.name = f"drawn_{which}"  # for scripts and tests in the browser
                     out[which] = renderer
         return out
+
+    def _zone_labels(self, zone_labels: list[str], xlim, ylim, projection: MapProjection) -> hv.DynamicMap:
+        """Zone labels that follow the view (and the zone switch)."""
+        frame_size, initial = self.frame_size, (xlim, ylim)
+
+        def zone_labels_in_view(show: bool, x_range=None, y_range=None) -> hv.Labels:
+            return basemap.zone_label_layer(zone_labels, show, x_range, y_range, *frame_size(),
+                                            initial=initial, projection=projection)
+
+        return hv.DynamicMap(zone_labels_in_view,
+                             streams=[hv.streams.Params(self.switches, ["zones"], rename={"zones": "show"}),
+                                      hv.streams.RangeXY()])
 
     def _hirise(self) -> hv.Overlay:
         try:

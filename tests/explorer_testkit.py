@@ -217,3 +217,12 @@ def all_cards(page) -> list[dict]:
                 if attempt == 2:
                     raise
         out += cards(page)
+
+
+def zone_labels_drawn(page) -> list[str]:
+    """The zone labels the map shows (the text column of the zone label layer)."""
+    return page.evaluate("""() => {
+        for (const m of Bokeh.documents[0].all_models) {
+            if (m.data && m.data.zone !== undefined) return Array.from(m.data.zone);
+        }
+        return null; }""")

@@ -24,6 +24,7 @@ from explorer_testkit import (
     status_text,
     stop_server,
     wait_until,
+    zone_labels_drawn,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -271,15 +272,6 @@ def test_class_facet_changes_boxes_and_hits(page, explorer_url, explorer_index):
 # ------------------------------------------------------------------ map layers and legend
 def renderer_visible(page, name: str) -> bool:
     return page.evaluate("n => Bokeh.documents[0].get_model_by_name(n).visible", name)
-
-
-def zone_labels_drawn(page) -> list[str]:
-    """The zone labels the map shows (the text column of the zone label layer)."""
-    return page.evaluate("""() => {
-        for (const m of Bokeh.documents[0].all_models) {
-            if (m.data && m.data.zone !== undefined) return Array.from(m.data.zone);
-        }
-        return null; }""")
 
 
 def legend_rows(page) -> list[dict]:

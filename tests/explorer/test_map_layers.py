@@ -111,3 +111,31 @@ def test_hirise_footprints_in_a_polar_view():
         assert row.x1 - row.x0 < 300e3 and row.y1 - row.y0 < 300e3  # a small box, not a ring
     assert list(hirise_rectangles(table, MapProjection("south")).data["observation_id"]) == ["C"]
     assert [d.name for d in hirise_rectangles(table).kdims] == ["west", "south", "east", "north"]
+
+
+@pytest.mark.parametrize("view", ["north", "south"])
+@pytest.mark.parametrize("zoom", [1.0, 0.4, 0.1, 0.02])
+@pytest.mark.parametrize("width_px", [300, 600])
+def test_polar_zone_labels_never_overlap(view, zoom, width_px):
+    from lookalike.explorer.basemap import polar_zone_label_positions
+    from lookalike.explorer.projection import MapProjection
+
+    projection = MapProjection(view)
+    x0, y0, x1, y1 = projection.extent
+    # a window of the view around a place at 75 degrees from the equator, or the whole view
+    cx, cy = (0.0, 0.0) if zoom == 1.0 else projection.forward(33.0, 75.0 * projection.sign)
+    half = (x1 - x0) / 2 * zoom
+    x_range, y_range = (float(cx) - half, float(cx) + half), (float(cy) - half, float(cy) + half)
+    labels = polar_zone_label_positions(ALL_ZONES + ["UPSN", "UPSS"], projection, x_range, y_range,
+                                        width_px, width_px)
+    assert labels  # something is always labelled
+    px = width_px / (2 * half)
+    for i, (xa, ya, _) in enumerate(labels):
+        assert x_range[0] <= xa <= x_range[1] and y_range[0] <= ya <= y_range[1]
+        assert all(np.hypot(xa - xb, ya - yb) * px >= LABEL_MIN_PX for xb, yb, _ in labels[i + 1:])
+    hemi = "N" if view == "north" else "S"
+    assert all(label.endswith(hemi) for _, _, label in labels)
+    if zoom == 1.0:
+        assert ("UPS" + hemi) in {label for _, _, label in labels} and len(labels) > 8
+    else:  # zoomed in: the zone under the middle of the view is labelled (33 E is in zone 36)
+        assert f"36{hemi}" in {label for _, _, label in labels}

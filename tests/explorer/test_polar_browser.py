@@ -23,6 +23,7 @@ from explorer_testkit import (
     status_text,
     stop_server,
     wait_until,
+    zone_labels_drawn,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -131,10 +132,12 @@ COVERAGE_PIXELS = """() => [...Bokeh.documents[0].all_models]
                 let lit = 0; for (let i = 3; i < image.length; i += 4) lit += image[i] > 0; return lit; })"""
 
 
-def test_hirise_coverage_in_a_polar_view(page, polar_url):
-    open_app(page, polar_url)
-    choose(page, "Map view", "North pole")
+def test_zone_labels_and_hirise_coverage_in_a_polar_view(page, polar_url):
+    open_app(page, polar_url + "?view=north")  # one map in the page: no other view's labels linger
+    page.locator(".map-layers label", has_text="Zone grid").first.click()
+    labels = wait_until(lambda: zone_labels_drawn(page), what="zone labels in the polar view")
+    assert "UPSN" in labels and all(label.endswith("N") for label in labels)
     page.locator(".map-layers label", has_text="HiRISE").first.click()
     # the polar caps hold many HiRISE images: the coverage raster has lit cells
     wait_until(lambda: any(n > 10 for n in page.evaluate(COVERAGE_PIXELS)), what="HiRISE coverage near the pole")
-    screenshot(page, "explorer-mars-north-hirise")
+    screenshot(page, "explorer-mars-north-layers")
