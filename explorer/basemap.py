@@ -285,7 +285,8 @@ def polar_zone_label_positions(zone_labels: list[str], projection: MapProjection
     limit = abs(UTM_LAT_RANGE[1] if sign > 0 else UTM_LAT_RANGE[0])
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     centre_lat = abs(float(projection.inverse(cx, cy)[1]))
-    ring = sign * ((POLAR_EDGE_LAT + limit) / 2 if centre_lat >= limit else max(centre_lat, POLAR_EDGE_LAT - 5.0))
+    in_cap = centre_lat >= limit
+    ring = sign * ((POLAR_EDGE_LAT + limit) / 2 if in_cap else max(centre_lat, POLAR_EDGE_LAT - 5.0))
     px_x, px_y = width_px / (x1 - x0), height_px / (y1 - y0)
     candidates = []
     cap = "UPS" + hemi

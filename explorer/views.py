@@ -554,7 +554,8 @@ if (!drawing) {
 
 
 @lru_cache(maxsize=16)
-def hirise_footprints(start: str, end: str, show: bool, projection: MapProjection | None = None) -> hv.Rectangles:
+def hirise_footprints(start: str, end: str, show: bool,
+                      projection: MapProjection | None = None) -> hv.Rectangles:
     """HiRISE footprints observed between two dates, in lon/lat or in a polar ``projection``,
     shared by every session of the process."""
 

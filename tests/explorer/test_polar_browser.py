@@ -139,5 +139,6 @@ def test_zone_labels_and_hirise_coverage_in_a_polar_view(page, polar_url):
     assert "UPSN" in labels and all(label.endswith("N") for label in labels)
     page.locator(".map-layers label", has_text="HiRISE").first.click()
     # the polar caps hold many HiRISE images: the coverage raster has lit cells
-    wait_until(lambda: any(n > 10 for n in page.evaluate(COVERAGE_PIXELS)), what="HiRISE coverage near the pole")
+    wait_until(lambda: any(n > 10 for n in page.evaluate(COVERAGE_PIXELS)),
+               what="HiRISE coverage near the pole")
     screenshot(page, "explorer-mars-north-layers")
