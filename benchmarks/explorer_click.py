@@ -9,9 +9,10 @@ The first click of the session is reported on its own (``first_click_s``) and no
 the percentiles. Also reported: how long the server took to start (it warms up before it
 listens), the first page load and the bytes it moved, when its two basemap images had arrived
 (``basemap_loaded_s``, from the same start), a second page load (a new browser session
-on the warm server), the bytes the server sends for one zoom and one pan of the map, and the
-load average. ``--view`` picks the map view (global, north, south) before clicking. Timings on a
-shared machine are noisy: compare medians.
+on the warm server), the bytes the server sends for one zoom and one pan of the map, the
+server's peak resident memory (``server_peak_rss_mb``), and the load average. ``--view`` picks
+the map view (global, north, south) before clicking. Timings on a shared machine are noisy:
+compare medians.
 """
 
 from __future__ import annotations
@@ -112,12 +113,13 @@ def main() -> None:
             second_load_s = time.perf_counter() - t0
             browser.close()
     finally:
+        peak_rss_mb = peak_rss(proc.pid)
         proc.terminate()
         proc.wait(10)
     result = dict(index=index.name, tiles=n_tiles, view=args.view, cpus=os.cpu_count(),
                   load_average=[round(v, 2) for v in os.getloadavg()], server_start_s=round(start_s, 3),
                   page_load_s=round(load_s, 3), basemap_loaded_s=None if basemap_s is None else round(basemap_s, 3), page_load_bytes=load_bytes,
-                  second_page_load_s=round(second_load_s, 3),
+                  second_page_load_s=round(second_load_s, 3), server_peak_rss_mb=peak_rss_mb,
                   zoom_bytes=zoom_bytes, pan_bytes=pan_bytes, clicks=len(times), thumbnails_per_page=50,
                   first_click_s=None if first_click_s is None else round(first_click_s, 3),
                   click_to_thumbnails_s=dict(
@@ -127,6 +129,17 @@ def main() -> None:
                       max=round(max(times), 3) if times else None,
                       all=[round(t, 3) for t in times]))
     print(json.dumps(result, indent=2))
+
+
+def peak_rss(pid: int) -> float | None:
+    """The process's peak resident memory in MB (Linux's VmHWM), None where /proc has no such field."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 class Traffic:
