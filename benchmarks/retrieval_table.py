@@ -3,6 +3,12 @@ queries = val, mAP@64 (micro: mean over queries; macro: mean over query classes)
 leave-one-class-out run on HiRISE v1. Writes benchmarks/results/retrieval.{md,json}.
 
     LOOKALIKE_DATA=../shared/data python benchmarks/retrieval_table.py
+    LOOKALIKE_DATA=../shared/data python benchmarks/retrieval_table.py \
+        --backbone efficientnet_lite0_multilevel
+
+Another ``--backbone`` trains and scores every candidate on that backbone's features, writes
+retrieval_<backbone>.{md,json}, adds float and PCA-ITQ rows of the default backbone's features
+for comparison, and leaves out the shipped code (it reads the default backbone's features).
 
 Features are computed once and cached (LOOKALIKE_CACHE). Codes are fitted on train splits only
 (EuroSAT's labels are read only to score); nothing here reads a test split. Choose on val only.
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.encoding import DEFAULT_BACKBONE, Encoder
 from lookalike.indexer.features import image_features, mosaic_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
@@ -38,9 +44,9 @@ def data_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def load(views: int) -> dict:
+def load(views: int, backbone: str = DEFAULT_BACKBONE) -> dict:
     """Per set: (archive features, archive labels, query features, query labels)."""
-    encoder = Encoder(image_size=224, views=views)
+    encoder = Encoder(backbone, image_size=224, views=views)
     out = {}
     for name in SETS:
         root = data_root() / name
@@ -85,11 +91,26 @@ def with_fitted_bits(learned):
     return lambda fa: ConcatHash([learned, fit_itq(fa, DEFAULT_BITS - learned.bits)], "recipe")
 
 
-def candidates(one: dict, two: dict, tiles: dict) -> list[tuple[str, dict, object]]:
-    """(name, features it reads, 'float' or a function of the archive's features to a code)."""
+def candidates(one: dict, two: dict, tiles: dict,
+               reference: dict | None = None) -> list[tuple[str, dict, object]]:
+    """(name, features it reads, 'float' or a function of the archive's features to a code);
+    ``reference``: the default backbone's features (2 views) when these are another backbone's."""
     hirise = one["hirise_v1"]
     noisy = train_hash(hirise[0], hirise[1], None, TrainConfig(method="descartes-classifier", bits=128),
                        progress=False)
+    if reference is not None:
+        return [
+            (f"float, {DEFAULT_BACKBONE} (the default feature), 2 views", reference, "float"),
+            (f"PCA-ITQ 128 fitted on the archive, {DEFAULT_BACKBONE}, 2 views", reference,
+             lambda fa: fit_itq(fa, 128)),
+            *_shared_candidates(one, two, tiles, noisy),
+        ]
+    return [*_shared_candidates(one, two, tiles, noisy),
+            ("shipped default: hash_default.npz + PCA-ITQ 32 fitted on the archive, 2 views", two,
+             fit_default)]
+
+
+def _shared_candidates(one: dict, two: dict, tiles: dict, noisy) -> list[tuple[str, dict, object]]:
     return [
         ("float, 1 view (Euclidean)", one, "float"),
         ("float, 2 views (Euclidean)", two, "float"),
@@ -100,7 +121,6 @@ def candidates(one: dict, two: dict, tiles: dict) -> list[tuple[str, dict, objec
          fixed(recipe(two, tiles, PREVIOUS))),
         ("similarity code 96 + labels, then PCA-ITQ 32 fitted on the archive (default recipe), 2 views", two,
          with_fitted_bits(recipe(two, tiles, LEARNED))),
-        ("shipped default: hash_default.npz + PCA-ITQ 32 fitted on the archive, 2 views", two, fit_default),
     ]
 
 
@@ -134,7 +154,13 @@ def leave_one_class_out(two: dict, tiles: dict) -> list[dict]:
 
 
 def to_markdown(result: dict) -> str:
-    lines = ["# Retrieval benchmark (archive = train, queries = val, mAP@64)", "",
+    backbone = result.get("backbone", DEFAULT_BACKBONE)
+    other = [] if backbone == DEFAULT_BACKBONE else [
+        f"**Backbone `{backbone}`** (`--backbone {backbone}`): every code below is trained and fitted on "
+        f"its features; the first two rows read the default backbone's (`{DEFAULT_BACKBONE}`) for "
+        "comparison. The shipped code reads the default backbone's features, so it is not here; the "
+        "default recipe's row is the same recipe trained on these features.", ""]
+    lines = ["# Retrieval benchmark (archive = train, queries = val, mAP@64)", "", *other,
              "Produced by `python benchmarks/retrieval_table.py`. Backbone: EfficientNet-Lite0, ImageNet "
              "weights, frozen, images at 224 px; *views*: the feature is the mean over the image as is "
              "and mirrored across a diagonal (`Encoder(views=2)`, the default) or the image alone. "
@@ -174,25 +200,31 @@ def to_markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        help="the features to train and score the codes on")
     args = parser.parse_args()
-    saved = RESULTS / "retrieval.json"
+    stem = "retrieval" if args.backbone == DEFAULT_BACKBONE else f"retrieval_{args.backbone}"
+    saved = RESULTS / f"{stem}.json"
     if args.markdown_only:
-        (RESULTS / "retrieval.md").write_text(to_markdown(json.loads(saved.read_text())))
+        (RESULTS / f"{stem}.md").write_text(to_markdown(json.loads(saved.read_text())))
         return
-    one, two = load(1), load(2)
-    tile_encoder = Encoder(views=2)
+    one, two = load(1, args.backbone), load(2, args.backbone)
+    reference = load(2) if args.backbone != DEFAULT_BACKBONE else None
+    tile_encoder = Encoder(args.backbone, views=2)
     tiles = {name: mosaic_features(name, tile_encoder) for name in MOSAICS}
     rows = []
-    for name, feats, code in candidates(one, two, tiles):
+    for name, feats, code in candidates(one, two, tiles, reference):
         is_float = isinstance(code, str) and code == "float"
         bits = 32 * feats["hirise_v1"][0].shape[1] if is_float else DEFAULT_BITS
         row = dict(method=name, bits=bits, scores={s: evaluate(code, *feats[s]) for s in SETS})
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = dict(k=K, candidates=rows, leave_one_class_out=leave_one_class_out(two, tiles))
+    if args.backbone != DEFAULT_BACKBONE:  # the default run's JSON keeps its fields as they were
+        result["backbone"] = args.backbone
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(result, indent=2))
-    (RESULTS / "retrieval.md").write_text(to_markdown(result))
+    (RESULTS / f"{stem}.md").write_text(to_markdown(result))
     print(to_markdown(result))
 
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer import build
-from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder
+from lookalike.indexer.encoding import DEFAULT_BACKBONE, DEFAULT_VIEWS, Encoder
 from lookalike.indexer.search import (
     MAX_K,
     Filters,
@@ -137,7 +137,7 @@ def _clean_errors(fn):
 class EncoderSpec:
     """How a worker builds its encoder (an ``indexer.encoding.Encoder``)."""
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     image_size: int | None = None
     batch_size: int = 64

@@ -46,7 +46,7 @@ from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import LookalikeError, OptionError
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.tiling import TileGrid
-from lookalike.models.backbones import Backbone, create_backbone
+from lookalike.models.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from lookalike.models.classifier import ProbeClassifier
 from lookalike.models.finetune import load_tail
 
@@ -190,7 +190,7 @@ class Encoder:
     (``VIEW_SETS``).
     """
 
-    def __init__(self, backbone: str | Backbone = "efficientnet_lite0", weights: str | None = None,
+    def __init__(self, backbone: str | Backbone = DEFAULT_BACKBONE, weights: str | None = None,
                  image_size: int | None = None, batch_size: int = 64, device: str | None = None,
                  optimize: bool = True, runtime: str = "auto", calibration: np.ndarray | None = None,
                  views: int = DEFAULT_VIEWS):

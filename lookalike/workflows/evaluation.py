@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder, classifier_encoder
+from lookalike.indexer.encoding import DEFAULT_BACKBONE, DEFAULT_VIEWS, Encoder, classifier_encoder
 from lookalike.indexer.features import folder_features, image_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
@@ -20,20 +20,22 @@ from lookalike.models.metrics import classification_metrics, rank_euclidean, ret
 def evaluate_retrieval(root: str | Path, labels_csv: str | Path, *, archive_split: str = "train",
                        query_split: str = "test", k: int = 64, method: str = "default",
                        hash_path: str | None = None, bits: int | None = None, image_size: int = 224,
-                       views: int = DEFAULT_VIEWS, progress: bool = True) -> dict:
+                       views: int = DEFAULT_VIEWS, backbone: str = DEFAULT_BACKBONE,
+                       progress: bool = True) -> dict:
     """mAP@k of archive-vs-query retrieval; ``method`` is ``float`` or ``hash``.
 
     ``float``: backbone features, Euclidean distance. ``hash``: the code ``hash_path`` names
     (see ``models.hashing.resolve_hash``): the default recipe (the shipped learned code plus
     PCA-ITQ bits, fitted on the archive's own features) when it and ``bits`` are None, ``"itq"``
-    for the PCA-ITQ baseline fitted on the archive, or a file.
+    for the PCA-ITQ baseline fitted on the archive, or a file. ``backbone``: a name of
+    ``models.backbones`` (the default code reads only the default backbone's features).
     """
 
     if k < 1:
         raise LookalikeError("k must be at least 1")
     archive = read_labels(root, labels_csv, split=archive_split)
     queries = read_labels(root, labels_csv, split=query_split)
-    encoder = Encoder(image_size=image_size, views=views)
+    encoder = Encoder(backbone, image_size=image_size, views=views)
     fa = image_features(root, archive, encoder, progress)
     fq = image_features(root, queries, encoder, progress)
     t0 = time.perf_counter()

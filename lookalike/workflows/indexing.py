@@ -19,7 +19,7 @@ from lookalike.indexer.distributed import (
     index_images_distributed,
     index_rasters_distributed,
 )
-from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder
+from lookalike.indexer.encoding import DEFAULT_BACKBONE, DEFAULT_VIEWS, Encoder
 from lookalike.indexer.shards import read_shards
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, write_ann
@@ -49,7 +49,7 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                 stride: int = 64, gsd: float | None = None, zones: Sequence[str] | None = None,
                 bbox: tuple[float, float, float, float] | None = None, min_valid: float = 0.5,
                 hash_path: str | None = None, bits: int | None = None,
-                backbone: str = "efficientnet_lite0", weights: str | None = None, batch_size: int = 64,
+                backbone: str = DEFAULT_BACKBONE, weights: str | None = None, batch_size: int = 64,
                 runtime: str = "auto", views: int | None = None, append: bool = False, scheduler: str | None = None,
                 shards: int | None = None, footprints: str | None = None, classify: str | None = None,
                 ann: str | None = None, ann_params: dict | None = None, prefetch: int | None = None,

@@ -174,6 +174,8 @@ def test_bench_encode_reports_every_path(backbone, warm_cache, monkeypatch):
     result = encode_benchmark.bench_encode(n=2, batch_size=2, repeat=1, batch_sizes=(), compile=False,
                                            int8=False, jit=False, backbone=backbone)
     assert set(result["paths"]) == {"eager", "torch", "onnx"}
+    assert result["backbone"] == "efficientnet_lite0" and result["multilevel"]["tiles_per_s"] > 0
+    assert result["multilevel"]["cost_vs_default"] > 0
     assert result["default_runtime"] == "onnx" and result["ratio"] == result["paths"]["onnx"]["ratio"]
     for row in result["paths"].values():
         assert row["tiles_per_s"] > 0 and row["bit_error_rate"] == 0.0

@@ -37,6 +37,14 @@ def test_eight_views_are_invariant_to_every_rotation_and_flip(backbone, real_til
     assert np.abs(single - single[0]).max() > 1e-2 * scale  # one view is not invariant: the test can fail
 
 
+def test_the_multilevel_eight_views_are_invariant_on_a_real_tile(real_tile):
+    """The same for the multilevel backbone (two pooled depths, each normalised per view)."""
+    feats = Encoder("efficientnet_lite0_multilevel", device="cpu", runtime="torch",
+                    views=8).features(np.stack(dihedral(real_tile)))
+    assert feats.shape[1] == 1392
+    assert np.abs(feats - feats[0]).max() <= 1e-6 * np.abs(feats[0]).max()
+
+
 def test_two_views_are_invariant_to_their_own_mirror(backbone, real_tile):
     enc = Encoder(backbone, device="cpu", runtime="torch", views=2)
     assert enc.views == DEFAULT_VIEWS == 2 and VIEW_SETS[2] == ((0, False), (1, True))

@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lookalike.indexer.encoding import images_to_tensor, mars_tiles
 from lookalike.models.backbones import (
+    DEFAULT_BACKBONE,
+    MULTILEVEL_BACKBONE,
     create_backbone,
     list_backbones,
     lite0_weights_path,
@@ -76,6 +79,25 @@ def test_encoder_batches_agree(encoder):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError):
         encoder.features(images[..., :2])
+
+
+def test_multilevel_features_read_the_plain_trunk_at_two_depths(backbone, data_dir):
+    """The multilevel backbone: the plain Lite0's pooled head and its pooled 112-channel stage (the
+    trunk's first 14 modules), each of unit length, from the same weights."""
+    assert DEFAULT_BACKBONE == backbone.spec.name  # the default code reads the plain head
+    multi = create_backbone(MULTILEVEL_BACKBONE)
+    assert multi.spec.name == "efficientnet_lite0_multilevel" and multi.spec.num_features == 1280 + 112
+    assert multi.spec.weights_sha256 == backbone.spec.weights_sha256
+    x = images_to_tensor(mars_tiles(2, size=128))
+    with torch.inference_mode():
+        got = multi(x)
+        head = backbone(x)
+        middle = backbone.body.features[:14]((x - 0.5) / 0.5).mean((2, 3))
+    assert got.shape == (2, 1392)
+    torch.testing.assert_close(got[:, :1280], F.normalize(head, dim=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, 1280:], F.normalize(middle, dim=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, :1280].norm(dim=1), torch.ones(2))
+    assert not torch.allclose(got[0], got[1])
 
 
 def test_unknown_backbone():

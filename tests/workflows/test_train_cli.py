@@ -199,6 +199,21 @@ def test_eval_retrieval_known_answer(duplicates, cache, tmp_path):
     assert result["method"] == "float-efficientnet_lite0-euclidean" and result["bits"] == 32 * 1280
 
 
+def test_eval_retrieval_on_the_multilevel_backbone(duplicates, cache, tmp_path):
+    """``--backbone`` reaches the encoder: its features (1,392 values) feed PCA-ITQ; the default code,
+    which reads the plain head, is refused with a hint rather than fed the wrong features."""
+    root, csv = duplicates
+    common = ["eval", "retrieval", "--images", root, "--labels", csv, "--query-split", "query", "--k", "1",
+              "--image-size", SIZE, "--backbone", "efficientnet_lite0_multilevel"]
+    code, stdout, stderr = run_main([*common, "--hash", "itq", "--bits", "32"], LOOKALIKE_CACHE=cache)
+    assert code == 0, stderr
+    result = _json(stdout)
+    assert result["backbone"] == "efficientnet_lite0_multilevel" and result["bits"] == 32
+    assert 0 < result["map_at_k"] <= 1
+    code, _, stderr = run_main(common, LOOKALIKE_CACHE=cache)
+    assert code != 0 and "efficientnet_lite0 features" in stderr and "--hash itq" in stderr
+
+
 def test_eval_metrics_known_answer_from_ranking():
     """The scorer the command uses, on a ranking written out by hand."""
     from lookalike.models.metrics import retrieval_scores
