@@ -66,7 +66,8 @@ def main() -> None:
     width = 1280 + sum(c for _, c in DEPTHS.values())
     spec = BackboneSpec("efficientnet_lite0_all_depths", width, plain.spec.mean, plain.spec.std,
                         plain.spec.weights_sha256)
-    encoder = Encoder(Backbone(_AllDepths(plain.body.features), spec), image_size=224, views=2, runtime="torch")
+    encoder = Encoder(Backbone(_AllDepths(plain.body.features), spec), image_size=224, views=2,
+                      runtime="torch")
     parts = _slices()
     rows = []
     for name in SETS:
@@ -89,7 +90,8 @@ def main() -> None:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["# Retrieval features from more than the last layer (archive = train, queries = val, mAP@64)", "",
+    lines = ["# Retrieval features from more than the last layer "
+             "(archive = train, queries = val, mAP@64)", "",
              "Produced by `python benchmarks/feature_layers.py`. EfficientNet-Lite0, ImageNet weights, "
              "frozen, 224 px, 2 views; each depth's output average-pooled and of unit length, the parts "
              "concatenated. Cells: float features (Euclidean) / PCA-ITQ 128 fitted on the archive, micro "
