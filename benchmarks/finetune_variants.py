@@ -16,11 +16,12 @@ temperature fitted on val (the shipped models' calibration). DIR holds ``hirise_
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,17 +74,17 @@ def jittered_stem(root: Path, table, cut: int, seed: int = 7, batch: int = 64) -
     return acts
 
 
-def scores(logits: np.ndarray, ids: np.ndarray, classes: list[str]) -> dict:
+def scores(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """The project's classification figures, with the temperature fitted on these logits."""
     from lookalike.models.classifier import fit_temperature, softmax
+    from lookalike.models.metrics import classification_metrics
 
-    pred = logits.argmax(1)
+    ids = np.searchsorted(classes, labels)
     temperature = fit_temperature(logits, ids)
-    proba = softmax(logits / temperature)
-    kept = proba.max(1) >= THRESHOLD
-    recall = {c: float((pred[ids == i] == i).mean()) for i, c in enumerate(classes) if (ids == i).any()}
-    return dict(accuracy=float((pred == ids).mean()), balanced_accuracy=float(np.mean(list(recall.values()))),
-                accuracy_at_threshold=float((pred == ids)[kept].mean()), abstention=float(1 - kept.mean()),
-                temperature=temperature, recall=recall)
+    metrics = classification_metrics(labels, softmax(logits / temperature), list(classes), THRESHOLD)
+    return dict({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "accuracy_at_threshold",
+                                         "abstention_rate")},
+                temperature=temperature, recall={c: metrics["per_class"][c]["recall"] for c in classes})
 
 
 def main(argv=None) -> int:
@@ -106,14 +107,16 @@ def main(argv=None) -> int:
     train = read_labels(root, root / "labels.csv", split="train")
     val = read_labels(root, root / "labels.csv", split="val")
     classes, ids = np.unique(train["label"].astype(str).to_numpy(), return_inverse=True)
-    val_ids = np.searchsorted(classes, val["label"].astype(str).to_numpy())
+    val_labels = val["label"].astype(str).to_numpy()
     cfg = FinetuneConfig()
     cut = 14
     acts = stem_activations(root, train, cut=cut, views=8)
     val_acts = stem_activations(root, val, cut=cut, views=8)[:, :1]  # the shipped model's one view
 
     def trained(tag: str, seed: int, activations: np.ndarray) -> tuple[np.ndarray, float]:
-        cached = features_dir() / f"finetune-variants-{tag}-{seed}.npz"
+        settings = json.dumps([asdict(replace(cfg, cut=cut, seed=seed)), activations.shape, len(val)])
+        digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        cached = features_dir() / f"finetune-variants-{tag}-{digest}.npz"
         if cached.is_file():
             with np.load(cached) as z:
                 return z["logits"], float(z["seconds"])
@@ -131,16 +134,16 @@ def main(argv=None) -> int:
         logits, seconds = trained("plain", seed, acts)
         plain.append(logits)
         rows.append(dict(variant=f"shipped recipe, seed {seed}", seconds=seconds,
-                         **scores(logits, val_ids, classes)))
+                         **scores(logits, val_labels, classes)))
     if len(plain) > 1:
         rows.append(dict(variant=f"ensemble of the {len(plain)} seeds above (mean logits)", seconds=None,
-                         **scores(np.mean(plain, axis=0), val_ids, classes)))
+                         **scores(np.mean(plain, axis=0), val_labels, classes)))
     if args.jitter_seeds:
         both = np.concatenate([acts, jittered_stem(root, train, cut)], axis=1)
         for seed in args.jitter_seeds:
             logits, seconds = trained("jitter", seed, both)
             rows.append(dict(variant=f"clean + jittered copies, seed {seed}", seconds=seconds,
-                             **scores(logits, val_ids, classes)))
+                             **scores(logits, val_labels, classes)))
 
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(dict(data="hirise_v1", split="val", n=len(val),
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
     for r in rows:
         took = f"{r['seconds'] / 60:.1f}" if r["seconds"] else ""
         lines.append(f"| {r['variant']} | {pct(r['accuracy'])} | {pct(r['balanced_accuracy'])} | "
-                     f"{pct(r['accuracy_at_threshold'])} | {pct(r['abstention'])} | "
+                     f"{pct(r['accuracy_at_threshold'])} | {pct(r['abstention_rate'])} | "
                      + " | ".join(pct(r["recall"][c]) for c in classes) + f" | {took} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
