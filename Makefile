@@ -1,13 +1,15 @@
 # Two commands on a fresh machine:
 #   make demo   - install, build the Mars and Earth demo indexes if missing, serve the explorer
 #   make test   - install (incl. headless Chromium for the browser tests), run the whole suite
+# While working: make test-fast (no browser, no slow tests), make lint (ruff, import layers),
+# make test-cpu (the tests whose numbers depend on the processor, with its capabilities printed).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Real data for tests and the demo: ../shared/data when it sits beside the checkout.
 LOOKALIKE_DATA ?= $(if $(wildcard ../shared/data/mars_8k.jpg),$(abspath ../shared/data),)
 export LOOKALIKE_DATA
 
-.PHONY: setup browser test wheel-check demo bench clean
+.PHONY: setup browser test test-fast test-cpu lint format wheel-check demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +30,22 @@ browser:
 test: setup browser
 	$(VENV)/bin/pytest -q
 	bash .ci/wheel_check
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not browser and not slow"
+
+# -v, not -q: pytest prints the report header (processor, SIMD flags, ONNX Runtime) only then
+test-cpu: setup
+	$(VENV)/bin/pytest -v -m cpu_dependent
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 wheel-check: setup
 	bash .ci/wheel_check

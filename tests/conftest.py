@@ -16,10 +16,15 @@ import os
 from pathlib import Path
 
 import pytest
+from cpu_capabilities import cpu_lines
 from lookalike_testkit import run_main
 
 # tests/conftest.py -> parents[1] is the checkout, parents[2] the folder holding it and shared/
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_report_header(config) -> list[str]:
+    return cpu_lines()
 
 
 def find_data_dir() -> Path | None:

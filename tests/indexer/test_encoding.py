@@ -15,6 +15,8 @@ from lookalike.indexer import encoding
 from lookalike.indexer.encoding import Encoder, RuntimeUnavailable
 
 pytest.importorskip("onnxruntime")
+# ONNX Runtime picks its kernels by processor (AVX2, AVX-512, VNNI): `make test-cpu` runs these
+pytestmark = pytest.mark.cpu_dependent
 
 
 def realish_tiles(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -94,13 +96,20 @@ def test_onnx_resizes_like_torch(backbone, warm_cache):
 
 
 def test_int8_is_close_but_opt_in(backbone, tiles, torch_features, warm_cache):
+    """int8 is judged by what a search sees, against the spread of the tiles themselves (not by
+    one processor's numbers): each tile's int8 feature and code find that tile's fp32 feature and
+    code first, and the codes' disagreement is well under that between different tiles."""
     enc = Encoder(backbone, device="cpu", runtime="onnx-int8", calibration=realish_tiles(4, seed=1))
     feats = enc.features(tiles)
     assert enc.describe()["runtime"] == "onnx-int8"
-    cos = (feats * torch_features).sum(1) / (np.linalg.norm(feats, axis=1) * np.linalg.norm(torch_features, axis=1))
-    assert cos.min() > 0.8, cos
-    bits = np.unpackbits(codes(feats), axis=1) != np.unpackbits(codes(torch_features), axis=1)
-    assert bits.mean() < 0.2
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    cosine = unit(feats) @ unit(torch_features).T
+    np.testing.assert_array_equal(cosine.argmax(1), np.arange(len(tiles)), err_msg=str(cosine))
+    int8_bits, fp32_bits = np.unpackbits(codes(feats), axis=1), np.unpackbits(codes(torch_features), axis=1)
+    hamming = (int8_bits[:, None] != fp32_bits[None]).mean(2)
+    np.testing.assert_array_equal(hamming.argmin(1), np.arange(len(tiles)), err_msg=str(hamming))
+    between = (fp32_bits[:, None] != fp32_bits[None]).mean(2)[~np.eye(len(tiles), dtype=bool)]
+    assert np.diag(hamming).mean() < 0.5 * between.mean(), (np.diag(hamming), between.mean())
     assert Encoder(backbone, device="cpu").runtime == "onnx"  # int8 is never the default
 
 
