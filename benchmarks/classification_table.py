@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             continue
         table = read_labels(root, root / "labels.csv", split=args.split)
         crops = np.stack([load_image(root / f, 224) for f in table["path"][:TIMED_CROPS]])
-        candidates = [("shipped", name)] + ([("previous", baselines[name])] if name in baselines else [])
+        candidates = [("shipped", name)] + ([("baseline", baselines[name])] if name in baselines else [])
         results = {}
         for label, spec in candidates:
             model = load_classifier(spec)
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         "# Classification: shipped classifiers on the validation splits",
         "",
         "Produced by `python benchmarks/classification_table.py --baseline hirise=OLD.npz "
-        "--baseline msl=OLD.npz` (rerun it to refresh); *previous* is the model shipped before "
+        "--baseline msl=OLD.npz` (rerun it to refresh); *baseline* is the model shipped before "
         "(see `data/weights/README.md` for how each was trained). The val split chose the "
         "settings and, for a model calibrated on it (`--calibrate-on val`), fitted the one "
         "temperature; it never trained a weight. Its figures at the threshold, NLL and ECE are "

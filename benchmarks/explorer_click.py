@@ -1,6 +1,6 @@
 """Click-to-thumbnails time of the explorer in a real headless Chromium; prints JSON.
 
-    python benchmarks/explorer_click.py [INDEX_DIR] [--clicks 20] [--view north]
+    python benchmarks/explorer_click.py [INDEX_DIR] [--clicks 20] [--view north] [--json OUT.json]
 
 Starts ``lookalike serve`` on the index (default: the Mars demo index, built if missing), opens
 the app, then clicks the map at ``--clicks`` + 1 different places; each time is measured from
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("index", nargs="?", help="index directory (default: the Mars demo index)")
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--view", default="global", choices=["global", "north", "south"])
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     env = dict(os.environ, LOOKALIKE_DATA=os.environ.get("LOOKALIKE_DATA", str(data_dir())))
     if args.index:
@@ -128,7 +129,10 @@ def main() -> None:
                       min=round(min(times), 3) if times else None,
                       max=round(max(times), 3) if times else None,
                       all=[round(t, 3) for t in times]))
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
 
 
 def peak_rss(pid: int) -> float | None:

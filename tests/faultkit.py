@@ -1,6 +1,6 @@
 """Fault injection for the index writers: kills at write points, a full disk at the k-th write,
 and the checks that an index came through whole. Shared by ``tests/indexer/test_faults.py`` and
-``benchmarks/faults.py`` (a plain module, importable by name like ``lookalike_testkit``).
+``robustness/faults.py`` (a plain module, importable by name like ``lookalike_testkit``).
 
 Write points. ``watch_writes(root, hook)`` patches the calls that change what is on disk under
 ``root`` -- ``os.replace`` (every commit of a file: chunk files, index files, the manifest),

@@ -1,6 +1,6 @@
 """Property-based fuzzing of every user input: the input families, their hypothesis strategies,
 a prepared workspace and the checks. Shared by the fuzz tests (tests/test_fuzz_inputs.py,
-tests/explorer/test_fuzz_links.py) and the long run (benchmarks/fuzz.py).
+tests/explorer/test_fuzz_links.py) and the long run (robustness/fuzz.py).
 
 A check runs one input and says what happened (``Outcome``):
 

@@ -2,7 +2,7 @@
 GeoJSON region, a labels CSV, a raster or an image query yields a result or one clear line of
 error, never an exception, a traceback or a message of several lines.
 
-The families, their strategies and the checks are in tests/fuzz_testkit.py; ``benchmarks/fuzz.py``
+The families, their strategies and the checks are in tests/fuzz_testkit.py; ``robustness/fuzz.py``
 runs the same properties with many more examples and counts the outcomes. Here they run with the
 ``fuzz`` hypothesis profile (few examples, a fixed seed); set ``LOOKALIKE_FUZZ_PROFILE=fuzz-long``
 to run them longer. Below the properties: one plain test for each failure the fuzzing found,

@@ -9,7 +9,7 @@ just before or after one leaves exactly the files there. Each scenario runs once
 with the folder copied at every write point (a copy per distinct disk state: the disk a kill
 there would leave); every copy is opened, and the command is run again on a few of them. One
 real SIGKILL per scenario (a child ``lookalike`` that kills itself at a chosen point) checks that
-a real kill leaves what the copies say. ``benchmarks/faults.py`` runs 50 random kills per kind.
+a real kill leaves what the copies say. ``robustness/faults.py`` runs 50 random kills per kind.
 
 Scenarios, on the real Mars mosaic: a first build of 705 tiles of 32 px in zone 30N (two
 chunks of 512: resume is per chunk); an ``--append`` of zone 54S to an index of 53S; landmarks of
@@ -333,7 +333,7 @@ def first_middle_last(paths: list[str]) -> list[int]:
 @pytest.mark.parametrize("kind", sorted(STORE_WRITES))
 def test_disk_full_at_any_write_leaves_the_previous_index(tmp_path, kind):
     """ENOSPC at the first, a middle and the last write of every file the store writes
-    (``benchmarks/faults.py`` tries every write)."""
+    (``robustness/faults.py`` tries every write)."""
     write = STORE_WRITES[kind]
     make_index(tmp_path / "start", n=300)
     shutil.copytree(tmp_path / "start", tmp_path / "probe")

@@ -1,6 +1,6 @@
 """Faults at scale: SIGKILL at random moments, ENOSPC at every write, a really full disk.
 
-    python benchmarks/faults.py [--trials 50] [--json benchmarks/results/faults.json]
+    python robustness/faults.py [--trials 50] [--json robustness/results/faults.json]
                                 [--only index append landmarks enospc tmpfs]
 
 What "nothing lost" is measured as, on the real Mars mosaic (``$LOOKALIKE_DATA``):
@@ -49,7 +49,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = REPO / "robustness" / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
 from faultkit import (  # noqa: E402
@@ -337,7 +337,7 @@ def summarize(trials: list[dict]) -> dict:
 def to_markdown(result: dict) -> str:
     s = result["summary"]
     lines = ["# Faults: SIGKILL, a full disk", "",
-             f"Produced by `python benchmarks/faults.py --trials {result['trials_per_kind']}` on "
+             f"Produced by `python robustness/faults.py --trials {result['trials_per_kind']}` on "
              f"{result['machine']} ({result['date']}, {result['minutes']:.0f} min). Every trial is in "
              "`faults.json`; the method is in the script's docstring and `tests/faultkit.py`.", "",
              "## SIGKILL, then the same command again", "",

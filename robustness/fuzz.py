@@ -1,6 +1,6 @@
 """Fuzz every user input for longer and count what happens, family by family.
 
-    python benchmarks/fuzz.py [--examples 2000] [--only FAMILY ...] [--seed N]
+    python robustness/fuzz.py [--examples 2000] [--only FAMILY ...] [--seed N]
 
 Runs the properties of tests/test_fuzz_inputs.py (families, strategies and checks in
 tests/fuzz_testkit.py) with the ``fuzz-long`` hypothesis profile: ``--examples`` inputs per
@@ -10,7 +10,7 @@ crash: succeeded (a result), message (refused with one clear line), crashed (an 
 escaping, a traceback, another exit status, a message of several lines, too long or naming a
 server folder, a bug caught by a safety net). Crashes are listed with their input. The slowest
 input of each family is reported too (a hang shows up there). Writes
-``benchmarks/results/fuzz.{json,md}``. Real data (``$LOOKALIKE_DATA``) is needed only for the
+``robustness/results/fuzz.{json,md}``. Real data (``$LOOKALIKE_DATA``) is needed only for the
 HiRISE footprints of ``index --footprints hirise``.
 """
 
@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = REPO / "robustness" / "results"
 HANG_S = 120  # an input still running after this long has its threads' stacks printed (a hang?)
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -130,7 +130,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Fuzzing every user input",
         "",
-        f"Measured with `benchmarks/fuzz.py --examples {meta['examples']}` (hypothesis "
+        f"Measured with `robustness/fuzz.py --examples {meta['examples']}` (hypothesis "
         f"{meta['hypothesis']}, profile `fuzz-long`, seed {meta['seed']}) on {meta['machine']}, "
         f"{meta['minutes']:.0f} minutes. The same properties run in the test suite with few examples "
         "(`tests/test_fuzz_inputs.py`); families, strategies and checks are in `tests/fuzz_testkit.py`.",
