@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.bench.sublinear import realistic_codes
-from lookalike.indexer.search import search
+from lookalike.indexer.search import search_index as search
 from lookalike.indexer.store import open_index, write_index
 from lookalike.models.metrics import distance_recall
 from lookalike.workflows.demo import ensure_demo_index

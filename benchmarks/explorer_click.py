@@ -76,7 +76,7 @@ def main() -> None:
             basemap_s = max(basemap_at[:2]) - t0 if len(basemap_at) >= 2 else None
             load_bytes = traffic.settle()
             if args.view != "global":
-                from lookalike.explorer.projection import VIEWS
+                from lookalike.explorer.projection import PROJECTIONS as VIEWS
 
                 page.locator(".bk-input-group", has_text="Map view").locator("select").first.select_option(
                     label=VIEWS[args.view])

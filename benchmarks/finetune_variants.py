@@ -53,7 +53,9 @@ def jittered_stem(root: Path, table, cut: int, seed: int = 7, batch: int = 64) -
     from tqdm.auto import tqdm
 
     from lookalike.config import features_dir
-    from lookalike.indexer.encoding import VIEW_SETS, dihedral_view, images_to_tensor
+    from lookalike.indexer.defaults import ORIENTATIONS as VIEW_SETS
+    from lookalike.indexer.encoding import dihedral_copy as dihedral_view
+    from lookalike.indexer.encoding import images_to_tensor
     from lookalike.indexer.sources import load_image
     from lookalike.models.backbones import create_backbone
     from lookalike.models.finetune import stem

@@ -278,7 +278,8 @@ _INDEX = None
 def _search_rows(args: tuple[str, str, int]) -> tuple[float, list[str]]:
     """Open the index once per process (memory-mapped) and answer one query."""
     global _INDEX
-    from lookalike.indexer.search import Query, search
+    from lookalike.indexer.search import Query
+    from lookalike.indexer.search import search_index as search
     from lookalike.indexer.store import open_index
 
     path, tile_id, k = args

@@ -50,7 +50,7 @@ def _measure(path: str) -> dict:
     import pyarrow as pa
 
     from lookalike.indexer.hamming_kernel import scan_top_k
-    from lookalike.indexer.search import search
+    from lookalike.indexer.search import search_index as search
     from lookalike.indexer.store import open_index
 
     scan_top_k(np.zeros((64, 16), np.uint8), np.zeros(16, np.uint8), 5)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lookalike.indexer.encoding import DEFAULT_BACKBONE, Encoder
+from lookalike.indexer.encoding import Encoder
+from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.indexer.features import image_features, mosaic_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import data_dir
+from lookalike.data.times import utc_timestamp
 from lookalike.errors import LookalikeError
 
 HIRISE_FILE = "hirise_observations.csv"
@@ -67,12 +68,7 @@ def in_time_range(table: pd.DataFrame, start=None, end=None) -> pd.DataFrame:
     """Rows of ``table`` observed between ``start`` and ``end`` (either may be None)."""
     mask = np.ones(len(table), bool)
     if start is not None:
-        mask &= (table["time"] >= _utc(start)).fillna(False).to_numpy()
+        mask &= (table["time"] >= utc_timestamp(start)).fillna(False).to_numpy()
     if end is not None:
-        mask &= (table["time"] <= _utc(end)).fillna(False).to_numpy()
+        mask &= (table["time"] <= utc_timestamp(end)).fillna(False).to_numpy()
     return table[mask]
-
-
-def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

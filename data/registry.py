@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lookalike.config import data_dir
 from lookalike.errors import LookalikeError
+from lookalike.fileio import sha256_file
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def fetch(name: str, download: bool = True) -> Path:
     ds = get_dataset(name)
     target = data_dir() / ds.fname
     if target.exists():
-        digest = pooch.file_hash(str(target))
+        digest = sha256_file(target)
         if digest != ds.sha256:
             raise LookalikeError(f"{target} has sha256 {digest}, expected {ds.sha256}; "
                                  "delete it to download a fresh copy")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.fileio import save_npy
+from lookalike.indexer.defaults import TILE_SIZE, TILE_STRIDE
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.pipeline import StageTimes, prefetch_chunks
 from lookalike.indexer.shards import SHARD_MANIFEST, write_shards
@@ -169,7 +170,7 @@ def fixed_hash(out: Path, bits: int | None, hash_path: str | None, append: bool,
                 raise LookalikeError(f"--hash {hash_path} differs from the hash model of {out}; "
                                      "appended codes must use the index's own model")
         return model, None
-    if fitted_on_features(hash_path, bits):
+    if fitted_on_features(hash_path):
         return None
     model = named_hash(hash_path, bits)
     if model.backbone and model.backbone != backbone:
@@ -314,8 +315,8 @@ def image_plan(root: Path, labels_csv: str | Path, out: Path, *, split: str | No
     return records, _work_dir(out, key), info
 
 
-def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = 128, stride: int = 64,
-                  gsd: float | None = None, zones: list[Zone] | None = None,
+def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = TILE_SIZE,
+                  stride: int = TILE_STRIDE, gsd: float | None = None, zones: list[Zone] | None = None,
                   bbox: tuple[float, float, float, float] | None = None, bits: int | None = None,
                   hash_path: str | None = None, encoder: Encoder | None = None,
                   min_valid: float = 0.5, append: bool = False, progress: bool = True,

@@ -37,14 +37,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
+from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer import build
-from lookalike.indexer.encoding import DEFAULT_BACKBONE, DEFAULT_VIEWS, Encoder
+from lookalike.indexer.defaults import DEFAULT_VIEWS
+from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.search import (
-    MAX_K,
     Filters,
     Query,
+    check_code_length,
+    check_k,
     combine_examples,
     encode_image_like_index,
     filter_mask,
@@ -56,6 +58,7 @@ from lookalike.indexer.shards import Shard, read_shards, shards_of_dirs
 from lookalike.indexer.sources import RasterSource, load_image
 from lookalike.indexer.store import MANIFEST, Index, open_index
 from lookalike.indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, Zone, zones_for_bounds
+from lookalike.models.defaults import DEFAULT_BACKBONE
 
 # per worker process: built once, reused by every task that runs there
 _ENCODERS: dict = {}
@@ -457,14 +460,10 @@ class ShardedSearch:
 
     def query_code(self, query: Query, encoder=None) -> np.ndarray:
         """The packed code a query stands for, looked up on the shards that hold its tiles."""
-        kinds = [query.tile_id is not None, query.lonlat is not None, query.image is not None,
-                 query.code is not None, bool(query.positives)]
-        if sum(kinds) != 1:
-            raise LookalikeError("give exactly one of: tile id, lon/lat, image, code, or positive examples")
+        query.check()
         if query.code is not None:
             return np.asarray(query.code, np.uint8).ravel()
         if query.image is not None:
-
             return encode_image_like_index(open_index(self.shards[0].path, verify=False),
                                            query.image, encoder)
         if query.lonlat is not None:
@@ -486,15 +485,10 @@ class ShardedSearch:
 
     def search(self, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
                encoder=None, method: str = "exact") -> pd.DataFrame:
-        """Like ``indexer.search.search``: tile rows plus rank and distance; ``attrs['index_row']``
+        """Like ``indexer.search.search_index``: tile rows plus rank and distance; ``attrs['index_row']``
         holds global rows (shard offset + row in the shard). ``method`` is applied per shard;
         the merge is exact whenever each shard's top-k is."""
-        if not 1 <= k <= MAX_K:
-            raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
-        if isinstance(query, Query):
-            code = self.query_code(query, encoder)
-        else:
-            code = np.asarray(query, np.uint8).ravel()
-        if code.size * 8 != self.bits:
-            raise CodeLengthError(f"query code has {code.size * 8} bits, the index {self.bits}")
+        check_k(k)
+        code = check_code_length(self.query_code(query, encoder) if isinstance(query, Query) else query,
+                                 self.bits)
         return merge_top_k(self._fan_out(_shard_top_k, code, k, filters, method), k)

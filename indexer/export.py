@@ -64,22 +64,24 @@ def pole_ring(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
     return np.array([(-180.0, at_180), *zip(east, north), (180.0, at_180), (180.0, pole), (-180.0, pole)])
 
 
+def json_value(value):
+    """A table cell as JSON holds it: ISO 8601 text for a time, None for a missing or non-finite
+    value, a Python number for a numpy one."""
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if value is None or value is pd.NaT or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def hits_to_geojson(hits: pd.DataFrame, filters: dict | None = None, query: dict | None = None) -> dict:
     """FeatureCollection of hit footprints (or centre points when a hit has no footprint)."""
     features = []
     has_fp = all(f"lon{i}" in hits for i in range(4))
     for rec in hits.to_dict("records"):
-        props = {}
-        for key in PROPERTIES:
-            if key in rec:
-                value = rec[key]
-                if isinstance(value, pd.Timestamp):
-                    value = value.isoformat()
-                elif value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
-                    value = None
-                elif isinstance(value, np.generic):
-                    value = value.item()
-                props[key] = value
+        props = {key: json_value(rec[key]) for key in PROPERTIES if key in rec}
         lons = [rec.get(f"lon{i}") for i in range(4)] if has_fp else []
         if has_fp and np.all(np.isfinite(lons)):
             geometry = footprint_geometry(np.array(lons), np.array([rec[f"lat{i}"] for i in range(4)]))

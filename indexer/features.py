@@ -15,11 +15,13 @@ from lookalike.config import features_dir
 from lookalike.data.registry import DATASETS, fetch
 from lookalike.errors import OptionError
 from lookalike.fileio import save_npy
-from lookalike.indexer.encoding import CLASSIFIER_VIEWS, VIEW_SETS, Encoder, dihedral_view, images_to_tensor
+from lookalike.indexer.defaults import CLASSIFIER_VIEWS, ORIENTATIONS
+from lookalike.indexer.encoding import Encoder, dihedral_copy, images_to_tensor
 from lookalike.indexer.sources import RasterSource, load_image
 from lookalike.indexer.tiling import TileGrid
 from lookalike.models.augment import augment
 from lookalike.models.backbones import create_backbone
+from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.models.finetune import stem
 
 
@@ -73,7 +75,7 @@ def augmented_features(root: str | Path, table: pd.DataFrame, encoder, view: int
 
 
 # ------------------------------------------------------------------ image folders
-def folder_features(root, table, image_size: int = 224, backbone: str = "efficientnet_lite0",
+def folder_features(root, table, image_size: int = 224, backbone: str = DEFAULT_BACKBONE,
                     progress: bool = True, encoder=None, views: int = CLASSIFIER_VIEWS) -> np.ndarray:
     """Cached backbone features of the images of a labels table (``image_features``); by
     default single-view, as the landmark classifiers were trained on."""
@@ -83,11 +85,11 @@ def folder_features(root, table, image_size: int = 224, backbone: str = "efficie
 
 
 # ------------------------------------------------------------------ fine-tuning
-def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = "efficientnet_lite0",
+def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = DEFAULT_BACKBONE,
                      cut: int = 14, image_size: int = 224, views: int = 8, chunk: int = 128,
                      progress: bool = True) -> np.ndarray:
     """(N, views, C, H, W) float16: the frozen stem's activations (trunk modules before ``cut``)
-    for every rotation/flip in ``VIEW_SETS[views]`` of each image, for ``models.finetune``.
+    for every rotation/flip in ``ORIENTATIONS[views]`` of each image, for ``models.finetune``.
 
     Cached on disk by files, backbone, cut, size and views, ``chunk`` images per file written
     atomically, so an interrupted run resumes at the first missing chunk.
@@ -95,8 +97,8 @@ def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = "eff
     import torch
 
     root = Path(root)
-    if views not in VIEW_SETS:
-        raise OptionError(f"views must be one of {', '.join(map(str, VIEW_SETS))}, got {views}")
+    if views not in ORIENTATIONS:
+        raise OptionError(f"views must be one of {', '.join(map(str, ORIENTATIONS))}, got {views}")
     net = create_backbone(backbone)
     key = dict(backbone=net.spec.name, weights_sha256=net.spec.weights_sha256, cut=cut,
                image_size=image_size, views=views, root=str(root.resolve()), files=_files(root, table))
@@ -115,8 +117,8 @@ def stem_activations(root: str | Path, table: pd.DataFrame, backbone: str = "eff
             images = np.stack([load_image(root / p, image_size) for p in paths[s:s + chunk]])
             with torch.inference_mode():
                 x = images_to_tensor(images, image_size)
-                acts = [run(dihedral_view(x, turns, mirror)).to(torch.float16).numpy()
-                        for turns, mirror in VIEW_SETS[views]]
+                acts = [run(dihedral_copy(x, turns, mirror)).to(torch.float16).numpy()
+                        for turns, mirror in ORIENTATIONS[views]]
             save_npy(path.with_suffix(".tmp.npy"), np.stack(acts, axis=1))
             path.with_suffix(".tmp.npy").replace(path)
         parts.append(np.load(path))

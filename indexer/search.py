@@ -1,7 +1,7 @@
 """Exact Hamming search with filters applied before ranking, and the ways to make a query.
 
 Pure functions over numpy arrays first (``hamming_distances``, ``top_k``, ``combine_examples``,
-``filter_mask``); ``search`` ties them to an ``Index``.
+``filter_mask``); ``search_index`` ties them to an ``Index``.
 
 Ranking is by Hamming distance, ties broken by row order in the index, so results are
 deterministic and match a stable sort of all distances; a query that is a tile of the index (a
@@ -22,8 +22,11 @@ from shapely.geometry.base import BaseGeometry
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
-from lookalike.indexer.catalogue import FootprintLocator, landmark_mask
+from lookalike.data.times import utc_timestamp
+from lookalike.indexer.bbox import in_bbox
+from lookalike.indexer.catalogue import landmark_mask
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
+from lookalike.indexer.locate import FootprintLocator
 from lookalike.indexer.sources import load_image
 from lookalike.indexer.store import Index
 from lookalike.indexer.tiling import Zone
@@ -151,23 +154,6 @@ def _as_geometry(region) -> BaseGeometry:
     raise LookalikeError(f"cannot use {type(region).__name__} as a search region")
 
 
-def _to_utc(value) -> pd.Timestamp | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError, OverflowError):
-        ts = pd.NaT
-    if pd.isna(ts):
-        raise LookalikeError(f"the time {_quoted(value)} is not a date; use ISO 8601, e.g. 2021-06-30")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def _quoted(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
                 landmarks: pd.DataFrame | None = None) -> np.ndarray | None:
     """Boolean mask of tiles passing ``filters``; None when nothing is filtered.
@@ -178,7 +164,6 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         return None
     mask = np.ones(len(tiles), dtype=bool)
     if filters.landmark_classes:
-
         mask &= landmark_mask(tiles, landmarks, list(filters.landmark_classes),
                               filters.min_confidence, filters.min_landmarks)
     if filters.zones:
@@ -191,7 +176,7 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
             raise LookalikeError("this index has no labels to filter by")
         mask &= tiles["label"].isin(filters.labels).to_numpy()
     if filters.time_range:
-        start, end = (_to_utc(t) for t in filters.time_range)
+        start, end = (utc_timestamp(t) for t in filters.time_range)
         times = pd.to_datetime(tiles["time"], utc=True)
         ok = times.notna().to_numpy().copy()  # pandas >= 3 hands out read-only views
         if start is not None:
@@ -201,9 +186,7 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         mask &= ok
     lon, lat = tiles["lon"].to_numpy(), tiles["lat"].to_numpy()
     if filters.bbox:
-        west, south, east, north = filters.bbox
-        in_lon = (lon >= west) & (lon <= east) if west <= east else (lon >= west) | (lon <= east)
-        mask &= in_lon & (lat >= south) & (lat <= north)
+        mask &= in_bbox(lon, lat, filters.bbox)
     if filters.region is not None:
         geometry = _as_geometry(filters.region)
         if geometry.is_empty:
@@ -211,7 +194,8 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         if not np.isfinite(shapely.get_coordinates(geometry)).all():
             raise LookalikeError("the search region has coordinates that are not finite numbers")
         try:
-            mask &= shapely.contains_xy(geometry, lon, lat) | shapely.intersects_xy(geometry.boundary, lon, lat)
+            mask &= (shapely.contains_xy(geometry, lon, lat)
+                     | shapely.intersects_xy(geometry.boundary, lon, lat))
         except shapely.errors.ShapelyError as exc:  # e.g. coordinates too large for GEOS's arithmetic
             raise LookalikeError(f"the search region cannot be used ({exc})") from None
     return mask
@@ -225,7 +209,6 @@ def ranked_rows(codes: np.ndarray, code: np.ndarray, k: int,
     (``indexer.hamming_kernel``); other lengths through the numpy reference functions above.
     """
     if codes.shape[1] % 8 == 0 and len(codes):
-
         return scan_top_k(codes, code, k, mask)
     if mask is None:
         return top_k(hamming_distances(codes, code), k)
@@ -241,7 +224,6 @@ def ranked_rows_batch(codes: np.ndarray, queries: np.ndarray, k: int,
     if queries.shape[1] != codes.shape[1]:
         raise CodeLengthError(f"queries have {queries.shape[1] * 8} bits, codes have {codes.shape[1] * 8}")
     if codes.shape[1] % 8 == 0 and len(codes):
-
         return scan_top_k_batch(codes, queries, k, mask)
     return [ranked_rows(codes, q, k, mask) for q in queries]
 
@@ -310,6 +292,27 @@ class Query:
     positives: list[str] = field(default_factory=list)
     negatives: list[str] = field(default_factory=list)
 
+    def check(self) -> None:
+        """Refuse a query that is not exactly one kind."""
+        kinds = [self.tile_id is not None, self.lonlat is not None, self.image is not None,
+                 self.code is not None, bool(self.positives)]
+        if sum(kinds) != 1:
+            raise LookalikeError("give exactly one of: tile id, lon/lat, image, code, or positive examples")
+
+
+def check_k(k: int) -> None:
+    """Refuse a number of hits outside 1..MAX_K."""
+    if not 1 <= k <= MAX_K:
+        raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+
+
+def check_code_length(code: np.ndarray, bits: int) -> np.ndarray:
+    """``code`` as a flat packed uint8 array, refused unless it has the index's ``bits``."""
+    code = np.asarray(code, dtype=np.uint8).ravel()
+    if code.size * 8 != bits:
+        raise CodeLengthError(f"query code has {code.size * 8} bits, the index {bits}")
+    return code
+
 
 def tile_at(index: Index, lon: float, lat: float) -> int:
     """Row of the tile under (lon, lat): nearest centre among tiles whose footprint holds it."""
@@ -346,19 +349,13 @@ def query_tile_first(rows: np.ndarray, dist: np.ndarray, row: int | None, k: int
 
 def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
     """The packed code a query stands for."""
-    kinds = [query.tile_id is not None, query.lonlat is not None, query.image is not None,
-             query.code is not None, bool(query.positives)]
-    if sum(kinds) != 1:
-        raise LookalikeError("give exactly one of: tile id, lon/lat, image, code, or positive examples")
+    query.check()
     if query.tile_id is not None:
         return np.asarray(index.codes[index.row_of(query.tile_id)])
     if query.lonlat is not None:
         return np.asarray(index.codes[tile_at(index, *query.lonlat)])
     if query.code is not None:
-        code = np.asarray(query.code, dtype=np.uint8).ravel()
-        if code.size * 8 != index.bits:
-            raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
-        return code
+        return check_code_length(query.code, index.bits)
     if query.image is not None:
         return encode_image_like_index(index, query.image, encoder)
     pos = np.stack([index.codes[index.row_of(t)] for t in query.positives])
@@ -390,20 +387,18 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     return load_hash_model(index.hash_model_path).encode(features)[0]
 
 
-def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
-           encoder=None, method: str = "auto") -> pd.DataFrame:
+def search_index(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
+                 encoder=None, method: str = "auto") -> pd.DataFrame:
     """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance.
 
     ``method``: 'exact' (the scan), one of ``indexer.ann.ANN_METHODS`` (approximate: 'hnsw',
     'usearch', 'ivf', 'lsh'; the one stored with the index is used as calibrated, others are
     built in memory on first use and kept on ``index``) or 'auto' (see ``choose_method``).
     """
-    if not 1 <= k <= MAX_K:
-        raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+    check_k(k)
     index.check_unchanged()
-    code = query_code(index, query, encoder) if isinstance(query, Query) else np.asarray(query, np.uint8)
-    if code.size * 8 != index.bits:
-        raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
+    code = check_code_length(query_code(index, query, encoder) if isinstance(query, Query) else query,
+                             index.bits)
     mask = filter_mask(index.tiles, filters, index.landmarks)
     chosen = choose_method(index, k, mask, method)
     rows, dist = ranked_rows_index(index, code, k, mask, chosen)
@@ -414,18 +409,15 @@ def search(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filt
     return hits
 
 
-def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k: int = 1000,
-                 filters: Filters | None = None, encoder=None, method: str = "auto") -> list[pd.DataFrame]:
-    """``search`` for several queries with the same filters; the exact path reads the codes once
-    for all of them."""
-    if not 1 <= k <= MAX_K:
-        raise LookalikeError(f"k must be between 1 and {MAX_K}, got {k}")
+def search_index_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k: int = 1000,
+                       filters: Filters | None = None, encoder=None,
+                       method: str = "auto") -> list[pd.DataFrame]:
+    """``search_index`` for several queries with the same filters; the exact path reads the codes
+    once for all of them."""
+    check_k(k)
     index.check_unchanged()
-    codes = [query_code(index, q, encoder) if isinstance(q, Query) else np.asarray(q, np.uint8).ravel()
+    codes = [check_code_length(query_code(index, q, encoder) if isinstance(q, Query) else q, index.bits)
              for q in queries]
-    for code in codes:
-        if code.size * 8 != index.bits:
-            raise CodeLengthError(f"query code has {code.size * 8} bits, the index {index.bits}")
     if not codes:
         return []
     mask = filter_mask(index.tiles, filters, index.landmarks)
@@ -434,7 +426,8 @@ def search_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k
     else:
         ranked = [ranked_rows_index(index, code, k, mask, method) for code in codes]
     own = [query_row(index, q) if isinstance(q, Query) else None for q in queries]
-    return [_hits(index, *query_tile_first(rows, dist, row, k, mask)) for (rows, dist), row in zip(ranked, own)]
+    return [_hits(index, *query_tile_first(rows, dist, row, k, mask))
+            for (rows, dist), row in zip(ranked, own)]
 
 
 def _hits(index: Index, rows: np.ndarray, dist: np.ndarray) -> pd.DataFrame:

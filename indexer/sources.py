@@ -30,6 +30,7 @@ from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from lookalike.data.times import utc_timestamp
 from lookalike.errors import OptionError, SourceError
 from lookalike.indexer.resample import MAX_GRID_ERROR, cell_scales, control_grid, grid_error, resample
 from lookalike.indexer.tiling import (
@@ -433,17 +434,8 @@ def to_uint8(bands: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -
 
 
 def parse_time(value) -> pd.Timestamp | None:
-    """A timestamp (UTC) from ISO text or TIFF's ``YYYY:MM:DD HH:MM:SS``; None if empty."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    text = str(value).strip()
-    if len(text) >= 10 and text[4] == ":" and text[7] == ":":
-        text = text[:4] + "-" + text[5:7] + "-" + text[8:]
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise SourceError(f"cannot parse acquisition time {value!r}; use ISO 8601, e.g. 2021-06-30") from None
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    """A source's acquisition time (UTC) from ISO text or TIFF's ``YYYY:MM:DD HH:MM:SS``; None if empty."""
+    return utc_timestamp(value, "acquisition time", SourceError)
 
 
 # ------------------------------------------------------------------ image folders

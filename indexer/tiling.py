@@ -30,6 +30,7 @@ from pyproj.crs import ProjectedCRS
 from pyproj.crs.coordinate_operation import PolarStereographicAConversion, TransverseMercatorConversion
 
 from lookalike.errors import OptionError
+from lookalike.indexer.defaults import TILE_SIZE, TILE_STRIDE
 
 ZONE_WIDTH_DEG = 6.0
 FALSE_EASTING = 500_000.0
@@ -234,8 +235,8 @@ def from_zone(geographic: pyproj.CRS, zone: Zone, x, y) -> tuple[np.ndarray, np.
 class TileGrid:
     """Tile size and stride in pixels, and ground sample distance in metres per pixel."""
 
-    size: int = 128
-    stride: int = 64
+    size: int = TILE_SIZE
+    stride: int = TILE_STRIDE
     gsd: float = 1.0
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (``module:name`` where the name there differs)
 _API = {
     "LookalikeError": "lookalike.errors",
     "RasterSource": "lookalike.indexer.sources",
@@ -24,8 +24,8 @@ _API = {
     "open_index": "lookalike.indexer.store",
     "Filters": "lookalike.indexer.search",
     "Query": "lookalike.indexer.search",
-    "search": "lookalike.indexer.search",
-    "search_batch": "lookalike.indexer.search",
+    "search": "lookalike.indexer.search:search_index",
+    "search_batch": "lookalike.indexer.search:search_index_batch",
     "hits_to_geojson": "lookalike.indexer.export",
 }
 __all__ = sorted(_API)
@@ -34,7 +34,8 @@ __all__ = sorted(_API)
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_API[name]), name)
+    module, _, attribute = _API[name].partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -1,97 +1,21 @@
-"""The ``lookalike`` command. User mistakes print one line on stderr and exit with status 2."""
+"""The ``lookalike`` command: argument parsing only. Each command turns its arguments into one
+call of the Python API. User mistakes print one line on stderr and exit with status 2."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import json
-import math
-import re
 import sys
 import warnings
 from pathlib import Path
 
+from lookalike import cli_options as opts
 from lookalike.config import INDEXES_ENV
 from lookalike.errors import LookalikeError, OptionError
-
-# the approximate methods of lookalike.indexer.ann.ANN_METHODS, named here so that --help needs no numba
-ANN_CHOICES = ("hnsw", "usearch", "ivf", "lsh")
-VIEW_CHOICES = (1, 2, 4, 8)  # indexer.encoding.VIEW_SETS, here so that --help needs no torch
-LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")  # models.backbones
-DEFAULT_BACKBONE = "efficientnet_lite0"  # models.backbones.DEFAULT_BACKBONE
 from lookalike.fileio import atomic_write_bytes
-
-
-def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {text!r}")
-    return values
-
-
-def _bbox(text: str):
-    return _floats(text, 4, "bbox (west,south,east,north)")
-
-
-def _lonlat(text: str):
-    return _floats(text, 2, "lon,lat")
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _bands(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(b) for b in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bands need comma-separated band numbers, got {text!r}") from None
-
-
-def _count(text: str) -> int:
-    """A whole number >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """A whole number >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {text}")
-    return value
-
-
-def _zones(text: str) -> list[str]:
-    from lookalike.indexer.tiling import Zone
-
-    try:
-        return [Zone.parse(z).label for z in _csv(text)]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are one line too; ``-45,10`` is a value (a western longitude), not an option."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = re.compile(r"^-\.?\d")
-
-    def error(self, message: str):
-        self.exit(2, f"lookalike: error: {message} (see: {self.prog} --help)\n")
+from lookalike.indexer.defaults import ANN_NAMES, BATCH_SIZE
+from lookalike.models.defaults import DEFAULT_BACKBONE, LITE_BACKBONES
 
 
 def _write_json(path: str | None, payload: dict) -> None:
@@ -102,8 +26,7 @@ def _write_json(path: str | None, payload: dict) -> None:
 
 
 # ------------------------------------------------------------------ commands
-# Each command turns its arguments into one call of the Python API. The modules behind a
-# command are imported when it runs, so ``--help`` and usage errors do not pay for torch.
+# The modules behind a command are imported when it runs: --help does not pay for torch.
 def cmd_fetch(args) -> None:
     from lookalike.data.registry import fetch
 
@@ -115,45 +38,21 @@ def cmd_index(args) -> None:
 
     out = build_index(args.out, rasters=args.rasters, images=args.images, labels=args.labels,
                       split=args.split, image_size=args.image_size, name=args.name, crs=args.crs,
-                      bounds=args.bounds, bands=args.bands or None,
-                      time=args.time, tile_size=args.tile_size, stride=args.stride, gsd=args.gsd,
-                      zones=args.zones, bbox=args.bbox, min_valid=args.min_valid, hash_path=args.hash,
-                      bits=args.bits, backbone=args.backbone, weights=args.weights,
-                      batch_size=args.batch_size, runtime=args.runtime, views=args.views,
-                      append=args.append, scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
-                      classify=args.classify, ann=args.ann, ann_params=_ann_params(args.ann_param),
+                      bounds=args.bounds, bands=args.bands or None, time=args.time,
+                      tile_size=args.tile_size, stride=args.stride, gsd=args.gsd, zones=args.zones,
+                      bbox=args.bbox, min_valid=args.min_valid, hash_path=args.hash, bits=args.bits,
+                      backbone=args.backbone, weights=args.weights, batch_size=args.batch_size,
+                      runtime=args.runtime, views=args.views, append=args.append,
+                      scheduler=args.scheduler, shards=args.shards, footprints=args.footprints,
+                      classify=args.classify, ann=args.ann, ann_params=opts.ann_params(args.ann_param),
                       prefetch=args.prefetch)
     _write_json(None, shards_summary(out) if args.shards else index_summary(out, verify=False))
-
-
-def _ann_params(items: list[str] | None) -> dict:
-    params = {}
-    for item in items or []:
-        name, _, value = item.partition("=")
-        try:
-            params[name.strip()] = int(value)
-        except ValueError:
-            raise OptionError(f"--ann-param takes NAME=INT (e.g. m=32), got {item!r}") from None
-    return params
 
 
 def cmd_info(args) -> None:
     from lookalike.workflows.indexing import index_summary
 
     _write_json(args.json, index_summary(args.index, verify=not args.no_verify))
-
-
-def _filters(args):
-    from lookalike.indexer.search import Filters
-    from lookalike.workflows.searching import read_region
-
-    time_range = (args.start, args.end) if (args.start or args.end) else None
-    return Filters(zones=args.zones or [], sources=_csv(args.sources) if args.sources else [],
-                   time_range=time_range, bbox=args.bbox,
-                   region=read_region(args.region) if args.region else None,
-                   labels=_csv(args.labels) if args.labels else [],
-                   landmark_classes=_csv(args.classes) if args.classes else [],
-                   min_confidence=args.min_confidence, min_landmarks=args.min_landmarks)
 
 
 def cmd_search(args) -> None:
@@ -163,18 +62,20 @@ def cmd_search(args) -> None:
     from lookalike.workflows.searching import hit_columns, run_search
 
     query = Query(tile_id=args.tile, lonlat=args.lonlat, image=args.image,
-                  positives=_csv(args.positive) if args.positive else [],
-                  negatives=_csv(args.negative) if args.negative else [])
-    hits, elapsed = run_search(args.index, query, k=args.k, filters=_filters(args), method=args.method,
-                               scheduler=args.scheduler, verify=not args.no_verify, geojson=args.geojson)
-    columns = hit_columns(hits)
+                  positives=opts.words(args.positive) if args.positive else [],
+                  negatives=opts.words(args.negative) if args.negative else [])
+    hits, elapsed = run_search(args.index, query, k=args.k, filters=opts.filters_from(args),
+                               method=args.method, scheduler=args.scheduler, verify=not args.no_verify,
+                               geojson=args.geojson)
+    columns, method = hit_columns(hits), hits.attrs.get("method", args.method)
     if args.json:
-        _write_json(args.json, dict(n_hits=len(hits), ms=elapsed, method=hits.attrs.get("method", args.method),
+        _write_json(args.json, dict(n_hits=len(hits), ms=elapsed, method=method,
                                     hits=hits[columns].to_dict("records")))
         return
     with pd.option_context("display.max_rows", args.show, "display.width", 200):
         print(hits[columns].head(args.show).to_string(index=False))
-    print(f"{len(hits)} hits in {elapsed:.1f} ms ({hits.attrs.get('method', args.method)})" + (f"; GeoJSON written to {args.geojson}" if args.geojson else ""))
+    written = f"; GeoJSON written to {args.geojson}" if args.geojson else ""
+    print(f"{len(hits)} hits in {elapsed:.1f} ms ({method}){written}")
 
 
 def cmd_eval(args) -> None:
@@ -213,7 +114,8 @@ def cmd_train_classifier(args) -> None:
         report = finetune_classifier_from_folder(args.images, args.labels, args.out, split=args.split,
                                                  val_split=args.val_split, config=config, views=args.tta,
                                                  calibration_split=args.calibrate_on,
-                                                 group_column=args.group_by, group_pattern=args.group_pattern,
+                                                 group_column=args.group_by,
+                                                 group_pattern=args.group_pattern,
                                                  image_size=args.image_size, backbone=args.backbone)
         _write_json(args.json, report)
         return
@@ -234,15 +136,15 @@ def cmd_train_hash(args) -> None:
     from lookalike.workflows.training import train_hash_head, train_similarity_code
 
     if args.method == SIMILARITY:
-        labelled = _folder_pairs(args.labelled) + ([(args.images, args.labels)] if args.images else [])
+        labelled = opts.folder_pairs(args.labelled) + ([(args.images, args.labels)] if args.images else [])
         config = SimilarityConfig(bits=args.bits, steps=args.steps, label_blend=args.label_blend,
                                   supervised_weight=args.supervised_weight, balanced=not args.unbalanced,
                                   push_weight=args.push_weight, balance_weight=args.balance_weight,
                                   seed=args.seed)
         report = train_similarity_code(args.out, config, labelled=labelled,
-                                       unlabelled=_folder_pairs(args.unlabelled), mosaics=args.mosaic or [],
-                                       split=args.split, val_split=args.val_split,
-                                       image_size=args.image_size)
+                                       unlabelled=opts.folder_pairs(args.unlabelled),
+                                       mosaics=args.mosaic or [], split=args.split,
+                                       val_split=args.val_split, image_size=args.image_size)
         _write_json(args.json, report)
         return
     for option in ("labelled", "unlabelled", "mosaic"):
@@ -260,17 +162,6 @@ def cmd_train_hash(args) -> None:
     _write_json(args.json, report)
 
 
-def _folder_pairs(values: list[str] | None) -> list[tuple[str, str]]:
-    """``ROOT=CSV`` arguments as (root, csv) pairs."""
-    pairs = []
-    for value in values or []:
-        root, sep, csv = value.partition("=")
-        if not sep or not root or not csv:
-            raise OptionError(f"--labelled and --unlabelled take ROOT=LABELS_CSV, got {value!r}")
-        pairs.append((root, csv))
-    return pairs
-
-
 def cmd_bench(args) -> None:
     from lookalike.bench.search import bench_search
 
@@ -283,7 +174,7 @@ def cmd_bench_sublinear(args) -> None:
     result = bench_sublinear(args.n, args.bits, args.k, source_indexes=args.source_index,
                              n_queries=args.queries, uniform=not args.no_uniform,
                              noise_scale=args.noise_scale, seed=args.seed,
-                             methods=_csv(args.methods) if args.methods else None,
+                             methods=opts.words(args.methods) if args.methods else None,
                              sweeps=parse_sweeps(args.sweep), params=parse_params(args.param),
                              filter_share=args.filter_share)
     print(markdown_table([result]))
@@ -296,8 +187,8 @@ def cmd_bench_index(args) -> None:
 
     sources = raster_sources(args.rasters, crs=args.crs, bounds=args.bounds) if args.rasters else None
     result = bench_index(sources, images=args.images, labels=args.labels, split=args.split,
-                         image_size=args.image_size,
-                         size=args.tile_size, stride=args.stride, gsd=args.gsd, zones=args.zones, bbox=args.bbox,
+                         image_size=args.image_size, size=args.tile_size, stride=args.stride,
+                         gsd=args.gsd, zones=args.zones, bbox=args.bbox,
                          runtime=args.runtime, batch_size=args.batch_size, serial=not args.no_serial,
                          encode_sample=args.encode_sample, views=args.views)
     _write_json(args.json, result)
@@ -310,20 +201,6 @@ def cmd_bench_encode(args) -> None:
                           int8=not args.no_int8)
     print(markdown_table(result), file=sys.stderr)
     _write_json(args.json, result)
-
-
-def _unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
-    return value
-
-
-def _window(text: str) -> tuple[int, int, int, int]:
-    values = _floats(text, 4, "window (x0,y0,x1,y1 in pixels)")
-    if not all(math.isfinite(v) and v == int(v) for v in values):
-        raise argparse.ArgumentTypeError(f"window needs whole pixel numbers, got {text!r}")
-    return tuple(int(v) for v in values)
 
 
 def cmd_landmarks(args) -> None:
@@ -350,56 +227,44 @@ def cmd_demo(args) -> None:
           show=args.show, address=args.address)
 
 
-# ------------------------------------------------------------------ parser
-ADDRESS_HELP = ("address to listen on (default: localhost, this machine only; 0.0.0.0 for every "
-                "interface, to share the explorer with a team)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lookalike", description="Visual search over orbital imagery.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+# ------------------------------------------------------------------ one parser a command
+def _fetch_parser(sub) -> None:
     f = sub.add_parser("fetch", help="download a registered dataset into the cache (LOOKALIKE_DATA)")
     f.add_argument("name")
     f.set_defaults(func=cmd_fetch)
 
+
+def _index_parser(sub) -> None:
     i = sub.add_parser("index", help="build (or --append to) an index from rasters or an image folder")
-    i.add_argument("rasters", nargs="*", help="GeoTIFF/COG paths or registered dataset names (mars_8k, earth_8k)")
+    i.add_argument("rasters", nargs="*", help=opts.RASTERS_HELP)
     i.add_argument("--out", required=True)
     i.add_argument("--images", help="root folder of image chips")
     i.add_argument("--labels", help="labels CSV: path,label[,split][,...], paths relative to --images")
     i.add_argument("--split", help="index only this split of the labels CSV")
-    i.add_argument("--image-size", type=int, default=224, help="chips are resized to this size")
+    opts.add_image_size(i, "chips are resized to this size")
     i.add_argument("--name", help="source name (default: file stem)")
-    i.add_argument("--crs", help="CRS for rasters that lack one, e.g. EPSG:4326 or IAU_2015:49900")
-    i.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
-    i.add_argument("--bands", type=_bands, help="1-based bands to use as RGB, e.g. 4,3,2")
-    i.add_argument("--time", help="acquisition time (ISO 8601) when the raster's metadata has none")
-    i.add_argument("--tile-size", type=int, default=128)
-    i.add_argument("--stride", type=int, default=64)
-    i.add_argument("--gsd", type=float, help="metres per pixel of the tiles (default: native)")
-    i.add_argument("--zones", type=_zones, help="only these zones, e.g. 33N,34N")
-    i.add_argument("--bbox", type=_bbox, help="only tiles centred in west,south,east,north (degrees)")
-    i.add_argument("--min-valid", type=_unit_interval, default=0.5, help="skip tiles with less valid data")
+    opts.add_georeference(i, "CRS for rasters that lack one, e.g. EPSG:4326 or IAU_2015:49900")
+    i.add_argument("--bands", type=opts.bands, help="1-based bands to use as RGB, e.g. 4,3,2")
+    opts.add_tiling(i, "only these zones, e.g. 33N,34N",
+                    "only tiles centred in west,south,east,north (degrees)")
+    i.add_argument("--min-valid", type=opts.unit_interval, default=0.5,
+                   help="skip tiles with less valid data")
     i.add_argument("--hash", help="hash model: a file, 'default' (the default: the shipped learned code "
                    "plus PCA-ITQ bits fitted on the new tiles) or 'itq' (the PCA-ITQ baseline, "
                    "fitted on them)")
-    i.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
+    i.add_argument("--bits", type=int, help=opts.BITS_HELP)
     i.add_argument("--backbone", default=DEFAULT_BACKBONE, help="feature extractor (models.backbones); "
                    "efficientnet_lite0_multilevel needs --hash itq or a model trained on its features")
     i.add_argument("--weights", help="local weights file for the backbone")
-    i.add_argument("--batch-size", type=int, default=64)
-    i.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
-                   help="encoder runtime: auto (ONNX Runtime fp32 on a CPU, torch on a GPU), torch, "
-                   "onnx, or onnx-int8 (faster, approximate: code bits differ)")
-    i.add_argument("--views", type=int, choices=VIEW_CHOICES,
-                   help="average each tile's features over this many rotations/flips (1, 2 = as is and "
-                        "turned 180 degrees, 4, 8); default 2, or the index's own with --append")
+    opts.add_runtime(i, "encoder runtime: auto (ONNX Runtime fp32 on a CPU, torch on a GPU), torch, "
+                     "onnx, or onnx-int8 (faster, approximate: code bits differ)")
+    opts.add_views(i, "average each tile's features over this many rotations/flips (1, 2 = as is and "
+                   "turned 180 degrees, 4, 8); default 2, or the index's own with --append")
     i.add_argument("--append", action="store_true", help="add to an existing index")
-    i.add_argument("--ann", choices=ANN_CHOICES,
-                   help="also store an approximate index (hnsw: faiss HNSW graph; usearch; ivf; lsh), measured "
-                        "against the scan so that --method auto uses it only where it keeps recall@1000 >= 0.95; "
-                        "with no rasters or images, add it to the index at --out")
+    i.add_argument("--ann", choices=ANN_NAMES,
+                   help="also store an approximate index (hnsw: faiss HNSW graph; usearch; ivf; lsh), "
+                        "measured against the scan so that --method auto uses it only where it keeps "
+                        "recall@1000 >= 0.95; with no rasters or images, add it to the index at --out")
     i.add_argument("--prefetch", type=int, metavar="CHUNKS",
                    help="chunks of 512 tiles (or images) made ahead of the encoder on another thread "
                         "(default: 2; 0 turns it off)")
@@ -415,50 +280,44 @@ def build_parser() -> argparse.ArgumentParser:
                    "this classifier ('hirise', 'msl' or a file) into the landmark catalogue")
     i.set_defaults(func=cmd_index)
 
+
+def _info_parser(sub) -> None:
     n = sub.add_parser("info", help="describe and verify an index")
     n.add_argument("index")
-    n.add_argument("--json")
+    opts.add_json(n)
     n.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
     n.set_defaults(func=cmd_info)
 
+
+def _search_parser(sub) -> None:
     s = sub.add_parser("search", help="search an index")
     s.add_argument("index")
     q = s.add_argument_group("query (exactly one)")
     q.add_argument("--tile", help="tile id")
-    q.add_argument("--lonlat", type=_lonlat, help="lon,lat: the tile under this point")
+    q.add_argument("--lonlat", type=opts.lonlat, help="lon,lat: the tile under this point")
     q.add_argument("--image", help="a picture, encoded like the index")
     q.add_argument("--positive", help="comma-separated tile ids to search like")
     q.add_argument("--negative", help="comma-separated tile ids to search unlike (with --positive)")
     s.add_argument("--k", type=int, default=1000)
-    s.add_argument("--zones", type=_zones, help="restrict to zones, e.g. 33N,34N")
-    s.add_argument("--sources", help="restrict to sources")
-    s.add_argument("--labels", help="restrict to labels (image-folder indexes)")
-    s.add_argument("--start", help="earliest acquisition time")
-    s.add_argument("--end", help="latest acquisition time")
-    s.add_argument("--bbox", type=_bbox, help="west,south,east,north")
-    s.add_argument("--region", help="GeoJSON file with a (multi)polygon in lon/lat")
-    s.add_argument("--classes", help="only scenes with landmarks of these classes, e.g. crater,dark_dune")
-    s.add_argument("--min-confidence", type=_unit_interval, default=0.0,
-                   help="landmarks count from this posterior up (with --classes)")
-    s.add_argument("--min-landmarks", type=int, default=1,
-                   help="at least this many landmarks of a class per scene (with --classes)")
+    opts.add_filters(s)
     s.add_argument("--geojson", help="write hits as a GeoJSON FeatureCollection")
-    s.add_argument("--json", help="write hits as JSON")
-    s.add_argument("--show", type=_count, default=20, help="rows to print")
+    opts.add_json(s, "write hits as JSON")
+    s.add_argument("--show", type=opts.count, default=20, help="rows to print")
     s.add_argument("--no-verify", action="store_true")
-    s.add_argument("--method", choices=["exact", *ANN_CHOICES, "auto"], default="auto",
-                   help="exact scan; hnsw, usearch, ivf, lsh: approximate (the one stored with --ann, else "
-                        "built in memory); auto: the stored one where it was measured to keep recall@1000 "
-                        ">= 0.95 faster than the scan, the scan elsewhere")
+    s.add_argument("--method", choices=["exact", *ANN_NAMES, "auto"], default="auto",
+                   help="exact scan; hnsw, usearch, ivf, lsh: approximate (the one stored with --ann, "
+                        "else built in memory); auto: the stored one where it was measured to keep "
+                        "recall@1000 >= 0.95 faster than the scan, the scan elsewhere")
     s.add_argument("--scheduler", help="search shards on a dask cluster: scheduler address or 'local' "
                    "(a sharded index without it uses 'local')")
     s.set_defaults(func=cmd_search)
 
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="measure retrieval quality")
     esub = e.add_subparsers(dest="what", required=True)
     r = esub.add_parser("retrieval", help="mAP@k on a labelled image folder")
-    r.add_argument("--images", required=True)
-    r.add_argument("--labels", required=True)
+    opts.add_labelled_images(r)
     r.add_argument("--archive-split", default="train")
     r.add_argument("--query-split", default="test")
     r.add_argument("--k", type=int, default=64)
@@ -466,28 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--float", action="store_true", help="float backbone features, Euclidean")
     how.add_argument("--hash", help="a hash model file, 'default' (the default recipe: the shipped learned "
                      "code plus PCA-ITQ bits fitted on the archive) or 'itq'")
-    r.add_argument("--bits", type=int, help="code length of the PCA-ITQ baseline (implies --hash itq)")
-    r.add_argument("--image-size", type=int, default=224)
-    r.add_argument("--views", type=int, choices=VIEW_CHOICES,
-                   help="average each image's features over this many rotations/flips (default 2)")
+    r.add_argument("--bits", type=int, help=opts.BITS_HELP)
+    opts.add_image_size(r)
+    opts.add_views(r, "average each image's features over this many rotations/flips (default 2)")
     r.add_argument("--backbone", default=DEFAULT_BACKBONE,
                    help=f"feature extractor (default {DEFAULT_BACKBONE}; efficientnet_lite0_multilevel "
                    "adds the pooled middle stage: use it with --float or --hash itq, since the default "
                    "code reads the default's features)")
-    r.add_argument("--json")
+    opts.add_json(r)
     r.set_defaults(func=cmd_eval)
 
     c = esub.add_parser("classify", help="accuracy and abstention of a classifier on a labelled image folder")
     c.add_argument("--model", required=True, help="a classifier file or a shipped model: hirise, msl")
-    c.add_argument("--images", required=True)
-    c.add_argument("--labels", required=True)
+    opts.add_labelled_images(c)
     c.add_argument("--split", default="test")
     c.add_argument("--threshold", type=float, default=0.9, help="abstain below this calibrated posterior")
-    c.add_argument("--json", help="write the metrics here (and the plot beside it as .png)")
+    opts.add_json(c, "write the metrics here (and the plot beside it as .png)")
     c.add_argument("--plot", help="PNG of accuracy/abstention vs threshold and per-class precision/recall")
     c.add_argument("--curve", action="store_true", help="include the threshold curve in the JSON")
     c.set_defaults(func=cmd_eval_classify)
 
+
+def _train_hash_parser(sub) -> None:
     t = sub.add_parser("train-hash", help="train a hashing head on cached backbone features")
     t.add_argument("--images", help="image folder (with --labels)")
     t.add_argument("--labels", help="labels CSV (unsupervised methods use only its paths)")
@@ -495,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(mirs-ntxent or descartes-autoencoder)")
     t.add_argument("--limit", type=int, help="with --index: sample this many tiles")
     t.add_argument("--split", default="train")
-    t.add_argument("--val-split", help="report mAP@64 of this split against --split")
+    opts.add_training(t, "report mAP@64 of this split against --split")
     t.add_argument("--method", default="mirs-triplet",
                    choices=["mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder",
                             "similarity"],
@@ -521,30 +380,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--push-weight", type=float, default=0.1)
     t.add_argument("--balance-weight", type=float, default=0.1)
     t.add_argument("--inter-class-weight", type=float, default=0.0)
-    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--whiten-group", type=int, default=0,
                    help="domain-specific group whitening with groups of this size (MIRS heads)")
     t.add_argument("--entropy-weight", type=float, default=0.1, help="code entropy on the target domain")
     t.add_argument("--target-images", help="unlabelled target-domain image folder (for whitening)")
     t.add_argument("--target-labels", help="CSV listing the target images (labels are not read)")
     t.add_argument("--target-split", help="only this split of the target CSV")
-    t.add_argument("--image-size", type=int, default=224)
-    t.add_argument("--out", required=True)
-    t.add_argument("--json")
+    opts.add_image_size(t)
+    opts.add_json(t)
     t.set_defaults(func=cmd_train_hash)
 
+
+def _train_classifier_parser(sub) -> None:
     tc = sub.add_parser("train-classifier",
                         help="train a calibrated classifier: a probe on frozen backbone features, "
                              "or (--finetune) the backbone's last blocks and a linear head")
-    tc.add_argument("--images", required=True)
-    tc.add_argument("--labels", required=True, help="labels CSV: path,label[,split][,source_image]")
+    opts.add_labelled_images(tc, "labels CSV: path,label[,split][,source_image]")
     tc.add_argument("--split", default="train")
-    tc.add_argument("--val-split", help="report accuracy of this split (never used for fitting)")
-    tc.add_argument("--out", required=True)
+    opts.add_training(tc, "report accuracy of this split (never used for fitting)")
     tc.add_argument("--search", action="store_true",
                     help="choose the head among a small grid by cross-validated accuracy on --split")
     tc.add_argument("--hidden", type=int, default=256, help="hidden units of the MLP head, 0: linear")
-    tc.add_argument("--epochs", type=_positive_int, help="passes over the training images "
+    tc.add_argument("--epochs", type=opts.positive_int, help="passes over the training images "
                     "(default 40 for a probe, 12 with --finetune)")
     tc.add_argument("--finetune", action="store_true",
                     help="fine-tune the backbone's last blocks on cached activations of the 8 "
@@ -552,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--cut", type=int,
                     help="with --finetune: first trunk module trained (default: the first block of "
                          "stage 6; EfficientNet-Lite0 14, Lite1/Lite2 18)")
-    tc.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8),
+    tc.add_argument("--tta", type=int, default=1, choices=opts.VIEW_CHOICES,
                     help="with --finetune: the model averages its logits over this many "
                          "rotations/flips of each image at test time (each one more backbone pass)")
     tc.add_argument("--calibrate-on", metavar="SPLIT",
@@ -570,13 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--group-by", help="labels column to group folds by (default: source_image if present)")
     tc.add_argument("--group-pattern", help=r"group folds by the part of each file name matching this "
                     r"regular expression, e.g. '^\d{4}' (the sol of MSL images)")
-    tc.add_argument("--seed", type=_seed, default=0)
-    tc.add_argument("--image-size", type=int, default=224)
-    tc.add_argument("--backbone", default="efficientnet_lite0", choices=LITE_BACKBONES,
+    opts.add_image_size(tc)
+    tc.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=LITE_BACKBONES,
                     help="ImageNet backbone whose features (or last blocks) are trained on")
-    tc.add_argument("--json")
+    opts.add_json(tc)
     tc.set_defaults(func=cmd_train_classifier)
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bs = bsub.add_parser("search", help="exact scan vs faiss IndexBinaryFlat")
@@ -586,9 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeat", type=int, default=5)
     bs.add_argument("--queries", type=int, default=1,
                     help="also time a batch of this many queries (one read of the codes) against faiss")
-    bs.add_argument("--json")
+    opts.add_json(bs)
     bs.set_defaults(func=cmd_bench)
-    bl = bsub.add_parser("sublinear", help="faiss / usearch approximate indexes vs the exact scan, realistic codes")
+    _bench_sublinear_parser(bsub)
+    _bench_index_parser(bsub)
+    be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs every candidate encoder path")
+    be.add_argument("--n", type=int, default=256)
+    be.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    be.add_argument("--repeat", type=int, default=3)
+    be.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    be.add_argument("--no-int8", action="store_true", help="skip ONNX Runtime int8")
+    opts.add_json(be)
+    be.set_defaults(func=cmd_bench_encode)
+
+
+def _bench_sublinear_parser(bsub) -> None:
+    bl = bsub.add_parser("sublinear", help="faiss / usearch approximate indexes vs the exact scan, "
+                         "realistic codes")
     bl.add_argument("--n", type=int, default=10_000_000)
     bl.add_argument("--bits", type=int, default=128)
     bl.add_argument("--k", type=int, default=1000)
@@ -607,45 +479,31 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--filter-share", type=float,
                     help="also measure every setting under a random filter keeping this share of the rows")
     bl.add_argument("--seed", type=int, default=0)
-    bl.add_argument("--json")
+    opts.add_json(bl)
     bl.set_defaults(func=cmd_bench_sublinear)
-    bx = bsub.add_parser("index", help="a whole index build vs the encoder alone on the same tiles, per stage")
-    bx.add_argument("rasters", nargs="*", help="GeoTIFF/COG paths or registered dataset names (mars_8k, earth_8k)")
+
+
+def _bench_index_parser(bsub) -> None:
+    bx = bsub.add_parser("index", help="a whole index build vs the encoder alone on the same tiles, "
+                         "per stage")
+    bx.add_argument("rasters", nargs="*", help=opts.RASTERS_HELP)
     bx.add_argument("--images", help="an image folder instead (with --labels)")
     bx.add_argument("--labels")
     bx.add_argument("--split", help="only this split of the labels CSV")
-    bx.add_argument("--image-size", type=int, default=224)
-    bx.add_argument("--crs", help="CRS for rasters that lack one")
-    bx.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
-    bx.add_argument("--tile-size", type=int, default=128)
-    bx.add_argument("--stride", type=int, default=64)
-    bx.add_argument("--gsd", type=float, help="metres per pixel of the tiles (default: native)")
-    bx.add_argument("--zones", type=_zones)
-    bx.add_argument("--bbox", type=_bbox)
-    bx.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"])
-    bx.add_argument("--batch-size", type=int, default=64)
-    bx.add_argument("--views", type=int, help="rotations/flips averaged per tile (default: as lookalike index)")
+    opts.add_image_size(bx)
+    opts.add_georeference(bx, "CRS for rasters that lack one", time=False)
+    opts.add_tiling(bx)
+    opts.add_runtime(bx)
+    bx.add_argument("--views", type=int,
+                    help="rotations/flips averaged per tile (default: as lookalike index)")
     bx.add_argument("--encode-sample", type=int, default=512,
                     help="tiles held for timing the encoder alone (each timing encodes them 4 times)")
     bx.add_argument("--no-serial", action="store_true", help="skip the reference build without the pipeline")
-    bx.add_argument("--json")
+    opts.add_json(bx)
     bx.set_defaults(func=cmd_bench_index)
-    be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs every candidate encoder path")
-    be.add_argument("--n", type=int, default=256)
-    be.add_argument("--batch-size", type=int, default=64)
-    be.add_argument("--repeat", type=int, default=3)
-    be.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
-    be.add_argument("--no-int8", action="store_true", help="skip ONNX Runtime int8")
-    be.add_argument("--json")
-    be.set_defaults(func=cmd_bench_encode)
 
-    v = sub.add_parser("serve", help="serve the explorer on an index")
-    v.add_argument("index", nargs="+", help="one or more indexes (the body selector switches)")
-    v.add_argument("--port", type=int, default=5006)
-    v.add_argument("--address", default="localhost", help=ADDRESS_HELP)
-    v.add_argument("--show", action="store_true", help="open a browser")
-    v.set_defaults(func=cmd_serve)
 
+def _landmarks_parser(sub) -> None:
     lm = sub.add_parser("landmarks", help="find salient landmarks in scenes, crop, classify, catalogue")
     lm.add_argument("scenes", nargs="+", help="GeoTIFF/COG paths or registered mosaics (mars_8k)")
     lm.add_argument("--model", default="hirise", help="a classifier file or a shipped model: hirise, msl")
@@ -653,46 +511,48 @@ def build_parser() -> argparse.ArgumentParser:
                     "calibrated posterior (0 keeps all)")
     lm.add_argument("--out", required=True, help="landmark table (Parquet)")
     lm.add_argument("--geojson", help="also write the landmark boxes as GeoJSON")
-    lm.add_argument("--window", type=_window, help="x0,y0,x1,y1: only this part of the scene (pixels)")
+    lm.add_argument("--window", type=opts.window, help="x0,y0,x1,y1: only this part of the scene (pixels)")
     lm.add_argument("--border", type=int, default=30, help="pixels added around each region's crop")
     lm.add_argument("--max-regions", type=int, default=500, help="most salient regions per scene")
     lm.add_argument("--band", type=int, help="1-based band to use as grey (rasters of 5+ bands)")
-    lm.add_argument("--crs", help="CRS for rasters that lack one, e.g. IAU_2015:49900")
-    lm.add_argument("--bounds", type=_bbox, help="west,south,east,north for rasters without a transform")
-    lm.add_argument("--time", help="acquisition time (ISO 8601) when the raster's metadata has none")
-    lm.add_argument("--json", help="write the summary here too")
+    opts.add_georeference(lm, "CRS for rasters that lack one, e.g. IAU_2015:49900")
+    opts.add_json(lm, "write the summary here too")
     lm.add_argument("--index", help="also add the landmarks to this index's catalogue, each on the "
                     "tile under its centre")
-    lm.add_argument("--replace", action="store_true", help="with --index: replace the catalogue, not add to it")
+    lm.add_argument("--replace", action="store_true",
+                    help="with --index: replace the catalogue, not add to it")
     lm.set_defaults(func=cmd_landmarks)
 
+
+def _serve_parser(sub) -> None:
+    v = sub.add_parser("serve", help="serve the explorer on an index")
+    v.add_argument("index", nargs="+", help="one or more indexes (the body selector switches)")
+    opts.add_server(v, "open a browser")
+    v.set_defaults(func=cmd_serve)
+
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="build the default Mars/Earth indexes if needed, then serve")
-    d.add_argument("--bodies", type=_csv, default=["mars", "earth"],
+    d.add_argument("--bodies", type=opts.words, default=["mars", "earth"],
                    help="the planets to serve, comma-separated (default mars,earth)")
     d.add_argument("--root", help=f"where demo indexes live (default ${INDEXES_ENV} or the cache)")
-    d.add_argument("--port", type=int, default=5006)
-    d.add_argument("--address", default="localhost", help=ADDRESS_HELP)
-    d.add_argument("--show", action="store_true")
+    opts.add_server(d)
     d.add_argument("--no-hirise-layer", action="store_true",
                    help="do not build or serve the HiRISE landmark crops layer")
     d.set_defaults(func=cmd_demo)
+
+
+COMMANDS = (_fetch_parser, _index_parser, _info_parser, _search_parser, _eval_parser, _train_hash_parser,
+            _train_classifier_parser, _bench_parser, _serve_parser, _landmarks_parser, _demo_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lookalike`` parser: one sub-parser a command, in the order ``--help`` lists them."""
+    p = opts.Parser(prog="lookalike", description="Visual search over orbital imagery.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
-
-
-_COORDINATE_OPTIONS = ("--lonlat", "--bbox", "--bounds")
-
-
-def _glue_coordinates(argv: list[str]) -> list[str]:
-    """``--lonlat -60,-20`` -> ``--lonlat=-60,-20``: argparse reads ``-60,-20`` as an option."""
-    out: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg in _COORDINATE_OPTIONS:
-            nxt = next(it, None)
-            out.append(arg if nxt is None else f"{arg}={nxt}")
-        else:
-            out.append(arg)
-    return out
 
 
 def _one_line(exc: BaseException) -> str:
@@ -702,14 +562,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="rasterio")
-    argv = _glue_coordinates(list(sys.argv[1:] if argv is None else argv))
+    argv = opts.glue_coordinates(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except LookalikeError as exc:
-        print(f"lookalike: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+    except (LookalikeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
             FileExistsError) as exc:
         print(f"lookalike: error: {_one_line(exc)}", file=sys.stderr)
         return 2

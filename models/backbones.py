@@ -10,7 +10,6 @@ file when timm can be imported.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lookalike.errors import ModelError
+from lookalike.fileio import sha256_file
+from lookalike.models.defaults import DEFAULT_BACKBONE, LITE_BACKBONES, MULTILEVEL_BACKBONE
 
 
 @dataclass(frozen=True)
@@ -203,20 +204,12 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _efficientnet_lite(variant: int) -> Callable[[str | Path | None], Backbone]:
     def build(weights: str | Path | None) -> Backbone:
         path = Path(weights) if weights else lite_weights_path(variant)
         model = EfficientNetLite(variant)
         load_in_order(model, load_weights(path))
-        spec = BackboneSpec(f"efficientnet_lite{variant}", 1280, (0.5,) * 3, (0.5,) * 3, file_sha256(path))
+        spec = BackboneSpec(f"efficientnet_lite{variant}", 1280, (0.5,) * 3, (0.5,) * 3, sha256_file(path))
         return Backbone(model, spec)
 
     return build
@@ -250,33 +243,25 @@ def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
         model.load_state_dict(state, strict=True)
         spec = BackboneSpec(name, model.num_features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                            file_sha256(weights))
+                            sha256_file(weights))
         return Backbone(model, spec)
 
     return build
 
 
 _REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
-    "efficientnet_lite0": _efficientnet_lite(0),
-    "efficientnet_lite1": _efficientnet_lite(1),
-    "efficientnet_lite2": _efficientnet_lite(2),
-    "efficientnet_lite0_multilevel": _efficientnet_lite_multilevel(0),
+    **{name: _efficientnet_lite(variant) for variant, name in enumerate(LITE_BACKBONES)},
+    MULTILEVEL_BACKBONE: _efficientnet_lite_multilevel(0),
     "resnet50": _timm_backbone("resnet50"),
     "densenet121": _timm_backbone("densenet121"),
 }
-
-
-# what every command encodes with unless told otherwise (the default code reads its features);
-# the landmark classifiers name their own
-DEFAULT_BACKBONE = "efficientnet_lite0"
-MULTILEVEL_BACKBONE = "efficientnet_lite0_multilevel"
 
 
 def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = None) -> Backbone:
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> Backbone:
     """Build a backbone in eval mode by registry name, optionally from a local weights file."""
     if name not in _REGISTRY:
         raise ModelError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")

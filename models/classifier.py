@@ -31,6 +31,7 @@ import numpy as np
 from lookalike.data.shipped import shipped_classifier_path
 from lookalike.errors import LookalikeError
 from lookalike.fileio import atomic_write_bytes
+from lookalike.models.defaults import DEFAULT_BACKBONE
 
 CLASSIFIER_FORMAT = 1
 SHIPPED = ("hirise", "msl")
@@ -49,7 +50,7 @@ class ProbeClassifier:
 
     def __init__(self, classes: list[str], mean: np.ndarray, std: np.ndarray,
                  weights: list[np.ndarray], biases: list[np.ndarray], temperature: float = 1.0,
-                 backbone: str = "efficientnet_lite0", image_size: int = 224, meta: dict | None = None,
+                 backbone: str = DEFAULT_BACKBONE, image_size: int = 224, meta: dict | None = None,
                  views: int = 1, tail: dict[str, np.ndarray] | None = None, cut: int | None = None):
         self.classes = [str(c) for c in classes]
         self.mean = np.asarray(mean, dtype=np.float32)
@@ -340,7 +341,7 @@ DEFAULT_GRID: list[dict] = [
 
 def train_classifier(features: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | None = None,
                      views: list[np.ndarray] | None = None, config: ClassifierConfig | None = None,
-                     grid: list[dict] | None = None, folds: int = 5, backbone: str = "efficientnet_lite0",
+                     grid: list[dict] | None = None, folds: int = 5, backbone: str = DEFAULT_BACKBONE,
                      image_size: int = 224, progress: bool = True) -> tuple[ProbeClassifier, dict]:
     """Train a calibrated classifier; with ``grid``, pick the setting of best cross-fit accuracy.
 

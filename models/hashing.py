@@ -47,10 +47,31 @@ def unpack_bits(codes: np.ndarray, bits: int | None = None) -> np.ndarray:
 
 
 class _HashFile:
-    """What every hash model shares: ``to_bytes`` (its file), and ``save``."""
+    """What every hash model shares: a method, the backbone it reads, free-form ``meta``; its
+    file (``to_bytes``, a JSON header beside the arrays) and ``save``."""
+
+    bits: int
+    in_features: int
+
+    def __init__(self, method: str, backbone: str, meta: dict | None):
+        self.method = method
+        self.backbone = backbone
+        self.meta = dict(meta or {})
 
     def to_bytes(self) -> bytes:
         raise NotImplementedError
+
+    def _file(self, arrays: dict[str, np.ndarray], header_first: bool = True, compressed: bool = False,
+              **header: object) -> bytes:
+        """The model file: ``arrays`` and the header (format, method, backbone, bits, in_features,
+        then ``header``, then meta) as a JSON array named ``header``."""
+        fields = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
+                      in_features=self.in_features, **header, meta=self.meta)
+        encoded = {"header": np.frombuffer(json.dumps(fields).encode(), dtype=np.uint8)}
+        ordered = {**encoded, **arrays} if header_first else {**arrays, **encoded}
+        buf = io.BytesIO()
+        (np.savez_compressed if compressed else np.savez)(buf, **ordered)
+        return buf.getvalue()
 
     def save(self, path: str | Path) -> str:
         """Write atomically; returns the file's sha256."""
@@ -62,11 +83,9 @@ class LinearHash(_HashFile):
 
     def __init__(self, mean: np.ndarray, projection: np.ndarray, method: str, backbone: str,
                  meta: dict | None = None):
+        super().__init__(method, backbone, meta)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.projection = np.asarray(projection, dtype=np.float32)
-        self.method = method
-        self.backbone = backbone
-        self.meta = dict(meta or {})
 
     @property
     def bits(self) -> int:
@@ -86,12 +105,7 @@ class LinearHash(_HashFile):
 
     # -------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
-        header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone,
-                      bits=self.bits, in_features=self.in_features, meta=self.meta)
-        buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, projection=self.projection,
-                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
-        return buf.getvalue()
+        return self._file(dict(mean=self.mean, projection=self.projection), header_first=False)
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearHash":
@@ -147,12 +161,10 @@ class NetworkHash(_HashFile):
 
     def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], slope: float,
                  method: str, backbone: str, meta: dict | None = None):
+        super().__init__(method, backbone, meta)
         self.weights = [np.asarray(w, dtype=np.float32) for w in weights]
         self.biases = [np.asarray(b, dtype=np.float32) for b in biases]
         self.slope = float(slope)
-        self.method = method
-        self.backbone = backbone
-        self.meta = dict(meta or {})
 
     @property
     def bits(self) -> int:
@@ -176,14 +188,9 @@ class NetworkHash(_HashFile):
         return pack_bits(self.logits(features) > 0)
 
     def to_bytes(self) -> bytes:
-        header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
-                      in_features=self.in_features, layers=len(self.weights), slope=self.slope,
-                      meta=self.meta)
         arrays = {f"w{i}": w.astype(np.float32) for i, w in enumerate(self.weights)}  # float16 flips bits
         arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
-        buf = io.BytesIO()
-        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-        return buf.getvalue()
+        return self._file(arrays, compressed=True, layers=len(self.weights), slope=self.slope)
 
 
 class ConcatHash(_HashFile):
@@ -198,10 +205,8 @@ class ConcatHash(_HashFile):
         if len(widths) != 1:
             raise LookalikeError("the parts of a joined hash read features of different widths: "
                                  f"{sorted(widths)}")
+        super().__init__(method, backbone, meta)
         self.parts = list(parts)
-        self.method = method
-        self.backbone = backbone
-        self.meta = dict(meta or {})
 
     @property
     def bits(self) -> int:
@@ -215,12 +220,8 @@ class ConcatHash(_HashFile):
         return np.concatenate([p.encode(features) for p in self.parts], axis=1)
 
     def to_bytes(self) -> bytes:
-        header = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
-                      in_features=self.in_features, parts=len(self.parts), meta=self.meta)
         arrays = {f"part{i}": np.frombuffer(p.to_bytes(), dtype=np.uint8) for i, p in enumerate(self.parts)}
-        buf = io.BytesIO()
-        np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-        return buf.getvalue()
+        return self._file(arrays, parts=len(self.parts))
 
 
 HashModel = LinearHash | NetworkHash | ConcatHash
@@ -314,9 +315,9 @@ def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None
     return named_hash(spec, bits)
 
 
-def fitted_on_features(spec: str | None, bits: int | None = None) -> bool:
-    """Whether ``resolve_hash(spec, ..., bits)`` fits a model on the features (the default
-    recipe and PCA-ITQ do; a model file does not)."""
+def fitted_on_features(spec: str | None) -> bool:
+    """Whether ``resolve_hash(spec, ...)`` fits a model on the features (the default recipe and
+    PCA-ITQ do; a model file does not)."""
     return spec in (ITQ, DEFAULT, None)
 
 

@@ -938,12 +938,13 @@ def image_cases() -> st.SearchStrategy[ImageCase]:
 
 
 def check_image_api(workspace: Workspace, index, case: ImageCase) -> Result:
-    from lookalike.indexer.search import Query, search
+    from lookalike.indexer.search import Query, search_index
 
     with workspace.sandbox() as sandbox:
         path = case.write(sandbox / "query.img")
         with workspace.environment():
-            return run_python(lambda: search(index, Query(image=path), k=5, encoder=workspace.encoder()))
+            return run_python(lambda: search_index(index, Query(image=path), k=5,
+                                                   encoder=workspace.encoder()))
 
 
 def check_image_cli(workspace: Workspace, case: ImageCase, extra: list[str]) -> Result:

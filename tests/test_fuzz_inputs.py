@@ -62,7 +62,7 @@ def assert_message(result, *needles: str) -> None:
 
 # ------------------------------------------------------------------ share links
 def test_every_share_link_parameter_is_fuzzed():
-    from lookalike.explorer.app import URL_KEYS
+    from lookalike.explorer.sessions import URL_KEYS
 
     assert set(LINK_KEYS) == set(URL_KEYS)
 

@@ -71,11 +71,12 @@ def test_mars_search_lonlat_geojson(mars_index, tmp_path):
 
 
 def test_mars_search_filters_on_real_index(mars_index):
-    from lookalike.indexer.search import Filters, Query, search
+    from lookalike.indexer.search import Filters, Query, search_index
     from lookalike.indexer.store import open_index
 
     idx = open_index(mars_index)
-    hits = search(idx, Query(lonlat=(0.0, 10.0)), k=1000, filters=Filters(zones=["31N"], bbox=(0, 0, 6, 30)))
+    hits = search_index(idx, Query(lonlat=(0.0, 10.0)), k=1000,
+                        filters=Filters(zones=["31N"], bbox=(0, 0, 6, 30)))
     assert len(hits) > 0
     assert (hits["zone"] == "31N").all() and hits["lat"].between(0, 30).all()
     expected = ((idx.tiles["zone"] == "31N") & idx.tiles["lon"].between(0, 6) & idx.tiles["lat"].between(0, 30))

@@ -16,8 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lookalike.indexer.encoding import DEFAULT_VIEWS, Encoder, mars_tiles
-from lookalike.models.backbones import MULTILEVEL_BACKBONE, Backbone, create_backbone
+from lookalike.indexer.defaults import DEFAULT_VIEWS
+from lookalike.indexer.encoding import Encoder, mars_tiles
+from lookalike.models.backbones import Backbone, create_backbone
+from lookalike.models.defaults import MULTILEVEL_BACKBONE
 from lookalike.models.hashing import fit_default
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from lookalike.errors import OptionError
 from lookalike.indexer.build import index_images, index_rasters
+from lookalike.indexer.defaults import TILE_SIZE, TILE_STRIDE
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.pipeline import StageTimes
 from lookalike.indexer.sources import RasterSource, load_image, read_labels
@@ -98,7 +99,7 @@ def _encoder_rate(encoder: Encoder, images: list[np.ndarray], repeats: int = ENC
 
 def bench_index(sources: list[RasterSource] | None = None, *, images: str | Path | None = None,
                 labels: str | Path | None = None, split: str | None = None, image_size: int = 224,
-                size: int = 128, stride: int = 64,
+                size: int = TILE_SIZE, stride: int = TILE_STRIDE,
                 gsd: float | None = None, zones: list[str] | None = None,
                 bbox: tuple[float, float, float, float] | None = None, runtime: str = "auto",
                 batch_size: int = 64, serial: bool = True, encode_sample: int = 512,

@@ -12,7 +12,7 @@ from lookalike.errors import LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer.build import index_images, index_rasters
 from lookalike.indexer.catalogue import attach_to_index, place_index_at_observations
-from lookalike.indexer.encoding import DEFAULT_VIEWS
+from lookalike.indexer.defaults import DEFAULT_VIEWS
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index
 from lookalike.indexer.thumbnails import basemap_image

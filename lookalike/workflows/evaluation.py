@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import DEFAULT_BACKBONE, DEFAULT_VIEWS, Encoder, classifier_encoder
+from lookalike.indexer.defaults import DEFAULT_VIEWS
+from lookalike.indexer.encoding import Encoder, classifier_encoder
 from lookalike.indexer.features import folder_features, image_features
 from lookalike.indexer.search import rank_hamming
 from lookalike.indexer.sources import read_labels
 from lookalike.models.classifier import load_classifier, resolve_classifier
+from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.models.hashing import resolve_hash
 from lookalike.models.metrics import classification_metrics, rank_euclidean, retrieval_scores, threshold_curve
 

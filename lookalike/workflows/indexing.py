@@ -19,11 +19,13 @@ from lookalike.indexer.distributed import (
     index_images_distributed,
     index_rasters_distributed,
 )
-from lookalike.indexer.encoding import DEFAULT_BACKBONE, DEFAULT_VIEWS, Encoder
+from lookalike.indexer.defaults import DEFAULT_VIEWS, TILE_SIZE, TILE_STRIDE
+from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.shards import read_shards
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, write_ann
 from lookalike.indexer.tiling import Zone
+from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.workflows.landmarks import classify_chips
 
 
@@ -45,8 +47,8 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                 labels: str | Path | None = None, split: str | None = None, image_size: int = 224,
                 name: str | None = None, crs: str | None = None,
                 bounds: tuple[float, float, float, float] | None = None,
-                bands: tuple[int, ...] | None = None, time: str | None = None, tile_size: int = 128,
-                stride: int = 64, gsd: float | None = None, zones: Sequence[str] | None = None,
+                bands: tuple[int, ...] | None = None, time: str | None = None, tile_size: int = TILE_SIZE,
+                stride: int = TILE_STRIDE, gsd: float | None = None, zones: Sequence[str] | None = None,
                 bbox: tuple[float, float, float, float] | None = None, min_valid: float = 0.5,
                 hash_path: str | None = None, bits: int | None = None,
                 backbone: str = DEFAULT_BACKBONE, weights: str | None = None, batch_size: int = 64,
@@ -65,7 +67,7 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
     added to the existing index at ``out``. An index that has one keeps it through appends.
     ``prefetch`` chunks of tiles or images are made ahead of the encoder on another thread
     (default: 2; see ``indexer.build``). ``views``: rotations/flips each
-    tile's feature averages over (``indexer.encoding.VIEW_SETS``; default: the index's own when
+    tile's feature averages over (``indexer.encoding.ORIENTATIONS``; default: the index's own when
     appending, else ``DEFAULT_VIEWS``).
     """
     if prefetch is not None and prefetch < 0:

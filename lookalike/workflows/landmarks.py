@@ -22,7 +22,7 @@ from lookalike.errors import LookalikeError
 from lookalike.fileio import atomic_write_bytes, sha256_file
 from lookalike.indexer.catalogue import attach_to_index, crop_landmarks
 from lookalike.indexer.encoding import classifier_encoder, encoder_fits
-from lookalike.indexer.export import footprint_geometry, write_geojson
+from lookalike.indexer.export import footprint_geometry, json_value, write_geojson
 from lookalike.indexer.features import folder_features
 from lookalike.indexer.scenes import RasterCrops, RasterScene, open_scene, pixel_boxes_to_lonlat
 from lookalike.indexer.sources import RasterSource
@@ -145,15 +145,7 @@ def landmarks_to_geojson(frame: pd.DataFrame) -> dict:
     for rec in frame.to_dict("records"):
         lons = np.array([rec["lon_min"], rec["lon_max"], rec["lon_max"], rec["lon_min"]])
         lats = np.array([rec["lat_min"], rec["lat_min"], rec["lat_max"], rec["lat_max"]])
-        props = {}
-        for key, value in rec.items():
-            if isinstance(value, pd.Timestamp):
-                value = value.isoformat()
-            elif value is pd.NaT or (isinstance(value, float) and not np.isfinite(value)):
-                value = None
-            elif isinstance(value, np.generic):
-                value = value.item()
-            props[key] = value
+        props = {key: json_value(value) for key, value in rec.items()}
         features.append({"type": "Feature", "geometry": footprint_geometry(lons, lats),
                          "properties": props})
     return {"type": "FeatureCollection", "features": features}

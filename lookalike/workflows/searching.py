@@ -12,7 +12,7 @@ import pandas as pd
 from lookalike.errors import LookalikeError
 from lookalike.indexer.distributed import ShardedSearch, connect
 from lookalike.indexer.export import hits_to_geojson, write_geojson
-from lookalike.indexer.search import Filters, Query, search
+from lookalike.indexer.search import Filters, Query, search_index
 from lookalike.indexer.shards import is_sharded
 from lookalike.indexer.store import open_index
 
@@ -47,7 +47,7 @@ def run_search(index: str | Path, query: Query, *, k: int = 1000, filters: Filte
     else:
         opened = open_index(index, verify=verify)
         t0 = time.perf_counter()
-        hits = search(opened, query, k=k, filters=filters, method=method)
+        hits = search_index(opened, query, k=k, filters=filters, method=method)
         elapsed = (time.perf_counter() - t0) * 1000.0
     if geojson:
         write_geojson(geojson, hits_to_geojson(hits, filters=filters.describe(),

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from lookalike.config import features_dir
 from lookalike.data.registry import DATASETS
 from lookalike.errors import LookalikeError
-from lookalike.indexer.encoding import CLASSIFIER_VIEWS, DEFAULT_VIEWS, VIEW_SETS, Encoder, classifier_encoder
+from lookalike.indexer.defaults import CLASSIFIER_VIEWS, DEFAULT_VIEWS, ORIENTATIONS
+from lookalike.indexer.encoding import Encoder, classifier_encoder
 from lookalike.indexer.features import (
     augmented_features,
     folder_features,
@@ -38,6 +39,7 @@ from lookalike.models.classifier import (
     softmax,
     train_classifier,
 )
+from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.models.finetune import FinetuneConfig, check_cut, default_cut, finetune_tail, tail_logits
 from lookalike.models.metrics import classification_metrics, retrieval_scores
 from lookalike.models.training import (
@@ -79,7 +81,7 @@ def train_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
                                  val_split: str | None = None, config: ClassifierConfig | None = None,
                                  search: bool = False, folds: int = 5, group_column: str | None = None,
                                  group_pattern: str | None = None, image_size: int = 224,
-                                 backbone: str = "efficientnet_lite0", progress: bool = True) -> dict:
+                                 backbone: str = DEFAULT_BACKBONE, progress: bool = True) -> dict:
     """Train on one split of a labelled image folder and save to ``out``; report ``val_split``.
 
     Folds are grouped by ``group_column``, by default ``source_image`` when the CSV has it, or
@@ -140,7 +142,7 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
                                     views: int = 1, calibration_share: float = 0.1,
                                     calibration_split: str | None = None,
                                     group_column: str | None = None, group_pattern: str | None = None,
-                                    image_size: int = 224, backbone: str = "efficientnet_lite0",
+                                    image_size: int = 224, backbone: str = DEFAULT_BACKBONE,
                                     progress: bool = True) -> dict:
     """Fine-tune the backbone's last blocks and a linear head on one split of a labelled image
     folder (``models.finetune``); save a calibrated classifier to ``out``; report ``val_split``.
@@ -156,8 +158,8 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
     that many rotations/flips.
     """
     cfg = config or FinetuneConfig()
-    if views not in VIEW_SETS:
-        raise LookalikeError(f"--tta must be one of {', '.join(map(str, VIEW_SETS))}, got {views}")
+    if views not in ORIENTATIONS:
+        raise LookalikeError(f"--tta must be one of {', '.join(map(str, ORIENTATIONS))}, got {views}")
     if not 0.0 < calibration_share < 0.5:
         raise LookalikeError(f"the calibration share must be within (0, 0.5), got {calibration_share}")
     if calibration_split == split:
@@ -189,7 +191,7 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
                                   checkpoint=checkpoint)
     # the model's test-time views among the 8 cached ones; the head is linear, so the mean of
     # their logits is the logits of their mean feature (what Encoder(views=...) computes)
-    chosen = [VIEW_SETS[8].index(v) for v in VIEW_SETS[views]]
+    chosen = [ORIENTATIONS[8].index(v) for v in ORIENTATIONS[views]]
     if calibration_split:
         known = calibration_table["label"].astype(str).isin(classes).to_numpy()
         calibration_table = calibration_table[known].reset_index(drop=True)

@@ -23,6 +23,7 @@ from lookalike.bench.sublinear import (
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer import ann as ann_module
 from lookalike.indexer.ann import ANN_METHODS, RECALL_BAR, build_ann, calibrate, load_ann
+from lookalike.indexer.defaults import ANN_NAMES
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.search import (
     METHODS,
@@ -32,8 +33,8 @@ from lookalike.indexer.search import (
     filter_mask,
     hamming_distances,
     ranked_rows_batch,
-    search,
-    search_batch,
+    search_index,
+    search_index_batch,
     top_k,
 )
 from lookalike.indexer.store import open_index, write_ann, write_index
@@ -315,11 +316,11 @@ def test_stored_ann_is_checksummed_extended_and_used(tmp_path):
     assert choose_method(index, 1001, None) == "exact"  # beyond the calibrated k
     assert choose_method(index, 100, np.arange(3000) < 300) == "exact"  # a narrow filter: the scan is cheap
     query = Query(code=codes[11])
-    auto = search(index, query, k=300, method="auto")
+    auto = search_index(index, query, k=300, method="auto")
     assert_exact_answer((auto.attrs["index_row"], auto["distance"].to_numpy()), reference(codes, codes[11], 300),
                         codes, codes[11])
     filters = Filters(zones=sorted(set(index.tiles["zone"]))[:20])
-    hnsw = search(index, query, k=300, filters=filters, method="hnsw")
+    hnsw = search_index(index, query, k=300, filters=filters, method="hnsw")
     assert filter_mask(index.tiles, filters)[hnsw.attrs["index_row"]].all()
 
     # an append extends the graph; its measurement is dropped until taken again
@@ -360,7 +361,7 @@ def test_methods_built_in_memory_are_kept(tmp_path):
     index = make_index(tmp_path / "idx", n=1500, bits=128, values=4)
     query = Query(code=np.asarray(index.codes[5]))
     for method in ANN_METHODS:
-        hits = search(index, query, k=50, method=method)
+        hits = search_index(index, query, k=50, method=method)
         np.testing.assert_array_equal(hits["distance"], hamming_distances(
             np.asarray(index.codes)[hits.attrs["index_row"]], np.asarray(index.codes[5])))
     assert set(index.__dict__["_approximate"]) == set(ANN_METHODS)
@@ -372,16 +373,13 @@ def test_search_batch_equals_single_searches(tmp_path, method):
     index = make_index(tmp_path / "idx", n=800, bits=128, values=4)
     queries = [Query(tile_id="t00003"), np.asarray(index.codes[40]), Query(positives=["t00001", "t00002"])]
     filters = Filters(sources=["alpha", "beta"])
-    batch = search_batch(index, queries, k=300, filters=filters, method=method)
+    batch = search_index_batch(index, queries, k=300, filters=filters, method=method)
     for q, hits in zip(queries, batch):
-        pd.testing.assert_frame_equal(hits, search(index, q, k=300, filters=filters, method=method))
-    assert search_batch(index, [], k=5) == []
+        pd.testing.assert_frame_equal(hits, search_index(index, q, k=300, filters=filters, method=method))
+    assert search_index_batch(index, [], k=5) == []
 
 
 def test_cli_index_ann_then_search_auto(tmp_path):
-    from lookalike.cli import ANN_CHOICES
-
-    assert ANN_CHOICES == tuple(ANN_METHODS)
     make_index(tmp_path / "idx", n=1200, bits=128)
     code, out, err = run_main(["index", "--out", str(tmp_path / "idx"), "--ann", "hnsw", "--ann-param", "m=16"])
     assert code == 0, err
@@ -439,3 +437,8 @@ def test_distance_recall_counts_a_multiset():
     assert distance_recall(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
     assert distance_recall(np.array([], np.int64), np.array([3])) == 0.0
     assert distance_recall(np.array([1]), np.array([], np.int64)) == 1.0
+
+
+def test_the_light_list_of_methods_names_every_approximate_index():
+    """The command line offers ``defaults.ANN_NAMES`` without importing the libraries."""
+    assert tuple(ANN_METHODS) == ANN_NAMES

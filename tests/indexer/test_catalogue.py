@@ -14,8 +14,8 @@ import pytest
 from lookalike_testkit import make_index, popcount_reference, random_codes, synthetic_tiles
 
 from lookalike.errors import IndexCorruptError, LookalikeError
-from lookalike.indexer import catalogue
-from lookalike.indexer.search import Filters, Query, filter_mask, search
+from lookalike.indexer import catalogue, locate
+from lookalike.indexer.search import Filters, Query, filter_mask, search_index
 from lookalike.indexer.store import open_index, update_tables, write_index
 
 CLASSES = ["crater", "dark_dune", "streak", "edge"]
@@ -96,7 +96,7 @@ def test_tiles_under_picks_the_nearest_containing_tile():
     tiles = synthetic_tiles(300, seed=3, half=2.0)
     rng = np.random.default_rng(0)
     lon, lat = rng.uniform(-180, 180, 400), rng.uniform(-70, 70, 400)
-    rows = catalogue.tiles_under(tiles, lon, lat)
+    rows = locate.tiles_under(tiles, lon, lat)
     centre_lon, centre_lat = tiles["lon"].to_numpy(), tiles["lat"].to_numpy()
     for p in range(len(lon)):  # brute force: footprints are +-2 degree squares around centres
         dlon = (centre_lon - lon[p] + 180) % 360 - 180
@@ -115,13 +115,13 @@ def test_tiles_under_across_the_antimeridian():
     tiles.loc[0, ["lon", "lat"]] = [179.5, 0.0]
     for i, (x, y) in enumerate([(178.5, 1), (-179.5, 1), (-179.5, -1), (178.5, -1)]):
         tiles[f"lon{i}"], tiles[f"lat{i}"] = np.float32(x), np.float32(y)
-    np.testing.assert_array_equal(catalogue.tiles_under(tiles, [-179.8, 179.0, 170.0], [0.2, 0.0, 0.0]),
+    np.testing.assert_array_equal(locate.tiles_under(tiles, [-179.8, 179.0, 170.0], [0.2, 0.0, 0.0]),
                                   [0, 0, -1])
     # a chip with no known footprint (NaN corners) is skipped, rows still count in the full table
     unplaced = tiles.copy()
     unplaced[[f"lon{i}" for i in range(4)] + ["lon", "lat"]] = np.nan
     both = pd.concat([unplaced, tiles], ignore_index=True)
-    np.testing.assert_array_equal(catalogue.tiles_under(both, [179.0, 0.0], [0.0, 0.0]), [1, -1])
+    np.testing.assert_array_equal(locate.tiles_under(both, [179.0, 0.0], [0.0, 0.0]), [1, -1])
 
 
 def _landmarks_for(tiles: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -145,13 +145,13 @@ def test_search_with_class_filter_equals_brute_force(tmp_path):
     expected_rows = set(index.landmarks.query("label == 'crater' and posterior >= 0.6 and row >= 0")["row"])
     assert set(np.flatnonzero(allowed)) == expected_rows
     np.testing.assert_array_equal(filter_mask(index.tiles, filters, index.landmarks), allowed)
-    hits = search(index, Query(code=index.codes[0]), k=50, filters=filters)
+    hits = search_index(index, Query(code=index.codes[0]), k=50, filters=filters)
     rows = np.flatnonzero(allowed)
     dist = popcount_reference(np.asarray(index.codes)[rows], np.asarray(index.codes[0]))
     order = np.lexsort((rows, dist))[:50]
     np.testing.assert_array_equal(hits.attrs["index_row"], rows[order])
     with pytest.raises(LookalikeError, match="no landmark catalogue"):
-        search(make_index(tmp_path / "plain", n=20), Query(tile_id="t00000"), k=5, filters=filters)
+        search_index(make_index(tmp_path / "plain", n=20), Query(tile_id="t00000"), k=5, filters=filters)
 
 
 def test_catalogue_is_checksummed_and_survives_append(tmp_path):
@@ -218,7 +218,7 @@ def test_review_edge_cases(tmp_path):
     """No placed tile at all; an empty catalogue keeps its classes; foreign files survive."""
     tiles = synthetic_tiles(2)
     tiles[[f"lon{i}" for i in range(4)]] = np.nan
-    np.testing.assert_array_equal(catalogue.tiles_under(tiles, [0.0], [0.0]), [-1])
+    np.testing.assert_array_equal(locate.tiles_under(tiles, [0.0], [0.0]), [-1])
     _, lm = hand_example()
     empty = lm.iloc[:0]
     assert catalogue.classes_of(empty) == CLASSES

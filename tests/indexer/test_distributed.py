@@ -16,7 +16,7 @@ from lookalike.errors import LookalikeError
 from lookalike.indexer import build
 from lookalike.indexer import distributed as dist
 from lookalike.indexer import shards
-from lookalike.indexer.search import Filters, Query, search
+from lookalike.indexer.search import Filters, Query, search_index
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import open_index
 
@@ -135,12 +135,12 @@ def test_sharded_search_equals_one_index(client, tied, k):
                Filters(bbox=(150.0, -60.0, -150.0, 60.0), sources=["alpha", "gamma"])]
     for f in filters:
         for q in rng.integers(0, 3, size=(2, 8), dtype=np.uint8):
-            want = search(index, q, k=k, filters=f)
+            want = search_index(index, q, k=k, filters=f)
             got = engine.search(q, k=k, filters=f)
             np.testing.assert_array_equal(got.attrs["index_row"], want.attrs["index_row"])
             pd.testing.assert_frame_equal(got, want)
     # the merge really had ties to break across shards
-    full = search(index, rng.integers(0, 3, 8, dtype=np.uint8), k=500)
+    full = search_index(index, rng.integers(0, 3, 8, dtype=np.uint8), k=500)
     assert full["distance"].value_counts().max() > 20
 
 
@@ -153,7 +153,7 @@ def test_sharded_queries_by_tile_lonlat_and_examples(client, tied):
     lon, lat = float(index.tiles["lon"].iat[row]), float(index.tiles["lat"].iat[row])
     for query in [Query(tile_id=ids.iat[400]), Query(lonlat=(lon, lat)),
                   Query(positives=[ids.iat[10], ids.iat[250]], negatives=[ids.iat[480]])]:
-        pd.testing.assert_frame_equal(engine.search(query, k=50), search(index, query, k=50))
+        pd.testing.assert_frame_equal(engine.search(query, k=50), search_index(index, query, k=50))
     with pytest.raises(LookalikeError, match="not in the sharded index"):
         engine.search(Query(tile_id="nope"), k=5)
 
@@ -206,7 +206,7 @@ def test_cli_sharded_build_and_search(scene, single, tmp_path, monkeypatch):
                                   "--zones", "33N", "--json", tmp_path / "hits.json"])
     assert code == 0, err
     hits = json.loads((tmp_path / "hits.json").read_text())["hits"]
-    want = search(single, Query(tile_id=tile), k=30, filters=Filters(zones=["33N"]))
+    want = search_index(single, Query(tile_id=tile), k=30, filters=Filters(zones=["33N"]))
     assert [h["tile_id"] for h in hits] == want["tile_id"].tolist()
     assert [h["distance"] for h in hits] == want["distance"].tolist()
     code, _, err = run_main(["search", out, "--tile", tile, "--k", 5, "--scheduler", "nowhere:x"])

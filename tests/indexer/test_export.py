@@ -12,7 +12,7 @@ from lookalike_testkit import check_rfc7946, make_index, ring_area, strict_json
 from shapely.geometry import shape
 
 from lookalike.indexer.export import PROPERTIES, footprint_geometry, hits_to_geojson, write_geojson
-from lookalike.indexer.search import Filters, search
+from lookalike.indexer.search import Filters, search_index
 
 
 def test_footprint_orientation_is_counterclockwise():
@@ -50,7 +50,7 @@ def test_footprint_across_antimeridian_is_split(lons, lats):
 
 def _hits(tmp_path, k=30):
     index = make_index(tmp_path / "i", n=300, seed=4)
-    return search(index, index.codes[0], k=k, filters=Filters(bbox=(-180, -60, 180, 60)))
+    return search_index(index, index.codes[0], k=k, filters=Filters(bbox=(-180, -60, 180, 60)))
 
 
 def test_hits_to_geojson_structure_and_properties(tmp_path):

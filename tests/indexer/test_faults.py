@@ -401,9 +401,9 @@ def test_disk_full_on_a_real_tmpfs(scenarios, tmp_path, data_dir):
 
 # ------------------------------------------------------------------ d: files changed under a server
 def _hits(index, queries, k=20):
-    from lookalike.indexer.search import search
+    from lookalike.indexer.search import search_index
 
-    return [search(index, q, k=k)[["tile_id", "distance"]] for q in queries]
+    return [search_index(index, q, k=k)[["tile_id", "distance"]] for q in queries]
 
 
 def test_served_index_keeps_its_generation_while_the_folder_is_rewritten(tmp_path):
@@ -439,14 +439,14 @@ import json, os, sys
 import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.explorer.served import cached_index
-from lookalike.indexer.search import Query, search
+from lookalike.indexer.search import Query, search_index
 
 for case in sys.argv[1:]:
     what, role, path = case.split(":", 2)
     print(json.dumps(dict(case=case, started=True)), flush=True)
     index = cached_index(path)
     queries = [np.asarray(index.codes[0]), Query(tile_id=index.tiles["tile_id"].iat[17])]
-    before = [search(index, q, k=20)["tile_id"].tolist() for q in queries]
+    before = [search_index(index, q, k=20)["tile_id"].tolist() for q in queries]
     target = os.path.join(path, index.manifest["files"][role]["name"])
     stat = os.stat(target)
     if what == "truncate":
@@ -461,7 +461,7 @@ for case in sys.argv[1:]:
     out = {}
     for label, query, hits_before in zip(("code", "tile"), queries, before):
         try:
-            hits = search(index, query, k=20)["tile_id"].tolist()
+            hits = search_index(index, query, k=20)["tile_id"].tolist()
             out[label] = "same" if hits == hits_before else "different"
         except LookalikeError as exc:
             out[label] = "LookalikeError: " + str(exc)

@@ -16,7 +16,7 @@ from lookalike.indexer.search import (
     combine_examples,
     filter_mask,
     hamming_distances,
-    search,
+    search_index,
     tile_at,
     top_k,
 )
@@ -218,7 +218,7 @@ def test_time_filter_excludes_tiles_without_time(index):
 def test_filters_apply_before_ranking(index, name, k):
     f = FILTERS[name]
     query = index.codes[3]
-    hits = search(index, query, k=k, filters=f)
+    hits = search_index(index, query, k=k, filters=f)
     subset = np.flatnonzero(_reference_mask(index.tiles, f))
     d = popcount_reference(np.asarray(index.codes)[subset], query)
     ref_rows, ref_dist = stable_top_k(d, k, rows=subset)
@@ -231,7 +231,7 @@ def test_filters_apply_before_ranking(index, name, k):
 
 def test_unfiltered_search_is_a_stable_sort(index):
     query = index.codes[10]
-    hits = search(index, query, k=300)
+    hits = search_index(index, query, k=300)
     ref_rows, ref_dist = stable_top_k(popcount_reference(np.asarray(index.codes), query), 300)
     np.testing.assert_array_equal(hits.attrs["index_row"], ref_rows)
     np.testing.assert_array_equal(hits["distance"], ref_dist)
@@ -250,24 +250,24 @@ def test_filter_errors(index):
 
 
 def test_filter_that_matches_nothing(index):
-    hits = search(index, index.codes[0], k=10, filters=Filters(sources=["nobody"]))
+    hits = search_index(index, index.codes[0], k=10, filters=Filters(sources=["nobody"]))
     assert len(hits) == 0 and {"rank", "distance", "tile_id"} <= set(hits.columns)
 
 
 # ------------------------------------------------------------------ queries
 def test_query_by_tile_id(index):
     tile_id = index.tiles["tile_id"].iloc[42]
-    hits = search(index, Query(tile_id=tile_id), k=5)
+    hits = search_index(index, Query(tile_id=tile_id), k=5)
     assert hits["distance"].iloc[0] == 0
     ref_rows, _ = stable_top_k(popcount_reference(np.asarray(index.codes), index.codes[42]), 5)
     np.testing.assert_array_equal(hits.attrs["index_row"], ref_rows)
     with pytest.raises(LookalikeError, match="nope"):
-        search(index, Query(tile_id="nope"))
+        search_index(index, Query(tile_id="nope"))
 
 
 def test_query_by_code(index):
     code = random_codes(1, 64, seed=99)[0]
-    hits = search(index, Query(code=code), k=7)
+    hits = search_index(index, Query(code=code), k=7)
     ref_rows, ref_dist = stable_top_k(popcount_reference(np.asarray(index.codes), code), 7)
     np.testing.assert_array_equal(hits.attrs["index_row"], ref_rows)
     np.testing.assert_array_equal(hits["distance"], ref_dist)
@@ -276,34 +276,34 @@ def test_query_by_code(index):
 @pytest.mark.parametrize("nbytes", [4, 7, 9, 64])
 def test_query_code_wrong_length(index, nbytes):
     with pytest.raises(CodeLengthError):
-        search(index, Query(code=np.zeros(nbytes, np.uint8)))
+        search_index(index, Query(code=np.zeros(nbytes, np.uint8)))
     with pytest.raises(CodeLengthError):
-        search(index, np.zeros(nbytes, np.uint8))
+        search_index(index, np.zeros(nbytes, np.uint8))
 
 
 @pytest.mark.parametrize("k", [0, -1, 10_001])
 def test_k_out_of_range(index, k):
     with pytest.raises(LookalikeError, match="k must be"):
-        search(index, index.codes[0], k=k)
+        search_index(index, index.codes[0], k=k)
 
 
 def test_k_at_the_limits(index):
-    assert len(search(index, index.codes[0], k=1)) == 1
-    assert len(search(index, index.codes[0], k=10_000)) == len(index)
+    assert len(search_index(index, index.codes[0], k=1)) == 1
+    assert len(search_index(index, index.codes[0], k=10_000)) == len(index)
 
 
 def test_query_needs_exactly_one_kind(index):
     with pytest.raises(LookalikeError, match="exactly one"):
-        search(index, Query())
+        search_index(index, Query())
     with pytest.raises(LookalikeError, match="exactly one"):
-        search(index, Query(tile_id="t00001", lonlat=(0.0, 0.0)))
+        search_index(index, Query(tile_id="t00001", lonlat=(0.0, 0.0)))
 
 
 def test_query_by_positive_and_negative_examples(index):
     ids = index.tiles["tile_id"].tolist()
     pos, neg = [ids[1], ids[2], ids[3]], [ids[4]]
     code = combine_examples(np.asarray(index.codes)[[1, 2, 3]], np.asarray(index.codes)[[4]])
-    hits = search(index, Query(positives=pos, negatives=neg), k=20)
+    hits = search_index(index, Query(positives=pos, negatives=neg), k=20)
     ref_rows, _ = stable_top_k(popcount_reference(np.asarray(index.codes), code), 20)
     np.testing.assert_array_equal(hits.attrs["index_row"], ref_rows)
 
@@ -365,10 +365,10 @@ def test_tile_at_is_nearest_centre_among_covering_tiles(tmp_path):
 def test_query_by_lonlat(tmp_path):
     index = _footprint_index(tmp_path)
     row = _nearest_containing(index.tiles, 3.2, -1.9)
-    hits = search(index, Query(lonlat=(3.2, -1.9)), k=3)
+    hits = search_index(index, Query(lonlat=(3.2, -1.9)), k=3)
     assert hits.attrs["index_row"][0] == row and hits["distance"].iloc[0] == 0
     with pytest.raises(LookalikeError, match="no indexed tile covers"):
-        search(index, Query(lonlat=(90.0, 45.0)))
+        search_index(index, Query(lonlat=(90.0, 45.0)))
 
 
 def test_lonlat_needs_footprints(tmp_path):
@@ -388,7 +388,7 @@ def test_search_on_index_built_from_table_only(tmp_path):
     codes = random_codes(50, 64, seed=2)
     write_index(tmp_path / "x", codes, tiles, bits=64, hash_model=hash_bytes(64))
     idx = open_index(tmp_path / "x")
-    hits = search(idx, codes[0], k=50, filters=Filters(bbox=(-180, -90, 180, 0)))
+    hits = search_index(idx, codes[0], k=50, filters=Filters(bbox=(-180, -90, 180, 0)))
     assert (hits["lat"] <= 0).all() and len(hits) == int((tiles["lat"] <= 0).sum())
     assert box(-180, -90, 180, 0).covers(Point(hits["lon"].iloc[0], hits["lat"].iloc[0]))
 
@@ -398,7 +398,7 @@ def test_the_query_tile_comes_first_among_ties(tmp_path):
     order, but the clicked tile itself is always hit #1 (unless a filter removes it)."""
     from lookalike_testkit import hash_bytes, synthetic_tiles
 
-    from lookalike.indexer.search import search_batch
+    from lookalike.indexer.search import search_index_batch
     from lookalike.indexer.store import open_index, write_index
 
     tiles = synthetic_tiles(300)
@@ -407,14 +407,14 @@ def test_the_query_tile_comes_first_among_ties(tmp_path):
     write_index(tmp_path / "idx", codes, tiles, bits=128, hash_model=hash_bytes(128), info=dict(kind="test"))
     index = open_index(tmp_path / "idx")
     for k in (1, 10, 1000):
-        hits = search(index, Query(tile_id="t00200"), k=k)
+        hits = search_index(index, Query(tile_id="t00200"), k=k)
         assert hits["tile_id"].iloc[0] == "t00200" and hits["distance"].iloc[0] == 0
         assert len(hits) == min(k, 300) and hits["tile_id"].is_unique
         assert (np.diff(hits["distance"].to_numpy()) >= 0).all()
-    batch = search_batch(index, [Query(tile_id="t00201"), np.asarray(codes[201])], k=5)
+    batch = search_index_batch(index, [Query(tile_id="t00201"), np.asarray(codes[201])], k=5)
     assert batch[0]["tile_id"].iloc[0] == "t00201" and batch[1]["tile_id"].iloc[0] == "t00001"  # a raw code has no tile
     lon, lat = tiles.loc[200, ["lon", "lat"]]
-    assert search(index, Query(lonlat=(lon, lat)), k=3)["tile_id"].iloc[0] == "t00200"
+    assert search_index(index, Query(lonlat=(lon, lat)), k=3)["tile_id"].iloc[0] == "t00200"
     other = Filters(sources=sorted(set(tiles["source"]) - {tiles.loc[200, "source"]}))
-    filtered = search(index, Query(tile_id="t00200"), k=20, filters=other)
+    filtered = search_index(index, Query(tile_id="t00200"), k=20, filters=other)
     assert "t00200" not in set(filtered["tile_id"])  # a filter that removes it keeps it out

@@ -253,6 +253,20 @@ def test_parse_time():
     assert parse_time("2004-01-24T05:06:07-05:00") == pd.Timestamp("2004-01-24 10:06:07", tz="UTC")
 
 
+def test_one_reading_of_times_for_sources_filters_and_footprints():
+    """``data.times.utc_timestamp`` reads every time; each caller names its own error."""
+    from lookalike.data.times import utc_timestamp
+    from lookalike.errors import LookalikeError
+
+    assert utc_timestamp(pd.Timestamp("2021-06-30")) == pd.Timestamp("2021-06-30", tz="UTC")
+    assert utc_timestamp("2021-06-30T02:00+02:00") == pd.Timestamp("2021-06-30", tz="UTC")
+    for bad in ("yesterday", "NaT", "2021-13-45"):
+        with pytest.raises(LookalikeError, match="use ISO 8601"):
+            utc_timestamp(bad)
+    with pytest.raises(SourceError, match="acquisition time"):
+        parse_time("soon")
+
+
 def test_describe_round_trip(scene):
     path, _ = scene
     src = RasterSource(path, name="s", time="2020-01-01")
@@ -330,7 +344,7 @@ def test_a_global_raster_is_tiled_to_the_pole_without_gaps(tmp_path, crs, radius
     """A whole-planet raster gets tiles in the 6-degree zones and in the polar cap, and every
     point poleward of 76 degrees, the pole and the seam with the cap (84 N, 80 S) included, lies
     in a tile that holds it in its own zone's projection."""
-    from lookalike.indexer.catalogue import tiles_under
+    from lookalike.indexer.locate import tiles_under
     from lookalike.indexer.tiling import to_zone
 
     rng = np.random.default_rng(3)

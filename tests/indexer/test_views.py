@@ -10,7 +10,8 @@ import pytest
 from lookalike_testkit import run_main
 
 from lookalike.errors import OptionError
-from lookalike.indexer.encoding import DEFAULT_VIEWS, VIEW_SETS, Encoder, mars_tiles
+from lookalike.indexer.defaults import DEFAULT_VIEWS, ORIENTATIONS
+from lookalike.indexer.encoding import Encoder, mars_tiles
 from lookalike.indexer.store import open_index
 
 
@@ -47,7 +48,7 @@ def test_the_multilevel_eight_views_are_invariant_on_a_real_tile(real_tile):
 
 def test_two_views_are_invariant_to_their_own_mirror(backbone, real_tile):
     enc = Encoder(backbone, device="cpu", runtime="torch", views=2)
-    assert enc.views == DEFAULT_VIEWS == 2 and VIEW_SETS[2] == ((0, False), (1, True))
+    assert enc.views == DEFAULT_VIEWS == 2 and ORIENTATIONS[2] == ((0, False), (1, True))
     mirrored = np.ascontiguousarray(np.rot90(real_tile, 1)[:, ::-1])
     a, b = enc.features(np.stack([real_tile, mirrored]))
     assert np.abs(a - b).max() <= 1e-6 * np.abs(a).max()

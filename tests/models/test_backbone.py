@@ -11,14 +11,13 @@ import torch.nn.functional as F
 
 from lookalike.indexer.encoding import images_to_tensor, mars_tiles
 from lookalike.models.backbones import (
-    DEFAULT_BACKBONE,
-    MULTILEVEL_BACKBONE,
     create_backbone,
     list_backbones,
     lite0_weights_path,
     lite_stages,
     lite_weights_path,
 )
+from lookalike.models.defaults import DEFAULT_BACKBONE, LITE_BACKBONES, MULTILEVEL_BACKBONE
 
 # ImageNet-1k class ids of buildings a Chinese temple photo may be taken for
 # (bell cote, boathouse, church, dome, monastery, mosque, palace, stupa, tile roof, castle)
@@ -128,3 +127,8 @@ def test_imagenet_classifier_recognises_a_building(variant, size, backbone):
     with torch.inference_mode():
         grey = backbone.body.classifier(backbone(torch.full((1, 3, size, size), 0.5))).softmax(1)[0]
     assert grey[list(BUILDINGS)].sum() < probs[list(BUILDINGS)].sum()
+
+
+def test_the_light_backbone_names_are_registered():
+    """``models.defaults`` names backbones without torch; the registry builds each of them."""
+    assert {DEFAULT_BACKBONE, MULTILEVEL_BACKBONE, *LITE_BACKBONES} <= set(list_backbones())

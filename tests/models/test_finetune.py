@@ -85,15 +85,15 @@ def test_cached_path_gives_the_full_networks_logits(crops):
 
 
 def test_every_cached_view_is_its_rotation(crops):
-    """View v of the cache is the stem's output for the image turned/mirrored as VIEW_SETS[8][v]."""
+    """View v of the cache is the stem's output for the image turned/mirrored as ORIENTATIONS[8][v]."""
     root, table = crops
     model, module = _perturbed_model()
     acts = stem_activations(root, table.head(1), cut=CUT, views=8, progress=False)
     image = load_image(root / table["path"][0], 224)
     encoder = classifier_encoder(model, runtime="torch")
-    from lookalike.indexer.encoding import VIEW_SETS
+    from lookalike.indexer.defaults import ORIENTATIONS
 
-    for v, (turns, mirror) in enumerate(VIEW_SETS[8]):
+    for v, (turns, mirror) in enumerate(ORIENTATIONS[8]):
         turned = np.rot90(image, turns)  # numpy and torch turn the same way on (H, W) / (H, W) dims
         turned = turned[:, ::-1] if mirror else turned
         full = model.logits(encoder.features(turned[None].copy()))
