@@ -1,9 +1,9 @@
-"""Map layers: the planet basemap, zone grid and labels, hit density, outlines, HiRISE.
+"""Map layers drawn from data: the planet basemap, the zone grid and labels, hit density, HiRISE.
 
 The basemap never sends the source raster to the browser: for every pan or zoom the browser
 fetches one JPEG of the visible part (``view_jpeg``), resampled from the coarsest level of an
 image pyramid that still has a pixel per screen pixel (zoomed in past the native resolution, the
-native pixels are enlarged). The pyramid keeps whole-planet views fast: resampling the 8k mosaic
+native pixels are enlarged). The pyramid keeps whole-planet maps fast: resampling the 8k mosaic
 itself takes a second, its 1k level a few milliseconds.
 """
 
@@ -22,9 +22,8 @@ import pandas as pd
 
 from lookalike.explorer.projection import POLAR_EDGE_LAT, POLAR_IMAGE_PIXELS, MapProjection
 from lookalike.indexer import pixel_cache
-from lookalike.indexer.export import pole_ring
 from lookalike.indexer.thumbnails import SourceImage
-from lookalike.indexer.tiling import UTM_LAT_RANGE, ZONE_WIDTH_DEG, Zone, holds_pole
+from lookalike.indexer.tiling import UTM_LAT_RANGE, ZONE_WIDTH_DEG, Zone
 
 MIN_LEVEL_PIXELS = 1024  # the coarsest pyramid level is about this wide
 JPEG_QUALITY = 75
@@ -64,7 +63,7 @@ def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list
     on disk between processes (``pixel_cache``) when the image is; in a polar ``projection``, the
     image resampled into that view first."""
     polar = projection is not None and projection.polar
-    key = (image.name, image.bounds, image.shape, projection.view if polar else "global")
+    key = (image.name, image.bounds, image.shape, projection.name if polar else "global")
     levels = _pyramids.get(key)
     if levels is None:
         with _lock:
@@ -78,7 +77,8 @@ def _cached_levels(image: SourceImage, projection: MapProjection | None) -> list
     if image.cache_key is None:
         return _levels(image, projection)
     slot = dict(purpose="basemap pyramid", image=image.cache_key,
-                view=projection.view if projection is not None else "global",
+                # "view": the key the cached files were stored under
+                view=projection.name if projection is not None else "global",
                 radius=projection.radius if projection is not None else None)
     key = dict(min_level_pixels=MIN_LEVEL_PIXELS,
                polar=[POLAR_IMAGE_PIXELS, POLAR_EDGE_LAT] if projection is not None else None)
@@ -97,7 +97,7 @@ def _cached_levels(image: SourceImage, projection: MapProjection | None) -> list
 
 
 def _levels(image: SourceImage, projection: MapProjection | None) -> list[Level]:
-    rgb = projection.view_image(image) if projection is not None else image.rgb
+    rgb = projection.projected_image(image) if projection is not None else image.rgb
     bounds = projection.extent if projection is not None else image.bounds
     levels = []
     while True:
@@ -158,9 +158,11 @@ def _grid_lines(lat_range: tuple[float, float]) -> hv.Path:
     """Zone meridians, the equator and the edges of the polar caps as one NaN-separated path:
     HoloViews handles a single path of 200 vertices in a millisecond, but 62 separate two-point
     paths in about a second."""
-    segments = [[(lon, lat_range[0]), (lon, lat_range[1])] for lon in np.arange(-180.0, 180.1, ZONE_WIDTH_DEG)]
+    meridians = np.arange(-180.0, 180.1, ZONE_WIDTH_DEG)
+    segments = [[(lon, lat_range[0]), (lon, lat_range[1])] for lon in meridians]
     segments += [[(-180.0, lat), (180.0, lat)] for lat in (0.0, *lat_range)]
-    vertices = np.concatenate([np.vstack([np.array(seg, float), [[np.nan, np.nan]]]) for seg in segments])[:-1]
+    gap = [[np.nan, np.nan]]
+    vertices = np.concatenate([np.vstack([np.array(seg, float), gap]) for seg in segments])[:-1]
     return hv.Path([vertices], kdims=["lon", "lat"]).opts(color="white", alpha=0.25, line_width=1)
 
 
@@ -184,11 +186,20 @@ def zone_grid(zone_labels: list[str], selected: list[str], show: bool = True,
     return grid * shaded
 
 
+def zone_grid_layer(zone_labels: list[str], selected: list[str], show: bool,
+                    projection: MapProjection) -> hv.Overlay:
+    """The zone grid of a map in ``projection`` (``zone_grid`` or ``polar_zone_grid``)."""
+    if projection.polar:
+        return polar_zone_grid(zone_labels, selected, show, projection)
+    return zone_grid(zone_labels, selected, show)
+
+
 @lru_cache(maxsize=4)
 def _polar_grid_lines(sign: float) -> np.ndarray:
     edge, limit = sign * (POLAR_EDGE_LAT - 10.0), UTM_LAT_RANGE[1] if sign > 0 else UTM_LAT_RANGE[0]
     lats = np.linspace(edge, limit, 24)
-    segments = [np.column_stack([np.full_like(lats, lon), lats]) for lon in np.arange(-180.0, 180.0, ZONE_WIDTH_DEG)]
+    meridians = np.arange(-180.0, 180.0, ZONE_WIDTH_DEG)
+    segments = [np.column_stack([np.full_like(lats, lon), lats]) for lon in meridians]
     circle = np.linspace(-180.0, 180.0, 361)
     segments += [np.column_stack([circle, np.full_like(circle, lat)]) for lat in (limit, sign * 60.0)]
     return np.concatenate([np.vstack([seg, [[np.nan, np.nan]]]) for seg in segments])[:-1]
@@ -331,31 +342,6 @@ def zone_label_layer(zone_labels: list[str], show: bool = True, x_range=None, y_
         background_fill_color="black", background_fill_alpha=0.55, border_radius=2)
 
 
-def hit_points(hits: pd.DataFrame | None) -> hv.Points:
-    """Hit centres, for a datashaded density."""
-    if hits is None or len(hits) == 0:
-        return hv.Points(pd.DataFrame({"lon": [], "lat": []}), kdims=["lon", "lat"])
-    return hv.Points(hits[["lon", "lat"]], kdims=["lon", "lat"])
-
-
-def density_grid(tiles: pd.DataFrame,
-                 max_bins: int = 512) -> tuple[tuple[float, float, float, float], int, int]:
-    """(west, south, east, north) and the columns and rows of the hit density grid of an index:
-    cells about one tile across, over the tiles' centres."""
-    if len(tiles) == 0:
-        return (0.0, 0.0, 1.0, 1.0), 1, 1
-    lon, lat = tiles["lon"].to_numpy(float), tiles["lat"].to_numpy(float)
-    corners = np.column_stack([tiles[f"lon{i}"].to_numpy(float) for i in range(4)])
-    spans = (corners - lon[:, None] + 180.0) % 360.0 - 180.0
-    cell = float(np.nanmedian(spans.max(axis=1) - spans.min(axis=1)))
-    cell = cell if np.isfinite(cell) and cell > 0 else 1.0
-    west, east = float(np.nanmin(lon)) - cell, float(np.nanmax(lon)) + cell
-    south, north = float(np.nanmin(lat)) - cell, float(np.nanmax(lat)) + cell
-    nx = int(min(max_bins, max(1, math.ceil((east - west) / cell))))
-    ny = int(min(max_bins, max(1, math.ceil((north - south) / cell))))
-    return (west, south, east, north), nx, ny
-
-
 def density_image(lon: np.ndarray, lat: np.ndarray, bounds: tuple[float, float, float, float],
                   nx: int, ny: int, colors: tuple[str, str]) -> dict:
     """Column data of a Bokeh ``image_rgba`` shading where the hits are: the count per cell,
@@ -373,32 +359,6 @@ def density_image(lon: np.ndarray, lat: np.ndarray, bounds: tuple[float, float, 
     rgba = np.dstack([rgb, alpha]).round().astype(np.uint8)
     image = rgba.view(np.uint32).reshape(ny, nx)
     return {"image": [image], "x": [west], "y": [south], "dw": [east - west], "dh": [north - south]}
-
-
-def outlines(tiles: pd.DataFrame) -> list[np.ndarray]:
-    """Footprint rings (lon, lat) of tile rows, unwrapped around each centre; a footprint around
-    a pole runs along the map's edges and the pole's latitude."""
-    return footprint_rings(tiles[[f"lon{i}" for i in range(4)]].to_numpy(float),
-                           tiles[[f"lat{i}" for i in range(4)]].to_numpy(float), tiles["lon"].to_numpy(float))
-
-
-def footprint_rings(corner_lons: np.ndarray, corner_lats: np.ndarray, centre_lons: np.ndarray) -> list[np.ndarray]:
-    """``outlines`` over arrays: (n, 4) corner longitudes and latitudes and n centre longitudes."""
-    rings = []
-    for lons, lats, centre in zip(np.asarray(corner_lons, float), np.asarray(corner_lats, float),
-                                  np.asarray(centre_lons, float)):
-        if holds_pole(lons):
-            ring = pole_ring(lons, lats)
-            rings.append(np.vstack([ring, ring[:1]]))
-            continue
-        lons = (lons - centre + 180.0) % 360.0 - 180.0 + centre
-        rings.append(np.column_stack([np.append(lons, lons[0]), np.append(lats, lats[0])]))
-    return rings
-
-
-def outline_path(tiles: pd.DataFrame, color: str, width: float = 3.0, dash: str = "solid") -> hv.Path:
-    return hv.Path(outlines(tiles), kdims=["lon", "lat"]).opts(
-        color=color, line_width=width, line_dash=dash)
 
 
 def hirise_rectangles(table: pd.DataFrame, projection: MapProjection | None = None) -> hv.Rectangles:
@@ -421,20 +381,3 @@ def hirise_rectangles(table: pd.DataFrame, projection: MapProjection | None = No
     for name in vdims:
         boxes[name] = table[name].to_numpy()[keep]
     return hv.Rectangles(boxes, kdims=["x0", "y0", "x1", "y1"], vdims=vdims)
-
-
-def view_extent(tiles: pd.DataFrame, bounds: tuple[float, float, float, float],
-                aspect: float = 2.0) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Initial x/y ranges: the whole planet, or the indexed area when it covers much less."""
-    west, south, east, north = bounds
-    if len(tiles) == 0:
-        return (west, east), (south, north)
-    lo_x, hi_x = float(tiles["lon"].min()), float(tiles["lon"].max())
-    lo_y, hi_y = float(tiles["lat"].min()), float(tiles["lat"].max())
-    if hi_x - lo_x > 0.5 * (east - west):
-        return (west, east), (south, north)
-    cx, cy = (lo_x + hi_x) / 2, (lo_y + hi_y) / 2
-    half_h = min(max((hi_y - lo_y) * 0.65, (hi_x - lo_x) * 0.65 / aspect, 2.5), (north - south) / 2)
-    half_w = half_h * aspect
-    cy = min(max(cy, south + half_h), north - half_h)  # keep the view on the planet
-    return (cx - half_w, cx + half_w), (cy - half_h, cy + half_h)

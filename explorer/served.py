@@ -85,8 +85,9 @@ class Entry:
         return False
 
 
-class Catalog:
-    """Name -> index entry, in the order given; names come from the index folder names."""
+class ServedIndexes:
+    """The indexes a process serves: name -> ``Entry``, in the order given; names come from the
+    index folder names."""
 
     def __init__(self, paths: list[str | Path]):
         if not paths:

@@ -21,10 +21,10 @@ import shapely
 from shapely.geometry import box as shapely_box
 
 from lookalike.errors import LookalikeError
-from lookalike.explorer.projection import VIEWS
+from lookalike.explorer.projection import PROJECTIONS
 from lookalike.indexer import catalogue
 from lookalike.indexer.export import hits_to_geojson
-from lookalike.indexer.search import MAX_K, Filters, Query, filter_mask, search, tile_at
+from lookalike.indexer.search import MAX_K, Filters, Query, filter_mask, search_index, tile_at
 from lookalike.indexer.store import Index
 from lookalike.indexer.tiling import Zone
 
@@ -38,12 +38,15 @@ SEARCH_PARAMS = ("query_tile", "positives", "negatives", "use_examples", "k", "z
 # layers of the map that can be switched on and off, in drawing order, with their toggle labels
 MAP_LAYERS = {"basemap": "Basemap", "zones": "Zone grid and labels", "hirise": "HiRISE coverage",
               "landmarks": "Landmark boxes", "density": "Hit density", "hits": "Hit markers"}
+# the parameters the Image Class facet counts are filtered by
+FACET_INPUTS = ["index", "zones", "time_start", "time_end", "bbox", "boxes", "polygons",
+                "min_confidence", "min_landmarks"]
 # a new page starts uncluttered: the grid and the HiRISE coverage are one click away
 DEFAULT_LAYERS = ["basemap", "landmarks", "density", "hits"]
 
 
 def available_layers(is_mars: bool, has_landmarks: bool) -> list[str]:
-    """The switchable layers a map of this index has (in every view): HiRISE is a Mars layer,
+    """The switchable layers a map of this index has (in every projection): HiRISE is a Mars layer,
     landmark boxes need a landmark catalogue."""
     return [name for name in MAP_LAYERS
             if (name != "hirise" or is_mars) and (name != "landmarks" or has_landmarks)]
@@ -82,15 +85,15 @@ class ExplorerState(param.Parameterized):
     page_size = param.Integer(default=50, bounds=(1, 1000))
     layers = param.ListSelector(default=list(DEFAULT_LAYERS), objects=list(MAP_LAYERS),
                                 doc="map layers switched on (a view setting: not part of a search)")
-    view = param.Selector(default="global", objects=list(VIEWS),
-                          doc="the map's projection: the whole planet or a polar cap")
+    projection = param.Selector(default="global", objects=list(PROJECTIONS),
+                                doc="the map's projection: the whole planet or a polar cap")
 
     def __init__(self, **params):
         super().__init__(**params)
         self._lock = threading.RLock()  # one search at a time per session
         self._history: list[dict] = []
         self._undoing = False
-        self._view_watchers: dict[str, list] = {}  # watchers of rebuilt views (explorer.views)
+        self._view_watchers: dict[str, list] = {}  # watchers of rebuilt views (explorer.rebuilt_views)
 
     # ------------------------------------------------------------------ derived values
     def snapshot(self) -> dict:
@@ -307,7 +310,7 @@ class ExplorerState(param.Parameterized):
                 return
             t0 = time.perf_counter()
             try:
-                hits = search(self.index, query, k=self.k, filters=self.filters())
+                hits = search_index(self.index, query, k=self.k, filters=self.filters())
             except (LookalikeError, ValueError) as exc:
                 self.param.update(hits=_empty_like(self.index), error=self.public_message(exc), page=0,
                                   focus_tile="")
@@ -346,7 +349,8 @@ class ExplorerState(param.Parameterized):
 
     def url_params(self) -> dict[str, str]:
         """Query-string parameters that reproduce this search (empty values left out)."""
-        out = {"index": self.index_name, "view": "" if self.view == "global" else self.view,
+        # the link calls the projection "view", as the page's "Map view" menu does
+        out = {"index": self.index_name, "view": "" if self.projection == "global" else self.projection,
                "tile": self.query_tile,
                "k": str(self.k) if self.k != self.param.k.default else "",
                "zones": ",".join(self.zones), "from": self.time_start, "to": self.time_end,
@@ -384,9 +388,9 @@ class ExplorerState(param.Parameterized):
                 if not low <= updates["k"] <= high:
                     raise ValueError(f"k must be between {low} and {high}")
             if params.get("view"):
-                if params["view"] not in VIEWS:
-                    raise ValueError(f"view must be one of {', '.join(VIEWS)}")
-                updates["view"] = params["view"]
+                if params["view"] not in PROJECTIONS:
+                    raise ValueError(f"view must be one of {', '.join(PROJECTIONS)}")
+                updates["projection"] = params["view"]
             if params.get("zones"):
                 updates["zones"] = [Zone.parse(z).label for z in params["zones"].split(",") if z]
             updates["time_start"] = params.get("from", "")
@@ -521,4 +525,5 @@ def footprint_bounds(tile: pd.Series) -> tuple[float, float, float, float]:
     return float(lons.min()), float(lats.min()), float(lons.max()), float(lats.max())
 
 
-__all__ = ["DEFAULT_LAYERS", "MAP_LAYERS", "ExplorerState", "available_layers", "footprint_bounds"]
+__all__ = ["DEFAULT_LAYERS", "FACET_INPUTS", "MAP_LAYERS", "ExplorerState", "available_layers",
+           "footprint_bounds"]

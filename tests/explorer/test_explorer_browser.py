@@ -285,7 +285,7 @@ def toggle_layer(page, label: str) -> None:
 
 
 def test_layer_switches_and_legend(page, explorer_url):
-    from lookalike.explorer.views import HIT_COLORS, LANDMARK_COLORS
+    from lookalike.explorer.map_style import HIT_COLORS, LANDMARK_COLORS
 
     open_app(page, explorer_url)
     click_map(page)

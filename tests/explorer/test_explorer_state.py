@@ -12,9 +12,10 @@ from explorer_testkit import (
 )
 
 from lookalike.errors import LookalikeError
-from lookalike.explorer.served import Catalog, cached_index
+from lookalike.explorer.results import thumbnail_items
+from lookalike.explorer.served import ServedIndexes, cached_index
+from lookalike.explorer.sidebar import parse_bbox
 from lookalike.explorer.state import ExplorerState
-from lookalike.explorer.views import parse_bbox, thumbnail_items
 
 
 @pytest.fixture
@@ -154,12 +155,12 @@ def test_states_are_independent(explorer_index):
     assert a.index is b.index  # one shared, memory-mapped index
 
 
-def test_catalog_and_bbox_parsing(explorer_index):
-    catalog = Catalog([explorer_index])
-    assert catalog.default == "mars_small" and catalog["mars_small"].is_mars
-    assert catalog.labels() == {"Mars": "mars_small"}
+def test_served_indexes_and_bbox_parsing(explorer_index):
+    served = ServedIndexes([explorer_index])
+    assert served.default == "mars_small" and served["mars_small"].is_mars
+    assert served.labels() == {"Mars": "mars_small"}
     with pytest.raises(LookalikeError):
-        catalog["nope"]
+        served["nope"]
     assert parse_bbox(" 0, 1 ,2,3 ") == (0.0, 1.0, 2.0, 3.0) and parse_bbox("") is None
     for bad in ("1,2,3", "a,b,c,d", "0,50,10,40"):
         with pytest.raises(LookalikeError):
@@ -169,9 +170,9 @@ def test_catalog_and_bbox_parsing(explorer_index):
 def test_k_typed_out_of_bounds_is_a_message_and_the_box_is_put_back(state, explorer_index):
     import panel as pn
 
-    from lookalike.explorer.views import controls
+    from lookalike.explorer.sidebar import controls
 
-    sidebar = controls(state, Catalog([explorer_index]))
+    sidebar = controls(state, ServedIndexes([explorer_index]))
     layers = next(w for w in sidebar.select(pn.widgets.CheckBoxGroup) if w.name == "Layers")
     assert "hirise" in layers.options.values()  # the HiRISE layer is offered on Mars
     box = next(w for w in sidebar.select(pn.widgets.IntInput) if w.name == "Number of hits (k)")
@@ -303,11 +304,11 @@ def test_rebuilt_views_release_their_watchers(state, explorer_index):
     """The sidebar and the map are rebuilt on every change of index; old ones stop following."""
     import panel as pn
 
-    from lookalike.explorer.served import Catalog
-    from lookalike.explorer.views import controls
+    from lookalike.explorer.served import ServedIndexes
+    from lookalike.explorer.sidebar import controls
 
-    catalog = Catalog([explorer_index])
-    builds = [controls(state, catalog) for _ in range(3)]
+    served = ServedIndexes([explorer_index])
+    builds = [controls(state, served) for _ in range(3)]
     assert len(state._view_watchers["sidebar"]) == 6  # body, k, bbox, facet, recount, layers: one build's worth
     facets = [b.select(pn.widgets.CheckBoxGroup)[0] for b in builds]
     state.landmark_classes = ["crater"]
@@ -359,15 +360,15 @@ def test_layers_default_and_focus_cleared_by_a_new_search(state):
 def test_map_view_in_urls(state, explorer_index):
     """The map's view travels in the link; a view that does not exist is a message, not a crash."""
     clicked(state)
-    state.view = "south"
+    state.projection = "south"
     params = state.url_params()
     assert params["view"] == "south"
     other = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
     other.apply_url_params(params)
-    assert other.view == "south" and other.error == ""
+    assert other.projection == "south" and other.error == ""
     assert other.hits["tile_id"].tolist() == state.hits["tile_id"].tolist()
-    state.view = "global"
+    state.projection = "global"
     assert "view" not in state.url_params()
     bad = ExplorerState(index=cached_index(explorer_index), index_name="mars_small")
     bad.apply_url_params({**params, "view": "<b>sideways</b>"})
-    assert bad.view == "global" and "malformed" in bad.error and "<b>" not in bad.error
+    assert bad.projection == "global" and "malformed" in bad.error and "<b>" not in bad.error

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lookalike.explorer.page_text import _MARKUP, inert
 from lookalike.explorer.served import cached_index
 from lookalike.explorer.state import MESSAGE_LIMIT, ExplorerState
-from lookalike.explorer.views import _MARKUP, inert, status_html
+from lookalike.explorer.status import status_html
 
 SCRIPT = "<img src=x onerror=alert(1)>"
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lookalike.explorer.basemap import LABEL_MIN_PX, density_image, zone_label_positions
+from lookalike.explorer.legend import legend_entries, legend_html
+from lookalike.explorer.map_style import HIT_COLORS, LANDMARK_COLORS
 from lookalike.explorer.state import MAP_LAYERS, available_layers
-from lookalike.explorer.views import HIT_COLORS, LANDMARK_COLORS, legend_entries, legend_html
 
 ALL_ZONES = [f"{n}{h}" for n in range(1, 61) for h in "NS"]
 
@@ -85,7 +86,7 @@ def test_density_image_is_transparent_without_hits():
 def test_frame_size_is_unknown_until_a_browser_lays_the_map_out():
     from bokeh.plotting import figure
 
-    from lookalike.explorer.views import FrameSize
+    from lookalike.explorer.map_view import FrameSize
 
     size = FrameSize()
     assert size() == (None, None)  # no figure yet

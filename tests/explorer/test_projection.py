@@ -80,7 +80,7 @@ def test_polar_basemap_samples_the_lonlat_image():
     rgb[..., 1] = (np.arange(w) * 255 // w)[None, :]  # green grows eastwards
     image = SourceImage("t", rgb, np.ones((h, w), bool), (-180.0, -90.0, 180.0, 90.0), MARS)
     proj = MapProjection.of("north", MARS)
-    out = proj.view_image(image, pixels=64)
+    out = proj.projected_image(image, pixels=64)
     assert out.shape == (64, 64, 3)
     assert out[32, 32, 0] > 240  # the pole, in the middle
     assert out[32, 0, 0] < out[32, 16, 0] < out[32, 32, 0]

@@ -6,25 +6,24 @@ import gc
 import weakref
 
 import holoviews as hv
-import panel as pn
 
-from lookalike.explorer.served import Catalog
+from lookalike.explorer import panel_internals
+from lookalike.explorer.map_view import MapView
+from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.state import ExplorerState
-from lookalike.explorer.views import MapView
 
 
 def test_a_dropped_map_lets_its_session_state_go(explorer_index):
     hv.extension("bokeh", logo=False)
-    catalog = Catalog([explorer_index])
-    entry = catalog[catalog.default]
+    served = ServedIndexes([explorer_index])
+    entry = served[served.default]
     state = ExplorerState(index=entry.index, index_name=entry.name)
     view = MapView(state, entry)
     pane = view.panel()
     root = pane.get_root()  # renders the plot: HoloViews stores its options process-wide
     state.click(float(entry.index.tiles["lon"].iat[0]), float(entry.index.tiles["lat"].iat[0]))
     alive = weakref.ref(state)
-    pane._cleanup(root)  # what Panel does when a session is destroyed
-    pn.state._views.pop(root.ref["id"], None)
+    panel_internals.release_offline_root(pane, root)  # what Panel does when a session is destroyed
     del state, view, pane, root
     gc.collect()
     assert alive() is None
@@ -36,12 +35,12 @@ def test_sessions_dropped_together_share_one_collection(monkeypatch):
     import time
     from types import SimpleNamespace
 
-    from lookalike.explorer import app
+    from lookalike.explorer import sessions
 
     calls = []
-    monkeypatch.setattr(app, "RELEASE_DELAY_S", 0.05)
-    monkeypatch.setattr(app, "gc", SimpleNamespace(collect=lambda: calls.append("collect")))
-    release = app._MemoryRelease()
+    monkeypatch.setattr(sessions, "RELEASE_DELAY_S", 0.05)
+    monkeypatch.setattr(sessions, "gc", SimpleNamespace(collect=lambda: calls.append("collect")))
+    release = sessions.MemoryRelease()
     for _ in range(10):
         release(None)
     time.sleep(0.5)
