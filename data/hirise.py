@@ -72,3 +72,21 @@ def in_time_range(table: pd.DataFrame, start=None, end=None) -> pd.DataFrame:
     if end is not None:
         mask &= (table["time"] <= utc_timestamp(end)).fillna(False).to_numpy()
     return table[mask]
+
+
+def observation_time(observation_id: str, path: str | Path | None = None) -> pd.Timestamp | None:
+    """The start time (UTC) of a HiRISE observation (``ESP_014038_1415``), None when the PDS
+    index does not list it; raises ``LookalikeError`` when the index file is missing."""
+    path = Path(path) if path else hirise_path()
+    if not path.is_file():
+        raise LookalikeError(f"HiRISE observation times not found: {path} is missing; set "
+                             f"LOOKALIKE_DATA to a folder holding {HIRISE_FILE}")
+    times = _times(str(path), path.stat().st_mtime_ns)
+    return times.get(observation_id.upper())
+
+
+@lru_cache(maxsize=4)
+def _times(path: str, mtime: int) -> dict[str, pd.Timestamp]:
+    table = _load(path, mtime)
+    known = table.dropna(subset=["time"])
+    return dict(zip(known["observation_id"].str.upper(), known["time"]))

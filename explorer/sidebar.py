@@ -21,6 +21,8 @@ from lookalike.explorer.projection import PROJECTIONS
 from lookalike.explorer.rebuilt_views import release_views, watch_state
 from lookalike.explorer.served import Entry, ServedIndexes
 from lookalike.explorer.state import FACET_INPUTS, MAP_LAYERS, ExplorerState, available_layers
+from lookalike.indexer.bbox import check_bbox, format_bbox
+from lookalike.indexer.bbox import parse_bbox as bbox_from_text
 from lookalike.indexer.tiling import Zone
 
 DRAWING_HINTS = (
@@ -88,31 +90,16 @@ def date_inputs(state: ExplorerState) -> list[pn.viewable.Viewable]:
     return [pn.Row(start, end), text_block(span, size=11)]
 
 
-def bbox_text(bbox) -> str:
-    return ",".join(f"{v:g}" for v in bbox) if bbox else ""
-
-
 def parse_bbox(text: str) -> tuple[float, float, float, float] | None:
-    """'west,south,east,north' -> tuple; '' -> None; raises LookalikeError otherwise."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        values = tuple(float(v) for v in text.replace(";", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise LookalikeError(f"bbox {text!r} needs four numbers: west,south,east,north")
-    west, south, east, north = values
-    if not (-90 <= south < north <= 90 and -180 <= west <= 180 and -180 <= east <= 180):
-        raise LookalikeError(f"bbox {text!r} is not a box in degrees (south < north, lon in ±180)")
-    return values
+    """A typed box in degrees, or None for blank text (``indexer.bbox``'s rules)."""
+    box = bbox_from_text(text)
+    return None if box is None else check_bbox(box)
 
 
 def bbox_input(state: ExplorerState) -> pn.widgets.TextInput:
     """The typed bounding box; a malformed one is a message."""
     bbox = pn.widgets.TextInput(name="Bounding box (west,south,east,north)",
-                                placeholder="e.g. 0,10,20,40", value=bbox_text(state.bbox))
+                                placeholder="e.g. 0,10,20,40", value=format_bbox(state.bbox))
 
     def typed(event) -> None:
         try:
@@ -122,7 +109,7 @@ def bbox_input(state: ExplorerState) -> pn.widgets.TextInput:
 
     bbox.param.watch(typed, "value")
     # the box also changes from elsewhere (Clear, undo, a shared link): mirror it in the text
-    watch_state(state, "sidebar", lambda e: setattr(bbox, "value", bbox_text(e.new)), "bbox")
+    watch_state(state, "sidebar", lambda e: setattr(bbox, "value", format_bbox(e.new)), "bbox")
     return bbox
 
 

@@ -32,6 +32,8 @@ from rasterio.windows import Window
 
 from lookalike.data.times import utc_timestamp
 from lookalike.errors import OptionError, SourceError
+from lookalike.indexer.bodies import body_named, body_of_crs, reference_geographic
+from lookalike.indexer.product_times import product_time
 from lookalike.indexer.resample import MAX_GRID_ERROR, cell_scales, control_grid, grid_error, resample
 from lookalike.indexer.tiling import (
     DEFAULT_LAT_RANGE,
@@ -45,6 +47,7 @@ from lookalike.indexer.tiling import (
     zone_crs,
     zones_for_bounds,
 )
+from lookalike.indexer.stacks import stack_name, stack_vrt
 
 # the finest tile resolution a raster is cut at, as a fraction of its own: finer tiles are only
 # interpolated pixels, and their number grows with the square (a typo in --gsd would never end)
@@ -110,7 +113,10 @@ class RasterSource:
     """A raster on disk, georeferenced by its own metadata or by ``crs`` + ``bounds`` overrides.
 
     ``bounds`` (west, south, east, north in CRS units) places a raster that carries no transform,
-    such as a JPEG world mosaic.
+    such as a JPEG world mosaic. ``stack``: separate band files read as one raster, in that order
+    (``path`` is then the first). ``body`` overrides the body the CRS lies on (``indexer.bodies``).
+    Without ``time``, the acquisition time comes from the raster's tags, else from the product's
+    name or label (``indexer.product_times``).
     """
 
     path: str
@@ -119,12 +125,18 @@ class RasterSource:
     bounds: tuple[float, float, float, float] | None = None
     time: str | None = None
     bands: tuple[int, ...] | None = None
+    stack: tuple[str, ...] | None = None
+    body: str | None = None
     _meta: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.stack:
+            self.stack = tuple(str(p) for p in self.stack)
+            self._vrt = stack_vrt(self.stack)
+            self.path = self.stack[0]
         self.path = str(self.path)
         if self.name is None:
-            self.name = Path(self.path).stem
+            self.name = stack_name(self.stack) if self.stack else Path(self.path).stem
         with self._open() as src:
             try:
                 self._meta = self._describe(src)
@@ -136,7 +148,7 @@ class RasterSource:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                return rasterio.open(self.path)
+                return rasterio.open(self._vrt if self.stack else self.path)
         except RasterioIOError as exc:
             raise SourceError(f"cannot read raster {self.path}: {exc}") from None
         except (RasterioError, RioCRSError, UnicodeDecodeError) as exc:  # a damaged header
@@ -165,10 +177,11 @@ class RasterSource:
         else:
             transform = src.transform
         pcrs = pyproj.CRS(crs.to_wkt())
-        geographic = pcrs.geodetic_crs
-        if geographic is None:
+        if pcrs.geodetic_crs is None:
             raise SourceError(f"{self.path}: CRS {crs} has no geodetic datum to tile against")
-        geographic = pyproj.CRS(geographic.to_json_dict())  # lon/lat on the same body
+        body = body_named(self.body) if self.body else body_of_crs(pcrs)
+        # positions in the body's reference (WGS 84 on Earth), through PROJ's best transformation
+        geographic = reference_geographic(pcrs, body)
         bands = self.bands or ((1, 1, 1) if src.count <= 2 else (1, 2, 3))
         if len(bands) == 1:
             bands = tuple(bands) * 3  # one band is grey
@@ -192,15 +205,32 @@ class RasterSource:
         # a lon/lat raster once around the body: windows across its edge wrap to the other side
         wraps = (pcrs.is_geographic and transform.b == 0 and transform.d == 0
                  and abs(abs(right - left) - 360.0) <= abs(transform.a) / 2)
-        time = self.time or next((src.tags().get(t) for t in _TIME_TAGS if src.tags().get(t)), None)
-        return dict(crs=crs, transform=transform, geographic=geographic, bands=bands,
+        time, time_source = self._acquisition_time(src)
+        return dict(body=body.key if body else None, time_source=time_source,
+                    crs=crs, transform=transform, geographic=geographic, bands=bands,
                     # a real alpha band (GDAL colour interpretation) is the valid mask; otherwise
                     # the warp adds one, so pixels outside the raster count as invalid
                     alpha=src.count == 2 or ColorInterp.alpha in src.colorinterp,
-                    lonlat_bounds=(west, south, east, north), gsd=float(gsd), time=parse_time(time),
-                    dtype=src.dtypes[0], count=src.count, nodata=src.nodata,
+                    lonlat_bounds=(west, south, east, north), gsd=float(gsd), time=time,
+                    dtype=src.dtypes[0], count=src.count, nodata=src.nodata, shape=(src.height, src.width),
                     geographic_crs=pcrs.is_geographic, centre_lon=(left + right) / 2.0, wraps=wraps,
                     lonlat=pcrs.is_geographic and pcrs.equals(geographic, ignore_axis_order=True))
+
+    def _acquisition_time(self, src) -> tuple[pd.Timestamp | None, str | None]:
+        """(time, where it came from): the option, the raster's tags, the product's name or label."""
+        if self.time:
+            return parse_time(self.time), "given"
+        tags = src.tags()
+        tagged = next((tags[t] for t in _TIME_TAGS if tags.get(t)), None)
+        if tagged:
+            return parse_time(tagged), "raster tags"
+        label = str(src.tags(ns="json:ISIS3")) if "json:ISIS3" in (src.tag_namespaces() or []) else ""
+        return product_time(self.path, label)
+
+    @property
+    def body_key(self) -> str | None:
+        """The body the raster lies on (``mars``, ``earth``, ...), None when its CRS does not tell."""
+        return self._meta["body"]
 
     @property
     def geographic(self) -> pyproj.CRS:
@@ -224,14 +254,17 @@ class RasterSource:
         return dict(path=str(Path(self.path).resolve()), crs=self._meta["crs"].to_wkt(),
                     bounds=list(self.bounds) if self.bounds else None,
                     bands=list(self._meta["bands"]), gsd=self.native_gsd,
-                    time=None if self.acquired is None else self.acquired.isoformat())
+                    time=None if self.acquired is None else self.acquired.isoformat(),
+                    time_source=self._meta["time_source"], body=self.body_key,
+                    stack=[str(Path(p).resolve()) for p in self.stack] if self.stack else None)
 
     @classmethod
     def from_description(cls, name: str, desc: dict) -> "RasterSource":
         """Reopen a source from the description an index manifest keeps of it."""
         return cls(desc["path"], name=name, crs=desc.get("crs"),
                    bounds=tuple(desc["bounds"]) if desc.get("bounds") else None,
-                   time=desc.get("time"), bands=tuple(desc["bands"]) if desc.get("bands") else None)
+                   time=desc.get("time"), bands=tuple(desc["bands"]) if desc.get("bands") else None,
+                   stack=tuple(desc["stack"]) if desc.get("stack") else None, body=desc.get("body"))
 
     # -------------------------------------------------------------- tiles
     def _stretch(self, src) -> tuple[np.ndarray, np.ndarray] | None:
@@ -243,6 +276,8 @@ class RasterSource:
         finite = [v[np.isfinite(v)] for v in (b.compressed() for b in sample)]
         lo = np.array([np.percentile(v, 2) if v.size else 0 for v in finite])
         hi = np.array([np.percentile(v, 98) if v.size else 1 for v in finite])
+        if len(set(self._meta["bands"])) > 1:  # colour (reflectance bands): one stretch keeps its balance
+            lo, hi = np.full_like(lo, lo.min()), np.full_like(hi, hi.max())
         return lo, np.maximum(hi, lo + 1e-9)
 
     def tiles(self, grid: TileGrid, zones: list[Zone] | None = None,
@@ -260,6 +295,7 @@ class RasterSource:
             raise OptionError(f"tiles of {grid.gsd:g} m per pixel would be more than {MAX_UPSAMPLING} "
                               f"times finer than {self.name} ({self.native_gsd:g} m per pixel); "
                               "choose a coarser --gsd")
+        self._check_holds_a_tile(grid, min_valid)
         west, south, east, north = self.lonlat_bounds
         lon_range = None
         if bbox is not None:
@@ -284,6 +320,18 @@ class RasterSource:
             detail = exc.__cause__ or exc  # rasterio chains GDAL's own message
             raise SourceError(f"cannot read raster {self.path} (a damaged or truncated file?): "
                               f"{detail}") from None
+
+    def _check_holds_a_tile(self, grid: TileGrid, min_valid: float) -> None:
+        """A raster too small to fill ``min_valid`` of one tile at the grid's resolution is an
+        error, not an index with no tiles."""
+        scale = self.native_gsd / grid.gsd
+        width, height = self._meta["shape"][1] * scale, self._meta["shape"][0] * scale
+        if width * height < max(min_valid, 1e-9) * grid.size ** 2 or min(width, height) < 1:
+            raise SourceError(f"{self.name} is smaller than one tile: {self._meta['shape'][1]}x"
+                              f"{self._meta['shape'][0]} px at {self.native_gsd:g} m/px cover "
+                              f"{width:.0f}x{height:.0f} px of {grid.gsd:g} m, less than "
+                              f"{min_valid:.0%} of a {grid.size} px tile (try a smaller --tile-size "
+                              "or a coarser --gsd)")
 
     def _zone_tiles(self, reader, zone, grid, rows, cols, lat_range, lon_range, min_valid,
                     band_rows, stretch):
