@@ -95,3 +95,27 @@ def reference_geographic(crs: pyproj.CRS, body: Body | None = None) -> pyproj.CR
     if body is None:
         return pyproj.CRS((crs.geodetic_crs or crs).to_json_dict())
     return body.reference_crs()
+
+
+# registered mosaics a chip index can be placed on (``basemap`` in its manifest)
+_BASEMAP_BODIES = {"mars_8k": "mars", "earth_8k": "earth"}
+
+
+def body_of_manifest(manifest: dict) -> Body | None:
+    """The body an index lies on: the one its manifest records (``--body`` or its sources' CRS),
+    else its sources' CRS or the mosaic its chips were placed on; None for chips that lie nowhere
+    (an image folder without footprints)."""
+    if manifest.get("body"):
+        return body_named(manifest["body"])
+    for desc in (manifest.get("sources") or {}).values():
+        if isinstance(desc, dict) and desc.get("body"):
+            return body_named(desc["body"])
+        if isinstance(desc, dict) and desc.get("crs"):
+            try:
+                body = body_of_crs(pyproj.CRS.from_user_input(desc["crs"]))
+            except pyproj.exceptions.CRSError:
+                continue
+            if body is not None:
+                return body
+    basemap = manifest.get("basemap")
+    return known_bodies()[_BASEMAP_BODIES[basemap]] if basemap in _BASEMAP_BODIES else None

@@ -296,15 +296,34 @@ def raster_plan(sources: list[RasterSource], out: Path, *, size: int, stride: in
                 min_valid: float) -> tuple[TileGrid, Path, dict]:
     """The tile grid, work folder and manifest info of a raster build."""
     grid = TileGrid(size, stride, gsd or sources[0].native_gsd)
+    for source in sources:  # before any work: a source too small for a tile is an error
+        source.check_holds_a_tile(grid, min_valid)
     key = dict(sources=[s.describe() for s in sources], grid=grid, zones=zones, bbox=bbox,
                backbone=backbone, min_valid=min_valid)
     info = dict(kind="raster", tiling=dict(size=size, stride=stride, gsd=grid.gsd),
-                sources={s.name: s.describe() for s in sources})
+                sources={s.name: s.describe() for s in sources},
+                body=collection_body({s.name: s.body_key for s in sources}, out))
     return grid, _work_dir(out, key), info
 
 
+def collection_body(bodies: dict[str, str | None], out: Path) -> str | None:
+    """The one body an index's sources (name -> body) lie on, that of the index at ``out`` when
+    there is one: an index is a collection on one body."""
+    known = {name: body for name, body in bodies.items() if body}
+    if (out / MANIFEST).is_file():
+        existing = read_manifest(out).get("body")
+        if existing:
+            known = {f"the index at {out}": existing, **known}
+    if len(set(known.values())) > 1:
+        listed = ", ".join(f"{name} on {body}" for name, body in known.items())
+        raise LookalikeError(f"an index holds sources of one body, not several ({listed}); "
+                             "index each body apart")
+    return next(iter(known.values()), None)
+
+
 def image_plan(root: Path, labels_csv: str | Path, out: Path, *, split: str | None,
-               image_size: int, backbone: dict, source: str | None) -> tuple[pd.DataFrame, Path, dict]:
+               image_size: int, backbone: dict, source: str | None,
+               body: str | None = None) -> tuple[pd.DataFrame, Path, dict]:
     """The tile records, work folder and manifest info of an image-folder build."""
     table = read_labels(root, labels_csv, split=split)
     source = source or root.name
@@ -312,6 +331,8 @@ def image_plan(root: Path, labels_csv: str | Path, out: Path, *, split: str | No
     key = dict(root=str(root.resolve()), labels=str(Path(labels_csv).resolve()), split=split,
                backbone=backbone)
     info = dict(kind="images", sources={source: dict(root=str(root.resolve()), image_size=image_size)})
+    if body:
+        info["body"] = collection_body({source: body}, out)
     return records, _work_dir(out, key), info
 
 
@@ -356,18 +377,19 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
                  hash_path: str | None = None, encoder: Encoder | None = None,
                  append: bool = False, source: str | None = None, progress: bool = True,
                  shards: int | None = None, times: StageTimes | None = None, prefetch: int = 2,
-                 keep_work: bool = False) -> Path:
+                 keep_work: bool = False, body: str | None = None) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table).
     Images are decoded and resized ``prefetch`` chunks ahead of the encoder on another thread
     of lower priority (0: one after the other; ``lookalike bench index --images`` times both).
     ``keep_work`` keeps the work folder after the commit, as the mark that steps after it
     (placing, classifying) are still to finish: run again, the build is recognised as done and
-    those steps run again; ``tidy_build`` removes it."""
+    those steps run again; ``tidy_build`` removes it. ``body``: the body the chips lie on, if
+    any (``indexer.bodies``)."""
     out, root = Path(out), Path(root)
     check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder(image_size=image_size)
     records, work, info = image_plan(root, labels_csv, out, split=split, image_size=image_size,
-                                     backbone=encoder.describe(), source=source)
+                                     backbone=encoder.describe(), source=source, body=body)
     if finished(out, work, tidy=not keep_work):
         return out
     check_out(out, append, shards)

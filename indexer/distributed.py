@@ -30,7 +30,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +220,74 @@ def _zones_of(source: RasterSource, zones: list[Zone] | None, bbox) -> list[Zone
             if wanted is None or z.label in wanted]
 
 
+@dataclass
+class _Scans:
+    """The scans of the (source, zone) units of a distributed raster build, submitted in the
+    single-machine order, and the records that have come back: each unit's first global row."""
+
+    client: object
+    units: list[tuple[RasterSource, Zone]]
+    scans: dict[int, object] = field(default_factory=dict)  # unit -> future of (records, pixels)
+    record_futures: dict[int, object] = field(default_factory=dict)  # unit -> future of its records
+    unit_rows: list[list[dict]] = field(default_factory=list)  # records of the units known so far
+    starts: list[int] = field(default_factory=list)  # global row of each known unit's first tile
+    known_rows: int = 0
+    next_scan: int = 0
+    first: int = 0  # first unit that may still hold rows of the next chunk
+
+    @property
+    def all_known(self) -> bool:
+        """Whether the records of every unit have come back."""
+        return len(self.unit_rows) == len(self.units)
+
+    def release(self, consumed: int) -> None:
+        """Drop the client's reference to the pixels of units whose rows are all planned
+        (``consumed``: rows already handed to chunks)."""
+        for u in [u for u in self.scans
+                  if u < len(self.unit_rows) and self.starts[u] + len(self.unit_rows[u]) <= consumed]:
+            del self.scans[u]
+
+    def submit(self, grid: TileGrid, bbox, min_valid: float, limit: int, chunk: int, consumed: int) -> None:
+        """Submit scans, bounded: at most ``limit`` in flight, and scanned rows not yet handed to
+        a chunk under ``limit`` chunks."""
+        while (self.next_scan < len(self.units) and len(self.record_futures) < limit
+               and self.known_rows - consumed < limit * chunk):
+            source, zone = self.units[self.next_scan]
+            fut = self.client.submit(_scan_unit, source.name, source.describe(), grid, zone, bbox,
+                                     min_valid, pure=False)
+            self.scans[self.next_scan] = fut
+            self.record_futures[self.next_scan] = self.client.submit(_records_of, fut, pure=False)
+            self.next_scan += 1
+
+    def gather(self) -> None:
+        """Take in the records of finished scans, in unit order."""
+        while len(self.unit_rows) < self.next_scan and self.record_futures[len(self.unit_rows)].done():
+            u = len(self.unit_rows)
+            self.unit_rows.append(_result(self.record_futures.pop(u)))
+            self.starts.append(self.known_rows)
+            self.known_rows += len(self.unit_rows[u])
+
+    def pieces(self, lo: int, hi: int) -> tuple[list[tuple[int, int]], list, list[dict]]:
+        """Global rows lo..hi as slices of the units' pixels, the futures of those scans, and
+        the rows' records."""
+        pieces, futures, records = [], [], []
+        while self.starts[self.first] + len(self.unit_rows[self.first]) <= lo:
+            self.first += 1
+        for u in range(self.first, len(self.unit_rows)):
+            if self.starts[u] >= hi:
+                break
+            a, b = max(lo, self.starts[u]), min(hi, self.starts[u] + len(self.unit_rows[u]))
+            if a < b:
+                pieces.append((a - self.starts[u], b - self.starts[u]))
+                futures.append(self.scans[u])
+                records.extend(self.unit_rows[u][a - self.starts[u]:b - self.starts[u]])
+        return pieces, futures, records
+
+    def awaited(self) -> list:
+        """The future of the next unit's records, while one is awaited."""
+        return [self.record_futures[u] for u in sorted(self.record_futures)[:1]]
+
+
 def index_rasters_distributed(client, sources: list[RasterSource], out: str | Path, *,
                               size: int = 128, stride: int = 64, gsd: float | None = None,
                               zones: list[Zone] | None = None, bbox=None, bits: int | None = None,
@@ -239,35 +307,17 @@ def index_rasters_distributed(client, sources: list[RasterSource], out: str | Pa
     if build.finished(out, work):
         return out
     build.check_out(out, append, shards)
-    units = [(s, z) for s in sources for z in _zones_of(s, zones, bbox)]
+    scans = _Scans(client, [(s, z) for s in sources for z in _zones_of(s, zones, bbox)])
     limit = ahead or max(2, 2 * len(client.scheduler_info()["workers"]))
     chunk = build.CHUNK
-
-    scans: dict[int, object] = {}       # unit -> future of (records, pixels), until fully planned
-    record_futures: dict[int, object] = {}  # unit -> future of its records, until they arrive
-    unit_rows: list[list[dict]] = []    # records of the units known so far, in order
-    starts: list[int] = []              # global row of each known unit's first tile
-    known_rows = 0
-    next_scan = next_chunk = 0
+    next_chunk = 0
     encoding: dict[object, tuple[int, pd.DataFrame]] = {}
     done: dict[int, tuple[np.ndarray, pd.DataFrame]] = {}
     bar = tqdm(desc="tiling+encoding (dask)", unit="tile", disable=not progress, smoothing=0.05)
 
-    first = [0]  # first unit that may still hold rows of the next chunk
-
     def plan_chunk(i: int, lo: int, hi: int) -> None:
         """Chunk ``i`` = global rows lo..hi: reuse it from the work folder or submit it."""
-        pieces, futures, records = [], [], []
-        while starts[first[0]] + len(unit_rows[first[0]]) <= lo:
-            first[0] += 1
-        for u in range(first[0], len(unit_rows)):
-            if starts[u] >= hi:
-                break
-            a, b = max(lo, starts[u]), min(hi, starts[u] + len(unit_rows[u]))
-            if a < b:
-                pieces.append((a - starts[u], b - starts[u]))
-                futures.append(scans[u])
-                records.extend(unit_rows[u][a - starts[u]:b - starts[u]])
+        pieces, futures, records = scans.pieces(lo, hi)
         table = pd.DataFrame(records)
         finished = build.load_chunk(work, i, list(table["tile_id"]))
         if finished is not None:
@@ -278,23 +328,10 @@ def index_rasters_distributed(client, sources: list[RasterSource], out: str | Pa
 
     while True:
         consumed = next_chunk * chunk  # rows already handed to chunks
-        # units whose rows are all planned no longer need the client's reference to their pixels
-        for u in [u for u in scans if u < len(unit_rows) and starts[u] + len(unit_rows[u]) <= consumed]:
-            del scans[u]
-        # bounded: scans in flight, and scanned rows not yet handed to a chunk
-        while (next_scan < len(units) and len(record_futures) < limit
-               and known_rows - consumed < limit * chunk):
-            source, zone = units[next_scan]
-            fut = client.submit(_scan_unit, source.name, source.describe(), grid, zone, bbox,
-                                min_valid, pure=False)
-            scans[next_scan], record_futures[next_scan] = fut, client.submit(_records_of, fut, pure=False)
-            next_scan += 1
-        while len(unit_rows) < next_scan and record_futures[len(unit_rows)].done():
-            u = len(unit_rows)
-            unit_rows.append(_result(record_futures.pop(u)))
-            starts.append(known_rows)
-            known_rows += len(unit_rows[u])
-        all_known = len(unit_rows) == len(units)
+        scans.release(consumed)
+        scans.submit(grid, bbox, min_valid, limit, chunk, consumed)
+        scans.gather()
+        known_rows, all_known = scans.known_rows, scans.all_known
         while len(encoding) < limit and ((next_chunk + 1) * chunk <= known_rows
                                          or (all_known and next_chunk * chunk < known_rows)):
             plan_chunk(next_chunk, next_chunk * chunk, min(known_rows, (next_chunk + 1) * chunk))
@@ -302,7 +339,7 @@ def index_rasters_distributed(client, sources: list[RasterSource], out: str | Pa
         _collect_finished(encoding, work, done, bar)
         if all_known and next_chunk * chunk >= known_rows and not encoding:
             break
-        pending = list(encoding) + [record_futures[u] for u in sorted(record_futures)[:1]]
+        pending = list(encoding) + scans.awaited()
         if pending:
             _wait_any(pending)
     bar.close()
@@ -316,14 +353,15 @@ def index_images_distributed(client, root: str | Path, labels_csv: str | Path, o
                              split: str | None = None, image_size: int = 224, bits: int | None = None,
                              hash_path: str | None = None, encoder: EncoderSpec | None = None,
                              append: bool = False, source: str | None = None,
-                             shards: int | None = None, progress: bool = True) -> Path:
+                             shards: int | None = None, progress: bool = True,
+                             body: str | None = None) -> Path:
     """``build.index_images`` with the chunks encoded on the workers of ``client``."""
     out, root = Path(out), Path(root)
     build.check_out(out, append, shards, leftovers=True)
     encoder = encoder or EncoderSpec(image_size=image_size)
     backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
     records, work, info = build.image_plan(root, labels_csv, out, split=split, image_size=image_size,
-                                           backbone=backbone, source=source)
+                                           backbone=backbone, source=source, body=body)
     if build.finished(out, work):
         return out
     build.check_out(out, append, shards)

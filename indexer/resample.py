@@ -123,8 +123,45 @@ def _cells(positions, n):
     return cells, fractions
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _source_position(u, v, ky, kx, ky1, kx1, tx, ty, wrap, w):
+    """Source position (column, row) of an output pixel's centre, in pixel indices (centres at
+    integer + 0.5): the control cell's corners interpolated bilinearly at fraction (tx, ty)."""
+    u00, u01, u10, u11 = u[ky, kx], u[ky, kx1], u[ky1, kx], u[ky1, kx1]
+    v00, v01, v10, v11 = v[ky, kx], v[ky, kx1], v[ky1, kx], v[ky1, kx1]
+    if wrap:  # corners on the far side of the source's seam: move them a period over
+        u01 -= w * round((u01 - u00) / w)
+        u10 -= w * round((u10 - u00) / w)
+        u11 -= w * round((u11 - u00) / w)
+    su = (u00 * (1 - tx) + u01 * tx) * (1 - ty) + (u10 * (1 - tx) + u11 * tx) * ty - 0.5
+    sv = (v00 * (1 - tx) + v01 * tx) * (1 - ty) + (v10 * (1 - tx) + v11 * tx) * ty - 0.5
+    return su, sv
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _bilinear(image, su, sv, half, out, out_valid, i, j):
+    """Plain bilinear interpolation of output pixel (i, j) at source position (su, sv); False,
+    with nothing written, when its four taps are not all inside the image."""
+    h, w = image.shape[1:]
+    c, r = int(math.floor(su)), int(math.floor(sv))
+    if not (c >= 0 and r >= 0 and c + 1 < w and r + 1 < h):
+        return False
+    fx, fy = su - c, sv - r
+    w00, w01 = (1.0 - fx) * (1.0 - fy), fx * (1.0 - fy)
+    w10, w11 = (1.0 - fx) * fy, fx * fy
+    uc, ur = np.uint64(c), np.uint64(r)
+    uc1, ur1 = np.uint64(c + 1), np.uint64(r + 1)
+    for b in range(3):
+        out[i, j, b] = (w00 * image[b, ur, uc] + w01 * image[b, ur, uc1]
+                        + w10 * image[b, ur1, uc] + w11 * image[b, ur1, uc1] + half)
+    out_valid[i, j] = True
+    return True
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, half, spans, out, out_valid):
+    """The kernel of :func:`resample`: every output pixel within ``spans``, bilinear where the
+    output is as fine as the source and no mask or seam is involved, else tent-filtered."""
     h, w = image.shape[1:]
     height, width = out_valid.shape
     kxs, txs = _cells(gx, width)
@@ -136,29 +173,10 @@ def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, hal
         ky1 = ky + ny1
         for j in range(spans[i, 0], spans[i, 1]):
             kx, tx = kxs[j], txs[j]
-            kx1 = kx + nx1
-            u00, u01, u10, u11 = u[ky, kx], u[ky, kx1], u[ky1, kx], u[ky1, kx1]
-            v00, v01, v10, v11 = v[ky, kx], v[ky, kx1], v[ky1, kx], v[ky1, kx1]
-            if wrap:  # corners on the far side of the source's seam: move them a period over
-                u01 -= w * round((u01 - u00) / w)
-                u10 -= w * round((u10 - u00) / w)
-                u11 -= w * round((u11 - u00) / w)
-            # source position of the pixel's centre, in pixel indices (centres at integer + 0.5)
-            su = (u00 * (1 - tx) + u01 * tx) * (1 - ty) + (u10 * (1 - tx) + u11 * tx) * ty - 0.5
-            sv = (v00 * (1 - tx) + v01 * tx) * (1 - ty) + (v10 * (1 - tx) + v11 * tx) * ty - 0.5
+            su, sv = _source_position(u, v, ky, kx, ky1, kx + nx1, tx, ty, wrap, w)
             ru, rv = radius_u[ky, kx], radius_v[ky, kx]
             if ru == 1.0 and rv == 1.0 and not use_mask and not wrap:  # plain bilinear
-                c, r = int(math.floor(su)), int(math.floor(sv))
-                if c >= 0 and r >= 0 and c + 1 < w and r + 1 < h:
-                    fx, fy = su - c, sv - r
-                    w00, w01 = (1.0 - fx) * (1.0 - fy), fx * (1.0 - fy)
-                    w10, w11 = (1.0 - fx) * fy, fx * fy
-                    uc, ur = np.uint64(c), np.uint64(r)
-                    uc1, ur1 = np.uint64(c + 1), np.uint64(r + 1)
-                    for b in range(3):
-                        out[i, j, b] = (w00 * image[b, ur, uc] + w01 * image[b, ur, uc1]
-                                        + w10 * image[b, ur1, uc] + w11 * image[b, ur1, uc1] + half)
-                    out_valid[i, j] = True
+                if _bilinear(image, su, sv, half, out, out_valid, i, j):
                     continue
             c0, c1 = int(math.floor(su - ru)) + 1, int(math.ceil(su + ru)) - 1
             r0, r1 = int(math.floor(sv - rv)) + 1, int(math.ceil(sv + rv)) - 1

@@ -295,7 +295,7 @@ class RasterSource:
             raise OptionError(f"tiles of {grid.gsd:g} m per pixel would be more than {MAX_UPSAMPLING} "
                               f"times finer than {self.name} ({self.native_gsd:g} m per pixel); "
                               "choose a coarser --gsd")
-        self._check_holds_a_tile(grid, min_valid)
+        self.check_holds_a_tile(grid, min_valid)
         west, south, east, north = self.lonlat_bounds
         lon_range = None
         if bbox is not None:
@@ -321,7 +321,7 @@ class RasterSource:
             raise SourceError(f"cannot read raster {self.path} (a damaged or truncated file?): "
                               f"{detail}") from None
 
-    def _check_holds_a_tile(self, grid: TileGrid, min_valid: float) -> None:
+    def check_holds_a_tile(self, grid: TileGrid, min_valid: float) -> None:
         """A raster too small to fill ``min_valid`` of one tile at the grid's resolution is an
         error, not an index with no tiles."""
         scale = self.native_gsd / grid.gsd

@@ -295,6 +295,110 @@ def _generation(path: Path, generation: int):
         raise
 
 
+@dataclass
+class _Next:
+    """The next generation of an index being written: all its codes and tiles, the manifest
+    so far and, from the index appended to, what carries over (hash file, landmarks,
+    thumbnails, approximate index)."""
+
+    codes: np.ndarray
+    tiles: pd.DataFrame
+    manifest: dict
+    generation: int
+    hash_entry: dict | None = None
+    landmarks: pd.DataFrame | None = None
+    old_thumbs: Path | None = None
+    ann: BinaryANN | None = None
+
+
+def _check_rows(codes: np.ndarray, tiles: pd.DataFrame, bits: int) -> np.ndarray:
+    """The new codes as contiguous bytes, after checking them against ``bits`` and ``tiles``
+    and the new tile ids for repeats."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim != 2 or codes.shape[1] * 8 != bits:
+        raise CodeLengthError(f"codes of shape {codes.shape} are not {bits}-bit codes")
+    if len(codes) != len(tiles):
+        raise LookalikeError(f"{len(codes)} codes but {len(tiles)} tile rows")
+    return codes
+
+
+def _check_unique_ids(tiles: pd.DataFrame) -> None:
+    """Reject new tiles that share a tile id."""
+    if "tile_id" in tiles:
+        repeated = tiles["tile_id"][tiles["tile_id"].duplicated()]
+        if len(repeated):
+            raise LookalikeError(f"{repeated.nunique()} tile id(s) occur more than once among the "
+                                 f"new tiles, e.g. {repeated.iloc[0]}; tile ids must be unique "
+                                 "(do two sources share one --name?)")
+
+
+def _next_of_existing(path: Path, codes: np.ndarray, tiles: pd.DataFrame, bits: int, info: dict) -> _Next:
+    """The generation after the index at ``path`` with the new rows appended; ``sources`` in
+    ``info`` are merged by name into the index's own."""
+    old = open_index(path)
+    if old.bits != bits:
+        raise CodeLengthError(f"index {path} holds {old.bits}-bit codes; cannot append {bits}-bit codes")
+    clash = set(tiles["tile_id"]) & set(old.tiles["tile_id"])
+    if clash:
+        raise LookalikeError(f"{len(clash)} tile id(s) are already in {path}, e.g. "
+                             f"{sorted(clash)[0]}; was this scene indexed before?")
+    codes = np.concatenate([np.asarray(old.codes), codes])
+    tiles = pd.concat([old.tiles, tiles], ignore_index=True)
+    manifest = dict(old.manifest)
+    sources = dict(manifest.get("sources", {}))
+    sources.update(info.pop("sources", {}))
+    manifest.update(info, sources=sources)
+    after = _Next(codes, tiles, manifest, int(manifest["generation"]) + 1, manifest["files"]["hash"])
+    if old.landmarks is not None:  # appended tiles have no landmarks yet: keep the old ones
+        after.landmarks = old.landmarks
+    if "thumbs" in old.manifest["files"]:
+        after.old_thumbs = path / old.manifest["files"]["thumbs"]["name"]
+    after.ann = old.ann()
+    if after.ann is not None:  # the graph grows with the codes; its recall is measured again later
+        after.ann.add(codes[old.n:], progress=True)
+        manifest["ann"] = dict(manifest["ann"], calibration=None)
+    return after
+
+
+def _first_generation(path: Path, codes: np.ndarray, tiles: pd.DataFrame, info: dict,
+                      hash_model: bytes | None) -> _Next:
+    """Generation 1 of a new index at ``path`` (its folder made), refusing to overwrite one."""
+    if (path / MANIFEST).exists():
+        raise LookalikeError(f"{path} already holds an index; use --append to add to it "
+                             "or choose another --out")
+    if hash_model is None:
+        raise LookalikeError("a new index needs its hash model")
+    path.mkdir(parents=True, exist_ok=True)
+    return _Next(codes, tiles, dict(info, created=_now()), 1)
+
+
+def _write_generation(path: Path, after: _Next, hash_model: bytes | None,
+                      thumbs: Iterable[bytes] | None) -> dict:
+    """Write the files of the generation ``after`` (the hash model only for a new index, the
+    thumbnails only when every row has one); returns their manifest entries."""
+    generation, codes, tiles, landmarks = after.generation, after.codes, after.tiles, after.landmarks
+    hash_entry = after.hash_entry
+    if hash_entry is None:
+        hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
+    files = dict(
+        codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
+        tiles=_write_file(path, f"tiles-{generation:06d}.parquet",
+                          lambda p: tiles.to_parquet(p, index=False)),
+        hash=hash_entry,
+    )
+    if landmarks is not None:
+        files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
+                                         lambda p: landmarks.to_parquet(p, index=False))
+    if thumbs is not None and (generation == 1 or after.old_thumbs is not None):
+        old_thumbs = after.old_thumbs
+        every = itertools.chain(iter_thumbnails([old_thumbs]) if old_thumbs else (), thumbs)
+        files["thumbs"] = _write_file(path, f"thumbs-{generation:06d}.bin",
+                                      lambda p: _check_count(write_thumbnails(p, every), len(codes)))
+    if after.ann is not None:
+        files["ann"] = _write_file(path, f"ann-{generation:06d}{after.ann.suffix}", after.ann.save)
+    return files
+
+
 def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bits: int,
                 hash_model: bytes | None = None, info: dict | None = None,
                 append: bool = False, thumbs: Iterable[bytes] | None = None) -> Path:
@@ -307,76 +411,21 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
     only when the index had them too; otherwise thumbnails are rendered from the sources).
     """
     path = Path(path)
-    landmarks = ann = old_thumbs = None
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if codes.ndim != 2 or codes.shape[1] * 8 != bits:
-        raise CodeLengthError(f"codes of shape {codes.shape} are not {bits}-bit codes")
-    if len(codes) != len(tiles):
-        raise LookalikeError(f"{len(codes)} codes but {len(tiles)} tile rows")
+    codes = _check_rows(codes, tiles, bits)
     info = dict(info or {})
-    if "tile_id" in tiles:
-        repeated = tiles["tile_id"][tiles["tile_id"].duplicated()]
-        if len(repeated):
-            raise LookalikeError(f"{repeated.nunique()} tile id(s) occur more than once among the "
-                                 f"new tiles, e.g. {repeated.iloc[0]}; tile ids must be unique "
-                                 "(do two sources share one --name?)")
+    _check_unique_ids(tiles)
     if append and (path / MANIFEST).exists():
-        old = open_index(path)
-        if old.bits != bits:
-            raise CodeLengthError(f"index {path} holds {old.bits}-bit codes; cannot append {bits}-bit codes")
-        clash = set(tiles["tile_id"]) & set(old.tiles["tile_id"])
-        if clash:
-            raise LookalikeError(f"{len(clash)} tile id(s) are already in {path}, e.g. "
-                                 f"{sorted(clash)[0]}; was this scene indexed before?")
-        codes = np.concatenate([np.asarray(old.codes), codes])
-        tiles = pd.concat([old.tiles, tiles], ignore_index=True)
-        manifest = dict(old.manifest)
-        sources = dict(manifest.get("sources", {}))
-        sources.update(info.pop("sources", {}))
-        manifest.update(info, sources=sources)
-        generation = int(manifest["generation"]) + 1
-        hash_entry = manifest["files"]["hash"]
-        if old.landmarks is not None:  # appended tiles have no landmarks yet: keep the old ones
-            landmarks = old.landmarks
-        if "thumbs" in old.manifest["files"]:
-            old_thumbs = path / old.manifest["files"]["thumbs"]["name"]
-        ann = old.ann()
-        if ann is not None:  # the graph grows with the codes; its recall is measured again later
-            ann.add(codes[old.n:], progress=True)
-            manifest["ann"] = dict(manifest["ann"], calibration=None)
+        after = _next_of_existing(path, codes, tiles, bits, info)
     else:
-        if (path / MANIFEST).exists():
-            raise LookalikeError(f"{path} already holds an index; use --append to add to it "
-                                 "or choose another --out")
-        if hash_model is None:
-            raise LookalikeError("a new index needs its hash model")
-        path.mkdir(parents=True, exist_ok=True)
-        generation = 1
-        manifest = dict(info, created=_now())
-        hash_entry = None
-    tiles = tiles.reset_index(drop=True)
-    with _generation(path, generation):
-        if hash_entry is None:
-            hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
-        files = dict(
-            codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
-            tiles=_write_file(path, f"tiles-{generation:06d}.parquet",
-                              lambda p: tiles.to_parquet(p, index=False)),
-            hash=hash_entry,
-        )
-        if landmarks is not None:
-            files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
-                                             lambda p: landmarks.to_parquet(p, index=False))
-        if thumbs is not None and (generation == 1 or old_thumbs is not None):
-            every = itertools.chain(iter_thumbnails([old_thumbs]) if old_thumbs else (), thumbs)
-            files["thumbs"] = _write_file(path, f"thumbs-{generation:06d}.bin",
-                                          lambda p: _check_count(write_thumbnails(p, every), len(codes)))
-        if ann is not None:
-            files["ann"] = _write_file(path, f"ann-{generation:06d}{ann.suffix}", ann.save)
-        else:
+        after = _first_generation(path, codes, tiles, info, hash_model)
+    after.tiles = after.tiles.reset_index(drop=True)
+    manifest = after.manifest
+    with _generation(path, after.generation):
+        files = _write_generation(path, after, hash_model, thumbs)
+        if after.ann is None:
             manifest.pop("ann", None)
-        manifest.update(format_version=FORMAT_VERSION, generation=generation, bits=bits,
-                        count=len(codes), updated=_now(), files=files)
+        manifest.update(format_version=FORMAT_VERSION, generation=after.generation, bits=bits,
+                        count=len(after.codes), updated=_now(), files=files)
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)
     return path

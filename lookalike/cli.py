@@ -39,6 +39,8 @@ def cmd_index(args) -> None:
     out = build_index(args.out, rasters=args.rasters, images=args.images, labels=args.labels,
                       split=args.split, image_size=args.image_size, name=args.name, crs=args.crs,
                       bounds=args.bounds, bands=args.bands or None, time=args.time,
+                      stacks=args.stack, body=args.body, time_from_name=args.time_from_name,
+                      times_csv=args.times,
                       tile_size=args.tile_size, stride=args.stride, gsd=args.gsd, zones=args.zones,
                       bbox=args.bbox, min_valid=args.min_valid, hash_path=args.hash, bits=args.bits,
                       backbone=args.backbone, weights=args.weights, batch_size=args.batch_size,
@@ -245,6 +247,7 @@ def _index_parser(sub) -> None:
     i.add_argument("--name", help="source name (default: file stem)")
     opts.add_georeference(i, "CRS for rasters that lack one, e.g. EPSG:4326 or IAU_2015:49900")
     i.add_argument("--bands", type=opts.bands, help="1-based bands to use as RGB, e.g. 4,3,2")
+    opts.add_products(i)
     opts.add_tiling(i, "only these zones, e.g. 33N,34N",
                     "only tiles centred in west,south,east,north (degrees)")
     i.add_argument("--min-valid", type=opts.unit_interval, default=0.5,

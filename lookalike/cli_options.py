@@ -174,6 +174,20 @@ def add_georeference(p: argparse.ArgumentParser, crs_help: str, time: bool = Tru
         p.add_argument("--time", help=TIME_HELP)
 
 
+def add_products(p: argparse.ArgumentParser) -> None:
+    """What a product's files do not say alone: --stack, --body, --time-from-name, --times."""
+    p.add_argument("--stack", type=words, action="append", metavar="FILE,FILE[,...]",
+                   help="separate band files indexed as ONE source, bands in the order given (e.g. "
+                        "Sentinel-2 s2_B04.jp2,s2_B03.jp2,s2_B02.jp2 for true colour); repeat for more")
+    p.add_argument("--body", help="the body the rasters lie on (default: from their CRS: earth, mars, "
+                                  "moon, ...)")
+    p.add_argument("--time-from-name", metavar="REGEX",
+                   help="acquisition time from each file name: the regex's group 'time' (or its first "
+                        "group), e.g. '_(\\d{8})\\.tif$' (NAIP names and HiRISE ids need no option)")
+    p.add_argument("--times", metavar="CSV", help="acquisition times from a CSV of source,time (source: "
+                                                  "the file name)")
+
+
 def add_tiling(p: argparse.ArgumentParser, zones_help: str | None = None,
                bbox_help: str | None = None) -> None:
     """How rasters are cut into tiles: --tile-size, --stride, --gsd, --zones, --bbox."""

@@ -239,6 +239,70 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _check_activations(activations: np.ndarray, ids: np.ndarray, cfg: FinetuneConfig) -> None:
+    """Reject activations that are not (N, views, C, H, W) for the ``ids``, or no epochs or batch."""
+    if activations.ndim != 5 or len(activations) != len(ids):
+        raise ModelError(f"expected (N, views, C, H, W) activations for {len(ids)} images, "
+                         f"got shape {activations.shape}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ModelError("epochs and batch size must be at least 1")
+
+
+def _optimizer(model: TailClassifier, cfg: FinetuneConfig,
+               total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW over the tail and the head (each its own learning rate) and its one-cycle schedule
+    over ``total`` steps."""
+    opt = torch.optim.AdamW([
+        dict(params=model.tail.parameters(), lr=cfg.lr_tail),
+        dict(params=model.head.parameters(), lr=cfg.lr_head)], weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_tail, cfg.lr_head], total_steps=total,
+                                                pct_start=_warm_up_share(total))
+    return opt, sched
+
+
+def _resume(checkpoint: Path | None, fingerprint: str, model: TailClassifier, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.OneCycleLR) -> tuple[list[float], int, float]:
+    """Load the model, optimizer and schedule of a matching checkpoint, if there is one; returns
+    the losses so far, the epochs done and the seconds they took (none without one)."""
+    if (state := _load_checkpoint(checkpoint, fingerprint)) is None:
+        return [], 0, 0.0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["schedule"])
+    return state["losses"].tolist(), int(state["epoch"]), float(state["seconds"])
+
+
+def _one_epoch(model: TailClassifier, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.OneCycleLR,
+               loss_fn: nn.Module, activations: np.ndarray, p: np.ndarray, y_all: torch.Tensor,
+               cfg: FinetuneConfig, epoch: int, steps: int, losses: list[float], bar) -> None:
+    """``steps`` optimizer steps of epoch ``epoch``, drawn from its own seed; the losses are
+    appended to ``losses``."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout's draws, per epoch too
+    n_views = activations.shape[1]
+    for _ in range(steps):
+        rows = rng.choice(len(y_all), cfg.batch_size, p=p)
+        views = rng.integers(n_views, size=cfg.batch_size)
+        x = torch.from_numpy(np.asarray(activations[rows, views], dtype=np.float32))
+        loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y_all[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.update()
+        bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
+
+
+def _round_as_stored(model: TailClassifier, backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
+    """Make the weights behave as stored: round the tail and the head through their file types;
+    returns the tail as stored (``round_tail``)."""
+    stored = round_tail(backbone, cut)
+    with torch.no_grad():
+        model.head.weight.copy_(model.head.weight.half().float())
+    return stored
+
+
 def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone,
                   config: FinetuneConfig | None = None, progress: bool = True,
                   checkpoint: str | Path | None = None) -> tuple[TailClassifier, dict]:
@@ -259,53 +323,25 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     cfg = config or FinetuneConfig()
     if cfg.cut is None:
         cfg = replace(cfg, cut=default_cut(backbone))
-    if activations.ndim != 5 or len(activations) != len(ids):
-        raise ModelError(f"expected (N, views, C, H, W) activations for {len(ids)} images, "
-                         f"got shape {activations.shape}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ModelError("epochs and batch size must be at least 1")
+    _check_activations(activations, ids, cfg)
     fingerprint = _fingerprint(activations, ids, n_classes, backbone, cfg)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     torch.manual_seed(cfg.seed)
     model = TailClassifier(backbone, cfg.cut, n_classes, cfg.dropout)
-    opt = torch.optim.AdamW([
-        dict(params=model.tail.parameters(), lr=cfg.lr_tail),
-        dict(params=model.head.parameters(), lr=cfg.lr_head)], weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(ids) / cfg.batch_size)))
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_tail, cfg.lr_head], total_steps=total,
-                                                pct_start=_warm_up_share(total))
-    losses: list[float] = []
-    first_epoch, seconds_before = 0, 0.0
-    if (state := _load_checkpoint(checkpoint, fingerprint)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        losses = state["losses"].tolist()
-        first_epoch, seconds_before = int(state["epoch"]), float(state["seconds"])
+    opt, sched = _optimizer(model, cfg, total)
+    losses, first_epoch, seconds_before = _resume(checkpoint, fingerprint, model, opt, sched)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     p = sampling_weights(np.asarray(ids), n_classes, cfg.balance)
     y_all = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-    n_views = activations.shape[1]
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc="fine-tuning", unit="step",
                disable=not progress)
     for epoch in range(first_epoch, cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout's draws, per epoch too
-        for _ in range(steps_per_epoch):
-            rows = rng.choice(len(ids), cfg.batch_size, p=p)
-            views = rng.integers(n_views, size=cfg.batch_size)
-            x = torch.from_numpy(np.asarray(activations[rows, views], dtype=np.float32))
-            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y_all[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
+        _one_epoch(model, opt, sched, loss_fn, activations, p, y_all, cfg, epoch, steps_per_epoch, losses,
+                   bar)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, dict(
                 fingerprint=fingerprint, epoch=epoch + 1, seconds=seconds_before + time.perf_counter() - t0,
@@ -313,10 +349,7 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
                 losses=torch.tensor(losses, dtype=torch.float64)))
     bar.close()
     model.eval()
-    # the weights behave as stored: round the tail and the head through their file types
-    stored = round_tail(backbone, cfg.cut)
-    with torch.no_grad():
-        model.head.weight.copy_(model.head.weight.half().float())
+    stored = _round_as_stored(model, backbone, cfg.cut)
     curve = [float(np.mean(losses[i:i + steps_per_epoch])) for i in range(0, total, steps_per_epoch)]
     return model, dict(steps=total, seconds=seconds_before + time.perf_counter() - t0, loss_per_epoch=curve,
                        resumed_after_epoch=first_epoch, tail=stored)

@@ -11,6 +11,7 @@ Each adds ``push_weight * push_loss + balance_weight * balance_loss`` on the cod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -99,8 +100,9 @@ def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
         torch.set_num_threads(threads)
 
 
-def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: bool,
-           target: np.ndarray | None) -> NetworkHash:
+def _check_method(cfg: TrainConfig, labels: np.ndarray | None,
+                  views: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Reject an unknown method, a method without the data it needs, or an unusable code length."""
     if cfg.method not in METHODS:
         raise LookalikeError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.method in SUPERVISED and labels is None:
@@ -109,20 +111,15 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         raise LookalikeError("mirs-ntxent needs features of two augmented views of each item")
     if cfg.bits <= 0 or cfg.bits % 8 or cfg.bits > MAX_BITS:
         raise LookalikeError(f"bits must be a positive multiple of 8 up to {MAX_BITS}, got {cfg.bits}")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    x = np.asarray(features, dtype=np.float32)
-    # features (near) constant in training carry nothing learnable: an infinite std gives them
-    # zero weight, where 1/std would blow up the few non-zero values unseen images have there
-    mean, std = x.mean(0), x.std(0)
-    std = np.where(std > 1e-4, std, np.inf).astype(np.float32)
-    norm = lambda a: torch.from_numpy((np.asarray(a, np.float32) - mean) / std)  # noqa: E731
-    xt = norm(x)
-    class_ids = None
-    if labels is not None:
-        classes, class_ids = np.unique(np.asarray(labels), return_inverse=True)
+
+
+def _make_head(cfg: TrainConfig, x: np.ndarray, class_ids: np.ndarray | None,
+               n_classes: int | None) -> tuple[nn.Module, nn.Module | None, torch.Tensor | None]:
+    """The head of ``cfg.method`` for features ``x``, its loss module (triplets or contrastive
+    pairs, else None) and, for inter-class triplets, each item's class-standardised cluster."""
     dim = x.shape[1]
     extra: nn.Module | None = None
+    clusters = None
     if cfg.method in ("mirs-triplet", "mirs-ntxent"):
         head: nn.Module = MIRSHead(dim, cfg.bits)
         if cfg.method == "mirs-triplet":
@@ -132,57 +129,121 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
                     x, class_ids, cfg.inter_class_clusters, cfg.seed))
         else:
             extra = ContrastivePairs(cfg.bits, temperature=cfg.temperature)
-            va, vb = norm(views[0]), norm(views[1])
     elif cfg.method == "descartes-classifier":
-        head = NoisyClassifierHead(dim, len(classes), cfg.bits)
+        head = NoisyClassifierHead(dim, n_classes, cfg.bits)
     else:
         head = AutoencoderHead(dim, cfg.bits)
-    whitening = None
-    if cfg.whiten_group:
-        if cfg.method not in ("mirs-triplet", "mirs-ntxent"):
-            raise LookalikeError("domain-specific whitening is an option of the MIRS heads")
-        if target is None or len(target) < 2:
-            raise LookalikeError("domain-specific whitening needs target-domain features")
-        whitening = GroupWhitening(dim, cfg.whiten_group)
-        tt = norm(target)
-    code = (lambda v, domain=SOURCE: head(whitening(v, domain))) if whitening else head  # noqa: E731
+    return head, extra, clusters
+
+
+def _make_whitening(cfg: TrainConfig, dim: int, target: np.ndarray | None,
+                    norm: Callable[[np.ndarray], torch.Tensor],
+                    ) -> tuple[GroupWhitening | None, torch.Tensor | None]:
+    """The domain-specific group whitening ``cfg.whiten_group`` asks for (None for 0) and the
+    standardised target-domain features it is trained on; it needs a MIRS head and ``target``."""
+    if not cfg.whiten_group:
+        return None, None
+    if cfg.method not in ("mirs-triplet", "mirs-ntxent"):
+        raise LookalikeError("domain-specific whitening is an option of the MIRS heads")
+    if target is None or len(target) < 2:
+        raise LookalikeError("domain-specific whitening needs target-domain features")
+    return GroupWhitening(dim, cfg.whiten_group), norm(target)
+
+
+@dataclass
+class _Trainee:
+    """A head in training and what its batches are drawn from: the standardised features (and
+    augmented views, target-domain features), class ids and inter-class clusters."""
+
+    cfg: TrainConfig
+    head: nn.Module
+    extra: nn.Module | None
+    xt: torch.Tensor
+    yt: torch.Tensor | None
+    views: tuple[torch.Tensor, torch.Tensor] | None
+    clusters: torch.Tensor | None
+    whitening: GroupWhitening | None
+    target: torch.Tensor | None
+
+    def code(self, v: torch.Tensor, domain: int = SOURCE) -> torch.Tensor:
+        """The head's relaxed code of ``v``, whitened for its domain first when whitening."""
+        return self.head(self.whitening(v, domain)) if self.whitening else self.head(v)
+
+
+def _batch_loss(t: _Trainee, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """The loss of one batch of rows ``idx``: the method's own, plus push and balance on the
+    code and, with whitening, the code entropy of as many target items."""
+    cfg, extra, xt, yt = t.cfg, t.extra, t.xt, t.yt
+    idx_t = torch.from_numpy(idx)
+    if cfg.method == "mirs-ntxent":
+        # (original, augmented) pairs, the augmented view drawn from the cached ones
+        va, vb = t.views
+        pick = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        augmented = torch.where(pick[:, None], va[idx_t], vb[idx_t])
+        p_a, p_b = t.code(xt[idx_t]), t.code(augmented)
+        loss = extra(p_a, p_b)
+        p = torch.cat([p_a, p_b])
+    else:
+        p = t.code(xt[idx_t])
+        if cfg.method == "mirs-triplet":
+            loss = extra(p, yt[idx_t])
+            if cfg.inter_class_weight:
+                triplets = inter_class_triplets(yt[idx_t], t.clusters[idx_t])
+                if len(triplets[0]):
+                    loss = loss + cfg.inter_class_weight * extra(p, yt[idx_t], triplets)
+        elif cfg.method == "descartes-classifier":
+            loss = nn.functional.cross_entropy(t.head.classifier(p), yt[idx_t])
+        else:
+            loss = nn.functional.mse_loss(t.head.reconstruct(p), xt[idx_t])
+    loss = loss + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)
+    if t.whitening is not None:
+        p_t = t.code(t.target[torch.from_numpy(rng.integers(0, len(t.target), len(idx)))], TARGET)
+        loss = loss + cfg.entropy_weight * binary_entropy(p_t)
+    return loss
+
+
+def _one_epoch(t: _Trainee, class_ids: np.ndarray | None, opt: torch.optim.Optimizer,
+               rng: np.random.Generator) -> torch.Tensor:
+    """One pass over the items in batches (class-balanced for triplets); returns the last loss."""
+    t.head.train()
+    cfg = t.cfg
+    batch_labels = class_ids if cfg.method == "mirs-triplet" else None
+    batch_size = cfg.batch_size or (96 if cfg.method == "mirs-triplet" else 256)
+    for idx in _batches(len(t.xt), batch_labels, batch_size, rng):
+        loss = _batch_loss(t, idx, rng)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss
+
+
+def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: bool,
+           target: np.ndarray | None) -> NetworkHash:
+    """``train_hash`` with a full configuration, torch's threads left to the caller."""
+    _check_method(cfg, labels, views)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x = np.asarray(features, dtype=np.float32)
+    # features (near) constant in training carry nothing learnable: an infinite std gives them
+    # zero weight, where 1/std would blow up the few non-zero values unseen images have there
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-4, std, np.inf).astype(np.float32)
+    norm = lambda a: torch.from_numpy((np.asarray(a, np.float32) - mean) / std)  # noqa: E731
+    xt = norm(x)
+    classes = class_ids = None
+    if labels is not None:
+        classes, class_ids = np.unique(np.asarray(labels), return_inverse=True)
+    head, extra, clusters = _make_head(cfg, x, class_ids, None if classes is None else len(classes))
+    paired = (norm(views[0]), norm(views[1])) if cfg.method == "mirs-ntxent" else None
+    whitening, tt = _make_whitening(cfg, x.shape[1], target, norm)
     params = list(head.parameters()) + (list(extra.parameters()) if extra is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     yt = torch.from_numpy(class_ids) if class_ids is not None else None
+    trainee = _Trainee(cfg, head, extra, xt, yt, paired, clusters, whitening, tt)
     bar = tqdm(range(cfg.epochs), desc=f"training {cfg.method}", unit="epoch", disable=not progress)
     for _ in bar:
-        head.train()
-        batch_labels = class_ids if cfg.method == "mirs-triplet" else None
-        batch_size = cfg.batch_size or (96 if cfg.method == "mirs-triplet" else 256)
-        for idx in _batches(len(x), batch_labels, batch_size, rng):
-            idx_t = torch.from_numpy(idx)
-            if cfg.method == "mirs-ntxent":
-                # (original, augmented) pairs, the augmented view drawn from the cached ones
-                pick = torch.from_numpy(rng.random(len(idx)) < 0.5)
-                augmented = torch.where(pick[:, None], va[idx_t], vb[idx_t])
-                p_a, p_b = code(xt[idx_t]), code(augmented)
-                loss = extra(p_a, p_b)
-                p = torch.cat([p_a, p_b])
-            else:
-                p = code(xt[idx_t])
-                if cfg.method == "mirs-triplet":
-                    loss = extra(p, yt[idx_t])
-                    if cfg.inter_class_weight:
-                        triplets = inter_class_triplets(yt[idx_t], clusters[idx_t])
-                        if len(triplets[0]):
-                            loss = loss + cfg.inter_class_weight * extra(p, yt[idx_t], triplets)
-                elif cfg.method == "descartes-classifier":
-                    loss = nn.functional.cross_entropy(head.classifier(p), yt[idx_t])
-                else:
-                    loss = nn.functional.mse_loss(head.reconstruct(p), xt[idx_t])
-            loss = loss + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)
-            if whitening is not None:
-                p_t = code(tt[torch.from_numpy(rng.integers(0, len(tt), len(idx)))], TARGET)
-                loss = loss + cfg.entropy_weight * binary_entropy(p_t)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        loss = _one_epoch(trainee, class_ids, opt, rng)
         sched.step()
         bar.set_postfix(loss=float(loss.detach()))
     return export_head(head, mean, std, cfg, backbone, n_train=len(x),

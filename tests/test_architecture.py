@@ -8,6 +8,7 @@ upward import must break them (so the check cannot pass vacuously).
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -75,9 +76,16 @@ def test_every_package_is_listed_and_mapped():
     """A folder with an __init__.py that pyproject does not list would be left out of the wheel;
     data packages (shipped files, no Python) are listed with their package data."""
     setup = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]
-    data_packages = set(setup["package-data"])
-    listed = set(setup["packages"]) - data_packages
     mapping = setup.get("package-dir", {})
+
+    def folder(package: str) -> Path:
+        root = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len, default=None)
+        if root is None:
+            return ROOT / package.replace(".", "/")
+        return ROOT / mapping[root] / package[len(root):].lstrip(".").replace(".", "/")
+
+    data_packages = {p for p in setup["package-data"] if not (folder(p) / "__init__.py").is_file()}
+    listed = set(setup["packages"]) - data_packages
     found = {"lookalike." + p.parent.relative_to(ROOT / "lookalike").as_posix().replace("/", ".")
              for p in (ROOT / "lookalike").glob("*/__init__.py")} | {"lookalike"}
     for package, folder in mapping.items():
@@ -86,3 +94,33 @@ def test_every_package_is_listed_and_mapped():
                              if p.parent != ROOT / folder else "")
                   for p in (ROOT / folder).rglob("__init__.py")}
     assert found == listed
+
+
+SOURCE_FOLDERS = ("explorer", "indexer", "models", "data", "lookalike")
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+
+
+def _python_files() -> list[Path]:
+    return sorted(p for folder in SOURCE_FOLDERS for p in (ROOT / folder).rglob("*.py"))
+
+
+def test_modules_and_functions_stay_small():
+    """No module of 600 lines or more, and no function (nested ones counted in their parent)
+    over 80 lines, from ``def`` to its last line."""
+    files = _python_files()
+    assert files, "no Python files found in the source folders"
+    offenders = []
+    for path in files:
+        source = path.read_text(encoding="utf-8")
+        where = path.relative_to(ROOT).as_posix()
+        lines = len(source.splitlines())
+        if lines >= MAX_MODULE_LINES:
+            offenders.append(f"{where}: module of {lines} lines (limit: under {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(source, filename=where)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    offenders.append(f"{where}:{node.lineno}: {node.name} is {length} lines "
+                                     f"(limit: {MAX_FUNCTION_LINES})")
+    assert not offenders, "too large:\n" + "\n".join(offenders)

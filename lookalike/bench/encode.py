@@ -87,22 +87,10 @@ def _encoder_path(backbone: Backbone, size: int, batch_size: int,
     return enc.features, time.perf_counter() - t0, enc
 
 
-def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_sizes: tuple[int, ...] = (16, 32, 128),
-                 compile: bool = True, int8: bool = True, jit: bool = True,
-                 backbone: Backbone | None = None) -> dict:
-    """Time every candidate path on the same ``n`` tiles; eager NCHW fp32 is the reference.
-    The multilevel feature (``--backbone efficientnet_lite0_multilevel``) is timed on the default
-    path beside the default backbone, one view each."""
-
-    tiles, what = sample_tiles(n)
-    size = tiles.shape[1]
-    backbone = backbone or create_backbone()
-    # a copy: Module.to(memory_format=...) converts in place, and the caller's backbone stays as is
-    # runtimes are compared one pass per tile; the cost of more views is timed after
-    eager = Encoder(copy.deepcopy(backbone), batch_size=batch_size, optimize=False, device="cpu", runtime="torch",
-                    views=1)
-    eager.model = eager.model.to(memory_format=torch.contiguous_format)
-    default = Encoder(backbone, batch_size=batch_size, views=1)
+def _candidate_paths(backbone: Backbone, eager: Encoder, default: Encoder, size: int, batch_size: int,
+                     batch_sizes: tuple[int, ...], compile: bool, int8: bool, jit: bool) -> dict[str, dict]:
+    """Set up every candidate path: ``run``, ``setup_s`` and ``what`` each, or ``error`` where a
+    path cannot run here (reported, not fatal)."""
     paths: dict[str, dict] = {}
 
     def add(name: str, what: str, make: Callable[[], tuple]) -> None:
@@ -116,9 +104,11 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
     add("torch", "BatchNorm folded, channels_last, inference_mode",
         lambda: _encoder_path(backbone, size, batch_size, device="cpu", runtime="torch"))
     if jit:
-        add("torch-jit", "torch.jit trace + freeze + optimize_for_inference", lambda: _jit_path(backbone, size, batch_size))
+        add("torch-jit", "torch.jit trace + freeze + optimize_for_inference",
+            lambda: _jit_path(backbone, size, batch_size))
     if compile:
-        add("torch-compile", "torch.compile (inductor), static batch", lambda: _compile_path(backbone, size, batch_size))
+        add("torch-compile", "torch.compile (inductor), static batch",
+            lambda: _compile_path(backbone, size, batch_size))
     add("onnx", "ONNX Runtime fp32, all graph optimisations",
         lambda: _encoder_path(backbone, size, batch_size, device="cpu", runtime="onnx"))
     for bs in batch_sizes:
@@ -130,8 +120,13 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
     if default.device.type != "cpu":
         add("cuda", f"Encoder() default on {default.device}",
             lambda: _encoder_path(backbone, size, batch_size))
+    return paths
 
-    runnable = {k: v for k, v in paths.items() if "run" in v}
+
+def _time_paths(runnable: dict[str, dict], tiles: np.ndarray, batch_size: int,
+                repeat: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Warm every path up, then time ``repeat`` interleaved rounds: each path's best seconds over
+    all ``tiles``, and its features of the last round."""
     for p in runnable.values():  # warm-up: allocations, kernels
         p["run"](tiles[:batch_size])
     best = {k: float("inf") for k in runnable}
@@ -141,18 +136,24 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
             t0 = time.perf_counter()
             feats[name] = p["run"](tiles)
             best[name] = min(best[name], time.perf_counter() - t0)
+    return best, feats
 
+
+def _compare_paths(paths: dict[str, dict], best: dict[str, float], feats: dict[str, np.ndarray],
+                   n_tiles: int) -> tuple[dict[str, dict], float]:
+    """One result row per path (rate, ratio to eager, feature and code errors against eager, or
+    the error that kept it from running), and the eager rate in tiles/s."""
     ref = feats["eager"]
     hash_model = fit_default(ref)  # the default recipe, fitted on these tiles as an index would
     ref_bits = np.unpackbits(hash_model.encode(ref), axis=1)
-    eager_rate = len(tiles) / best["eager"]
+    eager_rate = n_tiles / best["eager"]
     results = {}
     for name, p in paths.items():
         row = dict(what=p["what"])
-        if name in runnable:
+        if name in best:
             f = feats[name]
             bits = np.unpackbits(hash_model.encode(f), axis=1)
-            rate = len(tiles) / best[name]
+            rate = n_tiles / best[name]
             row.update(tiles_per_s=round(rate, 1), ratio=round(rate / eager_rate, 3),
                        setup_s=round(p["setup_s"], 2),
                        max_feature_diff=float(np.abs(f - ref).max()),
@@ -162,7 +163,13 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
         else:
             row["error"] = p["error"]
         results[name] = row
-    default_name = default.runtime if default.device.type == "cpu" else "cuda"
+    return results, eager_rate
+
+
+def _time_views(backbone: Backbone, tiles: np.ndarray, batch_size: int, repeat: int) -> dict[str, dict]:
+    """Tiles/s of the default path pooling 1, the default and 8 views, and each one's cost
+    relative to one view."""
+    size = tiles.shape[1]
     views = {}
     for n_views in (1, DEFAULT_VIEWS, 8):
         run, _, _ = _encoder_path(backbone, size, batch_size, views=n_views)
@@ -171,13 +178,43 @@ def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3, batch_size
         views[str(n_views)] = dict(tiles_per_s=round(len(tiles) / seconds, 1))
     for row in views.values():
         row["cost_vs_one_view"] = round(views["1"]["tiles_per_s"] / row["tiles_per_s"], 2)
-    chosen = results.get(default_name, {})
-    multi_run, _, _ = _encoder_path(create_backbone(MULTILEVEL_BACKBONE), size, batch_size)
+    return views
+
+
+def _time_multilevel(tiles: np.ndarray, batch_size: int, repeat: int, rate: float | None) -> dict:
+    """Tiles/s of the multilevel backbone on the default path, and its cost against ``rate``
+    (the default backbone's tiles/s, when known)."""
+    multi_run, _, _ = _encoder_path(create_backbone(MULTILEVEL_BACKBONE), tiles.shape[1], batch_size)
     multi_run(tiles[:batch_size])
     multi_rate = len(tiles) / min(_timed(multi_run, tiles) for _ in range(repeat))
-    rate = chosen.get("tiles_per_s")
-    multilevel = dict(backbone=MULTILEVEL_BACKBONE, tiles_per_s=round(multi_rate, 1),
-                      cost_vs_default=round(rate / multi_rate, 2) if rate else None)
+    return dict(backbone=MULTILEVEL_BACKBONE, tiles_per_s=round(multi_rate, 1),
+                cost_vs_default=round(rate / multi_rate, 2) if rate else None)
+
+
+def bench_encode(n: int = 256, batch_size: int = 64, repeat: int = 3,
+                 batch_sizes: tuple[int, ...] = (16, 32, 128), compile: bool = True, int8: bool = True,
+                 jit: bool = True, backbone: Backbone | None = None) -> dict:
+    """Time every candidate path on the same ``n`` tiles; eager NCHW fp32 is the reference.
+    The multilevel feature (``--backbone efficientnet_lite0_multilevel``) is timed on the default
+    path beside the default backbone, one view each."""
+
+    tiles, what = sample_tiles(n)
+    size = tiles.shape[1]
+    backbone = backbone or create_backbone()
+    # a copy: Module.to(memory_format=...) converts in place, and the caller's backbone stays as is
+    # runtimes are compared one pass per tile; the cost of more views is timed after
+    eager = Encoder(copy.deepcopy(backbone), batch_size=batch_size, optimize=False, device="cpu",
+                    runtime="torch", views=1)
+    eager.model = eager.model.to(memory_format=torch.contiguous_format)
+    default = Encoder(backbone, batch_size=batch_size, views=1)
+    paths = _candidate_paths(backbone, eager, default, size, batch_size, batch_sizes, compile, int8, jit)
+    runnable = {k: v for k, v in paths.items() if "run" in v}
+    best, feats = _time_paths(runnable, tiles, batch_size, repeat)
+    results, eager_rate = _compare_paths(paths, best, feats, len(tiles))
+    default_name = default.runtime if default.device.type == "cpu" else "cuda"
+    views = _time_views(backbone, tiles, batch_size, repeat)
+    chosen = results.get(default_name, {})
+    multilevel = _time_multilevel(tiles, batch_size, repeat, chosen.get("tiles_per_s"))
     return dict(n=len(tiles), tiles=what, batch_size=batch_size, repeat=repeat,
                 threads=torch.get_num_threads(), cpu_count=_cpu_count(), device=str(default.device),
                 default_runtime=default.runtime, eager_tiles_per_s=round(eager_rate, 1),

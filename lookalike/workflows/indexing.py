@@ -22,6 +22,9 @@ from lookalike.indexer.distributed import (
 from lookalike.indexer.defaults import DEFAULT_VIEWS, TILE_SIZE, TILE_STRIDE
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.shards import read_shards
+from lookalike.indexer.bodies import body_named, body_of_manifest
+from lookalike.indexer.product_times import read_sidecar_times
+from lookalike.indexer.product_times import time_from_name as time_from_name_of
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, write_ann
 from lookalike.indexer.tiling import Zone
@@ -31,15 +34,36 @@ from lookalike.workflows.landmarks import classify_chips
 
 def raster_sources(refs: Sequence[str], *, name: str | None = None, crs: str | None = None,
                    bounds: tuple[float, float, float, float] | None = None, time: str | None = None,
-                   bands: tuple[int, ...] | None = None) -> list[RasterSource]:
-    """Raster sources for file paths or registered mosaic names (``mars_8k``, fetched if need be)."""
+                   bands: tuple[int, ...] | None = None, stacks: Sequence[Sequence[str]] = (),
+                   body: str | None = None, time_from_name: str | None = None,
+                   times_csv: str | Path | None = None) -> list[RasterSource]:
+    """Raster sources for file paths, registered mosaic names (``mars_8k``, fetched if need be)
+    and ``stacks`` of band files (each one source). The acquisition time of each comes from
+    ``time``, else the ``times_csv`` row of its file name, else ``time_from_name``, else the
+    raster itself (tags, product name or label; ``RasterSource``)."""
+    sidecar = read_sidecar_times(times_csv) if times_csv else {}
+
+    def time_of(path: str) -> str | None:
+        if time:
+            return time
+        found = sidecar.get(Path(path).name)
+        if found is None and time_from_name:
+            found = time_from_name_of(path, time_from_name)
+        return None if found is None else found.isoformat()
+
     sources = []
     for ref in refs:
         if ref in DATASETS and not Path(ref).exists():
             ds = DATASETS[ref]
-            sources.append(RasterSource(fetch(ref), name=ref, crs=ds.crs, bounds=ds.bounds, time=time))
+            sources.append(RasterSource(fetch(ref), name=ref, crs=ds.crs, bounds=ds.bounds, time=time,
+                                        body=body))
         else:
-            sources.append(RasterSource(ref, name=name, crs=crs, bounds=bounds, time=time, bands=bands))
+            sources.append(RasterSource(ref, name=name, crs=crs, bounds=bounds, time=time_of(ref),
+                                        bands=bands, body=body))
+    for files in stacks:
+        sources.append(RasterSource(files[0], name=name if not refs and len(stacks) == 1 else None,
+                                    crs=crs, bounds=bounds, time=time_of(files[0]), bands=bands,
+                                    stack=tuple(files), body=body))
     return sources
 
 
@@ -47,17 +71,24 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
                 labels: str | Path | None = None, split: str | None = None, image_size: int = 224,
                 name: str | None = None, crs: str | None = None,
                 bounds: tuple[float, float, float, float] | None = None,
-                bands: tuple[int, ...] | None = None, time: str | None = None, tile_size: int = TILE_SIZE,
+                bands: tuple[int, ...] | None = None, time: str | None = None,
+                stacks: Sequence[Sequence[str]] | None = None, body: str | None = None,
+                time_from_name: str | None = None, times_csv: str | Path | None = None,
+                tile_size: int = TILE_SIZE,
                 stride: int = TILE_STRIDE, gsd: float | None = None, zones: Sequence[str] | None = None,
                 bbox: tuple[float, float, float, float] | None = None, min_valid: float = 0.5,
                 hash_path: str | None = None, bits: int | None = None,
                 backbone: str = DEFAULT_BACKBONE, weights: str | None = None, batch_size: int = 64,
-                runtime: str = "auto", views: int | None = None, append: bool = False, scheduler: str | None = None,
-                shards: int | None = None, footprints: str | None = None, classify: str | None = None,
+                runtime: str = "auto", views: int | None = None, append: bool = False,
+                scheduler: str | None = None, shards: int | None = None, footprints: str | None = None,
+                classify: str | None = None,
                 ann: str | None = None, ann_params: dict | None = None, prefetch: int | None = None,
                 progress: bool = True) -> Path:
-    """Build (or ``append`` to) an index from ``rasters`` (paths or mosaic names) or from an
-    image folder (``images`` + ``labels``); returns its path.
+    """Build (or ``append`` to) an index from ``rasters`` (paths or mosaic names) and ``stacks``
+    (band files read as one source each), or from an image folder (``images`` + ``labels``);
+    returns its path. ``body`` overrides the body the sources' CRS names (for chips: the body
+    they lie on); ``time_from_name`` and ``times_csv`` give times that products do not carry
+    (``raster_sources``).
 
     ``scheduler`` runs tiling and encoding on a dask cluster ('local' for one on this machine);
     ``shards`` writes that many index directories plus ``shards.json``. For image chips,
@@ -72,12 +103,55 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
     """
     if prefetch is not None and prefetch < 0:
         raise LookalikeError(f"--prefetch must be 0 or more chunks, got {prefetch}")
-    ahead = {} if prefetch is None else dict(prefetch=prefetch)
     if ann and shards:
         raise LookalikeError("--ann works on one index, not with --shards")
-    if ann and not rasters and not images:
+    if ann and not rasters and not stacks and not images:
         index_ann(out, ann, ann_params, progress=progress)
         return Path(out)
+    _check_inputs(list(rasters) + list(stacks or []), images, labels, shards, footprints, classify)
+    if body:
+        body = body_named(body).key
+    if views is None:
+        views = open_index(out).views if append and (Path(out) / MANIFEST).exists() else DEFAULT_VIEWS
+    sources = [] if images else raster_sources(
+        rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands, stacks=stacks or (), body=body,
+        time_from_name=time_from_name, times_csv=times_csv)
+    tiling = dict(size=tile_size, stride=stride, gsd=gsd, zones=[Zone.parse(z) for z in zones] if zones else None,
+                  bbox=bbox, min_valid=min_valid)
+    common = dict(bits=bits, hash_path=hash_path, append=append, shards=shards)
+    if scheduler:
+        spec = EncoderSpec(backbone, weights, image_size=image_size if images else None, batch_size=batch_size,
+                           runtime=runtime, views=views)
+        with connect(scheduler) as client:
+            if images:
+                path = index_images_distributed(client, images, labels, out, split=split, image_size=image_size,
+                                                encoder=spec, body=body, **common)
+            else:
+                path = index_rasters_distributed(client, sources, out, encoder=spec, **tiling, **common)
+    else:
+        ahead = dict(progress=progress) if prefetch is None else dict(progress=progress, prefetch=prefetch)
+        encoder = Encoder(backbone, weights, image_size=image_size if images else None, batch_size=batch_size,
+                          runtime=runtime, views=views)
+        if images:
+            # placing and classifying come after the commit: the build's work folder stays until
+            # they finish, so that the same command run again after a kill finishes them
+            path = index_images(images, labels, out, split=split, image_size=image_size, encoder=encoder,
+                                keep_work=bool(footprints or classify) and not shards, body=body,
+                                **common, **ahead)
+        else:
+            path = index_rasters(sources, out, encoder=encoder, **tiling, **common, **ahead)
+    if images and not shards:
+        catalogue_chips(path, images, footprints=footprints, classify=classify, progress=progress)
+        tidy_build(Path(path))
+    if not shards and (ann or _uncalibrated(path)):
+        index_ann(path, ann, ann_params, progress=progress)
+    return Path(path)
+
+
+def _check_inputs(rasters: Sequence[str], images: str | Path | None, labels: str | Path | None,
+                  shards: int | None, footprints: str | None, classify: str | None) -> None:
+    """Reject a build given both or neither of rasters and images, images without labels, or
+    footprints / classify where they do not apply."""
     if bool(rasters) == bool(images):
         raise LookalikeError("give raster files / dataset names, or --images ROOT --labels CSV (not both)")
     if images and not labels:
@@ -87,44 +161,6 @@ def build_index(out: str | Path, *, rasters: Sequence[str] = (), images: str | P
     if (footprints or classify) and not images:
         raise LookalikeError("--footprints and --classify are for image chips (--images); find "
                              "landmarks in rasters with `lookalike landmarks SCENE --index DIR`")
-    zone_list = [Zone.parse(z) for z in zones] if zones else None
-    if views is None:
-        views = open_index(out).views if append and (Path(out) / MANIFEST).exists() else DEFAULT_VIEWS
-    if scheduler:
-        with connect(scheduler) as client:
-            if images:
-                spec = EncoderSpec(backbone, weights, image_size=image_size, batch_size=batch_size,
-                                   runtime=runtime, views=views)
-                path = index_images_distributed(client, images, labels, out, split=split, bits=bits,
-                                                image_size=image_size, hash_path=hash_path,
-                                                encoder=spec, append=append, shards=shards)
-            else:
-                spec = EncoderSpec(backbone, weights, batch_size=batch_size, runtime=runtime, views=views)
-                sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
-                path = index_rasters_distributed(client, sources, out, size=tile_size, stride=stride,
-                                                 gsd=gsd, zones=zone_list, bbox=bbox, bits=bits,
-                                                 hash_path=hash_path, encoder=spec, min_valid=min_valid,
-                                                 append=append, shards=shards)
-    elif images:
-        encoder = Encoder(backbone, weights, image_size=image_size, batch_size=batch_size, runtime=runtime,
-                          views=views)
-        # placing and classifying come after the commit: the build's work folder stays until
-        # they finish, so that the same command run again after a kill finishes them
-        path = index_images(images, labels, out, split=split, bits=bits, image_size=image_size,
-                            hash_path=hash_path, encoder=encoder, append=append, shards=shards,
-                            progress=progress, keep_work=bool(footprints or classify) and not shards, **ahead)
-    else:
-        encoder = Encoder(backbone, weights, batch_size=batch_size, runtime=runtime, views=views)
-        sources = raster_sources(rasters, name=name, crs=crs, bounds=bounds, time=time, bands=bands)
-        path = index_rasters(sources, out, size=tile_size, stride=stride, gsd=gsd, zones=zone_list,
-                             bbox=bbox, bits=bits, hash_path=hash_path, encoder=encoder,
-                             min_valid=min_valid, append=append, shards=shards, progress=progress, **ahead)
-    if images and not shards:
-        catalogue_chips(path, images, footprints=footprints, classify=classify, progress=progress)
-        tidy_build(Path(path))
-    if not shards and (ann or _uncalibrated(path)):
-        index_ann(path, ann, ann_params, progress=progress)
-    return Path(path)
 
 
 def _uncalibrated(path: str | Path) -> bool:
@@ -167,7 +203,9 @@ def index_summary(path: str | Path, verify: bool = True) -> dict:
     index = open_index(path, verify=verify)
     m = index.manifest
     n = max(index.n, 1)
+    body = body_of_manifest(m)
     summary = dict(path=str(index.path), count=index.n, bits=index.bits, kind=m.get("kind"),
+                   body=body.key if body else None,
                    backbone=m.get("backbone", {}).get("name"), hash=m.get("hash", {}).get("method"),
                    sources=sorted(m.get("sources", {})), zones=int(index.tiles["zone"].nunique()),
                    bytes_per_tile=dict(codes=m["files"]["codes"]["bytes"] / n,

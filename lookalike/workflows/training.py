@@ -9,6 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from lookalike.config import features_dir
@@ -28,7 +29,7 @@ from lookalike.indexer.sources import read_labels
 from lookalike.indexer.store import open_index
 from lookalike.indexer.thumbnails import index_grid, index_source_image
 from lookalike.models.augment import augment
-from lookalike.models.backbones import create_backbone
+from lookalike.models.backbones import Backbone, create_backbone
 from lookalike.models.classifier import (
     DEFAULT_GRID,
     ClassifierConfig,
@@ -40,7 +41,14 @@ from lookalike.models.classifier import (
     train_classifier,
 )
 from lookalike.models.defaults import DEFAULT_BACKBONE
-from lookalike.models.finetune import FinetuneConfig, check_cut, default_cut, finetune_tail, tail_logits
+from lookalike.models.finetune import (
+    FinetuneConfig,
+    TailClassifier,
+    check_cut,
+    default_cut,
+    finetune_tail,
+    tail_logits,
+)
 from lookalike.models.metrics import classification_metrics, retrieval_scores
 from lookalike.models.training import (
     SUPERVISED,
@@ -137,6 +145,80 @@ def _report_and_save(model: ProbeClassifier, out, result: dict, root, labels_csv
     return result
 
 
+def _check_finetune_options(split: str, views: int, calibration_share: float,
+                            calibration_split: str | None) -> None:
+    """Reject a test-time view count, calibration share or calibration split that cannot work."""
+    if views not in ORIENTATIONS:
+        raise LookalikeError(f"--tta must be one of {', '.join(map(str, ORIENTATIONS))}, got {views}")
+    if not 0.0 < calibration_share < 0.5:
+        raise LookalikeError(f"the calibration share must be within (0, 0.5), got {calibration_share}")
+    if calibration_split == split:
+        raise LookalikeError(f"calibrate on another split than the one trained on ({split!r})")
+
+
+def _hold_out_calibration(root, labels_csv, table: pd.DataFrame, ids: np.ndarray, groups: np.ndarray | None,
+                          calibration_split: str | None, calibration_share: float,
+                          seed: int) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """The training rows held out for calibration (a grouped ``calibration_share``, or none with
+    ``calibration_split``), and the rows of ``calibration_split`` (None without it)."""
+    if calibration_split:
+        return np.zeros(len(table), bool), read_labels(root, labels_csv, split=calibration_split)
+    held = make_folds(len(table), ids, groups, max(2, round(1 / calibration_share)), seed=seed) == 0
+    if held.all() or not held.any():
+        raise LookalikeError(f"{len(table)} labelled images are too few to hold out a calibration share")
+    return held, None
+
+
+def _finetune_checkpoint(backbone: Backbone, cfg: FinetuneConfig, image_size: int, root, split: str,
+                         calibration: str | float, held: np.ndarray) -> Path:
+    """One checkpoint per training (it also checks itself against the data and settings)."""
+    key = json.dumps([backbone.spec.name, backbone.spec.weights_sha256, asdict(cfg), image_size,
+                      str(Path(root).resolve()), split, calibration, np.flatnonzero(held).tolist()])
+    return features_dir() / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+
+
+def _split_calibration_logits(model: TailClassifier, classes: np.ndarray, root, labels_csv,
+                              calibration_table: pd.DataFrame, calibration_split: str, backbone: Backbone,
+                              cut: int, image_size: int, chosen: list[int], group_column: str | None,
+                              group_pattern: str | None,
+                              progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """Mean test-time logits, class ids and fold groups of the calibration split's images of
+    known classes, and a description of them."""
+    known = calibration_table["label"].astype(str).isin(classes).to_numpy()
+    calibration_table = calibration_table[known].reset_index(drop=True)
+    calib_acts = stem_activations(root, calibration_table, backbone.spec.name, cut, image_size,
+                                  views=8, progress=progress)
+    calib = tail_logits(model, calib_acts[:, chosen]).mean(1)
+    calib_ids = np.searchsorted(classes, calibration_table["label"].astype(str).to_numpy())
+    calib_groups = _fold_groups(calibration_table, labels_csv, group_column if group_column in
+                                calibration_table.columns else None, group_pattern)[0]
+    where = f"the {calibration_split!r} split ({len(calibration_table)} images of known classes)"
+    return calib, calib_ids, calib_groups, where
+
+
+def _finetune_meta(cfg: FinetuneConfig, where: str, calibration: dict, report: dict, stem_seconds: float,
+                   root, split: str, n_train: int, n_classes: int, group_column: str | None) -> dict:
+    """The fine-tuned classifier's metadata: method, settings, calibration, training, data."""
+    return dict(method=f"fine-tuned trunk modules {cfg.cut}+ and a linear head on cached stem activations "
+                       f"of 8 rotations/flips, temperature-scaled on {where}", config=asdict(cfg),
+                calibration=calibration,
+                training=dict(steps=report["steps"], seconds=round(report["seconds"], 1),
+                              stem_cache_seconds=round(stem_seconds, 1),
+                              loss_per_epoch=[round(x, 4) for x in report["loss_per_epoch"]]),
+                trained_on=dict(data=Path(root).name, split=split, n=n_train,
+                                classes=n_classes, group_column=group_column))
+
+
+def _finetuned_classifier(classes: np.ndarray, backbone: Backbone, model: TailClassifier, temperature: float,
+                          image_size: int, meta: dict, views: int, report: dict, cut: int) -> ProbeClassifier:
+    """A ``ProbeClassifier`` of the fine-tuned tail and its linear head (identity scaling)."""
+    return ProbeClassifier(classes.tolist(), np.zeros(backbone.spec.num_features, np.float32),
+                           np.ones(backbone.spec.num_features, np.float32),
+                           [model.head.weight.detach().numpy()], [model.head.bias.detach().numpy()],
+                           temperature, backbone.spec.name, image_size, meta, views=views,
+                           tail=report["tail"], cut=cut)
+
+
 def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "train",
                                     val_split: str | None = None, config: FinetuneConfig | None = None,
                                     views: int = 1, calibration_share: float = 0.1,
@@ -158,50 +240,31 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
     that many rotations/flips.
     """
     cfg = config or FinetuneConfig()
-    if views not in ORIENTATIONS:
-        raise LookalikeError(f"--tta must be one of {', '.join(map(str, ORIENTATIONS))}, got {views}")
-    if not 0.0 < calibration_share < 0.5:
-        raise LookalikeError(f"the calibration share must be within (0, 0.5), got {calibration_share}")
-    if calibration_split == split:
-        raise LookalikeError(f"calibrate on another split than the one trained on ({split!r})")
+    _check_finetune_options(split, views, calibration_share, calibration_split)
     table = read_labels(root, labels_csv, split=split)
     groups, group_column = _fold_groups(table, labels_csv, group_column, group_pattern)
     classes, ids = np.unique(table["label"].astype(str).to_numpy(), return_inverse=True)
     if len(classes) < 2:
         raise LookalikeError(f"a classifier needs at least 2 classes, the labels have {len(classes)}")
-    if calibration_split:
-        held = np.zeros(len(table), bool)
-        calibration_table = read_labels(root, labels_csv, split=calibration_split)
-    else:
-        held = make_folds(len(table), ids, groups, max(2, round(1 / calibration_share)), seed=cfg.seed) == 0
-        if held.all() or not held.any():
-            raise LookalikeError(f"{len(table)} labelled images are too few to hold out a calibration share")
+    held, calibration_table = _hold_out_calibration(root, labels_csv, table, ids, groups, calibration_split,
+                                                    calibration_share, cfg.seed)
     backbone = create_backbone(backbone)
     cfg = replace(cfg, cut=default_cut(backbone) if cfg.cut is None else cfg.cut)
     check_cut(backbone, cfg.cut)
     t0 = time.perf_counter()
     acts = stem_activations(root, table, backbone.spec.name, cfg.cut, image_size, views=8, progress=progress)
     stem_seconds = time.perf_counter() - t0  # near 0 when the cache was already complete
-    # one checkpoint per training (it also checks itself against the data and settings)
-    key = json.dumps([backbone.spec.name, backbone.spec.weights_sha256, asdict(cfg), image_size,
-                      str(Path(root).resolve()), split, calibration_split or calibration_share,
-                      np.flatnonzero(held).tolist()])
-    checkpoint = features_dir() / f"finetune-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+    checkpoint = _finetune_checkpoint(backbone, cfg, image_size, root, split,
+                                      calibration_split or calibration_share, held)
     model, report = finetune_tail(acts[~held], ids[~held], len(classes), backbone, cfg, progress,
                                   checkpoint=checkpoint)
     # the model's test-time views among the 8 cached ones; the head is linear, so the mean of
     # their logits is the logits of their mean feature (what Encoder(views=...) computes)
     chosen = [ORIENTATIONS[8].index(v) for v in ORIENTATIONS[views]]
     if calibration_split:
-        known = calibration_table["label"].astype(str).isin(classes).to_numpy()
-        calibration_table = calibration_table[known].reset_index(drop=True)
-        calib_acts = stem_activations(root, calibration_table, backbone.spec.name, cfg.cut, image_size,
-                                      views=8, progress=progress)
-        calib = tail_logits(model, calib_acts[:, chosen]).mean(1)
-        calib_ids = np.searchsorted(classes, calibration_table["label"].astype(str).to_numpy())
-        calib_groups = _fold_groups(calibration_table, labels_csv, group_column if group_column in
-                                    calibration_table.columns else None, group_pattern)[0]
-        where = f"the {calibration_split!r} split ({len(calibration_table)} images of known classes)"
+        calib, calib_ids, calib_groups, where = _split_calibration_logits(
+            model, classes, root, labels_csv, calibration_table, calibration_split, backbone, cfg.cut,
+            image_size, chosen, group_column, group_pattern, progress)
     else:
         calib, calib_ids, calib_groups = tail_logits(model, acts[held][:, chosen]).mean(1), ids[held], None
         where = f"a held-out {calibration_share:.0%} of the training split"
@@ -209,23 +272,14 @@ def finetune_classifier_from_folder(root, labels_csv, out, *, split: str = "trai
     calibration = dict(split=calibration_split or f"{calibration_share:.0%} of {split}", n=len(calib_ids),
                        accuracy=float((calib.argmax(1) == calib_ids).mean()),
                        nll=nll(calib, calib_ids, temperature))
-    meta = dict(method=f"fine-tuned trunk modules {cfg.cut}+ and a linear head on cached stem activations "
-                       f"of 8 rotations/flips, temperature-scaled on {where}", config=asdict(cfg),
-                calibration=calibration,
-                training=dict(steps=report["steps"], seconds=round(report["seconds"], 1),
-                              stem_cache_seconds=round(stem_seconds, 1),
-                              loss_per_epoch=[round(x, 4) for x in report["loss_per_epoch"]]),
-                trained_on=dict(data=Path(root).name, split=split, n=int((~held).sum()),
-                                classes=len(classes), group_column=group_column))
+    meta = _finetune_meta(cfg, where, calibration, report, stem_seconds, root, split, int((~held).sum()),
+                          len(classes), group_column)
     result = {}
     if calibration_split:
         meta["calibration_cross_fitted"] = result["calibration_cross_fitted"] = cross_fitted_temperature(
             calib, calib_ids, classes.tolist(), calib_groups, seed=cfg.seed)
-    classifier = ProbeClassifier(classes.tolist(), np.zeros(backbone.spec.num_features, np.float32),
-                                 np.ones(backbone.spec.num_features, np.float32),
-                                 [model.head.weight.detach().numpy()], [model.head.bias.detach().numpy()],
-                                 temperature, backbone.spec.name, image_size, meta, views=views,
-                                 tail=report["tail"], cut=cfg.cut)
+    classifier = _finetuned_classifier(classes, backbone, model, temperature, image_size, meta, views, report,
+                                       cfg.cut)
     result = dict(out=str(out), classes=classifier.classes, n_train=int((~held).sum()),
                   n_calibration=len(calib_ids), temperature=temperature, views=views,
                   train_seconds=round(report["seconds"], 1), stem_cache_seconds=round(stem_seconds, 1),
