@@ -89,8 +89,8 @@ def test_link_boxes_at_the_limits_of_floats_search(fuzz_workspace):
 # ------------------------------------------------------------------ CLI options
 @pytest.mark.parametrize("argv, needle", [
     (["search", ws("idx"), "--tile", "t00001", "--show", "-5"], "--show"),  # pandas ValueError
-    (["search", ws("idx"), "--tile", "t00001", "--start", "xx"], "not a date"),  # DateParseError
-    (["search", ws("idx"), "--tile", "t00001", "--end", "99999-01-01"], "not a date"),
+    (["search", ws("idx"), "--tile", "t00001", "--start", "xx"], "cannot parse time"),  # DateParseError
+    (["search", ws("idx"), "--tile", "t00001", "--end", "99999-01-01"], "cannot parse time"),
     (["search", ws("idx"), "--image", ws("chip")], "no backbone"),  # KeyError 'backbone'
     (["search", ws("corrupt-backbone"), "--image", ws("chip")], "malformed"),  # int('huge')
     (["info", ws("corrupt-tilesascodes")], "not a readable table"),  # ArrowInvalid

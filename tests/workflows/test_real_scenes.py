@@ -32,7 +32,7 @@ def index(tmp_path, name: str, *args: str) -> tuple[dict, pd.DataFrame]:
     out = tmp_path / name
     code, stdout, stderr = run_main(["index", *args, "--out", str(out)])
     assert code == 0, stderr
-    code, info, stderr = run_main(["info", str(out), "--json", "-"])
+    code, info, stderr = run_main(["info", str(out)])
     assert code == 0, stderr
     return json.loads(info), open_index(out).tiles
 
