@@ -24,14 +24,16 @@ import panel as pn
 
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap, handlers, panel_internals
+from lookalike.explorer.acquisitions import acquisitions
+from lookalike.explorer.collection_controls import enter_body
 from lookalike.explorer.map_view import MapView
 from lookalike.explorer.page import build_page
 from lookalike.explorer.projection import PROJECTIONS, MapProjection
+from lookalike.explorer.scene_images import body_basemap, scene_pyramid, scenes_in_view
 from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.state import MAP_LAYERS, ExplorerState
 from lookalike.explorer.thumbnail_renderer import THUMBNAILS
 from lookalike.indexer.search import Query, search_index
-from lookalike.indexer.thumbnails import basemap_image
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ THREADS = 8
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024
 PAGE_TITLE = "Lookalike"
+WARM_SCENES = 32  # scenes of a collection decoded before the server listens
 
 
 def serve_session(served: ServedIndexes) -> None:
@@ -62,43 +65,53 @@ def warm_up(served: ServedIndexes) -> None:
     t0 = time.perf_counter()
     if "matplotlib" in sys.modules:  # Panel's pane-type check imports this on the first page
         import matplotlib.figure  # noqa: F401
-    for entry in served.entries.values():
-        index = entry.index
+    for key in served.bodies:
         try:
-            basemap.pyramid(basemap_image(index))
+            basemap.pyramid(body_basemap(served, key))
         except LookalikeError as exc:
-            log.warning("%s: %s", entry.name, exc)
+            log.warning("%s: %s", key, exc)
             continue
-        THUMBNAILS.warm(index)
-        if len(index.tiles) == 0:
-            continue
-        search_index(index, Query(tile_id=str(index.tiles["tile_id"].iat[0])), k=10)
-        try:
-            # every layer on, so each one's first rendering is done here
-            state = ExplorerState(index=index, index_name=entry.name, layers=list(MAP_LAYERS))
-            view = MapView(state, entry)
-            pane = view.panel()
-            root = pane.get_root()
-            tile = index.tiles.iloc[len(index.tiles) // 2]
-            state.click(float(tile["lon"]), float(tile["lat"]))
-            panel_internals.release_offline_root(pane, root)  # never destroyed as a session is
-        except Exception:  # warming up is an optimisation: never keep the server from starting
-            log.exception("warm-up of %s failed", entry.name)
+        for name in served.body(key).collections:
+            _warm_collection(served, key, name)
     log.info("warm-up took %.1f s", time.perf_counter() - t0)
     # the polar basemaps (a second or two each) are made while the server already listens
     threading.Thread(target=_warm_polar_projections, args=(served,), daemon=True,
                      name="polar-basemaps").start()
 
 
+def _warm_collection(served: ServedIndexes, body: str, name: str) -> None:
+    """Search a collection once and render its body's map offline, clicking it."""
+    index = served[name].index
+    THUMBNAILS.warm(index)
+    if len(index.tiles) == 0:
+        return
+    if name != served.body(body).base:  # the scenes' pictures, for the first zoom into them
+        scenes = [(name, a.source) for a in acquisitions(index)[:WARM_SCENES]]
+        for image in scenes_in_view(served, body, scenes, -180.0, -90.0, 180.0, 90.0, 1 << 30):
+            scene_pyramid(image)
+    search_index(index, Query(tile_id=str(index.tiles["tile_id"].iat[0])), k=10)
+    try:
+        state = ExplorerState(layers=list(MAP_LAYERS))  # every layer on: each one's first rendering is here
+        enter_body(state, served, body, name)
+        state.search_in = name
+        pane = MapView(state, served, body).panel()
+        root = pane.get_root()
+        tile = index.tiles.iloc[len(index.tiles) // 2]
+        state.click(float(tile["lon"]), float(tile["lat"]))
+        panel_internals.release_offline_root(pane, root)  # never destroyed as a session is
+    except Exception:  # warming up is an optimisation: never keep the server from starting
+        log.exception("warm-up of %s failed", name)
+
+
 def _warm_polar_projections(served: ServedIndexes) -> None:
-    for entry in served.entries.values():
+    for key in served.bodies:
         try:
-            image = basemap_image(entry.index)
+            image = body_basemap(served, key)
             for name in PROJECTIONS:
                 if name != "global":
                     basemap.pyramid(image, MapProjection.of(name, image.geographic))
         except Exception:  # an optimisation: the map makes its basemap when first asked
-            log.exception("polar basemaps of %s failed", entry.name)
+            log.exception("polar basemaps of %s failed", key)
 
 
 def local_address(address: str) -> bool:

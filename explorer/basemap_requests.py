@@ -1,12 +1,14 @@
-"""The basemap in the browser: two JPEG images over the map, never the source raster.
+"""The basemap in the browser: two JPEG images over the map, never the source rasters.
 
 One image is the whole map, coarse, fetched once; the other, the detail, covers the visible
 part padded by ``BASEMAP_PAD`` of its size on each side, at screen resolution. After a pan or
 zoom that leaves the detail or changes its scale, the browser reports what it shows
 (static/basemap_follow.js) and ``basemap_request`` picks the next detail image: the padding is
-computed here only. A served page fetches the images from the server's basemap route
+computed here only. The detail also shows the scenes of the body's collections drawn over the
+mosaic (``scene_images``); it is sent again when the scenes drawn change (a collection switched,
+another date). A served page fetches the images from the server's basemap route
 (``handlers.BasemapHandler``); a page without that route (a notebook) gets them inline, as data
-URIs rendered here.
+URIs rendered by the kernel.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from lookalike.explorer import basemap
 from lookalike.explorer.projection import MapProjection
-from lookalike.indexer.thumbnails import SourceImage
 
 STATIC = Path(__file__).parent / "static"
 BASEMAP_PAD = 0.25  # the detail image reaches this fraction of the visible size past each side
@@ -49,55 +49,63 @@ def basemap_request(bounds, x_range, y_range, width: float, height: float,
             "px": w, "py": h}
 
 
-def basemap_url(index_name: str, projection: MapProjection) -> str:
-    """Where a served page fetches its basemap (relative: works behind a path prefix)."""
-    return f"basemap/{quote(index_name, safe='')}/{projection.name}.jpg"
+def basemap_url(body: str, projection: MapProjection) -> str:
+    """Where a served page fetches its body's map pictures (relative: works behind a path prefix)."""
+    return f"basemap/{quote(body, safe='')}/{projection.name}.jpg"
+
+
+def scenes_query(pairs: list[tuple[str, str]]) -> str:
+    """The scenes drawn over the basemap, for the basemap route: ``s=collection~source`` each."""
+    return "".join(f"&s={quote(f'{c}~{s}', safe='')}" for c, s in pairs)
 
 
 class BasemapImages:
-    """The two basemap images of one map, as ``image_url`` glyphs added to its figure.
+    """The two pictures of one body's map, as ``image_url`` glyphs added to its figure: the
+    whole map, coarse, and the detail of the view with the scenes drawn over it (``scenes()``:
+    the (collection, source) pairs drawn now).
 
-    ``image`` given, the images are rendered here and sent inline; otherwise the browser fetches
-    them from the basemap route of index ``index_name``. ``in_doc`` runs a change of Bokeh
-    models where the document allows it (``MapView._in_doc``).
+    With ``render`` (request, pairs -> JPEG bytes) the pictures are rendered here and sent
+    inline; otherwise the browser fetches them from the basemap route of body ``body``.
+    ``in_doc`` runs a change of Bokeh models where the document allows it (``MapView._in_doc``).
     """
 
-    def __init__(self, index_name: str, projection: MapProjection, bounds, in_doc: Callable,
-                 image: SourceImage | None = None) -> None:
-        self.index_name, self.projection, self.bounds = index_name, projection, tuple(bounds)
-        self.in_doc, self.image = in_doc, image
+    def __init__(self, body: str, projection: MapProjection, bounds, in_doc: Callable,
+                 render: Callable | None = None, scenes: Callable[[], list] = list) -> None:
+        self.body, self.projection, self.bounds = body, projection, tuple(bounds)
+        self.in_doc, self.render, self.scenes = in_doc, render, scenes
         self.renderers: dict = {}  # 'basemap', 'basemap:detail' -> their image_url renderers
+        self.request: dict | None = None  # the detail picture shown now
 
-    def columns(self, request: dict | None) -> dict:
-        """Column data of an image glyph showing ``request`` (nothing for None)."""
+    def columns(self, request: dict | None, pairs: list | None = None) -> dict:
+        """Column data of an image glyph showing ``request`` with scenes ``pairs``."""
         if request is None:  # the view lies outside the image
             return {"url": [], "x": [], "y": [], "w": [], "h": [], "px": []}
-        if self.image is None:
-            url = f"{basemap_url(self.index_name, self.projection)}?{request['query']}"
+        pairs = [] if pairs is None or self.projection.polar else pairs
+        if self.render is None:
+            url = f"{basemap_url(self.body, self.projection)}?{request['query']}{scenes_query(pairs)}"
         else:
-            jpeg = basemap.view_jpeg(self.image, self.projection, request["x"], request["y"],
-                                     request["x"] + request["w"], request["y"] + request["h"],
-                                     request["px"], request["py"])
-            url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+            url = "data:image/jpeg;base64," + base64.b64encode(self.render(request, pairs)).decode()
         return {"url": [url], **{k: [request[k]] for k in ("x", "y", "w", "h", "px")}}
 
-    def add_to(self, fig, first_window) -> None:
-        """Add both images under the map's other layers, and follow the browser's view."""
+    def add_to(self, fig, first_window, shape: dict | None = None) -> None:
+        """Add both pictures under the map's other layers, and follow the browser's view
+        (``shape``: the true-shape constants of a lon/lat map, ``true_shape``)."""
         from bokeh.models import ColumnDataSource, CustomJS
 
         x0, y0, x1, y1 = self.bounds
         overview = basemap_request(self.bounds, (x0, x1), (y0, y1), OVERVIEW_PX,
                                    OVERVIEW_PX / self.projection.aspect, pad=0.0)
-        detail = basemap_request(self.bounds, *first_window, *self.projection.detail_px)
-        for key, request in (("basemap", overview), ("basemap:detail", detail)):
+        self.request = basemap_request(self.bounds, *first_window, *self.projection.detail_px)
+        pictures = (("basemap", overview, None), ("basemap:detail", self.request, self.scenes()))
+        for key, request, pairs in pictures:
             name = key.replace(":", "_")
-            source = ColumnDataSource(self.columns(request), name=f"{name}_source")
+            source = ColumnDataSource(self.columns(request, pairs), name=f"{name}_source")
             self.renderers[key] = fig.image_url(url="url", x="x", y="y", w="w", h="h", anchor="bottom_left",
                                                 source=source, level="image", name=name)
         sink = ColumnDataSource(data={k: [] for k in ("x0", "x1", "y0", "y1", "width", "height", "n")},
                                 name="basemap_view")
         follow = CustomJS(args=dict(fig=fig, source=self.renderers["basemap:detail"].data_source,
-                                    bounds=list(self.bounds), sink=sink),
+                                    bounds=list(self.bounds), sink=sink, shape=shape or {}),
                           code=(STATIC / "basemap_follow.js").read_text(encoding="utf-8"))
         for axis in (fig.x_range, fig.y_range):
             axis.js_on_change("start", follow)
@@ -110,9 +118,15 @@ class BasemapImages:
         request = basemap_request(self.bounds, (float(new["x0"][0]), float(new["x1"][0])),
                                   (float(new["y0"][0]), float(new["y1"][0])),
                                   float(new["width"][0]), float(new["height"][0]))
-        if request is None:
+        if request is not None:
+            self.request = request
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Send the detail picture of the view shown, with the scenes drawn now."""
+        if self.request is None or "basemap:detail" not in self.renderers:
             return
-        columns = self.columns(request)
+        columns = self.columns(self.request, self.scenes())
         source = self.renderers["basemap:detail"].data_source
 
         def show() -> None:

@@ -2,8 +2,9 @@
 
 ``/thumb/<index>/<tile id>.jpg`` answers a tile's thumbnail from the process-wide renderer
 (``thumbnail_renderer``), so the browser loads them in parallel and caches them;
-``/basemap/<index>/<projection>.jpg?x0=&y0=&x1=&y1=&w=&h=`` a JPEG of a box of the basemap, which
-the browser fetches after each pan or zoom, so no raster goes over the session's websocket.
+``/basemap/<body>/<projection>.jpg?x0=&y0=&x1=&y1=&w=&h=&s=...`` a JPEG of a box of a body's map
+(the basemap with the scenes ``s`` over it), which the browser fetches after each pan or zoom,
+so no raster goes over the session's websocket.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from functools import partial
 from urllib.parse import unquote
 
 from tornado.web import MissingArgumentError, RequestHandler
 
 from lookalike.errors import LookalikeError
-from lookalike.explorer import basemap
+from lookalike.explorer import scene_images
 from lookalike.explorer.projection import PROJECTIONS, MapProjection
 from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.thumbnail_renderer import THUMBNAILS
-from lookalike.indexer.thumbnails import basemap_image
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +78,24 @@ class ThumbnailHandler(RequestHandler):
 
 
 class BasemapHandler(ThumbnailHandler):
-    """GET /basemap/<index name>/<projection>.jpg?x0=&y0=&x1=&y1=&w=&h= -> JPEG of that box of
-    the index's basemap in that map projection (lon/lat degrees, or metres of a polar one).
+    """GET /basemap/<body>/<projection>.jpg?x0=&y0=&x1=&y1=&w=&h=[&s=collection~scene...] -> JPEG
+    of that box of the body's map in that map projection (lon/lat degrees, or metres of a polar
+    one): its basemap with the scenes ``s`` drawn over it (``scene_images``). A collection's
+    name stands for its body.
 
-    Only the served indexes and the known projections are answered; every number is checked (finite,
-    a box of positive size, at most ``MAX_PIXELS`` a side) and a refusal is a short plain-text
-    400 or 404 that echoes nothing.
+    Only the served bodies, their scenes and the known projections are answered; every number
+    is checked (finite, a box of positive size, at most ``MAX_PIXELS`` a side) and a refusal is
+    a short plain-text 400 or 404 that echoes nothing.
     """
 
     MAX_PIXELS = 4096
+    MAX_SCENES = 256
 
     async def get(self, name: str, projection_name: str) -> None:
         name = unquote(name)
-        if len(name) > self.MAX_ID_CHARS or name not in self.served or projection_name not in PROJECTIONS:
+        body = self.served[name].body if name in self.served else name
+        if (len(name) > self.MAX_ID_CHARS or body not in self.served.bodies
+                or projection_name not in PROJECTIONS):
             return self._refuse(404, "no such basemap")
         try:
             box = [float(self.get_query_argument(k)) for k in ("x0", "y0", "x1", "y1")]
@@ -102,11 +106,19 @@ class BasemapHandler(ThumbnailHandler):
                 and 1 <= width <= self.MAX_PIXELS and 1 <= height <= self.MAX_PIXELS):
             return self._refuse(400, "a basemap box needs x1 > x0, y1 > y0 and "
                                      f"1-{self.MAX_PIXELS} pixels a side")
-        async def render() -> bytes:
-            image = basemap_image(self.served[name].index)
+        pairs = [tuple(unquote(v).partition("~")[::2]) for v in self.get_query_arguments("s")]
+        if len(pairs) > self.MAX_SCENES or any(len(c) + len(s) > 2 * self.MAX_ID_CHARS for c, s in pairs):
+            return self._refuse(400, "too many scenes")
+
+        def picture() -> bytes:
+            image = scene_images.body_basemap(self.served, body)
             projection = MapProjection.of(projection_name, image.geographic)
-            return await asyncio.get_running_loop().run_in_executor(
-                None, partial(basemap.view_jpeg, image, projection, *box, width, height))
+            scenes = ([] if projection.polar else
+                      scene_images.scenes_in_view(self.served, body, pairs, *box, width))
+            return scene_images.view_jpeg(image, projection, scenes, *box, width, height)
+
+        async def render() -> bytes:  # decoding and resampling run off the event loop
+            return await asyncio.get_running_loop().run_in_executor(None, picture)
 
         await self._send_jpeg(render, "basemap", name)
 

@@ -1,5 +1,6 @@
-"""Column data of the map's glyph layers (hit markers and density, landmark boxes, outlines of the
-query, examples and focus, the typed bbox, regions) for a session's state, in a map projection.
+"""Column data of the map's glyph layers (hit markers, outlines and density, landmark boxes, the
+scenes of the body's collections, outlines of the query, examples and focus, the typed bbox,
+regions) for a session's state, in a map projection.
 
 Plain data for Bokeh data sources, no models: ``map_view.MapView`` replaces its sources' data
 with what ``LayerData.all`` returns whenever the state changes.
@@ -11,7 +12,9 @@ import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap
-from lookalike.explorer.map_style import DENSITY_COLORS, HIT_COLORS, LANDMARK_COLORS
+from lookalike.explorer.acquisitions import Acquisition, acquisitions
+from lookalike.explorer.collection_choice import drawn_for
+from lookalike.explorer.map_style import COLLECTION_COLORS, DENSITY_COLORS, HIT_COLORS, LANDMARK_COLORS
 from lookalike.explorer.projection import MapProjection
 from lookalike.explorer.state import ExplorerState
 
@@ -21,18 +24,61 @@ LANDMARK_MAX_DRAWN = 5000  # the most confident first, when more are visible
 class LayerData:
     """The glyph layers' data of one map: ``state`` in ``projection``."""
 
-    def __init__(self, state: ExplorerState, projection: MapProjection) -> None:
-        self.state, self.projection = state, projection
-        self.density_cells = (projection.density_cells(state.index.tiles) if state.index is not None
-                              else ((0.0, 0.0, 1.0, 1.0), 1, 1))
+    def __init__(self, state: ExplorerState, projection: MapProjection, base: str | None = None) -> None:
+        self.state, self.projection, self.base = state, projection, base
+        self._cells: tuple = (None, ((0.0, 0.0, 1.0, 1.0), 1, 1))
+
+    @property
+    def density_cells(self) -> tuple[tuple[float, float, float, float], int, int]:
+        """The hit density grid of the collection searched (made again when it changes)."""
+        index = self.state.index
+        if index is not None and self._cells[0] is not index:
+            self._cells = (index, self.projection.density_cells(index.tiles))
+        return self._cells[1]
 
     def all(self) -> dict[str, dict]:
         """Column data of each glyph layer for the current state, by layer name."""
         state = self.state
+        page = state.page_hits()
         return {"hits": self.hits(), "density": self.density(), "landmarks": self.landmarks(),
                 "bbox": self.bbox(), "regions": self.regions(),
+                "hit_outlines": self.outlines(page["tile_id"].astype(str).tolist() if len(page) else []),
+                "collections": self.collections(), "collection_markers": self.collection_markers(),
                 "query": self.outlines([state.query_tile]), "positives": self.outlines(state.positives),
                 "negatives": self.outlines(state.negatives), "focus": self.outlines([state.focus_tile])}
+
+    def _drawn_acquisitions(self) -> list[tuple[str, Acquisition]]:
+        """(collection, acquisition) drawn now: one per place of each collection switched on."""
+        out = []
+        for name in self.state.collections:
+            if name == self.base or name not in self.state.collections_on:
+                continue
+            acqs = acquisitions(self.state.collections[name])
+            drawn = drawn_for(self.state, name)
+            out += [(name, a) for a in acqs if drawn is None or a.source in drawn]
+        return out
+
+    def collections(self) -> dict:
+        """Outlines of the scenes of the collections switched on, coloured by collection, with the
+        collection, scene and date on hover."""
+        drawn = [(n, a) for n, a in self._drawn_acquisitions()
+                 if self.projection.visible(np.array([a.bounds[1] + a.bounds[3]]) / 2)[0]]
+        names = list(self.state.collections)
+        shape = self.projection.box_columns(*([a.bounds[i] for _, a in drawn] for i in range(4)))
+        return {**shape, "collection": [self.state.collection_labels.get(n, n) for n, _ in drawn],
+                "scene": [a.source for _, a in drawn], "date": [a.date or "undated" for _, a in drawn],
+                "color": [COLLECTION_COLORS[names.index(n) % len(COLLECTION_COLORS)] for n, _ in drawn]}
+
+    def collection_markers(self) -> dict:
+        """A marker at each drawn scene's centre: a scene is a few pixels at the planet's zoom."""
+        columns = self.collections()
+        if self.projection.box_glyph[0] == "quad":
+            x = (np.asarray(columns["left"]) + np.asarray(columns["right"])) / 2
+            y = (np.asarray(columns["bottom"]) + np.asarray(columns["top"])) / 2
+        else:
+            x = np.array([np.mean(xs) for xs in columns["xs"]])
+            y = np.array([np.mean(ys) for ys in columns["ys"]])
+        return {"x": x, "y": y, **{k: columns[k] for k in ("collection", "scene", "date", "color")}}
 
     def hits(self) -> dict:
         """Hit markers, coloured by rank: the current page drawn last, on top."""

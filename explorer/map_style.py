@@ -15,3 +15,6 @@ OUTLINE_STYLES = {"query": ("#ff2d2d", 3, "solid"), "positives": ("#2ecc40", 2, 
                   "negatives": ("#ff4136", 2, "dashed"), "focus": ("#00e5ff", 3, "solid")}
 REGION_STYLE = dict(fill_alpha=0.1, fill_color="#ffffff", line_color="#ffffff", line_width=2,
                     line_dash="dashed")
+# one colour per collection of a body (scene outlines and markers), in the served order
+COLLECTION_COLORS = ["#ffdc00", "#ff851b", "#7fdbff", "#f012be", "#2ecc40", "#ffffff"]
+HIT_OUTLINE_COLOR = "#ff0040"  # footprints of the hits on the page of thumbnails shown

@@ -12,21 +12,24 @@ from functools import partial
 from pathlib import Path
 
 import holoviews as hv
+import pandas as pd
 import panel as pn
 import param
 
 from lookalike.errors import LookalikeError
 from lookalike.explorer import basemap, panel_internals
 from lookalike.explorer.basemap_requests import BasemapImages
+from lookalike.explorer.collection_choice import scene_pairs
 from lookalike.explorer.drawing import DrawnRegions
 from lookalike.explorer.hirise_layer import hirise_layer
 from lookalike.explorer.layer_data import LayerData
-from lookalike.explorer.map_style import OUTLINE_STYLES, REGION_STYLE
+from lookalike.explorer.map_style import HIT_OUTLINE_COLOR, OUTLINE_STYLES, REGION_STYLE
 from lookalike.explorer.projection import MapProjection
 from lookalike.explorer.rebuilt_views import release_views, watch_state
-from lookalike.explorer.served import Entry
+from lookalike.explorer.scene_images import body_basemap, scenes_in_view, view_jpeg
+from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.state import FACET_INPUTS, ExplorerState
-from lookalike.indexer.thumbnails import basemap_image
+from lookalike.explorer.true_shape import js_constants, x_scale
 from lookalike.indexer.tiling import Zone
 
 STATIC = Path(__file__).parent / "static"
@@ -35,7 +38,9 @@ MAP_SIZING = "stretch_width"  # the map fills the page's width; its aspect sets 
 DRAW_TOOLS = ["BoxEditTool", "PolyDrawTool", "PolyEditTool", "PointDrawTool", "FreehandDrawTool"]
 # state parameters the glyph layers show
 LAYER_INPUTS = ["hits", "query_tile", "positives", "negatives", "focus_tile", "page", *FACET_INPUTS,
-                "landmark_classes"]
+                "landmark_classes", "collections_on", "scene_dates"]
+# state parameters the scenes drawn over the basemap follow
+SCENE_INPUTS = ["collections_on", "scene_dates", "time_start", "time_end"]
 
 
 def weak_hook(method):
@@ -95,8 +100,10 @@ class MapView:
     basemap route) rather than from the server's route.
     """
 
-    def __init__(self, state: ExplorerState, entry: Entry, inline_basemap: bool = False):
-        self.state, self.entry, self.inline_basemap = state, entry, inline_basemap
+    def __init__(self, state: ExplorerState, served: ServedIndexes, body: str,
+                 inline_basemap: bool = False):
+        self.state, self.served, self.body, self.inline_basemap = state, served, body, inline_basemap
+        self.base = served.body(body).base  # the mosaic collection, drawn as the basemap
         self.figure = None  # the Bokeh figure, captured by a plot hook, to pan it from Python
         self.frame_size = FrameSize()
         self.sources: dict = {}  # Bokeh data sources of the glyph layers, by name
@@ -112,26 +119,30 @@ class MapView:
         self.doc = pn.state.curdoc
 
     def panel(self) -> pn.viewable.Viewable:
-        """The map's pane (an alert instead when the index's basemap cannot be read)."""
-        release_views(self.state, "map")  # the map of the previous index stops following
+        """The map's pane (an alert instead when the body's basemap cannot be read)."""
+        release_views(self.state, "map")  # the map of the previous body stops following
         try:
-            image = basemap_image(self.entry.index)
+            image = body_basemap(self.served, self.body)
         except LookalikeError as exc:  # e.g. the source raster moved: still search, no basemap
             return pn.pane.Alert(f"No basemap: {exc}. Searching still works through shared links, "
                                  "but thumbnails cannot be shown.", alert_type="danger")
         state, switches = self.state, self.switches
         self.projection = projection = MapProjection.of(state.projection, image.geographic)
-        self.data = LayerData(state, projection)
-        self.basemap = BasemapImages(self.entry.name, projection, projection.basemap_bounds(image.bounds),
-                                     self._in_doc, image if self.inline_basemap else None)
-        self._first_window = xlim, ylim = projection.first_window(state.index.tiles, image.bounds)
-        zone_labels = sorted((z for z in state.index.tiles["zone"].unique().tolist() if z),
+        self.data = LayerData(state, projection, self.base)
+        render = partial(self._render_inline, image) if self.inline_basemap else None
+        self.basemap = BasemapImages(self.body, projection, projection.basemap_bounds(image.bounds),
+                                     self._in_doc, render, partial(scene_pairs, state, self.base))
+        collections = self.served.collections(self.body)
+        places = pd.concat([e.index.tiles[["lon", "lat", "zone"]] for e in collections.values()],
+                           ignore_index=True).dropna(subset=["lon", "lat"])
+        self._first_window = xlim, ylim = self._true_shape(*projection.first_window(places, image.bounds))
+        zone_labels = sorted((z for z in places["zone"].astype(str).unique().tolist() if z and z != "nan"),
                              key=lambda z: Zone.parse(z).sort_key)
         self.drawn = DrawnRegions(state, projection, self._in_doc)
         zones = hv.DynamicMap(pn.bind(basemap.zone_grid_layer, zone_labels, state.param.zones,
                                       switches.param.zones, projection))
         layers = zones * self._zone_labels(zone_labels, xlim, ylim)
-        if self.entry.is_mars:
+        if self.body == "mars":
             layers = layers * hirise_layer(state, switches.param.hirise, projection, self.frame_size)
         overlay = (layers * self.drawn.boxes * self.drawn.polygons).opts(
             hv.opts.Overlay(responsive=True, min_height=300, active_tools=["wheel_zoom"],
@@ -140,9 +151,24 @@ class MapView:
         watch_state(state, "map", self._pan_to_focus, "focus_tile")
         watch_state(state, "map", self._refresh_layers, LAYER_INPUTS)
         watch_state(state, "map", self._switch_layers, "layers")
+        watch_state(state, "map", lambda *_: self.basemap.refresh(), SCENE_INPUTS)
         self.pane = pn.pane.HoloViews(overlay, sizing_mode=MAP_SIZING, min_height=300,
                                       css_classes=["map"], linked_axes=False)
         return self.pane
+
+    def _render_inline(self, image, request: dict, pairs: list) -> bytes:
+        """A detail picture rendered here (a page without the basemap route)."""
+        x0, y0, x1, y1 = request["x"], request["y"], request["x"] + request["w"], request["y"] + request["h"]
+        scenes = scenes_in_view(self.served, self.body, pairs, x0, y0, x1, y1, request["px"])
+        return view_jpeg(image, self.projection, scenes, x0, y0, x1, y1, request["px"], request["py"])
+
+    def _true_shape(self, xlim, ylim) -> tuple[tuple[float, float], tuple[float, float]]:
+        """A first window of the planet's map widened to its true shape (``true_shape``)."""
+        if not self.projection.lonlat:
+            return xlim, ylim
+        y_span, cx = ylim[1] - ylim[0], (xlim[0] + xlim[1]) / 2
+        half = (xlim[1] - xlim[0]) / 2 * x_scale(y_span, (ylim[0] + ylim[1]) / 2)
+        return (cx - half, cx + half), ylim
 
     def _zone_labels(self, zone_labels: list[str], xlim, ylim) -> hv.DynamicMap:
         """Zone labels that follow the view (and the zone switch)."""
@@ -186,8 +212,9 @@ class MapView:
 
         shown = set(self.state.layers)
         self.sources = {name: ColumnDataSource(data=columns) for name, columns in self.data.all().items()}
-        self.basemap.add_to(fig, self._first_window)
+        self.basemap.add_to(fig, self._first_window, js_constants() if self.projection.lonlat else None)
         self.renderers = dict(self.basemap.renderers)
+        self._add_collections(fig)
         self.renderers["density"] = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh",
                                                    source=self.sources["density"], name="density")
         glyph, fields = self.projection.box_glyph  # quads, or quadrilaterals in a polar plane
@@ -199,6 +226,9 @@ class MapView:
                                                              ("scene", "@scene")]))
         getattr(fig, glyph)(**fields, source=self.sources["bbox"], name="bbox", **REGION_STYLE)
         fig.patches(xs="xs", ys="ys", source=self.sources["regions"], name="regions", **REGION_STYLE)
+        self.renderers["hits:outlines"] = fig.multi_line(
+            "xs", "ys", source=self.sources["hit_outlines"], line_color=HIT_OUTLINE_COLOR, line_width=1.5,
+            name="hit_outlines")
         self.renderers["hits"] = fig.scatter("x", "y", source=self.sources["hits"], size=5,
                                              fill_color="color", line_color="black", line_width=0.5,
                                              fill_alpha=0.9, name="hits")
@@ -207,6 +237,20 @@ class MapView:
                            line_width=width, line_dash=dash, name=name)
         for name, renderer in self.renderers.items():
             renderer.visible = name.partition(":")[0] in shown
+
+    def _add_collections(self, fig) -> None:
+        """The scenes of the body's collections: outlines, and a marker that stays visible at the
+        planet's zoom, with the collection, scene and date on hover."""
+        from bokeh.models import HoverTool
+
+        glyph, fields = self.projection.box_glyph
+        outlines = getattr(fig, glyph)(**fields, source=self.sources["collections"], fill_alpha=0.0,
+                                       line_color="color", line_width=2, name="collections")
+        markers = fig.scatter("x", "y", source=self.sources["collection_markers"], size=9, marker="square",
+                              fill_alpha=0.0, line_color="color", line_width=2, name="collection_markers")
+        fig.add_tools(HoverTool(renderers=[outlines, markers],
+                                tooltips=[("collection", "@collection"), ("scene", "@scene"),
+                                          ("date", "@date")]))
 
     def _add_tap(self, fig) -> None:
         """Map taps search, unless a drawing tool is active (the gate runs in the browser)."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import panel as pn
 
 from lookalike.explorer import panel_internals
+from lookalike.explorer.collection_controls import enter_body
 from lookalike.explorer.map_view import MapView
 from lookalike.explorer.results import results_panel
 from lookalike.explorer.served import ServedIndexes
@@ -34,16 +35,21 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, s
 
 
 def session_state(served: ServedIndexes, params: dict[str, str]) -> ExplorerState:
-    """A new session's state: the link's index (or the first) and the search the link holds."""
-    name = params.get("index") if params.get("index") in served else served.default
-    state = ExplorerState(index=served[name].index, index_name=name)
+    """A new session's state: the link's body and collection (or the first) and the search the
+    link holds."""
+    name = params.get("index") if params.get("index") in served else None
+    body = params.get("body") if params.get("body") in served.bodies else None
+    body = body or (served[name].body if name else served.default_body)
+    state = ExplorerState()
+    enter_body(state, served, body, name)
     try:
         state.apply_url_params(params)  # a shared link reproduces its search
     except Exception:  # a link must never cost the page: log the bug, open the app as it is
         log.exception("applying a link's parameters failed")
         state.error = "The link's search could not be applied; ignoring it."
     if params.get("index") and params["index"] not in served and not state.error:
-        state.error = f"The link's index is not served here; showing {served[name].label}."
+        state.error = (f"The link's index is not served here; showing "
+                       f"{served.body(state.body).label}.")
     return state
 
 
@@ -58,15 +64,17 @@ def page_parts(state: ExplorerState, served: ServedIndexes, inline: Callable | N
     # this, the sidebar rebuilt on a change of index would get light-theme (dark) labels
     pn.config.theme = THEME
 
-    # a new map and sidebar for another index or another projection of it
-    def map_for(index_name: str, projection: str) -> pn.viewable.Viewable:
-        return MapView(state, served[index_name], inline_basemap=inline_basemap).panel()
+    # a new map for another body or another projection of it; a new sidebar for another
+    # collection searched too (its zones, dates and landmark classes)
+    def map_for(body: str, projection: str) -> pn.viewable.Viewable:
+        return MapView(state, served, body, inline_basemap=inline_basemap).panel()
 
-    def controls_for(index_name: str, projection: str) -> pn.Column:
+    def controls_for(body: str, index_name: str, projection: str) -> pn.Column:
         return controls(state, served)
 
-    sidebar = pn.panel(pn.bind(controls_for, state.param.index_name, state.param.projection))
-    main = pn.Column(pn.panel(pn.bind(map_for, state.param.index_name, state.param.projection)),
+    sidebar = pn.panel(pn.bind(controls_for, state.param.body, state.param.index_name,
+                               state.param.projection))
+    main = pn.Column(pn.panel(pn.bind(map_for, state.param.body, state.param.projection)),
                      status_pane(state), results_panel(state, inline=inline), sizing_mode="stretch_width")
     return sidebar, main
 
@@ -103,7 +111,7 @@ def build_page(served: ServedIndexes) -> pn.template.BaseTemplate:
         if location is not None:
             location.search = state.url_query()
 
-    state.param.watch(sync_url, ["hits", "error", "positives", "negatives", "projection"])
+    state.param.watch(sync_url, ["hits", "error", "positives", "negatives", "projection", "body"])
     sync_url()
     prefetch_thumbnails(state)
     pn.state.on_session_destroyed(release_memory)

@@ -45,7 +45,7 @@ class MapProjection:
             raise ValueError(f"unknown map projection {self.name!r}; choose from {', '.join(PROJECTIONS)}")
 
     @classmethod
-    def of(cls, name: str, geographic: pyproj.CRS) -> "MapProjection":
+    def of(cls, name: str, geographic: pyproj.CRS) -> MapProjection:
         return cls(name, float(geographic.ellipsoid.semi_major_metre))
 
     @property

@@ -1,21 +1,24 @@
-"""The indexes an explorer process serves, opened once and shared read-only by every session."""
+"""The indexes an explorer process serves, opened once and shared read-only by every session,
+and grouped by body: one map per body, each index a collection on it."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lookalike.errors import LookalikeError
+from lookalike.indexer.bodies import body_of_manifest
 from lookalike.indexer.store import MANIFEST, Index, open_index
 
 log = logging.getLogger(__name__)
 
 # display names of the registered demo mosaics
 BODY_NAMES = {"mars_8k": "Mars", "earth_8k": "Earth"}
-MARS_RADIUS_M = 3_396_190.0
+MOSAICS = {"mars": "mars_8k", "earth": "earth_8k"}  # body key -> its registered mosaic
 
 _open: dict[Path, tuple[tuple, Index]] = {}
 _refused: dict[Path, tuple] = {}  # the manifest stamp of a generation that failed to open
@@ -61,11 +64,13 @@ def cached_index(path: str | Path) -> Index:
 
 @dataclass(frozen=True)
 class Entry:
-    """One servable index: ``name`` is its URL-safe key, ``label`` what the body selector shows."""
+    """One served index, a collection of its body: ``name`` is its URL-safe key, ``label`` what
+    the sidebar shows, ``body`` the key of the body it lies on."""
 
     name: str
     label: str
     path: Path
+    body: str = ""
 
     @property
     def index(self) -> Index:
@@ -73,43 +78,74 @@ class Entry:
 
     @property
     def is_mars(self) -> bool:
-        sources = self.index.manifest.get("sources") or {}
-        if "mars" in str(self.index.manifest.get("basemap", "")):
-            return True
-        if any("mars" in name.lower() for name in sources):
-            return True
-        for desc in sources.values():
-            crs = str(desc.get("crs", ""))
-            if "Mars" in crs or str(int(MARS_RADIUS_M)) in crs:
-                return True
-        return False
+        return self.body == "mars"
+
+    @property
+    def is_mosaic(self) -> bool:
+        """Whether the index is a registered global mosaic (the body's basemap)."""
+        return any(name in BODY_NAMES for name in (self.index.manifest.get("sources") or {}))
+
+    @property
+    def gsd(self) -> float:
+        """The collection's finest ground sample distance (m/px), NaN when unknown."""
+        tiling = self.index.manifest.get("tiling") or {}
+        try:
+            return float(tiling.get("gsd"))
+        except (TypeError, ValueError):
+            return math.nan
+
+
+@dataclass
+class BodyMap:
+    """One body's map: its ``key`` (URL-safe), ``label`` for the Body selector and the served
+    collections on it (names, in the order given; the mosaic, if served, is ``base``)."""
+
+    key: str
+    label: str
+    collections: list[str] = field(default_factory=list)
+    base: str | None = None
+    mosaic: str | None = None  # the registered mosaic of the body (mars_8k, earth_8k)
 
 
 class ServedIndexes:
-    """The indexes a process serves: name -> ``Entry``, in the order given; names come from the
-    index folder names."""
+    """The indexes a process serves: name -> ``Entry`` (``entries``), in the order given, names
+    from the index folder names; and grouped by the body they lie on (``bodies``), one map each.
+
+    The body comes from each manifest (``indexer.bodies.body_of_manifest``); chips that lie
+    nowhere get a body of their own, named after the index folder.
+    """
 
     def __init__(self, paths: list[str | Path]):
         if not paths:
             raise LookalikeError("the explorer needs at least one index")
         self.entries: dict[str, Entry] = {}
+        self.bodies: dict[str, BodyMap] = {}
         for p in paths:
             path = Path(p).resolve()
-            cached_index(path)  # fail early, at startup, on a broken index
+            index = cached_index(path)  # fail early, at startup, on a broken index
             name = path.name
             while name in self.entries:
                 name += "_"
-            sources = list((cached_index(path).manifest.get("sources") or {}))
-            label = BODY_NAMES.get(sources[0], path.name) if len(sources) == 1 else path.name
-            if cached_index(path).manifest.get("placed_at"):  # chips placed on a planet
-                label = f"{BODY_NAMES.get(cached_index(path).manifest.get('basemap'), '')} {path.name}".strip()
-            if label in {e.label for e in self.entries.values()}:
-                label = f"{label} ({path.name})"
-            self.entries[name] = Entry(name, label, path)
+            found = body_of_manifest(index.manifest)
+            key, label = (found.key, found.name) if found is not None else (name, name)
+            while key in self.bodies and found is None:
+                key += "_"
+            body = self.bodies.setdefault(key, BodyMap(key, label, mosaic=MOSAICS.get(key)))
+            entry = Entry(name, collection_label(name, index.manifest), path, key)
+            if entry.label in {self.entries[n].label for n in body.collections}:
+                entry = Entry(name, f"{entry.label} ({name})", path, key)
+            self.entries[name] = entry
+            body.collections.append(name)
+            if body.base is None and entry.is_mosaic:
+                body.base = name
 
     @property
     def default(self) -> str:
         return next(iter(self.entries))
+
+    @property
+    def default_body(self) -> str:
+        return self.entries[self.default].body
 
     def __getitem__(self, name: str) -> Entry:
         if name not in self.entries:
@@ -119,6 +155,29 @@ class ServedIndexes:
     def __contains__(self, name: str) -> bool:
         return name in self.entries
 
+    def body(self, key: str) -> BodyMap:
+        if key not in self.bodies:
+            raise LookalikeError(f"no body named {key!r}; served: {', '.join(self.bodies)}")
+        return self.bodies[key]
+
+    def collections(self, body: str) -> dict[str, Entry]:
+        """The collections on a body, name -> ``Entry``."""
+        return {name: self.entries[name] for name in self.body(body).collections}
+
+    def body_default(self, body: str) -> str:
+        """The collection a body's map starts searching: its mosaic, else its first collection."""
+        group = self.body(body)
+        return group.base or group.collections[0]
+
     def labels(self) -> dict[str, str]:
-        """label -> name, for a Select widget."""
-        return {e.label: e.name for e in self.entries.values()}
+        """label -> body key, for the Body selector: bodies only, one entry each."""
+        return {group.label: key for key, group in self.bodies.items()}
+
+
+def collection_label(name: str, manifest: dict) -> str:
+    """How the sidebar names a collection: a registered mosaic by its dataset name, other
+    indexes by their folder name."""
+    sources = list(manifest.get("sources") or {})
+    if len(sources) == 1 and sources[0] in BODY_NAMES:
+        return f"{BODY_NAMES[sources[0]]} mosaic ({sources[0]})"
+    return name

@@ -15,11 +15,12 @@ import pandas as pd
 import panel as pn
 
 from lookalike.errors import LookalikeError
+from lookalike.explorer.collection_controls import collection_controls, enter_body
 from lookalike.explorer.legend import legend_entries, legend_html
 from lookalike.explorer.page_text import text_block
 from lookalike.explorer.projection import PROJECTIONS
 from lookalike.explorer.rebuilt_views import release_views, watch_state
-from lookalike.explorer.served import Entry, ServedIndexes
+from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.state import FACET_INPUTS, MAP_LAYERS, ExplorerState, available_layers
 from lookalike.indexer.bbox import check_bbox, format_bbox
 from lookalike.indexer.bbox import parse_bbox as bbox_from_text
@@ -35,9 +36,9 @@ DRAWING_HINTS = (
 def controls(state: ExplorerState, served: ServedIndexes) -> pn.Column:
     """Sidebar widgets, each bound to a state parameter."""
     release_views(state, "sidebar")
-    body = pn.widgets.Select(name="Body", options=served.labels(), value=state.index_name)
-    body.param.watch(lambda e: state.set_index(served[e.new].index, e.new), "value")
-    watch_state(state, "sidebar", lambda e: setattr(body, "value", e.new), "index_name")
+    body = pn.widgets.Select(name="Body", options=served.labels(), value=state.body)
+    body.param.watch(lambda e: enter_body(state, served, e.new) if e.new != state.body else None, "value")
+    watch_state(state, "sidebar", lambda e: setattr(body, "value", e.new), "body")
     projection = pn.widgets.Select.from_param(state.param.projection, name="Map view",
                                               options={label: key for key, label in PROJECTIONS.items()})
     zones = pn.widgets.MultiChoice.from_param(state.param.zones, name="UTM/UPS zones",
@@ -45,10 +46,12 @@ def controls(state: ExplorerState, served: ServedIndexes) -> pn.Column:
     clear = pn.widgets.Button(name="Clear regions", button_type="light")
     clear.on_click(lambda _: state.clear_regions())
     return pn.Column(
-        body, projection, k_input(state), zones, *date_inputs(state), bbox_input(state),
+        body, projection, *collection_controls(state), k_input(state), zones, *date_inputs(state),
+        bbox_input(state),
         text_block(DRAWING_HINTS, size=12), clear, landmark_controls(state), pn.layout.Divider(),
         *search_actions(state), pn.layout.Divider(),
-        layer_controls(state, served.entries.get(state.index_name)),
+        layer_controls(state, (state.body or (served[state.index_name].body if state.index_name in served
+                                               else "")) == "mars"),
         sizing_mode="stretch_width")
 
 
@@ -156,9 +159,9 @@ def landmark_controls(state: ExplorerState) -> pn.viewable.Viewable:
                      facet, text, confidence, at_least, sizing_mode="stretch_width")
 
 
-def layer_controls(state: ExplorerState, entry: Entry | None) -> pn.Column:
+def layer_controls(state: ExplorerState, is_mars: bool) -> pn.Column:
     """The "Layers" switches of the map and its legend, both following ``state.layers``."""
-    available = available_layers(entry is not None and entry.is_mars, state.landmarks is not None)
+    available = available_layers(is_mars, state.landmarks is not None)
     switches = pn.widgets.CheckBoxGroup(
         name="Layers", options={MAP_LAYERS[n]: n for n in available},
         value=[n for n in state.layers if n in available], inline=False, css_classes=["map-layers"])

@@ -21,6 +21,7 @@ import shapely
 from shapely.geometry import box as shapely_box
 
 from lookalike.errors import LookalikeError
+from lookalike.explorer.collection_choice import nearest_placed_chip, pick_collection
 from lookalike.explorer.projection import PROJECTIONS
 from lookalike.indexer import catalogue
 from lookalike.indexer.export import hits_to_geojson
@@ -87,6 +88,14 @@ class ExplorerState(param.Parameterized):
                                 doc="map layers switched on (a view setting: not part of a search)")
     projection = param.Selector(default="global", objects=list(PROJECTIONS),
                                 doc="the map's projection: the whole planet or a polar cap")
+    # the body's map and its collections (explorer.collection_choice picks one per click)
+    body = param.String(default="", doc="key of the body whose map is shown")
+    collections = param.Dict(default={}, doc="the body's collections: name -> Index (shared)")
+    collection_labels = param.Dict(default={}, doc="name -> label of the body's collections")
+    collections_on = param.List(default=[], item_type=str, doc="collections drawn and searched by a click")
+    search_in = param.String(default="auto", doc="'auto' (the finest under a click) or a collection")
+    scene_dates = param.Dict(default={}, doc="collection -> date drawn (YYYY-MM-DD; '' the latest)")
+    searched_note = param.String(default="", doc="which collection the last click searched, and why")
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -97,8 +106,8 @@ class ExplorerState(param.Parameterized):
 
     # ------------------------------------------------------------------ derived values
     def snapshot(self) -> dict:
-        """The parameters that define the current search (copied)."""
-        return {name: _copy(getattr(self, name)) for name in SEARCH_PARAMS}
+        """The parameters that define the current search (copied), and the collection searched."""
+        return {name: _copy(getattr(self, name)) for name in (*SEARCH_PARAMS, "index_name")}
 
     def query(self) -> Query | None:
         """The query in force, or None when there is nothing to search for yet."""
@@ -209,6 +218,13 @@ class ExplorerState(param.Parameterized):
         """Search for the tile under a map click (a fresh query: examples are dropped)."""
         if self.index is None:
             return
+        if self.collections:  # a body's map: the finest collection under the click, or the chosen one
+            name, row, note = pick_collection(self, float(lon), float(lat))
+            if name is None:
+                self.error = note
+                return
+            self._search_tile(name, row, note)
+            return
         try:
             row = tile_at(self.index, float(lon), float(lat))
         except LookalikeError as exc:
@@ -219,18 +235,27 @@ class ExplorerState(param.Parameterized):
         self.param.update(query_tile=str(self.index.tiles["tile_id"].iat[row]), use_examples=False,
                           positives=[], negatives=[], focus_tile="")
 
-    def _nearest_placed_chip(self, lon: float, lat: float, within_deg: float = 1.0) -> int | None:
-        """For chips placed at observations (footprints of a few km), the chip whose centre is
-        nearest a click within ``within_deg``: such footprints are too small to hit exactly."""
-        if not self.index.manifest.get("placed_at"):
-            return None
-        tiles = self.index.tiles
-        clat, clon = np.radians(tiles["lat"].to_numpy(float)), np.radians(tiles["lon"].to_numpy(float))
-        plat, plon = np.radians(lat), np.radians(lon)
-        cos = np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon)
-        cos = np.where(np.isfinite(cos), cos, -2.0)
-        row = int(np.argmax(cos))
-        return row if cos[row] >= np.cos(np.radians(within_deg)) else None
+    def _nearest_placed_chip(self, lon: float, lat: float) -> int | None:
+        return nearest_placed_chip(self.index, lon, lat)
+
+    def _search_tile(self, name: str, row: int, note: str) -> None:
+        """Search for tile ``row`` of collection ``name`` (switched to, keeping the filters that
+        apply to it)."""
+        index = self.collections[name]
+        updates = dict(query_tile=str(index.tiles["tile_id"].iat[row]), use_examples=False, positives=[],
+                       negatives=[], focus_tile="", searched_note=note)
+        if name != self.index_name:
+            known = set(catalogue.classes_of(index.landmarks))
+            updates.update(index=index, index_name=name,
+                           landmark_classes=[c for c in self.landmark_classes if c in known])
+        self.param.update(**updates)
+
+    def set_body(self, body: str, collections: dict, labels: dict, default: str) -> None:
+        """Show another body's map: its collections all on, searching ``default`` afresh."""
+        self.param.update(body=body, collections=dict(collections), collection_labels=dict(labels),
+                          collections_on=list(collections), search_in="auto", scene_dates={},
+                          searched_note="")
+        self.set_index(collections[default], default)
 
     def mark(self, tile_id: str, kind: str) -> None:
         """Mark a hit as a 'positive' or 'negative' example; marking it again unmarks it."""
@@ -266,7 +291,10 @@ class ExplorerState(param.Parameterized):
         if len(self._history) < 2:
             return False
         self._history.pop()
-        previous = self._history[-1]
+        previous = dict(self._history[-1])
+        name = previous.pop("index_name")
+        if name != self.index_name and name in self.collections:  # the search was in another collection
+            previous.update(index=self.collections[name], index_name=name)
         self._undoing = True
         try:
             self.param.update(**_copy(previous))
@@ -350,7 +378,8 @@ class ExplorerState(param.Parameterized):
     def url_params(self) -> dict[str, str]:
         """Query-string parameters that reproduce this search (empty values left out)."""
         # the link calls the projection "view", as the page's "Map view" menu does
-        out = {"index": self.index_name, "view": "" if self.projection == "global" else self.projection,
+        out = {"body": self.body, "index": self.index_name,
+               "view": "" if self.projection == "global" else self.projection,
                "tile": self.query_tile,
                "k": str(self.k) if self.k != self.param.k.default else "",
                "zones": ",".join(self.zones), "from": self.time_start, "to": self.time_end,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import panel as pn
 
+from lookalike.explorer.collection_choice import code_note
 from lookalike.explorer.page_text import WARNING_STYLE, inert, text_block
 from lookalike.explorer.state import ExplorerState
 
@@ -22,6 +23,10 @@ def status_html(state: ExplorerState, hits, error, query_tile, use_examples, pos
         query = inert(query_tile) if query_tile else "none"
     filters = [inert(f) for f in state.describe_filters()]
     lines = [head, f"Query: {query}", "Filters: " + ("; ".join(filters) if filters else "none")]
+    if state.searched_note:
+        lines.insert(1, inert(state.searched_note))
+    if hits is not None and code_note(state):
+        lines.append(inert(code_note(state)))
     if positives or negatives:
         lines.append(f"Marked: {len(positives)} positive, {len(negatives)} negative")
     return "<br>".join(lines)
@@ -32,7 +37,7 @@ def status_pane(state: ExplorerState) -> pn.Column:
                                 state.param.query_tile, state.param.use_examples,
                                 state.param.positives, state.param.negatives, state.param.zones,
                                 state.param.time_start, state.param.time_end, state.param.bbox,
-                                state.param.boxes, state.param.polygons),
+                                state.param.boxes, state.param.polygons, state.param.searched_note),
                         css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10),
                         styles={"line-height": "1.5"})
     alert = text_block(pn.bind(inert, state.param.error), css_classes=["error"], styles=WARNING_STYLE,

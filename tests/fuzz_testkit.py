@@ -623,6 +623,7 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
             lambda v: ",".join(map(str, v)))
 
     keys = {
+        "body": mixed(st.sampled_from(["Mars", "Earth", "mars", "", "Vulcan"])),
         "index": mixed(st.sampled_from(["mars_small", "mars", ""])),
         "view": mixed(st.sampled_from(["global", "north", "south", "", "sideways", "<b>"])),
         "tile": st.one_of(tiles, tiles, tiles, LINK_TEXT),
@@ -643,8 +644,8 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
     return st.fixed_dictionaries({}, optional=keys)
 
 
-# the share-link parameters drawn (tests/test_fuzz_inputs.py checks them against explorer.app.URL_KEYS)
-LINK_KEYS = ("index", "view", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
+# the share-link parameters drawn (tests/test_fuzz_inputs.py checks them against explorer.sessions.URL_KEYS)
+LINK_KEYS = ("body", "index", "view", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
              "classes", "conf", "min_n")
 
 

@@ -70,3 +70,46 @@ def page(browser):
     pg.set_default_timeout(30_000)
     yield pg
     context.close()
+
+
+SCENE_INDEXES = {  # folder under data/scenes, files, extra build options (Python API keywords)
+    "hirise_cubes": ("mars_hirise_red_25cm", "*.cub", {}),
+    "hirise5m": ("mars_hirise_colour_5m", "*.tif", {}),
+    "naip": ("earth_naip_5m_2009_2020", "*.tif", {"gsd": 10.0}),  # 10 years of one quarter quad
+}
+
+
+def _build(out: Path, rasters: list[str], env: dict, **options) -> None:
+    """``build_index`` in a process of its own (as ``lookalike index`` runs it)."""
+    script = ("import sys, json; from lookalike.workflows.indexing import build_index; "
+              "build_index(sys.argv[1], rasters=json.loads(sys.argv[2]), progress=False, "
+              "**json.loads(sys.argv[3]))")
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", script, str(out), json.dumps(rasters), json.dumps(options)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building {out.name} failed:\n{proc.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def scene_indexes(tmp_path_factory, explorer_env) -> dict[str, Path]:
+    """Collections of real scenes: the HiRISE 0.25 m before/after cubes, the 5 m HiRISE colour
+    COG (Mars) and ten NAIP years of one quarter quad (Earth, tiles at 10 m): a few minutes."""
+    scenes = kit.data_dir() / "scenes"
+    if not scenes.is_dir():
+        pytest.skip(f"real scenes not found in {scenes}")
+    root = tmp_path_factory.mktemp("scenes")
+    out = {}
+    for name, (folder, pattern, options) in SCENE_INDEXES.items():
+        _build(root / name, sorted(str(p) for p in (scenes / folder).glob(pattern)), explorer_env, **options)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="session")
+def collections_url(explorer_index, scene_indexes, explorer_env):
+    """A server of the Mars mosaic zones, the Mars scenes and NAIP: two bodies."""
+    proc, url = kit.start_server([explorer_index, *scene_indexes.values()], explorer_env)
+    yield url
+    kit.stop_server(proc)

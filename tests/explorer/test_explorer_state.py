@@ -158,7 +158,9 @@ def test_states_are_independent(explorer_index):
 def test_served_indexes_and_bbox_parsing(explorer_index):
     served = ServedIndexes([explorer_index])
     assert served.default == "mars_small" and served["mars_small"].is_mars
-    assert served.labels() == {"Mars": "mars_small"}
+    assert served.labels() == {"Mars": "mars"}  # the Body selector lists bodies
+    assert served.collections("mars") == {"mars_small": served["mars_small"]}
+    assert served.body("mars").base == "mars_small"  # a mosaic index is its body's basemap
     with pytest.raises(LookalikeError):
         served["nope"]
     assert parse_bbox(" 0, 1 ,2,3 ") == (0.0, 1.0, 2.0, 3.0) and parse_bbox("") is None

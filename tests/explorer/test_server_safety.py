@@ -3,7 +3,6 @@ otherwise, and bounds what a client may send."""
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -46,7 +45,7 @@ def test_an_oversized_request_body_is_refused(explorer_url):
             status = resp.status
     except urllib.error.HTTPError as exc:
         status = exc.code
-    except (ConnectionError, socket.timeout, urllib.error.URLError):
+    except (TimeoutError, ConnectionError, urllib.error.URLError):
         status = 413  # the server closed the connection on the oversized body
     assert 400 <= status < 500
 

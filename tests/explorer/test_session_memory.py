@@ -8,6 +8,7 @@ import weakref
 import holoviews as hv
 
 from lookalike.explorer import panel_internals
+from lookalike.explorer.collection_controls import enter_body
 from lookalike.explorer.map_view import MapView
 from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.state import ExplorerState
@@ -17,8 +18,9 @@ def test_a_dropped_map_lets_its_session_state_go(explorer_index):
     hv.extension("bokeh", logo=False)
     served = ServedIndexes([explorer_index])
     entry = served[served.default]
-    state = ExplorerState(index=entry.index, index_name=entry.name)
-    view = MapView(state, entry)
+    state = ExplorerState()
+    enter_body(state, served, served.default_body)
+    view = MapView(state, served, served.default_body)
     pane = view.panel()
     root = pane.get_root()  # renders the plot: HoloViews stores its options process-wide
     state.click(float(entry.index.tiles["lon"].iat[0]), float(entry.index.tiles["lat"].iat[0]))
