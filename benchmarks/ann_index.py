@@ -33,12 +33,19 @@ def build(out: Path, n: int, seed: int = 0) -> np.ndarray:
     source = open_index(ensure_demo_index("mars"))
     codes, queries, _ = realistic_codes(np.asarray(source.codes), source.tiles, n, 50, seed=seed)
     rng = np.random.default_rng(seed)
-    tiles = pd.DataFrame(dict(tile_id=np.char.add("t", np.arange(n).astype("U9")),
-                              source=pd.Categorical(["synthetic"] * n),
-                              zone=pd.Categorical(rng.choice(["30N", "31N", "32N"], n)),
-                              lon=rng.uniform(-180, 180, n), lat=rng.uniform(-80, 80, n)))
+    tiles = pd.DataFrame(
+        dict(
+            tile_id=np.char.add("t", np.arange(n).astype("U9")),
+            source=pd.Categorical(["synthetic"] * n),
+            zone=pd.Categorical(rng.choice(["30N", "31N", "32N"], n)),
+            lon=rng.uniform(-180, 180, n),
+            lat=rng.uniform(-80, 80, n),
+        )
+    )
     hash_model = source.hash_model_path.read_bytes()
-    write_index(out, codes, tiles, bits=codes.shape[1] * 8, hash_model=hash_model, info=dict(kind="synthetic"))
+    write_index(
+        out, codes, tiles, bits=codes.shape[1] * 8, hash_model=hash_model, info=dict(kind="synthetic")
+    )
     return queries
 
 
@@ -69,11 +76,20 @@ def main(argv: list[str] | None = None) -> None:
         recalls.append(distance_recall(auto["distance"].to_numpy(), exact["distance"].to_numpy()))
         auto_ms.append((t1 - t0) * 1000)
         exact_ms.append((t2 - t1) * 1000)
-    result = dict(n=args.n, method=args.method, write_seconds=written, ann_seconds=ann_seconds,
-                  ann_bytes_per_tile=index.manifest["files"]["ann"]["bytes"] / index.n, calibration=calibration,
-                  auto_chose=sorted(chosen), held_out_recall=float(np.mean(recalls)),
-                  held_out_recall_min=float(np.min(recalls)), auto_ms=float(np.median(auto_ms)),
-                  exact_ms=float(np.median(exact_ms)), speedup=float(np.median(exact_ms) / np.median(auto_ms)))
+    result = dict(
+        n=args.n,
+        method=args.method,
+        write_seconds=written,
+        ann_seconds=ann_seconds,
+        ann_bytes_per_tile=index.manifest["files"]["ann"]["bytes"] / index.n,
+        calibration=calibration,
+        auto_chose=sorted(chosen),
+        held_out_recall=float(np.mean(recalls)),
+        held_out_recall_min=float(np.min(recalls)),
+        auto_ms=float(np.median(auto_ms)),
+        exact_ms=float(np.median(exact_ms)),
+        speedup=float(np.median(exact_ms) / np.median(auto_ms)),
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -65,8 +65,10 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             traffic = Traffic(page)
             basemap_at: list[float] = []  # when each basemap image arrived
-            page.on("requestfinished", lambda r: basemap_at.append(time.perf_counter())
-                    if "/basemap/" in r.url else None)
+            page.on(
+                "requestfinished",
+                lambda r: basemap_at.append(time.perf_counter()) if "/basemap/" in r.url else None,
+            )
             t0 = time.perf_counter()
             open_app(page, url)
             load_s = time.perf_counter() - t0
@@ -79,10 +81,14 @@ def main() -> None:
                 from lookalike.explorer.projection import PROJECTIONS as VIEWS
 
                 page.locator(".bk-input-group", has_text="Map view").locator("select").first.select_option(
-                    label=VIEWS[args.view])
+                    label=VIEWS[args.view]
+                )
                 canvas = page.locator(".map canvas").first
-                wait_until(lambda: (b := canvas.bounding_box()) and abs(b["width"] - b["height"]) < 0.2 * b["width"],
-                           timeout=60, what="the polar map")
+                wait_until(
+                    lambda: (b := canvas.bounding_box()) and abs(b["width"] - b["height"]) < 0.2 * b["width"],
+                    timeout=60,
+                    what="the polar map",
+                )
                 page.wait_for_function("() => Bokeh.documents[0].is_idle")
                 traffic.settle()
             canvas = page.locator(".map canvas").first
@@ -90,16 +96,26 @@ def main() -> None:
             zoom_bytes, pan_bytes = map_traffic(page, box, traffic)
             first_click_s, times, previous = None, [], None
             # points spread over the map's frame (fractions of the canvas); the first one warms up
-            points = [(0.2 + 0.6 * ((i * 0.37) % 1.0), 0.25 + 0.5 * ((i * 0.61) % 1.0))
-                      for i in range(args.clicks + 1)]
-            for i, (fx, fy) in enumerate(points):
+            points = [
+                (0.2 + 0.6 * ((i * 0.37) % 1.0), 0.25 + 0.5 * ((i * 0.61) % 1.0))
+                for i in range(args.clicks + 1)
+            ]
+            for fx, fy in points:
                 start = time.perf_counter()
                 page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
                 try:
-                    found = wait_until(lambda: (c := cards(page)) and c[0]["tileId"] != previous and c,
-                                       timeout=30, interval=0.01, what="new results")
-                    wait_until(lambda: page.locator(".thumb img").evaluate_all(ALL_LOADED),
-                               timeout=30, interval=0.01, what="thumbnails")
+                    found = wait_until(
+                        lambda: (c := cards(page)) and c[0]["tileId"] != previous and c,
+                        timeout=30,
+                        interval=0.01,
+                        what="new results",
+                    )
+                    wait_until(
+                        lambda: page.locator(".thumb img").evaluate_all(ALL_LOADED),
+                        timeout=30,
+                        interval=0.01,
+                        what="thumbnails",
+                    )
                 except AssertionError:
                     continue  # a click on no tile (or the same tile): not a measurement
                 elapsed = time.perf_counter() - start
@@ -117,18 +133,31 @@ def main() -> None:
         peak_rss_mb = peak_rss(proc.pid)
         proc.terminate()
         proc.wait(10)
-    result = dict(index=index.name, tiles=n_tiles, view=args.view, cpus=os.cpu_count(),
-                  load_average=[round(v, 2) for v in os.getloadavg()], server_start_s=round(start_s, 3),
-                  page_load_s=round(load_s, 3), basemap_loaded_s=None if basemap_s is None else round(basemap_s, 3), page_load_bytes=load_bytes,
-                  second_page_load_s=round(second_load_s, 3), server_peak_rss_mb=peak_rss_mb,
-                  zoom_bytes=zoom_bytes, pan_bytes=pan_bytes, clicks=len(times), thumbnails_per_page=50,
-                  first_click_s=None if first_click_s is None else round(first_click_s, 3),
-                  click_to_thumbnails_s=dict(
-                      p50=round(statistics.median(times), 3) if times else None,
-                      p95=round(float(np.percentile(times, 95)), 3) if times else None,
-                      min=round(min(times), 3) if times else None,
-                      max=round(max(times), 3) if times else None,
-                      all=[round(t, 3) for t in times]))
+    result = dict(
+        index=index.name,
+        tiles=n_tiles,
+        view=args.view,
+        cpus=os.cpu_count(),
+        load_average=[round(v, 2) for v in os.getloadavg()],
+        server_start_s=round(start_s, 3),
+        page_load_s=round(load_s, 3),
+        basemap_loaded_s=None if basemap_s is None else round(basemap_s, 3),
+        page_load_bytes=load_bytes,
+        second_page_load_s=round(second_load_s, 3),
+        server_peak_rss_mb=peak_rss_mb,
+        zoom_bytes=zoom_bytes,
+        pan_bytes=pan_bytes,
+        clicks=len(times),
+        thumbnails_per_page=50,
+        first_click_s=None if first_click_s is None else round(first_click_s, 3),
+        click_to_thumbnails_s=dict(
+            p50=round(statistics.median(times), 3) if times else None,
+            p95=round(float(np.percentile(times, 95)), 3) if times else None,
+            min=round(min(times), 3) if times else None,
+            max=round(max(times), 3) if times else None,
+            all=[round(t, 3) for t in times],
+        ),
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
@@ -154,8 +183,10 @@ class Traffic:
         self.cdp = page.context.new_cdp_session(page)
         self.cdp.send("Network.enable")
         self.cdp.on("Network.loadingFinished", lambda e: self._add(e.get("encodedDataLength", 0)))
-        self.cdp.on("Network.webSocketFrameReceived",
-                    lambda e: self._add(len(e.get("response", {}).get("payloadData", ""))))
+        self.cdp.on(
+            "Network.webSocketFrameReceived",
+            lambda e: self._add(len(e.get("response", {}).get("payloadData", ""))),
+        )
         self.page = page
 
     def _add(self, n) -> None:

@@ -18,13 +18,13 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-from retrieval_table import K, RESULTS, SETS, data_root, scores
+from retrieval_table import RESULTS, SETS, K, data_root, scores
 from torch import nn
 
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.features import image_features
+from lookalike.indexer.image_folders import read_labels
 from lookalike.indexer.search import rank_hamming
-from lookalike.indexer.sources import read_labels
 from lookalike.models.backbones import Backbone, BackboneSpec, create_backbone
 from lookalike.models.hashing import fit_itq
 from lookalike.models.metrics import rank_euclidean
@@ -32,8 +32,14 @@ from lookalike.models.metrics import rank_euclidean
 # trunk module whose output is pooled -> its channels (the last block of Lite0's stages 4, 5, 6)
 DEPTHS = {"stage 4 (112 ch)": (13, 112), "stage 5 (192 ch)": (17, 192), "stage 6 (320 ch)": (18, 320)}
 HEAD = "head (1280 ch)"
-COMBOS = [(HEAD,), (HEAD, "stage 4 (112 ch)"), (HEAD, "stage 5 (192 ch)"), (HEAD, "stage 6 (320 ch)"),
-          (HEAD, "stage 4 (112 ch)", "stage 5 (192 ch)"), (HEAD, "stage 5 (192 ch)", "stage 6 (320 ch)")]
+COMBOS = [
+    (HEAD,),
+    (HEAD, "stage 4 (112 ch)"),
+    (HEAD, "stage 5 (192 ch)"),
+    (HEAD, "stage 6 (320 ch)"),
+    (HEAD, "stage 4 (112 ch)", "stage 5 (192 ch)"),
+    (HEAD, "stage 5 (192 ch)", "stage 6 (320 ch)"),
+]
 
 
 class _AllDepths(nn.Module):
@@ -64,10 +70,12 @@ def _slices() -> dict[str, slice]:
 def main() -> None:
     plain = create_backbone("efficientnet_lite0")
     width = 1280 + sum(c for _, c in DEPTHS.values())
-    spec = BackboneSpec("efficientnet_lite0_all_depths", width, plain.spec.mean, plain.spec.std,
-                        plain.spec.weights_sha256)
-    encoder = Encoder(Backbone(_AllDepths(plain.body.features), spec), image_size=224, views=2,
-                      runtime="torch")
+    spec = BackboneSpec(
+        "efficientnet_lite0_all_depths", width, plain.spec.mean, plain.spec.std, plain.spec.weights_sha256
+    )
+    encoder = Encoder(
+        Backbone(_AllDepths(plain.body.features), spec), image_size=224, views=2, runtime="torch"
+    )
     parts = _slices()
     rows = []
     for name in SETS:
@@ -78,8 +86,12 @@ def main() -> None:
         for combo in COMBOS:
             a, q = (np.concatenate([f[:, parts[p]] for p in combo], 1) for f in (fa, fq))
             itq = fit_itq(a, 128)
-            row = dict(set=name, depths=list(combo), float=scores(rank_euclidean(a, q, K), yq, ya),
-                       itq=scores(rank_hamming(itq.encode(a), itq.encode(q), K), yq, ya))
+            row = dict(
+                set=name,
+                depths=list(combo),
+                float=scores(rank_euclidean(a, q, K), yq, ya),
+                itq=scores(rank_hamming(itq.encode(a), itq.encode(q), K), yq, ya),
+            )
             for key in ("float", "itq"):
                 row[key].pop("per_class")
             print(json.dumps(row), flush=True)
@@ -90,13 +102,17 @@ def main() -> None:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["# Retrieval features from more than the last layer "
-             "(archive = train, queries = val, mAP@64)", "",
-             "Produced by `python benchmarks/feature_layers.py`. EfficientNet-Lite0, ImageNet weights, "
-             "frozen, 224 px, 2 views; each depth's output average-pooled and of unit length, the parts "
-             "concatenated. Cells: float features (Euclidean) / PCA-ITQ 128 fitted on the archive, micro "
-             "mAP@64 (HiRISE macro in brackets).", "",
-             "| depths | " + " | ".join(SETS) + " |", "|---|" + "---:|" * len(SETS)]
+    lines = [
+        "# Retrieval features from more than the last layer (archive = train, queries = val, mAP@64)",
+        "",
+        "Produced by `python benchmarks/feature_layers.py`. EfficientNet-Lite0, ImageNet weights, "
+        "frozen, 224 px, 2 views; each depth's output average-pooled and of unit length, the parts "
+        "concatenated. Cells: float features (Euclidean) / PCA-ITQ 128 fitted on the archive, micro "
+        "mAP@64 (HiRISE macro in brackets).",
+        "",
+        "| depths | " + " | ".join(SETS) + " |",
+        "|---|" + "---:|" * len(SETS),
+    ]
     for combo in COMBOS:
         cells = []
         for name in SETS:

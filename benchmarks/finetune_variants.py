@@ -40,7 +40,7 @@ def jittered(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = image.shape[:2]
     side = int(h * rng.uniform(0.65, 1.0))
     y, x = rng.integers(0, h - side + 1, 2)
-    im = np.asarray(Image.fromarray(image[y:y + side, x:x + side]).resize((w, h), Image.BILINEAR))
+    im = np.asarray(Image.fromarray(image[y : y + side, x : x + side]).resize((w, h), Image.BILINEAR))
     im = (im.astype(np.float32) / 255) ** np.exp(rng.uniform(-0.4, 0.4))
     mean = im.mean()
     im = (im - mean) * np.exp(rng.uniform(-0.4, 0.4)) + mean + rng.uniform(-0.1, 0.1)
@@ -56,7 +56,7 @@ def jittered_stem(root: Path, table, cut: int, seed: int = 7, batch: int = 64) -
     from lookalike.indexer.defaults import ORIENTATIONS as VIEW_SETS
     from lookalike.indexer.encoding import dihedral_copy as dihedral_view
     from lookalike.indexer.encoding import images_to_tensor
-    from lookalike.indexer.sources import load_image
+    from lookalike.indexer.image_folders import load_image
     from lookalike.models.backbones import create_backbone
     from lookalike.models.finetune import stem
 
@@ -65,11 +65,14 @@ def jittered_stem(root: Path, table, cut: int, seed: int = 7, batch: int = 64) -
         return np.load(path)
     run, rng, parts = stem(create_backbone(), cut), np.random.default_rng(seed), []
     for s in tqdm(range(0, len(table), batch), desc="caching jittered stem activations", unit="batch"):
-        images = np.stack([jittered(load_image(root / p, 224), rng) for p in table["path"][s:s + batch]])
+        images = np.stack([jittered(load_image(root / p, 224), rng) for p in table["path"][s : s + batch]])
         with torch.inference_mode():
             x = images_to_tensor(images, 224)
-            parts.append(np.stack([run(dihedral_view(x, t, m)).to(torch.float16).numpy()
-                                   for t, m in VIEW_SETS[8]], axis=1))
+            parts.append(
+                np.stack(
+                    [run(dihedral_view(x, t, m)).to(torch.float16).numpy() for t, m in VIEW_SETS[8]], axis=1
+                )
+            )
     acts = np.concatenate(parts)
     np.save(path.with_suffix(".tmp.npy"), acts)
     path.with_suffix(".tmp.npy").replace(path)
@@ -84,15 +87,20 @@ def scores(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
     ids = np.searchsorted(classes, labels)
     temperature = fit_temperature(logits, ids)
     metrics = classification_metrics(labels, softmax(logits / temperature), list(classes), THRESHOLD)
-    return dict({k: metrics[k] for k in ("accuracy", "balanced_accuracy", "accuracy_at_threshold",
-                                         "abstention_rate")},
-                temperature=temperature, recall={c: metrics["per_class"][c]["recall"] for c in classes})
+    return dict(
+        {
+            k: metrics[k]
+            for k in ("accuracy", "balanced_accuracy", "accuracy_at_threshold", "abstention_rate")
+        },
+        temperature=temperature,
+        recall={c: metrics["per_class"][c]["recall"] for c in classes},
+    )
 
 
 def main(argv=None) -> int:
     from lookalike.config import features_dir
     from lookalike.indexer.features import stem_activations
-    from lookalike.indexer.sources import read_labels
+    from lookalike.indexer.image_folders import read_labels
     from lookalike.models.backbones import create_backbone
     from lookalike.models.finetune import FinetuneConfig, finetune_tail, tail_logits
 
@@ -123,8 +131,9 @@ def main(argv=None) -> int:
             with np.load(cached) as z:
                 return z["logits"], float(z["seconds"])
         t0 = time.perf_counter()
-        model, _ = finetune_tail(activations, ids, len(classes), create_backbone(),
-                                 replace(cfg, cut=cut, seed=seed))
+        model, _ = finetune_tail(
+            activations, ids, len(classes), create_backbone(), replace(cfg, cut=cut, seed=seed)
+        )
         logits = tail_logits(model, val_acts)[:, 0]
         seconds = time.perf_counter() - t0
         np.savez(cached, logits=logits, seconds=seconds)
@@ -135,33 +144,55 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         logits, seconds = trained("plain", seed, acts)
         plain.append(logits)
-        rows.append(dict(variant=f"shipped recipe, seed {seed}", seconds=seconds,
-                         **scores(logits, val_labels, classes)))
+        rows.append(
+            dict(
+                variant=f"shipped recipe, seed {seed}", seconds=seconds, **scores(logits, val_labels, classes)
+            )
+        )
     if len(plain) > 1:
-        rows.append(dict(variant=f"ensemble of the {len(plain)} seeds above (mean logits)", seconds=None,
-                         **scores(np.mean(plain, axis=0), val_labels, classes)))
+        rows.append(
+            dict(
+                variant=f"ensemble of the {len(plain)} seeds above (mean logits)",
+                seconds=None,
+                **scores(np.mean(plain, axis=0), val_labels, classes),
+            )
+        )
     if args.jitter_seeds:
         both = np.concatenate([acts, jittered_stem(root, train, cut)], axis=1)
         for seed in args.jitter_seeds:
             logits, seconds = trained("jitter", seed, both)
-            rows.append(dict(variant=f"clean + jittered copies, seed {seed}", seconds=seconds,
-                             **scores(logits, val_labels, classes)))
+            rows.append(
+                dict(
+                    variant=f"clean + jittered copies, seed {seed}",
+                    seconds=seconds,
+                    **scores(logits, val_labels, classes),
+                )
+            )
 
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(dict(data="hirise_v1", split="val", n=len(val),
-                                                        threshold=THRESHOLD, rows=rows), indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps(dict(data="hirise_v1", split="val", n=len(val), threshold=THRESHOLD, rows=rows), indent=1)
+    )
     intro = " ".join(__doc__.split("\n\n")[2].split())  # the docstring's description, one line
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    lines = [f"# HiRISE v1 fine-tune variants (val, {len(val)} crops)", "",
-             f"Produced by `python benchmarks/finetune_variants.py`. {intro}",
-             "", "| variant | accuracy | balanced | acc. at >= 0.9 | abstention | "
-             + " | ".join(f"{c} recall" for c in classes) + " | training min |",
-             "|---|" + "---:|" * (5 + len(classes))]
+    lines = [
+        f"# HiRISE v1 fine-tune variants (val, {len(val)} crops)",
+        "",
+        f"Produced by `python benchmarks/finetune_variants.py`. {intro}",
+        "",
+        "| variant | accuracy | balanced | acc. at >= 0.9 | abstention | "
+        + " | ".join(f"{c} recall" for c in classes)
+        + " | training min |",
+        "|---|" + "---:|" * (5 + len(classes)),
+    ]
     for r in rows:
         took = f"{r['seconds'] / 60:.1f}" if r["seconds"] else ""
-        lines.append(f"| {r['variant']} | {pct(r['accuracy'])} | {pct(r['balanced_accuracy'])} | "
-                     f"{pct(r['accuracy_at_threshold'])} | {pct(r['abstention_rate'])} | "
-                     + " | ".join(pct(r["recall"][c]) for c in classes) + f" | {took} |")
+        lines.append(
+            f"| {r['variant']} | {pct(r['accuracy'])} | {pct(r['balanced_accuracy'])} | "
+            f"{pct(r['accuracy_at_threshold'])} | {pct(r['abstention_rate'])} | "
+            + " | ".join(pct(r["recall"][c]) for c in classes)
+            + f" | {took} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -31,9 +31,21 @@ def write_gigapixel(out: Path, scale: int = 6, seed: int = 0) -> Path:
     Image.MAX_IMAGE_PIXELS = None
     grey = np.asarray(Image.open(fetch("mars_8k")).convert("L"), dtype=np.float32)
     height, width = grey.shape[0] * scale, grey.shape[1] * scale
-    profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=ds.crs,
-                   transform=from_bounds(*ds.bounds, width, height), tiled=True, blockxsize=512,
-                   blockysize=512, compress="deflate", predictor=2, bigtiff="yes")
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="uint8",
+        crs=ds.crs,
+        transform=from_bounds(*ds.bounds, width, height),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        predictor=2,
+        bigtiff="yes",
+    )
     rng = np.random.default_rng(seed)
     texture = rng.normal(0.0, 18.0, (STRIP, width // 4)).astype(np.float32)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -56,8 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = write_gigapixel(args.out, args.scale)
     with rasterio.open(path) as src:
-        print(f"{path}: {src.width} x {src.height} = {src.width * src.height / 1e9:.2f} gigapixels, "
-              f"{path.stat().st_size / 1e9:.2f} GB")
+        print(
+            f"{path}: {src.width} x {src.height} = {src.width * src.height / 1e9:.2f} gigapixels, "
+            f"{path.stat().st_size / 1e9:.2f} GB"
+        )
 
 
 if __name__ == "__main__":

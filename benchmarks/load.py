@@ -113,7 +113,8 @@ async def open_app(page, url: str) -> None:
     await page.goto(url, timeout=120_000)
     await page.locator(".map canvas").first.wait_for(state="visible", timeout=120_000)
     await page.wait_for_function(
-        "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle", timeout=120_000)
+        "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle", timeout=120_000
+    )
 
 
 async def poll(fn, timeout: float = 60.0, interval: float = 0.02):
@@ -219,30 +220,42 @@ async def sessions_run(url: str, index, n: int, clicks: int, pid: int, client: s
     t0 = time.perf_counter()
     if client == "protocol":
         opened = asyncio.Barrier(n)
-        results = await asyncio.gather(*(protocol_session(url, index, clicks, 1000 * n + i, opened) for i in range(n)))
+        results = await asyncio.gather(
+            *(protocol_session(url, index, clicks, 1000 * n + i, opened) for i in range(n))
+        )
     else:
         from playwright.async_api import async_playwright
 
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            results = await asyncio.gather(*(one_session(browser, url, index, clicks, seed=1000 * n + i)
-                                             for i in range(n)))
+            results = await asyncio.gather(
+                *(one_session(browser, url, index, clicks, seed=1000 * n + i) for i in range(n))
+            )
             await browser.close()
     wall = time.perf_counter() - t0
     sampler.stop()
     times = [t for r in results for t in r["times"]]
     opens = [r["open_s"] for r in results if r.get("open_s") is not None]
-    return dict(sessions=n, client=client, clicks=len(times), misses=sum(r["misses"] for r in results),
-                open_p50_s=percentile(opens, 50), open_max_s=round(max(opens), 3) if opens else None,
-                p50_s=percentile(times, 50), p95_s=percentile(times, 95),
-                max_s=round(max(times), 3) if times else None,
-                errors=sum(len(r["errors"]) for r in results),
-                error_messages=[e for r in results for e in r["errors"]][:5],
-                leaks=sum(r["leaks"] for r in results),
-                leak_samples=[s for r in results for s in r["leak_samples"]][:5],
-                tied_first=sum(r["tied_first"] for r in results), wall_s=round(wall, 1),
-                rss_before_mb=round(rss_before / 2**20), rss_peak_mb=round(sampler.peak / 2**20),
-                load_average=round(load0, 2))
+    return dict(
+        sessions=n,
+        client=client,
+        clicks=len(times),
+        misses=sum(r["misses"] for r in results),
+        open_p50_s=percentile(opens, 50),
+        open_max_s=round(max(opens), 3) if opens else None,
+        p50_s=percentile(times, 50),
+        p95_s=percentile(times, 95),
+        max_s=round(max(times), 3) if times else None,
+        errors=sum(len(r["errors"]) for r in results),
+        error_messages=[e for r in results for e in r["errors"]][:5],
+        leaks=sum(r["leaks"] for r in results),
+        leak_samples=[s for r in results for s in r["leak_samples"]][:5],
+        tied_first=sum(r["tied_first"] for r in results),
+        wall_s=round(wall, 1),
+        rss_before_mb=round(rss_before / 2**20),
+        rss_peak_mb=round(sampler.peak / 2**20),
+        load_average=round(load0, 2),
+    )
 
 
 async def churn_run(url: str, n: int, pid: int, settle_s: float) -> dict:
@@ -252,7 +265,7 @@ async def churn_run(url: str, n: int, pid: int, settle_s: float) -> dict:
     proc = psutil.Process(pid)
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        for warm in range(3):  # the first sessions fill the per-process caches
+        for _ in range(3):  # the first sessions fill the per-process caches
             context = await browser.new_context()
             await open_app(await context.new_page(), url)
             await context.close()
@@ -267,8 +280,13 @@ async def churn_run(url: str, n: int, pid: int, settle_s: float) -> dict:
         await browser.close()
     await asyncio.sleep(settle_s)  # the server drops a closed session after its unused lifetime
     after = proc.memory_info().rss
-    return dict(sessions=n, rss_before_mb=round(before / 2**20), rss_peak_mb=round(peak / 2**20),
-                rss_after_mb=round(after / 2**20), growth_pct=round(100.0 * (after - before) / before, 1))
+    return dict(
+        sessions=n,
+        rss_before_mb=round(before / 2**20),
+        rss_peak_mb=round(peak / 2**20),
+        rss_after_mb=round(after / 2**20),
+        growth_pct=round(100.0 * (after - before) / before, 1),
+    )
 
 
 # ------------------------------------------------------------------ API searches
@@ -300,8 +318,10 @@ def api_run(index_dir: Path, workers: list[int], queries: int, k: int) -> list[d
     serial = [_search_rows(j)[1] for j in jobs]
     rows = []
     # processes are spawned: forking a process that has started OpenMP threads (numba) is unsafe
-    pools = (("threads", ThreadPoolExecutor, {}),
-             ("processes", ProcessPoolExecutor, dict(mp_context=multiprocessing.get_context("spawn"))))
+    pools = (
+        ("threads", ThreadPoolExecutor, {}),
+        ("processes", ProcessPoolExecutor, dict(mp_context=multiprocessing.get_context("spawn"))),
+    )
     for kind, pool_type, options in pools:
         for n in workers:
             with pool_type(max_workers=n, **options) as pool:
@@ -310,51 +330,74 @@ def api_run(index_dir: Path, workers: list[int], queries: int, k: int) -> list[d
                 answers = list(pool.map(_search_rows, jobs))
                 wall = time.perf_counter() - t0
             lat = [a[0] for a in answers]
-            rows.append(dict(kind=kind, workers=n, queries=len(jobs),
-                             queries_per_s=round(len(jobs) / wall, 1), p50_ms=round(1000 * statistics.median(lat), 1),
-                             p95_ms=round(1000 * float(np.percentile(lat, 95)), 1),
-                             identical_to_serial=all(a[1] == s for a, s in zip(answers, serial)),
-                             load_average=round(os.getloadavg()[0], 2)))
+            rows.append(
+                dict(
+                    kind=kind,
+                    workers=n,
+                    queries=len(jobs),
+                    queries_per_s=round(len(jobs) / wall, 1),
+                    p50_ms=round(1000 * statistics.median(lat), 1),
+                    p95_ms=round(1000 * float(np.percentile(lat, 95)), 1),
+                    identical_to_serial=all(a[1] == s for a, s in zip(answers, serial)),
+                    load_average=round(os.getloadavg()[0], 2),
+                )
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 # ------------------------------------------------------------------ report
 def markdown(result: dict) -> str:
-    lines = ["# Load: many sessions on one explorer, many searches on one index", "",
-             f"Produced by `python benchmarks/load.py`; index `{Path(result['index']).name}` "
-             f"({result['tiles']} tiles), {result['cpus']} cores, {result['clicks_per_session']} clicks a "
-             "session. Clients: `protocol`, sessions that speak the Bokeh protocol as a page does "
-             "(`tests/protocol_client.py`: the page's GET, the document, the map's size, taps, and the "
-             "thumbnails not sent inline fetched over HTTP), so the server is measured alone; `browser`, "
-             "contexts of one headless Chromium on the same cores as the server. All sessions open at "
-             "once; a protocol session starts clicking when all have opened, and clicks again as soon as "
-             "its results arrived. A click is timed from the tap until its first page of thumbnails is "
-             "in (decoded, in a browser). A leak is a status or a page of hits that does not answer the "
-             "session's own tap (the tile under the point it sent, at distance 0); a tie, another tile "
-             "at distance 0 ranked first by index order, is counted apart.", "",
-             "## Concurrent explorer sessions", "",
-             "| sessions | client | page open p50 / max (s) | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | another tile at distance 0 first | server RSS before → peak (MB) | load avg |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "# Load: many sessions on one explorer, many searches on one index",
+        "",
+        f"Produced by `python benchmarks/load.py`; index `{Path(result['index']).name}` "
+        f"({result['tiles']} tiles), {result['cpus']} cores, {result['clicks_per_session']} clicks a "
+        "session. Clients: `protocol`, sessions that speak the Bokeh protocol as a page does "
+        "(`tests/protocol_client.py`: the page's GET, the document, the map's size, taps, and the "
+        "thumbnails not sent inline fetched over HTTP), so the server is measured alone; `browser`, "
+        "contexts of one headless Chromium on the same cores as the server. All sessions open at "
+        "once; a protocol session starts clicking when all have opened, and clicks again as soon as "
+        "its results arrived. A click is timed from the tap until its first page of thumbnails is "
+        "in (decoded, in a browser). A leak is a status or a page of hits that does not answer the "
+        "session's own tap (the tile under the point it sent, at distance 0); a tie, another tile "
+        "at distance 0 ranked first by index order, is counted apart.",
+        "",
+        "## Concurrent explorer sessions",
+        "",
+        "| sessions | client | page open p50 / max (s) | clicks timed | p50 (s) | p95 (s) | max (s) | errors | leaks | another tile at distance 0 first | server RSS before → peak (MB) | load avg |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in result["sessions"]:
-        lines.append(f"| {r['sessions']} | {r.get('client', 'browser')} | {r.get('open_p50_s')} / "
-                     f"{r.get('open_max_s')} | {r['clicks']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
-                     f"{r['errors']} | {r['leaks']} | {r.get('tied_first', '')} | "
-                     f"{r['rss_before_mb']} → {r['rss_peak_mb']} | {r['load_average']} |")
+        lines.append(
+            f"| {r['sessions']} | {r.get('client', 'browser')} | {r.get('open_p50_s')} / "
+            f"{r.get('open_max_s')} | {r['clicks']} | {r['p50_s']} | {r['p95_s']} | {r['max_s']} | "
+            f"{r['errors']} | {r['leaks']} | {r.get('tied_first', '')} | "
+            f"{r['rss_before_mb']} → {r['rss_peak_mb']} | {r['load_average']} |"
+        )
     c = result.get("churn")
     if c:
-        lines += ["", "## Sessions opened and closed", "",
-                  f"{c['sessions']} sessions opened and closed one after another: server RSS "
-                  f"{c['rss_before_mb']} MB before, {c['rss_peak_mb']} MB at most, {c['rss_after_mb']} MB "
-                  f"after they closed ({c['growth_pct']:+.1f} %)."]
+        lines += [
+            "",
+            "## Sessions opened and closed",
+            "",
+            f"{c['sessions']} sessions opened and closed one after another: server RSS "
+            f"{c['rss_before_mb']} MB before, {c['rss_peak_mb']} MB at most, {c['rss_after_mb']} MB "
+            f"after they closed ({c['growth_pct']:+.1f} %).",
+        ]
     if result.get("api"):
-        lines += ["", "## Concurrent API searches on one index (exact scan, k = "
-                  f"{result['api_k']})", "",
-                  "| workers | kind | queries/s | p50 (ms) | p95 (ms) | identical to serial |",
-                  "|---:|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"## Concurrent API searches on one index (exact scan, k = {result['api_k']})",
+            "",
+            "| workers | kind | queries/s | p50 (ms) | p95 (ms) | identical to serial |",
+            "|---:|---|---:|---:|---:|---|",
+        ]
         for r in result["api"]:
-            lines.append(f"| {r['workers']} | {r['kind']} | {r['queries_per_s']} | {r['p50_ms']} | "
-                         f"{r['p95_ms']} | {'yes' if r['identical_to_serial'] else '**no**'} |")
+            lines.append(
+                f"| {r['workers']} | {r['kind']} | {r['queries_per_s']} | {r['p50_ms']} | "
+                f"{r['p95_ms']} | {'yes' if r['identical_to_serial'] else '**no**'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -363,12 +406,20 @@ def main() -> None:
     parser.add_argument("index", nargs="?", help="index directory (default: the Mars demo index)")
     parser.add_argument("--sessions", default="1,4,8,16,32")
     parser.add_argument("--clicks", type=int, default=5)
-    parser.add_argument("--client", choices=["protocol", "browser"], default="protocol",
-                        help="sessions over the Bokeh protocol (the server measured alone) or in Chromium")
+    parser.add_argument(
+        "--client",
+        choices=["protocol", "browser"],
+        default="protocol",
+        help="sessions over the Bokeh protocol (the server measured alone) or in Chromium",
+    )
     parser.add_argument("--url", help="load a server that is already running at this URL instead")
     parser.add_argument("--churn", type=int, default=100, help="sessions opened and closed (0: skip)")
-    parser.add_argument("--settle", type=float, default=45.0,
-                        help="seconds to wait for closed sessions to be dropped before measuring RSS")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=45.0,
+        help="seconds to wait for closed sessions to be dropped before measuring RSS",
+    )
     parser.add_argument("--workers", default="1,2,4,8,16")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=1000)
@@ -385,15 +436,23 @@ def main() -> None:
     from lookalike.indexer.store import open_index
 
     opened = open_index(index)
-    result = dict(index=Path(index).name, tiles=opened.n, cpus=os.cpu_count(), sessions=[],
-                  clicks_per_session=args.clicks, api_k=args.k)
+    result = dict(
+        index=Path(index).name,
+        tiles=opened.n,
+        cpus=os.cpu_count(),
+        sessions=[],
+        clicks_per_session=args.clicks,
+        api_k=args.k,
+    )
     if args.workers:
         result["api"] = api_run(index, [int(w) for w in args.workers.split(",")], args.queries, args.k)
     proc, url = (None, args.url) if args.url else start_server(index, env, timeout=300)
     pid = server_pid(url) if proc is None else proc.pid
     try:
         for n in [int(s) for s in args.sessions.split(",") if s]:
-            result["sessions"].append(asyncio.run(sessions_run(url, opened, n, args.clicks, pid, args.client)))
+            result["sessions"].append(
+                asyncio.run(sessions_run(url, opened, n, args.clicks, pid, args.client))
+            )
             print(json.dumps(result["sessions"][-1]), flush=True)
         if args.churn:
             result["churn"] = asyncio.run(churn_run(url, args.churn, pid, args.settle))

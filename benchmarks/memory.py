@@ -66,16 +66,20 @@ def _measure(path: str) -> dict:
     searched = rss()
     n = index.n
     per = lambda a, b, key: (b[key] - a[key]) / n  # noqa: E731
-    return dict(n=n, bits=index.bits, codes_bytes_per_tile=index.codes.shape[1],
-                tile_table=table_bytes(index.tiles),
-                tile_table_total=float(index.tiles.memory_usage(deep=True).sum()) / n,
-                parquet_bytes_per_tile=index.manifest["files"]["tiles"]["bytes"] / n,
-                dtypes={c: str(t) for c, t in index.tiles.dtypes.items()},
-                arrow_allocated_per_tile=arrow / n,
-                rss_anon_open=per(before, opened, "RssAnon"),
-                rss_file_open=per(before, opened, "RssFile"),
-                rss_anon_search=per(before, searched, "RssAnon"),
-                rss_file_search=per(before, searched, "RssFile"))
+    return dict(
+        n=n,
+        bits=index.bits,
+        codes_bytes_per_tile=index.codes.shape[1],
+        tile_table=table_bytes(index.tiles),
+        tile_table_total=float(index.tiles.memory_usage(deep=True).sum()) / n,
+        parquet_bytes_per_tile=index.manifest["files"]["tiles"]["bytes"] / n,
+        dtypes={c: str(t) for c, t in index.tiles.dtypes.items()},
+        arrow_allocated_per_tile=arrow / n,
+        rss_anon_open=per(before, opened, "RssAnon"),
+        rss_file_open=per(before, opened, "RssFile"),
+        rss_anon_search=per(before, searched, "RssAnon"),
+        rss_file_search=per(before, searched, "RssFile"),
+    )
 
 
 def _scaled(index_path: Path, n: int, out: Path) -> Path:
@@ -90,21 +94,30 @@ def _scaled(index_path: Path, n: int, out: Path) -> Path:
     for r in range(reps):
         t = real.tiles.copy()
         t["col"] = (t["col"] + 1000 * r).astype(np.int32)
-        t["tile_id"] = [f"{s}:{z}:{i.split(':')[2]}:{row}:{col}" for s, z, i, row, col in
-                        zip(t["source"], t["zone"], t["tile_id"], t["row"], t["col"])]
+        t["tile_id"] = [
+            f"{s}:{z}:{i.split(':')[2]}:{row}:{col}"
+            for s, z, i, row, col in zip(t["source"], t["zone"], t["tile_id"], t["row"], t["col"])
+        ]
         parts.append(t)
     tiles = lean_tiles(pd.concat(parts, ignore_index=True).iloc[:n])
     codes = np.random.default_rng(0).integers(0, 256, (n, 16), dtype=np.uint8)
-    write_index(out, codes, tiles, bits=128, hash_model=real.hash_model_path.read_bytes(),
-                info=dict(kind="memory-benchmark"))
+    write_index(
+        out,
+        codes,
+        tiles,
+        bits=128,
+        hash_model=real.hash_model_path.read_bytes(),
+        info=dict(kind="memory-benchmark"),
+    )
     return out
 
 
 def _in_fresh_process(path: Path) -> dict:
-    code = f"import json, sys; sys.path.insert(0, {str(REPO)!r}); " \
-           f"from benchmarks.memory import _measure; print(json.dumps(_measure({str(path)!r})))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          check=True)
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(REPO)!r}); "
+        f"from benchmarks.memory import _measure; print(json.dumps(_measure({str(path)!r})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -125,18 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     from lookalike.indexer.store import open_index
 
     real = open_index(index, verify=False)
-    result = dict(index=dict(count=real.n, bits=real.bits), real=_in_fresh_process(index),
-                  lean_in_memory=table_bytes(lean_tiles(real.tiles)),
-                  lean_in_memory_total=float(lean_tiles(real.tiles).memory_usage(deep=True).sum()) / real.n)
+    result = dict(
+        index=dict(count=real.n, bits=real.bits),
+        real=_in_fresh_process(index),
+        lean_in_memory=table_bytes(lean_tiles(real.tiles)),
+        lean_in_memory_total=float(lean_tiles(real.tiles).memory_usage(deep=True).sum()) / real.n,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         scaled = _scaled(index, args.scale, Path(tmp) / "scaled")
         result["scaled"] = _in_fresh_process(scaled)
-    result["note"] = ("RSS deltas per tile. RssFile is the page cache of the memory-mapped codes "
-                      "that the scan touched (clean, shared, reclaimable). RssAnon includes pages "
-                      "the Arrow allocator (mimalloc) keeps after reading the parquet file and "
-                      "returns lazily, so it exceeds the live table after open; the exact search "
-                      "keeps no hash tables (0 bytes/tile) and its own scratch is a 2-byte "
-                      "distance per tile")
+    result["note"] = (
+        "RSS deltas per tile. RssFile is the page cache of the memory-mapped codes "
+        "that the scan touched (clean, shared, reclaimable). RssAnon includes pages "
+        "the Arrow allocator (mimalloc) keeps after reading the parquet file and "
+        "returns lazily, so it exceeds the live table after open; the exact search "
+        "keeps no hash tables (0 bytes/tile) and its own scratch is a 2-byte "
+        "distance per tile"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -148,35 +166,51 @@ def main(argv: list[str] | None = None) -> int:
 def to_markdown(r: dict) -> str:
     real, scaled = r["real"], r["scaled"]
     cols = list(scaled["tile_table"])
-    lines = ["# Resident memory per tile", "",
-             "Produced by `python benchmarks/memory.py` (one exact search, k = 1000, in a fresh "
-             "process; RSS from /proc/self/status).", "",
-             "| | real index | scaled copy |", "|---|---:|---:|",
-             f"| tiles | {real['n']:,} | {scaled['n']:,} |",
-             f"| code bits | {real['bits']} | {scaled['bits']} |",
-             f"| codes, bytes/tile (memory-mapped) | {real['codes_bytes_per_tile']} | "
-             f"{scaled['codes_bytes_per_tile']} |",
-             f"| tile table in pandas, bytes/tile | {real['tile_table_total']:.1f} | "
-             f"{scaled['tile_table_total']:.1f} |",
-             f"| tile table on disk (parquet), bytes/tile | {real['parquet_bytes_per_tile']:.1f} | "
-             f"{scaled['parquet_bytes_per_tile']:.1f} |",
-             "| hash tables (exact search) | 0 | 0 |",
-             f"| Arrow allocator in use after open, bytes/tile | {real['arrow_allocated_per_tile']:.1f} | "
-             f"{scaled['arrow_allocated_per_tile']:.1f} |",
-             f"| RSS anonymous after open, bytes/tile | {real['rss_anon_open']:.1f} | {scaled['rss_anon_open']:.1f} |",
-             f"| RSS anonymous after search, bytes/tile | {real['rss_anon_search']:.1f} | {scaled['rss_anon_search']:.1f} |",
-             f"| RSS file-backed after search, bytes/tile | {real['rss_file_search']:.1f} | {scaled['rss_file_search']:.1f} |",
-             "", "Tile table columns, bytes/tile in memory (scaled copy, as `commit` writes it now; "
-             "the real index was written before the lean table):", "",
-             "| column | dtype | real index | scaled copy |", "|---|---|---:|---:|"]
+    lines = [
+        "# Resident memory per tile",
+        "",
+        "Produced by `python benchmarks/memory.py` (one exact search, k = 1000, in a fresh "
+        "process; RSS from /proc/self/status).",
+        "",
+        "| | real index | scaled copy |",
+        "|---|---:|---:|",
+        f"| tiles | {real['n']:,} | {scaled['n']:,} |",
+        f"| code bits | {real['bits']} | {scaled['bits']} |",
+        f"| codes, bytes/tile (memory-mapped) | {real['codes_bytes_per_tile']} | "
+        f"{scaled['codes_bytes_per_tile']} |",
+        f"| tile table in pandas, bytes/tile | {real['tile_table_total']:.1f} | "
+        f"{scaled['tile_table_total']:.1f} |",
+        f"| tile table on disk (parquet), bytes/tile | {real['parquet_bytes_per_tile']:.1f} | "
+        f"{scaled['parquet_bytes_per_tile']:.1f} |",
+        "| hash tables (exact search) | 0 | 0 |",
+        f"| Arrow allocator in use after open, bytes/tile | {real['arrow_allocated_per_tile']:.1f} | "
+        f"{scaled['arrow_allocated_per_tile']:.1f} |",
+        f"| RSS anonymous after open, bytes/tile | {real['rss_anon_open']:.1f} | {scaled['rss_anon_open']:.1f} |",
+        f"| RSS anonymous after search, bytes/tile | {real['rss_anon_search']:.1f} | {scaled['rss_anon_search']:.1f} |",
+        f"| RSS file-backed after search, bytes/tile | {real['rss_file_search']:.1f} | {scaled['rss_file_search']:.1f} |",
+        "",
+        "Tile table columns, bytes/tile in memory (scaled copy, as `commit` writes it now; "
+        "the real index was written before the lean table):",
+        "",
+        "| column | dtype | real index | scaled copy |",
+        "|---|---|---:|---:|",
+    ]
     for c in cols:
-        lines.append(f"| {c} | {scaled['dtypes'].get(c, '')} | {real['tile_table'].get(c, 0):.1f} | "
-                     f"{scaled['tile_table'][c]:.1f} |")
-    lines += ["", f"The real index's table made lean (categorical source and zone): "
-              f"{r['lean_in_memory_total']:.1f} bytes/tile instead of {real['tile_table_total']:.1f}.",
-              "", r["note"] + ".",
-              "", "The scaled copy repeats the real rows, so its parquet file compresses better "
-              "than real data would; the real index's bytes on disk are the better guide.", ""]
+        lines.append(
+            f"| {c} | {scaled['dtypes'].get(c, '')} | {real['tile_table'].get(c, 0):.1f} | "
+            f"{scaled['tile_table'][c]:.1f} |"
+        )
+    lines += [
+        "",
+        f"The real index's table made lean (categorical source and zone): "
+        f"{r['lean_in_memory_total']:.1f} bytes/tile instead of {real['tile_table_total']:.1f}.",
+        "",
+        r["note"] + ".",
+        "",
+        "The scaled copy repeats the real rows, so its parquet file compresses better "
+        "than real data would; the real index's bytes on disk are the better guide.",
+        "",
+    ]
     return "\n".join(lines)
 
 

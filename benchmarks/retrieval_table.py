@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from lookalike.indexer.encoding import Encoder
-from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.indexer.features import image_features, mosaic_features
+from lookalike.indexer.image_folders import read_labels
 from lookalike.indexer.search import rank_hamming
-from lookalike.indexer.sources import read_labels
+from lookalike.models.defaults import DEFAULT_BACKBONE
 from lookalike.models.hashing import DEFAULT_BITS, ConcatHash, fit_default, fit_itq
 from lookalike.models.metrics import average_precision_at_k, rank_euclidean
 from lookalike.models.training import SimilarityConfig, TrainConfig, train_hash, train_similarity_hash
@@ -52,8 +52,12 @@ def load(views: int, backbone: str = DEFAULT_BACKBONE) -> dict:
     for name in SETS:
         root = data_root() / name
         train, val = (read_labels(root, root / "labels.csv", s) for s in ("train", "val"))
-        out[name] = (image_features(root, train, encoder), train["label"].to_numpy(),
-                     image_features(root, val, encoder), val["label"].to_numpy())
+        out[name] = (
+            image_features(root, train, encoder),
+            train["label"].to_numpy(),
+            image_features(root, val, encoder),
+            val["label"].to_numpy(),
+        )
     return out
 
 
@@ -62,8 +66,11 @@ def scores(ranked: np.ndarray, yq: np.ndarray, ya: np.ndarray) -> dict:
     classes, counts = np.unique(ya, return_counts=True)
     n_rel = np.array([counts[classes == c][0] if c in classes else 0 for c in yq])
     ap = average_precision_at_k(relevant, n_rel, K)
-    return dict(micro=float(ap.mean()), macro=float(np.mean([ap[yq == c].mean() for c in np.unique(yq)])),
-                per_class={str(c): float(ap[yq == c].mean()) for c in np.unique(yq)})
+    return dict(
+        micro=float(ap.mean()),
+        macro=float(np.mean([ap[yq == c].mean() for c in np.unique(yq)])),
+        per_class={str(c): float(ap[yq == c].mean()) for c in np.unique(yq)},
+    )
 
 
 # the learned part of the default recipe (data/weights/README.md); the rest is PCA-ITQ on the archive
@@ -92,23 +99,29 @@ def with_fitted_bits(learned):
     return lambda fa: ConcatHash([learned, fit_itq(fa, DEFAULT_BITS - learned.bits)], "recipe")
 
 
-def candidates(one: dict, two: dict, tiles: dict,
-               reference: dict | None = None) -> list[tuple[str, dict, object]]:
+def candidates(
+    one: dict, two: dict, tiles: dict, reference: dict | None = None
+) -> list[tuple[str, dict, object]]:
     """(name, features it reads, 'float' or a function of the archive's features to a code);
     ``reference``: the default backbone's features (2 views) when these are another backbone's."""
     hirise = one["hirise_v1"]
-    noisy = train_hash(hirise[0], hirise[1], None, TrainConfig(method="descartes-classifier", bits=128),
-                       progress=False)
+    noisy = train_hash(
+        hirise[0], hirise[1], None, TrainConfig(method="descartes-classifier", bits=128), progress=False
+    )
     if reference is not None:
         return [
             (f"float, {DEFAULT_BACKBONE} (the default feature), 2 views", reference, "float"),
-            (f"PCA-ITQ 128 fitted on the archive, {DEFAULT_BACKBONE}, 2 views", reference,
-             lambda fa: fit_itq(fa, 128)),
+            (
+                f"PCA-ITQ 128 fitted on the archive, {DEFAULT_BACKBONE}, 2 views",
+                reference,
+                lambda fa: fit_itq(fa, 128),
+            ),
             *_shared_candidates(one, two, tiles, noisy),
         ]
-    return [*_shared_candidates(one, two, tiles, noisy),
-            ("shipped default: hash_default.npz + PCA-ITQ 32 fitted on the archive, 2 views", two,
-             fit_default)]
+    return [
+        *_shared_candidates(one, two, tiles, noisy),
+        ("shipped default: hash_default.npz + PCA-ITQ 32 fitted on the archive, 2 views", two, fit_default),
+    ]
 
 
 def _shared_candidates(one: dict, two: dict, tiles: dict, noisy) -> list[tuple[str, dict, object]]:
@@ -118,10 +131,16 @@ def _shared_candidates(one: dict, two: dict, tiles: dict, noisy) -> list[tuple[s
         ("PCA-ITQ 128 fitted on the archive, 2 views", two, lambda fa: fit_itq(fa, 128)),
         ("noisy classifier 128 on HiRISE labels (default two versions ago), 1 view", one, fixed(noisy)),
         ("similarity code 128, no labels, 2 views", two, fixed(recipe(two, tiles, PREVIOUS, labelled=()))),
-        ("similarity code 128 + HiRISE/MSL labels (previous default), 2 views", two,
-         fixed(recipe(two, tiles, PREVIOUS))),
-        ("similarity code 96 + labels, then PCA-ITQ 32 fitted on the archive (default recipe), 2 views", two,
-         with_fitted_bits(recipe(two, tiles, LEARNED))),
+        (
+            "similarity code 128 + HiRISE/MSL labels (previous default), 2 views",
+            two,
+            fixed(recipe(two, tiles, PREVIOUS)),
+        ),
+        (
+            "similarity code 96 + labels, then PCA-ITQ 32 fitted on the archive (default recipe), 2 views",
+            two,
+            with_fitted_bits(recipe(two, tiles, LEARNED)),
+        ),
     ]
 
 
@@ -146,8 +165,13 @@ def leave_one_class_out(two: dict, tiles: dict) -> list[dict]:
         previous = fixed(recipe(two, tiles, PREVIOUS, drop=c))
         without = with_fitted_bits(recipe(two, tiles, LEARNED, drop=c))
         row = dict(held_out=str(c), n_queries=int(q.sum()))
-        for name, code in (("float", "float"), ("itq", lambda a: fit_itq(a, 128)), ("previous", previous),
-                           ("without", without), ("with", full)):
+        for name, code in (
+            ("float", "float"),
+            ("itq", lambda a: fit_itq(a, 128)),
+            ("previous", previous),
+            ("without", without),
+            ("with", full),
+        ):
             row[name] = evaluate(code, fa, ya, fq[q], yq[q])["micro"]
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -156,38 +180,56 @@ def leave_one_class_out(two: dict, tiles: dict) -> list[dict]:
 
 def to_markdown(result: dict) -> str:
     backbone = result.get("backbone", DEFAULT_BACKBONE)
-    other = [] if backbone == DEFAULT_BACKBONE else [
-        f"**Backbone `{backbone}`** (`--backbone {backbone}`): every code below is trained and fitted on "
-        f"its features; the first two rows read the default backbone's (`{DEFAULT_BACKBONE}`) for "
-        "comparison. The shipped code reads the default backbone's features, so it is not here; the "
-        "default recipe's row is the same recipe trained on these features.", ""]
-    lines = ["# Retrieval benchmark (archive = train, queries = val, mAP@64)", "", *other,
-             "Produced by `python benchmarks/retrieval_table.py`. Backbone: EfficientNet-Lite0, ImageNet "
-             "weights, frozen, images at 224 px; *views*: the feature is the mean over the image as is "
-             "and mirrored across a diagonal (`Encoder(views=2)`, the default) or the image alone. "
-             "mAP@64 as in `models/metrics.py`; *micro* averages over queries, *macro* over query "
-             "classes (HiRISE's `other` is most of its val split). Codes are fitted on train splits only; "
-             "EuroSAT's labels are read only to score. The similarity codes train on the train images "
-             "of all three sets plus every tile of the Mars and Earth mosaics (`lookalike train-hash "
-             "--method similarity`). The default recipe (`models.hashing.fit_default`, what every "
-             "command uses without `--hash`) is a learned 96-bit similarity code (6,000 steps), followed "
-             "by 32 PCA-ITQ bits fitted on the archive's own features, no labels.", "",
-             "| method | bits | HiRISE v1 | HiRISE macro | MSL | MSL macro | EuroSAT |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    other = (
+        []
+        if backbone == DEFAULT_BACKBONE
+        else [
+            f"**Backbone `{backbone}`** (`--backbone {backbone}`): every code below is trained and fitted on "
+            f"its features; the first two rows read the default backbone's (`{DEFAULT_BACKBONE}`) for "
+            "comparison. The shipped code reads the default backbone's features, so it is not here; the "
+            "default recipe's row is the same recipe trained on these features.",
+            "",
+        ]
+    )
+    lines = [
+        "# Retrieval benchmark (archive = train, queries = val, mAP@64)",
+        "",
+        *other,
+        "Produced by `python benchmarks/retrieval_table.py`. Backbone: EfficientNet-Lite0, ImageNet "
+        "weights, frozen, images at 224 px; *views*: the feature is the mean over the image as is "
+        "and mirrored across a diagonal (`Encoder(views=2)`, the default) or the image alone. "
+        "mAP@64 as in `models/metrics.py`; *micro* averages over queries, *macro* over query "
+        "classes (HiRISE's `other` is most of its val split). Codes are fitted on train splits only; "
+        "EuroSAT's labels are read only to score. The similarity codes train on the train images "
+        "of all three sets plus every tile of the Mars and Earth mosaics (`lookalike train-hash "
+        "--method similarity`). The default recipe (`models.hashing.fit_default`, what every "
+        "command uses without `--hash`) is a learned 96-bit similarity code (6,000 steps), followed "
+        "by 32 PCA-ITQ bits fitted on the archive's own features, no labels.",
+        "",
+        "| method | bits | HiRISE v1 | HiRISE macro | MSL | MSL macro | EuroSAT |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in result["candidates"]:
         s = row["scores"]
-        lines.append(f"| {row['method']} | {row['bits']} | {s['hirise_v1']['micro']:.3f} | "
-                     f"{s['hirise_v1']['macro']:.3f} | {s['msl_curiosity']['micro']:.3f} | "
-                     f"{s['msl_curiosity']['macro']:.3f} | {s['eurosat']['micro']:.3f} |")
-    lines += ["", "## Unseen classes: leave one HiRISE v1 class out", "",
-              "The learned codes trained again without class *c* (its crops leave both the labelled "
-              "and the unlabelled terms), then class-*c* val queries against the whole train archive. "
-              "The default recipe's PCA-ITQ bits are fitted on that archive, class *c* included, as "
-              "`lookalike index` fits them on an index's own tiles (no labels). *with*: the default "
-              "recipe trained on every class.", "",
-              "| held-out class | queries | float, 2 views | PCA-ITQ 128 | previous default without c "
-              "| default recipe without c | default recipe with c |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {row['method']} | {row['bits']} | {s['hirise_v1']['micro']:.3f} | "
+            f"{s['hirise_v1']['macro']:.3f} | {s['msl_curiosity']['micro']:.3f} | "
+            f"{s['msl_curiosity']['macro']:.3f} | {s['eurosat']['micro']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Unseen classes: leave one HiRISE v1 class out",
+        "",
+        "The learned codes trained again without class *c* (its crops leave both the labelled "
+        "and the unlabelled terms), then class-*c* val queries against the whole train archive. "
+        "The default recipe's PCA-ITQ bits are fitted on that archive, class *c* included, as "
+        "`lookalike index` fits them on an index's own tiles (no labels). *with*: the default "
+        "recipe trained on every class.",
+        "",
+        "| held-out class | queries | float, 2 views | PCA-ITQ 128 | previous default without c "
+        "| default recipe without c | default recipe with c |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     keys = ("float", "itq", "previous", "without", "with")
     for r in result["leave_one_class_out"]:
         cells = " | ".join(f"{r[k]:.3f}" for k in keys)
@@ -201,8 +243,9 @@ def to_markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help="the features to train and score the codes on")
+    parser.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help="the features to train and score the codes on"
+    )
     args = parser.parse_args()
     stem = "retrieval" if args.backbone == DEFAULT_BACKBONE else f"retrieval_{args.backbone}"
     saved = RESULTS / f"{stem}.json"

@@ -73,113 +73,346 @@ def step(*argv: str, **options) -> Step:
 
 def explorer(index: str | None, result: str, *extra: str, cold: bool = False) -> Step:
     """``explorer_click.py`` on an index (default: the Mars demo index); ``cold``: an empty pixel cache."""
-    argv = ["python", "benchmarks/explorer_click.py", *([index] if index else []), *extra,
-            "--json", R + result]
+    argv = [
+        "python",
+        "benchmarks/explorer_click.py",
+        *([index] if index else []),
+        *extra,
+        "--json",
+        R + result,
+    ]
     if not cold:
         return step(*argv)
     return step(*argv, env={"LOOKALIKE_CACHE": OUT + "empty-cache"}, fresh=OUT + "empty-cache")
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
-    Benchmark("search", "exact Hamming scan vs faiss IndexBinaryFlat, 10 M codes of 512 and 128 bits",
-              ("search.json", "search_128.json"), (
-                  step("lookalike", "bench", "search", "--n", "10000000", "--bits", "512", "--k", "1000",
-                       "--queries", "16", "--json", R + "search.json"),
-                  step("lookalike", "bench", "search", "--n", "10000000", "--bits", "128", "--k", "1000",
-                       "--queries", "16", "--json", R + "search_128.json"))),
-    Benchmark("encode", "encoder runtimes (ONNX Runtime, torch paths, int8) vs eager PyTorch on Mars tiles",
-              ("encode.json",), (
-                  step("lookalike", "bench", "encode", "--n", "256", "--repeat", "5",
-                       "--json", R + "encode.json"),)),
-    Benchmark("index", "whole index builds vs the encoder alone, per stage: Mars mosaic, --views 1, "
-              "8 zones, an image folder",
-              ("index_mars.json", "index_mars_views1.json", "index_mars8.json", "index_hirise_val.json"), (
-                  step("lookalike", "bench", "index", "mars_8k", "--json", R + "index_mars.json"),
-                  step("lookalike", "bench", "index", "mars_8k", "--views", "1",
-                       "--json", R + "index_mars_views1.json"),
-                  step("lookalike", "bench", "index", "mars_8k", "--zones", GIGA8_ZONES,
-                       "--json", R + "index_mars8.json"),
-                  step("lookalike", "bench", "index", "--images", "{data}/hirise_v1",
-                       "--labels", "{data}/hirise_v1/labels.csv", "--split", "val", "--encode-sample", "544",
-                       "--json", R + "index_hirise_val.json"))),
-    Benchmark("gigapixel", "a synthetic 1.21-gigapixel GeoTIFF: build vs encoder (8 zones), then served "
-              "with an empty and a filled pixel cache (writes 1.3 GB to benchmarks/out/)",
-              ("index_giga8.json", "explorer_giga8_cold.json", "explorer_giga8_warm.json"), (
-                  step("python", "benchmarks/gigapixel.py", OUT + "giga.tif"),
-                  step("lookalike", "bench", "index", OUT + "giga.tif", "--zones", GIGA8_ZONES,
-                       "--json", R + "index_giga8.json"),
-                  step("lookalike", "index", OUT + "giga.tif", "--zones", GIGA8_ZONES, "--out", OUT + "giga8",
-                       fresh=OUT + "giga8"),
-                  step("python", "benchmarks/explorer_click.py", OUT + "giga8", "--json",
-                       R + "explorer_giga8_cold.json", env={"LOOKALIKE_CACHE": OUT + "giga8-cache"},
-                       fresh=OUT + "giga8-cache"),
-                  step("python", "benchmarks/explorer_click.py", OUT + "giga8", "--json",
-                       R + "explorer_giga8_warm.json", env={"LOOKALIKE_CACHE": OUT + "giga8-cache"})),
-              long=True),
-    Benchmark("sublinear", "faiss IVF / HNSW / multi-hash vs the exact scan on 10 M codes grown from the "
-              "Mars and Earth demo indexes (the HNSW build alone takes about 20 minutes)",
-              ("sublinear.json", "sublinear_earth.json"), (
-                  step("lookalike", "bench", "sublinear", "--n", "10000000", "--k", "1000", "--queries", "50",
-                       "--source-index", "{mars}", "--methods", "hnsw,ivf,lsh", "--filter-share", "0.1",
-                       "--no-uniform", "--sweep", "hnsw=1000,2000,3000,5000,8000",
-                       "--sweep", "ivf=32,64,128,256,512,1024", "--sweep", "lsh=0,1",
-                       "--json", R + "sublinear.json"),
-                  step("lookalike", "bench", "sublinear", "--n", "10000000", "--k", "1000", "--queries", "50",
-                       "--source-index", "{earth}", "--methods", "ivf", "--filter-share", "0.1",
-                       "--sweep", "ivf=32,64,128,256,512,1024", "--json", R + "sublinear_earth.json")),
-              long=True),
-    Benchmark("sublinear-plot", "recall against speed-up curves drawn from the sublinear JSON files",
-              ("sublinear.png", "sublinear_filtered.png"), (
-                  step("python", "benchmarks/sublinear_plot.py", R + "sublinear.json",
-                       R + "sublinear_earth.json", "--out", R + "sublinear.png"),
-                  step("python", "benchmarks/sublinear_plot.py", R + "sublinear.json",
-                       R + "sublinear_earth.json", "--filtered", "--out", R + "sublinear_filtered.png"))),
-    Benchmark("ann-index", "a stored IVF index at 10 M tiles through search(method='auto') vs the exact scan",
-              ("ann_index.json",), (
-                  step("python", "benchmarks/ann_index.py", "--n", "10000000", "--method", "ivf",
-                       "--out", OUT + "ann_index", "--json", R + "ann_index.json"),)),
-    Benchmark("memory", "resident bytes per tile of an open index (codes, tile table, RSS)",
-              ("memory.json", "memory.md"), (
-                  step("python", "benchmarks/memory.py"),)),
-    Benchmark("retrieval", "mAP@64 of every candidate code on HiRISE v1, MSL and EuroSAT; leave one "
-              "HiRISE class out", ("retrieval.json", "retrieval.md"), (
-                  step("python", "benchmarks/retrieval_table.py"),), long=True),
-    Benchmark("retrieval-multilevel", "the same table with every code trained on the multilevel feature",
-              ("retrieval_efficientnet_lite0_multilevel.json",
-               "retrieval_efficientnet_lite0_multilevel.md"), (
-                  step("python", "benchmarks/retrieval_table.py",
-                       "--backbone", "efficientnet_lite0_multilevel"),),
-              long=True),
-    Benchmark("feature-layers", "mAP@64 of features pooled from several depths of EfficientNet-Lite0",
-              ("feature_layers.json", "feature_layers.md"), (
-                  step("python", "benchmarks/feature_layers.py"),), long=True),
-    Benchmark("classification", "the shipped classifiers on val against the MLP probes shipped before",
-              ("classification.json", "classification.md", "classification_hirise_val.png",
-               "classification_hirise_val_previous.png", "classification_msl_val.png",
-               "classification_msl_val_previous.png"), (
-                  step("git", "show", f"{PREVIOUS_CLASSIFIERS}:data/weights/classifier_hirise.npz",
-                       stdout=OUT + "classifier_hirise_previous.npz"),
-                  step("git", "show", f"{PREVIOUS_CLASSIFIERS}:data/weights/classifier_msl.npz",
-                       stdout=OUT + "classifier_msl_previous.npz"),
-                  step("python", "benchmarks/classification_table.py",
-                       "--baseline", "hirise=" + OUT + "classifier_hirise_previous.npz",
-                       "--baseline", "msl=" + OUT + "classifier_msl_previous.npz"))),
-    Benchmark("finetune-variants", "HiRISE fine-tune from several seeds, their ensemble, jittered copies",
-              ("finetune_variants.json", "finetune_variants.md"), (
-                  step("python", "benchmarks/finetune_variants.py"),), long=True),
-    Benchmark("explorer", "page load and click-to-thumbnails in headless Chromium: Mars, its north polar "
-              "view, Earth, and both with an empty pixel cache",
-              ("explorer_mars_global.json", "explorer_mars_north.json", "explorer_earth_global.json",
-               "explorer_mars_global_cold.json", "explorer_earth_global_cold.json"), (
-                  explorer(None, "explorer_mars_global.json"),
-                  explorer(None, "explorer_mars_north.json", "--view", "north"),
-                  explorer("{earth}", "explorer_earth_global.json"),
-                  explorer(None, "explorer_mars_global_cold.json", cold=True),
-                  explorer("{earth}", "explorer_earth_global_cold.json", cold=True))),
-    Benchmark("load", "1-32 concurrent explorer sessions, sessions opened and closed, "
-              "concurrent API searches",
-              ("load.json", "load.md"), (
-                  step("python", "benchmarks/load.py", "--clicks", "20", "--json", R + "load.json"),)),
+    Benchmark(
+        "search",
+        "exact Hamming scan vs faiss IndexBinaryFlat, 10 M codes of 512 and 128 bits",
+        ("search.json", "search_128.json"),
+        (
+            step(
+                "lookalike",
+                "bench",
+                "search",
+                "--n",
+                "10000000",
+                "--bits",
+                "512",
+                "--k",
+                "1000",
+                "--queries",
+                "16",
+                "--json",
+                R + "search.json",
+            ),
+            step(
+                "lookalike",
+                "bench",
+                "search",
+                "--n",
+                "10000000",
+                "--bits",
+                "128",
+                "--k",
+                "1000",
+                "--queries",
+                "16",
+                "--json",
+                R + "search_128.json",
+            ),
+        ),
+    ),
+    Benchmark(
+        "encode",
+        "encoder runtimes (ONNX Runtime, torch paths, int8) vs eager PyTorch on Mars tiles",
+        ("encode.json",),
+        (step("lookalike", "bench", "encode", "--n", "256", "--repeat", "5", "--json", R + "encode.json"),),
+    ),
+    Benchmark(
+        "index",
+        "whole index builds vs the encoder alone, per stage: Mars mosaic, --views 1, "
+        "8 zones, an image folder",
+        ("index_mars.json", "index_mars_views1.json", "index_mars8.json", "index_hirise_val.json"),
+        (
+            step("lookalike", "bench", "index", "mars_8k", "--json", R + "index_mars.json"),
+            step(
+                "lookalike",
+                "bench",
+                "index",
+                "mars_8k",
+                "--views",
+                "1",
+                "--json",
+                R + "index_mars_views1.json",
+            ),
+            step(
+                "lookalike",
+                "bench",
+                "index",
+                "mars_8k",
+                "--zones",
+                GIGA8_ZONES,
+                "--json",
+                R + "index_mars8.json",
+            ),
+            step(
+                "lookalike",
+                "bench",
+                "index",
+                "--images",
+                "{data}/hirise_v1",
+                "--labels",
+                "{data}/hirise_v1/labels.csv",
+                "--split",
+                "val",
+                "--encode-sample",
+                "544",
+                "--json",
+                R + "index_hirise_val.json",
+            ),
+        ),
+    ),
+    Benchmark(
+        "gigapixel",
+        "a synthetic 1.21-gigapixel GeoTIFF: build vs encoder (8 zones), then served "
+        "with an empty and a filled pixel cache (writes 1.3 GB to benchmarks/out/)",
+        ("index_giga8.json", "explorer_giga8_cold.json", "explorer_giga8_warm.json"),
+        (
+            step("python", "benchmarks/gigapixel.py", OUT + "giga.tif"),
+            step(
+                "lookalike",
+                "bench",
+                "index",
+                OUT + "giga.tif",
+                "--zones",
+                GIGA8_ZONES,
+                "--json",
+                R + "index_giga8.json",
+            ),
+            step(
+                "lookalike",
+                "index",
+                OUT + "giga.tif",
+                "--zones",
+                GIGA8_ZONES,
+                "--out",
+                OUT + "giga8",
+                fresh=OUT + "giga8",
+            ),
+            step(
+                "python",
+                "benchmarks/explorer_click.py",
+                OUT + "giga8",
+                "--json",
+                R + "explorer_giga8_cold.json",
+                env={"LOOKALIKE_CACHE": OUT + "giga8-cache"},
+                fresh=OUT + "giga8-cache",
+            ),
+            step(
+                "python",
+                "benchmarks/explorer_click.py",
+                OUT + "giga8",
+                "--json",
+                R + "explorer_giga8_warm.json",
+                env={"LOOKALIKE_CACHE": OUT + "giga8-cache"},
+            ),
+        ),
+        long=True,
+    ),
+    Benchmark(
+        "sublinear",
+        "faiss IVF / HNSW / multi-hash vs the exact scan on 10 M codes grown from the "
+        "Mars and Earth demo indexes (the HNSW build alone takes about 20 minutes)",
+        ("sublinear.json", "sublinear_earth.json"),
+        (
+            step(
+                "lookalike",
+                "bench",
+                "sublinear",
+                "--n",
+                "10000000",
+                "--k",
+                "1000",
+                "--queries",
+                "50",
+                "--source-index",
+                "{mars}",
+                "--methods",
+                "hnsw,ivf,lsh",
+                "--filter-share",
+                "0.1",
+                "--no-uniform",
+                "--sweep",
+                "hnsw=1000,2000,3000,5000,8000",
+                "--sweep",
+                "ivf=32,64,128,256,512,1024",
+                "--sweep",
+                "lsh=0,1",
+                "--json",
+                R + "sublinear.json",
+            ),
+            step(
+                "lookalike",
+                "bench",
+                "sublinear",
+                "--n",
+                "10000000",
+                "--k",
+                "1000",
+                "--queries",
+                "50",
+                "--source-index",
+                "{earth}",
+                "--methods",
+                "ivf",
+                "--filter-share",
+                "0.1",
+                "--sweep",
+                "ivf=32,64,128,256,512,1024",
+                "--json",
+                R + "sublinear_earth.json",
+            ),
+        ),
+        long=True,
+    ),
+    Benchmark(
+        "sublinear-plot",
+        "recall against speed-up curves drawn from the sublinear JSON files",
+        ("sublinear.png", "sublinear_filtered.png"),
+        (
+            step(
+                "python",
+                "benchmarks/sublinear_plot.py",
+                R + "sublinear.json",
+                R + "sublinear_earth.json",
+                "--out",
+                R + "sublinear.png",
+            ),
+            step(
+                "python",
+                "benchmarks/sublinear_plot.py",
+                R + "sublinear.json",
+                R + "sublinear_earth.json",
+                "--filtered",
+                "--out",
+                R + "sublinear_filtered.png",
+            ),
+        ),
+    ),
+    Benchmark(
+        "ann-index",
+        "a stored IVF index at 10 M tiles through search(method='auto') vs the exact scan",
+        ("ann_index.json",),
+        (
+            step(
+                "python",
+                "benchmarks/ann_index.py",
+                "--n",
+                "10000000",
+                "--method",
+                "ivf",
+                "--out",
+                OUT + "ann_index",
+                "--json",
+                R + "ann_index.json",
+            ),
+        ),
+    ),
+    Benchmark(
+        "memory",
+        "resident bytes per tile of an open index (codes, tile table, RSS)",
+        ("memory.json", "memory.md"),
+        (step("python", "benchmarks/memory.py"),),
+    ),
+    Benchmark(
+        "retrieval",
+        "mAP@64 of every candidate code on HiRISE v1, MSL and EuroSAT; leave one HiRISE class out",
+        ("retrieval.json", "retrieval.md"),
+        (step("python", "benchmarks/retrieval_table.py"),),
+        long=True,
+    ),
+    Benchmark(
+        "retrieval-multilevel",
+        "the same table with every code trained on the multilevel feature",
+        ("retrieval_efficientnet_lite0_multilevel.json", "retrieval_efficientnet_lite0_multilevel.md"),
+        (step("python", "benchmarks/retrieval_table.py", "--backbone", "efficientnet_lite0_multilevel"),),
+        long=True,
+    ),
+    Benchmark(
+        "feature-layers",
+        "mAP@64 of features pooled from several depths of EfficientNet-Lite0",
+        ("feature_layers.json", "feature_layers.md"),
+        (step("python", "benchmarks/feature_layers.py"),),
+        long=True,
+    ),
+    Benchmark(
+        "classification",
+        "the shipped classifiers on val against the MLP probes shipped before",
+        (
+            "classification.json",
+            "classification.md",
+            "classification_hirise_val.png",
+            "classification_hirise_val_previous.png",
+            "classification_msl_val.png",
+            "classification_msl_val_previous.png",
+        ),
+        (
+            step(
+                "git",
+                "show",
+                f"{PREVIOUS_CLASSIFIERS}:data/weights/classifier_hirise.npz",
+                stdout=OUT + "classifier_hirise_previous.npz",
+            ),
+            step(
+                "git",
+                "show",
+                f"{PREVIOUS_CLASSIFIERS}:data/weights/classifier_msl.npz",
+                stdout=OUT + "classifier_msl_previous.npz",
+            ),
+            step(
+                "python",
+                "benchmarks/classification_table.py",
+                "--baseline",
+                "hirise=" + OUT + "classifier_hirise_previous.npz",
+                "--baseline",
+                "msl=" + OUT + "classifier_msl_previous.npz",
+            ),
+        ),
+    ),
+    Benchmark(
+        "finetune-variants",
+        "HiRISE fine-tune from several seeds, their ensemble, jittered copies",
+        ("finetune_variants.json", "finetune_variants.md"),
+        (step("python", "benchmarks/finetune_variants.py"),),
+        long=True,
+    ),
+    Benchmark(
+        "explorer",
+        "page load and click-to-thumbnails in headless Chromium: Mars, its north polar "
+        "view, Earth, and both with an empty pixel cache",
+        (
+            "explorer_mars_global.json",
+            "explorer_mars_north.json",
+            "explorer_earth_global.json",
+            "explorer_mars_global_cold.json",
+            "explorer_earth_global_cold.json",
+        ),
+        (
+            explorer(None, "explorer_mars_global.json"),
+            explorer(None, "explorer_mars_north.json", "--view", "north"),
+            explorer("{earth}", "explorer_earth_global.json"),
+            explorer(None, "explorer_mars_global_cold.json", cold=True),
+            explorer("{earth}", "explorer_earth_global_cold.json", cold=True),
+        ),
+    ),
+    Benchmark(
+        "load",
+        "1-32 concurrent explorer sessions, sessions opened and closed, concurrent API searches",
+        ("load.json", "load.md"),
+        (step("python", "benchmarks/load.py", "--clicks", "20", "--json", R + "load.json"),),
+    ),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -200,8 +433,9 @@ class Placeholders:
         for key, code in self.CODE.items():
             if "{" + key + "}" in text:
                 if key not in self.values:
-                    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
-                                         stdout=subprocess.PIPE, text=True).stdout
+                    out = subprocess.run(
+                        [sys.executable, "-c", code], cwd=REPO, check=True, stdout=subprocess.PIPE, text=True
+                    ).stdout
                     self.values[key] = out.strip().splitlines()[-1]
                 text = text.replace("{" + key + "}", self.values[key])
         return text
@@ -227,16 +461,20 @@ def selection(only: list[str] | None, everything: bool) -> list[Benchmark]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="benchmarks: " + ", ".join(
-                                         b.name + (" (long)" if b.long else "") for b in BENCHMARKS))
-    parser.add_argument("--only", nargs="+", choices=list(BY_NAME), metavar="NAME",
-                        help="run only these (long ones included)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="benchmarks: " + ", ".join(b.name + (" (long)" if b.long else "") for b in BENCHMARKS),
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=list(BY_NAME), metavar="NAME", help="run only these (long ones included)"
+    )
     parser.add_argument("--all", action="store_true", help="the long benchmarks too")
-    parser.add_argument("--list", action="store_true",
-                        help="name every benchmark and what it writes, then stop")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the commands of the selection, then stop")
+    parser.add_argument(
+        "--list", action="store_true", help="name every benchmark and what it writes, then stop"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands of the selection, then stop"
+    )
     args = parser.parse_args(argv)
     if args.list:
         for b in BENCHMARKS:

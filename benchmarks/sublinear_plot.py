@@ -34,11 +34,22 @@ def curves(result: dict, filtered: bool = False) -> dict[str, list[tuple[float, 
     return out
 
 
-def plot(results: list[dict], out: Path, filtered: bool = False, recall_bar: float = 0.95,
-         speedup_bar: float = 10.0) -> Path:
+def plot(
+    results: list[dict],
+    out: Path,
+    filtered: bool = False,
+    recall_bar: float = 0.95,
+    speedup_bar: float = 10.0,
+) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ax.fill_between([recall_bar, 1.0], speedup_bar, 1000, color="tab:green", alpha=0.12,
-                    label=f"goal: recall >= {recall_bar}, >= {speedup_bar:g}x the scan")
+    ax.fill_between(
+        [recall_bar, 1.0],
+        speedup_bar,
+        1000,
+        color="tab:green",
+        alpha=0.12,
+        label=f"goal: recall >= {recall_bar}, >= {speedup_bar:g}x the scan",
+    )
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.text(0.02, 1.05, "the exact scan", color="grey", fontsize=8, transform=ax.get_yaxis_transform())
     for result in results:
@@ -50,8 +61,10 @@ def plot(results: list[dict], out: Path, filtered: bool = False, recall_bar: flo
     ax.set_xlim(0, 1.0)
     ax.set_xlabel(f"recall@{results[0]['k']} (share of the exact top-k distances)")
     ax.set_ylabel("speed-up over the exact scan, one query at a time (log)")
-    ax.set_title(("under a 10 % filter: " if filtered else "") +
-                 f"{results[0]['bits']}-bit realistic codes, k = {results[0]['k']}, 2 CPU cores")
+    ax.set_title(
+        ("under a 10 % filter: " if filtered else "")
+        + f"{results[0]['bits']}-bit realistic codes, k = {results[0]['k']}, 2 CPU cores"
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

@@ -18,8 +18,14 @@ from lookalike.data.times import utc_timestamp
 from lookalike.errors import LookalikeError
 
 HIRISE_FILE = "hirise_observations.csv"
-COLUMNS = ("observation_id", "minimum_latitude", "maximum_latitude", "westernmost_longitude",
-           "easternmost_longitude", "start_time")
+COLUMNS = (
+    "observation_id",
+    "minimum_latitude",
+    "maximum_latitude",
+    "westernmost_longitude",
+    "easternmost_longitude",
+    "start_time",
+)
 
 
 def hirise_path() -> Path:
@@ -35,8 +41,10 @@ def load_hirise_footprints(path: str | Path | None = None) -> pd.DataFrame:
     """
     path = Path(path) if path else hirise_path()
     if not path.is_file():
-        raise LookalikeError(f"HiRISE footprints not found: {path} is missing; set LOOKALIKE_DATA "
-                             f"to a folder holding {HIRISE_FILE}")
+        raise LookalikeError(
+            f"HiRISE footprints not found: {path} is missing; set LOOKALIKE_DATA "
+            f"to a folder holding {HIRISE_FILE}"
+        )
     return _load(str(path), path.stat().st_mtime_ns).copy()
 
 
@@ -49,12 +57,16 @@ def _load(path: str, _mtime: int) -> pd.DataFrame:
     west = _wrap(raw["westernmost_longitude"].to_numpy(float))
     east = _wrap(raw["easternmost_longitude"].to_numpy(float))
     east = np.where(east < west, 180.0, east)  # crosses the antimeridian: keep the west part
-    table = pd.DataFrame({
-        "observation_id": raw["observation_id"].astype(str),
-        "west": west, "south": raw["minimum_latitude"].to_numpy(float),
-        "east": east, "north": raw["maximum_latitude"].to_numpy(float),
-        "time": pd.to_datetime(raw["start_time"], utc=True, errors="coerce"),
-    })
+    table = pd.DataFrame(
+        {
+            "observation_id": raw["observation_id"].astype(str),
+            "west": west,
+            "south": raw["minimum_latitude"].to_numpy(float),
+            "east": east,
+            "north": raw["maximum_latitude"].to_numpy(float),
+            "time": pd.to_datetime(raw["start_time"], utc=True, errors="coerce"),
+        }
+    )
     table = table.dropna(subset=["west", "south", "east", "north"]).reset_index(drop=True)
     table["date"] = table["time"].dt.strftime("%Y-%m-%d")
     return table
@@ -79,8 +91,10 @@ def observation_time(observation_id: str, path: str | Path | None = None) -> pd.
     index does not list it; raises ``LookalikeError`` when the index file is missing."""
     path = Path(path) if path else hirise_path()
     if not path.is_file():
-        raise LookalikeError(f"HiRISE observation times not found: {path} is missing; set "
-                             f"LOOKALIKE_DATA to a folder holding {HIRISE_FILE}")
+        raise LookalikeError(
+            f"HiRISE observation times not found: {path} is missing; set "
+            f"LOOKALIKE_DATA to a folder holding {HIRISE_FILE}"
+        )
     times = _times(str(path), path.stat().st_mtime_ns)
     return times.get(observation_id.upper())
 

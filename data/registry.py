@@ -69,13 +69,21 @@ def fetch(name: str, download: bool = True) -> Path:
     if target.exists():
         digest = sha256_file(target)
         if digest != ds.sha256:
-            raise LookalikeError(f"{target} has sha256 {digest}, expected {ds.sha256}; "
-                                 "delete it to download a fresh copy")
+            raise LookalikeError(
+                f"{target} has sha256 {digest}, expected {ds.sha256}; delete it to download a fresh copy"
+            )
         return target
     if download:
         try:
-            return Path(pooch.retrieve(ds.url, known_hash=f"sha256:{ds.sha256}", fname=ds.fname,
-                                       path=data_dir(), progressbar=True))
+            return Path(
+                pooch.retrieve(
+                    ds.url,
+                    known_hash=f"sha256:{ds.sha256}",
+                    fname=ds.fname,
+                    path=data_dir(),
+                    progressbar=True,
+                )
+            )
         except Exception as exc:  # no network, proxy, server down: fall through to the advice
             reason = f"download failed ({type(exc).__name__}: {exc})"
     else:
@@ -87,7 +95,8 @@ def fetch(name: str, download: bool = True) -> Path:
     raise LookalikeError(
         f"dataset {name!r} is {reason}: run `lookalike fetch {name}` on a machine with network "
         f"access, or set LOOKALIKE_DATA to a folder holding {ds.fname} (sha256 {ds.sha256}, "
-        f"from {ds.url})")
+        f"from {ds.url})"
+    )
 
 
 def blue_marble_fallback() -> Path | None:

@@ -10,8 +10,9 @@ import pandas as pd
 from lookalike.errors import LookalikeError
 
 
-def utc_timestamp(value, what: str = "time",
-                  error: type[LookalikeError] = LookalikeError) -> pd.Timestamp | None:
+def utc_timestamp(
+    value, what: str = "time", error: type[LookalikeError] = LookalikeError
+) -> pd.Timestamp | None:
     """A UTC timestamp from ISO 8601 text, TIFF's ``YYYY:MM:DD HH:MM:SS``, a datetime or a
     Timestamp; None for None or blank text. A time without a zone is taken as UTC. Anything
     else raises ``error`` naming ``what`` was being read."""

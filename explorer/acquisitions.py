@@ -58,10 +58,20 @@ def _acquisitions(index: Index) -> list[Acquisition]:
         if not ok.any():
             continue  # chips without a place
         rows = rows[ok]
-        bounds = (float(lon[rows].min()), float(lat[rows].min()), float(lon[rows].max()),
-                  float(lat[rows].max()))
-        out.append(Acquisition(name, _time(described.get(name, {}), tiles, rows), bounds,
-                               float(np.nanmedian(gsd[rows])) if np.isfinite(gsd[rows]).any() else math.nan))
+        bounds = (
+            float(lon[rows].min()),
+            float(lat[rows].min()),
+            float(lon[rows].max()),
+            float(lat[rows].max()),
+        )
+        out.append(
+            Acquisition(
+                name,
+                _time(described.get(name, {}), tiles, rows),
+                bounds,
+                float(np.nanmedian(gsd[rows])) if np.isfinite(gsd[rows]).any() else math.nan,
+            )
+        )
     return out
 
 
@@ -117,8 +127,12 @@ def _in_range(acq: Acquisition, start: pd.Timestamp | None, end: pd.Timestamp | 
     return (start is None or acq.time >= start) and (end is None or acq.time <= end)
 
 
-def drawn_sources(acqs: list[Acquisition], chosen: str = LATEST, start: pd.Timestamp | None = None,
-                  end: pd.Timestamp | None = None) -> list[str]:
+def drawn_sources(
+    acqs: list[Acquisition],
+    chosen: str = LATEST,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+) -> list[str]:
     """The sources the map draws, one per place: among the acquisitions between ``start`` and
     ``end`` (the date filter), the latest at or before the ``chosen`` date (YYYY-MM-DD; the
     latest of all for ``LATEST``), else the earliest. Coarsest first (finer ones draw on top)."""
@@ -157,8 +171,10 @@ def finest(candidates: list[tuple[str, float]]) -> str | None:
     """The name with the smallest ground sample distance (unknown ones last, ties in order)."""
     if not candidates:
         return None
-    return min(enumerate(candidates),
-               key=lambda c: (not np.isfinite(c[1][1]), c[1][1] if np.isfinite(c[1][1]) else 0.0, c[0]))[1][0]
+    return min(
+        enumerate(candidates),
+        key=lambda c: (not np.isfinite(c[1][1]), c[1][1] if np.isfinite(c[1][1]) else 0.0, c[0]),
+    )[1][0]
 
 
 def code_model(manifest: dict) -> tuple:

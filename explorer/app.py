@@ -75,8 +75,9 @@ def warm_up(served: ServedIndexes) -> None:
             _warm_collection(served, key, name)
     log.info("warm-up took %.1f s", time.perf_counter() - t0)
     # the polar basemaps (a second or two each) are made while the server already listens
-    threading.Thread(target=_warm_polar_projections, args=(served,), daemon=True,
-                     name="polar-basemaps").start()
+    threading.Thread(
+        target=_warm_polar_projections, args=(served,), daemon=True, name="polar-basemaps"
+    ).start()
 
 
 def _warm_collection(served: ServedIndexes, body: str, name: str) -> None:
@@ -118,8 +119,14 @@ def local_address(address: str) -> bool:
     return address in ("localhost", "127.0.0.1", "::1")
 
 
-def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
-          address: str = "localhost", threaded: bool = False, **kwargs):
+def serve(
+    paths: list[Path | str],
+    port: int = 5006,
+    show: bool = False,
+    address: str = "localhost",
+    threaded: bool = False,
+    **kwargs,
+):
     """Serve the explorer on the indexes at ``paths`` (the first is the default).
 
     The server listens on ``address``: this machine only unless another address is given
@@ -133,10 +140,12 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     hv.extension("bokeh", logo=False)
     pn.config.nthreads = THREADS
     local = local_address(address)
-    print(f"Lookalike explorer: http://{'localhost' if local else address}:{port}/\n"
-          "  Click anywhere on the planet: its 1,000 most similar places appear as thumbnails and on\n"
-          "  the map. Body switches Mars/Earth, Map view the poles; draw boxes to narrow the search.",
-          flush=True)
+    print(
+        f"Lookalike explorer: http://{'localhost' if local else address}:{port}/\n"
+        "  Click anywhere on the planet: its 1,000 most similar places appear as thumbnails and on\n"
+        "  the map. Body switches Mars/Earth, Map view the poles; draw boxes to narrow the search.",
+        flush=True,
+    )
     # before listening: a page opened meanwhile would share the two cores with it, and be slower
     # by about as long as it takes
     warm_up(served)
@@ -145,12 +154,23 @@ def serve(paths: list[Path | str], port: int = 5006, show: bool = False,
     # a second) every time sessions have made enough new objects, holding every session up
     gc.collect()
     gc.freeze()
-    kwargs.setdefault("websocket_origin", [f"localhost:{port}", f"127.0.0.1:{port}"]
-                      + ([] if local else [f"{address}:{port}"]))
+    kwargs.setdefault(
+        "websocket_origin",
+        [f"localhost:{port}", f"127.0.0.1:{port}"] + ([] if local else [f"{address}:{port}"]),
+    )
     kwargs.setdefault("websocket_max_message_size", MAX_MESSAGE_BYTES)
     kwargs.setdefault("compress_response", True)  # gzip: the page's scripts are most of its bytes
-    kwargs.setdefault("http_server_kwargs",
-                      dict(max_body_size=MAX_BODY_BYTES, max_buffer_size=MAX_BODY_BYTES))
+    kwargs.setdefault(
+        "http_server_kwargs", dict(max_body_size=MAX_BODY_BYTES, max_buffer_size=MAX_BODY_BYTES)
+    )
     # a plain function: Panel calls functions, and would show any other callable as a pane
-    return pn.serve(lambda: serve_session(served), port=port, show=show, address=address,
-                    title=PAGE_TITLE, threaded=threaded, extra_patterns=handlers.routes(served), **kwargs)
+    return pn.serve(
+        lambda: serve_session(served),
+        port=port,
+        show=show,
+        address=address,
+        title=PAGE_TITLE,
+        threaded=threaded,
+        extra_patterns=handlers.routes(served),
+        **kwargs,
+    )

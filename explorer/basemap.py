@@ -76,23 +76,33 @@ def pyramid(image: SourceImage, projection: MapProjection | None = None) -> list
 def _cached_levels(image: SourceImage, projection: MapProjection | None) -> list[Level]:
     if image.cache_key is None:
         return _levels(image, projection)
-    slot = dict(purpose="basemap pyramid", image=image.cache_key,
-                # "view": the key the cached files were stored under
-                view=projection.name if projection is not None else "global",
-                radius=projection.radius if projection is not None else None)
-    key = dict(min_level_pixels=MIN_LEVEL_PIXELS,
-               polar=[POLAR_IMAGE_PIXELS, POLAR_EDGE_LAT] if projection is not None else None)
+    slot = dict(
+        purpose="basemap pyramid",
+        image=image.cache_key,
+        # "view": the key the cached files were stored under
+        view=projection.name if projection is not None else "global",
+        radius=projection.radius if projection is not None else None,
+    )
+    key = dict(
+        min_level_pixels=MIN_LEVEL_PIXELS,
+        polar=[POLAR_IMAGE_PIXELS, POLAR_EDGE_LAT] if projection is not None else None,
+    )
     cached = pixel_cache.load(slot, key)
     if cached is not None:
         bounds = cached["bounds"]
         # the global view's finest level is the image itself, which is not stored twice
         first = [] if projection is not None else [Level(image.rgb, image.bounds)]
-        return first + [Level(cached[f"level{i}"], tuple(float(v) for v in bounds[i]))
-                        for i in range(len(bounds))]
+        return first + [
+            Level(cached[f"level{i}"], tuple(float(v) for v in bounds[i])) for i in range(len(bounds))
+        ]
     levels = _levels(image, projection)
     stored = levels if projection is not None else levels[1:]
-    pixel_cache.save(slot, key, {f"level{i}": level.rgb for i, level in enumerate(stored)}
-                     | dict(bounds=np.asarray([level.bounds for level in stored], np.float64).reshape(-1, 4)))
+    pixel_cache.save(
+        slot,
+        key,
+        {f"level{i}": level.rgb for i, level in enumerate(stored)}
+        | dict(bounds=np.asarray([level.bounds for level in stored], np.float64).reshape(-1, 4)),
+    )
     return levels
 
 
@@ -111,8 +121,9 @@ def _levels(image: SourceImage, projection: MapProjection | None) -> list[Level]
         bounds = (x0, y1 - (y1 - y0) * h2 / h, x0 + (x1 - x0) * w2 / w, y1)
 
 
-def render_view(levels: list[Level], x0: float, y0: float, x1: float, y1: float,
-                width: int, height: int) -> np.ndarray:
+def render_view(
+    levels: list[Level], x0: float, y0: float, x1: float, y1: float, width: int, height: int
+) -> np.ndarray:
     """RGB (height, width, 3) of the box (x0, y0, x1, y1) of the basemap, from the coarsest
     level with at least one pixel per output pixel (bilinear; outside the image: black)."""
     from PIL import Image
@@ -142,8 +153,17 @@ def render_view(levels: list[Level], x0: float, y0: float, x1: float, y1: float,
     return out
 
 
-def view_jpeg(image: SourceImage, projection: MapProjection, x0: float, y0: float, x1: float, y1: float,
-              width: int, height: int, quality: int = JPEG_QUALITY) -> bytes:
+def view_jpeg(
+    image: SourceImage,
+    projection: MapProjection,
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    width: int,
+    height: int,
+    quality: int = JPEG_QUALITY,
+) -> bytes:
     """JPEG of a box of the basemap in a map view (what the browser fetches on pan and zoom)."""
     from PIL import Image
 
@@ -175,19 +195,22 @@ def zone_area(label: str, edge_lat: float = 90.0) -> tuple[float, float, float, 
     return west, max(south, -edge_lat), east, min(north, edge_lat)
 
 
-def zone_grid(zone_labels: list[str], selected: list[str], show: bool = True,
-              lat_range=UTM_LAT_RANGE) -> hv.Overlay:
+def zone_grid(
+    zone_labels: list[str], selected: list[str], show: bool = True, lat_range=UTM_LAT_RANGE
+) -> hv.Overlay:
     """Meridians every 6 degrees, the equator and the caps' edges, the selected zones shaded (the
     labels are ``zone_label_layer``, which follows the view)."""
     rects = [zone_area(label) for label in zone_labels if show and label in selected]
     grid = _grid_lines(tuple(lat_range)) if show else hv.Path([], kdims=["lon", "lat"])
     shaded = hv.Rectangles(rects, kdims=["lon", "lat", "lon2", "lat2"]).opts(
-        fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2)
+        fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2
+    )
     return grid * shaded
 
 
-def zone_grid_layer(zone_labels: list[str], selected: list[str], show: bool,
-                    projection: MapProjection) -> hv.Overlay:
+def zone_grid_layer(
+    zone_labels: list[str], selected: list[str], show: bool, projection: MapProjection
+) -> hv.Overlay:
     """The zone grid of a map in ``projection`` (``zone_grid`` or ``polar_zone_grid``)."""
     if projection.polar:
         return polar_zone_grid(zone_labels, selected, show, projection)
@@ -205,15 +228,17 @@ def _polar_grid_lines(sign: float) -> np.ndarray:
     return np.concatenate([np.vstack([seg, [[np.nan, np.nan]]]) for seg in segments])[:-1]
 
 
-def polar_zone_grid(zone_labels: list[str], selected: list[str], show: bool,
-                    projection: MapProjection) -> hv.Overlay:
+def polar_zone_grid(
+    zone_labels: list[str], selected: list[str], show: bool, projection: MapProjection
+) -> hv.Overlay:
     """The zone grid of a polar view, as GeoViews elements in lon/lat that GeoViews projects:
     zone meridians down from the cap's edge, the edge itself, the selected zones shaded."""
     lonlat = projection.lonlat_crs
     if not show:
         return gv.Path([], crs=lonlat) * gv.Polygons([], crs=lonlat)
-    grid = gv.Path([_polar_grid_lines(projection.sign)], crs=lonlat).opts(color="white", alpha=0.35,
-                                                                          line_width=1)
+    grid = gv.Path([_polar_grid_lines(projection.sign)], crs=lonlat).opts(
+        color="white", alpha=0.35, line_width=1
+    )
     shapes = []
     for label in selected:
         if label not in zone_labels or Zone.parse(label).hemisphere != ("N" if projection.sign > 0 else "S"):
@@ -223,14 +248,20 @@ def polar_zone_grid(zone_labels: list[str], selected: list[str], show: bool,
         lats = np.r_[np.full(25, south), np.full(25, north)]
         shapes.append({"lon": lons, "lat": lats})
     shaded = gv.Polygons(shapes, kdims=["lon", "lat"], crs=lonlat).opts(
-        fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2)
+        fill_color="#4da3ff", fill_alpha=0.18, line_color="#4da3ff", line_width=2
+    )
     return grid * shaded
 
 
-def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
-                         y_range: tuple[float, float], width_px: float, height_px: float,
-                         min_px: float = LABEL_MIN_PX,
-                         lat_range=UTM_LAT_RANGE) -> list[tuple[float, float, str]]:
+def zone_label_positions(
+    zone_labels: list[str],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    width_px: float,
+    height_px: float,
+    min_px: float = LABEL_MIN_PX,
+    lat_range=UTM_LAT_RANGE,
+) -> list[tuple[float, float, str]]:
     """(lon, lat, label) of the zone labels to draw in this view, none closer than ``min_px``.
 
     Northern zones are labelled along the top of the view, southern ones along the bottom, each
@@ -249,13 +280,19 @@ def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
     rows = {"N": min(y1, lat_range[1]) - pad, "S": max(y0, lat_range[0]) + pad}
     out = []
     for hemi, lat in rows.items():
-        inside = (max(y0, 0.0) <= lat <= min(y1, lat_range[1])) if hemi == "N" else \
-                 (max(y0, lat_range[0]) <= lat <= min(y1, 0.0))
+        inside = (
+            (max(y0, 0.0) <= lat <= min(y1, lat_range[1]))
+            if hemi == "N"
+            else (max(y0, lat_range[0]) <= lat <= min(y1, 0.0))
+        )
         if not inside:
             continue
         row = []
-        zones = sorted((Zone.parse(label).number, label) for label in zone_labels
-                       if label and label[-1] == hemi and not label.startswith("UPS"))
+        zones = sorted(
+            (Zone.parse(label).number, label)
+            for label in zone_labels
+            if label and label[-1] == hemi and not label.startswith("UPS")
+        )
         for number, label in zones[::step]:
             west = -180.0 + ZONE_WIDTH_DEG * (number - 1)
             left, right = max(west, x0), min(west + ZONE_WIDTH_DEG, x1)
@@ -275,10 +312,15 @@ def zone_label_positions(zone_labels: list[str], x_range: tuple[float, float],
     return out
 
 
-def polar_zone_label_positions(zone_labels: list[str], projection: MapProjection,
-                               x_range: tuple[float, float], y_range: tuple[float, float],
-                               width_px: float, height_px: float,
-                               min_px: float = LABEL_MIN_PX) -> list[tuple[float, float, str]]:
+def polar_zone_label_positions(
+    zone_labels: list[str],
+    projection: MapProjection,
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    width_px: float,
+    height_px: float,
+    min_px: float = LABEL_MIN_PX,
+) -> list[tuple[float, float, str]]:
     """(x, y, label) in a polar view's plane of the zone labels to draw, none closer than
     ``min_px`` on screen.
 
@@ -315,12 +357,20 @@ def polar_zone_label_positions(zone_labels: list[str], projection: MapProjection
     return out
 
 
-def zone_label_layer(zone_labels: list[str], show: bool = True, x_range=None, y_range=None,
-                     width=None, height=None, initial=None,
-                     projection: MapProjection | None = None) -> hv.Labels:
+def zone_label_layer(
+    zone_labels: list[str],
+    show: bool = True,
+    x_range=None,
+    y_range=None,
+    width=None,
+    height=None,
+    initial=None,
+    projection: MapProjection | None = None,
+) -> hv.Labels:
     """The zone labels for the current view (``zone_label_positions``, or in a polar
     ``projection`` ``polar_zone_label_positions``); ``initial``, the plot's first (x range,
     y range), stands in until the browser reports its ranges."""
+
     def valid(r) -> bool:
         return r is not None and all(v is not None and np.isfinite(v) for v in r)
 
@@ -331,29 +381,45 @@ def zone_label_layer(zone_labels: list[str], show: bool = True, x_range=None, y_
     positions = []
     if show and valid(x_range) and valid(y_range):
         if polar:
-            positions = polar_zone_label_positions(zone_labels, projection, x_range, y_range,
-                                                   width or 600, height or 600)
+            positions = polar_zone_label_positions(
+                zone_labels, projection, x_range, y_range, width or 600, height or 600
+            )
         else:
             positions = zone_label_positions(zone_labels, x_range, y_range, width or 800, height or 400)
     kdims = ["x", "y"] if polar else ["lon", "lat"]
     return hv.Labels(positions, kdims=kdims, vdims="zone", group="ZoneLabels").opts(
-        text_color="white", text_font_size=LABEL_FONT, text_alpha=0.9,
+        text_color="white",
+        text_font_size=LABEL_FONT,
+        text_alpha=0.9,
         # legible on the bright polar caps and deserts too
-        background_fill_color="black", background_fill_alpha=0.55, border_radius=2)
+        background_fill_color="black",
+        background_fill_alpha=0.55,
+        border_radius=2,
+    )
 
 
-def density_image(lon: np.ndarray, lat: np.ndarray, bounds: tuple[float, float, float, float],
-                  nx: int, ny: int, colors: tuple[str, str]) -> dict:
+def density_image(
+    lon: np.ndarray,
+    lat: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    nx: int,
+    ny: int,
+    colors: tuple[str, str],
+) -> dict:
     """Column data of a Bokeh ``image_rgba`` shading where the hits are: the count per cell,
     smoothed over its neighbours, from transparent ``colors[0]`` (few) to ``colors[1]`` (most)."""
     west, south, east, north = bounds
-    counts, _, _ = np.histogram2d(np.asarray(lat, float), np.asarray(lon, float), bins=(ny, nx),
-                                  range=((south, north), (west, east)))
+    counts, _, _ = np.histogram2d(
+        np.asarray(lat, float), np.asarray(lon, float), bins=(ny, nx), range=((south, north), (west, east))
+    )
     padded = np.pad(counts, 1)
-    smooth = sum(padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] * (2.0 if dx == dy == 0 else 1.0)
-                 for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    smooth = sum(
+        padded[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx] * (2.0 if dx == dy == 0 else 1.0)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
     level = np.sqrt(smooth / smooth.max()) if smooth.max() > 0 else smooth
-    low, high = (np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], float) for c in colors)
+    low, high = (np.array([int(c[i : i + 2], 16) for i in (1, 3, 5)], float) for c in colors)
     rgb = low + level[..., None] * (high - low)
     alpha = np.where(level > 0, 40 + 100 * level, 0)  # the basemap stays readable underneath
     rgba = np.dstack([rgb, alpha]).round().astype(np.uint8)
@@ -375,8 +441,10 @@ def hirise_rectangles(table: pd.DataFrame, projection: MapProjection | None = No
     keep = projection.sign * np.where(projection.sign > 0, north, south) >= corner_lat
     west, south, east, north = west[keep], south[keep], east[keep], north[keep]
     mid_lon, mid_lat = (west + east) / 2, (south + north) / 2
-    x, y = projection.forward(np.column_stack([west, mid_lon, east, east, east, mid_lon, west, west]),
-                              np.column_stack([south, south, south, mid_lat, north, north, north, mid_lat]))
+    x, y = projection.forward(
+        np.column_stack([west, mid_lon, east, east, east, mid_lon, west, west]),
+        np.column_stack([south, south, south, mid_lat, north, north, north, mid_lat]),
+    )
     boxes = pd.DataFrame({"x0": x.min(axis=1), "y0": y.min(axis=1), "x1": x.max(axis=1), "y1": y.max(axis=1)})
     for name in vdims:
         boxes[name] = table[name].to_numpy()[keep]

@@ -31,8 +31,9 @@ def basemap_query(x0: float, y0: float, x1: float, y1: float, width: int, height
     return f"x0={x0!r}&y0={y0!r}&x1={x1!r}&y1={y1!r}&w={int(width)}&h={int(height)}"
 
 
-def basemap_request(bounds, x_range, y_range, width: float, height: float,
-                    pad: float = BASEMAP_PAD) -> dict | None:
+def basemap_request(
+    bounds, x_range, y_range, width: float, height: float, pad: float = BASEMAP_PAD
+) -> dict | None:
     """The basemap image for a view of ``width`` x ``height`` screen pixels: the view padded by
     ``pad`` of its size on each side, inside ``bounds``; None when that is empty. Keys:
     ``query`` (for the basemap route), ``x``, ``y``, ``w``, ``h`` (its box) and ``px``, ``py``
@@ -45,8 +46,15 @@ def basemap_request(bounds, x_range, y_range, width: float, height: float,
         return None
     w = max(BASEMAP_MIN_PX, min(BASEMAP_MAX_PX, round(width * (x1 - x0) / vw)))
     h = max(BASEMAP_MIN_PX, min(BASEMAP_MAX_PX, round(height * (y1 - y0) / vh)))
-    return {"query": basemap_query(x0, y0, x1, y1, w, h), "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0,
-            "px": w, "py": h}
+    return {
+        "query": basemap_query(x0, y0, x1, y1, w, h),
+        "x": x0,
+        "y": y0,
+        "w": x1 - x0,
+        "h": y1 - y0,
+        "px": w,
+        "py": h,
+    }
 
 
 def basemap_url(body: str, projection: MapProjection) -> str:
@@ -69,8 +77,15 @@ class BasemapImages:
     ``in_doc`` runs a change of Bokeh models where the document allows it (``MapView._in_doc``).
     """
 
-    def __init__(self, body: str, projection: MapProjection, bounds, in_doc: Callable,
-                 render: Callable | None = None, scenes: Callable[[], list] = list) -> None:
+    def __init__(
+        self,
+        body: str,
+        projection: MapProjection,
+        bounds,
+        in_doc: Callable,
+        render: Callable | None = None,
+        scenes: Callable[[], list] = list,
+    ) -> None:
         self.body, self.projection, self.bounds = body, projection, tuple(bounds)
         self.in_doc, self.render, self.scenes = in_doc, render, scenes
         self.renderers: dict = {}  # 'basemap', 'basemap:detail' -> their image_url renderers
@@ -93,20 +108,38 @@ class BasemapImages:
         from bokeh.models import ColumnDataSource, CustomJS
 
         x0, y0, x1, y1 = self.bounds
-        overview = basemap_request(self.bounds, (x0, x1), (y0, y1), OVERVIEW_PX,
-                                   OVERVIEW_PX / self.projection.aspect, pad=0.0)
+        overview = basemap_request(
+            self.bounds, (x0, x1), (y0, y1), OVERVIEW_PX, OVERVIEW_PX / self.projection.aspect, pad=0.0
+        )
         self.request = basemap_request(self.bounds, *first_window, *self.projection.detail_px)
         pictures = (("basemap", overview, None), ("basemap:detail", self.request, self.scenes()))
         for key, request, pairs in pictures:
             name = key.replace(":", "_")
             source = ColumnDataSource(self.columns(request, pairs), name=f"{name}_source")
-            self.renderers[key] = fig.image_url(url="url", x="x", y="y", w="w", h="h", anchor="bottom_left",
-                                                source=source, level="image", name=name)
-        sink = ColumnDataSource(data={k: [] for k in ("x0", "x1", "y0", "y1", "width", "height", "n")},
-                                name="basemap_view")
-        follow = CustomJS(args=dict(fig=fig, source=self.renderers["basemap:detail"].data_source,
-                                    bounds=list(self.bounds), sink=sink, shape=shape or {}),
-                          code=(STATIC / "basemap_follow.js").read_text(encoding="utf-8"))
+            self.renderers[key] = fig.image_url(
+                url="url",
+                x="x",
+                y="y",
+                w="w",
+                h="h",
+                anchor="bottom_left",
+                source=source,
+                level="image",
+                name=name,
+            )
+        sink = ColumnDataSource(
+            data={k: [] for k in ("x0", "x1", "y0", "y1", "width", "height", "n")}, name="basemap_view"
+        )
+        follow = CustomJS(
+            args=dict(
+                fig=fig,
+                source=self.renderers["basemap:detail"].data_source,
+                bounds=list(self.bounds),
+                sink=sink,
+                shape=shape or {},
+            ),
+            code=(STATIC / "basemap_follow.js").read_text(encoding="utf-8"),
+        )
         for axis in (fig.x_range, fig.y_range):
             axis.js_on_change("start", follow)
             axis.js_on_change("end", follow)
@@ -115,9 +148,13 @@ class BasemapImages:
     def _view_reported(self, attr, old, new) -> None:
         if not new.get("x0"):
             return
-        request = basemap_request(self.bounds, (float(new["x0"][0]), float(new["x1"][0])),
-                                  (float(new["y0"][0]), float(new["y1"][0])),
-                                  float(new["width"][0]), float(new["height"][0]))
+        request = basemap_request(
+            self.bounds,
+            (float(new["x0"][0]), float(new["x1"][0])),
+            (float(new["y0"][0]), float(new["y1"][0])),
+            float(new["width"][0]),
+            float(new["height"][0]),
+        )
         if request is not None:
             self.request = request
             self.refresh()

@@ -21,8 +21,9 @@ AUTO = "auto"
 PLACED_CHIP_WITHIN_DEG = 1.0
 
 
-def nearest_placed_chip(index: Index, lon: float, lat: float,
-                        within_deg: float = PLACED_CHIP_WITHIN_DEG) -> int | None:
+def nearest_placed_chip(
+    index: Index, lon: float, lat: float, within_deg: float = PLACED_CHIP_WITHIN_DEG
+) -> int | None:
     """For chips placed at observations (footprints of a few km), the chip whose centre is
     nearest a click within ``within_deg``: such footprints are too small to hit exactly."""
     if not index.manifest.get("placed_at"):
@@ -55,8 +56,14 @@ def scene_pairs(state, base: str | None) -> list[tuple[str, str]]:
     for name in state.collections:
         if name in state.collections_on and name != base:
             sources = drawn_for(state, name)
-            out += [(name, s) for s in (sources if sources is not None
-                                        else [a.source for a in acquisitions(state.collections[name])])]
+            out += [
+                (name, s)
+                for s in (
+                    sources
+                    if sources is not None
+                    else [a.source for a in acquisitions(state.collections[name])]
+                )
+            ]
     return out
 
 
@@ -89,8 +96,14 @@ def pick_collection(state, lon: float, lat: float) -> tuple[str | None, int, str
     if not found:
         where = labels.get(chosen, chosen) if chosen != AUTO else "No collection switched on"
         verb = "has no tile" if chosen != AUTO else "has a tile"
-        return None, -1, (f"{where} {verb} at lon {lon:.4f}, lat {lat:.4f}. Click on an indexed "
-                          "area of the map, or switch collections on.")
+        return (
+            None,
+            -1,
+            (
+                f"{where} {verb} at lon {lon:.4f}, lat {lat:.4f}. Click on an indexed "
+                "area of the map, or switch collections on."
+            ),
+        )
     name = finest([(n, g) for n, (_, g) in found.items()])
     row, gsd = found[name]
     scale = f"{gsd:.3g} m/px" if math.isfinite(gsd) else "unknown resolution"
@@ -111,10 +124,15 @@ def code_note(state) -> str:
         return ""
     mine = code_model(state.index.manifest)
     labels = state.collection_labels
-    same = [labels.get(n, n) for n, ix in state.collections.items()
-            if n != state.index_name and code_model(ix.manifest) == mine]
+    same = [
+        labels.get(n, n)
+        for n, ix in state.collections.items()
+        if n != state.index_name and code_model(ix.manifest) == mine
+    ]
     label = labels.get(state.index_name, state.index_name)
     if same:
-        return (f"Hits from {label} only; {', '.join(same)} share its code model (pick one under "
-                "Search in to search it).")
+        return (
+            f"Hits from {label} only; {', '.join(same)} share its code model (pick one under "
+            "Search in to search it)."
+        )
     return f"Hits from {label} only: the other collections' codes come from other code models."

@@ -21,8 +21,9 @@ def enter_body(state: ExplorerState, served: ServedIndexes, body: str, name: str
     """Show ``body``'s map, searching collection ``name`` (by default the body's mosaic or first)."""
     collections = served.collections(body)
     name = name if name in collections else served.body_default(body)
-    state.set_body(body, {n: e.index for n, e in collections.items()},
-                   {n: e.label for n, e in collections.items()}, name)
+    state.set_body(
+        body, {n: e.index for n, e in collections.items()}, {n: e.label for n, e in collections.items()}, name
+    )
 
 
 def collection_controls(state: ExplorerState) -> list[pn.viewable.Viewable]:
@@ -31,9 +32,13 @@ def collection_controls(state: ExplorerState) -> list[pn.viewable.Viewable]:
     names = list(state.collections)
     if not names:
         return []
-    switches = pn.widgets.CheckBoxGroup(name="Collections", options={labels[n]: n for n in names},
-                                        value=[n for n in state.collections_on if n in names], inline=False,
-                                        css_classes=["collections"])
+    switches = pn.widgets.CheckBoxGroup(
+        name="Collections",
+        options={labels[n]: n for n in names},
+        value=[n for n in state.collections_on if n in names],
+        inline=False,
+        css_classes=["collections"],
+    )
 
     def switched(event) -> None:
         if list(state.collections) == names:  # not a sidebar of the body shown before
@@ -41,10 +46,12 @@ def collection_controls(state: ExplorerState) -> list[pn.viewable.Viewable]:
 
     switches.param.watch(switched, "value")
     watch_state(state, "sidebar", lambda e: setattr(switches, "value", list(e.new)), "collections_on")
-    search_in = pn.widgets.Select(name="Search in",
-                                  options={AUTO_LABEL: AUTO, **{labels[n]: n for n in names}},
-                                  value=state.search_in if state.search_in in names else AUTO,
-                                  css_classes=["search-in"])
+    search_in = pn.widgets.Select(
+        name="Search in",
+        options={AUTO_LABEL: AUTO, **{labels[n]: n for n in names}},
+        value=state.search_in if state.search_in in names else AUTO,
+        css_classes=["search-in"],
+    )
     search_in.param.watch(lambda e: setattr(state, "search_in", e.new), "value")
     watch_state(state, "sidebar", lambda e: setattr(search_in, "value", e.new), "search_in")
     out = [text_block("<b>Collections</b> (drawn, and searched by a click)"), switches, search_in]
@@ -58,9 +65,12 @@ def collection_controls(state: ExplorerState) -> list[pn.viewable.Viewable]:
 def date_selector(state: ExplorerState, name: str, dates: list[str]) -> pn.widgets.Select:
     """Which acquisition of each place of collection ``name`` the map draws: the latest, or the
     latest at or before a date."""
-    select = pn.widgets.Select(name=f"{state.collection_labels.get(name, name)}: date drawn",
-                               options={LATEST_LABEL: "", **{d: d for d in dates}},
-                               value=state.scene_dates.get(name, ""), css_classes=["scene-date"])
+    select = pn.widgets.Select(
+        name=f"{state.collection_labels.get(name, name)}: date drawn",
+        options={LATEST_LABEL: "", **{d: d for d in dates}},
+        value=state.scene_dates.get(name, ""),
+        css_classes=["scene-date"],
+    )
 
     def chosen(event) -> None:
         if state.scene_dates.get(name, "") != event.new:

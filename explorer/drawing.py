@@ -47,38 +47,53 @@ class DrawnRegions:
         self.rendered = False  # whether the map's plot exists (``find_renderers``)
         mirrored = projection.lonlat
         # what the browser shows, as last reported by the drawing tools
-        self._drawn = {"boxes": _boxes_of(state) if mirrored else [],
-                       "polygons": _polygons_of(state) if mirrored else []}
+        self._drawn = {
+            "boxes": _boxes_of(state) if mirrored else [],
+            "polygons": _polygons_of(state) if mirrored else [],
+        }
         if mirrored:
-            self.boxes = hv.Rectangles(self._drawn["boxes"], kdims=["lon", "lat", "lon2", "lat2"],
-                                       group=GROUP)
-            self.polygons = hv.Polygons([{"lon": [p[0] for p in poly], "lat": [p[1] for p in poly]}
-                                         for poly in self._drawn["polygons"]],
-                                        kdims=["lon", "lat"], group=GROUP)
+            self.boxes = hv.Rectangles(
+                self._drawn["boxes"], kdims=["lon", "lat", "lon2", "lat2"], group=GROUP
+            )
+            self.polygons = hv.Polygons(
+                [
+                    {"lon": [p[0] for p in poly], "lat": [p[1] for p in poly]}
+                    for poly in self._drawn["polygons"]
+                ],
+                kdims=["lon", "lat"],
+                group=GROUP,
+            )
         else:  # GeoViews elements in the map's projection, so the tools draw in its plane
             self.boxes = gv.Rectangles([], kdims=["x", "y", "x2", "y2"], crs=projection.crs, group=GROUP)
             self.polygons = gv.Polygons([], kdims=["x", "y"], crs=projection.crs, group=GROUP)
         self.boxes, self.polygons = self.boxes.opts(**REGION_STYLE), self.polygons.opts(**REGION_STYLE)
         hv.streams.BoxEdit(source=self.boxes, styles={"fill_color": ["#ffffff"]}).add_subscriber(
-            self._boxes_drawn)
+            self._boxes_drawn
+        )
         hv.streams.PolyDraw(source=self.polygons, drag=False, show_vertices=True).add_subscriber(
-            self._polygons_drawn)
+            self._polygons_drawn
+        )
         if mirrored:
             watch_state(state, "map", self._regions_changed, ["boxes", "polygons"])
 
     # from the browser ---------------------------------------------------------------
     def _boxes_drawn(self, data: dict) -> None:
-        boxes = [tuple(float(v) for v in b) for b in zip(data.get("x0", []), data.get("y0", []),
-                                                         data.get("x1", []), data.get("y1", []))]
+        boxes = [
+            tuple(float(v) for v in b)
+            for b in zip(data.get("x0", []), data.get("y0", []), data.get("x1", []), data.get("y1", []))
+        ]
         if self.projection.lonlat:
             self._mirror("boxes", [(min(w, e), min(s, n), max(w, e), max(s, n)) for w, s, e, n in boxes])
         else:
-            self._hand_over([([x0, x1, x1, x0], [y0, y0, y1, y1]) for x0, y0, x1, y1 in boxes
-                             if x0 != x1 and y0 != y1], "boxes")
+            self._hand_over(
+                [([x0, x1, x1, x0], [y0, y0, y1, y1]) for x0, y0, x1, y1 in boxes if x0 != x1 and y0 != y1],
+                "boxes",
+            )
 
     def _polygons_drawn(self, data: dict) -> None:
-        shapes = [(list(xs), list(ys)) for xs, ys in zip(data.get("xs", []), data.get("ys", []))
-                  if len(xs) >= 3]  # a polygon being drawn is not a region yet
+        shapes = [
+            (list(xs), list(ys)) for xs, ys in zip(data.get("xs", []), data.get("ys", [])) if len(xs) >= 3
+        ]  # a polygon being drawn is not a region yet
         if self.projection.lonlat:
             self._mirror("polygons", [[(float(x), float(y)) for x, y in zip(xs, ys)] for xs, ys in shapes])
         else:
@@ -101,8 +116,11 @@ class DrawnRegions:
     # to the browser -----------------------------------------------------------------
     def _regions_changed(self, event) -> None:
         # regions changed in Python (Clear button, undo, a link): show the same in the browser
-        current = ([tuple(b) for b in event.new] if event.name == "boxes"
-                   else [list(map(tuple, p)) for p in event.new])
+        current = (
+            [tuple(b) for b in event.new]
+            if event.name == "boxes"
+            else [list(map(tuple, p)) for p in event.new]
+        )
         if current != self._drawn[event.name] and self.rendered:
             self._drawn[event.name] = current
             self.in_doc(lambda: self._sync(event.name))
@@ -132,12 +150,18 @@ class DrawnRegions:
 
         if which == "boxes":
             shapes = _boxes_of(self.state)
-            columns = {field(glyph.left): [b[0] for b in shapes], field(glyph.bottom): [b[1] for b in shapes],
-                       field(glyph.right): [b[2] for b in shapes], field(glyph.top): [b[3] for b in shapes]}
+            columns = {
+                field(glyph.left): [b[0] for b in shapes],
+                field(glyph.bottom): [b[1] for b in shapes],
+                field(glyph.right): [b[2] for b in shapes],
+                field(glyph.top): [b[3] for b in shapes],
+            }
         else:
             shapes = self.state.polygons
-            columns = {field(glyph.xs): [np.array([p[0] for p in poly]) for poly in shapes],
-                       field(glyph.ys): [np.array([p[1] for p in poly]) for poly in shapes]}
+            columns = {
+                field(glyph.xs): [np.array([p[0] for p in poly]) for poly in shapes],
+                field(glyph.ys): [np.array([p[1] for p in poly]) for poly in shapes],
+            }
         for key, values in old.items():  # other columns (styles) keep their first value
             if key not in columns:
                 columns[key] = list(values[:1]) * len(shapes) if len(values) else ["#ffffff"] * len(shapes)

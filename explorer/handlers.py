@@ -42,6 +42,7 @@ class ThumbnailHandler(RequestHandler):
         name, tile_id = unquote(name), unquote(tile_id)
         if len(name) > self.MAX_ID_CHARS or len(tile_id) > self.MAX_ID_CHARS or name not in self.served:
             return self._refuse(404, "no such thumbnail")
+
         async def render() -> bytes:
             index = self.served[name].index
             tile = index.tiles.iloc[index.row_of(tile_id)].to_dict()
@@ -94,18 +95,27 @@ class BasemapHandler(ThumbnailHandler):
     async def get(self, name: str, projection_name: str) -> None:
         name = unquote(name)
         body = self.served[name].body if name in self.served else name
-        if (len(name) > self.MAX_ID_CHARS or body not in self.served.bodies
-                or projection_name not in PROJECTIONS):
+        if (
+            len(name) > self.MAX_ID_CHARS
+            or body not in self.served.bodies
+            or projection_name not in PROJECTIONS
+        ):
             return self._refuse(404, "no such basemap")
         try:
             box = [float(self.get_query_argument(k)) for k in ("x0", "y0", "x1", "y1")]
             width, height = (int(self.get_query_argument(k)) for k in ("w", "h"))
         except (ValueError, MissingArgumentError):
             return self._refuse(400, "a basemap request needs x0, y0, x1, y1 (numbers) and w, h (pixels)")
-        if not (all(math.isfinite(v) and abs(v) < 1e9 for v in box) and box[2] > box[0] and box[3] > box[1]
-                and 1 <= width <= self.MAX_PIXELS and 1 <= height <= self.MAX_PIXELS):
-            return self._refuse(400, "a basemap box needs x1 > x0, y1 > y0 and "
-                                     f"1-{self.MAX_PIXELS} pixels a side")
+        if not (
+            all(math.isfinite(v) and abs(v) < 1e9 for v in box)
+            and box[2] > box[0]
+            and box[3] > box[1]
+            and 1 <= width <= self.MAX_PIXELS
+            and 1 <= height <= self.MAX_PIXELS
+        ):
+            return self._refuse(
+                400, f"a basemap box needs x1 > x0, y1 > y0 and 1-{self.MAX_PIXELS} pixels a side"
+            )
         pairs = [tuple(unquote(v).partition("~")[::2]) for v in self.get_query_arguments("s")]
         if len(pairs) > self.MAX_SCENES or any(len(c) + len(s) > 2 * self.MAX_ID_CHARS for c, s in pairs):
             return self._refuse(400, "too many scenes")
@@ -113,8 +123,9 @@ class BasemapHandler(ThumbnailHandler):
         def picture() -> bytes:
             image = scene_images.body_basemap(self.served, body)
             projection = MapProjection.of(projection_name, image.geographic)
-            scenes = ([] if projection.polar else
-                      scene_images.scenes_in_view(self.served, body, pairs, *box, width))
+            scenes = (
+                [] if projection.polar else scene_images.scenes_in_view(self.served, body, pairs, *box, width)
+            )
             return scene_images.view_jpeg(image, projection, scenes, *box, width, height)
 
         async def render() -> bytes:  # decoding and resampling run off the event loop
@@ -125,5 +136,7 @@ class BasemapHandler(ThumbnailHandler):
 
 def routes(served: ServedIndexes) -> list[tuple]:
     """The routes above, for ``pn.serve(extra_patterns=...)``."""
-    return [(r"/thumb/([^/]+)/(.+)\.jpg", ThumbnailHandler, dict(served=served)),
-            (r"/basemap/([^/]+)/([a-z]+)\.jpg", BasemapHandler, dict(served=served))]
+    return [
+        (r"/thumb/([^/]+)/(.+)\.jpg", ThumbnailHandler, dict(served=served)),
+        (r"/basemap/([^/]+)/([a-z]+)\.jpg", BasemapHandler, dict(served=served)),
+    ]

@@ -24,8 +24,9 @@ HIRISE_HOVER_MAX = 3000  # footprints drawn as hoverable shapes when at most thi
 
 
 @lru_cache(maxsize=16)
-def hirise_footprints(start: str, end: str, show: bool,
-                      projection: MapProjection | None = None) -> hv.Rectangles:
+def hirise_footprints(
+    start: str, end: str, show: bool, projection: MapProjection | None = None
+) -> hv.Rectangles:
     """HiRISE footprints observed between two dates, in lon/lat or in a polar ``projection``,
     shared by every session of the process."""
     table = load_hirise_footprints()
@@ -37,8 +38,12 @@ def hirise_footprints(start: str, end: str, show: bool,
         return basemap.hirise_rectangles(table, projection)
 
 
-def hirise_layer(state: ExplorerState, shown, projection: MapProjection,
-                 frame_size: Callable[[], tuple[int | None, int | None]]) -> hv.Overlay:
+def hirise_layer(
+    state: ExplorerState,
+    shown,
+    projection: MapProjection,
+    frame_size: Callable[[], tuple[int | None, int | None]],
+) -> hv.Overlay:
     """Coverage and hoverable footprints; ``shown`` is the layer's switch (a parameter), and
     ``frame_size`` the map's size on screen. Without the footprint table: an empty layer, and
     the state's error says why."""
@@ -48,8 +53,15 @@ def hirise_layer(state: ExplorerState, shown, projection: MapProjection,
         state.error = str(exc)
         return hv.Overlay([hv.Rectangles([])])
     # one cache entry per hemisphere: the planet's map asks in lon/lat
-    source = hv.DynamicMap(pn.bind(hirise_footprints, state.param.time_start, state.param.time_end, shown,
-                                   projection if projection.polar else None))
+    source = hv.DynamicMap(
+        pn.bind(
+            hirise_footprints,
+            state.param.time_start,
+            state.param.time_end,
+            shown,
+            projection if projection.polar else None,
+        )
+    )
 
     def density(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.RGB:
         # rasterized at a third of the screen's resolution: a pan or zoom sends a small image,
@@ -57,10 +69,13 @@ def hirise_layer(state: ExplorerState, shown, projection: MapProjection,
         if len(footprints.data) == 0 or x_range is None or y_range is None:
             return hv.RGB(np.zeros((1, 1, 4), np.uint8), bounds=(0, 0, 1, 1), vdims=list("RGBA"))
         width, height = frame_size()
-        cells = dict(width=max(int((width or 900) / HIRISE_CELL_PX), 16),
-                     height=max(int((height or 450) / HIRISE_CELL_PX), 8))
-        counts = rasterize(footprints, aggregator="count", x_range=x_range, y_range=y_range,
-                           dynamic=False, **cells)
+        cells = dict(
+            width=max(int((width or 900) / HIRISE_CELL_PX), 16),
+            height=max(int((height or 450) / HIRISE_CELL_PX), 8),
+        )
+        counts = rasterize(
+            footprints, aggregator="count", x_range=x_range, y_range=y_range, dynamic=False, **cells
+        )
         return shade(counts, cmap=HIRISE_COLORS, min_alpha=60, alpha=170, dynamic=False)
 
     def hoverable(footprints: hv.Rectangles, x_range=None, y_range=None) -> hv.Rectangles:
@@ -76,6 +91,11 @@ def hirise_layer(state: ExplorerState, shown, projection: MapProjection,
 
     coverage = source.apply(density, streams=[hv.streams.RangeXY()])
     detail = source.apply(hoverable, streams=[hv.streams.RangeXY()]).opts(
-        fill_alpha=0.15, fill_color=HIRISE_FOOTPRINT_COLOR, line_color=HIRISE_FOOTPRINT_COLOR,
-        line_width=1, tools=["hover"], hover_tooltips=[("HiRISE", "@observation_id"), ("date", "@date")])
+        fill_alpha=0.15,
+        fill_color=HIRISE_FOOTPRINT_COLOR,
+        line_color=HIRISE_FOOTPRINT_COLOR,
+        line_width=1,
+        tools=["hover"],
+        hover_tooltips=[("HiRISE", "@observation_id"), ("date", "@date")],
+    )
     return coverage * detail

@@ -40,12 +40,20 @@ class LayerData:
         """Column data of each glyph layer for the current state, by layer name."""
         state = self.state
         page = state.page_hits()
-        return {"hits": self.hits(), "density": self.density(), "landmarks": self.landmarks(),
-                "bbox": self.bbox(), "regions": self.regions(),
-                "hit_outlines": self.outlines(page["tile_id"].astype(str).tolist() if len(page) else []),
-                "collections": self.collections(), "collection_markers": self.collection_markers(),
-                "query": self.outlines([state.query_tile]), "positives": self.outlines(state.positives),
-                "negatives": self.outlines(state.negatives), "focus": self.outlines([state.focus_tile])}
+        return {
+            "hits": self.hits(),
+            "density": self.density(),
+            "landmarks": self.landmarks(),
+            "bbox": self.bbox(),
+            "regions": self.regions(),
+            "hit_outlines": self.outlines(page["tile_id"].astype(str).tolist() if len(page) else []),
+            "collections": self.collections(),
+            "collection_markers": self.collection_markers(),
+            "query": self.outlines([state.query_tile]),
+            "positives": self.outlines(state.positives),
+            "negatives": self.outlines(state.negatives),
+            "focus": self.outlines([state.focus_tile]),
+        }
 
     def _drawn_acquisitions(self) -> list[tuple[str, Acquisition]]:
         """(collection, acquisition) drawn now: one per place of each collection switched on."""
@@ -61,13 +69,20 @@ class LayerData:
     def collections(self) -> dict:
         """Outlines of the scenes of the collections switched on, coloured by collection, with the
         collection, scene and date on hover."""
-        drawn = [(n, a) for n, a in self._drawn_acquisitions()
-                 if self.projection.visible(np.array([a.bounds[1] + a.bounds[3]]) / 2)[0]]
+        drawn = [
+            (n, a)
+            for n, a in self._drawn_acquisitions()
+            if self.projection.visible(np.array([a.bounds[1] + a.bounds[3]]) / 2)[0]
+        ]
         names = list(self.state.collections)
         shape = self.projection.box_columns(*([a.bounds[i] for _, a in drawn] for i in range(4)))
-        return {**shape, "collection": [self.state.collection_labels.get(n, n) for n, _ in drawn],
-                "scene": [a.source for _, a in drawn], "date": [a.date or "undated" for _, a in drawn],
-                "color": [COLLECTION_COLORS[names.index(n) % len(COLLECTION_COLORS)] for n, _ in drawn]}
+        return {
+            **shape,
+            "collection": [self.state.collection_labels.get(n, n) for n, _ in drawn],
+            "scene": [a.source for _, a in drawn],
+            "date": [a.date or "undated" for _, a in drawn],
+            "color": [COLLECTION_COLORS[names.index(n) % len(COLLECTION_COLORS)] for n, _ in drawn],
+        }
 
     def collection_markers(self) -> dict:
         """A marker at each drawn scene's centre: a scene is a few pixels at the planet's zoom."""
@@ -88,8 +103,9 @@ class LayerData:
             return {"x": np.zeros(0), "y": np.zeros(0), "color": []}
         rank = hits["rank"].to_numpy()
         on_page = (rank > state.page * state.page_size) & (rank <= (state.page + 1) * state.page_size)
-        color = np.where(on_page, HIT_COLORS[2], np.where(rank <= max(10, len(hits) // 5),
-                                                          HIT_COLORS[1], HIT_COLORS[0]))
+        color = np.where(
+            on_page, HIT_COLORS[2], np.where(rank <= max(10, len(hits) // 5), HIT_COLORS[1], HIT_COLORS[0])
+        )
         order = np.argsort(on_page, kind="stable")
         order = order[projection.visible(hits["lat"].to_numpy(float)[order])]
         x, y = projection.forward(hits["lon"].to_numpy(float)[order], hits["lat"].to_numpy(float)[order])
@@ -151,6 +167,10 @@ class LayerData:
         colors = {c: LANDMARK_COLORS[i % len(LANDMARK_COLORS)] for i, c in enumerate(classes)}
         scene = lm["scene"].astype(str).tolist() if "scene" in lm else [""] * len(lm)
         shape = self.projection.box_columns(lm["lon_min"], lm["lat_min"], lm["lon_max"], lm["lat_max"])
-        return {**shape, "label": lm["label"].astype(str).tolist(),
-                "posterior": lm["posterior"].to_numpy(float),
-                "scene": scene, "color": [colors.get(c, "#ffffff") for c in lm["label"].astype(str)]}
+        return {
+            **shape,
+            "label": lm["label"].astype(str).tolist(),
+            "posterior": lm["posterior"].to_numpy(float),
+            "scene": scene,
+            "color": [colors.get(c, "#ffffff") for c in lm["label"].astype(str)],
+        }

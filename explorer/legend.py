@@ -26,15 +26,22 @@ def legend_entries(available: list[str], shown: list[str], classes: list[str]) -
     rows = []
 
     def add(layer: str, kind: str, colors, text: str) -> None:
-        rows.append(dict(layer=layer, kind=kind, colors=list(colors), text=text,
-                         off=bool(layer) and layer not in shown))
+        rows.append(
+            dict(
+                layer=layer, kind=kind, colors=list(colors), text=text, off=bool(layer) and layer not in shown
+            )
+        )
 
     if "hits" in available:
         add("hits", "dot", [HIT_COLORS[2]], "hit on the page of thumbnails shown")
         add("hits", "dot", [HIT_COLORS[1]], "hit among the nearest fifth (Hamming distance)")
         add("hits", "dot", [HIT_COLORS[0]], "farther hit")
-    for name, text in (("query", "query tile"), ("positives", "positive example"),
-                       ("negatives", "negative example"), ("focus", "thumbnail clicked")):
+    for name, text in (
+        ("query", "query tile"),
+        ("positives", "positive example"),
+        ("negatives", "negative example"),
+        ("focus", "thumbnail clicked"),
+    ):
         color, _, dash = OUTLINE_STYLES[name]
         add("", "dashed" if dash == "dashed" else "line", [color], text)
     add("", "dashed", [REGION_STYLE["line_color"]], "drawn or typed region (filter)")
@@ -61,8 +68,10 @@ def _swatch(kind: str, colors: list[str]) -> str:
         style = f"border:2px solid {c[0]};background:{c[0]}33;width:14px;height:9px;margin:0 1px"
     else:
         style = f"background:linear-gradient(to right,{c[0]}40,{c[-1]});width:18px;height:10px"
-    return (f'<span class="swatch {kind}" data-color="{",".join(c)}" '
-            f'style="display:inline-block;flex:none;{style}"></span>')
+    return (
+        f'<span class="swatch {kind}" data-color="{",".join(c)}" '
+        f'style="display:inline-block;flex:none;{style}"></span>'
+    )
 
 
 def legend_html(rows: list[dict]) -> str:
@@ -70,10 +79,12 @@ def legend_html(rows: list[dict]) -> str:
     out = ['<div class="legend" style="font-size:12px;line-height:1.5">']
     for row in rows:
         opacity = "0.4" if row["off"] else "1"
-        out.append(f'<div class="legend-row{" off" if row["off"] else ""}" '
-                   f'data-layer="{html.escape(row["layer"], quote=True)}" '
-                   f'style="display:flex;align-items:center;gap:6px;opacity:{opacity}">'
-                   f'{_swatch(row["kind"], row["colors"])}<span>{html.escape(row["text"])}'
-                   f'{" (off)" if row["off"] else ""}</span></div>')
+        out.append(
+            f'<div class="legend-row{" off" if row["off"] else ""}" '
+            f'data-layer="{html.escape(row["layer"], quote=True)}" '
+            f'style="display:flex;align-items:center;gap:6px;opacity:{opacity}">'
+            f"{_swatch(row['kind'], row['colors'])}<span>{html.escape(row['text'])}"
+            f"{' (off)' if row['off'] else ''}</span></div>"
+        )
     out.append("</div>")
     return "".join(out)

@@ -37,8 +37,18 @@ MAP_SIZING = "stretch_width"  # the map fills the page's width; its aspect sets 
 # the tools that draw regions: a tap while one of them is active draws, it does not search
 DRAW_TOOLS = ["BoxEditTool", "PolyDrawTool", "PolyEditTool", "PointDrawTool", "FreehandDrawTool"]
 # state parameters the glyph layers show
-LAYER_INPUTS = ["hits", "query_tile", "positives", "negatives", "focus_tile", "page", *FACET_INPUTS,
-                "landmark_classes", "collections_on", "scene_dates"]
+LAYER_INPUTS = [
+    "hits",
+    "query_tile",
+    "positives",
+    "negatives",
+    "focus_tile",
+    "page",
+    *FACET_INPUTS,
+    "landmark_classes",
+    "collections_on",
+    "scene_dates",
+]
 # state parameters the scenes drawn over the basemap follow
 SCENE_INPUTS = ["collections_on", "scene_dates", "time_start", "time_end"]
 
@@ -100,8 +110,7 @@ class MapView:
     basemap route) rather than from the server's route.
     """
 
-    def __init__(self, state: ExplorerState, served: ServedIndexes, body: str,
-                 inline_basemap: bool = False):
+    def __init__(self, state: ExplorerState, served: ServedIndexes, body: str, inline_basemap: bool = False):
         self.state, self.served, self.body, self.inline_basemap = state, served, body, inline_basemap
         self.base = served.body(body).base  # the mosaic collection, drawn as the basemap
         self.figure = None  # the Bokeh figure, captured by a plot hook, to pan it from Python
@@ -124,36 +133,57 @@ class MapView:
         try:
             image = body_basemap(self.served, self.body)
         except LookalikeError as exc:  # e.g. the source raster moved: still search, no basemap
-            return pn.pane.Alert(f"No basemap: {exc}. Searching still works through shared links, "
-                                 "but thumbnails cannot be shown.", alert_type="danger")
+            return pn.pane.Alert(
+                f"No basemap: {exc}. Searching still works through shared links, "
+                "but thumbnails cannot be shown.",
+                alert_type="danger",
+            )
         state, switches = self.state, self.switches
         self.projection = projection = MapProjection.of(state.projection, image.geographic)
         self.data = LayerData(state, projection, self.base)
         render = partial(self._render_inline, image) if self.inline_basemap else None
-        self.basemap = BasemapImages(self.body, projection, projection.basemap_bounds(image.bounds),
-                                     self._in_doc, render, partial(scene_pairs, state, self.base))
+        self.basemap = BasemapImages(
+            self.body,
+            projection,
+            projection.basemap_bounds(image.bounds),
+            self._in_doc,
+            render,
+            partial(scene_pairs, state, self.base),
+        )
         collections = self.served.collections(self.body)
-        places = pd.concat([e.index.tiles[["lon", "lat", "zone"]] for e in collections.values()],
-                           ignore_index=True).dropna(subset=["lon", "lat"])
+        places = pd.concat(
+            [e.index.tiles[["lon", "lat", "zone"]] for e in collections.values()], ignore_index=True
+        ).dropna(subset=["lon", "lat"])
         self._first_window = xlim, ylim = self._true_shape(*projection.first_window(places, image.bounds))
-        zone_labels = sorted((z for z in places["zone"].astype(str).unique().tolist() if z and z != "nan"),
-                             key=lambda z: Zone.parse(z).sort_key)
+        zone_labels = sorted(
+            (z for z in places["zone"].astype(str).unique().tolist() if z and z != "nan"),
+            key=lambda z: Zone.parse(z).sort_key,
+        )
         self.drawn = DrawnRegions(state, projection, self._in_doc)
-        zones = hv.DynamicMap(pn.bind(basemap.zone_grid_layer, zone_labels, state.param.zones,
-                                      switches.param.zones, projection))
+        zones = hv.DynamicMap(
+            pn.bind(basemap.zone_grid_layer, zone_labels, state.param.zones, switches.param.zones, projection)
+        )
         layers = zones * self._zone_labels(zone_labels, xlim, ylim)
         if self.body == "mars":
             layers = layers * hirise_layer(state, switches.param.hirise, projection, self.frame_size)
         overlay = (layers * self.drawn.boxes * self.drawn.polygons).opts(
-            hv.opts.Overlay(responsive=True, min_height=300, active_tools=["wheel_zoom"],
-                            hooks=[weak_hook(self._capture)], toolbar="above", show_legend=False,
-                            **projection.overlay_options(xlim, ylim)))
+            hv.opts.Overlay(
+                responsive=True,
+                min_height=300,
+                active_tools=["wheel_zoom"],
+                hooks=[weak_hook(self._capture)],
+                toolbar="above",
+                show_legend=False,
+                **projection.overlay_options(xlim, ylim),
+            )
+        )
         watch_state(state, "map", self._pan_to_focus, "focus_tile")
         watch_state(state, "map", self._refresh_layers, LAYER_INPUTS)
         watch_state(state, "map", self._switch_layers, "layers")
         watch_state(state, "map", lambda *_: self.basemap.refresh(), SCENE_INPUTS)
-        self.pane = pn.pane.HoloViews(overlay, sizing_mode=MAP_SIZING, min_height=300,
-                                      css_classes=["map"], linked_axes=False)
+        self.pane = pn.pane.HoloViews(
+            overlay, sizing_mode=MAP_SIZING, min_height=300, css_classes=["map"], linked_axes=False
+        )
         return self.pane
 
     def _render_inline(self, image, request: dict, pairs: list) -> bytes:
@@ -175,12 +205,17 @@ class MapView:
         frame_size, initial, projection = self.frame_size, (xlim, ylim), self.projection
 
         def zone_labels_in_view(show: bool, x_range=None, y_range=None) -> hv.Labels:
-            return basemap.zone_label_layer(zone_labels, show, x_range, y_range, *frame_size(),
-                                            initial=initial, projection=projection)
+            return basemap.zone_label_layer(
+                zone_labels, show, x_range, y_range, *frame_size(), initial=initial, projection=projection
+            )
 
-        return hv.DynamicMap(zone_labels_in_view,
-                             streams=[hv.streams.Params(self.switches, ["zones"], rename={"zones": "show"}),
-                                      hv.streams.RangeXY()])
+        return hv.DynamicMap(
+            zone_labels_in_view,
+            streams=[
+                hv.streams.Params(self.switches, ["zones"], rename={"zones": "show"}),
+                hv.streams.RangeXY(),
+            ],
+        )
 
     # the figure ---------------------------------------------------------------------
     def _capture(self, plot, element) -> None:
@@ -215,26 +250,56 @@ class MapView:
         self.basemap.add_to(fig, self._first_window, js_constants() if self.projection.lonlat else None)
         self.renderers = dict(self.basemap.renderers)
         self._add_collections(fig)
-        self.renderers["density"] = fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh",
-                                                   source=self.sources["density"], name="density")
+        self.renderers["density"] = fig.image_rgba(
+            image="image", x="x", y="y", dw="dw", dh="dh", source=self.sources["density"], name="density"
+        )
         glyph, fields = self.projection.box_glyph  # quads, or quadrilaterals in a polar plane
         self.renderers["landmarks"] = boxes = getattr(fig, glyph)(
-            **fields, source=self.sources["landmarks"], fill_color="color", fill_alpha=0.15,
-            line_color="color", line_width=1.5, name="landmarks")
-        fig.add_tools(HoverTool(renderers=[boxes], tooltips=[("class", "@label"),
-                                                             ("posterior", "@posterior{0.00}"),
-                                                             ("scene", "@scene")]))
+            **fields,
+            source=self.sources["landmarks"],
+            fill_color="color",
+            fill_alpha=0.15,
+            line_color="color",
+            line_width=1.5,
+            name="landmarks",
+        )
+        fig.add_tools(
+            HoverTool(
+                renderers=[boxes],
+                tooltips=[("class", "@label"), ("posterior", "@posterior{0.00}"), ("scene", "@scene")],
+            )
+        )
         getattr(fig, glyph)(**fields, source=self.sources["bbox"], name="bbox", **REGION_STYLE)
         fig.patches(xs="xs", ys="ys", source=self.sources["regions"], name="regions", **REGION_STYLE)
         self.renderers["hits:outlines"] = fig.multi_line(
-            "xs", "ys", source=self.sources["hit_outlines"], line_color=HIT_OUTLINE_COLOR, line_width=1.5,
-            name="hit_outlines")
-        self.renderers["hits"] = fig.scatter("x", "y", source=self.sources["hits"], size=5,
-                                             fill_color="color", line_color="black", line_width=0.5,
-                                             fill_alpha=0.9, name="hits")
+            "xs",
+            "ys",
+            source=self.sources["hit_outlines"],
+            line_color=HIT_OUTLINE_COLOR,
+            line_width=1.5,
+            name="hit_outlines",
+        )
+        self.renderers["hits"] = fig.scatter(
+            "x",
+            "y",
+            source=self.sources["hits"],
+            size=5,
+            fill_color="color",
+            line_color="black",
+            line_width=0.5,
+            fill_alpha=0.9,
+            name="hits",
+        )
         for name, (color, width, dash) in OUTLINE_STYLES.items():
-            fig.multi_line("xs", "ys", source=self.sources[name], line_color=color,
-                           line_width=width, line_dash=dash, name=name)
+            fig.multi_line(
+                "xs",
+                "ys",
+                source=self.sources[name],
+                line_color=color,
+                line_width=width,
+                line_dash=dash,
+                name=name,
+            )
         for name, renderer in self.renderers.items():
             renderer.visible = name.partition(":")[0] in shown
 
@@ -244,21 +309,41 @@ class MapView:
         from bokeh.models import HoverTool
 
         glyph, fields = self.projection.box_glyph
-        outlines = getattr(fig, glyph)(**fields, source=self.sources["collections"], fill_alpha=0.0,
-                                       line_color="color", line_width=2, name="collections")
-        markers = fig.scatter("x", "y", source=self.sources["collection_markers"], size=9, marker="square",
-                              fill_alpha=0.0, line_color="color", line_width=2, name="collection_markers")
-        fig.add_tools(HoverTool(renderers=[outlines, markers],
-                                tooltips=[("collection", "@collection"), ("scene", "@scene"),
-                                          ("date", "@date")]))
+        outlines = getattr(fig, glyph)(
+            **fields,
+            source=self.sources["collections"],
+            fill_alpha=0.0,
+            line_color="color",
+            line_width=2,
+            name="collections",
+        )
+        markers = fig.scatter(
+            "x",
+            "y",
+            source=self.sources["collection_markers"],
+            size=9,
+            marker="square",
+            fill_alpha=0.0,
+            line_color="color",
+            line_width=2,
+            name="collection_markers",
+        )
+        fig.add_tools(
+            HoverTool(
+                renderers=[outlines, markers],
+                tooltips=[("collection", "@collection"), ("scene", "@scene"), ("date", "@date")],
+            )
+        )
 
     def _add_tap(self, fig) -> None:
         """Map taps search, unless a drawing tool is active (the gate runs in the browser)."""
         from bokeh.models import ColumnDataSource, CustomJS
 
         sink = ColumnDataSource(data={"x": [], "y": [], "n": []}, name="map_taps")
-        tap = CustomJS(args=dict(fig=fig, sink=sink, draw_tools=DRAW_TOOLS),
-                       code=(STATIC / "map_tap.js").read_text(encoding="utf-8"))
+        tap = CustomJS(
+            args=dict(fig=fig, sink=sink, draw_tools=DRAW_TOOLS),
+            code=(STATIC / "map_tap.js").read_text(encoding="utf-8"),
+        )
         # Bokeh reports a second tap within 300 ms as a double tap only: both are searches
         fig.js_on_event("tap", tap)
         fig.js_on_event("doubletap", tap)
@@ -277,8 +362,13 @@ class MapView:
         """Show or hide layers: a glyph layer's renderer is hidden, a HoloViews layer's switch
         re-renders that layer (empty when off)."""
         shown = set(event.new)
-        self.switches.param.update(**{name: on for name, on in LayerSwitches.values(event.new).items()
-                                      if getattr(self.switches, name) != on})
+        self.switches.param.update(
+            **{
+                name: on
+                for name, on in LayerSwitches.values(event.new).items()
+                if getattr(self.switches, name) != on
+            }
+        )
         renderers = dict(self.renderers)
 
         def update() -> None:

@@ -47,8 +47,9 @@ class Explorer(pn.viewable.Viewer):
         self.served = ServedIndexes([paths] if isinstance(paths, (str, Path)) else list(paths))
         self.state: ExplorerState = session_state(self.served, {"index": index} if index else {})
         prefetch_thumbnails(self.state)
-        self._sidebar, self._main = page_parts(self.state, self.served, inline=self._thumbnails,
-                                               inline_basemap=True)
+        self._sidebar, self._main = page_parts(
+            self.state, self.served, inline=self._thumbnails, inline_basemap=True
+        )
 
     def _thumbnails(self, tiles: pd.DataFrame) -> dict[str, str]:
         if self.state.index is None:
@@ -57,8 +58,13 @@ class Explorer(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.Row:
         sidebar = pn.Column(self._sidebar, width=SIDEBAR_WIDTH)
-        return pn.Row(sidebar, self._main, sizing_mode="stretch_width", styles={"background": BACKGROUND},
-                      css_classes=["lookalike-explorer"])
+        return pn.Row(
+            sidebar,
+            self._main,
+            sizing_mode="stretch_width",
+            styles={"background": BACKGROUND},
+            css_classes=["lookalike-explorer"],
+        )
 
     def servable(self, title: str | None = None, **kwargs) -> pn.template.BaseTemplate:
         """The whole page, as ``lookalike serve`` shows it, marked servable for ``panel serve``."""

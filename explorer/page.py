@@ -48,13 +48,13 @@ def session_state(served: ServedIndexes, params: dict[str, str]) -> ExplorerStat
         log.exception("applying a link's parameters failed")
         state.error = "The link's search could not be applied; ignoring it."
     if params.get("index") and params["index"] not in served and not state.error:
-        state.error = (f"The link's index is not served here; showing "
-                       f"{served.body(state.body).label}.")
+        state.error = f"The link's index is not served here; showing {served.body(state.body).label}."
     return state
 
 
-def page_parts(state: ExplorerState, served: ServedIndexes, inline: Callable | None,
-               inline_basemap: bool = False) -> tuple[pn.viewable.Viewable, pn.Column]:
+def page_parts(
+    state: ExplorerState, served: ServedIndexes, inline: Callable | None, inline_basemap: bool = False
+) -> tuple[pn.viewable.Viewable, pn.Column]:
     """The sidebar and the main column (map, status, results) of one session's page.
 
     ``inline`` embeds thumbnails in the results (``results.thumbnail_items``); with
@@ -72,10 +72,15 @@ def page_parts(state: ExplorerState, served: ServedIndexes, inline: Callable | N
     def controls_for(body: str, index_name: str, projection: str) -> pn.Column:
         return controls(state, served)
 
-    sidebar = pn.panel(pn.bind(controls_for, state.param.body, state.param.index_name,
-                               state.param.projection))
-    main = pn.Column(pn.panel(pn.bind(map_for, state.param.body, state.param.projection)),
-                     status_pane(state), results_panel(state, inline=inline), sizing_mode="stretch_width")
+    sidebar = pn.panel(
+        pn.bind(controls_for, state.param.body, state.param.index_name, state.param.projection)
+    )
+    main = pn.Column(
+        pn.panel(pn.bind(map_for, state.param.body, state.param.projection)),
+        status_pane(state),
+        results_panel(state, inline=inline),
+        sizing_mode="stretch_width",
+    )
     return sidebar, main
 
 
@@ -94,9 +99,17 @@ def page_template(sidebar: pn.viewable.Viewable, main: pn.viewable.Viewable) -> 
     """The page around the two columns."""
     panel_internals.without_web_fonts()
     template = pn.template.FastListTemplate(
-        title=TITLE, theme=THEME, sidebar=[sidebar], main=[main], sidebar_width=SIDEBAR_WIDTH, accent=ACCENT,
+        title=TITLE,
+        theme=THEME,
+        sidebar=[sidebar],
+        main=[main],
+        sidebar_width=SIDEBAR_WIDTH,
+        accent=ACCENT,
         # no busy spinner: it is a Panel HTML model, which makes the page load MathJax
-        busy_indicator=None, font=FONT, font_url="")
+        busy_indicator=None,
+        font=FONT,
+        font_url="",
+    )
     panel_internals.without_mathjax(template)
     return template
 

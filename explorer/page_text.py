@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import panel as pn
 
-WARNING_STYLE = {"background": "#4d3800", "color": "#ffe08a", "border": "1px solid #8a6d00",
-                 "border-radius": "4px", "padding": "2px 10px"}
+WARNING_STYLE = {
+    "background": "#4d3800",
+    "color": "#ffe08a",
+    "border": "1px solid #8a6d00",
+    "border-radius": "4px",
+    "padding": "2px 10px",
+}
 # characters that Markdown or HTML would read as markup
 _MARKUP = frozenset("\\`*_{}[]()<>#+-.!|&\"'~=")
 

@@ -89,8 +89,9 @@ def without_web_fonts() -> None:
     """Drop the web font Panel's Fast design links from fonts.googleapis.com on every page: an
     offline or firewalled browser waits for it and never gets it. Panel offers no option for
     this, hence the class edit."""
-    pn.theme.Fast._resources = {kind: value for kind, value in pn.theme.Fast._resources.items()
-                                if kind != "font"}
+    pn.theme.Fast._resources = {
+        kind: value for kind, value in pn.theme.Fast._resources.items() if kind != "font"
+    }
 
 
 def without_mathjax(template: pn.template.BaseTemplate) -> None:

@@ -117,14 +117,16 @@ class MapProjection:
         half = float(self.forward(90.0, self.sign * POLAR_EDGE_LAT)[0])
         return -half, -half, half, half
 
-    def basemap_bounds(self, image_bounds: tuple[float, float, float, float]
-                       ) -> tuple[float, float, float, float]:
+    def basemap_bounds(
+        self, image_bounds: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) the basemap covers in the map: the source image's own bounds, or a
         polar map's square (the image resampled into it)."""
         return self.extent if self.polar else tuple(image_bounds)
 
-    def first_window(self, tiles: pd.DataFrame, image_bounds: tuple[float, float, float, float]
-                     ) -> tuple[tuple[float, float], tuple[float, float]]:
+    def first_window(
+        self, tiles: pd.DataFrame, image_bounds: tuple[float, float, float, float]
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
         """x and y ranges a new map shows: a polar cap whole; the whole planet, or the indexed
         area where it covers much less."""
         if self.polar:
@@ -140,8 +142,17 @@ class MapProjection:
             return dict(aspect=self.aspect, xlabel="longitude (°E)", ylabel="latitude (°N)")
         # a square the height of the global map, not the page's width; GeoViews needs the
         # limits, or it shows the projection's whole domain
-        return dict(aspect=self.aspect, max_height=POLAR_MAP_PX, max_width=POLAR_MAP_PX, xlim=xlim,
-                    ylim=ylim, projection=self.crs, global_extent=False, xaxis=None, yaxis=None)
+        return dict(
+            aspect=self.aspect,
+            max_height=POLAR_MAP_PX,
+            max_width=POLAR_MAP_PX,
+            xlim=xlim,
+            ylim=ylim,
+            projection=self.crs,
+            global_extent=False,
+            xaxis=None,
+            yaxis=None,
+        )
 
     @property
     def detail_px(self) -> tuple[int, int]:
@@ -163,14 +174,17 @@ class MapProjection:
         half = max(x1 - x0, (y1 - y0) * self.aspect, 1.0) * FOCUS_TILES
         return (x0 + x1) / 2, (y0 + y1) / 2, half, half / self.aspect
 
-    def footprint_rings(self, corner_lons: np.ndarray, corner_lats: np.ndarray,
-                        centre_lons: np.ndarray) -> list[np.ndarray]:
+    def footprint_rings(
+        self, corner_lons: np.ndarray, corner_lats: np.ndarray, centre_lons: np.ndarray
+    ) -> list[np.ndarray]:
         """Closed rings (n + 1, 2) in map coordinates of tile footprints ((n, 4) corners): in a
         polar map the corners go straight into the plane, so a tile around the pole stays whole."""
         if not self.polar:
             return footprint_rings(corner_lons, corner_lats, centre_lons)
-        return [np.column_stack(self.forward(np.r_[lo, lo[:1]], np.r_[la, la[:1]]))
-                for lo, la in zip(np.asarray(corner_lons, float), np.asarray(corner_lats, float))]
+        return [
+            np.column_stack(self.forward(np.r_[lo, lo[:1]], np.r_[la, la[:1]]))
+            for lo, la in zip(np.asarray(corner_lons, float), np.asarray(corner_lats, float))
+        ]
 
     # glyphs of lon/lat boxes (landmarks, the typed bbox): quads on the planet, patches at a pole
     @property
@@ -188,8 +202,9 @@ class MapProjection:
         east = np.where(east < west, east + 360.0, east)
         if not self.polar:
             return {"left": west, "right": east, "bottom": south, "top": north}
-        x, y = self.forward(np.column_stack([west, east, east, west]),
-                            np.column_stack([south, south, north, north]))
+        x, y = self.forward(
+            np.column_stack([west, east, east, west]), np.column_stack([south, south, north, north])
+        )
         return {"xs": list(x), "ys": list(y)}
 
     def region_rings(self, boxes: list, polygons: list | None = None) -> dict:
@@ -199,13 +214,21 @@ class MapProjection:
         t = np.linspace(0.0, 1.0, 33)
         for west, south, east, north in boxes:
             east = east + 360.0 if east < west else east
-            lons = np.r_[west + (east - west) * t, np.full(33, east), east - (east - west) * t,
-                         np.full(33, west)]
-            lats = np.r_[np.full(33, south), south + (north - south) * t, np.full(33, north),
-                         north - (north - south) * t]
+            lons = np.r_[
+                west + (east - west) * t, np.full(33, east), east - (east - west) * t, np.full(33, west)
+            ]
+            lats = np.r_[
+                np.full(33, south),
+                south + (north - south) * t,
+                np.full(33, north),
+                north - (north - south) * t,
+            ]
             rings.append((lons, lats))
-        rings += [(np.array([p[0] for p in poly], float), np.array([p[1] for p in poly], float))
-                  for poly in polygons or [] if len(poly) >= 3]
+        rings += [
+            (np.array([p[0] for p in poly], float), np.array([p[1] for p in poly], float))
+            for poly in polygons or []
+            if len(poly) >= 3
+        ]
         projected = [self.forward(lons, lats) for lons, lats in rings if self.visible(lats).all()]
         return {"xs": [x for x, _ in projected], "ys": [y for _, y in projected]}
 
@@ -218,9 +241,9 @@ class MapProjection:
         ys = y1 - step * (np.arange(pixels) + 0.5)
         out = np.empty((pixels, pixels, 3), np.uint8)
         for start in range(0, pixels, 256):  # in bands: bounded memory for the float work
-            gx, gy = np.meshgrid(xs, ys[start:start + 256])
+            gx, gy = np.meshgrid(xs, ys[start : start + 256])
             lon, lat = self.inverse(gx, gy)
-            out[start:start + 256] = image.sample(lon, lat)
+            out[start : start + 256] = image.sample(lon, lat)
         return out
 
     def ring_to_lonlat(self, x, y, densify: int = 16) -> list[list[tuple[float, float]]]:
@@ -250,7 +273,10 @@ class MapProjection:
 
         ring = shapely.Polygon(np.column_stack([unwrapped, lat])).buffer(0)
         parts = []
-        for clip, offset in ((box(-180.0, -90.0, 180.0, 90.0), 0.0), (box(180.0, -90.0, 540.0, 90.0), -360.0)):
+        for clip, offset in (
+            (box(-180.0, -90.0, 180.0, 90.0), 0.0),
+            (box(180.0, -90.0, 540.0, 90.0), -360.0),
+        ):
             piece = ring.intersection(clip)
             for p in getattr(piece, "geoms", [piece]):
                 if not p.is_empty and p.area > 0:
@@ -259,8 +285,9 @@ class MapProjection:
         return parts
 
 
-def indexed_window(tiles: pd.DataFrame, bounds: tuple[float, float, float, float],
-                   aspect: float = 2.0) -> tuple[tuple[float, float], tuple[float, float]]:
+def indexed_window(
+    tiles: pd.DataFrame, bounds: tuple[float, float, float, float], aspect: float = 2.0
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Lon/lat ranges of a first window: the whole planet, or the indexed area when it covers
     much less."""
     west, south, east, north = bounds
@@ -277,8 +304,9 @@ def indexed_window(tiles: pd.DataFrame, bounds: tuple[float, float, float, float
     return (cx - half_w, cx + half_w), (cy - half_h, cy + half_h)
 
 
-def density_grid(tiles: pd.DataFrame,
-                 max_bins: int = 512) -> tuple[tuple[float, float, float, float], int, int]:
+def density_grid(
+    tiles: pd.DataFrame, max_bins: int = 512
+) -> tuple[tuple[float, float, float, float], int, int]:
     """(west, south, east, north) and the columns and rows of the hit density grid of an index:
     cells about one tile across, over the tiles' centres."""
     if len(tiles) == 0:
@@ -295,14 +323,16 @@ def density_grid(tiles: pd.DataFrame,
     return (west, south, east, north), nx, ny
 
 
-def footprint_rings(corner_lons: np.ndarray, corner_lats: np.ndarray,
-                    centre_lons: np.ndarray) -> list[np.ndarray]:
+def footprint_rings(
+    corner_lons: np.ndarray, corner_lats: np.ndarray, centre_lons: np.ndarray
+) -> list[np.ndarray]:
     """Closed lon/lat rings of tile footprints ((n, 4) corner longitudes and latitudes, n centre
     longitudes), unwrapped around each centre; a footprint around a pole runs along the map's
     edges and the pole's latitude."""
     rings = []
-    for lons, lats, centre in zip(np.asarray(corner_lons, float), np.asarray(corner_lats, float),
-                                  np.asarray(centre_lons, float)):
+    for lons, lats, centre in zip(
+        np.asarray(corner_lons, float), np.asarray(corner_lats, float), np.asarray(centre_lons, float)
+    ):
         if holds_pole(lons):
             ring = pole_ring(lons, lats)
             rings.append(np.vstack([ring, ring[:1]]))

@@ -74,8 +74,13 @@ class _MosaicOnly:
 def blank_planet(key: str) -> SourceImage:
     """A black planet in the body's lon/lat: the map of a body whose mosaic is not at hand."""
     rgb = np.zeros((2, 4, 3), np.uint8)
-    return SourceImage(f"blank:{key}", rgb, np.zeros((2, 4), bool), (-180.0, -90.0, 180.0, 90.0),
-                       body_named(key).reference_crs())
+    return SourceImage(
+        f"blank:{key}",
+        rgb,
+        np.zeros((2, 4), bool),
+        (-180.0, -90.0, 180.0, 90.0),
+        body_named(key).reference_crs(),
+    )
 
 
 def scene_pyramid(image: SourceImage) -> list[SceneLevel]:
@@ -99,8 +104,7 @@ def scene_pyramid(image: SourceImage) -> list[SceneLevel]:
     return levels
 
 
-def composite(out: np.ndarray, levels: list[SceneLevel], x0: float, y0: float, x1: float,
-              y1: float) -> None:
+def composite(out: np.ndarray, levels: list[SceneLevel], x0: float, y0: float, x1: float, y1: float) -> None:
     """Draw a scene over ``out`` (RGB, the box x0..x1, y0..y1 in lon/lat) where it has data."""
     from PIL import Image
 
@@ -129,8 +133,16 @@ def composite(out: np.ndarray, levels: list[SceneLevel], x0: float, y0: float, x
     region[:] = (region * (1.0 - alpha) + part[..., :3] * alpha + 0.5).astype(np.uint8)
 
 
-def scenes_in_view(served: ServedIndexes, body: str, pairs: list[tuple[str, str]], x0: float, y0: float,
-                   x1: float, y1: float, width: int) -> list[SourceImage]:
+def scenes_in_view(
+    served: ServedIndexes,
+    body: str,
+    pairs: list[tuple[str, str]],
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    width: int,
+) -> list[SourceImage]:
     """The decoded scenes of ``pairs`` (collection, source) of ``body`` that are in the box and
     at least a pixel wide in a picture ``width`` pixels wide, coarsest first. Raises
     ``LookalikeError`` for a pair that is not a served scene of that body."""
@@ -154,9 +166,18 @@ def scenes_in_view(served: ServedIndexes, body: str, pairs: list[tuple[str, str]
     return [source_image(source, desc) for _, source, desc in chosen[-MAX_SCENES:]]
 
 
-def view_jpeg(base: SourceImage, projection: MapProjection, scenes: list[SourceImage], x0: float,
-              y0: float, x1: float, y1: float, width: int, height: int,
-              quality: int = basemap.JPEG_QUALITY) -> bytes:
+def view_jpeg(
+    base: SourceImage,
+    projection: MapProjection,
+    scenes: list[SourceImage],
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    width: int,
+    height: int,
+    quality: int = basemap.JPEG_QUALITY,
+) -> bytes:
     """JPEG of a box of a body's map: the basemap, and on the planet's map the scenes over it."""
     from PIL import Image
 

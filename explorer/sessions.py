@@ -10,8 +10,24 @@ import threading
 
 import panel as pn
 
-URL_KEYS = ("body", "index", "view", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples",
-            "regions", "classes", "conf", "min_n")
+URL_KEYS = (
+    "body",
+    "index",
+    "view",
+    "tile",
+    "k",
+    "zones",
+    "from",
+    "to",
+    "bbox",
+    "pos",
+    "neg",
+    "examples",
+    "regions",
+    "classes",
+    "conf",
+    "min_n",
+)
 
 
 def session_params() -> dict[str, str]:

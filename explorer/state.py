@@ -2,14 +2,13 @@
 
 ``ExplorerState`` is plain ``param`` and knows nothing about widgets or Bokeh, so it can be driven
 and tested without a browser. Whenever the query or a filter changes it runs ``indexer.search``
-again; every search (and every example marked) is recorded so ``undo`` can step back.
+again; every search (and every example marked) is recorded so ``undo`` can step back. Share
+links are written and read by ``explorer.share_links``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 from urllib.parse import urlencode
@@ -23,25 +22,54 @@ from shapely.geometry import box as shapely_box
 from lookalike.errors import LookalikeError
 from lookalike.explorer.collection_choice import nearest_placed_chip, pick_collection
 from lookalike.explorer.projection import PROJECTIONS
+from lookalike.explorer.public_messages import clip, printable, without_paths
+from lookalike.explorer.share_links import link_params, link_updates, malformed, too_long
 from lookalike.indexer import catalogue
 from lookalike.indexer.export import hits_to_geojson
 from lookalike.indexer.search import MAX_K, Filters, Query, filter_mask, search_index, tile_at
 from lookalike.indexer.store import Index
-from lookalike.indexer.tiling import Zone
 
 log = logging.getLogger(__name__)
 
 # parameters that define a search; a snapshot of them is one step of the undo history
-SEARCH_PARAMS = ("query_tile", "positives", "negatives", "use_examples", "k", "zones",
-                 "time_start", "time_end", "bbox", "boxes", "polygons", "landmark_classes",
-                 "min_confidence", "min_landmarks")
+SEARCH_PARAMS = (
+    "query_tile",
+    "positives",
+    "negatives",
+    "use_examples",
+    "k",
+    "zones",
+    "time_start",
+    "time_end",
+    "bbox",
+    "boxes",
+    "polygons",
+    "landmark_classes",
+    "min_confidence",
+    "min_landmarks",
+)
 
 # layers of the map that can be switched on and off, in drawing order, with their toggle labels
-MAP_LAYERS = {"basemap": "Basemap", "zones": "Zone grid and labels", "hirise": "HiRISE coverage",
-              "landmarks": "Landmark boxes", "density": "Hit density", "hits": "Hit markers"}
+MAP_LAYERS = {
+    "basemap": "Basemap",
+    "zones": "Zone grid and labels",
+    "hirise": "HiRISE coverage",
+    "landmarks": "Landmark boxes",
+    "density": "Hit density",
+    "hits": "Hit markers",
+}
 # the parameters the Image Class facet counts are filtered by
-FACET_INPUTS = ["index", "zones", "time_start", "time_end", "bbox", "boxes", "polygons",
-                "min_confidence", "min_landmarks"]
+FACET_INPUTS = [
+    "index",
+    "zones",
+    "time_start",
+    "time_end",
+    "bbox",
+    "boxes",
+    "polygons",
+    "min_confidence",
+    "min_landmarks",
+]
 # a new page starts uncluttered: the grid and the HiRISE coverage are one click away
 DEFAULT_LAYERS = ["basemap", "landmarks", "density", "hits"]
 
@@ -49,8 +77,11 @@ DEFAULT_LAYERS = ["basemap", "landmarks", "density", "hits"]
 def available_layers(is_mars: bool, has_landmarks: bool) -> list[str]:
     """The switchable layers a map of this index has (in every projection): HiRISE is a Mars layer,
     landmark boxes need a landmark catalogue."""
-    return [name for name in MAP_LAYERS
-            if (name != "hirise" or is_mars) and (name != "landmarks" or has_landmarks)]
+    return [
+        name
+        for name in MAP_LAYERS
+        if (name != "hirise" or is_mars) and (name != "landmarks" or has_landmarks)
+    ]
 
 
 class ExplorerState(param.Parameterized):
@@ -71,12 +102,15 @@ class ExplorerState(param.Parameterized):
     bbox = param.Tuple(default=None, length=4, allow_None=True, doc="(west, south, east, north)")
     boxes = param.List(default=[], doc="boxes drawn on the map, each (west, south, east, north)")
     polygons = param.List(default=[], doc="polygons drawn on the map, each a list of (lon, lat)")
-    landmark_classes = param.List(default=[], item_type=str,
-                                  doc="Image Class facet: only scenes with landmarks of these classes")
-    min_confidence = param.Number(default=0.5, bounds=(0.0, 1.0),
-                                  doc="landmarks count, and are drawn, from this posterior up")
-    min_landmarks = param.Integer(default=1, bounds=(1, None),
-                                  doc="a scene needs at least this many landmarks of a chosen class")
+    landmark_classes = param.List(
+        default=[], item_type=str, doc="Image Class facet: only scenes with landmarks of these classes"
+    )
+    min_confidence = param.Number(
+        default=0.5, bounds=(0.0, 1.0), doc="landmarks count, and are drawn, from this posterior up"
+    )
+    min_landmarks = param.Integer(
+        default=1, bounds=(1, None), doc="a scene needs at least this many landmarks of a chosen class"
+    )
 
     hits = param.DataFrame(default=None, allow_None=True, doc="result of the last search")
     error = param.String(default="", doc="why the last action failed, for the user")
@@ -84,10 +118,16 @@ class ExplorerState(param.Parameterized):
     focus_tile = param.String(default="", doc="tile to pan to and highlight (a clicked thumbnail)")
     page = param.Integer(default=0, bounds=(0, None))
     page_size = param.Integer(default=50, bounds=(1, 1000))
-    layers = param.ListSelector(default=list(DEFAULT_LAYERS), objects=list(MAP_LAYERS),
-                                doc="map layers switched on (a view setting: not part of a search)")
-    projection = param.Selector(default="global", objects=list(PROJECTIONS),
-                                doc="the map's projection: the whole planet or a polar cap")
+    layers = param.ListSelector(
+        default=list(DEFAULT_LAYERS),
+        objects=list(MAP_LAYERS),
+        doc="map layers switched on (a view setting: not part of a search)",
+    )
+    projection = param.Selector(
+        default="global",
+        objects=list(PROJECTIONS),
+        doc="the map's projection: the whole planet or a polar cap",
+    )
     # the body's map and its collections (explorer.collection_choice picks one per click)
     body = param.String(default="", doc="key of the body whose map is shown")
     collections = param.Dict(default={}, doc="the body's collections: name -> Index (shared)")
@@ -129,11 +169,15 @@ class ExplorerState(param.Parameterized):
         start, end = _date(self.time_start, "start"), _date(self.time_end, "end")
         if start is not None and end is not None and start > end:
             raise LookalikeError(f"the date range is empty: {self.time_start} is after {self.time_end}")
-        return Filters(zones=list(self.zones),
-                       time_range=(start, end) if (start is not None or end is not None) else None,
-                       bbox=tuple(self.bbox) if self.bbox else None, region=self.region(),
-                       landmark_classes=list(self.landmark_classes),
-                       min_confidence=float(self.min_confidence), min_landmarks=int(self.min_landmarks))
+        return Filters(
+            zones=list(self.zones),
+            time_range=(start, end) if (start is not None or end is not None) else None,
+            bbox=tuple(self.bbox) if self.bbox else None,
+            region=self.region(),
+            landmark_classes=list(self.landmark_classes),
+            min_confidence=float(self.min_confidence),
+            min_landmarks=int(self.min_landmarks),
+        )
 
     # ------------------------------------------------------------------ landmarks
     @property
@@ -148,8 +192,9 @@ class ExplorerState(param.Parameterized):
         None for all tiles, also when a filter is malformed (its error shows elsewhere)."""
         try:
             filters = self.filters()
-            return filter_mask(self.index.tiles, filters if with_classes else filters.without_landmarks(),
-                               self.landmarks)
+            return filter_mask(
+                self.index.tiles, filters if with_classes else filters.without_landmarks(), self.landmarks
+            )
         except LookalikeError:
             return None
 
@@ -157,15 +202,21 @@ class ExplorerState(param.Parameterized):
         """Image Class facet: scenes per class under the other filters, the confidence and N."""
         if self.landmarks is None:
             return {}
-        return catalogue.facet_counts(self.index.tiles, self.landmarks, self.min_confidence,
-                                      self.min_landmarks, self._mask(with_classes=False))
+        return catalogue.facet_counts(
+            self.index.tiles,
+            self.landmarks,
+            self.min_confidence,
+            self.min_landmarks,
+            self._mask(with_classes=False),
+        )
 
     def visible_landmarks(self) -> pd.DataFrame:
         """Landmarks to draw: chosen classes (all when none), confident enough, in passing scenes."""
         if self.landmarks is None:
             return catalogue.visible_landmarks(None)
-        return catalogue.visible_landmarks(self.landmarks, self.landmark_classes, self.min_confidence,
-                                           self._mask(with_classes=True))
+        return catalogue.visible_landmarks(
+            self.landmarks, self.landmark_classes, self.min_confidence, self._mask(with_classes=True)
+        )
 
     def apply_class_text(self, text: str) -> None:
         """Free text ("crater", "dunes, streak") applied as the class facet; '' clears it."""
@@ -189,8 +240,10 @@ class ExplorerState(param.Parameterized):
         if self.boxes or self.polygons:
             out.append(f"{len(self.boxes) + len(self.polygons)} drawn region(s)")
         if self.landmark_classes:
-            out.append(f"scenes with ≥ {self.min_landmarks} {' or '.join(self.landmark_classes)} "
-                       f"landmark(s) at posterior ≥ {self.min_confidence:g}")
+            out.append(
+                f"scenes with ≥ {self.min_landmarks} {' or '.join(self.landmark_classes)} "
+                f"landmark(s) at posterior ≥ {self.min_confidence:g}"
+            )
         return out
 
     def describe_query(self) -> dict:
@@ -208,7 +261,7 @@ class ExplorerState(param.Parameterized):
         if self.hits is None:
             return pd.DataFrame()
         start = self.page * self.page_size
-        return self.hits.iloc[start:start + self.page_size]
+        return self.hits.iloc[start : start + self.page_size]
 
     def tile(self, tile_id: str) -> pd.Series:
         return self.index.tiles.iloc[self.index.row_of(tile_id)]
@@ -232,8 +285,13 @@ class ExplorerState(param.Parameterized):
             if row is None:
                 self.error = f"{self.public_message(exc)}. Click on the indexed area of the map."
                 return
-        self.param.update(query_tile=str(self.index.tiles["tile_id"].iat[row]), use_examples=False,
-                          positives=[], negatives=[], focus_tile="")
+        self.param.update(
+            query_tile=str(self.index.tiles["tile_id"].iat[row]),
+            use_examples=False,
+            positives=[],
+            negatives=[],
+            focus_tile="",
+        )
 
     def _nearest_placed_chip(self, lon: float, lat: float) -> int | None:
         return nearest_placed_chip(self.index, lon, lat)
@@ -242,19 +300,34 @@ class ExplorerState(param.Parameterized):
         """Search for tile ``row`` of collection ``name`` (switched to, keeping the filters that
         apply to it)."""
         index = self.collections[name]
-        updates = dict(query_tile=str(index.tiles["tile_id"].iat[row]), use_examples=False, positives=[],
-                       negatives=[], focus_tile="", searched_note=note)
+        updates = dict(
+            query_tile=str(index.tiles["tile_id"].iat[row]),
+            use_examples=False,
+            positives=[],
+            negatives=[],
+            focus_tile="",
+            searched_note=note,
+        )
         if name != self.index_name:
             known = set(catalogue.classes_of(index.landmarks))
-            updates.update(index=index, index_name=name,
-                           landmark_classes=[c for c in self.landmark_classes if c in known])
+            updates.update(
+                index=index,
+                index_name=name,
+                landmark_classes=[c for c in self.landmark_classes if c in known],
+            )
         self.param.update(**updates)
 
     def set_body(self, body: str, collections: dict, labels: dict, default: str) -> None:
         """Show another body's map: its collections all on, searching ``default`` afresh."""
-        self.param.update(body=body, collections=dict(collections), collection_labels=dict(labels),
-                          collections_on=list(collections), search_in="auto", scene_dates={},
-                          searched_note="")
+        self.param.update(
+            body=body,
+            collections=dict(collections),
+            collection_labels=dict(labels),
+            collections_on=list(collections),
+            search_in="auto",
+            scene_dates={},
+            searched_note="",
+        )
         self.set_index(collections[default], default)
 
     def mark(self, tile_id: str, kind: str) -> None:
@@ -310,10 +383,23 @@ class ExplorerState(param.Parameterized):
     def set_index(self, index: Index, name: str = "") -> None:
         """Switch to another index: the query, filters and history start afresh."""
         self._history.clear()
-        self.param.update(index=index, index_name=name, query_tile="", positives=[], negatives=[],
-                          use_examples=False, zones=[], bbox=None, boxes=[], polygons=[],
-                          landmark_classes=[],
-                          hits=None, error="", focus_tile="", page=0)
+        self.param.update(
+            index=index,
+            index_name=name,
+            query_tile="",
+            positives=[],
+            negatives=[],
+            use_examples=False,
+            zones=[],
+            bbox=None,
+            boxes=[],
+            polygons=[],
+            landmark_classes=[],
+            hits=None,
+            error="",
+            focus_tile="",
+            page=0,
+        )
 
     # ------------------------------------------------------------------ searching
     @param.depends(*SEARCH_PARAMS, watch=True)
@@ -340,29 +426,39 @@ class ExplorerState(param.Parameterized):
             try:
                 hits = search_index(self.index, query, k=self.k, filters=self.filters())
             except (LookalikeError, ValueError) as exc:
-                self.param.update(hits=_empty_like(self.index), error=self.public_message(exc), page=0,
-                                  focus_tile="")
+                self.param.update(
+                    hits=_empty_like(self.index), error=self.public_message(exc), page=0, focus_tile=""
+                )
                 return
             except Exception as exc:  # a bug: log it, but keep the page alive
                 log.exception("search failed")
-                self.param.update(hits=_empty_like(self.index),
-                                  error=self.public_message(f"Search failed: {type(exc).__name__}: {exc}"),
-                                  page=0, focus_tile="")
+                self.param.update(
+                    hits=_empty_like(self.index),
+                    error=self.public_message(f"Search failed: {type(exc).__name__}: {exc}"),
+                    page=0,
+                    focus_tile="",
+                )
                 return
             error = "" if len(hits) else self._no_hits_message()
-            self.param.update(hits=hits, error=error, page=0, focus_tile="",
-                              elapsed_ms=(time.perf_counter() - t0) * 1000.0)
+            self.param.update(
+                hits=hits, error=error, page=0, focus_tile="", elapsed_ms=(time.perf_counter() - t0) * 1000.0
+            )
 
     def _no_hits_message(self) -> str:
         """Why a search found nothing, naming the filter that is most likely to blame."""
-        if self.landmark_classes and not (self.zones or self.time_start or self.time_end or self.bbox
-                                          or self.boxes or self.polygons):
-            return (f"No scene has at least {self.min_landmarks} {' or '.join(self.landmark_classes)} "
-                    f"landmark(s) at posterior ≥ {self.min_confidence:g}. Lower the landmark count "
-                    "or the confidence, or choose other classes.")
+        if self.landmark_classes and not (
+            self.zones or self.time_start or self.time_end or self.bbox or self.boxes or self.polygons
+        ):
+            return (
+                f"No scene has at least {self.min_landmarks} {' or '.join(self.landmark_classes)} "
+                f"landmark(s) at posterior ≥ {self.min_confidence:g}. Lower the landmark count "
+                "or the confidence, or choose other classes."
+            )
         if self.landmark_classes:
-            return ("No tiles match these filters. Lower the landmark count or the confidence, or "
-                    "widen the region, zones or dates.")
+            return (
+                "No tiles match these filters. Lower the landmark count or the confidence, or "
+                "widen the region, zones or dates."
+            )
         return "No tiles match these filters. Widen the region, zones or dates."
 
     # ------------------------------------------------------------------ export and URLs
@@ -377,21 +473,7 @@ class ExplorerState(param.Parameterized):
 
     def url_params(self) -> dict[str, str]:
         """Query-string parameters that reproduce this search (empty values left out)."""
-        # the link calls the projection "view", as the page's "Map view" menu does
-        out = {"body": self.body, "index": self.index_name,
-               "view": "" if self.projection == "global" else self.projection,
-               "tile": self.query_tile,
-               "k": str(self.k) if self.k != self.param.k.default else "",
-               "zones": ",".join(self.zones), "from": self.time_start, "to": self.time_end,
-               "bbox": ",".join(f"{v:g}" for v in self.bbox) if self.bbox else "",
-               "pos": ",".join(self.positives), "neg": ",".join(self.negatives),
-               "examples": "1" if self.use_examples else "",
-               "classes": ",".join(self.landmark_classes),
-               "conf": f"{self.min_confidence:g}" if self.min_confidence != self.param.min_confidence.default else "",
-               "min_n": str(self.min_landmarks) if self.min_landmarks != 1 else "",
-               "regions": json.dumps({"boxes": self.boxes, "polygons": self.polygons},
-                                     separators=(",", ":")) if (self.boxes or self.polygons) else ""}
-        return {k: v for k, v in out.items() if v}
+        return link_params(self)
 
     def url_query(self) -> str:
         return "?" + urlencode(self.url_params()) if self.url_params() else ""
@@ -402,62 +484,21 @@ class ExplorerState(param.Parameterized):
         A link is untrusted input: every value is checked before anything is applied, and a
         link that cannot be applied leaves the session as it was, with a message.
         """
-        too_long = sorted(key for key, value in params.items()
-                          if len(value) > URL_VALUE_LIMITS.get(key, URL_VALUE_LIMIT))
-        if too_long:
-            self.error = (f"The link's {', '.join(too_long)} parameter(s) are too long; ignoring "
-                          "the link's search.")
+        overlong = too_long(params)
+        if overlong:
+            self.error = (
+                f"The link's {', '.join(overlong)} parameter(s) are too long; ignoring the link's search."
+            )
             return
-        updates: dict = {}
-        notice = ""
         try:
-            if params.get("k"):
-                updates["k"] = int(params["k"])
-                low, high = self.param.k.bounds
-                if not low <= updates["k"] <= high:
-                    raise ValueError(f"k must be between {low} and {high}")
-            if params.get("view"):
-                if params["view"] not in PROJECTIONS:
-                    raise ValueError(f"view must be one of {', '.join(PROJECTIONS)}")
-                updates["projection"] = params["view"]
-            if params.get("zones"):
-                updates["zones"] = [Zone.parse(z).label for z in params["zones"].split(",") if z]
-            updates["time_start"] = params.get("from", "")
-            updates["time_end"] = params.get("to", "")
-            if params.get("bbox"):
-                updates["bbox"] = _numbers(params["bbox"].split(","), 4, "bbox")
-            if params.get("regions"):
-                regions = json.loads(params["regions"])
-                updates["boxes"] = [_numbers(b, 4, "a drawn box") for b in regions.get("boxes", [])]
-                updates["polygons"] = [[_numbers(p, 2, "a polygon point") for p in poly]
-                                       for poly in regions.get("polygons", [])]
-            updates["positives"] = [t for t in params.get("pos", "").split(",") if t]
-            updates["negatives"] = [t for t in params.get("neg", "").split(",") if t]
-            updates["use_examples"] = params.get("examples") == "1"
-            classes = [c for c in params.get("classes", "").split(",") if c]
-            known = set(self.landmark_class_names())
-            dropped = [c for c in classes if c not in known]
-            if dropped:
-                asked = _clip(_printable(", ".join(dropped)), 120)
-                notice = (f"The link asks for landmark class(es) {asked}, which this index does not "
-                          "have; ignoring them.")
-            updates["landmark_classes"] = [c for c in classes if c in known]
-            if params.get("conf"):
-                updates["min_confidence"] = float(params["conf"])
-                if not 0.0 <= updates["min_confidence"] <= 1.0:
-                    raise ValueError("conf must be between 0 and 1")
-            if params.get("min_n"):
-                updates["min_landmarks"] = int(params["min_n"])
-                if updates["min_landmarks"] < 1:
-                    raise ValueError("min_n must be at least 1")
-            updates["query_tile"] = params.get("tile", "")
+            updates, notice = link_updates(params, self.param.k.bounds, self.landmark_class_names)
         except (ValueError, TypeError, AttributeError, RecursionError, LookalikeError) as exc:
-            self.error = _malformed(exc)
+            self.error = malformed(exc)
             return
         try:
             self.param.update(**updates)
         except (ValueError, TypeError) as exc:  # param refused a value the checks above let through
-            self.error = _malformed(exc)
+            self.error = malformed(exc)
             return
         if notice:  # after the search, which clears errors
             self.error = notice
@@ -469,44 +510,10 @@ class ExplorerState(param.Parameterized):
         text = str(error)
         if self.index is not None:
             text = text.replace(str(self.index.path), self.index_name or "this index")
-        text = _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
-        return _clip(_printable(text))
+        return clip(printable(without_paths(text)))
 
 
 # ------------------------------------------------------------------ helpers
-# the longest value of a share-link parameter that is read at all (regions hold drawn shapes)
-URL_VALUE_LIMIT = 2_000
-URL_VALUE_LIMITS = {"regions": 200_000, "pos": 50_000, "neg": 50_000}
-MESSAGE_LIMIT = 300
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/]+/)+[^\s'\"/]*")
-
-
-def _clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """``text`` cut to ``limit`` characters (an ellipsis marks the cut)."""
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _numbers(values, n: int, what: str) -> tuple[float, ...]:
-    """``values`` (a list from a link) as ``n`` finite floats; ValueError otherwise."""
-    if isinstance(values, (str, bytes, dict)) or len(values) != n:
-        raise ValueError(f"{what} needs {n} numbers")
-    numbers = tuple(float(v) for v in values)
-    if not all(np.isfinite(numbers)):
-        raise ValueError(f"{what} needs {n} finite numbers")
-    return numbers
-
-
-def _printable(text: str) -> str:
-    """``text`` on one line: line breaks and other unprintable characters as escapes."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _malformed(exc: Exception) -> str:
-    """The message for a link whose values cannot be applied: one line of at most MESSAGE_LIMIT."""
-    return _clip(f"The link's search parameters are malformed ({_clip(_printable(str(exc)), 200)}); "
-                 "ignoring them.")
-
-
 def _copy(value):
     return list(value) if isinstance(value, list) else value
 
@@ -554,5 +561,11 @@ def footprint_bounds(tile: pd.Series) -> tuple[float, float, float, float]:
     return float(lons.min()), float(lats.min()), float(lons.max()), float(lats.max())
 
 
-__all__ = ["DEFAULT_LAYERS", "FACET_INPUTS", "MAP_LAYERS", "ExplorerState", "available_layers",
-           "footprint_bounds"]
+__all__ = [
+    "DEFAULT_LAYERS",
+    "FACET_INPUTS",
+    "MAP_LAYERS",
+    "ExplorerState",
+    "available_layers",
+    "footprint_bounds",
+]

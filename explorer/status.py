@@ -9,8 +9,9 @@ from lookalike.explorer.page_text import WARNING_STYLE, inert, text_block
 from lookalike.explorer.state import ExplorerState
 
 
-def status_html(state: ExplorerState, hits, error, query_tile, use_examples, positives,
-                negatives, *_filters) -> str:
+def status_html(
+    state: ExplorerState, hits, error, query_tile, use_examples, positives, negatives, *_filters
+) -> str:
     """The hit count, the query and the filters in force, always visible (values from the
     user, such as a shared link's, pass through ``inert``)."""
     if hits is None:
@@ -33,13 +34,34 @@ def status_html(state: ExplorerState, hits, error, query_tile, use_examples, pos
 
 
 def status_pane(state: ExplorerState) -> pn.Column:
-    status = text_block(pn.bind(status_html, state, state.param.hits, state.param.error,
-                                state.param.query_tile, state.param.use_examples,
-                                state.param.positives, state.param.negatives, state.param.zones,
-                                state.param.time_start, state.param.time_end, state.param.bbox,
-                                state.param.boxes, state.param.polygons, state.param.searched_note),
-                        css_classes=["status"], sizing_mode="stretch_width", margin=(0, 10),
-                        styles={"line-height": "1.5"})
-    alert = text_block(pn.bind(inert, state.param.error), css_classes=["error"], styles=WARNING_STYLE,
-                       visible=pn.bind(bool, state.param.error), sizing_mode="stretch_width")
+    status = text_block(
+        pn.bind(
+            status_html,
+            state,
+            state.param.hits,
+            state.param.error,
+            state.param.query_tile,
+            state.param.use_examples,
+            state.param.positives,
+            state.param.negatives,
+            state.param.zones,
+            state.param.time_start,
+            state.param.time_end,
+            state.param.bbox,
+            state.param.boxes,
+            state.param.polygons,
+            state.param.searched_note,
+        ),
+        css_classes=["status"],
+        sizing_mode="stretch_width",
+        margin=(0, 10),
+        styles={"line-height": "1.5"},
+    )
+    alert = text_block(
+        pn.bind(inert, state.param.error),
+        css_classes=["error"],
+        styles=WARNING_STYLE,
+        visible=pn.bind(bool, state.param.error),
+        sizing_mode="stretch_width",
+    )
     return pn.Column(alert, status, sizing_mode="stretch_width")

@@ -83,8 +83,10 @@ class Thumbnails:
             out = {}
             for tile_id in tiles["tile_id"].astype(str).tolist():
                 try:
-                    out[tile_id] = "data:image/jpeg;base64," + base64.b64encode(
-                        index.thumbnail(index.row_of(tile_id))).decode()
+                    out[tile_id] = (
+                        "data:image/jpeg;base64,"
+                        + base64.b64encode(index.thumbnail(index.row_of(tile_id))).decode()
+                    )
                 except LookalikeError:  # e.g. a damaged thumbnail file: the /thumb route says why
                     continue
             return out

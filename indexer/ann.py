@@ -37,9 +37,18 @@ from lookalike.indexer.hamming_kernel import scan_top_k
 from lookalike.models.metrics import distance_recall
 
 # what the libraries accept without crashing or allocating absurdly (inclusive bounds)
-LIMITS = {"m": (2, 256), "ef_construction": (1, 1 << 16), "ef": (1, 1 << 20), "nlist": (1, 1 << 20),
-          "nprobe": (1, 1 << 20), "sample": (1, 1 << 30), "seed": (0, 1 << 31), "tables": (1, 64),
-          "key_bits": (1, 24), "nflip": (0, 24)}
+LIMITS = {
+    "m": (2, 256),
+    "ef_construction": (1, 1 << 16),
+    "ef": (1, 1 << 20),
+    "nlist": (1, 1 << 20),
+    "nprobe": (1, 1 << 20),
+    "sample": (1, 1 << 30),
+    "seed": (0, 1 << 31),
+    "tables": (1, 64),
+    "key_bits": (1, 24),
+    "nflip": (0, 24),
+}
 ADD_CHUNK = 100_000  # rows per library call: progress can be shown and memory stays flat
 USEARCH_ADD_THREADS = 0  # all cores; a parallel build can leave a rare node out of reach of any walk
 
@@ -62,8 +71,10 @@ def _ranked(rows: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.
 def _checked_codes(codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] % 8:
-        raise CodeLengthError(f"approximate search needs packed codes of a multiple of 64 bits, got "
-                              f"shape {codes.shape} {codes.dtype}")
+        raise CodeLengthError(
+            f"approximate search needs packed codes of a multiple of 64 bits, got "
+            f"shape {codes.shape} {codes.dtype}"
+        )
     return codes
 
 
@@ -80,9 +91,14 @@ class BinaryANN:
         self.codes = _checked_codes(codes)
         for name, value in params.items():
             low, high = LIMITS.get(name, (1, 1 << 20))
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-                raise LookalikeError(f"{self.method} option {name} must be an integer from {low} to {high}, "
-                                     f"got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, np.integer))
+                or not low <= value <= high
+            ):
+                raise LookalikeError(
+                    f"{self.method} option {name} must be an integer from {low} to {high}, got {value!r}"
+                )
         self.params = {name: int(value) for name, value in params.items()}
         self.build_seconds = 0.0
 
@@ -102,7 +118,7 @@ class BinaryANN:
 
     def build(self, progress: bool = False) -> BinaryANN:
         """Add every row of ``self.codes`` not yet in the library index."""
-        self._add_rows(self.codes[self.n:], progress)
+        self._add_rows(self.codes[self.n :], progress)
         return self
 
     def add(self, codes: np.ndarray, progress: bool = False) -> None:
@@ -117,10 +133,15 @@ class BinaryANN:
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
-        with tqdm(total=len(codes), unit="code", desc=f"{self.method} index",
-                  disable=not progress or len(codes) < ADD_CHUNK, leave=False) as bar:
+        with tqdm(
+            total=len(codes),
+            unit="code",
+            desc=f"{self.method} index",
+            disable=not progress or len(codes) < ADD_CHUNK,
+            leave=False,
+        ) as bar:
             for start in range(0, len(codes), ADD_CHUNK):
-                chunk = np.ascontiguousarray(codes[start:start + ADD_CHUNK])
+                chunk = np.ascontiguousarray(codes[start : start + ADD_CHUNK])
                 self._library_add(chunk)
                 bar.update(len(chunk))
         self.build_seconds += time.perf_counter() - t0
@@ -135,8 +156,9 @@ class BinaryANN:
             raise LookalikeError(f"the filter mask must be {self.n} booleans, got {mask.shape} {mask.dtype}")
         return query
 
-    def search(self, query: np.ndarray, k: int, mask: np.ndarray | None = None,
-               **options) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, mask: np.ndarray | None = None, **options
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (rows, distances) of ``query`` among the rows in ``mask`` (all when None)."""
         query = self._check(query, k, mask)
         if mask is not None and not self.selector:
@@ -150,9 +172,13 @@ class BinaryANN:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        return dict(method=self.method, **self.params, build_seconds=self.build_seconds,
-                    bytes_per_item=self.nbytes() / max(self.n, 1),
-                    filters="library selector" if self.selector else "exact scan of the kept rows")
+        return dict(
+            method=self.method,
+            **self.params,
+            build_seconds=self.build_seconds,
+            bytes_per_item=self.nbytes() / max(self.n, 1),
+            filters="library selector" if self.selector else "exact scan of the kept rows",
+        )
 
     # persistence
     def save(self, path: str | Path) -> None:
@@ -187,10 +213,14 @@ class FaissIndexANN(BinaryANN):
         try:
             self.index = faiss.read_index_binary(str(path))
         except RuntimeError as exc:
-            raise IndexCorruptError(f"{path} is not a readable faiss index ({str(exc).splitlines()[-1]})") from None
+            raise IndexCorruptError(
+                f"{path} is not a readable faiss index ({str(exc).splitlines()[-1]})"
+            ) from None
         if self.index.d != self.bits or self.index.ntotal != len(codes):
-            raise IndexCorruptError(f"{path} holds {self.index.ntotal} codes of {self.index.d} bits; the index "
-                                    f"has {len(codes)} of {self.bits}")
+            raise IndexCorruptError(
+                f"{path} holds {self.index.ntotal} codes of {self.index.d} bits; the index "
+                f"has {len(codes)} of {self.bits}"
+            )
         self._after_load()
         return self
 
@@ -233,8 +263,14 @@ class FaissIVF(FaissIndexANN):
     option = "nprobe"
     sweep = (8, 16, 32, 64, 128, 256, 512, 1024)
 
-    def __init__(self, codes: np.ndarray, nlist: int | None = None, nprobe: int = 128, sample: int = 131_072,
-                 seed: int = 0):
+    def __init__(
+        self,
+        codes: np.ndarray,
+        nlist: int | None = None,
+        nprobe: int = 128,
+        sample: int = 131_072,
+        seed: int = 0,
+    ):
         codes = _checked_codes(codes)
         nlist = int(nlist or default_nlist(len(codes)))
         super().__init__(codes, nlist=nlist, nprobe=nprobe)
@@ -242,9 +278,13 @@ class FaissIVF(FaissIndexANN):
         self.quantizer = faiss.IndexBinaryFlat(self.bits)
         self.index = faiss.IndexBinaryIVF(self.quantizer, self.bits, nlist)
         rng = np.random.default_rng(seed)
-        train = codes if len(codes) <= sample else codes[np.sort(rng.choice(len(codes), sample, replace=False))]
+        train = (
+            codes if len(codes) <= sample else codes[np.sort(rng.choice(len(codes), sample, replace=False))]
+        )
         if len(train) < nlist:
-            raise LookalikeError(f"an IVF index of {nlist} lists needs at least {nlist} codes, got {len(train)}")
+            raise LookalikeError(
+                f"an IVF index of {nlist} lists needs at least {nlist} codes, got {len(train)}"
+            )
         t0 = time.perf_counter()
         self.index.train(np.ascontiguousarray(train))
         self.build_seconds = time.perf_counter() - t0
@@ -274,8 +314,10 @@ class FaissMultiHash(FaissIndexANN):
     def __init__(self, codes: np.ndarray, tables: int = 8, key_bits: int = 16, nflip: int = 1):
         super().__init__(codes, tables=tables, key_bits=key_bits, nflip=nflip)
         if tables * key_bits > self.bits:
-            raise LookalikeError(f"{tables} tables of {key_bits} bits need codes of at least "
-                                 f"{tables * key_bits} bits, these have {self.bits}")
+            raise LookalikeError(
+                f"{tables} tables of {key_bits} bits need codes of at least "
+                f"{tables * key_bits} bits, these have {self.bits}"
+            )
         self.index = _faiss().IndexBinaryMultiHash(self.bits, tables, key_bits)
 
     def _search(self, query, k, mask, nflip: int | None = None):
@@ -304,10 +346,17 @@ class UsearchHNSW(BinaryANN):
         try:
             from usearch.index import Index, MetricKind, ScalarKind
         except ImportError:  # pragma: no cover - usearch is a dependency; a broken install says so
-            raise LookalikeError("the usearch method needs the usearch package (pip install usearch)") from None
-        return Index(ndim=self.bits, metric=MetricKind.Hamming, dtype=ScalarKind.B1,
-                     connectivity=self.params["m"], expansion_add=self.params["ef_construction"],
-                     expansion_search=self.params["ef"])
+            raise LookalikeError(
+                "the usearch method needs the usearch package (pip install usearch)"
+            ) from None
+        return Index(
+            ndim=self.bits,
+            metric=MetricKind.Hamming,
+            dtype=ScalarKind.B1,
+            connectivity=self.params["m"],
+            expansion_add=self.params["ef_construction"],
+            expansion_search=self.params["ef"],
+        )
 
     def _library_count(self) -> int:
         return len(self.index)
@@ -317,7 +366,9 @@ class UsearchHNSW(BinaryANN):
             self.index.load(str(self.viewed))
             self.viewed = None
         start = len(self.index)
-        self.index.add(np.arange(start, start + len(codes), dtype=np.uint64), codes, threads=USEARCH_ADD_THREADS)
+        self.index.add(
+            np.arange(start, start + len(codes), dtype=np.uint64), codes, threads=USEARCH_ADD_THREADS
+        )
 
     def _search(self, query, k, mask, ef: int | None = None):
         self.index.expansion_search = max(int(ef or self.params["ef"]), k)
@@ -340,14 +391,17 @@ class UsearchHNSW(BinaryANN):
         except (RuntimeError, ValueError) as exc:
             raise IndexCorruptError(f"{path} is not a readable usearch index ({exc})") from None
         if len(self.index) != len(codes) or self.index.ndim != self.bits:
-            raise IndexCorruptError(f"{path} holds {len(self.index)} codes of {self.index.ndim} bits; the "
-                                    f"index has {len(codes)} of {self.bits}")
+            raise IndexCorruptError(
+                f"{path} holds {len(self.index)} codes of {self.index.ndim} bits; the "
+                f"index has {len(codes)} of {self.bits}"
+            )
         self.viewed = Path(path)
         return self
 
 
 ANN_METHODS: dict[str, type[BinaryANN]] = {
-    cls.method: cls for cls in (FaissHNSW, UsearchHNSW, FaissIVF, FaissMultiHash)}
+    cls.method: cls for cls in (FaissHNSW, UsearchHNSW, FaissIVF, FaissMultiHash)
+}
 
 
 def build_ann(codes: np.ndarray, method: str, progress: bool = False, **params) -> BinaryANN:
@@ -371,8 +425,9 @@ def load_ann(path: str | Path, method: str, codes: np.ndarray, params: dict) -> 
 RECALL_BAR = 0.95  # the share of the exact top-k distances an approximate answer must keep
 
 
-def calibrate(ann: BinaryANN, k: int = 1000, recall_bar: float = RECALL_BAR, queries: int = 64,
-              seed: int = 0) -> dict:
+def calibrate(
+    ann: BinaryANN, k: int = 1000, recall_bar: float = RECALL_BAR, queries: int = 64, seed: int = 0
+) -> dict:
     """Measure ``ann`` against the exact scan on ``queries`` of its own rows (a click on an
     indexed tile), at each value of its search option in increasing cost; keep the cheapest
     setting whose mean recall@k reaches ``recall_bar``. The scan is timed in turns with it.
@@ -387,7 +442,7 @@ def calibrate(ann: BinaryANN, k: int = 1000, recall_bar: float = RECALL_BAR, que
     codes = ann.codes
     scan_top_k(codes, codes[rows[0]], k)  # compile and page in outside the timing
     best = None
-    for value in (ann.sweep if ann.option else (None,)):
+    for value in ann.sweep if ann.option else (None,):
         options = {ann.option: value} if ann.option else {}
         ann.search(codes[rows[0]], k, **options)
         recalls, ms, exact_ms = [], [], []
@@ -400,13 +455,20 @@ def calibrate(ann: BinaryANN, k: int = 1000, recall_bar: float = RECALL_BAR, que
             recalls.append(distance_recall(found, exact))
             exact_ms.append((t1 - t0) * 1000)
             ms.append((t2 - t1) * 1000)
-        entry = dict(k=k, option=ann.option or None, value=value, recall=float(np.mean(recalls)),
-                     recall_min=float(np.min(recalls)), ms=float(np.median(ms)),
-                     exact_ms=float(np.median(exact_ms)), queries=len(rows), n=n)
+        entry = dict(
+            k=k,
+            option=ann.option or None,
+            value=value,
+            recall=float(np.mean(recalls)),
+            recall_min=float(np.min(recalls)),
+            ms=float(np.median(ms)),
+            exact_ms=float(np.median(exact_ms)),
+            queries=len(rows),
+            n=n,
+        )
         entry["speedup"] = entry["exact_ms"] / max(entry["ms"], 1e-9)
         entry["meets_bar"] = bool(entry["recall"] >= recall_bar)
         best = entry
         if entry["meets_bar"]:
             break
     return best
-

@@ -25,8 +25,11 @@ from lookalike.errors import OptionError
 EARTH_REFERENCE = "EPSG:4326"
 # equatorial radii (metres) that only these bodies have: every Earth ellipsoid in use lies in
 # the first range; Mars's local and polar spheres in the second
-_RADII = {"earth": (6_356_000.0, 6_380_000.0), "mars": (3_370_000.0, 3_400_000.0),
-          "moon": (1_730_000.0, 1_740_000.0)}
+_RADII = {
+    "earth": (6_356_000.0, 6_380_000.0),
+    "mars": (3_370_000.0, 3_400_000.0),
+    "moon": (1_730_000.0, 1_740_000.0),
+}
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,10 @@ def body_named(key: str) -> Body:
     """The body called ``key`` (any case), or a clear error listing a few known ones."""
     body = known_bodies().get(key.strip().lower())
     if body is None:
-        raise OptionError(f"unknown body {key!r}: use a body PROJ knows, e.g. earth, mars, moon, "
-                          "mercury, venus, phobos, europa")
+        raise OptionError(
+            f"unknown body {key!r}: use a body PROJ knows, e.g. earth, mars, moon, "
+            "mercury, venus, phobos, europa"
+        )
     return body
 
 

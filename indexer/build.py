@@ -27,14 +27,19 @@ from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.fileio import save_npy
 from lookalike.indexer.defaults import TILE_SIZE, TILE_STRIDE
 from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.image_folders import load_image, read_labels
 from lookalike.indexer.pipeline import StageTimes, prefetch_chunks
 from lookalike.indexer.shards import SHARD_MANIFEST, write_shards
-from lookalike.indexer.sources import RasterSource, load_image, read_labels
+from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, remove_stale, write_index
 from lookalike.indexer.thumbstore import iter_thumbnails, jpeg_thumbnails, write_thumbnails
 from lookalike.indexer.tiling import TileGrid, TilePlace, Zone
 from lookalike.models.hashing import (
-    HashModel, fitted_on_features, load_hash_model, named_hash, resolve_hash,
+    HashModel,
+    fitted_on_features,
+    load_hash_model,
+    named_hash,
+    resolve_hash,
 )
 
 CHUNK = 512
@@ -42,10 +47,18 @@ CHUNK = 512
 
 def tile_record(source: RasterSource, grid: TileGrid, place: TilePlace) -> dict:
     """The tile table row of one raster tile."""
-    rec = dict(tile_id=f"{source.name}:{place.zone.label}:{grid.size}px{grid.gsd:.6g}m:{place.row}:{place.col}",
-               source=source.name, zone=place.zone.label, lon=place.lon, lat=place.lat,
-               time=source.acquired, gsd=np.float32(grid.gsd), size=np.int16(grid.size),
-               row=np.int32(place.row), col=np.int32(place.col))
+    rec = dict(
+        tile_id=f"{source.name}:{place.zone.label}:{grid.size}px{grid.gsd:.6g}m:{place.row}:{place.col}",
+        source=source.name,
+        zone=place.zone.label,
+        lon=place.lon,
+        lat=place.lat,
+        time=source.acquired,
+        gsd=np.float32(grid.gsd),
+        size=np.int16(grid.size),
+        row=np.int32(place.row),
+        col=np.int32(place.col),
+    )
     for i in range(4):
         rec[f"lon{i}"] = np.float32(place.corners_lon[i])
         rec[f"lat{i}"] = np.float32(place.corners_lat[i])
@@ -83,18 +96,26 @@ def save_chunk(work: Path, i: int, features: np.ndarray, table: pd.DataFrame) ->
     (work / ".chunk.parquet").replace(tpath)
 
 
-def join_chunks(features: list[np.ndarray], tables: list[pd.DataFrame],
-                dim: int, dtype=np.float32) -> tuple[np.ndarray, pd.DataFrame]:
+def join_chunks(
+    features: list[np.ndarray], tables: list[pd.DataFrame], dim: int, dtype=np.float32
+) -> tuple[np.ndarray, pd.DataFrame]:
     if not tables:
         return np.zeros((0, dim), dtype), pd.DataFrame()
     return np.concatenate(features), pd.concat(tables, ignore_index=True)
 
 
-def encode_chunks(records_and_images: Iterable[tuple[dict, np.ndarray]], encoder: Encoder,
-                  work: Path, total: int | None = None, desc: str = "encoding",
-                  progress: bool = True, hash_model: HashModel | None = None,
-                  times: StageTimes | None = None, prefetch: int = 2,
-                  thumbs: list[Path] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def encode_chunks(
+    records_and_images: Iterable[tuple[dict, np.ndarray]],
+    encoder: Encoder,
+    work: Path,
+    total: int | None = None,
+    desc: str = "encoding",
+    progress: bool = True,
+    hash_model: HashModel | None = None,
+    times: StageTimes | None = None,
+    prefetch: int = 2,
+    thumbs: list[Path] | None = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Encode (record, image) pairs chunk by chunk, reusing chunks already in ``work``.
 
     The pairs are made ``prefetch`` chunks ahead on a background thread while the current chunk
@@ -157,8 +178,9 @@ def _timed_chunks(items: Iterable, size: int, times: StageTimes, stage: str) -> 
         yield chunk
 
 
-def fixed_hash(out: Path, bits: int | None, hash_path: str | None, append: bool,
-               backbone: str) -> tuple[HashModel, bytes | None] | None:
+def fixed_hash(
+    out: Path, bits: int | None, hash_path: str | None, append: bool, backbone: str
+) -> tuple[HashModel, bytes | None] | None:
     """The hash model of a build when it does not depend on the features: the index's own on
     ``--append`` or a model file (with its bytes for a new index); None for the default recipe
     and PCA-ITQ, which are fitted on them. Raises when the model cannot be used here."""
@@ -167,20 +189,24 @@ def fixed_hash(out: Path, bits: int | None, hash_path: str | None, append: bool,
         if hash_path and not fitted_on_features(hash_path):
             given = named_hash(hash_path, bits)
             if given.to_bytes() != model.to_bytes():
-                raise LookalikeError(f"--hash {hash_path} differs from the hash model of {out}; "
-                                     "appended codes must use the index's own model")
+                raise LookalikeError(
+                    f"--hash {hash_path} differs from the hash model of {out}; "
+                    "appended codes must use the index's own model"
+                )
         return model, None
     if fitted_on_features(hash_path):
         return None
     model = named_hash(hash_path, bits)
     if model.backbone and model.backbone != backbone:
-        raise LookalikeError(f"hash model was trained on {model.backbone} features, "
-                             f"but the encoder is {backbone}")
+        raise LookalikeError(
+            f"hash model was trained on {model.backbone} features, but the encoder is {backbone}"
+        )
     return model, model.to_bytes()
 
 
-def _hash_for(out: Path, features: np.ndarray, bits: int | None, hash_path: str | None,
-              append: bool, backbone: str) -> tuple[HashModel, bytes | None]:
+def _hash_for(
+    out: Path, features: np.ndarray, bits: int | None, hash_path: str | None, append: bool, backbone: str
+) -> tuple[HashModel, bytes | None]:
     fixed = fixed_hash(out, bits, hash_path, append, backbone)
     if fixed is not None:
         return fixed
@@ -200,7 +226,9 @@ def check_out(out: Path, append: bool, shards: int | None = None, *, leftovers: 
     if (out / SHARD_MANIFEST).exists():
         raise LookalikeError(f"{out} already holds a sharded index; choose another --out")
     if (out / MANIFEST).exists() and not append and not (leftovers and any(out.glob(".work-*"))):
-        raise LookalikeError(f"{out} already holds an index; use --append to add to it or choose another --out")
+        raise LookalikeError(
+            f"{out} already holds an index; use --append to add to it or choose another --out"
+        )
 
 
 def finished(out: Path, work: Path, tidy: bool = True) -> bool:
@@ -240,10 +268,22 @@ def lean_tiles(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, backbone: dict,
-           bits: int | None, hash_path: str | None, append: bool, info: dict,
-           shards: int | None = None, hashed: tuple | None = None, keep_work: bool = False,
-           thumbs: list[Path] | None = None, times: StageTimes | None = None) -> Path:
+def commit(
+    out: Path,
+    work: Path,
+    features: np.ndarray,
+    table: pd.DataFrame,
+    backbone: dict,
+    bits: int | None,
+    hash_path: str | None,
+    append: bool,
+    info: dict,
+    shards: int | None = None,
+    hashed: tuple | None = None,
+    keep_work: bool = False,
+    thumbs: list[Path] | None = None,
+    times: StageTimes | None = None,
+) -> Path:
     """Hash the features and write the index (or ``shards`` indexes); ``backbone`` is
     ``Encoder.describe()`` of the encoder that made the features. With ``hashed`` (the model
     and its bytes, from ``fixed_hash``) ``features`` are already that model's codes. ``thumbs``:
@@ -252,21 +292,36 @@ def commit(out: Path, work: Path, features: np.ndarray, table: pd.DataFrame, bac
     if len(table) == 0:
         raise LookalikeError("no usable tiles: every tile was outside the source, no-data, or blank")
     table = table.copy()
-    table["time"] = (pd.to_datetime(table["time"], utc=True) if "time" in table
-                     else pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]"))
+    table["time"] = (
+        pd.to_datetime(table["time"], utc=True)
+        if "time" in table
+        else pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]")
+    )
     with (times if times is not None else StageTimes()).timing("hash"):
         model, model_bytes = hashed or _hash_for(out, features, bits, hash_path, append, backbone["name"])
         check_backbone(out, append, backbone)
         codes = features if hashed else model.encode(features)
     table = lean_tiles(table)
-    info = dict(info, backbone=backbone, hash=dict(method=model.method, bits=model.bits, meta=model.meta),
-                build=work.name)
+    info = dict(
+        info,
+        backbone=backbone,
+        hash=dict(method=model.method, bits=model.bits, meta=model.meta),
+        build=work.name,
+    )
     try:
         if shards is not None:
             write_shards(out, codes, table, shards, bits=model.bits, hash_model=model_bytes, info=info)
         else:
-            write_index(out, codes, table, bits=model.bits, hash_model=model_bytes, info=info,
-                        append=append, thumbs=iter_thumbnails(thumbs) if thumbs else None)
+            write_index(
+                out,
+                codes,
+                table,
+                bits=model.bits,
+                hash_model=model_bytes,
+                info=info,
+                append=append,
+                thumbs=iter_thumbnails(thumbs) if thumbs else None,
+            )
     except IndexCorruptError:
         raise  # the index must be repaired first; the features are kept for the run after
     except LookalikeError:
@@ -286,23 +341,42 @@ def check_backbone(out: Path, append: bool, backbone: dict) -> None:
         if old.manifest.get("backbone", {}).get("weights_sha256") != backbone["weights_sha256"]:
             raise LookalikeError(f"{out} was built with another backbone or weights; cannot append")
         if old.views != backbone.get("views", 1):
-            raise LookalikeError(f"{out} averages each tile's features over {old.views} view(s), this "
-                                 f"build over {backbone.get('views', 1)}; append with --views {old.views}")
+            raise LookalikeError(
+                f"{out} averages each tile's features over {old.views} view(s), this "
+                f"build over {backbone.get('views', 1)}; append with --views {old.views}"
+            )
 
 
-def raster_plan(sources: list[RasterSource], out: Path, *, size: int, stride: int,
-                gsd: float | None, zones: list[Zone] | None,
-                bbox: tuple[float, float, float, float] | None, backbone: dict,
-                min_valid: float) -> tuple[TileGrid, Path, dict]:
+def raster_plan(
+    sources: list[RasterSource],
+    out: Path,
+    *,
+    size: int,
+    stride: int,
+    gsd: float | None,
+    zones: list[Zone] | None,
+    bbox: tuple[float, float, float, float] | None,
+    backbone: dict,
+    min_valid: float,
+) -> tuple[TileGrid, Path, dict]:
     """The tile grid, work folder and manifest info of a raster build."""
     grid = TileGrid(size, stride, gsd or sources[0].native_gsd)
     for source in sources:  # before any work: a source too small for a tile is an error
         source.check_holds_a_tile(grid, min_valid)
-    key = dict(sources=[s.describe() for s in sources], grid=grid, zones=zones, bbox=bbox,
-               backbone=backbone, min_valid=min_valid)
-    info = dict(kind="raster", tiling=dict(size=size, stride=stride, gsd=grid.gsd),
-                sources={s.name: s.describe() for s in sources},
-                body=collection_body({s.name: s.body_key for s in sources}, out))
+    key = dict(
+        sources=[s.describe() for s in sources],
+        grid=grid,
+        zones=zones,
+        bbox=bbox,
+        backbone=backbone,
+        min_valid=min_valid,
+    )
+    info = dict(
+        kind="raster",
+        tiling=dict(size=size, stride=stride, gsd=grid.gsd),
+        sources={s.name: s.describe() for s in sources},
+        body=collection_body({s.name: s.body_key for s in sources}, out),
+    )
     return grid, _work_dir(out, key), info
 
 
@@ -316,32 +390,55 @@ def collection_body(bodies: dict[str, str | None], out: Path) -> str | None:
             known = {f"the index at {out}": existing, **known}
     if len(set(known.values())) > 1:
         listed = ", ".join(f"{name} on {body}" for name, body in known.items())
-        raise LookalikeError(f"an index holds sources of one body, not several ({listed}); "
-                             "index each body apart")
+        raise LookalikeError(
+            f"an index holds sources of one body, not several ({listed}); index each body apart"
+        )
     return next(iter(known.values()), None)
 
 
-def image_plan(root: Path, labels_csv: str | Path, out: Path, *, split: str | None,
-               image_size: int, backbone: dict, source: str | None,
-               body: str | None = None) -> tuple[pd.DataFrame, Path, dict]:
+def image_plan(
+    root: Path,
+    labels_csv: str | Path,
+    out: Path,
+    *,
+    split: str | None,
+    image_size: int,
+    backbone: dict,
+    source: str | None,
+    body: str | None = None,
+) -> tuple[pd.DataFrame, Path, dict]:
     """The tile records, work folder and manifest info of an image-folder build."""
     table = read_labels(root, labels_csv, split=split)
     source = source or root.name
     records = table.assign(tile_id=table["path"], source=source, zone="")
-    key = dict(root=str(root.resolve()), labels=str(Path(labels_csv).resolve()), split=split,
-               backbone=backbone)
+    key = dict(
+        root=str(root.resolve()), labels=str(Path(labels_csv).resolve()), split=split, backbone=backbone
+    )
     info = dict(kind="images", sources={source: dict(root=str(root.resolve()), image_size=image_size)})
     if body:
         info["body"] = collection_body({source: body}, out)
     return records, _work_dir(out, key), info
 
 
-def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = TILE_SIZE,
-                  stride: int = TILE_STRIDE, gsd: float | None = None, zones: list[Zone] | None = None,
-                  bbox: tuple[float, float, float, float] | None = None, bits: int | None = None,
-                  hash_path: str | None = None, encoder: Encoder | None = None,
-                  min_valid: float = 0.5, append: bool = False, progress: bool = True,
-                  shards: int | None = None, times: StageTimes | None = None, prefetch: int = 2) -> Path:
+def index_rasters(
+    sources: list[RasterSource],
+    out: str | Path,
+    *,
+    size: int = TILE_SIZE,
+    stride: int = TILE_STRIDE,
+    gsd: float | None = None,
+    zones: list[Zone] | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+    bits: int | None = None,
+    hash_path: str | None = None,
+    encoder: Encoder | None = None,
+    min_valid: float = 0.5,
+    append: bool = False,
+    progress: bool = True,
+    shards: int | None = None,
+    times: StageTimes | None = None,
+    prefetch: int = 2,
+) -> Path:
     """Tile, encode and index rasters. ``gsd`` defaults to the first source's native resolution;
     ``shards`` writes that many indexes plus a shard manifest (``indexer.distributed``).
     Tiles are cut ``prefetch`` chunks ahead of the encoder on another thread (0: serially);
@@ -349,8 +446,17 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = T
     out = Path(out)
     check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder()
-    grid, work, info = raster_plan(sources, out, size=size, stride=stride, gsd=gsd, zones=zones,
-                                   bbox=bbox, backbone=encoder.describe(), min_valid=min_valid)
+    grid, work, info = raster_plan(
+        sources,
+        out,
+        size=size,
+        stride=stride,
+        gsd=gsd,
+        zones=zones,
+        bbox=bbox,
+        backbone=encoder.describe(),
+        min_valid=min_valid,
+    )
     if finished(out, work):
         return out
     check_out(out, append, shards)
@@ -365,19 +471,53 @@ def index_rasters(sources: list[RasterSource], out: str | Path, *, size: int = T
                 yield tile_record(source, grid, place), pixels
 
     thumbs: list[Path] = []
-    features, table = encode_chunks(stream(), encoder, work, desc="tiling+encoding", progress=progress,
-                                    hash_model=hashed[0] if hashed else None, times=times, prefetch=prefetch,
-                                    thumbs=thumbs)
-    return commit(out, work, features, table, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed, thumbs=thumbs, times=times)
+    features, table = encode_chunks(
+        stream(),
+        encoder,
+        work,
+        desc="tiling+encoding",
+        progress=progress,
+        hash_model=hashed[0] if hashed else None,
+        times=times,
+        prefetch=prefetch,
+        thumbs=thumbs,
+    )
+    return commit(
+        out,
+        work,
+        features,
+        table,
+        encoder.describe(),
+        bits,
+        hash_path,
+        append,
+        info,
+        shards,
+        hashed=hashed,
+        thumbs=thumbs,
+        times=times,
+    )
 
 
-def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
-                 split: str | None = None, image_size: int = 224, bits: int | None = None,
-                 hash_path: str | None = None, encoder: Encoder | None = None,
-                 append: bool = False, source: str | None = None, progress: bool = True,
-                 shards: int | None = None, times: StageTimes | None = None, prefetch: int = 2,
-                 keep_work: bool = False, body: str | None = None) -> Path:
+def index_images(
+    root: str | Path,
+    labels_csv: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    image_size: int = 224,
+    bits: int | None = None,
+    hash_path: str | None = None,
+    encoder: Encoder | None = None,
+    append: bool = False,
+    source: str | None = None,
+    progress: bool = True,
+    shards: int | None = None,
+    times: StageTimes | None = None,
+    prefetch: int = 2,
+    keep_work: bool = False,
+    body: str | None = None,
+) -> Path:
     """Index a folder of labelled image chips (every CSV column is kept in the tile table).
     Images are decoded and resized ``prefetch`` chunks ahead of the encoder on another thread
     of lower priority (0: one after the other; ``lookalike bench index --images`` times both).
@@ -388,8 +528,16 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
     out, root = Path(out), Path(root)
     check_out(out, append, shards, leftovers=True)
     encoder = encoder or Encoder(image_size=image_size)
-    records, work, info = image_plan(root, labels_csv, out, split=split, image_size=image_size,
-                                     backbone=encoder.describe(), source=source, body=body)
+    records, work, info = image_plan(
+        root,
+        labels_csv,
+        out,
+        split=split,
+        image_size=image_size,
+        backbone=encoder.describe(),
+        source=source,
+        body=body,
+    )
     if finished(out, work, tidy=not keep_work):
         return out
     check_out(out, append, shards)
@@ -397,8 +545,31 @@ def index_images(root: str | Path, labels_csv: str | Path, out: str | Path, *,
     check_backbone(out, append, encoder.describe())
     pairs = ((rec, load_image(root / rec["path"], image_size)) for rec in records.to_dict("records"))
     thumbs: list[Path] = []
-    features, tiles = encode_chunks(pairs, encoder, work, total=len(records), desc="encoding images",
-                                    progress=progress, hash_model=hashed[0] if hashed else None, times=times,
-                                    prefetch=prefetch, thumbs=thumbs)
-    return commit(out, work, features, tiles, encoder.describe(), bits, hash_path, append, info, shards,
-                  hashed=hashed, keep_work=keep_work, thumbs=thumbs, times=times)
+    features, tiles = encode_chunks(
+        pairs,
+        encoder,
+        work,
+        total=len(records),
+        desc="encoding images",
+        progress=progress,
+        hash_model=hashed[0] if hashed else None,
+        times=times,
+        prefetch=prefetch,
+        thumbs=thumbs,
+    )
+    return commit(
+        out,
+        work,
+        features,
+        tiles,
+        encoder.describe(),
+        bits,
+        hash_path,
+        append,
+        info,
+        shards,
+        hashed=hashed,
+        keep_work=keep_work,
+        thumbs=thumbs,
+        times=times,
+    )

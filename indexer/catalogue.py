@@ -29,9 +29,14 @@ REQUIRED = ("label", "posterior", "lon", "lat", *BOX_COLUMNS)
 
 # words a user may type for a class, beyond the class names themselves
 SYNONYMS = {
-    "dune": ("dark_dune", "bright_dune"), "dunes": ("dark_dune", "bright_dune"),
-    "craters": ("crater",), "slope streak": ("streak",), "slope streaks": ("streak",),
-    "streaks": ("streak",), "edges": ("edge",), "image edge": ("edge",),
+    "dune": ("dark_dune", "bright_dune"),
+    "dunes": ("dark_dune", "bright_dune"),
+    "craters": ("crater",),
+    "slope streak": ("streak",),
+    "slope streaks": ("streak",),
+    "streaks": ("streak",),
+    "edges": ("edge",),
+    "image edge": ("edge",),
 }
 
 
@@ -65,23 +70,36 @@ def classes_of(landmarks: pd.DataFrame | None) -> list[str]:
 
 
 def _confident(landmarks: pd.DataFrame, min_confidence: float) -> pd.DataFrame:
-    return landmarks[(landmarks["posterior"].to_numpy() >= min_confidence) & (landmarks["row"].to_numpy() >= 0)]
+    return landmarks[
+        (landmarks["posterior"].to_numpy() >= min_confidence) & (landmarks["row"].to_numpy() >= 0)
+    ]
 
 
-def scene_class_counts(tiles: pd.DataFrame, landmarks: pd.DataFrame, min_confidence: float = 0.0,
-                       tile_mask: np.ndarray | None = None) -> pd.DataFrame:
+def scene_class_counts(
+    tiles: pd.DataFrame,
+    landmarks: pd.DataFrame,
+    min_confidence: float = 0.0,
+    tile_mask: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Landmarks per (scene, class) at or above ``min_confidence``, among tiles in ``tile_mask``."""
     keys = scene_keys(tiles)
     lm = _confident(landmarks, min_confidence)
     if tile_mask is not None:
         lm = lm[np.asarray(tile_mask, bool)[lm["row"].to_numpy()]]
-    counts = pd.crosstab(pd.Series(keys[lm["row"].to_numpy()], name="scene"),
-                         pd.Series(lm["label"].astype(str).to_numpy(), name="label"))
+    counts = pd.crosstab(
+        pd.Series(keys[lm["row"].to_numpy()], name="scene"),
+        pd.Series(lm["label"].astype(str).to_numpy(), name="label"),
+    )
     return counts
 
 
-def landmark_mask(tiles: pd.DataFrame, landmarks: pd.DataFrame | None, classes: list[str],
-                  min_confidence: float = 0.0, min_count: int = 1) -> np.ndarray:
+def landmark_mask(
+    tiles: pd.DataFrame,
+    landmarks: pd.DataFrame | None,
+    classes: list[str],
+    min_confidence: float = 0.0,
+    min_count: int = 1,
+) -> np.ndarray:
     """Tiles whose scene holds at least ``min_count`` landmarks of one of ``classes`` (each counted
     alone) at or above ``min_confidence``."""
     if landmarks is None:
@@ -89,8 +107,10 @@ def landmark_mask(tiles: pd.DataFrame, landmarks: pd.DataFrame | None, classes: 
     known = set(classes_of(landmarks)) | set(landmarks["label"].astype(str))
     unknown = [c for c in classes if c not in known]
     if unknown:
-        raise LookalikeError(f"unknown landmark class(es) {', '.join(unknown)}; "
-                             f"this index has {', '.join(sorted(known)) or 'none'}")
+        raise LookalikeError(
+            f"unknown landmark class(es) {', '.join(unknown)}; "
+            f"this index has {', '.join(sorted(known)) or 'none'}"
+        )
     counts = scene_class_counts(tiles, landmarks, min_confidence)
     wanted = [c for c in classes if c in counts.columns]
     if not wanted:
@@ -99,8 +119,13 @@ def landmark_mask(tiles: pd.DataFrame, landmarks: pd.DataFrame | None, classes: 
     return np.isin(scene_keys(tiles), passing.to_numpy())
 
 
-def facet_counts(tiles: pd.DataFrame, landmarks: pd.DataFrame | None, min_confidence: float = 0.0,
-                 min_count: int = 1, tile_mask: np.ndarray | None = None) -> dict[str, int]:
+def facet_counts(
+    tiles: pd.DataFrame,
+    landmarks: pd.DataFrame | None,
+    min_confidence: float = 0.0,
+    min_count: int = 1,
+    tile_mask: np.ndarray | None = None,
+) -> dict[str, int]:
     """Class -> number of scenes (among tiles in ``tile_mask``) holding at least ``min_count``
     landmarks of that class at or above ``min_confidence``: the Image Class facet's counts."""
     classes = classes_of(landmarks)
@@ -110,8 +135,12 @@ def facet_counts(tiles: pd.DataFrame, landmarks: pd.DataFrame | None, min_confid
     return {c: int((counts[c] >= max(1, int(min_count))).sum()) if c in counts else 0 for c in classes}
 
 
-def visible_landmarks(landmarks: pd.DataFrame | None, classes: list[str] = (), min_confidence: float = 0.0,
-                      tile_mask: np.ndarray | None = None) -> pd.DataFrame:
+def visible_landmarks(
+    landmarks: pd.DataFrame | None,
+    classes: list[str] = (),
+    min_confidence: float = 0.0,
+    tile_mask: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Landmarks to draw: of ``classes`` (all when empty), confident enough, on tiles in ``tile_mask``."""
     if landmarks is None:
         return pd.DataFrame(columns=[*REQUIRED, "row"])
@@ -148,13 +177,15 @@ def crop_landmarks(tiles: pd.DataFrame, probabilities: np.ndarray, classes: list
     """One landmark per tile of an image-chip index, from the classifier's probabilities."""
     probabilities = np.asarray(probabilities, float)
     best = probabilities.argmax(axis=1)
-    out = pd.DataFrame({
-        "landmark_id": tiles["tile_id"].astype(str).to_numpy(),
-        "scene": scene_keys(tiles),
-        "row": np.arange(len(tiles), dtype=np.int64),
-        "label": np.asarray(classes, dtype=object)[best],
-        "posterior": probabilities[np.arange(len(best)), best].astype(np.float32),
-    })
+    out = pd.DataFrame(
+        {
+            "landmark_id": tiles["tile_id"].astype(str).to_numpy(),
+            "scene": scene_keys(tiles),
+            "row": np.arange(len(tiles), dtype=np.int64),
+            "label": np.asarray(classes, dtype=object)[best],
+            "posterior": probabilities[np.arange(len(best)), best].astype(np.float32),
+        }
+    )
     for name in BOX_COLUMNS + ("lon", "lat"):
         out[name] = _box_column(tiles, name)
     out["time"] = tiles["time"].to_numpy() if "time" in tiles else pd.NaT
@@ -173,8 +204,9 @@ def _box_column(tiles: pd.DataFrame, name: str) -> np.ndarray:
     return corners.min(axis=1) if name.endswith("min") else corners.max(axis=1)
 
 
-def place_at_observations(tiles: pd.DataFrame, observations: pd.DataFrame,
-                          column: str = "source_image") -> tuple[pd.DataFrame, int]:
+def place_at_observations(
+    tiles: pd.DataFrame, observations: pd.DataFrame, column: str = "source_image"
+) -> tuple[pd.DataFrame, int]:
     """Give image chips the footprint, centre and time of the HiRISE observation named in
     ``column`` (a product id such as ``ESP_011283_2265_RED``; its first three parts are the
     observation id). Returns the table and the number of chips with no known observation,
@@ -193,25 +225,32 @@ def place_at_observations(tiles: pd.DataFrame, observations: pd.DataFrame,
     out["time"] = pd.to_datetime(joined["time"].to_numpy(), utc=True)
     out["scene"] = obs_id.to_numpy()
     known = np.isfinite(out["lon"].to_numpy())
-    out["zone"] = [Zone.at(lo, la).label if ok else "" for lo, la, ok in
-                   zip(out["lon"].to_numpy(), out["lat"].to_numpy(), known)]
+    out["zone"] = [
+        Zone.at(lo, la).label if ok else ""
+        for lo, la, ok in zip(out["lon"].to_numpy(), out["lat"].to_numpy(), known)
+    ]
     return out, int((~known).sum())
 
 
-def catalogue_summary(tiles: pd.DataFrame, landmarks: pd.DataFrame | None,
-                      min_confidence: float = 0.0) -> dict:
+def catalogue_summary(
+    tiles: pd.DataFrame, landmarks: pd.DataFrame | None, min_confidence: float = 0.0
+) -> dict:
     """Counts for ``lookalike info``: landmarks and scenes per class."""
     if landmarks is None:
         return {}
     lm = landmarks[landmarks["posterior"].to_numpy() >= min_confidence]
-    return dict(landmarks=int(len(lm)), on_indexed_tiles=int((lm["row"].to_numpy() >= 0).sum()),
-                min_confidence=min_confidence,
-                by_class={c: int(n) for c, n in lm["label"].value_counts().items()},
-                scenes_by_class=facet_counts(tiles, landmarks, min_confidence))
+    return dict(
+        landmarks=int(len(lm)),
+        on_indexed_tiles=int((lm["row"].to_numpy() >= 0).sum()),
+        min_confidence=min_confidence,
+        by_class={c: int(n) for c, n in lm["label"].value_counts().items()},
+        scenes_by_class=facet_counts(tiles, landmarks, min_confidence),
+    )
 
 
-def attach_to_index(path: str | Path, landmarks: pd.DataFrame, replace: bool = False,
-                    info: dict | None = None) -> pd.DataFrame:
+def attach_to_index(
+    path: str | Path, landmarks: pd.DataFrame, replace: bool = False, info: dict | None = None
+) -> pd.DataFrame:
     """Add raster landmarks to an index's catalogue (replacing it with ``replace``); ``info``
     goes into the manifest (e.g. which model made the catalogue)."""
 
@@ -239,6 +278,10 @@ def place_index_at_observations(path: str | Path, observations: str | Path | Non
         for name in BOX_COLUMNS + ("lon", "lat"):
             landmarks[name] = np.where(rows >= 0, _box_column(placed, name), landmarks[name].to_numpy(float))
         landmarks["scene"] = np.where(rows >= 0, scene_keys(placed), landmarks["scene"].astype(str))
-    update_tables(path, tiles=tiles, landmarks=landmarks,
-                  info=dict(placed_at="HiRISE observation footprints", basemap="mars_8k"))
+    update_tables(
+        path,
+        tiles=tiles,
+        landmarks=landmarks,
+        info=dict(placed_at="HiRISE observation footprints", basemap="mars_8k"),
+    )
     return unplaced

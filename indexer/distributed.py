@@ -25,7 +25,6 @@ over all rows gives.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -40,8 +39,10 @@ from tqdm.auto import tqdm
 from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer import build
+from lookalike.indexer.dask_tasks import cached_per_process, clean_errors, task_result, wait_any
 from lookalike.indexer.defaults import DEFAULT_VIEWS
 from lookalike.indexer.encoding import Encoder
+from lookalike.indexer.image_folders import load_image
 from lookalike.indexer.search import (
     Filters,
     Query,
@@ -55,7 +56,7 @@ from lookalike.indexer.search import (
     tile_at,
 )
 from lookalike.indexer.shards import Shard, read_shards, shards_of_dirs
-from lookalike.indexer.sources import RasterSource, load_image
+from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, Index, open_index
 from lookalike.indexer.tiling import DEFAULT_LAT_RANGE, TileGrid, Zone, zones_for_bounds
 from lookalike.models.defaults import DEFAULT_BACKBONE
@@ -64,8 +65,6 @@ from lookalike.models.defaults import DEFAULT_BACKBONE
 _ENCODERS: dict = {}
 _SOURCES: dict = {}
 _SHARDS: dict = {}
-_LOCK = threading.Lock()
-_KEY_LOCKS: dict = {}
 _SCAN_LOCK = threading.Lock()  # one scan at a time per process: each already uses every core
 
 
@@ -78,8 +77,12 @@ def connect(scheduler: str, n_workers: int | None = None, timeout: str = "10s") 
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False,
-                          dashboard_address=":0") as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
         return
     try:
@@ -90,52 +93,17 @@ def connect(scheduler: str, n_workers: int | None = None, timeout: str = "10s") 
         yield client
 
 
-def _result(future):
-    """A task's result; failures of the cluster itself become one clear LookalikeError."""
-    from distributed.comm.core import CommClosedError
-    from distributed.scheduler import KilledWorker
-
-    try:
-        return future.result()
-    except LookalikeError:
-        raise  # raised on the worker by the same code as on one machine; already clear
-    except (KilledWorker, CommClosedError, OSError, TimeoutError) as exc:
-        raise LookalikeError(f"a dask task failed on the cluster: {type(exc).__name__}: {exc}") from None
-
-
 def _collect_finished(encoding: dict, work: Path, done: dict, bar) -> None:
     """Save the chunks whose encoding finished (as a single-machine build would) and note them."""
     for fut in [f for f in encoding if f.done()]:
         i, table = encoding.pop(fut)
-        features = _result(fut)
+        features = task_result(fut)
         build.save_chunk(work, i, features, table)
         done[i] = features, table
         bar.update(len(table))
 
 
-def _wait_any(futures: list) -> None:
-    from distributed import wait
-
-    wait(futures, return_when="FIRST_COMPLETED")
-
-
 # ------------------------------------------------------------------ worker side
-def _clean_errors(fn):
-    """Worker tasks raise a user error as a fresh copy: the original may chain a library
-    exception that cannot be pickled (rasterio's), which dask would turn into a bare Exception."""
-
-    @functools.wraps(fn)
-    def task(*args, **kwargs):
-        error = None
-        try:
-            return fn(*args, **kwargs)
-        except LookalikeError as exc:
-            error = type(exc)(str(exc))
-        raise error
-
-    return task
-
-
 @dataclass(frozen=True)
 class EncoderSpec:
     """How a worker builds its encoder (an ``indexer.encoding.Encoder``)."""
@@ -149,38 +117,36 @@ class EncoderSpec:
     views: int = DEFAULT_VIEWS
 
 
-def _cached(cache: dict, key, make):
-    """``cache[key]``, made once per process even when tasks ask for it from several threads;
-    one lock per key, so a slow load (a model, a shard's checksums) blocks only its own key."""
-    if key in cache:
-        return cache[key]
-    with _LOCK:
-        lock = _KEY_LOCKS.setdefault((id(cache), key), threading.Lock())
-    with lock:
-        if key not in cache:
-            cache[key] = make()
-        return cache[key]
-
-
 def worker_encoder(spec: EncoderSpec):
     """The encoder of this process for ``spec``, built on first use."""
 
-    return _cached(_ENCODERS, spec, lambda: Encoder(
-        spec.backbone, spec.weights, image_size=spec.image_size, batch_size=spec.batch_size,
-        device=spec.device, runtime=spec.runtime, views=spec.views))
+    return cached_per_process(
+        _ENCODERS,
+        spec,
+        lambda: Encoder(
+            spec.backbone,
+            spec.weights,
+            image_size=spec.image_size,
+            batch_size=spec.batch_size,
+            device=spec.device,
+            runtime=spec.runtime,
+            views=spec.views,
+        ),
+    )
 
 
-@_clean_errors
+@clean_errors
 def _describe_encoder(spec: EncoderSpec) -> dict:
     return worker_encoder(spec).describe()
 
 
 def _worker_source(name: str, desc: dict) -> RasterSource:
-    return _cached(_SOURCES, (name, json.dumps(desc, sort_keys=True)),
-                   lambda: RasterSource.from_description(name, desc))
+    return cached_per_process(
+        _SOURCES, (name, json.dumps(desc, sort_keys=True)), lambda: RasterSource.from_description(name, desc)
+    )
 
 
-@_clean_errors
+@clean_errors
 def _scan_unit(name: str, desc: dict, grid: TileGrid, zone: Zone, bbox, min_valid: float):
     """Records and pixels of one zone of one source, in ``RasterSource.tiles`` order."""
     source = _worker_source(name, desc)
@@ -196,13 +162,13 @@ def _records_of(unit) -> list[dict]:
     return unit[0]
 
 
-@_clean_errors
+@clean_errors
 def _encode_pieces(spec: EncoderSpec, bounds: list[tuple[int, int]], *units) -> np.ndarray:
     images = np.concatenate([unit[1][lo:hi] for unit, (lo, hi) in zip(units, bounds)])
     return worker_encoder(spec).features(images)
 
 
-@_clean_errors
+@clean_errors
 def _encode_images(spec: EncoderSpec, root: str, paths: list[str], image_size: int) -> np.ndarray:
     images = np.stack([load_image(Path(root) / p, image_size) for p in paths])
     return worker_encoder(spec).features(images)
@@ -216,8 +182,11 @@ def _zones_of(source: RasterSource, zones: list[Zone] | None, bbox) -> list[Zone
         west, south = max(west, bbox[0]), max(south, bbox[1])
         east, north = min(east, bbox[2]), min(north, bbox[3])
     wanted = {z.label for z in zones} if zones else None
-    return [z for z in zones_for_bounds(west, south, east, north, DEFAULT_LAT_RANGE)
-            if wanted is None or z.label in wanted]
+    return [
+        z
+        for z in zones_for_bounds(west, south, east, north, DEFAULT_LAT_RANGE)
+        if wanted is None or z.label in wanted
+    ]
 
 
 @dataclass
@@ -243,18 +212,25 @@ class _Scans:
     def release(self, consumed: int) -> None:
         """Drop the client's reference to the pixels of units whose rows are all planned
         (``consumed``: rows already handed to chunks)."""
-        for u in [u for u in self.scans
-                  if u < len(self.unit_rows) and self.starts[u] + len(self.unit_rows[u]) <= consumed]:
+        for u in [
+            u
+            for u in self.scans
+            if u < len(self.unit_rows) and self.starts[u] + len(self.unit_rows[u]) <= consumed
+        ]:
             del self.scans[u]
 
     def submit(self, grid: TileGrid, bbox, min_valid: float, limit: int, chunk: int, consumed: int) -> None:
         """Submit scans, bounded: at most ``limit`` in flight, and scanned rows not yet handed to
         a chunk under ``limit`` chunks."""
-        while (self.next_scan < len(self.units) and len(self.record_futures) < limit
-               and self.known_rows - consumed < limit * chunk):
+        while (
+            self.next_scan < len(self.units)
+            and len(self.record_futures) < limit
+            and self.known_rows - consumed < limit * chunk
+        ):
             source, zone = self.units[self.next_scan]
-            fut = self.client.submit(_scan_unit, source.name, source.describe(), grid, zone, bbox,
-                                     min_valid, pure=False)
+            fut = self.client.submit(
+                _scan_unit, source.name, source.describe(), grid, zone, bbox, min_valid, pure=False
+            )
             self.scans[self.next_scan] = fut
             self.record_futures[self.next_scan] = self.client.submit(_records_of, fut, pure=False)
             self.next_scan += 1
@@ -263,7 +239,7 @@ class _Scans:
         """Take in the records of finished scans, in unit order."""
         while len(self.unit_rows) < self.next_scan and self.record_futures[len(self.unit_rows)].done():
             u = len(self.unit_rows)
-            self.unit_rows.append(_result(self.record_futures.pop(u)))
+            self.unit_rows.append(task_result(self.record_futures.pop(u)))
             self.starts.append(self.known_rows)
             self.known_rows += len(self.unit_rows[u])
 
@@ -280,7 +256,7 @@ class _Scans:
             if a < b:
                 pieces.append((a - self.starts[u], b - self.starts[u]))
                 futures.append(self.scans[u])
-                records.extend(self.unit_rows[u][a - self.starts[u]:b - self.starts[u]])
+                records.extend(self.unit_rows[u][a - self.starts[u] : b - self.starts[u]])
         return pieces, futures, records
 
     def awaited(self) -> list:
@@ -288,32 +264,65 @@ class _Scans:
         return [self.record_futures[u] for u in sorted(self.record_futures)[:1]]
 
 
-def index_rasters_distributed(client, sources: list[RasterSource], out: str | Path, *,
-                              size: int = 128, stride: int = 64, gsd: float | None = None,
-                              zones: list[Zone] | None = None, bbox=None, bits: int | None = None,
-                              hash_path: str | None = None, encoder: EncoderSpec = EncoderSpec(),
-                              min_valid: float = 0.5, append: bool = False,
-                              shards: int | None = None, progress: bool = True,
-                              ahead: int | None = None) -> Path:
+def index_rasters_distributed(
+    client,
+    sources: list[RasterSource],
+    out: str | Path,
+    *,
+    size: int = 128,
+    stride: int = 64,
+    gsd: float | None = None,
+    zones: list[Zone] | None = None,
+    bbox=None,
+    bits: int | None = None,
+    hash_path: str | None = None,
+    encoder: EncoderSpec = EncoderSpec(),
+    min_valid: float = 0.5,
+    append: bool = False,
+    shards: int | None = None,
+    progress: bool = True,
+    ahead: int | None = None,
+) -> Path:
     """``build.index_rasters`` with tiling and encoding spread over the workers of ``client``.
 
     ``ahead`` bounds the scans and chunk encodings in flight (default: twice the workers).
     """
     out = Path(out)
     build.check_out(out, append, shards, leftovers=True)
-    backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
-    grid, work, info = build.raster_plan(sources, out, size=size, stride=stride, gsd=gsd, zones=zones,
-                                         bbox=bbox, backbone=backbone, min_valid=min_valid)
+    backbone = task_result(client.submit(_describe_encoder, encoder, pure=False))
+    grid, work, info = build.raster_plan(
+        sources,
+        out,
+        size=size,
+        stride=stride,
+        gsd=gsd,
+        zones=zones,
+        bbox=bbox,
+        backbone=backbone,
+        min_valid=min_valid,
+    )
     if build.finished(out, work):
         return out
     build.check_out(out, append, shards)
     scans = _Scans(client, [(s, z) for s in sources for z in _zones_of(s, zones, bbox)])
     limit = ahead or max(2, 2 * len(client.scheduler_info()["workers"]))
+    bar = tqdm(desc="tiling+encoding (dask)", unit="tile", disable=not progress, smoothing=0.05)
+    done = _scan_and_encode(scans, grid, bbox, min_valid, encoder, work, limit, bar)
+    bar.close()
+    features, table = _joined(done, backbone)
+    return build.commit(out, work, features, table, backbone, bits, hash_path, append, info, shards)
+
+
+def _scan_and_encode(
+    scans: _Scans, grid: TileGrid, bbox, min_valid: float, encoder: EncoderSpec, work: Path, limit: int, bar
+) -> dict[int, tuple[np.ndarray, pd.DataFrame]]:
+    """Features and tile table of every chunk (by chunk number), scanning units and encoding
+    chunks on the workers with at most ``limit`` of each in flight."""
+    client = scans.client
     chunk = build.CHUNK
     next_chunk = 0
     encoding: dict[object, tuple[int, pd.DataFrame]] = {}
     done: dict[int, tuple[np.ndarray, pd.DataFrame]] = {}
-    bar = tqdm(desc="tiling+encoding (dask)", unit="tile", disable=not progress, smoothing=0.05)
 
     def plan_chunk(i: int, lo: int, hi: int) -> None:
         """Chunk ``i`` = global rows lo..hi: reuse it from the work folder or submit it."""
@@ -332,36 +341,54 @@ def index_rasters_distributed(client, sources: list[RasterSource], out: str | Pa
         scans.submit(grid, bbox, min_valid, limit, chunk, consumed)
         scans.gather()
         known_rows, all_known = scans.known_rows, scans.all_known
-        while len(encoding) < limit and ((next_chunk + 1) * chunk <= known_rows
-                                         or (all_known and next_chunk * chunk < known_rows)):
+        while len(encoding) < limit and (
+            (next_chunk + 1) * chunk <= known_rows or (all_known and next_chunk * chunk < known_rows)
+        ):
             plan_chunk(next_chunk, next_chunk * chunk, min(known_rows, (next_chunk + 1) * chunk))
             next_chunk += 1
         _collect_finished(encoding, work, done, bar)
         if all_known and next_chunk * chunk >= known_rows and not encoding:
-            break
+            return done
         pending = list(encoding) + scans.awaited()
         if pending:
-            _wait_any(pending)
-    bar.close()
+            wait_any(pending)
+
+
+def _joined(
+    done: dict[int, tuple[np.ndarray, pd.DataFrame]], backbone: dict
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The features and tile table of all chunks, in chunk order."""
     order = sorted(done)
-    features, table = build.join_chunks([done[i][0] for i in order], [done[i][1] for i in order],
-                                        int(backbone["features"]))
-    return build.commit(out, work, features, table, backbone, bits, hash_path, append, info, shards)
+    return build.join_chunks(
+        [done[i][0] for i in order], [done[i][1] for i in order], int(backbone["features"])
+    )
 
 
-def index_images_distributed(client, root: str | Path, labels_csv: str | Path, out: str | Path, *,
-                             split: str | None = None, image_size: int = 224, bits: int | None = None,
-                             hash_path: str | None = None, encoder: EncoderSpec | None = None,
-                             append: bool = False, source: str | None = None,
-                             shards: int | None = None, progress: bool = True,
-                             body: str | None = None) -> Path:
+def index_images_distributed(
+    client,
+    root: str | Path,
+    labels_csv: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    image_size: int = 224,
+    bits: int | None = None,
+    hash_path: str | None = None,
+    encoder: EncoderSpec | None = None,
+    append: bool = False,
+    source: str | None = None,
+    shards: int | None = None,
+    progress: bool = True,
+    body: str | None = None,
+) -> Path:
     """``build.index_images`` with the chunks encoded on the workers of ``client``."""
     out, root = Path(out), Path(root)
     build.check_out(out, append, shards, leftovers=True)
     encoder = encoder or EncoderSpec(image_size=image_size)
-    backbone = _result(client.submit(_describe_encoder, encoder, pure=False))
-    records, work, info = build.image_plan(root, labels_csv, out, split=split, image_size=image_size,
-                                           backbone=backbone, source=source, body=body)
+    backbone = task_result(client.submit(_describe_encoder, encoder, pure=False))
+    records, work, info = build.image_plan(
+        root, labels_csv, out, split=split, image_size=image_size, backbone=backbone, source=source, body=body
+    )
     if build.finished(out, work):
         return out
     build.check_out(out, append, shards)
@@ -374,22 +401,21 @@ def index_images_distributed(client, root: str | Path, labels_csv: str | Path, o
     while todo or encoding:
         while todo and len(encoding) < limit:
             start = todo.pop(0)
-            i, table = start // chunk, records.iloc[start:start + chunk].reset_index(drop=True)
+            i, table = start // chunk, records.iloc[start : start + chunk].reset_index(drop=True)
             finished = build.load_chunk(work, i, list(table["tile_id"]))
             if finished is not None:
                 done[i] = finished
                 bar.update(len(table))
                 continue
-            fut = client.submit(_encode_images, encoder, str(root), list(table["path"]), image_size,
-                                pure=False)
+            fut = client.submit(
+                _encode_images, encoder, str(root), list(table["path"]), image_size, pure=False
+            )
             encoding[fut] = (i, table)
         if encoding:
-            _wait_any(list(encoding))
+            wait_any(list(encoding))
         _collect_finished(encoding, work, done, bar)
     bar.close()
-    order = sorted(done)
-    features, table = build.join_chunks([done[i][0] for i in order], [done[i][1] for i in order],
-                                        int(backbone["features"]))
+    features, table = _joined(done, backbone)
     return build.commit(out, work, features, table, backbone, bits, hash_path, append, info, shards)
 
 
@@ -400,39 +426,37 @@ def _shard_index(path: str, manifest_sha256: str, verify: bool = True) -> Index:
             raise IndexCorruptError(f"shard {path} was changed after its shard manifest was written")
         return open_index(path, verify=verify)
 
-    index = _cached(_SHARDS, (path, manifest_sha256), load)
+    index = cached_per_process(_SHARDS, (path, manifest_sha256), load)
     index.check_unchanged()
     return index
 
 
-@_clean_errors
+@clean_errors
 def _load_shard(shard: Shard, verify: bool) -> tuple[int, int]:
     index = _shard_index(shard.path, shard.manifest_sha256, verify)
     return index.n, index.bits
 
 
-@_clean_errors
-def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None,
-                 method: str = "exact"):
+@clean_errors
+def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None, method: str = "exact"):
     index = _shard_index(shard.path, shard.manifest_sha256)
     mask = filter_mask(index.tiles, filters, getattr(index, "landmarks", None))
     with _SCAN_LOCK:
         if method == "exact":
             rows, dist = ranked_rows(index.codes, code, k, mask)
         else:  # an approximate index per shard: the stored one, or one built on first use and kept
-
             rows, dist = ranked_rows_index(index, code, k, mask, method)
     return rows + shard.offset, dist, index.tiles.iloc[rows].reset_index(drop=True)
 
 
-@_clean_errors
+@clean_errors
 def _shard_codes(shard: Shard, tile_ids: list[str]) -> dict[str, np.ndarray]:
     index = _shard_index(shard.path, shard.manifest_sha256)
     rows = pd.Index(index.tiles["tile_id"]).get_indexer(tile_ids)
     return {t: np.asarray(index.codes[r]) for t, r in zip(tile_ids, rows) if r >= 0}
 
 
-@_clean_errors
+@clean_errors
 def _shard_under(shard: Shard, lon: float, lat: float):
     """(closeness, global row, code) of this shard's tile under the point, or None."""
 
@@ -484,17 +508,22 @@ class ShardedSearch:
         loaded = self._fan_out(_load_shard, verify)
         for shard, (n, bits) in zip(self.shards, loaded):
             if n != shard.count or bits != self.bits:
-                raise IndexCorruptError(f"shard {shard.path} holds {n} {bits}-bit codes, the shard "
-                                        f"manifest says {shard.count} {self.bits}-bit codes")
+                raise IndexCorruptError(
+                    f"shard {shard.path} holds {n} {bits}-bit codes, the shard "
+                    f"manifest says {shard.count} {self.bits}-bit codes"
+                )
 
     def __len__(self) -> int:
         return self.n
 
     def _fan_out(self, fn, *args) -> list:
-        futures = [self.client.submit(fn, shard, *args, workers=[w] if w else None,
-                                      allow_other_workers=True, pure=False)
-                   for shard, w in zip(self.shards, self.placement)]
-        return [_result(f) for f in futures]
+        futures = [
+            self.client.submit(
+                fn, shard, *args, workers=[w] if w else None, allow_other_workers=True, pure=False
+            )
+            for shard, w in zip(self.shards, self.placement)
+        ]
+        return [task_result(f) for f in futures]
 
     def query_code(self, query: Query, encoder=None) -> np.ndarray:
         """The packed code a query stands for, looked up on the shards that hold its tiles."""
@@ -502,8 +531,9 @@ class ShardedSearch:
         if query.code is not None:
             return np.asarray(query.code, np.uint8).ravel()
         if query.image is not None:
-            return encode_image_like_index(open_index(self.shards[0].path, verify=False),
-                                           query.image, encoder)
+            return encode_image_like_index(
+                open_index(self.shards[0].path, verify=False), query.image, encoder
+            )
         if query.lonlat is not None:
             found = [f for f in self._fan_out(_shard_under, *query.lonlat) if f is not None]
             if not found:
@@ -521,12 +551,19 @@ class ShardedSearch:
         neg = np.stack([codes[t] for t in query.negatives]) if query.negatives else None
         return combine_examples(np.stack([codes[t] for t in query.positives]), neg)
 
-    def search(self, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
-               encoder=None, method: str = "exact") -> pd.DataFrame:
+    def search(
+        self,
+        query: Query | np.ndarray,
+        k: int = 1000,
+        filters: Filters | None = None,
+        encoder=None,
+        method: str = "exact",
+    ) -> pd.DataFrame:
         """Like ``indexer.search.search_index``: tile rows plus rank and distance; ``attrs['index_row']``
         holds global rows (shard offset + row in the shard). ``method`` is applied per shard;
         the merge is exact whenever each shard's top-k is."""
         check_k(k)
-        code = check_code_length(self.query_code(query, encoder) if isinstance(query, Query) else query,
-                                 self.bits)
+        code = check_code_length(
+            self.query_code(query, encoder) if isinstance(query, Query) else query, self.bits
+        )
         return merge_top_k(self._fan_out(_shard_top_k, code, k, filters, method), k)

@@ -9,7 +9,8 @@ Runtimes (``Encoder(runtime=...)``, ``lookalike index --runtime``):
   a small CPU; features agree with PyTorch to ~1e-5, so codes agree (``lookalike bench encode``
   reports the bit error rate). The default on a CPU.
 - ``onnx-int8``: that model statically quantized (QDQ, per-channel weights: 8 bits with VNNI, 7
-  without, see ``int8_weight_bits``), calibrated on real Mars tiles. Opt-in only: faster, but its features differ and code bits flip.
+  without, see ``int8_weight_bits``), calibrated on real Mars tiles. Opt-in only: faster, but its
+  features differ and code bits flip.
 
 ``auto`` (the default) picks ``torch`` on a GPU, else ``onnx`` when ONNX Runtime is installed and
 the backbone exports, else ``torch``. Exported models are cached in ``$LOOKALIKE_CACHE/onnx``
@@ -66,6 +67,8 @@ def int8_weight_bits() -> int:
     except OSError:
         return 7  # unknown: the choice that cannot saturate
     return 8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 7
+
+
 MAX_IMAGE_SIZE = 2048  # pixels a side fed to the backbone (tiles and chips are 128-224)
 ONNX_OPSET = 17
 # ONNX Runtime fp32 vs PyTorch fp32: summation order differs, nothing else
@@ -73,15 +76,17 @@ _PROBE_TOLERANCE = 1e-3
 _SESSIONS: dict[str, object] = {}  # one ONNX Runtime session per model file and thread count
 
 
-def images_to_tensor(images: np.ndarray, image_size: int | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+def images_to_tensor(
+    images: np.ndarray, image_size: int | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, h, w) float in [0, 1], resized to ``image_size`` (bilinear,
     antialiased) when given."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if image_size and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
     return x
 
 
@@ -132,10 +137,16 @@ def export_onnx(model: Backbone, path: Path, height: int, width: int) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             # the TorchScript exporter: the dynamo one needs onnxscript, which is not a dependency
-            torch.onnx.export(cpu, (torch.rand(2, 3, height, width),), str(tmp), dynamo=False,
-                              input_names=["images"], output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                              opset_version=ONNX_OPSET)
+            torch.onnx.export(
+                cpu,
+                (torch.rand(2, 3, height, width),),
+                str(tmp),
+                dynamo=False,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -153,16 +164,23 @@ def quantize_onnx(src: Path, path: Path, calibration: np.ndarray, batch: int = 3
 
         def get_next(self):
             start = next(self.batches, None)
-            return None if start is None else {"images": calibration[start:start + batch]}
+            return None if start is None else {"images": calibration[start : start + batch]}
 
     tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
     pre = path.with_name(f".{path.name}.{tag}.pre.tmp")
     tmp = path.with_name(f".{path.name}.{tag}.tmp")
     try:
         quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        reduce_range=int8_weight_bits() == 7)
+        quantize_static(
+            str(pre),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            reduce_range=int8_weight_bits() == 7,
+        )
         os.replace(tmp, path)
     finally:
         pre.unlink(missing_ok=True)
@@ -196,10 +214,18 @@ class Encoder:
     (``ORIENTATIONS``).
     """
 
-    def __init__(self, backbone: str | Backbone = DEFAULT_BACKBONE, weights: str | None = None,
-                 image_size: int | None = None, batch_size: int = BATCH_SIZE, device: str | None = None,
-                 optimize: bool = True, runtime: str = DEFAULT_RUNTIME, calibration: np.ndarray | None = None,
-                 views: int = DEFAULT_VIEWS):
+    def __init__(
+        self,
+        backbone: str | Backbone = DEFAULT_BACKBONE,
+        weights: str | None = None,
+        image_size: int | None = None,
+        batch_size: int = BATCH_SIZE,
+        device: str | None = None,
+        optimize: bool = True,
+        runtime: str = DEFAULT_RUNTIME,
+        calibration: np.ndarray | None = None,
+        views: int = DEFAULT_VIEWS,
+    ):
         if runtime not in RUNTIMES:
             raise LookalikeError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
@@ -224,8 +250,9 @@ class Encoder:
             runtime = "onnx" if self.device.type == "cpu" and _onnx_available() else "torch"
         elif runtime.startswith("onnx"):
             if self.device.type != "cpu":
-                raise RuntimeUnavailable(f"runtime {runtime!r} runs on the CPU; use --runtime torch "
-                                         f"on {self.device.type}")
+                raise RuntimeUnavailable(
+                    f"runtime {runtime!r} runs on the CPU; use --runtime torch on {self.device.type}"
+                )
             if not _onnx_available():
                 raise RuntimeUnavailable(f"runtime {runtime!r} needs the onnxruntime package")
         self.runtime = runtime
@@ -240,8 +267,14 @@ class Encoder:
 
     def describe(self) -> dict:
         spec = self.model.spec
-        return dict(name=spec.name, features=spec.num_features, weights_sha256=spec.weights_sha256,
-                    image_size=self.image_size, runtime=self.runtime, views=self.views)
+        return dict(
+            name=spec.name,
+            features=spec.num_features,
+            weights_sha256=spec.weights_sha256,
+            image_size=self.image_size,
+            runtime=self.runtime,
+            views=self.views,
+        )
 
     # ------------------------------------------------------------ ONNX Runtime
     def _session(self, height: int, width: int):
@@ -258,15 +291,29 @@ class Encoder:
                 if isinstance(exc, LookalikeError):
                     raise
                 raise RuntimeUnavailable(f"runtime {self.runtime!r} failed for {self.name}: {exc}") from exc
-            warnings.warn(f"ONNX Runtime unavailable for {self.name} ({exc}); encoding with torch",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"ONNX Runtime unavailable for {self.name} ({exc}); encoding with torch",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self.runtime = "torch"
             return None
 
     def _model_path(self, height: int, width: int, kind: str, extra: str = "") -> Path:
-        key = json.dumps(dict(name=self.name, weights_sha256=self.model.spec.weights_sha256,
-                              digest=self._digest, height=height, width=width, batch="dynamic",
-                              opset=ONNX_OPSET, kind=kind, extra=extra), sort_keys=True)
+        key = json.dumps(
+            dict(
+                name=self.name,
+                weights_sha256=self.model.spec.weights_sha256,
+                digest=self._digest,
+                height=height,
+                width=width,
+                batch="dynamic",
+                opset=ONNX_OPSET,
+                kind=kind,
+                extra=extra,
+            ),
+            sort_keys=True,
+        )
         tag = hashlib.sha256(key.encode()).hexdigest()[:20]
         return onnx_dir() / f"{self.name}-{height}x{width}-{kind}-{tag}.onnx"
 
@@ -287,6 +334,7 @@ class Encoder:
             def make():
                 self._fp32_model(fp32, height, width)
                 quantize_onnx(fp32, path, calib)
+
         threads = torch.get_num_threads()
         memo = f"{path}|{threads}"
         if memo in _SESSIONS:
@@ -347,8 +395,10 @@ class Encoder:
             try:
                 images = mars_tiles(128, 128)
             except Exception as exc:
-                raise RuntimeUnavailable("runtime 'onnx-int8' is calibrated on mars_8k tiles: "
-                                         f"fetch them first (lookalike fetch mars_8k) ({exc})") from exc
+                raise RuntimeUnavailable(
+                    "runtime 'onnx-int8' is calibrated on mars_8k tiles: "
+                    f"fetch them first (lookalike fetch mars_8k) ({exc})"
+                ) from exc
         x = self._prepare(np.asarray(images)).cpu()
         if tuple(x.shape[-2:]) != (height, width):
             x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
@@ -372,11 +422,13 @@ class Encoder:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         height, width = self._input_size(images)
         if self.views > 1 and height != width:
-            raise OptionError(f"{self.views} views turn images by 90 degrees, which needs square "
-                              f"inputs, got {height}x{width}; use --views 1")
+            raise OptionError(
+                f"{self.views} views turn images by 90 degrees, which needs square "
+                f"inputs, got {height}x{width}; use --views 1"
+            )
         session = self._session(height, width) if self.runtime != "torch" and len(images) else None
         for start in range(0, len(images), self.batch_size):
-            x = self._prepare(images[start:start + self.batch_size])
+            x = self._prepare(images[start : start + self.batch_size])
             total = None
             for turns, mirror in ORIENTATIONS[self.views]:
                 view = dihedral_copy(x, turns, mirror)
@@ -385,7 +437,7 @@ class Encoder:
                 else:
                     f = self.model(view.contiguous(memory_format=torch.channels_last)).float().cpu()
                 total = f if total is None else total + f
-            out[start:start + len(x)] = (total / self.views).numpy()
+            out[start : start + len(x)] = (total / self.views).numpy()
         return out
 
     def features_stream(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -416,8 +468,13 @@ def classifier_backbone(model: ProbeClassifier) -> Backbone:
 def classifier_encoder(model: ProbeClassifier, batch_size: int = 64, runtime: str = "auto") -> Encoder:
     """The encoder whose features ``model`` classifies: its backbone (and fine-tuned tail),
     image size and test-time views."""
-    encoder = Encoder(classifier_backbone(model), image_size=model.image_size, batch_size=batch_size,
-                      runtime=runtime, views=model.views)
+    encoder = Encoder(
+        classifier_backbone(model),
+        image_size=model.image_size,
+        batch_size=batch_size,
+        runtime=runtime,
+        views=model.views,
+    )
     encoder.features_id = model.features_id()
     return encoder
 
@@ -426,5 +483,9 @@ def encoder_fits(encoder: Encoder, model: ProbeClassifier) -> bool:
     """Whether ``encoder`` gives the features ``model`` classifies."""
     if getattr(encoder, "features_id", None) == model.features_id():
         return True
-    return (not model.tail and encoder.name == model.backbone and encoder.image_size == model.image_size
-            and encoder.views == model.views)
+    return (
+        not model.tail
+        and encoder.name == model.backbone
+        and encoder.image_size == model.image_size
+        and encoder.views == model.views
+    )

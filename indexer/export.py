@@ -37,8 +37,12 @@ def footprint_geometry(lons: np.ndarray, lats: np.ndarray) -> dict:
     poly = shapely.Polygon(np.column_stack([unwrapped, lats]))
     east = poly.intersection(box(-1.0, -90.0, 180.0, 90.0))
     west = shapely.affinity.translate(poly.intersection(box(180.0, -90.0, 541.0, 90.0)), xoff=-360.0)
-    parts = [orient(p, 1.0) for g in (east, west) for p in getattr(g, "geoms", [g])
-             if not p.is_empty and p.area > 0]
+    parts = [
+        orient(p, 1.0)
+        for g in (east, west)
+        for p in getattr(g, "geoms", [g])
+        if not p.is_empty and p.area > 0
+    ]
     return mapping(shapely.MultiPolygon(parts))
 
 

@@ -86,14 +86,17 @@ def _collect(dist, threshold, n_at_threshold, k):
     return rows[:taken]
 
 
-def scan_top_k(codes: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None = None,
-               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def scan_top_k(
+    codes: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None = None, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows of ``codes`` (N, B/8 with B a multiple of 64) by Hamming distance to ``query``.
 
     Returns (rows, distances) ordered by (distance, row); rows outside ``mask`` never appear.
     """
     n, nbytes = codes.shape
-    codes64 = codes.view(np.uint64) if codes.flags.c_contiguous else np.ascontiguousarray(codes).view(np.uint64)
+    codes64 = (
+        codes.view(np.uint64) if codes.flags.c_contiguous else np.ascontiguousarray(codes).view(np.uint64)
+    )
     q64 = np.ascontiguousarray(query, dtype=np.uint8).view(np.uint64)
     bits = nbytes * 8
     parts = max(1, (threads or numba.get_num_threads()) * 4)
@@ -208,9 +211,14 @@ def _scan_batch(codes, queries, mask, use_mask, k, parts, buf_rows, buf_dist, fi
                     thresh[p, q] = t
 
 
-def scan_top_k_batch(codes: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
-                     threads: int | None = None, max_buffer_bytes: int = 1 << 28
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+def scan_top_k_batch(
+    codes: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    mask: np.ndarray | None = None,
+    threads: int | None = None,
+    max_buffer_bytes: int = 1 << 28,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-k (rows, distances) for each of ``queries`` (Q, B/8), streaming ``codes`` once.
 
     Same order and tie rule as ``scan_top_k`` (distance, then row; rows outside ``mask`` never
@@ -223,7 +231,9 @@ def scan_top_k_batch(codes: np.ndarray, queries: np.ndarray, k: int, mask: np.nd
         raise ValueError(f"queries have {queries.shape[1] * 8} bits, codes have {nbytes * 8}")
     nq = len(queries)
     bits = nbytes * 8
-    codes64 = codes.view(np.uint64) if codes.flags.c_contiguous else np.ascontiguousarray(codes).view(np.uint64)
+    codes64 = (
+        codes.view(np.uint64) if codes.flags.c_contiguous else np.ascontiguousarray(codes).view(np.uint64)
+    )
     q64 = np.ascontiguousarray(queries).view(np.uint64)
     k = int(k)
     if k <= 0 or n == 0 or nq == 0:
@@ -236,7 +246,7 @@ def scan_top_k_batch(codes: np.ndarray, queries: np.ndarray, k: int, mask: np.nd
     mask_arr = mask if use_mask else np.ones(1, np.bool_)
     out = []
     for g0 in range(0, nq, group):
-        qs = q64[g0:g0 + group]
+        qs = q64[g0 : g0 + group]
         g = len(qs)
         buf_rows = np.empty((parts, g, cap), np.int64)
         buf_dist = np.empty((parts, g, cap), np.uint16)
@@ -246,8 +256,8 @@ def scan_top_k_batch(codes: np.ndarray, queries: np.ndarray, k: int, mask: np.nd
         below = np.zeros((parts, g), np.int64)
         _scan_batch(codes64, qs, mask_arr, use_mask, k, parts, buf_rows, buf_dist, fill, hist, thresh, below)
         for q in range(g):
-            rows = np.concatenate([buf_rows[p, q, :fill[p, q]] for p in range(parts)])
-            dist = np.concatenate([buf_dist[p, q, :fill[p, q]] for p in range(parts)])
+            rows = np.concatenate([buf_rows[p, q, : fill[p, q]] for p in range(parts)])
+            dist = np.concatenate([buf_dist[p, q, : fill[p, q]] for p in range(parts)])
             order = np.lexsort((rows, dist))[:k]
             out.append((rows[order], dist[order]))
     return out

@@ -49,15 +49,17 @@ class FootprintLocator:
             return out
         for which, members, tree in self.planes:
             # a point near 180 may sit in a tile unwrapped past it
-            for shift in ((0.0, 360.0, -360.0) if which == 0 else (0.0,)):
+            for shift in (0.0, 360.0, -360.0) if which == 0 else (0.0,):
                 px, py = polar_plane(lon + shift, lat, which)
                 point_idx, tile_idx = tree.query(shapely.points(px, py), predicate="intersects")
                 if len(point_idx) == 0:
                     continue
                 tile_idx = members[tile_idx]
                 plat, plon = np.radians(lat[point_idx]), np.radians(lon[point_idx])
-                angle = -(np.sin(self.clat[tile_idx]) * np.sin(plat)
-                          + np.cos(self.clat[tile_idx]) * np.cos(plat) * np.cos(self.clon[tile_idx] - plon))
+                angle = -(
+                    np.sin(self.clat[tile_idx]) * np.sin(plat)
+                    + np.cos(self.clat[tile_idx]) * np.cos(plat) * np.cos(self.clon[tile_idx] - plon)
+                )
                 order = np.lexsort((tile_idx, angle, point_idx))
                 point_idx, tile_idx, angle = point_idx[order], tile_idx[order], angle[order]
                 first = np.r_[True, point_idx[1:] != point_idx[:-1]]

@@ -64,8 +64,14 @@ class _Failure:
         self.exc = exc
 
 
-def prefetch_chunks(items: Iterable, size: int, depth: int = 2, times: StageTimes | None = None,
-                    stage: str = "read", then: Callable[[list], Any] | None = None) -> Iterator:
+def prefetch_chunks(
+    items: Iterable,
+    size: int,
+    depth: int = 2,
+    times: StageTimes | None = None,
+    stage: str = "read",
+    then: Callable[[list], Any] | None = None,
+) -> Iterator:
     """Lists of ``size`` items (the last one shorter) from ``items``, made on a background thread
     up to ``depth`` chunks ahead of the caller. The time spent making them goes to ``stage``.
     With ``then``, the caller receives ``then(chunk)``, also computed on the background thread.

@@ -76,8 +76,11 @@ def save(slot: dict, key: dict, arrays: dict[str, np.ndarray]) -> None:
         tmp.mkdir(parents=True)
         for name, array in arrays.items():
             save_npy(tmp / f"{name}.npy", np.ascontiguousarray(array))
-        meta = dict(key=_canonical(key), slot=slot,
-                    arrays={name: [list(a.shape), a.dtype.str] for name, a in arrays.items()})
+        meta = dict(
+            key=_canonical(key),
+            slot=slot,
+            arrays={name: [list(a.shape), a.dtype.str] for name, a in arrays.items()},
+        )
         (tmp / META).write_text(json.dumps(meta, sort_keys=True, default=str))
         for path in tmp.iterdir():
             with open(path, "rb") as fh:

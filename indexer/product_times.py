@@ -21,8 +21,9 @@ from lookalike.data.times import utc_timestamp
 from lookalike.errors import LookalikeError, OptionError, SourceError
 
 # m_QQQQQQQ_QQ_ZZ_R_YYYYMMDD[_...]: quarter quad, UTM zone, resolution, then the acquisition date
-NAIP_NAME = re.compile(r"(?<![a-z0-9])m_\d{7}_(?:ne|nw|se|sw)_\d{1,2}_\d{1,3}_(\d{8})(?![a-z0-9])",
-                       re.IGNORECASE)
+NAIP_NAME = re.compile(
+    r"(?<![a-z0-9])m_\d{7}_(?:ne|nw|se|sw)_\d{1,2}_\d{1,3}_(\d{8})(?![a-z0-9])", re.IGNORECASE
+)
 # HiRISE observation ids: mission phase, orbit number, target code (latitude code)
 HIRISE_ID = re.compile(r"(?<![A-Z0-9])((?:ESP|PSP|AEB|TRA|INT|CAL|TRB)_\d{6}_\d{4})(?!\d)")
 
@@ -72,8 +73,11 @@ def time_from_name(name: str, pattern: str) -> pd.Timestamp | None:
     match = regex.search(Path(name).name)
     if match is None:
         return None
-    text = match.group("time") if "time" in regex.groupindex else (
-        match.group(1) if regex.groups else match.group(0))
+    text = (
+        match.group("time")
+        if "time" in regex.groupindex
+        else (match.group(1) if regex.groups else match.group(0))
+    )
     return utc_timestamp(text, f"time in the name {Path(name).name}", OptionError)
 
 
@@ -87,7 +91,10 @@ def read_sidecar_times(csv: str | Path) -> dict[str, pd.Timestamp]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SourceError(f"times CSV {path} cannot be parsed ({exc})") from None
     if not {"source", "time"} <= set(table.columns):
-        raise SourceError(f"times CSV {path} needs the columns source,time (it has "
-                          f"{', '.join(table.columns) or 'none'})")
-    return {Path(row.source).name: utc_timestamp(row.time, f"time of {row.source} in {path}", SourceError)
-            for row in table.itertuples()}
+        raise SourceError(
+            f"times CSV {path} needs the columns source,time (it has {', '.join(table.columns) or 'none'})"
+        )
+    return {
+        Path(row.source).name: utc_timestamp(row.time, f"time of {row.source} in {path}", SourceError)
+        for row in table.itertuples()
+    }

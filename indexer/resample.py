@@ -36,8 +36,9 @@ def control_positions(n: int, step: int) -> np.ndarray:
     return positions
 
 
-def control_grid(to_source, width: int, height: int, step: int) -> tuple[np.ndarray, np.ndarray,
-                                                                         np.ndarray, np.ndarray]:
+def control_grid(
+    to_source, width: int, height: int, step: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source pixel positions at the control points of a ``width`` x ``height`` output.
 
     ``to_source(cols, rows)`` maps output pixel centres (given as float pixel indices + 0.5) to
@@ -51,8 +52,7 @@ def control_grid(to_source, width: int, height: int, step: int) -> tuple[np.ndar
     return gx, gy, np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
 
 
-def _rebased(u: np.ndarray, period: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                         np.ndarray]:
+def _rebased(u: np.ndarray, period: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The four corners of every control cell, the last three moved by whole periods next to
     the first (a source that wraps around the body has a seam the grid may cross)."""
     c00, c01, c10, c11 = u[:-1, :-1], u[:-1, 1:], u[1:, :-1], u[1:, 1:]
@@ -65,8 +65,9 @@ def _wrapped(d: np.ndarray, period: float) -> np.ndarray:
     return d - period * np.round(d / period)
 
 
-def grid_error(to_source, gx: np.ndarray, gy: np.ndarray, u: np.ndarray, v: np.ndarray,
-               period: float | None = None) -> float:
+def grid_error(
+    to_source, gx: np.ndarray, gy: np.ndarray, u: np.ndarray, v: np.ndarray, period: float | None = None
+) -> float:
     """Largest distance (source pixels) between the exact source position and the grid's
     interpolation, at the middle of every control cell; infinite where PROJ gave no position.
     ``period``: the source's width in columns when it wraps around the body."""
@@ -84,8 +85,9 @@ def grid_error(to_source, gx: np.ndarray, gy: np.ndarray, u: np.ndarray, v: np.n
     return float(error.max()) if np.isfinite(error).all() else math.inf
 
 
-def cell_scales(gx: np.ndarray, gy: np.ndarray, u: np.ndarray, v: np.ndarray,
-                period: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cell_scales(
+    gx: np.ndarray, gy: np.ndarray, u: np.ndarray, v: np.ndarray, period: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale (source pixels per output pixel) along each source axis, columns and rows, in every
     control cell (shape (max(1, rows - 1), max(1, columns - 1))): the radius of an output
     pixel's footprint in the source."""
@@ -152,8 +154,13 @@ def _bilinear(image, su, sv, half, out, out_valid, i, j):
     uc, ur = np.uint64(c), np.uint64(r)
     uc1, ur1 = np.uint64(c + 1), np.uint64(r + 1)
     for b in range(3):
-        out[i, j, b] = (w00 * image[b, ur, uc] + w01 * image[b, ur, uc1]
-                        + w10 * image[b, ur1, uc] + w11 * image[b, ur1, uc1] + half)
+        out[i, j, b] = (
+            w00 * image[b, ur, uc]
+            + w01 * image[b, ur, uc1]
+            + w10 * image[b, ur1, uc]
+            + w11 * image[b, ur1, uc1]
+            + half
+        )
     out_valid[i, j] = True
     return True
 
@@ -233,9 +240,18 @@ def _resample(image, mask, use_mask, gx, gy, u, v, radius_u, radius_v, wrap, hal
             out_valid[i, j] = total > 0.0 and kept >= 0.5 * total
 
 
-def resample(image: np.ndarray, mask: np.ndarray | None, gx: np.ndarray, gy: np.ndarray,
-             u: np.ndarray, v: np.ndarray, width: int, height: int, wrap: bool = False,
-             spans: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def resample(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    width: int,
+    height: int,
+    wrap: bool = False,
+    spans: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Resample a three-band ``image`` (3, h, w) into a ``width`` x ``height`` output through a
     control grid.
 
@@ -269,10 +285,22 @@ def resample(image: np.ndarray, mask: np.ndarray | None, gx: np.ndarray, gy: np.
     if image.dtype.kind == "i":  # signed: round in floating point, where negatives round right
         out = np.zeros((height, width, 3), dtype=np.float64)
     scale_u, scale_v = cell_scales(gx, gy, u, v, image.shape[2] if wrap else None)
-    _resample(image, mask, use_mask,  # a view of a larger image is read in place, not copied
-              np.ascontiguousarray(gx, dtype=np.int64), np.ascontiguousarray(gy, dtype=np.int64),
-              np.ascontiguousarray(u, dtype=np.float64), np.ascontiguousarray(v, dtype=np.float64),
-              np.maximum(scale_u, 1.0), np.maximum(scale_v, 1.0), bool(wrap), half, spans, out, valid)
+    _resample(
+        image,
+        mask,
+        use_mask,  # a view of a larger image is read in place, not copied
+        np.ascontiguousarray(gx, dtype=np.int64),
+        np.ascontiguousarray(gy, dtype=np.int64),
+        np.ascontiguousarray(u, dtype=np.float64),
+        np.ascontiguousarray(v, dtype=np.float64),
+        np.maximum(scale_u, 1.0),
+        np.maximum(scale_v, 1.0),
+        bool(wrap),
+        half,
+        spans,
+        out,
+        valid,
+    )
     if out.dtype != image.dtype:
         out = np.rint(out).astype(image.dtype)
     return out, valid

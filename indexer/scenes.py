@@ -26,14 +26,12 @@ class RasterScene:
     invalid.
     """
 
-    def __init__(self, source, window: tuple[int, int, int, int] | None = None,
-                 band: int | None = None):
+    def __init__(self, source, window: tuple[int, int, int, int] | None = None, band: int | None = None):
         meta = source._meta  # the raster's georeferencing, overrides (crs, bounds) applied
         self.source = source
         self.src = source._open()
         count = int(meta["count"])
-        alpha = next((i + 1 for i, c in enumerate(self.src.colorinterp)
-                      if c.name == "alpha"), None)
+        alpha = next((i + 1 for i, c in enumerate(self.src.colorinterp) if c.name == "alpha"), None)
         if band is not None:
             if not 1 <= band <= count:
                 self.close()
@@ -45,17 +43,21 @@ class RasterScene:
             self.bands, self.alpha = (1, 2, 3), (4 if count == 4 else alpha)
         else:
             self.close()
-            raise SourceError(f"{source.path} has {count} bands; landmarks need a grayscale (1), "
-                              "grey + alpha (2), RGB (3) or RGBA (4) raster, or a band to use "
-                              "(CLI: --band B)")
+            raise SourceError(
+                f"{source.path} has {count} bands; landmarks need a grayscale (1), "
+                "grey + alpha (2), RGB (3) or RGBA (4) raster, or a band to use "
+                "(CLI: --band B)"
+            )
         height, width = self.src.height, self.src.width
         if window is None:
             window = (0, 0, width, height)
         x0, y0, x1, y1 = (int(v) for v in window)
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             self.close()
-            raise SourceError(f"window {x0},{y0},{x1},{y1} is not inside the raster {source.path} "
-                              f"({width} x {height} pixels; give x0,y0,x1,y1 with x0 < x1, y0 < y1)")
+            raise SourceError(
+                f"window {x0},{y0},{x1},{y1} is not inside the raster {source.path} "
+                f"({width} x {height} pixels; give x0,y0,x1,y1 with x0 < x1, y0 < y1)"
+            )
         self.offset = (x0, y0)
         self.raster_shape = (height, width)
         self.shape = (y1 - y0, x1 - x0)
@@ -82,8 +84,9 @@ class RasterScene:
         scale = max(1, max(h, w) // 1024)
         win = Window(ox, oy, w, h)
         shape = (max(1, h // scale), max(1, w // scale))
-        data = self.src.read(list(self.bands), window=win, out_shape=(len(self.bands),) + shape,
-                             masked=True).astype(np.float64)
+        data = self.src.read(
+            list(self.bands), window=win, out_shape=(len(self.bands),) + shape, masked=True
+        ).astype(np.float64)
         gray = _luminance(data.filled(np.nan))
         vals = gray[np.isfinite(gray)]
         if not vals.size:
@@ -125,24 +128,32 @@ def _luminance(bands: np.ndarray) -> np.ndarray:
     return out
 
 
-def open_scene(ref: str | Path, *, name: str | None = None, crs: str | None = None,
-               bounds: tuple[float, float, float, float] | None = None, time: str | None = None):
+def open_scene(
+    ref: str | Path,
+    *,
+    name: str | None = None,
+    crs: str | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    time: str | None = None,
+):
     """A ``RasterSource`` for a file path or a registered mosaic name (``mars_8k``)."""
 
     ref = str(ref)
     if ref in DATASETS and not Path(ref).exists():
         ds = DATASETS[ref]
-        return RasterSource(fetch(ref), name=name or ref, crs=crs or ds.crs,
-                            bounds=bounds or ds.bounds, time=time)
+        return RasterSource(
+            fetch(ref), name=name or ref, crs=crs or ds.crs, bounds=bounds or ds.bounds, time=time
+        )
     if not Path(ref).exists():
-        raise SourceError(f"raster {ref} does not exist (give a GeoTIFF/COG or a registered "
-                          f"mosaic: {', '.join(sorted(DATASETS))})")
+        raise SourceError(
+            f"raster {ref} does not exist (give a GeoTIFF/COG or a registered "
+            f"mosaic: {', '.join(sorted(DATASETS))})"
+        )
     return RasterSource(ref, name=name, crs=crs, bounds=bounds, time=time)
 
 
 # ------------------------------------------------------------------ geography
-def pixel_boxes_to_lonlat(boxes: np.ndarray, transform, crs, geographic,
-                          densify: int = 8) -> np.ndarray:
+def pixel_boxes_to_lonlat(boxes: np.ndarray, transform, crs, geographic, densify: int = 8) -> np.ndarray:
     """Pixel boxes (M, >=4) -> (M, 6) lon_min, lat_min, lon_max, lat_max, lon, lat.
 
     Each box's outline (densified, for projected CRSs) goes through the raster's transform and
@@ -154,16 +165,30 @@ def pixel_boxes_to_lonlat(boxes: np.ndarray, transform, crs, geographic,
     out = np.zeros((len(boxes), 6))
     if not len(boxes):
         return out
-    to_geo = pyproj.Transformer.from_crs(pyproj.CRS(crs.to_wkt() if hasattr(crs, "to_wkt") else crs),
-                                         geographic, always_xy=True)
-    sign = -1.0 if geographic.axis_info and any(
-        a.direction == "west" for a in geographic.axis_info) else 1.0
+    to_geo = pyproj.Transformer.from_crs(
+        pyproj.CRS(crs.to_wkt() if hasattr(crs, "to_wkt") else crs), geographic, always_xy=True
+    )
+    sign = -1.0 if geographic.axis_info and any(a.direction == "west" for a in geographic.axis_info) else 1.0
     t = np.linspace(0.0, 1.0, densify + 1)
     for i, (x0, y0, x1, y1) in enumerate(boxes[:, :4]):
-        px = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t,
-                             np.full_like(t, x0), [(x0 + x1) / 2.0]])
-        py = np.concatenate([np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1),
-                             y1 - (y1 - y0) * t, [(y0 + y1) / 2.0]])
+        px = np.concatenate(
+            [
+                x0 + (x1 - x0) * t,
+                np.full_like(t, x1),
+                x1 - (x1 - x0) * t,
+                np.full_like(t, x0),
+                [(x0 + x1) / 2.0],
+            ]
+        )
+        py = np.concatenate(
+            [
+                np.full_like(t, y0),
+                y0 + (y1 - y0) * t,
+                np.full_like(t, y1),
+                y1 - (y1 - y0) * t,
+                [(y0 + y1) / 2.0],
+            ]
+        )
         xs, ys = transform * (px, py)
         lon, lat = to_geo.transform(np.asarray(xs), np.asarray(ys))
         lon = sign * np.asarray(lon, float)
@@ -171,8 +196,14 @@ def pixel_boxes_to_lonlat(boxes: np.ndarray, transform, crs, geographic,
         centre = ((lon[-1] + 180.0) % 360.0) - 180.0
         delta = ((lon[:-1] - centre + 180.0) % 360.0) - 180.0  # unwrapped about the centre
         lo, hi = centre + delta.min(), centre + delta.max()
-        out[i] = (lo + 360.0 if lo < -180.0 else lo, lat[:-1].min(),
-                  hi - 360.0 if hi > 180.0 else hi, lat[:-1].max(), centre, lat[-1])
+        out[i] = (
+            lo + 360.0 if lo < -180.0 else lo,
+            lat[:-1].min(),
+            hi - 360.0 if hi > 180.0 else hi,
+            lat[:-1].max(),
+            centre,
+            lat[-1],
+        )
     return out
 
 

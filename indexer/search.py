@@ -20,14 +20,14 @@ import shapely.errors
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from lookalike.data.times import utc_timestamp
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
-from lookalike.data.times import utc_timestamp
 from lookalike.indexer.bbox import in_bbox
 from lookalike.indexer.catalogue import landmark_mask
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
+from lookalike.indexer.image_folders import load_image
 from lookalike.indexer.locate import FootprintLocator
-from lookalike.indexer.sources import load_image
 from lookalike.indexer.store import Index
 from lookalike.indexer.tiling import Zone
 from lookalike.models.hashing import load_hash_model
@@ -41,15 +41,17 @@ def hamming_distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Hamming distance from one packed ``query`` (B/8,) to every row of ``codes`` (N, B/8)."""
     codes, query = np.asarray(codes), np.asarray(query, dtype=np.uint8).ravel()
     if codes.ndim != 2 or codes.shape[1] != query.shape[0]:
-        raise CodeLengthError(f"query has {query.shape[0] * 8} bits, codes have "
-                              f"{codes.shape[1] * 8 if codes.ndim == 2 else '?'}")
+        raise CodeLengthError(
+            f"query has {query.shape[0] * 8} bits, codes have "
+            f"{codes.shape[1] * 8 if codes.ndim == 2 else '?'}"
+        )
     out = np.empty(len(codes), dtype=np.uint16)
     words = 8 if codes.shape[1] % 8 == 0 else 1
     q = query.view(np.uint64) if words == 8 else query
     for start in range(0, len(codes), SCAN_ROWS):
-        block = np.ascontiguousarray(codes[start:start + SCAN_ROWS])
+        block = np.ascontiguousarray(codes[start : start + SCAN_ROWS])
         block = block.view(np.uint64) if words == 8 else block
-        out[start:start + len(block)] = np.bitwise_count(block ^ q).sum(axis=1, dtype=np.uint16)
+        out[start : start + len(block)] = np.bitwise_count(block ^ q).sum(axis=1, dtype=np.uint16)
     return out
 
 
@@ -76,8 +78,9 @@ def top_k(distances: np.ndarray, k: int, rows: np.ndarray | None = None) -> tupl
     return rows[pick].astype(np.int64), distances[pick]
 
 
-def combine_examples(positives: np.ndarray, negatives: np.ndarray | None = None,
-                     negative_weight: float = 0.5) -> np.ndarray:
+def combine_examples(
+    positives: np.ndarray, negatives: np.ndarray | None = None, negative_weight: float = 0.5
+) -> np.ndarray:
     """One query code from several positive and negative example codes (packed uint8).
 
     Each bit votes: every positive adds +1 where it has the bit set and -1 where not; every
@@ -120,8 +123,15 @@ class Filters:
     min_landmarks: int = 1
 
     def is_empty(self) -> bool:
-        return not (self.zones or self.sources or self.time_range or self.bbox
-                    or self.region is not None or self.labels or self.landmark_classes)
+        return not (
+            self.zones
+            or self.sources
+            or self.time_range
+            or self.bbox
+            or self.region is not None
+            or self.labels
+            or self.landmark_classes
+        )
 
     def without_landmarks(self) -> Filters:
         """The same filters less the landmark condition (what a class facet counts within)."""
@@ -132,10 +142,17 @@ class Filters:
         if region is not None and not isinstance(region, dict):
             region = shapely.geometry.mapping(_as_geometry(region))
         time_range = None if not self.time_range else [None if t is None else str(t) for t in self.time_range]
-        return dict(zones=self.zones, sources=self.sources, time_range=time_range,
-                    bbox=list(self.bbox) if self.bbox else None, region=region, labels=self.labels,
-                    landmark_classes=self.landmark_classes, min_confidence=self.min_confidence,
-                    min_landmarks=self.min_landmarks)
+        return dict(
+            zones=self.zones,
+            sources=self.sources,
+            time_range=time_range,
+            bbox=list(self.bbox) if self.bbox else None,
+            region=region,
+            labels=self.labels,
+            landmark_classes=self.landmark_classes,
+            min_confidence=self.min_confidence,
+            min_landmarks=self.min_landmarks,
+        )
 
 
 def _as_geometry(region) -> BaseGeometry:
@@ -148,14 +165,14 @@ def _as_geometry(region) -> BaseGeometry:
             return shape(region.get("geometry", region))
         if isinstance(region, str):
             return shapely.from_wkt(region)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError,
-            shapely.errors.ShapelyError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, shapely.errors.ShapelyError) as exc:
         raise LookalikeError(f"the search region is not a valid GeoJSON geometry or WKT ({exc!r})") from None
     raise LookalikeError(f"cannot use {type(region).__name__} as a search region")
 
 
-def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
-                landmarks: pd.DataFrame | None = None) -> np.ndarray | None:
+def filter_mask(
+    tiles: pd.DataFrame, filters: Filters | None, landmarks: pd.DataFrame | None = None
+) -> np.ndarray | None:
     """Boolean mask of tiles passing ``filters``; None when nothing is filtered.
 
     ``landmarks`` is the index's landmark catalogue, needed only for ``landmark_classes``.
@@ -164,8 +181,9 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         return None
     mask = np.ones(len(tiles), dtype=bool)
     if filters.landmark_classes:
-        mask &= landmark_mask(tiles, landmarks, list(filters.landmark_classes),
-                              filters.min_confidence, filters.min_landmarks)
+        mask &= landmark_mask(
+            tiles, landmarks, list(filters.landmark_classes), filters.min_confidence, filters.min_landmarks
+        )
     if filters.zones:
         wanted = {Zone.parse(z).label for z in filters.zones}
         mask &= tiles["zone"].isin(wanted).to_numpy()
@@ -194,15 +212,17 @@ def filter_mask(tiles: pd.DataFrame, filters: Filters | None,
         if not np.isfinite(shapely.get_coordinates(geometry)).all():
             raise LookalikeError("the search region has coordinates that are not finite numbers")
         try:
-            mask &= (shapely.contains_xy(geometry, lon, lat)
-                     | shapely.intersects_xy(geometry.boundary, lon, lat))
+            mask &= shapely.contains_xy(geometry, lon, lat) | shapely.intersects_xy(
+                geometry.boundary, lon, lat
+            )
         except shapely.errors.ShapelyError as exc:  # e.g. coordinates too large for GEOS's arithmetic
             raise LookalikeError(f"the search region cannot be used ({exc})") from None
     return mask
 
 
-def ranked_rows(codes: np.ndarray, code: np.ndarray, k: int,
-                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def ranked_rows(
+    codes: np.ndarray, code: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (rows, distances) of ``codes`` for one packed ``code``, only rows in ``mask``.
 
     Codes of a multiple of 64 bits go through the parallel one-pass scan
@@ -216,8 +236,9 @@ def ranked_rows(codes: np.ndarray, code: np.ndarray, k: int,
     return top_k(hamming_distances(codes[candidates], code), k, rows=candidates)
 
 
-def ranked_rows_batch(codes: np.ndarray, queries: np.ndarray, k: int,
-                      mask: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def ranked_rows_batch(
+    codes: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """``ranked_rows`` for each of ``queries`` (Q, B/8); multiples of 64 bits read the codes once
     for all of them (``scan_top_k_batch``)."""
     queries = np.atleast_2d(np.asarray(queries, np.uint8))
@@ -242,8 +263,13 @@ def choose_method(index: Index, k: int, mask: np.ndarray | None, method: str = "
     if method != "auto":
         return method
     calibration = (index.ann_info or {}).get("calibration")
-    if (not calibration or not calibration["meets_bar"] or calibration["speedup"] <= 1.0
-            or k > calibration["k"] or (mask is not None and mask.mean() < AUTO_MIN_KEPT)):
+    if (
+        not calibration
+        or not calibration["meets_bar"]
+        or calibration["speedup"] <= 1.0
+        or k > calibration["k"]
+        or (mask is not None and mask.mean() < AUTO_MIN_KEPT)
+    ):
         return "exact"
     return index.ann_info["method"]
 
@@ -259,14 +285,16 @@ def approximate_index(index: Index, method: str) -> tuple[BinaryANN, dict]:
     cache = index.__dict__.setdefault("_approximate", {})
     if method not in cache:
         if index.bits % 64:
-            raise LookalikeError(f"approximate search needs codes of a multiple of 64 bits, this index has "
-                                 f"{index.bits}")
+            raise LookalikeError(
+                f"approximate search needs codes of a multiple of 64 bits, this index has {index.bits}"
+            )
         cache[method] = build_ann(np.asarray(index.codes), method, progress=True)
     return cache[method], {}
 
 
-def ranked_rows_index(index: Index, code: np.ndarray, k: int, mask: np.ndarray | None = None,
-                      method: str = "exact") -> tuple[np.ndarray, np.ndarray]:
+def ranked_rows_index(
+    index: Index, code: np.ndarray, k: int, mask: np.ndarray | None = None, method: str = "exact"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (rows, distances) of an index by ``method`` (see ``choose_method``)."""
     chosen = choose_method(index, k, mask, method)
     if chosen == "exact":
@@ -294,8 +322,13 @@ class Query:
 
     def check(self) -> None:
         """Refuse a query that is not exactly one kind."""
-        kinds = [self.tile_id is not None, self.lonlat is not None, self.image is not None,
-                 self.code is not None, bool(self.positives)]
+        kinds = [
+            self.tile_id is not None,
+            self.lonlat is not None,
+            self.image is not None,
+            self.code is not None,
+            bool(self.positives),
+        ]
         if sum(kinds) != 1:
             raise LookalikeError("give exactly one of: tile id, lon/lat, image, code, or positive examples")
 
@@ -335,16 +368,19 @@ def query_row(index: Index, query: Query) -> int | None:
     return None
 
 
-def query_tile_first(rows: np.ndarray, dist: np.ndarray, row: int | None, k: int,
-                     mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def query_tile_first(
+    rows: np.ndarray, dist: np.ndarray, row: int | None, k: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rank the query's own tile first. It is at distance 0 from itself, but so may be other
     tiles (repeated terrain, blank sea), and ties go by row order: the clicked tile could come
     anywhere among them, or past k. A tile the filter removes is not brought back."""
     if row is None or (mask is not None and not mask[row]):
         return rows, dist
     others = rows != row
-    return (np.concatenate([np.array([row], rows.dtype), rows[others]])[:k],
-            np.concatenate([np.zeros(1, dist.dtype), dist[others]])[:k])
+    return (
+        np.concatenate([np.array([row], rows.dtype), rows[others]])[:k],
+        np.concatenate([np.zeros(1, dist.dtype), dist[others]])[:k],
+    )
 
 
 def query_code(index: Index, query: Query, encoder=None) -> np.ndarray:
@@ -367,10 +403,15 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     """Encode a picture with the index's own backbone and hash model."""
 
     backbone = index.manifest.get("backbone")
-    if not isinstance(backbone, dict) or not {"name", "weights_sha256"} <= set(backbone) \
-            or index.hash_model_path is None:
-        raise LookalikeError(f"the index {index.path} records no backbone or hash model, so it "
-                             "cannot encode an image query; query it by tile id")
+    if (
+        not isinstance(backbone, dict)
+        or not {"name", "weights_sha256"} <= set(backbone)
+        or index.hash_model_path is None
+    ):
+        raise LookalikeError(
+            f"the index {index.path} records no backbone or hash model, so it "
+            "cannot encode an image query; query it by tile id"
+        )
     try:
         size = int(backbone.get("image_size") or index.manifest.get("tiling", {}).get("size", 128))
     except (AttributeError, TypeError, ValueError):
@@ -387,8 +428,14 @@ def encode_image_like_index(index: Index, image: str | Path, encoder=None) -> np
     return load_hash_model(index.hash_model_path).encode(features)[0]
 
 
-def search_index(index: Index, query: Query | np.ndarray, k: int = 1000, filters: Filters | None = None,
-                 encoder=None, method: str = "auto") -> pd.DataFrame:
+def search_index(
+    index: Index,
+    query: Query | np.ndarray,
+    k: int = 1000,
+    filters: Filters | None = None,
+    encoder=None,
+    method: str = "auto",
+) -> pd.DataFrame:
     """Top-``k`` tiles by Hamming distance, after filters: the tile rows plus rank and distance.
 
     ``method``: 'exact' (the scan), one of ``indexer.ann.ANN_METHODS`` (approximate: 'hnsw',
@@ -397,8 +444,9 @@ def search_index(index: Index, query: Query | np.ndarray, k: int = 1000, filters
     """
     check_k(k)
     index.check_unchanged()
-    code = check_code_length(query_code(index, query, encoder) if isinstance(query, Query) else query,
-                             index.bits)
+    code = check_code_length(
+        query_code(index, query, encoder) if isinstance(query, Query) else query, index.bits
+    )
     mask = filter_mask(index.tiles, filters, index.landmarks)
     chosen = choose_method(index, k, mask, method)
     rows, dist = ranked_rows_index(index, code, k, mask, chosen)
@@ -409,15 +457,22 @@ def search_index(index: Index, query: Query | np.ndarray, k: int = 1000, filters
     return hits
 
 
-def search_index_batch(index: Index, queries: list[Query | np.ndarray] | np.ndarray, k: int = 1000,
-                       filters: Filters | None = None, encoder=None,
-                       method: str = "auto") -> list[pd.DataFrame]:
+def search_index_batch(
+    index: Index,
+    queries: list[Query | np.ndarray] | np.ndarray,
+    k: int = 1000,
+    filters: Filters | None = None,
+    encoder=None,
+    method: str = "auto",
+) -> list[pd.DataFrame]:
     """``search_index`` for several queries with the same filters; the exact path reads the codes
     once for all of them."""
     check_k(k)
     index.check_unchanged()
-    codes = [check_code_length(query_code(index, q, encoder) if isinstance(q, Query) else q, index.bits)
-             for q in queries]
+    codes = [
+        check_code_length(query_code(index, q, encoder) if isinstance(q, Query) else q, index.bits)
+        for q in queries
+    ]
     if not codes:
         return []
     mask = filter_mask(index.tiles, filters, index.landmarks)
@@ -426,8 +481,9 @@ def search_index_batch(index: Index, queries: list[Query | np.ndarray] | np.ndar
     else:
         ranked = [ranked_rows_index(index, code, k, mask, method) for code in codes]
     own = [query_row(index, q) if isinstance(q, Query) else None for q in queries]
-    return [_hits(index, *query_tile_first(rows, dist, row, k, mask))
-            for (rows, dist), row in zip(ranked, own)]
+    return [
+        _hits(index, *query_tile_first(rows, dist, row, k, mask)) for (rows, dist), row in zip(ranked, own)
+    ]
 
 
 def _hits(index: Index, rows: np.ndarray, dist: np.ndarray) -> pd.DataFrame:

@@ -28,8 +28,16 @@ def _body_sha256(body: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_shards(out: str | Path, codes: np.ndarray, tiles: pd.DataFrame, n_shards: int, *,
-                 bits: int, hash_model: bytes, info: dict | None = None) -> Path:
+def write_shards(
+    out: str | Path,
+    codes: np.ndarray,
+    tiles: pd.DataFrame,
+    n_shards: int,
+    *,
+    bits: int,
+    hash_model: bytes,
+    info: dict | None = None,
+) -> Path:
     """Split an index into ``n_shards`` ordinary index directories of contiguous rows
     (``shard-000``, ...) and commit them with a checksummed ``shards.json`` written last."""
     out = Path(out)
@@ -44,13 +52,23 @@ def write_shards(out: str | Path, codes: np.ndarray, tiles: pd.DataFrame, n_shar
     entries = []
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         path = out / f"shard-{i:03d}"
-        write_index(path, codes[lo:hi], tiles.iloc[lo:hi].reset_index(drop=True), bits=bits,
-                    hash_model=hash_model,
-                    info=dict(info or {}, shard=dict(index=i, of=n_shards, offset=int(lo))))
-        entries.append(dict(path=path.name, offset=int(lo), count=int(hi - lo),
-                            manifest_sha256=sha256_file(path / MANIFEST)))
-    body = dict(format=SHARD_FORMAT, format_version=1, bits=int(bits), count=int(len(codes)),
-                shards=entries)
+        write_index(
+            path,
+            codes[lo:hi],
+            tiles.iloc[lo:hi].reset_index(drop=True),
+            bits=bits,
+            hash_model=hash_model,
+            info=dict(info or {}, shard=dict(index=i, of=n_shards, offset=int(lo))),
+        )
+        entries.append(
+            dict(
+                path=path.name,
+                offset=int(lo),
+                count=int(hi - lo),
+                manifest_sha256=sha256_file(path / MANIFEST),
+            )
+        )
+    body = dict(format=SHARD_FORMAT, format_version=1, bits=int(bits), count=int(len(codes)), shards=entries)
     body["sha256"] = _body_sha256(body)
     atomic_write_bytes(out / SHARD_MANIFEST, json.dumps(body, indent=2).encode())
     return out
@@ -63,8 +81,8 @@ def is_sharded(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class Shard:
-    path: str          # an index directory, as the workers see it
-    offset: int        # global row of its first tile
+    path: str  # an index directory, as the workers see it
+    offset: int  # global row of its first tile
     count: int
     manifest_sha256: str
 
@@ -80,8 +98,10 @@ def read_shards(path: str | Path) -> tuple[list[Shard], int]:
         body = json.loads(mpath.read_text())
         if body.get("format") != SHARD_FORMAT or body.get("sha256") != _body_sha256(body):
             raise IndexCorruptError(f"{mpath} fails its checksum or is not a shard manifest")
-        shards = [Shard(str(mpath.parent / e["path"]), int(e["offset"]), int(e["count"]),
-                        str(e["manifest_sha256"])) for e in body["shards"]]
+        shards = [
+            Shard(str(mpath.parent / e["path"]), int(e["offset"]), int(e["count"]), str(e["manifest_sha256"]))
+            for e in body["shards"]
+        ]
         bits = int(body["bits"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise IndexCorruptError(f"{mpath} is not a valid shard manifest ({exc!r})") from None
@@ -98,8 +118,7 @@ def shards_of_dirs(dirs: list[str | Path]) -> tuple[list[Shard], int]:
     shards, offset, bits = [], 0, set()
     for d in dirs:
         m = read_manifest(d)
-        shards.append(Shard(str(Path(d)), offset, int(m["count"]),
-                            sha256_file(Path(d) / MANIFEST)))
+        shards.append(Shard(str(Path(d)), offset, int(m["count"]), sha256_file(Path(d) / MANIFEST)))
         offset += int(m["count"])
         bits.add(int(m["bits"]))
     if len(bits) != 1:

@@ -17,8 +17,15 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from lookalike.errors import SourceError
 
-_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
-               "int32": "Int32", "float32": "Float32", "float64": "Float64"}
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
 
 
 def _band_file(path: str) -> dict:
@@ -26,26 +33,40 @@ def _band_file(path: str) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                return dict(path=str(Path(path).resolve()), width=src.width, height=src.height,
-                            crs=src.crs, bounds=src.bounds, transform=src.transform,
-                            dtype=src.dtypes[0], nodata=src.nodata, count=src.count)
+                return dict(
+                    path=str(Path(path).resolve()),
+                    width=src.width,
+                    height=src.height,
+                    crs=src.crs,
+                    bounds=src.bounds,
+                    transform=src.transform,
+                    dtype=src.dtypes[0],
+                    nodata=src.nodata,
+                    count=src.count,
+                )
     except (RasterioError, OSError) as exc:
         raise SourceError(f"cannot read band file {path}: {exc}") from None
 
 
 def _check_same_ground(first: dict, other: dict) -> None:
     if first["crs"] != other["crs"]:
-        raise SourceError(f"band files of one stack must share a CRS: {Path(first['path']).name} is in "
-                          f"{first['crs']}, {Path(other['path']).name} in {other['crs']}")
+        raise SourceError(
+            f"band files of one stack must share a CRS: {Path(first['path']).name} is in "
+            f"{first['crs']}, {Path(other['path']).name} in {other['crs']}"
+        )
     tolerance = max(abs(first["transform"].a), abs(other["transform"].a))  # one coarse pixel
     off = max(abs(a - b) for a, b in zip(first["bounds"], other["bounds"]))
     if off > tolerance:
-        raise SourceError(f"band files of one stack must cover the same ground: "
-                          f"{Path(other['path']).name} is {off:g} CRS units off "
-                          f"{Path(first['path']).name}")
+        raise SourceError(
+            f"band files of one stack must cover the same ground: "
+            f"{Path(other['path']).name} is {off:g} CRS units off "
+            f"{Path(first['path']).name}"
+        )
     if other["dtype"] != first["dtype"]:
-        raise SourceError(f"band files of one stack must share a data type: {Path(first['path']).name} "
-                          f"holds {first['dtype']}, {Path(other['path']).name} {other['dtype']}")
+        raise SourceError(
+            f"band files of one stack must share a data type: {Path(first['path']).name} "
+            f"holds {first['dtype']}, {Path(other['path']).name} {other['dtype']}"
+        )
 
 
 def stack_vrt(paths: list[str] | tuple[str, ...]) -> str:
@@ -65,14 +86,17 @@ def stack_vrt(paths: list[str] | tuple[str, ...]) -> str:
         bands.append(
             f'<VRTRasterBand dataType="{gdal_type}" band="{i}">{nodata}'
             f'<SimpleSource resampling="bilinear"><SourceFilename relativeToVRT="0">{escape(f["path"])}'
-            f'</SourceFilename><SourceBand>1</SourceBand>'
+            f"</SourceFilename><SourceBand>1</SourceBand>"
             f'<SrcRect xOff="0" yOff="0" xSize="{f["width"]}" ySize="{f["height"]}"/>'
             f'<DstRect xOff="0" yOff="0" xSize="{first["width"]}" ySize="{first["height"]}"/>'
-            f'</SimpleSource></VRTRasterBand>')
+            f"</SimpleSource></VRTRasterBand>"
+        )
     crs = "" if first["crs"] is None else f"<SRS>{escape(first['crs'].to_wkt())}</SRS>"
     geo = ", ".join(repr(v) for v in first["transform"].to_gdal())
-    return (f'<VRTDataset rasterXSize="{first["width"]}" rasterYSize="{first["height"]}">{crs}'
-            f"<GeoTransform>{geo}</GeoTransform>{''.join(bands)}</VRTDataset>")
+    return (
+        f'<VRTDataset rasterXSize="{first["width"]}" rasterYSize="{first["height"]}">{crs}'
+        f"<GeoTransform>{geo}</GeoTransform>{''.join(bands)}</VRTDataset>"
+    )
 
 
 def stack_name(paths: list[str] | tuple[str, ...]) -> str:
@@ -84,5 +108,5 @@ def stack_name(paths: list[str] | tuple[str, ...]) -> str:
         while not stem.startswith(common):
             common = common[:-1]
     cut = max(common.rfind("_"), common.rfind("-"), common.rfind("."))
-    common = common[:cut + 1] if cut >= 0 else common
-    return common + "+".join(s[len(common):] for s in stems)
+    common = common[: cut + 1] if cut >= 0 else common
+    return common + "+".join(s[len(common) :] for s in stems)

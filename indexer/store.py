@@ -46,7 +46,9 @@ from lookalike.indexer.thumbstore import ThumbnailFile, iter_thumbnails, write_t
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # the files an index writes itself; anything else in its folder is left alone
-GENERATION_FILE = re.compile(r"(codes|tiles|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|npz|faiss|usearch|bin)")
+GENERATION_FILE = re.compile(
+    r"(codes|tiles|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|npz|faiss|usearch|bin)"
+)
 
 
 @dataclass
@@ -109,8 +111,10 @@ class Index:
         if "_ann" not in self.__dict__:
             name = self.manifest["files"]["ann"]["name"]
             if not (self.path / name).is_file():
-                raise IndexCorruptError(f"{self.path}: the approximate index {name} of the generation this "
-                                        "index was opened at is gone (a newer one was written); open it again")
+                raise IndexCorruptError(
+                    f"{self.path}: the approximate index {name} of the generation this "
+                    "index was opened at is gone (a newer one was written); open it again"
+                )
             self.__dict__["_ann"] = load_ann(self.path / name, info["method"], self.codes, info["params"])
         return self.__dict__["_ann"]
 
@@ -128,13 +132,16 @@ class Index:
             return
         device, inode, size, mtime = self.codes_stamp
         if (st.st_dev, st.st_ino) == (device, inode) and (st.st_size, st.st_mtime_ns) != (size, mtime):
-            raise IndexCorruptError(f"{self.path}: the codes file {name} was changed on disk (truncated "
-                                    "or rewritten in place) after the index was opened; open it again")
+            raise IndexCorruptError(
+                f"{self.path}: the codes file {name} was changed on disk (truncated "
+                "or rewritten in place) after the index was opened; open it again"
+            )
 
     def row_of(self, tile_id: str) -> int:
         """The row of ``tile_id`` (ids are unique; a dictionary lookup, built on first use and kept)."""
-        rows = self.cached("rows", lambda: {tile: row for row, tile in
-                                            enumerate(self.tiles["tile_id"].astype(str).tolist())})
+        rows = self.cached(
+            "rows", lambda: {tile: row for row, tile in enumerate(self.tiles["tile_id"].astype(str).tolist())}
+        )
         row = rows.get(str(tile_id))
         if row is None:
             raise LookalikeError(f"tile {tile_id!r} is not in the index {self.path}")
@@ -165,16 +172,19 @@ def read_manifest(path: str | Path) -> dict:
         raise IndexCorruptError(f"{path} is not an index directory (it does not exist)")
     mpath = path / MANIFEST
     if not mpath.is_file():
-        raise IndexCorruptError(f"{path} has no {MANIFEST}: not an index, or an index whose "
-                                "first write did not finish")
+        raise IndexCorruptError(
+            f"{path} has no {MANIFEST}: not an index, or an index whose first write did not finish"
+        )
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexCorruptError(f"{mpath} is not valid JSON ({exc}); the index is corrupt") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexCorruptError(f"{mpath}: unsupported index format "
-                                f"{manifest.get('format_version') if isinstance(manifest, dict) else '?'}"
-                                f" (this version reads {FORMAT_VERSION})")
+        raise IndexCorruptError(
+            f"{mpath}: unsupported index format "
+            f"{manifest.get('format_version') if isinstance(manifest, dict) else '?'}"
+            f" (this version reads {FORMAT_VERSION})"
+        )
     return manifest
 
 
@@ -208,16 +218,19 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
         for entry in files.values():
             str(entry["name"]), int(entry["bytes"]), str(entry["sha256"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise IndexCorruptError(f"{path}/{MANIFEST} is incomplete (bad or missing entry {exc}); "
-                                "the index is corrupt") from None
+        raise IndexCorruptError(
+            f"{path}/{MANIFEST} is incomplete (bad or missing entry {exc}); the index is corrupt"
+        ) from None
     for role, entry in files.items():
         fpath = path / entry["name"]
         if not fpath.is_file():
             raise IndexCorruptError(f"{path}: {role} file {entry['name']} is missing")
         size = fpath.stat().st_size
         if size != entry["bytes"]:
-            raise IndexCorruptError(f"{path}: {role} file {entry['name']} has {size} bytes, the "
-                                    f"manifest says {entry['bytes']} (partial or altered file)")
+            raise IndexCorruptError(
+                f"{path}: {role} file {entry['name']} has {size} bytes, the "
+                f"manifest says {entry['bytes']} (partial or altered file)"
+            )
         if verify and sha256_file(fpath) != entry["sha256"]:
             raise IndexCorruptError(f"{path}: {role} file {entry['name']} fails its sha256 check")
     try:
@@ -228,8 +241,9 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
     stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     n, bits = int(manifest["count"]), int(manifest["bits"])
     if codes.dtype != np.uint8 or codes.shape != (n, bits // 8):
-        raise IndexCorruptError(f"{path}: codes have shape {codes.shape} {codes.dtype}, "
-                                f"manifest says ({n}, {bits // 8}) uint8")
+        raise IndexCorruptError(
+            f"{path}: codes have shape {codes.shape} {codes.dtype}, manifest says ({n}, {bits // 8}) uint8"
+        )
     tiles = _read_table(path, files, "tiles")
     if len(tiles) != n:
         raise IndexCorruptError(f"{path}: tile table has {len(tiles)} rows, manifest says {n}")
@@ -238,8 +252,7 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
         landmarks = _read_table(path, files, "landmarks")
         rows = landmarks["row"].to_numpy() if "row" in landmarks else np.zeros(0, np.int64)
         if "row" not in landmarks or (len(rows) and (rows.min() < -1 or rows.max() >= n)):
-            raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index "
-                                    "does not have")
+            raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index does not have")
     return Index(path, manifest, codes, tiles, landmarks, codes_stamp=stamp)
 
 
@@ -250,8 +263,9 @@ def _read_table(path: Path, files: dict, role: str) -> pd.DataFrame:
     try:
         table = pd.read_parquet(path / files[role]["name"])
     except (ValueError, ArrowException) as exc:
-        raise IndexCorruptError(f"{path}: the {role} file {files[role]['name']} is not a readable "
-                                f"table ({exc})") from None
+        raise IndexCorruptError(
+            f"{path}: the {role} file {files[role]['name']} is not a readable table ({exc})"
+        ) from None
     return _one_chunk(table)
 
 
@@ -327,9 +341,11 @@ def _check_unique_ids(tiles: pd.DataFrame) -> None:
     if "tile_id" in tiles:
         repeated = tiles["tile_id"][tiles["tile_id"].duplicated()]
         if len(repeated):
-            raise LookalikeError(f"{repeated.nunique()} tile id(s) occur more than once among the "
-                                 f"new tiles, e.g. {repeated.iloc[0]}; tile ids must be unique "
-                                 "(do two sources share one --name?)")
+            raise LookalikeError(
+                f"{repeated.nunique()} tile id(s) occur more than once among the "
+                f"new tiles, e.g. {repeated.iloc[0]}; tile ids must be unique "
+                "(do two sources share one --name?)"
+            )
 
 
 def _next_of_existing(path: Path, codes: np.ndarray, tiles: pd.DataFrame, bits: int, info: dict) -> _Next:
@@ -340,8 +356,10 @@ def _next_of_existing(path: Path, codes: np.ndarray, tiles: pd.DataFrame, bits: 
         raise CodeLengthError(f"index {path} holds {old.bits}-bit codes; cannot append {bits}-bit codes")
     clash = set(tiles["tile_id"]) & set(old.tiles["tile_id"])
     if clash:
-        raise LookalikeError(f"{len(clash)} tile id(s) are already in {path}, e.g. "
-                             f"{sorted(clash)[0]}; was this scene indexed before?")
+        raise LookalikeError(
+            f"{len(clash)} tile id(s) are already in {path}, e.g. "
+            f"{sorted(clash)[0]}; was this scene indexed before?"
+        )
     codes = np.concatenate([np.asarray(old.codes), codes])
     tiles = pd.concat([old.tiles, tiles], ignore_index=True)
     manifest = dict(old.manifest)
@@ -355,25 +373,28 @@ def _next_of_existing(path: Path, codes: np.ndarray, tiles: pd.DataFrame, bits: 
         after.old_thumbs = path / old.manifest["files"]["thumbs"]["name"]
     after.ann = old.ann()
     if after.ann is not None:  # the graph grows with the codes; its recall is measured again later
-        after.ann.add(codes[old.n:], progress=True)
+        after.ann.add(codes[old.n :], progress=True)
         manifest["ann"] = dict(manifest["ann"], calibration=None)
     return after
 
 
-def _first_generation(path: Path, codes: np.ndarray, tiles: pd.DataFrame, info: dict,
-                      hash_model: bytes | None) -> _Next:
+def _first_generation(
+    path: Path, codes: np.ndarray, tiles: pd.DataFrame, info: dict, hash_model: bytes | None
+) -> _Next:
     """Generation 1 of a new index at ``path`` (its folder made), refusing to overwrite one."""
     if (path / MANIFEST).exists():
-        raise LookalikeError(f"{path} already holds an index; use --append to add to it "
-                             "or choose another --out")
+        raise LookalikeError(
+            f"{path} already holds an index; use --append to add to it or choose another --out"
+        )
     if hash_model is None:
         raise LookalikeError("a new index needs its hash model")
     path.mkdir(parents=True, exist_ok=True)
     return _Next(codes, tiles, dict(info, created=_now()), 1)
 
 
-def _write_generation(path: Path, after: _Next, hash_model: bytes | None,
-                      thumbs: Iterable[bytes] | None) -> dict:
+def _write_generation(
+    path: Path, after: _Next, hash_model: bytes | None, thumbs: Iterable[bytes] | None
+) -> dict:
     """Write the files of the generation ``after`` (the hash model only for a new index, the
     thumbnails only when every row has one); returns their manifest entries."""
     generation, codes, tiles, landmarks = after.generation, after.codes, after.tiles, after.landmarks
@@ -382,26 +403,39 @@ def _write_generation(path: Path, after: _Next, hash_model: bytes | None,
         hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
     files = dict(
         codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
-        tiles=_write_file(path, f"tiles-{generation:06d}.parquet",
-                          lambda p: tiles.to_parquet(p, index=False)),
+        tiles=_write_file(
+            path, f"tiles-{generation:06d}.parquet", lambda p: tiles.to_parquet(p, index=False)
+        ),
         hash=hash_entry,
     )
     if landmarks is not None:
-        files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
-                                         lambda p: landmarks.to_parquet(p, index=False))
+        files["landmarks"] = _write_file(
+            path, f"landmarks-{generation:06d}.parquet", lambda p: landmarks.to_parquet(p, index=False)
+        )
     if thumbs is not None and (generation == 1 or after.old_thumbs is not None):
         old_thumbs = after.old_thumbs
         every = itertools.chain(iter_thumbnails([old_thumbs]) if old_thumbs else (), thumbs)
-        files["thumbs"] = _write_file(path, f"thumbs-{generation:06d}.bin",
-                                      lambda p: _check_count(write_thumbnails(p, every), len(codes)))
+        files["thumbs"] = _write_file(
+            path,
+            f"thumbs-{generation:06d}.bin",
+            lambda p: _check_count(write_thumbnails(p, every), len(codes)),
+        )
     if after.ann is not None:
         files["ann"] = _write_file(path, f"ann-{generation:06d}{after.ann.suffix}", after.ann.save)
     return files
 
 
-def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bits: int,
-                hash_model: bytes | None = None, info: dict | None = None,
-                append: bool = False, thumbs: Iterable[bytes] | None = None) -> Path:
+def write_index(
+    path: str | Path,
+    codes: np.ndarray,
+    tiles: pd.DataFrame,
+    *,
+    bits: int,
+    hash_model: bytes | None = None,
+    info: dict | None = None,
+    append: bool = False,
+    thumbs: Iterable[bytes] | None = None,
+) -> Path:
     """Create an index at ``path`` or, with ``append``, add rows to the one there.
 
     ``hash_model`` (the bytes of the model file) is required for a new index; appends keep the
@@ -424,8 +458,14 @@ def write_index(path: str | Path, codes: np.ndarray, tiles: pd.DataFrame, *, bit
         files = _write_generation(path, after, hash_model, thumbs)
         if after.ann is None:
             manifest.pop("ann", None)
-        manifest.update(format_version=FORMAT_VERSION, generation=after.generation, bits=bits,
-                        count=len(after.codes), updated=_now(), files=files)
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            generation=after.generation,
+            bits=bits,
+            count=len(after.codes),
+            updated=_now(),
+            files=files,
+        )
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)
     return path
@@ -436,8 +476,13 @@ def _check_count(written: int, expected: int) -> None:
         raise LookalikeError(f"{written} thumbnails for {expected} tiles")
 
 
-def update_tables(path: str | Path, *, tiles: pd.DataFrame | None = None,
-                  landmarks: pd.DataFrame | None = None, info: dict | None = None) -> Path:
+def update_tables(
+    path: str | Path,
+    *,
+    tiles: pd.DataFrame | None = None,
+    landmarks: pd.DataFrame | None = None,
+    info: dict | None = None,
+) -> Path:
     """Replace the tile table and/or the landmark catalogue of an index, codes untouched.
 
     The new tables become files of a new generation; the manifest is replaced last, so a crash
@@ -459,11 +504,13 @@ def update_tables(path: str | Path, *, tiles: pd.DataFrame | None = None,
             raise LookalikeError("every landmark needs the row of its tile in the index (or -1)")
     with _generation(path, generation):
         if tiles is not None:
-            files["tiles"] = _write_file(path, f"tiles-{generation:06d}.parquet",
-                                         lambda p: tiles.to_parquet(p, index=False))
+            files["tiles"] = _write_file(
+                path, f"tiles-{generation:06d}.parquet", lambda p: tiles.to_parquet(p, index=False)
+            )
         if landmarks is not None:
-            files["landmarks"] = _write_file(path, f"landmarks-{generation:06d}.parquet",
-                                             lambda p: landmarks.to_parquet(p, index=False))
+            files["landmarks"] = _write_file(
+                path, f"landmarks-{generation:06d}.parquet", lambda p: landmarks.to_parquet(p, index=False)
+            )
         manifest.update(info or {}, generation=generation, updated=_now(), files=files)
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)
@@ -481,16 +528,22 @@ def write_ann(path: str | Path, ann: BinaryANN | None, calibration: dict | None 
     files = dict(manifest["files"])
     generation = int(manifest["generation"]) + 1
     if ann is not None and (ann.n != old.n or ann.bits != old.bits):
-        raise LookalikeError(f"the approximate index holds {ann.n} codes of {ann.bits} bits; the index at "
-                             f"{path} has {old.n} of {old.bits}")
+        raise LookalikeError(
+            f"the approximate index holds {ann.n} codes of {ann.bits} bits; the index at "
+            f"{path} has {old.n} of {old.bits}"
+        )
     with _generation(path, generation):
         if ann is None:
             files.pop("ann", None)
             manifest.pop("ann", None)
         else:
             files["ann"] = _write_file(path, f"ann-{generation:06d}{ann.suffix}", ann.save)
-            manifest["ann"] = dict(method=ann.method, params=ann.params, calibration=calibration,
-                                   build_seconds=round(ann.build_seconds, 3))
+            manifest["ann"] = dict(
+                method=ann.method,
+                params=ann.params,
+                calibration=calibration,
+                build_seconds=round(ann.build_seconds, 3),
+            )
         manifest.update(generation=generation, updated=_now(), files=files)
         _replace_manifest(path, manifest)
     _remove_stale(path, manifest)

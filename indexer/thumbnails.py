@@ -90,8 +90,9 @@ class SourceImage:
         out[~(inside & self.valid.reshape(-1).take(row0 + x0))] = 0
         return out
 
-    def tile(self, zone: Zone | str, grid: TileGrid, row: int, col: int,
-             out_size: int | None = None) -> np.ndarray:
+    def tile(
+        self, zone: Zone | str, grid: TileGrid, row: int, col: int, out_size: int | None = None
+    ) -> np.ndarray:
         """RGB pixels (out_size, out_size, 3) of tile (row, col) of ``zone``'s grid."""
         zone = Zone.parse(zone) if isinstance(zone, str) else zone
         n = int(out_size or grid.size)
@@ -172,12 +173,14 @@ def _load(name: str, desc: dict, max_pixels: int) -> SourceImage:
     rgb, valid, bounds = _decode(source, geographic, max_pixels)
     if valid.size >= CACHED_PIXELS:
         pixel_cache.save(slot, key, dict(rgb=rgb, valid=valid, bounds=np.asarray(bounds, np.float64)))
-    return SourceImage(name, rgb, valid, bounds, geographic,
-                       cache_key=slot | key if valid.size >= CACHED_PIXELS else None)
+    return SourceImage(
+        name, rgb, valid, bounds, geographic, cache_key=slot | key if valid.size >= CACHED_PIXELS else None
+    )
 
 
-def _decode(source: RasterSource, geographic: pyproj.CRS,
-            max_pixels: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+def _decode(
+    source: RasterSource, geographic: pyproj.CRS, max_pixels: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
     meta = source._meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -191,7 +194,8 @@ def _decode(source: RasterSource, geographic: pyproj.CRS,
                 pixels = src.read(bands, out_shape=(len(bands), h, w), resampling=Resampling.bilinear)
                 valid = src.read_masks(1, out_shape=(h, w)) > 0
                 left, bottom, right, top = rasterio.transform.array_bounds(
-                    src.height, src.width, meta["transform"])
+                    src.height, src.width, meta["transform"]
+                )
                 bounds = (left, bottom, right, top)
             else:
                 # projected rasters are warped once onto the body's lon/lat grid
@@ -199,10 +203,17 @@ def _decode(source: RasterSource, geographic: pyproj.CRS,
                 w = int(src.width / scale)
                 h = max(1, int(round(w * (north - south) / max(east - west, 1e-9))))
                 transform = rasterio.transform.from_bounds(west, south, east, north, w, h)
-                with WarpedVRT(src, src_crs=meta["crs"], src_transform=meta["transform"],
-                               crs=RioCRS.from_wkt(geographic.to_wkt()), transform=transform,
-                               width=w, height=h, add_alpha=not meta["alpha"],
-                               resampling=Resampling.bilinear) as vrt:
+                with WarpedVRT(
+                    src,
+                    src_crs=meta["crs"],
+                    src_transform=meta["transform"],
+                    crs=RioCRS.from_wkt(geographic.to_wkt()),
+                    transform=transform,
+                    width=w,
+                    height=h,
+                    add_alpha=not meta["alpha"],
+                    resampling=Resampling.bilinear,
+                ) as vrt:
                     pixels = vrt.read(bands)
                     valid = vrt.read_masks(1) > 0
                 bounds = (west, south, east, north)
@@ -245,8 +256,18 @@ def index_grid(index) -> TileGrid:
 
 
 @lru_cache(maxsize=20_000)
-def _thumbnail_jpeg(name: str, desc_json: str, zone: str, size: int, stride: int, gsd: float,
-                    row: int, col: int, out_size: int, quality: int) -> bytes:
+def _thumbnail_jpeg(
+    name: str,
+    desc_json: str,
+    zone: str,
+    size: int,
+    stride: int,
+    gsd: float,
+    row: int,
+    col: int,
+    out_size: int,
+    quality: int,
+) -> bytes:
     from PIL import Image
 
     image = source_image(name, json.loads(desc_json))
@@ -310,6 +331,15 @@ def render_thumbnail(index, tile: dict, out_size: int = THUMB_SIZE, quality: int
     if "root" in desc:  # an image chip: the picture itself
         return _chip_jpeg(str(Path(desc["root"]) / str(tile["path"])), int(out_size), int(quality))
     grid = index_grid(index)
-    return _thumbnail_jpeg(tile["source"], json.dumps(desc, sort_keys=True, default=str),
-                           str(tile["zone"]), grid.size, grid.stride, grid.gsd, int(tile["row"]),
-                           int(tile["col"]), int(out_size), int(quality))
+    return _thumbnail_jpeg(
+        tile["source"],
+        json.dumps(desc, sort_keys=True, default=str),
+        str(tile["zone"]),
+        grid.size,
+        grid.stride,
+        grid.gsd,
+        int(tile["row"]),
+        int(tile["col"]),
+        int(out_size),
+        int(quality),
+    )

@@ -20,8 +20,9 @@ THUMB_SIZE = 96  # pixels per side of a stored thumbnail
 QUALITY = 85
 
 
-def jpeg_thumbnails(images: np.ndarray | Iterable[np.ndarray], size: int = THUMB_SIZE,
-                    quality: int = QUALITY) -> list[bytes]:
+def jpeg_thumbnails(
+    images: np.ndarray | Iterable[np.ndarray], size: int = THUMB_SIZE, quality: int = QUALITY
+) -> list[bytes]:
     """JPEG bytes of each (H, W, 3) uint8 image, resized to ``size`` x ``size``."""
     from PIL import Image
 
@@ -74,10 +75,11 @@ class ThumbnailFile:
         count = int(self._map[-8:].view("<u8")[0]) if size >= 16 else -1
         table = 8 * (count + 2)
         if count < 0 or table > size or (expected is not None and count != expected):
-            raise IndexCorruptError(f"{path}: the thumbnail file does not hold "
-                                    f"{expected if expected is not None else 'its'} rows")
+            raise IndexCorruptError(
+                f"{path}: the thumbnail file does not hold {expected if expected is not None else 'its'} rows"
+            )
         self.count = count
-        self._offsets = self._map[size - table:size - 8].view("<u8")
+        self._offsets = self._map[size - table : size - 8].view("<u8")
         if int(self._offsets[-1]) != size - table or np.any(np.diff(self._offsets.astype(np.int64)) < 0):
             raise IndexCorruptError(f"{path}: the thumbnail file's offsets are damaged")
 
@@ -87,4 +89,4 @@ class ThumbnailFile:
     def __getitem__(self, row: int) -> bytes:
         if not 0 <= row < self.count:
             raise IndexError(f"row {row} of {self.count}")
-        return self._map[int(self._offsets[row]):int(self._offsets[row + 1])].tobytes()
+        return self._map[int(self._offsets[row]) : int(self._offsets[row + 1])].tobytes()

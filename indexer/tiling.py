@@ -84,7 +84,7 @@ class Zone:
         return (0.0, north) if self.hemisphere == "N" else (south, 0.0)
 
     @classmethod
-    def parse(cls, label: str) -> "Zone":
+    def parse(cls, label: str) -> Zone:
         label = label.strip().upper().replace(" ", "")
         if label in ("UPSN", "UPSS"):
             return cls(POLAR, label[-1])
@@ -94,8 +94,9 @@ class Zone:
                 raise ValueError
             return cls(number, label[-1])
         except (ValueError, IndexError, OptionError):
-            raise OptionError(f"invalid zone label {label!r}; expected e.g. 33N, 7S, "
-                              "or UPSN / UPSS for a polar cap") from None
+            raise OptionError(
+                f"invalid zone label {label!r}; expected e.g. 33N, 7S, or UPSN / UPSS for a polar cap"
+            ) from None
 
     @property
     def sort_key(self) -> tuple[str, int]:
@@ -103,7 +104,7 @@ class Zone:
         return self.hemisphere, 61 if self.polar else self.number
 
     @classmethod
-    def at(cls, lon: float, lat: float) -> "Zone":
+    def at(cls, lon: float, lat: float) -> Zone:
         hemisphere = "N" if lat >= 0 else "S"
         if not UTM_LAT_RANGE[0] <= lat < UTM_LAT_RANGE[1]:
             return cls(POLAR, hemisphere)
@@ -166,10 +167,16 @@ def _zone_crs(geographic_wkt: str, number: int, hemisphere: str) -> pyproj.CRS:
             return pyproj.CRS.from_epsg(32661 if hemisphere == "N" else 32761)
         polar = PolarStereographicAConversion(
             latitude_natural_origin=90.0 if hemisphere == "N" else -90.0,
-            longitude_natural_origin=0.0, false_easting=POLAR_FALSE_ORIGIN,
-            false_northing=POLAR_FALSE_ORIGIN, scale_factor_natural_origin=POLAR_SCALE)
-        return ProjectedCRS(conversion=polar, geodetic_crs=geographic,
-                            name=f"{geographic.name} / polar stereographic {hemisphere}")
+            longitude_natural_origin=0.0,
+            false_easting=POLAR_FALSE_ORIGIN,
+            false_northing=POLAR_FALSE_ORIGIN,
+            scale_factor_natural_origin=POLAR_SCALE,
+        )
+        return ProjectedCRS(
+            conversion=polar,
+            geodetic_crs=geographic,
+            name=f"{geographic.name} / polar stereographic {hemisphere}",
+        )
     if is_earth(geographic):
         return pyproj.CRS.from_epsg((32600 if hemisphere == "N" else 32700) + number)
     conversion = TransverseMercatorConversion(
@@ -179,8 +186,11 @@ def _zone_crs(geographic_wkt: str, number: int, hemisphere: str) -> pyproj.CRS:
         false_northing=0.0 if hemisphere == "N" else SOUTH_FALSE_NORTHING,
         scale_factor_natural_origin=1.0,
     )
-    return ProjectedCRS(conversion=conversion, geodetic_crs=geographic,
-                        name=f"{geographic.name} / TM zone {number}{hemisphere}")
+    return ProjectedCRS(
+        conversion=conversion,
+        geodetic_crs=geographic,
+        name=f"{geographic.name} / TM zone {number}{hemisphere}",
+    )
 
 
 def zone_crs(geographic: pyproj.CRS, zone: Zone) -> pyproj.CRS:
@@ -209,9 +219,11 @@ def _transformers(geographic_wkt: str, number: int, hemisphere: str):
             warnings.simplefilter("ignore")  # to_proj4 warns that a CRS loses its metadata
             step = " ".join(p for p in projected.to_proj4().split() if p not in ("+type=crs", "+no_defs"))
         forward = pyproj.Transformer.from_pipeline(
-            f"+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad +step {step}")
+            f"+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad +step {step}"
+        )
         inverse = pyproj.Transformer.from_pipeline(
-            f"+proj=pipeline +step +inv {step} +step +proj=unitconvert +xy_in=rad +xy_out=deg")
+            f"+proj=pipeline +step +inv {step} +step +proj=unitconvert +xy_in=rad +xy_out=deg"
+        )
         return forward, inverse
     geographic = _parsed(geographic_wkt)
     forward = pyproj.Transformer.from_crs(geographic, projected, always_xy=True)
@@ -273,13 +285,15 @@ class TileGrid:
         row0 = math.floor(-ymax / self.step - (self.size / self.stride)) + 1
         row1 = math.ceil(-ymin / self.step)
         if max(abs(row0), abs(row1), abs(col0), abs(col1)) >= 2**31:  # tile records hold int32
-            raise OptionError(f"tiles of {self.gsd:g} m per pixel are too small to number in a zone; "
-                              "choose a coarser --gsd")
+            raise OptionError(
+                f"tiles of {self.gsd:g} m per pixel are too small to number in a zone; choose a coarser --gsd"
+            )
         return range(row0, max(row0, row1)), range(col0, max(col0, col1))
 
 
-def zones_for_bounds(west: float, south: float, east: float, north: float,
-                     lat_range: tuple[float, float] = DEFAULT_LAT_RANGE) -> list[Zone]:
+def zones_for_bounds(
+    west: float, south: float, east: float, north: float, lat_range: tuple[float, float] = DEFAULT_LAT_RANGE
+) -> list[Zone]:
     """Zones whose lon band and latitudes intersect a lon/lat box (west > east crosses 180):
     the 6-degree zones first, then the polar caps."""
     south, north = max(south, lat_range[0]), min(north, lat_range[1])
@@ -306,8 +320,16 @@ def zones_for_bounds(west: float, south: float, east: float, north: float,
     return zones
 
 
-def zone_box(geographic: pyproj.CRS, zone: Zone, west: float, south: float, east: float,
-             north: float, lat_range: tuple[float, float] = DEFAULT_LAT_RANGE, densify: int = 64):
+def zone_box(
+    geographic: pyproj.CRS,
+    zone: Zone,
+    west: float,
+    south: float,
+    east: float,
+    north: float,
+    lat_range: tuple[float, float] = DEFAULT_LAT_RANGE,
+    densify: int = 64,
+):
     """Projected bounding box of the part of a lon/lat box that lies in ``zone``, or None."""
     zone_south, zone_north = zone.lat_range
     south, north = max(south, zone_south, lat_range[0]), min(north, zone_north, lat_range[1])
@@ -321,10 +343,17 @@ def zone_box(geographic: pyproj.CRS, zone: Zone, west: float, south: float, east
     if west >= east or south >= north:
         return None
     t = np.linspace(0.0, 1.0, densify)
-    lons = np.concatenate([west + (east - west) * t, np.full(densify, east),
-                           east - (east - west) * t, np.full(densify, west)])
-    lats = np.concatenate([np.full(densify, south), south + (north - south) * t,
-                           np.full(densify, north), north - (north - south) * t])
+    lons = np.concatenate(
+        [west + (east - west) * t, np.full(densify, east), east - (east - west) * t, np.full(densify, west)]
+    )
+    lats = np.concatenate(
+        [
+            np.full(densify, south),
+            south + (north - south) * t,
+            np.full(densify, north),
+            north - (north - south) * t,
+        ]
+    )
     # the zone's widest extent in x is along the equator, which the box edges may not include
     if south < 0 < north:
         lons = np.concatenate([lons, west + (east - west) * t])
@@ -346,9 +375,15 @@ class TilePlace:
     corners_lat: tuple[float, float, float, float]
 
 
-def tile_places(geographic: pyproj.CRS, zone: Zone, grid: TileGrid, rows: range, cols: range,
-                lat_range: tuple[float, float] = DEFAULT_LAT_RANGE,
-                lon_range: tuple[float, float] | None = None) -> Iterator[TilePlace]:
+def tile_places(
+    geographic: pyproj.CRS,
+    zone: Zone,
+    grid: TileGrid,
+    rows: range,
+    cols: range,
+    lat_range: tuple[float, float] = DEFAULT_LAT_RANGE,
+    lon_range: tuple[float, float] | None = None,
+) -> Iterator[TilePlace]:
     """Tiles of ``rows`` x ``cols`` whose centre falls inside the zone (and optional lon range).
 
     Keeping a tile only in the zone that holds its centre makes every place belong to one zone.
@@ -377,5 +412,12 @@ def tile_places(geographic: pyproj.CRS, zone: Zone, grid: TileGrid, rows: range,
     klon, klat = from_zone(geographic, zone, kx, ky)
     klon = wrap_lon(klon)
     for i in range(len(rr)):
-        yield TilePlace(zone, int(rr[i]), int(cc[i]), float(lon[i]), float(lat[i]),
-                        tuple(map(float, klon[i])), tuple(map(float, klat[i])))
+        yield TilePlace(
+            zone,
+            int(rr[i]),
+            int(cc[i]),
+            float(lon[i]),
+            float(lat[i]),
+            tuple(map(float, klon[i])),
+            tuple(map(float, klat[i])),
+        )

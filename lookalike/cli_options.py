@@ -36,8 +36,9 @@ def bbox(text: str) -> BBox:
     except OptionError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if box is None:
-        raise argparse.ArgumentTypeError(f"bbox (west,south,east,north) needs 4 comma-separated numbers, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"bbox (west,south,east,north) needs 4 comma-separated numbers, got {text!r}"
+        )
     return box
 
 
@@ -159,8 +160,10 @@ def glue_coordinates(argv: list[str]) -> list[str]:
 # ------------------------------------------------------------------ option groups
 # Options several commands share, added by one function each; a command passes the help text
 # that is its own.
-ADDRESS_HELP = ("address to listen on (default: localhost, this machine only; 0.0.0.0 for every "
-                "interface, to share the explorer with a team)")
+ADDRESS_HELP = (
+    "address to listen on (default: localhost, this machine only; 0.0.0.0 for every "
+    "interface, to share the explorer with a team)"
+)
 RASTERS_HELP = "GeoTIFF/COG paths or registered dataset names (mars_8k, earth_8k)"
 BITS_HELP = "code length of the PCA-ITQ baseline (implies --hash itq)"
 TIME_HELP = "acquisition time (ISO 8601) when the raster's metadata has none"
@@ -176,20 +179,31 @@ def add_georeference(p: argparse.ArgumentParser, crs_help: str, time: bool = Tru
 
 def add_products(p: argparse.ArgumentParser) -> None:
     """What a product's files do not say alone: --stack, --body, --time-from-name, --times."""
-    p.add_argument("--stack", type=words, action="append", metavar="FILE,FILE[,...]",
-                   help="separate band files indexed as ONE source, bands in the order given (e.g. "
-                        "Sentinel-2 s2_B04.jp2,s2_B03.jp2,s2_B02.jp2 for true colour); repeat for more")
-    p.add_argument("--body", help="the body the rasters lie on (default: from their CRS: earth, mars, "
-                                  "moon, ...)")
-    p.add_argument("--time-from-name", metavar="REGEX",
-                   help="acquisition time from each file name: the regex's group 'time' (or its first "
-                        "group), e.g. '_(\\d{8})\\.tif$' (NAIP names and HiRISE ids need no option)")
-    p.add_argument("--times", metavar="CSV", help="acquisition times from a CSV of source,time (source: "
-                                                  "the file name)")
+    p.add_argument(
+        "--stack",
+        type=words,
+        action="append",
+        metavar="FILE,FILE[,...]",
+        help="separate band files indexed as ONE source, bands in the order given (e.g. "
+        "Sentinel-2 s2_B04.jp2,s2_B03.jp2,s2_B02.jp2 for true colour); repeat for more",
+    )
+    p.add_argument(
+        "--body", help="the body the rasters lie on (default: from their CRS: earth, mars, moon, ...)"
+    )
+    p.add_argument(
+        "--time-from-name",
+        metavar="REGEX",
+        help="acquisition time from each file name: the regex's group 'time' (or its first "
+        "group), e.g. '_(\\d{8})\\.tif$' (NAIP names and HiRISE ids need no option)",
+    )
+    p.add_argument(
+        "--times", metavar="CSV", help="acquisition times from a CSV of source,time (source: the file name)"
+    )
 
 
-def add_tiling(p: argparse.ArgumentParser, zones_help: str | None = None,
-               bbox_help: str | None = None) -> None:
+def add_tiling(
+    p: argparse.ArgumentParser, zones_help: str | None = None, bbox_help: str | None = None
+) -> None:
     """How rasters are cut into tiles: --tile-size, --stride, --gsd, --zones, --bbox."""
     p.add_argument("--tile-size", type=int, default=defaults.TILE_SIZE)
     p.add_argument("--stride", type=int, default=defaults.TILE_STRIDE)
@@ -200,8 +214,9 @@ def add_tiling(p: argparse.ArgumentParser, zones_help: str | None = None,
 
 def add_runtime(p: argparse.ArgumentParser, runtime_help: str | None = None) -> None:
     """The encoder's runtime and batch: --runtime, --batch-size."""
-    p.add_argument("--runtime", default=defaults.DEFAULT_RUNTIME, choices=list(defaults.RUNTIMES),
-                   help=runtime_help)
+    p.add_argument(
+        "--runtime", default=defaults.DEFAULT_RUNTIME, choices=list(defaults.RUNTIMES), help=runtime_help
+    )
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
 
 
@@ -240,10 +255,18 @@ def add_filters(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bbox", type=bbox, help="west,south,east,north")
     s.add_argument("--region", help="GeoJSON file with a (multi)polygon in lon/lat")
     s.add_argument("--classes", help="only scenes with landmarks of these classes, e.g. crater,dark_dune")
-    s.add_argument("--min-confidence", type=unit_interval, default=0.0,
-                   help="landmarks count from this posterior up (with --classes)")
-    s.add_argument("--min-landmarks", type=int, default=1,
-                   help="at least this many landmarks of a class per scene (with --classes)")
+    s.add_argument(
+        "--min-confidence",
+        type=unit_interval,
+        default=0.0,
+        help="landmarks count from this posterior up (with --classes)",
+    )
+    s.add_argument(
+        "--min-landmarks",
+        type=int,
+        default=1,
+        help="at least this many landmarks of a class per scene (with --classes)",
+    )
 
 
 def filters_from(args: argparse.Namespace):
@@ -252,12 +275,17 @@ def filters_from(args: argparse.Namespace):
     from lookalike.workflows.searching import read_region
 
     time_range = (args.start, args.end) if (args.start or args.end) else None
-    return Filters(zones=args.zones or [], sources=words(args.sources) if args.sources else [],
-                   time_range=time_range, bbox=args.bbox,
-                   region=read_region(args.region) if args.region else None,
-                   labels=words(args.labels) if args.labels else [],
-                   landmark_classes=words(args.classes) if args.classes else [],
-                   min_confidence=args.min_confidence, min_landmarks=args.min_landmarks)
+    return Filters(
+        zones=args.zones or [],
+        sources=words(args.sources) if args.sources else [],
+        time_range=time_range,
+        bbox=args.bbox,
+        region=read_region(args.region) if args.region else None,
+        labels=words(args.labels) if args.labels else [],
+        landmark_classes=words(args.classes) if args.classes else [],
+        min_confidence=args.min_confidence,
+        min_landmarks=args.min_landmarks,
+    )
 
 
 def add_training(p: argparse.ArgumentParser, val_help: str) -> None:

@@ -77,8 +77,10 @@ def lite_stages(variant: int) -> list[tuple[int, int, int, int, int]]:
     stage at one block)."""
     width, depth = LITE_SCALING[variant]
     last = len(_LITE0_STAGES) - 1
-    return [(e, k, s, _round_channels(c, width), r if i in (0, last) else math.ceil(r * depth))
-            for i, (e, k, s, c, r) in enumerate(_LITE0_STAGES)]
+    return [
+        (e, k, s, _round_channels(c, width), r if i in (0, last) else math.ceil(r * depth))
+        for i, (e, k, s, c, r) in enumerate(_LITE0_STAGES)
+    ]
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True):
@@ -185,7 +187,9 @@ def load_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     mapped = {}
     for (key, target), (src_key, tensor) in zip(own.items(), state.items(), strict=True):
         if tuple(target.shape) != tuple(tensor.shape):
-            raise ModelError(f"shape mismatch: {key} {tuple(target.shape)} vs {src_key} {tuple(tensor.shape)}")
+            raise ModelError(
+                f"shape mismatch: {key} {tuple(target.shape)} vs {src_key} {tuple(tensor.shape)}"
+            )
         mapped[key] = tensor
     model.load_state_dict(mapped)
 
@@ -197,8 +201,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except OSError:
         raise  # missing or unreadable: the file system's own message
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for files that are not weights
-        raise ModelError(f"weights file {path} is not a PyTorch state dict ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ModelError(
+            f"weights file {path} is not a PyTorch state dict ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"weights file {path} does not hold a state dict of tensors")
     return state
@@ -222,8 +228,13 @@ def _efficientnet_lite_multilevel(variant: int) -> Callable[[str | Path | None],
     def build(weights: str | Path | None) -> Backbone:
         plain = _efficientnet_lite(variant)(weights)
         body = MultiLevelPool(plain.body, MULTILEVEL_STAGE)
-        spec = BackboneSpec(f"{plain.spec.name}_multilevel", body.num_features, plain.spec.mean,
-                            plain.spec.std, plain.spec.weights_sha256)
+        spec = BackboneSpec(
+            f"{plain.spec.name}_multilevel",
+            body.num_features,
+            plain.spec.mean,
+            plain.spec.std,
+            plain.spec.weights_sha256,
+        )
         return Backbone(body, spec)
 
     return build
@@ -232,8 +243,10 @@ def _efficientnet_lite_multilevel(variant: int) -> Callable[[str | Path | None],
 def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
     def build(weights: str | Path | None) -> Backbone:
         if weights is None:
-            raise ModelError(f"backbone {name!r} needs a local weights file (--weights PATH); "
-                             "only the efficientnet_lite backbones ship with their weights")
+            raise ModelError(
+                f"backbone {name!r} needs a local weights file (--weights PATH); "
+                "only the efficientnet_lite backbones ship with their weights"
+            )
         try:
             import timm
         except Exception as exc:  # timm imports torchvision, which may not load beside CPU torch
@@ -242,8 +255,9 @@ def _timm_backbone(name: str) -> Callable[[str | Path | None], Backbone]:
         state = load_weights(weights)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
         model.load_state_dict(state, strict=True)
-        spec = BackboneSpec(name, model.num_features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                            sha256_file(weights))
+        spec = BackboneSpec(
+            name, model.num_features, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), sha256_file(weights)
+        )
         return Backbone(model, spec)
 
     return build

@@ -48,10 +48,21 @@ class ProbeClassifier:
     ``indexer.encoding.classifier_encoder`` builds the encoder a model needs.
     """
 
-    def __init__(self, classes: list[str], mean: np.ndarray, std: np.ndarray,
-                 weights: list[np.ndarray], biases: list[np.ndarray], temperature: float = 1.0,
-                 backbone: str = DEFAULT_BACKBONE, image_size: int = 224, meta: dict | None = None,
-                 views: int = 1, tail: dict[str, np.ndarray] | None = None, cut: int | None = None):
+    def __init__(
+        self,
+        classes: list[str],
+        mean: np.ndarray,
+        std: np.ndarray,
+        weights: list[np.ndarray],
+        biases: list[np.ndarray],
+        temperature: float = 1.0,
+        backbone: str = DEFAULT_BACKBONE,
+        image_size: int = 224,
+        meta: dict | None = None,
+        views: int = 1,
+        tail: dict[str, np.ndarray] | None = None,
+        cut: int | None = None,
+    ):
         self.classes = [str(c) for c in classes]
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
@@ -67,8 +78,9 @@ class ProbeClassifier:
         if self.tail and cut is None:
             raise LookalikeError("a fine-tuned tail needs the trunk module it starts at (cut)")
         if self.weights[-1].shape[0] != len(self.classes):
-            raise LookalikeError(f"classifier has {self.weights[-1].shape[0]} outputs for "
-                                 f"{len(self.classes)} classes")
+            raise LookalikeError(
+                f"classifier has {self.weights[-1].shape[0]} outputs for {len(self.classes)} classes"
+            )
 
     @property
     def in_features(self) -> int:
@@ -90,8 +102,9 @@ class ProbeClassifier:
     def logits(self, features: np.ndarray) -> np.ndarray:
         h = np.asarray(features, dtype=np.float32)
         if h.ndim != 2 or h.shape[1] != self.in_features:
-            raise LookalikeError(f"classifier expects {self.in_features}-d features "
-                                 f"({self.backbone}), got shape {h.shape}")
+            raise LookalikeError(
+                f"classifier expects {self.in_features}-d features ({self.backbone}), got shape {h.shape}"
+            )
         h = (h - self.mean) / self.std
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = h @ w.T + b
@@ -107,17 +120,32 @@ class ProbeClassifier:
 
     # -------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
-        header = dict(format=CLASSIFIER_FORMAT, kind="probe-classifier", classes=self.classes,
-                      backbone=self.backbone, image_size=self.image_size,
-                      in_features=self.in_features, hidden=self.hidden, layers=len(self.weights),
-                      temperature=self.temperature, meta=self.meta, views=self.views,
-                      tail_keys=list(self.tail or {}), cut=self.cut)
+        header = dict(
+            format=CLASSIFIER_FORMAT,
+            kind="probe-classifier",
+            classes=self.classes,
+            backbone=self.backbone,
+            image_size=self.image_size,
+            in_features=self.in_features,
+            hidden=self.hidden,
+            layers=len(self.weights),
+            temperature=self.temperature,
+            meta=self.meta,
+            views=self.views,
+            tail_keys=list(self.tail or {}),
+            cut=self.cut,
+        )
         arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
         arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
         arrays.update({f"t{i}": t for i, t in enumerate((self.tail or {}).values())})
         buf = io.BytesIO()
-        np.savez_compressed(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                            mean=self.mean, std=self.std, **arrays)
+        np.savez_compressed(
+            buf,
+            header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+            mean=self.mean,
+            std=self.std,
+            **arrays,
+        )
         return buf.getvalue()
 
     def save(self, path: str | Path) -> str:
@@ -126,11 +154,11 @@ class ProbeClassifier:
         return atomic_write_bytes(Path(path), self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> "ProbeClassifier":
+    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> ProbeClassifier:
         return _read(io.BytesIO(data), name)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ProbeClassifier":
+    def load(cls, path: str | Path) -> ProbeClassifier:
         try:
             with open(path, "rb") as fh:
                 return _read(fh, str(path))
@@ -147,17 +175,35 @@ def _read(fh, name: str) -> ProbeClassifier:
             if header.get("kind") != "probe-classifier":
                 raise LookalikeError(f"{name} is not a classifier model (kind {header.get('kind')!r})")
             if header.get("format") != CLASSIFIER_FORMAT:
-                raise LookalikeError(f"classifier model {name} has format {header.get('format')}, "
-                                     f"this version reads {CLASSIFIER_FORMAT}")
+                raise LookalikeError(
+                    f"classifier model {name} has format {header.get('format')}, "
+                    f"this version reads {CLASSIFIER_FORMAT}"
+                )
             n = int(header["layers"])
             tail = {key: z[f"t{i}"] for i, key in enumerate(header.get("tail_keys") or [])}
-            return ProbeClassifier(header["classes"], z["mean"], z["std"],
-                                   [z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
-                                   header["temperature"], header["backbone"], header["image_size"],
-                                   header.get("meta"), views=header.get("views", 1), tail=tail,
-                                   cut=header.get("cut"))
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
-            json.JSONDecodeError) as exc:
+            return ProbeClassifier(
+                header["classes"],
+                z["mean"],
+                z["std"],
+                [z[f"w{i}"] for i in range(n)],
+                [z[f"b{i}"] for i in range(n)],
+                header["temperature"],
+                header["backbone"],
+                header["image_size"],
+                header.get("meta"),
+                views=header.get("views", 1),
+                tail=tail,
+                cut=header.get("cut"),
+            )
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+    ) as exc:
         raise LookalikeError(f"classifier model {name} is not a readable model file: {exc}") from None
 
 
@@ -167,13 +213,16 @@ def resolve_classifier(spec: str | Path) -> Path:
     if spec in SHIPPED and not Path(spec).exists():
         path = shipped_classifier_path(spec)
         if not path.is_file():
-            raise LookalikeError(f"the shipped classifier {spec!r} is missing ({path.name}); "
-                                 "reinstall or rebuild it (see data/weights/README.md)")
+            raise LookalikeError(
+                f"the shipped classifier {spec!r} is missing ({path.name}); "
+                "reinstall or rebuild it (see data/weights/README.md)"
+            )
         return path
     path = Path(spec)
     if not path.is_file():
-        raise LookalikeError(f"classifier model {spec} does not exist (give a file, or a shipped "
-                             f"model: {', '.join(SHIPPED)})")
+        raise LookalikeError(
+            f"classifier model {spec} does not exist (give a file, or a shipped model: {', '.join(SHIPPED)})"
+        )
     return path
 
 
@@ -197,8 +246,9 @@ def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> fl
     return float(-logp[np.arange(len(z)), np.asarray(targets)].mean())
 
 
-def fit_temperature(logits: np.ndarray, targets: np.ndarray, lo: float = 0.05, hi: float = 20.0,
-                    iters: int = 80) -> float:
+def fit_temperature(
+    logits: np.ndarray, targets: np.ndarray, lo: float = 0.05, hi: float = 20.0, iters: int = 80
+) -> float:
     """The temperature minimising held-out NLL (golden-section search on log T)."""
     if len(logits) == 0:
         return 1.0
@@ -221,17 +271,17 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, lo: float = 0.05, h
 # ------------------------------------------------------------------ training
 @dataclass
 class ClassifierConfig:
-    hidden: int = 256            # 0: a linear probe (multinomial logistic regression)
+    hidden: int = 256  # 0: a linear probe (multinomial logistic regression)
     epochs: int = 40
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    dropout: float = 0.5         # on the hidden layer
-    input_dropout: float = 0.2   # on the standardised features
+    dropout: float = 0.5  # on the hidden layer
+    input_dropout: float = 0.2  # on the standardised features
     label_smoothing: float = 0.0
-    class_weights: float = 0.0   # weight of class c is (n / n_c) ** class_weights, mean 1
-    views: int = 0               # augmented views (cached features) added as training rows
-    min_steps: int = 300         # more epochs than asked when the data are few
+    class_weights: float = 0.0  # weight of class c is (n / n_c) ** class_weights, mean 1
+    views: int = 0  # augmented views (cached features) added as training rows
+    min_steps: int = 300  # more epochs than asked when the data are few
     seed: int = 0
 
 
@@ -241,9 +291,13 @@ def _class_weights(ids: np.ndarray, n_classes: int, power: float) -> np.ndarray:
     return (w / (w[counts > 0].mean() if (counts > 0).any() else 1.0)).astype(np.float32)
 
 
-def fit_head(x: np.ndarray, ids: np.ndarray, n_classes: int, config: ClassifierConfig,
-             views: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray],
-                                                             np.ndarray, np.ndarray]:
+def fit_head(
+    x: np.ndarray,
+    ids: np.ndarray,
+    n_classes: int,
+    config: ClassifierConfig,
+    views: list[np.ndarray] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """Train the head on features ``x`` (N, D) with class ids; returns (weights, biases, mean, std).
 
     Weights are rounded through float16, as they are stored, so a model behaves the same before
@@ -261,28 +315,37 @@ def fit_head(x: np.ndarray, ids: np.ndarray, n_classes: int, config: ClassifierC
     # training set) from blowing up on new images
     var = x.var(0)
     mean, std = x.mean(0), np.sqrt(var + 1e-2 * var.mean() + 1e-12)
-    rows = [x] + [np.asarray(v, dtype=np.float32) for v in (views or [])[:cfg.views]]
+    rows = [x] + [np.asarray(v, dtype=np.float32) for v in (views or [])[: cfg.views]]
     xt = torch.from_numpy((np.concatenate(rows) - mean) / std)
     yt = torch.from_numpy(np.tile(np.asarray(ids, dtype=np.int64), len(rows)))
     dim = x.shape[1]
     if cfg.hidden:
-        head = nn.Sequential(nn.Dropout(cfg.input_dropout), nn.Linear(dim, cfg.hidden), nn.ReLU(),
-                             nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_classes))
+        head = nn.Sequential(
+            nn.Dropout(cfg.input_dropout),
+            nn.Linear(dim, cfg.hidden),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, n_classes),
+        )
     else:
         head = nn.Sequential(nn.Dropout(cfg.input_dropout), nn.Linear(dim, n_classes))
-    weight = torch.from_numpy(_class_weights(np.asarray(ids), n_classes, cfg.class_weights)) \
-        if cfg.class_weights else None
+    weight = (
+        torch.from_numpy(_class_weights(np.asarray(ids), n_classes, cfg.class_weights))
+        if cfg.class_weights
+        else None
+    )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(xt) / cfg.batch_size)))
     epochs = max(cfg.epochs, int(np.ceil(cfg.min_steps / steps_per_epoch)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
+    )
     head.train()
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(len(xt)))
         for s in range(0, len(xt), cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
+            idx = order[s : s + cfg.batch_size]
             loss = loss_fn(head(xt[idx]), yt[idx])
             opt.zero_grad()
             loss.backward()
@@ -316,14 +379,21 @@ def make_folds(n: int, ids: np.ndarray, groups: np.ndarray | None, k: int, seed:
     return fold
 
 
-def cross_fit(x: np.ndarray, ids: np.ndarray, n_classes: int, config: ClassifierConfig,
-              folds: np.ndarray, views: list[np.ndarray] | None = None) -> np.ndarray:
+def cross_fit(
+    x: np.ndarray,
+    ids: np.ndarray,
+    n_classes: int,
+    config: ClassifierConfig,
+    folds: np.ndarray,
+    views: list[np.ndarray] | None = None,
+) -> np.ndarray:
     """Out-of-fold logits (N, C): each fold scored by a head trained on the other folds."""
     out = np.zeros((len(x), n_classes), dtype=np.float32)
     for f in np.unique(folds):
         test = folds == f
-        w, b, mean, std = fit_head(x[~test], ids[~test], n_classes, config,
-                                   [v[~test] for v in views] if views else None)
+        w, b, mean, std = fit_head(
+            x[~test], ids[~test], n_classes, config, [v[~test] for v in views] if views else None
+        )
         probe = ProbeClassifier([str(i) for i in range(n_classes)], mean, std, w, b)
         out[test] = probe.logits(x[test])
     return out
@@ -339,10 +409,19 @@ DEFAULT_GRID: list[dict] = [
 ]
 
 
-def train_classifier(features: np.ndarray, labels: np.ndarray, *, groups: np.ndarray | None = None,
-                     views: list[np.ndarray] | None = None, config: ClassifierConfig | None = None,
-                     grid: list[dict] | None = None, folds: int = 5, backbone: str = DEFAULT_BACKBONE,
-                     image_size: int = 224, progress: bool = True) -> tuple[ProbeClassifier, dict]:
+def train_classifier(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    views: list[np.ndarray] | None = None,
+    config: ClassifierConfig | None = None,
+    grid: list[dict] | None = None,
+    folds: int = 5,
+    backbone: str = DEFAULT_BACKBONE,
+    image_size: int = 224,
+    progress: bool = True,
+) -> tuple[ProbeClassifier, dict]:
     """Train a calibrated classifier; with ``grid``, pick the setting of best cross-fit accuracy.
 
     Returns the model (trained on all rows, temperature from the cross-fit) and a report.
@@ -363,30 +442,49 @@ def train_classifier(features: np.ndarray, labels: np.ndarray, *, groups: np.nda
             continue
         oof = cross_fit(x, ids, len(classes), cfg, fold, views)
         t = fit_temperature(oof, ids)
-        row = dict(config=_diff(cfg), cv_accuracy=float((oof.argmax(1) == ids).mean()),
-                   cv_nll=nll(oof, ids, t), temperature=t)
+        row = dict(
+            config=_diff(cfg),
+            cv_accuracy=float((oof.argmax(1) == ids).mean()),
+            cv_nll=nll(oof, ids, t),
+            temperature=t,
+        )
         tried.append(row)
-        if best is None or (row["cv_accuracy"], -row["cv_nll"]) > (best[1]["cv_accuracy"], -best[1]["cv_nll"]):
+        if best is None or (row["cv_accuracy"], -row["cv_nll"]) > (
+            best[1]["cv_accuracy"],
+            -best[1]["cv_nll"],
+        ):
             best = (cfg, row, oof)
     if best is None:
         raise LookalikeError("no setting could be trained (augmented views missing?)")
     cfg, row, oof = best
     w, b, mean, std = fit_head(x, ids, len(classes), cfg, views)
     grouped = groups is not None
-    meta = dict(config=asdict(cfg), n_train=len(x), cv=dict(folds=folds, grouped=grouped,
-                accuracy=row["cv_accuracy"], nll=row["cv_nll"], nll_uncalibrated=nll(oof, ids)),
-                method=("linear probe" if not cfg.hidden else f"MLP probe ({cfg.hidden} hidden)")
-                + " on frozen backbone features, temperature-scaled on out-of-fold logits")
-    model = ProbeClassifier(classes.tolist(), mean, std, w, b, row["temperature"], backbone,
-                            image_size, meta)
-    return model, dict(selected=_diff(cfg), temperature=row["temperature"], cv_accuracy=row["cv_accuracy"],
-                       cv_nll=row["cv_nll"], tried=tried)
+    meta = dict(
+        config=asdict(cfg),
+        n_train=len(x),
+        cv=dict(
+            folds=folds,
+            grouped=grouped,
+            accuracy=row["cv_accuracy"],
+            nll=row["cv_nll"],
+            nll_uncalibrated=nll(oof, ids),
+        ),
+        method=("linear probe" if not cfg.hidden else f"MLP probe ({cfg.hidden} hidden)")
+        + " on frozen backbone features, temperature-scaled on out-of-fold logits",
+    )
+    model = ProbeClassifier(classes.tolist(), mean, std, w, b, row["temperature"], backbone, image_size, meta)
+    return model, dict(
+        selected=_diff(cfg),
+        temperature=row["temperature"],
+        cv_accuracy=row["cv_accuracy"],
+        cv_nll=row["cv_nll"],
+        tried=tried,
+    )
 
 
 def _diff(cfg: ClassifierConfig) -> dict:
     """A config as the fields that differ from the defaults (short, readable reports)."""
     default = ClassifierConfig()
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)
-            if getattr(cfg, f.name) != getattr(default, f.name)} or {"hidden": cfg.hidden}
-
-
+    return {
+        f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)
+    } or {"hidden": cfg.hidden}

@@ -71,8 +71,9 @@ def default_cut(backbone: Backbone) -> int:
 def check_cut(backbone: Backbone, cut: int) -> None:
     n = len(trunk(backbone))
     if not 1 <= cut < n:
-        raise ModelError(f"the cut must be a trunk module from 1 to {n - 1} of {backbone.spec.name}, "
-                         f"got {cut}")
+        raise ModelError(
+            f"the cut must be a trunk module from 1 to {n - 1} of {backbone.spec.name}, got {cut}"
+        )
 
 
 def stem(backbone: Backbone, cut: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -102,8 +103,11 @@ def tail_keys(backbone: Backbone, cut: int) -> list[str]:
     (BatchNorm's step counters are left out: they do nothing in eval mode)."""
     check_cut(backbone, cut)
     state = backbone.body.state_dict()
-    return [k for k, t in state.items() if k.startswith("features.") and int(k.split(".")[1]) >= cut
-            and t.is_floating_point()]
+    return [
+        k
+        for k, t in state.items()
+        if k.startswith("features.") and int(k.split(".")[1]) >= cut and t.is_floating_point()
+    ]
 
 
 def _imagenet_tail(backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
@@ -136,8 +140,9 @@ def tail_state(backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
 def round_tail(backbone: Backbone, cut: int) -> dict[str, np.ndarray]:
     """Make the trained tail of ``backbone`` exactly what its stored form loads as; returns that form."""
     state = tail_state(backbone, cut)
-    backbone.body.load_state_dict({k: torch.from_numpy(v) for k, v in _imagenet_tail(backbone, cut).items()},
-                                  strict=False)
+    backbone.body.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in _imagenet_tail(backbone, cut).items()}, strict=False
+    )
     load_tail(backbone, state, cut)
     return state
 
@@ -150,22 +155,27 @@ def load_tail(backbone: Backbone, state: dict[str, np.ndarray], cut: int) -> Bac
     expected = {f"{k}|{part}" for k in keys for part in (("q", "scale") if own[k].ndim >= 2 else ("delta",))}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ModelError(f"the fine-tuned tail does not fit {backbone.spec.name} cut at {cut} "
-                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ModelError(
+            f"the fine-tuned tail does not fit {backbone.spec.name} cut at {cut} "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     tensors = {}
     for key in keys:
         shape = tuple(own[key].shape)
         if own[key].ndim >= 2:
             q, scale = np.asarray(state[f"{key}|q"]), np.asarray(state[f"{key}|scale"])
             if q.shape != shape or scale.shape != shape[:1]:
-                raise ModelError(f"fine-tuned tensor {key} has shape {q.shape} (scales {scale.shape}), "
-                                 f"the backbone expects {shape}")
+                raise ModelError(
+                    f"fine-tuned tensor {key} has shape {q.shape} (scales {scale.shape}), "
+                    f"the backbone expects {shape}"
+                )
             change = q.astype(np.float32) * scale.reshape(-1, *[1] * (len(shape) - 1))
         else:
             change = np.asarray(state[f"{key}|delta"], dtype=np.float32)
             if change.shape != shape:
-                raise ModelError(f"fine-tuned tensor {key} has shape {change.shape}, the backbone "
-                                 f"expects {shape}")
+                raise ModelError(
+                    f"fine-tuned tensor {key} has shape {change.shape}, the backbone expects {shape}"
+                )
         tensors[key] = own[key] + torch.from_numpy(change)
     backbone.body.load_state_dict(tensors, strict=False)
     return backbone
@@ -188,7 +198,7 @@ class TailClassifier(nn.Module):
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.pooled(acts)))
 
-    def train(self, mode: bool = True) -> "TailClassifier":
+    def train(self, mode: bool = True) -> TailClassifier:
         # BatchNorm keeps its running statistics (see the module docstring); only dropout trains
         super().train(False)
         self.dropout.train(mode)
@@ -208,16 +218,23 @@ def sampling_weights(ids: np.ndarray, n_classes: int, balance: float) -> np.ndar
     return w / w.sum()
 
 
-def _fingerprint(activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone,
-                 cfg: FinetuneConfig) -> str:
+def _fingerprint(
+    activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone, cfg: FinetuneConfig
+) -> str:
     """What a checkpoint must have been trained on to be resumed: settings, data and weights."""
-    settings = [asdict(cfg), list(activations.shape), str(activations.dtype), n_classes,
-                backbone.spec.name, backbone.spec.weights_sha256]
+    settings = [
+        asdict(cfg),
+        list(activations.shape),
+        str(activations.dtype),
+        n_classes,
+        backbone.spec.name,
+        backbone.spec.weights_sha256,
+    ]
     digest = hashlib.sha256(json.dumps(settings).encode())
     digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
     if len(activations):  # a sample of the activations: a cache of other images prints otherwise
         flat = activations.reshape(len(activations), -1)
-        sample = flat[::max(1, len(flat) // 16), ::max(1, flat.shape[1] // 256)]
+        sample = flat[:: max(1, len(flat) // 16), :: max(1, flat.shape[1] // 256)]
         digest.update(np.ascontiguousarray(sample).tobytes())
     return digest.hexdigest()
 
@@ -242,26 +259,38 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def _check_activations(activations: np.ndarray, ids: np.ndarray, cfg: FinetuneConfig) -> None:
     """Reject activations that are not (N, views, C, H, W) for the ``ids``, or no epochs or batch."""
     if activations.ndim != 5 or len(activations) != len(ids):
-        raise ModelError(f"expected (N, views, C, H, W) activations for {len(ids)} images, "
-                         f"got shape {activations.shape}")
+        raise ModelError(
+            f"expected (N, views, C, H, W) activations for {len(ids)} images, got shape {activations.shape}"
+        )
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ModelError("epochs and batch size must be at least 1")
 
 
-def _optimizer(model: TailClassifier, cfg: FinetuneConfig,
-               total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+def _optimizer(
+    model: TailClassifier, cfg: FinetuneConfig, total: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
     """AdamW over the tail and the head (each its own learning rate) and its one-cycle schedule
     over ``total`` steps."""
-    opt = torch.optim.AdamW([
-        dict(params=model.tail.parameters(), lr=cfg.lr_tail),
-        dict(params=model.head.parameters(), lr=cfg.lr_head)], weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr_tail, cfg.lr_head], total_steps=total,
-                                                pct_start=_warm_up_share(total))
+    opt = torch.optim.AdamW(
+        [
+            dict(params=model.tail.parameters(), lr=cfg.lr_tail),
+            dict(params=model.head.parameters(), lr=cfg.lr_head),
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[cfg.lr_tail, cfg.lr_head], total_steps=total, pct_start=_warm_up_share(total)
+    )
     return opt, sched
 
 
-def _resume(checkpoint: Path | None, fingerprint: str, model: TailClassifier, opt: torch.optim.Optimizer,
-            sched: torch.optim.lr_scheduler.OneCycleLR) -> tuple[list[float], int, float]:
+def _resume(
+    checkpoint: Path | None,
+    fingerprint: str,
+    model: TailClassifier,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.OneCycleLR,
+) -> tuple[list[float], int, float]:
     """Load the model, optimizer and schedule of a matching checkpoint, if there is one; returns
     the losses so far, the epochs done and the seconds they took (none without one)."""
     if (state := _load_checkpoint(checkpoint, fingerprint)) is None:
@@ -272,9 +301,20 @@ def _resume(checkpoint: Path | None, fingerprint: str, model: TailClassifier, op
     return state["losses"].tolist(), int(state["epoch"]), float(state["seconds"])
 
 
-def _one_epoch(model: TailClassifier, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.OneCycleLR,
-               loss_fn: nn.Module, activations: np.ndarray, p: np.ndarray, y_all: torch.Tensor,
-               cfg: FinetuneConfig, epoch: int, steps: int, losses: list[float], bar) -> None:
+def _one_epoch(
+    model: TailClassifier,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.OneCycleLR,
+    loss_fn: nn.Module,
+    activations: np.ndarray,
+    p: np.ndarray,
+    y_all: torch.Tensor,
+    cfg: FinetuneConfig,
+    epoch: int,
+    steps: int,
+    losses: list[float],
+    bar,
+) -> None:
     """``steps`` optimizer steps of epoch ``epoch``, drawn from its own seed; the losses are
     appended to ``losses``."""
     rng = np.random.default_rng([cfg.seed, epoch])
@@ -303,9 +343,15 @@ def _round_as_stored(model: TailClassifier, backbone: Backbone, cut: int) -> dic
     return stored
 
 
-def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, backbone: Backbone,
-                  config: FinetuneConfig | None = None, progress: bool = True,
-                  checkpoint: str | Path | None = None) -> tuple[TailClassifier, dict]:
+def finetune_tail(
+    activations: np.ndarray,
+    ids: np.ndarray,
+    n_classes: int,
+    backbone: Backbone,
+    config: FinetuneConfig | None = None,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+) -> tuple[TailClassifier, dict]:
     """Train the tail of ``backbone`` (changed in place) and a linear head on cached activations.
 
     ``activations``: (N, V, C, H, W), the stem's output for V views of each of N images (float16
@@ -337,22 +383,41 @@ def finetune_tail(activations: np.ndarray, ids: np.ndarray, n_classes: int, back
     y_all = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc="fine-tuning", unit="step",
-               disable=not progress)
+    bar = tqdm(
+        total=total,
+        initial=first_epoch * steps_per_epoch,
+        desc="fine-tuning",
+        unit="step",
+        disable=not progress,
+    )
     for epoch in range(first_epoch, cfg.epochs):
-        _one_epoch(model, opt, sched, loss_fn, activations, p, y_all, cfg, epoch, steps_per_epoch, losses,
-                   bar)
+        _one_epoch(
+            model, opt, sched, loss_fn, activations, p, y_all, cfg, epoch, steps_per_epoch, losses, bar
+        )
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, dict(
-                fingerprint=fingerprint, epoch=epoch + 1, seconds=seconds_before + time.perf_counter() - t0,
-                model=model.state_dict(), optimizer=opt.state_dict(), schedule=sched.state_dict(),
-                losses=torch.tensor(losses, dtype=torch.float64)))
+            _save_checkpoint(
+                checkpoint,
+                dict(
+                    fingerprint=fingerprint,
+                    epoch=epoch + 1,
+                    seconds=seconds_before + time.perf_counter() - t0,
+                    model=model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    schedule=sched.state_dict(),
+                    losses=torch.tensor(losses, dtype=torch.float64),
+                ),
+            )
     bar.close()
     model.eval()
     stored = _round_as_stored(model, backbone, cfg.cut)
-    curve = [float(np.mean(losses[i:i + steps_per_epoch])) for i in range(0, total, steps_per_epoch)]
-    return model, dict(steps=total, seconds=seconds_before + time.perf_counter() - t0, loss_per_epoch=curve,
-                       resumed_after_epoch=first_epoch, tail=stored)
+    curve = [float(np.mean(losses[i : i + steps_per_epoch])) for i in range(0, total, steps_per_epoch)]
+    return model, dict(
+        steps=total,
+        seconds=seconds_before + time.perf_counter() - t0,
+        loss_per_epoch=curve,
+        resumed_after_epoch=first_epoch,
+        tail=stored,
+    )
 
 
 @torch.inference_mode()
@@ -362,6 +427,6 @@ def tail_logits(model: TailClassifier, activations: np.ndarray, batch_size: int 
     out = np.empty((n * v, model.head.out_features), dtype=np.float32)
     flat = activations.reshape(n * v, *activations.shape[2:])
     for s in range(0, n * v, batch_size):
-        x = torch.from_numpy(np.asarray(flat[s:s + batch_size], dtype=np.float32))
-        out[s:s + batch_size] = model(x.contiguous(memory_format=torch.channels_last)).numpy()
+        x = torch.from_numpy(np.asarray(flat[s : s + batch_size], dtype=np.float32))
+        out[s : s + batch_size] = model(x.contiguous(memory_format=torch.channels_last)).numpy()
     return out.reshape(n, v, -1)

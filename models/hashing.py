@@ -61,12 +61,24 @@ class _HashFile:
     def to_bytes(self) -> bytes:
         raise NotImplementedError
 
-    def _file(self, arrays: dict[str, np.ndarray], header_first: bool = True, compressed: bool = False,
-              **header: object) -> bytes:
+    def _file(
+        self,
+        arrays: dict[str, np.ndarray],
+        header_first: bool = True,
+        compressed: bool = False,
+        **header: object,
+    ) -> bytes:
         """The model file: ``arrays`` and the header (format, method, backbone, bits, in_features,
         then ``header``, then meta) as a JSON array named ``header``."""
-        fields = dict(format=HASH_FORMAT, method=self.method, backbone=self.backbone, bits=self.bits,
-                      in_features=self.in_features, **header, meta=self.meta)
+        fields = dict(
+            format=HASH_FORMAT,
+            method=self.method,
+            backbone=self.backbone,
+            bits=self.bits,
+            in_features=self.in_features,
+            **header,
+            meta=self.meta,
+        )
         encoded = {"header": np.frombuffer(json.dumps(fields).encode(), dtype=np.uint8)}
         ordered = {**encoded, **arrays} if header_first else {**arrays, **encoded}
         buf = io.BytesIO()
@@ -81,8 +93,9 @@ class _HashFile:
 class LinearHash(_HashFile):
     """``code = pack(((x - mean) @ projection) > 0)``: the shape of PCA-ITQ and of LSH."""
 
-    def __init__(self, mean: np.ndarray, projection: np.ndarray, method: str, backbone: str,
-                 meta: dict | None = None):
+    def __init__(
+        self, mean: np.ndarray, projection: np.ndarray, method: str, backbone: str, meta: dict | None = None
+    ):
         super().__init__(method, backbone, meta)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.projection = np.asarray(projection, dtype=np.float32)
@@ -99,8 +112,9 @@ class LinearHash(_HashFile):
         """Float features (N, D) -> packed codes (N, bits/8) uint8."""
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.in_features:
-            raise LookalikeError(f"hash model expects {self.in_features}-d features, "
-                                 f"got shape {features.shape}")
+            raise LookalikeError(
+                f"hash model expects {self.in_features}-d features, got shape {features.shape}"
+            )
         return pack_bits((features - self.mean) @ self.projection > 0)
 
     # -------------------------------------------------------------- persistence
@@ -108,15 +122,16 @@ class LinearHash(_HashFile):
         return self._file(dict(mean=self.mean, projection=self.projection), header_first=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LinearHash":
+    def load(cls, path: str | Path) -> LinearHash:
         model = load_hash_model(path)
         if not isinstance(model, cls):
             raise LookalikeError(f"hash model {path} is a {model.method} network, not a linear hash")
         return model
 
 
-def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int = 0,
-            backbone: str = "") -> LinearHash:
+def fit_itq(
+    features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int = 0, backbone: str = ""
+) -> LinearHash:
     """PCA + ITQ on features (N, D); random projections top up bits beyond the data's rank."""
     if bits <= 0 or bits % 8 or bits > MAX_BITS:
         raise CodeLengthError(f"code length must be a positive multiple of 8 up to {MAX_BITS}, got {bits}")
@@ -138,8 +153,13 @@ def fit_itq(features: np.ndarray, bits: int = 512, n_iter: int = 50, seed: int =
     if n_pca < bits:
         extra = rng.standard_normal((x.shape[1], bits - n_pca))
         projection = np.concatenate([projection, extra], axis=1)
-    return LinearHash(mean, projection, "pca-itq", backbone,
-                      dict(n_train=len(x), itq_bits=n_pca, random_bits=bits - n_pca, seed=seed))
+    return LinearHash(
+        mean,
+        projection,
+        "pca-itq",
+        backbone,
+        dict(n_train=len(x), itq_bits=n_pca, random_bits=bits - n_pca, seed=seed),
+    )
 
 
 def _itq_rotation(v: np.ndarray, n_iter: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,8 +179,15 @@ class NetworkHash(_HashFile):
     Input standardisation is folded into the first layer, so features go in as they come.
     """
 
-    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], slope: float,
-                 method: str, backbone: str, meta: dict | None = None):
+    def __init__(
+        self,
+        weights: list[np.ndarray],
+        biases: list[np.ndarray],
+        slope: float,
+        method: str,
+        backbone: str,
+        meta: dict | None = None,
+    ):
         super().__init__(method, backbone, meta)
         self.weights = [np.asarray(w, dtype=np.float32) for w in weights]
         self.biases = [np.asarray(b, dtype=np.float32) for b in biases]
@@ -203,8 +230,9 @@ class ConcatHash(_HashFile):
             raise LookalikeError("a joined hash needs at least one part")
         widths = {p.in_features for p in parts}
         if len(widths) != 1:
-            raise LookalikeError("the parts of a joined hash read features of different widths: "
-                                 f"{sorted(widths)}")
+            raise LookalikeError(
+                f"the parts of a joined hash read features of different widths: {sorted(widths)}"
+            )
         super().__init__(method, backbone, meta)
         self.parts = list(parts)
 
@@ -236,15 +264,24 @@ def _read_model(source: str | Path | BinaryIO) -> HashModel:
             parts = [_read_model(io.BytesIO(z[f"part{i}"].tobytes())) for i in range(int(header["parts"]))]
             model = ConcatHash(parts, header["method"], header["backbone"], header.get("meta"))
         elif "layers" not in header:
-            model = LinearHash(z["mean"], z["projection"], header["method"], header["backbone"],
-                               header.get("meta"))
+            model = LinearHash(
+                z["mean"], z["projection"], header["method"], header["backbone"], header.get("meta")
+            )
         else:
             n = int(header["layers"])
-            model = NetworkHash([z[f"w{i}"] for i in range(n)], [z[f"b{i}"] for i in range(n)],
-                                header["slope"], header["method"], header["backbone"], header.get("meta"))
+            model = NetworkHash(
+                [z[f"w{i}"] for i in range(n)],
+                [z[f"b{i}"] for i in range(n)],
+                header["slope"],
+                header["method"],
+                header["backbone"],
+                header.get("meta"),
+            )
         if model.bits != header["bits"] or model.in_features != header["in_features"]:
-            raise LookalikeError(f"its arrays make {model.bits}-bit codes of {model.in_features}-d features, "
-                                 f"its header says {header['bits']} and {header['in_features']}")
+            raise LookalikeError(
+                f"its arrays make {model.bits}-bit codes of {model.in_features}-d features, "
+                f"its header says {header['bits']} and {header['in_features']}"
+            )
         return model
 
 
@@ -256,8 +293,15 @@ def load_hash_model(path: str | Path) -> HashModel:
         raise LookalikeError(f"hash model {path} does not exist") from None
     except LookalikeError as exc:
         raise LookalikeError(f"hash model {path} is not usable: {exc}") from None
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
-            json.JSONDecodeError) as exc:  # TypeError: a plain .npy array, not an .npz
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+        json.JSONDecodeError,
+    ) as exc:  # TypeError: a plain .npy array, not an .npz
         raise LookalikeError(f"hash model {path} is not a readable hash model file: {exc}") from None
 
 
@@ -273,29 +317,49 @@ def fit_default(features: np.ndarray, backbone: str = "") -> ConcatHash:
     path = default_hash_path()
     learned = load_hash_model(path)
     if backbone and backbone != learned.backbone:
-        raise LookalikeError(f"the default code reads {learned.backbone} features, not {backbone}; "
-                             "use --hash itq (fitted on these features) or a model file trained on them")
+        raise LookalikeError(
+            f"the default code reads {learned.backbone} features, not {backbone}; "
+            "use --hash itq (fitted on these features) or a model file trained on them"
+        )
     n_bits = DEFAULT_BITS - learned.bits
     x = np.asarray(features, dtype=np.float32)
     if len(x) >= 2:
         fitted = fit_itq(x, n_bits, backbone=learned.backbone)
     else:  # one vector has no principal directions: random hyperplanes through it (LSH)
-        fitted = LinearHash(x.reshape(-1, learned.in_features).mean(axis=0),
-                            np.random.default_rng(0).standard_normal((learned.in_features, n_bits)),
-                            "lsh", learned.backbone, dict(n_train=len(x), seed=0))
-    return ConcatHash([learned, fitted], DEFAULT_METHOD, learned.backbone,
-                      dict(recipe=DEFAULT, learned=path.name, learned_sha256=sha256_file(path),
-                           learned_bits=learned.bits, fitted_bits=fitted.bits, fitted_on=len(features)))
+        fitted = LinearHash(
+            x.reshape(-1, learned.in_features).mean(axis=0),
+            np.random.default_rng(0).standard_normal((learned.in_features, n_bits)),
+            "lsh",
+            learned.backbone,
+            dict(n_train=len(x), seed=0),
+        )
+    return ConcatHash(
+        [learned, fitted],
+        DEFAULT_METHOD,
+        learned.backbone,
+        dict(
+            recipe=DEFAULT,
+            learned=path.name,
+            learned_sha256=sha256_file(path),
+            learned_bits=learned.bits,
+            fitted_bits=fitted.bits,
+            fitted_on=len(features),
+        ),
+    )
 
 
 def is_current_default(model: HashModel) -> bool:
     """Whether ``model`` was made by this version's default recipe (with the shipped learned code)."""
-    return (isinstance(model, ConcatHash) and model.meta.get("recipe") == DEFAULT
-            and model.meta.get("learned_sha256") == sha256_file(default_hash_path()))
+    return (
+        isinstance(model, ConcatHash)
+        and model.meta.get("recipe") == DEFAULT
+        and model.meta.get("learned_sha256") == sha256_file(default_hash_path())
+    )
 
 
-def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None,
-                 backbone: str = "") -> HashModel:
+def resolve_hash(
+    spec: str | None, features: np.ndarray, bits: int | None = None, backbone: str = ""
+) -> HashModel:
     """The hash model a command asked for.
 
     ``spec`` is a model file, ``"default"`` (the default recipe, ``fit_default``, fitted on
@@ -309,8 +373,10 @@ def resolve_hash(spec: str | None, features: np.ndarray, bits: int | None = None
         return fit_itq(features, bits or 512, backbone=backbone)
     if spec == DEFAULT:
         if bits is not None and bits != DEFAULT_BITS:
-            raise CodeLengthError(f"the default code has {DEFAULT_BITS} bits, not {bits}; "
-                                  "use --hash itq for a PCA-ITQ code of another length")
+            raise CodeLengthError(
+                f"the default code has {DEFAULT_BITS} bits, not {bits}; "
+                "use --hash itq for a PCA-ITQ code of another length"
+            )
         return fit_default(features, backbone)
     return named_hash(spec, bits)
 
@@ -324,10 +390,13 @@ def fitted_on_features(spec: str | None) -> bool:
 def named_hash(spec: str, bits: int | None = None) -> HashModel:
     """A hash model file; ``bits``, when given, must be its length."""
     if spec in (ITQ, DEFAULT, None):
-        raise LookalikeError(f"--hash {spec or DEFAULT} is fitted on an archive's features, "
-                             "not read from a file")
+        raise LookalikeError(
+            f"--hash {spec or DEFAULT} is fitted on an archive's features, not read from a file"
+        )
     model = load_hash_model(spec)
     if bits is not None and bits != model.bits:
-        raise CodeLengthError(f"hash model {spec} makes {model.bits}-bit codes, not {bits}; "
-                              "use --hash itq for a PCA-ITQ code of another length")
+        raise CodeLengthError(
+            f"hash model {spec} makes {model.bits}-bit codes, not {bits}; "
+            "use --hash itq for a PCA-ITQ code of another length"
+        )
     return model

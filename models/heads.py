@@ -16,14 +16,14 @@ from torch import nn
 class MIRSHead(nn.Module):
     """features (B, D) -> code probabilities (B, bits) in (0, 1)."""
 
-    def __init__(self, in_features: int, bits: int, hidden: tuple[int, int] = (512, 256),
-                 slope: float = 0.2):
+    def __init__(self, in_features: int, bits: int, hidden: tuple[int, int] = (512, 256), slope: float = 0.2):
         super().__init__()
-        self.config = dict(kind="mirs", in_features=in_features, bits=bits, hidden=list(hidden),
-                           slope=slope)
+        self.config = dict(kind="mirs", in_features=in_features, bits=bits, hidden=list(hidden), slope=slope)
         self.layers = nn.Sequential(
-            nn.Linear(in_features, hidden[0]), nn.LeakyReLU(slope),
-            nn.Linear(hidden[0], hidden[1]), nn.LeakyReLU(slope),
+            nn.Linear(in_features, hidden[0]),
+            nn.LeakyReLU(slope),
+            nn.Linear(hidden[0], hidden[1]),
+            nn.LeakyReLU(slope),
             nn.Linear(hidden[1], bits),
         )
 
@@ -50,8 +50,13 @@ class NoisyClassifierHead(nn.Module):
 
     def __init__(self, in_features: int, n_classes: int, bits: int = 512, noise_std: float = 4.0):
         super().__init__()
-        self.config = dict(kind="noisy-classifier", in_features=in_features, bits=bits,
-                           noise_std=noise_std, n_classes=n_classes)
+        self.config = dict(
+            kind="noisy-classifier",
+            in_features=in_features,
+            bits=bits,
+            noise_std=noise_std,
+            n_classes=n_classes,
+        )
         self.code = nn.Linear(in_features, bits)
         self.classifier = nn.Linear(bits, n_classes)
         self.noise_std = noise_std
@@ -70,13 +75,28 @@ class SimilarityHead(nn.Module):
     separate the classes of the labelled sets (``models.training.train_similarity_hash``).
     """
 
-    def __init__(self, in_features: int, bits: int, n_classes: tuple[int, ...] = (), hidden: int = 0,
-                 slope: float = 0.2):
+    def __init__(
+        self,
+        in_features: int,
+        bits: int,
+        n_classes: tuple[int, ...] = (),
+        hidden: int = 0,
+        slope: float = 0.2,
+    ):
         super().__init__()
-        self.config = dict(kind="similarity", in_features=in_features, bits=bits,
-                           n_classes=list(n_classes), hidden=hidden, slope=slope)
-        self.code = (nn.Sequential(nn.Linear(in_features, hidden), nn.LeakyReLU(slope), nn.Linear(hidden, bits))
-                     if hidden else nn.Linear(in_features, bits))
+        self.config = dict(
+            kind="similarity",
+            in_features=in_features,
+            bits=bits,
+            n_classes=list(n_classes),
+            hidden=hidden,
+            slope=slope,
+        )
+        self.code = (
+            nn.Sequential(nn.Linear(in_features, hidden), nn.LeakyReLU(slope), nn.Linear(hidden, bits))
+            if hidden
+            else nn.Linear(in_features, bits)
+        )
         self.classifiers = nn.ModuleList(nn.Linear(bits, n) for n in n_classes)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,12 +111,15 @@ class AutoencoderHead(nn.Module):
 
     def __init__(self, in_features: int, bits: int = 512, hidden: int = 1024, noise_std: float = 4.0):
         super().__init__()
-        self.config = dict(kind="autoencoder", in_features=in_features, bits=bits, hidden=hidden,
-                           noise_std=noise_std)
-        self.encoder = nn.Sequential(nn.Linear(in_features, hidden), nn.LeakyReLU(0.2),
-                                     nn.Linear(hidden, bits))
-        self.decoder = nn.Sequential(nn.Linear(bits, hidden), nn.LeakyReLU(0.2),
-                                     nn.Linear(hidden, in_features))
+        self.config = dict(
+            kind="autoencoder", in_features=in_features, bits=bits, hidden=hidden, noise_std=noise_std
+        )
+        self.encoder = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, bits)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(bits, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, in_features)
+        )
         self.noise_std = noise_std
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,9 @@ def signed(p: torch.Tensor) -> torch.Tensor:
     return 2.0 * p - 1.0
 
 
-def similarity_matching_loss(p: torch.Tensor, features: torch.Tensor, same: torch.Tensor | None = None,
-                             blend: float = 0.0) -> torch.Tensor:
+def similarity_matching_loss(
+    p: torch.Tensor, features: torch.Tensor, same: torch.Tensor | None = None, blend: float = 0.0
+) -> torch.Tensor:
     """Mean squared gap between the codes' cosine and the features' cosine, over all pairs.
 
     ``features`` are centred (by their own domain's mean, so that the target measures how two
@@ -82,16 +83,18 @@ class ContrastivePairs(torch.nn.Module):
 
     def __init__(self, bits: int, projection: int = 128, temperature: float = 0.2):
         super().__init__()
-        self.projection = torch.nn.Sequential(torch.nn.Linear(bits, bits), torch.nn.ReLU(),
-                                              torch.nn.Linear(bits, projection))
+        self.projection = torch.nn.Sequential(
+            torch.nn.Linear(bits, bits), torch.nn.ReLU(), torch.nn.Linear(bits, projection)
+        )
         self.temperature = temperature
 
     def forward(self, p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor:
         return nt_xent(self.projection(signed(p_a)), self.projection(signed(p_b)), self.temperature)
 
 
-def inter_class_triplets(labels: torch.Tensor, clusters: torch.Tensor,
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+def inter_class_triplets(
+    labels: torch.Tensor, clusters: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, ...]:
     """(anchor, positive, negative) indices whose three members have three different labels.
 
     ``clusters`` are k-means clusters of class-standardised features (see

@@ -33,26 +33,29 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int)
     return np.where(denom > 0, ap, 0.0)
 
 
-def retrieval_scores(query_labels: np.ndarray, archive_labels: np.ndarray, ranked: np.ndarray,
-                     k: int) -> dict:
+def retrieval_scores(
+    query_labels: np.ndarray, archive_labels: np.ndarray, ranked: np.ndarray, k: int
+) -> dict:
     """mAP@k and precision@k of ranked archive indices (Q, k) for labelled queries."""
     query_labels, archive_labels = np.asarray(query_labels), np.asarray(archive_labels)
     relevant = archive_labels[ranked] == query_labels[:, None]
     counts = pd.Series(archive_labels).value_counts()
     n_relevant = counts.reindex(query_labels).fillna(0).to_numpy()
-    return dict(map_at_k=float(average_precision_at_k(relevant, n_relevant, k).mean()),
-                precision_at_k=float(relevant[:, :k].mean()))
+    return dict(
+        map_at_k=float(average_precision_at_k(relevant, n_relevant, k).mean()),
+        precision_at_k=float(relevant[:, :k].mean()),
+    )
 
 
 def rank_euclidean(archive: np.ndarray, queries: np.ndarray, k: int, batch: int = 256) -> np.ndarray:
     """Indices of the k nearest archive rows by Euclidean distance, ties by archive order."""
     archive = np.asarray(archive, dtype=np.float32)
-    sq = (archive ** 2).sum(1)
+    sq = (archive**2).sum(1)
     out = np.empty((len(queries), min(k, len(archive))), dtype=np.int64)
     for s in range(0, len(queries), batch):
-        q = np.asarray(queries[s:s + batch], dtype=np.float32)
+        q = np.asarray(queries[s : s + batch], dtype=np.float32)
         d = sq[None, :] - 2.0 * q @ archive.T
-        out[s:s + len(q)] = np.argsort(d, axis=1, kind="stable")[:, :out.shape[1]]
+        out[s : s + len(q)] = np.argsort(d, axis=1, kind="stable")[:, : out.shape[1]]
     return out
 
 
@@ -81,8 +84,9 @@ def classification_metrics(labels, proba: np.ndarray, classes: list[str], thresh
     proba = np.asarray(proba, dtype=np.float64)
     classes = [str(c) for c in classes]
     if proba.ndim != 2 or proba.shape != (len(labels), len(classes)):
-        raise LookalikeError(f"posteriors of shape {proba.shape} do not match {len(labels)} items "
-                             f"and {len(classes)} classes")
+        raise LookalikeError(
+            f"posteriors of shape {proba.shape} do not match {len(labels)} items and {len(classes)} classes"
+        )
     if not 0.0 <= threshold <= 1.0:
         raise LookalikeError(f"threshold must be within [0, 1], got {threshold}")
     if not len(labels):
@@ -124,8 +128,9 @@ def classification_metrics(labels, proba: np.ndarray, classes: list[str], thresh
     )
 
 
-def threshold_curve(labels, proba: np.ndarray, classes: list[str],
-                    thresholds: np.ndarray | None = None) -> dict:
+def threshold_curve(
+    labels, proba: np.ndarray, classes: list[str], thresholds: np.ndarray | None = None
+) -> dict:
     """Accuracy on accepted items and abstention rate at each threshold."""
     labels = np.asarray(labels).astype(str)
     proba = np.asarray(proba, dtype=np.float64)
@@ -148,5 +153,6 @@ def distance_recall(found: np.ndarray, exact: np.ndarray) -> float:
     if len(exact) == 0:
         return 1.0
     top = int(max(exact.max(), found.max() if len(found) else 0)) + 1
-    return float(np.minimum(np.bincount(found, minlength=top), np.bincount(exact, minlength=top)).sum()
-                 / len(exact))
+    return float(
+        np.minimum(np.bincount(found, minlength=top), np.bincount(exact, minlength=top)).sum() / len(exact)
+    )

@@ -45,19 +45,19 @@ class DetectorConfig:
     """Settings of ``salient_regions`` (pixel sizes are at full resolution)."""
 
     scales: tuple[float, ...] = DEFAULT_SCALES
-    z_high: float = 8.0            # a region needs a pixel this salient ...
-    z_low: float = 4.0             # ... and grows over pixels above this
-    min_size: int = 24             # boxes whose longer side is smaller are dropped
-    max_size: int = 768            # larger regions are split into boxes of at most this side
+    z_high: float = 8.0  # a region needs a pixel this salient ...
+    z_low: float = 4.0  # ... and grows over pixels above this
+    min_size: int = 24  # boxes whose longer side is smaller are dropped
+    max_size: int = 768  # larger regions are split into boxes of at most this side
     max_regions: int | None = 500  # the most salient ones are kept
-    nms_overlap: float = 0.5       # intersection over the smaller box that suppresses a box
-    edges: bool = True             # valid-data boundaries as regions
-    edge_size: int = 256           # side of the boundary segments that make edge regions
-    fill_value: float | None = 0   # value of black fill around imagery (None: no fill)
-    min_fill: int = 4096           # fill areas smaller than this (pixels) are dark imagery
+    nms_overlap: float = 0.5  # intersection over the smaller box that suppresses a box
+    edges: bool = True  # valid-data boundaries as regions
+    edge_size: int = 256  # side of the boundary segments that make edge regions
+    fill_value: float | None = 0  # value of black fill around imagery (None: no fill)
+    min_fill: int = 4096  # fill areas smaller than this (pixels) are dark imagery
     max_map_pixels: int = 1 << 20  # the saliency map is downsampled to at most this many pixels
-    refine: bool = True            # refine boxes at full resolution
-    read_pixels: int = 1 << 22     # the map is built from strips of about this many pixels
+    refine: bool = True  # refine boxes at full resolution
+    read_pixels: int = 1 << 22  # the map is built from strips of about this many pixels
 
     def __post_init__(self):
         if not self.scales or min(self.scales) <= 0:
@@ -83,14 +83,15 @@ class ArrayScene:
         if valid is not None:
             valid = np.asarray(valid, dtype=bool)
             if valid.shape != gray.shape:
-                raise LookalikeError(f"valid mask of shape {valid.shape} does not match the "
-                                     f"image {gray.shape}")
+                raise LookalikeError(
+                    f"valid mask of shape {valid.shape} does not match the image {gray.shape}"
+                )
         self.gray, self.valid = gray, valid
         self.shape = gray.shape
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         g = self.gray[y0:y1, x0:x1]
-        v = (np.ones(g.shape, bool) if self.valid is None else self.valid[y0:y1, x0:x1])
+        v = np.ones(g.shape, bool) if self.valid is None else self.valid[y0:y1, x0:x1]
         finite = np.isfinite(g) if g.dtype.kind == "f" else None
         return g, (v if finite is None else v & finite)
 
@@ -114,8 +115,9 @@ def _block_counts(h: int, w: int, f: int) -> np.ndarray:
     return np.outer(rows, cols)
 
 
-def overview(scene, factor: int, fill_value: float | None = 0, strip_pixels: int = 1 << 22,
-             progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def overview(
+    scene, factor: int, fill_value: float | None = 0, strip_pixels: int = 1 << 22, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Block means of the valid non-fill pixels, valid fraction and fill fraction of f x f blocks.
 
     The scene is read in strips of about ``strip_pixels`` pixels, so memory is bounded by one
@@ -189,7 +191,7 @@ def _robust_z(m: np.ndarray, mask: np.ndarray, floor: float = 1e-6) -> np.ndarra
     vals = m[mask]
     if vals.size < 16:
         return np.zeros_like(m)
-    vals = vals[::max(1, vals.size // 250_000)]  # a quarter million samples pin the median down
+    vals = vals[:: max(1, vals.size // 250_000)]  # a quarter million samples pin the median down
     med = np.median(vals)
     spread = max(1.4826 * float(np.median(np.abs(vals - med))), floor)
     return ((m - med) / spread).astype(np.float32)
@@ -251,7 +253,7 @@ def non_max_suppression(boxes: np.ndarray, overlap: float) -> np.ndarray:
     order = np.argsort(-boxes[:, 4], kind="stable")
     kept: list[int] = []
     for i in order:
-        if kept and box_overlap(boxes[i:i + 1], boxes[kept]).max() > overlap:
+        if kept and box_overlap(boxes[i : i + 1], boxes[kept]).max() > overlap:
             continue
         kept.append(int(i))
     return boxes[kept]
@@ -294,8 +296,15 @@ def _component_boxes(z: np.ndarray, cfg: DetectorConfig, f: int) -> list[tuple]:
                 if cell.mean() < 0.1:
                     continue
                 cy, cx = np.nonzero(cell)
-                boxes.append((xa + cx.min(), ya + cy.min(), xa + cx.max() + 1, ya + cy.max() + 1,
-                              float(z[ya:yb, xa:xb][cell].max())))
+                boxes.append(
+                    (
+                        xa + cx.min(),
+                        ya + cy.min(),
+                        xa + cx.max() + 1,
+                        ya + cy.max() + 1,
+                        float(z[ya:yb, xa:xb][cell].max()),
+                    )
+                )
     return boxes
 
 
@@ -314,7 +323,7 @@ def _edge_boxes(valid: np.ndarray, mean: np.ndarray, cfg: DetectorConfig, f: int
     boxes = []
     for y in range(0, h, cell):
         for x in range(0, w, cell):
-            ys, xs = np.nonzero(boundary[y:y + cell, x:x + cell])
+            ys, xs = np.nonzero(boundary[y : y + cell, x : x + cell])
             if len(ys) < max(2, cell // 4):
                 continue
             cy, cx = y + int(np.median(ys)), x + int(np.median(xs))
@@ -352,7 +361,7 @@ def _refine(scene, box: np.ndarray, f: int, fill_value: float | None = None) -> 
         return box
     hot = energy >= base + 0.25 * (peak - base)
     labels, n = ndi.label(hot)
-    core = labels[int(y0 - wy0):int(y1 - wy0), int(x0 - wx0):int(x1 - wx0)]
+    core = labels[int(y0 - wy0) : int(y1 - wy0), int(x0 - wx0) : int(x1 - wx0)]
     ids = np.unique(core[core > 0])
     if not len(ids):
         return box
@@ -385,24 +394,27 @@ def detect(scene, config: DetectorConfig | None = None, progress: bool = False) 
         return np.zeros((0, 5))
     scales = tuple(s / f for s in cfg.scales if s / f >= 0.7)
     if not scales:
-        raise LookalikeError(f"no saliency scale fits a map downsampled {f}x (scales {cfg.scales}); "
-                             "give larger scales or a larger max_map_pixels")
+        raise LookalikeError(
+            f"no saliency scale fits a map downsampled {f}x (scales {cfg.scales}); "
+            "give larger scales or a larger max_map_pixels"
+        )
     z = saliency_map(mean, weight, scales)
     boxes = [np.array(b, float) for b in _component_boxes(z, cfg, f)]
     boxes = [np.array([b[0] * f, b[1] * f, min(w, b[2] * f), min(h, b[3] * f), b[4]]) for b in boxes]
     if cfg.refine and f > 1:
         refined = [_refine(scene, b, f, cfg.fill_value if fill.any() else None) for b in boxes]
-        boxes = [r if max(r[2] - r[0], r[3] - r[1]) <= cfg.max_size else b
-                 for r, b in zip(refined, boxes)]
+        boxes = [r if max(r[2] - r[0], r[3] - r[1]) <= cfg.max_size else b for r, b in zip(refined, boxes)]
     if cfg.edges:
-        boxes += [np.array([b[0] * f, b[1] * f, min(w, b[2] * f), min(h, b[3] * f), b[4]])
-                  for b in _edge_boxes(valid, mean, cfg, f)]
+        boxes += [
+            np.array([b[0] * f, b[1] * f, min(w, b[2] * f), min(h, b[3] * f), b[4]])
+            for b in _edge_boxes(valid, mean, cfg, f)
+        ]
     out = np.array(boxes, float).reshape(-1, 5)
     side = np.maximum(out[:, 2] - out[:, 0], out[:, 3] - out[:, 1])
     out = out[side >= cfg.min_size]
     out = non_max_suppression(out, cfg.nms_overlap)
     if cfg.max_regions is not None:
-        out = out[:cfg.max_regions]
+        out = out[: cfg.max_regions]
     return out
 
 
@@ -414,5 +426,3 @@ def salient_regions(gray: np.ndarray, valid: np.ndarray | None = None, **setting
     fields. The image is read in strips, so ``gray`` may be a memory-mapped array.
     """
     return detect(ArrayScene(gray, valid), DetectorConfig(**settings))
-
-

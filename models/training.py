@@ -56,8 +56,9 @@ class TrainConfig:
     seed: int = 0
 
 
-def class_standardised_clusters(features: np.ndarray, labels: np.ndarray, k: int = 8,
-                                seed: int = 0) -> np.ndarray:
+def class_standardised_clusters(
+    features: np.ndarray, labels: np.ndarray, k: int = 8, seed: int = 0
+) -> np.ndarray:
     """k-means cluster of each item after removing its class's mean and spread per feature."""
     from sklearn.cluster import KMeans
 
@@ -75,7 +76,7 @@ def _batches(n: int, labels: np.ndarray | None, batch_size: int, rng: np.random.
     """Index batches; with labels, class-balanced (m per class) so triplets can be mined."""
     if labels is None:
         order = rng.permutation(n)
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     classes = np.unique(labels)
     m = max(2, batch_size // len(classes))
     pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
@@ -86,10 +87,15 @@ def _batches(n: int, labels: np.ndarray | None, batch_size: int, rng: np.random.
     return batches
 
 
-def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
-               views: tuple[np.ndarray, np.ndarray] | None = None, config: TrainConfig | None = None,
-               backbone: str = "", progress: bool = True,
-               target: np.ndarray | None = None) -> NetworkHash:
+def train_hash(
+    features: np.ndarray,
+    labels: np.ndarray | None = None,
+    views: tuple[np.ndarray, np.ndarray] | None = None,
+    config: TrainConfig | None = None,
+    backbone: str = "",
+    progress: bool = True,
+    target: np.ndarray | None = None,
+) -> NetworkHash:
     """Train a hashing head; returns it as a ``NetworkHash`` ready to encode and save."""
     threads = torch.get_num_threads()
     # small matrices: one thread is as fast, and spinning OpenMP threads starve other work
@@ -100,8 +106,9 @@ def train_hash(features: np.ndarray, labels: np.ndarray | None = None,
         torch.set_num_threads(threads)
 
 
-def _check_method(cfg: TrainConfig, labels: np.ndarray | None,
-                  views: tuple[np.ndarray, np.ndarray] | None) -> None:
+def _check_method(
+    cfg: TrainConfig, labels: np.ndarray | None, views: tuple[np.ndarray, np.ndarray] | None
+) -> None:
     """Reject an unknown method, a method without the data it needs, or an unusable code length."""
     if cfg.method not in METHODS:
         raise LookalikeError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
@@ -113,8 +120,9 @@ def _check_method(cfg: TrainConfig, labels: np.ndarray | None,
         raise LookalikeError(f"bits must be a positive multiple of 8 up to {MAX_BITS}, got {cfg.bits}")
 
 
-def _make_head(cfg: TrainConfig, x: np.ndarray, class_ids: np.ndarray | None,
-               n_classes: int | None) -> tuple[nn.Module, nn.Module | None, torch.Tensor | None]:
+def _make_head(
+    cfg: TrainConfig, x: np.ndarray, class_ids: np.ndarray | None, n_classes: int | None
+) -> tuple[nn.Module, nn.Module | None, torch.Tensor | None]:
     """The head of ``cfg.method`` for features ``x``, its loss module (triplets or contrastive
     pairs, else None) and, for inter-class triplets, each item's class-standardised cluster."""
     dim = x.shape[1]
@@ -125,8 +133,9 @@ def _make_head(cfg: TrainConfig, x: np.ndarray, class_ids: np.ndarray | None,
         if cfg.method == "mirs-triplet":
             extra = SemiHardTriplet(cfg.margin)
             if cfg.inter_class_weight:
-                clusters = torch.from_numpy(class_standardised_clusters(
-                    x, class_ids, cfg.inter_class_clusters, cfg.seed))
+                clusters = torch.from_numpy(
+                    class_standardised_clusters(x, class_ids, cfg.inter_class_clusters, cfg.seed)
+                )
         else:
             extra = ContrastivePairs(cfg.bits, temperature=cfg.temperature)
     elif cfg.method == "descartes-classifier":
@@ -136,9 +145,12 @@ def _make_head(cfg: TrainConfig, x: np.ndarray, class_ids: np.ndarray | None,
     return head, extra, clusters
 
 
-def _make_whitening(cfg: TrainConfig, dim: int, target: np.ndarray | None,
-                    norm: Callable[[np.ndarray], torch.Tensor],
-                    ) -> tuple[GroupWhitening | None, torch.Tensor | None]:
+def _make_whitening(
+    cfg: TrainConfig,
+    dim: int,
+    target: np.ndarray | None,
+    norm: Callable[[np.ndarray], torch.Tensor],
+) -> tuple[GroupWhitening | None, torch.Tensor | None]:
     """The domain-specific group whitening ``cfg.whiten_group`` asks for (None for 0) and the
     standardised target-domain features it is trained on; it needs a MIRS head and ``target``."""
     if not cfg.whiten_group:
@@ -202,8 +214,9 @@ def _batch_loss(t: _Trainee, idx: np.ndarray, rng: np.random.Generator) -> torch
     return loss
 
 
-def _one_epoch(t: _Trainee, class_ids: np.ndarray | None, opt: torch.optim.Optimizer,
-               rng: np.random.Generator) -> torch.Tensor:
+def _one_epoch(
+    t: _Trainee, class_ids: np.ndarray | None, opt: torch.optim.Optimizer, rng: np.random.Generator
+) -> torch.Tensor:
     """One pass over the items in batches (class-balanced for triplets); returns the last loss."""
     t.head.train()
     cfg = t.cfg
@@ -217,8 +230,9 @@ def _one_epoch(t: _Trainee, class_ids: np.ndarray | None, opt: torch.optim.Optim
     return loss
 
 
-def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: bool,
-           target: np.ndarray | None) -> NetworkHash:
+def _train(
+    features, labels, views, cfg: TrainConfig, backbone: str, progress: bool, target: np.ndarray | None
+) -> NetworkHash:
     """``train_hash`` with a full configuration, torch's threads left to the caller."""
     _check_method(cfg, labels, views)
     torch.manual_seed(cfg.seed)
@@ -246,12 +260,26 @@ def _train(features, labels, views, cfg: TrainConfig, backbone: str, progress: b
         loss = _one_epoch(trainee, class_ids, opt, rng)
         sched.step()
         bar.set_postfix(loss=float(loss.detach()))
-    return export_head(head, mean, std, cfg, backbone, n_train=len(x),
-                       whitening=whitening.eval() if whitening is not None else None)
+    return export_head(
+        head,
+        mean,
+        std,
+        cfg,
+        backbone,
+        n_train=len(x),
+        whitening=whitening.eval() if whitening is not None else None,
+    )
 
 
-def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainConfig, backbone: str,
-                n_train: int, whitening: GroupWhitening | None = None) -> NetworkHash:
+def export_head(
+    head: nn.Module,
+    mean: np.ndarray,
+    std: np.ndarray,
+    cfg: TrainConfig,
+    backbone: str,
+    n_train: int,
+    whitening: GroupWhitening | None = None,
+) -> NetworkHash:
     """The head's code path as arrays, with input standardisation (and the target-domain
     whitening, an affine map too) folded into layer one."""
     if isinstance(head, MIRSHead):
@@ -276,8 +304,9 @@ def export_head(head: nn.Module, mean: np.ndarray, std: np.ndarray, cfg: TrainCo
     # W((x - mean) / std) + b  ==  (W / std) x + (b - W (mean / std))
     biases[0] = biases[0] - weights[0] @ (mean / std)
     weights[0] = weights[0] / std[None, :]
-    return NetworkHash(weights, biases, slope, cfg.method, backbone,
-                       dict(asdict(cfg), n_train=n_train, head=head.config))
+    return NetworkHash(
+        weights, biases, slope, cfg.method, backbone, dict(asdict(cfg), n_train=n_train, head=head.config)
+    )
 
 
 # ------------------------------------------------------------ similarity-preserving codes
@@ -304,10 +333,13 @@ class SimilarityConfig:
     seed: int = 0
 
 
-def train_similarity_hash(domains: dict[str, np.ndarray],
-                          labelled: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
-                          config: SimilarityConfig | None = None, backbone: str = "",
-                          progress: bool = True) -> NetworkHash:
+def train_similarity_hash(
+    domains: dict[str, np.ndarray],
+    labelled: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    config: SimilarityConfig | None = None,
+    backbone: str = "",
+    progress: bool = True,
+) -> NetworkHash:
     """A code that keeps each domain's feature neighbourhoods and separates labelled classes.
 
     ``domains``: unlabelled features per kind of imagery (e.g. Mars tiles, Earth tiles, HiRISE
@@ -348,10 +380,17 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
     for x, y in labelled.values():
         _, ids = np.unique(np.asarray(y), return_inverse=True)
         weights = 1.0 / np.bincount(ids)[ids] if cfg.balanced else np.ones(len(ids))
-        sets.append((norm(x), torch.from_numpy(ids), centred(np.asarray(x, np.float32)),
-                     torch.from_numpy(weights / weights.sum())))
-    head = SimilarityHead(union.shape[1], cfg.bits, tuple(int(s[1].max()) + 1 for s in sets),
-                          hidden=cfg.hidden)
+        sets.append(
+            (
+                norm(x),
+                torch.from_numpy(ids),
+                centred(np.asarray(x, np.float32)),
+                torch.from_numpy(weights / weights.sum()),
+            )
+        )
+    head = SimilarityHead(
+        union.shape[1], cfg.bits, tuple(int(s[1].max()) + 1 for s in sets), hidden=cfg.hidden
+    )
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     bar = tqdm(range(cfg.steps), desc="training similarity code", unit="step", disable=not progress)
@@ -360,17 +399,23 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
         for xs, targets in unlabelled:
             rows = torch.randint(len(xs), (min(cfg.domain_batch, len(xs)),), generator=gen)
             p = head(xs[rows])
-            loss = loss + (cfg.similarity_weight * similarity_matching_loss(p, targets[rows])
-                           + cfg.push_weight * push_loss(p) + cfg.balance_weight * balance_loss(p)) / len(unlabelled)
+            loss = loss + (
+                cfg.similarity_weight * similarity_matching_loss(p, targets[rows])
+                + cfg.push_weight * push_loss(p)
+                + cfg.balance_weight * balance_loss(p)
+            ) / len(unlabelled)
         for (xs, ids, targets, weights), classifier in zip(sets, head.classifiers):
             rows = torch.multinomial(weights, cfg.labelled_batch, replacement=True, generator=gen)
             p = head(xs[rows])
             if cfg.supervised_weight:
-                loss = loss + cfg.supervised_weight * nn.functional.cross_entropy(classifier(signed(p)), ids[rows])
+                loss = loss + cfg.supervised_weight * nn.functional.cross_entropy(
+                    classifier(signed(p)), ids[rows]
+                )
             if cfg.label_blend:
                 same = (ids[rows][:, None] == ids[rows][None, :]).float()
                 loss = loss + cfg.similarity_weight * similarity_matching_loss(
-                    p, targets[rows], same, cfg.label_blend)
+                    p, targets[rows], same, cfg.label_blend
+                )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -378,10 +423,21 @@ def _train_similarity(domains, labelled, cfg: SimilarityConfig, backbone: str, p
         if step % 100 == 0:
             bar.set_postfix(loss=float(loss.detach()))
     head.eval()
-    train_cfg = TrainConfig(method=SIMILARITY, bits=cfg.bits, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            push_weight=cfg.push_weight, balance_weight=cfg.balance_weight, seed=cfg.seed)
-    model = export_head(head, mean, std, train_cfg, backbone,
-                        n_train=int(sum(len(x) for x in domains.values())))
-    model.meta.update(similarity=asdict(cfg), domains={k: len(v) for k, v in domains.items()},
-                      labelled={k: len(v[0]) for k, v in labelled.items()})
+    train_cfg = TrainConfig(
+        method=SIMILARITY,
+        bits=cfg.bits,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        push_weight=cfg.push_weight,
+        balance_weight=cfg.balance_weight,
+        seed=cfg.seed,
+    )
+    model = export_head(
+        head, mean, std, train_cfg, backbone, n_train=int(sum(len(x) for x in domains.values()))
+    )
+    model.meta.update(
+        similarity=asdict(cfg),
+        domains={k: len(v) for k, v in domains.items()},
+        labelled={k: len(v[0]) for k, v in labelled.items()},
+    )
     return model

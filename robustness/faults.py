@@ -76,8 +76,18 @@ WINDOW = "6900,1900,7500,2500"
 COMMANDS = {
     "index": lambda where: ["index", *INDEX_ARGS, "--out", where / "index"],
     "append": lambda where: ["index", *APPEND_ARGS, "--out", where / "index"],
-    "landmarks": lambda where: ["landmarks", "mars_8k", "--window", WINDOW, "--threshold", "0",
-                                "--out", where / "lm.parquet", "--index", where / "index"],
+    "landmarks": lambda where: [
+        "landmarks",
+        "mars_8k",
+        "--window",
+        WINDOW,
+        "--threshold",
+        "0",
+        "--out",
+        where / "lm.parquet",
+        "--index",
+        where / "index",
+    ],
 }
 ALREADY = {"index": "already holds an index", "append": "already in"}
 PROGRESS = re.compile(r"\r|\x1b\[|/s\]")  # tqdm bars (nested ones move the cursor)
@@ -90,8 +100,12 @@ def error_lines(stderr: str) -> list[str]:
 
 def one_error_line(code: int, stderr: str) -> bool:
     lines = error_lines(stderr)
-    return (code == 2 and "Traceback" not in stderr and len(lines) == 1
-            and lines[0].startswith("lookalike: error:"))
+    return (
+        code == 2
+        and "Traceback" not in stderr
+        and len(lines) == 1
+        and lines[0].startswith("lookalike: error:")
+    )
 
 
 def state_or_error(path: Path):
@@ -134,9 +148,13 @@ class Kind:
             where = self.fresh("timing")
             before = listing(where)
             t0 = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-m", "lookalike", *map(str, self.argv(where))],
-                                    cwd=self.tmp, env=dict(os.environ, **self.env),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lookalike", *map(str, self.argv(where))],
+                cwd=self.tmp,
+                env=dict(os.environ, **self.env),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             first = None
             try:
                 while proc.poll() is None:
@@ -174,8 +192,7 @@ class Kind:
             detail = dict(delay_after_first_write_s=round(delay, 3))
         else:
             point = rng.choice(self.points)
-            killed = kill_at_point(self.argv(where), where, point_number(point), cwd=self.tmp,
-                                   env=self.env)
+            killed = kill_at_point(self.argv(where), where, point_number(point), cwd=self.tmp, env=self.env)
             detail = dict(point=generic(point.label))
         left = self.after_kill(where)
         code, _, err = run_main(self.argv(where), **self.env)
@@ -184,14 +201,29 @@ class Kind:
         if equal and self.table is not None:
             equal = (where / "lm.parquet").exists() and _same_table(where / "lm.parquet", self.table)
         already = code == 2 and one_error_line(code, err) and ALREADY.get(self.name, "\0") in err
-        return dict(kind=self.name, trial=i, moment=moment, **detail, killed=killed.killed,
-                    kill_returncode=killed.returncode, after_kill=left, rerun_code=code,
-                    rerun=("completed" if code == 0 else "already complete" if already
-                           else f"FAILED: {error_lines(err)[-1:] or err[-300:]}"),
-                    verified=state is not None, equal=equal,
-                    stray=stray_files(where / "index"), seconds=round(time.monotonic() - t0, 2),
-                    **({} if code == 0 else dict(rerun_stderr=error_lines(err))),
-                    **({} if state is not None else dict(error=error)))
+        return dict(
+            kind=self.name,
+            trial=i,
+            moment=moment,
+            **detail,
+            killed=killed.killed,
+            kill_returncode=killed.returncode,
+            after_kill=left,
+            rerun_code=code,
+            rerun=(
+                "completed"
+                if code == 0
+                else "already complete"
+                if already
+                else f"FAILED: {error_lines(err)[-1:] or err[-300:]}"
+            ),
+            verified=state is not None,
+            equal=equal,
+            stray=stray_files(where / "index"),
+            seconds=round(time.monotonic() - t0, 2),
+            **({} if code == 0 else dict(rerun_stderr=error_lines(err))),
+            **({} if state is not None else dict(error=error)),
+        )
 
 
 def generic(name: str) -> str:
@@ -237,15 +269,25 @@ def run_enospc(append: Kind) -> list[dict]:
         state, error = state_or_error(where / "index")
         intact = state is not None and not differences(state, append.before, generation=True)
         left = [f for f in stray_files(where / "index") if not f.startswith(".work-")]
-        row = dict(kind="enospc", write=k, file=generic(counted.paths[k - 1]),
-                   failed_writes=full.failed, exit_code=code, one_line=one_error_line(code, err),
-                   message=(error_lines(err) or [""])[-1], previous_intact=intact, left_behind=left,
-                   **({} if state is not None else dict(error=error)))
+        row = dict(
+            kind="enospc",
+            write=k,
+            file=generic(counted.paths[k - 1]),
+            failed_writes=full.failed,
+            exit_code=code,
+            one_line=one_error_line(code, err),
+            message=(error_lines(err) or [""])[-1],
+            previous_intact=intact,
+            left_behind=left,
+            **({} if state is not None else dict(error=error)),
+        )
         if k in retried:
             code2, _, _ = run_main(append.argv(where), **append.env)
             after, _ = state_or_error(where / "index")
-            row.update(retry_code=code2,
-                       retry_equal=code2 == 0 and after is not None and not differences(after, append.after))
+            row.update(
+                retry_code=code2,
+                retry_equal=code2 == 0 and after is not None and not differences(after, append.after),
+            )
         out.append(row)
         shutil.rmtree(where, ignore_errors=True)
     return out
@@ -272,24 +314,45 @@ def run_tmpfs(append: Kind, steps: int) -> list[dict]:
     out = []
     for j in tqdm(range(steps + 1), desc="tmpfs append", unit="trial"):
         free = needed * j // steps
-        result = real_disk_full(append.start / "index", append.argv(Path("{root}"))[:-2] +
-                                ["--out", "{index}"], free, mount=append.tmp / f"mnt-{j}",
-                                env=append.env)
+        result = real_disk_full(
+            append.start / "index",
+            append.argv(Path("{root}"))[:-2] + ["--out", "{index}"],
+            free,
+            mount=append.tmp / f"mnt-{j}",
+            env=append.env,
+        )
         after = result["after"]
         code = result["returncode"]
         before_state = append.before
-        intact = (after["ok"] and after["generation"] == before_state["generation"]
-                  and after["codes"] == hashlib.sha256(before_state["codes"]).hexdigest())
-        new = (after["ok"] and after["count"] == append.after["count"]
-               and after["codes"] == hashlib.sha256(append.after["codes"]).hexdigest())
-        out.append(dict(kind="tmpfs", free_bytes=free, exit_code=code,
-                        one_line=code == 0 or one_error_line(code, result["stderr"]),
-                        message=(error_lines(result["stderr"]) or [""])[-1],
-                        previous_intact=intact, completed=code == 0 and new,
-                        left_behind=[f for f in result["files"] if not f.startswith(".work-") and
-                                     f not in after.get("files", []) and not
-                                     (not after["ok"] and generation_file.fullmatch(f))],
-                        **({} if after["ok"] else dict(error=after.get("error")))))
+        intact = (
+            after["ok"]
+            and after["generation"] == before_state["generation"]
+            and after["codes"] == hashlib.sha256(before_state["codes"]).hexdigest()
+        )
+        new = (
+            after["ok"]
+            and after["count"] == append.after["count"]
+            and after["codes"] == hashlib.sha256(append.after["codes"]).hexdigest()
+        )
+        out.append(
+            dict(
+                kind="tmpfs",
+                free_bytes=free,
+                exit_code=code,
+                one_line=code == 0 or one_error_line(code, result["stderr"]),
+                message=(error_lines(result["stderr"]) or [""])[-1],
+                previous_intact=intact,
+                completed=code == 0 and new,
+                left_behind=[
+                    f
+                    for f in result["files"]
+                    if not f.startswith(".work-")
+                    and f not in after.get("files", [])
+                    and not (not after["ok"] and generation_file.fullmatch(f))
+                ],
+                **({} if after["ok"] else dict(error=after.get("error"))),
+            )
+        )
     return out
 
 
@@ -303,17 +366,21 @@ def summarize(trials: list[dict]) -> dict:
         landed = [t for t in rows if t["killed"]]
         ok_after = {"previous", "new", "none"}
         kills[name] = dict(
-            trials=len(rows), at_random_time=sum(t["moment"] == "time" for t in rows),
-            at_write_point=sum(t["moment"] == "point" for t in rows), killed=len(landed),
+            trials=len(rows),
+            at_random_time=sum(t["moment"] == "time" for t in rows),
+            at_write_point=sum(t["moment"] == "point" for t in rows),
+            killed=len(landed),
             finished_before_kill=len(rows) - len(landed),
             after_kill={k: sum(t["after_kill"] == k for t in rows) for k in sorted(ok_after)},
             after_kill_bad=sum(t["after_kill"] not in ok_after for t in rows),
             rerun_completed=sum(t["rerun"] == "completed" for t in rows),
             rerun_already_complete=sum(t["rerun"] == "already complete" for t in rows),
             rerun_failed=sum(t["rerun"].startswith("FAILED") for t in rows),
-            verified=sum(t["verified"] for t in rows), equal=sum(t["equal"] for t in rows),
+            verified=sum(t["verified"] for t in rows),
+            equal=sum(t["equal"] for t in rows),
             stray_after_rerun=sum(bool(t["stray"]) for t in rows),
-            seconds_per_trial=round(sum(t["seconds"] for t in rows) / len(rows), 1))
+            seconds_per_trial=round(sum(t["seconds"] for t in rows) / len(rows), 1),
+        )
     out = dict(kills=kills)
     for name in ("enospc", "tmpfs"):
         rows = [t for t in trials if t["kind"] == name]
@@ -321,11 +388,13 @@ def summarize(trials: list[dict]) -> dict:
             continue
         failed = [t for t in rows if t["exit_code"] != 0]
         out[name] = dict(
-            trials=len(rows), failed_for_space=len(failed),
+            trials=len(rows),
+            failed_for_space=len(failed),
             one_line_exit_2=sum(t["one_line"] and t["exit_code"] == 2 for t in failed),
             previous_intact=sum(t["previous_intact"] for t in failed),
             left_behind=sum(bool(t["left_behind"]) for t in rows),
-            files=sorted({t.get("file", "") for t in rows} - {""}))
+            files=sorted({t.get("file", "") for t in rows} - {""}),
+        )
         if name == "enospc":
             out[name]["retried"] = sum("retry_code" in t for t in rows)
             out[name]["retry_equal"] = sum(t.get("retry_equal", False) for t in rows)
@@ -336,61 +405,93 @@ def summarize(trials: list[dict]) -> dict:
 
 def to_markdown(result: dict) -> str:
     s = result["summary"]
-    lines = ["# Faults: SIGKILL, a full disk", "",
-             f"Produced by `python robustness/faults.py --trials {result['trials_per_kind']}` on "
-             f"{result['machine']} ({result['date']}, {result['minutes']:.0f} min). Every trial is in "
-             "`faults.json`; the method is in the script's docstring and `tests/faultkit.py`.", "",
-             "## SIGKILL, then the same command again", "",
-             "| | index (first build, 705 tiles, 2 chunks) | append (zone 54S onto 53S) | landmarks catalogued into the index |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "# Faults: SIGKILL, a full disk",
+        "",
+        f"Produced by `python robustness/faults.py --trials {result['trials_per_kind']}` on "
+        f"{result['machine']} ({result['date']}, {result['minutes']:.0f} min). Every trial is in "
+        "`faults.json`; the method is in the script's docstring and `tests/faultkit.py`.",
+        "",
+        "## SIGKILL, then the same command again",
+        "",
+        "| | index (first build, 705 tiles, 2 chunks) | append (zone 54S onto 53S) | landmarks catalogued into the index |",
+        "|---|---:|---:|---:|",
+    ]
     kills = s.get("kills", {})
     names = [n for n in COMMANDS if n in kills]
 
     def row(label, f):
-        lines.append(f"| {label} | " + " | ".join(str(f(kills[n])) if n in kills else "" for n in COMMANDS) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(str(f(kills[n])) if n in kills else "" for n in COMMANDS) + " |"
+        )
 
     if names:
         row("trials", lambda k: k["trials"])
-        row("... killed at a random time after its first write / at a random write point",
-            lambda k: f"{k['at_random_time']} / {k['at_write_point']}")
+        row(
+            "... killed at a random time after its first write / at a random write point",
+            lambda k: f"{k['at_random_time']} / {k['at_write_point']}",
+        )
         row("kill landed before the command finished", lambda k: k["killed"])
-        row("after the kill: previous index intact (verifies, equal)",
-            lambda k: k["after_kill"]["previous"] if "previous" in k["after_kill"] else "")
+        row(
+            "after the kill: previous index intact (verifies, equal)",
+            lambda k: k["after_kill"]["previous"] if "previous" in k["after_kill"] else "",
+        )
         row("after the kill: no index (first build, nothing committed)", lambda k: k["after_kill"]["none"])
         row("after the kill: the new index, whole", lambda k: k["after_kill"]["new"])
         row("after the kill: a half index, or the previous one lost", lambda k: f"**{k['after_kill_bad']}**")
         row("run again: completed", lambda k: k["rerun_completed"])
-        row("run again: refused, already complete (killed after its commit)",
-            lambda k: k["rerun_already_complete"])
+        row(
+            "run again: refused, already complete (killed after its commit)",
+            lambda k: k["rerun_already_complete"],
+        )
         row("run again: failed otherwise", lambda k: f"**{k['rerun_failed']}**")
         row("resumed index verifies", lambda k: f"**{k['verified']}** / {k['trials']}")
         row("resumed index equal to the uninterrupted run", lambda k: f"**{k['equal']}** / {k['trials']}")
         row("files left beside the index after the rerun", lambda k: k["stray_after_rerun"])
         row("seconds per trial (kill + rerun)", lambda k: k["seconds_per_trial"])
         timing = result.get("timing", {})
-        lines += ["", "For a first build the previous state is no index: \"previous index intact\" "
-                  "does not apply. \"Refused, already complete\": killed after it had committed "
-                  "and tidied up (while the interpreter exits); the rerun says the index already "
-                  "holds these tiles (exit status 2), as for any finished command run twice. "
-                  "A kill after the commit but before the work folder is gone is finished by the "
-                  "rerun (exit 0).", "",
-                  "Uninterrupted runs (median of 3, seconds): " + "; ".join(
-                      f"{n} first writes after {t['first_write_s']}, done {t['then_done_s']} later"
-                      for n, t in timing.items()) + ".", ""]
-    for name, title in (("enospc", "ENOSPC injected at every write of the append"),
-                        ("tmpfs", "The append on a really full disk (tmpfs, free space swept)")):
+        lines += [
+            "",
+            'For a first build the previous state is no index: "previous index intact" '
+            'does not apply. "Refused, already complete": killed after it had committed '
+            "and tidied up (while the interpreter exits); the rerun says the index already "
+            "holds these tiles (exit status 2), as for any finished command run twice. "
+            "A kill after the commit but before the work folder is gone is finished by the "
+            "rerun (exit 0).",
+            "",
+            "Uninterrupted runs (median of 3, seconds): "
+            + "; ".join(
+                f"{n} first writes after {t['first_write_s']}, done {t['then_done_s']} later"
+                for n, t in timing.items()
+            )
+            + ".",
+            "",
+        ]
+    for name, title in (
+        ("enospc", "ENOSPC injected at every write of the append"),
+        ("tmpfs", "The append on a really full disk (tmpfs, free space swept)"),
+    ):
         if name not in s:
             continue
         e = s[name]
-        lines += [f"## {title}", "", "| | |", "|---|---:|", f"| trials | {e['trials']} |",
-                  f"| failed for want of space | {e['failed_for_space']} |",
-                  f"| ... with one `lookalike: error:` line and exit status 2 | **{e['one_line_exit_2']}** |",
-                  f"| ... previous index intact (verifies, equal, same generation) | **{e['previous_intact']}** |",
-                  f"| files of the failed write left behind (besides the resumable work folder) | {e['left_behind']} |"]
+        lines += [
+            f"## {title}",
+            "",
+            "| | |",
+            "|---|---:|",
+            f"| trials | {e['trials']} |",
+            f"| failed for want of space | {e['failed_for_space']} |",
+            f"| ... with one `lookalike: error:` line and exit status 2 | **{e['one_line_exit_2']}** |",
+            f"| ... previous index intact (verifies, equal, same generation) | **{e['previous_intact']}** |",
+            f"| files of the failed write left behind (besides the resumable work folder) | {e['left_behind']} |",
+        ]
         if name == "enospc":
-            lines += [f"| run again with space (after the first, a middle and the last failed write "
-                      f"of each file): equal to the uninterrupted append | **{e['retry_equal']}** / {e['retried']} |",
-                      "", "Writes that failed, by file: " + ", ".join(f"`{f}`" for f in e["files"]) + "."]
+            lines += [
+                f"| run again with space (after the first, a middle and the last failed write "
+                f"of each file): equal to the uninterrupted append | **{e['retry_equal']}** / {e['retried']} |",
+                "",
+                "Writes that failed, by file: " + ", ".join(f"`{f}`" for f in e["files"]) + ".",
+            ]
         else:
             lines += [f"| completed (enough space) and equal | {e['completed']} |"]
         lines.append("")
@@ -421,9 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("index", "append", "landmarks"):
             if name in only or (name == "append" and only & {"enospc", "tmpfs"}):
                 kinds[name] = Kind(name, tmp, None if name == "index" else base, env)
-                print(f"{name}: {len(kinds[name].points)} write points, first write after "
-                      f"{kinds[name].first_change:.1f} s, then done after {kinds[name].writing:.1f} s",
-                      file=sys.stderr)
+                print(
+                    f"{name}: {len(kinds[name].points)} write points, first write after "
+                    f"{kinds[name].first_change:.1f} s, then done after {kinds[name].writing:.1f} s",
+                    file=sys.stderr,
+                )
         for name in ("index", "append", "landmarks"):
             if name in only:
                 trials += run_kills(kinds[name], args.trials, rng)
@@ -435,12 +538,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("tmpfs: skipped (unshare cannot mount a tmpfs here)", file=sys.stderr)
         write_point_counts = {n: len(k.points) for n, k in kinds.items()}
-        timing = {n: dict(first_write_s=round(k.first_change, 2), then_done_s=round(k.writing, 2))
-                  for n, k in kinds.items()}
-    result = dict(trials_per_kind=args.trials, seed=args.seed, machine=f"{os.cpu_count()} CPU cores, "
-                  f"{platform.system()} {platform.release()}", date=time.strftime("%Y-%m-%d"),
-                  minutes=(time.monotonic() - t0) / 60, write_points=write_point_counts, timing=timing,
-                  summary=summarize(trials), trials=trials)
+        timing = {
+            n: dict(first_write_s=round(k.first_change, 2), then_done_s=round(k.writing, 2))
+            for n, k in kinds.items()
+        }
+    result = dict(
+        trials_per_kind=args.trials,
+        seed=args.seed,
+        machine=f"{os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        date=time.strftime("%Y-%m-%d"),
+        minutes=(time.monotonic() - t0) / 60,
+        write_points=write_point_counts,
+        timing=timing,
+        summary=summarize(trials),
+        trials=trials,
+    )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -38,8 +38,10 @@ def find_data_dir() -> Path | None:
 def data_dir() -> Path:
     path = find_data_dir()
     if path is None:
-        pytest.skip("real data not found: put the shared data folder at ../shared/data beside "
-                    "the checkout or set LOOKALIKE_DATA to it")
+        pytest.skip(
+            "real data not found: put the shared data folder at ../shared/data beside "
+            "the checkout or set LOOKALIKE_DATA to it"
+        )
     return path.resolve()
 
 
@@ -71,8 +73,9 @@ def encoder(backbone):
 def mars_index(tmp_path_factory, data_dir) -> Path:
     """`lookalike index mars_8k --zones 30N,31N` on the real mosaic, built once per session."""
     out = tmp_path_factory.mktemp("mars") / "index"
-    code, stdout, stderr = run_main(["index", "mars_8k", "--zones", "30N,31N", "--out", out],
-                                    LOOKALIKE_DATA=data_dir)
+    code, stdout, stderr = run_main(
+        ["index", "mars_8k", "--zones", "30N,31N", "--out", out], LOOKALIKE_DATA=data_dir
+    )
     assert code == 0, stderr
     return out
 

@@ -7,8 +7,19 @@ import platform
 from pathlib import Path
 
 # SIMD families whose presence changes which kernels ONNX Runtime, BLAS and numpy run
-FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-         "avx512_bf16", "amx_int8", "amx_bf16")
+FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def cpu_lines() -> list[str]:

@@ -23,8 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 FIRST_DATE, SECOND_DATE = "2010-01-01", "2015-06-01"
 LANDMARK_CLASSES = ["crater", "dark_dune", "streak", "edge"]  # no tile gets an 'edge'
 
@@ -36,10 +42,16 @@ def fixture_landmarks(tiles):
     import pandas as pd
 
     i = np.arange(len(tiles))
-    lm = pd.DataFrame({"landmark_id": [f"lm{j}" for j in i], "scene": "fixture",
-                       "label": np.array(LANDMARK_CLASSES[:3])[i % 3],
-                       "posterior": 0.5 + 0.49 * ((i * 37) % 100) / 100.0,
-                       "lon": tiles["lon"].to_numpy(float), "lat": tiles["lat"].to_numpy(float)})
+    lm = pd.DataFrame(
+        {
+            "landmark_id": [f"lm{j}" for j in i],
+            "scene": "fixture",
+            "label": np.array(LANDMARK_CLASSES[:3])[i % 3],
+            "posterior": 0.5 + 0.49 * ((i * 37) % 100) / 100.0,
+            "lon": tiles["lon"].to_numpy(float),
+            "lat": tiles["lat"].to_numpy(float),
+        }
+    )
     lm["lon_min"], lm["lon_max"] = lm["lon"] - 0.4, lm["lon"] + 0.4
     lm["lat_min"], lm["lat_max"] = lm["lat"] - 0.4, lm["lat"] + 0.4
     for c in LANDMARK_CLASSES:
@@ -68,13 +80,19 @@ def start_server(index: Path | list[Path], env: dict, timeout: float = 240.0) ->
     index = indexes[0]
     port = free_port()
     log = open(index.parent / f"serve-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", *map(str, indexes), "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lookalike", "serve", *map(str, indexes), "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {(index.parent / f'serve-{port}.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"the server exited: {(index.parent / f'serve-{port}.log').read_text()[-2000:]}"
+            )
         try:
             # a static file answers as soon as the server listens (the app page builds a session)
             with urllib.request.urlopen(url + "static/js/bokeh.min.js", timeout=5) as resp:
@@ -155,8 +173,7 @@ def current_url(page) -> str:
 
 def cards(page) -> list[dict]:
     """The thumbnail cards on the current page of results, as dicts of their data attributes."""
-    return page.locator(".thumb").evaluate_all(
-        "els => els.map(e => Object.assign({}, e.dataset))")
+    return page.locator(".thumb").evaluate_all("els => els.map(e => Object.assign({}, e.dataset))")
 
 
 def shadow_text(page, selector: str) -> str:
@@ -181,8 +198,11 @@ def click_map(page, fx: float = 0.5, fy: float = 0.5, previous_first: str | None
     for _ in range(5):
         page.mouse.click(*map_point(page, fx, fy))
         try:
-            return wait_until(lambda: (c := cards(page)) and c[0]["tileId"] != previous_first and c,
-                              timeout=4, what="results after a map click")
+            return wait_until(
+                lambda: (c := cards(page)) and c[0]["tileId"] != previous_first and c,
+                timeout=4,
+                what="results after a map click",
+            )
         except AssertionError:
             continue
     raise AssertionError("no results appeared after clicking the map")
@@ -210,8 +230,11 @@ def all_cards(page) -> list[dict]:
         for attempt in range(3):  # a click that lands while the grid is re-rendering is lost
             page.get_by_role("button", name="Next ▶").click()
             try:
-                wait_until(lambda: cards(page) and int(cards(page)[0]["rank"]) == first_rank,
-                           timeout=15, what="next page")
+                wait_until(
+                    lambda: cards(page) and int(cards(page)[0]["rank"]) == first_rank,
+                    timeout=15,
+                    what="next page",
+                )
                 break
             except AssertionError:
                 if attempt == 2:

@@ -19,8 +19,8 @@ A full disk. ``disk_full(root, at=k)`` makes the k-th write to a file under ``ro
 write after it fail with ``OSError(ENOSPC)`` after writing half its bytes, as a disk that fills
 up does; it covers Python file objects (``open``, ``Path.open``, ``os.fdopen``: numpy,
 ``atomic_write_bytes``) and Parquet files (pandas opens them with ``pyarrow.OSFile`` and writes
-from C++; here they get a Python file instead). ``real_disk_full`` runs a command on a small tmpfs in a private
-mount namespace (``unshare``), where the kernel itself says ENOSPC.
+from C++; here they get a Python file instead). ``real_disk_full`` runs a command on a small tmpfs
+in a private mount namespace (``unshare``), where the kernel itself says ENOSPC.
 """
 
 from __future__ import annotations
@@ -112,8 +112,7 @@ def watch_writes(root: str | Path, hook):
         return result
 
     def replace(src, dst, *a, **kw):
-        return around("replace", _at(dst, kw.get("dst_dir_fd")),
-                      lambda: real["replace"](src, dst, *a, **kw))
+        return around("replace", _at(dst, kw.get("dst_dir_fd")), lambda: real["replace"](src, dst, *a, **kw))
 
     def unlink(path, *a, **kw):
         return around("unlink", _at(path, kw.get("dir_fd")), lambda: real["unlink"](path, *a, **kw))
@@ -130,7 +129,12 @@ def watch_writes(root: str | Path, hook):
         yield counter
     finally:
         os.replace, os.unlink, os.remove, os.rmdir, os.fsync = (
-            real["replace"], real["unlink"], real["remove"], real["rmdir"], real["fsync"])
+            real["replace"],
+            real["unlink"],
+            real["remove"],
+            real["rmdir"],
+            real["fsync"],
+        )
 
 
 def write_points(root: str | Path, fn) -> tuple[list[Point], object]:
@@ -230,11 +234,19 @@ def listing(root: Path) -> list[tuple[str, int]]:
     return sorted(out)
 
 
-def _run(args: list[str], cwd: Path, env: dict, delay: float | None, timeout: float,
-         watch: Path | None = None) -> Killed:
+def _run(
+    args: list[str], cwd: Path, env: dict, delay: float | None, timeout: float, watch: Path | None = None
+) -> Killed:
     t0 = time.monotonic()
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         if watch is not None and delay is not None:  # the delay counts from the first write
             before = listing(watch)
@@ -247,8 +259,7 @@ def _run(args: list[str], cwd: Path, env: dict, delay: float | None, timeout: fl
                 raise
             os.killpg(proc.pid, signal.SIGKILL)
             _, err = proc.communicate()
-        return Killed(proc.returncode == -signal.SIGKILL, proc.returncode, err,
-                      time.monotonic() - t0)
+        return Killed(proc.returncode == -signal.SIGKILL, proc.returncode, err, time.monotonic() - t0)
     finally:
         if proc.poll() is None:  # never leave a child behind, whatever went wrong
             with contextlib.suppress(ProcessLookupError):
@@ -256,8 +267,9 @@ def _run(args: list[str], cwd: Path, env: dict, delay: float | None, timeout: fl
             proc.wait()
 
 
-def kill_at_point(argv: list, root: Path, number: int, *, cwd: Path, env: dict | None = None,
-                  timeout: float = 300) -> Killed:
+def kill_at_point(
+    argv: list, root: Path, number: int, *, cwd: Path, env: dict | None = None, timeout: float = 300
+) -> Killed:
     """Run ``lookalike ARGV`` in a child that SIGKILLs itself at write point ``number`` under
     ``root`` (``point_number``); ``killed`` is False when it finished before reaching it."""
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import faultkit; faultkit.child()"
@@ -265,12 +277,20 @@ def kill_at_point(argv: list, root: Path, number: int, *, cwd: Path, env: dict |
     return _run([sys.executable, "-c", code, *map(str, argv)], cwd, full, None, timeout)
 
 
-def kill_after(argv: list, delay: float, *, cwd: Path, env: dict | None = None,
-               timeout: float = 300, watch: Path | None = None) -> Killed:
+def kill_after(
+    argv: list,
+    delay: float,
+    *,
+    cwd: Path,
+    env: dict | None = None,
+    timeout: float = 300,
+    watch: Path | None = None,
+) -> Killed:
     """Run ``python -m lookalike ARGV`` and send it SIGKILL ``delay`` seconds after it started
     or, with ``watch``, after the first change under that folder (the first write)."""
-    return _run([sys.executable, "-m", "lookalike", *map(str, argv)], cwd, _environment(env),
-                delay, timeout, watch)
+    return _run(
+        [sys.executable, "-m", "lookalike", *map(str, argv)], cwd, _environment(env), delay, timeout, watch
+    )
 
 
 # ------------------------------------------------------------------ a full disk
@@ -374,8 +394,11 @@ def can_mount_tmpfs() -> bool:
     if not shutil.which("unshare"):
         return False
     try:
-        done = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                              capture_output=True, timeout=30)
+        done = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
@@ -399,8 +422,9 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def real_disk_full(index: Path, argv: list, free_bytes: int, *, mount: Path,
-                   env: dict | None = None, timeout: float = 300) -> dict:
+def real_disk_full(
+    index: Path, argv: list, free_bytes: int, *, mount: Path, env: dict | None = None, timeout: float = 300
+) -> dict:
     """Copy ``index`` onto a tmpfs with about ``free_bytes`` left, run ``lookalike ARGV`` there
     (``{index}`` in ARGV stands for the copy), then open the copy with verification. Returns
     {returncode, stderr, after (the verification), files (names left in the copy)}."""
@@ -410,22 +434,33 @@ def real_disk_full(index: Path, argv: list, free_bytes: int, *, mount: Path,
     target, err = mount / index.name, mount.parent / f"{mount.name}.stderr"
     q = _quote
     args = " ".join(q(str(a).replace("{index}", str(target))) for a in argv)
-    script = (f"mount -t tmpfs -o size={max(pages, 1) * 4096} tmpfs {q(str(mount))} && "
-              f"cp -r {q(str(index))} {q(str(target))} && "
-              f"{q(sys.executable)} -m lookalike {args} >/dev/null 2>{q(str(err))}; "
-              f"echo \"rc=$?\"; sed 's/^/err: /' {q(str(err))}; "
-              f"{q(sys.executable)} -c {q(VERIFY)} {q(str(target))}; "
-              f"ls -A {q(str(target))} | sed 's/^/file: /'")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                          env=_environment(env), timeout=timeout, cwd=mount.parent)
+    script = (
+        f"mount -t tmpfs -o size={max(pages, 1) * 4096} tmpfs {q(str(mount))} && "
+        f"cp -r {q(str(index))} {q(str(target))} && "
+        f"{q(sys.executable)} -m lookalike {args} >/dev/null 2>{q(str(err))}; "
+        f"echo \"rc=$?\"; sed 's/^/err: /' {q(str(err))}; "
+        f"{q(sys.executable)} -c {q(VERIFY)} {q(str(target))}; "
+        f"ls -A {q(str(target))} | sed 's/^/file: /'"
+    )
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=_environment(env),
+        timeout=timeout,
+        cwd=mount.parent,
+    )
     lines = done.stdout.splitlines()
     rc = next((int(line[3:]) for line in lines if line.startswith("rc=")), None)
     after = next((json.loads(line) for line in lines if line.startswith("{")), None)
     if rc is None or after is None:
         raise RuntimeError(f"tmpfs run failed:\n{done.stdout}\n{done.stderr}")
-    return dict(returncode=rc, after=after,
-                stderr="\n".join(line[5:] for line in lines if line.startswith("err: ")),
-                files=[line[6:] for line in lines if line.startswith("file: ")])
+    return dict(
+        returncode=rc,
+        after=after,
+        stderr="\n".join(line[5:] for line in lines if line.startswith("err: ")),
+        files=[line[6:] for line in lines if line.startswith("file: ")],
+    )
 
 
 # ------------------------------------------------------------------ is the index whole?
@@ -435,9 +470,13 @@ def index_state(path: Path) -> dict:
     from lookalike.indexer.store import open_index
 
     index = open_index(path, verify=True)
-    return dict(codes=np.asarray(index.codes).tobytes(), tiles=index.tiles.copy(),
-                landmarks=None if index.landmarks is None else index.landmarks.copy(),
-                count=index.n, generation=int(index.manifest["generation"]))
+    return dict(
+        codes=np.asarray(index.codes).tobytes(),
+        tiles=index.tiles.copy(),
+        landmarks=None if index.landmarks is None else index.landmarks.copy(),
+        count=index.n,
+        generation=int(index.manifest["generation"]),
+    )
 
 
 def differences(a: dict, b: dict, generation: bool = False) -> list[str]:

@@ -41,9 +41,9 @@ import tempfile
 import traceback
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -52,12 +52,31 @@ from hypothesis import strategies as st
 REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ profiles
-_SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
-             HealthCheck.function_scoped_fixture, HealthCheck.large_base_example]
-settings.register_profile("fuzz", max_examples=40, deadline=None, database=None, derandomize=True,
-                          suppress_health_check=_SUPPRESS, print_blob=True)
-settings.register_profile("fuzz-long", max_examples=2000, deadline=None, database=None,
-                          derandomize=False, suppress_health_check=_SUPPRESS, print_blob=True)
+_SUPPRESS = [
+    HealthCheck.too_slow,
+    HealthCheck.filter_too_much,
+    HealthCheck.data_too_large,
+    HealthCheck.function_scoped_fixture,
+    HealthCheck.large_base_example,
+]
+settings.register_profile(
+    "fuzz",
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=_SUPPRESS,
+    print_blob=True,
+)
+settings.register_profile(
+    "fuzz-long",
+    max_examples=2000,
+    deadline=None,
+    database=None,
+    derandomize=False,
+    suppress_health_check=_SUPPRESS,
+    print_blob=True,
+)
 PROFILE_ENV = "LOOKALIKE_FUZZ_PROFILE"
 
 
@@ -105,8 +124,9 @@ def classify_cli(code: int, stderr: str) -> Result:
     return Result(Outcome.CRASHED, f"exit status {code}, stderr lines: {lines[:6]!r}")
 
 
-def classify_error_message(message: str, *, limit: int | None = None,
-                           forbidden: tuple[str, ...] = ()) -> Result:
+def classify_error_message(
+    message: str, *, limit: int | None = None, forbidden: tuple[str, ...] = ()
+) -> Result:
     """A message a user sees: one line (``str.splitlines``), within ``limit`` characters,
     containing none of ``forbidden`` (server folders)."""
     if len(message.splitlines()) > 1:
@@ -136,8 +156,14 @@ def run_python(fn: Callable[[], object]) -> Result:
 
 def _exception(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
-    where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames)
-                  if "/lookalike/" in f.filename or f"{REPO}/" in f.filename), "?")
+    where = next(
+        (
+            f"{Path(f.filename).name}:{f.lineno}"
+            for f in reversed(frames)
+            if "/lookalike/" in f.filename or f"{REPO}/" in f.filename
+        ),
+        "?",
+    )
     return f"{type(exc).__name__} at {where}: {str(exc)[:300]}"
 
 
@@ -171,8 +197,9 @@ class Workspace:
         self._link_onnx_cache()
         idx = make_index(self.root / "idx", n=200, bits=64, seed=5)
         attach_to_index(self.root / "idx", fixture_landmarks(idx.tiles))
-        scene = write_raster(self.root / "scene.tif", np.random.default_rng(1).integers(
-            1, 255, (1, 256, 256)).astype(np.uint8))
+        scene = write_raster(
+            self.root / "scene.tif", np.random.default_rng(1).integers(1, 255, (1, 256, 256)).astype(np.uint8)
+        )
         (self.root / "notes.txt").write_text("not an index, an image or a table\n")
         (self.root / "emptydir").mkdir(exist_ok=True)
         chips = self.root / "chips"
@@ -182,19 +209,28 @@ class Workspace:
         for i in range(12):
             tone = 40 if i % 2 else 180
             write_png(chips / f"c{i:02d}.png", (rng.integers(0, 60, (32, 32, 3)) + tone).astype(np.uint8))
-            rows.append(f"c{i:02d}.png,{'crater' if i % 2 else 'dune'},{('train', 'train', 'test', 'val')[i % 4]}")
+            rows.append(
+                f"c{i:02d}.png,{'crater' if i % 2 else 'dune'},{('train', 'train', 'test', 'val')[i % 4]}"
+            )
         (chips / "labels.csv").write_text("\n".join(rows) + "\n")
         with self.environment():
             from lookalike.workflows.indexing import build_index
 
             build_index(self.root / "ridx", rasters=[str(scene)], tile_size=64, stride=64, progress=False)
         self.paths = {
-            "idx": self.root / "idx", "ridx": self.root / "ridx", "scene": scene,
-            "chips": chips, "labels": chips / "labels.csv", "chip": chips / "c00.png",
-            "notes": self.root / "notes.txt", "emptydir": self.root / "emptydir",
+            "idx": self.root / "idx",
+            "ridx": self.root / "ridx",
+            "scene": scene,
+            "chips": chips,
+            "labels": chips / "labels.csv",
+            "chip": chips / "c00.png",
+            "notes": self.root / "notes.txt",
+            "emptydir": self.root / "emptydir",
             "missing": self.root / "no-such-thing",
         }
-        for name, manifest in corrupt_manifests(json.loads((self.root / "idx" / "manifest.json").read_text())):
+        for name, manifest in corrupt_manifests(
+            json.loads((self.root / "idx" / "manifest.json").read_text())
+        ):
             target = self.root / f"corrupt-{name}"
             shutil.copytree(self.root / "idx", target)
             (target / "manifest.json").write_bytes(manifest)
@@ -265,6 +301,7 @@ class Workspace:
     def resolve(self, value: str, sandbox: Path) -> str:
         """A drawn argument with its workspace tokens replaced by paths (``copy:`` keys are copied
         into the sandbox first, so a command may change them)."""
+
         def sub(match: re.Match) -> str:
             key = match.group(1)
             if key.startswith("copy:"):
@@ -294,8 +331,14 @@ def write_raster(path: Path, data: np.ndarray, crs="EPSG:32633", transform=None,
     from rasterio.transform import from_origin
 
     data = np.asarray(data)
-    kwargs = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                  dtype=data.dtype, transform=transform or from_origin(500_000, 5_000_000, 10, 10))
+    kwargs = dict(
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        transform=transform or from_origin(500_000, 5_000_000, 10, 10),
+    )
     if crs is not None:
         kwargs["crs"] = crs
     kwargs.update(profile)
@@ -316,32 +359,45 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
 def png_header(width: int, height: int) -> bytes:
     """A PNG declaring ``width`` x ``height`` RGB pixels that holds a few bytes of pixel data
     (a decompression bomb's header when the size is huge, a truncated image otherwise)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def corrupt_manifests(manifest: dict) -> list[tuple[str, bytes]]:
     """Named manifests that are broken in one way each (for the prepared corrupt indexes)."""
+
     def with_(**changes):
         return json.dumps({**manifest, **changes}).encode()
 
     files = manifest["files"]
     return [
-        ("notjson", b"{ not json"), ("list", b"[1, 2]"), ("empty", b""), ("nonutf8", b"\xff\xfe{"),
-        ("version", with_(format_version=99)), ("nofiles", with_(files={})),
-        ("count", with_(count=manifest["count"] + 1)), ("bits", with_(bits=7)),
+        ("notjson", b"{ not json"),
+        ("list", b"[1, 2]"),
+        ("empty", b""),
+        ("nonutf8", b"\xff\xfe{"),
+        ("version", with_(format_version=99)),
+        ("nofiles", with_(files={})),
+        ("count", with_(count=manifest["count"] + 1)),
+        ("bits", with_(bits=7)),
         ("bitsstr", with_(bits="sixty-four")),
         ("codesname", with_(files={**files, "codes": {**files["codes"], "name": "../../etc/passwd"}})),
         ("tilesascodes", with_(files={**files, "tiles": files["codes"]})),
         ("sha", with_(files={**files, "codes": {**files["codes"], "sha256": "0" * 64}})),
         ("bytes", with_(files={**files, "codes": {**files["codes"], "bytes": -1}})),
         ("nohash", with_(files={k: v for k, v in files.items() if k != "hash"})),
-        ("backbone", with_(backbone={"name": "efficientnet_lite0", "weights_sha256": "x"},
-                           tiling={"size": "huge"})),
+        (
+            "backbone",
+            with_(backbone={"name": "efficientnet_lite0", "weights_sha256": "x"}, tiling={"size": "huge"}),
+        ),
     ]
 
 
@@ -350,8 +406,28 @@ def corrupt_manifests(manifest: dict) -> list[tuple[str, bytes]]:
 # from undecodable bytes); URLs may carry NUL (%00), see LINK_TEXT
 ARGV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
 LINK_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
-NUMBER_WORDS = ["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400", "1e-400", "-0", "0x10",
-                "1_000", "", " ", "١٢", "1,5", "3.", ".5", "+7", "1e3", "9" * 5000]
+NUMBER_WORDS = [
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "-0",
+    "0x10",
+    "1_000",
+    "",
+    " ",
+    "١٢",
+    "1,5",
+    "3.",
+    ".5",
+    "+7",
+    "1e3",
+    "9" * 5000,
+]
 
 
 def path_text() -> st.SearchStrategy[str]:
@@ -361,15 +437,16 @@ def path_text() -> st.SearchStrategy[str]:
 
 def not_int() -> st.SearchStrategy[str]:
     """Text that is not a whole number."""
-    return st.one_of(st.sampled_from(NUMBER_WORDS),
-                     st.floats(allow_nan=True, allow_infinity=True).map(repr), ARGV_TEXT)
+    return st.one_of(
+        st.sampled_from(NUMBER_WORDS), st.floats(allow_nan=True, allow_infinity=True).map(repr), ARGV_TEXT
+    )
 
 
 def int_value(lo: int, hi: int, refused: tuple[int, ...] = ()) -> st.SearchStrategy[str]:
     """A whole number valid in ``lo..hi`` (kept small: see VALID), an invalid one below, one of
     the ``refused`` huge values the library must refuse before working, or not a number."""
     valid = st.integers(lo, hi).map(str)
-    options = [valid, valid, valid, st.integers(-10**6, lo - 1).map(str), not_int()]
+    options = [valid, valid, valid, st.integers(-(10**6), lo - 1).map(str), not_int()]
     if refused:
         options.append(st.sampled_from(refused).map(str))
     return st.one_of(*options)
@@ -383,23 +460,43 @@ def float_value(lo: float, hi: float) -> st.SearchStrategy[str]:
 
 def coords(n: int, lo: float = -200.0, hi: float = 200.0) -> st.SearchStrategy[str]:
     """``n`` comma-separated numbers (or another count, or not numbers)."""
-    number = st.one_of(st.floats(lo, hi), st.floats(), st.integers(-10**20, 10**20))
+    number = st.one_of(st.floats(lo, hi), st.floats(), st.integers(-(10**20), 10**20))
     return st.one_of(
         st.lists(number, min_size=n, max_size=n).map(lambda v: ",".join(map(repr, v))),
         st.lists(number, max_size=n + 2).map(lambda v: ",".join(map(str, v))),
-        st.sampled_from(NUMBER_WORDS), ARGV_TEXT)
+        st.sampled_from(NUMBER_WORDS),
+        ARGV_TEXT,
+    )
 
 
 def dates() -> st.SearchStrategy[str]:
-    return st.one_of(st.dates().map(str), st.datetimes().map(lambda d: d.isoformat()),
-                     st.sampled_from(["2010-13-45", "99999-01-01", "1e10", "now", "2010:06:30 12:00:00",
-                                      "0000-00-00", "2010-01-01T25:00", "-2010-01-01", "today"]),
-                     ARGV_TEXT)
+    return st.one_of(
+        st.dates().map(str),
+        st.datetimes().map(lambda d: d.isoformat()),
+        st.sampled_from(
+            [
+                "2010-13-45",
+                "99999-01-01",
+                "1e10",
+                "now",
+                "2010:06:30 12:00:00",
+                "0000-00-00",
+                "2010-01-01T25:00",
+                "-2010-01-01",
+                "today",
+            ]
+        ),
+        ARGV_TEXT,
+    )
 
 
 def zones_text() -> st.SearchStrategy[str]:
-    token = st.one_of(st.sampled_from(["31N", "33N", "7s", " 32N ", "0S", "61N", "99Q", "N", "",
-                                       "١N", "3.5N", "-3N", "1e1N"]), ARGV_TEXT)
+    token = st.one_of(
+        st.sampled_from(
+            ["31N", "33N", "7s", " 32N ", "0S", "61N", "99Q", "N", "", "١N", "3.5N", "-3N", "1e1N"]
+        ),
+        ARGV_TEXT,
+    )
     return st.lists(token, max_size=4).map(",".join)
 
 
@@ -417,19 +514,41 @@ def in_path(*keys: str) -> st.SearchStrategy[str]:
 def out_path(suffix: str = "") -> st.SearchStrategy[str]:
     """Where a command writes: a new file, under a missing folder, under a file, onto a folder,
     the empty string, or arbitrary (relative) text."""
-    return st.one_of(st.just("out" + suffix), st.just("new/dir/out" + suffix),
-                     st.sampled_from([ws("under:notes"), ws("emptydir"), ""]), path_text())
+    return st.one_of(
+        st.just("out" + suffix),
+        st.just("new/dir/out" + suffix),
+        st.sampled_from([ws("under:notes"), ws("emptydir"), ""]),
+        path_text(),
+    )
 
 
 # valid ranges of the options that scale the work: small, so that no input starts a long job
-VALID = dict(k=(1, 300), show=(0, 50), epochs=(1, 3), n=(1, 3000), repeat=(1, 2), queries=(1, 3),
-             limit=(1, 8), folds=(2, 4), hidden=(0, 32), views=(0, 1), batch=(1, 128), shards=(1, 3),
-             stride=(32, 256), border=(0, 64), max_regions=(1, 20), whiten=(0, 1280))
+VALID = dict(
+    k=(1, 300),
+    show=(0, 50),
+    epochs=(1, 3),
+    n=(1, 3000),
+    repeat=(1, 2),
+    queries=(1, 3),
+    limit=(1, 8),
+    folds=(2, 4),
+    hidden=(0, 32),
+    views=(0, 1),
+    batch=(1, 128),
+    shards=(1, 3),
+    stride=(32, 256),
+    border=(0, 64),
+    max_regions=(1, 20),
+    whiten=(0, 1280),
+)
 IMAGE_SIZES = ["32", "48", "64"]  # models already exported (an ONNX export per new size)
 TILE_SIZES = ["32", "64", "128"]
 HUGE = (10**12, 2**63, 10**30)  # refused by validation before any work
-BITS = st.one_of(st.sampled_from(["8", "16", "64", "128", "256"]),
-                 int_value(-64, 7, refused=(65_544, 10**9, 2**40)), st.sampled_from(["7", "12", "100"]))
+BITS = st.one_of(
+    st.sampled_from(["8", "16", "64", "128", "256"]),
+    int_value(-64, 7, refused=(65_544, 10**9, 2**40)),
+    st.sampled_from(["7", "12", "100"]),
+)
 SIZES = st.one_of(st.sampled_from(IMAGE_SIZES), int_value(-5, 0, refused=(4097, 10**6, 10**12)))
 
 
@@ -455,8 +574,11 @@ def command_argv(words: list[str], positional: list[st.SearchStrategy], options:
             value = draw(p)
             argv += value if isinstance(value, list) else [value]
         chosen = [o for o in options if o.every or (o.always and draw(st.integers(0, 9)) < 9)]
-        chosen += draw(st.lists(st.sampled_from([o for o in options if not o.always]), max_size=4,
-                                unique_by=lambda o: o.flag))
+        chosen += draw(
+            st.lists(
+                st.sampled_from([o for o in options if not o.always]), max_size=4, unique_by=lambda o: o.flag
+            )
+        )
         chosen = draw(st.permutations(chosen))
         for o in chosen:
             if o.value is None:
@@ -472,17 +594,21 @@ def command_argv(words: list[str], positional: list[st.SearchStrategy], options:
     return build()
 
 
-def must(flag: str, value: st.SearchStrategy[str], valid: st.SearchStrategy[str], every: bool = False) -> Option:
+def must(
+    flag: str, value: st.SearchStrategy[str], valid: st.SearchStrategy[str], every: bool = False
+) -> Option:
     """An option drawn for nearly every input (``every``: for every one), usually with a usable value."""
     return Option(flag, value, always=True, valid=valid, every=every)
 
 
 def _cli_families() -> dict[str, st.SearchStrategy]:
     index_path = st.one_of(
-        st.sampled_from([ws("idx"), ws("ridx")]), st.sampled_from([ws("idx"), ws("ridx")]),
+        st.sampled_from([ws("idx"), ws("ridx")]),
+        st.sampled_from([ws("idx"), ws("ridx")]),
         st.sampled_from([ws(k) for k in ("missing", "notes", "emptydir", "scene")]),
         st.sampled_from([ws(f"corrupt-{name}") for name, _ in corrupt_manifests(_TEMPLATE_MANIFEST)]),
-        path_text())
+        path_text(),
+    )
     tiles = st.one_of(st.sampled_from([f"t{i:05d}" for i in (0, 1, 7, 199)] + ["t99999", ""]), ARGV_TEXT)
     tile_list = st.lists(tiles, max_size=4).map(",".join)
     scheduler = st.sampled_from(["nonsense", "", "tcp://", "tcp://:"])
@@ -494,90 +620,206 @@ def _cli_families() -> dict[str, st.SearchStrategy]:
     epochs = st.integers(*VALID["epochs"]).map(str)
     raster = st.one_of(st.just(ws("scene")), in_path("scene"))
 
-    search = command_argv(["search"], [index_path], [
-        must("--tile", tiles, st.sampled_from(["t00000", "t00001", "t00007"])),
-        Option("--lonlat", coords(2)), Option("--image", in_path("chip")),
-        Option("--positive", tile_list), Option("--negative", tile_list), Option("--k", k),
-        Option("--zones", zones_text()), Option("--sources", ARGV_TEXT), Option("--labels", ARGV_TEXT),
-        Option("--start", dates()), Option("--end", dates()), Option("--bbox", coords(4)),
-        Option("--region", in_path("notes")), Option("--classes", choice(["crater", "dark_dune,streak"])),
-        Option("--min-confidence", float_value(0.0, 1.0)),
-        Option("--min-landmarks", int_value(1, 5, refused=HUGE)), Option("--geojson", out_path(".geojson")),
-        Option("--json", out_path(".json")), Option("--show", int_value(*VALID["show"])),
-        Option("--no-verify", None), Option("--method", choice(["exact", "hnsw", "usearch", "ivf", "lsh", "auto"])),
-        Option("--scheduler", scheduler)])
-    info = command_argv(["info"], [index_path], [
-        Option("--json", out_path(".json")), Option("--no-verify", None)])
-    index = command_argv(["index"], [st.lists(raster, max_size=2).map(lambda r: r or [ws("scene")])], [
-        must("--out", out_path(), st.just("out")), Option("--images", in_path("chips")),
-        Option("--labels", in_path("labels")), Option("--split", choice(["train", "test", "nope"])),
-        Option("--image-size", SIZES), Option("--name", ARGV_TEXT),
-        Option("--crs", choice(["EPSG:32633", "EPSG:4326", "IAU_2015:49900", "EPSG:99999", "+proj=ortho"])),
-        Option("--bounds", coords(4, -1e6, 1e6)), Option("--bands", choice(["1", "1,1,1", "3,2,1", "0", "1,2"])),
-        Option("--time", dates()),
-        Option("--tile-size", st.one_of(st.sampled_from(TILE_SIZES), int_value(-5, 0, refused=(2049, 10**9)))),
-        Option("--stride", int_value(*VALID["stride"])), Option("--gsd", float_value(1.0, 80.0)),
-        Option("--zones", zones_text()), Option("--bbox", coords(4)), Option("--min-valid", float_value(0, 1)),
-        Option("--hash", choice(["itq", "default", ws("notes"), ws("missing")])), Option("--bits", BITS),
-        Option("--backbone", choice(["efficientnet_lite0", "resnet50"])), Option("--weights", in_path("notes")),
-        Option("--batch-size", int_value(*VALID["batch"])),
-        Option("--runtime", choice(["auto", "torch", "onnx"])), Option("--append", None),
-        Option("--scheduler", scheduler), Option("--shards", int_value(*VALID["shards"])),
-        Option("--footprints", choice(["hirise", ws("notes"), ws("missing")])),
-        Option("--classify", choice(["hirise", "msl", ws("notes")])),
-        Option("--ann", choice(["hnsw", "ivf", "lsh", "annoy"])), Option("--prefetch", choice(["0", "2", "-1", "x"])),
-        Option("--ann-param", choice(["m=16", "m=0", "m", "nlist=-3", "colour=1", "key_bits=99"]))])
-    retrieval = command_argv(["eval", "retrieval"], [], [
-        must("--images", images, usable_images), must("--labels", labels, usable_labels),
-        must("--image-size", SIZES, sizes),
-        Option("--archive-split", splits), Option("--query-split", splits), Option("--k", k),
-        Option("--float", None), Option("--hash", choice(["itq", "default", ws("notes")])),
-        Option("--bits", BITS), Option("--json", out_path(".json"))])
-    classify = command_argv(["eval", "classify"], [], [
-        must("--model", choice(["hirise", "msl", ws("notes"), ws("chip")]), st.sampled_from(["hirise", "msl"])),
-        must("--images", images, usable_images), must("--labels", labels, usable_labels),
-        Option("--split", splits), Option("--threshold", float_value(0, 1)),
-        Option("--json", out_path(".json")), Option("--plot", out_path(".png")), Option("--curve", None)])
-    train_hash = command_argv(["train-hash"], [], [
-        must("--images", images, usable_images), must("--labels", labels, usable_labels),
-        must("--epochs", int_value(*VALID["epochs"]), epochs), must("--image-size", SIZES, sizes),
-        must("--out", out_path(".npz"), st.just("out.npz")),
-        Option("--index", in_path("ridx", "idx")), Option("--limit", int_value(*VALID["limit"])),
-        Option("--split", splits), Option("--val-split", splits),
-        Option("--method", choice(["mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder"])),
-        Option("--bits", BITS), Option("--push-weight", float_value(0, 1)),
-        Option("--balance-weight", float_value(0, 1)), Option("--inter-class-weight", float_value(0, 1)),
-        Option("--seed", int_value(0, 2**32 - 1, refused=HUGE)), Option("--whiten-group", int_value(*VALID["whiten"])),
-        Option("--entropy-weight", float_value(0, 1)), Option("--target-images", images),
-        Option("--target-labels", labels), Option("--target-split", splits), Option("--json", out_path(".json"))])
-    train_classifier = command_argv(["train-classifier"], [], [
-        must("--images", images, usable_images), must("--labels", labels, usable_labels),
-        must("--out", out_path(".npz"), st.just("out.npz")), must("--epochs", int_value(*VALID["epochs"]), epochs),
-        must("--folds", int_value(*VALID["folds"]), st.integers(*VALID["folds"]).map(str)),
-        must("--image-size", SIZES, sizes),
-        Option("--split", splits), Option("--val-split", splits), Option("--search", None),
-        Option("--hidden", int_value(*VALID["hidden"])), Option("--views", int_value(*VALID["views"])),
-        Option("--class-weights", float_value(0, 1)), Option("--group-by", choice(["label", "split", "path", "nope"])),
-        Option("--group-pattern", choice([r"^c\d", "c", "(", r"(a+)+$", "[", ""])),
-        Option("--seed", int_value(0, 2**32 - 1, refused=HUGE)), Option("--json", out_path(".json"))])
-    landmarks = command_argv(["landmarks"], [st.lists(raster, min_size=1, max_size=2)], [
-        must("--out", out_path(".parquet"), st.just("out.parquet")),
-        Option("--model", choice(["hirise", "msl", ws("notes")])), Option("--threshold", float_value(0, 1)),
-        Option("--geojson", out_path(".geojson")), Option("--window", coords(4, -10, 300)),
-        Option("--border", int_value(*VALID["border"], refused=HUGE)),
-        Option("--max-regions", int_value(*VALID["max_regions"])), Option("--band", int_value(1, 2)),
-        Option("--crs", choice(["EPSG:32633", "EPSG:4326", "nonsense"])), Option("--bounds", coords(4, -1e6, 1e6)),
-        Option("--time", dates()), Option("--json", out_path(".json")),
-        Option("--index", st.one_of(st.sampled_from([ws("copy:ridx"), ws("copy:idx")]), in_path())),
-        Option("--replace", None)])
-    bench = command_argv(["bench", "search"], [], [
-        must("--n", int_value(*VALID["n"], refused=HUGE), st.integers(*VALID["n"]).map(str), every=True),
-        must("--repeat", int_value(*VALID["repeat"]), st.integers(*VALID["repeat"]).map(str)),
-        must("--queries", int_value(*VALID["queries"]), st.integers(*VALID["queries"]).map(str)),
-        Option("--bits", BITS), Option("--k", k), Option("--json", out_path(".json"))])
-    return {"cli: search": search, "cli: info": info, "cli: index": index, "cli: eval retrieval": retrieval,
-            "cli: eval classify": classify, "cli: landmarks": landmarks, "cli: train-hash": train_hash,
-            "cli: train-classifier": train_classifier, "cli: bench search": bench}
+    search = command_argv(
+        ["search"],
+        [index_path],
+        [
+            must("--tile", tiles, st.sampled_from(["t00000", "t00001", "t00007"])),
+            Option("--lonlat", coords(2)),
+            Option("--image", in_path("chip")),
+            Option("--positive", tile_list),
+            Option("--negative", tile_list),
+            Option("--k", k),
+            Option("--zones", zones_text()),
+            Option("--sources", ARGV_TEXT),
+            Option("--labels", ARGV_TEXT),
+            Option("--start", dates()),
+            Option("--end", dates()),
+            Option("--bbox", coords(4)),
+            Option("--region", in_path("notes")),
+            Option("--classes", choice(["crater", "dark_dune,streak"])),
+            Option("--min-confidence", float_value(0.0, 1.0)),
+            Option("--min-landmarks", int_value(1, 5, refused=HUGE)),
+            Option("--geojson", out_path(".geojson")),
+            Option("--json", out_path(".json")),
+            Option("--show", int_value(*VALID["show"])),
+            Option("--no-verify", None),
+            Option("--method", choice(["exact", "hnsw", "usearch", "ivf", "lsh", "auto"])),
+            Option("--scheduler", scheduler),
+        ],
+    )
+    info = command_argv(
+        ["info"], [index_path], [Option("--json", out_path(".json")), Option("--no-verify", None)]
+    )
+    index = command_argv(
+        ["index"],
+        [st.lists(raster, max_size=2).map(lambda r: r or [ws("scene")])],
+        [
+            must("--out", out_path(), st.just("out")),
+            Option("--images", in_path("chips")),
+            Option("--labels", in_path("labels")),
+            Option("--split", choice(["train", "test", "nope"])),
+            Option("--image-size", SIZES),
+            Option("--name", ARGV_TEXT),
+            Option(
+                "--crs", choice(["EPSG:32633", "EPSG:4326", "IAU_2015:49900", "EPSG:99999", "+proj=ortho"])
+            ),
+            Option("--bounds", coords(4, -1e6, 1e6)),
+            Option("--bands", choice(["1", "1,1,1", "3,2,1", "0", "1,2"])),
+            Option("--time", dates()),
+            Option(
+                "--tile-size", st.one_of(st.sampled_from(TILE_SIZES), int_value(-5, 0, refused=(2049, 10**9)))
+            ),
+            Option("--stride", int_value(*VALID["stride"])),
+            Option("--gsd", float_value(1.0, 80.0)),
+            Option("--zones", zones_text()),
+            Option("--bbox", coords(4)),
+            Option("--min-valid", float_value(0, 1)),
+            Option("--hash", choice(["itq", "default", ws("notes"), ws("missing")])),
+            Option("--bits", BITS),
+            Option("--backbone", choice(["efficientnet_lite0", "resnet50"])),
+            Option("--weights", in_path("notes")),
+            Option("--batch-size", int_value(*VALID["batch"])),
+            Option("--runtime", choice(["auto", "torch", "onnx"])),
+            Option("--append", None),
+            Option("--scheduler", scheduler),
+            Option("--shards", int_value(*VALID["shards"])),
+            Option("--footprints", choice(["hirise", ws("notes"), ws("missing")])),
+            Option("--classify", choice(["hirise", "msl", ws("notes")])),
+            Option("--ann", choice(["hnsw", "ivf", "lsh", "annoy"])),
+            Option("--prefetch", choice(["0", "2", "-1", "x"])),
+            Option("--ann-param", choice(["m=16", "m=0", "m", "nlist=-3", "colour=1", "key_bits=99"])),
+        ],
+    )
+    retrieval = command_argv(
+        ["eval", "retrieval"],
+        [],
+        [
+            must("--images", images, usable_images),
+            must("--labels", labels, usable_labels),
+            must("--image-size", SIZES, sizes),
+            Option("--archive-split", splits),
+            Option("--query-split", splits),
+            Option("--k", k),
+            Option("--float", None),
+            Option("--hash", choice(["itq", "default", ws("notes")])),
+            Option("--bits", BITS),
+            Option("--json", out_path(".json")),
+        ],
+    )
+    classify = command_argv(
+        ["eval", "classify"],
+        [],
+        [
+            must(
+                "--model",
+                choice(["hirise", "msl", ws("notes"), ws("chip")]),
+                st.sampled_from(["hirise", "msl"]),
+            ),
+            must("--images", images, usable_images),
+            must("--labels", labels, usable_labels),
+            Option("--split", splits),
+            Option("--threshold", float_value(0, 1)),
+            Option("--json", out_path(".json")),
+            Option("--plot", out_path(".png")),
+            Option("--curve", None),
+        ],
+    )
+    train_hash = command_argv(
+        ["train-hash"],
+        [],
+        [
+            must("--images", images, usable_images),
+            must("--labels", labels, usable_labels),
+            must("--epochs", int_value(*VALID["epochs"]), epochs),
+            must("--image-size", SIZES, sizes),
+            must("--out", out_path(".npz"), st.just("out.npz")),
+            Option("--index", in_path("ridx", "idx")),
+            Option("--limit", int_value(*VALID["limit"])),
+            Option("--split", splits),
+            Option("--val-split", splits),
+            Option(
+                "--method",
+                choice(["mirs-triplet", "mirs-ntxent", "descartes-classifier", "descartes-autoencoder"]),
+            ),
+            Option("--bits", BITS),
+            Option("--push-weight", float_value(0, 1)),
+            Option("--balance-weight", float_value(0, 1)),
+            Option("--inter-class-weight", float_value(0, 1)),
+            Option("--seed", int_value(0, 2**32 - 1, refused=HUGE)),
+            Option("--whiten-group", int_value(*VALID["whiten"])),
+            Option("--entropy-weight", float_value(0, 1)),
+            Option("--target-images", images),
+            Option("--target-labels", labels),
+            Option("--target-split", splits),
+            Option("--json", out_path(".json")),
+        ],
+    )
+    train_classifier = command_argv(
+        ["train-classifier"],
+        [],
+        [
+            must("--images", images, usable_images),
+            must("--labels", labels, usable_labels),
+            must("--out", out_path(".npz"), st.just("out.npz")),
+            must("--epochs", int_value(*VALID["epochs"]), epochs),
+            must("--folds", int_value(*VALID["folds"]), st.integers(*VALID["folds"]).map(str)),
+            must("--image-size", SIZES, sizes),
+            Option("--split", splits),
+            Option("--val-split", splits),
+            Option("--search", None),
+            Option("--hidden", int_value(*VALID["hidden"])),
+            Option("--views", int_value(*VALID["views"])),
+            Option("--class-weights", float_value(0, 1)),
+            Option("--group-by", choice(["label", "split", "path", "nope"])),
+            Option("--group-pattern", choice([r"^c\d", "c", "(", r"(a+)+$", "[", ""])),
+            Option("--seed", int_value(0, 2**32 - 1, refused=HUGE)),
+            Option("--json", out_path(".json")),
+        ],
+    )
+    landmarks = command_argv(
+        ["landmarks"],
+        [st.lists(raster, min_size=1, max_size=2)],
+        [
+            must("--out", out_path(".parquet"), st.just("out.parquet")),
+            Option("--model", choice(["hirise", "msl", ws("notes")])),
+            Option("--threshold", float_value(0, 1)),
+            Option("--geojson", out_path(".geojson")),
+            Option("--window", coords(4, -10, 300)),
+            Option("--border", int_value(*VALID["border"], refused=HUGE)),
+            Option("--max-regions", int_value(*VALID["max_regions"])),
+            Option("--band", int_value(1, 2)),
+            Option("--crs", choice(["EPSG:32633", "EPSG:4326", "nonsense"])),
+            Option("--bounds", coords(4, -1e6, 1e6)),
+            Option("--time", dates()),
+            Option("--json", out_path(".json")),
+            Option("--index", st.one_of(st.sampled_from([ws("copy:ridx"), ws("copy:idx")]), in_path())),
+            Option("--replace", None),
+        ],
+    )
+    bench = command_argv(
+        ["bench", "search"],
+        [],
+        [
+            must("--n", int_value(*VALID["n"], refused=HUGE), st.integers(*VALID["n"]).map(str), every=True),
+            must("--repeat", int_value(*VALID["repeat"]), st.integers(*VALID["repeat"]).map(str)),
+            must("--queries", int_value(*VALID["queries"]), st.integers(*VALID["queries"]).map(str)),
+            Option("--bits", BITS),
+            Option("--k", k),
+            Option("--json", out_path(".json")),
+        ],
+    )
+    return {
+        "cli: search": search,
+        "cli: info": info,
+        "cli: index": index,
+        "cli: eval retrieval": retrieval,
+        "cli: eval classify": classify,
+        "cli: landmarks": landmarks,
+        "cli: train-hash": train_hash,
+        "cli: train-classifier": train_classifier,
+        "cli: bench search": bench,
+    }
 
 
 _TEMPLATE_MANIFEST = {"files": {"codes": {}, "tiles": {}, "hash": {}}, "count": 0}
@@ -601,17 +843,27 @@ def check_cli(workspace: Workspace, argv: list[str]) -> Result:
 def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[dict[str, str]]:
     """Query-string parameters of a share link: each key absent, plausible (so searches run) or
     arbitrary text (URL values may hold any character, NUL included)."""
-    number = st.one_of(st.floats(-400, 400), st.floats(), st.integers(-10**20, 10**20),
-                       st.sampled_from([1e308, -1e308, 5e-324]))
+    number = st.one_of(
+        st.floats(-400, 400),
+        st.floats(),
+        st.integers(-(10**20), 10**20),
+        st.sampled_from([1e308, -1e308, 5e-324]),
+    )
     pair = st.lists(number, min_size=0, max_size=3)
     box = st.one_of(st.lists(number, min_size=4, max_size=4), pair, number, st.text(max_size=4), st.none())
-    polygon = st.one_of(st.lists(st.one_of(st.lists(number, min_size=2, max_size=2), pair, st.none()),
-                                 max_size=6), number, st.none())
-    regions = st.fixed_dictionaries({}, optional={"boxes": st.lists(box, max_size=3),
-                                                  "polygons": st.lists(polygon, max_size=3)})
-    json_value = st.recursive(st.none() | st.booleans() | number | st.text(max_size=5),
-                              lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                              max_leaves=8)
+    polygon = st.one_of(
+        st.lists(st.one_of(st.lists(number, min_size=2, max_size=2), pair, st.none()), max_size=6),
+        number,
+        st.none(),
+    )
+    regions = st.fixed_dictionaries(
+        {}, optional={"boxes": st.lists(box, max_size=3), "polygons": st.lists(polygon, max_size=3)}
+    )
+    json_value = st.recursive(
+        st.none() | st.booleans() | number | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=8,
+    )
     tiles = st.sampled_from(tile_ids)
     tile_list = st.lists(st.one_of(tiles, LINK_TEXT), max_size=4).map(",".join)
 
@@ -620,7 +872,8 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
 
     def numbers(n):
         return st.one_of(st.lists(number, min_size=n, max_size=n), st.lists(number, max_size=n + 2)).map(
-            lambda v: ",".join(map(str, v)))
+            lambda v: ",".join(map(str, v))
+        )
 
     keys = {
         "body": mixed(st.sampled_from(["Mars", "Earth", "mars", "", "Vulcan"])),
@@ -629,14 +882,23 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
         "tile": st.one_of(tiles, tiles, tiles, LINK_TEXT),
         "k": mixed(st.integers(-10, 20_000).map(str)),
         "zones": mixed(zones_text()),
-        "from": mixed(dates()), "to": mixed(dates()),
+        "from": mixed(dates()),
+        "to": mixed(dates()),
         "bbox": mixed(numbers(4)),
-        "pos": mixed(tile_list), "neg": mixed(tile_list),
+        "pos": mixed(tile_list),
+        "neg": mixed(tile_list),
         "examples": mixed(st.sampled_from(["1", "0", ""])),
-        "regions": st.one_of(regions.map(json.dumps), regions.map(json.dumps), json_value.map(json.dumps),
-                             st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),
-                             st.just("[" * 100_000), LINK_TEXT),
-        "classes": mixed(st.lists(st.sampled_from(classes + ["", "nope", "crater\n<b>"]), max_size=3).map(",".join)),
+        "regions": st.one_of(
+            regions.map(json.dumps),
+            regions.map(json.dumps),
+            json_value.map(json.dumps),
+            st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),
+            st.just("[" * 100_000),
+            LINK_TEXT,
+        ),
+        "classes": mixed(
+            st.lists(st.sampled_from(classes + ["", "nope", "crater\n<b>"]), max_size=3).map(",".join)
+        ),
         "conf": mixed(st.one_of(st.floats(0, 1), st.floats()).map(str)),
         "min_n": mixed(st.integers(-3, 10**6).map(str)),
     }
@@ -645,8 +907,24 @@ def link_params(tile_ids: list[str], classes: list[str]) -> st.SearchStrategy[di
 
 
 # the share-link parameters drawn (tests/test_fuzz_inputs.py checks them against explorer.sessions.URL_KEYS)
-LINK_KEYS = ("body", "index", "view", "tile", "k", "zones", "from", "to", "bbox", "pos", "neg", "examples", "regions",
-             "classes", "conf", "min_n")
+LINK_KEYS = (
+    "body",
+    "index",
+    "view",
+    "tile",
+    "k",
+    "zones",
+    "from",
+    "to",
+    "bbox",
+    "pos",
+    "neg",
+    "examples",
+    "regions",
+    "classes",
+    "conf",
+    "min_n",
+)
 
 
 class _ErrorLog(logging.Handler):
@@ -661,7 +939,8 @@ class _ErrorLog(logging.Handler):
 def check_link(index, name: str, params: dict[str, str]) -> Result:
     """Apply a share link's parameters to a fresh explorer session on ``index`` (which runs its
     search), then read what the views read. The session's message must be one clear line."""
-    from lookalike.explorer.state import MESSAGE_LIMIT, ExplorerState
+    from lookalike.explorer.public_messages import MESSAGE_LIMIT
+    from lookalike.explorer.state import ExplorerState
 
     handler = _ErrorLog()
     state_log = logging.getLogger("lookalike.explorer.state")
@@ -695,37 +974,61 @@ def geojson_values() -> st.SearchStrategy:
     """Region values: valid (multi)polygons, invalid ones (bow ties, open rings, too few points),
     other geometry types, features and collections, huge or non-finite coordinates, empty, and
     random JSON values."""
-    number = st.one_of(st.floats(-200, 200), st.floats(), st.integers(-10**30, 10**30),
-                       st.sampled_from([0, 180, -180, 90, 1e308, -1e308]))
+    number = st.one_of(
+        st.floats(-200, 200),
+        st.floats(),
+        st.integers(-(10**30), 10**30),
+        st.sampled_from([0, 180, -180, 90, 1e308, -1e308]),
+    )
     xy = st.tuples(st.one_of(st.floats(-180, 180), number), st.one_of(st.floats(-90, 90), number)).map(list)
     point = st.one_of(xy, st.lists(number, max_size=4))
-    ring = st.one_of(st.lists(xy, min_size=3, max_size=8).map(lambda r: r + [r[0]]), st.lists(point, max_size=6))
+    ring = st.one_of(
+        st.lists(xy, min_size=3, max_size=8).map(lambda r: r + [r[0]]), st.lists(point, max_size=6)
+    )
     polygon = st.builds(lambda rings: {"type": "Polygon", "coordinates": rings}, st.lists(ring, max_size=3))
-    multi = st.builds(lambda ps: {"type": "MultiPolygon", "coordinates": [p["coordinates"] for p in ps]},
-                      st.lists(polygon, max_size=3))
-    other = st.builds(lambda t, c: {"type": t, "coordinates": c},
-                      st.sampled_from(["Point", "MultiPoint", "LineString", "MultiLineString", "Bogus", ""]),
-                      st.one_of(point, ring, st.lists(ring, max_size=2), number, st.none()))
+    multi = st.builds(
+        lambda ps: {"type": "MultiPolygon", "coordinates": [p["coordinates"] for p in ps]},
+        st.lists(polygon, max_size=3),
+    )
+    other = st.builds(
+        lambda t, c: {"type": t, "coordinates": c},
+        st.sampled_from(["Point", "MultiPoint", "LineString", "MultiLineString", "Bogus", ""]),
+        st.one_of(point, ring, st.lists(ring, max_size=2), number, st.none()),
+    )
     geometry = st.one_of(polygon, polygon, multi, other)
-    collection = st.builds(lambda gs: {"type": "GeometryCollection", "geometries": gs}, st.lists(geometry, max_size=3))
-    feature = st.builds(lambda g: {"type": "Feature", "geometry": g, "properties": {}},
-                        st.one_of(geometry, collection, st.none()))
-    features = st.builds(lambda fs: {"type": "FeatureCollection", "features": fs},
-                         st.lists(st.one_of(feature, feature, st.none(), number), max_size=3))
-    json_value = st.recursive(st.none() | st.booleans() | number | st.text(max_size=5),
-                              lambda c: st.lists(c, max_size=3) | st.dictionaries(
-                                  st.sampled_from(["type", "coordinates", "geometry", "features", "geometries"]),
-                                  c, max_size=3), max_leaves=10)
+    collection = st.builds(
+        lambda gs: {"type": "GeometryCollection", "geometries": gs}, st.lists(geometry, max_size=3)
+    )
+    feature = st.builds(
+        lambda g: {"type": "Feature", "geometry": g, "properties": {}},
+        st.one_of(geometry, collection, st.none()),
+    )
+    features = st.builds(
+        lambda fs: {"type": "FeatureCollection", "features": fs},
+        st.lists(st.one_of(feature, feature, st.none(), number), max_size=3),
+    )
+    json_value = st.recursive(
+        st.none() | st.booleans() | number | st.text(max_size=5),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["type", "coordinates", "geometry", "features", "geometries"]), c, max_size=3
+            )
+        ),
+        max_leaves=10,
+    )
     return st.one_of(geometry, collection, feature, features, json_value)
 
 
 def region_files() -> st.SearchStrategy[bytes]:
     """Contents of a ``--region`` file: GeoJSON values, broken JSON, deep nesting, bytes."""
-    return st.one_of(geojson_values().map(lambda v: json.dumps(v).encode()),
-                     geojson_values().map(lambda v: json.dumps(v).encode()[:-3]),
-                     st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * n),
-                     st.sampled_from([b"", b"null", b"{}", b"\xff\xfe\x00", b"\xef\xbb\xbf{}", b"NaN"]),
-                     st.binary(max_size=200))
+    return st.one_of(
+        geojson_values().map(lambda v: json.dumps(v).encode()),
+        geojson_values().map(lambda v: json.dumps(v).encode()[:-3]),
+        st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * n),
+        st.sampled_from([b"", b"null", b"{}", b"\xff\xfe\x00", b"\xef\xbb\xbf{}", b"NaN"]),
+        st.binary(max_size=200),
+    )
 
 
 def check_region_api(tiles, region) -> Result:
@@ -737,7 +1040,9 @@ def check_region_api(tiles, region) -> Result:
 def check_region_cli(workspace: Workspace, content: bytes, extra: list[str]) -> Result:
     with workspace.sandbox() as sandbox:
         (sandbox / "region.geojson").write_bytes(content)
-        return check_cli(workspace, ["search", ws("idx"), "--region", str(sandbox / "region.geojson"), *extra])
+        return check_cli(
+            workspace, ["search", ws("idx"), "--region", str(sandbox / "region.geojson"), *extra]
+        )
 
 
 # ------------------------------------------------------------------ labels CSVs
@@ -745,19 +1050,36 @@ def labels_csvs() -> st.SearchStrategy[bytes]:
     """Labels CSV contents: well-formed rows over existing, missing and odd paths, missing
     columns, odd splits, quoting, random bytes, non-UTF-8, empty."""
     existing = st.sampled_from([f"c{i:02d}.png" for i in range(12)])
-    cell = st.one_of(*[existing] * 8,
-                     st.sampled_from(["missing.png", "labels.csv", "../chips/c00.png", "/etc/hostname", "",
-                                      " ", "sub/", "c00.png\n", "c00.png "]),
-                     st.text(max_size=12))
-    label = st.one_of(st.sampled_from(["crater", "dune"]), st.sampled_from(["crater", "dune", ""]),
-                      st.text(max_size=8))
-    split = st.one_of(st.sampled_from(["train", "test"]), st.sampled_from(["train", "test", "val", ""]),
-                      st.text(max_size=6))
-    header = st.one_of(st.just(["path", "label", "split"]), st.just(["path", "label", "split"]),
-                       st.just(["path", "label"]),
-                       st.permutations(["path", "label", "split"]).map(list),
-                       st.lists(st.sampled_from(["path", "label", "split", "source_image", "", "x", "path"]),
-                                max_size=4))
+    cell = st.one_of(
+        *[existing] * 8,
+        st.sampled_from(
+            [
+                "missing.png",
+                "labels.csv",
+                "../chips/c00.png",
+                "/etc/hostname",
+                "",
+                " ",
+                "sub/",
+                "c00.png\n",
+                "c00.png ",
+            ]
+        ),
+        st.text(max_size=12),
+    )
+    label = st.one_of(
+        st.sampled_from(["crater", "dune"]), st.sampled_from(["crater", "dune", ""]), st.text(max_size=8)
+    )
+    split = st.one_of(
+        st.sampled_from(["train", "test"]), st.sampled_from(["train", "test", "val", ""]), st.text(max_size=6)
+    )
+    header = st.one_of(
+        st.just(["path", "label", "split"]),
+        st.just(["path", "label", "split"]),
+        st.just(["path", "label"]),
+        st.permutations(["path", "label", "split"]).map(list),
+        st.lists(st.sampled_from(["path", "label", "split", "source_image", "", "x", "path"]), max_size=4),
+    )
     row = st.tuples(cell, label, split).map(list)
 
     def csv_text(head, rows, quote):
@@ -766,19 +1088,32 @@ def labels_csvs() -> st.SearchStrategy[bytes]:
         buf = io.StringIO()
         writer = csv.writer(buf, quoting=csv.QUOTE_ALL if quote else csv.QUOTE_MINIMAL)
         writer.writerow(head)
-        writer.writerows(r[:max(len(head), 1)] for r in rows)
+        writer.writerows(r[: max(len(head), 1)] for r in rows)
         return buf.getvalue().encode()
 
     structured = st.builds(csv_text, header, st.lists(row, min_size=1, max_size=4), st.booleans())
-    return st.one_of(structured, structured, structured,
-                     structured.map(lambda b: b.replace(b"c0", b"\xff\xfe")),  # not UTF-8
-                     st.sampled_from([b"", b"\n", b"path,label\n", b"path,label\n\x00\x00\n", b"\"path,label\n",
-                                      b"path;label\nc00.png;crater\n", "path,label\nc00.png,cr\u00e4ter\n".encode("latin-1")]),
-                     st.binary(max_size=200))
+    return st.one_of(
+        structured,
+        structured,
+        structured,
+        structured.map(lambda b: b.replace(b"c0", b"\xff\xfe")),  # not UTF-8
+        st.sampled_from(
+            [
+                b"",
+                b"\n",
+                b"path,label\n",
+                b"path,label\n\x00\x00\n",
+                b'"path,label\n',
+                b"path;label\nc00.png;crater\n",
+                "path,label\nc00.png,cr\u00e4ter\n".encode("latin-1"),
+            ]
+        ),
+        st.binary(max_size=200),
+    )
 
 
 def check_labels_api(workspace: Workspace, content: bytes, split: str | None) -> Result:
-    from lookalike.indexer.sources import read_labels
+    from lookalike.indexer.image_folders import read_labels
 
     with workspace.sandbox() as sandbox:
         (sandbox / "labels.csv").write_bytes(content)
@@ -788,8 +1123,17 @@ def check_labels_api(workspace: Workspace, content: bytes, split: str | None) ->
 def check_labels_cli(workspace: Workspace, content: bytes, split: str | None) -> Result:
     with workspace.sandbox() as sandbox:
         (sandbox / "labels.csv").write_bytes(content)
-        argv = ["index", "--images", ws("chips"), "--labels", str(sandbox / "labels.csv"), "--out", "out",
-                "--image-size", "32"] + (["--split", split] if split is not None else [])
+        argv = [
+            "index",
+            "--images",
+            ws("chips"),
+            "--labels",
+            str(sandbox / "labels.csv"),
+            "--out",
+            "out",
+            "--image-size",
+            "32",
+        ] + (["--split", split] if split is not None else [])
         return check_cli(workspace, argv)
 
 
@@ -827,8 +1171,11 @@ class RasterCase:
         rng = np.random.default_rng(self.seed)
         shape = (self.count, self.height, self.width)
         if self.fill == "noise":
-            data = rng.integers(1, 250, shape).astype(self.dtype) if np.dtype(self.dtype).kind in "ui" \
+            data = (
+                rng.integers(1, 250, shape).astype(self.dtype)
+                if np.dtype(self.dtype).kind in "ui"
                 else (rng.random(shape) * 1000).astype(self.dtype)
+            )
         elif self.fill == "nodata":
             data = np.full(shape, self.nodata if self.nodata is not None else 0).astype(self.dtype)
         elif self.fill in ("nan", "inf"):
@@ -838,11 +1185,12 @@ class RasterCase:
         profile = {} if self.nodata is None else dict(nodata=self.nodata)
         if self.compress:
             profile.update(compress=self.compress, tiled=True, blockxsize=16, blockysize=16)
-        write_raster(path, data, crs=self.crs, transform=from_origin(*self.origin, self.pixel, self.pixel),
-                     **profile)
+        write_raster(
+            path, data, crs=self.crs, transform=from_origin(*self.origin, self.pixel, self.pixel), **profile
+        )
         blob = bytearray(path.read_bytes())
         if self.cut < 1.0:
-            blob = blob[:int(len(blob) * self.cut)]
+            blob = blob[: int(len(blob) * self.cut)]
         flip = np.random.default_rng(self.seed + 1)
         for _ in range(self.flips if len(blob) > 300 else 0):
             blob[int(flip.integers(200, len(blob)))] = int(flip.integers(0, 256))
@@ -854,20 +1202,28 @@ def raster_cases() -> st.SearchStrategy[RasterCase]:
     """A usable 64 x 64 GeoTIFF changed in up to three ways (size, bands, data type, fill, CRS,
     pixel size, origin, nodata, compression, truncation, damaged bytes), or not a GeoTIFF."""
     odd = {
-        "width": st.sampled_from([1, 2, 17, 200]), "height": st.sampled_from([1, 2, 17, 200]),
+        "width": st.sampled_from([1, 2, 17, 200]),
+        "height": st.sampled_from([1, 2, 17, 200]),
         "count": st.sampled_from([2, 3, 4]),
         "dtype": st.sampled_from(["uint16", "int16", "float32", "float64", "complex64"]),
         "fill": st.sampled_from(["nodata", "constant", "nan", "inf"]),
         "crs": st.sampled_from(["EPSG:4326", "EPSG:3857", "IAU_2015:49900", None, 'LOCAL_CS["x"]']),
         "pixel": st.sampled_from([0.001, 1e-9, 1e6, 0.25]),
         "origin": st.sampled_from([(10.0, 50.0), (-1e12, 1e12), (179.9, 89.9), (0.0, 0.0)]),
-        "nodata": st.sampled_from([0, 255]), "compress": st.sampled_from(["deflate", "lzw"]),
-        "cut": st.sampled_from([0.99, 0.6, 0.2, 0.01]), "flips": st.sampled_from([5, 50]),
+        "nodata": st.sampled_from([0, 255]),
+        "compress": st.sampled_from(["deflate", "lzw"]),
+        "cut": st.sampled_from([0.99, 0.6, 0.2, 0.01]),
+        "flips": st.sampled_from([5, 50]),
     }
     changes = st.lists(st.sampled_from(sorted(odd)), max_size=3, unique=True).flatmap(
-        lambda names: st.fixed_dictionaries({name: odd[name] for name in names}))
-    usable = st.builds(lambda seed, changes: RasterCase("tif", seed=seed, **changes), st.integers(0, 100), changes)
-    return st.one_of(usable, usable, usable, st.builds(RasterCase, kind=st.sampled_from(["zero", "text", "png"])))
+        lambda names: st.fixed_dictionaries({name: odd[name] for name in names})
+    )
+    usable = st.builds(
+        lambda seed, changes: RasterCase("tif", seed=seed, **changes), st.integers(0, 100), changes
+    )
+    return st.one_of(
+        usable, usable, usable, st.builds(RasterCase, kind=st.sampled_from(["zero", "text", "png"]))
+    )
 
 
 def check_raster_api(workspace: Workspace, case: RasterCase, crs: str | None, bands) -> Result:
@@ -888,8 +1244,9 @@ def check_raster_api(workspace: Workspace, case: RasterCase, crs: str | None, ba
 def check_raster_cli(workspace: Workspace, case: RasterCase, extra: list[str]) -> Result:
     with workspace.sandbox() as sandbox:
         path = case.write(sandbox / "r.tif")
-        return check_cli(workspace, ["index", str(path), "--out", "out", "--tile-size", "32", "--stride", "32",
-                                     *extra])
+        return check_cli(
+            workspace, ["index", str(path), "--out", "out", "--tile-size", "32", "--stride", "32", *extra]
+        )
 
 
 # ------------------------------------------------------------------ image queries
@@ -917,7 +1274,7 @@ class ImageCase:
             buf = io.BytesIO()
             im.save(buf, self.kind)
             blob = bytearray(buf.getvalue())
-            blob = blob[:max(1, int(len(blob) * self.cut))]
+            blob = blob[: max(1, int(len(blob) * self.cut))]
             flip = np.random.default_rng(self.seed)
             for _ in range(self.flips if len(blob) > 40 else 0):
                 blob[int(flip.integers(20, len(blob)))] = int(flip.integers(0, 256))
@@ -926,15 +1283,32 @@ class ImageCase:
 
 
 def image_cases() -> st.SearchStrategy[ImageCase]:
-    formats = {"PNG": ["RGB", "L", "I;16", "RGBA", "P", "1", "LA"], "JPEG": ["RGB", "L", "CMYK"],
-               "TIFF": ["RGB", "F", "I;16", "CMYK", "I"], "GIF": ["P", "L"], "BMP": ["RGB"], "WEBP": ["RGB"]}
-    saved = st.sampled_from(sorted(formats)).flatmap(lambda f: st.builds(
-        ImageCase, kind=st.just(f), mode=st.sampled_from(formats[f]), width=st.sampled_from([1, 3, 64, 300]),
-        height=st.sampled_from([1, 5, 64]), cut=st.sampled_from([1.0, 1.0, 0.9, 0.5, 0.1]),
-        flips=st.sampled_from([0, 0, 3, 30]), seed=st.integers(0, 1000)))
-    bombs = st.builds(ImageCase, kind=st.just("header"),
-                      width=st.sampled_from([100_000, 20_000, 10_000, 1, 0, 2**31 - 1]),
-                      height=st.sampled_from([100_000, 10_000, 5_000, 1, 0]))
+    formats = {
+        "PNG": ["RGB", "L", "I;16", "RGBA", "P", "1", "LA"],
+        "JPEG": ["RGB", "L", "CMYK"],
+        "TIFF": ["RGB", "F", "I;16", "CMYK", "I"],
+        "GIF": ["P", "L"],
+        "BMP": ["RGB"],
+        "WEBP": ["RGB"],
+    }
+    saved = st.sampled_from(sorted(formats)).flatmap(
+        lambda f: st.builds(
+            ImageCase,
+            kind=st.just(f),
+            mode=st.sampled_from(formats[f]),
+            width=st.sampled_from([1, 3, 64, 300]),
+            height=st.sampled_from([1, 5, 64]),
+            cut=st.sampled_from([1.0, 1.0, 0.9, 0.5, 0.1]),
+            flips=st.sampled_from([0, 0, 3, 30]),
+            seed=st.integers(0, 1000),
+        )
+    )
+    bombs = st.builds(
+        ImageCase,
+        kind=st.just("header"),
+        width=st.sampled_from([100_000, 20_000, 10_000, 1, 0, 2**31 - 1]),
+        height=st.sampled_from([100_000, 10_000, 5_000, 1, 0]),
+    )
     return st.one_of(saved, saved, bombs, st.builds(ImageCase, kind=st.sampled_from(["text", "empty"])))
 
 
@@ -944,8 +1318,9 @@ def check_image_api(workspace: Workspace, index, case: ImageCase) -> Result:
     with workspace.sandbox() as sandbox:
         path = case.write(sandbox / "query.img")
         with workspace.environment():
-            return run_python(lambda: search_index(index, Query(image=path), k=5,
-                                                   encoder=workspace.encoder()))
+            return run_python(
+                lambda: search_index(index, Query(image=path), k=5, encoder=workspace.encoder())
+            )
 
 
 def check_image_cli(workspace: Workspace, case: ImageCase, extra: list[str]) -> Result:
@@ -957,10 +1332,16 @@ def check_image_cli(workspace: Workspace, case: ImageCase, extra: list[str]) -> 
 # ------------------------------------------------------------------ corrupted manifests
 def manifests(template: dict) -> st.SearchStrategy[str]:
     """An index's manifest with keys replaced by random JSON values, removed or added."""
-    value = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-                         lambda c: st.lists(c, max_size=3) | st.dictionaries(
-                             st.sampled_from(["name", "bytes", "sha256", "size", "image_size", "x"]), c, max_size=3),
-                         max_leaves=6)
+    value = st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["name", "bytes", "sha256", "size", "image_size", "x"]), c, max_size=3
+            )
+        ),
+        max_leaves=6,
+    )
     keys = sorted(template) + ["files.codes", "files.tiles", "files.hash", "files.landmarks", "extra"]
 
     def mutate(changes):
@@ -974,7 +1355,9 @@ def manifests(template: dict) -> st.SearchStrategy[str]:
                 holder[name] = new
         return json.dumps(out)
 
-    return st.dictionaries(st.sampled_from(keys), st.tuples(st.booleans(), value), min_size=1, max_size=3).map(mutate)
+    return st.dictionaries(
+        st.sampled_from(keys), st.tuples(st.booleans(), value), min_size=1, max_size=3
+    ).map(mutate)
 
 
 def check_manifest(workspace: Workspace, manifest: str, command: list[str]) -> Result:
@@ -991,8 +1374,8 @@ class Family:
     """One kind of input: a strategy of inputs, the check of one input, how to describe it, and
     its share of the examples in the fast suite and in the long run (costly ones run fewer)."""
 
-    strategy: Callable[["Workspace"], st.SearchStrategy]
-    check: Callable[["Workspace", object], Result]
+    strategy: Callable[[Workspace], st.SearchStrategy]
+    check: Callable[[Workspace, object], Result]
     fast_share: float = 1.0
     long_share: float = 1.0
 
@@ -1004,7 +1387,10 @@ def _cli_family(name, fast, long):
 FAMILIES: dict[str, Family] = {
     "share links": Family(
         lambda w: link_params([f"t{i:05d}" for i in (0, 1, 2, 50, 199)], ["crater", "dark_dune", "streak"]),
-        lambda w, params: check_link(w.link_index(), "mars_small", params), 2.5, 1.0),
+        lambda w, params: check_link(w.link_index(), "mars_small", params),
+        2.5,
+        1.0,
+    ),
     "cli: search": _cli_family("cli: search", 1.5, 1.0),
     "cli: info": _cli_family("cli: info", 0.5, 0.5),
     "cli: index": _cli_family("cli: index", 0.5, 0.1),
@@ -1015,34 +1401,86 @@ FAMILIES: dict[str, Family] = {
     "cli: train-classifier": _cli_family("cli: train-classifier", 0.2, 0.1),
     "cli: bench search": _cli_family("cli: bench search", 0.5, 0.25),
     "index dirs: corrupted manifest": Family(
-        lambda w: st.tuples(manifests(w.manifest()),
-                            st.sampled_from([["info"], ["info", "--no-verify"], ["search", "--tile", "t00001"],
-                                             ["search", "--lonlat", "0,0", "--no-verify"]])),
-        lambda w, case: check_manifest(w, *case), 0.75, 0.5),
+        lambda w: st.tuples(
+            manifests(w.manifest()),
+            st.sampled_from(
+                [
+                    ["info"],
+                    ["info", "--no-verify"],
+                    ["search", "--tile", "t00001"],
+                    ["search", "--lonlat", "0,0", "--no-verify"],
+                ]
+            ),
+        ),
+        lambda w, case: check_manifest(w, *case),
+        0.75,
+        0.5,
+    ),
     "GeoJSON regions: Filters": Family(
-        lambda w: geojson_values(), lambda w, region: check_region_api(w.tiles(), region), 2.0, 1.0),
+        lambda w: geojson_values(), lambda w, region: check_region_api(w.tiles(), region), 2.0, 1.0
+    ),
     "GeoJSON regions: search --region": Family(
-        lambda w: st.tuples(region_files(), st.sampled_from([["--tile", "t00001"], ["--lonlat", "0,0", "--json", "o"],
-                                                              ["--tile", "t00002", "--geojson", "o.geojson"]])),
-        lambda w, case: check_region_cli(w, *case), 1.0, 0.5),
+        lambda w: st.tuples(
+            region_files(),
+            st.sampled_from(
+                [
+                    ["--tile", "t00001"],
+                    ["--lonlat", "0,0", "--json", "o"],
+                    ["--tile", "t00002", "--geojson", "o.geojson"],
+                ]
+            ),
+        ),
+        lambda w, case: check_region_cli(w, *case),
+        1.0,
+        0.5,
+    ),
     "labels CSVs: read_labels": Family(
         lambda w: st.tuples(labels_csvs(), st.sampled_from([None, None, "train", "test", "nope", ""])),
-        lambda w, case: check_labels_api(w, *case), 2.0, 1.0),
+        lambda w, case: check_labels_api(w, *case),
+        2.0,
+        1.0,
+    ),
     "labels CSVs: index --images --labels": Family(
         lambda w: st.tuples(labels_csvs(), st.sampled_from([None, None, "train", "nope"])),
-        lambda w, case: check_labels_cli(w, *case), 0.4, 0.1),
+        lambda w, case: check_labels_cli(w, *case),
+        0.4,
+        0.1,
+    ),
     "rasters: RasterSource": Family(
-        lambda w: st.tuples(raster_cases(), st.sampled_from([None, None, "EPSG:4326", "EPSG:32633", "nonsense"]),
-                            st.sampled_from([None, None, (1,), (1, 1, 1), (4, 3, 2), (0,), (1, 2)])),
-        lambda w, case: check_raster_api(w, *case), 1.0, 0.5),
+        lambda w: st.tuples(
+            raster_cases(),
+            st.sampled_from([None, None, "EPSG:4326", "EPSG:32633", "nonsense"]),
+            st.sampled_from([None, None, (1,), (1, 1, 1), (4, 3, 2), (0,), (1, 2)]),
+        ),
+        lambda w, case: check_raster_api(w, *case),
+        1.0,
+        0.5,
+    ),
     "rasters: index FILE": Family(
-        lambda w: st.tuples(raster_cases(), st.sampled_from([[], [], ["--crs", "EPSG:4326"], ["--bounds", "0,0,1,1"],
-                                                              ["--bands", "1,2,3"], ["--time", "2010-01-01"]])),
-        lambda w, case: check_raster_cli(w, *case), 0.4, 0.1),
+        lambda w: st.tuples(
+            raster_cases(),
+            st.sampled_from(
+                [
+                    [],
+                    [],
+                    ["--crs", "EPSG:4326"],
+                    ["--bounds", "0,0,1,1"],
+                    ["--bands", "1,2,3"],
+                    ["--time", "2010-01-01"],
+                ]
+            ),
+        ),
+        lambda w, case: check_raster_cli(w, *case),
+        0.4,
+        0.1,
+    ),
     "image queries: Query(image=...)": Family(
-        lambda w: image_cases(), lambda w, case: check_image_api(w, w.raster_index(), case), 1.0, 0.5),
+        lambda w: image_cases(), lambda w, case: check_image_api(w, w.raster_index(), case), 1.0, 0.5
+    ),
     "image queries: search --image": Family(
         lambda w: st.tuples(image_cases(), st.sampled_from([[], ["--json", "o.json"], ["--zones", "33N"]])),
-        lambda w, case: check_image_cli(w, *case), 0.3, 0.1),
+        lambda w, case: check_image_cli(w, *case),
+        0.3,
+        0.1,
+    ),
 }
-

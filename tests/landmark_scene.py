@@ -34,9 +34,9 @@ def synthetic_scene(seed: int = 0) -> np.ndarray:
     for cx, cy, r in CRATERS:
         sl = (slice(cy - 2 * r, cy + 2 * r), slice(cx - 2 * r, cx + 2 * r))
         d = np.hypot(xx[sl] - cx, yy[sl] - cy) / r
-        height = np.where(d < 1, d ** 2 - 1, 0) * 0.6 + 0.35 * np.exp(-((d - 1) / 0.15) ** 2)
+        height = np.where(d < 1, d**2 - 1, 0) * 0.6 + 0.35 * np.exp(-(((d - 1) / 0.15) ** 2))
         gx = np.gradient(height * r, axis=1)
-        img[sl] += -60.0 * gx + 25.0 * np.exp(-((d - 1) / 0.1) ** 2)  # shaded bowl, bright rim
+        img[sl] += -60.0 * gx + 25.0 * np.exp(-(((d - 1) / 0.1) ** 2))  # shaded bowl, bright rim
     x0, y0, x1, y1 = DUNES
     inside = ndi.gaussian_filter(((xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)).astype(np.float32), 6)
     phase = (xx * 0.94 + yy * 0.34) / 24.0  # asymmetric ridges, 24 px apart

@@ -30,11 +30,17 @@ def synthetic_tiles(n: int, seed: int = 0, half: float = 0.5) -> pd.DataFrame:
     end = pd.Timestamp("2020-01-01", tz="UTC").value
     times = pd.to_datetime(rng.integers(start, end, n), utc=True).to_series().reset_index(drop=True)
     times[rng.random(n) < 0.2] = pd.NaT
-    table = pd.DataFrame(dict(
-        tile_id=[f"t{i:05d}" for i in range(n)],
-        source=rng.choice(["alpha", "beta", "gamma"], n),
-        zone=zone, lon=lon, lat=lat, time=times,
-        label=rng.choice(["crater", "dune", "edge", "streak"], n)))
+    table = pd.DataFrame(
+        dict(
+            tile_id=[f"t{i:05d}" for i in range(n)],
+            source=rng.choice(["alpha", "beta", "gamma"], n),
+            zone=zone,
+            lon=lon,
+            lat=lat,
+            time=times,
+            label=rng.choice(["crater", "dune", "edge", "streak"], n),
+        )
+    )
     # clockwise from top-left like the tiler; longitudes wrapped into [-180, 180)
     for i, (dx, dy) in enumerate([(-half, half), (half, half), (half, -half), (-half, -half)]):
         table[f"lon{i}"] = ((lon + dx + 180) % 360 - 180).astype(np.float32)
@@ -118,8 +124,14 @@ def run_cli(argv: list[str], timeout: float = 300, **env) -> subprocess.Complete
             full_env.pop(k, None)
         else:
             full_env[k] = str(v)
-    return subprocess.run([sys.executable, "-m", "lookalike", *map(str, argv)], cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lookalike", *map(str, argv)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_user_error(code: int, stderr: str, *needles: str) -> None:
@@ -136,6 +148,7 @@ def assert_user_error(code: int, stderr: str, *needles: str) -> None:
 # ------------------------------------------------------------------ GeoJSON
 def strict_json(text: str):
     """json.loads that refuses NaN / Infinity, which RFC 8259 (and so RFC 7946) forbids."""
+
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
 

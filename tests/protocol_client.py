@@ -93,23 +93,36 @@ class ProtocolSession:
         """Load the page and its document, then report the map's size as a browser does;
         returns the seconds it took."""
         t0 = time.perf_counter()
-        page = await self.http.fetch(HTTPRequest(self.url, request_timeout=self.timeout,
-                                                 headers={"Accept-Encoding": "gzip"}))
+        page = await self.http.fetch(
+            HTTPRequest(self.url, request_timeout=self.timeout, headers={"Accept-Encoding": "gzip"})
+        )
         token = re.search(r'"token"\s*:\s*"([^"]+)"', page.body.decode())
         if token is None:
             raise RuntimeError("the page carries no session token")
         ws_url = urljoin(self.url.replace("http", "ws", 1), "ws")
         request = HTTPRequest(ws_url, headers={"Origin": self.origin}, request_timeout=self.timeout)
-        self.ws = await websocket_connect(request, subprotocols=["bokeh", token.group(1)],
-                                          max_message_size=64 * 2**20)
+        self.ws = await websocket_connect(
+            request, subprotocols=["bokeh", token.group(1)], max_message_size=64 * 2**20
+        )
         self._reader = asyncio.create_task(self._read())
         # the server reads nothing before its ACK (it is still setting the connection up)
         await asyncio.wait_for(self._acked.wait(), self.timeout)
         await self._request("PULL-DOC-REQ", {}, wait_for="PULL-DOC-REPLY")
-        await self._patch([{"kind": "ModelChanged", "model": {"id": self.ids["figure"]}, "attr": name, "new": value}
-                           for name, value in MAP_SIZE.items()])
-        await self._patch([{"kind": "MessageSent", "msg_type": "bokeh_event",
-                            "msg_data": {"type": "event", "name": "document_ready", "values": {"type": "map"}}}])
+        await self._patch(
+            [
+                {"kind": "ModelChanged", "model": {"id": self.ids["figure"]}, "attr": name, "new": value}
+                for name, value in MAP_SIZE.items()
+            ]
+        )
+        await self._patch(
+            [
+                {
+                    "kind": "MessageSent",
+                    "msg_type": "bokeh_event",
+                    "msg_data": {"type": "event", "name": "document_ready", "values": {"type": "map"}},
+                }
+            ]
+        )
         return time.perf_counter() - t0
 
     async def close(self) -> None:
@@ -127,9 +140,17 @@ class ProtocolSession:
         self._taps += 1
         t0 = time.perf_counter()
         self._changed.clear()
-        await self._patch([{"kind": "ModelChanged", "model": {"id": self.ids["taps"]}, "attr": "data",
-                            "new": {"type": "map", "entries": [["x", [x]], ["y", [y]], ["n", [self._taps]]]}}],
-                          wait=False)
+        await self._patch(
+            [
+                {
+                    "kind": "ModelChanged",
+                    "model": {"id": self.ids["taps"]},
+                    "attr": "data",
+                    "new": {"type": "map", "entries": [["x", [x]], ["y", [y]], ["n", [self._taps]]]},
+                }
+            ],
+            wait=False,
+        )
         deadline = time.monotonic() + self.timeout
         while not (self.items and self.items[0].get("tile_id") != previous):
             remaining = deadline - time.monotonic()
@@ -138,11 +159,18 @@ class ProtocolSession:
             self._changed.clear()
             await asyncio.wait_for(self._changed.wait(), remaining)
         items = list(self.items)
-        urls = [urljoin(self.url, it["src"]) for it in items if not str(it.get("src", "")).startswith("data:")]
+        urls = [
+            urljoin(self.url, it["src"]) for it in items if not str(it.get("src", "")).startswith("data:")
+        ]
         await asyncio.gather(*(self.http.fetch(u, request_timeout=self.timeout) for u in urls))
         seconds = time.perf_counter() - t0
-        return ClickResult(seconds, [str(it["tile_id"]) for it in items], [int(it["distance"]) for it in items],
-                           self.status(), len(urls))
+        return ClickResult(
+            seconds,
+            [str(it["tile_id"]) for it in items],
+            [int(it["distance"]) for it in items],
+            self.status(),
+            len(urls),
+        )
 
     def status(self) -> str:
         """The text of the status (the text model that names the query), as a page shows it."""

@@ -12,10 +12,10 @@ import ast
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
@@ -35,10 +35,14 @@ def _assemble(dest: Path) -> Path:
     for package in setup["packages"]:
         parts = package.split(".")
         # the folder of a package: its own mapping, else its nearest mapped parent's plus the rest
-        mapped = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len,
-                     default=None)
-        source = ROOT.joinpath(mapping[mapped], *parts[len(mapped.split(".")):]) if mapped \
+        mapped = max(
+            (p for p in mapping if package == p or package.startswith(p + ".")), key=len, default=None
+        )
+        source = (
+            ROOT.joinpath(mapping[mapped], *parts[len(mapped.split(".")) :])
+            if mapped
             else ROOT.joinpath(*parts)
+        )
         target = dest.joinpath(*parts)
         target.mkdir(parents=True, exist_ok=True)
         for py in source.glob("*.py"):
@@ -47,9 +51,14 @@ def _assemble(dest: Path) -> Path:
 
 
 def _run(tree: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(_lint_imports()), "--no-cache", str(PYPROJECT)], cwd=tree,
-                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(_lint_imports()), "--no-cache", str(PYPROJECT)],
+        cwd=tree,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +91,25 @@ def test_every_package_is_listed_and_mapped():
         root = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len, default=None)
         if root is None:
             return ROOT / package.replace(".", "/")
-        return ROOT / mapping[root] / package[len(root):].lstrip(".").replace(".", "/")
+        return ROOT / mapping[root] / package[len(root) :].lstrip(".").replace(".", "/")
 
     data_packages = {p for p in setup["package-data"] if not (folder(p) / "__init__.py").is_file()}
     listed = set(setup["packages"]) - data_packages
-    found = {"lookalike." + p.parent.relative_to(ROOT / "lookalike").as_posix().replace("/", ".")
-             for p in (ROOT / "lookalike").glob("*/__init__.py")} | {"lookalike"}
+    found = {
+        "lookalike." + p.parent.relative_to(ROOT / "lookalike").as_posix().replace("/", ".")
+        for p in (ROOT / "lookalike").glob("*/__init__.py")
+    } | {"lookalike"}
     for package, folder in mapping.items():
         assert (ROOT / folder / "__init__.py").is_file(), package
-        found |= {package + ("." + p.parent.relative_to(ROOT / folder).as_posix().replace("/", ".")
-                             if p.parent != ROOT / folder else "")
-                  for p in (ROOT / folder).rglob("__init__.py")}
+        found |= {
+            package
+            + (
+                "." + p.parent.relative_to(ROOT / folder).as_posix().replace("/", ".")
+                if p.parent != ROOT / folder
+                else ""
+            )
+            for p in (ROOT / folder).rglob("__init__.py")
+        }
     assert found == listed
 
 
@@ -121,6 +138,7 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
                 if length > MAX_FUNCTION_LINES:
-                    offenders.append(f"{where}:{node.lineno}: {node.name} is {length} lines "
-                                     f"(limit: {MAX_FUNCTION_LINES})")
+                    offenders.append(
+                        f"{where}:{node.lineno}: {node.name} is {length} lines (limit: {MAX_FUNCTION_LINES})"
+                    )
     assert not offenders, "too large:\n" + "\n".join(offenders)

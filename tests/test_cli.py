@@ -32,8 +32,16 @@ def corrupt_index(tmp_path):
 @pytest.fixture
 def nocrs_tif(tmp_path):
     path = tmp_path / "nocrs.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8",
-                       transform=from_origin(500000, 5000000, 10, 10)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="uint8",
+        transform=from_origin(500000, 5000000, 10, 10),
+    ) as dst:
         dst.write(np.random.default_rng(0).integers(0, 255, (1, 64, 64), dtype=np.uint8))
     return path
 
@@ -70,9 +78,19 @@ def test_corrupt_manifest(tmp_path):
     assert_user_error(*run_main(["search", path, "--tile", "t00001"])[::2], "JSON")
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--bbox", "1,2,3"), ("--bbox", "a,b,c,d"), ("--bbox", "1,2,3,4,5"), ("--lonlat", "10"),
-    ("--lonlat", "x,y"), ("--k", "many"), ("--zones", "99Q"), ("--zones", "33N,0S")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--bbox", "1,2,3"),
+        ("--bbox", "a,b,c,d"),
+        ("--bbox", "1,2,3,4,5"),
+        ("--lonlat", "10"),
+        ("--lonlat", "x,y"),
+        ("--k", "many"),
+        ("--zones", "99Q"),
+        ("--zones", "33N,0S"),
+    ],
+)
 def test_bad_option_values(index_dir, option, value):
     code, out, err = run_main(["search", index_dir, "--tile", "t00000", option, value])
     assert_user_error(code, err, option)
@@ -89,8 +107,18 @@ def test_usage_errors_are_one_line(index_dir):
 
 def test_negative_coordinates_are_values_not_options(index_dir):
     """``--bbox -10,...`` and ``--lonlat -45,10`` parse as numbers (western longitudes)."""
-    code, out, err = run_main(["search", index_dir, "--tile", "t00000", "--bbox", "-180,-60,180,60",
-                               "--json", index_dir.parent / "neg.json"])
+    code, out, err = run_main(
+        [
+            "search",
+            index_dir,
+            "--tile",
+            "t00000",
+            "--bbox",
+            "-180,-60,180,60",
+            "--json",
+            index_dir.parent / "neg.json",
+        ]
+    )
     assert code == 0, err
     code, out, err = run_main(["search", index_dir, "--lonlat", "-45.5,-10", "--k", "3"])
     # parsed; either a tile covers the point or the one-line "no indexed tile covers" error
@@ -105,8 +133,9 @@ def test_k_out_of_range(index_dir, k):
 
 
 def test_two_query_kinds(index_dir):
-    assert_user_error(*run_main(["search", index_dir, "--tile", "t00000", "--lonlat", "0,0"])[::2],
-                      "exactly one")
+    assert_user_error(
+        *run_main(["search", index_dir, "--tile", "t00000", "--lonlat", "0,0"])[::2], "exactly one"
+    )
 
 
 def test_unknown_tile(index_dir):
@@ -117,24 +146,28 @@ def test_unknown_tile(index_dir):
 def test_bad_region_file(index_dir, tmp_path, content):
     region = tmp_path / "region.geojson"
     region.write_text(content)
-    assert_user_error(*run_main(["search", index_dir, "--tile", "t00000", "--region", region])[::2],
-                      "region")
+    assert_user_error(*run_main(["search", index_dir, "--tile", "t00000", "--region", region])[::2], "region")
 
 
 def test_missing_region_file(index_dir, tmp_path):
-    assert_user_error(*run_main(["search", index_dir, "--tile", "t00000", "--region",
-                                 tmp_path / "absent.geojson"])[::2], "absent.geojson")
+    assert_user_error(
+        *run_main(["search", index_dir, "--tile", "t00000", "--region", tmp_path / "absent.geojson"])[::2],
+        "absent.geojson",
+    )
 
 
 def test_empty_labels_csv(tmp_path):
     (tmp_path / "imgs").mkdir()
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    code, out, err = run_main(["eval", "retrieval", "--images", tmp_path / "imgs", "--labels", empty,
-                               "--query-split", "val"], LOOKALIKE_CACHE=tmp_path / "cache")
+    code, out, err = run_main(
+        ["eval", "retrieval", "--images", tmp_path / "imgs", "--labels", empty, "--query-split", "val"],
+        LOOKALIKE_CACHE=tmp_path / "cache",
+    )
     assert_user_error(code, err, "empty.csv", "empty")
-    code, out, err = run_main(["index", "--images", tmp_path / "imgs", "--labels", empty,
-                               "--out", tmp_path / "o"])
+    code, out, err = run_main(
+        ["index", "--images", tmp_path / "imgs", "--labels", empty, "--out", tmp_path / "o"]
+    )
     assert_user_error(code, err, "empty.csv", "empty")
     assert not (tmp_path / "o" / "manifest.json").exists()
 
@@ -145,8 +178,9 @@ def test_raster_without_crs(nocrs_tif, tmp_path):
 
 
 def test_bad_time(nocrs_tif, tmp_path):
-    code, out, err = run_main(["index", nocrs_tif, "--crs", "EPSG:32633", "--time", "yesterday-ish",
-                               "--out", tmp_path / "o"])
+    code, out, err = run_main(
+        ["index", nocrs_tif, "--crs", "EPSG:32633", "--time", "yesterday-ish", "--out", tmp_path / "o"]
+    )
     assert_user_error(code, err, "time")
 
 
@@ -160,8 +194,22 @@ def test_info_and_search_output(index_dir, tmp_path):
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["count"] == 200 and info["bits"] == 64 and info["verified"] is True
     assert json.loads(out) == info
-    code, out, err = run_main(["search", index_dir, "--tile", "t00007", "--k", "15", "--sources", "alpha,beta",
-                               "--json", tmp_path / "hits.json", "--geojson", tmp_path / "hits.geojson"])
+    code, out, err = run_main(
+        [
+            "search",
+            index_dir,
+            "--tile",
+            "t00007",
+            "--k",
+            "15",
+            "--sources",
+            "alpha,beta",
+            "--json",
+            tmp_path / "hits.json",
+            "--geojson",
+            tmp_path / "hits.geojson",
+        ]
+    )
     assert code == 0, err
     hits = json.loads((tmp_path / "hits.json").read_text())
     assert hits["n_hits"] == len(hits["hits"]) == 15
@@ -169,15 +217,31 @@ def test_info_and_search_output(index_dir, tmp_path):
     d = [h["distance"] for h in hits["hits"]]
     assert d == sorted(d)
     collection = json.loads((tmp_path / "hits.geojson").read_text())
-    assert [f["properties"]["tile_id"] for f in collection["features"]] == [h["tile_id"] for h in hits["hits"]]
+    assert [f["properties"]["tile_id"] for f in collection["features"]] == [
+        h["tile_id"] for h in hits["hits"]
+    ]
     assert collection["lookalike"]["filters"]["sources"] == ["alpha", "beta"]
 
 
 def test_bench_search(tmp_path):
     """`lookalike bench search --n 20000 --bits 512 --k 100`: the exact scan agrees with faiss."""
     pytest.importorskip("faiss")
-    code, out, err = run_main(["bench", "search", "--n", "20000", "--bits", "512", "--k", "100",
-                               "--repeat", "2", "--json", tmp_path / "b.json"])
+    code, out, err = run_main(
+        [
+            "bench",
+            "search",
+            "--n",
+            "20000",
+            "--bits",
+            "512",
+            "--k",
+            "100",
+            "--repeat",
+            "2",
+            "--json",
+            tmp_path / "b.json",
+        ]
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["recall"] == 1.0

@@ -46,8 +46,9 @@ def test_mars_index_info(mars_index, data_dir):
 def test_mars_search_lonlat_geojson(mars_index, tmp_path):
     gpd = pytest.importorskip("geopandas")
     geojson, hits_json = tmp_path / "hits.geojson", tmp_path / "hits.json"
-    proc = run_cli(["search", mars_index, "--lonlat", "0,10", "--k", "50", "--geojson", geojson,
-                    "--json", hits_json])
+    proc = run_cli(
+        ["search", mars_index, "--lonlat", "0,10", "--k", "50", "--geojson", geojson, "--json", hits_json]
+    )
     assert proc.returncode == 0, proc.stderr
     hits = json.loads(hits_json.read_text())["hits"]
     assert len(hits) == 50
@@ -75,18 +76,20 @@ def test_mars_search_filters_on_real_index(mars_index):
     from lookalike.indexer.store import open_index
 
     idx = open_index(mars_index)
-    hits = search_index(idx, Query(lonlat=(0.0, 10.0)), k=1000,
-                        filters=Filters(zones=["31N"], bbox=(0, 0, 6, 30)))
+    hits = search_index(
+        idx, Query(lonlat=(0.0, 10.0)), k=1000, filters=Filters(zones=["31N"], bbox=(0, 0, 6, 30))
+    )
     assert len(hits) > 0
     assert (hits["zone"] == "31N").all() and hits["lat"].between(0, 30).all()
-    expected = ((idx.tiles["zone"] == "31N") & idx.tiles["lon"].between(0, 6) & idx.tiles["lat"].between(0, 30))
+    expected = (idx.tiles["zone"] == "31N") & idx.tiles["lon"].between(0, 6) & idx.tiles["lat"].between(0, 30)
     assert len(hits) == int(expected.sum())
 
 
 def test_earth_index_uses_utm_zones(tmp_path, data_dir):
     out = tmp_path / "earth"
-    code, stdout, err = run_main(["index", "earth_8k", "--bbox", "10,40,20,50", "--bits", "64",
-                                  "--out", out], LOOKALIKE_DATA=data_dir)
+    code, stdout, err = run_main(
+        ["index", "earth_8k", "--bbox", "10,40,20,50", "--bits", "64", "--out", out], LOOKALIKE_DATA=data_dir
+    )
     assert code == 0, err
     from lookalike.indexer.store import open_index
 
@@ -167,8 +170,9 @@ def test_pipelined_build_equals_serial_and_resumes(tmp_path, monkeypatch, data_d
     monkeypatch.setattr(build, "CHUNK", 8)
     ds = DATASETS["mars_8k"]
     source = RasterSource(data_dir / ds.fname, name="mars_8k", crs=ds.crs, bounds=ds.bounds)
-    kwargs = dict(zones=[Zone(31, "N")], bbox=(0.0, 0.0, 6.0, 40.0), progress=False,
-                  hash_path=str(default_hash_path()))
+    kwargs = dict(
+        zones=[Zone(31, "N")], bbox=(0.0, 0.0, 6.0, 40.0), progress=False, hash_path=str(default_hash_path())
+    )
     serial, times = tmp_path / "serial", StageTimes()
     build.index_rasters([source], serial, encoder=encoder, prefetch=0, **kwargs)
     build.index_rasters([source], tmp_path / "pipelined", encoder=encoder, prefetch=2, times=times, **kwargs)
@@ -202,8 +206,22 @@ def test_pipelined_build_equals_serial_and_resumes(tmp_path, monkeypatch, data_d
 
 def test_bench_index_json(tmp_path, data_dir):
     out = tmp_path / "bench.json"
-    code, _, err = run_main(["bench", "index", "mars_8k", "--zones", "31N", "--bbox", "0,0,6,40",
-                             "--encode-sample", "64", "--json", str(out)], LOOKALIKE_DATA=data_dir)
+    code, _, err = run_main(
+        [
+            "bench",
+            "index",
+            "mars_8k",
+            "--zones",
+            "31N",
+            "--bbox",
+            "0,0,6,40",
+            "--encode-sample",
+            "64",
+            "--json",
+            str(out),
+        ],
+        LOOKALIKE_DATA=data_dir,
+    )
     assert code == 0, err
     result = json.loads(out.read_text())
     assert {"tiles", "tiles_per_s", "encode_tiles_per_s", "ratio", "peak_rss_mb", "stages"} <= set(result)
@@ -248,9 +266,24 @@ def hirise_subset(hirise_dir, tmp_path_factory):
 def test_eval_retrieval_on_hirise_subset(hirise_dir, hirise_subset, tmp_path_factory, how):
     cache = tmp_path_factory.getbasetemp() / "feature-cache-eval"  # shared by these runs: encoded once
     out = tmp_path_factory.mktemp("eval") / "r.json"
-    code, stdout, err = run_main(["eval", "retrieval", "--images", hirise_dir, "--labels", hirise_subset,
-                                  "--query-split", "val", "--k", "20", "--json", out, *how],
-                                 LOOKALIKE_CACHE=cache)
+    code, stdout, err = run_main(
+        [
+            "eval",
+            "retrieval",
+            "--images",
+            hirise_dir,
+            "--labels",
+            hirise_subset,
+            "--query-split",
+            "val",
+            "--k",
+            "20",
+            "--json",
+            out,
+            *how,
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, err
     result = json.loads(out.read_text())
     assert {"map_at_k", "k", "n_queries", "n_archive", "bits", "method"} <= set(result)
@@ -275,30 +308,52 @@ def test_eval_retrieval_beats_chance(hirise_dir, hirise_subset, tmp_path_factory
     from lookalike.workflows.evaluation import evaluate_retrieval
 
     with environ(LOOKALIKE_CACHE=cache):
-        result = evaluate_retrieval(hirise_dir, hirise_subset, query_split="val", k=20,
-                                    method="float", progress=False)
+        result = evaluate_retrieval(
+            hirise_dir, hirise_subset, query_split="val", k=20, method="float", progress=False
+        )
     labels = pd.read_csv(hirise_subset)
     archive = labels[labels["split"] == "train"]["label"].to_numpy()
     queries = labels[labels["split"] == "val"]["label"].to_numpy()
     rng = np.random.default_rng(0)
-    chance = np.mean([retrieval_scores(queries, archive,
-                                       np.stack([rng.permutation(len(archive))[:20] for _ in queries]),
-                                       20)["map_at_k"] for _ in range(5)])
+    chance = np.mean(
+        [
+            retrieval_scores(
+                queries, archive, np.stack([rng.permutation(len(archive))[:20] for _ in queries]), 20
+            )["map_at_k"]
+            for _ in range(5)
+        ]
+    )
     assert result["map_at_k"] > chance + 0.05
 
 
 def test_train_hash_on_an_index_own_tiles(mars_index, tmp_path):
     """Unsupervised training from an index's tiles, then indexing with the new head."""
     model = tmp_path / "tiles_ntxent.npz"
-    code, out, err = run_main(["train-hash", "--index", mars_index, "--method", "mirs-ntxent",
-                               "--bits", "32", "--epochs", "3", "--limit", "60", "--out", model])
+    code, out, err = run_main(
+        [
+            "train-hash",
+            "--index",
+            mars_index,
+            "--method",
+            "mirs-ntxent",
+            "--bits",
+            "32",
+            "--epochs",
+            "3",
+            "--limit",
+            "60",
+            "--out",
+            model,
+        ]
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["n_train"] == 60 and report["bits"] == 32 and model.exists()
     head = load_hash_model(model)
     assert head.method == "mirs-ntxent" and head.meta["trained_on"]["n"] == 60
-    code, _, err = run_main(["train-hash", "--index", mars_index, "--method", "mirs-triplet",
-                             "--out", tmp_path / "x.npz"])
+    code, _, err = run_main(
+        ["train-hash", "--index", mars_index, "--method", "mirs-triplet", "--out", tmp_path / "x.npz"]
+    )
     assert code == 2 and "needs labels" in err
 
 
@@ -308,9 +363,23 @@ def test_real_landmarks_catalogued_on_their_tiles(mars_index, data_dir, tmp_path
     from lookalike.indexer.catalogue import scene_keys
     from lookalike.indexer.store import open_index
 
-    code, stdout, err = run_main(["landmarks", "mars_8k", "--window", "3900,600,4300,2040", "--threshold", "0",
-                                  "--out", tmp_path / "lm.parquet", "--index", mars_index,
-                                  "--json", tmp_path / "lm.json"], LOOKALIKE_DATA=data_dir)
+    code, stdout, err = run_main(
+        [
+            "landmarks",
+            "mars_8k",
+            "--window",
+            "3900,600,4300,2040",
+            "--threshold",
+            "0",
+            "--out",
+            tmp_path / "lm.parquet",
+            "--index",
+            mars_index,
+            "--json",
+            tmp_path / "lm.json",
+        ],
+        LOOKALIKE_DATA=data_dir,
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "lm.json").read_text())
     index = open_index(mars_index)
@@ -327,8 +396,20 @@ def test_real_landmarks_catalogued_on_their_tiles(mars_index, data_dir, tmp_path
     info = strict_json(out)["landmarks"]
     assert info["landmarks"] == len(lm) and sum(info["by_class"].values()) == len(lm)
     best = lm.loc[placed["posterior"].idxmax()]
-    code, out, err = run_main(["search", mars_index, "--lonlat", "0,10", "--classes", best["label"],
-                               "--min-confidence", str(best["posterior"] - 1e-6), "--json", tmp_path / "h.json"])
+    code, out, err = run_main(
+        [
+            "search",
+            mars_index,
+            "--lonlat",
+            "0,10",
+            "--classes",
+            best["label"],
+            "--min-confidence",
+            str(best["posterior"] - 1e-6),
+            "--json",
+            tmp_path / "h.json",
+        ]
+    )
     assert code == 0, err
     hits = json.loads((tmp_path / "h.json").read_text())
     hit_ids = {h["tile_id"] for h in (hits["hits"] if isinstance(hits, dict) else hits)}
@@ -344,8 +425,22 @@ def test_bench_index_json_for_an_image_folder(tmp_path, hirise_dir):
     labels = tmp_path / "labels.csv"
     rows.to_csv(labels, index=False)
     out = tmp_path / "bench.json"
-    code, _, err = run_main(["bench", "index", "--images", str(hirise_dir), "--labels", str(labels),
-                             "--image-size", "64", "--encode-sample", "8", "--json", str(out)])
+    code, _, err = run_main(
+        [
+            "bench",
+            "index",
+            "--images",
+            str(hirise_dir),
+            "--labels",
+            str(labels),
+            "--image-size",
+            "64",
+            "--encode-sample",
+            "8",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0, err
     result = json.loads(out.read_text())
     assert result["tiles"] == 12 and len(result["encode_passes_tiles_per_s"]) == 3

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -37,9 +37,13 @@ def test_environment_yml_matches_pyproject():
     have = conda_requirements()
     assert sorted(wanted) == sorted(have), (
         f"missing from environment.yml: {sorted(set(wanted) - set(have))}; "
-        f"not in pyproject.toml: {sorted(set(have) - set(wanted))}")
-    differ = {n: (str(wanted[n].specifier), str(have[n].specifier)) for n in wanted
-              if wanted[n].specifier != have[n].specifier}
+        f"not in pyproject.toml: {sorted(set(have) - set(wanted))}"
+    )
+    differ = {
+        n: (str(wanted[n].specifier), str(have[n].specifier))
+        for n in wanted
+        if wanted[n].specifier != have[n].specifier
+    }
     assert not differ, f"versions differ (pyproject, environment.yml): {differ}"
 
 

@@ -59,9 +59,15 @@ def neighbour_pairs(tiles: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     for column in ("source", "zone", "row", "col"):
         if column not in tiles:
             raise LookalikeError(f"the source index has no {column!r} column; it must be a raster index")
-    table = pd.DataFrame(dict(source=tiles["source"].to_numpy(), zone=tiles["zone"].to_numpy(),
-                              row=tiles["row"].to_numpy(np.int64), col=tiles["col"].to_numpy(np.int64),
-                              i=np.arange(len(tiles))))
+    table = pd.DataFrame(
+        dict(
+            source=tiles["source"].to_numpy(),
+            zone=tiles["zone"].to_numpy(),
+            row=tiles["row"].to_numpy(np.int64),
+            col=tiles["col"].to_numpy(np.int64),
+            i=np.arange(len(tiles)),
+        )
+    )
     pairs = []
     for dr, dc in ((0, 1), (1, 0)):
         moved = table.assign(row=table["row"] + dr, col=table["col"] + dc)
@@ -91,7 +97,9 @@ def _replicate(sources, src, pool_a, a, pool_b, b, out):
             out[i, w] = sources[src[i], w] ^ pool_a[a[i], w] ^ pool_b[b[i], w]
 
 
-def replicate(sources: np.ndarray, n: int, rates: np.ndarray, seed: int = 0, chunk: int = 1 << 22) -> np.ndarray:
+def replicate(
+    sources: np.ndarray, n: int, rates: np.ndarray, seed: int = 0, chunk: int = 1 << 22
+) -> np.ndarray:
     """``n`` codes: random rows of ``sources`` with bit b flipped with probability rates[b]."""
     rng = np.random.default_rng(seed)
     half = (1 - np.sqrt(np.clip(1 - 2 * np.asarray(rates, np.float64), 0, 1))) / 2
@@ -102,13 +110,27 @@ def replicate(sources: np.ndarray, n: int, rates: np.ndarray, seed: int = 0, chu
     out = np.empty((n, words), np.uint64)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        _replicate(src64, rng.integers(0, len(sources), m), pa, rng.integers(0, POOL, m),
-                   pb, rng.integers(0, POOL, m), out[start:start + m])
+        _replicate(
+            src64,
+            rng.integers(0, len(sources), m),
+            pa,
+            rng.integers(0, POOL, m),
+            pb,
+            rng.integers(0, POOL, m),
+            out[start : start + m],
+        )
     return out.view(np.uint8)
 
 
-def realistic_codes(codes: np.ndarray, tiles: pd.DataFrame, n: int, n_queries: int, holdout: float = 0.1,
-                    noise_scale: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+def realistic_codes(
+    codes: np.ndarray,
+    tiles: pd.DataFrame,
+    n: int,
+    n_queries: int,
+    holdout: float = 0.1,
+    noise_scale: float = 1.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """(archive (n, B/8), queries, description) grown from one real index (see the module doc)."""
     codes = np.ascontiguousarray(codes)
     if codes.shape[1] % 8:
@@ -124,10 +146,16 @@ def realistic_codes(codes: np.ndarray, tiles: pd.DataFrame, n: int, n_queries: i
     queries = np.concatenate([real, noisy])
     i, j = neighbour_pairs(tiles)
     nb = np.unpackbits(codes[i] ^ codes[j], axis=1).sum(axis=1)
-    info = dict(real_tiles=len(codes), held_out=n_held, noise_scale=noise_scale,
-                mean_flip_rate=float(rates.mean()), expected_flips=float(rates.sum()),
-                neighbour_distance_median=float(np.median(nb)), n_real_queries=len(real),
-                n_noisy_queries=len(queries) - len(real))
+    info = dict(
+        real_tiles=len(codes),
+        held_out=n_held,
+        noise_scale=noise_scale,
+        mean_flip_rate=float(rates.mean()),
+        expected_flips=float(rates.sum()),
+        neighbour_distance_median=float(np.median(nb)),
+        n_real_queries=len(real),
+        n_noisy_queries=len(queries) - len(real),
+    )
     return archive, queries, info
 
 
@@ -146,8 +174,15 @@ def filter_mask(n: int, share: float, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed + 7).random(n) < share
 
 
-def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, name: str,
-                sweeps: dict | None = None, filter_share: float | None = None) -> dict:
+def bench_codes(
+    codes: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    methods: dict,
+    name: str,
+    sweeps: dict | None = None,
+    filter_share: float | None = None,
+) -> dict:
     """Exact scan vs each of ``methods`` (label -> builder(codes)) on one code set. Each index is
     built once and measured at every value of its search-time option (``sweeps[label]``, or the
     adapter's own ``sweep``); labels ``LABEL-OPTIONVALUE``. With ``filter_share`` every setting is
@@ -160,11 +195,19 @@ def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, n
     batch = scan_top_k_batch(codes, queries, k)
     batch_ms = (time.perf_counter() - t0) * 1000.0
     batch_same = all(np.array_equal(a[0], b[0]) for a, b in zip(batch, exact))
-    out = dict(codes=name, n=len(codes), bits=codes.shape[1] * 8, k=k, n_queries=len(queries),
-               exact_ms=float(np.median(exact_ms)), exact_ms_mean=float(exact_ms.mean()),
-               batch_ms_per_query=batch_ms / len(queries), batch_equals_single=batch_same,
-               kth_distance_median=float(np.median([e[1][-1] for e in exact])),
-               methods={})
+    out = dict(
+        codes=name,
+        n=len(codes),
+        bits=codes.shape[1] * 8,
+        k=k,
+        n_queries=len(queries),
+        exact_ms=float(np.median(exact_ms)),
+        exact_ms_mean=float(exact_ms.mean()),
+        batch_ms_per_query=batch_ms / len(queries),
+        batch_equals_single=batch_same,
+        kth_distance_median=float(np.median([e[1][-1] for e in exact])),
+        methods={},
+    )
     del batch
     mask = exact_masked = None
     if filter_share is not None:
@@ -175,22 +218,34 @@ def bench_codes(codes: np.ndarray, queries: np.ndarray, k: int, methods: dict, n
         index = builder(codes)
         option = getattr(index, "option", "")
         values = (sweeps or {}).get(label) or getattr(index, "sweep", ())
-        settings = [(f"{label}-{option}{v}", {option: v}) for v in values] if option and values \
-            else [(label, {})]
+        settings = (
+            [(f"{label}-{option}{v}", {option: v}) for v in values] if option and values else [(label, {})]
+        )
         for setting, options in settings:
             entry = _bench_method(index, codes, queries, exact, k, options)
             if mask is not None:
                 filtered = _bench_method(index, codes, queries, exact_masked, k, options, mask)
-                entry.update({f"filtered_{key}": filtered[key] for key in
-                              ("ms", "exact_ms", "speedup", "recall", "recall_min")})
+                entry.update(
+                    {
+                        f"filtered_{key}": filtered[key]
+                        for key in ("ms", "exact_ms", "speedup", "recall", "recall_min")
+                    }
+                )
             out["methods"][setting] = entry
         del index
         gc.collect()
     return out
 
 
-def _bench_method(index, codes: np.ndarray, queries: np.ndarray, exact: list, k: int, options: dict,
-                  mask: np.ndarray | None = None) -> dict:
+def _bench_method(
+    index,
+    codes: np.ndarray,
+    queries: np.ndarray,
+    exact: list,
+    k: int,
+    options: dict,
+    mask: np.ndarray | None = None,
+) -> dict:
     index.search(queries[0], k, mask, **options)  # compile outside the timing
     # the scan and the method query by query, in turns: both see the same load on shared cores
     found, ms, scan_ms = [], [], []
@@ -202,17 +257,25 @@ def _bench_method(index, codes: np.ndarray, queries: np.ndarray, exact: list, k:
     ms, scan_ms = np.asarray(ms), np.asarray(scan_ms)
     recall = np.asarray([distance_recall(f[1], e[1]) for f, e in zip(found, exact)])
     same = [np.array_equal(f[0], e[0]) for f, e in zip(found, exact)]
-    entry = dict(index.describe(), **options, ms=float(np.median(ms)), ms_mean=float(ms.mean()),
-                 ms_p90=float(np.percentile(ms, 90)), exact_ms=float(np.median(scan_ms)),
-                 speedup=float(np.median(scan_ms) / np.median(ms)),
-                 recall=float(recall.mean()), recall_min=float(recall.min()),
-                 identical_rows=float(np.mean(same)))
+    entry = dict(
+        index.describe(),
+        **options,
+        ms=float(np.median(ms)),
+        ms_mean=float(ms.mean()),
+        ms_p90=float(np.percentile(ms, 90)),
+        exact_ms=float(np.median(scan_ms)),
+        speedup=float(np.median(scan_ms) / np.median(ms)),
+        recall=float(recall.mean()),
+        recall_min=float(recall.min()),
+        identical_rows=float(np.mean(same)),
+    )
     return entry
 
 
 def _builder(method: str, params: dict):
     def build(codes: np.ndarray):
         return build_ann(codes, method, progress=True, **params)
+
     return build
 
 
@@ -251,11 +314,20 @@ def parse_params(items: list[str] | None) -> dict[str, dict[str, int]]:
     return params
 
 
-def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list[str] | None = None,
-                    n_queries: int = 100, uniform: bool = True, noise_scale: float = 1.0,
-                    seed: int = 0, methods: dict | list[str] | None = None,
-                    sweeps: dict[str, tuple[int, ...]] | None = None,
-                    params: dict[str, dict] | None = None, filter_share: float | None = None) -> dict:
+def bench_sublinear(
+    n: int,
+    bits: int = 128,
+    k: int = 1000,
+    source_indexes: list[str] | None = None,
+    n_queries: int = 100,
+    uniform: bool = True,
+    noise_scale: float = 1.0,
+    seed: int = 0,
+    methods: dict | list[str] | None = None,
+    sweeps: dict[str, tuple[int, ...]] | None = None,
+    params: dict[str, dict] | None = None,
+    filter_share: float | None = None,
+) -> dict:
     """The whole benchmark: realistic codes from each source index, then uniform random codes.
 
     ``methods``: names from ``indexer.ann.ANN_METHODS`` or a dict label -> builder(codes);
@@ -280,11 +352,19 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         index = open_index(path)
         if index.bits != bits:
             raise LookalikeError(f"{path} has {index.bits}-bit codes; --bits {bits} needs a {bits}-bit index")
-        archive, queries, info = realistic_codes(np.asarray(index.codes), index.tiles, n, n_queries,
-                                                 noise_scale=noise_scale, seed=seed)
+        archive, queries, info = realistic_codes(
+            np.asarray(index.codes), index.tiles, n, n_queries, noise_scale=noise_scale, seed=seed
+        )
         sources = sorted(set(index.tiles["source"]))
-        run = bench_codes(archive, queries, k, methods, name=f"realistic ({', '.join(sources)})", sweeps=sweeps,
-                          filter_share=filter_share)
+        run = bench_codes(
+            archive,
+            queries,
+            k,
+            methods,
+            name=f"realistic ({', '.join(sources)})",
+            sweeps=sweeps,
+            filter_share=filter_share,
+        )
         run["replication"] = info
         runs.append(run)
         del archive
@@ -293,8 +373,11 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
         rng = np.random.default_rng(seed)
         archive = rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
         queries = rng.integers(0, 256, size=(n_queries, bits // 8), dtype=np.uint8)
-        runs.append(bench_codes(archive, queries, k, methods, name="uniform random", sweeps=sweeps,
-                                filter_share=filter_share))
+        runs.append(
+            bench_codes(
+                archive, queries, k, methods, name="uniform random", sweeps=sweeps, filter_share=filter_share
+            )
+        )
         del archive
         gc.collect()
     return dict(n=n, bits=bits, k=k, threads=numba.get_num_threads(), runs=runs)
@@ -303,23 +386,34 @@ def bench_sublinear(n: int, bits: int = 128, k: int = 1000, source_indexes: list
 def markdown_table(results: list[dict]) -> str:
     """One row per (code set, method setting) over one or more ``bench_sublinear`` results; the
     filter columns hold the same measurement under the run's filter (``-`` without one)."""
-    lines = ["| N | codes | method | recall@k | ms (median) | exact ms | speed-up | filtered recall | "
-             "filtered speed-up | build s | bytes/item |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| N | codes | method | recall@k | ms (median) | exact ms | speed-up | filtered recall | "
+        "filtered speed-up | build s | bytes/item |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for result in results:
         for run in result["runs"]:
             scale = run.get("replication", {}).get("noise_scale", 1.0)
             codes = run["codes"] + (f", noise x{scale:g}" if scale != 1.0 else "")
             head = f"| {run['n']:,} | {codes} |"
-            lines.append(f"{head} exact scan | 1.000 | {run['exact_ms']:.1f} | {run['exact_ms']:.1f} | 1.0 | "
-                         f"{'1.000' if 'filter_share' in run else '-'} | - | - | 0 |")
-            lines.append(f"{head} exact, batch of {run['n_queries']} | 1.000 | {run['batch_ms_per_query']:.1f} / "
-                         f"query | {run['exact_ms']:.1f} | {run['exact_ms'] / run['batch_ms_per_query']:.1f} | - | - "
-                         "| - | 0 |")
+            lines.append(
+                f"{head} exact scan | 1.000 | {run['exact_ms']:.1f} | {run['exact_ms']:.1f} | 1.0 | "
+                f"{'1.000' if 'filter_share' in run else '-'} | - | - | 0 |"
+            )
+            lines.append(
+                f"{head} exact, batch of {run['n_queries']} | 1.000 | {run['batch_ms_per_query']:.1f} / "
+                f"query | {run['exact_ms']:.1f} | {run['exact_ms'] / run['batch_ms_per_query']:.1f} | - | - "
+                "| - | 0 |"
+            )
             for label, m in run["methods"].items():
-                filtered = (f"{m['filtered_recall']:.3f} | {m['filtered_speedup']:.2f}" if "filtered_recall" in m
-                            else "- | -")
-                lines.append(f"{head} {label} | {m['recall']:.3f} | {m['ms']:.2f} | {m['exact_ms']:.1f} | "
-                             f"{m['speedup']:.2f} | {filtered} | {m['build_seconds']:.1f} | "
-                             f"{m['bytes_per_item']:.0f} |")
+                filtered = (
+                    f"{m['filtered_recall']:.3f} | {m['filtered_speedup']:.2f}"
+                    if "filtered_recall" in m
+                    else "- | -"
+                )
+                lines.append(
+                    f"{head} {label} | {m['recall']:.3f} | {m['ms']:.2f} | {m['exact_ms']:.1f} | "
+                    f"{m['speedup']:.2f} | {filtered} | {m['build_seconds']:.1f} | "
+                    f"{m['bytes_per_item']:.0f} |"
+                )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The demo data: whole-planet indexes of the registered global mosaics, built on first use."""
+"""The demo data, built on first use: whole-planet indexes of the registered global mosaics, and
+the registered real scenes (HiRISE, NAIP, Sentinel-2, Landsat) as collections on their bodies."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from lookalike.config import data_dir, indexes_dir
 from lookalike.data.hirise import hirise_path
 from lookalike.data.registry import DATASETS, fetch
+from lookalike.data.scenes import SCENE_COLLECTIONS, SceneCollection, missing_files
 from lookalike.errors import LookalikeError
 from lookalike.fileio import sha256_file
 from lookalike.indexer.build import index_images, index_rasters
@@ -18,6 +20,7 @@ from lookalike.indexer.store import MANIFEST, open_index
 from lookalike.indexer.thumbnails import basemap_image
 from lookalike.models.classifier import load_classifier, resolve_classifier
 from lookalike.models.hashing import is_current_default, load_hash_model
+from lookalike.workflows.indexing import build_index
 from lookalike.workflows.landmarks import catalogue_info, classify_chips, find_landmarks
 
 BODIES = {"mars": "mars_8k", "earth": "earth_8k"}
@@ -25,8 +28,9 @@ CLASSIFIER = "hirise"  # the shipped model that catalogues Mars landmarks
 POLAR_CAPS = {"UPSN", "UPSS"}  # zones a whole-planet index has tiles in
 
 
-def ensure_demo_index(body: str = "mars", root: str | Path | None = None, progress: bool = True,
-                      **options) -> Path:
+def ensure_demo_index(
+    body: str = "mars", root: str | Path | None = None, progress: bool = True, **options
+) -> Path:
     """Path of the demo index of ``body`` ('mars' or 'earth'), building it if it is missing."""
     if body not in BODIES:
         raise LookalikeError(f"unknown body {body!r}; choose from {', '.join(BODIES)}")
@@ -53,8 +57,12 @@ def ensure_landmarks(path: Path, mosaic: str, progress: bool = True) -> None:
         return
     print(f"finding landmarks in {mosaic} with the shipped classifier (once)")
     classifier = load_classifier(CLASSIFIER)
-    attach_to_index(path, find_landmarks(mosaic, classifier, threshold=0.0, progress=progress), replace=True,
-                    info=dict(landmarks=catalogue_info("raster", CLASSIFIER, classifier)))
+    attach_to_index(
+        path,
+        find_landmarks(mosaic, classifier, threshold=0.0, progress=progress),
+        replace=True,
+        info=dict(landmarks=catalogue_info("raster", CLASSIFIER, classifier)),
+    )
 
 
 def _catalogued_by_shipped(manifest: dict) -> bool:
@@ -85,6 +93,39 @@ def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path 
     return out
 
 
+def scene_collections(body: str, root: str | Path | None = None, progress: bool = True) -> list[Path]:
+    """The registered scene collections of ``body`` (``data.scenes``), each indexed once at its
+    native resolution from the data cache; for one whose files are not there, a line saying
+    which download would add it."""
+    paths = []
+    for collection in SCENE_COLLECTIONS.values():
+        if collection.body != body:
+            continue
+        missing = missing_files(collection)
+        if missing:
+            print(
+                f"no {collection.name} collection: {len(missing)} of its files are not in the data "
+                f"cache {data_dir()}; `lookalike fetch {collection.name}` downloads them "
+                f"({collection.description})"
+            )
+            continue
+        paths.append(_scene_index(collection, indexes_dir(root) / collection.name, progress))
+    return paths
+
+
+def _scene_index(collection: SceneCollection, out: Path, progress: bool) -> Path:
+    _set_aside_if_stale(out)
+    if not (out / MANIFEST).exists():
+        print(f"building the {collection.name} collection in {out} (once; interrupted builds resume)")
+        folder = collection.paths()[0].parent
+        stacked = {name for stack in collection.stacks for name in stack}
+        singles = [str(p) for p in collection.paths() if p.name not in stacked]
+        stacks = [[str(folder / name) for name in stack] for stack in collection.stacks]
+        build_index(out, rasters=singles, stacks=stacks, progress=progress)
+    _remove(_aside(out))
+    return out
+
+
 def _aside(out: Path) -> Path:
     return out.with_name(f"{out.name}.previous")
 
@@ -97,9 +138,11 @@ def _set_aside_if_stale(out: Path) -> None:
         return
     try:
         index = open_index(out, verify=False)
-        stale = (not is_current_default(load_hash_model(index.hash_model_path))
-                 or index.views != DEFAULT_VIEWS
-                 or (out.name in BODIES.values() and not POLAR_CAPS <= set(index.tiles["zone"].unique())))
+        stale = (
+            not is_current_default(load_hash_model(index.hash_model_path))
+            or index.views != DEFAULT_VIEWS
+            or (out.name in BODIES.values() and not POLAR_CAPS <= set(index.tiles["zone"].unique()))
+        )
     except (LookalikeError, KeyError, TypeError):
         stale = True  # unreadable: build it again rather than serve it
     if stale:
@@ -113,12 +156,20 @@ def _remove(path: Path | None) -> None:
         shutil.rmtree(path)
 
 
-def demo_indexes(bodies: list[str], root: str | Path | None = None, hirise: bool = True,
-                 progress: bool = True) -> list[Path]:
-    """The indexes ``lookalike demo`` serves, each built once: one per body, and the HiRISE
-    landmark layer beside Mars when the data cache holds it (and ``hirise`` is set)."""
+def demo_indexes(
+    bodies: list[str],
+    root: str | Path | None = None,
+    hirise: bool = True,
+    progress: bool = True,
+    scenes: bool = True,
+) -> list[Path]:
+    """The indexes ``lookalike demo`` serves, each built once: one per body, the HiRISE
+    landmark layer beside Mars when the data cache holds it (and ``hirise`` is set), and the
+    registered real scenes of each body as its collections (with ``scenes``)."""
     paths = [ensure_demo_index(body, root, progress=progress) for body in bodies]
     if "mars" in bodies and hirise:
         layer = hirise_layer(root, progress=progress)
         paths += [layer] if layer else []
+    for body in bodies if scenes else []:
+        paths += scene_collections(body, root, progress=progress)
     return paths

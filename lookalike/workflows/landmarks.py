@@ -30,8 +30,24 @@ from lookalike.indexer.store import open_index, update_tables
 from lookalike.models.classifier import ProbeClassifier, load_classifier, resolve_classifier
 from lookalike.models.saliency import DetectorConfig, detect
 
-COLUMNS = ("landmark_id", "scene", "x0", "y0", "x1", "y1", "lon_min", "lat_min", "lon_max",
-           "lat_max", "lon", "lat", "label", "posterior", "time", "saliency")
+COLUMNS = (
+    "landmark_id",
+    "scene",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "lon_min",
+    "lat_min",
+    "lon_max",
+    "lat_max",
+    "lon",
+    "lat",
+    "label",
+    "posterior",
+    "time",
+    "saliency",
+)
 
 
 # ------------------------------------------------------------------ landmarks
@@ -41,8 +57,11 @@ def crop_image(scene, box, size: int = 224) -> np.ndarray:
 
     x0, y0, x1, y1 = (int(v) for v in box[:4])
     gray, valid = scene.read(y0, y1, x0, x1)
-    g = scene.to_uint8(gray) if hasattr(scene, "to_uint8") else \
-        np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    g = (
+        scene.to_uint8(gray)
+        if hasattr(scene, "to_uint8")
+        else np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    )
     g = np.where(valid, g, 0).astype(np.uint8)
     im = Image.fromarray(g, mode="L").convert("RGB")
     if im.size != (size, size):
@@ -50,8 +69,9 @@ def crop_image(scene, box, size: int = 224) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def with_border(boxes: np.ndarray, border: int, shape: tuple[int, int],
-                offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+def with_border(
+    boxes: np.ndarray, border: int, shape: tuple[int, int], offset: tuple[int, int] = (0, 0)
+) -> np.ndarray:
     """Boxes grown by ``border`` pixels and clipped to a raster of ``shape`` (H, W); ``offset``
     moves window coordinates into raster coordinates first. Returns int64 (M, 4)."""
     b = np.asarray(boxes, float).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) == 2 else 4)[:, :4]
@@ -70,22 +90,51 @@ def landmark_id(scene: str, box) -> str:
 
 
 def empty_landmarks(classes: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series(dtype=t) for c, t in (
-        ("landmark_id", object), ("scene", object), ("x0", np.int64), ("y0", np.int64),
-        ("x1", np.int64), ("y1", np.int64), ("lon_min", float), ("lat_min", float),
-        ("lon_max", float), ("lat_max", float), ("lon", float), ("lat", float),
-        ("label", object), ("posterior", float), ("time", "datetime64[ns, UTC]"),
-        ("saliency", float))})
+    frame = pd.DataFrame(
+        {
+            c: pd.Series(dtype=t)
+            for c, t in (
+                ("landmark_id", object),
+                ("scene", object),
+                ("x0", np.int64),
+                ("y0", np.int64),
+                ("x1", np.int64),
+                ("y1", np.int64),
+                ("lon_min", float),
+                ("lat_min", float),
+                ("lon_max", float),
+                ("lat_max", float),
+                ("lon", float),
+                ("lat", float),
+                ("label", object),
+                ("posterior", float),
+                ("time", "datetime64[ns, UTC]"),
+                ("saliency", float),
+            )
+        }
+    )
     for c in classes:
         frame[f"p_{c}"] = pd.Series(dtype=float)
     return frame
 
 
-def find_landmarks(source, classifier="hirise", threshold: float = 0.9, border: int = 30, *,
-                   window: tuple[int, int, int, int] | None = None, band: int | None = None,
-                   crs: str | None = None, bounds: tuple[float, float, float, float] | None = None,
-                   time: str | None = None, name: str | None = None, encoder=None,
-                   progress: bool = True, batch_size: int = 16, **settings) -> pd.DataFrame:
+def find_landmarks(
+    source,
+    classifier="hirise",
+    threshold: float = 0.9,
+    border: int = 30,
+    *,
+    window: tuple[int, int, int, int] | None = None,
+    band: int | None = None,
+    crs: str | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    time: str | None = None,
+    name: str | None = None,
+    encoder=None,
+    progress: bool = True,
+    batch_size: int = 16,
+    **settings,
+) -> pd.DataFrame:
     """Salient regions of a scene, cropped with ``border`` px, classified, kept at ``threshold``.
 
     ``source``: a raster path, a registered mosaic name (``mars_8k``) or a ``RasterSource``.
@@ -101,37 +150,90 @@ def find_landmarks(source, classifier="hirise", threshold: float = 0.9, border: 
     if border < 0:
         raise LookalikeError(f"border must be >= 0 pixels, got {border}")
     model = classifier if isinstance(classifier, ProbeClassifier) else load_classifier(classifier)
-    src = source if isinstance(source, RasterSource) else open_scene(
-        source, name=name, crs=crs, bounds=bounds, time=time)
+    src = (
+        source
+        if isinstance(source, RasterSource)
+        else open_scene(source, name=name, crs=crs, bounds=bounds, time=time)
+    )
     cfg = DetectorConfig(**settings)
     with RasterScene(src, window, band) as scene:
         regions = detect(scene, cfg, progress=progress)
         crops = with_border(regions, border, scene.raster_shape, scene.offset)
         if not len(crops):
             return empty_landmarks(model.classes)
-        if encoder is None:
-            encoder = classifier_encoder(model, batch_size=batch_size)
-        elif not encoder_fits(encoder, model):
-            raise LookalikeError(f"the classifier needs features of {model.backbone} at "
-                                 f"{model.image_size} px over {model.views} view(s)"
-                                 f"{' with its fine-tuned tail' if model.tail else ''}; the encoder "
-                                 f"gives {encoder.name} at {encoder.image_size} px over {encoder.views}")
-        # crops are read straight from the raster, so a border may reach beyond the window
-        full = RasterCrops(scene)
-        images = (crop_image(full, b, model.image_size) for b in crops)
-        feats = np.stack(list(tqdm(encoder.features_stream(images), total=len(crops),
-                                   desc=f"classifying {src.name}", unit="crop",
-                                   disable=not progress)))
-        proba = model.predict_proba(feats)
+        encoder = _fitting_encoder(encoder, model, batch_size)
+        proba = _classify_crops(scene, crops, model, encoder, src.name, progress)
         geo = pixel_boxes_to_lonlat(crops, scene.transform, scene.crs, src.geographic)
+    return _landmark_frame(src, regions, crops, geo, proba, model, threshold)
+
+
+def _fitting_encoder(encoder, model: ProbeClassifier, batch_size: int):
+    """``encoder``, or the classifier's own when None; an error when it gives other features."""
+    if encoder is None:
+        return classifier_encoder(model, batch_size=batch_size)
+    if not encoder_fits(encoder, model):
+        raise LookalikeError(
+            f"the classifier needs features of {model.backbone} at "
+            f"{model.image_size} px over {model.views} view(s)"
+            f"{' with its fine-tuned tail' if model.tail else ''}; the encoder "
+            f"gives {encoder.name} at {encoder.image_size} px over {encoder.views}"
+        )
+    return encoder
+
+
+def _classify_crops(
+    scene: RasterScene, crops: np.ndarray, model: ProbeClassifier, encoder, name: str, progress: bool
+) -> np.ndarray:
+    """The classifier's posteriors of the crops (pixel boxes) of ``scene``, one row a crop."""
+    # crops are read straight from the raster, so a border may reach beyond the window
+    full = RasterCrops(scene)
+    images = (crop_image(full, b, model.image_size) for b in crops)
+    feats = np.stack(
+        list(
+            tqdm(
+                encoder.features_stream(images),
+                total=len(crops),
+                desc=f"classifying {name}",
+                unit="crop",
+                disable=not progress,
+            )
+        )
+    )
+    return model.predict_proba(feats)
+
+
+def _landmark_frame(
+    src: RasterSource,
+    regions: np.ndarray,
+    crops: np.ndarray,
+    geo: np.ndarray,
+    proba: np.ndarray,
+    model: ProbeClassifier,
+    threshold: float,
+) -> pd.DataFrame:
+    """The landmark rows of classified crops: ``COLUMNS`` plus ``p_<class>``, those at or above
+    ``threshold``, best posterior first."""
     best = proba.argmax(1)
-    frame = pd.DataFrame(dict(
-        landmark_id=[landmark_id(src.name, b) for b in crops], scene=src.name,
-        x0=crops[:, 0], y0=crops[:, 1], x1=crops[:, 2], y1=crops[:, 3],
-        lon_min=geo[:, 0], lat_min=geo[:, 1], lon_max=geo[:, 2], lat_max=geo[:, 3],
-        lon=geo[:, 4], lat=geo[:, 5], label=np.asarray(model.classes)[best],
-        posterior=proba.max(1), time=pd.Series([src.acquired] * len(crops), dtype="datetime64[ns, UTC]"),
-        saliency=regions[:, 4]))
+    frame = pd.DataFrame(
+        dict(
+            landmark_id=[landmark_id(src.name, b) for b in crops],
+            scene=src.name,
+            x0=crops[:, 0],
+            y0=crops[:, 1],
+            x1=crops[:, 2],
+            y1=crops[:, 3],
+            lon_min=geo[:, 0],
+            lat_min=geo[:, 1],
+            lon_max=geo[:, 2],
+            lat_max=geo[:, 3],
+            lon=geo[:, 4],
+            lat=geo[:, 5],
+            label=np.asarray(model.classes)[best],
+            posterior=proba.max(1),
+            time=pd.Series([src.acquired] * len(crops), dtype="datetime64[ns, UTC]"),
+            saliency=regions[:, 4],
+        )
+    )
     for j, c in enumerate(model.classes):
         frame[f"p_{c}"] = proba[:, j]
     frame = frame[frame["posterior"] >= threshold]
@@ -146,28 +248,32 @@ def landmarks_to_geojson(frame: pd.DataFrame) -> dict:
         lons = np.array([rec["lon_min"], rec["lon_max"], rec["lon_max"], rec["lon_min"]])
         lats = np.array([rec["lat_min"], rec["lat_min"], rec["lat_max"], rec["lat_max"]])
         props = {key: json_value(value) for key, value in rec.items()}
-        features.append({"type": "Feature", "geometry": footprint_geometry(lons, lats),
-                         "properties": props})
+        features.append({"type": "Feature", "geometry": footprint_geometry(lons, lats), "properties": props})
     return {"type": "FeatureCollection", "features": features}
 
 
 def summarize(frame: pd.DataFrame, threshold: float) -> dict:
     """Counts by class and scene (the CLI's JSON summary)."""
-    return dict(n=int(len(frame)), threshold=threshold,
-                by_class={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
-                by_scene={str(k): int(v) for k, v in frame["scene"].value_counts().sort_index().items()})
+    return dict(
+        n=int(len(frame)),
+        threshold=threshold,
+        by_class={str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()},
+        by_scene={str(k): int(v) for k, v in frame["scene"].value_counts().sort_index().items()},
+    )
 
 
-def classify_chips(path: str | Path, root: str | Path, model: str | Path = "hirise",
-                   progress: bool = True) -> pd.DataFrame:
+def classify_chips(
+    path: str | Path, root: str | Path, model: str | Path = "hirise", progress: bool = True
+) -> pd.DataFrame:
     """Classify every image chip of an image-folder index and make them its landmark catalogue
     (one landmark per chip, ``label`` the predicted class; the CSV's own label stays in the
     tile table)."""
 
     index = open_index(path)
     if "path" not in index.tiles:
-        raise LookalikeError(f"{path} is not an index of image chips; find landmarks in rasters "
-                             "with `lookalike landmarks`")
+        raise LookalikeError(
+            f"{path} is not an index of image chips; find landmarks in rasters with `lookalike landmarks`"
+        )
     classifier = load_classifier(model)
     features = folder_features(root, index.tiles, encoder=classifier_encoder(classifier), progress=progress)
     landmarks = crop_landmarks(index.tiles, classifier.predict_proba(features), classifier.classes)
@@ -177,16 +283,31 @@ def classify_chips(path: str | Path, root: str | Path, model: str | Path = "hiri
 
 def catalogue_info(kind: str, spec: str | Path, classifier: ProbeClassifier) -> dict:
     """What an index's manifest records of the model that made its landmark catalogue."""
-    return dict(kind=kind, model=str(spec), model_sha256=sha256_file(resolve_classifier(spec)),
-                classes=classifier.classes)
+    return dict(
+        kind=kind,
+        model=str(spec),
+        model_sha256=sha256_file(resolve_classifier(spec)),
+        classes=classifier.classes,
+    )
 
 
-def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str = "hirise",
-                   threshold: float = 0.9, border: int = 30,
-                   window: tuple[int, int, int, int] | None = None, band: int | None = None,
-                   crs: str | None = None, bounds: tuple[float, float, float, float] | None = None,
-                   time: str | None = None, max_regions: int = 500, geojson: str | Path | None = None,
-                   index: str | Path | None = None, replace: bool = False) -> dict:
+def landmark_table(
+    scenes: Sequence[str | Path],
+    out: str | Path,
+    *,
+    model: str = "hirise",
+    threshold: float = 0.9,
+    border: int = 30,
+    window: tuple[int, int, int, int] | None = None,
+    band: int | None = None,
+    crs: str | None = None,
+    bounds: tuple[float, float, float, float] | None = None,
+    time: str | None = None,
+    max_regions: int = 500,
+    geojson: str | Path | None = None,
+    index: str | Path | None = None,
+    replace: bool = False,
+) -> dict:
     """Find, crop and classify the landmarks of ``scenes`` (paths or mosaic names), write them to
     the Parquet table ``out`` (and ``geojson``), and optionally add them to the catalogue of
     ``index``; returns the summary ``lookalike landmarks`` prints."""
@@ -200,8 +321,19 @@ def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str 
     for src in sources:
         RasterScene(src, window, band).close()
     encoder = classifier_encoder(classifier, batch_size=16)
-    frames = [find_landmarks(src, classifier, threshold, border, window=window, band=band,
-                             max_regions=max_regions, encoder=encoder) for src in sources]
+    frames = [
+        find_landmarks(
+            src,
+            classifier,
+            threshold,
+            border,
+            window=window,
+            band=band,
+            max_regions=max_regions,
+            encoder=encoder,
+        )
+        for src in sources
+    ]
     found = [f for f in frames if len(f)]
     frame = pd.concat(found, ignore_index=True) if found else empty_landmarks(classifier.classes)
     buf = io.BytesIO()
@@ -211,9 +343,13 @@ def landmark_table(scenes: Sequence[str | Path], out: str | Path, *, model: str 
         write_geojson(geojson, landmarks_to_geojson(frame))
     summary = summarize(frame, threshold)
     if index:
-        catalogue = attach_to_index(index, frame, replace=replace,
-                                    info=dict(landmarks=catalogue_info("raster", model, classifier)))
-        summary.update(index=str(index), catalogued=int(len(catalogue)),
-                       on_indexed_tiles=int((catalogue["row"] >= 0).sum()))
+        catalogue = attach_to_index(
+            index, frame, replace=replace, info=dict(landmarks=catalogue_info("raster", model, classifier))
+        )
+        summary.update(
+            index=str(index),
+            catalogued=int(len(catalogue)),
+            on_indexed_tiles=int((catalogue["row"] >= 0).sum()),
+        )
     summary.update(model=str(model), scenes=len(scenes), out=str(out), geojson=geojson)
     return summary

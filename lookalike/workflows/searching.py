@@ -28,9 +28,17 @@ def read_region(path: str | Path) -> dict:
         raise LookalikeError(f"--region {path} is not a GeoJSON file ({exc})") from None
 
 
-def run_search(index: str | Path, query: Query, *, k: int = 1000, filters: Filters | None = None,
-               method: str = "auto", scheduler: str | None = None, verify: bool = True,
-               geojson: str | Path | None = None) -> tuple[pd.DataFrame, float]:
+def run_search(
+    index: str | Path,
+    query: Query,
+    *,
+    k: int = 1000,
+    filters: Filters | None = None,
+    method: str = "auto",
+    scheduler: str | None = None,
+    verify: bool = True,
+    geojson: str | Path | None = None,
+) -> tuple[pd.DataFrame, float]:
     """The hits of ``query`` and the milliseconds the search itself took.
 
     A sharded index (or any index with ``scheduler``) is searched on dask workers holding the
@@ -50,8 +58,12 @@ def run_search(index: str | Path, query: Query, *, k: int = 1000, filters: Filte
         hits = search_index(opened, query, k=k, filters=filters, method=method)
         elapsed = (time.perf_counter() - t0) * 1000.0
     if geojson:
-        write_geojson(geojson, hits_to_geojson(hits, filters=filters.describe(),
-                                               query={key: v for key, v in vars(query).items() if v}))
+        write_geojson(
+            geojson,
+            hits_to_geojson(
+                hits, filters=filters.describe(), query={key: v for key, v in vars(query).items() if v}
+            ),
+        )
     return hits, elapsed
 
 

@@ -16,8 +16,9 @@ import pytest
 
 
 def _lookalike(*args: str, env: dict) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lookalike", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lookalike", *args], env=env, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"lookalike {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
 
@@ -34,10 +35,33 @@ def explorer_env() -> dict:
 def explorer_index(tmp_path_factory, explorer_env) -> Path:
     """Mars zones 30N, 31N (2010) + 32N (2015, appended), 64-bit codes: 138 tiles, ~20 s."""
     out = tmp_path_factory.mktemp("explorer") / "mars_small"
-    _lookalike("index", "mars_8k", "--zones", "30N,31N", "--bits", "64", "--time", kit.FIRST_DATE,
-               "--out", str(out), env=explorer_env)
-    _lookalike("index", "mars_8k", "--zones", "32N", "--bits", "64", "--time", kit.SECOND_DATE,
-               "--append", "--out", str(out), env=explorer_env)
+    _lookalike(
+        "index",
+        "mars_8k",
+        "--zones",
+        "30N,31N",
+        "--bits",
+        "64",
+        "--time",
+        kit.FIRST_DATE,
+        "--out",
+        str(out),
+        env=explorer_env,
+    )
+    _lookalike(
+        "index",
+        "mars_8k",
+        "--zones",
+        "32N",
+        "--bits",
+        "64",
+        "--time",
+        kit.SECOND_DATE,
+        "--append",
+        "--out",
+        str(out),
+        env=explorer_env,
+    )
     from lookalike.indexer.catalogue import attach_to_index
     from lookalike.indexer.store import open_index
 
@@ -81,13 +105,20 @@ SCENE_INDEXES = {  # folder under data/scenes, files, extra build options (Pytho
 
 def _build(out: Path, rasters: list[str], env: dict, **options) -> None:
     """``build_index`` in a process of its own (as ``lookalike index`` runs it)."""
-    script = ("import sys, json; from lookalike.workflows.indexing import build_index; "
-              "build_index(sys.argv[1], rasters=json.loads(sys.argv[2]), progress=False, "
-              "**json.loads(sys.argv[3]))")
+    script = (
+        "import sys, json; from lookalike.workflows.indexing import build_index; "
+        "build_index(sys.argv[1], rasters=json.loads(sys.argv[2]), progress=False, "
+        "**json.loads(sys.argv[3]))"
+    )
     import json
 
-    proc = subprocess.run([sys.executable, "-c", script, str(out), json.dumps(rasters), json.dumps(options)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out), json.dumps(rasters), json.dumps(options)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"building {out.name} failed:\n{proc.stderr[-2000:]}")
 

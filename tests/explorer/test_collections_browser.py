@@ -25,8 +25,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 MODEL = """name => { let found = null; for (const m of Bokeh.documents[0]._all_models.values())
     if (m.name == name) found = m; return found; }"""
 # the map's figure: the last one made (a map rebuilt for another body replaces the first)
-FIGURE = ("() => { let f = null; for (const m of Bokeh.documents[0]._all_models.values()) "
-          "if (m.type == 'Figure') f = m; return f; }")
+FIGURE = (
+    "() => { let f = null; for (const m of Bokeh.documents[0]._all_models.values()) "
+    "if (m.type == 'Figure') f = m; return f; }"
+)
 
 
 def _scene(scene_indexes, collection: str, source: str) -> tuple[float, float, float, float]:
@@ -58,8 +60,11 @@ def _open_mars_scene(page, url, scene_indexes, source="no_change_before"):
     open_app(page, url)
     bounds = _scene(scene_indexes, "hirise_cubes", source)
     _zoom(page, bounds)
-    wait_until(lambda: "hirise_cubes~" in _detail(page)["url"] and _detail(page)["w"] < 0.1,
-               timeout=30, what="the detail picture of the scene")
+    wait_until(
+        lambda: "hirise_cubes~" in _detail(page)["url"] and _detail(page)["w"] < 0.1,
+        timeout=30,
+        what="the detail picture of the scene",
+    )
     return bounds
 
 
@@ -81,27 +86,39 @@ def test_zooming_into_the_cube_shows_its_pixels(page, collections_url, scene_ind
     with urllib.request.urlopen(collections_url + detail["url"], timeout=60) as resp:
         picture = np.asarray(Image.open(BytesIO(resp.read())).convert("L"), float)
     h, w = picture.shape
-    cols = slice(int((west - detail["x"]) / detail["w"] * w) + 2,
-                 int((east - detail["x"]) / detail["w"] * w) - 2)
-    rows = slice(int((detail["y"] + detail["h"] - north) / detail["h"] * h) + 2,
-                 int((detail["y"] + detail["h"] - south) / detail["h"] * h) - 2)
+    cols = slice(
+        int((west - detail["x"]) / detail["w"] * w) + 2, int((east - detail["x"]) / detail["w"] * w) - 2
+    )
+    rows = slice(
+        int((detail["y"] + detail["h"] - north) / detail["h"] * h) + 2,
+        int((detail["y"] + detail["h"] - south) / detail["h"] * h) - 2,
+    )
     scene = picture[rows, cols]
     assert scene.size > 10_000 and scene.std() > 8  # real terrain at full resolution, not a blur
     screenshot(page, "collections-cube")
 
 
-def test_a_click_in_a_scene_searches_its_collection_and_tiles_are_square(page, collections_url,
-                                                                        scene_indexes):
+def test_a_click_in_a_scene_searches_its_collection_and_tiles_are_square(
+    page, collections_url, scene_indexes
+):
     _open_mars_scene(page, collections_url, scene_indexes)
     page.wait_for_timeout(1000)  # the view settles to its true shape
     found = click_map(page, 0.5, 0.5)
     assert "Searching hirise_cubes" in status_text(page)
-    assert all(c["tileId"].split(":")[0] in {"no_change_before", "no_change_after",
-                                            "ESP_014038_1415_RED0.30421_33069.boulder_shift.before",
-                                            "ESP_031022_1415_RED1.34517_37165.boulder_shift.after"}
-               for c in found)
-    wait_until(lambda: page.evaluate(f"() => ({MODEL})('query').data_source.data.xs.length"),
-               what="the query tile's outline")
+    assert all(
+        c["tileId"].split(":")[0]
+        in {
+            "no_change_before",
+            "no_change_after",
+            "ESP_014038_1415_RED0.30421_33069.boulder_shift.before",
+            "ESP_031022_1415_RED1.34517_37165.boulder_shift.after",
+        }
+        for c in found
+    )
+    wait_until(
+        lambda: page.evaluate(f"() => ({MODEL})('query').data_source.data.xs.length"),
+        what="the query tile's outline",
+    )
     size = page.evaluate(f"""() => {{ const f = ({FIGURE})(), d = ({MODEL})('query').data_source.data;
         const xs = Array.from(d.xs[0]), ys = Array.from(d.ys[0]);
         const px = f.inner_width / (f.x_range.end - f.x_range.start);
@@ -119,8 +136,10 @@ def test_the_hirise_pair_resolves_its_two_dates(page, collections_url, scene_ind
     assert {"2009-02-18", "2010-12-23"} <= set(options)
     assert "no_change_after" in _detail(page)["url"]  # the latest by default
     select.select_option("2009-02-18")
-    wait_until(lambda: "no_change_before" in _detail(page)["url"]
-               and "no_change_after" not in _detail(page)["url"], what="the earlier acquisition drawn")
+    wait_until(
+        lambda: "no_change_before" in _detail(page)["url"] and "no_change_after" not in _detail(page)["url"],
+        what="the earlier acquisition drawn",
+    )
 
 
 def test_naip_dates_filter(page, collections_url, scene_indexes):
@@ -140,8 +159,11 @@ def test_naip_dates_filter(page, collections_url, scene_indexes):
     wait_until(lambda: cards(page), timeout=30, what="the NAIP hits")
     set_text(page, "From date", "2015-01-01")
     set_text(page, "To date", "2015-12-31")
-    wait_until(lambda: cards(page) and all(c["time"].startswith("2015") for c in cards(page)),
-               what="only 2015 hits")
-    wait_until(lambda: "20150926" in _detail(page)["url"] and "20200831" not in _detail(page)["url"],
-               what="the 2015 acquisition drawn")
+    wait_until(
+        lambda: cards(page) and all(c["time"].startswith("2015") for c in cards(page)), what="only 2015 hits"
+    )
+    wait_until(
+        lambda: "20150926" in _detail(page)["url"] and "20200831" not in _detail(page)["url"],
+        what="the 2015 acquisition drawn",
+    )
     assert "dates 2015-01-01 to 2015-12-31" in shadow_text(page, ".status")

@@ -38,8 +38,10 @@ def test_click_map_shows_lookalikes(page, explorer_url):
     assert "138 hits" in status_text(page)  # k=1000 > the 138 tiles of the index
     assert found[0]["tileId"] in status_text(page)
     # thumbnails are real images read from the source raster
-    wait_until(lambda: page.locator(".thumb img").first.evaluate("i => i.complete && i.naturalWidth == 96"),
-               what="first thumbnail to load")
+    wait_until(
+        lambda: page.locator(".thumb img").first.evaluate("i => i.complete && i.naturalWidth == 96"),
+        what="first thumbnail to load",
+    )
     screenshot(page, "explorer-results")
     # clicking a thumbnail highlights it (and pans the map to it)
     page.locator(".thumb img").nth(3).click()
@@ -89,13 +91,17 @@ def test_date_range_filters_hits(page, explorer_url):
     open_app(page, explorer_url)
     click_map(page)
     set_text(page, "From date", "2012-01-01")
-    wait_until(lambda: cards(page) and all(c["time"].startswith(SECOND_DATE) for c in cards(page)),
-               what="only 2015 tiles")
+    wait_until(
+        lambda: cards(page) and all(c["time"].startswith(SECOND_DATE) for c in cards(page)),
+        what="only 2015 tiles",
+    )
     assert all(c["time"].startswith(SECOND_DATE) for c in all_cards(page))
     set_text(page, "From date", "")
     set_text(page, "To date", "2012-12-31")
-    wait_until(lambda: cards(page) and all(c["time"].startswith(FIRST_DATE) for c in cards(page)),
-               what="only 2010 tiles")
+    wait_until(
+        lambda: cards(page) and all(c["time"].startswith(FIRST_DATE) for c in cards(page)),
+        what="only 2010 tiles",
+    )
     assert all(c["time"].startswith(FIRST_DATE) for c in all_cards(page))
     # an impossible range is a message on the page, not an error page
     set_text(page, "From date", "2020-01-01")
@@ -108,8 +114,10 @@ def test_export_geojson(page, explorer_url):
     open_app(page, explorer_url)
     found = click_map(page)
     set_text(page, "From date", "2012-01-01")
-    wait_until(lambda: cards(page) and all(c["time"].startswith(SECOND_DATE) for c in cards(page)),
-               what="filtered hits")
+    wait_until(
+        lambda: cards(page) and all(c["time"].startswith(SECOND_DATE) for c in cards(page)),
+        what="filtered hits",
+    )
     n = int(status_text(page).split(" hits")[0].split()[-1].strip("*"))
     with page.expect_download() as info:
         page.get_by_role("button", name="Export hits (GeoJSON)").click()
@@ -154,10 +162,14 @@ def test_sessions_are_independent(browser, explorer_url):
     # then both sessions click elsewhere, and both clicks are sent before either result is awaited
     for pg, fx in ((a, 0.50), (b, 0.53)):  # lon about -3 (zone 30N) and 4 (31N)
         pg.mouse.click(*map_point(pg, fx, 0.3))
-    found_a = wait_until(lambda: (c := cards(a)) and c[0]["tileId"] != first_a[0]["tileId"] and c,
-                         what="new results in session A")
-    found_b = wait_until(lambda: (c := cards(b)) and c[0]["tileId"] != first_b[0]["tileId"] and c,
-                         what="new results in session B")
+    found_a = wait_until(
+        lambda: (c := cards(a)) and c[0]["tileId"] != first_a[0]["tileId"] and c,
+        what="new results in session A",
+    )
+    found_b = wait_until(
+        lambda: (c := cards(b)) and c[0]["tileId"] != first_b[0]["tileId"] and c,
+        what="new results in session B",
+    )
     assert found_a[0]["tileId"] != found_b[0]["tileId"]
     assert found_a[0]["tileId"] in status_text(a) and found_b[0]["tileId"] not in status_text(a)
     assert found_b[0]["tileId"] in status_text(b) and found_a[0]["tileId"] not in status_text(b)
@@ -174,8 +186,9 @@ def test_refine_with_examples_and_undo(page, explorer_url):
     open_app(page, explorer_url)
     found = click_map(page)
     page.locator(".thumb").nth(2).locator("button.mark-positive").click()
-    wait_until(lambda: "positive" in page.locator(".thumb").nth(2).get_attribute("class"),
-               what="the first mark")
+    wait_until(
+        lambda: "positive" in page.locator(".thumb").nth(2).get_attribute("class"), what="the first mark"
+    )
     page.locator(".thumb").nth(3).locator("button.mark-negative").click()
     wait_until(lambda: "Marked: 2 positive, 1 negative" in status_text(page), what="marks")
     page.get_by_role("button", name="Search with examples").click()
@@ -184,17 +197,22 @@ def test_refine_with_examples_and_undo(page, explorer_url):
     wait_until(lambda: "examples=1" in current_url(page), what="the example query in the URL")
     screenshot(page, "explorer-refined")
     page.get_by_role("button", name="Undo").click()
-    wait_until(lambda: [c["tileId"] for c in cards(page)] == [c["tileId"] for c in found],
-               what="the first search's hits back after undo")
+    wait_until(
+        lambda: [c["tileId"] for c in cards(page)] == [c["tileId"] for c in found],
+        what="the first search's hits back after undo",
+    )
     assert f"Query: {found[0]['tileId']}" in status_text(page)
 
 
 def drawn_shapes(page, which: str) -> int:
     """How many boxes / polygons the map's drawing layer holds in the browser."""
-    return page.evaluate("""which => {
+    return page.evaluate(
+        """which => {
         const m = Bokeh.documents[0].get_model_by_name('drawn_' + which);
         const d = m.data_source.data, k = Object.keys(d)[0];
-        return k === undefined ? 0 : d[k].length; }""", which)
+        return k === undefined ? 0 : d[k].length; }""",
+        which,
+    )
 
 
 def test_draw_box_filters_clear_and_undo(page, explorer_url):
@@ -202,12 +220,14 @@ def test_draw_box_filters_clear_and_undo(page, explorer_url):
     found = click_map(page)
     # the hit count from the status line: the pager under the cards can render after the
     # first page, and counting cards before it is there would see one page only
-    total = int(wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1))
+    total = int(
+        wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1)
+    )
     wait_until(lambda: len(all_cards(page)) == total, what="every page of hits")
     draw_box(page, (0.40, 0.20), (0.60, 0.55))  # a real box across the indexed strip
     wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the drawn box in the status")
     shared = wait_until(lambda: (u := current_url(page)) and "regions=" in u and u, what="the box in the URL")
-    (west, south, east, north), = json.loads(parse_qs(urlparse(shared).query)["regions"][0])["boxes"]
+    ((west, south, east, north),) = json.loads(parse_qs(urlparse(shared).query)["regions"][0])["boxes"]
     assert west < east and south < north
     hits = all_cards(page)
     assert hits and len(hits) < total
@@ -252,8 +272,12 @@ def test_class_facet_changes_boxes_and_hits(page, explorer_url, explorer_index):
     open_app(page, explorer_url)
     wait_until(lambda: len(landmark_boxes(page)) == len(lm), what="every landmark box drawn")
     labels = wait_until(lambda: facet_labels(page), what="the class facet")
-    assert [t.strip() for t in labels] == [f"crater ({n['crater']})", f"dark_dune ({n['dark_dune']})",
-                                           f"streak ({n['streak']})", "edge (0)"]
+    assert [t.strip() for t in labels] == [
+        f"crater ({n['crater']})",
+        f"dark_dune ({n['dark_dune']})",
+        f"streak ({n['streak']})",
+        "edge (0)",
+    ]
     click_map(page)
     page.locator(".class-facet label", has_text="crater").first.click()
     wait_until(lambda: set(landmark_boxes(page)) == {"crater"}, what="only crater boxes")
@@ -301,8 +325,10 @@ def test_layer_switches_and_legend(page, explorer_url):
 
     toggle_layer(page, "Hit markers")
     wait_until(lambda: not renderer_visible(page, "hits"), what="the hit markers hidden")
-    wait_until(lambda: all(r["off"] for r in legend_rows(page) if r["layer"] == "hits"),
-               what="the legend to mark the markers off")
+    wait_until(
+        lambda: all(r["off"] for r in legend_rows(page) if r["layer"] == "hits"),
+        what="the legend to mark the markers off",
+    )
     assert renderer_visible(page, "density")  # the other layers stay
     toggle_layer(page, "Hit markers")
     wait_until(lambda: renderer_visible(page, "hits"), what="the hit markers shown again")
@@ -330,8 +356,11 @@ def test_typed_bbox_is_drawn(page, explorer_url):
 
 
 def outline_count(page, name: str) -> int:
-    return page.evaluate("""n => { const d = Bokeh.documents[0].get_model_by_name(n).data_source.data;
-        return (d.xs ?? d.get('xs')).length; }""", name)
+    return page.evaluate(
+        """n => { const d = Bokeh.documents[0].get_model_by_name(n).data_source.data;
+        return (d.xs ?? d.get('xs')).length; }""",
+        name,
+    )
 
 
 def test_focus_outline_cleared_by_a_new_search(page, explorer_url):
@@ -354,9 +383,26 @@ def two_body_url(explorer_index, explorer_env, tmp_path_factory):
     from explorer_testkit import start_server
 
     earth = tmp_path_factory.mktemp("earth") / "earth_small"
-    proc = subprocess.run([sys.executable, "-m", "lookalike", "index", "earth_8k", "--zones", "31N",
-                           "--bits", "64", "--out", str(earth)], env=explorer_env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lookalike",
+            "index",
+            "earth_8k",
+            "--zones",
+            "31N",
+            "--bits",
+            "64",
+            "--out",
+            str(earth),
+        ],
+        env=explorer_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.skip(f"no Earth index could be built: {proc.stderr[-500:]}")
     server, url = start_server([explorer_index, earth], explorer_env)
@@ -385,10 +431,18 @@ def test_labels_stay_light_after_a_body_switch(page, two_body_url):
     assert label_brightness(page) and min(label_brightness(page)) > 150  # the dark theme
     for body in ("Earth", "Mars"):
         page.locator("select").first.select_option(label=body)
-        wait_until(lambda body=body: body in page.locator("select").first.evaluate(
-            "s => s.options[s.selectedIndex].text"), what=f"{body} selected")
-        wait_until(lambda body=body: page.locator(".map-layers label", has_text="HiRISE").count()
-                   == (body == "Mars"), what=f"the {body} sidebar")
+        wait_until(
+            lambda body=body: (
+                body in page.locator("select").first.evaluate("s => s.options[s.selectedIndex].text")
+            ),
+            what=f"{body} selected",
+        )
+        wait_until(
+            lambda body=body: (
+                page.locator(".map-layers label", has_text="HiRISE").count() == (body == "Mars")
+            ),
+            what=f"the {body} sidebar",
+        )
         page.wait_for_function("() => Bokeh.documents[0].is_idle")
         assert min(label_brightness(page)) > 150, body
     rows = legend_rows(page)

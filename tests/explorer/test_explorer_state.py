@@ -58,11 +58,14 @@ def test_filters(state):
     assert set(state.hits["zone"]) == {"30N"}
     state.param.update(zones=[], bbox=(0.0, 20.0, 10.0, 60.0))
     assert state.hits["lon"].between(0, 10).all() and state.hits["lat"].between(20, 60).all()
-    state.param.update(bbox=None, boxes=[(-10.0, 0.0, 0.0, 30.0)],
-                       polygons=[[(5.0, 50.0), (12.0, 50.0), (12.0, 70.0)]])
+    state.param.update(
+        bbox=None, boxes=[(-10.0, 0.0, 0.0, 30.0)], polygons=[[(5.0, 50.0), (12.0, 50.0), (12.0, 70.0)]]
+    )
     region = state.region()
-    assert all(region.intersects(__import__("shapely").Point(x, y))
-               for x, y in zip(state.hits["lon"], state.hits["lat"]))
+    assert all(
+        region.intersects(__import__("shapely").Point(x, y))
+        for x, y in zip(state.hits["lon"], state.hits["lat"])
+    )
     assert "2 drawn region(s)" in state.describe_filters()
     state.clear_regions()
     assert len(state.hits) == len(state.index.tiles)
@@ -110,8 +113,13 @@ def test_search_examples_needs_a_positive(state):
 
 def test_url_round_trip(state, explorer_index):
     clicked(state)
-    state.param.update(k=50, zones=["31N", "32N"], time_start="2009-01-01", bbox=(-6.0, 0.0, 12.0, 80.0),
-                       boxes=[(0.0, 0.0, 10.0, 60.0)])
+    state.param.update(
+        k=50,
+        zones=["31N", "32N"],
+        time_start="2009-01-01",
+        bbox=(-6.0, 0.0, 12.0, 80.0),
+        boxes=[(0.0, 0.0, 10.0, 60.0)],
+    )
     state.mark(state.hits["tile_id"].iat[2], "positive")
     params = state.url_params()
     assert params["tile"] == state.query_tile and params["zones"] == "31N,32N"
@@ -311,7 +319,9 @@ def test_rebuilt_views_release_their_watchers(state, explorer_index):
 
     served = ServedIndexes([explorer_index])
     builds = [controls(state, served) for _ in range(3)]
-    assert len(state._view_watchers["sidebar"]) == 6  # body, k, bbox, facet, recount, layers: one build's worth
+    assert (
+        len(state._view_watchers["sidebar"]) == 6
+    )  # body, k, bbox, facet, recount, layers: one build's worth
     facets = [b.select(pn.widgets.CheckBoxGroup)[0] for b in builds]
     state.landmark_classes = ["crater"]
     assert facets[-1].value == ["crater"] and facets[0].value == []  # only the live sidebar follows

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lookalike.explorer.page_text import _MARKUP, inert
+from lookalike.explorer.public_messages import MESSAGE_LIMIT
 from lookalike.explorer.served import cached_index
-from lookalike.explorer.state import MESSAGE_LIMIT, ExplorerState
+from lookalike.explorer.state import ExplorerState
 from lookalike.explorer.status import status_html
 
 SCRIPT = "<img src=x onerror=alert(1)>"
@@ -31,8 +32,9 @@ def test_inert_text_keeps_every_character_and_no_markup(text):
 
 def test_markup_in_a_link_is_shown_as_text(state):
     state.apply_url_params({"tile": SCRIPT, "from": "<b>2010</b>", "classes": SCRIPT})
-    shown = inert(state.error) + status_html(state, state.hits, state.error, state.query_tile,
-                                             state.use_examples, state.positives, state.negatives)
+    shown = inert(state.error) + status_html(
+        state, state.hits, state.error, state.query_tile, state.use_examples, state.positives, state.negatives
+    )
     assert "<img" not in shown and "<b>2010" not in shown
     assert "img src" in html.unescape(shown)  # the value is shown, as text
 
@@ -58,7 +60,8 @@ def test_over_long_values_are_refused_and_not_echoed(state):
 
 
 def test_public_message_hides_absolute_paths(state):
-    message = state.public_message(f"cannot read /srv/data/secret/{state.index_name}.tif or "
-                                   f"{state.index.path}/codes-000001.npy")
+    message = state.public_message(
+        f"cannot read /srv/data/secret/{state.index_name}.tif or {state.index.path}/codes-000001.npy"
+    )
     assert "/srv" not in message and str(state.index.path) not in message
     assert "secret" not in message and f"{state.index_name}.tif" in message

@@ -12,7 +12,7 @@ from explorer_testkit import open_app, shadow_text, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SCRIPT = "<img src=x onerror=\"window.__pwned=(window.__pwned||0)+1;alert(1)\">"
+SCRIPT = '<img src=x onerror="window.__pwned=(window.__pwned||0)+1;alert(1)">'
 
 
 def watch_for_script(page) -> list[str]:
@@ -35,8 +35,11 @@ def error_text(page) -> str:
 
 def test_crafted_link_runs_no_script(page, explorer_url, explorer_index):
     dialogs = watch_for_script(page)
-    link = explorer_url + "?" + urlencode({"tile": SCRIPT, "classes": SCRIPT, "from": SCRIPT,
-                                           "pos": SCRIPT}, quote_via=quote)
+    link = (
+        explorer_url
+        + "?"
+        + urlencode({"tile": SCRIPT, "classes": SCRIPT, "from": SCRIPT, "pos": SCRIPT}, quote_via=quote)
+    )
     open_app(page, link)
     text = error_text(page)
     page.wait_for_timeout(500)
@@ -68,17 +71,22 @@ def fetch(url: str) -> tuple[int, str, str]:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode("latin-1")
 
 
-@pytest.mark.parametrize("name, tile", [
-    ("{index}", "<img src=x onerror=alert(1)>"),
-    ("<script>alert(1)</script>", "t"),
-    ("{index}", "../../../../etc/passwd"),
-    ("{index}", "..%2F..%2Fmanifest"),
-    ("{index}", "z" * 20_000),
-])
+@pytest.mark.parametrize(
+    "name, tile",
+    [
+        ("{index}", "<img src=x onerror=alert(1)>"),
+        ("<script>alert(1)</script>", "t"),
+        ("{index}", "../../../../etc/passwd"),
+        ("{index}", "..%2F..%2Fmanifest"),
+        ("{index}", "z" * 20_000),
+    ],
+)
 def test_thumbnail_refusals_are_plain_text(page, explorer_url, explorer_index, name, tile):
     dialogs = watch_for_script(page)
-    url = f"{explorer_url}thumb/{quote(name.format(index=explorer_index.name), safe='')}/" \
-          f"{quote(tile, safe='%')}.jpg"
+    url = (
+        f"{explorer_url}thumb/{quote(name.format(index=explorer_index.name), safe='')}/"
+        f"{quote(tile, safe='%')}.jpg"
+    )
     status, kind, body = fetch(url)
     assert status == 404 and kind.startswith("text/plain")
     assert "<" not in body and "root:" not in body and len(body) < 100 and "/" not in body

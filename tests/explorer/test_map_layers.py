@@ -44,7 +44,7 @@ def test_legend_escapes_class_names():
 
 def _assert_apart(labels, x_range, width_px):
     px = width_px / (x_range[1] - x_range[0])
-    for row in ({lat for _, lat, _ in labels}):
+    for row in {lat for _, lat, _ in labels}:
         xs = sorted(lon for lon, lat, _ in labels if lat == row)
         assert all((b - a) * px >= LABEL_MIN_PX for a, b in pairwise(xs))
 
@@ -70,15 +70,17 @@ def test_zone_labels_follow_the_view():
     assert 5 < len(far) < 60 and far - {"1N", "60N"} == panned - {"1N", "60N"}
     # a view of the north only has no southern labels; a zone inside the view is labelled mid-view
     assert zone_label_positions(["31N", "31S"], (2, 4), (10, 20), 800, 400) == [
-        (3.0, pytest.approx(20 - 14 * 10 / 400), "31N")]
+        (3.0, pytest.approx(20 - 14 * 10 / 400), "31N")
+    ]
     assert zone_label_positions(["31N"], (0, 1), (1, 1), 800, 400) == []  # an empty view
 
 
 def test_density_image_is_transparent_without_hits():
     empty = density_image(np.zeros(0), np.zeros(0), (0, 0, 10, 10), 5, 5, ("#000000", "#ffffff"))
     assert (empty["image"][0] >> 24 == 0).all()
-    img = density_image(np.array([1.0, 1.0, 8.0]), np.array([1.0, 1.0, 8.0]), (0, 0, 10, 10), 5, 5,
-                        ("#000000", "#ffffff"))["image"][0]
+    img = density_image(
+        np.array([1.0, 1.0, 8.0]), np.array([1.0, 1.0, 8.0]), (0, 0, 10, 10), 5, 5, ("#000000", "#ffffff")
+    )["image"][0]
     alpha = img >> 24
     assert alpha[0, 0] > alpha[4, 4] > 0 and alpha[2, 4] == 0  # more where more hits
 
@@ -100,9 +102,16 @@ def test_hirise_footprints_in_a_polar_view():
     from lookalike.explorer.basemap import hirise_rectangles
     from lookalike.explorer.projection import MapProjection
 
-    table = pd.DataFrame({"west": [10.0, 10.0, 100.0, 179.0], "east": [12.0, 12.0, 101.0, 181.0],
-                          "south": [85.0, 20.0, -86.0, 70.0], "north": [86.0, 21.0, -85.0, 71.0],
-                          "observation_id": ["A", "B", "C", "D"], "date": ["2010-01-01"] * 4})
+    table = pd.DataFrame(
+        {
+            "west": [10.0, 10.0, 100.0, 179.0],
+            "east": [12.0, 12.0, 101.0, 181.0],
+            "south": [85.0, 20.0, -86.0, 70.0],
+            "north": [86.0, 21.0, -85.0, 71.0],
+            "observation_id": ["A", "B", "C", "D"],
+            "date": ["2010-01-01"] * 4,
+        }
+    )
     north = MapProjection("north")
     boxes = hirise_rectangles(table, north).data
     assert list(boxes["observation_id"]) == ["A", "D"]  # the north cap's footprints only
@@ -127,13 +136,14 @@ def test_polar_zone_labels_never_overlap(view, zoom, width_px):
     cx, cy = (0.0, 0.0) if zoom == 1.0 else projection.forward(33.0, 75.0 * projection.sign)
     half = (x1 - x0) / 2 * zoom
     x_range, y_range = (float(cx) - half, float(cx) + half), (float(cy) - half, float(cy) + half)
-    labels = polar_zone_label_positions(ALL_ZONES + ["UPSN", "UPSS"], projection, x_range, y_range,
-                                        width_px, width_px)
+    labels = polar_zone_label_positions(
+        ALL_ZONES + ["UPSN", "UPSS"], projection, x_range, y_range, width_px, width_px
+    )
     assert labels  # something is always labelled
     px = width_px / (2 * half)
     for i, (xa, ya, _) in enumerate(labels):
         assert x_range[0] <= xa <= x_range[1] and y_range[0] <= ya <= y_range[1]
-        assert all(np.hypot(xa - xb, ya - yb) * px >= LABEL_MIN_PX for xb, yb, _ in labels[i + 1:])
+        assert all(np.hypot(xa - xb, ya - yb) * px >= LABEL_MIN_PX for xb, yb, _ in labels[i + 1 :])
     hemi = "N" if view == "north" else "S"
     assert all(label.endswith(hemi) for _, _, label in labels)
     if zoom == 1.0:

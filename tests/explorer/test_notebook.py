@@ -22,8 +22,9 @@ def test_notebook_shows_the_explorer_and_searches(explorer_index, explorer_env, 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (parameters,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     parameters.source = f"index_path = {str(explorer_index)!r}"
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
     shown = [c for c in nb.cells if c.cell_type == "code" and c.source.rstrip().endswith("\nexplorer")]
     (display,) = shown
@@ -31,7 +32,12 @@ def test_notebook_shows_the_explorer_and_searches(explorer_index, explorer_env, 
     assert bundles, display.outputs
     # a Panel root model for the notebook's frontend, holding the page's map and thumbnail grid
     assert any("application/vnd.holoviews_exec.v0+json" in b for b in bundles), [list(b) for b in bundles]
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                      if o.output_type == "stream")
+    printed = "".join(
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "stream"
+    )
     found = re.search(r"(\d+) hits for (\S+)", printed)
     assert found and int(found.group(1)) > 0, printed

@@ -36,9 +36,26 @@ def polar_url(explorer_env, tmp_path_factory):
     paths = []
     for mosaic in ("mars_8k", "earth_8k"):
         out = root / f"{mosaic}_poles"
-        proc = subprocess.run([sys.executable, "-m", "lookalike", "index", mosaic, "--zones", "UPSN,UPSS",
-                               "--bits", "64", "--out", str(out)], env=explorer_env, capture_output=True,
-                              text=True, timeout=300, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lookalike",
+                "index",
+                mosaic,
+                "--zones",
+                "UPSN,UPSS",
+                "--bits",
+                "64",
+                "--out",
+                str(out),
+            ],
+            env=explorer_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         paths.append(out)
     server, url = start_server(paths, explorer_env)
@@ -57,21 +74,30 @@ def choose(page, label: str, option: str) -> None:
     canvas.wait_for(state="visible")
     if label == "Body":  # the sidebar is built again for the new body: Earth has no HiRISE layer
         mars = "mars" in option.lower()
-        wait_until(lambda: page.locator(".map-layers label", has_text="HiRISE").count() == mars,
-                   what=f"the {option} sidebar")
+        wait_until(
+            lambda: page.locator(".map-layers label", has_text="HiRISE").count() == mars,
+            what=f"the {option} sidebar",
+        )
         page.wait_for_function("() => Bokeh.documents[0].is_idle")
     if label == "Map view":  # the new map is in place: a polar view is square, the globe 2:1
         polar = option != "Whole planet"
-        wait_until(lambda: (b := canvas.bounding_box()) and (abs(b["width"] - b["height"]) < 0.2 * b["width"])
-                   == polar, what=f"the {option} map")
+        wait_until(
+            lambda: (
+                (b := canvas.bounding_box()) and (abs(b["width"] - b["height"]) < 0.2 * b["width"]) == polar
+            ),
+            what=f"the {option} map",
+        )
 
 
 def glyph_rows(page, name: str) -> list[int]:
     """Rows of the data of each Bokeh renderer called ``name`` in the page (a map replaced by
     another view may linger in the document until it is collected)."""
-    return page.evaluate("""name => [...Bokeh.documents[0].all_models]
+    return page.evaluate(
+        """name => [...Bokeh.documents[0].all_models]
         .filter(m => m.name === name && m.data_source)
-        .map(m => m.data_source.data.xs.length)""", name)
+        .map(m => m.data_source.data.xs.length)""",
+        name,
+    )
 
 
 def click_pole(page, zone: str) -> list[dict]:
@@ -79,8 +105,11 @@ def click_pole(page, zone: str) -> list[dict]:
     for _ in range(5):
         page.mouse.click(*map_point(page, 0.5, 0.5))
         try:
-            return wait_until(lambda: (c := cards(page)) and f":{zone}:" in c[0]["tileId"] and c, timeout=6,
-                              what="results after a click at the pole")
+            return wait_until(
+                lambda: (c := cards(page)) and f":{zone}:" in c[0]["tileId"] and c,
+                timeout=6,
+                what="results after a click at the pole",
+            )
         except AssertionError:
             continue
     raise AssertionError("no results after clicking the pole")
@@ -90,8 +119,15 @@ def click_pole(page, zone: str) -> list[dict]:
 def test_a_click_at_each_pole_finds_the_polar_tile(page, polar_url, body):
     open_app(page, polar_url)
     if body == "Earth":
-        choose(page, "Body", next(o for o in page.locator("select").first.locator("option").all_inner_texts()
-                                  if "earth" in o.lower()))
+        choose(
+            page,
+            "Body",
+            next(
+                o
+                for o in page.locator("select").first.locator("option").all_inner_texts()
+                if "earth" in o.lower()
+            ),
+        )
     for view, sign, zone in (("North pole", 1, "UPSN"), ("South pole", -1, "UPSS")):
         choose(page, "Map view", view)
         screenshot(page, f"explorer-{body.lower()}-{zone}")
@@ -109,10 +145,14 @@ def test_box_drawn_across_the_north_pole_filters_to_it(page, polar_url):
     open_app(page, polar_url)
     choose(page, "Map view", "North pole")
     click_pole(page, "UPSN")
-    total = int(wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1))
+    total = int(
+        wait_until(lambda: re.search(r"(\d+) hits", status_text(page)), what="the hit count").group(1)
+    )
     draw_box(page, (0.42, 0.42), (0.60, 0.58))
     wait_until(lambda: "1 drawn region(s)" in status_text(page), what="the drawn box in the status")
-    shared = wait_until(lambda: (u := current_url(page)) and "regions=" in u and u, what="the region in the URL")
+    shared = wait_until(
+        lambda: (u := current_url(page)) and "regions=" in u and u, what="the region in the URL"
+    )
     regions = json.loads(parse_qs(urlparse(shared).query)["regions"][0])
     (ring,) = regions["polygons"]  # drawn in a polar view: kept as a lon/lat polygon
     polygon = shapely.Polygon(ring)
@@ -139,6 +179,7 @@ def test_zone_labels_and_hirise_coverage_in_a_polar_view(page, polar_url):
     assert "UPSN" in labels and all(label.endswith("N") for label in labels)
     page.locator(".map-layers label", has_text="HiRISE").first.click()
     # the polar caps hold many HiRISE images: the coverage raster has lit cells
-    wait_until(lambda: any(n > 10 for n in page.evaluate(COVERAGE_PIXELS)),
-               what="HiRISE coverage near the pole")
+    wait_until(
+        lambda: any(n > 10 for n in page.evaluate(COVERAGE_PIXELS)), what="HiRISE coverage near the pole"
+    )
     screenshot(page, "explorer-mars-north-layers")

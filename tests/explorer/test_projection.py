@@ -86,7 +86,6 @@ def test_polar_basemap_samples_the_lonlat_image():
     assert out[32, 0, 0] < out[32, 16, 0] < out[32, 32, 0]
 
 
-
 def test_basemap_view_is_resampled_from_the_right_pyramid_level():
     """A box of the basemap comes from the coarsest level that still has a pixel per output
     pixel, at the right place; outside the image it is black."""
@@ -96,8 +95,10 @@ def test_basemap_view_is_resampled_from_the_right_pyramid_level():
     rgb = np.zeros((h, w, 3), np.uint8)
     rgb[..., 0] = (np.arange(w) * 255 // w)[None, :]  # red grows eastwards
     rgb[..., 1] = (np.arange(h) * 255 // h)[:, None]  # green grows southwards
-    levels = [basemap.Level(rgb, (-180.0, -90.0, 180.0, 90.0)),
-              basemap.Level(rgb[::2, ::2].copy(), (-180.0, -90.0, 180.0, 90.0))]
+    levels = [
+        basemap.Level(rgb, (-180.0, -90.0, 180.0, 90.0)),
+        basemap.Level(rgb[::2, ::2].copy(), (-180.0, -90.0, 180.0, 90.0)),
+    ]
     whole = basemap.render_view(levels, -180.0, -90.0, 180.0, 90.0, 512, 256)  # the coarse level itself
     np.testing.assert_array_equal(whole, levels[1].rgb)
     east = basemap.render_view(levels, 0.0, -90.0, 180.0, 90.0, 512, 512)  # the fine level's east half

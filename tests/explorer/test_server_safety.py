@@ -65,19 +65,27 @@ def test_basemap_route_answers_views_and_refuses_the_rest(explorer_url):
 
     from PIL import Image
 
-    status, kind, body = _get(explorer_url + "basemap/mars_small/global.jpg?x0=-20&y0=-10&x1=20&y1=10&w=200&h=100")
+    status, kind, body = _get(
+        explorer_url + "basemap/mars_small/global.jpg?x0=-20&y0=-10&x1=20&y1=10&w=200&h=100"
+    )
     assert status == 200 and kind == "image/jpeg"
     assert Image.open(BytesIO(body)).size == (200, 100)
-    status, _, body = _get(explorer_url + "basemap/mars_small/north.jpg?x0=-1e6&y0=-1e6&x1=1e6&y1=1e6&w=64&h=64")
+    status, _, body = _get(
+        explorer_url + "basemap/mars_small/north.jpg?x0=-1e6&y0=-1e6&x1=1e6&y1=1e6&w=64&h=64"
+    )
     assert status == 200 and Image.open(BytesIO(body)).size == (64, 64)
-    bad = ["basemap/nope/global.jpg?x0=0&y0=0&x1=1&y1=1&w=8&h=8",
-           "basemap/mars_small/sideways.jpg?x0=0&y0=0&x1=1&y1=1&w=8&h=8",
-           "basemap/mars_small/global.jpg?x0=0&y0=0&x1=1&y1=1&w=99999&h=8",
-           "basemap/mars_small/global.jpg?x0=5&y0=0&x1=1&y1=1&w=8&h=8",
-           "basemap/mars_small/global.jpg?x0=nan&y0=0&x1=1&y1=1&w=8&h=8",
-           "basemap/mars_small/global.jpg?x0=%3Cscript%3E&y0=0&x1=1&y1=1&w=8&h=8",
-           "basemap/mars_small/global.jpg"]
+    bad = [
+        "basemap/nope/global.jpg?x0=0&y0=0&x1=1&y1=1&w=8&h=8",
+        "basemap/mars_small/sideways.jpg?x0=0&y0=0&x1=1&y1=1&w=8&h=8",
+        "basemap/mars_small/global.jpg?x0=0&y0=0&x1=1&y1=1&w=99999&h=8",
+        "basemap/mars_small/global.jpg?x0=5&y0=0&x1=1&y1=1&w=8&h=8",
+        "basemap/mars_small/global.jpg?x0=nan&y0=0&x1=1&y1=1&w=8&h=8",
+        "basemap/mars_small/global.jpg?x0=%3Cscript%3E&y0=0&x1=1&y1=1&w=8&h=8",
+        "basemap/mars_small/global.jpg",
+    ]
     for path in bad:
         status, kind, body = _get(explorer_url + path)
         assert status in (400, 404), path
-        assert kind.startswith("text/plain") and len(body) < 200 and b"<" not in body and b"script" not in body
+        assert (
+            kind.startswith("text/plain") and len(body) < 200 and b"<" not in body and b"script" not in body
+        )

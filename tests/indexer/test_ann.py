@@ -42,8 +42,9 @@ from lookalike.models.metrics import distance_recall
 from lookalike.workflows.indexing import index_ann, index_summary
 
 
-def clustered_codes(n: int, bits: int = 128, centres: int = 40, rate: float = 0.04, seed: int = 0,
-                    duplicates: float = 0.05):
+def clustered_codes(
+    n: int, bits: int = 128, centres: int = 40, rate: float = 0.04, seed: int = 0, duplicates: float = 0.05
+):
     """Noisy copies of a few random centres with skewed bits: many exact ties, like real codes
     (a ``duplicates`` share of the rows are copies of row 0)."""
     rng = np.random.default_rng(seed)
@@ -70,9 +71,13 @@ def assert_same(got, want):
 def data():
     rng = np.random.default_rng(1)
     codes = clustered_codes(12_000)
-    queries = np.concatenate([codes[[0, 5, 77]],  # in the archive, one with many duplicates
-                              codes[rng.integers(0, len(codes), 3)] ^ np.packbits(rng.random((3, 128)) < 0.05, axis=1),
-                              rng.integers(0, 256, (2, 16), dtype=np.uint8)])  # far from everything
+    queries = np.concatenate(
+        [
+            codes[[0, 5, 77]],  # in the archive, one with many duplicates
+            codes[rng.integers(0, len(codes), 3)] ^ np.packbits(rng.random((3, 128)) < 0.05, axis=1),
+            rng.integers(0, 256, (2, 16), dtype=np.uint8),
+        ]
+    )  # far from everything
     mask = rng.random(len(codes)) < 0.6
     return codes, queries, mask
 
@@ -137,8 +142,11 @@ def test_neighbour_pairs_and_flip_rates():
     tiles = grid_tiles(3, 4)
     i, j = neighbour_pairs(tiles)
     assert len(i) == 3 * 3 + 2 * 4  # horizontal + vertical neighbours
-    assert np.all(np.abs(tiles["row"].to_numpy()[i] - tiles["row"].to_numpy()[j])
-                  + np.abs(tiles["col"].to_numpy()[i] - tiles["col"].to_numpy()[j]) == 1)
+    assert np.all(
+        np.abs(tiles["row"].to_numpy()[i] - tiles["row"].to_numpy()[j])
+        + np.abs(tiles["col"].to_numpy()[i] - tiles["col"].to_numpy()[j])
+        == 1
+    )
     # bit 0 alternates along rows and columns (a checkerboard): every pair differs there
     bits = np.zeros((12, 64), bool)
     bits[:, 0] = (tiles["row"] + tiles["col"]) % 2 == 1
@@ -162,11 +170,13 @@ def test_replicate_keeps_the_flip_rates():
     np.testing.assert_allclose(per_bit[64:].mean(), 0.3, atol=0.03)
 
 
-
-
 # ------------------------------------------------------------------ the adapters
-EXHAUSTIVE = {"hnsw": dict(ef=20_000), "usearch": dict(ef=20_000), "ivf": dict(nprobe=1 << 20),
-              "lsh": dict(nflip=16)}
+EXHAUSTIVE = {
+    "hnsw": dict(ef=20_000),
+    "usearch": dict(ef=20_000),
+    "ivf": dict(nprobe=1 << 20),
+    "lsh": dict(nflip=16),
+}
 # faiss HNSW with m=16 leaves these 40 tight clusters unreachable from each other (73 of 2,000
 # codes reachable): the default m=32 links them
 SMALL = {"ivf": dict(nlist=32, sample=4000)}
@@ -179,8 +189,13 @@ def small():
     any walk (reported in docs/scaling.md), which the calibration of a stored graph measures."""
     rng = np.random.default_rng(4)
     codes = clustered_codes(2000, seed=4, duplicates=0.005)
-    queries = np.concatenate([codes[[0, 9]], codes[[3]] ^ np.packbits(rng.random((1, 128)) < 0.05, axis=1),
-                              rng.integers(0, 256, (1, 16), dtype=np.uint8)])
+    queries = np.concatenate(
+        [
+            codes[[0, 9]],
+            codes[[3]] ^ np.packbits(rng.random((1, 128)) < 0.05, axis=1),
+            rng.integers(0, 256, (1, 16), dtype=np.uint8),
+        ]
+    )
     return codes, queries, rng.random(len(codes)) < 0.3
 
 
@@ -239,7 +254,9 @@ def test_save_load_and_add_equal_a_fresh_build(small, ann, tmp_path, monkeypatch
     loaded = load_ann(path, ann.method, codes, ann.params)
     assert loaded.n == len(codes)
     for q in queries:
-        assert_exact_answer(loaded.search(q, 200, **EXHAUSTIVE[ann.method]), reference(codes, q, 200), codes, q)
+        assert_exact_answer(
+            loaded.search(q, 200, **EXHAUSTIVE[ann.method]), reference(codes, q, 200), codes, q
+        )
     loaded.add(codes[:5])  # a loaded index (for usearch a read-only memory map) still grows
     assert loaded.n == len(codes) + 5 and len(loaded.codes) == len(codes) + 5
     # grown in two steps, as --append does (on codes without the clusters' duplicates: a graph
@@ -249,7 +266,9 @@ def test_save_load_and_add_equal_a_fresh_build(small, ann, tmp_path, monkeypatch
     grown.add(spread[1500:])
     assert grown.n == len(spread)
     for q in np.concatenate([spread[[3, 1700]], queries]):
-        assert_exact_answer(grown.search(q, 200, **EXHAUSTIVE[ann.method]), reference(spread, q, 200), spread, q)
+        assert_exact_answer(
+            grown.search(q, 200, **EXHAUSTIVE[ann.method]), reference(spread, q, 200), spread, q
+        )
     with pytest.raises(IndexCorruptError):  # the file holds 2,000 codes, not 1,999
         load_ann(path, ann.method, codes[:-1], ann.params)
     path.write_bytes(path.read_bytes()[:100])
@@ -278,8 +297,13 @@ def test_build_errors(small):
         build_ann(small[0][:, :7], "hnsw")
     with pytest.raises(LookalikeError, match="at least"):
         build_ann(small[0][:10], "ivf", nlist=64)
-    for method, bad in (("hnsw", dict(m=0)), ("hnsw", dict(m=1.5)), ("ivf", dict(nlist=-3)),
-                        ("lsh", dict(key_bits=99)), ("lsh", dict(tables=True))):
+    for method, bad in (
+        ("hnsw", dict(m=0)),
+        ("hnsw", dict(m=1.5)),
+        ("ivf", dict(nlist=-3)),
+        ("lsh", dict(key_bits=99)),
+        ("lsh", dict(tables=True)),
+    ):
         with pytest.raises(LookalikeError, match="must be an integer"):
             build_ann(small[0], method, **bad)
 
@@ -288,7 +312,9 @@ def test_calibrate_picks_the_cheapest_setting_at_the_bar(small):
     codes = small[0]
     hnsw = build_ann(codes, "hnsw")
     result = calibrate(hnsw, k=100, queries=16)
-    assert result["option"] == "ef" and result["value"] == hnsw.sweep[0]  # 2,000 codes: the first ef walks them all
+    assert (
+        result["option"] == "ef" and result["value"] == hnsw.sweep[0]
+    )  # 2,000 codes: the first ef walks them all
     assert result["meets_bar"] and result["recall"] >= RECALL_BAR and result["k"] == 100
     assert result["speedup"] > 0 and result["queries"] == 16 and result["n"] == len(codes)
     lsh = build_ann(codes, "lsh")
@@ -298,8 +324,22 @@ def test_calibrate_picks_the_cheapest_setting_at_the_bar(small):
 
 # ------------------------------------------------------------------ stored with an index
 def calibration(**changes):
-    return dict(dict(k=1000, option="ef", value=1000, recall=0.97, recall_min=0.9, ms=1.0, exact_ms=5.0,
-                     speedup=5.0, meets_bar=True, queries=64, n=3000), **changes)
+    return dict(
+        dict(
+            k=1000,
+            option="ef",
+            value=1000,
+            recall=0.97,
+            recall_min=0.9,
+            ms=1.0,
+            exact_ms=5.0,
+            speedup=5.0,
+            meets_bar=True,
+            queries=64,
+            n=3000,
+        ),
+        **changes,
+    )
 
 
 def test_stored_ann_is_checksummed_extended_and_used(tmp_path):
@@ -317,8 +357,12 @@ def test_stored_ann_is_checksummed_extended_and_used(tmp_path):
     assert choose_method(index, 100, np.arange(3000) < 300) == "exact"  # a narrow filter: the scan is cheap
     query = Query(code=codes[11])
     auto = search_index(index, query, k=300, method="auto")
-    assert_exact_answer((auto.attrs["index_row"], auto["distance"].to_numpy()), reference(codes, codes[11], 300),
-                        codes, codes[11])
+    assert_exact_answer(
+        (auto.attrs["index_row"], auto["distance"].to_numpy()),
+        reference(codes, codes[11], 300),
+        codes,
+        codes[11],
+    )
     filters = Filters(zones=sorted(set(index.tiles["zone"]))[:20])
     hnsw = search_index(index, query, k=300, filters=filters, method="hnsw")
     assert filter_mask(index.tiles, filters)[hnsw.attrs["index_row"]].all()
@@ -362,8 +406,10 @@ def test_methods_built_in_memory_are_kept(tmp_path):
     query = Query(code=np.asarray(index.codes[5]))
     for method in ANN_METHODS:
         hits = search_index(index, query, k=50, method=method)
-        np.testing.assert_array_equal(hits["distance"], hamming_distances(
-            np.asarray(index.codes)[hits.attrs["index_row"]], np.asarray(index.codes[5])))
+        np.testing.assert_array_equal(
+            hits["distance"],
+            hamming_distances(np.asarray(index.codes)[hits.attrs["index_row"]], np.asarray(index.codes[5])),
+        )
     assert set(index.__dict__["_approximate"]) == set(ANN_METHODS)
     assert METHODS == ("exact", *ANN_METHODS, "auto")
 
@@ -381,14 +427,28 @@ def test_search_batch_equals_single_searches(tmp_path, method):
 
 def test_cli_index_ann_then_search_auto(tmp_path):
     make_index(tmp_path / "idx", n=1200, bits=128)
-    code, out, err = run_main(["index", "--out", str(tmp_path / "idx"), "--ann", "hnsw", "--ann-param", "m=16"])
+    code, out, err = run_main(
+        ["index", "--out", str(tmp_path / "idx"), "--ann", "hnsw", "--ann-param", "m=16"]
+    )
     assert code == 0, err
     info = json.loads(out)["ann"]
     assert info["method"] == "hnsw" and info["params"]["m"] == 16 and info["calibration"]["k"] == 1000
     hits = tmp_path / "hits.json"
     for method in ("auto", "hnsw", "ivf"):
-        code, _, err = run_main(["search", str(tmp_path / "idx"), "--tile", "t00007", "--k", "50",
-                                 "--method", method, "--json", str(hits)])
+        code, _, err = run_main(
+            [
+                "search",
+                str(tmp_path / "idx"),
+                "--tile",
+                "t00007",
+                "--k",
+                "50",
+                "--method",
+                method,
+                "--json",
+                str(hits),
+            ]
+        )
         assert code == 0, err
         found = json.loads(hits.read_text())["hits"]
         assert found[0]["tile_id"] == "t00007" and found[0]["distance"] == 0 and len(found) == 50
@@ -405,8 +465,15 @@ def test_bench_codes_small():
     codes = clustered_codes(5000)
     queries = codes[:3] ^ np.uint8(1)
     methods = {name: build for name, build in default_methods({"ivf": dict(nlist=32, sample=4000)}).items()}
-    result = bench_codes(codes, queries, 100, methods, name="test",
-                         sweeps={"hnsw": (5000,), "usearch": (5000,), "ivf": (1, 32)}, filter_share=0.2)
+    result = bench_codes(
+        codes,
+        queries,
+        100,
+        methods,
+        name="test",
+        sweeps={"hnsw": (5000,), "usearch": (5000,), "ivf": (1, 32)},
+        filter_share=0.2,
+    )
     assert result["batch_equals_single"] and 0.1 < result["filter_share"] < 0.3
     ivf_all = result["methods"]["ivf-nprobe32"]
     assert ivf_all["recall"] == 1.0 and ivf_all["nprobe"] == 32 and ivf_all["filtered_recall"] == 1.0

@@ -33,5 +33,6 @@ def test_check_keeps_boxes_in_degrees_only():
 def test_in_bbox_includes_edges_and_crosses_180():
     lon, lat = np.array([0.0, 5.0, 6.0, 179.0, -179.0]), np.array([0.0, 30.0, 0.0, 0.0, 0.0])
     np.testing.assert_array_equal(in_bbox(lon, lat, (0.0, 0.0, 5.0, 30.0)), [True, True, False, False, False])
-    np.testing.assert_array_equal(in_bbox(lon, lat, (170.0, -1.0, -170.0, 1.0)),
-                                  [False, False, False, True, True])
+    np.testing.assert_array_equal(
+        in_bbox(lon, lat, (170.0, -1.0, -170.0, 1.0)), [False, False, False, True, True]
+    )

@@ -23,13 +23,23 @@ CLASSES = ["crater", "dark_dune", "streak", "edge"]
 
 def hand_example() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Six tiles in three scenes; landmarks chosen so every count below can be done by hand."""
-    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(6)],
-                          "scene": ["A", "A", "B", "B", "C", "C"]})
+    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(6)], "scene": ["A", "A", "B", "B", "C", "C"]})
     rows = [0, 0, 1, 2, 3, 4, -1]
     labels = ["crater", "crater", "crater", "dark_dune", "crater", "streak", "edge"]
     posterior = [0.95, 0.60, 0.92, 0.99, 0.40, 0.80, 0.99]
-    lm = pd.DataFrame({"row": rows, "label": labels, "posterior": posterior,
-                       "lon": 0.0, "lat": 0.0, "lon_min": 0.0, "lat_min": 0.0, "lon_max": 1.0, "lat_max": 1.0})
+    lm = pd.DataFrame(
+        {
+            "row": rows,
+            "label": labels,
+            "posterior": posterior,
+            "lon": 0.0,
+            "lat": 0.0,
+            "lon_min": 0.0,
+            "lat_min": 0.0,
+            "lon_max": 1.0,
+            "lat_max": 1.0,
+        }
+    )
     for c in CLASSES:
         lm[f"p_{c}"] = 0.0
     return tiles, lm
@@ -40,8 +50,12 @@ def test_facet_counts_match_hand_computed_example():
     # A: 3 craters (0.95, 0.60, 0.92); B: dark_dune 0.99, crater 0.40; C: streak 0.80; edge: no tile
     assert catalogue.facet_counts(tiles, lm, 0.5) == {"crater": 1, "dark_dune": 1, "streak": 1, "edge": 0}
     assert catalogue.facet_counts(tiles, lm, 0.3) == {"crater": 2, "dark_dune": 1, "streak": 1, "edge": 0}
-    assert catalogue.facet_counts(tiles, lm, 0.5, min_count=2) == {"crater": 1, "dark_dune": 0, "streak": 0,
-                                                                   "edge": 0}
+    assert catalogue.facet_counts(tiles, lm, 0.5, min_count=2) == {
+        "crater": 1,
+        "dark_dune": 0,
+        "streak": 0,
+        "edge": 0,
+    }
     assert catalogue.facet_counts(tiles, lm, 0.93, min_count=1)["crater"] == 1
     assert catalogue.facet_counts(tiles, lm, 0.93, min_count=2)["crater"] == 0
     # the other filters drop tile 0: scene A keeps one crater
@@ -52,10 +66,13 @@ def test_facet_counts_match_hand_computed_example():
 
 def test_landmark_mask_is_per_scene_and_per_class():
     tiles, lm = hand_example()
-    np.testing.assert_array_equal(catalogue.landmark_mask(tiles, lm, ["crater"], 0.5, 2),
-                                  [True, True, False, False, False, False])
-    np.testing.assert_array_equal(catalogue.landmark_mask(tiles, lm, ["dark_dune", "streak"], 0.5, 1),
-                                  [False, False, True, True, True, True])
+    np.testing.assert_array_equal(
+        catalogue.landmark_mask(tiles, lm, ["crater"], 0.5, 2), [True, True, False, False, False, False]
+    )
+    np.testing.assert_array_equal(
+        catalogue.landmark_mask(tiles, lm, ["dark_dune", "streak"], 0.5, 1),
+        [False, False, True, True, True, True],
+    )
     # crater + dark_dune in B is 2 landmarks, but of two classes: N counts per class
     assert not catalogue.landmark_mask(tiles, lm, ["crater", "dark_dune"], 0.3, 2)[2]
     assert not catalogue.landmark_mask(tiles, lm, ["edge"], 0.0, 1).any()  # its tile is unknown
@@ -104,8 +121,9 @@ def test_tiles_under_picks_the_nearest_containing_tile():
         if len(inside) == 0:
             assert rows[p] == -1
             continue
-        cos = (np.sin(np.radians(centre_lat[inside])) * np.sin(np.radians(lat[p]))
-               + np.cos(np.radians(centre_lat[inside])) * np.cos(np.radians(lat[p])) * np.cos(np.radians(dlon[inside])))
+        cos = np.sin(np.radians(centre_lat[inside])) * np.sin(np.radians(lat[p])) + np.cos(
+            np.radians(centre_lat[inside])
+        ) * np.cos(np.radians(lat[p])) * np.cos(np.radians(dlon[inside]))
         assert rows[p] == inside[np.argmax(cos)]
     assert (rows >= 0).sum() > 20 and (rows == -1).sum() > 20
 
@@ -115,8 +133,9 @@ def test_tiles_under_across_the_antimeridian():
     tiles.loc[0, ["lon", "lat"]] = [179.5, 0.0]
     for i, (x, y) in enumerate([(178.5, 1), (-179.5, 1), (-179.5, -1), (178.5, -1)]):
         tiles[f"lon{i}"], tiles[f"lat{i}"] = np.float32(x), np.float32(y)
-    np.testing.assert_array_equal(locate.tiles_under(tiles, [-179.8, 179.0, 170.0], [0.2, 0.0, 0.0]),
-                                  [0, 0, -1])
+    np.testing.assert_array_equal(
+        locate.tiles_under(tiles, [-179.8, 179.0, 170.0], [0.2, 0.0, 0.0]), [0, 0, -1]
+    )
     # a chip with no known footprint (NaN corners) is skipped, rows still count in the full table
     unplaced = tiles.copy()
     unplaced[[f"lon{i}" for i in range(4)] + ["lon", "lat"]] = np.nan
@@ -127,9 +146,16 @@ def test_tiles_under_across_the_antimeridian():
 def _landmarks_for(tiles: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(tiles), 120)
-    lm = pd.DataFrame({"landmark_id": [f"l{i}" for i in range(len(pick))], "scene": "s",
-                       "label": rng.choice(CLASSES, len(pick)), "posterior": rng.uniform(0.3, 1.0, len(pick)),
-                       "lon": tiles["lon"].to_numpy()[pick], "lat": tiles["lat"].to_numpy()[pick]})
+    lm = pd.DataFrame(
+        {
+            "landmark_id": [f"l{i}" for i in range(len(pick))],
+            "scene": "s",
+            "label": rng.choice(CLASSES, len(pick)),
+            "posterior": rng.uniform(0.3, 1.0, len(pick)),
+            "lon": tiles["lon"].to_numpy()[pick],
+            "lat": tiles["lat"].to_numpy()[pick],
+        }
+    )
     lm["lon_min"], lm["lon_max"] = lm["lon"] - 0.1, lm["lon"] + 0.1
     lm["lat_min"], lm["lat_max"] = lm["lat"] - 0.1, lm["lat"] + 0.1
     return lm
@@ -186,13 +212,26 @@ def test_update_tables_refuses_bad_tables(tmp_path):
 
 
 def test_crop_landmarks_and_observation_placement():
-    tiles = pd.DataFrame({"tile_id": ["a.jpg", "b.jpg", "c.jpg"], "path": ["a.jpg", "b.jpg", "c.jpg"],
-                          "source_image": ["ESP_011283_2265_RED", "PSP_001_002_RED", "ESP_9_9_RED"],
-                          "source": "hirise", "zone": "", "time": pd.NaT})
-    observations = pd.DataFrame({"observation_id": ["ESP_011283_2265", "PSP_001_002"],
-                                 "west": [10.0, -170.0], "south": [40.0, -5.0], "east": [10.2, -169.8],
-                                 "north": [41.0, -4.0],
-                                 "time": pd.to_datetime(["2009-01-02", "2007-03-04"], utc=True)})
+    tiles = pd.DataFrame(
+        {
+            "tile_id": ["a.jpg", "b.jpg", "c.jpg"],
+            "path": ["a.jpg", "b.jpg", "c.jpg"],
+            "source_image": ["ESP_011283_2265_RED", "PSP_001_002_RED", "ESP_9_9_RED"],
+            "source": "hirise",
+            "zone": "",
+            "time": pd.NaT,
+        }
+    )
+    observations = pd.DataFrame(
+        {
+            "observation_id": ["ESP_011283_2265", "PSP_001_002"],
+            "west": [10.0, -170.0],
+            "south": [40.0, -5.0],
+            "east": [10.2, -169.8],
+            "north": [41.0, -4.0],
+            "time": pd.to_datetime(["2009-01-02", "2007-03-04"], utc=True),
+        }
+    )
     placed, unplaced = catalogue.place_at_observations(tiles, observations)
     assert unplaced == 1
     assert placed["scene"].tolist() == ["ESP_011283_2265", "PSP_001_002", "ESP_9_9"]

@@ -40,8 +40,9 @@ def test_appended_tiles_are_encoded_with_the_index_own_fitted_model(mars_index, 
     shutil.copytree(mars_index, copy)
     before = open_index(copy)
     model_bytes = before.hash_model_path.read_bytes()
-    code, _, err = run_main(["index", "mars_8k", "--zones", "32N", "--append", "--out", copy],
-                            LOOKALIKE_DATA=data_dir)
+    code, _, err = run_main(
+        ["index", "mars_8k", "--zones", "32N", "--append", "--out", copy], LOOKALIKE_DATA=data_dir
+    )
     assert code == 0, err
     after = open_index(copy)
     assert after.n > before.n and after.hash_model_path.read_bytes() == model_bytes
@@ -50,8 +51,9 @@ def test_appended_tiles_are_encoded_with_the_index_own_fitted_model(mars_index, 
     model_file = tmp_path / "model.npz"
     model_file.write_bytes(model_bytes)
     alone = tmp_path / "alone"
-    code, _, err = run_main(["index", "mars_8k", "--zones", "32N", "--hash", model_file, "--out", alone],
-                            LOOKALIKE_DATA=data_dir)
+    code, _, err = run_main(
+        ["index", "mars_8k", "--zones", "32N", "--hash", model_file, "--out", alone], LOOKALIKE_DATA=data_dir
+    )
     assert code == 0, err
     alone_index = open_index(alone)
     rows = [after.row_of(t) for t in alone_index.tiles["tile_id"]]

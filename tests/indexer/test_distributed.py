@@ -13,9 +13,8 @@ from lookalike_testkit import assert_user_error, make_index, run_main
 from rasterio.transform import from_origin
 
 from lookalike.errors import LookalikeError
-from lookalike.indexer import build
+from lookalike.indexer import build, shards
 from lookalike.indexer import distributed as dist
-from lookalike.indexer import shards
 from lookalike.indexer.search import Filters, Query, search_index
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import open_index
@@ -30,8 +29,10 @@ SPEC = dist.EncoderSpec(device="cpu")
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -42,9 +43,18 @@ def scene(tmp_path_factory):
     data = rng.integers(1, 255, (3, 280, 600), dtype=np.uint8)
     data[:, 200:, :240] = 0
     path = tmp_path_factory.mktemp("scene") / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=600, height=280, count=3, dtype="uint8",
-                       crs="EPSG:4326", transform=from_origin(11.7, 45.28, 0.001, 0.001),
-                       nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=600,
+        height=280,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=from_origin(11.7, 45.28, 0.001, 0.001),
+        nodata=0,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -56,8 +66,14 @@ def single(scene, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(build, "CHUNK", 16)
     try:
-        build.index_rasters([RasterSource(scene, name="scene")], out, size=SIZE, stride=STRIDE,
-                            encoder=dist.worker_encoder(SPEC), progress=False)
+        build.index_rasters(
+            [RasterSource(scene, name="scene")],
+            out,
+            size=SIZE,
+            stride=STRIDE,
+            encoder=dist.worker_encoder(SPEC),
+            progress=False,
+        )
     finally:
         mp.undo()
     return open_index(out)
@@ -68,11 +84,19 @@ def test_distributed_build_is_the_single_machine_index(client, scene, single, tm
     tiles = single.tiles
     assert set(tiles["zone"]) == {"32N", "33N"} and len(tiles) > 48
     # some chunk of 16 holds tiles of both zones, i.e. of two scans on possibly two workers
-    assert any(tiles["zone"].iloc[i:i + 16].nunique() == 2 for i in range(0, len(tiles), 16))
+    assert any(tiles["zone"].iloc[i : i + 16].nunique() == 2 for i in range(0, len(tiles), 16))
 
     out = tmp_path / "dask"
-    dist.index_rasters_distributed(client, [RasterSource(scene, name="scene")], out, size=SIZE,
-                                   stride=STRIDE, encoder=SPEC, progress=False, ahead=1)
+    dist.index_rasters_distributed(
+        client,
+        [RasterSource(scene, name="scene")],
+        out,
+        size=SIZE,
+        stride=STRIDE,
+        encoder=SPEC,
+        progress=False,
+        ahead=1,
+    )
     built = open_index(out)
     assert np.asarray(built.codes).tobytes() == np.asarray(single.codes).tobytes()
     pd.testing.assert_frame_equal(built.tiles, single.tiles)
@@ -81,8 +105,7 @@ def test_distributed_build_is_the_single_machine_index(client, scene, single, tm
     assert not list(out.glob(".work-*"))
 
 
-def test_distributed_build_resumes_from_single_machine_chunks(client, scene, single, tmp_path,
-                                                               monkeypatch):
+def test_distributed_build_resumes_from_single_machine_chunks(client, scene, single, tmp_path, monkeypatch):
     """Chunks finished by an interrupted one-machine build are reused, not re-encoded."""
     monkeypatch.setattr(build, "CHUNK", 16)
     source = RasterSource(scene, name="scene")
@@ -102,13 +125,20 @@ def test_distributed_build_resumes_from_single_machine_chunks(client, scene, sin
             return self.encoder.features(images)
 
     with pytest.raises(KeyboardInterrupt):
-        build.index_rasters([source], out, size=SIZE, stride=STRIDE,
-                            encoder=Counting(dist.worker_encoder(SPEC), die_after=2), progress=False)
+        build.index_rasters(
+            [source],
+            out,
+            size=SIZE,
+            stride=STRIDE,
+            encoder=Counting(dist.worker_encoder(SPEC), die_after=2),
+            progress=False,
+        )
     # the workers run in this process, so they find this encoder in their per-process cache
     on_workers = Counting(dist.worker_encoder(SPEC))
     monkeypatch.setitem(dist._ENCODERS, SPEC, on_workers)
-    dist.index_rasters_distributed(client, [source], out, size=SIZE, stride=STRIDE, encoder=SPEC,
-                                   progress=False)
+    dist.index_rasters_distributed(
+        client, [source], out, size=SIZE, stride=STRIDE, encoder=SPEC, progress=False
+    )
     assert sum(on_workers.tiles) == len(single.tiles) - 32  # two chunks came from the work folder
     assert np.asarray(open_index(out).codes).tobytes() == np.asarray(single.codes).tobytes()
 
@@ -120,8 +150,15 @@ def tied(tmp_path_factory):
     index = make_index(root / "whole", n=500, bits=64, seed=3, values=3)
     with open(index.hash_model_path, "rb") as fh:
         model = fh.read()
-    shards.write_shards(root / "sharded", np.asarray(index.codes), index.tiles, 3, bits=64,
-                      hash_model=model, info=dict(kind="test"))
+    shards.write_shards(
+        root / "sharded",
+        np.asarray(index.codes),
+        index.tiles,
+        3,
+        bits=64,
+        hash_model=model,
+        info=dict(kind="test"),
+    )
     return index, root / "sharded"
 
 
@@ -131,8 +168,11 @@ def test_sharded_search_equals_one_index(client, tied, k):
     engine = dist.ShardedSearch(client, sharded)
     assert len(engine) == index.n and len(engine.shards) == 3
     rng = np.random.default_rng(k)
-    filters = [None, Filters(zones=sorted(set(index.tiles["zone"]))[:12]),
-               Filters(bbox=(150.0, -60.0, -150.0, 60.0), sources=["alpha", "gamma"])]
+    filters = [
+        None,
+        Filters(zones=sorted(set(index.tiles["zone"]))[:12]),
+        Filters(bbox=(150.0, -60.0, -150.0, 60.0), sources=["alpha", "gamma"]),
+    ]
     for f in filters:
         for q in rng.integers(0, 3, size=(2, 8), dtype=np.uint8):
             want = search_index(index, q, k=k, filters=f)
@@ -146,13 +186,15 @@ def test_sharded_search_equals_one_index(client, tied, k):
 
 def test_sharded_queries_by_tile_lonlat_and_examples(client, tied):
     index, sharded = tied
-    engine = dist.ShardedSearch(client, [sharded / "shard-000", sharded / "shard-001",
-                                         sharded / "shard-002"])
+    engine = dist.ShardedSearch(client, [sharded / "shard-000", sharded / "shard-001", sharded / "shard-002"])
     ids = index.tiles["tile_id"]
     row = int(index.tiles["lon"].abs().idxmin())
     lon, lat = float(index.tiles["lon"].iat[row]), float(index.tiles["lat"].iat[row])
-    for query in [Query(tile_id=ids.iat[400]), Query(lonlat=(lon, lat)),
-                  Query(positives=[ids.iat[10], ids.iat[250]], negatives=[ids.iat[480]])]:
+    for query in [
+        Query(tile_id=ids.iat[400]),
+        Query(lonlat=(lon, lat)),
+        Query(positives=[ids.iat[10], ids.iat[250]], negatives=[ids.iat[480]]),
+    ]:
         pd.testing.assert_frame_equal(engine.search(query, k=50), search_index(index, query, k=50))
     with pytest.raises(LookalikeError, match="not in the sharded index"):
         engine.search(Query(tile_id="nope"), k=5)
@@ -188,22 +230,52 @@ def test_worker_side_errors_are_lookalike_errors(client, tied, scene, tmp_path):
     source = RasterSource(moved, name="scene")
     moved.unlink()
     with pytest.raises(LookalikeError, match="cannot read raster"):
-        dist.index_rasters_distributed(client, [source], tmp_path / "out", size=SIZE, stride=STRIDE,
-                                       encoder=SPEC, progress=False)
+        dist.index_rasters_distributed(
+            client, [source], tmp_path / "out", size=SIZE, stride=STRIDE, encoder=SPEC, progress=False
+        )
 
 
 def test_cli_sharded_build_and_search(scene, single, tmp_path, monkeypatch):
     monkeypatch.setattr(build, "CHUNK", 16)
     out = tmp_path / "cli"
-    code, stdout, err = run_main(["index", scene, "--name", "scene", "--tile-size", SIZE,
-                                  "--stride", STRIDE, "--scheduler", "local", "--shards", 2,
-                                  "--out", out])
+    code, stdout, err = run_main(
+        [
+            "index",
+            scene,
+            "--name",
+            "scene",
+            "--tile-size",
+            SIZE,
+            "--stride",
+            STRIDE,
+            "--scheduler",
+            "local",
+            "--shards",
+            2,
+            "--out",
+            out,
+        ]
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["count"] == len(single.tiles) and len(summary["shards"]) == 2
     tile = single.tiles["tile_id"].iat[5]
-    code, stdout, err = run_main(["search", out, "--scheduler", "local", "--tile", tile, "--k", 30,
-                                  "--zones", "33N", "--json", tmp_path / "hits.json"])
+    code, stdout, err = run_main(
+        [
+            "search",
+            out,
+            "--scheduler",
+            "local",
+            "--tile",
+            tile,
+            "--k",
+            30,
+            "--zones",
+            "33N",
+            "--json",
+            tmp_path / "hits.json",
+        ]
+    )
     assert code == 0, err
     hits = json.loads((tmp_path / "hits.json").read_text())["hits"]
     want = search_index(single, Query(tile_id=tile), k=30, filters=Filters(zones=["33N"]))

@@ -23,11 +23,13 @@ def realish_tiles(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
     """Smooth terrain-like RGB tiles: low-frequency relief, a bright rim and dark bowl, grain."""
     rng = np.random.default_rng(seed)
     low = torch.from_numpy(rng.random((n, 1, 6, 6), dtype=np.float32))
-    relief = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)[:, 0].numpy()
+    relief = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)[
+        :, 0
+    ].numpy()
     yy, xx = np.mgrid[:size, :size] / size
     cy, cx, r = rng.uniform(0.3, 0.7, (3, n, 1, 1))
     d = np.hypot(yy - cy, xx - cx) / (r * 0.5)
-    crater = np.where(d < 1, -0.4 * (1 - d**2), 0.3 * np.exp(-((d - 1) * 6) ** 2))
+    crater = np.where(d < 1, -0.4 * (1 - d**2), 0.3 * np.exp(-(((d - 1) * 6) ** 2)))
     grey = relief + crater + rng.normal(0, 0.03, (n, size, size))
     tint = np.array([0.75, 0.5, 0.35]) + rng.uniform(-0.05, 0.05, (n, 1, 1, 3))
     return np.clip(grey[..., None] * tint * 255, 0, 255).astype(np.uint8)
@@ -132,10 +134,14 @@ def wrong_model(path) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["features"])], "wrong",
+        [
+            helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["features"]),
+        ],
+        "wrong",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 3])])
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 3])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -180,8 +186,9 @@ def test_bench_encode_reports_every_path(backbone, warm_cache, monkeypatch):
     from lookalike.bench import encode as encode_benchmark
 
     monkeypatch.setattr(encode_benchmark, "sample_tiles", lambda n, size=128: (realish_tiles(n, 64), "test"))
-    result = encode_benchmark.bench_encode(n=2, batch_size=2, repeat=1, batch_sizes=(), compile=False,
-                                           int8=False, jit=False, backbone=backbone)
+    result = encode_benchmark.bench_encode(
+        n=2, batch_size=2, repeat=1, batch_sizes=(), compile=False, int8=False, jit=False, backbone=backbone
+    )
     assert set(result["paths"]) == {"eager", "torch", "onnx"}
     assert result["backbone"] == "efficientnet_lite0" and result["multilevel"]["tiles_per_s"] > 0
     assert result["multilevel"]["cost_vs_default"] > 0

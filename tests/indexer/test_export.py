@@ -27,16 +27,20 @@ def test_footprint_orientation_is_counterclockwise():
     assert ring_area(geom["coordinates"][0]) == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize("lons, lats", [
-    ([178.0, -178.0, -178.0, 178.0], [1.0, 1.0, -1.0, -1.0]),
-    ([179.5, -179.0, -179.2, 179.8], [40.0, 40.2, 38.0, 37.9]),
-    ([-179.0, 179.0, 179.0, -179.0], [-10.0, -10.0, -12.0, -12.0]),
-])
+@pytest.mark.parametrize(
+    "lons, lats",
+    [
+        ([178.0, -178.0, -178.0, 178.0], [1.0, 1.0, -1.0, -1.0]),
+        ([179.5, -179.0, -179.2, 179.8], [40.0, 40.2, 38.0, 37.9]),
+        ([-179.0, 179.0, 179.0, -179.0], [-10.0, -10.0, -12.0, -12.0]),
+    ],
+)
 def test_footprint_across_antimeridian_is_split(lons, lats):
     geom = footprint_geometry(np.array(lons), np.array(lats))
     assert geom["type"] == "MultiPolygon" and len(geom["coordinates"]) == 2
-    check_rfc7946({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": geom, "properties": {}}]})
+    check_rfc7946(
+        {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": geom, "properties": {}}]}
+    )
     parts = [shapely.Polygon(p[0]) for p in geom["coordinates"]]
     east = next(p for p in parts if p.bounds[0] > 0)
     west = next(p for p in parts if p.bounds[2] < 0)
@@ -71,8 +75,10 @@ def test_hits_to_geojson_structure_and_properties(tmp_path):
         else:
             assert pd.Timestamp(props["time"]) == rec["time"]
         # the footprint holds the tile centre
-        assert shape(feature["geometry"]).buffer(1e-6).covers(shapely.Point(rec["lon"], rec["lat"])) \
+        assert (
+            shape(feature["geometry"]).buffer(1e-6).covers(shapely.Point(rec["lon"], rec["lat"]))
             or feature["geometry"]["type"] == "MultiPolygon"
+        )
     distances = [f["properties"]["distance"] for f in collection["features"]]
     assert distances == sorted(distances)
     assert collection["lookalike"] == {"query": {"tile_id": "t0"}, "filters": {"bbox": [-180, -60, 180, 60]}}
@@ -128,8 +134,10 @@ def test_footprint_around_a_pole_is_one_valid_polygon_holding_it(tmp_path, body,
     for p in around:
         geom = footprint_geometry(np.array(p.corners_lon), np.array(p.corners_lat))
         assert geom["type"] == "Polygon"
-        collection = {"type": "FeatureCollection",
-                      "features": [{"type": "Feature", "geometry": geom, "properties": {}}]}
+        collection = {
+            "type": "FeatureCollection",
+            "features": [{"type": "Feature", "geometry": geom, "properties": {}}],
+        }
         check_rfc7946(collection)
         polygon = shape(geom)
         assert polygon.is_valid
@@ -143,8 +151,10 @@ def test_footprint_around_a_pole_is_one_valid_polygon_holding_it(tmp_path, body,
     others = [p for p in places if not holds_pole(np.array(p.corners_lon))]
     assert others
     for p in others[:20]:
-        assert footprint_geometry(np.array(p.corners_lon), np.array(p.corners_lat))["type"] in ("Polygon",
-                                                                                                 "MultiPolygon")
+        assert footprint_geometry(np.array(p.corners_lon), np.array(p.corners_lat))["type"] in (
+            "Polygon",
+            "MultiPolygon",
+        )
 
 
 def test_pole_ring_of_a_densified_outline():

@@ -69,8 +69,18 @@ def append_argv(where: Path) -> list:
 
 
 def landmarks_argv(where: Path) -> list:
-    return ["landmarks", "mars_8k", "--window", WINDOW, "--threshold", "0",
-            "--out", where / "lm.parquet", "--index", where / "index"]
+    return [
+        "landmarks",
+        "mars_8k",
+        "--window",
+        WINDOW,
+        "--threshold",
+        "0",
+        "--out",
+        where / "lm.parquet",
+        "--index",
+        where / "index",
+    ]
 
 
 class Scenario:
@@ -85,8 +95,9 @@ class Scenario:
         self.before = index_state(self.start / "index") if base is not None else None
         work = tmp / name / "run"
         shutil.copytree(self.start, work)
-        self.copies, (code, _, err) = snapshots(work, tmp / name / "copies",
-                                                lambda: run_main(argv(work), **self.env))
+        self.copies, (code, _, err) = snapshots(
+            work, tmp / name / "copies", lambda: run_main(argv(work), **self.env)
+        )
         assert code == 0, err
         self.after = index_state(work / "index")
         self.final = work
@@ -97,8 +108,7 @@ class Scenario:
         for point, copy in self.copies:
             if point.label.startswith(start) and point.label.endswith(end):
                 return point, copy
-        raise AssertionError(f"no write point {start!r}..{end!r} in "
-                             f"{[p.label for p, _ in self.copies]}")
+        raise AssertionError(f"no write point {start!r}..{end!r} in {[p.label for p, _ in self.copies]}")
 
     def copy_at(self, start: str, end: str = "") -> Path:
         return self.point(start, end)[1]
@@ -114,7 +124,8 @@ def scenarios(tmp_path_factory, data_dir):
         index=Scenario(tmp, "index", index_argv, data_dir),
         append=Scenario(tmp, "append", append_argv, data_dir, base),
         landmarks=Scenario(tmp, "landmarks", landmarks_argv, data_dir, base),
-        base=base)
+        base=base,
+    )
 
 
 PROGRESS = re.compile(r"\r|/s\]\s*$")  # tqdm's bars share stderr with the error line
@@ -122,8 +133,9 @@ PROGRESS = re.compile(r"\r|/s\]\s*$")  # tqdm's bars share stderr with the error
 
 def assert_one_error_line(code: int, stderr: str, *needles: str) -> None:
     """``assert_user_error`` for commands that showed progress bars before failing."""
-    assert_user_error(code, "\n".join(line for line in stderr.splitlines() if not PROGRESS.search(line)),
-                      *needles)
+    assert_user_error(
+        code, "\n".join(line for line in stderr.splitlines() if not PROGRESS.search(line)), *needles
+    )
 
 
 def rerun(scenario: Scenario, copy: Path, tmp_path: Path, monkeypatch=None):
@@ -163,19 +175,29 @@ def test_index_killed_at_any_write_point_leaves_no_half_index(scenarios):
     outcomes = [check_whole(s, copy) for _, copy in distinct(s.copies)]
     # the kill points cover both chunks, every index file and the manifest commit
     labels = [p.label for p, _ in s.copies]
-    for wanted in ("chunk-000000.parquet", "chunk-000001.parquet", "codes-000001.npy",
-                   "tiles-000001.parquet", "hash-000001.npz", f"replace index/{MANIFEST}"):
+    for wanted in (
+        "chunk-000000.parquet",
+        "chunk-000001.parquet",
+        "codes-000001.npy",
+        "tiles-000001.parquet",
+        "hash-000001.npz",
+        f"replace index/{MANIFEST}",
+    ):
         assert any(label.endswith(wanted) for label in labels), wanted
     new = outcomes.index("new")
     assert new > 0 and outcomes == ["none"] * new + ["new"] * (len(outcomes) - new)
 
 
-@pytest.mark.parametrize("start, end, chunks_kept", [
-    ("after replace", "chunk-000000.parquet", 1),           # the first chunk of 512 is kept
-    ("before replace", f"index/{MANIFEST}", 2),             # all written but the commit
-])
+@pytest.mark.parametrize(
+    "start, end, chunks_kept",
+    [
+        ("after replace", "chunk-000000.parquet", 1),  # the first chunk of 512 is kept
+        ("before replace", f"index/{MANIFEST}", 2),  # all written but the commit
+    ],
+)
 def test_index_killed_then_run_again_resumes_and_equals_an_uninterrupted_build(
-        scenarios, tmp_path, monkeypatch, start, end, chunks_kept):
+    scenarios, tmp_path, monkeypatch, start, end, chunks_kept
+):
     s = scenarios["index"]
     copy = s.copy_at(start, end)
     assert len(list((copy / "index").glob(".work-*/chunk-*.parquet"))) == chunks_kept
@@ -187,10 +209,13 @@ def test_index_killed_then_run_again_resumes_and_equals_an_uninterrupted_build(
     assert encoded == max(s.after["count"] - 512 * chunks_kept, 0)
 
 
-@pytest.mark.parametrize("kind, end", [
-    ("index", "chunk-000000.npy"),         # the work folder half removed
-    ("append", "index/codes-000001.npy"),  # the previous generation's files not yet removed
-])
+@pytest.mark.parametrize(
+    "kind, end",
+    [
+        ("index", "chunk-000000.npy"),  # the work folder half removed
+        ("append", "index/codes-000001.npy"),  # the previous generation's files not yet removed
+    ],
+)
 def test_killed_after_the_commit_run_again_tidies_up_and_is_done(scenarios, tmp_path, kind, end):
     """Killed between the commit and the removal of its work folder (and of the previous
     generation's files): the index is complete; the same command again recognises its own
@@ -222,8 +247,7 @@ def test_index_sigkill_at_a_chunk_boundary_then_resume(scenarios, tmp_path, monk
     s = scenarios["index"]
     point, _ = s.point("after replace", "chunk-000000.parquet")
     killed_dir = tmp_path / "killed"
-    killed = kill_at_point(index_argv(killed_dir), killed_dir, point_number(point), cwd=tmp_path,
-                           env=s.env)
+    killed = kill_at_point(index_argv(killed_dir), killed_dir, point_number(point), cwd=tmp_path, env=s.env)
     assert killed.killed, killed.stderr
     with pytest.raises(IndexCorruptError):
         open_index(killed_dir / "index")
@@ -242,10 +266,13 @@ def test_append_killed_at_any_write_point_keeps_the_previous_index(scenarios):
     assert new > 0 and outcomes == ["previous"] * new + ["new"] * (len(outcomes) - new)
 
 
-@pytest.mark.parametrize("start, end", [
-    ("after replace", "chunk-000000.parquet"),       # the appended scene's features kept
-    ("before replace", f"index/{MANIFEST}"),         # new generation written, not committed
-])
+@pytest.mark.parametrize(
+    "start, end",
+    [
+        ("after replace", "chunk-000000.parquet"),  # the appended scene's features kept
+        ("before replace", f"index/{MANIFEST}"),  # new generation written, not committed
+    ],
+)
 def test_append_killed_then_run_again_equals_an_uninterrupted_append(scenarios, tmp_path, start, end):
     s = scenarios["append"]
     code, err, where, _ = rerun(s, s.copy_at(start, end), tmp_path)
@@ -259,8 +286,7 @@ def test_append_sigkill_during_the_commit(scenarios, tmp_path):
     killed_dir = tmp_path / "killed"
     shutil.copytree(s.start, killed_dir)
     point, _ = s.point("before replace", f"index/{MANIFEST}")
-    killed = kill_at_point(append_argv(killed_dir), killed_dir, point_number(point), cwd=tmp_path,
-                           env=s.env)
+    killed = kill_at_point(append_argv(killed_dir), killed_dir, point_number(point), cwd=tmp_path, env=s.env)
     assert killed.killed, killed.stderr
     assert not differences(index_state(killed_dir / "index"), s.before, generation=True)
     code, err, where, _ = rerun(s, killed_dir, tmp_path / "again")
@@ -289,8 +315,9 @@ def test_landmarks_sigkill_during_the_catalogue_commit_then_again(scenarios, tmp
     killed_dir = tmp_path / "killed"
     shutil.copytree(s.start, killed_dir)
     point, _ = s.point("before replace", f"index/{MANIFEST}")
-    killed = kill_at_point(landmarks_argv(killed_dir), killed_dir, point_number(point),
-                           cwd=tmp_path, env=s.env)
+    killed = kill_at_point(
+        landmarks_argv(killed_dir), killed_dir, point_number(point), cwd=tmp_path, env=s.env
+    )
     assert killed.killed, killed.stderr
     assert not differences(index_state(killed_dir / "index"), s.before, generation=True)
     code, err, where, _ = rerun(s, killed_dir, tmp_path / "again")
@@ -317,8 +344,9 @@ def _new_rows(n=40, seed=7):
 STORE_WRITES = {
     "append": lambda path: write_index(path, *_new_rows(), bits=64, append=True),
     "tiles": lambda path: update_tables(path, tiles=open_index(path).tiles.assign(extra=1)),
-    "landmarks": lambda path: update_tables(path, landmarks=pd.DataFrame(dict(
-        label=["crater"] * 3, posterior=[0.9, 0.5, 0.7], row=[0, 5, -1]))),
+    "landmarks": lambda path: update_tables(
+        path, landmarks=pd.DataFrame(dict(label=["crater"] * 3, posterior=[0.9, 0.5, 0.7], row=[0, 5, -1]))
+    ),
 }
 
 
@@ -368,7 +396,8 @@ def append_writes(scenarios, tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize("which", ["first", "manifest"])
 def test_disk_full_during_cli_append_is_one_line_and_keeps_the_index(
-        scenarios, append_writes, tmp_path, data_dir, which):
+    scenarios, append_writes, tmp_path, data_dir, which
+):
     """ENOSPC in the work folder's first chunk file, and in the manifest, the last write."""
     k = dict(first=1, manifest=len(append_writes))[which]
     assert ".manifest.json." in append_writes[-1] and ".work-" in append_writes[0]
@@ -389,12 +418,18 @@ def test_disk_full_on_a_real_tmpfs(scenarios, tmp_path, data_dir):
     """The kernel's own ENOSPC: the append on a tmpfs with 64 KiB free (private mount namespace)."""
     if not can_mount_tmpfs():
         pytest.skip("unshare cannot mount a tmpfs here (no user namespaces)")
-    result = real_disk_full(scenarios["base"], ["index", *APPEND_ARGS, "--out", "{index}"], 64 << 10,
-                            mount=tmp_path / "mnt", env=dict(LOOKALIKE_DATA=data_dir))
+    result = real_disk_full(
+        scenarios["base"],
+        ["index", *APPEND_ARGS, "--out", "{index}"],
+        64 << 10,
+        mount=tmp_path / "mnt",
+        env=dict(LOOKALIKE_DATA=data_dir),
+    )
     assert_one_error_line(result["returncode"], result["stderr"], "no space left on device")
     before = scenarios["append"].before
     assert result["after"]["ok"] and result["after"]["count"] == before["count"]
     import hashlib
+
     assert result["after"]["codes"] == hashlib.sha256(before["codes"]).hexdigest()
     assert result["after"]["generation"] == before["generation"]
 
@@ -475,22 +510,34 @@ def test_files_changed_in_place_under_an_open_index(tmp_path):
     it never dies (a scan over a truncated memory map is a SIGBUS). Runs in a child process so
     that such a crash fails this test instead of killing the test run."""
     cases = []
-    for what, role in (("truncate", "codes"), ("overwrite", "codes"), ("truncate", "tiles"),
-                       ("truncate", "hash")):
+    for what, role in (
+        ("truncate", "codes"),
+        ("overwrite", "codes"),
+        ("truncate", "tiles"),
+        ("truncate", "hash"),
+    ):
         path = tmp_path / f"{what}-{role}"
         make_index(path, n=3000, bits=128)
         cases.append(f"{what}:{role}:{path}")
-    done = subprocess.run([sys.executable, "-c", IN_PLACE, *cases], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PLACE, *cases], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == 0, f"died (exit {done.returncode}) in {lines[-1]['case']}: {done.stderr[-2000:]}"
-    results = {line["case"].split(":")[0] + " " + line["case"].split(":")[1]: line["outcome"]
-               for line in lines if "outcome" in line}
+    assert done.returncode == 0, (
+        f"died (exit {done.returncode}) in {lines[-1]['case']}: {done.stderr[-2000:]}"
+    )
+    results = {
+        line["case"].split(":")[0] + " " + line["case"].split(":")[1]: line["outcome"]
+        for line in lines
+        if "outcome" in line
+    }
     assert len(results) == len(cases)
     for case, outcome in results.items():
         if case.endswith("codes"):  # the codes are mapped: a change in place cannot be answered around
-            assert all(v.startswith("LookalikeError") and "changed on disk" in v
-                       for v in outcome.values()), (case, outcome)
+            assert all(v.startswith("LookalikeError") and "changed on disk" in v for v in outcome.values()), (
+                case,
+                outcome,
+            )
         else:  # tables are in memory, the hash model is read only to encode a picture
             assert set(outcome.values()) == {"same"}, (case, outcome)
 
@@ -515,6 +562,14 @@ def test_open_index_while_a_writer_commits_gets_one_generation(tmp_path, monkeyp
     index = open_index(path)
     monkeypatch.undo()
     assert done and index.manifest["generation"] == 2 and index.n == 240
-    assert not differences(index_state(path), dict(
-        codes=np.asarray(index.codes).tobytes(), tiles=index.tiles, landmarks=index.landmarks,
-        count=index.n, generation=2), generation=True)
+    assert not differences(
+        index_state(path),
+        dict(
+            codes=np.asarray(index.codes).tobytes(),
+            tiles=index.tiles,
+            landmarks=index.landmarks,
+            count=index.n,
+            generation=2,
+        ),
+        generation=True,
+    )

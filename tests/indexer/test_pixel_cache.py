@@ -29,8 +29,11 @@ def cache_dir(tmp_path, monkeypatch):
 
 def arrays(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return dict(rgb=rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), valid=rng.random((40, 60)) > 0.5,
-                bounds=np.array([-180.0, -90.0, 180.0, 90.0]))
+    return dict(
+        rgb=rng.integers(0, 255, (40, 60, 3), dtype=np.uint8),
+        valid=rng.random((40, 60)) > 0.5,
+        bounds=np.array([-180.0, -90.0, 180.0, 90.0]),
+    )
 
 
 def test_round_trip_is_read_only_and_exact():
@@ -96,8 +99,17 @@ def write_mosaic(path, width=256, height=128):
     rng = np.random.default_rng(3)
     data = rng.integers(1, 255, (3, height, width), dtype=np.uint8)
     transform = from_origin(-180.0, 90.0, 360.0 / width, 180.0 / height)
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-                       crs="EPSG:4326", transform=transform) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=transform,
+    ) as dst:
         dst.write(data)
     return RasterSource(path, name="mosaic").describe()
 
@@ -157,8 +169,9 @@ def test_a_demo_build_leaves_its_basemap_decoded(tmp_path, monkeypatch, data_dir
 
     monkeypatch.setenv("LOOKALIKE_DATA", str(data_dir))
     fresh_process(monkeypatch)
-    out = ensure_demo_index("earth", tmp_path / "indexes", progress=False, zones=[Zone.parse("31N")],
-                            bbox=(0.0, 40.0, 6.0, 52.0))
+    out = ensure_demo_index(
+        "earth", tmp_path / "indexes", progress=False, zones=[Zone.parse("31N")], bbox=(0.0, 40.0, 6.0, 52.0)
+    )
     fresh_process(monkeypatch)  # the explorer's first start, in a new process
     monkeypatch.setattr(thumbnails, "_decode", lambda *a: pytest.fail("decoded again"))
     assert thumbnails.basemap_image(open_index(out)).rgb.shape[1] > 4096

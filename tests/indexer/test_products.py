@@ -28,15 +28,24 @@ MARS_LOCAL_SPHERE = (
     '3389341.08,0]],PRIMEM["Reference_Meridian",0],UNIT["degree",0.0174532925199433]],'
     'PROJECTION["Equirectangular"],PARAMETER["standard_parallel_1",-35.7],'
     'PARAMETER["central_meridian",129.39],PARAMETER["false_easting",0],'
-    'PARAMETER["false_northing",0],UNIT["metre",1]]')
+    'PARAMETER["false_northing",0],UNIT["metre",1]]'
+)
 
 
 def write_raster(path, crs, x0: float, y0: float, gsd: float, pixels: np.ndarray, **tags) -> str:
     """A GeoTIFF of ``pixels`` (H, W) or (C, H, W) with its top-left corner at (x0, y0)."""
     bands = pixels if pixels.ndim == 3 else pixels[None]
-    with rasterio.open(path, "w", driver="GTiff", width=bands.shape[2], height=bands.shape[1],
-                       count=bands.shape[0], dtype=bands.dtype, crs=crs,
-                       transform=from_origin(x0, y0, gsd, gsd)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype,
+        crs=crs,
+        transform=from_origin(x0, y0, gsd, gsd),
+    ) as dst:
         dst.write(bands)
         if tags:
             dst.update_tags(**tags)
@@ -48,11 +57,19 @@ def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ bodies
-@pytest.mark.parametrize("crs, body", [
-    ("EPSG:28992", "earth"), ("EPSG:2056", "earth"), ("EPSG:26914", "earth"), ("EPSG:32618", "earth"),
-    ("IAU_2015:49900", "mars"), (MARS_LOCAL_SPHERE, "mars"), ("IAU_2015:30100", "moon"),
-    ("IAU_2015:19900", "mercury"),
-])
+@pytest.mark.parametrize(
+    "crs, body",
+    [
+        ("EPSG:28992", "earth"),
+        ("EPSG:2056", "earth"),
+        ("EPSG:26914", "earth"),
+        ("EPSG:32618", "earth"),
+        ("IAU_2015:49900", "mars"),
+        (MARS_LOCAL_SPHERE, "mars"),
+        ("IAU_2015:30100", "moon"),
+        ("IAU_2015:19900", "mercury"),
+    ],
+)
 def test_body_comes_from_the_crs(crs, body):
     assert body_of_crs(pyproj.CRS(crs)).key == body
 
@@ -83,11 +100,14 @@ def blob_position(source: RasterSource, grid: TileGrid) -> tuple[float, float]:
     raise AssertionError("no tile holds the blob")
 
 
-@pytest.mark.parametrize("epsg, x0, y0", [
-    (28992, 155_000.0, 463_000.0),    # RD New (Amersfoort, Bessel 1841), the Netherlands
-    (2056, 2_600_000.0, 1_200_000.0),  # LV95 (CH1903+, Bessel 1841), Switzerland
-    (31467, 3_500_000.0, 5_500_000.0),  # DHDN / Gauss-Kruger zone 3, Germany
-])
+@pytest.mark.parametrize(
+    "epsg, x0, y0",
+    [
+        (28992, 155_000.0, 463_000.0),  # RD New (Amersfoort, Bessel 1841), the Netherlands
+        (2056, 2_600_000.0, 1_200_000.0),  # LV95 (CH1903+, Bessel 1841), Switzerland
+        (31467, 3_500_000.0, 5_500_000.0),  # DHDN / Gauss-Kruger zone 3, Germany
+    ],
+)
 def test_national_grid_on_another_datum_is_placed_in_wgs84(tmp_path, epsg, x0, y0):
     gsd, size = 0.25, 512
     pixels = textured(size, size)
@@ -138,12 +158,25 @@ def test_sidecar_times(tmp_path):
 
 
 def test_tags_come_before_names_and_the_option_before_both(tmp_path):
-    path = write_raster(tmp_path / "m_4709963_se_14_1_20090818.tif", "EPSG:26914", 500_000.0,
-                        5_200_000.0, 5.0, textured(64, 64), TIFFTAG_DATETIME="2011:05:06 10:00:00")
+    path = write_raster(
+        tmp_path / "m_4709963_se_14_1_20090818.tif",
+        "EPSG:26914",
+        500_000.0,
+        5_200_000.0,
+        5.0,
+        textured(64, 64),
+        TIFFTAG_DATETIME="2011:05:06 10:00:00",
+    )
     assert str(RasterSource(path).acquired.date()) == "2011-05-06"
     assert str(RasterSource(path, time="2012-01-02").acquired.date()) == "2012-01-02"
-    bare = write_raster(tmp_path / "m_4709963_se_14_1_20090818b.tif", "EPSG:26914", 500_000.0,
-                        5_200_000.0, 5.0, textured(64, 64))
+    bare = write_raster(
+        tmp_path / "m_4709963_se_14_1_20090818b.tif",
+        "EPSG:26914",
+        500_000.0,
+        5_200_000.0,
+        5.0,
+        textured(64, 64),
+    )
     assert RasterSource(bare).acquired is None  # not a NAIP name: the date must end it
 
 
@@ -152,8 +185,9 @@ def test_band_files_stack_in_the_order_given_whatever_their_names(tmp_path):
     paths = []
     for i, value in enumerate((30, 120, 210)):  # GeoTIFFs named like JPEG 2000 files
         band = np.full((256, 256), value, np.uint16) + textured(256, 256, seed=i).astype(np.uint16)
-        paths.append(write_raster(tmp_path / f"s2_B0{4 - i}.jp2", "EPSG:32618", 300_000.0,
-                                  4_200_000.0, 10.0, band))
+        paths.append(
+            write_raster(tmp_path / f"s2_B0{4 - i}.jp2", "EPSG:32618", 300_000.0, 4_200_000.0, 10.0, band)
+        )
     source = RasterSource(paths[0], stack=tuple(paths))
     assert source.name == "s2_B04+B03+B02"
     _, rgb = next(iter(source.tiles(TileGrid(128, 64, 10.0))))

@@ -131,20 +131,34 @@ def global_raster(tmp_path_factory):
     lat = 90 - (np.arange(height) + 0.5) * 180 / height
     data = sphere_pattern(*np.meshgrid(lon, lat))
     path = tmp_path_factory.mktemp("sphere") / "sphere.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-                       crs=pyproj.CRS(MARS).to_wkt(), transform=from_bounds(-180, -90, 180, 90, width, height),
-                       tiled=True, blockxsize=256, blockysize=256) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="uint8",
+        crs=pyproj.CRS(MARS).to_wkt(),
+        transform=from_bounds(-180, -90, 180, 90, width, height),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as dst:
         dst.write(np.clip(np.rint(data), 0, 255).astype(np.uint8))
     return RasterSource(path)
 
 
-@pytest.mark.parametrize("zone, centre", [
-    (Zone(1, "N"), (500_000, 1_500_000)),    # the zone's western edge: across 180
-    (Zone(60, "S"), (500_000, 7_000_000)),   # the eastern edge, south
-    (Zone(30, "N"), (480_000, 4_900_000)),   # far north in a transverse Mercator zone
-    (Zone(0, "N"), (2_000_000, 2_000_000)),  # centred on the north pole
-    (Zone(0, "S"), (2_000_000, 2_100_000)),  # next to the south pole
-])
+@pytest.mark.parametrize(
+    "zone, centre",
+    [
+        (Zone(1, "N"), (500_000, 1_500_000)),  # the zone's western edge: across 180
+        (Zone(60, "S"), (500_000, 7_000_000)),  # the eastern edge, south
+        (Zone(30, "N"), (480_000, 4_900_000)),  # far north in a transverse Mercator zone
+        (Zone(0, "N"), (2_000_000, 2_000_000)),  # centred on the north pole
+        (Zone(0, "S"), (2_000_000, 2_100_000)),  # next to the south pole
+    ],
+)
 def test_resampled_windows_match_the_sphere(global_raster, zone, centre):
     gsd = 5_000.0
     width = height = 160
@@ -152,8 +166,9 @@ def test_resampled_windows_match_the_sphere(global_raster, zone, centre):
     with global_raster._open() as src:
         from lookalike.indexer.sources import _WindowReader
 
-        pixels, valid = global_raster._window(_WindowReader(src, global_raster._meta), zone, x0, y0,
-                                              gsd, width, height)
+        pixels, valid = global_raster._window(
+            _WindowReader(src, global_raster._meta), zone, x0, y0, gsd, width, height
+        )
     assert valid.all()
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     lon, lat = from_zone(global_raster.geographic, zone, x0 + cols * gsd, y0 - rows * gsd)
@@ -172,9 +187,19 @@ def test_tiles_of_a_projected_polar_raster_match_the_sphere(tmp_path):
     lon, lat = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True).transform(x, y)
     data = np.clip(np.rint(sphere_pattern(lon, lat)), 0, 255).astype(np.uint8)
     path = tmp_path / "cap.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs=crs.to_wkt(), transform=from_bounds(xs[0] - res / 2, xs[0] - res / 2,
-                                                               -xs[0] + res / 2, -xs[0] + res / 2, size, size)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs=crs.to_wkt(),
+        transform=from_bounds(
+            xs[0] - res / 2, xs[0] - res / 2, -xs[0] + res / 2, -xs[0] + res / 2, size, size
+        ),
+    ) as dst:
         dst.write(data)
     source = RasterSource(path)
     to_cap = pyproj.Transformer.from_crs(crs.geodetic_crs, crs, always_xy=True)
@@ -192,8 +217,9 @@ def test_tiles_of_a_projected_polar_raster_match_the_sphere(tmp_path):
 
 
 # ------------------------------------------------------------------ the real mosaic against GDAL
-@pytest.mark.parametrize("zone, row", [(Zone(30, "N"), -5), (Zone(30, "N"), -20), (Zone(10, "S"), -55),
-                                       (Zone(45, "N"), -28)])
+@pytest.mark.parametrize(
+    "zone, row", [(Zone(30, "N"), -5), (Zone(30, "N"), -20), (Zone(10, "S"), -55), (Zone(45, "N"), -28)]
+)
 def test_mars_mosaic_windows_agree_with_gdal(data_dir, zone, row):
     from lookalike.indexer.sources import _WindowReader
 
@@ -202,8 +228,9 @@ def test_mars_mosaic_windows_agree_with_gdal(data_dir, zone, row):
     width, height = 384, 576
     x0, y0 = 500_000 - width / 2 * grid.gsd, grid.origin(row, 0)[1]
     with source._open() as src:
-        ours, ours_valid = source._window(_WindowReader(src, source._meta), zone, x0, y0, grid.gsd,
-                                          width, height)
+        ours, ours_valid = source._window(
+            _WindowReader(src, source._meta), zone, x0, y0, grid.gsd, width, height
+        )
         gdal, gdal_valid = source._warped(src, zone, x0, y0, grid.gsd, width, height)
     assert ours_valid.all() and gdal_valid.all()
     diff = np.abs(ours.astype(int) - gdal.astype(int))

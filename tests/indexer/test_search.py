@@ -10,6 +10,7 @@ from lookalike_testkit import make_index, popcount_reference, random_codes, stab
 from shapely.geometry import Point, box
 
 from lookalike.errors import CodeLengthError, LookalikeError
+from lookalike.indexer import search as search_mod
 from lookalike.indexer.search import (
     Filters,
     Query,
@@ -20,7 +21,6 @@ from lookalike.indexer.search import (
     tile_at,
     top_k,
 )
-from lookalike.indexer import search as search_mod
 from lookalike.indexer.store import Index
 
 
@@ -50,8 +50,7 @@ def test_hamming_distances_on_non_contiguous_and_memmap(tmp_path):
     codes = random_codes(200, 64, seed=4)
     np.save(tmp_path / "c.npy", codes)
     mm = np.load(tmp_path / "c.npy", mmap_mode="r")
-    np.testing.assert_array_equal(hamming_distances(mm[::3], mm[7]),
-                                  popcount_reference(codes[::3], codes[7]))
+    np.testing.assert_array_equal(hamming_distances(mm[::3], mm[7]), popcount_reference(codes[::3], codes[7]))
 
 
 @pytest.mark.parametrize("query_bits", [56, 72, 128])
@@ -61,8 +60,9 @@ def test_hamming_distances_wrong_length(query_bits):
 
 
 # ------------------------------------------------------------------ top_k
-@pytest.mark.parametrize("n, k, values", [(500, 10, 4), (500, 100, 2), (50, 200, 256),
-                                          (1, 1, 2), (300, 300, 3), (1000, 999, 1)])
+@pytest.mark.parametrize(
+    "n, k, values", [(500, 10, 4), (500, 100, 2), (50, 200, 256), (1, 1, 2), (300, 300, 3), (1000, 999, 1)]
+)
 def test_top_k_matches_stable_sort(n, k, values):
     codes = random_codes(n, 64, seed=n + k, values=values)  # few values: many ties
     d = hamming_distances(codes, codes[0])
@@ -129,8 +129,7 @@ def test_combine_examples_matches_vote_reference(n_pos, n_neg):
     rng = np.random.default_rng(n_pos * 10 + n_neg)
     pos = rng.random((n_pos, 32)) < 0.5
     neg = rng.random((n_neg, 32)) < 0.5 if n_neg else None
-    got = combine_examples(np.packbits(pos, axis=1),
-                           None if neg is None else np.packbits(neg, axis=1))
+    got = combine_examples(np.packbits(pos, axis=1), None if neg is None else np.packbits(neg, axis=1))
     np.testing.assert_array_equal(got, _vote_reference(pos, neg))
 
 
@@ -150,6 +149,7 @@ def index(tmp_path_factory):
 def _reference_mask(tiles: pd.DataFrame, f: Filters) -> np.ndarray:
     """Row-by-row, with shapely points, independent of the vectorised implementation."""
     out = []
+
     def utc(t):
         if t is None:
             return None
@@ -157,8 +157,11 @@ def _reference_mask(tiles: pd.DataFrame, f: Filters) -> np.ndarray:
         return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
     start, end = (utc(t) for t in (f.time_range or (None, None)))
-    region = f.region if f.region is None or isinstance(f.region, shapely.Geometry) \
+    region = (
+        f.region
+        if f.region is None or isinstance(f.region, shapely.Geometry)
         else shapely.geometry.shape(f.region)
+    )
     for rec in tiles.to_dict("records"):
         ok = True
         if f.zones:
@@ -190,11 +193,25 @@ FILTERS = {
     "bbox": Filters(bbox=(-30.0, -20.0, 40.0, 35.0)),
     "bbox antimeridian": Filters(bbox=(150.0, -50.0, -150.0, 50.0)),
     "region": Filters(region=shapely.Polygon([(-100, -40), (20, -40), (60, 30), (-100, 50)])),
-    "region geojson": Filters(region={"type": "Feature", "properties": {}, "geometry": {
-        "type": "MultiPolygon", "coordinates": [[[[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]],
-                                                [[[-170, -50], [-120, -50], [-120, 0], [-170, 0], [-170, -50]]]]}}),
-    "combined": Filters(sources=["alpha", "gamma"], labels=["crater"], bbox=(-180, -60, 90, 10),
-                        time_range=("2011-01-01", None)),
+    "region geojson": Filters(
+        region={
+            "type": "Feature",
+            "properties": {},
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [
+                    [[[0, 0], [50, 0], [50, 50], [0, 50], [0, 0]]],
+                    [[[-170, -50], [-120, -50], [-120, 0], [-170, 0], [-170, -50]]],
+                ],
+            },
+        }
+    ),
+    "combined": Filters(
+        sources=["alpha", "gamma"],
+        labels=["crater"],
+        bbox=(-180, -60, 90, 10),
+        time_range=("2011-01-01", None),
+    ),
 }
 
 
@@ -323,8 +340,11 @@ def _footprint_index(tmp_path):
     recs.append((179.8, 20.0))
     lon = np.array([r[0] for r in recs])
     lat = np.array([r[1] for r in recs])
-    tiles = pd.DataFrame(dict(tile_id=[f"f{i}" for i in range(len(recs))], source="s", zone="31N",
-                              lon=lon, lat=lat, time=pd.NaT))
+    tiles = pd.DataFrame(
+        dict(
+            tile_id=[f"f{i}" for i in range(len(recs))], source="s", zone="31N", lon=lon, lat=lat, time=pd.NaT
+        )
+    )
     for i, (dx, dy) in enumerate([(-1, 1), (1, 1), (1, -1), (-1, -1)]):
         tiles[f"lon{i}"] = ((lon + dx + 180) % 360 - 180).astype(np.float32)
         tiles[f"lat{i}"] = (lat + dy).astype(np.float32)
@@ -412,7 +432,9 @@ def test_the_query_tile_comes_first_among_ties(tmp_path):
         assert len(hits) == min(k, 300) and hits["tile_id"].is_unique
         assert (np.diff(hits["distance"].to_numpy()) >= 0).all()
     batch = search_index_batch(index, [Query(tile_id="t00201"), np.asarray(codes[201])], k=5)
-    assert batch[0]["tile_id"].iloc[0] == "t00201" and batch[1]["tile_id"].iloc[0] == "t00001"  # a raw code has no tile
+    assert (
+        batch[0]["tile_id"].iloc[0] == "t00201" and batch[1]["tile_id"].iloc[0] == "t00001"
+    )  # a raw code has no tile
     lon, lat = tiles.loc[200, ["lon", "lat"]]
     assert search_index(index, Query(lonlat=(lon, lat)), k=3)["tile_id"].iloc[0] == "t00200"
     other = Filters(sources=sorted(set(tiles["source"]) - {tiles.loc[200, "source"]}))

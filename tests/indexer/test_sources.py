@@ -9,7 +9,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from lookalike.errors import SourceError
-from lookalike.indexer.sources import RasterSource, parse_time, read_labels
+from lookalike.indexer.image_folders import read_labels
+from lookalike.indexer.sources import RasterSource, parse_time
 from lookalike.indexer.tiling import TileGrid, Zone
 
 # A 320 x 320 px UTM 33N raster at 10 m whose corner sits on the tile grid (a multiple of
@@ -24,8 +25,14 @@ def write_tif(path, data, crs="EPSG:32633", transform=None, nodata=None, tags=No
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
-    kwargs = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                  dtype=data.dtype, transform=transform or from_origin(X0, Y0, GSD, GSD))
+    kwargs = dict(
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        transform=transform or from_origin(X0, Y0, GSD, GSD),
+    )
     if crs is not None:
         kwargs["crs"] = crs
     if nodata is not None:
@@ -67,7 +74,7 @@ def test_tiles_skip_nodata_and_blank(scene):
     assert set(got) == expected
     for (r, c), rgb in got.items():
         assert rgb.shape == (TILE, TILE, 3) and rgb.dtype == np.uint8
-        want = np.moveaxis(data[:, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64], 0, -1)
+        want = np.moveaxis(data[:, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64], 0, -1)
         valid = want.any(axis=-1)
         # same grid, same CRS: the warp should reproduce the pixels
         assert np.abs(rgb[valid].astype(int) - want[valid]).mean() < 1.0
@@ -100,8 +107,12 @@ def test_tile_ids_stable_for_a_cropped_raster(tmp_path, scene):
     from lookalike.indexer.build import tile_record
 
     path, data = scene
-    crop = write_tif(tmp_path / "crop.tif", data[:, 64:256, 192:320], nodata=0,
-                     transform=from_origin(X0 + 192 * GSD, Y0 - 64 * GSD, GSD, GSD))
+    crop = write_tif(
+        tmp_path / "crop.tif",
+        data[:, 64:256, 192:320],
+        nodata=0,
+        transform=from_origin(X0 + 192 * GSD, Y0 - 64 * GSD, GSD, GSD),
+    )
     full = RasterSource(path, name="scene")
     part = RasterSource(crop, name="scene")
     a = {tile_record(full, GRID, p)["tile_id"]: rgb for p, rgb in full.tiles(GRID)}
@@ -121,7 +132,7 @@ def test_band_counts_give_rgb_uint8(tmp_path, bands):
     for p, rgb in tiles:
         assert rgb.shape == (TILE, TILE, 3) and rgb.dtype == np.uint8
         r, c = p.row - ROW0, p.col - COL0
-        block = data[:, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
+        block = data[:, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64]
         if bands == 1:
             assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
             want = np.repeat(block[0][..., None], 3, axis=-1)
@@ -134,7 +145,7 @@ def test_bands_option_picks_false_colour(tmp_path):
     rng = np.random.default_rng(5)
     data = noise(rng, (4, 64, 64))
     src = RasterSource(write_tif(tmp_path / "b4.tif", data), bands=(4, 3, 2))
-    (p, rgb), = list(src.tiles(GRID))
+    ((p, rgb),) = list(src.tiles(GRID))
     assert np.abs(rgb.astype(int) - np.moveaxis(data[[3, 2, 1]], 0, -1)).mean() < 1.0
     with pytest.raises(SourceError, match="bands"):
         RasterSource(tmp_path / "b4.tif", bands=(1, 2, 5))
@@ -171,7 +182,7 @@ def test_uint16_is_stretched_to_uint8(tmp_path):
     for p, rgb in tiles:
         assert rgb.shape == (TILE, TILE, 3) and rgb.dtype == np.uint8
         r, c = p.row - ROW0, p.col - COL0
-        values.append(data[0, r * 64:(r + 1) * 64, c * 64:(c + 1) * 64].ravel())
+        values.append(data[0, r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64].ravel())
         grey.append(rgb[..., 0].ravel())
     values, grey = np.concatenate(values), np.concatenate(grey)
     # a 2-98 % stretch uses the whole 8-bit range and keeps the order of values
@@ -185,8 +196,9 @@ def test_geographic_raster(tmp_path):
     """An EPSG:4326 raster tiles into UTM zones; gsd is derived from degrees."""
     rng = np.random.default_rng(7)
     data = noise(rng, (3, 200, 300))
-    path = write_tif(tmp_path / "geo.tif", data, crs="EPSG:4326",
-                     transform=from_origin(11.0, 46.0, 0.01, 0.01))
+    path = write_tif(
+        tmp_path / "geo.tif", data, crs="EPSG:4326", transform=from_origin(11.0, 46.0, 0.01, 0.01)
+    )
     src = RasterSource(path)
     assert src.native_gsd == pytest.approx(0.01 * np.pi / 180 * 6_378_137.0)
     grid = TileGrid(32, 32, 2000.0)
@@ -238,8 +250,9 @@ def test_acquisition_time_from_tiff_tag_and_override(tmp_path):
     with rasterio.open(tagged) as src:  # really stored in the file
         assert src.tags()["TIFFTAG_DATETIME"] == "2021:06:30 10:20:30"
     assert RasterSource(tagged).acquired == pd.Timestamp("2021-06-30T10:20:30Z")
-    assert RasterSource(tagged, time="2019-01-02T03:04:05+02:00").acquired == \
-        pd.Timestamp("2019-01-02T01:04:05Z")
+    assert RasterSource(tagged, time="2019-01-02T03:04:05+02:00").acquired == pd.Timestamp(
+        "2019-01-02T01:04:05Z"
+    )
     untagged = write_tif(tmp_path / "u.tif", data)
     assert RasterSource(untagged).acquired is None
     assert RasterSource(untagged, time="2020-05-06").acquired == pd.Timestamp("2020-05-06", tz="UTC")
@@ -296,12 +309,15 @@ def test_read_labels_ok(chips, tmp_path):
     assert list(train["path"]) == ["a.jpg", "c.jpg"] and list(train.index) == [0, 1]
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("", "empty"),
-    ("path,label,split\n", "no rows"),
-    ("path,split\na.jpg,train\n", "label"),
-    ("file,label\na.jpg,crater\n", "path"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "empty"),
+        ("path,label,split\n", "no rows"),
+        ("path,split\na.jpg,train\n", "label"),
+        ("file,label\na.jpg,crater\n", "path"),
+    ],
+)
 def test_read_labels_bad_csv(chips, tmp_path, text, needle):
     csv = tmp_path / "l.csv"
     csv.write_text(text)
@@ -363,15 +379,24 @@ def test_a_global_raster_is_tiled_to_the_pole_without_gaps(tmp_path, crs, radius
     assert (sign * lat).max() > 89.8
     for p in places:
         assert Zone.at(p.lon, p.lat) == p.zone
-    tiles = pd.DataFrame({"lon": [p.lon for p in places], "lat": lat,
-                          **{f"lon{i}": [p.corners_lon[i] for p in places] for i in range(4)},
-                          **{f"lat{i}": [p.corners_lat[i] for p in places] for i in range(4)}})
+    tiles = pd.DataFrame(
+        {
+            "lon": [p.lon for p in places],
+            "lat": lat,
+            **{f"lon{i}": [p.corners_lon[i] for p in places] for i in range(4)},
+            **{f"lat{i}": [p.corners_lat[i] for p in places] for i in range(4)},
+        }
+    )
     n = 3000
     seam = 84.0 if sign > 0 else 80.0
     lons = rng.uniform(-180.0, 180.0, n)
-    lats = sign * np.concatenate([rng.uniform(76.5, 90.0, n // 3),
-                                  seam + rng.uniform(-0.3, 0.3, n // 3),
-                                  rng.uniform(89.5, 90.0, n - 2 * (n // 3))])
+    lats = sign * np.concatenate(
+        [
+            rng.uniform(76.5, 90.0, n // 3),
+            seam + rng.uniform(-0.3, 0.3, n // 3),
+            rng.uniform(89.5, 90.0, n - 2 * (n // 3)),
+        ]
+    )
     found = tiles_under(tiles, np.r_[lons, 0.0], np.r_[lats, sign * 90.0])
     assert (found >= 0).all(), np.c_[lons, lats][found[:n] < 0][:5]
     for i in rng.choice(n, 300, replace=False):

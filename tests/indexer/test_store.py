@@ -73,8 +73,7 @@ def test_append_adds_rows_and_keeps_old_codes(tmp_path):
     new_tiles = synthetic_tiles(40, seed=1)
     new_tiles["tile_id"] = [f"new{i}" for i in range(40)]
     new_codes = random_codes(40, 64, seed=1)
-    write_index(path, new_codes, new_tiles, bits=64, append=True,
-                info=dict(sources={"beta": {"v": 2}}))
+    write_index(path, new_codes, new_tiles, bits=64, append=True, info=dict(sources={"beta": {"v": 2}}))
     idx = open_index(path)
     assert len(idx) == 140 and idx.manifest["generation"] == 2
     assert np.asarray(idx.codes)[:100].tobytes() == old_codes_bytes
@@ -92,8 +91,13 @@ def test_append_wrong_bits(tmp_path):
     _write(tmp_path / "i", bits=64)
     before = _snapshot(tmp_path / "i")
     with pytest.raises(CodeLengthError, match="64-bit"):
-        write_index(tmp_path / "i", random_codes(5, 128, seed=3), synthetic_tiles(5, seed=3).assign(
-            tile_id=[f"z{i}" for i in range(5)]), bits=128, append=True)
+        write_index(
+            tmp_path / "i",
+            random_codes(5, 128, seed=3),
+            synthetic_tiles(5, seed=3).assign(tile_id=[f"z{i}" for i in range(5)]),
+            bits=128,
+            append=True,
+        )
     assert _snapshot(tmp_path / "i") == before
 
 
@@ -272,8 +276,12 @@ def test_crash_during_append_leaves_previous_index(tmp_path, monkeypatch):
     idx = open_index(path)
     assert len(idx) == 110
     np.testing.assert_array_equal(np.asarray(idx.codes)[:100], codes)
-    assert {p.name for p in path.iterdir()} == {MANIFEST, "codes-000002.npy", "tiles-000002.parquet",
-                                                "hash-000001.npz"}
+    assert {p.name for p in path.iterdir()} == {
+        MANIFEST,
+        "codes-000002.npy",
+        "tiles-000002.parquet",
+        "hash-000001.npz",
+    }
 
 
 def test_crash_during_first_write_leaves_no_index(tmp_path, monkeypatch):
@@ -299,8 +307,13 @@ def test_crash_while_writing_codes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "_save_npy", broken)
     with pytest.raises(OSError, match="disk full"):
-        write_index(path, random_codes(3, 64, seed=8),
-                    synthetic_tiles(3, seed=8).assign(tile_id=["a", "b", "c"]), bits=64, append=True)
+        write_index(
+            path,
+            random_codes(3, 64, seed=8),
+            synthetic_tiles(3, seed=8).assign(tile_id=["a", "b", "c"]),
+            bits=64,
+            append=True,
+        )
     monkeypatch.undo()
     assert (path / MANIFEST).read_bytes() == before
     np.testing.assert_array_equal(np.asarray(open_index(path).codes), codes)

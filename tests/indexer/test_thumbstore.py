@@ -11,7 +11,11 @@ from lookalike_testkit import hash_bytes, random_codes, synthetic_tiles
 from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.indexer.store import open_index, update_tables, write_index
 from lookalike.indexer.thumbstore import (
-    THUMB_SIZE, ThumbnailFile, iter_thumbnails, jpeg_thumbnails, write_thumbnails,
+    THUMB_SIZE,
+    ThumbnailFile,
+    iter_thumbnails,
+    jpeg_thumbnails,
+    write_thumbnails,
 )
 
 
@@ -45,13 +49,26 @@ def test_store_keeps_thumbnails_through_appends_and_checks_them(tmp_path):
     tiles = synthetic_tiles(30)
     first = jpeg_thumbnails(pictures(20, 1))
     path = tmp_path / "idx"
-    write_index(path, random_codes(20, 64), tiles.iloc[:20], bits=64, hash_model=hash_bytes(64),
-                info=dict(kind="test"), thumbs=iter(first))
+    write_index(
+        path,
+        random_codes(20, 64),
+        tiles.iloc[:20],
+        bits=64,
+        hash_model=hash_bytes(64),
+        info=dict(kind="test"),
+        thumbs=iter(first),
+    )
     index = open_index(path)
     assert [index.thumbnail(i) for i in range(20)] == first
     more = jpeg_thumbnails(pictures(10, 2))
-    write_index(path, random_codes(10, 64, seed=1), tiles.iloc[20:].reset_index(drop=True), bits=64,
-                append=True, thumbs=iter(more))
+    write_index(
+        path,
+        random_codes(10, 64, seed=1),
+        tiles.iloc[20:].reset_index(drop=True),
+        bits=64,
+        append=True,
+        thumbs=iter(more),
+    )
     update_tables(path, info=dict(note="tables rewritten: thumbnails stay"))
     index = open_index(path)
     assert [index.thumbnail(i) for i in range(30)] == first + more
@@ -66,11 +83,25 @@ def test_store_keeps_thumbnails_through_appends_and_checks_them(tmp_path):
 def test_thumbnails_must_match_the_rows_and_an_append_without_them_drops_them(tmp_path):
     tiles = synthetic_tiles(12)
     with pytest.raises(LookalikeError, match="4 thumbnails for 8 tiles"):
-        write_index(tmp_path / "a", random_codes(8, 64), tiles.iloc[:8], bits=64, hash_model=hash_bytes(64),
-                    thumbs=iter(jpeg_thumbnails(pictures(4))))
+        write_index(
+            tmp_path / "a",
+            random_codes(8, 64),
+            tiles.iloc[:8],
+            bits=64,
+            hash_model=hash_bytes(64),
+            thumbs=iter(jpeg_thumbnails(pictures(4))),
+        )
     assert not (tmp_path / "a" / "manifest.json").exists() and not list((tmp_path / "a").glob("*-000001.*"))
-    write_index(tmp_path / "b", random_codes(8, 64), tiles.iloc[:8], bits=64, hash_model=hash_bytes(64),
-                thumbs=iter(jpeg_thumbnails(pictures(8))))
-    write_index(tmp_path / "b", random_codes(4, 64), tiles.iloc[8:].reset_index(drop=True), bits=64, append=True)
+    write_index(
+        tmp_path / "b",
+        random_codes(8, 64),
+        tiles.iloc[:8],
+        bits=64,
+        hash_model=hash_bytes(64),
+        thumbs=iter(jpeg_thumbnails(pictures(8))),
+    )
+    write_index(
+        tmp_path / "b", random_codes(4, 64), tiles.iloc[8:].reset_index(drop=True), bits=64, append=True
+    )
     index = open_index(tmp_path / "b")
     assert "thumbs" not in index.manifest["files"] and index.thumbnail(0) is None  # rendered instead

@@ -25,8 +25,9 @@ MARS = pyproj.CRS("IAU_2015:49900")
 
 
 # ------------------------------------------------------------------ zones
-@pytest.mark.parametrize("text, number, hemisphere", [
-    ("33N", 33, "N"), ("7s", 7, "S"), (" 60n ", 60, "N"), ("1S", 1, "S")])
+@pytest.mark.parametrize(
+    "text, number, hemisphere", [("33N", 33, "N"), ("7s", 7, "S"), (" 60n ", 60, "N"), ("1S", 1, "S")]
+)
 def test_zone_parse_and_label(text, number, hemisphere):
     zone = Zone.parse(text)
     assert zone == Zone(number, hemisphere)
@@ -34,8 +35,9 @@ def test_zone_parse_and_label(text, number, hemisphere):
     assert Zone.parse(zone.label) == zone
 
 
-@pytest.mark.parametrize("text", ["", "N", "33", "33X", "0N", "61S", "-3N", "3.5N", "abcN", "UPS", "UPSX",
-                                  "UPS1N"])
+@pytest.mark.parametrize(
+    "text", ["", "N", "33", "33X", "0N", "61S", "-3N", "3.5N", "abcN", "UPS", "UPSX", "UPS1N"]
+)
 def test_zone_parse_rejects_garbage(text):
     with pytest.raises(ValueError):
         Zone.parse(text)
@@ -59,12 +61,28 @@ def test_polar_zone_parse_and_label(text, hemisphere):
     assert zone.lon_range == (-180.0, 180.0)
 
 
-@pytest.mark.parametrize("lon, lat, expected", [
-    (-180.0, 10.0, "1N"), (-174.0001, 10.0, "1N"), (-174.0, 10.0, "2N"), (0.0, 0.0, "31N"),
-    (-0.0001, 0.0, "30N"), (15.0, 45.0, "33N"), (179.999, -1.0, "60S"), (180.0, 5.0, "1N"),
-    (540.0, 5.0, "1N"), (-183.0, -5.0, "60S"), (3.0, -0.0001, "31S"), (15.0, 83.999, "33N"),
-    (10.0, 84.0, "UPSN"), (-120.0, 90.0, "UPSN"), (15.0, -80.0, "33S"), (10.0, -80.0001, "UPSS"),
-    (0.0, -90.0, "UPSS")])
+@pytest.mark.parametrize(
+    "lon, lat, expected",
+    [
+        (-180.0, 10.0, "1N"),
+        (-174.0001, 10.0, "1N"),
+        (-174.0, 10.0, "2N"),
+        (0.0, 0.0, "31N"),
+        (-0.0001, 0.0, "30N"),
+        (15.0, 45.0, "33N"),
+        (179.999, -1.0, "60S"),
+        (180.0, 5.0, "1N"),
+        (540.0, 5.0, "1N"),
+        (-183.0, -5.0, "60S"),
+        (3.0, -0.0001, "31S"),
+        (15.0, 83.999, "33N"),
+        (10.0, 84.0, "UPSN"),
+        (-120.0, 90.0, "UPSN"),
+        (15.0, -80.0, "33S"),
+        (10.0, -80.0001, "UPSS"),
+        (0.0, -90.0, "UPSS"),
+    ],
+)
 def test_zone_at(lon, lat, expected):
     assert Zone.at(lon, lat).label == expected
 
@@ -111,17 +129,20 @@ def _reference_zones(west, south, east, north, lat_range=(-90.0, 90.0)):
     return found
 
 
-@pytest.mark.parametrize("box, expected", [
-    ((10.0, 40.0, 20.0, 50.0), {"32N", "33N", "34N"}),
-    ((0.0, 0.0, 6.0, 1.0), {"31N"}),
-    ((-1.0, -1.0, 1.0, 1.0), {"30N", "31N", "30S", "31S"}),
-    ((170.0, -5.0, -170.0, 5.0), {f"{n}{h}" for n in (59, 60, 1, 2) for h in "NS"}),
-    ((179.0, 10.0, -179.0, 11.0), {"60N", "1N"}),
-    ((-180.0, -90.0, 180.0, 90.0), {f"{n}{h}" for n in range(1, 61) for h in "NS"} | {"UPSN", "UPSS"}),
-    ((10.0, 85.0, 20.0, 89.0), {"UPSN"}),  # beyond UTM's northern limit: the polar cap
-    ((10.0, -89.0, 20.0, -85.0), {"UPSS"}),
-    ((10.0, 83.0, 20.0, 85.0), {"32N", "33N", "34N", "UPSN"}),
-])
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ((10.0, 40.0, 20.0, 50.0), {"32N", "33N", "34N"}),
+        ((0.0, 0.0, 6.0, 1.0), {"31N"}),
+        ((-1.0, -1.0, 1.0, 1.0), {"30N", "31N", "30S", "31S"}),
+        ((170.0, -5.0, -170.0, 5.0), {f"{n}{h}" for n in (59, 60, 1, 2) for h in "NS"}),
+        ((179.0, 10.0, -179.0, 11.0), {"60N", "1N"}),
+        ((-180.0, -90.0, 180.0, 90.0), {f"{n}{h}" for n in range(1, 61) for h in "NS"} | {"UPSN", "UPSS"}),
+        ((10.0, 85.0, 20.0, 89.0), {"UPSN"}),  # beyond UTM's northern limit: the polar cap
+        ((10.0, -89.0, 20.0, -85.0), {"UPSS"}),
+        ((10.0, 83.0, 20.0, 85.0), {"32N", "33N", "34N", "UPSN"}),
+    ],
+)
 def test_zones_for_bounds_examples(box, expected):
     zones = zones_for_bounds(*box)
     labels = [z.label for z in zones]
@@ -163,8 +184,9 @@ def _reference_covering(grid: TileGrid, xmin, ymin, xmax, ymax):
     return tiles
 
 
-@pytest.mark.parametrize("grid", [TileGrid(128, 64, 1.0), TileGrid(64, 64, 10.0),
-                                  TileGrid(100, 30, 2.5), TileGrid(256, 256, 0.5)])
+@pytest.mark.parametrize(
+    "grid", [TileGrid(128, 64, 1.0), TileGrid(64, 64, 10.0), TileGrid(100, 30, 2.5), TileGrid(256, 256, 0.5)]
+)
 def test_covering_matches_brute_force(grid):
     rng = np.random.default_rng(grid.size)
     boxes = [(0.0, 0.0, grid.step, grid.step), (-grid.step, -3 * grid.step, 2 * grid.step, 0.0)]
@@ -237,8 +259,10 @@ def test_mars_zones_are_spherical_tm_with_unit_scale(hemisphere):
     np.testing.assert_allclose(y, fn + r * np.radians(lat), atol=1e-3)
 
 
-@pytest.mark.parametrize("geographic, number, hemisphere", [
-    (WGS84, 33, "N"), (WGS84, 19, "S"), (MARS, 31, "N"), (MARS, 5, "S"), (MARS, 60, "N")])
+@pytest.mark.parametrize(
+    "geographic, number, hemisphere",
+    [(WGS84, 33, "N"), (WGS84, 19, "S"), (MARS, 31, "N"), (MARS, 5, "S"), (MARS, 60, "N")],
+)
 def test_tile_footprints_round_trip(geographic, number, hemisphere):
     zone = Zone(number, hemisphere)
     grid = TileGrid(128, 64, 100.0 if geographic is WGS84 else 2000.0)
@@ -328,7 +352,7 @@ def test_polar_cap_tiles_cover_the_cap_to_the_pole(geographic, hemisphere):
     assert len(holding) == 1
     # the number of cap tiles is about the cap's projected area over a tile's
     rho = abs(float(to_zone(geographic, zone, 0.0, sign * limit)[1]) - 2_000_000.0)
-    expected = math.pi * rho ** 2 / (grid.size * grid.gsd) ** 2
+    expected = math.pi * rho**2 / (grid.size * grid.gsd) ** 2
     assert abs(len(places) - expected) < 0.02 * expected
 
 

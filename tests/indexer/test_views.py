@@ -40,8 +40,9 @@ def test_eight_views_are_invariant_to_every_rotation_and_flip(backbone, real_til
 
 def test_the_multilevel_eight_views_are_invariant_on_a_real_tile(real_tile):
     """The same for the multilevel backbone (two pooled depths, each normalised per view)."""
-    feats = Encoder("efficientnet_lite0_multilevel", device="cpu", runtime="torch",
-                    views=8).features(np.stack(dihedral(real_tile)))
+    feats = Encoder("efficientnet_lite0_multilevel", device="cpu", runtime="torch", views=8).features(
+        np.stack(dihedral(real_tile))
+    )
     assert feats.shape[1] == 1392
     assert np.abs(feats - feats[0]).max() <= 1e-6 * np.abs(feats[0]).max()
 
@@ -70,7 +71,9 @@ def test_index_records_views_and_appends_keep_them(mars_index, tmp_path, data_di
     assert index.views == DEFAULT_VIEWS and index.manifest["backbone"]["views"] == DEFAULT_VIEWS
     copy = tmp_path / "index"
     shutil.copytree(mars_index, copy)
-    code, _, err = run_main(["index", "mars_8k", "--zones", "32N", "--append", "--views", "1", "--out", copy],
-                            LOOKALIKE_DATA=data_dir)
+    code, _, err = run_main(
+        ["index", "mars_8k", "--zones", "32N", "--append", "--views", "1", "--out", copy],
+        LOOKALIKE_DATA=data_dir,
+    )
     assert code != 0 and "--views 2" in err and "Traceback" not in err
     assert open_index(copy).n == index.n  # nothing was added

@@ -21,8 +21,18 @@ from lookalike.models.defaults import DEFAULT_BACKBONE, LITE_BACKBONES, MULTILEV
 
 # ImageNet-1k class ids of buildings a Chinese temple photo may be taken for
 # (bell cote, boathouse, church, dome, monastery, mosque, palace, stupa, tile roof, castle)
-BUILDINGS = {442: "bell cote", 449: "boathouse", 497: "church", 538: "dome", 663: "monastery",
-             668: "mosque", 698: "palace", 832: "stupa", 858: "tile roof", 483: "castle"}
+BUILDINGS = {
+    442: "bell cote",
+    449: "boathouse",
+    497: "church",
+    538: "dome",
+    663: "monastery",
+    668: "mosque",
+    698: "palace",
+    832: "stupa",
+    858: "tile roof",
+    483: "castle",
+}
 
 
 def test_shipped_weights_load(backbone):
@@ -54,8 +64,9 @@ def test_larger_lite_weights_load(variant):
         assert torch.equal(mine, theirs)
     # block counts 1, 3, 3, 4, 4, 5, 1 for both; Lite2 is 10 % wider
     assert [r for *_, r in lite_stages(variant)] == [1, 3, 3, 4, 4, 5, 1]
-    assert [c for *_, c, _ in lite_stages(variant)] == ([16, 24, 40, 80, 112, 192, 320] if variant == 1
-                                                       else [16, 24, 48, 88, 120, 208, 352])
+    assert [c for *_, c, _ in lite_stages(variant)] == (
+        [16, 24, 40, 80, 112, 192, 320] if variant == 1 else [16, 24, 48, 88, 120, 208, 352]
+    )
     assert net.body.stage_starts == [3, 4, 7, 10, 14, 18, 23]
 
 
@@ -116,7 +127,7 @@ def test_imagenet_classifier_recognises_a_building(variant, size, backbone):
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
     h, w = x.shape[-2:]
     s = min(h, w)
-    x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]  # centre crop
+    x = x[..., (h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]  # centre crop
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     with torch.inference_mode():
         probs = backbone.body.classifier(backbone(x)).softmax(1)[0]

@@ -61,8 +61,9 @@ def test_trained_probe_is_calibrated_and_round_trips(tmp_path):
     centres = rng.normal(0, 1, (3, 20))
     labels = np.repeat(np.array(["a", "b", "c"]), 60)
     x = centres[np.repeat(np.arange(3), 60)] + rng.normal(0, 1.2, (180, 20))
-    model, report = train_classifier(x, labels, config=ClassifierConfig(hidden=8, epochs=15), folds=3,
-                                     progress=False)
+    model, report = train_classifier(
+        x, labels, config=ClassifierConfig(hidden=8, epochs=15), folds=3, progress=False
+    )
     assert report["cv_accuracy"] > 0.8
     assert model.meta["cv"]["nll"] <= model.meta["cv"]["nll_uncalibrated"] + 1e-9
     path = tmp_path / "m.npz"
@@ -85,18 +86,20 @@ def test_grouped_folds_keep_groups_together():
 def test_metrics_against_hand_computed_example():
     classes = ["a", "b", "c"]
     labels = np.array(["a", "a", "a", "b", "b", "c"])
-    proba = np.array([
-        [0.95, 0.03, 0.02],  # a, right, confident
-        [0.60, 0.30, 0.10],  # a, right, abstained at 0.9
-        [0.05, 0.92, 0.03],  # a, wrong (b), confident
-        [0.02, 0.97, 0.01],  # b, right, confident
-        [0.50, 0.40, 0.10],  # b, wrong (a), abstained
-        [0.01, 0.01, 0.98],  # c, right, confident
-    ])
+    proba = np.array(
+        [
+            [0.95, 0.03, 0.02],  # a, right, confident
+            [0.60, 0.30, 0.10],  # a, right, abstained at 0.9
+            [0.05, 0.92, 0.03],  # a, wrong (b), confident
+            [0.02, 0.97, 0.01],  # b, right, confident
+            [0.50, 0.40, 0.10],  # b, wrong (a), abstained
+            [0.01, 0.01, 0.98],  # c, right, confident
+        ]
+    )
     m = classification_metrics(labels, proba, classes, threshold=0.9)
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["abstention_rate"] == pytest.approx(2 / 6)
-    assert m["accuracy_at_threshold"] == pytest.approx(3 / 4)   # rows 0, 2, 3, 5 accepted; 2 wrong
+    assert m["accuracy_at_threshold"] == pytest.approx(3 / 4)  # rows 0, 2, 3, 5 accepted; 2 wrong
     a, b, c = m["per_class"]["a"], m["per_class"]["b"], m["per_class"]["c"]
     # predicted a: rows 0, 1, 4 (2 right); predicted b: rows 2, 3 (1 right); predicted c: row 5
     assert a["precision"] == pytest.approx(2 / 3) and a["recall"] == pytest.approx(2 / 3)

@@ -11,13 +11,16 @@ from lookalike.models.metrics import average_precision_at_k, rank_euclidean, ret
 
 
 def test_average_precision_hand_computed():
-    rel = np.array([
-        [1, 0, 1, 0, 0],  # hits at 1 and 3; R = 3: (1 + 2/3) / 3
-        [0, 1, 0, 0, 1],  # hits at 2 and 5; R = 2: (1/2 + 2/5) / 2
-        [0, 0, 0, 0, 0],  # no hit, R = 4: 0
-        [1, 1, 1, 1, 1],  # perfect, R = 10 > k: 5/5 = 1
-        [0, 0, 0, 0, 0],  # nothing relevant exists: 0
-    ], bool)
+    rel = np.array(
+        [
+            [1, 0, 1, 0, 0],  # hits at 1 and 3; R = 3: (1 + 2/3) / 3
+            [0, 1, 0, 0, 1],  # hits at 2 and 5; R = 2: (1/2 + 2/5) / 2
+            [0, 0, 0, 0, 0],  # no hit, R = 4: 0
+            [1, 1, 1, 1, 1],  # perfect, R = 10 > k: 5/5 = 1
+            [0, 0, 0, 0, 0],  # nothing relevant exists: 0
+        ],
+        bool,
+    )
     n_rel = np.array([3, 2, 4, 10, 0])
     ap = average_precision_at_k(rel, n_rel, 5)
     np.testing.assert_allclose(ap, [5 / 9, 0.45, 0.0, 1.0, 0.0])

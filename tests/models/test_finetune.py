@@ -13,7 +13,7 @@ import torch
 from lookalike.errors import ModelError
 from lookalike.indexer.encoding import classifier_encoder, encoder_fits
 from lookalike.indexer.features import stem_activations
-from lookalike.indexer.sources import load_image
+from lookalike.indexer.image_folders import load_image
 from lookalike.models.backbones import create_backbone
 from lookalike.models.classifier import ProbeClassifier
 from lookalike.models.finetune import (
@@ -45,7 +45,9 @@ def crops(data_dir):
     return root, table.groupby("label").head(2).reset_index(drop=True)
 
 
-def _perturbed_model(n_classes: int = 3, views: int = 1, seed: int = 0) -> tuple[ProbeClassifier, TailClassifier]:
+def _perturbed_model(
+    n_classes: int = 3, views: int = 1, seed: int = 0
+) -> tuple[ProbeClassifier, TailClassifier]:
     """A classifier whose tail differs from ImageNet's (so the test sees the tail used) and
     the training-side module holding the same weights."""
     torch.manual_seed(seed)
@@ -57,9 +59,16 @@ def _perturbed_model(n_classes: int = 3, views: int = 1, seed: int = 0) -> tuple
         module.head.weight.normal_(0, 0.05)
     state = round_tail(backbone, CUT)  # the module now holds the weights as stored
     dim = backbone.spec.num_features
-    model = ProbeClassifier([f"c{i}" for i in range(n_classes)], np.zeros(dim, np.float32),
-                            np.ones(dim, np.float32), [module.head.weight.detach().numpy()],
-                            [module.head.bias.detach().numpy()], views=views, tail=state, cut=CUT)
+    model = ProbeClassifier(
+        [f"c{i}" for i in range(n_classes)],
+        np.zeros(dim, np.float32),
+        np.ones(dim, np.float32),
+        [module.head.weight.detach().numpy()],
+        [module.head.bias.detach().numpy()],
+        views=views,
+        tail=state,
+        cut=CUT,
+    )
     module.head.weight.data = torch.from_numpy(model.weights[0].copy())
     return model, module.eval()
 
@@ -78,10 +87,15 @@ def test_cached_path_gives_the_full_networks_logits(crops):
     assert np.abs(cached - full).max() < 0.05
     assert (cached.argmax(1) == full.argmax(1)).all()
     # the tail changes the features: an ImageNet encoder would give other logits
-    plain = classifier_encoder(ProbeClassifier(model.classes, model.mean, model.std, model.weights,
-                                               model.biases))
-    assert np.abs(model.logits(plain.features(np.stack([load_image(root / table["path"][0], 224)])))
-                  - full[:1]).max() > 0.05
+    plain = classifier_encoder(
+        ProbeClassifier(model.classes, model.mean, model.std, model.weights, model.biases)
+    )
+    assert (
+        np.abs(
+            model.logits(plain.features(np.stack([load_image(root / table["path"][0], 224)]))) - full[:1]
+        ).max()
+        > 0.05
+    )
 
 
 def test_every_cached_view_is_its_rotation(crops):
@@ -97,7 +111,7 @@ def test_every_cached_view_is_its_rotation(crops):
         turned = np.rot90(image, turns)  # numpy and torch turn the same way on (H, W) / (H, W) dims
         turned = turned[:, ::-1] if mirror else turned
         full = model.logits(encoder.features(turned[None].copy()))
-        assert np.abs(tail_logits(module, acts[:, v:v + 1])[0, 0] - full[0]).max() < 0.05, v
+        assert np.abs(tail_logits(module, acts[:, v : v + 1])[0, 0] - full[0]).max() < 0.05, v
 
 
 def test_test_time_views_make_the_model_invariant_to_rotation(crops):
@@ -122,8 +136,12 @@ def test_tail_survives_saving_and_loading(tmp_path):
     assert all(np.array_equal(loaded.tail[k], model.tail[k]) for k in model.tail)
     encoder = classifier_encoder(loaded)
     assert encoder_fits(encoder, model) and encoder.views == 8
-    assert not encoder_fits(classifier_encoder(ProbeClassifier(model.classes, model.mean, model.std,
-                                                               model.weights, model.biases)), model)
+    assert not encoder_fits(
+        classifier_encoder(
+            ProbeClassifier(model.classes, model.mean, model.std, model.weights, model.biases)
+        ),
+        model,
+    )
     assert (tmp_path / "m.npz").stat().st_size < 2e6
 
 
@@ -147,8 +165,9 @@ def test_finetune_learns_a_separable_toy_problem():
     backbone = create_backbone()
     before = tail_state(backbone, 19)
     acts, ids = _toy_problem()
-    model, report = finetune_tail(acts, ids, 2, backbone, FinetuneConfig(cut=19, epochs=8, batch_size=16),
-                                  progress=False)
+    model, report = finetune_tail(
+        acts, ids, 2, backbone, FinetuneConfig(cut=19, epochs=8, batch_size=16), progress=False
+    )
     assert report["loss_per_epoch"][-1] < report["loss_per_epoch"][0]
     assert (tail_logits(model, acts).mean(1).argmax(1) == ids).all()
     after = tail_state(backbone, 19)
@@ -191,20 +210,24 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(tmp_path, monkeypatch)
     monkeypatch.setattr(finetune, "_save_checkpoint", save)
     assert saved == [1, 2] and checkpoint.is_file()
 
-    resumed, report = finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False,
-                                    checkpoint=checkpoint)
+    resumed, report = finetune_tail(
+        acts, ids, 2, create_backbone(), cfg, progress=False, checkpoint=checkpoint
+    )
     assert report["resumed_after_epoch"] == 2 and len(report["loss_per_epoch"]) == 4
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
     # another training's checkpoint (here: more epochs) is not resumed from
     longer = FinetuneConfig(cut=19, epochs=5, batch_size=16)
-    _, report = finetune_tail(acts, ids, 2, create_backbone(), longer, progress=False,
-                              checkpoint=checkpoint)
+    _, report = finetune_tail(acts, ids, 2, create_backbone(), longer, progress=False, checkpoint=checkpoint)
     assert report["resumed_after_epoch"] == 0
     checkpoint.write_bytes(b"torn")
-    assert finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False,
-                         checkpoint=checkpoint)[1]["resumed_after_epoch"] == 0
+    assert (
+        finetune_tail(acts, ids, 2, create_backbone(), cfg, progress=False, checkpoint=checkpoint)[1][
+            "resumed_after_epoch"
+        ]
+        == 0
+    )
 
 
 def test_stem_cache_resumes_from_its_chunks(crops, tmp_path, monkeypatch):

@@ -16,15 +16,14 @@ def test_pack_unpack_round_trip(bits):
     packed = pack_bits(b)
     assert packed.shape == (37, bits // 8) and packed.dtype == np.uint8
     np.testing.assert_array_equal(unpack_bits(packed), b)
-    np.testing.assert_array_equal(unpack_bits(packed, bits - 3), b[:, :bits - 3])
+    np.testing.assert_array_equal(unpack_bits(packed, bits - 3), b[:, : bits - 3])
     # first bit is the most significant: byte value = sum(bit_i * 2**(7 - i))
     ref = (b.reshape(37, bits // 8, 8) * (1 << np.arange(7, -1, -1))).sum(-1)
     np.testing.assert_array_equal(packed, ref)
 
 
 def test_pack_bits_order():
-    np.testing.assert_array_equal(pack_bits([[1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]]),
-                                  [[129, 64]])
+    np.testing.assert_array_equal(pack_bits([[1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]]), [[129, 64]])
 
 
 @pytest.mark.parametrize("shape", [(4, 12), (4, 7), (16,), (2, 3, 8), (0, 5)])
@@ -142,8 +141,12 @@ def test_model_file_without_header_or_wrong_format(tmp_path):
     import json
 
     header = json.dumps(dict(format=99, method="x", backbone="", bits=8, in_features=4)).encode()
-    np.savez(tmp_path / "v99.npz", mean=np.zeros(4), projection=np.zeros((4, 8)),
-             header=np.frombuffer(header, np.uint8))
+    np.savez(
+        tmp_path / "v99.npz",
+        mean=np.zeros(4),
+        projection=np.zeros((4, 8)),
+        header=np.frombuffer(header, np.uint8),
+    )
     with pytest.raises(LookalikeError, match="format 99"):
         LinearHash.load(tmp_path / "v99.npz")
     with pytest.raises(LookalikeError, match="does not exist"):

@@ -52,8 +52,9 @@ def test_mirs_head_architecture_and_outputs():
     torch.testing.assert_close(head(x), p)  # no noise: same in train and eval mode
 
 
-@pytest.mark.parametrize("make", [lambda: NoisyClassifierHead(20, 3, bits=16),
-                                  lambda: AutoencoderHead(20, bits=16, hidden=32)])
+@pytest.mark.parametrize(
+    "make", [lambda: NoisyClassifierHead(20, 3, bits=16), lambda: AutoencoderHead(20, bits=16, hidden=32)]
+)
 def test_noisy_heads_add_noise_only_in_training(make):
     torch.manual_seed(0)
     head = make()
@@ -126,9 +127,14 @@ def _hamming_matrix(model, x) -> np.ndarray:
 
 def _train(method, x, labels, scale, epochs=8, **kw):
     cfg = TrainConfig(method=method, bits=32, epochs=epochs, **kw)
-    return train_hash(x, labels if method in SUPERVISED else None,
-                      _views(x, scale) if method == "mirs-ntxent" else None, cfg,
-                      backbone="synthetic", progress=False)
+    return train_hash(
+        x,
+        labels if method in SUPERVISED else None,
+        _views(x, scale) if method == "mirs-ntxent" else None,
+        cfg,
+        backbone="synthetic",
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -158,13 +164,16 @@ def test_train_hash_is_deterministic_for_a_seed(clusters):
     assert np.array_equal(a.encode(x), b.encode(x))
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(method="nope"), "unknown method"),
-    (dict(method="mirs-triplet"), "needs labels"),
-    (dict(method="descartes-classifier"), "needs labels"),
-    (dict(method="mirs-ntxent"), "two augmented views"),
-    (dict(method="descartes-autoencoder", bits=12), "multiple of 8"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(method="nope"), "unknown method"),
+        (dict(method="mirs-triplet"), "needs labels"),
+        (dict(method="descartes-classifier"), "needs labels"),
+        (dict(method="mirs-ntxent"), "two augmented views"),
+        (dict(method="descartes-autoencoder", bits=12), "multiple of 8"),
+    ],
+)
 def test_train_hash_rejects_bad_requests(clusters, kwargs, needle):
     x, _, _ = clusters  # no labels, no views
     with pytest.raises(LookalikeError, match=needle):
@@ -206,8 +215,11 @@ def test_export_head_folds_standardisation_exactly():
     rng = np.random.default_rng(3)
     x = (rng.normal(5, 3, (200, 24)) * rng.uniform(0.1, 10, 24)).astype(np.float32)
     mean, std = x.mean(0), x.std(0)
-    heads = [(MIRSHead(24, 16), 3), (NoisyClassifierHead(24, 3, 16), 1),
-             (AutoencoderHead(24, 16, hidden=64), 2)]  # the code path only: no classifier/decoder
+    heads = [
+        (MIRSHead(24, 16), 3),
+        (NoisyClassifierHead(24, 3, 16), 1),
+        (AutoencoderHead(24, 16, hidden=64), 2),
+    ]  # the code path only: no classifier/decoder
     for head, n_layers in heads:
         head.eval()
         model = export_head(head, mean, std, TrainConfig(method="x", bits=16), "b", len(x))
@@ -227,8 +239,13 @@ def test_network_hash_save_load_round_trip(tmp_path, clusters):
     assert len(digest) == 64
     loaded = load_hash_model(path)
     assert isinstance(loaded, NetworkHash)
-    assert (loaded.bits, loaded.in_features, loaded.slope, loaded.method, loaded.backbone) == \
-        (model.bits, model.in_features, model.slope, model.method, model.backbone)
+    assert (loaded.bits, loaded.in_features, loaded.slope, loaded.method, loaded.backbone) == (
+        model.bits,
+        model.in_features,
+        model.slope,
+        model.method,
+        model.backbone,
+    )
     assert loaded.meta == model.meta
     for a, b in zip(loaded.weights + loaded.biases, model.weights + model.biases):
         assert np.array_equal(a, b)
@@ -315,8 +332,9 @@ def test_similarity_matching_loss_is_zero_when_code_cosines_match():
     assert float(similarity_matching_loss(p, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))) > 0.1
     same = torch.eye(2)
     # blend 1: the target is class agreement only (same as the identity here)
-    assert float(similarity_matching_loss(p, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), same, 1.0)) \
-        == pytest.approx(0.0, abs=1e-7)
+    assert float(
+        similarity_matching_loss(p, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), same, 1.0)
+    ) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_similarity_code_keeps_neighbourhoods_in_every_domain(clusters):
@@ -333,8 +351,15 @@ def test_similarity_code_keeps_neighbourhoods_in_every_domain(clusters):
     assert _leave_one_out_map(model, x, labels) > 0.8
     assert _leave_one_out_map(model, other, other_labels) > 0.8
     # with labels, the blend and the classifier term train too; results are exported as arrays
-    cfg = SimilarityConfig(bits=32, steps=50, domain_batch=32, labelled_batch=32, label_blend=0.5,
-                           supervised_weight=0.5, hidden=16)
+    cfg = SimilarityConfig(
+        bits=32,
+        steps=50,
+        domain_batch=32,
+        labelled_batch=32,
+        label_blend=0.5,
+        supervised_weight=0.5,
+        hidden=16,
+    )
     model = train_similarity_hash({"a": x}, {"a": (x, labels)}, cfg, progress=False)
     assert len(model.weights) == 2 and model.meta["labelled"] == {"a": len(x)}
     with pytest.raises(LookalikeError, match="same width"):
@@ -345,8 +370,12 @@ def test_similarity_code_keeps_neighbourhoods_in_every_domain(clusters):
 
 def test_joined_codes_save_load_and_reject_a_wrong_header(tmp_path, clusters):
     x, labels, scale = clusters
-    joined = ConcatHash([fit_itq(x, 16), _train("descartes-autoencoder", x, labels, scale, epochs=2)],
-                        "itq+net", "bb", dict(note="two parts"))
+    joined = ConcatHash(
+        [fit_itq(x, 16), _train("descartes-autoencoder", x, labels, scale, epochs=2)],
+        "itq+net",
+        "bb",
+        dict(note="two parts"),
+    )
     assert joined.bits == 48 and joined.encode(x).shape == (len(x), 6)
     joined.save(tmp_path / "joined.npz")
     back = load_hash_model(tmp_path / "joined.npz")

@@ -58,12 +58,15 @@ def test_push_loss_gradient_pushes_away_from_half():
 
 
 # ------------------------------------------------------------------ balance
-@pytest.mark.parametrize("p", [
-    [[0.0, 1.0], [1.0, 0.0]],
-    [[0.2, 0.9], [0.8, 0.1]],
-    [[0.5, 0.5], [0.5, 0.5]],
-    [[1.0, 0.0, 0.3], [0.0, 1.0, 0.7], [0.5, 0.5, 0.5]],
-])
+@pytest.mark.parametrize(
+    "p",
+    [
+        [[0.0, 1.0], [1.0, 0.0]],
+        [[0.2, 0.9], [0.8, 0.1]],
+        [[0.5, 0.5], [0.5, 0.5]],
+        [[1.0, 0.0, 0.3], [0.0, 1.0, 0.7], [0.5, 0.5, 0.5]],
+    ],
+)
 def test_balance_loss_zero_when_each_bit_is_on_half_the_time(p):
     assert float(balance_loss(torch.tensor(p))) == pytest.approx(0.0, abs=1e-12)
 

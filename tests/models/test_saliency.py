@@ -30,7 +30,7 @@ def test_image_edge_is_salient_along_the_whole_boundary(regions):
     assert len(edges) >= 4
     covered = np.zeros(SIZE, bool)
     for b in edges:
-        covered[int(b[1]):int(b[3])] = True
+        covered[int(b[1]) : int(b[3])] = True
     assert covered.mean() >= 0.9  # segments follow the boundary from top to bottom
     # no region lies inside the fill
     assert all(b[0] < fill_x(b[3]) for b in regions)
@@ -38,8 +38,7 @@ def test_image_edge_is_salient_along_the_whole_boundary(regions):
 
 def test_few_false_positives(regions):
     planted = np.vstack([np.array([crater_box(*c) for c in CRATERS]), np.array([DUNES], float)])
-    unexplained = [b for b in regions
-                   if not is_edge_box(b) and box_iou(b[None], planted)[0].max() < 0.3]
+    unexplained = [b for b in regions if not is_edge_box(b) and box_iou(b[None], planted)[0].max() < 0.3]
     assert len(unexplained) <= 1, unexplained
     assert np.all(np.diff(regions[:, 4]) <= 0)  # best first
 
@@ -88,7 +87,7 @@ def test_large_regions_are_split_at_max_size(scene):
     assert len(pieces) >= 2  # the 350 x 250 px dune field, in pieces
     union = np.zeros((SIZE, SIZE), bool)
     for b in pieces.astype(int):
-        union[b[1]:b[3], b[0]:b[2]] = True
+        union[b[1] : b[3], b[0] : b[2]] = True
     x0, y0, x1, y1 = DUNES
     assert union[y0:y1, x0:x1].mean() >= 0.7
 

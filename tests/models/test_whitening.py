@@ -21,7 +21,7 @@ def test_group_whitening_gives_identity_covariance_per_domain():
     for x, d in ((source, SOURCE), (target, TARGET)):
         out = layer(x, d)
         for g in range(2):
-            block = out[:, 4 * g:4 * g + 4]
+            block = out[:, 4 * g : 4 * g + 4]
             assert torch.allclose(block.mean(0), torch.zeros(4), atol=1e-4)
             assert torch.allclose(torch.cov(block.T), torch.eye(4), atol=5e-3)
     layer.eval()  # eval uses the stored statistics of the domain asked for
@@ -81,8 +81,14 @@ def test_whitened_mirs_head_exports_the_target_domain_code():
 def test_whitening_needs_target_and_a_mirs_head():
     x, y = _clusters(np.random.default_rng(0))
     with pytest.raises(LookalikeError):
-        train_hash(x, y, config=TrainConfig(method="mirs-triplet", bits=16, epochs=1, whiten_group=8),
-                   progress=False)
+        train_hash(
+            x, y, config=TrainConfig(method="mirs-triplet", bits=16, epochs=1, whiten_group=8), progress=False
+        )
     with pytest.raises(LookalikeError):
-        train_hash(x, y, config=TrainConfig(method="descartes-classifier", bits=16, epochs=1,
-                                            whiten_group=8), progress=False, target=x)
+        train_hash(
+            x,
+            y,
+            config=TrainConfig(method="descartes-classifier", bits=16, epochs=1, whiten_group=8),
+            progress=False,
+            target=x,
+        )

@@ -62,11 +62,28 @@ def _private_feature_cache(tmp_path_factory, monkeypatch):
 def tiny_model(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_model") / "clf.npz"
     cache = tmp_path_factory.getbasetemp() / "feature-cache"
-    code, stdout, stderr = run_main(["train-classifier", "--images", tiny_folder, "--labels",
-                                     tiny_folder / "labels.csv", "--out", out, "--hidden", "16",
-                                     "--epochs", "30", "--folds", "3", "--val-split", "val",
-                                     "--group-pattern", r"^\d{2}"],
-                                    LOOKALIKE_CACHE=cache)
+    code, stdout, stderr = run_main(
+        [
+            "train-classifier",
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--out",
+            out,
+            "--hidden",
+            "16",
+            "--epochs",
+            "30",
+            "--folds",
+            "3",
+            "--val-split",
+            "val",
+            "--group-pattern",
+            r"^\d{2}",
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, stderr
     return out, json.loads(stdout)
 
@@ -88,9 +105,24 @@ def test_train_classifier_cli(tiny_model):
 def test_eval_classify_cli(tiny_model, tiny_folder, tmp_path):
     out, _ = tiny_model
     js = tmp_path / "eval.json"
-    code, stdout, stderr = run_main(["eval", "classify", "--model", out, "--images", tiny_folder,
-                                     "--labels", tiny_folder / "labels.csv", "--split", "val",
-                                     "--threshold", "0.5", "--json", js])
+    code, stdout, stderr = run_main(
+        [
+            "eval",
+            "classify",
+            "--model",
+            out,
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--split",
+            "val",
+            "--threshold",
+            "0.5",
+            "--json",
+            js,
+        ]
+    )
     assert code == 0, stderr
     result = json.loads(js.read_text())
     assert json.loads(stdout) == result
@@ -110,9 +142,28 @@ def test_finetune_cli_smoke(tiny_folder, tmp_path):
     import time
 
     out, js = tmp_path / "ft.npz", tmp_path / "ft.json"
-    args = ["train-classifier", "--finetune", "--images", tiny_folder, "--labels", tiny_folder / "labels.csv",
-            "--cut", "19", "--epochs", "3", "--tta", "2", "--val-split", "val", "--group-pattern", r"^\d{2}",
-            "--out", out, "--json", js]
+    args = [
+        "train-classifier",
+        "--finetune",
+        "--images",
+        tiny_folder,
+        "--labels",
+        tiny_folder / "labels.csv",
+        "--cut",
+        "19",
+        "--epochs",
+        "3",
+        "--tta",
+        "2",
+        "--val-split",
+        "val",
+        "--group-pattern",
+        r"^\d{2}",
+        "--out",
+        out,
+        "--json",
+        js,
+    ]
     t0 = time.perf_counter()
     code, _, stderr = run_main(args)
     assert code == 0, stderr
@@ -126,8 +177,20 @@ def test_finetune_cli_smoke(tiny_folder, tmp_path):
     assert model.meta["training"]["steps"] >= 3
     assert report["resumed_after_epoch"] == 0
     assert not list(features_dir().glob("finetune-*.pt"))  # the training's checkpoint goes with its model
-    code, stdout, stderr = run_main(["eval", "classify", "--model", out, "--images", tiny_folder,
-                                     "--labels", tiny_folder / "labels.csv", "--split", "val"])
+    code, stdout, stderr = run_main(
+        [
+            "eval",
+            "classify",
+            "--model",
+            out,
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--split",
+            "val",
+        ]
+    )
     assert code == 0, stderr
     result = json.loads(stdout)
     assert result["fine_tuned"] and result["views"] == 2 and result["n"] == 12
@@ -140,8 +203,22 @@ def test_finetune_calibrated_on_val_reports_cross_fitted_figures(tiny_folder, tm
     """--calibrate-on val: the whole train split trains, the temperature comes from val, and
     the report adds val figures with each half scored by the temperature of the other half."""
     js = tmp_path / "ft.json"
-    args = ["train-classifier", "--finetune", "--images", tiny_folder, "--labels", tiny_folder / "labels.csv",
-            "--cut", "19", "--epochs", "2", "--val-split", "val", "--group-pattern", r"^\d{2}"]
+    args = [
+        "train-classifier",
+        "--finetune",
+        "--images",
+        tiny_folder,
+        "--labels",
+        tiny_folder / "labels.csv",
+        "--cut",
+        "19",
+        "--epochs",
+        "2",
+        "--val-split",
+        "val",
+        "--group-pattern",
+        r"^\d{2}",
+    ]
     code, _, stderr = run_main([*args, "--calibrate-on", "val", "--out", tmp_path / "ft.npz", "--json", js])
     assert code == 0, stderr
     report = json.loads(js.read_text())
@@ -155,19 +232,65 @@ def test_finetune_calibrated_on_val_reports_cross_fitted_figures(tiny_folder, tm
 
 
 def test_cli_errors_are_one_line(tiny_folder, tmp_path):
-    code, _, stderr = run_main(["eval", "classify", "--model", tmp_path / "nope.npz", "--images",
-                                tiny_folder, "--labels", tiny_folder / "labels.csv", "--split", "val"])
+    code, _, stderr = run_main(
+        [
+            "eval",
+            "classify",
+            "--model",
+            tmp_path / "nope.npz",
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--split",
+            "val",
+        ]
+    )
     assert_user_error(code, stderr, "does not exist")
     not_a_model = tmp_path / "bad.npz"
     not_a_model.write_bytes(b"not a zip")
-    code, _, stderr = run_main(["eval", "classify", "--model", not_a_model, "--images", tiny_folder,
-                                "--labels", tiny_folder / "labels.csv", "--split", "val"])
+    code, _, stderr = run_main(
+        [
+            "eval",
+            "classify",
+            "--model",
+            not_a_model,
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--split",
+            "val",
+        ]
+    )
     assert_user_error(code, stderr, "not a readable")
-    code, _, stderr = run_main(["train-classifier", "--images", tiny_folder, "--labels",
-                                tiny_folder / "labels.csv", "--split", "nosuch", "--out", tmp_path / "m.npz"])
+    code, _, stderr = run_main(
+        [
+            "train-classifier",
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--split",
+            "nosuch",
+            "--out",
+            tmp_path / "m.npz",
+        ]
+    )
     assert_user_error(code, stderr, "nosuch")
-    code, _, stderr = run_main(["train-classifier", "--images", tiny_folder, "--labels",
-                                tiny_folder / "labels.csv", "--group-pattern", "^zz", "--out", tmp_path / "m.npz"])
+    code, _, stderr = run_main(
+        [
+            "train-classifier",
+            "--images",
+            tiny_folder,
+            "--labels",
+            tiny_folder / "labels.csv",
+            "--group-pattern",
+            "^zz",
+            "--out",
+            tmp_path / "m.npz",
+        ]
+    )
     assert_user_error(code, stderr, "matches no part")
 
 
@@ -182,8 +305,22 @@ def test_shipped_models_on_real_val_subset(data_dir, name, folder, per_class, tm
     subset = table[table["split"] == "val"].groupby("label").head(per_class)
     subset.to_csv(tmp_path / "labels.csv", index=False)
     js = tmp_path / "eval.json"
-    code, _, stderr = run_main(["eval", "classify", "--model", name, "--images", root, "--labels",
-                                tmp_path / "labels.csv", "--split", "val", "--json", js])
+    code, _, stderr = run_main(
+        [
+            "eval",
+            "classify",
+            "--model",
+            name,
+            "--images",
+            root,
+            "--labels",
+            tmp_path / "labels.csv",
+            "--split",
+            "val",
+            "--json",
+            js,
+        ]
+    )
     assert code == 0, stderr
     result = json.loads(js.read_text())
     assert result["n"] == len(subset) and result["threshold"] == 0.9

@@ -26,13 +26,24 @@ def _tiny_hirise(tmp_path):
     rows = []
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
-        rows.append(dict(path=f"c{i}.png", label="crater" if i % 2 else "other",
-                         source_image=["ESP_1_2_RED", "ESP_3_4_RED", "ESP_5_6_RED"][i % 3]))
+        rows.append(
+            dict(
+                path=f"c{i}.png",
+                label="crater" if i % 2 else "other",
+                source_image=["ESP_1_2_RED", "ESP_3_4_RED", "ESP_5_6_RED"][i % 3],
+            )
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
-    pd.DataFrame({"observation_id": ["ESP_1_2", "ESP_3_4"], "minimum_latitude": [10.0, -20.0],
-                  "maximum_latitude": [10.5, -19.0], "westernmost_longitude": [350.0, 20.0],
-                  "easternmost_longitude": [350.2, 20.4], "start_time": ["2008-05-01T10:00:00", "2012-01-01"]}
-                 ).to_csv(tmp_path / "obs.csv", index=False)
+    pd.DataFrame(
+        {
+            "observation_id": ["ESP_1_2", "ESP_3_4"],
+            "minimum_latitude": [10.0, -20.0],
+            "maximum_latitude": [10.5, -19.0],
+            "westernmost_longitude": [350.0, 20.0],
+            "easternmost_longitude": [350.2, 20.4],
+            "start_time": ["2008-05-01T10:00:00", "2012-01-01"],
+        }
+    ).to_csv(tmp_path / "obs.csv", index=False)
 
 
 def test_cli_places_and_classifies_chips(tmp_path):
@@ -41,9 +52,24 @@ def test_cli_places_and_classifies_chips(tmp_path):
 
     _tiny_hirise(tmp_path)
     out = tmp_path / "ix"
-    code, stdout, err = run_main(["index", "--images", tmp_path, "--labels", tmp_path / "labels.csv",
-                                  "--footprints", tmp_path / "obs.csv", "--classify", "hirise", "--out", out,
-                                  "--batch-size", "8"], LOOKALIKE_CACHE=str(tmp_path / "cache"))
+    code, stdout, err = run_main(
+        [
+            "index",
+            "--images",
+            tmp_path,
+            "--labels",
+            tmp_path / "labels.csv",
+            "--footprints",
+            tmp_path / "obs.csv",
+            "--classify",
+            "hirise",
+            "--out",
+            out,
+            "--batch-size",
+            "8",
+        ],
+        LOOKALIKE_CACHE=str(tmp_path / "cache"),
+    )
     assert code == 0, err
     assert "2 image(s) have no known HiRISE observation" in stdout
     index = open_index(out)
@@ -57,8 +83,18 @@ def test_cli_places_and_classifies_chips(tmp_path):
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(lm["posterior"], p.max(axis=1), rtol=1e-6)
     # the class filter works on the new index, per observation
-    code, stdout, err = run_main(["search", out, "--tile", "c0.png", "--classes", lm["label"].iloc[0],
-                                  "--json", tmp_path / "hits.json"])
+    code, stdout, err = run_main(
+        [
+            "search",
+            out,
+            "--tile",
+            "c0.png",
+            "--classes",
+            lm["label"].iloc[0],
+            "--json",
+            tmp_path / "hits.json",
+        ]
+    )
     assert code == 0, err
     code, _, err = run_main(["search", out, "--tile", "c0.png", "--classes", "volcano"])
     assert code == 2 and "unknown landmark class" in err
@@ -90,7 +126,9 @@ def test_demo_hirise_layer_builds_once(tmp_path):
         assert hirise_layer(tmp_path / "indexes", progress=False) == path  # built once
         assert open_index(path).manifest["generation"] == generation
         made_by = index.manifest["landmarks"]
-        assert made_by["model"] == "hirise" and made_by["model_sha256"] == sha256_file(resolve_classifier("hirise"))
+        assert made_by["model"] == "hirise" and made_by["model_sha256"] == sha256_file(
+            resolve_classifier("hirise")
+        )
         # a catalogue made by an earlier shipped classifier is made again, the index kept
         manifest = json.loads((path / "manifest.json").read_text())
         manifest["landmarks"]["model_sha256"] = "0" * 64
@@ -120,9 +158,22 @@ def test_chips_classified_before_placing_follow_their_chips(tmp_path):
 
     _tiny_hirise(tmp_path)
     out = tmp_path / "ix"
-    code, _, err = run_main(["index", "--images", tmp_path, "--labels", tmp_path / "labels.csv",
-                             "--classify", "hirise", "--out", out, "--batch-size", "8"],
-                            LOOKALIKE_CACHE=str(tmp_path / "cache"))
+    code, _, err = run_main(
+        [
+            "index",
+            "--images",
+            tmp_path,
+            "--labels",
+            tmp_path / "labels.csv",
+            "--classify",
+            "hirise",
+            "--out",
+            out,
+            "--batch-size",
+            "8",
+        ],
+        LOOKALIKE_CACHE=str(tmp_path / "cache"),
+    )
     assert code == 0, err
     assert open_index(out).landmarks["lon_min"].isna().all()  # chips have no place yet
     assert place_index_at_observations(out, tmp_path / "obs.csv") == 2
@@ -142,8 +193,14 @@ def test_a_build_killed_while_classifying_finishes_when_run_again(tmp_path, monk
 
     _tiny_hirise(tmp_path)
     out = tmp_path / "ix"
-    args = dict(images=tmp_path, labels=tmp_path / "labels.csv", footprints=str(tmp_path / "obs.csv"),
-                classify="hirise", batch_size=8, progress=False)
+    args = dict(
+        images=tmp_path,
+        labels=tmp_path / "labels.csv",
+        footprints=str(tmp_path / "obs.csv"),
+        classify="hirise",
+        batch_size=8,
+        progress=False,
+    )
     real = indexing.classify_chips
 
     def killed(*a, **kw):

@@ -32,8 +32,14 @@ BORDER = 30
 def write_scene(path, data, crs=CRS_CODE, nodata=0, **tags):
     data = np.asarray(data)
     data = data[None] if data.ndim == 2 else data
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype, transform=from_origin(*ORIGIN, GSD, GSD))
+    profile = dict(
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        transform=from_origin(*ORIGIN, GSD, GSD),
+    )
     if crs:
         profile["crs"] = CRS.from_wkt(pyproj.CRS(crs).to_wkt())
     if nodata is not None:
@@ -68,7 +74,9 @@ def test_an_encoder_of_other_features_is_refused(scene_tif, backbone):
     from lookalike.indexer.encoding import Encoder
 
     with pytest.raises(LookalikeError, match="the classifier needs features"):
-        find_landmarks(scene_tif, "hirise", encoder=Encoder(backbone, image_size=224, views=4), progress=False)
+        find_landmarks(
+            scene_tif, "hirise", encoder=Encoder(backbone, image_size=224, views=4), progress=False
+        )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +116,9 @@ def test_crops_are_detected_regions_plus_border(landmarks, scene, regions):
     assert (got[:, 1] == 0).any()  # an edge segment at the top: its border was clipped
     inner = (expected[:, 0] > 0) & (expected[:, 1] > 0) & (expected[:, 2] < SIZE) & (expected[:, 3] < SIZE)
     ordered = with_border(regions[inner], 0, scene.shape)
-    assert np.array_equal(expected[inner] - ordered, np.tile([-BORDER, -BORDER, BORDER, BORDER],
-                                                             (inner.sum(), 1)))
+    assert np.array_equal(
+        expected[inner] - ordered, np.tile([-BORDER, -BORDER, BORDER, BORDER], (inner.sum(), 1))
+    )
 
 
 def test_lonlat_round_trip(landmarks, scene_tif):
@@ -133,18 +142,23 @@ def test_lonlat_round_trip(landmarks, scene_tif):
 def test_planted_features_get_their_classes(landmarks):
     """Crops preprocessed as the classifier's training images are: craters and edges are known."""
     rows = landmarks[["x0", "y0", "x1", "y1"]].to_numpy().astype(float)
-    crater_labels = [landmarks.label.iloc[int(box_iou(crater_box(*c)[None], rows)[0].argmax())]
-                     for c in CRATERS]
+    crater_labels = [
+        landmarks.label.iloc[int(box_iou(crater_box(*c)[None], rows)[0].argmax())] for c in CRATERS
+    ]
     assert crater_labels.count("crater") >= 3, crater_labels
-    edge_labels = [lab for b, lab in zip(rows, landmarks.label) if is_edge_box(b)
-                   and box_iou(b[None], np.array([DUNES], float))[0, 0] == 0]
+    edge_labels = [
+        lab
+        for b, lab in zip(rows, landmarks.label)
+        if is_edge_box(b) and box_iou(b[None], np.array([DUNES], float))[0, 0] == 0
+    ]
     assert edge_labels.count("edge") >= 0.75 * len(edge_labels), edge_labels
 
 
 def test_cli_threshold_parquet_and_geojson(tmp_path, scene_tif, landmarks):
     out, geo = tmp_path / "lm.parquet", tmp_path / "lm.geojson"
-    code, stdout, stderr = run_main(["landmarks", scene_tif, "--threshold", "0.9", "--out", out,
-                                     "--geojson", geo])
+    code, stdout, stderr = run_main(
+        ["landmarks", scene_tif, "--threshold", "0.9", "--out", out, "--geojson", geo]
+    )
     assert code == 0, stderr
     summary = json.loads(stdout)
     table = pd.read_parquet(out)
@@ -165,7 +179,7 @@ def test_featureless_scene_gives_an_empty_table(tmp_path):
     assert code == 0, stderr
     assert json.loads(stdout)["n"] == 0
     table = pd.read_parquet(tmp_path / "e.parquet")
-    assert len(table) == 0 and list(table.columns)[:len(COLUMNS)] == list(COLUMNS)
+    assert len(table) == 0 and list(table.columns)[: len(COLUMNS)] == list(COLUMNS)
     assert "p_crater" in table.columns
 
 
@@ -187,8 +201,9 @@ def test_bad_rasters_are_clear_errors(tmp_path):
     five = write_scene(tmp_path / "five.tif", np.full((5, 64, 64), 9, np.uint8))
     code, _, stderr = run_main(["landmarks", five, "--out", tmp_path / "x.parquet"])
     assert_user_error(code, stderr, "5 bands", "--band")
-    code, _, stderr = run_main(["landmarks", five, "--window", "0,0,900,10", "--band", "2",
-                                "--out", tmp_path / "x.parquet"])
+    code, _, stderr = run_main(
+        ["landmarks", five, "--window", "0,0,900,10", "--band", "2", "--out", tmp_path / "x.parquet"]
+    )
     assert_user_error(code, stderr, "window")
     code, _, stderr = run_main(["landmarks", tmp_path / "missing.tif", "--out", tmp_path / "x.parquet"])
     assert_user_error(code, stderr, "does not exist")
@@ -202,8 +217,7 @@ def test_real_mosaic_window(data_dir, crop_encoder):
     """Around Gale crater on the 8k Mars mosaic: landmarks lie in the window's footprint."""
     window = (6900, 1900, 7500, 2500)
     with environ(LOOKALIKE_DATA=data_dir):
-        found = find_landmarks("mars_8k", threshold=0.0, window=window, encoder=crop_encoder,
-                               progress=False)
+        found = find_landmarks("mars_8k", threshold=0.0, window=window, encoder=crop_encoder, progress=False)
     assert len(found) >= 1
     deg = 360.0 / 8192  # degrees per pixel, both axes
     west, east = -180 + window[0] * deg, -180 + window[2] * deg

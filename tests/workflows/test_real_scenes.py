@@ -37,13 +37,26 @@ def index(tmp_path, name: str, *args: str) -> tuple[dict, pd.DataFrame]:
     return json.loads(info), open_index(out).tiles
 
 
-def inside(tiles: pd.DataFrame, west: float, south: float, east: float, north: float,
-           margin_m: float = 0.0, radius_m: float = MARS_RADIUS_M) -> bool:
+def inside(
+    tiles: pd.DataFrame,
+    west: float,
+    south: float,
+    east: float,
+    north: float,
+    margin_m: float = 0.0,
+    radius_m: float = MARS_RADIUS_M,
+) -> bool:
     """Whether every tile centre lies in the box, widened by ``margin_m`` metres of ground."""
     lat_margin = np.degrees(margin_m / radius_m)
     lon_margin = lat_margin / max(np.cos(np.radians(max(abs(south), abs(north)))), 1e-6)
-    return bool(((tiles["lon"] >= west - lon_margin) & (tiles["lon"] <= east + lon_margin)
-                 & (tiles["lat"] >= south - lat_margin) & (tiles["lat"] <= north + lat_margin)).all())
+    return bool(
+        (
+            (tiles["lon"] >= west - lon_margin)
+            & (tiles["lon"] <= east + lon_margin)
+            & (tiles["lat"] >= south - lat_margin)
+            & (tiles["lat"] <= north + lat_margin)
+        ).all()
+    )
 
 
 def footprint(observation: str) -> tuple[float, float, float, float]:
@@ -105,8 +118,20 @@ def test_naip_dates_from_file_names_filter_a_search(tmp_path, scenes):
     assert info["body"] == "earth" and len(info["sources"]) == 2
     assert sorted(tiles["time"].dt.strftime("%Y-%m-%d").unique()) == ["2009-08-18", "2010-06-29"]
     out = tmp_path / "hits.json"
-    code, _, stderr = run_main(["search", str(tmp_path / "naip"), "--lonlat", "-99.16,47.017", "--k", "20",
-                                "--start", "2010-01-01", "--json", str(out)])
+    code, _, stderr = run_main(
+        [
+            "search",
+            str(tmp_path / "naip"),
+            "--lonlat",
+            "-99.16,47.017",
+            "--k",
+            "20",
+            "--start",
+            "2010-01-01",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0, stderr
     hits = json.loads(out.read_text())
     times = [str(h["time"]) for h in hits["hits"]]

@@ -69,9 +69,27 @@ def trained(folder, cache, tmp_path_factory) -> tuple[Path, dict, Path]:
     out = tmp_path_factory.mktemp("model")
     model, report = out / "head.npz", out / "report.json"
     code, stdout, stderr = run_main(
-        ["train-hash", "--images", root, "--labels", labels, "--epochs", "3", "--bits", "32",
-         "--val-split", "val", "--image-size", SIZE, "--out", model, "--json", report],
-        LOOKALIKE_CACHE=cache)
+        [
+            "train-hash",
+            "--images",
+            root,
+            "--labels",
+            labels,
+            "--epochs",
+            "3",
+            "--bits",
+            "32",
+            "--val-split",
+            "val",
+            "--image-size",
+            SIZE,
+            "--out",
+            model,
+            "--json",
+            report,
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, stderr
     return model, json.loads(report.read_text()), cache
 
@@ -108,8 +126,24 @@ def test_eval_retrieval_with_trained_model(trained, folder):
     model_path, report, cache = trained
     root, labels = folder
     code, stdout, stderr = run_main(
-        ["eval", "retrieval", "--images", root, "--labels", labels, "--query-split", "val",
-         "--k", "64", "--image-size", SIZE, "--hash", model_path], LOOKALIKE_CACHE=cache)
+        [
+            "eval",
+            "retrieval",
+            "--images",
+            root,
+            "--labels",
+            labels,
+            "--query-split",
+            "val",
+            "--k",
+            "64",
+            "--image-size",
+            SIZE,
+            "--hash",
+            model_path,
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, stderr
     result = _json(stdout)
     assert (result["bits"], result["method"], result["bytes_per_item"]) == (32, "mirs-triplet-32", 4)
@@ -122,8 +156,24 @@ def test_eval_retrieval_wrong_bits_for_model_file(trained, folder):
     model_path, _, cache = trained
     root, labels = folder
     code, _, stderr = run_main(
-        ["eval", "retrieval", "--images", root, "--labels", labels, "--query-split", "val",
-         "--image-size", SIZE, "--hash", model_path, "--bits", "64"], LOOKALIKE_CACHE=cache)
+        [
+            "eval",
+            "retrieval",
+            "--images",
+            root,
+            "--labels",
+            labels,
+            "--query-split",
+            "val",
+            "--image-size",
+            SIZE,
+            "--hash",
+            model_path,
+            "--bits",
+            "64",
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert_user_error(code, stderr, "32-bit", "64")
 
 
@@ -132,8 +182,23 @@ def test_index_images_with_trained_model(trained, folder, tmp_path):
     root, labels = folder
     out = tmp_path / "idx"
     code, stdout, stderr = run_main(
-        ["index", "--images", root, "--labels", labels, "--split", "val", "--image-size", SIZE,
-         "--hash", model_path, "--out", out], LOOKALIKE_CACHE=cache)
+        [
+            "index",
+            "--images",
+            root,
+            "--labels",
+            labels,
+            "--split",
+            "val",
+            "--image-size",
+            SIZE,
+            "--hash",
+            model_path,
+            "--out",
+            out,
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, stderr
     info = _json(stdout)
     assert (info["count"], info["bits"], info["hash"], info["kind"]) == (9, 32, "mirs-triplet", "images")
@@ -145,8 +210,25 @@ def test_train_hash_cli_unsupervised_without_val(folder, cache, tmp_path):
     root, labels = folder
     out = tmp_path / "ae.npz"
     code, stdout, stderr = run_main(
-        ["train-hash", "--images", root, "--labels", labels, "--method", "descartes-autoencoder",
-         "--epochs", "2", "--bits", "16", "--image-size", SIZE, "--out", out], LOOKALIKE_CACHE=cache)
+        [
+            "train-hash",
+            "--images",
+            root,
+            "--labels",
+            labels,
+            "--method",
+            "descartes-autoencoder",
+            "--epochs",
+            "2",
+            "--bits",
+            "16",
+            "--image-size",
+            SIZE,
+            "--out",
+            out,
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, stderr
     report = _json(stdout)
     assert (report["method"], report["bits"]) == ("descartes-autoencoder", 16)
@@ -156,8 +238,19 @@ def test_train_hash_cli_unsupervised_without_val(folder, cache, tmp_path):
 
 def test_train_hash_cli_user_errors(folder, cache, tmp_path):
     root, labels = folder
-    base = ["train-hash", "--images", root, "--labels", labels, "--epochs", "1",
-            "--image-size", SIZE, "--out", tmp_path / "m.npz"]
+    base = [
+        "train-hash",
+        "--images",
+        root,
+        "--labels",
+        labels,
+        "--epochs",
+        "1",
+        "--image-size",
+        SIZE,
+        "--out",
+        tmp_path / "m.npz",
+    ]
     assert_user_error(*run_main(base + ["--bits", "12"], LOOKALIKE_CACHE=cache)[::2], "multiple of 8")
     assert_user_error(*run_main(base + ["--split", "nope"], LOOKALIKE_CACHE=cache)[::2], "nope")
     assert not (tmp_path / "m.npz").exists()
@@ -174,9 +267,11 @@ def duplicates(folder) -> tuple[Path, Path]:
     root, _ = folder
     rows = [f"{label}/train_{i}.png,{label},train" for label in CLASSES for i in range(SPLITS["train"])]
     (root / "dup").mkdir(exist_ok=True)
-    for name, original, label in (("a.png", "crater/train_2.png", "crater"),
-                                  ("b.png", "dune/train_5.png", "dune"),
-                                  ("c.png", "plain/train_0.png", "crater")):  # mislabelled
+    for name, original, label in (
+        ("a.png", "crater/train_2.png", "crater"),
+        ("b.png", "dune/train_5.png", "dune"),
+        ("c.png", "plain/train_0.png", "crater"),
+    ):  # mislabelled
         shutil.copyfile(root / original, root / "dup" / name)
         rows.append(f"dup/{name},{label},query")
     csv = root / "known.csv"
@@ -188,8 +283,25 @@ def test_eval_retrieval_known_answer(duplicates, cache, tmp_path):
     root, csv = duplicates
     out = tmp_path / "eval.json"
     code, stdout, stderr = run_main(
-        ["eval", "retrieval", "--images", root, "--labels", csv, "--query-split", "query",
-         "--k", "1", "--image-size", SIZE, "--json", out, "--float"], LOOKALIKE_CACHE=cache)
+        [
+            "eval",
+            "retrieval",
+            "--images",
+            root,
+            "--labels",
+            csv,
+            "--query-split",
+            "query",
+            "--k",
+            "1",
+            "--image-size",
+            SIZE,
+            "--json",
+            out,
+            "--float",
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, stderr
     result = json.loads(out.read_text())
     assert result == _json(stdout)
@@ -203,8 +315,22 @@ def test_eval_retrieval_on_the_multilevel_backbone(duplicates, cache, tmp_path):
     """``--backbone`` reaches the encoder: its features (1,392 values) feed PCA-ITQ; the default code,
     which reads the plain head, is refused with a hint rather than fed the wrong features."""
     root, csv = duplicates
-    common = ["eval", "retrieval", "--images", root, "--labels", csv, "--query-split", "query", "--k", "1",
-              "--image-size", SIZE, "--backbone", "efficientnet_lite0_multilevel"]
+    common = [
+        "eval",
+        "retrieval",
+        "--images",
+        root,
+        "--labels",
+        csv,
+        "--query-split",
+        "query",
+        "--k",
+        "1",
+        "--image-size",
+        SIZE,
+        "--backbone",
+        "efficientnet_lite0_multilevel",
+    ]
     code, stdout, stderr = run_main([*common, "--hash", "itq", "--bits", "32"], LOOKALIKE_CACHE=cache)
     assert code == 0, stderr
     result = _json(stdout)
@@ -220,9 +346,13 @@ def test_eval_metrics_known_answer_from_ranking():
 
     archive = np.array(["crater", "dune", "crater", "plain", "crater", "dune"])
     queries = np.array(["crater", "dune", "plain"])
-    ranked = np.array([[0, 1, 2],    # hits at 1, 3; R = 3: (1 + 2/3) / 3
-                       [3, 5, 1],    # hits at 2, 3; R = 2: (1/2 + 2/3) / 2
-                       [3, 0, 1]])   # hit at 1; R = 1: 1
+    ranked = np.array(
+        [
+            [0, 1, 2],  # hits at 1, 3; R = 3: (1 + 2/3) / 3
+            [3, 5, 1],  # hits at 2, 3; R = 2: (1/2 + 2/3) / 2
+            [3, 0, 1],
+        ]
+    )  # hit at 1; R = 1: 1
     scores = retrieval_scores(queries, archive, ranked, 3)
     expected = ((1 + 2 / 3) / 3 + (1 / 2 + 2 / 3) / 2 + 1.0) / 3
     assert scores["map_at_k"] == pytest.approx(expected)
@@ -237,10 +367,30 @@ def test_train_hash_similarity_cli(folder, cache, tmp_path):
     other = tmp_path / "unlabelled"
     shutil.copytree(root, other)
     out, report = tmp_path / "sim.npz", tmp_path / "sim.json"
-    code, _, err = run_main(["train-hash", "--method", "similarity", "--labelled", f"{root}={labels}",
-                             "--unlabelled", f"{other}={other / 'labels.csv'}", "--steps", "40", "--bits", "32",
-                             "--image-size", SIZE, "--val-split", "val", "--out", out, "--json", report],
-                            LOOKALIKE_CACHE=cache)
+    code, _, err = run_main(
+        [
+            "train-hash",
+            "--method",
+            "similarity",
+            "--labelled",
+            f"{root}={labels}",
+            "--unlabelled",
+            f"{other}={other / 'labels.csv'}",
+            "--steps",
+            "40",
+            "--bits",
+            "32",
+            "--image-size",
+            SIZE,
+            "--val-split",
+            "val",
+            "--out",
+            out,
+            "--json",
+            report,
+        ],
+        LOOKALIKE_CACHE=cache,
+    )
     assert code == 0, err
     result = json.loads(report.read_text())
     assert result["method"] == "similarity" and result["bits"] == 32 and result["views"] == 2
@@ -253,7 +403,17 @@ def test_train_hash_similarity_cli(folder, cache, tmp_path):
     # a malformed folder argument and options of another method are one-line errors
     bad = ["train-hash", "--method", "similarity", "--labelled", str(root), "--out", tmp_path / "x.npz"]
     assert_user_error(*run_main(bad, LOOKALIKE_CACHE=cache)[::2], "ROOT=LABELS_CSV")
-    wrong = ["train-hash", "--images", root, "--labels", labels, "--mosaic", "mars_8k", "--out", tmp_path / "x.npz"]
+    wrong = [
+        "train-hash",
+        "--images",
+        root,
+        "--labels",
+        labels,
+        "--mosaic",
+        "mars_8k",
+        "--out",
+        tmp_path / "x.npz",
+    ]
     assert_user_error(*run_main(wrong, LOOKALIKE_CACHE=cache)[::2], "--mosaic is for --method similarity")
     assert not (tmp_path / "x.npz").exists()
 
@@ -263,14 +423,16 @@ def test_index_fitted_on_its_archive_records_the_fit_and_appends_with_it(folder,
     an appended split is encoded with it, not with a code fitted again."""
     from lookalike.indexer.encoding import Encoder
     from lookalike.indexer.features import image_features
-    from lookalike.indexer.sources import read_labels
+    from lookalike.indexer.image_folders import read_labels
     from lookalike.indexer.store import open_index
     from lookalike.models.hashing import load_hash_model
 
     root, labels = folder
     out = tmp_path / "idx"
     base = ["index", "--images", root, "--labels", labels, "--image-size", SIZE, "--out", out]
-    code, _, err = run_main(base + ["--split", "train", "--hash", "itq", "--bits", "32"], LOOKALIKE_CACHE=cache)
+    code, _, err = run_main(
+        base + ["--split", "train", "--hash", "itq", "--bits", "32"], LOOKALIKE_CACHE=cache
+    )
     assert code == 0, err
     first = open_index(out)
     assert first.manifest["hash"]["method"] == "pca-itq" and first.manifest["hash"]["meta"]["n_train"] == 24
