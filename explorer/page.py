@@ -124,7 +124,9 @@ def build_page(served: ServedIndexes) -> pn.template.BaseTemplate:
         if location is not None:
             location.search = state.url_query()
 
-    state.param.watch(sync_url, ["hits", "error", "positives", "negatives", "projection", "body"])
+    state.param.watch(
+        sync_url, ["hits", "error", "positives", "negatives", "projection", "body", "index_name"]
+    )
     sync_url()
     prefetch_thumbnails(state)
     pn.state.on_session_destroyed(release_memory)

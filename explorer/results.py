@@ -28,7 +28,8 @@ class ThumbnailGrid(JSComponent):
 
     # Panel reads the module and the stylesheet from these files (the package ships them)
     _esm = STATIC / "thumbnail_grid.js"
-    _stylesheets = [STATIC / "thumbnail_grid.css"]
+    # the text itself: a path is served as a URL of this machine's folders, which 404s
+    _stylesheets = [(STATIC / "thumbnail_grid.css").read_text(encoding="utf-8")]
 
     def __init__(self, on_action=None, **params):
         super().__init__(**params)

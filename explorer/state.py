@@ -318,17 +318,20 @@ class ExplorerState(param.Parameterized):
         self.param.update(**updates)
 
     def set_body(self, body: str, collections: dict, labels: dict, default: str) -> None:
-        """Show another body's map: its collections all on, searching ``default`` afresh."""
-        self.param.update(
-            body=body,
-            collections=dict(collections),
-            collection_labels=dict(labels),
-            collections_on=list(collections),
-            search_in="auto",
-            scene_dates={},
-            searched_note="",
-        )
-        self.set_index(collections[default], default)
+        """Show another body's map: its collections all on, searching ``default`` afresh. One
+        batch of changes: the views that follow the body and the index are built once, not once
+        for the body and again for its index (a choice made between the two would be lost)."""
+        with param.parameterized.batch_call_watchers(self):
+            self.param.update(
+                body=body,
+                collections=dict(collections),
+                collection_labels=dict(labels),
+                collections_on=list(collections),
+                search_in="auto",
+                scene_dates={},
+                searched_note="",
+            )
+            self.set_index(collections[default], default)
 
     def mark(self, tile_id: str, kind: str) -> None:
         """Mark a hit as a 'positive' or 'negative' example; marking it again unmarks it."""

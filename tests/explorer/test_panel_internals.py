@@ -87,7 +87,9 @@ def test_quiet_document_freezes_models_and_validation():
 def test_thumbnail_grid_reads_its_script_and_stylesheet_from_files():
     from lookalike.explorer.results import ThumbnailGrid
 
-    assert ThumbnailGrid._esm.is_file() and all(p.is_file() for p in ThumbnailGrid._stylesheets)
+    assert ThumbnailGrid._esm.is_file()
+    css = (ThumbnailGrid._esm.parent / "thumbnail_grid.css").read_text(encoding="utf-8")
+    assert ThumbnailGrid._stylesheets == [css] and ".thumb" in css
     grid = ThumbnailGrid()
     model = grid.get_root(Document())
     assert "export function render" in model.esm
