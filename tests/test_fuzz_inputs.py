@@ -34,6 +34,9 @@ from fuzz_testkit import (
 from hypothesis import given
 from lookalike_testkit import assert_user_error, run_main
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fuzz_workspace(tmp_path_factory) -> Workspace:

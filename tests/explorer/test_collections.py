@@ -64,6 +64,7 @@ def test_the_whole_planet_stays_two_to_one_and_views_between_blend():
     assert scales[-1] == pytest.approx(1 / math.cos(math.radians(50.0)))
 
 
+@pytest.mark.slow  # builds real scene indexes
 def test_bodies_group_collections(explorer_index, scene_indexes):
     from lookalike.explorer.served import ServedIndexes
 
@@ -75,6 +76,7 @@ def test_bodies_group_collections(explorer_index, scene_indexes):
     assert served["naip"].body == "earth" and served["hirise_cubes"].is_mars
 
 
+@pytest.mark.slow  # builds real scene indexes
 def test_a_click_searches_the_finest_collection_under_it(explorer_index, scene_indexes):
     from lookalike.explorer.acquisitions import acquisitions
     from lookalike.explorer.collection_controls import enter_body

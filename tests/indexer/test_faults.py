@@ -54,6 +54,9 @@ from lookalike.indexer import store
 from lookalike.indexer.encoding import Encoder
 from lookalike.indexer.store import MANIFEST, open_index, update_tables, write_index
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 INDEX_ARGS = ["mars_8k", "--zones", "30N", "--tile-size", "32", "--stride", "16"]  # 705 tiles
 BASE_ARGS = ["mars_8k", "--zones", "53S"]
 APPEND_ARGS = ["mars_8k", "--zones", "54S", "--append"]

@@ -26,6 +26,9 @@ from lookalike.models.finetune import (
     tail_state,
 )
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 CUT = 14
 
 

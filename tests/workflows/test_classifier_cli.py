@@ -16,6 +16,9 @@ from lookalike_testkit import assert_user_error, run_main
 from lookalike.config import features_dir
 from lookalike.models.classifier import load_classifier
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 CLASSES = ("red_noise", "green_stripes", "blue_checks")
 
 

@@ -17,6 +17,9 @@ from lookalike.fileio import sha256_file
 from lookalike.indexer.store import open_index
 from lookalike.models.classifier import resolve_classifier
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 
 def _tiny_hirise(tmp_path):
     """Six tiny chips from three source images (two known observations) and an observation CSV."""

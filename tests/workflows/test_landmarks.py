@@ -24,6 +24,9 @@ from lookalike.errors import LookalikeError, SourceError
 from lookalike.models.saliency import box_iou
 from lookalike.workflows.landmarks import COLUMNS, find_landmarks, with_border
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 # equirectangular Mars (IAU_2015:49910) at 25 m/px, about 136.65 E, 4.55 S
 CRS_CODE, GSD, ORIGIN = "IAU_2015:49910", 25.0, (8.1e6, -2.7e5)
 BORDER = 30

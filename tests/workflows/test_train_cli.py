@@ -16,6 +16,9 @@ import pytest
 from lookalike_testkit import assert_user_error, run_main
 from PIL import Image
 
+# real models, subprocesses and whole builds: `make test` runs these, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 CLASSES = ("crater", "dune", "plain")
 SPLITS = dict(train=8, val=3)
 SIZE = "64"  # --image-size: small, so the backbone is quick on a CPU
