@@ -35,14 +35,14 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Level:
-    """One pyramid level: RGB pixels (row 0 at the top) over ``bounds`` (x0, y0, x1, y1)."""
+    """One pyramid level: RGB or RGBA pixels (row 0 at the top) over ``bounds`` (x0, y0, x1, y1)."""
 
-    rgb: np.ndarray
+    pixels: np.ndarray
     bounds: tuple[float, float, float, float]
 
     @property
     def pixel_size(self) -> float:
-        return (self.bounds[2] - self.bounds[0]) / self.rgb.shape[1]
+        return (self.bounds[2] - self.bounds[0]) / self.pixels.shape[1]
 
 
 def halve(rgb: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ def _cached_levels(image: SourceImage, projection: MapProjection | None) -> list
     pixel_cache.save(
         slot,
         key,
-        {f"level{i}": level.rgb for i, level in enumerate(stored)}
+        {f"level{i}": level.pixels for i, level in enumerate(stored)}
         | dict(bounds=np.asarray([level.bounds for level in stored], np.float64).reshape(-1, 4)),
     )
     return levels
@@ -109,16 +109,51 @@ def _cached_levels(image: SourceImage, projection: MapProjection | None) -> list
 def _levels(image: SourceImage, projection: MapProjection | None) -> list[Level]:
     rgb = projection.projected_image(image) if projection is not None else image.rgb
     bounds = projection.extent if projection is not None else image.bounds
+    return halved_levels(rgb, bounds, MIN_LEVEL_PIXELS)
+
+
+def halved_levels(
+    pixels: np.ndarray, bounds: tuple[float, float, float, float], min_width: int
+) -> list[Level]:
+    """``pixels`` over ``bounds``, then halved (``halve``) until under twice ``min_width`` wide."""
     levels = []
     while True:
-        levels.append(Level(rgb, bounds))
-        h, w = rgb.shape[:2]
-        if w < 2 * MIN_LEVEL_PIXELS or h < 2:
+        levels.append(Level(pixels, bounds))
+        h, w = pixels.shape[:2]
+        if w < 2 * min_width or h < 2:
             return levels
         h2, w2 = h // 2 * 2, w // 2 * 2  # an odd last row/column is dropped
-        rgb = halve(rgb)
+        pixels = halve(pixels)
         x0, y0, x1, y1 = bounds  # the dropped row/column shrinks the covered area
         bounds = (x0, y1 - (y1 - y0) * h2 / h, x0 + (x1 - x0) * w2 / w, y1)
+
+
+def level_for(levels: list[Level], pixel_size: float) -> Level:
+    """The coarsest level with at least one pixel per ``pixel_size`` (levels finest first)."""
+    level = levels[0]
+    for candidate in levels[1:]:
+        if candidate.pixel_size <= pixel_size:
+            level = candidate
+    return level
+
+
+def view_window(
+    level: Level, x0: float, y0: float, x1: float, y1: float, width: int, height: int
+) -> tuple[tuple[int, int, int, int], tuple[float, float, float, float]] | None:
+    """Where ``level`` falls in an output of ``width`` x ``height`` over the box (x0, y0, x1, y1):
+    ((ox0, ox1, oy0, oy1) in output pixels, the same part as a box in level pixels), or None
+    when it falls outside."""
+    bx0, by0, bx1, by1 = level.bounds
+    cx0, cx1, cy0, cy1 = max(x0, bx0), min(x1, bx1), max(y0, by0), min(y1, by1)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    ox0, ox1 = (int(round((v - x0) / (x1 - x0) * width)) for v in (cx0, cx1))
+    oy0, oy1 = (int(round((y1 - v) / (y1 - y0) * height)) for v in (cy1, cy0))
+    if ox1 <= ox0 or oy1 <= oy0:
+        return None
+    h, w = level.pixels.shape[:2]
+    dx, dy = (bx1 - bx0) / w, (by1 - by0) / h
+    return (ox0, ox1, oy0, oy1), ((cx0 - bx0) / dx, (by1 - cy1) / dy, (cx1 - bx0) / dx, (by1 - cy0) / dy)
 
 
 def render_view(
@@ -128,27 +163,13 @@ def render_view(
     level with at least one pixel per output pixel (bilinear; outside the image: black)."""
     from PIL import Image
 
-    wanted = (x1 - x0) / width
-    level = levels[0]
-    for candidate in levels[1:]:
-        if candidate.pixel_size <= wanted:
-            level = candidate
-    bx0, by0, bx1, by1 = level.bounds
-    h, w = level.rgb.shape[:2]
-    dx, dy = (bx1 - bx0) / w, (by1 - by0) / h
-    # the part of the request inside the image, in output pixels and in level pixels
-    cx0, cx1, cy0, cy1 = max(x0, bx0), min(x1, bx1), max(y0, by0), min(y1, by1)
+    level = level_for(levels, (x1 - x0) / width)
     out = np.zeros((height, width, 3), np.uint8)
-    if cx1 <= cx0 or cy1 <= cy0:
+    window = view_window(level, x0, y0, x1, y1, width, height)
+    if window is None:
         return out
-    ox0 = int(round((cx0 - x0) / (x1 - x0) * width))
-    ox1 = int(round((cx1 - x0) / (x1 - x0) * width))
-    oy0 = int(round((y1 - cy1) / (y1 - y0) * height))
-    oy1 = int(round((y1 - cy0) / (y1 - y0) * height))
-    if ox1 <= ox0 or oy1 <= oy0:
-        return out
-    box = ((cx0 - bx0) / dx, (by1 - cy1) / dy, (cx1 - bx0) / dx, (by1 - cy0) / dy)
-    part = Image.fromarray(level.rgb).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=box)
+    (ox0, ox1, oy0, oy1), box = window
+    part = Image.fromarray(level.pixels).resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=box)
     out[oy0:oy1, ox0:ox1] = np.asarray(part)
     return out
 

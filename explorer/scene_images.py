@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,20 +27,8 @@ from lookalike.indexer.thumbnails import SourceImage, basemap_image, source_imag
 
 MIN_SCENE_LEVEL_PX = 256  # a scene's coarsest pyramid level is about this wide
 MAX_SCENES = 64  # scenes drawn in one picture at most (the finest ones)
-_scene_pyramids: dict[tuple, list[SceneLevel]] = {}
+_scene_pyramids: dict[tuple, list[basemap.Level]] = {}
 _lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class SceneLevel:
-    """One level of a scene's pyramid: RGBA pixels (row 0 north) over lon/lat ``bounds``."""
-
-    rgba: np.ndarray
-    bounds: tuple[float, float, float, float]
-
-    @property
-    def pixel_size(self) -> float:
-        return (self.bounds[2] - self.bounds[0]) / self.rgba.shape[1]
 
 
 def body_basemap(served: ServedIndexes, key: str) -> SourceImage:
@@ -83,7 +70,7 @@ def blank_planet(key: str) -> SourceImage:
     )
 
 
-def scene_pyramid(image: SourceImage) -> list[SceneLevel]:
+def scene_pyramid(image: SourceImage) -> list[basemap.Level]:
     """A scene's RGBA pyramid, finest first, made once per process."""
     key = (image.name, image.bounds, image.shape)
     levels = _scene_pyramids.get(key)
@@ -92,42 +79,26 @@ def scene_pyramid(image: SourceImage) -> list[SceneLevel]:
             levels = _scene_pyramids.get(key)
             if levels is None:
                 alpha = (image.valid & (image.rgb.max(axis=2) > 0)).astype(np.uint8) * 255
-                rgba, bounds = np.dstack([image.rgb, alpha]), image.bounds
-                levels = [SceneLevel(rgba, bounds)]
-                while rgba.shape[1] >= 2 * MIN_SCENE_LEVEL_PX and rgba.shape[0] >= 2:
-                    h, w = rgba.shape[:2]
-                    x0, y0, x1, y1 = bounds
-                    bounds = (x0, y1 - (y1 - y0) * (h // 2 * 2) / h, x0 + (x1 - x0) * (w // 2 * 2) / w, y1)
-                    rgba = basemap.halve(rgba)
-                    levels.append(SceneLevel(rgba, bounds))
-                _scene_pyramids[key] = levels
+                rgba = np.dstack([image.rgb, alpha])
+                levels = _scene_pyramids[key] = basemap.halved_levels(rgba, image.bounds, MIN_SCENE_LEVEL_PX)
     return levels
 
 
-def composite(out: np.ndarray, levels: list[SceneLevel], x0: float, y0: float, x1: float, y1: float) -> None:
+def composite(
+    out: np.ndarray, levels: list[basemap.Level], x0: float, y0: float, x1: float, y1: float
+) -> None:
     """Draw a scene over ``out`` (RGB, the box x0..x1, y0..y1 in lon/lat) where it has data."""
     from PIL import Image
 
     height, width = out.shape[:2]
-    wanted = (x1 - x0) / width
-    level = levels[0]
-    for candidate in levels[1:]:
-        if candidate.pixel_size <= wanted:
-            level = candidate
-    bx0, by0, bx1, by1 = level.bounds
-    cx0, cx1, cy0, cy1 = max(x0, bx0), min(x1, bx1), max(y0, by0), min(y1, by1)
-    if cx1 <= cx0 or cy1 <= cy0:
+    level = basemap.level_for(levels, (x1 - x0) / width)
+    window = basemap.view_window(level, x0, y0, x1, y1, width, height)
+    if window is None:
         return
-    ox0, ox1 = (int(round((v - x0) / (x1 - x0) * width)) for v in (cx0, cx1))
-    oy0, oy1 = (int(round((y1 - v) / (y1 - y0) * height)) for v in (cy1, cy0))
-    if ox1 <= ox0 or oy1 <= oy0:
-        return
-    h, w = level.rgba.shape[:2]
-    dx, dy = (bx1 - bx0) / w, (by1 - by0) / h
-    box = ((cx0 - bx0) / dx, (by1 - cy1) / dy, (cx1 - bx0) / dx, (by1 - cy0) / dy)
+    (ox0, ox1, oy0, oy1), box = window
     # nearest when enlarging: zoomed in, the scene's own pixels show as pixels
     resample = Image.NEAREST if (ox1 - ox0) > (box[2] - box[0]) else Image.BILINEAR
-    part = np.asarray(Image.fromarray(level.rgba).resize((ox1 - ox0, oy1 - oy0), resample, box=box))
+    part = np.asarray(Image.fromarray(level.pixels).resize((ox1 - ox0, oy1 - oy0), resample, box=box))
     alpha = part[..., 3:4].astype(np.float32) / 255.0
     region = out[oy0:oy1, ox0:ox1]
     region[:] = (region * (1.0 - alpha) + part[..., :3] * alpha + 0.5).astype(np.uint8)

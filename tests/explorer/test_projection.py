@@ -100,7 +100,7 @@ def test_basemap_view_is_resampled_from_the_right_pyramid_level():
         basemap.Level(rgb[::2, ::2].copy(), (-180.0, -90.0, 180.0, 90.0)),
     ]
     whole = basemap.render_view(levels, -180.0, -90.0, 180.0, 90.0, 512, 256)  # the coarse level itself
-    np.testing.assert_array_equal(whole, levels[1].rgb)
+    np.testing.assert_array_equal(whole, levels[1].pixels)
     east = basemap.render_view(levels, 0.0, -90.0, 180.0, 90.0, 512, 512)  # the fine level's east half
     assert abs(int(east[:, 0, 0].mean()) - 128) <= 2 and east[:, -1, 0].mean() > 250
     past = basemap.render_view(levels, 90.0, 0.0, 270.0, 90.0, 200, 100)  # half of it east of 180

@@ -128,7 +128,7 @@ def test_source_images_and_pyramids_are_decoded_once_across_processes(tmp_path, 
     decoded = thumbnails.source_image("mosaic", desc)
     levels = basemap.pyramid(decoded)
     north = basemap.pyramid(decoded, MapProjection.of("north", decoded.geographic))
-    assert decoded.cache_key is not None and [level.rgb.shape[1] for level in levels] == [256, 128, 64]
+    assert decoded.cache_key is not None and [level.pixels.shape[1] for level in levels] == [256, 128, 64]
 
     fresh_process(monkeypatch)
     monkeypatch.setattr(thumbnails, "_decode", lambda *a: pytest.fail("decoded again"))
@@ -138,11 +138,11 @@ def test_source_images_and_pyramids_are_decoded_once_across_processes(tmp_path, 
     np.testing.assert_array_equal(cached.valid, decoded.valid)
     assert cached.bounds == decoded.bounds
     for a, b in zip(basemap.pyramid(cached), levels, strict=True):
-        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.pixels, b.pixels)
         assert a.bounds == pytest.approx(b.bounds)
     cached_north = basemap.pyramid(cached, MapProjection.of("north", cached.geographic))
     for a, b in zip(cached_north, north, strict=True):
-        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.pixels, b.pixels)
 
 
 def test_a_changed_source_file_is_decoded_again(tmp_path, monkeypatch):
