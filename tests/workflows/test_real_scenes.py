@@ -14,6 +14,7 @@ import rasterio
 from lookalike_testkit import assert_user_error, run_main
 
 from lookalike.data.hirise import load_hirise_footprints
+from lookalike.errors import LookalikeError
 from lookalike.indexer.store import open_index
 
 pytestmark = pytest.mark.slow
@@ -151,3 +152,15 @@ def test_mixed_bodies_in_one_index_are_refused(tmp_path, scenes):
     code, _, stderr = run_main(["index", str(cube), str(naip), "--out", str(tmp_path / "mixed")])
     assert_user_error(code, stderr, "one body")
     assert not (tmp_path / "mixed" / "manifest.json").exists()
+
+
+def test_registered_scene_collections_match_the_data_cache(scenes, monkeypatch):
+    from lookalike.data.scenes import SCENE_COLLECTIONS, fetch_scenes, missing_files
+
+    monkeypatch.setenv("LOOKALIKE_DATA", str(scenes.parent))
+    for collection in SCENE_COLLECTIONS.values():
+        assert missing_files(collection) == [], collection.name  # every registered sha256 holds
+        assert all(p.is_file() for p in fetch_scenes(collection.name, download=False))
+    monkeypatch.setenv("LOOKALIKE_DATA", str(scenes.parent / "nowhere"))
+    with pytest.raises(LookalikeError, match="lookalike fetch naip_5m"):
+        fetch_scenes("naip_5m", download=False)
