@@ -90,7 +90,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "search",
         "exact Hamming scan vs faiss IndexBinaryFlat, 10 M codes of 512 and 128 bits",
-        ("search.json", "search_128.json"),
+        ("search.json", "search_short_codes.json"),
         (
             step(
                 "lookalike",
@@ -120,7 +120,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "--queries",
                 "16",
                 "--json",
-                R + "search_128.json",
+                R + "search_short_codes.json",
             ),
         ),
     ),
