@@ -1,9 +1,12 @@
 """Click-to-thumbnails time of the explorer in a real headless Chromium; prints JSON.
 
-    python benchmarks/explorer_click.py [INDEX_DIR] [--clicks 20] [--view north] [--json OUT.json]
+    python benchmarks/explorer_click.py [INDEX_DIR ...] [--clicks 20] [--view north] [--json OUT.json]
+    python benchmarks/explorer_click.py --demo [--zoom hirise_red_25cm] [--json OUT.json]
 
-Starts ``lookalike serve`` on the index (default: the Mars demo index, built if missing), opens
-the app, then clicks the map at ``--clicks`` + 1 different places; each time is measured from
+Starts ``lookalike serve`` on the indexes (default: the Mars demo index, built if missing;
+``--demo``: everything ``lookalike demo`` serves, every body and collection), opens the app,
+optionally zooms into the first scene of a collection (``--zoom NAME``: clicks then fall on that
+scene and count only when they searched it), then clicks the map at ``--clicks`` + 1 different places; each time is measured from
 the click until the first page of thumbnails of the new query has loaded (every <img> decoded).
 The first click of the session is reported on its own (``first_click_s``) and not counted in
 the percentiles. Also reported: how long the server took to start (it warms up before it
@@ -29,35 +32,47 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from explorer_testkit import CHROMIUM, CHROMIUM_ARGS, cards, data_dir, open_app, start_server, wait_until  # noqa: E402
+from explorer_testkit import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    cards,
+    data_dir,
+    open_app,
+    start_server,
+    status_text,
+    wait_until,
+)
 
 ALL_LOADED = """els => els.length > 0 && els.every(i => i.complete && i.naturalWidth > 0)"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("index", nargs="?", help="index directory (default: the Mars demo index)")
+    parser.add_argument("index", nargs="*", help="index directories (default: the Mars demo index)")
+    parser.add_argument("--demo", action="store_true", help="serve what `lookalike demo` serves")
+    parser.add_argument("--zoom", help="a collection (index directory name): click inside its first scene")
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--view", default="global", choices=["global", "north", "south"])
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     env = dict(os.environ, LOOKALIKE_DATA=os.environ.get("LOOKALIKE_DATA", str(data_dir())))
     if args.index:
-        index = Path(args.index)
+        indexes = [Path(i) for i in args.index]
     else:
         os.environ.update(env)
-        from lookalike.workflows.demo import ensure_demo_index
+        from lookalike.workflows.demo import demo_indexes, ensure_demo_index
 
-        index = ensure_demo_index("mars")
+        indexes = demo_indexes(["mars", "earth"]) if args.demo else [ensure_demo_index("mars")]
 
     from playwright.sync_api import sync_playwright
 
     from lookalike.indexer.store import open_index
 
-    n_tiles = len(open_index(index).tiles)
+    n_tiles = sum(len(open_index(i).tiles) for i in indexes)
+    scene = zoom_target(indexes, args.zoom) if args.zoom else None
 
     t_start = time.perf_counter()
-    proc, url = start_server(index, env, timeout=300)
+    proc, url = start_server(indexes, env, timeout=300)
     start_s = time.perf_counter() - t_start
     try:
         with sync_playwright() as p:
@@ -94,10 +109,15 @@ def main() -> None:
             canvas = page.locator(".map canvas").first
             box = canvas.bounding_box()
             zoom_bytes, pan_bytes = map_traffic(page, box, traffic)
+            if scene is not None:
+                zoom_into(page, scene["bounds"])
+                box = canvas.bounding_box()
             first_click_s, times, previous = None, [], None
-            # points spread over the map's frame (fractions of the canvas); the first one warms up
+            # points spread over the map's frame (fractions of the canvas); the first one warms up;
+            # zoomed into a scene, over the middle of the view, which the scene fills
+            spread = (0.2, 0.6, 0.25, 0.5) if scene is None else (0.4, 0.2, 0.4, 0.2)
             points = [
-                (0.2 + 0.6 * ((i * 0.37) % 1.0), 0.25 + 0.5 * ((i * 0.61) % 1.0))
+                (spread[0] + spread[1] * ((i * 0.37) % 1.0), spread[2] + spread[3] * ((i * 0.61) % 1.0))
                 for i in range(args.clicks + 1)
             ]
             for fx, fy in points:
@@ -119,6 +139,8 @@ def main() -> None:
                 except AssertionError:
                     continue  # a click on no tile (or the same tile): not a measurement
                 elapsed = time.perf_counter() - start
+                if scene is not None and f"Searching {args.zoom}" not in status_text(page):
+                    continue  # a click that missed the scene searched another collection
                 previous = found[0]["tileId"]
                 if first_click_s is None:
                     first_click_s = elapsed
@@ -134,9 +156,11 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
     result = dict(
-        index=index.name,
+        index=indexes[0].name if len(indexes) == 1 else "demo" if args.demo else "several",
+        indexes=[i.name for i in indexes],
         tiles=n_tiles,
         view=args.view,
+        zoom=None if scene is None else dict(collection=args.zoom, **scene),
         cpus=os.cpu_count(),
         load_average=[round(v, 2) for v in os.getloadavg()],
         server_start_s=round(start_s, 3),
@@ -162,6 +186,41 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+
+
+FIGURE = (
+    "() => { let f = null; for (const m of Bokeh.documents[0]._all_models.values()) "
+    "if (m.type == 'Figure') f = m; return f; }"
+)
+
+
+def zoom_target(indexes: list[Path], collection: str) -> dict:
+    """The first scene (by name) of the collection ``collection``: its source and lon/lat box."""
+    from lookalike.explorer.acquisitions import acquisitions
+    from lookalike.indexer.store import open_index
+
+    chosen = [i for i in indexes if i.name == collection]
+    if not chosen:
+        raise SystemExit(f"--zoom {collection}: not among {', '.join(i.name for i in indexes)}")
+    first = min(acquisitions(open_index(chosen[0])), key=lambda a: a.source)
+    return dict(source=first.source, bounds=[round(v, 6) for v in first.bounds])
+
+
+def zoom_into(page, bounds: list[float]) -> None:
+    """Set the map's view on ``bounds`` (as a zoom does; true shape then widens one side) and
+    wait until the scene's own pixels are drawn."""
+    west, south, east, north = bounds
+    page.evaluate(f"""() => {{ const f = ({FIGURE})();
+        f.x_range.setv({{start: {west}, end: {east}}}); f.y_range.setv({{start: {south}, end: {north}}}); }}""")
+    wait_until(
+        lambda: page.evaluate("""() => { for (const m of Bokeh.documents[0]._all_models.values())
+            if (m.name == 'basemap_detail') return m.data_source.data.url[0].includes('~');
+            return false; }"""),
+        timeout=60,
+        what="the scene's pixels",
+    )
+    page.wait_for_function("() => Bokeh.documents[0].is_idle")
+    page.wait_for_timeout(1000)  # the view settles to its true shape
 
 
 def peak_rss(pid: int) -> float | None:

@@ -389,6 +389,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         long=True,
     ),
     Benchmark(
+        "landmark-scale",
+        "the ground scale HiRISE v1's crops were cut at: observation footprints, and a real "
+        "HiRISE scene's crops against the training crops in the classifier's features",
+        ("landmark_scale.json",),
+        (step("python", "benchmarks/landmark_scale.py", "--json", R + "landmark_scale.json"),),
+    ),
+    Benchmark(
         "explorer",
         "page load and click-to-thumbnails in headless Chromium: Mars, its north polar "
         "view, Earth, and both with an empty pixel cache",

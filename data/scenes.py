@@ -44,7 +44,9 @@ class SceneFile:
 @dataclass(frozen=True)
 class SceneCollection:
     """Scenes indexed together, as one collection on ``body``. ``stacks``: groups of band files
-    read as one source each (``--stack``); without them every file is a source."""
+    read as one source each (``--stack``); without them every file is a source. ``landmarks``:
+    the shipped classifier whose landmarks the demo catalogues in the collection (at the ground
+    scale that classifier learned from), if any."""
 
     name: str
     body: str
@@ -53,6 +55,7 @@ class SceneCollection:
     licence: str
     files: tuple[SceneFile, ...]
     stacks: tuple[tuple[str, ...], ...] = ()
+    landmarks: str | None = None
 
     def paths(self) -> list[Path]:
         return [data_dir() / "scenes" / self.folder / f.name for f in self.files]
@@ -112,6 +115,7 @@ SCENE_COLLECTIONS: dict[str, SceneCollection] = {
                     _RIO_TILER + "cog_hirise_mars.tif",
                 ),
             ),
+            landmarks="hirise",
         ),
         SceneCollection(
             "naip_5m",

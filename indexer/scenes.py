@@ -1,7 +1,8 @@
 """Large rasters read as grayscale scenes (for finding landmarks), and pixel boxes on the body.
 
 ``RasterScene`` gives the strip-reading interface of ``models.saliency.ArrayScene`` over a
-raster or a window of it, so the saliency detector can walk scenes of any size.
+raster or a window of it, so the saliency detector can walk scenes of any size, at the raster's
+own pixel size or coarser (``factor``: a classifier sees the ground at the scale it learned).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pyproj
+from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from lookalike.data.registry import DATASETS, fetch
@@ -23,10 +26,18 @@ class RasterScene:
 
     Bands: 1 is grey; 2 grey + alpha; 3 RGB and 4 RGB + alpha are reduced to luminance (Rec. 601);
     other counts need ``band`` (1-based). Pixels under the raster's nodata mask or alpha = 0 are
-    invalid.
+    invalid. ``factor`` > 1 reads the raster averaged over ``factor`` x ``factor`` of its pixels:
+    every size, offset and the transform are then in those coarser pixels (``window`` stays in
+    the raster's own).
     """
 
-    def __init__(self, source, window: tuple[int, int, int, int] | None = None, band: int | None = None):
+    def __init__(
+        self,
+        source,
+        window: tuple[int, int, int, int] | None = None,
+        band: int | None = None,
+        factor: float = 1.0,
+    ):
         meta = source._meta  # the raster's georeferencing, overrides (crs, bounds) applied
         self.source = source
         self.src = source._open()
@@ -58,10 +69,15 @@ class RasterScene:
                 f"window {x0},{y0},{x1},{y1} is not inside the raster {source.path} "
                 f"({width} x {height} pixels; give x0,y0,x1,y1 with x0 < x1, y0 < y1)"
             )
-        self.offset = (x0, y0)
-        self.raster_shape = (height, width)
-        self.shape = (y1 - y0, x1 - x0)
-        self.transform = meta["transform"]
+        if not factor >= 1.0:
+            self.close()
+            raise SourceError(f"a scene is read at its own pixel size or coarser, not {factor:g}x finer")
+        f = self.factor = float(factor)
+        self._window = (x0, y0, x1, y1)
+        self.offset = (int(x0 / f), int(y0 / f))
+        self.raster_shape = (max(1, round(height / f)), max(1, round(width / f)))
+        self.shape = (max(1, round((y1 - y0) / f)), max(1, round((x1 - x0) / f)))
+        self.transform = meta["transform"] @ Affine.scale(f)
         self.crs = meta["crs"]
         self.stretch: tuple[float, float] | None = None
         if meta["dtype"] != "uint8":
@@ -79,8 +95,8 @@ class RasterScene:
     def _percentiles(self) -> tuple[float, float]:
         """2nd and 98th percentiles of a decimated read of the window (one stretch per scene)."""
 
-        ox, oy = self.offset
-        h, w = self.shape
+        ox, oy, x1, y1 = self._window
+        h, w = y1 - oy, x1 - ox
         scale = max(1, max(h, w) // 1024)
         win = Window(ox, oy, w, h)
         shape = (max(1, h // scale), max(1, w // scale))
@@ -98,16 +114,28 @@ class RasterScene:
         """Grey values (float32, or uint8 for a 1-band uint8 raster) and the valid mask."""
 
         ox, oy = self.offset
-        win = Window(ox + x0, oy + y0, x1 - x0, y1 - y0)
-        data = self.src.read(list(self.bands), window=win)
-        if self.alpha:
-            valid = self.src.read(self.alpha, window=win) > 0
+        if self.factor == 1.0:
+            win, sized = Window(ox + x0, oy + y0, x1 - x0, y1 - y0), {}
         else:
-            valid = self.src.read_masks(self.bands[0], window=win) > 0
+            win, sized = self._native_window(ox + x0, oy + y0, ox + x1, oy + y1)
+        data = self.src.read(list(self.bands), window=win, resampling=Resampling.average, **sized)
+        if self.alpha:
+            valid = self.src.read(self.alpha, window=win, **sized) > 0
+        else:
+            valid = self.src.read_masks(self.bands[0], window=win, **sized) > 0
         gray = data[0] if len(self.bands) == 1 else _luminance(data)
         if gray.dtype.kind == "f":
             valid &= np.isfinite(gray)
         return gray, valid
+
+    def _native_window(self, x0: int, y0: int, x1: int, y1: int) -> tuple[Window, dict]:
+        """The raster window under scene pixels [x0, x1) x [y0, y1) and the ``out_shape`` that
+        reads it at the scene's pixel size (clipped to the raster)."""
+        f = self.factor
+        height, width = self.src.height, self.src.width
+        c0, r0 = min(x0 * f, width - 1), min(y0 * f, height - 1)
+        c1, r1 = min(x1 * f, width), min(y1 * f, height)
+        return Window(c0, r0, c1 - c0, r1 - r0), dict(out_shape=(max(1, y1 - y0), max(1, x1 - x0)))
 
     def to_uint8(self, gray: np.ndarray) -> np.ndarray:
         if self.stretch is None:
@@ -153,6 +181,24 @@ def open_scene(
 
 
 # ------------------------------------------------------------------ geography
+def ground_scale_m(source: RasterSource) -> float:
+    """Metres of ground per pixel of a raster at its centre: the geometric mean of a pixel's two
+    sides, measured on the body's ellipsoid (or sphere)."""
+    meta = source._meta
+    transform, geographic = meta["transform"], source.geographic
+    crs = meta["crs"]
+    to_geo = pyproj.Transformer.from_crs(
+        pyproj.CRS(crs.to_wkt() if hasattr(crs, "to_wkt") else crs), geographic, always_xy=True
+    )
+    cy, cx = (n / 2.0 for n in meta["shape"])
+    xs, ys = transform * (np.array([cx, cx + 1.0, cx]), np.array([cy, cy, cy + 1.0]))
+    lon, lat = to_geo.transform(xs, ys)
+    ellipsoid = geographic.ellipsoid
+    geod = pyproj.Geod(a=ellipsoid.semi_major_metre, b=ellipsoid.semi_minor_metre)
+    _, _, across = geod.inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])
+    return float(np.sqrt(abs(across[0] * across[1])))
+
+
 def pixel_boxes_to_lonlat(boxes: np.ndarray, transform, crs, geographic, densify: int = 8) -> np.ndarray:
     """Pixel boxes (M, >=4) -> (M, 6) lon_min, lat_min, lon_max, lat_max, lon, lat.
 

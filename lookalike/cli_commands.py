@@ -344,6 +344,7 @@ def cmd_landmarks(args) -> None:
         geojson=args.geojson,
         index=args.index,
         replace=args.replace,
+        ground_scale=args.ground_scale,
     )
     _write_json(args.json, summary)
 

@@ -502,6 +502,13 @@ def _landmarks_parser(sub) -> None:
     lm.add_argument("--border", type=int, default=30, help="pixels added around each region's crop")
     lm.add_argument("--max-regions", type=int, default=500, help="most salient regions per scene")
     lm.add_argument("--band", type=int, help="1-based band to use as grey (rasters of 5+ bands)")
+    lm.add_argument(
+        "--ground-scale",
+        default="auto",
+        help="metres per pixel to find landmarks at (finer scenes are averaged to it first); auto: "
+        "the scale the shipped model learned from (hirise: 5.7 m, as HiRISE browse images); "
+        "native: each scene's own (default: %(default)s)",
+    )
     opts.add_georeference(lm, "CRS for rasters that lack one, e.g. IAU_2015:49900")
     opts.add_json(lm, "write the summary here too")
     lm.add_argument(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from lookalike.config import data_dir, indexes_dir
 from lookalike.data.hirise import hirise_path
 from lookalike.data.registry import DATASETS, fetch
@@ -15,10 +17,12 @@ from lookalike.fileio import sha256_file
 from lookalike.indexer.build import index_images, index_rasters
 from lookalike.indexer.catalogue import attach_to_index, place_index_at_observations
 from lookalike.indexer.defaults import DEFAULT_VIEWS
+from lookalike.indexer.encoding import classifier_encoder
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import MANIFEST, open_index
 from lookalike.indexer.thumbnails import basemap_image
 from lookalike.models.classifier import load_classifier, resolve_classifier
+from lookalike.models.defaults import LANDMARK_GROUND_SCALES_M
 from lookalike.models.hashing import is_current_default, load_hash_model
 from lookalike.workflows.indexing import build_index
 from lookalike.workflows.landmarks import catalogue_info, classify_chips, find_landmarks
@@ -46,22 +50,31 @@ def ensure_demo_index(
         basemap_image(open_index(out))
     _remove(_aside(out))
     if body == "mars":
-        ensure_landmarks(out, name, progress=progress)
+        ensure_landmarks(out, [name], progress=progress)
     return out
 
 
-def ensure_landmarks(path: Path, mosaic: str, progress: bool = True) -> None:
-    """Find, classify and catalogue the landmarks of a demo mosaic once (all posteriors are
-    kept: the explorer's confidence slider chooses); again when the shipped classifier changed."""
+def ensure_landmarks(
+    path: Path, scenes: list[str], progress: bool = True, scale: float | None = None
+) -> None:
+    """Find, classify and catalogue the landmarks of a demo index's scenes (paths or mosaic
+    names) once, read at ``scale`` m/px (None: as they are); all posteriors are kept: the
+    explorer's confidence slider chooses. Again when the shipped classifier changed."""
     if _catalogued_by_shipped(open_index(path, verify=False).manifest):
         return
-    print(f"finding landmarks in {mosaic} with the shipped classifier (once)")
+    names = ", ".join(Path(s).name for s in scenes)
+    print(f"finding landmarks in {names} with the shipped classifier (once)")
     classifier = load_classifier(CLASSIFIER)
+    encoder = classifier_encoder(classifier, batch_size=16)
+    found = [
+        find_landmarks(s, classifier, threshold=0.0, progress=progress, encoder=encoder, ground_scale=scale)
+        for s in scenes
+    ]
     attach_to_index(
         path,
-        find_landmarks(mosaic, classifier, threshold=0.0, progress=progress),
+        pd.concat(found, ignore_index=True),
         replace=True,
-        info=dict(landmarks=catalogue_info("raster", CLASSIFIER, classifier)),
+        info=dict(landmarks=dict(catalogue_info("raster", CLASSIFIER, classifier), ground_scale_m=scale)),
     )
 
 
@@ -123,6 +136,9 @@ def _scene_index(collection: SceneCollection, out: Path, progress: bool) -> Path
         stacks = [[str(folder / name) for name in stack] for stack in collection.stacks]
         build_index(out, rasters=singles, stacks=stacks, progress=progress)
     _remove(_aside(out))
+    if collection.landmarks:
+        scale = LANDMARK_GROUND_SCALES_M.get(collection.landmarks)
+        ensure_landmarks(out, [str(p) for p in collection.paths()], progress=progress, scale=scale)
     return out
 
 

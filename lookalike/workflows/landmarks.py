@@ -24,10 +24,17 @@ from lookalike.indexer.catalogue import attach_to_index, crop_landmarks
 from lookalike.indexer.encoding import classifier_encoder, encoder_fits
 from lookalike.indexer.export import footprint_geometry, json_value, write_geojson
 from lookalike.indexer.features import folder_features
-from lookalike.indexer.scenes import RasterCrops, RasterScene, open_scene, pixel_boxes_to_lonlat
+from lookalike.indexer.scenes import (
+    RasterCrops,
+    RasterScene,
+    ground_scale_m,
+    open_scene,
+    pixel_boxes_to_lonlat,
+)
 from lookalike.indexer.sources import RasterSource
 from lookalike.indexer.store import open_index, update_tables
 from lookalike.models.classifier import ProbeClassifier, load_classifier, resolve_classifier
+from lookalike.models.defaults import LANDMARK_GROUND_SCALES_M
 from lookalike.models.saliency import DetectorConfig, detect
 
 COLUMNS = (
@@ -50,7 +57,37 @@ COLUMNS = (
 )
 
 
+# scenes within this ratio of the wanted ground scale are read at their own pixel size
+SCALE_SLACK = 1.25
+
+
 # ------------------------------------------------------------------ landmarks
+def ground_scale_for(spec: str | float | None, model: str | Path) -> float | None:
+    """The ground scale (m/px) to find landmarks at: ``"auto"`` the one the shipped classifier
+    ``model`` learned from (None for other models: each scene's own), ``"native"`` or None each
+    scene's own, a number that scale."""
+    if spec is None or spec == "native":
+        return None
+    if spec == "auto":
+        return LANDMARK_GROUND_SCALES_M.get(str(model))
+    try:
+        value = float(spec)
+    except (TypeError, ValueError):
+        raise LookalikeError(f"ground scale must be auto, native or metres per pixel, got {spec!r}") from None
+    if not value > 0:
+        raise LookalikeError(f"ground scale must be a positive number of metres per pixel, got {spec!r}")
+    return value
+
+
+def scale_factor(source: RasterSource, ground_scale: float | None) -> float:
+    """Raster pixels per scene pixel that read ``source`` at ``ground_scale`` m/px: 1 for None,
+    for a scene already about that fine, or coarser (a scene is never enlarged)."""
+    if ground_scale is None:
+        return 1.0
+    factor = ground_scale / ground_scale_m(source)
+    return factor if factor > SCALE_SLACK else 1.0
+
+
 def crop_image(scene, box, size: int = 224) -> np.ndarray:
     """A crop as the classifier saw its training images: grey, invalid pixels black, resized
     (PIL bilinear) to ``size`` and repeated to RGB, (size, size, 3) uint8."""
@@ -133,6 +170,7 @@ def find_landmarks(
     encoder=None,
     progress: bool = True,
     batch_size: int = 16,
+    ground_scale: float | None = None,
     **settings,
 ) -> pd.DataFrame:
     """Salient regions of a scene, cropped with ``border`` px, classified, kept at ``threshold``.
@@ -140,9 +178,11 @@ def find_landmarks(
     ``source``: a raster path, a registered mosaic name (``mars_8k``) or a ``RasterSource``.
     ``classifier``: a shipped model name, a model file or a ``ProbeClassifier``. ``window``
     (x0, y0, x1, y1, raster pixels) limits the search to part of a big scene. ``settings`` are
-    ``DetectorConfig`` fields. Columns: see ``COLUMNS`` plus ``p_<class>`` per class; pixel boxes
-    are the crops (border included, clipped to the raster) in raster pixels; rows below the
-    threshold are dropped (0 keeps all), best posterior first.
+    ``DetectorConfig`` fields. ``ground_scale`` (m/px) reads a finer scene averaged to that scale
+    first (regions, the border and crops at that scale, as the classifier learned them).
+    Columns: see ``COLUMNS`` plus ``p_<class>`` per class; pixel boxes are the crops (border
+    included, clipped to the raster) in raster pixels; rows below the threshold are dropped (0
+    keeps all), best posterior first.
     """
 
     if not 0.0 <= threshold <= 1.0:
@@ -156,7 +196,7 @@ def find_landmarks(
         else open_scene(source, name=name, crs=crs, bounds=bounds, time=time)
     )
     cfg = DetectorConfig(**settings)
-    with RasterScene(src, window, band) as scene:
+    with RasterScene(src, window, band, scale_factor(src, ground_scale)) as scene:
         regions = detect(scene, cfg, progress=progress)
         crops = with_border(regions, border, scene.raster_shape, scene.offset)
         if not len(crops):
@@ -164,7 +204,19 @@ def find_landmarks(
         encoder = _fitting_encoder(encoder, model, batch_size)
         proba = _classify_crops(scene, crops, model, encoder, src.name, progress)
         geo = pixel_boxes_to_lonlat(crops, scene.transform, scene.crs, src.geographic)
-    return _landmark_frame(src, regions, crops, geo, proba, model, threshold)
+        native = _raster_pixels(crops, scene.factor, src._meta["shape"])
+    return _landmark_frame(src, regions, native, geo, proba, model, threshold)
+
+
+def _raster_pixels(boxes: np.ndarray, factor: float, shape: tuple[int, int]) -> np.ndarray:
+    """Boxes in scene pixels read ``factor`` x coarser -> the raster's own pixels (int64)."""
+    if factor == 1.0:
+        return boxes
+    h, w = shape
+    out = np.rint(np.asarray(boxes, float) * factor).astype(np.int64)
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
+    return out
 
 
 def _fitting_encoder(encoder, model: ProbeClassifier, batch_size: int):
@@ -307,19 +359,27 @@ def landmark_table(
     geojson: str | Path | None = None,
     index: str | Path | None = None,
     replace: bool = False,
+    ground_scale: str | float | None = "auto",
 ) -> dict:
     """Find, crop and classify the landmarks of ``scenes`` (paths or mosaic names), write them to
     the Parquet table ``out`` (and ``geojson``), and optionally add them to the catalogue of
-    ``index``; returns the summary ``lookalike landmarks`` prints."""
+    ``index``; returns the summary ``lookalike landmarks`` prints. ``ground_scale``: see
+    ``ground_scale_for`` (by default, the scale the shipped classifier learned from)."""
     if not 0.0 <= threshold <= 1.0:
         raise LookalikeError(f"--threshold must be within [0, 1], got {threshold}")
     if window and len(scenes) > 1:
         raise LookalikeError("--window picks part of one scene; give a single scene with it")
     classifier = load_classifier(model)
+    scale = ground_scale_for(ground_scale, model)
     # every scene is opened (and its window and bands checked) before the network is built
     sources = [open_scene(ref, crs=crs, bounds=bounds, time=time) for ref in scenes]
+    read_at = {}
     for src in sources:
-        RasterScene(src, window, band).close()
+        with RasterScene(src, window, band, scale_factor(src, scale)) as scene:
+            native = ground_scale_m(src)
+            read_at[src.name] = dict(
+                native_m=round(native, 4), read_m=round(native * scene.factor, 4), pixels=list(scene.shape)
+            )
     encoder = classifier_encoder(classifier, batch_size=16)
     frames = [
         find_landmarks(
@@ -331,6 +391,7 @@ def landmark_table(
             band=band,
             max_regions=max_regions,
             encoder=encoder,
+            ground_scale=scale,
         )
         for src in sources
     ]
@@ -342,10 +403,10 @@ def landmark_table(
     if geojson:
         write_geojson(geojson, landmarks_to_geojson(frame))
     summary = summarize(frame, threshold)
+    summary["ground_scale"] = read_at
     if index:
-        catalogue = attach_to_index(
-            index, frame, replace=replace, info=dict(landmarks=catalogue_info("raster", model, classifier))
-        )
+        info = dict(catalogue_info("raster", model, classifier), ground_scale_m=scale)
+        catalogue = attach_to_index(index, frame, replace=replace, info=dict(landmarks=info))
         summary.update(
             index=str(index),
             catalogued=int(len(catalogue)),

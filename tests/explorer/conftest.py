@@ -101,6 +101,7 @@ SCENE_INDEXES = {  # folder under data/scenes, files, extra build options (Pytho
     "hirise5m": ("mars_hirise_colour_5m", "*.tif", {}),
     "naip": ("earth_naip_5m_2009_2020", "*.tif", {"gsd": 10.0}),  # 10 years of one quarter quad
 }
+LANDMARK_COLLECTIONS = {"hirise5m"}  # catalogued by the shipped HiRISE classifier, at its scale
 
 
 def _build(out: Path, rasters: list[str], env: dict, **options) -> None:
@@ -133,7 +134,13 @@ def scene_indexes(tmp_path_factory, explorer_env) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scenes")
     out = {}
     for name, (folder, pattern, options) in SCENE_INDEXES.items():
-        _build(root / name, sorted(str(p) for p in (scenes / folder).glob(pattern)), explorer_env, **options)
+        rasters = sorted(str(p) for p in (scenes / folder).glob(pattern))
+        _build(root / name, rasters, explorer_env, **options)
+        if name in LANDMARK_COLLECTIONS:
+            _lookalike(
+                "landmarks", *rasters, "--threshold", "0", "--index", str(root / name),
+                "--out", str(root / f"{name}_landmarks.parquet"), env=explorer_env,
+            )  # fmt: skip
         out[name] = root / name
     return out
 

@@ -167,3 +167,39 @@ def test_naip_dates_filter(page, collections_url, scene_indexes):
         what="the 2015 acquisition drawn",
     )
     assert "dates 2015-01-01 to 2015-12-31" in shadow_text(page, ".status")
+
+
+def _landmark_boxes(page) -> dict:
+    return page.evaluate(f"""() => {{ const d = ({MODEL})('landmarks').data_source.data;
+        const get = k => Array.from(d[k] ?? d.get(k));
+        return {{label: get('label'), left: get('left'), right: get('right'), bottom: get('bottom'),
+                 top: get('top')}}; }}""")
+
+
+def test_landmark_boxes_appear_over_the_hirise_cog(page, collections_url, scene_indexes):
+    """The COG's catalogue (found at the classifier's ground scale) is drawn over the scene once a
+    click there searches its collection; the confidence slider and class facet act on it."""
+    from lookalike.indexer.store import open_index
+
+    catalogue = open_index(scene_indexes["hirise5m"]).landmarks
+    assert catalogue is not None and len(catalogue)
+    open_app(page, collections_url)
+    west, south, east, north = _scene(scene_indexes, "hirise5m", "cog_hirise_mars")
+    _zoom(page, (west, south, east, north), margin=0.05)
+    page.wait_for_timeout(1000)
+    for attempt in range(5):  # a click before the rebuilt map's handlers are wired is lost
+        page.mouse.click(*map_point(page, 0.5, 0.5))
+        try:
+            wait_until(lambda: "Searching hirise5m" in status_text(page), timeout=6, what="a COG search")
+            break
+        except AssertionError:
+            if attempt == 4:
+                raise
+    shown = catalogue[catalogue["posterior"] >= 0.5]  # the slider's default
+    wait_until(lambda: len(_landmark_boxes(page)["label"]) == len(shown), what="the COG's landmark boxes")
+    boxes = _landmark_boxes(page)
+    assert sorted(boxes["label"]) == sorted(shown["label"])
+    pad = 0.01  # degrees: the scene's extent and the boxes are both outlines densified on the sphere
+    assert min(boxes["left"]) >= west - pad and max(boxes["right"]) <= east + pad
+    assert min(boxes["bottom"]) >= south - pad and max(boxes["top"]) <= north + pad
+    screenshot(page, "collections-cog-landmarks")

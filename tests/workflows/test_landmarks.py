@@ -232,3 +232,52 @@ def test_real_mosaic_window(data_dir, crop_encoder):
     assert np.allclose(found["lon_min"], -180 + found["x0"] * deg)
     assert np.allclose(found["lat_max"], 90 - found["y0"] * deg)
     assert (found["scene"] == "mars_8k").all() and found["time"].isna().all()
+
+
+# ------------------------------------------------------------------ at the classifier's scale
+def test_a_scene_is_read_at_the_ground_scale_asked_for(scene_tif, landmarks, crop_encoder):
+    """At 2x the raster's pixel size the planted craters are still found, boxes come back in the
+    raster's own pixels, lon/lat agree with those pixels, and the 30 px border is 60 raster px."""
+    coarse = find_landmarks(
+        scene_tif, "hirise", threshold=0.0, encoder=crop_encoder, progress=False, ground_scale=2 * GSD
+    )
+    boxes = coarse[["x0", "y0", "x1", "y1"]].to_numpy()
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= SIZE).all() and (boxes[:, [1, 3]] <= SIZE).all()
+    for cx, cy, r in CRATERS:
+        containing = (
+            (boxes[:, 0] <= cx - r)
+            & (boxes[:, 2] >= cx + r)
+            & (boxes[:, 1] <= cy - r)
+            & (boxes[:, 3] >= cy + r)
+        )
+        assert containing.any(), (cx, cy, r)
+    with rasterio.open(scene_tif) as src:
+        inverse = ~src.transform
+    crs = pyproj.CRS(CRS_CODE)
+    back = pyproj.Transformer.from_crs(crs.geodetic_crs, crs, always_xy=True)
+    col, row = inverse * back.transform(coarse["lon"].to_numpy(), coarse["lat"].to_numpy())
+    assert np.allclose(col, (coarse.x0 + coarse.x1) / 2, atol=1.0)
+    assert np.allclose(row, (coarse.y0 + coarse.y1) / 2, atol=1.0)
+    # fewer, coarser regions than at the raster's own scale: it was really read coarser
+    assert len(coarse) < len(landmarks)
+
+
+def test_cli_reports_the_scale_each_scene_was_read_at(tmp_path, scene_tif):
+    """``auto`` leaves a scene coarser than the classifier's scale as it is; a number reads
+    coarser; a bad value is one clear error."""
+    from lookalike.models.defaults import LANDMARK_GROUND_SCALES_M
+
+    code, stdout, stderr = run_main(["landmarks", scene_tif, "--threshold", "0", "--out", tmp_path / "a.pq"])
+    assert code == 0, stderr
+    auto = json.loads(stdout)["ground_scale"]["esp_synthetic"]
+    assert LANDMARK_GROUND_SCALES_M["hirise"] < GSD
+    assert auto["read_m"] == auto["native_m"] and auto["pixels"] == [SIZE, SIZE]
+    assert auto["native_m"] == pytest.approx(GSD, rel=0.01)
+    args = ["landmarks", scene_tif, "--threshold", "0", "--ground-scale", "100", "--out", tmp_path / "b.pq"]
+    code, stdout, stderr = run_main(args)
+    assert code == 0, stderr
+    coarse = json.loads(stdout)["ground_scale"]["esp_synthetic"]
+    assert coarse["read_m"] == pytest.approx(100.0, rel=0.01)
+    assert coarse["pixels"] == [pytest.approx(SIZE / 4, rel=0.01)] * 2  # the scale on the ground
+    code, _, stderr = run_main(["landmarks", scene_tif, "--ground-scale", "fine", "--out", tmp_path / "c.pq"])
+    assert_user_error(code, stderr, "ground scale")
