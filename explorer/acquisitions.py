@@ -54,6 +54,8 @@ def _acquisitions(index: Index) -> list[Acquisition]:
     gsd = tiles["gsd"].to_numpy(float) if "gsd" in tiles else np.full(len(tiles), np.nan)
     out = []
     for name, rows in tiles.groupby(tiles["source"].astype(str), sort=False).indices.items():
+        if name in described and "path" not in described[name]:
+            continue  # a folder of image chips: each chip is its own picture, not one scene
         ok = np.isfinite(lon[rows]).all(axis=1) & np.isfinite(lat[rows]).all(axis=1)
         if not ok.any():
             continue  # chips without a place

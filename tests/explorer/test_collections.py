@@ -97,3 +97,28 @@ def test_a_click_searches_the_finest_collection_under_it(explorer_index, scene_i
     state.click(5.0, 20.0)
     assert state.index_name == "mars_small" and "no tile" in state.error  # the chosen one has none there
     assert state.undo() is True
+
+
+class _FakeIndex:
+    """What ``acquisitions`` reads of an index: its tile table and manifest."""
+
+    def __init__(self, tiles: pd.DataFrame, sources: dict) -> None:
+        self.tiles, self.manifest = tiles, {"sources": sources}
+
+    def cached(self, name, make):
+        return make()
+
+
+def test_image_chips_are_not_a_scene_to_draw():
+    """A folder of chips placed on the planet (the HiRISE landmark layer) has no picture of its
+    own to decode: only raster sources are acquisitions (served with scenes, the demo's warm-up
+    decoded the chips' 'scene' and failed)."""
+    from lookalike.explorer.acquisitions import acquisitions
+
+    square = dict(lon0=10.0, lon1=11.0, lon2=11.0, lon3=10.0, lat0=20.0, lat1=20.0, lat2=21.0, lat3=21.0)
+    tiles = pd.DataFrame(
+        [dict(source=name, lon=10.5, lat=20.5, gsd=5.0, **square) for name in ("chips", "scene")]
+    )
+    sources = {"chips": {"root": "/data/hirise_v1", "image_size": 224}, "scene": {"path": "/data/s.tif"}}
+    assert [a.source for a in acquisitions(_FakeIndex(tiles, sources))] == ["scene"]
+    assert [a.source for a in acquisitions(_FakeIndex(tiles, {}))] == ["chips", "scene"]  # undescribed: kept
