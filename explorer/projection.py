@@ -29,6 +29,9 @@ POLAR_EDGE_LAT = 55.0  # a polar map reaches down to this latitude at its edges'
 POLAR_IMAGE_PIXELS = 2048  # the basemap of a polar map, a side
 POLAR_MAP_PX = 600  # a polar map's side on screen (the whole planet's map is the page's width)
 POLAR_DENSITY_CELLS = 160  # cells of the hit density grid a side, over a polar map's square
+# the hit density grid of a planet-wide map has at most this many cells per tile (and at least
+# MIN_DENSITY_CELLS): it is sent as a 4-byte-per-cell image with every search
+DENSITY_CELLS_PER_TILE, MIN_DENSITY_CELLS = 16, 4096
 FOCUS_TILES = 2.5  # a focused tile is panned to with this many of its sizes either side
 
 
@@ -308,7 +311,8 @@ def density_grid(
     tiles: pd.DataFrame, max_bins: int = 512
 ) -> tuple[tuple[float, float, float, float], int, int]:
     """(west, south, east, north) and the columns and rows of the hit density grid of an index:
-    cells about one tile across, over the tiles' centres."""
+    cells about one tile across, over the tiles' centres; coarser where that would make many
+    more cells than tiles (scenes far apart: a mostly empty image sent with every search)."""
     if len(tiles) == 0:
         return (0.0, 0.0, 1.0, 1.0), 1, 1
     lon, lat = tiles["lon"].to_numpy(float), tiles["lat"].to_numpy(float)
@@ -320,6 +324,9 @@ def density_grid(
     south, north = float(np.nanmin(lat)) - cell, float(np.nanmax(lat)) + cell
     nx = int(min(max_bins, max(1, math.ceil((east - west) / cell))))
     ny = int(min(max_bins, max(1, math.ceil((north - south) / cell))))
+    shrink = math.sqrt(nx * ny / max(MIN_DENSITY_CELLS, DENSITY_CELLS_PER_TILE * len(tiles)))
+    if shrink > 1.0:
+        nx, ny = max(1, int(nx / shrink)), max(1, int(ny / shrink))
     return (west, south, east, north), nx, ny
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from lookalike.indexer.sources import RasterSource, to_uint8
 from lookalike.indexer.thumbstore import QUALITY, THUMB_SIZE
 from lookalike.indexer.tiling import TileGrid, Zone, from_zone
 
+# how projected rasters are laid on the lon/lat grid (part of the pixel cache's key)
+GRID = "equal ground size across and along at the middle latitude"
 MAX_PIXELS = 1 << 26  # ~67 Mpx (200 MB RGB); larger rasters are decimated on load
 CACHED_PIXELS = 1 << 22  # decoded images of at least this many pixels are kept on disk (pixel_cache)
 
@@ -163,7 +166,7 @@ def _load(name: str, desc: dict, max_pixels: int) -> SourceImage:
     source = RasterSource.from_description(name, desc)
     geographic = source.geographic
     # the decoded image is kept on disk between processes: decoding a large source takes seconds
-    slot = dict(purpose="source image", name=name, desc=_key(name, desc)[1], max_pixels=max_pixels)
+    slot = dict(purpose="source image", name=name, desc=_key(name, desc)[1], max_pixels=max_pixels, grid=GRID)
     stat = Path(source.path).stat()
     key = dict(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     cached = pixel_cache.load(slot, key)
@@ -176,6 +179,20 @@ def _load(name: str, desc: dict, max_pixels: int) -> SourceImage:
     return SourceImage(
         name, rgb, valid, bounds, geographic, cache_key=slot | key if valid.size >= CACHED_PIXELS else None
     )
+
+
+def lonlat_grid_shape(
+    width: int, bounds: tuple[float, float, float, float], max_pixels: int
+) -> tuple[int, int]:
+    """Columns and rows of a lon/lat grid over ``bounds`` (west, south, east, north) as fine as a
+    projected raster ``width`` pixels across: that many columns, and rows of the same ground size
+    at the box's middle latitude (rows as many degrees as columns would be 1/cos(lat) coarser
+    on the ground), both reduced alike to at most ``max_pixels``."""
+    west, south, east, north = bounds
+    shrink = max(math.cos(math.radians((south + north) / 2.0)), 1e-3)
+    rows = width * (north - south) / (max(east - west, 1e-9) * shrink)
+    scale = max(1.0, math.sqrt(width * rows / max_pixels))
+    return max(1, int(width / scale)), max(1, int(round(rows / scale)))
 
 
 def _decode(
@@ -200,8 +217,7 @@ def _decode(
             else:
                 # projected rasters are warped once onto the body's lon/lat grid
                 west, south, east, north = source.lonlat_bounds
-                w = int(src.width / scale)
-                h = max(1, int(round(w * (north - south) / max(east - west, 1e-9))))
+                w, h = lonlat_grid_shape(src.width, source.lonlat_bounds, max_pixels)
                 transform = rasterio.transform.from_bounds(west, south, east, north, w, h)
                 with WarpedVRT(
                     src,

@@ -4,6 +4,7 @@ polygons that hold what was drawn (the pole, or both sides of 180 degrees)."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyproj
 import pytest
 import shapely
@@ -123,3 +124,25 @@ def test_halving_is_the_rounded_mean_of_each_2x2_block(shape):
     assert np.array_equal(out, expected.astype(np.uint8))
     assert out[0, 0, 0] == 0
     assert halve(np.full((2, 2, 3), 255, np.uint8)).tolist() == [[[255, 255, 255]]]
+
+
+def _tiles(lons, lats, half: float) -> pd.DataFrame:
+    lons, lats = np.asarray(lons, float), np.asarray(lats, float)
+    columns = dict(lon=lons, lat=lats)
+    for i, (dx, dy) in enumerate(((-1, -1), (1, -1), (1, 1), (-1, 1))):
+        columns[f"lon{i}"], columns[f"lat{i}"] = lons + dx * half, lats + dy * half
+    return pd.DataFrame(columns)
+
+
+def test_density_grid_has_cells_of_a_tile_but_not_far_more_cells_than_tiles():
+    from lookalike.explorer.projection import DENSITY_CELLS_PER_TILE, MIN_DENSITY_CELLS, density_grid
+
+    # one scene: cells of a tile (0.01 degrees) over its 30 x 20 tiles
+    lon, lat = np.meshgrid(np.arange(30) * 0.01, np.arange(20) * 0.01)
+    bounds, nx, ny = density_grid(_tiles(lon.ravel(), lat.ravel(), 0.005))
+    assert (nx, ny) == (32, 22) and bounds[0] == pytest.approx(-0.01)
+    # two such scenes far apart: not a 512 x 322 grid (660 kB) sent for 1,200 tiles, but coarser
+    two = _tiles(np.r_[lon.ravel(), lon.ravel() + 200.0], np.r_[lat.ravel(), lat.ravel() - 3.0], 0.005)
+    _, nx, ny = density_grid(two)
+    assert nx * ny <= max(MIN_DENSITY_CELLS, DENSITY_CELLS_PER_TILE * len(two)) and nx > ny >= 1
+    assert nx * ny >= 0.5 * max(MIN_DENSITY_CELLS, DENSITY_CELLS_PER_TILE * len(two))

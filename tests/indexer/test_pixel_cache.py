@@ -175,3 +175,26 @@ def test_a_demo_build_leaves_its_basemap_decoded(tmp_path, monkeypatch, data_dir
     fresh_process(monkeypatch)  # the explorer's first start, in a new process
     monkeypatch.setattr(thumbnails, "_decode", lambda *a: pytest.fail("decoded again"))
     assert thumbnails.basemap_image(open_index(out)).rgb.shape[1] > 4096
+
+
+def test_a_projected_scene_keeps_its_resolution_along_the_meridian(tmp_path, cache_dir):
+    """A square UTM scene at 60 N laid on the lon/lat grid: its rows keep the ground size of its
+    columns (equal degrees would halve them: cos 60 = 0.5), so the picture is as fine north-south
+    as east-west, and square ground stays square (width x cos(lat) : height)."""
+    assert thumbnails.lonlat_grid_shape(100, (0.0, 59.0, 2.0, 61.0), 1 << 20) == (100, 200)
+    capped = thumbnails.lonlat_grid_shape(400, (0.0, -1.0, 4.0, 3.0), 10_000)
+    assert capped[0] * capped[1] <= 10_000 and abs(capped[0] - capped[1]) <= 1  # reduced alike
+    rng = np.random.default_rng(5)
+    side, gsd = 200, 10.0
+    path = tmp_path / "utm60.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=side, height=side, count=1, dtype="uint8", crs="EPSG:32633",
+        transform=from_origin(500000.0 - side * gsd / 2, 6654000.0, gsd, gsd),
+    ) as dst:  # fmt: skip
+        dst.write(rng.integers(1, 255, (1, side, side), dtype=np.uint8))
+    image = thumbnails.source_image("utm60", RasterSource(path, name="utm60").describe())
+    rows, cols = image.rgb.shape[:2]
+    assert rows >= 0.9 * side and cols >= 0.9 * side
+    west, south, east, north = image.bounds
+    ground_x = (east - west) / cols * np.cos(np.radians((south + north) / 2))
+    assert ground_x == pytest.approx((north - south) / rows, rel=0.02)  # square pixels on the ground
