@@ -415,6 +415,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         ),
     ),
     Benchmark(
+        "explorer-demo",
+        "the same, on everything `lookalike demo` serves (both bodies, every collection): on the "
+        "whole planet, and zoomed into a 0.25 m HiRISE cube; the Mars mosaic alone as reference",
+        ("explorer_demo.json", "explorer_demo_hirise_cube.json", "explorer_demo_reference_mars.json"),
+        (
+            explorer(None, "explorer_demo.json", "--demo"),
+            explorer(None, "explorer_demo_hirise_cube.json", "--demo", "--zoom", "hirise_red_25cm"),
+            explorer(None, "explorer_demo_reference_mars.json"),
+        ),
+    ),
+    Benchmark(
         "load",
         "1-32 concurrent explorer sessions, sessions opened and closed, concurrent API searches",
         ("load.json", "load.md"),
