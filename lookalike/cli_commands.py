@@ -291,6 +291,19 @@ def cmd_bench_sublinear(args) -> None:
     _write_json(args.json, result)
 
 
+def cmd_bench_scale(args) -> None:
+    from lookalike.bench.scale import bench_scale
+
+    if args.source_index:
+        source = args.source_index
+    else:
+        from lookalike.workflows.demo import ensure_demo_index
+
+        source = ensure_demo_index("mars")
+    result = bench_scale(args.n, source, bits=args.bits, k=args.k, n_queries=args.queries, seed=args.seed)
+    _write_json(args.json, result)
+
+
 def cmd_bench_index(args) -> None:
     from lookalike.bench.index import bench_index
     from lookalike.workflows.indexing import raster_sources

@@ -10,6 +10,7 @@ from lookalike.cli_commands import (
     cmd_bench,
     cmd_bench_encode,
     cmd_bench_index,
+    cmd_bench_scale,
     cmd_bench_sublinear,
     cmd_demo,
     cmd_eval,
@@ -406,6 +407,7 @@ def _bench_parser(sub) -> None:
     bs.set_defaults(func=cmd_bench)
     _bench_sublinear_parser(bsub)
     _bench_index_parser(bsub)
+    _bench_scale_parser(bsub)
     be = bsub.add_parser("encode", help="tiles/s: eager PyTorch vs every candidate encoder path")
     be.add_argument("--n", type=int, default=256)
     be.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -458,6 +460,23 @@ def _bench_sublinear_parser(bsub) -> None:
     bl.add_argument("--seed", type=int, default=0)
     opts.add_json(bl)
     bl.set_defaults(func=cmd_bench_sublinear)
+
+
+def _bench_scale_parser(bsub) -> None:
+    bc = bsub.add_parser(
+        "scale",
+        help="an index of N tiles grown from a real one: open, memory, search with and without filters",
+    )
+    bc.add_argument("--n", type=int, default=10_000_000)
+    bc.add_argument(
+        "--source-index", help="index whose codes and tiles are grown (default: the Mars demo index)"
+    )
+    bc.add_argument("--bits", type=int, default=128)
+    bc.add_argument("--k", type=int, default=1000)
+    bc.add_argument("--queries", type=int, default=20, help="half held-out real codes, half noisy variants")
+    bc.add_argument("--seed", type=int, default=0)
+    opts.add_json(bc)
+    bc.set_defaults(func=cmd_bench_scale)
 
 
 def _bench_index_parser(bsub) -> None:

@@ -45,6 +45,12 @@ def pixel_cache_dir() -> Path:
     return (_from_env(CACHE_ENV) or _user_cache()) / "pixels"
 
 
+def scale_dir() -> Path:
+    """Where ``lookalike bench scale`` keeps its synthetic indexes: ``$LOOKALIKE_CACHE/scale`` or
+    the user cache."""
+    return (_from_env(CACHE_ENV) or _user_cache()) / "scale"
+
+
 def features_dir() -> Path:
     """Where cached backbone features live: ``$LOOKALIKE_CACHE`` itself or the user cache."""
     return _from_env(CACHE_ENV) or _user_cache() / "features"

@@ -1,0 +1,260 @@
+"""``lookalike bench scale``: an index of N tiles grown from a real one, opened and searched with
+and without filters, each measured in a fresh process.
+
+The codes are grown from a real index as ``bench sublinear`` grows them (its rows replicated with
+the bit-flip rates of neighbouring tiles; half of the queries are held-out real codes, half noisy
+variants). The tile table is the real one repeated as other acquisitions: each repetition is a
+source of its own with an acquisition date in 2010-2020, its grid columns shifted so tile ids
+stay unique; places, zones and footprints are the real rows'. The index is built once through
+``write_index`` and kept in the cache (``$LOOKALIKE_CACHE/scale``) for later runs.
+
+Measured in a fresh process: ``open_index`` time and the process's resident memory after it,
+the exact search (k hits, no filter) over the queries, and three filters (a few zones holding
+about 1 % of the rows, a date range of about 10 %, a lon/lat box of about 1 %), each checked
+against a reference that filters the whole table with numpy and ranks the kept rows' codes by
+(distance, row): ``identical`` is whether every query's hits are the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lookalike.config import scale_dir
+from lookalike.errors import LookalikeError
+
+FILTER_SHARES = {"zone": 0.01, "time": 0.10, "bbox": 0.01}
+YEARS = (2010, 2020)  # acquisition dates of the repeated tables are spread over these years
+
+
+# ------------------------------------------------------------------ the synthetic index
+def synthetic_tiles(real: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` tile rows: the real table repeated, each repetition another source with its own date."""
+    if len(real) == 0:
+        raise LookalikeError("the source index has no tiles to grow a table from")
+    rng = np.random.default_rng(seed)
+    reps = -(-n // len(real))
+    rep = np.repeat(np.arange(reps, dtype=np.int64), len(real))[:n]
+    row = np.tile(np.arange(len(real)), reps)[:n]
+    base = real.iloc[row].reset_index(drop=True)
+    first, last = (pd.Timestamp(f"{y}-01-01", tz="UTC") for y in YEARS)
+    days = rng.integers(0, (last - first).days, reps)
+    source_codes, names = pd.factorize(real["source"].astype(str))
+    source = rep * len(names) + source_codes[row]  # each real source once per repetition
+    tiles = pd.DataFrame(
+        {
+            "source": pd.Categorical.from_codes(source, [f"{s}~{r}" for r in range(reps) for s in names]),
+            "zone": base["zone"].astype("category"),
+            "lon": base["lon"].to_numpy(),
+            "lat": base["lat"].to_numpy(),
+            "time": first + pd.to_timedelta(days[rep], unit="D"),
+            "row": base["row"].to_numpy(np.int32),
+            "col": (base["col"].to_numpy(np.int64) + 1000 * rep).astype(np.int32),
+        }
+    )
+    for c in ("gsd", "size", *(f"{a}{i}" for i in range(4) for a in ("lon", "lat"))):
+        if c in base:
+            tiles[c] = base[c].to_numpy()
+    tiles.insert(
+        0,
+        "tile_id",
+        tiles["source"].astype(str)
+        + ":"
+        + tiles["zone"].astype(str)
+        + ":"
+        + tiles["row"].astype(str)
+        + ":"
+        + tiles["col"].astype(str),
+    )
+    return tiles
+
+
+def build_synthetic(source: Path, n: int, bits: int, n_queries: int, seed: int, out: Path) -> dict:
+    """Write the synthetic index of ``n`` tiles at ``out`` (with its queries) and say how long."""
+    from lookalike.bench.sublinear import realistic_codes
+    from lookalike.indexer.store import open_index, write_index
+
+    t0 = time.perf_counter()
+    real = open_index(source, verify=False)
+    if real.bits != bits:
+        raise LookalikeError(f"{source} holds {real.bits}-bit codes; grow {real.bits}-bit codes from it")
+    codes, queries, grown = realistic_codes(np.asarray(real.codes), real.tiles, n, n_queries, seed=seed)
+    tiles = synthetic_tiles(real.tiles, n, seed)
+    write_index(
+        out, codes, tiles, bits=bits, hash_model=real.hash_model_path.read_bytes(), info=dict(kind="scale")
+    )
+    np.save(out / "scale_queries.npy", queries)
+    done = dict(build_s=round(time.perf_counter() - t0, 2), grown_from=str(source), codes=grown)
+    (out / "scale_build.json").write_text(json.dumps(done))
+    return done
+
+
+def _cache_key(source: Path, n: int, bits: int, n_queries: int, seed: int) -> str:
+    from lookalike.indexer.store import FORMAT_VERSION, read_manifest
+
+    manifest = read_manifest(source)
+    made = [str(source.resolve()), manifest.get("updated"), manifest.get("count"), n, bits, n_queries, seed]
+    return hashlib.sha256(json.dumps(made + [FORMAT_VERSION]).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ filters and their reference
+def chosen_filters(tiles: pd.DataFrame) -> dict[str, dict]:
+    """Zone, date and box filters keeping about ``FILTER_SHARES`` of the rows (JSON-able)."""
+    counts = tiles["zone"].value_counts()
+    zones, kept = [], 0
+    for zone, count in counts.sort_values().items():  # small zones first: close to the share
+        if kept >= FILTER_SHARES["zone"] * len(tiles):
+            break
+        zones.append(str(zone))
+        kept += int(count)
+    times = tiles["time"]
+    half = FILTER_SHARES["time"] / 2
+    start, end = times.quantile(0.5 - half), times.quantile(0.5 + half)
+    lon, lat = tiles["lon"].to_numpy(), tiles["lat"].to_numpy()
+    cx, cy = float(np.median(lon)), float(np.median(lat))
+    low, high = 0.0, 180.0
+    for _ in range(30):  # the half-width whose box holds the share
+        mid = (low + high) / 2
+        share = np.mean((np.abs(lon - cx) <= mid) & (np.abs(lat - cy) <= mid))
+        low, high = (mid, high) if share < FILTER_SHARES["bbox"] else (low, mid)
+    bbox = [cx - high, max(-90.0, cy - high), cx + high, min(90.0, cy + high)]
+    return {
+        "zone": dict(zones=zones),
+        "time": dict(time_range=[start.isoformat(), end.isoformat()]),
+        "bbox": dict(bbox=bbox),
+    }
+
+
+def reference_mask(tiles: pd.DataFrame, spec: dict) -> np.ndarray:
+    """The rows a filter keeps, computed on the whole table without the search code."""
+    if "zones" in spec:
+        return tiles["zone"].astype(str).isin(spec["zones"]).to_numpy()
+    if "time_range" in spec:
+        start, end = (pd.Timestamp(t) for t in spec["time_range"])
+        return ((tiles["time"] >= start) & (tiles["time"] <= end)).to_numpy()
+    west, south, east, north = spec["bbox"]
+    lon, lat = tiles["lon"].to_numpy(), tiles["lat"].to_numpy()
+    return (lon >= west) & (lon <= east) & (lat >= south) & (lat <= north)
+
+
+def reference_rows(codes: np.ndarray, query: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """The k kept rows nearest ``query``, ordered by (Hamming distance, row)."""
+    rows = np.flatnonzero(mask)
+    dist = np.unpackbits(np.asarray(codes[rows]) ^ query, axis=1).sum(axis=1)
+    order = np.lexsort((rows, dist))[:k]
+    return rows[order]
+
+
+# ------------------------------------------------------------------ measured in a fresh process
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(path: str, k: int) -> dict:
+    """Open the index and time its searches (called in a fresh process by ``bench_scale``)."""
+    from lookalike.indexer.search import Filters, search_index
+    from lookalike.indexer.store import open_index
+
+    t0 = time.perf_counter()
+    index = open_index(path)
+    open_s = time.perf_counter() - t0
+    rss_open = _rss_mb()
+    queries = np.load(Path(path) / "scale_queries.npy")
+    search_index(index, queries[0], k=k, method="exact")  # compiles the scan kernel
+    plain = [_timed(lambda q=q: search_index(index, q, k=k, method="exact")) for q in queries]
+    filters = []
+    for name, spec in chosen_filters(index.tiles).items():
+        mask, chosen = reference_mask(index.tiles, spec), Filters(**spec)
+        times, identical = [], True
+        for q in queries:
+            seconds, hits = _timed_hits(
+                lambda q=q, f=chosen: search_index(index, q, k=k, filters=f, method="exact")
+            )
+            times.append(seconds)
+            expected = reference_rows(index.codes, q, mask, k)
+            identical &= bool(np.array_equal(hits, expected))
+        filters.append(
+            dict(
+                name=name, share=round(float(mask.mean()), 4), p50_s=_p50(times), identical=identical, **spec
+            )
+        )
+    return dict(
+        open_s=round(open_s, 3),
+        rss_open_mb=round(rss_open, 1),
+        search_p50_s=_p50(plain),
+        filters=filters,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _timed_hits(fn) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    hits = fn()
+    return time.perf_counter() - t0, np.asarray(hits.attrs["index_row"])
+
+
+def _p50(times: list[float]) -> float:
+    return round(float(np.median(times)), 4)
+
+
+def _in_fresh_process(call: str) -> tuple[dict, float]:
+    """Run ``call`` (Python printing one JSON line) in a new interpreter; its result and peak RSS."""
+    done = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LookalikeError(f"the measuring process failed:\n{done.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return json.loads(done.stdout.strip().splitlines()[-1]), peak
+
+
+def bench_scale(
+    n: int, source: str | Path, bits: int = 128, k: int = 1000, n_queries: int = 20, seed: int = 0
+) -> dict:
+    """The whole benchmark: the synthetic index (built once, cached), then its measurements."""
+    source = Path(source)
+    out = scale_dir() / f"n{n}-{_cache_key(source, n, bits, n_queries, seed)}"
+    built_now = not (out / "scale_build.json").exists()
+    if built_now:
+        call = (
+            "import json, pathlib; from lookalike.bench.scale import build_synthetic; "
+            f"print(json.dumps(build_synthetic(pathlib.Path({str(source)!r}), {n}, {bits}, {n_queries}, "
+            f"{seed}, pathlib.Path({str(out)!r}))))"
+        )
+        build, build_peak = _in_fresh_process(call)
+        build["peak_rss_mb"] = round(build_peak, 1)
+        (out / "scale_build.json").write_text(json.dumps(build))
+    build = json.loads((out / "scale_build.json").read_text())
+    call = (
+        "import json; from lookalike.bench.scale import measure; "
+        f"print(json.dumps(measure({str(out)!r}, {k})))"
+    )
+    measured, _ = _in_fresh_process(call)
+    return dict(
+        n=n,
+        bits=bits,
+        k=k,
+        queries=n_queries,
+        index=str(out),
+        built_now=built_now,
+        build_s=build["build_s"],
+        peak_rss_mb=build.get("peak_rss_mb"),
+        search_peak_rss_mb=measured.pop("peak_rss_mb"),
+        grown_from=build["grown_from"],
+        **measured,
+    )
