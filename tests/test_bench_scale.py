@@ -61,7 +61,7 @@ def test_bench_scale_json_cache_and_identical_filters(mars_index, tmp_path, monk
     for f in result["filters"]:
         assert set(f) >= {"name", "share", "p50_s", "identical"} and f["identical"] is True, f
         assert 0 < f["share"] < 1
-    index = open_index(result["index"])
+    index = open_index(tmp_path / "cache" / "scale" / result["index"])
     assert index.n == n
     for f in result["filters"]:  # the filter the JSON names keeps the share it states
         spec = {key: value for key, value in f.items() if key not in ("name", "share", "p50_s", "identical")}

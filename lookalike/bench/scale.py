@@ -92,7 +92,7 @@ def build_synthetic(source: Path, n: int, bits: int, n_queries: int, seed: int, 
         out, codes, tiles, bits=bits, hash_model=real.hash_model_path.read_bytes(), info=dict(kind="scale")
     )
     np.save(out / "scale_queries.npy", queries)
-    done = dict(build_s=round(time.perf_counter() - t0, 2), grown_from=str(source), codes=grown)
+    done = dict(build_s=round(time.perf_counter() - t0, 2), grown_from=source.name, codes=grown)
     (out / "scale_build.json").write_text(json.dumps(done))
     return done
 
@@ -250,7 +250,7 @@ def bench_scale(
         bits=bits,
         k=k,
         queries=n_queries,
-        index=str(out),
+        index=out.name,  # in the cache's scale folder
         built_now=built_now,
         build_s=build["build_s"],
         peak_rss_mb=build.get("peak_rss_mb"),
