@@ -389,6 +389,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         long=True,
     ),
     Benchmark(
+        "scale",
+        "an index of 10 M tiles grown from the Mars demo index: open time, RSS, exact search "
+        "and zone / date / box filters against filtering the whole table",
+        ("scale_10m.json",),
+        (step("lookalike", "bench", "scale", "--n", "10000000", "--json", R + "scale_10m.json"),),
+        long=True,
+    ),
+    Benchmark(
         "landmark-scale",
         "the ground scale HiRISE v1's crops were cut at: observation footprints, and a real "
         "HiRISE scene's crops against the training crops in the classifier's features",
