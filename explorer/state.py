@@ -193,7 +193,10 @@ class ExplorerState(param.Parameterized):
         try:
             filters = self.filters()
             return filter_mask(
-                self.index.tiles, filters if with_classes else filters.without_landmarks(), self.landmarks
+                self.index.tiles,
+                filters if with_classes else filters.without_landmarks(),
+                self.landmarks,
+                self.index.filter_columns(),
             )
         except LookalikeError:
             return None

@@ -25,6 +25,7 @@ from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
 from lookalike.indexer.bbox import in_bbox
 from lookalike.indexer.catalogue import landmark_mask
+from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.image_folders import load_image
 from lookalike.indexer.locate import FootprintLocator
@@ -171,38 +172,35 @@ def _as_geometry(region) -> BaseGeometry:
 
 
 def filter_mask(
-    tiles: pd.DataFrame, filters: Filters | None, landmarks: pd.DataFrame | None = None
+    tiles: pd.DataFrame,
+    filters: Filters | None,
+    landmarks: pd.DataFrame | None = None,
+    columns: FilterColumns | None = None,
 ) -> np.ndarray | None:
     """Boolean mask of tiles passing ``filters``; None when nothing is filtered.
 
-    ``landmarks`` is the index's landmark catalogue, needed only for ``landmark_classes``.
+    ``landmarks`` is the index's landmark catalogue, needed only for ``landmark_classes``;
+    ``columns`` the table's ``FilterColumns`` when kept (``Index.filter_columns``), else made here.
     """
     if filters is None or filters.is_empty():
         return None
+    cols = columns if columns is not None else FilterColumns.of(tiles)
     mask = np.ones(len(tiles), dtype=bool)
     if filters.landmark_classes:
         mask &= landmark_mask(
             tiles, landmarks, list(filters.landmark_classes), filters.min_confidence, filters.min_landmarks
         )
     if filters.zones:
-        wanted = {Zone.parse(z).label for z in filters.zones}
-        mask &= tiles["zone"].isin(wanted).to_numpy()
+        mask &= cols.zones_in({Zone.parse(z).label for z in filters.zones})
     if filters.sources:
-        mask &= tiles["source"].isin(filters.sources).to_numpy()
+        mask &= cols.sources_in({str(s) for s in filters.sources})
     if filters.labels:
         if "label" not in tiles:
             raise LookalikeError("this index has no labels to filter by")
         mask &= tiles["label"].isin(filters.labels).to_numpy()
     if filters.time_range:
-        start, end = (utc_timestamp(t) for t in filters.time_range)
-        times = pd.to_datetime(tiles["time"], utc=True)
-        ok = times.notna().to_numpy().copy()  # pandas >= 3 hands out read-only views
-        if start is not None:
-            ok &= (times >= start).fillna(False).to_numpy()
-        if end is not None:
-            ok &= (times <= end).fillna(False).to_numpy()
-        mask &= ok
-    lon, lat = tiles["lon"].to_numpy(), tiles["lat"].to_numpy()
+        mask &= cols.times_within(*(utc_timestamp(t) for t in filters.time_range))
+    lon, lat = cols.lon, cols.lat
     if filters.bbox:
         mask &= in_bbox(lon, lat, filters.bbox)
     if filters.region is not None:
@@ -447,7 +445,7 @@ def search_index(
     code = check_code_length(
         query_code(index, query, encoder) if isinstance(query, Query) else query, index.bits
     )
-    mask = filter_mask(index.tiles, filters, index.landmarks)
+    mask = filter_mask(index.tiles, filters, index.landmarks, index.filter_columns())
     chosen = choose_method(index, k, mask, method)
     rows, dist = ranked_rows_index(index, code, k, mask, chosen)
     if isinstance(query, Query):
@@ -475,7 +473,7 @@ def search_index_batch(
     ]
     if not codes:
         return []
-    mask = filter_mask(index.tiles, filters, index.landmarks)
+    mask = filter_mask(index.tiles, filters, index.landmarks, index.filter_columns())
     if choose_method(index, k, mask, method) == "exact":
         ranked = ranked_rows_batch(index.codes, np.stack(codes), k, mask)
     else:

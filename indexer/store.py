@@ -41,6 +41,7 @@ import pandas as pd
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.fileio import atomic_write_bytes, fsync_dir, save_npy, sha256_file
 from lookalike.indexer.ann import BinaryANN, load_ann
+from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.thumbstore import ThumbnailFile, iter_thumbnails, write_thumbnails
 
 FORMAT_VERSION = 1
@@ -153,6 +154,10 @@ class Index:
         if key not in cache:
             cache[key] = make()
         return cache[key]
+
+    def filter_columns(self) -> FilterColumns:
+        """The compact columns search filters read (``indexer.filter_columns``), made once."""
+        return self.cached("filter_columns", lambda: FilterColumns.of(self.tiles))
 
     def column(self, name: str, dtype=np.float64) -> np.ndarray:
         """A column of the tile table as a read-only numpy array, converted once and kept (the

@@ -255,6 +255,6 @@ def bench_scale(
         build_s=build["build_s"],
         peak_rss_mb=build.get("peak_rss_mb"),
         search_peak_rss_mb=measured.pop("peak_rss_mb"),
-        grown_from=build["grown_from"],
+        grown_from=Path(build["grown_from"]).name,
         **measured,
     )

@@ -1,0 +1,85 @@
+"""Filters over the compact columns give exactly the rows the pandas table gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lookalike.indexer.filter_columns import FilterColumns
+from lookalike.indexer.search import Filters, filter_mask
+
+
+def table(n: int, seed: int, categorical: bool) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    zones = np.array(["10N", "11N", "12S", "UPSN", None], dtype=object)[rng.integers(0, 5, n)]
+    sources = np.array(["a", "b", "c~1", None], dtype=object)[rng.integers(0, 4, n)]
+    days = rng.integers(0, 4000, n)
+    times = pd.Series(pd.Timestamp("2010-01-01", tz="UTC") + pd.to_timedelta(days, unit="D"))
+    times[rng.random(n) < 0.2] = pd.NaT
+    tiles = pd.DataFrame(
+        dict(
+            zone=zones,
+            source=sources,
+            time=times.astype("datetime64[ms, UTC]"),
+            lon=rng.uniform(-180, 180, n),
+            lat=rng.uniform(-90, 90, n),
+        )
+    )
+    if categorical:
+        tiles["zone"], tiles["source"] = tiles["zone"].astype("category"), tiles["source"].astype("category")
+    return tiles
+
+
+def pandas_mask(tiles: pd.DataFrame, f: Filters) -> np.ndarray:
+    """The filters written with pandas alone, as the reference."""
+    mask = np.ones(len(tiles), bool)
+    if f.zones:
+        mask &= tiles["zone"].isin(f.zones).to_numpy()
+    if f.sources:
+        mask &= tiles["source"].isin(f.sources).to_numpy()
+    if f.time_range:
+        start, end = (None if t is None else pd.Timestamp(t, tz="UTC") for t in f.time_range)
+        times = tiles["time"]
+        ok = times.notna().to_numpy().copy()
+        ok &= True if start is None else (times >= start).fillna(False).to_numpy()
+        ok &= True if end is None else (times <= end).fillna(False).to_numpy()
+        mask &= ok
+    if f.bbox:
+        west, south, east, north = f.bbox
+        mask &= (
+            (tiles.lon >= west) & (tiles.lon <= east) & (tiles.lat >= south) & (tiles.lat <= north)
+        ).to_numpy()
+    return mask
+
+
+@pytest.mark.parametrize("categorical", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compact_columns_keep_the_rows_pandas_keeps(categorical, seed):
+    tiles = table(5000, seed, categorical)
+    columns = FilterColumns.of(tiles)
+    for f in (
+        Filters(zones=["10N", "UPSN"]),
+        Filters(sources=["c~1", "a"]),
+        Filters(time_range=("2012-03-01", "2014-12-31T23:59:59")),
+        Filters(time_range=(None, "2011-01-01")),
+        Filters(time_range=("2019-06-01", None)),
+        Filters(bbox=(-20.0, -10.0, 35.0, 40.0)),
+        Filters(
+            zones=["11N"], sources=["b"], time_range=("2013-01-01", "2016-01-01"), bbox=(-90, -45, 90, 45)
+        ),
+    ):
+        expected = pandas_mask(tiles, f)
+        assert 0 < expected.sum() < len(tiles), f
+        np.testing.assert_array_equal(filter_mask(tiles, f, columns=columns), expected)
+        np.testing.assert_array_equal(filter_mask(tiles, f), expected)  # columns made on the fly
+
+
+def test_columns_are_read_only_and_leave_the_table_alone():
+    tiles = table(100, 0, True)
+    before = tiles.copy()
+    columns = FilterColumns.of(tiles)
+    for array in (columns.zone_codes, columns.source_codes, columns.times, columns.lon, columns.lat):
+        assert not array.flags.writeable
+    pd.testing.assert_frame_equal(tiles, before)
+    assert not FilterColumns.of(tiles.drop(columns="time")).times_within(None, None).any()  # no times
