@@ -56,6 +56,19 @@ def _select(page, label: str):
     return page.locator(".bk-input-group", has_text=label).locator("select").first
 
 
+def _click_centre_until_searching(page, collection: str, attempts: int = 5) -> None:
+    """Click the map's centre until a search of ``collection`` starts: a click before a rebuilt
+    map's handlers are wired is lost."""
+    for attempt in range(attempts):
+        page.mouse.click(*map_point(page, 0.5, 0.5))
+        try:
+            wait_until(lambda: f"Searching {collection}" in status_text(page), timeout=6, what="the search")
+            return
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+
+
 def _open_mars_scene(page, url, scene_indexes, source="no_change_before"):
     open_app(page, url)
     bounds = _scene(scene_indexes, "hirise_cubes", source)
@@ -148,14 +161,7 @@ def test_naip_dates_filter(page, collections_url, scene_indexes):
     wait_until(lambda: page.locator(".scene-date").count() > 0, what="the Earth map's collections")
     _zoom(page, _scene(scene_indexes, "naip", "m_4709963_se_14_1_20150926"), margin=0.0)
     page.wait_for_timeout(1000)
-    for attempt in range(5):  # a click before the rebuilt map's handlers are wired is lost
-        page.mouse.click(*map_point(page, 0.5, 0.5))
-        try:
-            wait_until(lambda: "Searching naip" in status_text(page), timeout=6, what="a NAIP search")
-            break
-        except AssertionError:
-            if attempt == 4:
-                raise
+    _click_centre_until_searching(page, "naip")
     wait_until(lambda: cards(page), timeout=30, what="the NAIP hits")
     set_text(page, "From date", "2015-01-01")
     set_text(page, "To date", "2015-12-31")
@@ -187,14 +193,7 @@ def test_landmark_boxes_appear_over_the_hirise_cog(page, collections_url, scene_
     west, south, east, north = _scene(scene_indexes, "hirise5m", "cog_hirise_mars")
     _zoom(page, (west, south, east, north), margin=0.05)
     page.wait_for_timeout(1000)
-    for attempt in range(5):  # a click before the rebuilt map's handlers are wired is lost
-        page.mouse.click(*map_point(page, 0.5, 0.5))
-        try:
-            wait_until(lambda: "Searching hirise5m" in status_text(page), timeout=6, what="a COG search")
-            break
-        except AssertionError:
-            if attempt == 4:
-                raise
+    _click_centre_until_searching(page, "hirise5m")
     shown = catalogue[catalogue["posterior"] >= 0.5]  # the slider's default
     wait_until(lambda: len(_landmark_boxes(page)["label"]) == len(shown), what="the COG's landmark boxes")
     boxes = _landmark_boxes(page)
