@@ -60,7 +60,7 @@ def ensure_landmarks(
     """Find, classify and catalogue the landmarks of a demo index's scenes (paths or mosaic
     names) once, read at ``scale`` m/px (None: as they are); all posteriors are kept: the
     explorer's confidence slider chooses. Again when the shipped classifier changed."""
-    if _catalogued_by_shipped(open_index(path, verify=False).manifest):
+    if _catalogued_by_shipped(open_index(path, verify=False).manifest, scale):
         return
     names = ", ".join(Path(s).name for s in scenes)
     print(f"finding landmarks in {names} with the shipped classifier (once)")
@@ -78,10 +78,15 @@ def ensure_landmarks(
     )
 
 
-def _catalogued_by_shipped(manifest: dict) -> bool:
-    """Whether the index's landmark catalogue was made by the shipped classifier as it is now."""
-    made_by = (manifest.get("landmarks") or {}).get("model_sha256")
-    return "landmarks" in manifest["files"] and made_by == sha256_file(resolve_classifier(CLASSIFIER))
+def _catalogued_by_shipped(manifest: dict, scale: float | None = None) -> bool:
+    """Whether the index's landmark catalogue was made by the shipped classifier as it is now
+    (and, for scenes, at the ground scale ``scale``)."""
+    made = manifest.get("landmarks") or {}
+    return (
+        "landmarks" in manifest["files"]
+        and made.get("model_sha256") == sha256_file(resolve_classifier(CLASSIFIER))
+        and made.get("ground_scale_m") == scale
+    )
 
 
 def hirise_layer(root: str | Path | None = None, progress: bool = True) -> Path | None:

@@ -164,3 +164,24 @@ def test_registered_scene_collections_match_the_data_cache(scenes, monkeypatch):
     monkeypatch.setenv("LOOKALIKE_DATA", str(scenes.parent / "nowhere"))
     with pytest.raises(LookalikeError, match="lookalike fetch naip_5m"):
         fetch_scenes("naip_5m", download=False)
+
+
+def test_the_demo_catalogues_the_hirise_cog_at_the_classifier_scale(tmp_path, scenes, monkeypatch):
+    """`lookalike demo`'s Mars collections: the colour COG gets a landmark catalogue found at the
+    classifier's ground scale, inside the scene; built once (a second call changes nothing)."""
+    from lookalike.models.defaults import LANDMARK_GROUND_SCALES_M
+    from lookalike.workflows.demo import scene_collections
+
+    monkeypatch.setenv("LOOKALIKE_DATA", str(scenes.parent))
+    paths = {p.name: p for p in scene_collections("mars", tmp_path, progress=False)}
+    assert set(paths) == {"hirise_red_25cm", "hirise_colour_5m"}
+    cog = open_index(paths["hirise_colour_5m"])
+    assert cog.manifest["landmarks"]["ground_scale_m"] == LANDMARK_GROUND_SCALES_M["hirise"]
+    landmarks = cog.landmarks
+    assert len(landmarks) > 0 and (landmarks["row"] >= 0).all()  # each on a tile of the scene
+    tiles = cog.tiles
+    assert landmarks["lon"].between(tiles["lon0"].min() - 0.05, tiles["lon0"].max() + 0.05).all()
+    assert open_index(paths["hirise_red_25cm"]).landmarks is None  # the cubes: no catalogue asked
+    generation = cog.manifest["generation"]
+    scene_collections("mars", tmp_path, progress=False)
+    assert open_index(paths["hirise_colour_5m"]).manifest["generation"] == generation
