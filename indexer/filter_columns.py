@@ -62,10 +62,19 @@ class FilterColumns:
             return np.zeros(self.n, bool)
         ok = self.times != NAT
         if start is not None:
-            ok &= self.times >= start.as_unit("ns").value
+            ok &= self.times >= _nanoseconds(start)
         if end is not None:
-            ok &= self.times <= end.as_unit("ns").value
+            ok &= self.times <= _nanoseconds(end)
         return ok
+
+
+def _nanoseconds(time: pd.Timestamp) -> int:
+    """Nanoseconds since 1970 of ``time``, clamped to what int64 holds (years 1678-2261): a date
+    beyond them is before or after every time a table can hold."""
+    try:
+        return time.as_unit("ns").value
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):
+        return int(np.iinfo(np.int64).max) if time.year > 1970 else NAT + 1
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -64,6 +64,8 @@ def test_compact_columns_keep_the_rows_pandas_keeps(categorical, seed):
         Filters(time_range=("2012-03-01", "2014-12-31T23:59:59")),
         Filters(time_range=(None, "2011-01-01")),
         Filters(time_range=("2019-06-01", None)),
+        Filters(time_range=("1066-10-14", "2011-01-01")),  # dates nanoseconds cannot hold
+        Filters(time_range=("2012-01-01", "2263-01-01")),
         Filters(bbox=(-20.0, -10.0, 35.0, 40.0)),
         Filters(
             zones=["11N"], sources=["b"], time_range=("2013-01-01", "2016-01-01"), bbox=(-90, -45, 90, 45)
@@ -83,3 +85,8 @@ def test_columns_are_read_only_and_leave_the_table_alone():
         assert not array.flags.writeable
     pd.testing.assert_frame_equal(tiles, before)
     assert not FilterColumns.of(tiles.drop(columns="time")).times_within(None, None).any()  # no times
+    columns = FilterColumns.of(tiles)
+    assert not columns.times_within(pd.Timestamp("2263-01-01", tz="UTC"), None).any()
+    np.testing.assert_array_equal(
+        columns.times_within(None, pd.Timestamp("2263-01-01", tz="UTC")), tiles["time"].notna().to_numpy()
+    )
