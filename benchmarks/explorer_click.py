@@ -35,12 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from explorer_testkit import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
+    MODEL,
     cards,
     data_dir,
     open_app,
     start_server,
     status_text,
     wait_until,
+    zoom_map,
 )
 
 ALL_LOADED = """els => els.length > 0 && els.every(i => i.complete && i.naturalWidth > 0)"""
@@ -188,12 +190,6 @@ def main() -> None:
         args.json.write_text(text + "\n")
 
 
-FIGURE = (
-    "() => { let f = null; for (const m of Bokeh.documents[0]._all_models.values()) "
-    "if (m.type == 'Figure') f = m; return f; }"
-)
-
-
 def zoom_target(indexes: list[Path], collection: str) -> dict:
     """The first scene (by name) of the collection ``collection``: its source and lon/lat box."""
     from lookalike.explorer.acquisitions import acquisitions
@@ -209,13 +205,9 @@ def zoom_target(indexes: list[Path], collection: str) -> dict:
 def zoom_into(page, bounds: list[float]) -> None:
     """Set the map's view on ``bounds`` (as a zoom does; true shape then widens one side) and
     wait until the scene's own pixels are drawn."""
-    west, south, east, north = bounds
-    page.evaluate(f"""() => {{ const f = ({FIGURE})();
-        f.x_range.setv({{start: {west}, end: {east}}}); f.y_range.setv({{start: {south}, end: {north}}}); }}""")
+    zoom_map(page, bounds, margin=0.0)
     wait_until(
-        lambda: page.evaluate("""() => { for (const m of Bokeh.documents[0]._all_models.values())
-            if (m.name == 'basemap_detail') return m.data_source.data.url[0].includes('~');
-            return false; }"""),
+        lambda: page.evaluate(f"() => ({MODEL})('basemap_detail').data_source.data.url[0].includes('~')"),
         timeout=60,
         what="the scene's pixels",
     )

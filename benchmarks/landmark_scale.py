@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import data_dir
+from lookalike.data.hirise import load_hirise_footprints
 from lookalike.indexer.encoding import classifier_encoder
 from lookalike.indexer.features import folder_features
+from lookalike.indexer.product_times import hirise_observation_id
 from lookalike.indexer.scenes import RasterCrops, RasterScene, ground_scale_m, open_scene
 from lookalike.models.classifier import load_classifier
 from lookalike.models.defaults import LANDMARK_GROUND_SCALES_M
@@ -40,12 +42,11 @@ SCALES_M = (5.0, 5.75, 6.5, 8.0, 10.0)  # the scene is 5 m/px: it can only be re
 def footprint_estimate(root) -> dict:
     """Metres per browse pixel of the v1 source observations (median, quartiles)."""
     labels = pd.read_csv(root / "hirise_v1" / "labels.csv")
-    observations = pd.read_csv(root / "hirise_observations.csv")
-    ids = labels["source_image"].str.replace(r"_RED.*", "", regex=True).unique()
-    obs = observations[observations["observation_id"].isin(ids)]
-    lat = np.radians((obs["minimum_latitude"] + obs["maximum_latitude"]) / 2.0)
-    dlon = (obs["easternmost_longitude"] - obs["westernmost_longitude"]) % 360.0
-    width_km = np.radians(dlon) * MARS_RADIUS_KM * np.cos(lat)
+    ids = {hirise_observation_id(name) for name in labels["source_image"]}
+    obs = load_hirise_footprints()
+    obs = obs[obs["observation_id"].isin(ids)]
+    lat = np.radians((obs["south"] + obs["north"]) / 2.0)
+    width_km = np.radians((obs["east"] - obs["west"]) % 360.0) * MARS_RADIUS_KM * np.cos(lat)
     q1, median, q3 = np.percentile(width_km * 1000.0 / BROWSE_WIDTH_PX, [25, 50, 75])
     return dict(
         observations=int(len(obs)),

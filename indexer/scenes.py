@@ -181,15 +181,21 @@ def open_scene(
 
 
 # ------------------------------------------------------------------ geography
-def ground_scale_m(source: RasterSource) -> float:
-    """Metres of ground per pixel of a raster at its centre: the geometric mean of a pixel's two
-    sides, measured on the body's ellipsoid (or sphere)."""
-    meta = source._meta
-    transform, geographic = meta["transform"], source.geographic
-    crs = meta["crs"]
-    to_geo = pyproj.Transformer.from_crs(
+def _to_geographic(crs, geographic: pyproj.CRS) -> pyproj.Transformer:
+    """From a raster's CRS (rasterio's or anything pyproj reads) to the body's lon/lat."""
+    return pyproj.Transformer.from_crs(
         pyproj.CRS(crs.to_wkt() if hasattr(crs, "to_wkt") else crs), geographic, always_xy=True
     )
+
+
+def ground_scale_m(source: RasterSource) -> float:
+    """Metres of ground per pixel of a raster at its centre: the geometric mean of a pixel's two
+    sides, measured on the body's ellipsoid (or sphere). Unlike ``RasterSource.native_gsd`` (the
+    first axis's nominal size: at the equator for a lon/lat raster), this is the ground a pixel
+    covers where the scene is."""
+    meta = source._meta
+    transform, geographic = meta["transform"], source.geographic
+    to_geo = _to_geographic(meta["crs"], geographic)
     cy, cx = (n / 2.0 for n in meta["shape"])
     xs, ys = transform * (np.array([cx, cx + 1.0, cx]), np.array([cy, cy, cy + 1.0]))
     lon, lat = to_geo.transform(xs, ys)
@@ -211,9 +217,7 @@ def pixel_boxes_to_lonlat(boxes: np.ndarray, transform, crs, geographic, densify
     out = np.zeros((len(boxes), 6))
     if not len(boxes):
         return out
-    to_geo = pyproj.Transformer.from_crs(
-        pyproj.CRS(crs.to_wkt() if hasattr(crs, "to_wkt") else crs), geographic, always_xy=True
-    )
+    to_geo = _to_geographic(crs, geographic)
     sign = -1.0 if geographic.axis_info and any(a.direction == "west" for a in geographic.axis_info) else 1.0
     t = np.linspace(0.0, 1.0, densify + 1)
     for i, (x0, y0, x1, y1) in enumerate(boxes[:, :4]):

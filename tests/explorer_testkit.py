@@ -141,6 +141,26 @@ def open_app(page, url: str) -> None:
     page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle")
 
 
+# JavaScript: the Bokeh model of a name, and the map's figure (the last one made: a map rebuilt
+# for another body replaces the first)
+MODEL = """name => { let found = null; for (const m of Bokeh.documents[0]._all_models.values())
+    if (m.name == name) found = m; return found; }"""
+FIGURE = (
+    "() => { let f = null; for (const m of Bokeh.documents[0]._all_models.values()) "
+    "if (m.type == 'Figure') f = m; return f; }"
+)
+
+
+def zoom_map(page, bounds, margin: float = 0.2) -> None:
+    """Set the map's view around lon/lat ``bounds`` (west, south, east, north), ``margin`` of
+    their size added on each side, as a zoom does (true shape then widens one side)."""
+    west, south, east, north = bounds
+    pad_x, pad_y = (east - west) * margin, (north - south) * margin
+    page.evaluate(f"""() => {{ const f = ({FIGURE})();
+        f.x_range.setv({{start: {west - pad_x}, end: {east + pad_x}}});
+        f.y_range.setv({{start: {south - pad_y}, end: {north + pad_y}}}); }}""")
+
+
 def map_point(page, fx: float, fy: float, timeout_ms: float = 30_000) -> tuple[float, float]:
     """Page coordinates of a point of the map's canvas, as fractions of its width and height.
     Waits while the map is being rebuilt (a new view or index replaces its canvas, which has no

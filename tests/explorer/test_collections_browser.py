@@ -9,6 +9,8 @@ from io import BytesIO
 import numpy as np
 import pytest
 from explorer_testkit import (
+    FIGURE,
+    MODEL,
     cards,
     click_map,
     map_point,
@@ -18,17 +20,10 @@ from explorer_testkit import (
     shadow_text,
     status_text,
     wait_until,
+    zoom_map,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-MODEL = """name => { let found = null; for (const m of Bokeh.documents[0]._all_models.values())
-    if (m.name == name) found = m; return found; }"""
-# the map's figure: the last one made (a map rebuilt for another body replaces the first)
-FIGURE = (
-    "() => { let f = null; for (const m of Bokeh.documents[0]._all_models.values()) "
-    "if (m.type == 'Figure') f = m; return f; }"
-)
 
 
 def _scene(scene_indexes, collection: str, source: str) -> tuple[float, float, float, float]:
@@ -36,15 +31,6 @@ def _scene(scene_indexes, collection: str, source: str) -> tuple[float, float, f
     from lookalike.indexer.store import open_index
 
     return next(a.bounds for a in acquisitions(open_index(scene_indexes[collection])) if a.source == source)
-
-
-def _zoom(page, bounds, margin: float = 0.2) -> None:
-    """Set the map's view around ``bounds`` (as a zoom does); true shape then widens it."""
-    west, south, east, north = bounds
-    pad_x, pad_y = (east - west) * margin, (north - south) * margin
-    page.evaluate(f"""() => {{ const f = ({FIGURE})();
-        f.x_range.setv({{start: {west - pad_x}, end: {east + pad_x}}});
-        f.y_range.setv({{start: {south - pad_y}, end: {north + pad_y}}}); }}""")
 
 
 def _detail(page) -> dict:
@@ -72,7 +58,7 @@ def _click_centre_until_searching(page, collection: str, attempts: int = 5) -> N
 def _open_mars_scene(page, url, scene_indexes, source="no_change_before"):
     open_app(page, url)
     bounds = _scene(scene_indexes, "hirise_cubes", source)
-    _zoom(page, bounds)
+    zoom_map(page, bounds)
     wait_until(
         lambda: "hirise_cubes~" in _detail(page)["url"] and _detail(page)["w"] < 0.1,
         timeout=30,
@@ -159,7 +145,7 @@ def test_naip_dates_filter(page, collections_url, scene_indexes):
     open_app(page, collections_url + "?body=earth")  # a link to the Earth's map
     assert _select(page, "Body").locator("option:checked").inner_text() == "Earth"
     wait_until(lambda: page.locator(".scene-date").count() > 0, what="the Earth map's collections")
-    _zoom(page, _scene(scene_indexes, "naip", "m_4709963_se_14_1_20150926"), margin=0.0)
+    zoom_map(page, _scene(scene_indexes, "naip", "m_4709963_se_14_1_20150926"), margin=0.0)
     page.wait_for_timeout(1000)
     _click_centre_until_searching(page, "naip")
     wait_until(lambda: cards(page), timeout=30, what="the NAIP hits")
@@ -191,7 +177,7 @@ def test_landmark_boxes_appear_over_the_hirise_cog(page, collections_url, scene_
     assert catalogue is not None and len(catalogue)
     open_app(page, collections_url)
     west, south, east, north = _scene(scene_indexes, "hirise5m", "cog_hirise_mars")
-    _zoom(page, (west, south, east, north), margin=0.05)
+    zoom_map(page, (west, south, east, north), margin=0.05)
     page.wait_for_timeout(1000)
     _click_centre_until_searching(page, "hirise5m")
     shown = catalogue[catalogue["posterior"] >= 0.5]  # the slider's default
