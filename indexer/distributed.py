@@ -440,13 +440,13 @@ def _load_shard(shard: Shard, verify: bool) -> tuple[int, int]:
 @clean_errors
 def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None, method: str = "exact"):
     index = _shard_index(shard.path, shard.manifest_sha256)
-    mask = filter_mask(index.tiles, filters, getattr(index, "landmarks", None), index.filter_columns())
+    mask = filter_mask(index.table, filters, getattr(index, "landmarks", None), index.filter_columns())
     with _SCAN_LOCK:
         if method == "exact":
             rows, dist = ranked_rows(index.codes, code, k, mask)
         else:  # an approximate index per shard: the stored one, or one built on first use and kept
             rows, dist = ranked_rows_index(index, code, k, mask, method)
-    return rows + shard.offset, dist, index.tiles.iloc[rows].reset_index(drop=True)
+    return rows + shard.offset, dist, index.tile_rows(rows)
 
 
 @clean_errors
@@ -465,7 +465,8 @@ def _shard_under(shard: Shard, lon: float, lat: float):
         row = tile_at(index, lon, lat)
     except LookalikeError:
         return None
-    clat, clon = np.radians(index.tiles["lat"].iat[row]), np.radians(index.tiles["lon"].iat[row])
+    centres = index.filter_columns()
+    clat, clon = np.radians(centres.lat[row]), np.radians(centres.lon[row])
     plat, plon = np.radians(lat), np.radians(lon)
     closeness = np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon)
     return float(closeness), row + shard.offset, np.asarray(index.codes[row])

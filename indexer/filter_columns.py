@@ -48,6 +48,26 @@ class FilterColumns:
             _read_only(tiles["lat"].to_numpy(np.float64)),
         )
 
+    @classmethod
+    def concat(cls, parts: list[FilterColumns]) -> FilterColumns:
+        """The columns of tables written one after another (batches of one table): codes are
+        renumbered into one list of names, in order of first appearance."""
+        if not parts:
+            raise ValueError("no filter columns to join")
+        zone_codes, zone_names = _join_codes([(p.zone_codes, p.zone_names) for p in parts])
+        source_codes, source_names = _join_codes([(p.source_codes, p.source_names) for p in parts])
+        times = None if parts[0].times is None else np.concatenate([p.times for p in parts])
+        return cls(
+            sum(p.n for p in parts),
+            _read_only(zone_codes),
+            zone_names,
+            _read_only(source_codes),
+            source_names,
+            _read_only(times),
+            _read_only(np.concatenate([p.lon for p in parts])),
+            _read_only(np.concatenate([p.lat for p in parts])),
+        )
+
     def zones_in(self, wanted: set[str]) -> np.ndarray:
         """Rows whose zone label is one of ``wanted``."""
         return _lookup(self.zone_codes, self.zone_names, wanted, self.n)
@@ -83,7 +103,32 @@ def _codes(column: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
         codes, names = column.cat.codes.to_numpy(), column.cat.categories
     else:
         codes, names = pd.factorize(column)
+        codes = codes.astype(_code_dtype(len(names)))
     return _read_only(np.asarray(codes)), tuple(str(name) for name in names)
+
+
+Codes = tuple[np.ndarray | None, tuple[str, ...]]  # integer codes and the names they stand for
+
+
+def _join_codes(parts: list[Codes]) -> Codes:
+    """Codes of several parts renumbered into one tuple of names (-1 stays missing)."""
+    if parts[0][0] is None:
+        return None, ()
+    names: dict[str, int] = {}
+    joined = []
+    for codes, part_names in parts:
+        renumber = np.array([names.setdefault(name, len(names)) for name in part_names] + [-1], np.int64)
+        joined.append(renumber[codes])
+    codes = np.concatenate(joined)
+    return codes.astype(_code_dtype(len(names))), tuple(names)
+
+
+def _code_dtype(count: int) -> np.dtype:
+    """The smallest signed integer holding codes 0..count-1 and -1."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if count <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
 
 def _lookup(codes: np.ndarray | None, names: tuple[str, ...], wanted: set[str], n: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.image_folders import load_image
 from lookalike.indexer.locate import FootprintLocator
 from lookalike.indexer.store import Index
+from lookalike.indexer.tile_table import FrameTable, TileTable
 from lookalike.indexer.tiling import Zone
 from lookalike.models.hashing import load_hash_model
 
@@ -172,32 +173,36 @@ def _as_geometry(region) -> BaseGeometry:
 
 
 def filter_mask(
-    tiles: pd.DataFrame,
+    tiles: pd.DataFrame | TileTable,
     filters: Filters | None,
     landmarks: pd.DataFrame | None = None,
     columns: FilterColumns | None = None,
 ) -> np.ndarray | None:
     """Boolean mask of tiles passing ``filters``; None when nothing is filtered.
 
-    ``landmarks`` is the index's landmark catalogue, needed only for ``landmark_classes``;
-    ``columns`` the table's ``FilterColumns`` when kept (``Index.filter_columns``), else made here.
+    ``tiles`` is the tile table (an index's mapped ``TileTable`` is read whole only for the
+    landmark and label filters); ``landmarks`` the index's landmark catalogue, needed only for
+    ``landmark_classes``; ``columns`` the table's ``FilterColumns`` when kept
+    (``Index.filter_columns``), else made here.
     """
     if filters is None or filters.is_empty():
         return None
-    cols = columns if columns is not None else FilterColumns.of(tiles)
-    mask = np.ones(len(tiles), dtype=bool)
+    table = tiles if isinstance(tiles, TileTable) else FrameTable(tiles)
+    cols = columns if columns is not None else table.filter_columns()
+    mask = np.ones(len(table), dtype=bool)
     if filters.landmark_classes:
+        classes = list(filters.landmark_classes)
         mask &= landmark_mask(
-            tiles, landmarks, list(filters.landmark_classes), filters.min_confidence, filters.min_landmarks
+            table.frame(), landmarks, classes, filters.min_confidence, filters.min_landmarks
         )
     if filters.zones:
         mask &= cols.zones_in({Zone.parse(z).label for z in filters.zones})
     if filters.sources:
         mask &= cols.sources_in({str(s) for s in filters.sources})
     if filters.labels:
-        if "label" not in tiles:
+        if "label" not in table:
             raise LookalikeError("this index has no labels to filter by")
-        mask &= tiles["label"].isin(filters.labels).to_numpy()
+        mask &= table.frame()["label"].isin(filters.labels).to_numpy()
     if filters.time_range:
         mask &= cols.times_within(*(utc_timestamp(t) for t in filters.time_range))
     lon, lat = cols.lon, cols.lat
@@ -348,7 +353,7 @@ def check_code_length(code: np.ndarray, bits: int) -> np.ndarray:
 def tile_at(index: Index, lon: float, lat: float) -> int:
     """Row of the tile under (lon, lat): nearest centre among tiles whose footprint holds it."""
 
-    if "lon0" not in index.tiles:
+    if "lon0" not in index.table:
         raise LookalikeError("this index has no footprints; query it by tile id or image")
     locator = index.cached("footprint_locator", lambda: FootprintLocator(index.tiles))
     row = int(locator.rows_under([lon], [lat])[0])
@@ -445,7 +450,7 @@ def search_index(
     code = check_code_length(
         query_code(index, query, encoder) if isinstance(query, Query) else query, index.bits
     )
-    mask = filter_mask(index.tiles, filters, index.landmarks, index.filter_columns())
+    mask = filter_mask(index.table, filters, index.landmarks, index.filter_columns())
     chosen = choose_method(index, k, mask, method)
     rows, dist = ranked_rows_index(index, code, k, mask, chosen)
     if isinstance(query, Query):
@@ -473,7 +478,7 @@ def search_index_batch(
     ]
     if not codes:
         return []
-    mask = filter_mask(index.tiles, filters, index.landmarks, index.filter_columns())
+    mask = filter_mask(index.table, filters, index.landmarks, index.filter_columns())
     if choose_method(index, k, mask, method) == "exact":
         ranked = ranked_rows_batch(index.codes, np.stack(codes), k, mask)
     else:
@@ -485,7 +490,7 @@ def search_index_batch(
 
 
 def _hits(index: Index, rows: np.ndarray, dist: np.ndarray) -> pd.DataFrame:
-    hits = index.tiles.iloc[rows].reset_index(drop=True)
+    hits = index.tile_rows(rows)
     hits.insert(0, "distance", dist.astype(np.int32))
     hits.insert(0, "rank", np.arange(1, len(rows) + 1))
     hits.attrs["index_row"] = rows

@@ -2,9 +2,13 @@
 
 Layout of an index directory::
 
-    manifest.json            the commit point: format, counts, models, file names + sha256
+    manifest.json            the commit point: format, counts, models, file names + checksums
     codes-000003.npy         (N, bits/8) uint8, memory-mapped on load
-    tiles-000003.parquet     one row per code, same order
+    tiles-000003.arrow       one row per code, same order: an Arrow IPC file, memory-mapped on
+                             load (``indexer.tile_table``; ``.parquet`` in earlier indexes, read
+                             whole)
+    columns-000003.arrow     the columns search filters read (zone, source, time, lon/lat),
+                             memory-mapped on load
     hash-000001.npz          the hash model that turned features into codes
     landmarks-000004.parquet optional: the landmark catalogue (``indexer.catalogue``)
     thumbs-000003.bin        optional: a JPEG thumbnail per tile, made at index time
@@ -17,10 +21,11 @@ Every write produces files of a new generation and then atomically replaces ``ma
 a crash at any point leaves either the old index or the new one, never a mix. Files of other
 generations are removed after the manifest is replaced; a write that fails before that (a full
 disk) removes the files it made. ``open_index`` verifies sizes and checksums and refuses anything
-that does not match the manifest; a reader that opens the index while a writer commits opens the
-new generation. An open index keeps the generation it opened (its codes are memory-mapped, the
-tables in memory) while files of newer ones come and go; ``Index.check_unchanged`` refuses to
-search codes that were truncated or rewritten in place under it.
+that does not match the manifest (xxh3_128 checksums; sha256 in earlier indexes); a reader that
+opens the index while a writer commits opens the new generation. An open index keeps the
+generation it opened (its codes and tile table are memory-mapped) while files of newer ones come
+and go; ``Index.check_unchanged`` refuses to search codes that were truncated or rewritten in
+place under it.
 """
 
 from __future__ import annotations
@@ -32,143 +37,40 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
-from lookalike.fileio import atomic_write_bytes, fsync_dir, save_npy, sha256_file
-from lookalike.indexer.ann import BinaryANN, load_ann
-from lookalike.indexer.filter_columns import FilterColumns
-from lookalike.indexer.thumbstore import ThumbnailFile, iter_thumbnails, write_thumbnails
+from lookalike.fileio import (
+    CHECKSUM,
+    atomic_write_bytes,
+    checksum_file,
+    checksums_of,
+    fsync_dir,
+    save_npy,
+    sha256_file,
+)
+from lookalike.indexer.ann import BinaryANN
+from lookalike.indexer.index import Index
+from lookalike.indexer.thumbstore import iter_thumbnails, write_thumbnails
+from lookalike.indexer.tile_table import (
+    TileBatches,
+    open_table,
+    read_parquet_table,
+    write_filter_columns,
+    write_table,
+)
 
 FORMAT_VERSION = 1
+SHA256_MAX_BYTES = 1 << 26
 MANIFEST = "manifest.json"
 # the files an index writes itself; anything else in its folder is left alone
 GENERATION_FILE = re.compile(
-    r"(codes|tiles|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|npz|faiss|usearch|bin)"
+    r"(codes|tiles|columns|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|arrow|npz|faiss|usearch|bin)"
 )
-
-
-@dataclass
-class Index:
-    """A loaded, read-only index: ``codes`` is a memory map, ``tiles`` a DataFrame, and
-    ``landmarks`` the landmark catalogue (None when the index has none)."""
-
-    path: Path
-    manifest: dict
-    codes: np.ndarray
-    tiles: pd.DataFrame
-    landmarks: pd.DataFrame | None = None
-    # (device, inode, size, mtime) of the codes file when it was mapped
-    codes_stamp: tuple | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def bits(self) -> int:
-        return int(self.manifest["bits"])
-
-    @property
-    def n(self) -> int:
-        return int(self.manifest["count"])
-
-    @property
-    def hash_model_path(self) -> Path | None:
-        name = self.manifest["files"].get("hash")
-        return self.path / name["name"] if name else None
-
-    @property
-    def views(self) -> int:
-        """Rotations/flips each tile's feature averaged over (indexes from before views: 1)."""
-        backbone = self.manifest.get("backbone")
-        views = backbone.get("views", 1) if isinstance(backbone, dict) else 1
-        if not isinstance(views, int) or isinstance(views, bool) or views < 1:
-            raise IndexCorruptError(f"{self.path}: the manifest's backbone views {views!r} is not a count")
-        return views
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def ann_info(self) -> dict | None:
-        """The manifest's ``ann`` entry (method, params, calibration), None without one."""
-        return self.manifest.get("ann") if "ann" in self.manifest.get("files", {}) else None
-
-    def thumbnail(self, row: int) -> bytes | None:
-        """The JPEG thumbnail of ``row`` made at index time; None for indexes without them."""
-        entry = self.manifest["files"].get("thumbs")
-        if entry is None:
-            return None
-        if "_thumbs" not in self.__dict__:
-            self.__dict__["_thumbs"] = ThumbnailFile(self.path / entry["name"], expected=self.n)
-        return self.__dict__["_thumbs"][row]
-
-    def ann(self) -> BinaryANN | None:
-        """The approximate index stored with this index, loaded on first use and kept."""
-        info = self.ann_info
-        if info is None:
-            return None
-        if "_ann" not in self.__dict__:
-            name = self.manifest["files"]["ann"]["name"]
-            if not (self.path / name).is_file():
-                raise IndexCorruptError(
-                    f"{self.path}: the approximate index {name} of the generation this "
-                    "index was opened at is gone (a newer one was written); open it again"
-                )
-            self.__dict__["_ann"] = load_ann(self.path / name, info["method"], self.codes, info["params"])
-        return self.__dict__["_ann"]
-
-    def check_unchanged(self) -> None:
-        """Refuse to read codes whose file was truncated or rewritten in place since the index
-        was opened: a scan over a truncated memory map dies of SIGBUS, one over rewritten bytes
-        answers from other codes. A file replaced or removed (as a newer generation does) is
-        fine: the map keeps the file that was opened. Costs one ``stat``."""
-        if self.codes_stamp is None:
-            return
-        name = self.manifest["files"]["codes"]["name"]
-        try:
-            st = os.stat(self.path / name)
-        except FileNotFoundError:
-            return
-        device, inode, size, mtime = self.codes_stamp
-        if (st.st_dev, st.st_ino) == (device, inode) and (st.st_size, st.st_mtime_ns) != (size, mtime):
-            raise IndexCorruptError(
-                f"{self.path}: the codes file {name} was changed on disk (truncated "
-                "or rewritten in place) after the index was opened; open it again"
-            )
-
-    def row_of(self, tile_id: str) -> int:
-        """The row of ``tile_id`` (ids are unique; a dictionary lookup, built on first use and kept)."""
-        rows = self.cached(
-            "rows", lambda: {tile: row for row, tile in enumerate(self.tiles["tile_id"].astype(str).tolist())}
-        )
-        row = rows.get(str(tile_id))
-        if row is None:
-            raise LookalikeError(f"tile {tile_id!r} is not in the index {self.path}")
-        return row
-
-    def cached(self, key: str, make):
-        """``make()``, a value derived from this (read-only) index, made once and kept."""
-        cache = self.__dict__.setdefault("_derived", {})
-        if key not in cache:
-            cache[key] = make()
-        return cache[key]
-
-    def filter_columns(self) -> FilterColumns:
-        """The compact columns search filters read (``indexer.filter_columns``), made once."""
-        return self.cached("filter_columns", lambda: FilterColumns.of(self.tiles))
-
-    def column(self, name: str, dtype=np.float64) -> np.ndarray:
-        """A column of the tile table as a read-only numpy array, converted once and kept (the
-        table's Arrow columns cost a conversion at every read)."""
-
-        def make() -> np.ndarray:
-            array = self.tiles[name].to_numpy(dtype)
-            array.flags.writeable = False
-            return array
-
-        return self.cached(f"column:{name}:{np.dtype(dtype).str}", make)
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -194,7 +96,7 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def open_index(path: str | Path, verify: bool = True) -> Index:
-    """Load an index; with ``verify`` every file's sha256 is checked against the manifest."""
+    """Load an index; with ``verify`` every file's checksum is checked against the manifest."""
     path = Path(path)
     manifest = read_manifest(path)
     for _ in range(OPEN_ATTEMPTS):
@@ -221,7 +123,9 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
     try:
         int(manifest["count"]), int(manifest["bits"])
         for entry in files.values():
-            str(entry["name"]), int(entry["bytes"]), str(entry["sha256"])
+            str(entry["name"]), int(entry["bytes"])
+            if not checksums_of(entry):
+                raise KeyError("checksum")
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexCorruptError(
             f"{path}/{MANIFEST} is incomplete (bad or missing entry {exc}); the index is corrupt"
@@ -236,20 +140,22 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
                 f"{path}: {role} file {entry['name']} has {size} bytes, the "
                 f"manifest says {entry['bytes']} (partial or altered file)"
             )
-        if verify and sha256_file(fpath) != entry["sha256"]:
-            raise IndexCorruptError(f"{path}: {role} file {entry['name']} fails its sha256 check")
+    if verify:
+        _verify_checksums(path, files)
     try:
         codes = np.load(path / files["codes"]["name"], mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise IndexCorruptError(f"{path}: codes file is unreadable ({exc})") from None
-    st = os.stat(path / files["codes"]["name"])
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     n, bits = int(manifest["count"]), int(manifest["bits"])
     if codes.dtype != np.uint8 or codes.shape != (n, bits // 8):
         raise IndexCorruptError(
             f"{path}: codes have shape {codes.shape} {codes.dtype}, manifest says ({n}, {bits // 8}) uint8"
         )
-    tiles = _read_table(path, files, "tiles")
+    columns = path / files["columns"]["name"] if "columns" in files else None
+    try:
+        tiles = open_table(path / files["tiles"]["name"], columns)
+    except IndexCorruptError as exc:
+        raise IndexCorruptError(f"{path}: the tiles file {exc}") from None
     if len(tiles) != n:
         raise IndexCorruptError(f"{path}: tile table has {len(tiles)} rows, manifest says {n}")
     landmarks = None
@@ -258,32 +164,51 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
         rows = landmarks["row"].to_numpy() if "row" in landmarks else np.zeros(0, np.int64)
         if "row" not in landmarks or (len(rows) and (rows.min() < -1 or rows.max() >= n)):
             raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index does not have")
-    return Index(path, manifest, codes, tiles, landmarks, codes_stamp=stamp)
+    mapped = [
+        role
+        for role in ("codes", "tiles", "columns")
+        if role in files and files[role]["name"].endswith((".npy", ".arrow"))
+    ]
+    return Index(
+        path,
+        manifest,
+        codes,
+        tiles,
+        landmarks,
+        stamps={role: _stamp(path / files[role]["name"]) for role in mapped},
+    )
+
+
+def _stamp(file: Path) -> tuple:
+    st = os.stat(file)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _verify_checksums(path: Path, files: dict) -> None:
+    """Check every file against its manifest checksums, the largest first and two at a time
+    (the hashing releases the GIL): IndexCorruptError naming the first that fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def failed(entry: dict) -> str | None:
+        for algorithm, digest in checksums_of(entry).items():
+            if checksum_file(path / entry["name"], algorithm) != digest:
+                return algorithm
+        return None
+
+    order = sorted(files.items(), key=lambda item: -int(item[1]["bytes"]))
+    with ThreadPoolExecutor(max_workers=min(len(order), os.cpu_count() or 1) or 1) as pool:
+        failures = list(pool.map(lambda item: failed(item[1]), order))
+    for (role, entry), algorithm in zip(order, failures):
+        if algorithm is not None:
+            raise IndexCorruptError(f"{path}: {role} file {entry['name']} fails its {algorithm} checksum")
 
 
 def _read_table(path: Path, files: dict, role: str) -> pd.DataFrame:
     """A Parquet table of the index; IndexCorruptError when the file is not one."""
-    from pyarrow.lib import ArrowException
-
     try:
-        table = pd.read_parquet(path / files[role]["name"])
-    except (ValueError, ArrowException) as exc:
-        raise IndexCorruptError(
-            f"{path}: the {role} file {files[role]['name']} is not a readable table ({exc})"
-        ) from None
-    return _one_chunk(table)
-
-
-def _one_chunk(table: pd.DataFrame) -> pd.DataFrame:
-    """Arrow-backed columns (strings) joined into one chunk each. Parquet is read in row groups;
-    picking the k hit rows from a column of many chunks costs a pass over all of them on every
-    search (13 ms at 10 M tiles), from one chunk well under a millisecond."""
-    for column in table.columns:
-        values = table[column].array
-        chunked = getattr(values, "_pa_array", None)
-        if chunked is not None and chunked.num_chunks > 1:
-            table[column] = pd.Series(type(values)(chunked.combine_chunks()), index=table.index, name=column)
-    return table
+        return read_parquet_table(path / files[role]["name"])
+    except IndexCorruptError as exc:
+        raise IndexCorruptError(f"{path}: the {role} file {exc}") from None
 
 
 def _write_file(path: Path, name: str, writer) -> dict:
@@ -297,7 +222,10 @@ def _write_file(path: Path, name: str, writer) -> dict:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return dict(name=name, bytes=(path / name).stat().st_size, sha256=sha256_file(path / name))
+    entry = {"name": name, "bytes": (path / name).stat().st_size, CHECKSUM: checksum_file(path / name)}
+    if entry["bytes"] <= SHA256_MAX_BYTES:  # small files (the hash model) keep the identity they
+        entry["sha256"] = sha256_file(path / name)  # had, by which collections compare code models
+    return entry
 
 
 @contextlib.contextmanager
@@ -321,7 +249,7 @@ class _Next:
     thumbnails, approximate index)."""
 
     codes: np.ndarray
-    tiles: pd.DataFrame
+    tiles: pd.DataFrame | TileBatches
     manifest: dict
     generation: int
     hash_entry: dict | None = None
@@ -330,7 +258,7 @@ class _Next:
     ann: BinaryANN | None = None
 
 
-def _check_rows(codes: np.ndarray, tiles: pd.DataFrame, bits: int) -> np.ndarray:
+def _check_rows(codes: np.ndarray, tiles: pd.DataFrame | TileBatches, bits: int) -> np.ndarray:
     """The new codes as contiguous bytes, after checking them against ``bits`` and ``tiles``
     and the new tile ids for repeats."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -384,7 +312,7 @@ def _next_of_existing(path: Path, codes: np.ndarray, tiles: pd.DataFrame, bits: 
 
 
 def _first_generation(
-    path: Path, codes: np.ndarray, tiles: pd.DataFrame, info: dict, hash_model: bytes | None
+    path: Path, codes: np.ndarray, tiles: pd.DataFrame | TileBatches, info: dict, hash_model: bytes | None
 ) -> _Next:
     """Generation 1 of a new index at ``path`` (its folder made), refusing to overwrite one."""
     if (path / MANIFEST).exists():
@@ -408,9 +336,7 @@ def _write_generation(
         hash_entry = _write_file(path, f"hash-{generation:06d}.npz", lambda p: p.write_bytes(hash_model))
     files = dict(
         codes=_write_file(path, f"codes-{generation:06d}.npy", lambda p: _save_npy(p, codes)),
-        tiles=_write_file(
-            path, f"tiles-{generation:06d}.parquet", lambda p: tiles.to_parquet(p, index=False)
-        ),
+        **_write_tile_files(path, generation, tiles),
         hash=hash_entry,
     )
     if landmarks is not None:
@@ -430,10 +356,39 @@ def _write_generation(
     return files
 
 
+def _write_tile_files(path: Path, generation: int, tiles: pd.DataFrame | TileBatches) -> dict:
+    """Write the tile table and its filter columns as files of ``generation``; refuses a table
+    whose tile ids repeat (checked by hash as it is written: a large table is never held)."""
+    written: dict = {}
+
+    def table(p: Path) -> None:
+        written["columns"], written["hashes"] = write_table(p, tiles)
+
+    files = dict(tiles=_write_file(path, f"tiles-{generation:06d}.arrow", table))
+    _check_unique_hashes(path / files["tiles"]["name"], written.pop("hashes"))
+    if written["columns"] is not None:
+        files["columns"] = _write_file(
+            path, f"columns-{generation:06d}.arrow", lambda p: write_filter_columns(p, written["columns"])
+        )
+    return files
+
+
+def _check_unique_hashes(table_path: Path, hashes: np.ndarray) -> None:
+    """Refuse a written table whose tile ids repeat: rows of equal id hashes are read back and
+    their ids compared (equal hashes of different ids pass)."""
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    if not len(same):
+        return
+    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+    ids = open_table(table_path).take(rows)["tile_id"]
+    _check_unique_ids(pd.DataFrame({"tile_id": ids}))
+
+
 def write_index(
     path: str | Path,
     codes: np.ndarray,
-    tiles: pd.DataFrame,
+    tiles: pd.DataFrame | TileBatches,
     *,
     bits: int,
     hash_model: bytes | None = None,
@@ -448,16 +403,22 @@ def write_index(
     sources, ...) is merged into the manifest; for appends ``sources`` are merged by name.
     ``thumbs``: a JPEG per new row, stored as the index's thumbnail file (an append keeps them
     only when the index had them too; otherwise thumbnails are rendered from the sources).
+    ``tiles`` may be ``TileBatches`` for a new index too large to hold as one DataFrame: it is
+    written batch by batch.
     """
     path = Path(path)
     codes = _check_rows(codes, tiles, bits)
     info = dict(info or {})
-    _check_unique_ids(tiles)
+    if isinstance(tiles, pd.DataFrame):
+        _check_unique_ids(tiles)
     if append and (path / MANIFEST).exists():
+        if isinstance(tiles, TileBatches):
+            raise LookalikeError("an append takes its new tiles as one table, not in batches")
         after = _next_of_existing(path, codes, tiles, bits, info)
     else:
         after = _first_generation(path, codes, tiles, info, hash_model)
-    after.tiles = after.tiles.reset_index(drop=True)
+    if isinstance(after.tiles, pd.DataFrame):
+        after.tiles = after.tiles.reset_index(drop=True)
     manifest = after.manifest
     with _generation(path, after.generation):
         files = _write_generation(path, after, hash_model, thumbs)
@@ -509,9 +470,7 @@ def update_tables(
             raise LookalikeError("every landmark needs the row of its tile in the index (or -1)")
     with _generation(path, generation):
         if tiles is not None:
-            files["tiles"] = _write_file(
-                path, f"tiles-{generation:06d}.parquet", lambda p: tiles.to_parquet(p, index=False)
-            )
+            files.update(_write_tile_files(path, generation, tiles))
         if landmarks is not None:
             files["landmarks"] = _write_file(
                 path, f"landmarks-{generation:06d}.parquet", lambda p: landmarks.to_parquet(p, index=False)

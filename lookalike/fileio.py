@@ -54,6 +54,36 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
+CHECKSUM = "xxh3_128"  # what new manifests record; "sha256" (earlier indexes) is still verified
+_READ_BLOCK = 1 << 24
+
+
+def checksum_file(path: Path, algorithm: str = CHECKSUM) -> str:
+    """The hex digest of a file by ``algorithm`` ("xxh3_128" or "sha256"), read in blocks.
+
+    xxh3_128 hashes at memory speed (about 9 GB/s a core against 1.2 GB/s for sha256 here), so an
+    index of a hundred million tiles is verified at open in seconds; it guards against partial,
+    altered and corrupted files, not against an adversary who can write the manifest too."""
+    if algorithm == "sha256":
+        return sha256_file(path)
+    if algorithm != "xxh3_128":
+        raise ValueError(f"unknown checksum {algorithm!r}")
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    buffer = bytearray(_READ_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while size := fh.readinto(buffer):
+            digest.update(view[:size])
+    return digest.hexdigest()
+
+
+def checksums_of(entry: dict) -> dict[str, str]:
+    """The checksums a manifest file entry records, by algorithm."""
+    return {algorithm: str(entry[algorithm]) for algorithm in ("xxh3_128", "sha256") if algorithm in entry}
+
+
 class _WriteOnly:
     """A file seen through its ``write`` alone (see ``save_npy``)."""
 

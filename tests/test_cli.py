@@ -66,9 +66,9 @@ def test_missing_index_dir(tmp_path):
 
 def test_corrupt_index(corrupt_index):
     code, out, err = run_main(["info", corrupt_index])
-    assert_user_error(code, err, "sha256")
+    assert_user_error(code, err, "checksum")
     code, out, err = run_main(["search", corrupt_index, "--tile", "t00001"])
-    assert_user_error(code, err, "sha256")
+    assert_user_error(code, err, "checksum")
 
 
 def test_corrupt_manifest(tmp_path):

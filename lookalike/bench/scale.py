@@ -6,13 +6,16 @@ the bit-flip rates of neighbouring tiles; half of the queries are held-out real 
 variants). The tile table is the real one repeated as other acquisitions: each repetition is a
 source of its own with an acquisition date in 2010-2020, its grid columns shifted so tile ids
 stay unique; places, zones and footprints are the real rows'. The index is built once through
-``write_index`` and kept in the cache (``$LOOKALIKE_CACHE/scale``) for later runs.
+``write_index``, its table batch by batch (never held whole), and kept in the cache
+(``$LOOKALIKE_CACHE/scale``) for later runs.
 
-Measured in a fresh process: ``open_index`` time and the process's resident memory after it,
-the exact search (k hits, no filter) over the queries, and three filters (a few zones holding
-about 1 % of the rows, a date range of about 10 %, a lon/lat box of about 1 %), each checked
-against a reference that filters the whole table with numpy and ranks the kept rows' codes by
-(distance, row): ``identical`` is whether every query's hits are the same rows.
+Three filters are chosen on the whole table (a few zones holding about 1 % of the rows, a date
+range of about 10 %, a lon/lat box of about 1 %), and for each query the rows each must return
+are worked out by a reference that reads the table's columns with pyarrow, filters them with
+pandas/numpy and ranks the kept rows' codes by (distance, row); in a process of its own, once,
+kept beside the index. Measured in another fresh process: ``open_index`` time and the process's
+resident memory after it, the exact search (k hits, no filter) over the queries, and the filtered
+searches: ``identical`` is whether every query's hits are the reference's rows.
 """
 
 from __future__ import annotations
@@ -30,55 +33,62 @@ import pandas as pd
 
 from lookalike.config import scale_dir
 from lookalike.errors import LookalikeError
+from lookalike.fileio import atomic_write_bytes
+from lookalike.indexer.tile_table import TileBatches
 
 FILTER_SHARES = {"zone": 0.01, "time": 0.10, "bbox": 0.01}
 YEARS = (2010, 2020)  # acquisition dates of the repeated tables are spread over these years
 
 
 # ------------------------------------------------------------------ the synthetic index
-def synthetic_tiles(real: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` tile rows: the real table repeated, each repetition another source with its own date."""
+def synthetic_batches(real: pd.DataFrame, n: int, seed: int = 0, batch: int = 1 << 20) -> TileBatches:
+    """``n`` tile rows, made ``batch`` rows at a time: the real table repeated, each repetition
+    another source with its own date (categories shared by every batch, so they make one table)."""
     if len(real) == 0:
         raise LookalikeError("the source index has no tiles to grow a table from")
-    rng = np.random.default_rng(seed)
     reps = -(-n // len(real))
-    rep = np.repeat(np.arange(reps, dtype=np.int64), len(real))[:n]
-    row = np.tile(np.arange(len(real)), reps)[:n]
-    base = real.iloc[row].reset_index(drop=True)
     first, last = (pd.Timestamp(f"{y}-01-01", tz="UTC") for y in YEARS)
-    days = rng.integers(0, (last - first).days, reps)
+    days = np.random.default_rng(seed).integers(0, (last - first).days, reps)
     source_codes, names = pd.factorize(real["source"].astype(str))
-    source = rep * len(names) + source_codes[row]  # each real source once per repetition
-    tiles = pd.DataFrame(
-        {
-            "source": pd.Categorical.from_codes(source, [f"{s}~{r}" for r in range(reps) for s in names]),
-            "zone": base["zone"].astype("category"),
-            "lon": base["lon"].to_numpy(),
-            "lat": base["lat"].to_numpy(),
-            "time": first + pd.to_timedelta(days[rep], unit="D"),
-            "row": base["row"].to_numpy(np.int32),
-            "col": (base["col"].to_numpy(np.int64) + 1000 * rep).astype(np.int32),
-        }
-    )
-    for c in ("gsd", "size", *(f"{a}{i}" for i in range(4) for a in ("lon", "lat"))):
-        if c in base:
-            tiles[c] = base[c].to_numpy()
-    tiles.insert(
-        0,
-        "tile_id",
-        tiles["source"].astype(str)
-        + ":"
-        + tiles["zone"].astype(str)
-        + ":"
-        + tiles["row"].astype(str)
-        + ":"
-        + tiles["col"].astype(str),
-    )
-    return tiles
+    sources = pd.Index([f"{s}~{r}" for r in range(reps) for s in names])
+    zones = real["zone"].astype("category")
+    extra = [c for c in ("gsd", "size", *(f"{a}{i}" for i in range(4) for a in ("lon", "lat"))) if c in real]
+
+    def frames():
+        for start in range(0, n, batch):
+            at = np.arange(start, min(n, start + batch), dtype=np.int64)
+            rep, row = at // len(real), at % len(real)
+            base = real.iloc[row]
+            tiles = pd.DataFrame(
+                {
+                    "source": pd.Categorical.from_codes(
+                        rep * len(names) + source_codes[row], dtype=pd.CategoricalDtype(sources)
+                    ),
+                    "zone": pd.Categorical.from_codes(zones.cat.codes.to_numpy()[row], dtype=zones.dtype),
+                    "lon": base["lon"].to_numpy(),
+                    "lat": base["lat"].to_numpy(),
+                    "time": first + pd.to_timedelta(days[rep], unit="D"),
+                    "row": base["row"].to_numpy(np.int32),
+                    "col": (base["col"].to_numpy(np.int64) + 1000 * rep).astype(np.int32),
+                }
+            )
+            for c in extra:
+                tiles[c] = base[c].to_numpy()
+            ids = [tiles[c].astype(str) for c in ("source", "zone", "row", "col")]
+            tiles.insert(0, "tile_id", ids[0] + ":" + ids[1] + ":" + ids[2] + ":" + ids[3])
+            yield tiles
+
+    return TileBatches(frames(), n)
+
+
+def synthetic_tiles(real: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """``synthetic_batches`` as one DataFrame (for tables that fit in memory)."""
+    return pd.concat(list(synthetic_batches(real, n, seed).frames), ignore_index=True)
 
 
 def build_synthetic(source: Path, n: int, bits: int, n_queries: int, seed: int, out: Path) -> dict:
-    """Write the synthetic index of ``n`` tiles at ``out`` (with its queries) and say how long."""
+    """Write the synthetic index of ``n`` tiles at ``out`` (with its queries) and say how long.
+    The tile table is written batch by batch: it is never held whole."""
     from lookalike.bench.sublinear import realistic_codes
     from lookalike.indexer.store import open_index, write_index
 
@@ -87,7 +97,7 @@ def build_synthetic(source: Path, n: int, bits: int, n_queries: int, seed: int, 
     if real.bits != bits:
         raise LookalikeError(f"{source} holds {real.bits}-bit codes; grow {real.bits}-bit codes from it")
     codes, queries, grown = realistic_codes(np.asarray(real.codes), real.tiles, n, n_queries, seed=seed)
-    tiles = synthetic_tiles(real.tiles, n, seed)
+    tiles = synthetic_batches(real.tiles, n, seed)
     write_index(
         out, codes, tiles, bits=bits, hash_model=real.hash_model_path.read_bytes(), info=dict(kind="scale")
     )
@@ -102,7 +112,8 @@ def _cache_key(source: Path, n: int, bits: int, n_queries: int, seed: int) -> st
 
     manifest = read_manifest(source)
     made = [str(source.resolve()), manifest.get("updated"), manifest.get("count"), n, bits, n_queries, seed]
-    return hashlib.sha256(json.dumps(made + [FORMAT_VERSION]).encode()).hexdigest()[:16]
+    table_format = "arrow-ipc"  # a new layout of the table is another index to build
+    return hashlib.sha256(json.dumps(made + [FORMAT_VERSION, table_format]).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ filters and their reference
@@ -148,9 +159,44 @@ def reference_mask(tiles: pd.DataFrame, spec: dict) -> np.ndarray:
 def reference_rows(codes: np.ndarray, query: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
     """The k kept rows nearest ``query``, ordered by (Hamming distance, row)."""
     rows = np.flatnonzero(mask)
-    dist = np.unpackbits(np.asarray(codes[rows]) ^ query, axis=1).sum(axis=1)
+    dist = np.concatenate(
+        [
+            np.unpackbits(np.asarray(codes[part]) ^ query, axis=1).sum(axis=1, dtype=np.int32)
+            for part in np.array_split(rows, max(1, len(rows) // (1 << 20)))
+        ]
+    )
     order = np.lexsort((rows, dist))[:k]
     return rows[order]
+
+
+def table_columns(path: str | Path) -> pd.DataFrame:
+    """The zone, time, lon and lat of every tile, read from the index's table file with pyarrow
+    (not through the search's filter columns, which the reference checks)."""
+    import pyarrow as pa
+
+    from lookalike.indexer.store import read_manifest
+
+    name = read_manifest(path)["files"]["tiles"]["name"]
+    wanted = ["zone", "time", "lon", "lat"]
+    if name.endswith(".parquet"):
+        return pd.read_parquet(Path(path) / name, columns=wanted)
+    return pa.ipc.open_file(pa.memory_map(str(Path(path) / name))).read_all().select(wanted).to_pandas()
+
+
+def reference(path: str | Path, k: int) -> dict:
+    """The filters of the benchmark and, for each query, the rows each must return (called in a
+    fresh process by ``bench_scale``, once per index and k; kept beside the index)."""
+    from lookalike.indexer.store import open_index
+
+    columns = table_columns(path)
+    codes = open_index(path, verify=False).codes
+    queries = np.load(Path(path) / "scale_queries.npy")
+    filters = {}
+    for name, spec in chosen_filters(columns).items():
+        mask = reference_mask(columns, spec)
+        rows = [reference_rows(codes, q, mask, k).tolist() for q in queries]
+        filters[name] = dict(spec=spec, share=round(float(mask.mean()), 4), rows=rows)
+    return dict(k=k, filters=filters)
 
 
 # ------------------------------------------------------------------ measured in a fresh process
@@ -174,20 +220,17 @@ def measure(path: str, k: int) -> dict:
     search_index(index, queries[0], k=k, method="exact")  # compiles the scan kernel
     plain = [_timed(lambda q=q: search_index(index, q, k=k, method="exact")) for q in queries]
     filters = []
-    for name, spec in chosen_filters(index.tiles).items():
-        mask, chosen = reference_mask(index.tiles, spec), Filters(**spec)
-        times, identical = [], True
-        for q in queries:
+    expected = json.loads((Path(path) / f"scale_reference_k{k}.json").read_text())["filters"]
+    for name, wanted in expected.items():
+        chosen, times, identical = Filters(**wanted["spec"]), [], True
+        for q, rows in zip(queries, wanted["rows"]):
             seconds, hits = _timed_hits(
                 lambda q=q, f=chosen: search_index(index, q, k=k, filters=f, method="exact")
             )
             times.append(seconds)
-            expected = reference_rows(index.codes, q, mask, k)
-            identical &= bool(np.array_equal(hits, expected))
+            identical &= hits.tolist() == rows
         filters.append(
-            dict(
-                name=name, share=round(float(mask.mean()), 4), p50_s=_p50(times), identical=identical, **spec
-            )
+            dict(name=name, share=wanted["share"], p50_s=_p50(times), identical=identical, **wanted["spec"])
         )
     return dict(
         open_s=round(open_s, 3),
@@ -240,6 +283,13 @@ def bench_scale(
         build["peak_rss_mb"] = round(build_peak, 1)
         (out / "scale_build.json").write_text(json.dumps(build))
     build = json.loads((out / "scale_build.json").read_text())
+    if not (out / f"scale_reference_k{k}.json").exists():
+        call = (
+            "import json; from lookalike.bench.scale import reference; "
+            f"print(json.dumps(reference({str(out)!r}, {k})))"
+        )
+        expected, _ = _in_fresh_process(call)
+        atomic_write_bytes(out / f"scale_reference_k{k}.json", json.dumps(expected).encode())
     call = (
         "import json; from lookalike.bench.scale import measure; "
         f"print(json.dumps(measure({str(out)!r}, {k})))"

@@ -182,7 +182,8 @@ def test_index_killed_at_any_write_point_leaves_no_half_index(scenarios):
         "chunk-000000.parquet",
         "chunk-000001.parquet",
         "codes-000001.npy",
-        "tiles-000001.parquet",
+        "tiles-000001.arrow",
+        "columns-000001.arrow",
         "hash-000001.npz",
         f"replace index/{MANIFEST}",
     ):
@@ -371,7 +372,8 @@ def test_disk_full_at_any_write_leaves_the_previous_index(tmp_path, kind):
     with disk_full(tmp_path / "probe") as probe:
         write(tmp_path / "probe")
     files = {p.split(".")[1].split("-")[0] for p in probe.paths}
-    assert files == {"manifest", *{"append": ["codes", "tiles"]}.get(kind, [kind])}, probe.paths
+    written = {"append": ["codes", "tiles", "columns"], "tiles": ["tiles", "columns"]}.get(kind, [kind])
+    assert files == {"manifest", *written}, probe.paths
     for k in first_middle_last(probe.paths):
         path = tmp_path / f"k{k}"
         shutil.copytree(tmp_path / "start", path)
@@ -536,12 +538,12 @@ def test_files_changed_in_place_under_an_open_index(tmp_path):
     }
     assert len(results) == len(cases)
     for case, outcome in results.items():
-        if case.endswith("codes"):  # the codes are mapped: a change in place cannot be answered around
+        if case.endswith(("codes", "tiles")):  # mapped files: a change in place cannot be answered around
             assert all(v.startswith("LookalikeError") and "changed on disk" in v for v in outcome.values()), (
                 case,
                 outcome,
             )
-        else:  # tables are in memory, the hash model is read only to encode a picture
+        else:  # the hash model is read only to encode a picture
             assert set(outcome.values()) == {"same"}, (case, outcome)
 
 
@@ -550,18 +552,18 @@ def test_open_index_while_a_writer_commits_gets_one_generation(tmp_path, monkeyp
     names removed; it opens the new generation instead of calling the index corrupt."""
     path = tmp_path / "i"
     make_index(path, n=200)
-    real = store.sha256_file
+    real = store.checksum_file
     done = []
 
     def commit_meanwhile(p, *a, **kw):
         if not done:
             done.append(True)
             with monkeypatch.context() as m:
-                m.setattr(store, "sha256_file", real)
+                m.setattr(store, "checksum_file", real)
                 write_index(path, *_new_rows(), bits=64, append=True)
         return real(p, *a, **kw)
 
-    monkeypatch.setattr(store, "sha256_file", commit_meanwhile)
+    monkeypatch.setattr(store, "checksum_file", commit_meanwhile)
     index = open_index(path)
     monkeypatch.undo()
     assert done and index.manifest["generation"] == 2 and index.n == 240

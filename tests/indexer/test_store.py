@@ -35,7 +35,7 @@ def test_round_trip(tmp_path):
     assert str(idx.tiles["time"].dtype).startswith("datetime64") and idx.tiles["time"].isna().any()
     m = idx.manifest
     assert m["kind"] == "test" and m["sources"] == {"alpha": {"x": 1}} and m["count"] == 100
-    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "hash"}
+    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "columns", "hash"}
     assert idx.hash_model_path.read_bytes() == hash_bytes(64)
     assert idx.row_of(tiles["tile_id"].iloc[57]) == 57
     with pytest.raises(LookalikeError):
@@ -84,7 +84,13 @@ def test_append_adds_rows_and_keeps_old_codes(tmp_path):
     # the hash model is kept; files of the old generation are gone
     assert idx.manifest["files"]["hash"] == old_manifest["files"]["hash"]
     names = {p.name for p in path.iterdir()}
-    assert names == {MANIFEST, "codes-000002.npy", "tiles-000002.parquet", "hash-000001.npz"}
+    assert names == {
+        MANIFEST,
+        "codes-000002.npy",
+        "tiles-000002.arrow",
+        "columns-000002.arrow",
+        "hash-000001.npz",
+    }
 
 
 def test_append_wrong_bits(tmp_path):
@@ -202,8 +208,8 @@ CORRUPTIONS = {
     "manifest not an object": (corrupt_not_a_dict, "format"),
     "future format": (corrupt_future_format, "format 99"),
     "truncated codes": (corrupt_truncated_codes, "bytes"),
-    "flipped codes byte": (corrupt_flipped_byte, "sha256"),
-    "flipped tiles byte": (corrupt_flipped_tiles_byte, "sha256"),
+    "flipped codes byte": (corrupt_flipped_byte, "checksum"),
+    "flipped tiles byte": (corrupt_flipped_tiles_byte, "checksum"),
     "missing tiles file": (corrupt_missing_tiles, "missing"),
     "missing hash file": (corrupt_missing_hash, "missing"),
     "manifest lists no tiles": (corrupt_manifest_without_tiles, "tiles"),
@@ -279,7 +285,8 @@ def test_crash_during_append_leaves_previous_index(tmp_path, monkeypatch):
     assert {p.name for p in path.iterdir()} == {
         MANIFEST,
         "codes-000002.npy",
-        "tiles-000002.parquet",
+        "tiles-000002.arrow",
+        "columns-000002.arrow",
         "hash-000001.npz",
     }
 

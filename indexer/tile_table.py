@@ -1,0 +1,259 @@
+"""The tile table of an index on disk, read through a memory map rather than loaded.
+
+An index of a hundred million tiles has a table of about 12 GB: more than a server can hold for
+each index it serves, and far more than a search needs. So the table is written as an Arrow IPC
+file (uncompressed record batches of ``BATCH_ROWS`` rows) and opened as a memory map: opening reads
+its footer; a search reads the few pages of its k hit rows (``take``); the whole table becomes a
+DataFrame only when asked for (``frame``, kept once made), as the explorer and the commands over
+ordinary indexes do. Beside it, the compact columns that search filters read
+(``indexer.filter_columns``) are one record batch of plain numpy-ready columns, mapped without a
+copy: zone and source as small integer codes (their names in the schema's metadata), time as
+int64 nanoseconds, lon/lat as float64.
+
+Arrow IPC rather than Parquet because a memory-mapped IPC batch is addressable in place: taking
+1,000 scattered rows costs the pages they lie in, where Parquet must decode every row group that
+holds a hit (``docs/scaling.md`` has the figures). Tables of indexes written before this format
+(Parquet, no columns file) are read whole at open, as they always were.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lookalike.errors import IndexCorruptError, LookalikeError
+from lookalike.indexer.filter_columns import FilterColumns
+
+BATCH_ROWS = 1 << 20  # rows per record batch: the unit a take reads its rows from
+_COLUMNS = ("zone_codes", "source_codes", "times", "lon", "lat")
+
+
+@dataclass
+class TileBatches:
+    """A tile table given as consecutive DataFrames of ``n`` rows in all (for tables too large to
+    hold at once). Categorical columns must have the same categories in every frame."""
+
+    frames: Iterable[pd.DataFrame]
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TileTable:
+    """The tile table of an index: its row count and columns, rows on demand, the whole table
+    when asked for, and its filter columns."""
+
+    n: int
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __contains__(self, column: object) -> bool:
+        return column in self.names
+
+    def frame(self) -> pd.DataFrame:
+        """The whole table as a DataFrame (made once and kept)."""
+        raise NotImplementedError
+
+    def take(self, rows: np.ndarray) -> pd.DataFrame:
+        """The given rows, in the order given, with a fresh 0..k-1 index."""
+        raise NotImplementedError
+
+    def filter_columns(self) -> FilterColumns:
+        raise NotImplementedError
+
+
+class FrameTable(TileTable):
+    """A tile table held in memory (one just built, or read whole from an earlier index)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+        self.n = len(frame)
+        self.names = tuple(frame.columns)
+
+    def frame(self) -> pd.DataFrame:
+        return self._frame
+
+    def take(self, rows: np.ndarray) -> pd.DataFrame:
+        return self._frame.iloc[np.asarray(rows, np.int64)].reset_index(drop=True)
+
+    def filter_columns(self) -> FilterColumns:
+        return FilterColumns.of(self._frame)
+
+
+class MappedTable(TileTable):
+    """A tile table read through a memory map of its Arrow IPC file, with its filter columns
+    mapped from the columns file (None: made from the whole table on first use)."""
+
+    def __init__(self, path: Path, columns_path: Path | None = None):
+        self.path = path
+        try:
+            self._reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            sizes = [self._reader.get_batch(i).num_rows for i in range(self._reader.num_record_batches)]
+        except (pa.ArrowException, OSError) as exc:
+            raise IndexCorruptError(f"{path} is not a readable tile table ({exc})") from None
+        self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.n = int(self._starts[-1])
+        self.names = tuple(self._reader.schema.names)
+        self._columns_path = columns_path
+        self._frame: pd.DataFrame | None = None
+
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = _to_pandas(self._reader.read_all())
+        return self._frame
+
+    def take(self, rows: np.ndarray) -> pd.DataFrame:
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
+            raise IndexError(f"rows outside the table of {self.n} tiles")
+        batch = np.searchsorted(self._starts, rows, side="right") - 1
+        pieces, order = [], []
+        if not len(rows) and self._reader.num_record_batches:  # keeps the categories of an empty take
+            pieces.append(self._reader.get_batch(0).slice(0, 0))
+        for b in np.unique(batch):
+            picked = np.flatnonzero(batch == b)
+            local = pa.array(rows[picked] - self._starts[b])
+            pieces.append(self._reader.get_batch(int(b)).take(local))
+            order.append(picked)
+        table = pa.Table.from_batches(pieces, schema=self._reader.schema)
+        if order:  # back to the order asked for
+            table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+        return _to_pandas(table)
+
+    def filter_columns(self) -> FilterColumns:
+        if self._columns_path is None:
+            return FilterColumns.of(self.frame())
+        return read_filter_columns(self._columns_path, self.n)
+
+
+def open_table(path: Path, columns_path: Path | None = None) -> TileTable:
+    """The tile table file at ``path``: Arrow IPC is mapped, Parquet (earlier indexes) read whole."""
+    if path.suffix == ".arrow":
+        return MappedTable(path, columns_path)
+    return FrameTable(read_parquet_table(path))
+
+
+def read_parquet_table(path: Path) -> pd.DataFrame:
+    """A Parquet table of an index, read whole; IndexCorruptError when the file is not one."""
+    from pyarrow.lib import ArrowException
+
+    try:
+        table = pd.read_parquet(path)
+    except (ValueError, ArrowException) as exc:
+        raise IndexCorruptError(f"{path} is not a readable table ({exc})") from None
+    return _one_chunk(table)
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as ``pd.read_parquet`` gives it: strings in pandas' default string dtype (the
+    NaN-missing ``str`` of pandas 3, object before), one chunk per column."""
+    default = pd.Series([""]).dtype
+    if isinstance(default, pd.StringDtype):
+        strings = {pa.string(): default, pa.large_string(): default, pa.string_view(): default}
+        return _one_chunk(table.to_pandas(types_mapper=strings.get))
+    return _one_chunk(table.to_pandas())
+
+
+def _one_chunk(table: pd.DataFrame) -> pd.DataFrame:
+    """Arrow-backed columns (strings) joined into one chunk each. Tables are read in batches;
+    picking the k hit rows from a column of many chunks costs a pass over all of them on every
+    search (13 ms at 10 M tiles), from one chunk well under a millisecond."""
+    for column in table.columns:
+        values = table[column].array
+        chunked = getattr(values, "_pa_array", None)
+        if chunked is not None and chunked.num_chunks > 1:
+            keep = dict(dtype=values.dtype) if isinstance(values.dtype, pd.StringDtype) else {}  # NaN or NA
+            joined = type(values)(chunked.combine_chunks(), **keep)
+            table[column] = pd.Series(joined, index=table.index, name=column)
+    return table
+
+
+# ------------------------------------------------------------------ writing
+def write_table(path: Path, tiles: pd.DataFrame | TileBatches) -> tuple[FilterColumns | None, np.ndarray]:
+    """Write ``tiles`` as an Arrow IPC file at ``path``, batch by batch; returns its filter
+    columns (None for a table without lon/lat) and, for ``TileBatches``, a 64-bit hash of each
+    tile id (for the uniqueness check of tables too large to hold; empty for a DataFrame, which
+    is checked whole). Writes go through Python's ``open`` so a full disk raises OSError."""
+    frames = _frames(tiles)
+    parts, hashes = [], []
+    writer, schema = None, None
+    with open(path, "wb") as fh:
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                schema = table.schema
+                writer = pa.ipc.new_file(fh, schema)
+            elif not table.schema.equals(schema):
+                raise LookalikeError("the tile table's batches do not share one schema")
+            try:
+                for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+                    writer.write_batch(batch)
+            except pa.ArrowInvalid as exc:  # another dictionary for a categorical column
+                raise LookalikeError(f"the tile table's batches do not make one table ({exc})") from None
+            parts.append(FilterColumns.of(frame) if {"lon", "lat"} <= set(frame.columns) else None)
+            if isinstance(tiles, TileBatches) and "tile_id" in frame:
+                hashes.append(pd.util.hash_array(frame["tile_id"].astype(str).to_numpy(object)))
+        if writer is None:
+            raise LookalikeError("the tile table has no columns")
+        writer.close()
+    written = sum(p.n for p in parts) if None not in parts else len(tiles)
+    if written != len(tiles):
+        raise LookalikeError(f"the tile table's batches hold {written} rows, not the {len(tiles)} announced")
+    columns = FilterColumns.concat(parts) if None not in parts else None
+    return columns, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+
+
+def _frames(tiles: pd.DataFrame | TileBatches) -> Iterator[pd.DataFrame]:
+    """The table as frames; a table with no rows as one empty frame (its schema is still written)."""
+    if isinstance(tiles, TileBatches):
+        yield from tiles.frames
+    else:
+        yield tiles.reset_index(drop=True)
+
+
+def write_filter_columns(path: Path, columns: FilterColumns) -> None:
+    """Write ``columns`` as one Arrow record batch (numpy views of it come back without a copy)."""
+    arrays, names = [], []
+    for name in _COLUMNS:
+        values = getattr(columns, name)
+        if values is not None:
+            arrays.append(pa.array(values))
+            names.append(name)
+    meta = dict(n=columns.n, zone_names=list(columns.zone_names), source_names=list(columns.source_names))
+    batch = pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(
+        {"lookalike": json.dumps(meta)}
+    )
+    with open(path, "wb") as fh, pa.ipc.new_file(fh, batch.schema) as writer:
+        writer.write_batch(batch)
+
+
+def read_filter_columns(path: Path, n: int) -> FilterColumns:
+    """The filter columns written by ``write_filter_columns``, as read-only views of a memory map."""
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        meta = json.loads(reader.schema.metadata[b"lookalike"])
+        batch = reader.get_batch(0)
+        arrays = {name: batch.column(name).to_numpy(zero_copy_only=True) for name in batch.schema.names}
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is not a readable filter-column file ({exc})") from None
+    if meta.get("n") != n or any(len(a) != n for a in arrays.values()) or not {"lon", "lat"} <= set(arrays):
+        raise IndexCorruptError(f"{path}: the filter columns do not match the table's {n} rows")
+    return FilterColumns(
+        n,
+        arrays.get("zone_codes"),
+        tuple(meta["zone_names"]),
+        arrays.get("source_codes"),
+        tuple(meta["source_names"]),
+        arrays.get("times"),
+        arrays["lon"],
+        arrays["lat"],
+    )
