@@ -118,11 +118,9 @@ class Index:
                 )
 
     def row_of(self, tile_id: str) -> int:
-        """The row of ``tile_id`` (ids are unique; a dictionary lookup, built on first use and kept)."""
-        rows = self.cached(
-            "rows", lambda: {tile: row for row, tile in enumerate(self.tiles["tile_id"].astype(str).tolist())}
-        )
-        row = rows.get(str(tile_id))
+        """The row of ``tile_id`` (ids are unique): a binary search of the index's sorted id
+        hashes, or a dictionary made on first use for indexes written without them."""
+        row = self.table.row_of(tile_id)
         if row is None:
             raise LookalikeError(f"tile {tile_id!r} is not in the index {self.path}")
         return row

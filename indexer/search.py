@@ -23,7 +23,6 @@ from shapely.geometry.base import BaseGeometry
 from lookalike.data.times import utc_timestamp
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
-from lookalike.indexer.bbox import in_bbox
 from lookalike.indexer.catalogue import landmark_mask
 from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
@@ -207,7 +206,7 @@ def filter_mask(
         mask &= cols.times_within(*(utc_timestamp(t) for t in filters.time_range))
     lon, lat = cols.lon, cols.lat
     if filters.bbox:
-        mask &= in_bbox(lon, lat, filters.bbox)
+        mask &= cols.in_box(*filters.bbox)
     if filters.region is not None:
         geometry = _as_geometry(filters.region)
         if geometry.is_empty:

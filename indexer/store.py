@@ -61,6 +61,7 @@ from lookalike.indexer.tile_table import (
     open_table,
     read_parquet_table,
     write_filter_columns,
+    write_id_lookup,
     write_table,
 )
 
@@ -69,7 +70,7 @@ SHA256_MAX_BYTES = 1 << 26
 MANIFEST = "manifest.json"
 # the files an index writes itself; anything else in its folder is left alone
 GENERATION_FILE = re.compile(
-    r"(codes|tiles|columns|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|arrow|npz|faiss|usearch|bin)"
+    r"(codes|tiles|columns|ids|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|arrow|npz|faiss|usearch|bin)"
 )
 
 
@@ -151,9 +152,9 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
         raise IndexCorruptError(
             f"{path}: codes have shape {codes.shape} {codes.dtype}, manifest says ({n}, {bits // 8}) uint8"
         )
-    columns = path / files["columns"]["name"] if "columns" in files else None
+    columns, ids = (path / files[role]["name"] if role in files else None for role in ("columns", "ids"))
     try:
-        tiles = open_table(path / files["tiles"]["name"], columns)
+        tiles = open_table(path / files["tiles"]["name"], columns, ids)
     except IndexCorruptError as exc:
         raise IndexCorruptError(f"{path}: the tiles file {exc}") from None
     if len(tiles) != n:
@@ -166,7 +167,7 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
             raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index does not have")
     mapped = [
         role
-        for role in ("codes", "tiles", "columns")
+        for role in ("codes", "tiles", "columns", "ids")
         if role in files and files[role]["name"].endswith((".npy", ".arrow"))
     ]
     return Index(
@@ -357,15 +358,19 @@ def _write_generation(
 
 
 def _write_tile_files(path: Path, generation: int, tiles: pd.DataFrame | TileBatches) -> dict:
-    """Write the tile table and its filter columns as files of ``generation``; refuses a table
-    whose tile ids repeat (checked by hash as it is written: a large table is never held)."""
+    """Write the tile table, its tile-id lookup and its filter columns as files of
+    ``generation``; refuses a table whose tile ids repeat (checked by hash as it is written: a
+    large table is never held)."""
     written: dict = {}
 
     def table(p: Path) -> None:
         written["columns"], written["hashes"] = write_table(p, tiles)
 
     files = dict(tiles=_write_file(path, f"tiles-{generation:06d}.arrow", table))
-    _check_unique_hashes(path / files["tiles"]["name"], written.pop("hashes"))
+    hashes = written["hashes"]
+    if hashes is not None:
+        _check_unique_hashes(path / files["tiles"]["name"], hashes)
+        files["ids"] = _write_file(path, f"ids-{generation:06d}.npy", lambda p: write_id_lookup(p, hashes))
     if written["columns"] is not None:
         files["columns"] = _write_file(
             path, f"columns-{generation:06d}.arrow", lambda p: write_filter_columns(p, written["columns"])

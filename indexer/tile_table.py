@@ -8,7 +8,9 @@ DataFrame only when asked for (``frame``, kept once made), as the explorer and t
 ordinary indexes do. Beside it, the compact columns that search filters read
 (``indexer.filter_columns``) are one record batch of plain numpy-ready columns, mapped without a
 copy: zone and source as small integer codes (their names in the schema's metadata), time as
-int64 nanoseconds, lon/lat as float64.
+int64 nanoseconds, lon/lat as float64. A third file finds a tile by its id in O(log n): a 64-bit
+hash of every id, sorted, beside the row of each (``IdLookup``), instead of a dictionary of a
+hundred million strings.
 
 Arrow IPC rather than Parquet because a memory-mapped IPC batch is addressable in place: taking
 1,000 scattered rows costs the pages they lie in, where Parquet must decode every row group that
@@ -28,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike.errors import IndexCorruptError, LookalikeError
+from lookalike.fileio import save_npy
 from lookalike.indexer.filter_columns import FilterColumns
 
 BATCH_ROWS = 1 << 20  # rows per record batch: the unit a take reads its rows from
@@ -70,6 +73,10 @@ class TileTable:
     def filter_columns(self) -> FilterColumns:
         raise NotImplementedError
 
+    def row_of(self, tile_id: str) -> int | None:
+        """The row of ``tile_id``, None when the table has no such tile."""
+        raise NotImplementedError
+
 
 class FrameTable(TileTable):
     """A tile table held in memory (one just built, or read whole from an earlier index)."""
@@ -88,13 +95,25 @@ class FrameTable(TileTable):
     def filter_columns(self) -> FilterColumns:
         return FilterColumns.of(self._frame)
 
+    def row_of(self, tile_id: str) -> int | None:
+        if "_rows" not in self.__dict__:
+            self._rows = _rows_by_id(self._frame)
+        return self._rows.get(str(tile_id))
+
+
+def _rows_by_id(frame: pd.DataFrame) -> dict[str, int]:
+    """The row of every tile id: a dictionary, for tables without an ``IdLookup``."""
+    ids = frame["tile_id"].astype(str).tolist() if "tile_id" in frame else []
+    return {tile: row for row, tile in enumerate(ids)}
+
 
 class MappedTable(TileTable):
     """A tile table read through a memory map of its Arrow IPC file, with its filter columns
     mapped from the columns file (None: made from the whole table on first use)."""
 
-    def __init__(self, path: Path, columns_path: Path | None = None):
+    def __init__(self, path: Path, columns_path: Path | None = None, ids_path: Path | None = None):
         self.path = path
+        self._ids = None if ids_path is None else IdLookup(ids_path)
         try:
             self._reader = pa.ipc.open_file(pa.memory_map(str(path)))
             sizes = [self._reader.get_batch(i).num_rows for i in range(self._reader.num_record_batches)]
@@ -117,8 +136,6 @@ class MappedTable(TileTable):
             raise IndexError(f"rows outside the table of {self.n} tiles")
         batch = np.searchsorted(self._starts, rows, side="right") - 1
         pieces, order = [], []
-        if not len(rows) and self._reader.num_record_batches:  # keeps the categories of an empty take
-            pieces.append(self._reader.get_batch(0).slice(0, 0))
         for b in np.unique(batch):
             picked = np.flatnonzero(batch == b)
             local = pa.array(rows[picked] - self._starts[b])
@@ -127,18 +144,95 @@ class MappedTable(TileTable):
         table = pa.Table.from_batches(pieces, schema=self._reader.schema)
         if order:  # back to the order asked for
             table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
-        return _to_pandas(table)
+        return self._with_categories(table)
+
+    def _with_categories(self, table: pa.Table) -> pd.DataFrame:
+        """``table`` as a DataFrame, its dictionary columns made categorical with the categories
+        made once per column: pyarrow would turn the whole dictionary (a hundred thousand source
+        names) into strings again for every take."""
+        dictionaries = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
+        frame = _to_pandas(table.drop_columns(dictionaries))
+        for name in dictionaries:
+            indices = table.column(name).combine_chunks().indices
+            codes = indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            frame[name] = pd.Categorical.from_codes(codes, dtype=self._categories(name))
+        return frame[list(self.names)]
+
+    def _categories(self, name: str) -> pd.CategoricalDtype:
+        cache = self.__dict__.setdefault("_dtypes", {})
+        if name not in cache:  # an empty slice of a batch keeps the column's dictionary
+            first = [self._reader.get_batch(0).slice(0, 0)] if self._reader.num_record_batches else []
+            cache[name] = _to_pandas(pa.Table.from_batches(first, schema=self._reader.schema))[name].dtype
+        return cache[name]
 
     def filter_columns(self) -> FilterColumns:
         if self._columns_path is None:
             return FilterColumns.of(self.frame())
         return read_filter_columns(self._columns_path, self.n)
 
+    def row_of(self, tile_id: str) -> int | None:
+        if self._ids is None:  # a table without ids: the dictionary of the whole table
+            if "_rows" not in self.__dict__:
+                self._rows = _rows_by_id(self.frame())
+            return self._rows.get(str(tile_id))
+        rows = self._ids.candidates(str(tile_id))
+        if len(rows) == 0:
+            return None
+        found = np.flatnonzero(self.take(rows)["tile_id"].astype(str).to_numpy() == str(tile_id))
+        return int(rows[found[0]]) if len(found) else None
 
-def open_table(path: Path, columns_path: Path | None = None) -> TileTable:
+
+class IdLookup:
+    """The rows of a tile id from the sorted hashes of all ids (``write_id_lookup``), read through
+    a memory map: a binary search touches about log2(n) pages. The hash is pandas' (SipHash with
+    pandas' fixed key); a lookup file made by another hash is refused rather than misread."""
+
+    def __init__(self, path: Path):
+        try:
+            table = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise IndexCorruptError(f"{path} is not a readable tile-id lookup ({exc})") from None
+        if table.ndim != 2 or table.shape[0] != 2 or table.shape[1] < 1 or table.dtype != np.uint64:
+            raise IndexCorruptError(
+                f"{path}: a tile-id lookup is 2 rows of uint64, not {table.shape} {table.dtype}"
+            )
+        n = table.shape[1] - 1
+        self.hashes, self.rows = table[0, :n], table[1, :n]
+        if table[0, n] != _PROBE_HASH:  # the hash of a known string, stored after the sorted ones
+            raise IndexCorruptError(f"{path} was made with another hash of tile ids than this version's")
+
+    def candidates(self, tile_id: str) -> np.ndarray:
+        """Rows whose id has the hash of ``tile_id`` (almost always one, or none)."""
+        h = id_hashes([tile_id])[0]
+        lo, hi = np.searchsorted(self.hashes, h, "left"), np.searchsorted(self.hashes, h, "right")
+        return np.asarray(self.rows[lo:hi], np.int64)
+
+
+_PROBE = "lookalike tile id"
+
+
+def id_hashes(ids) -> np.ndarray:
+    """64-bit hashes of tile ids (pandas' vectorised SipHash), for ``IdLookup``."""
+    return pd.util.hash_array(np.asarray(ids, dtype=object))
+
+
+_PROBE_HASH = id_hashes([_PROBE])[0]
+
+
+def write_id_lookup(path: Path, hashes: np.ndarray) -> None:
+    """Write the lookup of tile ids by their ``hashes`` (one per row, in row order): the hashes
+    sorted and the row of each, then the hash of a known string saying which hash made them."""
+    order = np.argsort(hashes, kind="stable")
+    table = np.empty((2, len(hashes) + 1), np.uint64)
+    table[0, :-1], table[1, :-1] = hashes[order], order
+    table[:, -1] = _PROBE_HASH
+    save_npy(path, table)
+
+
+def open_table(path: Path, columns_path: Path | None = None, ids_path: Path | None = None) -> TileTable:
     """The tile table file at ``path``: Arrow IPC is mapped, Parquet (earlier indexes) read whole."""
     if path.suffix == ".arrow":
-        return MappedTable(path, columns_path)
+        return MappedTable(path, columns_path, ids_path)
     return FrameTable(read_parquet_table(path))
 
 
@@ -178,11 +272,12 @@ def _one_chunk(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ writing
-def write_table(path: Path, tiles: pd.DataFrame | TileBatches) -> tuple[FilterColumns | None, np.ndarray]:
+def write_table(
+    path: Path, tiles: pd.DataFrame | TileBatches
+) -> tuple[FilterColumns | None, np.ndarray | None]:
     """Write ``tiles`` as an Arrow IPC file at ``path``, batch by batch; returns its filter
-    columns (None for a table without lon/lat) and, for ``TileBatches``, a 64-bit hash of each
-    tile id (for the uniqueness check of tables too large to hold; empty for a DataFrame, which
-    is checked whole). Writes go through Python's ``open`` so a full disk raises OSError."""
+    columns (None for a table without lon/lat) and the hash of each tile id (``id_hashes``; None
+    for a table without ids). Writes go through Python's ``open`` so a full disk raises OSError."""
     frames = _frames(tiles)
     parts, hashes = [], []
     writer, schema = None, None
@@ -200,8 +295,8 @@ def write_table(path: Path, tiles: pd.DataFrame | TileBatches) -> tuple[FilterCo
             except pa.ArrowInvalid as exc:  # another dictionary for a categorical column
                 raise LookalikeError(f"the tile table's batches do not make one table ({exc})") from None
             parts.append(FilterColumns.of(frame) if {"lon", "lat"} <= set(frame.columns) else None)
-            if isinstance(tiles, TileBatches) and "tile_id" in frame:
-                hashes.append(pd.util.hash_array(frame["tile_id"].astype(str).to_numpy(object)))
+            if "tile_id" in frame:
+                hashes.append(id_hashes(frame["tile_id"].astype(str).to_numpy(object)))
         if writer is None:
             raise LookalikeError("the tile table has no columns")
         writer.close()
@@ -209,7 +304,7 @@ def write_table(path: Path, tiles: pd.DataFrame | TileBatches) -> tuple[FilterCo
     if written != len(tiles):
         raise LookalikeError(f"the tile table's batches hold {written} rows, not the {len(tiles)} announced")
     columns = FilterColumns.concat(parts) if None not in parts else None
-    return columns, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    return columns, np.concatenate(hashes) if hashes else None
 
 
 def _frames(tiles: pd.DataFrame | TileBatches) -> Iterator[pd.DataFrame]:

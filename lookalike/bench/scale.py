@@ -112,7 +112,7 @@ def _cache_key(source: Path, n: int, bits: int, n_queries: int, seed: int) -> st
 
     manifest = read_manifest(source)
     made = [str(source.resolve()), manifest.get("updated"), manifest.get("count"), n, bits, n_queries, seed]
-    table_format = "arrow-ipc"  # a new layout of the table is another index to build
+    table_format = "arrow-ipc, id lookup"  # a new layout of the table is another index to build
     return hashlib.sha256(json.dumps(made + [FORMAT_VERSION, table_format]).encode()).hexdigest()[:16]
 
 

@@ -184,6 +184,7 @@ def test_index_killed_at_any_write_point_leaves_no_half_index(scenarios):
         "codes-000001.npy",
         "tiles-000001.arrow",
         "columns-000001.arrow",
+        "ids-000001.npy",
         "hash-000001.npz",
         f"replace index/{MANIFEST}",
     ):
@@ -372,7 +373,9 @@ def test_disk_full_at_any_write_leaves_the_previous_index(tmp_path, kind):
     with disk_full(tmp_path / "probe") as probe:
         write(tmp_path / "probe")
     files = {p.split(".")[1].split("-")[0] for p in probe.paths}
-    written = {"append": ["codes", "tiles", "columns"], "tiles": ["tiles", "columns"]}.get(kind, [kind])
+    written = {"append": ["codes", "tiles", "ids", "columns"], "tiles": ["tiles", "ids", "columns"]}.get(
+        kind, [kind]
+    )
     assert files == {"manifest", *written}, probe.paths
     for k in first_middle_last(probe.paths):
         path = tmp_path / f"k{k}"

@@ -90,3 +90,27 @@ def test_columns_are_read_only_and_leave_the_table_alone():
     np.testing.assert_array_equal(
         columns.times_within(None, pd.Timestamp("2263-01-01", tz="UTC")), tiles["time"].notna().to_numpy()
     )
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (-30.0, -10.0, 40.0, 25.0),
+        (150.0, -60.0, -150.0, 60.0),
+        (0.0, 0.0, 0.0, 0.0),
+        (-180.0, -90.0, 180.0, 90.0),
+    ],
+)
+def test_box_test_is_the_bbox_modules(box):
+    """``FilterColumns.in_box`` keeps what ``indexer.bbox.in_bbox`` keeps: edges included, boxes
+    across 180, missing centres in none."""
+    from lookalike.indexer.bbox import in_bbox
+
+    tiles = table(4000, 5, True)
+    tiles.loc[::97, "lon"] = np.nan
+    tiles.loc[::89, "lat"] = np.nan
+    tiles.loc[1, ["lon", "lat"]] = box[0], box[1]  # on a corner
+    columns = FilterColumns.of(tiles)
+    want = in_bbox(tiles["lon"].to_numpy(), tiles["lat"].to_numpy(), box)
+    np.testing.assert_array_equal(columns.in_box(*box), want)
+    assert want[1]

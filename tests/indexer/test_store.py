@@ -35,7 +35,7 @@ def test_round_trip(tmp_path):
     assert str(idx.tiles["time"].dtype).startswith("datetime64") and idx.tiles["time"].isna().any()
     m = idx.manifest
     assert m["kind"] == "test" and m["sources"] == {"alpha": {"x": 1}} and m["count"] == 100
-    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "columns", "hash"}
+    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "columns", "ids", "hash"}
     assert idx.hash_model_path.read_bytes() == hash_bytes(64)
     assert idx.row_of(tiles["tile_id"].iloc[57]) == 57
     with pytest.raises(LookalikeError):
@@ -89,6 +89,7 @@ def test_append_adds_rows_and_keeps_old_codes(tmp_path):
         "codes-000002.npy",
         "tiles-000002.arrow",
         "columns-000002.arrow",
+        "ids-000002.npy",
         "hash-000001.npz",
     }
 
@@ -287,6 +288,7 @@ def test_crash_during_append_leaves_previous_index(tmp_path, monkeypatch):
         "codes-000002.npy",
         "tiles-000002.arrow",
         "columns-000002.arrow",
+        "ids-000002.npy",
         "hash-000001.npz",
     }
 

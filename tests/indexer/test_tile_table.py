@@ -247,3 +247,39 @@ def test_damaged_table_files_are_refused(written, tmp_path, role):
     with pytest.raises(IndexCorruptError, match="readable"):
         index = open_index(copy, verify=False)
         index.filter_columns()
+
+
+def test_tile_ids_are_found_by_their_sorted_hashes(written, monkeypatch):
+    path, _, tiles = written
+    index = open_index(path)
+    assert "ids" in index.manifest["files"]
+    monkeypatch.setattr(MappedTable, "frame", lambda self: pytest.fail("the whole table was read"))
+    for row in (0, 127, 128, 333, N - 1):
+        assert index.row_of(tiles["tile_id"][row]) == row
+    with pytest.raises(LookalikeError, match="not in the index"):
+        index.row_of("s1:nope")
+
+
+def test_equal_hashes_of_different_ids_are_told_apart(tmp_path, monkeypatch):
+    """A hash shared by several ids (rare at 64 bits, forced here) leaves the lookup exact."""
+    tiles = _table(50)
+    monkeypatch.setattr(tile_table, "id_hashes", lambda ids: np.full(len(ids), 7, np.uint64))
+    write_index(tmp_path / "i", random_codes(50, 64), tiles, bits=64, hash_model=hash_bytes(64))
+    index = open_index(tmp_path / "i")
+    assert [index.row_of(t) for t in tiles["tile_id"][[0, 17, 49]]] == [0, 17, 49]
+    with pytest.raises(LookalikeError, match="not in the index"):
+        index.row_of("elsewhere")
+
+
+def test_a_lookup_made_by_another_hash_is_refused(written, tmp_path):
+    import shutil
+
+    path, _, _ = written
+    copy = tmp_path / "c"
+    shutil.copytree(path, copy)
+    name = json.loads((copy / MANIFEST).read_text())["files"]["ids"]["name"]
+    lookup = np.load(copy / name)
+    lookup[0, -1] += np.uint64(1)
+    np.save(copy / name, lookup)
+    with pytest.raises(IndexCorruptError, match="another hash"):
+        open_index(copy, verify=False)
