@@ -72,7 +72,8 @@ def _measure(path: str) -> dict:
         codes_bytes_per_tile=index.codes.shape[1],
         tile_table=table_bytes(index.tiles),
         tile_table_total=float(index.tiles.memory_usage(deep=True).sum()) / n,
-        parquet_bytes_per_tile=index.manifest["files"]["tiles"]["bytes"] / n,
+        table_file=Path(index.manifest["files"]["tiles"]["name"]).suffix.lstrip("."),
+        table_file_bytes_per_tile=index.manifest["files"]["tiles"]["bytes"] / n,
         dtypes={c: str(t) for c, t in index.tiles.dtypes.items()},
         arrow_allocated_per_tile=arrow / n,
         rss_anon_open=per(before, opened, "RssAnon"),
@@ -180,8 +181,8 @@ def to_markdown(r: dict) -> str:
         f"{scaled['codes_bytes_per_tile']} |",
         f"| tile table in pandas, bytes/tile | {real['tile_table_total']:.1f} | "
         f"{scaled['tile_table_total']:.1f} |",
-        f"| tile table on disk (parquet), bytes/tile | {real['parquet_bytes_per_tile']:.1f} | "
-        f"{scaled['parquet_bytes_per_tile']:.1f} |",
+        f"| tile table file ({real['table_file']}), bytes/tile | {real['table_file_bytes_per_tile']:.1f} | "
+        f"{scaled['table_file_bytes_per_tile']:.1f} |",
         "| hash tables (exact search) | 0 | 0 |",
         f"| Arrow allocator in use after open, bytes/tile | {real['arrow_allocated_per_tile']:.1f} | "
         f"{scaled['arrow_allocated_per_tile']:.1f} |",

@@ -17,6 +17,11 @@ from numba.extending import intrinsic
 
 EXCLUDED = np.uint16(0xFFFF)  # distance recorded for rows a filter mask removes
 SPARSE_MASK = 0.05  # a filter keeping at most this share of the rows is scanned through its row list
+# and so is one keeping up to CLUSTERED_MASK whose rows come in runs of RUN_ROWS or more on
+# average (a date range or a zone over rows stored source by source): its codes are read as a
+# few contiguous stretches, not every cache line of the file
+CLUSTERED_MASK = 0.25
+RUN_ROWS = 16
 
 
 @intrinsic
@@ -69,6 +74,19 @@ def _scan_rows(codes, query, rows, out, hist):
             hist[p, d] += 1
 
 
+def _rows_worth_visiting(mask: np.ndarray, n: int) -> np.ndarray | None:
+    """The rows of ``mask`` when visiting them one by one beats scanning every row with the mask
+    (``SPARSE_MASK``, ``CLUSTERED_MASK``), else None."""
+    kept = np.count_nonzero(mask)
+    if kept <= SPARSE_MASK * n:
+        return np.flatnonzero(mask)
+    if kept > CLUSTERED_MASK * n:
+        return None
+    rows = np.flatnonzero(mask)
+    runs = 1 + np.count_nonzero(np.diff(rows) != 1)
+    return rows if kept >= RUN_ROWS * runs else None
+
+
 @numba.njit(cache=True, nogil=True)
 def _collect(dist, threshold, n_at_threshold, k):
     rows = np.empty(k, np.int64)
@@ -101,10 +119,9 @@ def scan_top_k(
     bits = nbytes * 8
     parts = max(1, (threads or numba.get_num_threads()) * 4)
     hist = np.zeros((parts, bits + 1), dtype=np.int64)
-    kept = None
-    if mask is not None and n and np.count_nonzero(mask) <= SPARSE_MASK * n:
-        # a narrow filter: visit its rows only, not every row (the codes of the rest stay unread)
-        kept = np.flatnonzero(mask)
+    kept = _rows_worth_visiting(mask, n) if mask is not None and n else None
+    if kept is not None:
+        # a narrow or clustered filter: visit its rows only (the codes of the rest stay unread)
         dist = np.empty(len(kept), dtype=np.uint16)
         _scan_rows(codes64, q64, kept, dist, hist)
     else:

@@ -345,9 +345,11 @@ def index_summary(path: str | Path, verify: bool = True) -> dict:
         backbone=m.get("backbone", {}).get("name"),
         hash=m.get("hash", {}).get("method"),
         sources=sorted(m.get("sources", {})),
-        zones=int(index.tiles["zone"].nunique()),
+        zones=index.filter_columns().zone_count() if "zone" in index.table else 0,
         bytes_per_tile=dict(
-            codes=m["files"]["codes"]["bytes"] / n, tile_table=m["files"]["tiles"]["bytes"] / n
+            codes=m["files"]["codes"]["bytes"] / n,
+            tile_table=m["files"]["tiles"]["bytes"] / n,
+            **{role: m["files"][role]["bytes"] / n for role in ("columns", "ids") if role in m["files"]},
         ),
         created=m.get("created"),
         updated=m.get("updated"),

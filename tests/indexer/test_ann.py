@@ -22,6 +22,7 @@ from lookalike.bench.sublinear import (
 )
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer import ann as ann_module
+from lookalike.indexer import hamming_kernel
 from lookalike.indexer.ann import ANN_METHODS, RECALL_BAR, build_ann, calibrate, load_ann
 from lookalike.indexer.defaults import ANN_NAMES
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
@@ -105,6 +106,27 @@ def test_scan_under_filters_of_every_width(data, share, k):
     mask = np.random.default_rng(int(share * 1000) + k).random(len(codes)) < share
     for q in queries[:4]:
         assert_same(scan_top_k(codes, q, k, mask), reference(codes, q, k, mask))
+
+
+@pytest.mark.parametrize("share", [0.06, 0.2, 0.3])
+@pytest.mark.parametrize("run", [1, 16, 500])
+def test_scan_under_clustered_filters(data, share, run, monkeypatch):
+    """Filters keeping runs of rows (a date range over rows stored acquisition by acquisition)
+    up to CLUSTERED_MASK of them take the row list: the reference answer either way, and the
+    row list is taken exactly when the runs are long enough."""
+    codes, queries, _ = data
+    starts = np.random.default_rng(run).random(len(codes) // run + 1) < share
+    mask = np.repeat(starts, run)[: len(codes)]
+    visited = []
+    real = hamming_kernel._scan_rows
+    monkeypatch.setattr(hamming_kernel, "_scan_rows", lambda *a: visited.append(1) or real(*a))
+    for q in queries[:3]:
+        assert_same(scan_top_k(codes, q, 50, mask), reference(codes, q, 50, mask))
+    kept = mask.mean()
+    assert bool(visited) == (
+        kept <= hamming_kernel.SPARSE_MASK
+        or (kept <= hamming_kernel.CLUSTERED_MASK and run >= hamming_kernel.RUN_ROWS)
+    )
 
 
 def test_batch_scan_groups_and_compaction(data):
