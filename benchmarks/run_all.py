@@ -14,7 +14,8 @@ Real data come from ``$LOOKALIKE_DATA`` (the Makefile points it at ``../shared/d
 sits beside the checkout); the Mars and Earth demo indexes are built on first use. Scratch files
 (a 10 M-tile index, the gigapixel GeoTIFF, empty pixel caches) go to ``benchmarks/out/``, which
 git ignores. In the printed commands ``python`` is this interpreter, ``lookalike`` is
-``python -m lookalike``, ``{mars}`` and ``{earth}`` the demo indexes and ``{data}`` the data
+``python -m lookalike``, ``{mars}`` and ``{earth}`` the demo indexes, ``{scale_10m}`` the index the
+``scale`` benchmark left in the cache and ``{data}`` the data
 cache; they are filled in when a command runs.
 """
 
@@ -397,6 +398,30 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         long=True,
     ),
     Benchmark(
+        "scale-100m",
+        "the same at 100 M tiles (about 17 GB of index files in the cache; 10 min of build)",
+        ("scale_100m.json",),
+        (step("lookalike", "bench", "scale", "--n", "100000000", "--json", R + "scale_100m.json"),),
+        long=True,
+    ),
+    Benchmark(
+        "tile-table",
+        "the tile table's file format: the 10 M scale index's table memory-mapped as Arrow IPC "
+        "against the same table in Parquet (opened whole, or read by row group), k hit rows taken",
+        ("tile_table.json",),
+        (
+            step(
+                "python",
+                "benchmarks/tile_table.py",
+                "--index",
+                "{scale_10m}",
+                "--json",
+                R + "tile_table.json",
+            ),
+        ),
+        long=True,
+    ),
+    Benchmark(
         "landmark-scale",
         "the ground scale HiRISE v1's crops were cut at: observation footprints, and a real "
         "HiRISE scene's crops against the training crops in the classifier's features",
@@ -444,12 +469,15 @@ BY_NAME = {b.name: b for b in BENCHMARKS}
 
 
 class Placeholders:
-    """``{mars}``, ``{earth}`` and ``{data}``, found (and the demo indexes built) on first use."""
+    """``{mars}``, ``{earth}``, ``{data}`` and ``{scale_10m}`` (the index the ``scale`` benchmark
+    left in the cache), found (and the demo indexes built) on first use."""
 
     CODE = {
         "mars": "from lookalike.workflows.demo import ensure_demo_index; print(ensure_demo_index('mars'))",
         "earth": "from lookalike.workflows.demo import ensure_demo_index; print(ensure_demo_index('earth'))",
         "data": "from lookalike.config import data_dir; print(data_dir())",
+        "scale_10m": "import json; from lookalike.config import scale_dir; "
+        "print(scale_dir() / json.load(open('benchmarks/results/scale_10m.json'))['index'])",
     }
 
     def __init__(self) -> None:

@@ -33,7 +33,7 @@ from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.fileio import save_npy
 from lookalike.indexer.filter_columns import FilterColumns
 
-BATCH_ROWS = 1 << 20  # rows per record batch: the unit a take reads its rows from
+BATCH_ROWS = 1 << 22  # rows per record batch: a take costs about 0.5 ms per batch it reads from
 _COLUMNS = ("zone_codes", "source_codes", "times", "lon", "lat")
 
 

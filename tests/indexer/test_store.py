@@ -14,6 +14,16 @@ from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer import store
 from lookalike.indexer.store import MANIFEST, open_index, read_manifest, write_index
 
+# the files of an index after one append: its second generation, the hash model of the first
+SECOND_GENERATION = {
+    MANIFEST,
+    "codes-000002.npy",
+    "tiles-000002.arrow",
+    "columns-000002.arrow",
+    "ids-000002.npy",
+    "hash-000001.npz",
+}
+
 
 def _write(path, n=100, bits=64, seed=0, **kw):
     tiles = synthetic_tiles(n, seed)
@@ -83,15 +93,7 @@ def test_append_adds_rows_and_keeps_old_codes(tmp_path):
     assert idx.manifest["created"] == old_manifest["created"]
     # the hash model is kept; files of the old generation are gone
     assert idx.manifest["files"]["hash"] == old_manifest["files"]["hash"]
-    names = {p.name for p in path.iterdir()}
-    assert names == {
-        MANIFEST,
-        "codes-000002.npy",
-        "tiles-000002.arrow",
-        "columns-000002.arrow",
-        "ids-000002.npy",
-        "hash-000001.npz",
-    }
+    assert {p.name for p in path.iterdir()} == SECOND_GENERATION
 
 
 def test_append_wrong_bits(tmp_path):
@@ -283,14 +285,7 @@ def test_crash_during_append_leaves_previous_index(tmp_path, monkeypatch):
     idx = open_index(path)
     assert len(idx) == 110
     np.testing.assert_array_equal(np.asarray(idx.codes)[:100], codes)
-    assert {p.name for p in path.iterdir()} == {
-        MANIFEST,
-        "codes-000002.npy",
-        "tiles-000002.arrow",
-        "columns-000002.arrow",
-        "ids-000002.npy",
-        "hash-000001.npz",
-    }
+    assert {p.name for p in path.iterdir()} == SECOND_GENERATION
 
 
 def test_crash_during_first_write_leaves_no_index(tmp_path, monkeypatch):
