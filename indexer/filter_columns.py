@@ -48,8 +48,8 @@ class FilterColumns:
             source_codes,
             source_names,
             _read_only(times),
-            _read_only(tiles["lon"].to_numpy(np.float64)),
-            _read_only(tiles["lat"].to_numpy(np.float64)),
+            _read_only(_centres(tiles, "lon")),
+            _read_only(_centres(tiles, "lat")),
         )
 
     @classmethod
@@ -106,6 +106,14 @@ class FilterColumns:
         out = np.empty(self.n, bool)
         _in_box(self.lon, self.lat, float(west), float(south), float(east), float(north), out)
         return out
+
+
+def _centres(tiles: pd.DataFrame, column: str) -> np.ndarray:
+    """A centre coordinate column as float64; NaN (in no box or region) for tables without one,
+    such as picture folders not placed on a body."""
+    if column not in tiles:
+        return np.full(len(tiles), np.nan)
+    return tiles[column].to_numpy(np.float64)
 
 
 def _nanoseconds(time: pd.Timestamp) -> int:

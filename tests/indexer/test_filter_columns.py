@@ -114,3 +114,13 @@ def test_box_test_is_the_bbox_modules(box):
     want = in_bbox(tiles["lon"].to_numpy(), tiles["lat"].to_numpy(), box)
     np.testing.assert_array_equal(columns.in_box(*box), want)
     assert want[1]
+
+
+def test_a_table_without_centres_is_in_no_box():
+    """Picture folders not placed on a body have no lon/lat: zone and date filters still work,
+    and no tile lies in a box."""
+    tiles = table(300, 7, True).drop(columns=["lon", "lat"])
+    columns = FilterColumns.of(tiles)
+    assert not columns.in_box(-180, -90, 180, 90).any()
+    np.testing.assert_array_equal(columns.zones_in({"10N"}), (tiles["zone"] == "10N").to_numpy())
+    assert columns.zone_count() == 4
