@@ -9,6 +9,8 @@ Layout of an index directory::
                              whole)
     columns-000003.arrow     the columns search filters read (zone, source, time, lon/lat),
                              memory-mapped on load
+    ids-000003.npy           the tile ids' sorted 64-bit hashes and their rows: a tile id is
+                             found by binary search (``indexer.tile_table.IdLookup``)
     hash-000001.npz          the hash model that turned features into codes
     landmarks-000004.parquet optional: the landmark catalogue (``indexer.catalogue``)
     thumbs-000003.bin        optional: a JPEG thumbnail per tile, made at index time

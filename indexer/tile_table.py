@@ -121,6 +121,10 @@ class MappedTable(TileTable):
             raise IndexCorruptError(f"{path} is not a readable tile table ({exc})") from None
         self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.n = int(self._starts[-1])
+        if self._ids is not None and len(self._ids.hashes) != self.n:
+            raise IndexCorruptError(
+                f"{ids_path} holds {len(self._ids.hashes)} tile ids, the table {self.n} rows"
+            )
         self.names = tuple(self._reader.schema.names)
         self._columns_path = columns_path
         self._frame: pd.DataFrame | None = None
@@ -148,8 +152,8 @@ class MappedTable(TileTable):
 
     def _with_categories(self, table: pa.Table) -> pd.DataFrame:
         """``table`` as a DataFrame, its dictionary columns made categorical with the categories
-        made once per column: pyarrow would turn the whole dictionary (a hundred thousand source
-        names) into strings again for every take."""
+        made once per column: pyarrow would turn the whole dictionary (tens of thousands of source
+        names in a large index) into strings again for every take."""
         dictionaries = [f.name for f in table.schema if pa.types.is_dictionary(f.type)]
         frame = _to_pandas(table.drop_columns(dictionaries))
         for name in dictionaries:
