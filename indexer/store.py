@@ -371,8 +371,11 @@ def _write_tile_files(path: Path, generation: int, tiles: pd.DataFrame | TileBat
     files = dict(tiles=_write_file(path, f"tiles-{generation:06d}.arrow", table))
     hashes = written["hashes"]
     if hashes is not None:
-        _check_unique_hashes(path / files["tiles"]["name"], hashes)
-        files["ids"] = _write_file(path, f"ids-{generation:06d}.npy", lambda p: write_id_lookup(p, hashes))
+        order = np.argsort(hashes, kind="stable")  # sorted once, for the check and the lookup
+        _check_unique_hashes(path / files["tiles"]["name"], hashes, order)
+        files["ids"] = _write_file(
+            path, f"ids-{generation:06d}.npy", lambda p: write_id_lookup(p, hashes, order)
+        )
     if written["columns"] is not None:
         files["columns"] = _write_file(
             path, f"columns-{generation:06d}.arrow", lambda p: write_filter_columns(p, written["columns"])
@@ -380,10 +383,9 @@ def _write_tile_files(path: Path, generation: int, tiles: pd.DataFrame | TileBat
     return files
 
 
-def _check_unique_hashes(table_path: Path, hashes: np.ndarray) -> None:
-    """Refuse a written table whose tile ids repeat: rows of equal id hashes are read back and
-    their ids compared (equal hashes of different ids pass)."""
-    order = np.argsort(hashes, kind="stable")
+def _check_unique_hashes(table_path: Path, hashes: np.ndarray, order: np.ndarray) -> None:
+    """Refuse a written table whose tile ids repeat: rows of equal id hashes (``order`` sorts
+    them) are read back and their ids compared (equal hashes of different ids pass)."""
     same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
     if not len(same):
         return

@@ -74,8 +74,12 @@ class TileTable:
         raise NotImplementedError
 
     def row_of(self, tile_id: str) -> int | None:
-        """The row of ``tile_id``, None when the table has no such tile."""
-        raise NotImplementedError
+        """The row of ``tile_id``, None when the table has no such tile: a dictionary of every
+        id of the whole table, made on first use and kept."""
+        if "_rows" not in self.__dict__:
+            ids = self.frame()["tile_id"].astype(str).tolist() if "tile_id" in self else []
+            self._rows = {tile: row for row, tile in enumerate(ids)}
+        return self._rows.get(str(tile_id))
 
 
 class FrameTable(TileTable):
@@ -94,17 +98,6 @@ class FrameTable(TileTable):
 
     def filter_columns(self) -> FilterColumns:
         return FilterColumns.of(self._frame)
-
-    def row_of(self, tile_id: str) -> int | None:
-        if "_rows" not in self.__dict__:
-            self._rows = _rows_by_id(self._frame)
-        return self._rows.get(str(tile_id))
-
-
-def _rows_by_id(frame: pd.DataFrame) -> dict[str, int]:
-    """The row of every tile id: a dictionary, for tables without an ``IdLookup``."""
-    ids = frame["tile_id"].astype(str).tolist() if "tile_id" in frame else []
-    return {tile: row for row, tile in enumerate(ids)}
 
 
 class MappedTable(TileTable):
@@ -181,9 +174,7 @@ class MappedTable(TileTable):
         otherwise a binary search of the id hashes and a read of the candidates' ids (about
         50 us: a caller looking up a page of hits one by one should not pay a take for each)."""
         if self._ids is None or self._frame is not None:
-            if "_rows" not in self.__dict__:
-                self._rows = _rows_by_id(self.frame())
-            return self._rows.get(str(tile_id))
+            return TileTable.row_of(self, tile_id)
         for row in self._ids.candidates(str(tile_id)):
             if self._id_at(int(row)) == str(tile_id):
                 return int(row)
@@ -232,10 +223,10 @@ def id_hashes(ids) -> np.ndarray:
 _PROBE_HASH = id_hashes([_PROBE])[0]
 
 
-def write_id_lookup(path: Path, hashes: np.ndarray) -> None:
-    """Write the lookup of tile ids by their ``hashes`` (one per row, in row order): the hashes
-    sorted and the row of each, then the hash of a known string saying which hash made them."""
-    order = np.argsort(hashes, kind="stable")
+def write_id_lookup(path: Path, hashes: np.ndarray, order: np.ndarray) -> None:
+    """Write the lookup of tile ids by their ``hashes`` (one per row, in row order; ``order``
+    sorts them): the hashes sorted and the row of each, then the hash of a known string saying
+    which hash made them."""
     table = np.empty((2, len(hashes) + 1), np.uint64)
     table[0, :-1], table[1, :-1] = hashes[order], order
     table[:, -1] = _PROBE_HASH
