@@ -235,20 +235,33 @@ def set_text(page, label: str, value: str) -> None:
     field.press("Enter")
 
 
+def _pager_settled(page, next_button) -> str | None:
+    """``"last"`` or ``"more"`` once the pager's caption and its Next button agree, else None.
+
+    The caption and the button's ``disabled`` arrive as separate updates after a new search.
+    """
+    info = page.locator(".page-info")
+    text = shadow_text(page, ".page-info") if info.count() else ""
+    if not text or "page" not in text:
+        return "last"
+    current, total = text.split("page ")[1].split(" of ")
+    more = int(current) < int(total)
+    if more != next_button.is_enabled():
+        return None
+    return "more" if more else "last"
+
+
 def all_cards(page) -> list[dict]:
     """Cards of every page of results (pages through with the Next button)."""
     out = cards(page)
-    info = page.locator(".page-info")
+    next_button = page.get_by_role("button", name="Next ▶")
     while True:
-        text = shadow_text(page, ".page-info") if info.count() else ""
-        if not text or "page" not in text:
-            return out
-        current, total = text.split("page ")[1].split(" of ")
-        if int(current) >= int(total):
+        settled = wait_until(lambda: _pager_settled(page, next_button), what="the pager to settle")
+        if settled == "last":
             return out
         first_rank = int(out[-1]["rank"]) + 1
         for attempt in range(3):  # a click that lands while the grid is re-rendering is lost
-            page.get_by_role("button", name="Next ▶").click()
+            next_button.click(timeout=10_000)
             try:
                 wait_until(
                     lambda: cards(page) and int(cards(page)[0]["rank"]) == first_rank,
