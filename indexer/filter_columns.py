@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 NAT = np.iinfo(np.int64).min  # pandas' int64 of a missing time
+LATEST = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,13 +75,33 @@ class FilterColumns:
 
     def zone_count(self) -> int:
         """How many different zones the rows are in (missing zones not counted)."""
+        return len(self.zones_present())
+
+    def zones_present(self) -> list[str]:
+        """The zone labels some row is in, in the order of ``zone_names``."""
         if self.zone_codes is None:
-            return 0
+            return []
         counts = np.zeros(len(self.zone_names) + 1, np.int64)
         for start in range(0, self.n, 1 << 23):  # in blocks: no copy of a hundred million codes
             block = self.zone_codes[start : start + (1 << 23)].astype(np.int64) + 1
             counts += np.bincount(block, minlength=len(counts))
-        return int(np.count_nonzero(counts[1:]))
+        return [name for name, count in zip(self.zone_names, counts[1:]) if count]
+
+    def time_span(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """The earliest and latest known time (UTC), None when no row has one."""
+        if self.times is None or self.n == 0:
+            return None
+        low, high = _time_span(self.times)
+        if low > high:
+            return None
+        return pd.Timestamp(low, unit="ns", tz="UTC"), pd.Timestamp(high, unit="ns", tz="UTC")
+
+    def centre_bounds(self) -> tuple[float, float, float, float] | None:
+        """(west, south, east, north) of the rows' centres (NaN ones left out), None without any."""
+        if self.n == 0:
+            return None
+        bounds = _finite_bounds(self.lon, self.lat)
+        return None if not np.isfinite(bounds).all() else tuple(float(b) for b in bounds)
 
     def zones_in(self, wanted: set[str]) -> np.ndarray:
         """Rows whose zone label is one of ``wanted``."""
@@ -199,3 +220,34 @@ def _read_only(array: np.ndarray | None) -> np.ndarray | None:
     view = array.view()
     view.flags.writeable = False
     return view
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _time_span(times):
+    chunks = max(1, min(64, times.size // (1 << 20)))
+    lows, highs = np.full(chunks, LATEST), np.full(chunks, NAT)
+    step = -(-times.size // chunks)
+    for c in numba.prange(chunks):
+        low, high = LATEST, NAT
+        for i in range(c * step, min(times.size, (c + 1) * step)):
+            t = times[i]
+            if t != NAT:
+                low, high = min(low, t), max(high, t)
+        lows[c], highs[c] = low, high
+    return lows.min(), highs.max()
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _finite_bounds(lon, lat):
+    chunks = max(1, min(64, lon.size // (1 << 20)))
+    parts = np.empty((chunks, 4))
+    step = -(-lon.size // chunks)
+    for c in numba.prange(chunks):
+        west, south, east, north = np.inf, np.inf, -np.inf, -np.inf
+        for i in range(c * step, min(lon.size, (c + 1) * step)):
+            x, y = lon[i], lat[i]
+            if np.isfinite(x) and np.isfinite(y):
+                west, east = min(west, x), max(east, x)
+                south, north = min(south, y), max(north, y)
+        parts[c, 0], parts[c, 1], parts[c, 2], parts[c, 3] = west, south, east, north
+    return np.array([parts[:, 0].min(), parts[:, 1].min(), parts[:, 2].max(), parts[:, 3].max()])

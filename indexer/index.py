@@ -16,6 +16,8 @@ from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.thumbstore import ThumbnailFile
 from lookalike.indexer.tile_table import FrameTable, TileTable
 
+SUMMARY_ROWS = 1_000_000  # rows ``Index.sample`` reads of a larger table
+
 
 @dataclass
 class Index:
@@ -44,6 +46,30 @@ class Index:
     def tile_rows(self, rows: np.ndarray) -> pd.DataFrame:
         """The tile rows ``rows``, in that order, with a fresh index; reads only those rows."""
         return self.table.take(rows)
+
+    def tile(self, row: int) -> pd.Series:
+        """The tile row ``row`` (reads only that row)."""
+        return self.tile_rows(np.array([row], np.int64)).iloc[0]
+
+    def tile_id_at(self, row: int) -> str:
+        """The tile id of ``row`` (reads only that id)."""
+        return self.table.id_at(int(row))
+
+    def sample(self, limit: int = SUMMARY_ROWS) -> pd.DataFrame:
+        """The whole table when it has at most ``limit`` rows, else ``limit`` rows spread evenly
+        over it: enough for summaries (a map's first window, a density grid's cell size) without
+        reading a hundred million rows."""
+        if self.n <= limit:
+            return self.tiles
+        return self.cached(f"sample:{limit}", lambda: self.tile_rows(np.linspace(0, self.n - 1, limit).astype(np.int64)))
+
+    def zones(self) -> list[str]:
+        """The zone labels of the index's tiles (from the filter columns: no table read)."""
+        return self.cached("zones", lambda: [z for z in self.filter_columns().zones_present() if z])
+
+    def time_span(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """The earliest and latest tile time (UTC), None when no tile is dated."""
+        return self.cached("time_span", lambda: self.filter_columns().time_span())
 
     @property
     def bits(self) -> int:

@@ -73,6 +73,10 @@ class TileTable:
     def filter_columns(self) -> FilterColumns:
         raise NotImplementedError
 
+    def id_at(self, row: int) -> str:
+        """The tile id of ``row``."""
+        return str(self.frame()["tile_id"].iat[row])
+
     def row_of(self, tile_id: str) -> int | None:
         """The row of ``tile_id``, None when the table has no such tile: a dictionary of every
         id of the whole table, made on first use and kept."""
@@ -180,7 +184,14 @@ class MappedTable(TileTable):
                 return int(row)
         return None
 
+    def id_at(self, row: int) -> str:
+        if self._frame is not None:
+            return TileTable.id_at(self, row)
+        return self._id_at(row)
+
     def _id_at(self, row: int) -> str:
+        if not 0 <= row < self.n:
+            raise IndexError(f"row {row} is outside the table of {self.n} tiles")
         batch = int(np.searchsorted(self._starts, row, side="right") - 1)
         return str(self._batches[batch].column("tile_id")[row - int(self._starts[batch])].as_py())
 

@@ -21,17 +21,16 @@ from lookalike.indexer.store import open_index
 pytestmark = pytest.mark.slow  # a real index and two fresh processes
 
 
-def test_the_grown_table_repeats_real_places_as_other_dated_sources(mars_index):
+def test_the_grown_table_repeats_real_tiles_as_other_dated_acquisitions(mars_index):
     real = open_index(mars_index, verify=False).tiles
     n = 2 * len(real) + 5
     tiles = synthetic_tiles(real, n, seed=3)
     assert len(tiles) == n and tiles["tile_id"].is_unique
-    assert (
-        tiles["source"].nunique() == 3
-        and tiles.groupby("source", observed=True)["time"].nunique().eq(1).all()
-    )
+    acquisition = tiles["tile_id"].str.split(":").str[0]
+    assert acquisition.nunique() == 3 and tiles.groupby(acquisition)["time"].nunique().eq(1).all()
     again = tiles.iloc[len(real) : 2 * len(real)].reset_index(drop=True)
-    for column in ("lon", "lat", "zone", "row", "lon0", "lat3"):
+    # the same source, row and column: thumbnails are drawn from the real source
+    for column in ("source", "lon", "lat", "zone", "row", "col", "lon0", "lat3"):
         assert (again[column].astype(str) == real[column].astype(str)).all(), column
     assert (
         tiles["time"]
@@ -63,6 +62,9 @@ def test_bench_scale_json_cache_and_identical_filters(mars_index, tmp_path, monk
         assert 0 < f["share"] < 1
     index = open_index(tmp_path / "cache" / "scale" / result["index"])
     assert index.n == n
+    real = open_index(mars_index, verify=False).manifest
+    for key in ("body", "tiling", "sources"):  # the explorer serves it as it serves its source
+        assert index.manifest[key] == real[key], key
     for f in result["filters"]:  # the filter the JSON names keeps the share it states
         spec = {key: value for key, value in f.items() if key not in ("name", "share", "p50_s", "identical")}
         assert reference_mask(index.tiles, spec).mean() == pytest.approx(f["share"], abs=1e-4)

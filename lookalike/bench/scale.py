@@ -37,20 +37,22 @@ from lookalike.fileio import atomic_write_bytes
 from lookalike.indexer.tile_table import BATCH_ROWS, TileBatches
 
 FILTER_SHARES = {"zone": 0.01, "time": 0.10, "bbox": 0.01}
+SERVED_KEYS = ("body", "tiling", "sources", "backbone", "hash", "basemap")
 YEARS = (2010, 2020)  # acquisition dates of the repeated tables are spread over these years
 
 
 # ------------------------------------------------------------------ the synthetic index
 def synthetic_batches(real: pd.DataFrame, n: int, seed: int = 0, batch: int = BATCH_ROWS) -> TileBatches:
     """``n`` tile rows, made ``batch`` rows at a time: the real table repeated, each repetition
-    another source with its own date (categories shared by every batch, so they make one table)."""
+    another acquisition of the same sources on its own date (categories shared by every batch, so
+    they make one table). A repetition's tiles keep their source, row and column, so the explorer
+    draws their thumbnails from the real source; ``~REP`` in their ids keeps the ids unique."""
     if len(real) == 0:
         raise LookalikeError("the source index has no tiles to grow a table from")
     reps = -(-n // len(real))
     first, last = (pd.Timestamp(f"{y}-01-01", tz="UTC") for y in YEARS)
     days = np.random.default_rng(seed).integers(0, (last - first).days, reps)
-    source_codes, names = pd.factorize(real["source"].astype(str))
-    sources = pd.Index([f"{s}~{r}" for r in range(reps) for s in names])
+    sources = real["source"].astype(str).astype("category")
     zones = real["zone"].astype("category")
     extra = [c for c in ("gsd", "size", *(f"{a}{i}" for i in range(4) for a in ("lon", "lat"))) if c in real]
 
@@ -61,21 +63,20 @@ def synthetic_batches(real: pd.DataFrame, n: int, seed: int = 0, batch: int = BA
             base = real.iloc[row]
             tiles = pd.DataFrame(
                 {
-                    "source": pd.Categorical.from_codes(
-                        rep * len(names) + source_codes[row], dtype=pd.CategoricalDtype(sources)
-                    ),
+                    "source": pd.Categorical.from_codes(sources.cat.codes.to_numpy()[row], dtype=sources.dtype),
                     "zone": pd.Categorical.from_codes(zones.cat.codes.to_numpy()[row], dtype=zones.dtype),
                     "lon": base["lon"].to_numpy(),
                     "lat": base["lat"].to_numpy(),
                     "time": first + pd.to_timedelta(days[rep], unit="D"),
                     "row": base["row"].to_numpy(np.int32),
-                    "col": (base["col"].to_numpy(np.int64) + 1000 * rep).astype(np.int32),
+                    "col": base["col"].to_numpy(np.int32),
                 }
             )
             for c in extra:
                 tiles[c] = base[c].to_numpy()
             ids = [tiles[c].astype(str) for c in ("source", "zone", "row", "col")]
-            tiles.insert(0, "tile_id", ids[0] + ":" + ids[1] + ":" + ids[2] + ":" + ids[3])
+            acquisition = pd.Series(rep.astype(str)).radd("~")
+            tiles.insert(0, "tile_id", ids[0] + acquisition + ":" + ids[1] + ":" + ids[2] + ":" + ids[3])
             yield tiles
 
     return TileBatches(frames(), n)
@@ -98,8 +99,15 @@ def build_synthetic(source: Path, n: int, bits: int, n_queries: int, seed: int, 
         raise LookalikeError(f"{source} holds {real.bits}-bit codes; grow {real.bits}-bit codes from it")
     codes, queries, grown = realistic_codes(np.asarray(real.codes), real.tiles, n, n_queries, seed=seed)
     tiles = synthetic_batches(real.tiles, n, seed)
+    # what the explorer needs to serve it as the source index is served: body, tiling, sources
+    served = {key: real.manifest[key] for key in SERVED_KEYS if key in real.manifest}
     write_index(
-        out, codes, tiles, bits=bits, hash_model=real.hash_model_path.read_bytes(), info=dict(kind="scale")
+        out,
+        codes,
+        tiles,
+        bits=bits,
+        hash_model=real.hash_model_path.read_bytes(),
+        info=dict(served, kind="scale"),
     )
     np.save(out / "scale_queries.npy", queries)
     done = dict(build_s=round(time.perf_counter() - t0, 2), grown_from=source.name, codes=grown)
@@ -112,7 +120,7 @@ def _cache_key(source: Path, n: int, bits: int, n_queries: int, seed: int) -> st
 
     manifest = read_manifest(source)
     made = [str(source.resolve()), manifest.get("updated"), manifest.get("count"), n, bits, n_queries, seed]
-    table_format = f"arrow-ipc of {BATCH_ROWS}-row batches, id lookup"  # another layout, another index
+    table_format = f"arrow-ipc of {BATCH_ROWS}-row batches, id lookup, servable"  # another layout, another index
     return hashlib.sha256(json.dumps(made + [FORMAT_VERSION, table_format]).encode()).hexdigest()[:16]
 
 
