@@ -28,6 +28,7 @@ from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.image_folders import load_image
 from lookalike.indexer.locate import FootprintLocator
+from lookalike.indexer.locate_scan import ScanLocator
 from lookalike.indexer.store import Index
 from lookalike.indexer.tile_table import FrameTable, TileTable
 from lookalike.indexer.tiling import Zone
@@ -35,6 +36,7 @@ from lookalike.models.hashing import load_hash_model
 
 MAX_K = 10_000
 SCAN_ROWS = 1 << 20  # rows per block: bounds the temporary XOR buffer to bytes_per_code MiB
+TREE_ROWS = 1_000_000  # footprint trees cost about a kilobyte a tile: larger tables are scanned
 
 
 # ------------------------------------------------------------------ pure functions
@@ -349,13 +351,20 @@ def check_code_length(code: np.ndarray, bits: int) -> np.ndarray:
     return code
 
 
+def tile_locator(index: Index) -> FootprintLocator | ScanLocator:
+    """The index's tile-under-a-point finder, made once: footprint trees for up to
+    ``TREE_ROWS`` tiles, a scan of the mapped centres above (``indexer.locate_scan``)."""
+    if index.n > TREE_ROWS:
+        return index.cached("scan_locator", lambda: ScanLocator(index.table, index.filter_columns()))
+    return index.cached("footprint_locator", lambda: FootprintLocator(index.tiles))
+
+
 def tile_at(index: Index, lon: float, lat: float) -> int:
     """Row of the tile under (lon, lat): nearest centre among tiles whose footprint holds it."""
 
     if "lon0" not in index.table:
         raise LookalikeError("this index has no footprints; query it by tile id or image")
-    locator = index.cached("footprint_locator", lambda: FootprintLocator(index.tiles))
-    row = int(locator.rows_under([lon], [lat])[0])
+    row = int(tile_locator(index).rows_under([lon], [lat])[0])
     if row < 0:
         raise LookalikeError(f"no indexed tile covers lon {lon}, lat {lat}")
     return row

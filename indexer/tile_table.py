@@ -73,6 +73,12 @@ class TileTable:
     def filter_columns(self) -> FilterColumns:
         raise NotImplementedError
 
+    def column_batches(self, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        """The columns ``names``, a batch of rows at a time, in row order (the whole table held in
+        memory is one batch)."""
+        frame = self.frame()
+        yield {name: frame[name].to_numpy() for name in names}
+
     def id_at(self, row: int) -> str:
         """The tile id of ``row``."""
         return str(self.frame()["tile_id"].iat[row])
@@ -183,6 +189,10 @@ class MappedTable(TileTable):
             if self._id_at(int(row)) == str(tile_id):
                 return int(row)
         return None
+
+    def column_batches(self, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        for batch in self._batches:  # numpy views of the map where the column has no nulls
+            yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in names}
 
     def id_at(self, row: int) -> str:
         if self._frame is not None:

@@ -1,0 +1,143 @@
+"""The tile under a point in a table too large for footprint trees.
+
+``locate.FootprintLocator`` makes every footprint a shapely polygon in an STR tree: about a
+kilobyte a tile, tens of gigabytes at a hundred million tiles. ``ScanLocator`` keeps nothing per
+tile: one parallel pass over the index's mapped centres (``FilterColumns.lon``/``lat``) finds the
+tiles whose centre lies within the largest footprint's reach of the point, and those are tested
+nearest first, a few hundred at a time, by a ``FootprintLocator`` over just their rows. The
+answer is the same tile (nearest centre among the footprints holding the point, ties to the
+lower row): the first batch holding the point holds the nearest such centre.
+
+The pass is O(n) but cheap (a latitude test per row, trigonometry only inside the band):
+about 0.1 s at a hundred million tiles on two cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from lookalike.indexer.filter_columns import FilterColumns
+from lookalike.indexer.locate import FootprintLocator
+from lookalike.indexer.tile_table import TileTable
+
+CORNERS = tuple(f"{axis}{i}" for i in range(4) for axis in ("lon", "lat"))
+FIRST_BATCH = 256  # candidates tested at once; the batch doubles while none holds the point
+LAST_BATCH = 1 << 16
+
+
+class ScanLocator:
+    """``rows_under`` of ``FootprintLocator`` for a table read through ``table.take``."""
+
+    def __init__(self, table: TileTable, columns: FilterColumns) -> None:
+        self.table, self.columns = table, columns
+        self.reach = footprint_reach(table, columns) if all(c in table for c in CORNERS) else -1.0
+
+    def rows_under(self, lon: np.ndarray, lat: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        """Row of the tile under each point (-1 if none), among the rows ``keep`` (all when None)."""
+        lon, lat = np.atleast_1d(np.asarray(lon, float)), np.atleast_1d(np.asarray(lat, float))
+        return np.array([self.row_under(x, y, keep) for x, y in zip(lon, lat)], np.int64)
+
+    def row_under(self, lon: float, lat: float, keep: np.ndarray | None = None) -> int:
+        if self.reach < 0 or not (math.isfinite(lon) and math.isfinite(lat)):
+            return -1
+        rows = self.near(lon, lat, keep)
+        if len(rows) == 0:
+            return -1
+        clat, clon = np.radians(self.columns.lat[rows]), np.radians(self.columns.lon[rows])
+        plat, plon = math.radians(lat), math.radians(lon)
+        # the angle's order as FootprintLocator computes it, so ties fall the same way
+        angle = -(np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon))
+        rows = rows[np.lexsort((rows, angle))]
+        start, size = 0, FIRST_BATCH
+        while start < len(rows):
+            batch = rows[start : start + size]
+            found = int(FootprintLocator(self.table.take(batch)).rows_under([lon], [lat])[0])
+            if found >= 0:
+                return int(batch[found])
+            start, size = start + size, min(2 * size, LAST_BATCH)
+        return -1
+
+    def near(self, lon: float, lat: float, keep: np.ndarray | None = None) -> np.ndarray:
+        """Rows whose centre is within the reach of (lon, lat), in row order."""
+        reach_deg = math.degrees(self.reach) + 1e-9
+        args = (
+            self.columns.lon,
+            self.columns.lat,
+            math.radians(lon),
+            math.radians(lat),
+            lat,
+            reach_deg,
+            math.cos(self.reach) - 1e-12,
+            np.ones(1, bool) if keep is None else keep,
+            keep is not None,
+        )
+        chunks = max(1, min(256, len(self.columns.lon) // (1 << 18)))
+        counts = np.zeros(chunks, np.int64)
+        _near(*args, chunks, counts, np.empty(0, np.int64), np.empty(0, np.int64))
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        out = np.empty(int(starts[-1]), np.int64)
+        _near(*args, chunks, counts, starts, out)
+        return out
+
+
+def footprint_reach(table: TileTable, columns: FilterColumns) -> float:
+    """The largest angle (radians) from a tile's centre to one of its corners, over every tile
+    with a footprint; read once, column batch by column batch."""
+    reach, start = 0.0, 0
+    for part in table.column_batches(CORNERS):
+        n = len(part["lon0"])
+        clon, clat = columns.lon[start : start + n], columns.lat[start : start + n]
+        corners = [np.asarray(part[c], np.float64) for c in CORNERS]
+        reach = max(reach, _reach(clon, clat, *corners))
+        start += n
+    return reach
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _reach(clon, clat, lon0, lat0, lon1, lat1, lon2, lat2, lon3, lat3):
+    chunks = max(1, min(64, clon.size // (1 << 18)))
+    best = np.zeros(chunks)
+    step = -(-clon.size // chunks)
+    for c in numba.prange(chunks):
+        worst = 0.0
+        for i in range(c * step, min(clon.size, (c + 1) * step)):
+            corners_lon = (lon0[i], lon1[i], lon2[i], lon3[i])
+            corners_lat = (lat0[i], lat1[i], lat2[i], lat3[i])
+            placed = np.isfinite(clon[i]) and np.isfinite(clat[i])
+            for k in range(4):
+                placed = placed and np.isfinite(corners_lon[k]) and np.isfinite(corners_lat[k])
+            if not placed:
+                continue
+            y, x = math.radians(clat[i]), math.radians(clon[i])
+            for k in range(4):
+                cy, cx = math.radians(corners_lat[k]), math.radians(corners_lon[k])
+                cos = math.sin(y) * math.sin(cy) + math.cos(y) * math.cos(cy) * math.cos(x - cx)
+                worst = max(worst, math.acos(min(1.0, max(-1.0, cos))))
+        best[c] = worst
+    return best.max()
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _near(lon, lat, plon, plat, lat_deg, band_deg, min_cos, keep, masked, chunks, counts, starts, out):
+    """Count (``starts`` empty) or write the rows near the point, chunk by chunk."""
+    n = lon.size
+    step = -(-n // chunks)
+    sin_p, cos_p = math.sin(plat), math.cos(plat)
+    for c in numba.prange(chunks):
+        at = starts[c] if starts.size else 0
+        found = 0
+        for i in range(c * step, min(n, (c + 1) * step)):
+            if not abs(lat[i] - lat_deg) <= band_deg:  # also skips a NaN centre
+                continue
+            if masked and not keep[i]:
+                continue
+            y = math.radians(lat[i])
+            cos = math.sin(y) * sin_p + math.cos(y) * cos_p * math.cos(math.radians(lon[i]) - plon)
+            if cos >= min_cos:
+                if starts.size:
+                    out[at + found] = i
+                found += 1
+        counts[c] = found
