@@ -34,6 +34,9 @@ class FilterColumns:
     times: np.ndarray | None  # int64 ns since 1970 UTC, NAT where unknown
     lon: np.ndarray
     lat: np.ndarray
+    # the largest angle (radians) from a tile's centre to a corner of its footprint; None where
+    # unknown (columns written before it was kept, or a table without footprints)
+    reach: float | None = None
 
     @classmethod
     def of(cls, tiles: pd.DataFrame) -> FilterColumns:
@@ -51,6 +54,7 @@ class FilterColumns:
             _read_only(times),
             _read_only(_centres(tiles, "lon")),
             _read_only(_centres(tiles, "lat")),
+            footprint_reach(tiles),
         )
 
     @classmethod
@@ -71,6 +75,7 @@ class FilterColumns:
             _read_only(times),
             _read_only(np.concatenate([p.lon for p in parts])),
             _read_only(np.concatenate([p.lat for p in parts])),
+            None if any(p.reach is None for p in parts) else max(p.reach for p in parts),
         )
 
     def zone_count(self) -> int:
@@ -127,6 +132,16 @@ class FilterColumns:
         out = np.empty(self.n, bool)
         _in_box(self.lon, self.lat, float(west), float(south), float(east), float(north), out)
         return out
+
+
+def footprint_reach(tiles: pd.DataFrame) -> float | None:
+    """The largest angle (radians) from a tile's centre to a corner of its footprint, over the
+    tiles with a footprint (0 when none has one); None for a table without footprint columns."""
+    names = [f"{axis}{i}" for i in range(4) for axis in ("lon", "lat")]
+    if not {"lon", "lat", *names} <= set(tiles.columns):
+        return None
+    columns = [tiles[name].to_numpy(np.float64) for name in ("lon", "lat", *names)]
+    return float(np.arccos(min(1.0, _min_corner_cos(*columns)))) if len(tiles) else 0.0
 
 
 def _centres(tiles: pd.DataFrame, column: str) -> np.ndarray:
@@ -251,3 +266,30 @@ def _finite_bounds(lon, lat):
                 south, north = min(south, y), max(north, y)
         parts[c, 0], parts[c, 1], parts[c, 2], parts[c, 3] = west, south, east, north
     return np.array([parts[:, 0].min(), parts[:, 1].min(), parts[:, 2].max(), parts[:, 3].max()])
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+def _min_corner_cos(clon, clat, lon0, lat0, lon1, lat1, lon2, lat2, lon3, lat3):
+    """The smallest cosine of the angle from a tile's centre to one of its corners (1 when no
+    tile has all four corners and a centre)."""
+    chunks = max(1, min(64, clon.size // (1 << 18)))
+    best = np.ones(chunks)
+    step = -(-clon.size // chunks)
+    for c in numba.prange(chunks):
+        low = 1.0
+        for i in range(c * step, min(clon.size, (c + 1) * step)):
+            xs = (lon0[i], lon1[i], lon2[i], lon3[i])
+            ys = (lat0[i], lat1[i], lat2[i], lat3[i])
+            placed = np.isfinite(clon[i]) and np.isfinite(clat[i])
+            for k in range(4):
+                placed = placed and np.isfinite(xs[k]) and np.isfinite(ys[k])
+            if not placed:
+                continue
+            y, x = np.radians(clat[i]), np.radians(clon[i])
+            sin_y, cos_y = np.sin(y), np.cos(y)
+            for k in range(4):
+                cy = np.radians(ys[k])
+                cos = sin_y * np.sin(cy) + cos_y * np.cos(cy) * np.cos(x - np.radians(xs[k]))
+                low = min(low, cos)
+        best[c] = low
+    return max(-1.0, best.min())

@@ -18,8 +18,9 @@ import math
 
 import numba
 import numpy as np
+import pandas as pd
 
-from lookalike.indexer.filter_columns import FilterColumns
+from lookalike.indexer.filter_columns import FilterColumns, footprint_reach
 from lookalike.indexer.locate import FootprintLocator
 from lookalike.indexer.tile_table import TileTable
 
@@ -33,7 +34,10 @@ class ScanLocator:
 
     def __init__(self, table: TileTable, columns: FilterColumns) -> None:
         self.table, self.columns = table, columns
-        self.reach = footprint_reach(table, columns) if all(c in table for c in CORNERS) else -1.0
+        if not all(c in table for c in CORNERS):
+            self.reach = -1.0  # no footprints: no tile is under any point
+        else:
+            self.reach = columns.reach if columns.reach is not None else table_reach(table)
 
     def rows_under(self, lon: np.ndarray, lat: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """Row of the tile under each point (-1 if none), among the rows ``keep`` (all when None)."""
@@ -83,41 +87,11 @@ class ScanLocator:
         return out
 
 
-def footprint_reach(table: TileTable, columns: FilterColumns) -> float:
-    """The largest angle (radians) from a tile's centre to one of its corners, over every tile
-    with a footprint; read once, column batch by column batch."""
-    reach, start = 0.0, 0
-    for part in table.column_batches(CORNERS):
-        n = len(part["lon0"])
-        clon, clat = columns.lon[start : start + n], columns.lat[start : start + n]
-        corners = [np.asarray(part[c], np.float64) for c in CORNERS]
-        reach = max(reach, _reach(clon, clat, *corners))
-        start += n
-    return reach
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _reach(clon, clat, lon0, lat0, lon1, lat1, lon2, lat2, lon3, lat3):
-    chunks = max(1, min(64, clon.size // (1 << 18)))
-    best = np.zeros(chunks)
-    step = -(-clon.size // chunks)
-    for c in numba.prange(chunks):
-        worst = 0.0
-        for i in range(c * step, min(clon.size, (c + 1) * step)):
-            corners_lon = (lon0[i], lon1[i], lon2[i], lon3[i])
-            corners_lat = (lat0[i], lat1[i], lat2[i], lat3[i])
-            placed = np.isfinite(clon[i]) and np.isfinite(clat[i])
-            for k in range(4):
-                placed = placed and np.isfinite(corners_lon[k]) and np.isfinite(corners_lat[k])
-            if not placed:
-                continue
-            y, x = math.radians(clat[i]), math.radians(clon[i])
-            for k in range(4):
-                cy, cx = math.radians(corners_lat[k]), math.radians(corners_lon[k])
-                cos = math.sin(y) * math.sin(cy) + math.cos(y) * math.cos(cy) * math.cos(x - cx)
-                worst = max(worst, math.acos(min(1.0, max(-1.0, cos))))
-        best[c] = worst
-    return best.max()
+def table_reach(table: TileTable) -> float:
+    """``FilterColumns.reach`` of a table whose columns file predates it: read once, column batch
+    by column batch."""
+    parts = [footprint_reach(pd.DataFrame(part)) for part in table.column_batches(("lon", "lat", *CORNERS))]
+    return max([p for p in parts if p is not None], default=0.0)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

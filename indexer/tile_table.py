@@ -348,7 +348,12 @@ def write_filter_columns(path: Path, columns: FilterColumns) -> None:
         if values is not None:
             arrays.append(pa.array(values))
             names.append(name)
-    meta = dict(n=columns.n, zone_names=list(columns.zone_names), source_names=list(columns.source_names))
+    meta = dict(
+        n=columns.n,
+        zone_names=list(columns.zone_names),
+        source_names=list(columns.source_names),
+        footprint_reach=columns.reach,
+    )
     batch = pa.RecordBatch.from_arrays(arrays, names=names).replace_schema_metadata(
         {"lookalike": json.dumps(meta)}
     )
@@ -376,4 +381,5 @@ def read_filter_columns(path: Path, n: int) -> FilterColumns:
         arrays.get("times"),
         arrays["lon"],
         arrays["lat"],
+        meta.get("footprint_reach"),
     )

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from lookalike_testkit import synthetic_tiles
 
 from lookalike.indexer import locate_scan, search
+from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.locate import FootprintLocator
 from lookalike.indexer.store import open_index
-from lookalike.indexer.tile_table import FrameTable, MappedTable, TileBatches, write_table
+from lookalike.indexer.tile_table import (
+    FrameTable,
+    MappedTable,
+    TileBatches,
+    read_filter_columns,
+    write_filter_columns,
+    write_table,
+)
 
 
 def mapped(tmp_path, tiles: pd.DataFrame, batch: int) -> MappedTable:
@@ -108,3 +118,16 @@ def test_tile_at_scans_large_indexes(mars_index, monkeypatch):
                 search.tile_at(index, x, y)
         else:
             assert search.tile_at(index, x, y) == row
+
+
+def test_the_reach_is_kept_with_the_filter_columns(tmp_path):
+    """Written with the columns file at build time; read from the table for older files."""
+    tiles = mixed_tiles()
+    columns = FilterColumns.of(tiles)
+    write_filter_columns(tmp_path / "columns.arrow", columns)
+    assert read_filter_columns(tmp_path / "columns.arrow", len(tiles)).reach == columns.reach
+    table = mapped(tmp_path, tiles, batch=50)
+    older = dataclasses.replace(columns, reach=None)
+    assert locate_scan.ScanLocator(table, older).reach == pytest.approx(columns.reach, rel=1e-9)
+    halves = [FilterColumns.of(tiles.iloc[:300]), FilterColumns.of(tiles.iloc[300:])]
+    assert FilterColumns.concat(halves).reach == columns.reach
