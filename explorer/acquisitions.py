@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.indexer.locate import FootprintLocator
+from lookalike.indexer.search import scans_for_tiles, tile_locator
 from lookalike.indexer.store import Index
 
 LATEST = ""  # the date choice that draws the latest acquisition of each place
@@ -43,6 +44,8 @@ def acquisitions(index: Index) -> list[Acquisition]:
 
 
 def _acquisitions(index: Index) -> list[Acquisition]:
+    if index.large:
+        return _acquisitions_from_columns(index)
     tiles = index.tiles
     if len(tiles) == 0 or "source" not in tiles or "lon0" not in tiles:
         return []
@@ -69,7 +72,7 @@ def _acquisitions(index: Index) -> list[Acquisition]:
         out.append(
             Acquisition(
                 name,
-                _time(described.get(name, {}), tiles, rows),
+                _time(described.get(name, {}), _earliest(tiles, rows)),
                 bounds,
                 float(np.nanmedian(gsd[rows])) if np.isfinite(gsd[rows]).any() else math.nan,
             )
@@ -77,15 +80,49 @@ def _acquisitions(index: Index) -> list[Acquisition]:
     return out
 
 
-def _time(desc: dict, tiles: pd.DataFrame, rows: np.ndarray) -> pd.Timestamp | None:
+def _acquisitions_from_columns(index: Index) -> list[Acquisition]:
+    """``_acquisitions`` of a table too large to read whole, from its filter columns: bounds of
+    the tiles' centres widened by the largest footprint's reach (so a little wider than the
+    footprints'), the earliest tile time, the source's own ground sample distance."""
+    if "source" not in index.table or "lon0" not in index.table:
+        return []
+    columns = index.filter_columns()
+    reach = math.degrees(columns.reach or 0.0)
+    described = index.manifest.get("sources") or {}
+    out = []
+    for name, row in columns.source_summary().iterrows():
+        desc = described.get(name, {})
+        if name in described and "path" not in desc:
+            continue  # a folder of image chips
+        widen = reach / max(
+            math.cos(math.radians(min(89.0, max(abs(row.south), abs(row.north)) + reach))), 1e-3
+        )
+        bounds = (
+            max(-180.0, row.west - widen),
+            max(-90.0, row.south - reach),
+            min(180.0, row.east + widen),
+            min(90.0, row.north + reach),
+        )
+        gsd = desc.get("gsd") if isinstance(desc, dict) else None
+        first = None if pd.isna(row["first"]) else row["first"]
+        out.append(Acquisition(name, _time(desc, first), bounds, float(gsd) if gsd else math.nan))
+    return out
+
+
+def _time(desc: dict, earliest: pd.Timestamp | None) -> pd.Timestamp | None:
+    """The source's own time, else its earliest tile's."""
     value = desc.get("time") if isinstance(desc, dict) else None
-    if not value and "time" in tiles:
-        times = tiles["time"].iloc[rows].dropna()
-        value = times.min() if len(times) else None
+    if not value:
+        value = earliest
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _earliest(tiles: pd.DataFrame, rows: np.ndarray) -> pd.Timestamp | None:
+    times = tiles["time"].iloc[rows].dropna() if "time" in tiles else ()
+    return times.min() if len(times) else None
 
 
 def _overlap(a: tuple, b: tuple) -> bool:
@@ -162,8 +199,15 @@ def tile_under(index: Index, lon: float, lat: float, sources: list[str] | None =
         rows = np.flatnonzero(tiles["source"].astype(str).isin(sources).to_numpy())
         return FootprintLocator(tiles.iloc[rows].reset_index(drop=True)), rows
 
-    if "lon0" not in index.tiles:
+    if "lon0" not in index.table:
         return -1
+    if scans_for_tiles(index):  # too large for trees: a scan of the centres, kept to the sources
+        keep = (
+            None
+            if sources is None
+            else index.cached("explorer_keep:" + key, lambda: index.filter_columns().sources_in(set(sources)))
+        )
+        return int(tile_locator(index).rows_under([lon], [lat], keep)[0])
     locator, rows = index.cached(key, make)
     found = int(locator.rows_under(np.array([lon]), np.array([lat]))[0])
     return int(rows[found]) if found >= 0 else -1

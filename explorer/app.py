@@ -84,20 +84,20 @@ def _warm_collection(served: ServedIndexes, body: str, name: str) -> None:
     """Search a collection once and render its body's map offline, clicking it."""
     index = served[name].index
     THUMBNAILS.warm(index)
-    if len(index.tiles) == 0:
+    if index.n == 0:
         return
     if name != served.body(body).base:  # the scenes' pictures, for the first zoom into them
         scenes = [(name, a.source) for a in acquisitions(index)[:WARM_SCENES]]
         for image in scenes_in_view(served, body, scenes, -180.0, -90.0, 180.0, 90.0, 1 << 30):
             scene_pyramid(image)
-    search_index(index, Query(tile_id=str(index.tiles["tile_id"].iat[0])), k=10)
+    search_index(index, Query(tile_id=index.tile_id_at(0)), k=10)
     try:
         state = ExplorerState(layers=list(MAP_LAYERS))  # every layer on: each one's first rendering is here
         enter_body(state, served, body, name)
         state.search_in = name
         pane = MapView(state, served, body).panel()
         root = pane.get_root()
-        tile = index.tiles.iloc[len(index.tiles) // 2]
+        tile = index.tile(index.n // 2)
         state.click(float(tile["lon"]), float(tile["lat"]))
         panel_internals.release_offline_root(pane, root)  # never destroyed as a session is
     except Exception:  # warming up is an optimisation: never keep the server from starting

@@ -68,8 +68,8 @@ def scene_pairs(state, base: str | None) -> list[tuple[str, str]]:
 
 
 def _tile_gsd(index: Index, row: int) -> float:
-    if "gsd" in index.tiles:
-        value = float(index.tiles["gsd"].iat[row])
+    if "gsd" in index.table:
+        value = float(index.tile(row)["gsd"])
         if math.isfinite(value):
             return value
     try:

@@ -45,7 +45,7 @@ class ThumbnailHandler(RequestHandler):
 
         async def render() -> bytes:
             index = self.served[name].index
-            tile = index.tiles.iloc[index.row_of(tile_id)].to_dict()
+            tile = index.tile(index.row_of(tile_id)).to_dict()
             # resampling runs off the event loop so other sessions stay responsive
             return await THUMBNAILS.jpeg(index, tile)
 

@@ -33,7 +33,7 @@ class LayerData:
         """The hit density grid of the collection searched (made again when it changes)."""
         index = self.state.index
         if index is not None and self._cells[0] is not index:
-            self._cells = (index, self.projection.density_cells(index.tiles))
+            self._cells = (index, self.projection.density_cells(index.sample()))
         return self._cells[1]
 
     def all(self) -> dict[str, dict]:
@@ -121,13 +121,13 @@ class LayerData:
                     rows.append(index.row_of(tile_id))
                 except LookalikeError:
                     pass
-        if not rows or "lon0" not in index.tiles:  # nothing to outline, or no footprints to draw
+        if not rows or "lon0" not in index.table:  # nothing to outline, or no footprints to draw
             return {"xs": [], "ys": []}
-        rows = np.asarray(rows, np.int64)
-        lons = np.column_stack([index.column(f"lon{i}") for i in range(4)])[rows]
-        lats = np.column_stack([index.column(f"lat{i}") for i in range(4)])[rows]
-        seen = self.projection.visible(index.column("lat")[rows])
-        rings = self.projection.footprint_rings(lons[seen], lats[seen], index.column("lon")[rows][seen])
+        tiles = index.tile_rows(np.asarray(rows, np.int64))
+        lons = tiles[[f"lon{i}" for i in range(4)]].to_numpy(float)
+        lats = tiles[[f"lat{i}" for i in range(4)]].to_numpy(float)
+        seen = self.projection.visible(tiles["lat"].to_numpy(float))
+        rings = self.projection.footprint_rings(lons[seen], lats[seen], tiles["lon"].to_numpy(float)[seen])
         return {"xs": [r[:, 0] for r in rings], "ys": [r[:, 1] for r in rings]}
 
     def density(self) -> dict:

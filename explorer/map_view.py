@@ -151,12 +151,12 @@ class MapView:
             partial(scene_pairs, state, self.base),
         )
         collections = self.served.collections(self.body)
-        places = pd.concat(
-            [e.index.tiles[["lon", "lat", "zone"]] for e in collections.values()], ignore_index=True
+        places = pd.concat(  # a sample of a large collection: enough for the first window
+            [e.index.sample()[["lon", "lat"]] for e in collections.values()], ignore_index=True
         ).dropna(subset=["lon", "lat"])
         self._first_window = xlim, ylim = self._true_shape(*projection.first_window(places, image.bounds))
         zone_labels = sorted(
-            (z for z in places["zone"].astype(str).unique().tolist() if z and z != "nan"),
+            {z for e in collections.values() for z in e.index.zones() if z != "nan"},
             key=lambda z: Zone.parse(z).sort_key,
         )
         self.drawn = DrawnRegions(state, projection, self._in_doc)

@@ -46,7 +46,7 @@ def body_basemap(served: ServedIndexes, key: str) -> SourceImage:
             return basemap_image(_MosaicOnly(group.mosaic))
         except LookalikeError:
             pass
-    if all("lon0" not in served[name].index.tiles for name in group.collections):
+    if all("lon0" not in served[name].index.table for name in group.collections):
         raise LookalikeError(f"{group.label} has no places to draw")
     return blank_planet(key)
 

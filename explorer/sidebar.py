@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 
-import pandas as pd
 import panel as pn
 
 from lookalike.errors import LookalikeError
@@ -74,8 +73,7 @@ def zone_options(state: ExplorerState) -> list[str]:
     """The zones of the index, in zone order."""
     if state.index is None:
         return []
-    zones = [z for z in state.index.tiles["zone"].unique().tolist() if z]
-    return sorted(zones, key=lambda z: Zone.parse(z).sort_key)
+    return sorted(state.index.zones(), key=lambda z: Zone.parse(z).sort_key)
 
 
 def k_input(state: ExplorerState) -> pn.widgets.IntInput:
@@ -104,12 +102,8 @@ def date_inputs(state: ExplorerState) -> list[pn.viewable.Viewable]:
     end = pn.widgets.TextInput.from_param(
         state.param.time_end, name="To date", placeholder="YYYY-MM-DD", width=135
     )
-    times = state.index.tiles["time"] if state.index is not None else pd.Series(dtype=object)
-    span = (
-        f"Tiles dated {times.min():%Y-%m-%d} to {times.max():%Y-%m-%d}"
-        if times.notna().any()
-        else "Tiles carry no dates"
-    )
+    dated = state.index.time_span() if state.index is not None else None
+    span = f"Tiles dated {dated[0]:%Y-%m-%d} to {dated[1]:%Y-%m-%d}" if dated else "Tiles carry no dates"
     return [pn.Row(start, end), text_block(span, size=11)]
 
 

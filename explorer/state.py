@@ -193,7 +193,7 @@ class ExplorerState(param.Parameterized):
         try:
             filters = self.filters()
             return filter_mask(
-                self.index.tiles,
+                self.index.table,
                 filters if with_classes else filters.without_landmarks(),
                 self.landmarks,
                 self.index.filter_columns(),
@@ -267,7 +267,7 @@ class ExplorerState(param.Parameterized):
         return self.hits.iloc[start : start + self.page_size]
 
     def tile(self, tile_id: str) -> pd.Series:
-        return self.index.tiles.iloc[self.index.row_of(tile_id)]
+        return self.index.tile(self.index.row_of(tile_id))
 
     # ------------------------------------------------------------------ actions
     def click(self, lon: float, lat: float) -> None:
@@ -289,7 +289,7 @@ class ExplorerState(param.Parameterized):
                 self.error = f"{self.public_message(exc)}. Click on the indexed area of the map."
                 return
         self.param.update(
-            query_tile=str(self.index.tiles["tile_id"].iat[row]),
+            query_tile=self.index.tile_id_at(row),
             use_examples=False,
             positives=[],
             negatives=[],
@@ -304,7 +304,7 @@ class ExplorerState(param.Parameterized):
         apply to it)."""
         index = self.collections[name]
         updates = dict(
-            query_tile=str(index.tiles["tile_id"].iat[row]),
+            query_tile=index.tile_id_at(row),
             use_examples=False,
             positives=[],
             negatives=[],
@@ -553,7 +553,7 @@ def _date(text: str, what: str) -> pd.Timestamp | None:
 def _empty_like(index: Index | None) -> pd.DataFrame:
     if index is None:
         return pd.DataFrame(columns=["rank", "distance", "tile_id"])
-    hits = index.tiles.iloc[:0].copy()
+    hits = index.tile_rows(np.zeros(0, np.int64))
     hits.insert(0, "distance", np.zeros(0, np.int32))
     hits.insert(0, "rank", np.zeros(0, np.int64))
     return hits

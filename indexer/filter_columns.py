@@ -108,6 +108,23 @@ class FilterColumns:
         bounds = _finite_bounds(self.lon, self.lat)
         return None if not np.isfinite(bounds).all() else tuple(float(b) for b in bounds)
 
+    def source_summary(self) -> pd.DataFrame:
+        """Per source with placed tiles: the bounds of its tiles' centres (``west``, ``south``,
+        ``east``, ``north``), its earliest known time (``first``, NaT if none) and its tile count
+        (``count``), indexed by source name, in ``source_names`` order; one pass over the rows."""
+        columns = ["west", "south", "east", "north", "first", "count"]
+        if self.source_codes is None or not self.source_names:
+            return pd.DataFrame(columns=columns)
+        times = self.times if self.times is not None else np.full(0, NAT, np.int64)
+        parts = _per_source(self.source_codes, self.lon, self.lat, times, len(self.source_names))
+        low, high = parts[0].min(axis=0), parts[0].max(axis=0)  # chunks' bounds joined
+        bounds = np.column_stack([low[:, 0], low[:, 1], high[:, 2], high[:, 3]])
+        first, count = parts[1].min(axis=0), parts[2].sum(axis=0)
+        out = pd.DataFrame(bounds, columns=columns[:4], index=pd.Index(self.source_names, name="source"))
+        out["first"] = pd.to_datetime(np.where(first == LATEST, NAT, first), utc=True)
+        out["count"] = count
+        return out[count > 0]
+
     def zones_in(self, wanted: set[str]) -> np.ndarray:
         """Rows whose zone label is one of ``wanted``."""
         return _lookup(self.zone_codes, self.zone_names, wanted, self.n)
@@ -293,3 +310,25 @@ def _min_corner_cos(clon, clat, lon0, lat0, lon1, lat1, lon2, lat2, lon3, lat3):
                 low = min(low, cos)
         best[c] = low
     return max(-1.0, best.min())
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _per_source(codes, lon, lat, times, n_sources):
+    """Centre bounds, earliest time and count of placed rows per chunk and source code."""
+    chunks = max(1, min(32, codes.size // (1 << 20)))
+    step = -(-codes.size // chunks)
+    bounds = np.empty((chunks, n_sources, 4))
+    first = np.full((chunks, n_sources), LATEST)
+    count = np.zeros((chunks, n_sources), np.int64)
+    for c in numba.prange(chunks):
+        bounds[c, :, 0], bounds[c, :, 1], bounds[c, :, 2], bounds[c, :, 3] = np.inf, np.inf, -np.inf, -np.inf
+        for i in range(c * step, min(codes.size, (c + 1) * step)):
+            s, x, y = codes[i], lon[i], lat[i]
+            if s < 0 or not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            b = bounds[c, s]
+            b[0], b[1], b[2], b[3] = min(b[0], x), min(b[1], y), max(b[2], x), max(b[3], y)
+            count[c, s] += 1
+            if times.size and times[i] != NAT:
+                first[c, s] = min(first[c, s], times[i])
+    return bounds, first, count

@@ -55,13 +55,25 @@ class Index:
         """The tile id of ``row`` (reads only that id)."""
         return self.table.id_at(int(row))
 
-    def sample(self, limit: int = SUMMARY_ROWS) -> pd.DataFrame:
-        """The whole table when it has at most ``limit`` rows, else ``limit`` rows spread evenly
-        over it: enough for summaries (a map's first window, a density grid's cell size) without
-        reading a hundred million rows."""
-        if self.n <= limit:
+    @property
+    def large(self) -> bool:
+        """More tiles than ``SUMMARY_ROWS``: summaries come from samples and filter columns, never
+        from the whole table."""
+        return self.n > SUMMARY_ROWS
+
+    def sample(self) -> pd.DataFrame:
+        """The whole table, or for a ``large`` index ``SUMMARY_ROWS`` rows spread evenly over it,
+        without ids: enough for summaries (a map's first window, a density grid's cell size)
+        without reading a hundred million rows."""
+        if not self.large:
             return self.tiles
-        return self.cached(f"sample:{limit}", lambda: self.tile_rows(np.linspace(0, self.n - 1, limit).astype(np.int64)))
+        limit = SUMMARY_ROWS
+
+        def make() -> pd.DataFrame:
+            rows = self.tile_rows(np.linspace(0, self.n - 1, limit).astype(np.int64))
+            return rows.drop(columns=[c for c in ("tile_id", "path") if c in rows])  # strings: kept long
+
+        return self.cached(f"sample:{limit}", make)
 
     def zones(self) -> list[str]:
         """The zone labels of the index's tiles (from the filter columns: no table read)."""

@@ -351,10 +351,15 @@ def check_code_length(code: np.ndarray, bits: int) -> np.ndarray:
     return code
 
 
+def scans_for_tiles(index: Index) -> bool:
+    """Whether the tile under a point is found by a scan of the centres (more than ``TREE_ROWS``)."""
+    return index.n > TREE_ROWS
+
+
 def tile_locator(index: Index) -> FootprintLocator | ScanLocator:
     """The index's tile-under-a-point finder, made once: footprint trees for up to
     ``TREE_ROWS`` tiles, a scan of the mapped centres above (``indexer.locate_scan``)."""
-    if index.n > TREE_ROWS:
+    if scans_for_tiles(index):
         return index.cached("scan_locator", lambda: ScanLocator(index.table, index.filter_columns()))
     return index.cached("footprint_locator", lambda: FootprintLocator(index.tiles))
 

@@ -322,7 +322,7 @@ def warm_zones(index, source: str | None = None) -> int:
     if index.manifest.get("kind") == "images" or has_stored_thumbnails(index):
         return 0  # chips are pictures of their own, stored thumbnails need no rendering
     image = index_source_image(index, source)
-    zones = index.tiles["zone"].unique().tolist() if "zone" in index.tiles else []
+    zones = index.zones()
     for label in zones:
         from_zone(image.geographic, Zone.parse(str(label)), np.zeros(1), np.zeros(1))
     return len(zones)

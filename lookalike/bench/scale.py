@@ -63,7 +63,9 @@ def synthetic_batches(real: pd.DataFrame, n: int, seed: int = 0, batch: int = BA
             base = real.iloc[row]
             tiles = pd.DataFrame(
                 {
-                    "source": pd.Categorical.from_codes(sources.cat.codes.to_numpy()[row], dtype=sources.dtype),
+                    "source": pd.Categorical.from_codes(
+                        sources.cat.codes.to_numpy()[row], dtype=sources.dtype
+                    ),
                     "zone": pd.Categorical.from_codes(zones.cat.codes.to_numpy()[row], dtype=zones.dtype),
                     "lon": base["lon"].to_numpy(),
                     "lat": base["lat"].to_numpy(),
@@ -120,7 +122,8 @@ def _cache_key(source: Path, n: int, bits: int, n_queries: int, seed: int) -> st
 
     manifest = read_manifest(source)
     made = [str(source.resolve()), manifest.get("updated"), manifest.get("count"), n, bits, n_queries, seed]
-    table_format = f"arrow-ipc of {BATCH_ROWS}-row batches, id lookup, servable, footprint reach"  # another layout, another index
+    # another layout, another index
+    table_format = f"arrow-ipc of {BATCH_ROWS}-row batches, id lookup, servable, footprint reach"
     return hashlib.sha256(json.dumps(made + [FORMAT_VERSION, table_format]).encode()).hexdigest()[:16]
 
 

@@ -102,6 +102,8 @@ def test_a_click_searches_the_finest_collection_under_it(explorer_index, scene_i
 class _FakeIndex:
     """What ``acquisitions`` reads of an index: its tile table and manifest."""
 
+    large = False
+
     def __init__(self, tiles: pd.DataFrame, sources: dict) -> None:
         self.tiles, self.manifest = tiles, {"sources": sources}
 
