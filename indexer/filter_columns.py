@@ -101,12 +101,13 @@ class FilterColumns:
             return None
         return pd.Timestamp(low, unit="ns", tz="UTC"), pd.Timestamp(high, unit="ns", tz="UTC")
 
-    def centre_bounds(self) -> tuple[float, float, float, float] | None:
-        """(west, south, east, north) of the rows' centres (NaN ones left out), None without any."""
+    def extreme_rows(self) -> np.ndarray:
+        """Rows of the westmost, southmost, eastmost and northmost centres (NaN ones left out;
+        none when no row has a centre)."""
         if self.n == 0:
-            return None
-        bounds = _finite_bounds(self.lon, self.lat)
-        return None if not np.isfinite(bounds).all() else tuple(float(b) for b in bounds)
+            return np.zeros(0, np.int64)
+        rows = _extreme_rows(self.lon, self.lat)
+        return np.unique(rows) if (rows >= 0).all() else np.zeros(0, np.int64)
 
     def source_summary(self) -> pd.DataFrame:
         """Per source with placed tiles: the bounds of its tiles' centres (``west``, ``south``,
@@ -270,19 +271,34 @@ def _time_span(times):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _finite_bounds(lon, lat):
+def _extreme_rows(lon, lat):
+    """Rows of the least lon, least lat, greatest lon, greatest lat among finite centres (-1: none)."""
     chunks = max(1, min(64, lon.size // (1 << 20)))
-    parts = np.empty((chunks, 4))
     step = -(-lon.size // chunks)
+    rows = np.full((chunks, 4), -1, np.int64)
     for c in numba.prange(chunks):
-        west, south, east, north = np.inf, np.inf, -np.inf, -np.inf
         for i in range(c * step, min(lon.size, (c + 1) * step)):
             x, y = lon[i], lat[i]
-            if np.isfinite(x) and np.isfinite(y):
-                west, east = min(west, x), max(east, x)
-                south, north = min(south, y), max(north, y)
-        parts[c, 0], parts[c, 1], parts[c, 2], parts[c, 3] = west, south, east, north
-    return np.array([parts[:, 0].min(), parts[:, 1].min(), parts[:, 2].max(), parts[:, 3].max()])
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            if rows[c, 0] < 0 or x < lon[rows[c, 0]]:
+                rows[c, 0] = i
+            if rows[c, 1] < 0 or y < lat[rows[c, 1]]:
+                rows[c, 1] = i
+            if rows[c, 2] < 0 or x > lon[rows[c, 2]]:
+                rows[c, 2] = i
+            if rows[c, 3] < 0 or y > lat[rows[c, 3]]:
+                rows[c, 3] = i
+    out = np.full(4, -1, np.int64)
+    for c in range(chunks):
+        for k in range(4):
+            r = rows[c, k]
+            if r < 0:
+                continue
+            value, best = (lon[r], lon[out[k]]) if k % 2 == 0 else (lat[r], lat[out[k]])
+            if out[k] < 0 or (value < best if k < 2 else value > best):
+                out[k] = r
+    return out
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)

@@ -17,6 +17,7 @@ from lookalike.indexer.thumbstore import ThumbnailFile
 from lookalike.indexer.tile_table import FrameTable, TileTable
 
 SUMMARY_ROWS = 1_000_000  # rows ``Index.sample`` reads of a larger table
+SAMPLE_RUNS = 256
 
 
 @dataclass
@@ -62,15 +63,20 @@ class Index:
         return self.n > SUMMARY_ROWS
 
     def sample(self) -> pd.DataFrame:
-        """The whole table, or for a ``large`` index ``SUMMARY_ROWS`` rows spread evenly over it,
-        without ids: enough for summaries (a map's first window, a density grid's cell size)
-        without reading a hundred million rows."""
+        """The whole table, or for a ``large`` index about ``SUMMARY_ROWS`` rows of it, without
+        ids: runs of rows spread evenly over the table (runs, so a few pages of the table file are
+        read, not all of them), and the rows of the extreme centres, so the sample's lon/lat
+        bounds are the table's. Enough for summaries: a map's first window, a density grid."""
         if not self.large:
             return self.tiles
         limit = SUMMARY_ROWS
 
         def make() -> pd.DataFrame:
-            rows = self.tile_rows(np.linspace(0, self.n - 1, limit).astype(np.int64))
+            count = min(SAMPLE_RUNS, limit)
+            size = limit // count
+            starts = np.linspace(0, self.n - size, count).astype(np.int64)
+            runs = (starts[:, None] + np.arange(size)).ravel()
+            rows = self.tile_rows(np.unique(np.concatenate([runs, self.filter_columns().extreme_rows()])))
             return rows.drop(columns=[c for c in ("tile_id", "path") if c in rows])  # strings: kept long
 
         return self.cached(f"sample:{limit}", make)

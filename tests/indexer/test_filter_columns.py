@@ -124,3 +124,41 @@ def test_a_table_without_centres_is_in_no_box():
     assert not columns.in_box(-180, -90, 180, 90).any()
     np.testing.assert_array_equal(columns.zones_in({"10N"}), (tiles["zone"] == "10N").to_numpy())
     assert columns.zone_count() == 4
+
+
+@pytest.mark.parametrize("n", [0, 1000, 3_000_000])  # 3 M: the kernels' rows split in chunks
+def test_summaries_equal_pandas(n):
+    tiles = table(n, seed=9, categorical=True)
+    tiles.loc[tiles.index[::11], ["lon"]] = np.nan  # a chip without a place
+    cols = FilterColumns.of(tiles)
+    assert cols.zones_present() == [z for z in cols.zone_names if (tiles["zone"] == z).any()]
+    times = tiles["time"].dropna()
+    assert cols.time_span() == ((times.min(), times.max()) if len(times) else None)
+    placed = tiles.dropna(subset=["lon", "lat"])
+    extreme = cols.extreme_rows()
+    if n:
+        assert set(extreme) == {
+            placed["lon"].idxmin(),
+            placed["lat"].idxmin(),
+            placed["lon"].idxmax(),
+            placed["lat"].idxmax(),
+        }
+    else:
+        assert len(extreme) == 0
+    summary = cols.source_summary()
+    if n == 0:
+        assert summary.empty
+        return
+    groups = placed.groupby(placed["source"].astype(str), observed=True)
+    expected = pd.DataFrame(
+        dict(
+            west=groups["lon"].min(),
+            south=groups["lat"].min(),
+            east=groups["lon"].max(),
+            north=groups["lat"].max(),
+            first=groups["time"].min().dt.as_unit("ns"),
+            count=groups.size(),
+        )
+    )
+    expected.index.name = "source"
+    pd.testing.assert_frame_equal(summary.sort_index(), expected.sort_index(), check_dtype=False)
