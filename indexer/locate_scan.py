@@ -27,6 +27,7 @@ from lookalike.indexer.tile_table import TileTable
 CORNERS = tuple(f"{axis}{i}" for i in range(4) for axis in ("lon", "lat"))
 FIRST_BATCH = 256  # candidates tested at once; the batch doubles while none holds the point
 LAST_BATCH = 1 << 16
+CHUNK_SLOTS = 4096  # rows near a point each chunk of the scan can hold before a second pass
 
 
 class ScanLocator:
@@ -80,10 +81,14 @@ class ScanLocator:
         )
         chunks = max(1, min(256, len(self.columns.lon) // (1 << 18)))
         counts = np.zeros(chunks, np.int64)
-        _near(*args, chunks, counts, np.empty(0, np.int64), np.empty(0, np.int64))
+        # one pass when every chunk's rows fit its slot of the buffer, a second to place them else
+        buffer = np.empty(chunks * CHUNK_SLOTS, np.int64)
+        _near(*args, chunks, counts, np.empty(0, np.int64), buffer, CHUNK_SLOTS)
+        if counts.max() <= CHUNK_SLOTS:
+            return np.concatenate([buffer[c * CHUNK_SLOTS : c * CHUNK_SLOTS + counts[c]] for c in range(chunks)])
         starts = np.concatenate([[0], np.cumsum(counts)])
         out = np.empty(int(starts[-1]), np.int64)
-        _near(*args, chunks, counts, starts, out)
+        _near(*args, chunks, counts, starts, out, 0)
         return out
 
 
@@ -95,13 +100,15 @@ def table_reach(table: TileTable) -> float:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _near(lon, lat, plon, plat, lat_deg, band_deg, min_cos, keep, masked, chunks, counts, starts, out):
-    """Count (``starts`` empty) or write the rows near the point, chunk by chunk."""
+def _near(lon, lat, plon, plat, lat_deg, band_deg, min_cos, keep, masked, chunks, counts, starts, out, slots):
+    """Count the rows near the point chunk by chunk, and write them: from ``starts[c]`` when
+    ``starts`` is given, else the first ``slots`` of each chunk from ``c * slots``."""
     n = lon.size
     step = -(-n // chunks)
     sin_p, cos_p = math.sin(plat), math.cos(plat)
     for c in numba.prange(chunks):
-        at = starts[c] if starts.size else 0
+        at = starts[c] if starts.size else c * slots
+        room = out.size - at if starts.size else slots
         found = 0
         for i in range(c * step, min(n, (c + 1) * step)):
             if not abs(lat[i] - lat_deg) <= band_deg:  # also skips a NaN centre
@@ -111,7 +118,7 @@ def _near(lon, lat, plon, plat, lat_deg, band_deg, min_cos, keep, masked, chunks
             y = math.radians(lat[i])
             cos = math.sin(y) * sin_p + math.cos(y) * cos_p * math.cos(math.radians(lon[i]) - plon)
             if cos >= min_cos:
-                if starts.size:
+                if found < room:
                     out[at + found] = i
                 found += 1
         counts[c] = found

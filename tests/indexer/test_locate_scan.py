@@ -51,9 +51,12 @@ def points(tiles: pd.DataFrame, seed: int, n: int = 300) -> tuple[np.ndarray, np
     return np.r_[(lon + 180) % 360 - 180, -179.8, 179.0, 170.0], np.r_[lat, 0.2, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("how, first_batch", [("frame", 256), ("mapped", 256), ("mapped", 2)])
-def test_scan_finds_the_tile_the_trees_find(tmp_path, monkeypatch, how, first_batch):
+@pytest.mark.parametrize(
+    "how, first_batch, slots", [("frame", 256, 4096), ("mapped", 256, 4096), ("mapped", 2, 1)]
+)
+def test_scan_finds_the_tile_the_trees_find(tmp_path, monkeypatch, how, first_batch, slots):
     monkeypatch.setattr(locate_scan, "FIRST_BATCH", first_batch)  # 2: nearest first across batches
+    monkeypatch.setattr(locate_scan, "CHUNK_SLOTS", slots)  # 1: the scan's second pass
     tiles = mixed_tiles()
     table = FrameTable(tiles) if how == "frame" else mapped(tmp_path, tiles, batch=97)
     locator = locate_scan.ScanLocator(table, table.filter_columns())
