@@ -85,7 +85,8 @@ class ScanLocator:
         buffer = np.empty(chunks * CHUNK_SLOTS, np.int64)
         _near(*args, chunks, counts, np.empty(0, np.int64), buffer, CHUNK_SLOTS)
         if counts.max() <= CHUNK_SLOTS:
-            return np.concatenate([buffer[c * CHUNK_SLOTS : c * CHUNK_SLOTS + counts[c]] for c in range(chunks)])
+            slots = (buffer[c * CHUNK_SLOTS : c * CHUNK_SLOTS + counts[c]] for c in range(chunks))
+            return np.concatenate(list(slots))
         starts = np.concatenate([[0], np.cumsum(counts)])
         out = np.empty(int(starts[-1]), np.int64)
         _near(*args, chunks, counts, starts, out, 0)

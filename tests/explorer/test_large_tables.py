@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lookalike.explorer import panel_internals
+from lookalike.explorer import served as served_module
 from lookalike.explorer.acquisitions import acquisitions
 from lookalike.explorer.collection_controls import enter_body
 from lookalike.explorer.map_view import MapView
-from lookalike.explorer import panel_internals
-from lookalike.explorer import served as served_module
 from lookalike.explorer.served import ServedIndexes
 from lookalike.explorer.sidebar import date_inputs, zone_options
 from lookalike.explorer.state import MAP_LAYERS, ExplorerState
@@ -87,7 +87,8 @@ def test_a_session_reads_only_the_rows_it_shows(mars_index, small, large, monkey
     row = small.n // 2
     tile = small.tiles.iloc[row]
     state.click(float(tile["lon"]), float(tile["lat"]))
-    assert state.error == "" and state.query_tile == small.tile_id_at(search.tile_at(small, tile["lon"], tile["lat"]))
+    assert state.error == ""
+    assert state.query_tile == small.tile_id_at(search.tile_at(small, tile["lon"], tile["lat"]))
     expected = search.search_index(small, search.Query(tile_id=state.query_tile), k=state.k)
     pd.testing.assert_series_equal(state.hits["tile_id"], expected["tile_id"])
     state.param.update(zones=["31N"], page=1)
