@@ -154,7 +154,7 @@ def main() -> None:
             second_load_s = time.perf_counter() - t0
             browser.close()
     finally:
-        peak_rss_mb = peak_rss(proc.pid)
+        peak_rss_mb, rss_parts = peak_rss(proc.pid), resident_parts(proc.pid)
         proc.terminate()
         proc.wait(10)
     result = dict(
@@ -171,6 +171,9 @@ def main() -> None:
         page_load_bytes=load_bytes,
         second_page_load_s=round(second_load_s, 3),
         server_peak_rss_mb=peak_rss_mb,
+        # at the end: pages of mapped index files (the kernel can drop them) and the rest
+        server_rss_file_mb=rss_parts.get("RssFile"),
+        server_rss_anon_mb=rss_parts.get("RssAnon"),
         zoom_bytes=zoom_bytes,
         pan_bytes=pan_bytes,
         clicks=len(times),
@@ -224,6 +227,19 @@ def peak_rss(pid: int) -> float | None:
     except OSError:
         pass
     return None
+
+
+def resident_parts(pid: int) -> dict[str, float]:
+    """Linux's RssAnon and RssFile of the process now, in MB (empty where /proc lacks them)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name = line.split(":")[0]
+            if name in ("RssAnon", "RssFile"):
+                out[name] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
 
 
 class Traffic:

@@ -14,8 +14,8 @@ Real data come from ``$LOOKALIKE_DATA`` (the Makefile points it at ``../shared/d
 sits beside the checkout); the Mars and Earth demo indexes are built on first use. Scratch files
 (a 10 M-tile index, the gigapixel GeoTIFF, empty pixel caches) go to ``benchmarks/out/``, which
 git ignores. In the printed commands ``python`` is this interpreter, ``lookalike`` is
-``python -m lookalike``, ``{mars}`` and ``{earth}`` the demo indexes, ``{scale_10m}`` the index the
-``scale`` benchmark left in the cache and ``{data}`` the data
+``python -m lookalike``, ``{mars}`` and ``{earth}`` the demo indexes, ``{scale_10m}`` and
+``{scale_100m}`` the indexes the ``scale`` benchmarks left in the cache and ``{data}`` the data
 cache; they are filled in when a command runs.
 """
 
@@ -405,6 +405,31 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         long=True,
     ),
     Benchmark(
+        "explorer-scale-100m",
+        "the explorer serving the 100 M-tile scale index: page, clicks and server memory with one "
+        "session in Chromium, then 1 and 8 sessions at once over the Bokeh protocol",
+        ("explorer_scale_100m.json", "load_scale_100m.json", "load_scale_100m.md"),
+        (
+            explorer("{scale_100m}", "explorer_scale_100m.json"),
+            step(
+                "python",
+                "benchmarks/load.py",
+                "{scale_100m}",
+                "--sessions",
+                "1,8",
+                "--clicks",
+                "5",
+                "--churn",
+                "0",
+                "--workers",
+                "",
+                "--json",
+                R + "load_scale_100m.json",
+            ),
+        ),
+        long=True,
+    ),
+    Benchmark(
         "tile-table",
         "the tile table's file format: the 10 M scale index's table memory-mapped as Arrow IPC "
         "against the same table in Parquet (opened whole, or read by row group), k hit rows taken",
@@ -469,15 +494,18 @@ BY_NAME = {b.name: b for b in BENCHMARKS}
 
 
 class Placeholders:
-    """``{mars}``, ``{earth}``, ``{data}`` and ``{scale_10m}`` (the index the ``scale`` benchmark
-    left in the cache), found (and the demo indexes built) on first use."""
+    """``{mars}``, ``{earth}``, ``{data}``, ``{scale_10m}`` and ``{scale_100m}`` (the indexes the
+    ``scale`` benchmarks left in the cache), found (and the demo indexes built) on first use."""
 
     CODE = {
         "mars": "from lookalike.workflows.demo import ensure_demo_index; print(ensure_demo_index('mars'))",
         "earth": "from lookalike.workflows.demo import ensure_demo_index; print(ensure_demo_index('earth'))",
         "data": "from lookalike.config import data_dir; print(data_dir())",
-        "scale_10m": "import json; from lookalike.config import scale_dir; "
-        "print(scale_dir() / json.load(open('benchmarks/results/scale_10m.json'))['index'])",
+        **{
+            name: "import json; from lookalike.config import scale_dir; "
+            f"print(scale_dir() / json.load(open('benchmarks/results/{name}.json'))['index'])"
+            for name in ("scale_10m", "scale_100m")
+        },
     }
 
     def __init__(self) -> None:

@@ -452,8 +452,8 @@ def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None
 @clean_errors
 def _shard_codes(shard: Shard, tile_ids: list[str]) -> dict[str, np.ndarray]:
     index = _shard_index(shard.path, shard.manifest_sha256)
-    rows = pd.Index(index.tiles["tile_id"]).get_indexer(tile_ids)
-    return {t: np.asarray(index.codes[r]) for t, r in zip(tile_ids, rows) if r >= 0}
+    rows = [index.table.row_of(t) for t in tile_ids]  # looked up, never the whole table read
+    return {t: np.asarray(index.codes[r]) for t, r in zip(tile_ids, rows) if r is not None}
 
 
 @clean_errors
