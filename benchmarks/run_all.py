@@ -430,6 +430,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         long=True,
     ),
     Benchmark(
+        "sharded-scale",
+        "100 M tiles in 4 shards searched on a dask LocalCluster of 2 and 4 workers against the "
+        "same shards in-process; then the 2 x 10^9 model (cores, workers, memory, build) from it",
+        ("sharded_scale.json", "scaling_model.md"),
+        (
+            step("python", "benchmarks/sharded_scale.py", "--json", R + "sharded_scale.json"),
+            step("python", "benchmarks/scaling_model.py", "--md", R + "scaling_model.md"),
+        ),
+        long=True,
+    ),
+    Benchmark(
         "tile-table",
         "the tile table's file format: the 10 M scale index's table memory-mapped as Arrow IPC "
         "against the same table in Parquet (opened whole, or read by row group), k hit rows taken",

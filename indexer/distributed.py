@@ -78,8 +78,15 @@ def connect(scheduler: str, n_workers: int | None = None, timeout: str = "10s") 
 
     if scheduler == "local":
         with (
+            # no memory limit: in-process workers share one process, whose resident memory is
+            # mostly pages of memory-mapped index files (reclaimable); counted against a limit
+            # they paused the workers, and the searches with them, on a 100 M-tile index
             LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=":0"
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=False,
+                dashboard_address=":0",
+                memory_limit=0,
             ) as cluster,
             Client(cluster) as client,
         ):

@@ -179,14 +179,3 @@ class Index:
     def filter_columns(self) -> FilterColumns:
         """The compact columns search filters read (``indexer.filter_columns``), made once."""
         return self.cached("filter_columns", self.table.filter_columns)
-
-    def column(self, name: str, dtype=np.float64) -> np.ndarray:
-        """A column of the tile table as a read-only numpy array, converted once and kept (the
-        table's Arrow columns cost a conversion at every read)."""
-
-        def make() -> np.ndarray:
-            array = self.tiles[name].to_numpy(dtype)
-            array.flags.writeable = False
-            return array
-
-        return self.cached(f"column:{name}:{np.dtype(dtype).str}", make)

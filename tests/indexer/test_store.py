@@ -333,13 +333,14 @@ def test_manifest_is_readable_by_others(tmp_path):
     assert mode == codes_mode == 0o666 & ~umask
 
 
-def test_row_lookup_and_columns_are_kept(tmp_path):
-    """``row_of`` answers from a lookup table; ``column`` converts a column once, read-only."""
+def test_row_lookup_and_single_rows(tmp_path):
+    """``row_of`` answers from a lookup table; ``tile`` and ``tile_id_at`` read one row."""
     codes = np.zeros((4, 8), np.uint8)
     tiles = pd.DataFrame({"tile_id": ["a", "b", "d", "c"], "lon": [1.0, 2.0, 3.0, 4.0]})
     write_index(tmp_path / "i", codes, tiles, bits=64, hash_model=hash_bytes(64))
     idx = open_index(tmp_path / "i")
     assert [idx.row_of(t) for t in ("a", "b", "c", "d")] == [0, 1, 3, 2]
-    lon = idx.column("lon")
-    assert lon is idx.column("lon") and not lon.flags.writeable
-    np.testing.assert_array_equal(lon, [1.0, 2.0, 3.0, 4.0])
+    assert [idx.tile_id_at(r) for r in range(4)] == ["a", "b", "d", "c"]
+    assert idx.tile(2).to_dict() == {"tile_id": "d", "lon": 3.0}
+    with pytest.raises(IndexError):
+        idx.tile_id_at(4)
