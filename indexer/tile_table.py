@@ -21,6 +21,7 @@ holds a hit (``docs/scaling.md`` has the figures). Tables of indexes written bef
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,6 +373,9 @@ def read_filter_columns(path: Path, n: int) -> FilterColumns:
         raise IndexCorruptError(f"{path} is not a readable filter-column file ({exc})") from None
     if meta.get("n") != n or any(len(a) != n for a in arrays.values()) or not {"lon", "lat"} <= set(arrays):
         raise IndexCorruptError(f"{path}: the filter columns do not match the table's {n} rows")
+    reach = meta.get("footprint_reach")
+    if reach is not None and not (isinstance(reach, (int, float)) and 0 <= reach <= math.pi):
+        raise IndexCorruptError(f"{path}: the footprint reach {reach!r} is not an angle")
     return FilterColumns(
         n,
         arrays.get("zone_codes"),

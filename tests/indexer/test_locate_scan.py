@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from lookalike_testkit import synthetic_tiles
 
+from lookalike.errors import IndexCorruptError
 from lookalike.indexer import locate_scan, search
 from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.locate import FootprintLocator
@@ -134,3 +135,6 @@ def test_the_reach_is_kept_with_the_filter_columns(tmp_path):
     assert locate_scan.ScanLocator(table, older).reach == pytest.approx(columns.reach, rel=1e-9)
     halves = [FilterColumns.of(tiles.iloc[:300]), FilterColumns.of(tiles.iloc[300:])]
     assert FilterColumns.concat(halves).reach == columns.reach
+    write_filter_columns(tmp_path / "bad.arrow", dataclasses.replace(columns, reach=7.0))
+    with pytest.raises(IndexCorruptError, match="not an angle"):
+        read_filter_columns(tmp_path / "bad.arrow", len(tiles))
