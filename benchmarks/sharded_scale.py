@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         disk_gb=round(disk / 1e9, 2),
         searched_gb=round(searched / 1e9, 2),
         cluster=runs,
-        cpus=__import__("os").cpu_count(),
-        load_average=[round(v, 2) for v in __import__("os").getloadavg()],
+        cpus=os.cpu_count(),
+        load_average=[round(v, 2) for v in os.getloadavg()],
         date=time.strftime("%Y-%m-%d"),
     )
     text = json.dumps(result, indent=2)

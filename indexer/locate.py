@@ -10,6 +10,12 @@ import shapely
 from lookalike.indexer.tiling import footprint_plane, polar_plane
 
 
+def centre_order(clat: np.ndarray, clon: np.ndarray, plat, plon) -> np.ndarray:
+    """A key that orders tile centres (radians) by their angle from a point (radians), nearest
+    first: minus the angle's cosine. Locators share it so that equal keys, ties, fall alike."""
+    return -(np.sin(clat) * np.sin(plat) + np.cos(clat) * np.cos(plat) * np.cos(clon - plon))
+
+
 def tiles_under(tiles: pd.DataFrame, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """Row of the tile under each point: nearest centre among tiles whose footprint holds it; -1 if none."""
     return FootprintLocator(tiles).rows_under(lon, lat)
@@ -55,10 +61,11 @@ class FootprintLocator:
                 if len(point_idx) == 0:
                     continue
                 tile_idx = members[tile_idx]
-                plat, plon = np.radians(lat[point_idx]), np.radians(lon[point_idx])
-                angle = -(
-                    np.sin(self.clat[tile_idx]) * np.sin(plat)
-                    + np.cos(self.clat[tile_idx]) * np.cos(plat) * np.cos(self.clon[tile_idx] - plon)
+                angle = centre_order(
+                    self.clat[tile_idx],
+                    self.clon[tile_idx],
+                    np.radians(lat[point_idx]),
+                    np.radians(lon[point_idx]),
                 )
                 order = np.lexsort((tile_idx, angle, point_idx))
                 point_idx, tile_idx, angle = point_idx[order], tile_idx[order], angle[order]
