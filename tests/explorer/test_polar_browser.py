@@ -74,10 +74,17 @@ def choose(page, label: str, option: str) -> None:
     canvas.wait_for(state="visible")
     if label == "Body":  # the sidebar is built again for the new body: Earth has no HiRISE layer
         mars = "mars" in option.lower()
-        wait_until(
-            lambda: page.locator(".map-layers label", has_text="HiRISE").count() == mars,
-            what=f"the {option} sidebar",
-        )
+
+        def switched() -> bool:
+            return page.locator(".map-layers label", has_text="HiRISE").count() == mars
+
+        try:
+            wait_until(switched, what=f"the {option} sidebar")
+        except AssertionError:  # a change sent while the document was busy can be lost: once more
+            select.select_option(index=0 if select.evaluate("s => s.selectedIndex") else 1)
+            page.wait_for_function("() => Bokeh.documents[0].is_idle")
+            select.select_option(label=option)
+            wait_until(switched, timeout=40, what=f"the {option} sidebar, asked for twice")
         page.wait_for_function("() => Bokeh.documents[0].is_idle")
     if label == "Map view":  # the new map is in place: a polar view is square, the globe 2:1
         polar = option != "Whole planet"
