@@ -197,6 +197,7 @@ class ExplorerState(param.Parameterized):
                 filters if with_classes else filters.without_landmarks(),
                 self.landmarks,
                 self.index.filter_columns(),
+                self.index.cells(),
             )
         except LookalikeError:
             return None

@@ -447,7 +447,9 @@ def _load_shard(shard: Shard, verify: bool) -> tuple[int, int]:
 @clean_errors
 def _shard_top_k(shard: Shard, code: np.ndarray, k: int, filters: Filters | None, method: str = "exact"):
     index = _shard_index(shard.path, shard.manifest_sha256)
-    mask = filter_mask(index.table, filters, getattr(index, "landmarks", None), index.filter_columns())
+    mask = filter_mask(
+        index.table, filters, getattr(index, "landmarks", None), index.filter_columns(), index.cells()
+    )
     with _SCAN_LOCK:
         if method == "exact":
             rows, dist = ranked_rows(index.codes, code, k, mask)

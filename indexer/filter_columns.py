@@ -144,11 +144,19 @@ class FilterColumns:
         _within(self.times, low, high, out)
         return out
 
-    def in_box(self, west: float, south: float, east: float, north: float) -> np.ndarray:
-        """Rows whose centre lies in the lon/lat box, edges included (west > east crosses 180),
-        as ``indexer.bbox.in_bbox``; a missing (NaN) centre is in no box."""
-        out = np.empty(self.n, bool)
-        _in_box(self.lon, self.lat, float(west), float(south), float(east), float(north), out)
+    def in_box(
+        self, west: float, south: float, east: float, north: float, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Whether each row's centre lies in the lon/lat box, edges included (west > east crosses
+        180), as ``indexer.bbox.in_bbox``; a missing (NaN) centre is in no box. ``rows``: only
+        those rows are tested (one answer each)."""
+        box = (float(west), float(south), float(east), float(north))
+        if rows is None:
+            out = np.empty(self.n, bool)
+            _in_box(self.lon, self.lat, *box, out)
+            return out
+        out = np.empty(len(rows), bool)
+        _in_box_rows(self.lon, self.lat, np.asarray(rows, np.int64), *box, out)
         return out
 
 
@@ -244,6 +252,15 @@ def _in_box(lon, lat, west, south, east, north, out):
         x, y = lon[i], lat[i]
         in_lon = ((x >= west) | (x <= east)) if crossing else ((x >= west) & (x <= east))
         out[i] = in_lon & (y >= south) & (y <= north)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _in_box_rows(lon, lat, rows, west, south, east, north, out):
+    crossing = west > east
+    for j in numba.prange(rows.shape[0]):
+        x, y = lon[rows[j]], lat[rows[j]]
+        in_lon = ((x >= west) | (x <= east)) if crossing else ((x >= west) & (x <= east))
+        out[j] = in_lon & (y >= south) & (y <= north)
 
 
 def _read_only(array: np.ndarray | None) -> np.ndarray | None:

@@ -12,7 +12,9 @@ import pandas as pd
 
 from lookalike.errors import IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import BinaryANN, load_ann
+from lookalike.indexer.cells import Cells
 from lookalike.indexer.filter_columns import FilterColumns
+from lookalike.indexer.row_checks import DeferredCheck
 from lookalike.indexer.thumbstore import ThumbnailFile
 from lookalike.indexer.tile_table import FrameTable, TileTable
 
@@ -34,6 +36,8 @@ class Index:
     landmarks: pd.DataFrame | None = None
     # role -> (device, inode, size, mtime) of each memory-mapped file when it was mapped
     stamps: dict[str, tuple] = field(default_factory=dict, repr=False, compare=False)
+    # role -> the check that verifies a file not verified at open, before its first use
+    checks: dict[str, DeferredCheck] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.table, pd.DataFrame):
@@ -179,3 +183,17 @@ class Index:
     def filter_columns(self) -> FilterColumns:
         """The compact columns search filters read (``indexer.filter_columns``), made once."""
         return self.cached("filter_columns", self.table.filter_columns)
+
+    def cells(self) -> Cells | None:
+        """The tiles' sorted cell keys (``indexer.cells``), verified and mapped on first use;
+        None for indexes written without them."""
+        entry = self.manifest["files"].get("cells")
+        if entry is None:
+            return None
+
+        def load() -> Cells:
+            if "cells" in self.checks:
+                self.checks["cells"]()
+            return Cells(self.path / entry["name"], self.n)
+
+        return self.cached("cells", load)

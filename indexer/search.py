@@ -24,6 +24,7 @@ from lookalike.data.times import utc_timestamp
 from lookalike.errors import CodeLengthError, IndexCorruptError, LookalikeError
 from lookalike.indexer.ann import ANN_METHODS, BinaryANN, build_ann
 from lookalike.indexer.catalogue import landmark_mask
+from lookalike.indexer.cells import Cells
 from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.hamming_kernel import scan_top_k, scan_top_k_batch
 from lookalike.indexer.image_folders import load_image
@@ -178,13 +179,15 @@ def filter_mask(
     filters: Filters | None,
     landmarks: pd.DataFrame | None = None,
     columns: FilterColumns | None = None,
+    cells: Cells | None = None,
 ) -> np.ndarray | None:
     """Boolean mask of tiles passing ``filters``; None when nothing is filtered.
 
     ``tiles`` is the tile table (an index's mapped ``TileTable`` is read whole only for the
     landmark and label filters); ``landmarks`` the index's landmark catalogue, needed only for
     ``landmark_classes``; ``columns`` the table's ``FilterColumns`` when kept
-    (``Index.filter_columns``), else made here.
+    (``Index.filter_columns``), else made here; ``cells`` the index's cell keys, with which a
+    box tests the centres of its cells instead of every centre.
     """
     if filters is None or filters.is_empty():
         return None
@@ -208,7 +211,7 @@ def filter_mask(
         mask &= cols.times_within(*(utc_timestamp(t) for t in filters.time_range))
     lon, lat = cols.lon, cols.lat
     if filters.bbox:
-        mask &= cols.in_box(*filters.bbox)
+        mask &= box_mask(cols, filters.bbox, cells)
     if filters.region is not None:
         geometry = _as_geometry(filters.region)
         if geometry.is_empty:
@@ -222,6 +225,23 @@ def filter_mask(
         except shapely.errors.ShapelyError as exc:  # e.g. coordinates too large for GEOS's arithmetic
             raise LookalikeError(f"the search region cannot be used ({exc})") from None
     return mask
+
+
+def box_mask(columns: FilterColumns, box: tuple, cells: Cells | None = None) -> np.ndarray:
+    """Rows whose centre lies in the lon/lat ``box`` (``FilterColumns.in_box``); with ``cells``
+    only the centres in the box's cells are tested (a box of 1 % of the tiles reads about 1 %
+    of the centres), unless the box spans too many rows of cells for that to pay."""
+    west, south, east, north = (float(v) for v in box)
+    clamped = (min(max(west, -180.0), 180.0), south, min(max(east, -180.0), 180.0), north)
+    if cells is None or cells.rows_spanned(south, north) > BOX_CELL_ROWS:
+        return columns.in_box(west, south, east, north)
+    rows = cells.rows_in(*clamped)
+    mask = np.zeros(columns.n, bool)
+    mask[rows[columns.in_box(west, south, east, north, rows)]] = True
+    return mask
+
+
+BOX_CELL_ROWS = 1 << 14  # rows of cells a box may span and still be read through the cell keys
 
 
 def ranked_rows(
@@ -358,9 +378,13 @@ def scans_for_tiles(index: Index) -> bool:
 
 def tile_locator(index: Index) -> FootprintLocator | ScanLocator:
     """The index's tile-under-a-point finder, made once: footprint trees for up to
-    ``TREE_ROWS`` tiles, a scan of the mapped centres above (``indexer.locate_scan``)."""
+    ``TREE_ROWS`` tiles; above, the tiles near the point from the index's cell keys (or, for
+    indexes written without them, a scan of the mapped centres), tested nearest first
+    (``indexer.locate_scan``)."""
     if scans_for_tiles(index):
-        return index.cached("scan_locator", lambda: ScanLocator(index.table, index.filter_columns()))
+        return index.cached(
+            "scan_locator", lambda: ScanLocator(index.table, index.filter_columns(), index.cells())
+        )
     return index.cached("footprint_locator", lambda: FootprintLocator(index.tiles))
 
 
@@ -463,7 +487,7 @@ def search_index(
     code = check_code_length(
         query_code(index, query, encoder) if isinstance(query, Query) else query, index.bits
     )
-    mask = filter_mask(index.table, filters, index.landmarks, index.filter_columns())
+    mask = filter_mask(index.table, filters, index.landmarks, index.filter_columns(), index.cells())
     chosen = choose_method(index, k, mask, method)
     rows, dist = ranked_rows_index(index, code, k, mask, chosen)
     if isinstance(query, Query):
@@ -491,7 +515,7 @@ def search_index_batch(
     ]
     if not codes:
         return []
-    mask = filter_mask(index.table, filters, index.landmarks, index.filter_columns())
+    mask = filter_mask(index.table, filters, index.landmarks, index.filter_columns(), index.cells())
     if choose_method(index, k, mask, method) == "exact":
         ranked = ranked_rows_batch(index.codes, np.stack(codes), k, mask)
     else:

@@ -11,6 +11,9 @@ Layout of an index directory::
                              memory-mapped on load
     ids-000003.npy           the tile ids' sorted 64-bit hashes and their rows: a tile id is
                              found by binary search (``indexer.tile_table.IdLookup``)
+    rowsums-000003.npy       a 32-bit checksum of every table row (``indexer.row_checks``)
+    cells-000003.npy         the tiles' lon/lat cell keys, sorted, and their rows: the tiles
+                             near a point or in a box by binary search (``indexer.cells``)
     hash-000001.npz          the hash model that turned features into codes
     landmarks-000004.parquet optional: the landmark catalogue (``indexer.catalogue``)
     thumbs-000003.bin        optional: a JPEG thumbnail per tile, made at index time
@@ -23,7 +26,10 @@ Every write produces files of a new generation and then atomically replaces ``ma
 a crash at any point leaves either the old index or the new one, never a mix. Files of other
 generations are removed after the manifest is replaced; a write that fails before that (a full
 disk) removes the files it made. ``open_index`` verifies sizes and checksums and refuses anything
-that does not match the manifest (xxh3_128 checksums; sha256 in earlier indexes); a reader that
+that does not match the manifest (xxh3_128 checksums; sha256 in earlier indexes): every file at
+open except those a search does not read whole: the id lookup and the cell keys are verified
+before their first use, and where the index has row checksums the tile table's rows are checked
+as they are read (the whole file before a read of all of it); a reader that
 opens the index while a writer commits opens the new generation. An open index keeps the
 generation it opened (its codes and tile table are memory-mapped) while files of newer ones come
 and go; ``Index.check_unchanged`` refuses to search codes that were truncated or rewritten in
@@ -56,9 +62,12 @@ from lookalike.fileio import (
     sha256_file,
 )
 from lookalike.indexer.ann import BinaryANN
+from lookalike.indexer.cells import on_the_globe, write_cells
 from lookalike.indexer.index import Index
+from lookalike.indexer.row_checks import DeferredCheck, write_row_checksums
 from lookalike.indexer.thumbstore import iter_thumbnails, write_thumbnails
 from lookalike.indexer.tile_table import (
+    TableChecks,
     TileBatches,
     open_table,
     read_parquet_table,
@@ -72,7 +81,7 @@ SHA256_MAX_BYTES = 1 << 26
 MANIFEST = "manifest.json"
 # the files an index writes itself; anything else in its folder is left alone
 GENERATION_FILE = re.compile(
-    r"(codes|tiles|columns|ids|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|arrow|npz|faiss|usearch|bin)"
+    r"(codes|tiles|columns|ids|rowsums|cells|hash|landmarks|ann|thumbs)-\d{6}\.(npy|parquet|arrow|npz|faiss|usearch|bin)"
 )
 
 
@@ -143,8 +152,11 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
                 f"{path}: {role} file {entry['name']} has {size} bytes, the "
                 f"manifest says {entry['bytes']} (partial or altered file)"
             )
+    deferred = {"ids", "cells"} | ({"tiles"} if "rowsums" in files else set())
+    checks = {}
     if verify:
-        _verify_checksums(path, files)
+        _verify_checksums(path, {role: entry for role, entry in files.items() if role not in deferred})
+        checks = {role: _deferred_check(path, files, role) for role in deferred if role in files}
     try:
         codes = np.load(path / files["codes"]["name"], mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -156,7 +168,13 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
         )
     columns, ids = (path / files[role]["name"] if role in files else None for role in ("columns", "ids"))
     try:
-        tiles = open_table(path / files["tiles"]["name"], columns, ids)
+        sums = path / files["rowsums"]["name"] if verify and "rowsums" in files else None
+        tiles = open_table(
+            path / files["tiles"]["name"],
+            columns,
+            ids,
+            TableChecks(sums, checks.get("tiles"), checks.get("ids")),
+        )
     except IndexCorruptError as exc:
         raise IndexCorruptError(f"{path}: the tiles file {exc}") from None
     if len(tiles) != n:
@@ -169,7 +187,7 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
             raise IndexCorruptError(f"{path}: the landmark catalogue points at tiles the index does not have")
     mapped = [
         role
-        for role in ("codes", "tiles", "columns", "ids")
+        for role in ("codes", "tiles", "columns", "ids", "rowsums", "cells")
         if role in files and files[role]["name"].endswith((".npy", ".arrow"))
     ]
     return Index(
@@ -179,7 +197,13 @@ def _load(path: Path, manifest: dict, verify: bool) -> Index:
         tiles,
         landmarks,
         stamps={role: _stamp(path / files[role]["name"]) for role in mapped},
+        checks=checks,
     )
+
+
+def _deferred_check(path: Path, files: dict, role: str) -> DeferredCheck:
+    """The check of the ``role`` file against its manifest checksums, run on its first use."""
+    return DeferredCheck(lambda: _verify_checksums(path, {role: files[role]}))
 
 
 def _stamp(file: Path) -> tuple:
@@ -366,20 +390,29 @@ def _write_tile_files(path: Path, generation: int, tiles: pd.DataFrame | TileBat
     written: dict = {}
 
     def table(p: Path) -> None:
-        written["columns"], written["hashes"] = write_table(p, tiles)
+        written["table"] = write_table(p, tiles)
 
     files = dict(tiles=_write_file(path, f"tiles-{generation:06d}.arrow", table))
-    hashes = written["hashes"]
+    hashes, sums = written["table"].hashes, written["table"].sums
+    files["rowsums"] = _write_file(
+        path, f"rowsums-{generation:06d}.npy", lambda p: write_row_checksums(p, sums)
+    )
     if hashes is not None:
         order = np.argsort(hashes, kind="stable")  # sorted once, for the check and the lookup
         _check_unique_hashes(path / files["tiles"]["name"], hashes, order)
         files["ids"] = _write_file(
             path, f"ids-{generation:06d}.npy", lambda p: write_id_lookup(p, hashes, order)
         )
-    if written["columns"] is not None:
+    columns = written["table"].columns
+    if columns is not None:
         files["columns"] = _write_file(
-            path, f"columns-{generation:06d}.arrow", lambda p: write_filter_columns(p, written["columns"])
+            path, f"columns-{generation:06d}.arrow", lambda p: write_filter_columns(p, columns)
         )
+        if on_the_globe(columns.lon, columns.lat):
+            reach = columns.reach or 0.0
+            files["cells"] = _write_file(
+                path, f"cells-{generation:06d}.npy", lambda p: write_cells(p, columns.lon, columns.lat, reach)
+            )
     return files
 
 

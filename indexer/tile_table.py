@@ -31,8 +31,15 @@ import pandas as pd
 import pyarrow as pa
 
 from lookalike.errors import IndexCorruptError, LookalikeError
-from lookalike.fileio import save_npy
+from lookalike.fileio import load_npy_for_random_reads, map_for_random_reads, reading_through, save_npy
 from lookalike.indexer.filter_columns import FilterColumns
+from lookalike.indexer.row_checks import (
+    DeferredCheck,
+    check_rows,
+    id_hashes,
+    read_row_checksums,
+    row_checksums,
+)
 
 BATCH_ROWS = 1 << 22  # rows per record batch: a take costs about 0.5 ms per batch it reads from
 _COLUMNS = ("zone_codes", "source_codes", "times", "lon", "lat")
@@ -113,17 +120,29 @@ class FrameTable(TileTable):
 
 class MappedTable(TileTable):
     """A tile table read through a memory map of its Arrow IPC file, with its filter columns
-    mapped from the columns file (None: made from the whole table on first use)."""
+    mapped from the columns file (None: made from the whole table on first use).
 
-    def __init__(self, path: Path, columns_path: Path | None = None, ids_path: Path | None = None):
+    ``checks`` (``TableChecks``) is how the table is verified when its file was not verified
+    whole at open: each row read is checked against its stored checksum, and the whole file is
+    verified before the first read of all of it."""
+
+    def __init__(
+        self,
+        path: Path,
+        columns_path: Path | None = None,
+        ids_path: Path | None = None,
+        checks: TableChecks | None = None,
+    ):
         self.path = path
-        self._ids = None if ids_path is None else IdLookup(ids_path)
+        checks = checks or TableChecks()
+        self._ids = None if ids_path is None else IdLookup(ids_path, checks.ids)
         try:
-            self._reader = pa.ipc.open_file(pa.memory_map(str(path)))
+            self._map = map_for_random_reads(path)  # a take reads scattered rows: no read-around
+            self._reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._map)))
             # the batches' metadata, read once (their columns stay in the map until read)
             self._batches = [self._reader.get_batch(i) for i in range(self._reader.num_record_batches)]
             sizes = [batch.num_rows for batch in self._batches]
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise IndexCorruptError(f"{path} is not a readable tile table ({exc})") from None
         self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.n = int(self._starts[-1])
@@ -134,11 +153,21 @@ class MappedTable(TileTable):
         self.names = tuple(self._reader.schema.names)
         self._columns_path = columns_path
         self._frame: pd.DataFrame | None = None
+        self._whole_check = checks.whole
+        self._sums = None if checks.sums is None else read_row_checksums(checks.sums, self.n)
+        if checks.sums is not None and self._sums is None and checks.whole is not None:
+            checks.whole()  # row checksums of another hash than this version's: verify it all now
 
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
-            self._frame = _to_pandas(self._reader.read_all())
+            self._check_whole()
+            with reading_through(self._map):
+                self._frame = _to_pandas(self._reader.read_all())
         return self._frame
+
+    def _check_whole(self) -> None:
+        if self._whole_check is not None:
+            self._whole_check()
 
     def take(self, rows: np.ndarray) -> pd.DataFrame:
         rows = np.asarray(rows, np.int64)
@@ -154,7 +183,10 @@ class MappedTable(TileTable):
         table = pa.Table.from_batches(pieces, schema=self._reader.schema)
         if order:  # back to the order asked for
             table = table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
-        return self._with_categories(table)
+        frame = self._with_categories(table)
+        if self._sums is not None and self._frame is None:
+            check_rows(frame, rows, self._sums, self.path)
+        return frame
 
     def _with_categories(self, table: pa.Table) -> pd.DataFrame:
         """``table`` as a DataFrame, its dictionary columns made categorical with the categories
@@ -192,8 +224,10 @@ class MappedTable(TileTable):
         return None
 
     def column_batches(self, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        self._check_whole()
         for batch in self._batches:  # numpy views of the map where the column has no nulls
-            yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in names}
+            with reading_through(self._map):
+                yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in names}
 
     def id_at(self, row: int) -> str:
         if self._frame is not None:
@@ -203,8 +237,22 @@ class MappedTable(TileTable):
     def _id_at(self, row: int) -> str:
         if not 0 <= row < self.n:
             raise IndexError(f"row {row} is outside the table of {self.n} tiles")
+        if self._sums is not None:  # the id of a whole row, checked
+            return str(self.take(np.array([row], np.int64))["tile_id"].iat[0])
         batch = int(np.searchsorted(self._starts, row, side="right") - 1)
         return str(self._batches[batch].column("tile_id")[row - int(self._starts[batch])].as_py())
+
+
+@dataclass(frozen=True)
+class TableChecks:
+    """How a mapped table whose files were not verified at open is verified as it is read:
+    ``sums``, its row-checksum file (``indexer.row_checks``; verified at open); ``whole``,
+    verifies the table file whole (before a read of all of it); ``ids``, verifies the id lookup
+    file (before its first lookup). None: nothing left to verify."""
+
+    sums: Path | None = None
+    whole: DeferredCheck | None = None
+    ids: DeferredCheck | None = None
 
 
 class IdLookup:
@@ -212,9 +260,10 @@ class IdLookup:
     a memory map: a binary search touches about log2(n) pages. The hash is pandas' (SipHash with
     pandas' fixed key); a lookup file made by another hash is refused rather than misread."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, check: DeferredCheck | None = None):
+        self._check = check
         try:
-            table = np.load(path, mmap_mode="r", allow_pickle=False)
+            table = load_npy_for_random_reads(path)
         except (ValueError, OSError) as exc:
             raise IndexCorruptError(f"{path} is not a readable tile-id lookup ({exc})") from None
         if table.ndim != 2 or table.shape[0] != 2 or table.shape[1] < 1 or table.dtype != np.uint64:
@@ -228,20 +277,14 @@ class IdLookup:
 
     def candidates(self, tile_id: str) -> np.ndarray:
         """Rows whose id has the hash of ``tile_id`` (almost always one, or none)."""
+        if self._check is not None:
+            self._check()
         h = id_hashes([tile_id])[0]
         lo, hi = np.searchsorted(self.hashes, h, "left"), np.searchsorted(self.hashes, h, "right")
         return np.asarray(self.rows[lo:hi], np.int64)
 
 
 _PROBE = "lookalike tile id"
-
-
-def id_hashes(ids) -> np.ndarray:
-    """64-bit hashes of tile ids (pandas' vectorised SipHash), for ``IdLookup``."""
-    # categorize=False: the same hashes, without factorizing first (a lookup's one id: 34 us, not 500)
-    return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
-
-
 _PROBE_HASH = id_hashes([_PROBE])[0]
 
 
@@ -255,10 +298,15 @@ def write_id_lookup(path: Path, hashes: np.ndarray, order: np.ndarray) -> None:
     save_npy(path, table)
 
 
-def open_table(path: Path, columns_path: Path | None = None, ids_path: Path | None = None) -> TileTable:
+def open_table(
+    path: Path,
+    columns_path: Path | None = None,
+    ids_path: Path | None = None,
+    checks: TableChecks | None = None,
+) -> TileTable:
     """The tile table file at ``path``: Arrow IPC is mapped, Parquet (earlier indexes) read whole."""
     if path.suffix == ".arrow":
-        return MappedTable(path, columns_path, ids_path)
+        return MappedTable(path, columns_path, ids_path, checks)
     return FrameTable(read_parquet_table(path))
 
 
@@ -298,14 +346,22 @@ def _one_chunk(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ writing
-def write_table(
-    path: Path, tiles: pd.DataFrame | TileBatches
-) -> tuple[FilterColumns | None, np.ndarray | None]:
-    """Write ``tiles`` as an Arrow IPC file at ``path``, batch by batch; returns its filter
-    columns (None for a table without lon/lat) and the hash of each tile id (``id_hashes``; None
-    for a table without ids). Writes go through Python's ``open`` so a full disk raises OSError."""
+@dataclass
+class WrittenTable:
+    """What ``write_table`` learnt of the rows it wrote: their filter columns (None for a table
+    without lon/lat), the hash of each tile id (``id_hashes``; None for a table without ids) and
+    each row's checksum (``indexer.row_checks``)."""
+
+    columns: FilterColumns | None
+    hashes: np.ndarray | None
+    sums: np.ndarray
+
+
+def write_table(path: Path, tiles: pd.DataFrame | TileBatches) -> WrittenTable:
+    """Write ``tiles`` as an Arrow IPC file at ``path``, batch by batch. Writes go through
+    Python's ``open`` so a full disk raises OSError."""
     frames = _frames(tiles)
-    parts, hashes = [], []
+    parts, hashes, sums = [], [], []
     writer, schema = None, None
     with open(path, "wb") as fh:
         for frame in frames:
@@ -321,8 +377,11 @@ def write_table(
             except pa.ArrowInvalid as exc:  # another dictionary for a categorical column
                 raise LookalikeError(f"the tile table's batches do not make one table ({exc})") from None
             parts.append(FilterColumns.of(frame) if {"lon", "lat"} <= set(frame.columns) else None)
+            ids = None
             if "tile_id" in frame:
-                hashes.append(id_hashes(frame["tile_id"].astype(str).to_numpy(object)))
+                ids = id_hashes(frame["tile_id"].astype(str).to_numpy(object))
+                hashes.append(ids)
+            sums.append(_written_checksums(table, ids))
         if writer is None:
             raise LookalikeError("the tile table has no columns")
         writer.close()
@@ -330,7 +389,14 @@ def write_table(
     if written != len(tiles):
         raise LookalikeError(f"the tile table's batches hold {written} rows, not the {len(tiles)} announced")
     columns = FilterColumns.concat(parts) if None not in parts else None
-    return columns, np.concatenate(hashes) if hashes else None
+    return WrittenTable(columns, np.concatenate(hashes) if hashes else None, np.concatenate(sums))
+
+
+def _written_checksums(table: pa.Table, ids: np.ndarray | None) -> np.ndarray:
+    """The row checksums of ``table`` as its rows will be read back (its values through
+    ``_to_pandas``, as ``MappedTable.take`` converts them; the ids by their hashes)."""
+    values = _to_pandas(table.drop_columns([c for c in ("tile_id",) if c in table.column_names]))
+    return row_checksums(values, ids)
 
 
 def _frames(tiles: pd.DataFrame | TileBatches) -> Iterator[pd.DataFrame]:

@@ -123,7 +123,9 @@ def _cache_key(source: Path, n: int, bits: int, n_queries: int, seed: int) -> st
     manifest = read_manifest(source)
     made = [str(source.resolve()), manifest.get("updated"), manifest.get("count"), n, bits, n_queries, seed]
     # another layout, another index
-    table_format = f"arrow-ipc of {BATCH_ROWS}-row batches, id lookup, servable, footprint reach"
+    table_format = (
+        f"arrow-ipc of {BATCH_ROWS}-row batches, id lookup, servable, footprint reach, row checksums, cells"
+    )
     return hashlib.sha256(json.dumps(made + [FORMAT_VERSION, table_format]).encode()).hexdigest()[:16]
 
 

@@ -373,9 +373,10 @@ def test_disk_full_at_any_write_leaves_the_previous_index(tmp_path, kind):
     with disk_full(tmp_path / "probe") as probe:
         write(tmp_path / "probe")
     files = {p.split(".")[1].split("-")[0] for p in probe.paths}
-    written = {"append": ["codes", "tiles", "ids", "columns"], "tiles": ["tiles", "ids", "columns"]}.get(
-        kind, [kind]
-    )
+    written = {
+        "append": ["codes", "tiles", "rowsums", "ids", "columns", "cells"],
+        "tiles": ["tiles", "rowsums", "ids", "columns", "cells"],
+    }.get(kind, [kind])
     assert files == {"manifest", *written}, probe.paths
     for k in first_middle_last(probe.paths):
         path = tmp_path / f"k{k}"

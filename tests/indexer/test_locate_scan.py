@@ -11,6 +11,7 @@ from lookalike_testkit import synthetic_tiles
 
 from lookalike.errors import IndexCorruptError
 from lookalike.indexer import locate_scan, search
+from lookalike.indexer.cells import Cells, write_cells
 from lookalike.indexer.filter_columns import FilterColumns
 from lookalike.indexer.locate import FootprintLocator
 from lookalike.indexer.store import open_index
@@ -53,14 +54,20 @@ def points(tiles: pd.DataFrame, seed: int, n: int = 300) -> tuple[np.ndarray, np
 
 
 @pytest.mark.parametrize(
-    "how, first_batch, slots", [("frame", 256, 4096), ("mapped", 256, 4096), ("mapped", 2, 1)]
+    "how, first_batch, slots",
+    [("frame", 256, 4096), ("mapped", 256, 4096), ("mapped", 2, 1), ("cells", 256, 4096), ("cells", 2, 1)],
 )
 def test_scan_finds_the_tile_the_trees_find(tmp_path, monkeypatch, how, first_batch, slots):
     monkeypatch.setattr(locate_scan, "FIRST_BATCH", first_batch)  # 2: nearest first across batches
     monkeypatch.setattr(locate_scan, "CHUNK_SLOTS", slots)  # 1: the scan's second pass
     tiles = mixed_tiles()
     table = FrameTable(tiles) if how == "frame" else mapped(tmp_path, tiles, batch=97)
-    locator = locate_scan.ScanLocator(table, table.filter_columns())
+    cells = None
+    if how == "cells":  # the tiles near a point from the sorted cell keys instead of a scan
+        columns = table.filter_columns()
+        write_cells(tmp_path / "cells.npy", columns.lon, columns.lat, columns.reach)
+        cells = Cells(tmp_path / "cells.npy", len(tiles))
+    locator = locate_scan.ScanLocator(table, table.filter_columns(), cells)
     lon, lat = points(tiles, 0)
     expected = FootprintLocator(tiles).rows_under(lon, lat)
     np.testing.assert_array_equal(locator.rows_under(lon, lat), expected)

@@ -19,6 +19,8 @@ SECOND_GENERATION = {
     MANIFEST,
     "codes-000002.npy",
     "tiles-000002.arrow",
+    "rowsums-000002.npy",
+    "cells-000002.npy",
     "columns-000002.arrow",
     "ids-000002.npy",
     "hash-000001.npz",
@@ -45,7 +47,7 @@ def test_round_trip(tmp_path):
     assert str(idx.tiles["time"].dtype).startswith("datetime64") and idx.tiles["time"].isna().any()
     m = idx.manifest
     assert m["kind"] == "test" and m["sources"] == {"alpha": {"x": 1}} and m["count"] == 100
-    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "columns", "ids", "hash"}
+    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "rowsums", "cells", "columns", "ids", "hash"}
     assert idx.hash_model_path.read_bytes() == hash_bytes(64)
     assert idx.row_of(tiles["tile_id"].iloc[57]) == 57
     with pytest.raises(LookalikeError):
@@ -166,8 +168,9 @@ def corrupt_flipped_byte(path):
     f.write_bytes(bytes(data))
 
 
-def corrupt_flipped_tiles_byte(path):
-    f = path / _files(path)["tiles"]["name"]
+def corrupt_flipped_rowsums_byte(path):
+    """(A damaged tile table is found where its rows are read: ``test_row_checks``.)"""
+    f = path / _files(path)["rowsums"]["name"]
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
     f.write_bytes(bytes(data))
@@ -212,7 +215,7 @@ CORRUPTIONS = {
     "future format": (corrupt_future_format, "format 99"),
     "truncated codes": (corrupt_truncated_codes, "bytes"),
     "flipped codes byte": (corrupt_flipped_byte, "checksum"),
-    "flipped tiles byte": (corrupt_flipped_tiles_byte, "checksum"),
+    "flipped row-checksum byte": (corrupt_flipped_rowsums_byte, "checksum"),
     "missing tiles file": (corrupt_missing_tiles, "missing"),
     "missing hash file": (corrupt_missing_hash, "missing"),
     "manifest lists no tiles": (corrupt_manifest_without_tiles, "tiles"),
