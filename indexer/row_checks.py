@@ -8,7 +8,7 @@ checks each row it hands out against it: every byte used is verified, and openin
 files a search scans rather than all of them. The few readers that need the whole table, and
 the tile-id lookup, verify their file whole on first use (``DeferredCheck``).
 
-A row's checksum folds pandas' 64-bit hash of its values (``pd.util.hash_pandas_object``) with
+A row's checksum folds pandas' 64-bit hash of each of its values (``pd.util.hash_array``) with
 the SipHash of its tile id, which the id lookup computes anyway; the file ends with the checksum
 of a fixed probe row, so a file made by another pandas hash is recognised as such (the table is
 then verified whole instead) rather than read as corrupt.
@@ -39,12 +39,13 @@ def row_checksums(frame: pd.DataFrame, ids: np.ndarray | None = None) -> np.ndar
     """A uint32 checksum of each row of ``frame`` (columns in the table's order, values as
     ``MappedTable.take`` returns them); ``ids``: ``id_hashes`` of its tile ids when the caller
     has them already (hashing 43-byte strings is the costly part)."""
-    others = [c for c in frame.columns if c != "tile_id"]
+    h = np.zeros(len(frame), np.uint64)
     with np.errstate(over="ignore"):  # the folds wrap around by design
-        if others:
-            h = pd.util.hash_pandas_object(frame[others], index=False).to_numpy(np.uint64)
-        else:
-            h = np.zeros(len(frame), np.uint64)
+        for name in frame.columns:  # column by column: a check of one row costs a few hash calls
+            if name != "tile_id":
+                column = frame[name]
+                values = column.to_numpy() if isinstance(column.dtype, np.dtype) else column.array
+                h = h * _MIX + pd.util.hash_array(values)
         if ids is None and "tile_id" in frame:
             ids = id_hashes(frame["tile_id"].astype(str).to_numpy(object))
         if ids is not None:

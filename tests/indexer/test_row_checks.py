@@ -159,3 +159,16 @@ def test_a_deferred_check_runs_once_and_keeps_its_failure():
     fine = DeferredCheck(lambda: calls.append(2))
     fine(), fine()
     assert calls == [1, 2]
+
+
+def test_a_damaged_id_is_refused_where_it_is_looked_up(written):
+    name = json.loads((written / MANIFEST).read_text())["files"]["tiles"]["name"]
+    data = bytearray((written / name).read_bytes())
+    at = data.find(b"s1:t000007")
+    assert at >= 0 and data.find(b"s1:t000007", at + 1) < 0
+    data[at + 9] ^= 0x01  # the id now reads "s1:t000006" in its row
+    (written / name).write_bytes(bytes(data))
+    index = open_index(written)
+    assert index.row_of("s1:t000010") == 10
+    with pytest.raises(IndexCorruptError, match="row 7 fails its checksum"):
+        index.row_of("s1:t000007")
