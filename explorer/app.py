@@ -78,6 +78,11 @@ def warm_up(served: ServedIndexes) -> None:
     threading.Thread(
         target=_warm_polar_projections, args=(served,), daemon=True, name="polar-basemaps"
     ).start()
+    # and the files an open does not read whole are verified, which brings them into the page cache
+    indexes = [entry.index for entry in served.entries.values()]
+    threading.Thread(
+        target=lambda: [index.verify_rest() for index in indexes], daemon=True, name="index-verification"
+    ).start()
 
 
 def _warm_collection(served: ServedIndexes, body: str, name: str) -> None:

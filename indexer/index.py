@@ -184,6 +184,17 @@ class Index:
         """The compact columns search filters read (``indexer.filter_columns``), made once."""
         return self.cached("filter_columns", self.table.filter_columns)
 
+    def verify_rest(self) -> None:
+        """Run now the checks an open deferred to first use (the tile table, id lookup and cell
+        keys, verified whole): for a long-lived reader, in a background thread. Reading them also
+        brings them into the page cache, where a server's hit rows are then read from memory
+        rather than from disk. A failure is kept and raised where the file is next used."""
+        for check in self.checks.values():
+            try:
+                check()
+            except IndexCorruptError:
+                pass
+
     def cells(self) -> Cells | None:
         """The tiles' sorted cell keys (``indexer.cells``), verified and mapped on first use;
         None for indexes written without them."""

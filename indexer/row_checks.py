@@ -108,6 +108,7 @@ class DeferredCheck:
         self._check: Callable[[], None] | None = check
         self._error: IndexCorruptError | None = None
         self._lock = threading.Lock()
+        self.passed = False
 
     def __call__(self) -> None:
         with self._lock:
@@ -115,6 +116,7 @@ class DeferredCheck:
                 check, self._check = self._check, None
                 try:
                     check()
+                    self.passed = True
                 except IndexCorruptError as exc:
                     self._error = exc
             if self._error is not None:

@@ -349,7 +349,11 @@ def index_summary(path: str | Path, verify: bool = True) -> dict:
         bytes_per_tile=dict(
             codes=m["files"]["codes"]["bytes"] / n,
             tile_table=m["files"]["tiles"]["bytes"] / n,
-            **{role: m["files"][role]["bytes"] / n for role in ("columns", "ids", "rowsums", "cells") if role in m["files"]},
+            **{
+                role: m["files"][role]["bytes"] / n
+                for role in ("columns", "ids", "rowsums", "cells")
+                if role in m["files"]
+            },
         ),
         created=m.get("created"),
         updated=m.get("updated"),

@@ -172,3 +172,32 @@ def test_a_damaged_id_is_refused_where_it_is_looked_up(written):
     assert index.row_of("s1:t000010") == 10
     with pytest.raises(IndexCorruptError, match="row 7 fails its checksum"):
         index.row_of("s1:t000007")
+
+
+def test_the_rest_is_verified_at_once_when_asked(written, monkeypatch):
+    index = open_index(written)
+    index.verify_rest()  # reads and verifies the table, id lookup and cell keys now
+    assert all(check.passed for check in index.checks.values()) and set(index.checks) == {
+        "tiles",
+        "ids",
+        "cells",
+    }
+    monkeypatch.setattr(
+        row_checks, "row_checksums", lambda *a: pytest.fail("a verified table's rows were checked")
+    )
+    monkeypatch.setattr(
+        tile_table, "check_rows", lambda *a: pytest.fail("a verified table's rows were checked")
+    )
+    assert len(index.tile_rows(np.arange(N))) == N
+
+
+def test_a_damaged_table_found_by_the_background_check_is_refused_where_read(written):
+    row = 150
+    _flip_value(written, "lon", _table(200, 100)["lon"].iat[row - 100])
+    index = open_index(written)
+    index.verify_rest()  # does not raise: the failure is kept for the table's next reader
+    assert not index.checks["tiles"].passed and index.checks["ids"].passed
+    with pytest.raises(IndexCorruptError, match=f"row {row} fails"):
+        index.tile_rows(np.array([row]))
+    with pytest.raises(IndexCorruptError, match="xxh3_128"):
+        _ = index.tiles

@@ -47,7 +47,15 @@ def test_round_trip(tmp_path):
     assert str(idx.tiles["time"].dtype).startswith("datetime64") and idx.tiles["time"].isna().any()
     m = idx.manifest
     assert m["kind"] == "test" and m["sources"] == {"alpha": {"x": 1}} and m["count"] == 100
-    assert m["generation"] == 1 and set(m["files"]) == {"codes", "tiles", "rowsums", "cells", "columns", "ids", "hash"}
+    assert m["generation"] == 1 and set(m["files"]) == {
+        "codes",
+        "tiles",
+        "rowsums",
+        "cells",
+        "columns",
+        "ids",
+        "hash",
+    }
     assert idx.hash_model_path.read_bytes() == hash_bytes(64)
     assert idx.row_of(tiles["tile_id"].iloc[57]) == 57
     with pytest.raises(LookalikeError):
