@@ -79,10 +79,7 @@ def warm_up(served: ServedIndexes) -> None:
         target=_warm_polar_projections, args=(served,), daemon=True, name="polar-basemaps"
     ).start()
     # and the files an open does not read whole are verified, which brings them into the page cache
-    indexes = [entry.index for entry in served.entries.values()]
-    threading.Thread(
-        target=lambda: [index.verify_rest() for index in indexes], daemon=True, name="index-verification"
-    ).start()
+    threading.Thread(target=_verify_rest, args=(served,), daemon=True, name="index-verification").start()
 
 
 def _warm_collection(served: ServedIndexes, body: str, name: str) -> None:
@@ -107,6 +104,11 @@ def _warm_collection(served: ServedIndexes, body: str, name: str) -> None:
         panel_internals.release_offline_root(pane, root)  # never destroyed as a session is
     except Exception:  # warming up is an optimisation: never keep the server from starting
         log.exception("warm-up of %s failed", name)
+
+
+def _verify_rest(served: ServedIndexes) -> None:
+    for entry in served.entries.values():
+        entry.index.verify_rest()
 
 
 def _warm_polar_projections(served: ServedIndexes) -> None:
