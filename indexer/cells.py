@@ -81,15 +81,17 @@ class Cells:
         self.size = 180.0 / 2**self.level
         self.ny, self.nx = 2**self.level, 2 ** (self.level + 1)
 
+    def _cell_row(self, lat: float) -> int:
+        return int(np.clip(math.floor((lat + 90.0) / self.size), 0, self.ny - 1))
+
     def rows_spanned(self, south: float, north: float) -> int:
         """How many rows of cells the latitudes from ``south`` to ``north`` span."""
-        iy0, iy1 = (int(np.clip(math.floor((v + 90.0) / self.size), 0, self.ny - 1)) for v in (south, north))
-        return max(0, iy1 - iy0 + 1)
+        return max(0, self._cell_row(north) - self._cell_row(south) + 1)
 
     def runs(self, west: float, south: float, east: float, north: float) -> list[tuple[int, int]]:
         """Slices of the sorted keys holding every centre in the box (and others of its cells);
         ``west > east`` is a box across 180°."""
-        iy0, iy1 = (int(np.clip(math.floor((v + 90.0) / self.size), 0, self.ny - 1)) for v in (south, north))
+        iy0, iy1 = self._cell_row(south), self._cell_row(north)
         ix0, ix1 = (int(math.floor((v + 180.0) / self.size)) % self.nx for v in (west, east))
         spans = [(ix0, ix1)] if ix0 <= ix1 and west <= east else [(ix0, self.nx - 1), (0, ix1)]
         if east - west >= 360.0:
